@@ -1,0 +1,155 @@
+"""Every configuration key DePOTR adds to Detectron2's defaults, in one function.
+
+Call :func:`add_depotr_config` in every entry point (training, demo, tools, tests) before
+merging a yaml file. Unknown keys still fail loudly: nothing here enables ``set_new_allowed``.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_depotr_config(cfg: CN) -> None:
+    """Adds DePOTR's keys (``MODEL.DEPOTR``, ``INPUT``, ``DATASETS``, ``SOLVER``, ``TEST``) to
+    ``cfg`` in place, with the defaults of the thesis' DePOTR R50 256×192 model."""
+    _add_model_config(cfg)
+    _add_input_config(cfg)
+    _add_dataset_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+
+
+def _add_model_config(cfg: CN) -> None:
+    cfg.MODEL.DEPOTR = CN()
+    # Which keypoint branch runs on the crops: "regression" (DePOTR), "heatmap" (DePOTR-HM),
+    # "simple_baseline" (Xiao et al. 2018) or "transpose" (TransPose-R, Yang et al. 2021).
+    cfg.MODEL.DEPOTR.HEAD = "regression"
+    # K: number of keypoints, one decoder query each.
+    cfg.MODEL.DEPOTR.NUM_KEYPOINTS = 17
+    # Backbone feature maps fed to the transformer (res3/res4/res5 = strides 8/16/32).
+    cfg.MODEL.DEPOTR.IN_FEATURES = ["res3", "res4", "res5"]
+    # L: feature levels; levels beyond IN_FEATURES come from stride-2 3x3 convs (stride 64).
+    cfg.MODEL.DEPOTR.NUM_FEATURE_LEVELS = 4
+    # d: transformer width.
+    cfg.MODEL.DEPOTR.HIDDEN_DIM = 256
+    # M: attention heads.
+    cfg.MODEL.DEPOTR.NHEADS = 8
+    cfg.MODEL.DEPOTR.ENC_LAYERS = 6
+    cfg.MODEL.DEPOTR.DEC_LAYERS = 6
+    cfg.MODEL.DEPOTR.DIM_FEEDFORWARD = 1024
+    cfg.MODEL.DEPOTR.DROPOUT = 0.1
+    # P: sampling points per head and level in encoder / decoder deformable attention.
+    cfg.MODEL.DEPOTR.ENC_N_POINTS = 4
+    cfg.MODEL.DEPOTR.DEC_N_POINTS = 4
+    # Iterative reference-point refinement across decoder layers (off in DePOTR).
+    cfg.MODEL.DEPOTR.ITER_REFINE = False
+
+    # Where person boxes come from: "gt" (training), "precomputed" (from dataset dicts,
+    # see DATASETS.PRECOMPUTED_BOXES) or "detector" (MODEL.DEPOTR.DETECTOR).
+    cfg.MODEL.DEPOTR.BOX_SOURCE = "gt"
+    # Box source used at inference when BOX_SOURCE is "gt" (gt boxes exist only in training).
+    cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "precomputed"
+    # Training box jitter: relative scale change in [-s, s] and centre shift in [-t, t]
+    # (fraction of box size). 0 disables it.
+    cfg.MODEL.DEPOTR.BOX_JITTER_SCALE = 0.25
+    cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT = 0.10
+    # Inference boxes: drop those scoring below this, keep at most TOPK per image.
+    cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
+    cfg.MODEL.DEPOTR.BOX_TOPK = 100
+    # Instance score = box score x mean of keypoint scores above this (SimpleBaseline).
+    cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH = 0.2
+
+    cfg.MODEL.DEPOTR.REGRESSION = CN()
+    # Layers of the MLP mapping a decoder output to (x, y).
+    cfg.MODEL.DEPOTR.REGRESSION.MLP_LAYERS = 3
+    # beta of the smooth-L1 loss, in crop-normalised units ([0, 1] of crop width/height).
+    cfg.MODEL.DEPOTR.REGRESSION.SMOOTH_L1_BETA = 0.01
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS_WEIGHT = 1.0
+    # Weight of the BCE loss of the per-keypoint confidence (labelled and inside the crop).
+    cfg.MODEL.DEPOTR.REGRESSION.SCORE_LOSS_WEIGHT = 0.1
+
+    cfg.MODEL.DEPOTR.HEATMAP = CN()
+    # Gaussian sigma of the heatmap target at a 64x48 heatmap; scaled with the heatmap size.
+    cfg.MODEL.DEPOTR.HEATMAP.SIGMA = 2.0
+    cfg.MODEL.DEPOTR.HEATMAP.LOSS_WEIGHT = 1.0
+    # C0: channels per keypoint of the (H/16)x(W/16) map the DePOTR-HM MLP produces.
+    cfg.MODEL.DEPOTR.HEATMAP.INITIAL_CHANNELS = 1
+
+    cfg.MODEL.DEPOTR.SIMPLE_BASELINE = CN()
+    # SimpleBaseline deconvolution stack on res5: layers, channels, kernel size.
+    cfg.MODEL.DEPOTR.SIMPLE_BASELINE.NUM_DECONV_LAYERS = 3
+    cfg.MODEL.DEPOTR.SIMPLE_BASELINE.DECONV_CHANNELS = 256
+    cfg.MODEL.DEPOTR.SIMPLE_BASELINE.DECONV_KERNEL = 4
+
+    cfg.MODEL.DEPOTR.TRANSPOSE = CN()
+    # TransPose-R: standard transformer encoder on the stride-8 res3 map.
+    cfg.MODEL.DEPOTR.TRANSPOSE.IN_FEATURE = "res3"
+    cfg.MODEL.DEPOTR.TRANSPOSE.ENC_LAYERS = 4
+    cfg.MODEL.DEPOTR.TRANSPOSE.NHEADS = 8
+    cfg.MODEL.DEPOTR.TRANSPOSE.HIDDEN_DIM = 256
+    cfg.MODEL.DEPOTR.TRANSPOSE.DIM_FEEDFORWARD = 1024
+
+    cfg.MODEL.DEPOTR.DETECTOR = CN()
+    # A Detectron2 person detector for BOX_SOURCE "detector": its config file and weights.
+    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = ""
+    cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = ""
+    # Detector boxes scoring below this are dropped.
+    cfg.MODEL.DEPOTR.DETECTOR.SCORE_THRESH = 0.5
+    # Contiguous class id of "person" in the detector's classes.
+    cfg.MODEL.DEPOTR.DETECTOR.PERSON_CLASS_ID = 0
+
+
+def _add_input_config(cfg: CN) -> None:
+    # (H, W) of the person crop fed to the keypoint branch (aspect 4:3 as 256x192).
+    cfg.INPUT.CROP_SIZE = (256, 192)
+    # Person box -> crop: expand to the crop's aspect, then scale by this factor.
+    cfg.INPUT.CROP_PADDING = 1.25
+
+    cfg.INPUT.AUG = CN()
+    # Albumentations training augmentation; each entry is the probability of applying it.
+    cfg.INPUT.AUG.ENABLED = True
+    cfg.INPUT.AUG.FLIP_PROB = 0.5
+    # Rotation by up to +-ROTATION_DEGREES, applied with ROTATION_PROB.
+    cfg.INPUT.AUG.ROTATION_DEGREES = 10.0
+    cfg.INPUT.AUG.ROTATION_PROB = 0.5
+    cfg.INPUT.AUG.BLUR_PROB = 0.1
+    cfg.INPUT.AUG.RGB_SHIFT_PROB = 0.2
+    cfg.INPUT.AUG.BRIGHTNESS_CONTRAST_PROB = 0.3
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    # One COCO results json of person detections per DATASETS.TEST entry ("" = none); used
+    # with MODEL.DEPOTR.BOX_SOURCE "precomputed".
+    cfg.DATASETS.PRECOMPUTED_BOXES = ()
+
+    cfg.DATASETS.SYNTHETIC = CN()
+    # The embedded synthetic dataset: where it is cached and how large each split is.
+    cfg.DATASETS.SYNTHETIC.ROOT = "datasets/synthetic_persons"
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES = 2000
+    cfg.DATASETS.SYNTHETIC.NUM_VAL_IMAGES = 200
+    cfg.DATASETS.SYNTHETIC.SEED = 0
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # "ADAMW" (DePOTR) or "SGD" (Detectron2's default).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    # Backbone learning rate = BASE_LR x this (thesis: 1e-5 / 1e-4).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Learning-rate factor for the sampling offsets and reference points (Deformable DETR).
+    cfg.SOLVER.SAMPLING_LR_MULTIPLIER = 0.1
+    # Weight decay of embeddings (level embedding, queries); norms use WEIGHT_DECAY_NORM.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Final learning rate as a factor of BASE_LR for LR_SCHEDULER_NAME "WarmupLinearLR".
+    cfg.SOLVER.FINAL_LR_FACTOR = 0.01
+    # Schedule in epochs; when > 0 they override MAX_ITER / WARMUP_ITERS (converted with the
+    # training set size and IMS_PER_BATCH, and logged).
+    cfg.SOLVER.MAX_EPOCHS = 0
+    cfg.SOLVER.WARMUP_EPOCHS = 0.0
+
+
+def _add_test_config(cfg: CN) -> None:
+    # Flip test: average the predictions on the crop and its mirror.
+    cfg.TEST.FLIP = False
+    # Heatmap sub-pixel decoding: "none", "shift" (quarter pixel toward the higher
+    # neighbour) or "dark" (Zhang et al. 2020).
+    cfg.TEST.HEATMAP_REFINE = "shift"
+    # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline's flip test).
+    cfg.TEST.FLIP_SHIFT_HEATMAP = True

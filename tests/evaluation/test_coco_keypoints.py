@@ -1,0 +1,93 @@
+"""Detectron2's COCOEvaluator, as DePOTR builds it, on hand-made keypoint results."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import Boxes, Instances
+
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
+from depotr.evaluation import build_keypoint_evaluator
+
+
+def _write_coco_keypoints_json(path, rng: np.random.Generator, num_images=3, persons_per_image=3):
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 480, "width": 640})
+        for p in range(persons_per_image):
+            x0, y0 = 40 + 190 * p, 60 + rng.uniform(0, 40)
+            w, h = 150.0, 300.0
+            xs = rng.uniform(x0, x0 + w, 17)
+            ys = rng.uniform(y0, y0 + h, 17)
+            v = rng.choice([1, 2], 17)
+            keypoints = np.stack([xs, ys, v], 1)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x0, y0, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "keypoints": keypoints.round(2).reshape(-1).tolist(),
+                    "num_keypoints": 17,
+                }
+            )
+    categories = [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return annotations
+
+
+@pytest.fixture
+def keypoint_dataset(tmp_path):
+    name = f"depotr_test_eval_{tmp_path.name}"
+    annotations = _write_coco_keypoints_json(tmp_path / "gt.json", np.random.default_rng(0))
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    # Loading sets the metadata's category-id mapping, as the test data loader would.
+    assert len(DatasetCatalog.get(name)) == 3
+    yield name, annotations
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def _evaluate(dataset_name, annotations, keypoints_per_annotation):
+    evaluator = build_keypoint_evaluator(dataset_name, COCO_PERSON_OKS_SIGMAS, distributed=False)
+    evaluator.reset()
+    image_ids = sorted({a["image_id"] for a in annotations})
+    for image_id in image_ids:
+        rows = [i for i, a in enumerate(annotations) if a["image_id"] == image_id]
+        boxes = torch.tensor([annotations[i]["bbox"] for i in rows], dtype=torch.float32)
+        boxes[:, 2:] += boxes[:, :2]
+        keypoints = torch.tensor(np.stack([keypoints_per_annotation[i] for i in rows]), dtype=torch.float32)
+        # Detectron2's convention: continuous coordinates = COCO json coordinates + 0.5; the
+        # evaluator subtracts 0.5 when it writes COCO results.
+        keypoints[:, :, :2] += 0.5
+        instances = Instances((480, 640))
+        instances.pred_boxes = Boxes(boxes)
+        instances.scores = torch.ones(len(rows))
+        instances.pred_classes = torch.zeros(len(rows), dtype=torch.int64)
+        instances.pred_keypoints = keypoints
+        evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+    return evaluator.evaluate()["keypoints"]
+
+
+def test_ground_truth_as_predictions_gives_ap_one(keypoint_dataset):
+    name, annotations = keypoint_dataset
+    keypoints = [np.array(a["keypoints"], dtype=np.float32).reshape(17, 3) for a in annotations]
+    results = _evaluate(name, annotations, keypoints)
+    assert results["AP"] == pytest.approx(100.0)
+    assert results["AP50"] == pytest.approx(100.0)
+    assert results["AP75"] == pytest.approx(100.0)
+
+
+def test_shuffled_predictions_give_low_ap(keypoint_dataset):
+    name, annotations = keypoint_dataset
+    rng = np.random.default_rng(1)
+    keypoints = []
+    for a in annotations:
+        kpts = np.array(a["keypoints"], dtype=np.float32).reshape(17, 3)
+        keypoints.append(kpts[rng.permutation(17)])  # each keypoint predicted at another's place
+    results = _evaluate(name, annotations, keypoints)
+    assert results["AP"] < 20.0
