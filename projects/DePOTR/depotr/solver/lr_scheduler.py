@@ -1,0 +1,53 @@
+"""Learning-rate schedules: warm-up, then linear decay to a final factor (DePOTR) or cosine;
+and conversion of an epoch-based schedule into iterations."""
+import logging
+import math
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
+from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
+
+logger = logging.getLogger(__name__)
+
+# Our schedules; any other LR_SCHEDULER_NAME goes to Detectron2's builder.
+_DECAYS = {
+    "WarmupLinearLR": lambda final: LinearParamScheduler(1.0, final),
+    "WarmupCosineLR": lambda final: CosineParamScheduler(1.0, final),
+}
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:
+    """Linear warm-up over ``WARMUP_ITERS`` from ``WARMUP_FACTOR``, then linear or cosine
+    decay from ``BASE_LR`` to ``BASE_LR x FINAL_LR_FACTOR`` at ``MAX_ITER``. The factor
+    multiplies each param group's own lr (backbone and sampling groups keep their ratio)."""
+    name = cfg.SOLVER.LR_SCHEDULER_NAME
+    if name not in _DECAYS:
+        return build_detectron2_lr_scheduler(cfg, optimizer)
+    decay = _DECAYS[name](cfg.SOLVER.FINAL_LR_FACTOR)
+    multiplier = WarmupParamScheduler(
+        decay,
+        cfg.SOLVER.WARMUP_FACTOR,
+        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+        cfg.SOLVER.WARMUP_METHOD,
+    )
+    return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
+
+
+def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:
+    """When ``SOLVER.MAX_EPOCHS > 0``, sets ``MAX_ITER`` and ``WARMUP_ITERS`` (in place, on an
+    unfrozen cfg) from epochs, the training set size and ``IMS_PER_BATCH``; logs the result."""
+    if cfg.SOLVER.MAX_EPOCHS <= 0:
+        return
+    if num_train_images <= 0:
+        raise ValueError(f"SOLVER.MAX_EPOCHS={cfg.SOLVER.MAX_EPOCHS} needs a non-empty training set")
+    iters_per_epoch = math.ceil(num_train_images / cfg.SOLVER.IMS_PER_BATCH)
+    cfg.SOLVER.MAX_ITER = int(cfg.SOLVER.MAX_EPOCHS * iters_per_epoch)
+    cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
+    logger.info(
+        "Epoch schedule: %d images / %d per batch = %d iterations per epoch; %s epochs -> "
+        "MAX_ITER=%d, %s warm-up epochs -> WARMUP_ITERS=%d",
+        num_train_images, cfg.SOLVER.IMS_PER_BATCH, iters_per_epoch, cfg.SOLVER.MAX_EPOCHS,
+        cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.WARMUP_ITERS,
+    )

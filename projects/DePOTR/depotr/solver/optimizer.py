@@ -1,0 +1,78 @@
+"""AdamW with DePOTR's parameter groups (Deformable DETR's recipe).
+
+- backbone (any Detectron2 ``Backbone`` inside the model): ``BASE_LR x BACKBONE_MULTIPLIER``;
+- ``sampling_offsets`` / ``reference_points`` projections: ``BASE_LR x SAMPLING_LR_MULTIPLIER``;
+- normalisation layers: ``WEIGHT_DECAY_NORM``; embeddings (``nn.Embedding`` and parameters
+  whose name contains ``embed``): ``WEIGHT_DECAY_EMBED``; everything else ``WEIGHT_DECAY``.
+Frozen parameters (``requires_grad=False``, e.g. a person detector) are left out.
+
+Gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all
+gradients together (Deformable DETR: max norm 0.1); "value"/"norm" are Detectron2's own
+per-parameter clippers.
+"""
+from typing import Any, Dict, List, Type
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.modeling import Backbone
+from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_SAMPLING_MODULE_NAMES = ("sampling_offsets", "reference_points")
+
+
+def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
+    """Returns one optimizer param group per parameter with its lr and weight decay."""
+    base_lr = cfg.SOLVER.BASE_LR
+    backbone_params = {id(p) for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()}
+    groups: List[Dict[str, Any]] = []
+    seen = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            lr = base_lr
+            if id(param) in backbone_params:
+                lr = base_lr * cfg.SOLVER.BACKBONE_MULTIPLIER
+            elif module_name.split(".")[-1] in _SAMPLING_MODULE_NAMES:
+                lr = base_lr * cfg.SOLVER.SAMPLING_LR_MULTIPLIER
+            weight_decay = cfg.SOLVER.WEIGHT_DECAY
+            if isinstance(module, _NORM_TYPES):
+                weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM
+            elif isinstance(module, nn.Embedding) or "embed" in param_name:
+                weight_decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            groups.append({"params": [param], "lr": lr, "weight_decay": weight_decay})
+    return groups
+
+
+def add_gradient_clipping(cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]) -> Type[torch.optim.Optimizer]:
+    """Returns ``optimizer_type`` with the gradient clipping of ``SOLVER.CLIP_GRADIENTS``."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+        return maybe_add_gradient_clipping(cfg, optimizer_type)
+    max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+    def step_with_full_model_clipping(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+        return optimizer_type.step(self, closure)
+
+    return type(optimizer_type.__name__ + "WithFullModelGradientClip", (optimizer_type,), {"step": step_with_full_model_clipping})
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """Builds ``SOLVER.OPTIMIZER`` ("ADAMW" or "SGD") over :func:`build_param_groups`, with
+    gradient clipping (``SOLVER.CLIP_GRADIENTS``) when enabled."""
+    groups = build_param_groups(cfg, model)
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "ADAMW":
+        return add_gradient_clipping(cfg, torch.optim.AdamW)(
+            groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS)
+        )
+    if name == "SGD":
+        return add_gradient_clipping(cfg, torch.optim.SGD)(
+            groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+        )
+    raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")

@@ -1,0 +1,93 @@
+"""Learning-rate schedules at chosen iterations, against values computed by hand."""
+import math
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from depotr.config import add_depotr_config
+from depotr.solver import apply_epoch_schedule, build_lr_scheduler
+
+
+def _cfg(name, max_iter=100, warmup_iters=10, final=0.01):
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.SOLVER.LR_SCHEDULER_NAME = name
+    cfg.SOLVER.BASE_LR = 1e-4
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.WARMUP_ITERS = warmup_iters
+    cfg.SOLVER.WARMUP_FACTOR = 0.001
+    cfg.SOLVER.WARMUP_METHOD = "linear"
+    cfg.SOLVER.FINAL_LR_FACTOR = final
+    return cfg
+
+
+def _lrs_by_iteration(cfg, base_lrs=(1e-4, 1e-5)):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in base_lrs]
+    optimizer = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(params, base_lrs)])
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def _decay(name, t, final):
+    if name == "WarmupLinearLR":
+        return 1 + (final - 1) * t
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _expected_factor(name, it, max_iter=100, warmup_iters=10, warmup_factor=0.001, final=0.01):
+    if it < warmup_iters:
+        # Detectron2's WarmupParamScheduler: linear from warmup_factor x decay(0) to the decay's
+        # value where warm-up ends.
+        start = warmup_factor * _decay(name, 0.0, final)
+        end = _decay(name, warmup_iters / max_iter, final)
+        return start + (end - start) * it / warmup_iters
+    return _decay(name, it / max_iter, final)
+
+
+@pytest.mark.parametrize("name", ["WarmupLinearLR", "WarmupCosineLR"])
+@pytest.mark.parametrize("iteration", [0, 5, 10, 50, 99])
+def test_schedule_values(name, iteration):
+    lrs = _lrs_by_iteration(_cfg(name))
+    factor = _expected_factor(name, iteration)
+    # Both groups (e.g. transformer and backbone) follow the same factor of their own lr.
+    assert lrs[iteration][0] == pytest.approx(1e-4 * factor, rel=1e-6)
+    assert lrs[iteration][1] == pytest.approx(1e-5 * factor, rel=1e-6)
+
+
+def test_linear_schedule_ends_at_final_factor():
+    lrs = _lrs_by_iteration(_cfg("WarmupLinearLR", max_iter=1000, warmup_iters=0))
+    assert lrs[-1][0] == pytest.approx(1e-4 * (0.01 + 0.99 / 1000), rel=1e-6)
+
+
+def test_detectron2_schedules_still_available():
+    cfg = _cfg("WarmupMultiStepLR")
+    cfg.SOLVER.STEPS = (50,)
+    lrs = _lrs_by_iteration(cfg)
+    assert lrs[60][0] == pytest.approx(1e-4 * cfg.SOLVER.GAMMA)
+
+
+@pytest.mark.parametrize(
+    "num_images, ims_per_batch, epochs, warmup_epochs, max_iter, warmup_iters",
+    [(2000, 16, 2, 0.5, 250, 62), (10, 4, 3, 1, 9, 3), (100, 100, 1, 0, 1, 0)],
+    ids=["2000img", "uneven", "one-batch"],
+)
+def test_epoch_schedule_conversion(num_images, ims_per_batch, epochs, warmup_epochs, max_iter, warmup_iters):
+    cfg = _cfg("WarmupLinearLR")
+    cfg.SOLVER.IMS_PER_BATCH = ims_per_batch
+    cfg.SOLVER.MAX_EPOCHS = epochs
+    cfg.SOLVER.WARMUP_EPOCHS = warmup_epochs
+    apply_epoch_schedule(cfg, num_images)
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS) == (max_iter, warmup_iters)
+
+
+def test_epoch_schedule_needs_images():
+    cfg = _cfg("WarmupLinearLR")
+    cfg.SOLVER.MAX_EPOCHS = 1
+    with pytest.raises(ValueError, match="non-empty training set"):
+        apply_epoch_schedule(cfg, 0)
