@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+# Benchmark of multi-scale deformable attention (Deformable DETR, Zhu et al., ICLR 2021):
+# depotr's compiled operator vs the F.grid_sample reference at DePOTR's training shapes.
+"""Times ``ms_deform_attn`` (compiled kernel vs pure-PyTorch reference) and prints a markdown table.
+
+Shapes: crops 256x192 and 384x288, L=4 levels at strides 8/16/32/64 (ceil division, as stride-2
+convs give), M=8 heads, D=32 channels per head, P=4 points; encoder queries (Lq = S) and decoder
+queries (Lq = 17 keypoints). Each case runs a warm-up step per backend, then alternates the
+backends step by step; a step is a forward and ``out.backward(ones)``, timed separately; the table
+gives medians.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one forward+backward minus the
+memory allocated before it. On CPU, one forward+backward in a fresh subprocess (Linux): its peak resident
+set (VmHWM, reset through /proc/self/clear_refs once the inputs are built) minus its resident set
+just before the step; this counts every page the step touches, allocator caching included.
+
+    python benchmarks/bench_msda.py                     # CPU (+ CUDA if present), N = 1, 32
+    python benchmarks/bench_msda.py --batch 128 --crop 256x192
+    python benchmarks/bench_msda.py --write-readme benchmarks/README.md
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from depotr.layers import ms_deform_attn_reference, msda_backend
+
+STRIDES = (8, 16, 32, 64)
+HEADS, CHANNELS, POINTS = 8, 32, 4
+DECODER_QUERIES = 17
+BACKENDS = ("reference", "compiled")
+
+
+@dataclass(frozen=True)
+class Case:
+    device: str
+    crop: tuple[int, int]  # (height, width) in pixels
+    batch: int
+    queries: str  # "encoder" (Lq = S) or "decoder" (Lq = 17)
+
+    @property
+    def spatial_shapes(self) -> list[tuple[int, int]]:
+        return [(math.ceil(self.crop[0] / s), math.ceil(self.crop[1] / s)) for s in STRIDES]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(h * w for h, w in self.spatial_shapes)
+
+    @property
+    def num_queries(self) -> int:
+        return self.num_tokens if self.queries == "encoder" else DECODER_QUERIES
+
+
+def make_inputs(case: Case, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Returns (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
+    float tensors requiring grad; locations mostly inside [0, 1] as after training starts."""
+    generator = torch.Generator().manual_seed(0)
+    spatial_shapes = torch.tensor(case.spatial_shapes, dtype=torch.int64)
+    level_start_index = torch.cat(
+        (spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1])
+    )
+    N, S, Lq, L = case.batch, case.num_tokens, case.num_queries, len(STRIDES)
+    value = torch.randn(N, S, HEADS, CHANNELS, generator=generator)
+    locations = torch.rand(N, Lq, HEADS, L, POINTS, 2, generator=generator) * 1.1 - 0.05
+    weights = torch.rand(N, Lq, HEADS, L, POINTS, generator=generator).softmax(-1)
+    tensors = [t.to(case.device, dtype).requires_grad_() for t in (value, locations, weights)]
+    return (
+        tensors[0],
+        spatial_shapes.to(case.device),
+        level_start_index.to(case.device),
+        tensors[1],
+        tensors[2],
+    )
+
+
+def backend_fn(backend: str) -> Callable[..., Tensor]:
+    if backend == "compiled":
+        return torch.ops.depotr.ms_deform_attn_forward
+    return ms_deform_attn_reference
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_step(
+    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], device: str
+) -> tuple[float, float]:
+    """Runs one forward and one backward; returns their times in ms."""
+    for t in inputs:
+        t.grad = None
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn(*inputs)
+    synchronize(device)
+    t1 = time.perf_counter()
+    out.backward(torch.ones_like(out))
+    synchronize(device)
+    t2 = time.perf_counter()
+    return 1e3 * (t1 - t0), 1e3 * (t2 - t1)
+
+
+def time_case(
+    case: Case, dtype: torch.dtype, repeats: int, max_seconds: float
+) -> dict[str, dict[str, float]]:
+    """Median forward, backward and forward+backward times in ms per backend. The backends
+    alternate step by step, so that a change in machine load affects both alike."""
+    inputs = make_inputs(case, dtype)
+    times = {backend: {"fwd": [], "bwd": [], "fwd+bwd": []} for backend in BACKENDS}
+    start = time.perf_counter()
+    for step in range(repeats + 1):
+        for backend in BACKENDS:
+            fwd, bwd = timed_step(backend_fn(backend), inputs, case.device)
+            if step > 0:  # step 0 is the warm-up
+                for key, value in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd + bwd)):
+                    times[backend][key].append(value)
+        if step >= 3 and time.perf_counter() - start > max_seconds:
+            break
+    return {
+        backend: {key: statistics.median(values) for key, values in by_key.items()}
+        for backend, by_key in times.items()
+    }
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def peak_memory_mib(case: Case, backend: str, dtype: torch.dtype) -> Optional[float]:
+    """Extra memory of one forward+backward (see the module docstring); None if unmeasurable."""
+    if case.device == "cuda":
+        inputs = make_inputs(case, dtype)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = backend_fn(backend)(*inputs)
+        out.backward(torch.ones_like(out))
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    payload = json.dumps(
+        {
+            "case": [case.device, list(case.crop), case.batch, case.queries],
+            "backend": backend,
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", payload],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def memory_probe(payload: str) -> None:
+    """Subprocess side of :func:`peak_memory_mib` on CPU: prints {"peak_mib": ...} as JSON."""
+    spec = json.loads(payload)
+    device, crop, batch, queries = spec["case"]
+    case = Case(device, tuple(crop), batch, queries)
+    inputs = make_inputs(case, getattr(torch, spec["dtype"]))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set (VmHWM) to the current one
+    before = _status_bytes("VmRSS")
+    out = backend_fn(spec["backend"])(*inputs)
+    out.backward(torch.ones_like(out))
+    print(json.dumps({"peak_mib": (_status_bytes("VmHWM") - before) / 2 ** 20}))
+
+
+def fmt(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def run(args: argparse.Namespace) -> str:
+    dtype = getattr(torch, args.dtype)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    header = (
+        "| device | crop | N | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | peak MiB "
+        "| speedup fwd | speedup bwd | speedup fwd+bwd |\n"
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [header]
+    print(header, flush=True)
+    for device in devices:
+        if msda_backend(device, dtype) != "compiled":
+            print(f"skipping {device}: no compiled kernel for {dtype} there", file=sys.stderr)
+            continue
+        for crop in args.crop:
+            for batch in args.batch:
+                for queries in args.queries:
+                    case = Case(device, crop, batch, queries)
+                    results = time_case(case, dtype, args.repeats, args.max_seconds)
+                    for backend in BACKENDS:
+                        results[backend]["peak"] = (
+                            None if args.no_memory else peak_memory_mib(case, backend, dtype)
+                        )
+                    for backend in BACKENDS:
+                        r = results[backend]
+                        speedups = ["", "", ""]
+                        if backend == "compiled":
+                            speedups = [
+                                f"{results['reference'][k] / r[k]:.1f}x"
+                                for k in ("fwd", "bwd", "fwd+bwd")
+                            ]
+                        row = (
+                            f"| {device} | {crop[0]}x{crop[1]} | {batch} | {queries} ({case.num_queries}) | {backend} "
+                            f"| {fmt(r['fwd'])} | {fmt(r['bwd'])} | {fmt(r['fwd+bwd'])} | {fmt(r['peak'])} "
+                            f"| {' | '.join(speedups)} |"
+                        )
+                        rows.append(row)
+                        print(row, flush=True)
+    return "\n".join(rows)
+
+
+def readme_section(table: str, args: argparse.Namespace) -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = (
+        f", GPU {torch.cuda.get_device_name()}"
+        if torch.cuda.is_available() and not args.cpu_only
+        else ""
+    )
+    return (
+        f"\n## ms_deform_attn, {time.strftime('%Y-%m-%d')}\n\n"
+        f"`python benchmarks/bench_msda.py {' '.join(sys.argv[1:])}`: torch {torch.__version__}, {args.dtype}, "
+        f"{torch.get_num_threads()} CPU threads ({cpu}){gpu}. M={HEADS}, D={CHANNELS}, P={POINTS}, L=4 levels at "
+        f"strides {'/'.join(map(str, STRIDES))}. Median times after a warm-up step. Peak memory: extra memory of one "
+        "forward+backward (CUDA: max_memory_allocated; CPU: peak RSS of a fresh process, reset once the inputs "
+        "are built, minus its RSS then).\n\n" + table + "\n"
+    )
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    height, width = text.lower().split("x")
+    return int(height), int(width)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 32], help="batch sizes N (e.g. 1 32 128)"
+    )
+    parser.add_argument(
+        "--crop", type=parse_crop, nargs="+", default=[(256, 192), (384, 288)], help="HxW crops"
+    )
+    parser.add_argument(
+        "--queries", nargs="+", choices=["encoder", "decoder"], default=["encoder", "decoder"]
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"]
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed steps per case and backend (after a warm-up)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=10.0, help="stop repeating after this (min. 3 steps)"
+    )
+    parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if available")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--write-readme", metavar="PATH", help="append the table as a section to this markdown file"
+    )
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return
+    table = run(args)
+    if args.write_readme:
+        with open(args.write_readme, "a") as f:
+            f.write(readme_section(table, args))
+        print(f"appended to {args.write_readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+# Multi-scale deformable attention module, from Deformable DETR (Zhu et al., "Deformable DETR:
+# Deformable Transformers for End-to-End Object Detection", ICLR 2021), models/ops/modules/
+# ms_deform_attn.py (Apache-2.0, Copyright (c) 2020 SenseTime), itself modified from
+# https://github.com/chengdazhi/Deformable-Convolution-V2-PyTorch/tree/pytorch_1.0.0.
+"""``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ms_deform_attn_op import ms_deform_attn
+
+__all__ = ["MSDeformAttn"]
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (Deformable DETR, eq. 5).
+
+    Each query attends, per head, to ``n_points`` locations on each of ``n_levels`` feature maps,
+    placed by offsets (predicted from the query) around its reference point and weighted by
+    attention weights (predicted from the query, softmax over levels x points).
+
+    Letters: N batch, Lq queries, S = sum_l H_l * W_l value tokens, C = d_model, L = n_levels,
+    M = n_heads, P = n_points.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        """
+        Args:
+            d_model: C, the channels of queries, values and output.
+            n_levels: L, the number of feature levels.
+            n_heads: M, the number of attention heads; must divide d_model.
+            n_points: P, the sampling points per head and level.
+        """
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model must be divisible by n_heads, but got {d_model} and {n_heads}"
+            )
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        """Deformable DETR's initialisation: head m starts sampling along direction 2*pi*m/M,
+        point p at distance p+1 (in pixels of each level), with uniform attention weights."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        # (M, 2) unit directions, scaled so that the larger coordinate is +-1
+        grid_init = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid_init = grid_init / grid_init.abs().max(-1, keepdim=True)[0]
+        # (M, L, P, 2), point p at (p + 1) times the direction
+        grid_init = grid_init.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid_init *= torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid_init.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        input_spatial_shapes: Tensor,
+        input_level_start_index: Tensor,
+        input_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            query: (N, Lq, C).
+            reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], (0, 0) top-left and
+                (1, 1) bottom-right, padded area included; or (N, Lq, L, 4) boxes (cx, cy, w, h)
+                in the same frame.
+            input_flatten: (N, S, C), the L maps flattened row-major and concatenated.
+            input_spatial_shapes: (L, 2) int64 rows (H_l, W_l).
+            input_level_start_index: (L,) int64 exclusive cumsum of H_l * W_l.
+            input_padding_mask: (N, S) bool, True at padding tokens (their values are zeroed);
+                or None.
+
+        Returns:
+            (N, Lq, C).
+        """
+        N, Lq, _ = query.shape
+        _, S, _ = input_flatten.shape
+        M, L, P = self.n_heads, self.n_levels, self.n_points
+
+        # (N, S, C) -> (N, S, M, C/M)
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(N, S, M, self.d_model // M)
+        # (N, Lq, C) -> (N, Lq, M, L, P, 2), in pixels of each level
+        sampling_offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
+        # (N, Lq, C) -> (N, Lq, M, L*P) -> softmax over L*P -> (N, Lq, M, L, P)
+        attention_weights = self.attention_weights(query).view(N, Lq, M, L * P)
+        attention_weights = F.softmax(attention_weights, -1).view(N, Lq, M, L, P)
+        if reference_points.shape[-1] == 2:
+            # (L, 2) rows (W_l, H_l): offsets in pixels -> normalised
+            offset_normalizer = torch.stack(
+                [input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1
+            )
+            # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) / (1, 1, 1, L, 1, 2)
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :]
+                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+            )
+        elif reference_points.shape[-1] == 4:
+            # offsets in units of half the box size divided by P
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :2]
+                + sampling_offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(
+                f"Last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}"
+            )
+        # (N, Lq, M*(C/M)) = (N, Lq, C)
+        output = ms_deform_attn(
+            value,
+            input_spatial_shapes,
+            input_level_start_index,
+            sampling_locations,
+            attention_weights,
+        )
+        return self.output_proj(output)
