@@ -34,6 +34,9 @@ build_extension() {
 }
 
 mkdir -p "$CACHE"
+# torch finds nvcc through /usr/local/bin on some machines and then misses libcudart: point it
+# at the toolkit (matters only for CUDA builds: FORCE_CUDA=1 or a visible GPU).
+if [[ -z "${CUDA_HOME:-}" && -d /usr/local/cuda ]]; then export CUDA_HOME=/usr/local/cuda; fi
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_key)" ]]; then
   build_extension
   step "environment up to date ($VENV)"
