@@ -1,0 +1,232 @@
+"""Dataset dict -> model input for DePOTR (top-down: the whole image, person boxes, keypoints).
+
+N persons, K keypoints, M precomputed person boxes.
+
+Keypoint coordinates follow Detectron2 exactly: COCO json keypoints are pixel indices and
+``load_coco_json`` adds 0.5 to x and y (pixel i's centre becomes i + 0.5, the continuous
+convention of boxes and RoIAlign); ``COCOEvaluator`` subtracts 0.5 from predictions. The mapper
+keeps dataset-dict coordinates as they are (no further shift) and only zeroes x, y where v = 0
+(``load_coco_json`` turns unlabelled (0, 0) into (0.5, 0.5)). A keypoint counts as inside the
+image when 0 <= x <= W and 0 <= y <= H, as in Detectron2's ``transform_keypoint_annotations``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import albumentations as A
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data.common import MapDataset
+from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
+
+from .augmentation import KeypointAugmenter, build_albumentations_from_cfg
+from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DePOTRDatasetMapper", "RetryMapDataset", "annotations_to_arrays"]
+
+
+def _annotation_name(anno: Dict[str, Any], index: int, file_name: str) -> str:
+    ident = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{index} (no id)"
+    return f"{ident} of {file_name}"
+
+
+def annotations_to_arrays(annos: Sequence[Dict[str, Any]], num_keypoints: int, file_name: str = "?"
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+    """Validates non-crowd annotations and stacks them.
+
+    Returns:
+        boxes: float32 (N, 4) XYXY_ABS. keypoints: float32 (N, K, 3) x, y, v (x = y = 0 where
+        v = 0; all zeros when an annotation has no keypoints).
+    Raises:
+        ValueError naming the annotation id and file: degenerate box (w or h <= 0 or not
+        finite), keypoints not 3K finite numbers, visibility not in {0, 1, 2}.
+    """
+    boxes, kps = [], []
+    for i, anno in enumerate(annos):
+        if anno.get("iscrowd", 0):
+            continue
+        bbox = np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
+        if bbox.shape != (4,) or not np.isfinite(bbox).all() or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+            raise ValueError(f"degenerate box {list(anno['bbox'])} (width or height <= 0) in "
+                             f"{_annotation_name(anno, i, file_name)}")
+        raw = anno.get("keypoints")
+        if raw is None:
+            kp = np.zeros((num_keypoints, 3))
+        else:
+            try:
+                kp = np.asarray(raw, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: {e}") from e
+            if kp.size != 3 * num_keypoints:
+                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: expected "
+                                 f"{3 * num_keypoints} values (x, y, v for {num_keypoints} keypoints), got {kp.size}")
+            if not np.isfinite(kp).all():
+                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: NaN or inf")
+            kp = kp.reshape(num_keypoints, 3).copy()
+            if not np.isin(kp[:, 2], (0, 1, 2)).all():
+                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: "
+                                 f"visibility must be 0, 1 or 2, got {sorted(set(kp[:, 2].tolist()))}")
+        kp[kp[:, 2] == 0, :2] = 0
+        boxes.append(bbox)
+        kps.append(kp)
+    boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+    kps_arr = np.asarray(kps, np.float32).reshape(-1, num_keypoints, 3)
+    return boxes_arr, kps_arr
+
+
+class DePOTRDatasetMapper:
+    """Reads the image, validates annotations, applies the Albumentations training
+    augmentation and builds ``Instances``. No resize or crop: the model crops persons with
+    RoIAlign.
+
+    Unreadable images: skipped in training (returns None, so Detectron2's ``MapDataset``
+    retries another index; ``num_skipped_images`` counts them per process) and an error naming
+    the file at evaluation.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, image_format: str = "BGR",
+                 augmentation: Optional[A.Compose] = None,
+                 keypoint_flip_indices: Optional[Sequence[int]] = None,
+                 num_keypoints: int = len(COCO_PERSON_KEYPOINT_NAMES)):
+        """
+        Args:
+            is_train: training (augmentation, corrupt images skipped) or evaluation.
+            image_format: ``cfg.INPUT.FORMAT`` ("BGR", "RGB", ...).
+            augmentation: a :func:`build_albumentations` pipeline, used only when ``is_train``.
+            keypoint_flip_indices: (K,) mirror partner of each keypoint; default from the table.
+            num_keypoints: K.
+        """
+        self.is_train = is_train
+        self.image_format = image_format
+        self.num_keypoints = num_keypoints
+        if keypoint_flip_indices is None:
+            keypoint_flip_indices = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+        if len(keypoint_flip_indices) != num_keypoints:
+            raise ValueError(f"keypoint_flip_indices has {len(keypoint_flip_indices)} entries, expected {num_keypoints}")
+        self.keypoint_flip_indices = list(keypoint_flip_indices)
+        self.augmenter = (KeypointAugmenter(augmentation, self.keypoint_flip_indices)
+                          if is_train and augmentation is not None else None)
+        self.num_skipped_images = 0
+        logger.info("DePOTRDatasetMapper (%s): augmentation %s", "train" if is_train else "test",
+                    augmentation if self.augmenter is not None else "off")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
+        names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+        meta = MetadataCatalog.get(names[0]) if len(names) else None
+        if meta is not None and hasattr(meta, "keypoint_names") and hasattr(meta, "keypoint_flip_map"):
+            indices = flip_indices(meta.keypoint_names, meta.keypoint_flip_map)
+        else:
+            indices = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+        return {
+            "is_train": is_train,
+            "image_format": cfg.INPUT.FORMAT,
+            "augmentation": build_albumentations_from_cfg(cfg, is_train),
+            "keypoint_flip_indices": indices,
+            "num_keypoints": cfg.MODEL.DEPOTR.NUM_KEYPOINTS,
+        }
+
+    def _read_image(self, file_name: str) -> Optional[np.ndarray]:
+        try:
+            return utils.read_image(file_name, format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:
+            if not self.is_train:
+                raise OSError(f"cannot read image {file_name}: {e}") from e
+            self.num_skipped_images += 1
+            logger.warning("Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
+                           file_name, type(e).__name__, e, self.num_skipped_images)
+            return None
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """
+        Returns None for an unreadable training image, else a dict with:
+            image: uint8 (C, H, W) tensor in ``image_format``, the whole image.
+            height, width: original image size. image_id, file_name: from the dataset dict.
+            instances (when the dict has annotations; crowd ones dropped): ``Instances`` with
+                gt_boxes (Boxes (N, 4) XYXY_ABS), gt_classes (int64 (N,) zeros), gt_keypoints
+                (Keypoints (N, K, 3): x, y in image pixels (Detectron2 convention, see module
+                doc), v; v = 0 -> x = y = 0).
+            proposals (when the dict has ``person_boxes``): ``Instances`` with proposal_boxes
+                (Boxes (M, 4) XYXY_ABS) and scores (float32 (M,)).
+            All coordinates refer to the returned (augmented) image.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        file_name = dataset_dict["file_name"]
+        image = self._read_image(file_name)
+        if image is None:
+            return None
+        utils.check_image_size(dataset_dict, image)
+
+        annos = dataset_dict.pop("annotations", None)
+        boxes, keypoints = annotations_to_arrays(annos or [], self.num_keypoints, file_name)
+        proposal_boxes = proposal_scores = None
+        if "person_boxes" in dataset_dict:
+            proposal_boxes = np.asarray(dataset_dict.pop("person_boxes"), np.float32).reshape(-1, 4)
+            proposal_scores = np.asarray(dataset_dict.pop("person_scores"), np.float32).reshape(-1)
+            if len(proposal_scores) != len(proposal_boxes):
+                raise ValueError(f"{file_name}: {len(proposal_boxes)} person_boxes but {len(proposal_scores)} person_scores")
+
+        if self.augmenter is not None:
+            image, keypoints, boxes, proposal_boxes = self.augmenter(image, keypoints, boxes, proposal_boxes)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, keypoints = boxes[keep], keypoints[keep]
+            if proposal_boxes is not None:
+                keep = (proposal_boxes[:, 2] > proposal_boxes[:, 0]) & (proposal_boxes[:, 3] > proposal_boxes[:, 1])
+                proposal_boxes, proposal_scores = proposal_boxes[keep], proposal_scores[keep]
+
+        image_size = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if annos is not None:
+            instances = Instances(image_size)
+            instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+            instances.gt_keypoints = Keypoints(
+                torch.as_tensor(keypoints, dtype=torch.float32).reshape(-1, self.num_keypoints, 3))
+            dataset_dict["instances"] = instances
+        if proposal_boxes is not None:
+            proposals = Instances(image_size)
+            proposals.proposal_boxes = Boxes(torch.as_tensor(proposal_boxes, dtype=torch.float32).reshape(-1, 4))
+            proposals.scores = torch.as_tensor(proposal_scores, dtype=torch.float32)
+            dataset_dict["proposals"] = proposals
+        return dataset_dict
+
+
+class RetryMapDataset(MapDataset):
+    """Detectron2's map-style ``MapDataset`` (a mapper returning None makes it try another
+    random index) with its retry working on Python >= 3.11.
+
+    Detectron2 v0.6 draws the replacement with ``random.sample(set, k=1)``, which raises
+    ``TypeError: Population must be a sequence`` since Python 3.11, so the first skipped
+    (corrupt) image would crash training. Use it with the explicit loader form:
+    ``build_detection_train_loader(dataset=RetryMapDataset(DatasetFromList(dicts, copy=False),
+    mapper), mapper=None, sampler=..., total_batch_size=..., num_workers=...)``.
+    """
+
+    def __new__(cls, dataset, map_func):
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            raise TypeError("RetryMapDataset wraps map-style datasets; use MapDataset for iterable ones")
+        return object.__new__(cls)
+
+    def __getitem__(self, idx: int):
+        retry_count = 0
+        cur_idx = int(idx)
+        while True:
+            data = self._map_func(self._dataset[cur_idx])
+            if data is not None:
+                self._fallback_candidates.add(cur_idx)
+                return data
+            retry_count += 1
+            self._fallback_candidates.discard(cur_idx)
+            if not self._fallback_candidates:
+                raise RuntimeError(f"the mapper returned None for every element tried (last index {cur_idx})")
+            cur_idx = self._rng.choice(sorted(self._fallback_candidates))
+            if retry_count >= 3:
+                logger.warning("Failed to map index %d, retry count %d", idx, retry_count)

@@ -1,0 +1,294 @@
+"""Dataset registrations and dataset-dict helpers for person keypoints.
+
+N persons (or detections) per image, K = 17 keypoints.
+
+* ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
+  (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get``.
+* Detectron2's builtin ``keypoints_coco_*`` datasets get the OKS sigmas of the keypoint table.
+* :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
+* :func:`attach_precomputed_boxes`: person detections from a COCO results json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
+
+from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS, coco_person_metadata
+from .synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic_split, synthetic_split_paths
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SYNTHETIC_DATASET_NAMES",
+    "add_coco_keypoint_metadata",
+    "attach_precomputed_boxes",
+    "attach_precomputed_boxes_from_cfg",
+    "filter_person_annotations",
+    "keypoint_oks_sigmas",
+    "load_precomputed_boxes",
+    "register_synthetic_datasets",
+    "register_default_synthetic_datasets",
+    "register_synthetic_datasets_from_cfg",
+    "resolve_synthetic_root",
+]
+
+# Split -> registered dataset name.
+SYNTHETIC_DATASET_NAMES: Dict[str, str] = {"train": "synthetic_persons_train", "val": "synthetic_persons_val"}
+# COCO category id of "person" in detection result files.
+COCO_PERSON_CATEGORY_ID = 1
+
+
+# ----------------------------------------------------------------------------------------
+# Synthetic persons
+# ----------------------------------------------------------------------------------------
+def resolve_synthetic_root(root: str) -> str:
+    """Absolute dataset folder for ``DATASETS.SYNTHETIC.ROOT``.
+
+    When the environment variable ``DEPOTR_DATASETS`` is set it replaces the folder's parent
+    (``datasets/synthetic_persons`` -> ``$DEPOTR_DATASETS/synthetic_persons``), as
+    ``DETECTRON2_DATASETS`` does for the builtin datasets. Otherwise a relative ``root`` is
+    taken relative to the current directory.
+    """
+    env = os.environ.get("DEPOTR_DATASETS")
+    if env:
+        root = os.path.join(os.path.expanduser(env), os.path.basename(os.path.normpath(root)))
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def _load_synthetic_split(name: str, root: str, split: str, num_images: int, seed: int,
+                          image_size: int) -> List[Dict[str, Any]]:
+    json_file = ensure_synthetic_split(root, split, num_images, seed, image_size)
+    paths = synthetic_split_paths(root, split)
+    # "id" is kept so that errors can name the annotation.
+    return load_coco_json(json_file, paths["image_root"], name, extra_annotation_keys=["id"])
+
+
+def register_synthetic_datasets(root: str, num_train: int, num_val: int, seed: int,
+                                image_size: int = DEFAULT_IMAGE_SIZE) -> None:
+    """(Re)registers ``synthetic_persons_train`` / ``_val`` in Detectron2's catalogs.
+
+    Cheap: the images are generated (or a complete cache reused) on the first
+    ``DatasetCatalog.get``. Earlier registrations of these names are replaced.
+
+    Args:
+        root: ``DATASETS.SYNTHETIC.ROOT`` (see :func:`resolve_synthetic_root`).
+        num_train, num_val: images per split. seed: ``DATASETS.SYNTHETIC.SEED``.
+        image_size: side S of the square images.
+    """
+    root = resolve_synthetic_root(root)
+    for split, num_images in (("train", num_train), ("val", num_val)):
+        name = SYNTHETIC_DATASET_NAMES[split]
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog:
+            MetadataCatalog.remove(name)
+        args = (name, root, split, int(num_images), int(seed), int(image_size))
+        DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
+        paths = synthetic_split_paths(root, split)
+        MetadataCatalog.get(name).set(json_file=paths["json_file"], image_root=paths["image_root"],
+                                      evaluator_type="coco", **coco_person_metadata())
+
+
+def register_synthetic_datasets_from_cfg(cfg) -> None:
+    """:func:`register_synthetic_datasets` with ``cfg.DATASETS.SYNTHETIC``."""
+    syn = cfg.DATASETS.SYNTHETIC
+    register_synthetic_datasets(syn.ROOT, syn.NUM_TRAIN_IMAGES, syn.NUM_VAL_IMAGES, syn.SEED)
+
+
+def register_default_synthetic_datasets() -> None:
+    """:func:`register_synthetic_datasets` with the default ``DATASETS.SYNTHETIC`` values."""
+    from detectron2.config import get_cfg
+
+    from ..config import add_depotr_config
+
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    register_synthetic_datasets_from_cfg(cfg)
+
+
+# ----------------------------------------------------------------------------------------
+# COCO person keypoints
+# ----------------------------------------------------------------------------------------
+def add_coco_keypoint_metadata() -> List[str]:
+    """Adds ``keypoint_oks_sigmas`` to Detectron2's builtin ``keypoints_coco_*`` datasets.
+
+    Detectron2 already sets thing_classes, keypoint_names, keypoint_flip_map and
+    keypoint_connection_rules there (``builtin_meta._get_builtin_metadata("coco_person")``);
+    those are checked against the table, not overwritten. Returns the names updated.
+    """
+    updated = []
+    for name in DatasetCatalog.list():
+        if not name.startswith("keypoints_coco_"):
+            continue
+        meta = MetadataCatalog.get(name)
+        names = list(getattr(meta, "keypoint_names", COCO_PERSON_KEYPOINT_NAMES))
+        if names != list(COCO_PERSON_KEYPOINT_NAMES):
+            raise ValueError(f"{name}: Detectron2's keypoint_names {names} differ from DePOTR's table")
+        if not hasattr(meta, "keypoint_oks_sigmas"):
+            meta.keypoint_oks_sigmas = list(COCO_PERSON_OKS_SIGMAS)
+        updated.append(name)
+    return updated
+
+
+def keypoint_oks_sigmas(dataset_name: str) -> List[float]:
+    """The OKS sigmas (K,) for ``cfg.TEST.KEYPOINT_OKS_SIGMAS``: the dataset's metadata entry,
+    else the keypoint table's."""
+    meta = MetadataCatalog.get(dataset_name)
+    return list(getattr(meta, "keypoint_oks_sigmas", COCO_PERSON_OKS_SIGMAS))
+
+
+def filter_person_annotations(dataset_dicts: Sequence[Dict[str, Any]], return_stats: bool = False
+                              ) -> Union[List[Dict[str, Any]], Tuple[List[Dict[str, Any]], Dict[str, int]]]:
+    """Training filter: keeps non-crowd persons with >= 1 labelled keypoint (v > 0) and the
+    images that still have one. Logs the counts.
+
+    Returns the new list of dicts (annotations lists replaced, other fields shared), and with
+    ``return_stats`` also the counts: images_kept, images_dropped, persons_kept,
+    persons_dropped_crowd, persons_dropped_no_keypoints.
+    """
+    stats = Counter(images_kept=0, images_dropped=0, persons_kept=0,
+                    persons_dropped_crowd=0, persons_dropped_no_keypoints=0)
+    kept_dicts = []
+    for d in dataset_dicts:
+        kept = []
+        for anno in d.get("annotations", []):
+            if anno.get("iscrowd", 0):
+                stats["persons_dropped_crowd"] += 1
+                continue
+            kps = anno.get("keypoints")
+            if not kps or not any(v > 0 for v in list(kps)[2::3]):
+                stats["persons_dropped_no_keypoints"] += 1
+                continue
+            kept.append(anno)
+        stats["persons_kept"] += len(kept)
+        if kept:
+            stats["images_kept"] += 1
+            kept_dicts.append({**d, "annotations": kept})
+        else:
+            stats["images_dropped"] += 1
+    stats = dict(stats)
+    logger.info("Person filter: kept %(images_kept)d images, dropped %(images_dropped)d without persons; "
+                "kept %(persons_kept)d persons, dropped %(persons_dropped_crowd)d crowd and "
+                "%(persons_dropped_no_keypoints)d without labelled keypoints.", stats)
+    return (kept_dicts, stats) if return_stats else kept_dicts
+
+
+# ----------------------------------------------------------------------------------------
+# Precomputed person detections
+# ----------------------------------------------------------------------------------------
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_precomputed_boxes(json_file: str, score_thresh: float = 0.0, topk: int = 100
+                           ) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
+    """Reads a COCO detection results json (a list of {image_id, category_id, bbox [x, y, w, h],
+    score}) and keeps, per image, the person (category 1) boxes scoring >= ``score_thresh``,
+    at most ``topk`` of them by descending score.
+
+    Returns:
+        boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)), sorted by score.
+        stats: total, kept, dropped_category, dropped_score, dropped_topk, dropped_empty (w or h 0).
+    Raises:
+        FileNotFoundError / ValueError naming the file (and detection index and field).
+    """
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"precomputed boxes file {json_file} does not exist")
+    try:
+        with open(json_file) as f:
+            detections = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"precomputed boxes file {json_file} is not valid json: {e}") from e
+    if not isinstance(detections, list):
+        raise ValueError(f"precomputed boxes file {json_file}: expected a list of detections "
+                         f"(COCO results format), got {type(detections).__name__}")
+    stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_score=0,
+                    dropped_topk=0, dropped_empty=0)
+    per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
+    for i, det in enumerate(detections):
+        where = f"precomputed boxes file {json_file}, detection {i}"
+        if not isinstance(det, dict):
+            raise ValueError(f"{where}: expected an object, got {type(det).__name__}")
+        for field in ("image_id", "category_id", "bbox", "score"):
+            if field not in det:
+                raise ValueError(f"{where}: missing field '{field}'")
+        bbox, score = det["bbox"], det["score"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
+            raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        if not _finite_number(score):
+            raise ValueError(f"{where}: field 'score' must be a finite number, got {score!r}")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError(f"{where}: degenerate box {bbox} (negative width or height)")
+        if det["category_id"] != COCO_PERSON_CATEGORY_ID:
+            stats["dropped_category"] += 1
+            continue
+        if score < score_thresh:
+            stats["dropped_score"] += 1
+            continue
+        if bbox[2] == 0 or bbox[3] == 0:
+            stats["dropped_empty"] += 1
+            continue
+        per_image.setdefault(int(det["image_id"]), []).append((float(score), [float(v) for v in bbox]))
+    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    for image_id, dets in per_image.items():
+        dets.sort(key=lambda d: -d[0])
+        stats["dropped_topk"] += max(0, len(dets) - topk)
+        dets = dets[:topk]
+        xywh = np.asarray([d[1] for d in dets], np.float32).reshape(-1, 4)
+        boxes = BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS).astype(np.float32)
+        out[image_id] = (boxes, np.asarray([d[0] for d in dets], np.float32))
+        stats["kept"] += len(dets)
+    return out, dict(stats)
+
+
+def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file: str,
+                             score_thresh: float = 0.0, topk: int = 100) -> List[Dict[str, Any]]:
+    """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) to
+    each dataset dict from :func:`load_precomputed_boxes` (N = 0 for images without
+    detections). Returns new dicts; logs what was dropped and why."""
+    boxes, stats = load_precomputed_boxes(json_file, score_thresh, topk)
+    image_ids = {d["image_id"] for d in dataset_dicts}
+    unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
+    empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+    out = []
+    for d in dataset_dicts:
+        b, s = boxes.get(d["image_id"], empty)
+        out.append({**d, "person_boxes": b, "person_scores": s})
+    without = sum(1 for d in out if len(d["person_boxes"]) == 0)
+    logger.info("Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d with score < %g, "
+                "%d beyond top-%d per image, %d empty; %d kept boxes belong to images not in the dataset; "
+                "%d of %d images have no box.", json_file, stats["total"], stats["kept"] - unknown,
+                stats["dropped_category"], stats["dropped_score"], score_thresh, stats["dropped_topk"], topk,
+                stats["dropped_empty"], unknown, without, len(out))
+    return out
+
+
+def attach_precomputed_boxes_from_cfg(cfg, dataset_name: str, dataset_dicts: Sequence[Dict[str, Any]]
+                                      ) -> List[Dict[str, Any]]:
+    """:func:`attach_precomputed_boxes` with the file given for ``dataset_name`` in
+    ``DATASETS.PRECOMPUTED_BOXES`` (same position as in ``DATASETS.TEST``) and
+    ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK``. Returns the dicts unchanged when no
+    file is configured."""
+    if cfg.DATASETS.PRECOMPUTED_BOXES and len(cfg.DATASETS.PRECOMPUTED_BOXES) != len(cfg.DATASETS.TEST):
+        raise ValueError(
+            f"DATASETS.PRECOMPUTED_BOXES has {len(cfg.DATASETS.PRECOMPUTED_BOXES)} entries but DATASETS.TEST has "
+            f"{len(cfg.DATASETS.TEST)}: give one detections json (or \"\") per test dataset"
+        )
+    files: Optional[str] = None
+    if dataset_name in cfg.DATASETS.TEST:
+        index = list(cfg.DATASETS.TEST).index(dataset_name)
+        if index < len(cfg.DATASETS.PRECOMPUTED_BOXES):
+            files = cfg.DATASETS.PRECOMPUTED_BOXES[index]
+    if not files:
+        return list(dataset_dicts)
+    return attach_precomputed_boxes(dataset_dicts, files, cfg.MODEL.DEPOTR.BOX_SCORE_THRESH,
+                                    cfg.MODEL.DEPOTR.BOX_TOPK)

@@ -1,0 +1,161 @@
+"""Representative subsets of a COCO keypoints json (thesis section 6.1).
+
+I images, K keypoints. The subset keeps a fraction of the images such that, for every
+keypoint, the shares of visible (v = 2), occluded (v = 1) and unlabelled / outside (v = 0)
+among the non-crowd person annotations stay within ``tolerance_pp`` percentage points of the
+full set's. Used by ``tools/make_subset.py``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["plot_visibility_distributions", "select_subset", "subset_coco", "visibility_counts",
+           "visibility_distribution"]
+
+# Columns of the distributions: v = 2, v = 1, v = 0.
+VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v=0)")
+
+
+def _person_category(coco: Dict[str, Any]) -> Dict[str, Any]:
+    for cat in coco.get("categories", []):
+        if cat.get("name") == "person":
+            return cat
+    raise ValueError("the json has no category named 'person'")
+
+
+def keypoint_names(coco: Dict[str, Any]) -> List[str]:
+    """K keypoint names of the person category."""
+    names = _person_category(coco).get("keypoints")
+    if not names:
+        raise ValueError("the person category lists no keypoints")
+    return list(names)
+
+
+def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.ndarray]:
+    """Per image: counts (I, K, 3) of v = 2 / 1 / 0 over its non-crowd person annotations and
+    the number of such annotations (I,). Returns (image ids, counts, persons)."""
+    cat_id = _person_category(coco)["id"]
+    k = len(keypoint_names(coco))
+    image_ids = [img["id"] for img in coco["images"]]
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
+    counts = np.zeros((len(image_ids), k, 3), np.int64)
+    persons = np.zeros(len(image_ids), np.int64)
+    for anno in coco["annotations"]:
+        if anno.get("category_id") != cat_id or anno.get("iscrowd", 0) or anno["image_id"] not in row:
+            continue
+        kps = anno.get("keypoints") or [0] * (3 * k)
+        if len(kps) != 3 * k:
+            raise ValueError(f"annotation id {anno.get('id')}: {len(kps)} keypoint values, expected {3 * k}")
+        v = np.asarray(kps[2::3])
+        i = row[anno["image_id"]]
+        counts[i, :, 0] += v == 2
+        counts[i, :, 1] += v == 1
+        counts[i, :, 2] += (v != 1) & (v != 2)
+        persons[i] += 1
+    return image_ids, counts, persons
+
+
+def visibility_distribution(coco: Dict[str, Any], image_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+    """(K, 3) shares of v = 2 / 1 / 0 per keypoint among the non-crowd person annotations of
+    ``image_ids`` (default: all images)."""
+    ids, counts, persons = visibility_counts(coco)
+    if image_ids is not None:
+        keep = np.isin(np.asarray(ids), np.asarray(list(image_ids)))
+        counts, persons = counts[keep], persons[keep]
+    total = persons.sum()
+    if total == 0:
+        raise ValueError("no non-crowd person annotations in the selected images")
+    return counts.sum(0) / total
+
+
+def select_subset(coco: Dict[str, Any], fraction: float, seed: int = 0, tolerance_pp: float = 1.0,
+                  max_steps: int = 20000, batch: int = 512, patience: int = 300) -> List[int]:
+    """Image ids of a random subset of ``round(fraction * I)`` images whose per-keypoint
+    visibility shares deviate from the full set's by less than ``tolerance_pp`` percentage
+    points (max over keypoints and v), found by greedy swaps: each step tries ``batch``
+    random (in, out) pairs and makes the best one if it lowers the deviation; it gives up after
+    ``max_steps`` steps or ``patience`` steps in a row without improvement.
+
+    Raises:
+        ValueError: fraction outside (0, 1], or no subset within the tolerance was found.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ids, counts, persons = visibility_counts(coco)
+    n = len(ids)
+    m = max(1, int(round(fraction * n)))
+    if persons.sum() == 0:
+        raise ValueError("the json has no non-crowd person annotations")
+    target = counts.sum(0) / persons.sum()
+    counts = counts.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    inside, outside = order[:m].copy(), order[m:].copy()
+    total, people = counts[inside].sum(0), float(persons[inside].sum())
+
+    def deviation(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dev = np.abs(t / p[..., None, None] - target).max(axis=(-1, -2)) * 100
+        return np.where(p > 0, dev, np.inf)
+
+    dev = float(deviation(total, np.asarray(people)))
+    steps = stalled = 0
+    while dev >= tolerance_pp and len(outside) and steps < max_steps and stalled < patience:
+        steps += 1
+        stalled += 1
+        a = rng.integers(0, m, batch)
+        b = rng.integers(0, len(outside), batch)
+        i, j = inside[a], outside[b]
+        t = total - counts[i] + counts[j]
+        p = people - persons[i] + persons[j]
+        devs = deviation(t, p.astype(np.float64))
+        best = int(np.argmin(devs))
+        if devs[best] < dev:
+            stalled = 0
+            dev = float(devs[best])
+            total, people = t[best], float(p[best])
+            inside[a[best]], outside[b[best]] = j[best], i[best]
+    if dev >= tolerance_pp:
+        raise ValueError(f"no subset of {m} of {n} images keeps the visibility shares within {tolerance_pp} pp "
+                         f"(best {dev:.2f} pp after {steps} swap steps); use a larger fraction")
+    logger.info("Subset: %d of %d images, max visibility-share deviation %.3f pp after %d steps.",
+                m, n, dev, steps)
+    return sorted(int(ids[k]) for k in inside)
+
+
+def subset_coco(coco: Dict[str, Any], image_ids: Sequence[int]) -> Dict[str, Any]:
+    """The json restricted to ``image_ids`` (their images and annotations; other keys kept)."""
+    keep = set(image_ids)
+    out = {k: v for k, v in coco.items() if k not in ("images", "annotations")}
+    out["images"] = [img for img in coco["images"] if img["id"] in keep]
+    out["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    return out
+
+
+def plot_visibility_distributions(full: np.ndarray, subset: np.ndarray, names: Sequence[str], path: str,
+                                  title: str = "") -> None:
+    """Bar chart PNG (Agg, no pyplot state) of the (K, 3) shares of the full set and subset."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 9))
+    FigureCanvasAgg(fig)
+    x = np.arange(len(names))
+    for c, label in enumerate(VISIBILITY_LABELS):
+        ax = fig.add_subplot(3, 1, c + 1)
+        ax.bar(x - 0.2, full[:, c] * 100, 0.4, label="full set")
+        ax.bar(x + 0.2, subset[:, c] * 100, 0.4, label="subset")
+        ax.set_ylabel(f"{label} [%]")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names if c == 2 else [], rotation=45, ha="right")
+        if c == 0:
+            dev = np.abs(full - subset).max() * 100
+            ax.set_title(f"{title} max deviation {dev:.2f} pp".strip())
+            ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)

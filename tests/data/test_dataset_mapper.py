@@ -1,0 +1,276 @@
+"""DePOTRDatasetMapper and the Albumentations augmentation: geometry, flips, errors."""
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.structures import BoxMode, Instances
+
+from depotr.data.augmentation import KeypointAugmenter, build_albumentations
+from depotr.data.dataset_mapper import DePOTRDatasetMapper, RetryMapDataset
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+
+K = len(COCO_PERSON_KEYPOINT_NAMES)
+FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+H, W = 96, 128  # non-square, to catch x/y mix-ups
+
+
+def _compose(*transforms):
+    return A.Compose(list(transforms), keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+                     save_applied_params=True, seed=0)
+
+
+def _keypoints(points):
+    """(K, 3) with the given {index: (x, y, v)} and the rest unlabelled."""
+    kp = np.zeros((K, 3))
+    for i, (x, y, v) in points.items():
+        kp[i] = (x, y, v)
+    return kp
+
+
+def _dict(tmp_path, image=None, annotations=(), name="img.png", **extra):
+    if image is None:
+        image = np.full((H, W, 3), 90, np.uint8)
+    path = tmp_path / name
+    cv2.imwrite(str(path), image)
+    return {"file_name": str(path), "image_id": 5, "height": image.shape[0], "width": image.shape[1],
+            "annotations": list(annotations), **extra}
+
+
+def _anno(kp, bbox=(10.0, 12.0, 60.0, 70.0), ann_id=42):
+    return {"id": ann_id, "bbox": list(bbox), "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0,
+            "keypoints": np.asarray(kp, np.float64).reshape(-1).tolist()}
+
+
+def _blob_image(cx, cy):
+    """Gaussian blob centred at pixel index (cx, cy), i.e. continuous (cx + .5, cy + .5)."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2)) * 250
+    return np.repeat(blob[..., None], 3, 2).astype(np.uint8)
+
+
+def _centroid(image_chw):
+    img = image_chw[0].numpy().astype(np.float64)
+    img[img < 20] = 0
+    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    return np.array([(xx * img).sum() / img.sum(), (yy * img).sum() / img.sum()])
+
+
+def test_eval_output_format(tmp_path):
+    kp = _keypoints({0: (30.5, 40.5, 2), 5: (20.5, 50.5, 1), 6: (0.5, 0.5, 0)})
+    d = _dict(tmp_path, annotations=[_anno(kp), {**_anno(kp, ann_id=43), "iscrowd": 1}],
+              person_boxes=np.array([[1, 2, 50, 60], [3, 4, 20, 30]], np.float32),
+              person_scores=np.array([0.9, 0.4], np.float32))
+    out = DePOTRDatasetMapper(is_train=False)(d)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, H, W)
+    assert (out["height"], out["width"], out["image_id"], out["file_name"]) == (H, W, 5, d["file_name"])
+    inst = out["instances"]
+    assert isinstance(inst, Instances) and len(inst) == 1  # crowd dropped
+    np.testing.assert_allclose(inst.gt_boxes.tensor.numpy(), [[10, 12, 70, 82]])
+    assert inst.gt_classes.dtype == torch.int64 and inst.gt_classes.tolist() == [0]
+    got = inst.gt_keypoints.tensor.numpy()
+    assert got.shape == (1, K, 3)
+    expected = kp.copy()
+    expected[6] = 0  # v = 0 -> x = y = 0
+    np.testing.assert_allclose(got[0], expected)  # Detectron2 dict coordinates kept as they are
+    props = out["proposals"]
+    np.testing.assert_allclose(props.proposal_boxes.tensor.numpy(), d["person_boxes"])
+    np.testing.assert_allclose(props.scores.numpy(), [0.9, 0.4])
+
+
+def test_unlabelled_keypoints_are_zeroed(tmp_path):
+    kp = _keypoints({0: (30.5, 40.5, 2)})
+    kp[3] = (0.5, 0.5, 0)  # what load_coco_json makes of an unlabelled (0, 0, 0)
+    out = DePOTRDatasetMapper(is_train=False)(_dict(tmp_path, annotations=[_anno(kp)]))
+    assert out["instances"].gt_keypoints.tensor[0, 3].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("fmt, channel", [("BGR", 0), ("RGB", 2)], ids=["BGR", "RGB"])
+def test_image_format(tmp_path, fmt, channel):
+    img = np.zeros((H, W, 3), np.uint8)
+    img[..., 0] = 200  # blue in the BGR file
+    out = DePOTRDatasetMapper(is_train=False, image_format=fmt)(_dict(tmp_path, img))
+    assert out["image"][channel].float().mean() == 200
+
+
+def test_empty_annotations(tmp_path):
+    out = DePOTRDatasetMapper(is_train=True, augmentation=build_albumentations(flip_prob=1.0))(_dict(tmp_path))
+    assert len(out["instances"]) == 0 and out["instances"].gt_keypoints.tensor.shape == (0, K, 3)
+
+
+def test_flip_swaps_left_right_and_twice_is_identity():
+    aug = KeypointAugmenter(_compose(A.HorizontalFlip(p=1.0)), FLIP)
+    rng = np.random.default_rng(0)
+    kp = np.concatenate([rng.uniform(5, 90, (2, K, 2)), rng.integers(1, 3, (2, K, 1))], -1).astype(np.float32)
+    boxes = np.array([[3, 4, 50, 60], [10, 20, 100, 90]], np.float32)
+    props = np.array([[1, 1, 30, 30]], np.float32)
+    image = rng.integers(0, 255, (H, W, 3)).astype(np.uint8)
+
+    img1, kp1, boxes1, props1 = aug(image, kp, boxes, props)
+    np.testing.assert_array_equal(img1, image[:, ::-1])
+    # Person's left keypoint k ends up at the right one's index, mirrored: x -> W - x.
+    np.testing.assert_allclose(kp1[:, FLIP, 0], W - kp[..., 0], atol=1e-4)
+    np.testing.assert_allclose(kp1[:, FLIP, 1], kp[..., 1], atol=1e-4)
+    np.testing.assert_array_equal(kp1[:, FLIP, 2], kp[..., 2])
+    np.testing.assert_allclose(boxes1, [[W - 50, 4, W - 3, 60], [W - 100, 20, W - 10, 90]], atol=1e-4)
+    np.testing.assert_allclose(props1, [[W - 30, 1, W - 1, 30]], atol=1e-4)
+
+    img2, kp2, boxes2, props2 = aug(img1, kp1, boxes1, props1)
+    np.testing.assert_array_equal(img2, image)
+    np.testing.assert_allclose(kp2, kp, atol=1e-4)
+    np.testing.assert_allclose(boxes2, boxes, atol=1e-4)
+    np.testing.assert_allclose(props2, props, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "transform, blob",
+    [
+        (A.Rotate(limit=(60, 60), p=1.0, border_mode=cv2.BORDER_CONSTANT), (70, 40)),
+        (A.Rotate(limit=(-35, -35), p=1.0, border_mode=cv2.BORDER_CONSTANT), (50, 60)),
+        (A.Rotate(limit=(90, 90), p=1.0, border_mode=cv2.BORDER_CONSTANT), (60, 30)),
+        (A.HorizontalFlip(p=1.0), (20, 30)),
+    ],
+    ids=["rotate_60", "rotate_-35", "rotate_90", "hflip"],
+)
+def test_keypoint_moves_with_the_image(tmp_path, transform, blob):
+    """A blob drawn at a keypoint is found, after the transform, at the transformed keypoint."""
+    cx, cy = blob
+    kp = _keypoints({0: (cx + 0.5, cy + 0.5, 2)})  # nose: its own flip partner
+    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(transform))
+    out = mapper(_dict(tmp_path, _blob_image(cx, cy), [_anno(kp)]))
+    moved = out["instances"].gt_keypoints.tensor[0, 0].numpy()
+    assert moved[2] == 2
+    # The blob's centroid is a pixel-index position; the keypoint is continuous (+0.5).
+    np.testing.assert_allclose(_centroid(out["image"]), moved[:2] - 0.5, atol=0.15)
+
+
+def test_rotated_box_encloses_the_rotated_keypoints(tmp_path):
+    kp = _keypoints({i: (30.5 + 3 * i, 20.5 + 2 * i, 2) for i in range(K)})
+    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(
+        A.Rotate(limit=(25, 25), p=1.0, border_mode=cv2.BORDER_CONSTANT)))
+    out = mapper(_dict(tmp_path, annotations=[_anno(kp, bbox=(28, 18, 3 * K + 6, 2 * K + 6))]))
+    box = out["instances"].gt_boxes.tensor[0].numpy()
+    pts = out["instances"].gt_keypoints.tensor[0].numpy()
+    pts = pts[pts[:, 2] > 0]
+    assert len(pts) == K
+    assert (pts[:, 0] >= box[0]).all() and (pts[:, 0] <= box[2]).all()
+    assert (pts[:, 1] >= box[1]).all() and (pts[:, 1] <= box[3]).all()
+
+
+def test_keypoints_leaving_the_image_become_unlabelled(tmp_path):
+    # Rotating by 90 degrees about the centre sends (5, 48) to y = 47.5 -+ 58.5: outside H = 96.
+    kp = _keypoints({0: (5.5, 48.5, 2), 1: (60.5, 45.5, 1)})
+    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(
+        A.Rotate(limit=(90, 90), p=1.0, border_mode=cv2.BORDER_CONSTANT)))
+    out = mapper(_dict(tmp_path, annotations=[_anno(kp, bbox=(2, 40, 70, 20))]))
+    got = out["instances"].gt_keypoints.tensor[0].numpy()
+    assert got[0].tolist() == [0, 0, 0]
+    assert got[1, 2] == 1 and (got[1, :2] > 0).all()
+    assert got[2:].sum() == 0
+    box = out["instances"].gt_boxes.tensor[0].numpy()
+    assert box[0] >= 0 and box[1] >= 0 and box[2] <= W and box[3] <= H
+
+
+def _write_corrupt(path, kind):
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated_jpeg":
+        ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (H, W, 3)).astype(np.uint8))
+        path.write_bytes(buf.tobytes()[:200])
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated_jpeg", "missing"])
+def test_corrupt_image_skipped_in_training_and_raises_in_eval(tmp_path, kind, caplog):
+    d = _dict(tmp_path, annotations=[_anno(_keypoints({0: (5.5, 5.5, 2)}))])
+    bad = tmp_path / "broken.jpg"
+    if kind != "missing":
+        _write_corrupt(bad, kind)
+    d["file_name"] = str(bad)
+    train = DePOTRDatasetMapper(is_train=True, augmentation=build_albumentations())
+    with caplog.at_level("WARNING", logger="depotr.data.dataset_mapper"):
+        assert train(d) is None
+        assert train(d) is None
+    assert train.num_skipped_images == 2
+    assert "broken.jpg" in caplog.text and "2 skipped so far" in caplog.text
+    with pytest.raises(OSError, match="broken.jpg"):
+        DePOTRDatasetMapper(is_train=False)(d)
+
+
+def test_detectron2_map_dataset_retry_is_broken_on_python_311(tmp_path):
+    """Detectron2 v0.6 MapDataset retries with random.sample(set), a TypeError since Python 3.11."""
+    good = _dict(tmp_path, annotations=[_anno(_keypoints({0: (5.5, 5.5, 2)}))])
+    bad = dict(good, file_name=str(tmp_path / "missing.jpg"))
+    dataset = MapDataset(DatasetFromList([bad, good], copy=False), DePOTRDatasetMapper(is_train=True))
+    with pytest.raises(TypeError, match="Population must be a sequence"):
+        dataset[0]
+
+
+def test_retry_map_dataset_skips_unreadable_images(tmp_path):
+    good = _dict(tmp_path, annotations=[_anno(_keypoints({0: (5.5, 5.5, 2)}))])
+    bad = dict(good, file_name=str(tmp_path / "missing.jpg"))
+    mapper = DePOTRDatasetMapper(is_train=True)
+    dataset = RetryMapDataset(DatasetFromList([bad, bad, good], copy=False), mapper)
+    assert isinstance(dataset, MapDataset) and len(dataset) == 3
+    for i in range(3):
+        assert dataset[i]["file_name"] == good["file_name"]
+    assert mapper.num_skipped_images >= 2
+
+
+@pytest.mark.parametrize(
+    "keypoints, match",
+    [
+        ([1.0, 2.0, 2] * (K - 1), r"expected 51 values .* got 48"),
+        ([1.0, 2.0, 2] * K + [1.0], r"expected 51 values .* got 52"),
+        ([float("nan"), 2.0, 2] + [0.0, 0.0, 0] * (K - 1), "NaN or inf"),
+        ([float("inf"), 2.0, 2] + [0.0, 0.0, 0] * (K - 1), "NaN or inf"),
+        ([1.0, 2.0, 3] + [0.0, 0.0, 0] * (K - 1), "visibility must be 0, 1 or 2"),
+        ([[1, 2]] * K, r"expected 51 values"),
+    ],
+    ids=["too_short", "too_long", "nan", "inf", "bad_visibility", "wrong_shape"],
+)
+@pytest.mark.parametrize("is_train", [True, False], ids=["train", "eval"])
+def test_malformed_keypoints_name_the_annotation(tmp_path, keypoints, match, is_train):
+    anno = _anno(np.zeros((K, 3)), ann_id=1234)
+    anno["keypoints"] = keypoints
+    with pytest.raises(ValueError, match=match) as info:
+        DePOTRDatasetMapper(is_train=is_train)(_dict(tmp_path, annotations=[anno]))
+    assert "annotation id 1234" in str(info.value) and "img.png" in str(info.value)
+
+
+@pytest.mark.parametrize("bbox", [(10, 10, 0, 5), (10, 10, 5, -1), (10, float("nan"), 5, 5)],
+                         ids=["zero_width", "negative_height", "nan"])
+def test_degenerate_box_names_the_annotation(tmp_path, bbox):
+    anno = _anno(np.zeros((K, 3)), bbox=bbox, ann_id=77)
+    with pytest.raises(ValueError, match="degenerate box .* annotation id 77"):
+        DePOTRDatasetMapper(is_train=False)(_dict(tmp_path, annotations=[anno]))
+
+
+def test_from_config_and_synthetic_dicts(small_synthetic):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+    from depotr.data.datasets import _load_synthetic_split
+
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TRAIN = ("synthetic_persons_train",)
+    cfg.INPUT.AUG.FLIP_PROB = cfg.INPUT.AUG.ROTATION_PROB = 1.0
+    train, test = DePOTRDatasetMapper(cfg, is_train=True), DePOTRDatasetMapper(cfg, is_train=False)
+    assert train.augmenter is not None and test.augmenter is None
+    assert train.keypoint_flip_indices == FLIP
+    root, _, _ = small_synthetic
+    dicts = _load_synthetic_split("synthetic_persons_train", root, "train", 12, 7, 256)
+    for d in dicts[:4]:
+        for mapper in (train, test):
+            inst = mapper(d)["instances"]
+            kp = inst.gt_keypoints.tensor
+            assert len(inst) == len(d["annotations"])
+            v0 = kp[..., 2] == 0
+            assert (kp[v0][:, :2] == 0).all()
+            lab = kp[~v0]
+            assert (lab[:, 0] >= 0).all() and (lab[:, 0] <= 256).all() and (lab[:, 1] <= 256).all()
+            boxes = inst.gt_boxes.tensor
+            assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()

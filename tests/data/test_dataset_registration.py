@@ -1,0 +1,123 @@
+"""Dataset registration (synthetic, COCO metadata) and the training person filter."""
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import depotr.data  # noqa: F401  (registers the datasets)
+from depotr.data.datasets import (
+    SYNTHETIC_DATASET_NAMES,
+    filter_person_annotations,
+    keypoint_oks_sigmas,
+    register_synthetic_datasets,
+    resolve_synthetic_root,
+)
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
+
+K = len(COCO_PERSON_KEYPOINT_NAMES)
+
+
+def test_import_registers_synthetic_datasets_lazily():
+    for name in SYNTHETIC_DATASET_NAMES.values():
+        assert name in DatasetCatalog.list()
+        meta = MetadataCatalog.get(name)
+        assert meta.evaluator_type == "coco"
+        assert meta.keypoint_names == list(COCO_PERSON_KEYPOINT_NAMES)
+        assert meta.keypoint_oks_sigmas == list(COCO_PERSON_OKS_SIGMAS)
+        assert meta.json_file.endswith(os.path.join("synthetic_persons", name.split("_")[-1], "annotations.json"))
+
+
+def test_register_and_get(tmp_path, restore_synthetic_registration):
+    register_synthetic_datasets(str(tmp_path / "synthetic_persons"), num_train=5, num_val=3, seed=11)
+    meta = MetadataCatalog.get("synthetic_persons_val")
+    assert not os.path.exists(meta.json_file)  # nothing generated before the first get
+    dicts = DatasetCatalog.get("synthetic_persons_val")
+    assert len(dicts) == 3 and os.path.isfile(meta.json_file)
+    with open(meta.json_file) as f:
+        raw = {a["id"]: a for a in json.load(f)["annotations"]}
+    annos = [a for d in dicts for a in d["annotations"]]
+    assert annos and all(a["category_id"] == 0 and len(a["keypoints"]) == 3 * K for a in annos)
+    for anno in annos:  # load_coco_json adds 0.5 to every x, y (pixel index -> continuous)
+        got = np.asarray(anno["keypoints"]).reshape(K, 3)
+        src = np.asarray(raw[anno["id"]]["keypoints"]).reshape(K, 3)
+        np.testing.assert_allclose(got[:, :2], src[:, :2] + 0.5)
+    for d in dicts:
+        assert os.path.isfile(d["file_name"]) and d["height"] == d["width"] == 256
+    assert len(DatasetCatalog.get("synthetic_persons_train")) == 5
+
+
+def test_reregistration_replaces_the_earlier_one(tmp_path, restore_synthetic_registration):
+    register_synthetic_datasets(str(tmp_path / "a"), 2, 2, seed=0)
+    register_synthetic_datasets(str(tmp_path / "b"), 2, 4, seed=0)
+    assert len(DatasetCatalog.get("synthetic_persons_val")) == 4
+    assert MetadataCatalog.get("synthetic_persons_val").json_file.startswith(str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("env, expected", [(None, "cwd"), ("custom", "env")], ids=["cwd_relative", "DEPOTR_DATASETS"])
+def test_synthetic_root_resolution(tmp_path, monkeypatch, env, expected):
+    monkeypatch.chdir(tmp_path)
+    if env is None:
+        monkeypatch.delenv("DEPOTR_DATASETS", raising=False)
+        want = tmp_path / "datasets" / "synthetic_persons"
+    else:
+        monkeypatch.setenv("DEPOTR_DATASETS", str(tmp_path / env))
+        want = tmp_path / env / "synthetic_persons"
+    assert resolve_synthetic_root("datasets/synthetic_persons") == str(want)
+
+
+@pytest.mark.parametrize("name", ["keypoints_coco_2017_train", "keypoints_coco_2017_val"])
+def test_coco_keypoint_metadata(name):
+    meta = MetadataCatalog.get(name)
+    assert list(meta.keypoint_names) == list(COCO_PERSON_KEYPOINT_NAMES)  # set by Detectron2
+    assert len(meta.keypoint_flip_map) == 8
+    assert meta.keypoint_oks_sigmas == list(COCO_PERSON_OKS_SIGMAS)  # added by DePOTR
+    assert keypoint_oks_sigmas(name) == list(COCO_PERSON_OKS_SIGMAS)
+
+
+def _kps(v):
+    out = []
+    for i, vis in enumerate(v):
+        out += [0.5, 0.5, 0] if vis == 0 else [10.0 + i, 20.0 + i, vis]
+    return out
+
+
+def _person(vis=2, crowd=0, with_keypoints=True):
+    anno = {"bbox": [1, 2, 30, 40], "bbox_mode": 1, "category_id": 0, "iscrowd": crowd}
+    if with_keypoints:
+        anno["keypoints"] = _kps([vis] * K)
+    return anno
+
+
+@pytest.mark.parametrize(
+    "annotations, expected",
+    [
+        ([_person()], dict(images_kept=1, persons_kept=1)),
+        ([_person(crowd=1)], dict(images_dropped=1, persons_dropped_crowd=1)),
+        ([_person(vis=0)], dict(images_dropped=1, persons_dropped_no_keypoints=1)),
+        ([_person(with_keypoints=False)], dict(images_dropped=1, persons_dropped_no_keypoints=1)),
+        ([_person(vis=1), _person(crowd=1), _person(vis=0)],
+         dict(images_kept=1, persons_kept=1, persons_dropped_crowd=1, persons_dropped_no_keypoints=1)),
+        ([], dict(images_dropped=1)),
+    ],
+    ids=["kept", "crowd", "all_unlabelled", "no_keypoints_field", "mixed", "empty_image"],
+)
+def test_filter_person_annotations(annotations, expected):
+    dicts = [{"file_name": "a.jpg", "image_id": 1, "annotations": annotations}]
+    kept, stats = filter_person_annotations(dicts, return_stats=True)
+    full = dict(images_kept=0, images_dropped=0, persons_kept=0, persons_dropped_crowd=0,
+                persons_dropped_no_keypoints=0)
+    full.update(expected)
+    assert stats == full
+    assert len(kept) == full["images_kept"]
+    if kept:
+        assert len(kept[0]["annotations"]) == full["persons_kept"]
+    assert len(dicts[0]["annotations"]) == len(annotations)  # input untouched
+
+
+def test_filter_logs_counts(caplog):
+    dicts = [{"image_id": 1, "annotations": [_person(), _person(crowd=1)]}, {"image_id": 2, "annotations": []}]
+    with caplog.at_level("INFO", logger="depotr.data.datasets"):
+        assert len(filter_person_annotations(dicts)) == 1
+    assert "kept 1 images, dropped 1" in caplog.text and "dropped 1 crowd" in caplog.text

@@ -1,0 +1,113 @@
+"""Precomputed person detections: thresholds, top-K, XYXY conversion, errors."""
+import json
+
+import numpy as np
+import pytest
+
+from depotr.data.datasets import attach_precomputed_boxes, attach_precomputed_boxes_from_cfg, load_precomputed_boxes
+
+DETECTIONS = [
+    {"image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40], "score": 0.9},
+    {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.3},
+    {"image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.6},
+    {"image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "score": 0.99},  # not a person
+    {"image_id": 2, "category_id": 1, "bbox": [5, 5, 0, 4], "score": 0.8},  # empty box
+    {"image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 4], "score": 0.7},
+    {"image_id": 99, "category_id": 1, "bbox": [5, 5, 10, 4], "score": 0.7},  # not in the dataset
+]
+
+
+def _write(tmp_path, obj, name="dets.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "thresh, topk, scores_1, scores_2, dropped",
+    [
+        (0.0, 100, [0.9, 0.6, 0.3], [0.7], dict(dropped_score=0, dropped_topk=0)),
+        (0.5, 100, [0.9, 0.6], [0.7], dict(dropped_score=1, dropped_topk=0)),
+        (0.0, 1, [0.9], [0.7], dict(dropped_score=0, dropped_topk=2)),
+        (0.95, 100, [], [], dict(dropped_score=6, dropped_topk=0)),
+    ],
+    ids=["all", "thresh_0.5", "top1", "thresh_above_all"],
+)
+def test_threshold_and_topk(tmp_path, thresh, topk, scores_1, scores_2, dropped):
+    path = _write(tmp_path, DETECTIONS)
+    boxes, stats = load_precomputed_boxes(path, thresh, topk)
+    assert stats["dropped_category"] == 1
+    for key, value in dropped.items():
+        assert stats[key] == value
+    dicts = [{"image_id": 1, "file_name": "a"}, {"image_id": 2, "file_name": "b"}, {"image_id": 3, "file_name": "c"}]
+    out = attach_precomputed_boxes(dicts, path, thresh, topk)
+    for d, want in zip(out, (scores_1, scores_2, [])):
+        assert d["person_boxes"].dtype == np.float32 and d["person_boxes"].shape == (len(want), 4)
+        assert d["person_scores"].dtype == np.float32
+        np.testing.assert_allclose(d["person_scores"], want, rtol=1e-6)
+    assert "person_boxes" not in dicts[0]
+
+
+def test_boxes_are_xyxy(tmp_path):
+    out = attach_precomputed_boxes([{"image_id": 1}], _write(tmp_path, DETECTIONS[:1]))
+    np.testing.assert_allclose(out[0]["person_boxes"], [[10, 20, 40, 60]])
+
+
+def test_from_cfg_uses_the_test_dataset_position(tmp_path):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TEST = ("a", "b")
+    cfg.DATASETS.PRECOMPUTED_BOXES = ("", _write(tmp_path, DETECTIONS))
+    cfg.MODEL.DEPOTR.BOX_TOPK = 1
+    dicts = [{"image_id": 1}]
+    assert "person_boxes" not in attach_precomputed_boxes_from_cfg(cfg, "a", dicts)[0]
+    np.testing.assert_allclose(attach_precomputed_boxes_from_cfg(cfg, "b", dicts)[0]["person_scores"], [0.9])
+
+
+def _bad(**change):
+    det = {"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
+    det.update(change)
+    return [dict(DETECTIONS[0]), {k: v for k, v in det.items() if v is not None}]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (_bad(score=None), r"detection 1: missing field 'score'"),
+        (_bad(bbox=None), r"detection 1: missing field 'bbox'"),
+        (_bad(image_id=None), r"detection 1: missing field 'image_id'"),
+        (_bad(bbox=[1, 2, 3]), r"detection 1: field 'bbox' must be 4 finite numbers"),
+        (_bad(bbox=[1, 2, "a", 4]), r"detection 1: field 'bbox' must be 4 finite numbers"),
+        (_bad(bbox=[1, 2, -3, 4]), r"detection 1: degenerate box"),
+        (_bad(bbox=[1, 2, 3, -0.5]), r"detection 1: degenerate box"),
+        (_bad(score="high"), r"detection 1: field 'score'"),
+        ({"image_id": 1}, r"expected a list of detections"),
+    ],
+    ids=["no_score", "no_bbox", "no_image_id", "bbox_3_values", "bbox_not_number", "negative_width",
+         "negative_height", "score_not_number", "not_a_list"],
+)
+def test_malformed_file_errors_name_file_and_field(tmp_path, content, match):
+    path = _write(tmp_path, content, "broken.json")
+    with pytest.raises(ValueError, match=match) as info:
+        load_precomputed_boxes(path)
+    assert "broken.json" in str(info.value)
+
+
+def test_missing_and_invalid_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_precomputed_boxes(str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(ValueError, match="bad.json is not valid json"):
+        load_precomputed_boxes(str(tmp_path / "bad.json"))
+
+
+def test_logs_what_was_dropped(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="depotr.data.datasets"):
+        attach_precomputed_boxes([{"image_id": 1}, {"image_id": 2}], _write(tmp_path, DETECTIONS), 0.5, 1)
+    text = caplog.text
+    assert "7 detections" in text and "1 not person" in text and "1 with score < 0.5" in text
+    assert "1 empty" in text and "1 kept boxes belong to images not in the dataset" in text

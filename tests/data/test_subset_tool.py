@@ -1,0 +1,93 @@
+"""Representative subsets (tools/make_subset.py, depotr.data.subset)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from depotr.data.subset import select_subset, subset_coco, visibility_distribution
+from depotr.data.synthetic import coco_categories
+
+K = 17
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _random_coco(num_images=1500, seed=0):
+    """A COCO keypoints json with 0-4 persons per image, per-keypoint visibility rates that
+    vary by keypoint, and some crowd annotations."""
+    rng = np.random.default_rng(seed)
+    p_vis = rng.uniform(0.3, 0.8, K)
+    p_occ = rng.uniform(0.05, 0.2, K)
+    images, annotations = [], []
+    for i in range(num_images):
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 100, "width": 100})
+        for _ in range(int(rng.integers(0, 5))):
+            u = rng.random(K)
+            v = np.where(u < p_vis, 2, np.where(u < p_vis + p_occ, 1, 0))
+            kps = np.stack([rng.uniform(0, 99, K) * (v > 0), rng.uniform(0, 99, K) * (v > 0), v], 1)
+            crowd = int(rng.random() < 0.03)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1,
+                                "iscrowd": crowd, "bbox": [0, 0, 10, 10], "area": 100.0,
+                                "keypoints": np.round(kps * (1 - crowd), 1).reshape(-1).tolist(),
+                                "num_keypoints": int((v > 0).sum()) * (1 - crowd)})
+    return {"info": {}, "images": images, "annotations": annotations, "categories": coco_categories()}
+
+
+@pytest.fixture(scope="module")
+def coco():
+    return _random_coco()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25], ids=["10pct", "25pct"])
+def test_subset_keeps_visibility_shares_within_1pp(coco, fraction):
+    ids = select_subset(coco, fraction, seed=1)
+    assert len(ids) == round(fraction * len(coco["images"])) and len(set(ids)) == len(ids)
+    sub = subset_coco(coco, ids)
+    dev = np.abs(visibility_distribution(coco) - visibility_distribution(sub)).max() * 100
+    assert dev < 1.0
+    assert {a["image_id"] for a in sub["annotations"]} <= set(ids)
+    assert sub["categories"] == coco["categories"]
+
+
+def test_subset_is_deterministic_for_a_seed(coco):
+    assert select_subset(coco, 0.1, seed=3) == select_subset(coco, 0.1, seed=3)
+    assert select_subset(coco, 0.1, seed=3) != select_subset(coco, 0.1, seed=4)
+
+
+def test_distribution_rows_sum_to_one(coco):
+    dist = visibility_distribution(coco)
+    assert dist.shape == (K, 3)
+    np.testing.assert_allclose(dist.sum(1), 1.0)
+
+
+def test_impossible_subset_raises_clear_error():
+    coco = _random_coco(num_images=2)
+    coco["annotations"] = [
+        {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": [1, 1, 2] * K},
+        {"id": 2, "image_id": 2, "category_id": 1, "iscrowd": 0, "keypoints": [0, 0, 0] * K},
+    ]
+    with pytest.raises(ValueError, match="no subset of 1 of 2 images keeps the visibility shares within 1.0 pp"):
+        select_subset(coco, 0.5)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1], ids=["zero", "above_one", "negative"])
+def test_invalid_fraction(coco, fraction):
+    with pytest.raises(ValueError, match="fraction must be in"):
+        select_subset(coco, fraction)
+
+
+def test_cli_writes_subset_json_and_png(tmp_path, coco):
+    spec = importlib.util.spec_from_file_location("make_subset", os.path.join(REPO, "tools", "make_subset.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    src = tmp_path / "full.json"
+    src.write_text(json.dumps(coco))
+    out, png = tmp_path / "subset.json", tmp_path / "subset.png"
+    assert tool.main(["--input", str(src), "--fraction", "0.1", "--output", str(out), "--plot", str(png),
+                      "--seed", "2"]) == 0
+    sub = json.loads(out.read_text())
+    assert len(sub["images"]) == 150
+    dev = np.abs(visibility_distribution(coco) - visibility_distribution(sub)).max() * 100
+    assert dev < 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000

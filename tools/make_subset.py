@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Writes a representative subset of a COCO keypoints json (thesis section 6.1).
+
+    python tools/make_subset.py --input person_keypoints_train2017.json --fraction 0.1 \
+        --output subset.json --plot subset.png [--seed 0] [--tolerance 1.0]
+
+Keeps ``fraction`` of the images such that, per keypoint, the shares of visible (v=2),
+occluded (v=1) and unlabelled/outside (v=0) person keypoints stay within ``--tolerance``
+percentage points of the full set, and plots both distributions.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from depotr.data.subset import (
+    keypoint_names,
+    plot_visibility_distributions,
+    select_subset,
+    subset_coco,
+    visibility_distribution,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="COCO keypoints json")
+    parser.add_argument("--fraction", type=float, required=True, help="fraction of the images to keep, in (0, 1]")
+    parser.add_argument("--output", required=True, help="subset json to write")
+    parser.add_argument("--plot", help="bar chart PNG comparing both visibility distributions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=1.0, help="max deviation in percentage points")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    with open(args.input) as f:
+        coco = json.load(f)
+    try:
+        ids = select_subset(coco, args.fraction, seed=args.seed, tolerance_pp=args.tolerance)
+    except ValueError as e:
+        print(f"make_subset: {args.input}: {e}", file=sys.stderr)
+        return 1
+    subset = subset_coco(coco, ids)
+    with open(args.output, "w") as f:
+        json.dump(subset, f)
+    full_dist, sub_dist = visibility_distribution(coco), visibility_distribution(subset)
+    dev = abs(full_dist - sub_dist).max() * 100
+    print(f"{args.output}: {len(subset['images'])} of {len(coco['images'])} images, "
+          f"{len(subset['annotations'])} annotations, max deviation {dev:.3f} pp")
+    if args.plot:
+        plot_visibility_distributions(full_dist, sub_dist, keypoint_names(coco), args.plot,
+                                      title=f"{args.input} fraction {args.fraction}:")
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
