@@ -71,6 +71,8 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.HEATMAP.LOSS_WEIGHT = 1.0
     # C0: channels per keypoint of the (H/16)x(W/16) map the DePOTR-HM MLP produces.
     cfg.MODEL.DEPOTR.HEATMAP.INITIAL_CHANNELS = 1
+    # Layers of DePOTR-HM's per-keypoint MLP to that map (1: the thesis' single Linear).
+    cfg.MODEL.DEPOTR.HEATMAP.MLP_LAYERS = 1
 
     cfg.MODEL.DEPOTR.SIMPLE_BASELINE = CN()
     # SimpleBaseline deconvolution stack on res5: layers, channels, kernel size.
@@ -101,6 +103,8 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.CROP_SIZE = (256, 192)
     # Person box -> crop: expand to the crop's aspect, then scale by this factor.
     cfg.INPUT.CROP_PADDING = 1.25
+    # RoIAlign samples per crop-pixel side when cropping (0 = adaptive: ceil(box / crop size)).
+    cfg.INPUT.CROP_SAMPLING_RATIO = 0
 
     cfg.INPUT.AUG = CN()
     # Albumentations training augmentation; each entry is the probability of applying it.
@@ -151,5 +155,6 @@ def _add_test_config(cfg: CN) -> None:
     # Heatmap sub-pixel decoding: "none", "shift" (quarter pixel toward the higher
     # neighbour) or "dark" (Zhang et al. 2020).
     cfg.TEST.HEATMAP_REFINE = "shift"
-    # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline's flip test).
-    cfg.TEST.FLIP_SHIFT_HEATMAP = True
+    # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline's flip test). Off:
+    # in our pixel-centre convention the array flip is already the exact mirror.
+    cfg.TEST.FLIP_SHIFT_HEATMAP = False

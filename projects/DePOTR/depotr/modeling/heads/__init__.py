@@ -1,0 +1,24 @@
+"""Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM), SimpleBaseline, TransPose-R, and the
+shared heatmap codec, losses, MLP and target rule."""
+from .heatmap import DePOTRHeatmapHead
+from .heatmap_codec import HeatmapCodec, flip_heatmaps
+from .heatmap_loss import joints_mse_loss
+from .mlp import MLP
+from .regression import RegressionHead, coordinate_loss, score_loss
+from .simple_baseline import SimpleBaselineHead
+from .targets import keypoint_target_weights
+from .transpose import TransPoseHead
+
+__all__ = [
+    "DePOTRHeatmapHead",
+    "HeatmapCodec",
+    "MLP",
+    "RegressionHead",
+    "SimpleBaselineHead",
+    "TransPoseHead",
+    "coordinate_loss",
+    "flip_heatmaps",
+    "joints_mse_loss",
+    "keypoint_target_weights",
+    "score_loss",
+]

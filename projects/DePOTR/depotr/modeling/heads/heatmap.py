@@ -1,0 +1,54 @@
+"""DePOTR-HM's heatmap head (the seed thesis): each keypoint query's decoder output becomes a
+coarse (H/16, W/16) map, two stride-2 deconvolutions bring it to H/4, a 3x3 conv refines it.
+The K maps are treated as channels, as the thesis' ConvTranspose2d(17 -> 17)."""
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from .mlp import MLP
+from .simple_baseline import deconv_stack, heatmap_predictor
+
+_COARSE_STRIDE = 16  # stride of the map each query's MLP produces
+_NUM_DECONV_LAYERS = 2  # 16 -> 4
+
+
+class DePOTRHeatmapHead(nn.Module):
+    """B crops, K keypoints, d width, C0 channels per keypoint, (H, W) crop. Decoder output
+    (B, K, d) -> (B, K, H/4, W/4) heatmaps."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_keypoints: int,
+        crop_size: Tuple[int, int],
+        initial_channels: int = 1,
+        mlp_layers: int = 1,
+    ):
+        """
+        Args:
+            hidden_dim: d.
+            num_keypoints: K.
+            crop_size: (H, W), each divisible by 16.
+            initial_channels: C0.
+            mlp_layers: layers of the per-keypoint MLP d -> (H/16)(W/16)C0.
+        """
+        super().__init__()
+        height, width = crop_size
+        if height % _COARSE_STRIDE or width % _COARSE_STRIDE:
+            raise ValueError(f"DePOTR-HM needs a crop size divisible by {_COARSE_STRIDE}, got {crop_size}")
+        self.coarse_size = (height // _COARSE_STRIDE, width // _COARSE_STRIDE)
+        self.stride = _COARSE_STRIDE // 2 ** _NUM_DECONV_LAYERS
+        self.channels = num_keypoints * initial_channels
+        coarse_values = self.coarse_size[0] * self.coarse_size[1] * initial_channels
+        self.mlp = MLP(hidden_dim, hidden_dim, coarse_values, mlp_layers)
+        self.deconv = deconv_stack(self.channels, self.channels, _NUM_DECONV_LAYERS, kernel_size=3)
+        self.predictor = heatmap_predictor(self.channels, num_keypoints, 3)
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """features: "hidden_states" (n, B, K, d) of the decoder; the last layer is used.
+        Returns (B, K, H/4, W/4)."""
+        hidden = features["hidden_states"][-1]
+        # (B, K, (H/16)(W/16)C0) -> (B, K C0, H/16, W/16), keypoint-major channels
+        coarse = self.mlp(hidden).view(hidden.shape[0], self.channels, *self.coarse_size)
+        return self.predictor(self.deconv(coarse))

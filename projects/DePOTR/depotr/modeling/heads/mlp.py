@@ -1,0 +1,22 @@
+"""The MLP of DETR's box head (Carion et al. 2020, ``models/detr.py::MLP``)."""
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """num_layers Linear layers with ReLU between them: in_dim -> hidden_dim ... -> out_dim."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in_dim) -> (..., out_dim)."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x

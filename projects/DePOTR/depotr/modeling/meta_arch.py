@@ -1,0 +1,305 @@
+"""Top-down pose estimation meta-architecture: person boxes -> RoIAlign crops -> keypoint branch.
+
+Shape letters: B images, N persons (of one image, or of the batch where said), K keypoints,
+C = 3 channels, (H, W) the crop size (``INPUT.CROP_SIZE``).
+
+The top-down recipe is SimpleBaseline's (Xiao et al., "Simple Baselines for Human Pose
+Estimation and Tracking", ECCV 2018): boxes grown to the crop aspect and padded by 1.25,
+instance score = box score x mean confident keypoint score, flip test. The keypoint branch is
+DePOTR's (Straka, "Automatic Human Pose Estimation using Neural Network", the seed thesis) or a
+baseline head, built by ``depotr.modeling.build_keypoint_branch``.
+"""
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+
+from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices as make_flip_indices, flip_pairs
+from .box_sources import PersonDetector, build_person_detector, gt_boxes, jitter_boxes, precomputed_boxes
+from .crops import check_boxes, crop_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
+from .flip_test import flip_test
+
+__all__ = ["TopDownPoseEstimator", "rescore_instances"]
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_BOX_SOURCES = ("gt", "precomputed", "detector")
+
+
+def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float) -> Tensor:
+    """SimpleBaseline's instance rescoring: box score x mean of the keypoint scores > ``thresh``.
+
+    When no keypoint of a person scores above ``thresh`` the mean of all its keypoint scores is
+    used instead (SimpleBaseline would give 0): such persons keep their relative order and, for
+    equal box scores, still rank below every person with a confident keypoint.
+
+    Args:
+        box_scores: (N,) person box scores.
+        keypoint_scores: (N, K) keypoint scores.
+        thresh: keypoint score threshold (``MODEL.DEPOTR.KEYPOINT_SCORE_THRESH``).
+
+    Returns:
+        (N,) instance scores.
+    """
+    above = keypoint_scores > thresh
+    count = above.sum(dim=1)
+    mean_above = (keypoint_scores * above).sum(dim=1) / count.clamp(min=1)
+    factor = torch.where(count > 0, mean_above, keypoint_scores.mean(dim=1))
+    return box_scores * factor
+
+
+@META_ARCH_REGISTRY.register()
+class TopDownPoseEstimator(nn.Module):
+    """Crops every person box of a batch with one RoIAlign call and runs a keypoint branch.
+
+    Training uses the ground-truth boxes (jittered) of persons with at least one labelled
+    keypoint and returns the branch's losses. Inference takes boxes from ``gt``,
+    ``precomputed`` (``batched_input["proposals"]``) or a ``detector`` and returns Detectron2
+    ``Instances`` with keypoints in original image pixels.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        keypoint_branch: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        flip_indices: Sequence[int],
+        input_format: str = "RGB",
+        crop_size: Optional[Sequence[int]] = None,
+        crop_padding: float = 1.25,
+        crop_sampling_ratio: int = 0,
+        box_jitter_scale: float = 0.0,
+        box_jitter_shift: float = 0.0,
+        test_box_source: str = "precomputed",
+        box_score_thresh: float = 0.0,
+        box_topk: int = 100,
+        detector: Optional[PersonDetector] = None,
+        test_flip: bool = False,
+        keypoint_score_thresh: float = 0.2,
+        min_keypoints_per_person: int = 1,
+        average_outputs: Optional[Callable[[Dict[str, Tensor], Dict[str, Tensor]], Dict[str, Tensor]]] = None,
+    ):
+        """
+        Args:
+            keypoint_branch: module with the keypoint-branch contract (``forward(crops)``,
+                ``losses``, ``decode``, ``flip_back``, ``crop_size``).
+            pixel_mean, pixel_std: per-channel normalisation, in the order of ``input_format``.
+            flip_indices: (K,) index of each keypoint's left/right mirror partner.
+            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
+            crop_size: (H, W) of the crops; default (and must equal) ``keypoint_branch.crop_size``.
+            crop_padding: factor applied to a box after growing it to the aspect W:H.
+            crop_sampling_ratio: RoIAlign samples per bin side (0 = adaptive, see ``crop_images``).
+            box_jitter_scale, box_jitter_shift: training box jitter (see ``jitter_boxes``).
+            test_box_source: "gt", "precomputed" or "detector": person boxes at inference.
+            box_score_thresh, box_topk: filter of precomputed boxes per image.
+            detector: the frozen person detector, required for ``test_box_source="detector"``.
+            test_flip: average with the mirrored crops' predictions (``flip_test``).
+            keypoint_score_thresh: threshold of :func:`rescore_instances`.
+            min_keypoints_per_person: training skips gt persons with fewer labelled (v > 0)
+                keypoints (they would add no loss).
+            average_outputs: averages two branch output dicts in the flip test; default
+                ``depotr.modeling.average_outputs``.
+        """
+        super().__init__()
+        self.keypoint_branch = keypoint_branch
+        branch_size = tuple(int(s) for s in keypoint_branch.crop_size)
+        self.crop_size: Tuple[int, int] = branch_size if crop_size is None else tuple(int(s) for s in crop_size)
+        if self.crop_size != branch_size:
+            raise ValueError(f"crop_size {self.crop_size} differs from the keypoint branch's {branch_size}")
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"pixel_mean {list(pixel_mean)} and pixel_std {list(pixel_std)} differ in length")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.input_format = input_format
+        if crop_padding < 1.0:
+            raise ValueError(f"crop_padding must be >= 1, got {crop_padding}")
+        self.crop_padding = float(crop_padding)
+        self.crop_sampling_ratio = int(crop_sampling_ratio)
+        if not 0.0 <= box_jitter_scale < 1.0 or box_jitter_shift < 0.0:
+            raise ValueError(
+                f"need 0 <= box_jitter_scale < 1 and box_jitter_shift >= 0, got {box_jitter_scale}, {box_jitter_shift}"
+            )
+        self.box_jitter_scale = float(box_jitter_scale)
+        self.box_jitter_shift = float(box_jitter_shift)
+        if test_box_source not in INFERENCE_BOX_SOURCES:
+            raise ValueError(f"unknown test box source {test_box_source!r}; expected one of {INFERENCE_BOX_SOURCES}")
+        if test_box_source == "detector" and detector is None:
+            raise ValueError("test_box_source 'detector' needs a detector")
+        self.test_box_source = test_box_source
+        self.box_score_thresh = float(box_score_thresh)
+        self.box_topk = int(box_topk)
+        # Part of the state dict (frozen, always in eval mode); None unless boxes come from it.
+        self.detector = detector
+        self.flip_indices: List[int] = [int(i) for i in flip_indices]
+        if sorted(self.flip_indices) != list(range(len(self.flip_indices))):
+            raise ValueError(f"flip_indices {self.flip_indices} is not a permutation")
+        self.test_flip = bool(test_flip)
+        self.keypoint_score_thresh = float(keypoint_score_thresh)
+        self.min_keypoints_per_person = int(min_keypoints_per_person)
+        self.average_outputs = average_outputs
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        from depotr.modeling import build_keypoint_branch  # late: depotr.modeling imports this module
+
+        test_box_source = cfg.MODEL.DEPOTR.BOX_SOURCE
+        if test_box_source == "gt":
+            test_box_source = cfg.MODEL.DEPOTR.TEST_BOX_SOURCE
+        return {
+            "keypoint_branch": build_keypoint_branch(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "flip_indices": cls._flip_indices_from_metadata(cfg),
+            "input_format": cfg.INPUT.FORMAT,
+            "crop_size": cfg.INPUT.CROP_SIZE,
+            "crop_padding": cfg.INPUT.CROP_PADDING,
+            "crop_sampling_ratio": cfg.INPUT.CROP_SAMPLING_RATIO,
+            "box_jitter_scale": cfg.MODEL.DEPOTR.BOX_JITTER_SCALE,
+            "box_jitter_shift": cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT,
+            "test_box_source": test_box_source,
+            "box_score_thresh": cfg.MODEL.DEPOTR.BOX_SCORE_THRESH,
+            "box_topk": cfg.MODEL.DEPOTR.BOX_TOPK,
+            "detector": build_person_detector(cfg) if test_box_source == "detector" else None,
+            "test_flip": cfg.TEST.FLIP,
+            "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
+        }
+
+    @staticmethod
+    def _flip_indices_from_metadata(cfg) -> List[int]:
+        """Flip indices of the first training dataset's keypoints, else of the COCO table."""
+        names, flip_map = None, None
+        if len(cfg.DATASETS.TRAIN):
+            metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+            names = getattr(metadata, "keypoint_names", None)
+            flip_map = getattr(metadata, "keypoint_flip_map", None)
+        if names is None or flip_map is None:
+            logger.info("No keypoint_names/keypoint_flip_map metadata for DATASETS.TRAIN; using the COCO table")
+            names, flip_map = COCO_PERSON_KEYPOINT_NAMES, flip_pairs()
+        indices = make_flip_indices(names, flip_map)
+        if len(indices) != cfg.MODEL.DEPOTR.NUM_KEYPOINTS:
+            raise ValueError(
+                f"dataset metadata has {len(indices)} keypoints, "
+                f"MODEL.DEPOTR.NUM_KEYPOINTS is {cfg.MODEL.DEPOTR.NUM_KEYPOINTS}"
+            )
+        return indices
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict[str, Any]]):
+        """
+        Args:
+            batched_inputs: B dicts from the data mapper, each with
+                * "image": (C, Hi, Wi) uint8 tensor in ``input_format``, not resized;
+                * "height", "width": original image size (outputs are scaled to it);
+                * "image_id": used in error messages;
+                * "instances" (training; inference with box source "gt"): ``gt_boxes``
+                  (Boxes (N, 4) XYXY image pixels), ``gt_keypoints`` (Keypoints (N, K, 3):
+                  x, y in continuous image pixels, v; v = 0 means unlabelled);
+                * "proposals" (inference with box source "precomputed"): ``proposal_boxes``
+                  (Boxes (N, 4) XYXY image pixels) and ``scores`` (N,).
+
+        Returns:
+            Training: the keypoint branch's dict of scalar "loss_*" tensors (zero, but
+            connected to every trainable parameter, when the batch holds no person).
+            Inference: B dicts ``{"instances": Instances}`` of size "height" x "width" with
+                * pred_boxes: Boxes (N, 4), the person boxes (clipped to the image);
+                * scores: (N,) box score x mean confident keypoint score (``rescore_instances``);
+                * pred_keypoints: (N, K, 3) (x, y, score), x, y in continuous image pixels
+                  (pixel i covers [i, i + 1)), as Detectron2's keypoint R-CNN;
+                * pred_classes: (N,) zeros (person).
+        """
+        if not self.training:
+            return self.inference(batched_inputs)
+
+        images = self.preprocess_image(batched_inputs)
+        crop_boxes, keypoints = [], []
+        for x in batched_inputs:
+            if "instances" not in x:
+                raise KeyError(f"training image {x.get('image_id')!r} has no 'instances' (gt boxes and keypoints)")
+            instances = x["instances"]
+            if not instances.has("gt_keypoints"):
+                raise KeyError(f"training image {x.get('image_id')!r} has instances without gt_keypoints")
+            boxes = instances.gt_boxes.tensor.to(self.device)
+            kpts = instances.gt_keypoints.tensor.to(self.device)
+            keep = (kpts[..., 2] > 0).sum(dim=1) >= self.min_keypoints_per_person
+            boxes, kpts = boxes[keep], kpts[keep]
+            check_boxes(boxes, "gt", x.get("image_id"))
+            boxes = jitter_boxes(boxes, self.box_jitter_scale, self.box_jitter_shift)
+            crop_boxes.append(expand_boxes_to_aspect(boxes, self.crop_size, self.crop_padding))
+            keypoints.append(kpts)
+
+        crops = crop_images(images.tensor, crop_boxes, self.crop_size, self.crop_sampling_ratio)
+        targets = image_to_crop(torch.cat(keypoints), torch.cat(crop_boxes), self.crop_size)
+        outputs = self.keypoint_branch(crops)
+        losses = self.keypoint_branch.losses(outputs, targets)
+        if len(crops) == 0:
+            # Keep every trainable parameter in the graph (DDP) with an exact zero.
+            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            losses = {k: v + zero for k, v in losses.items()}
+        return losses
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
+        """Normalises ((image - pixel_mean) / pixel_std) and pads the images to one (B, C, Hp, Wp)
+        batch; the padding is 0, i.e. the mean colour, which is also what crops read outside
+        an image."""
+        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, size_divisibility=0, pad_value=0.0)
+
+    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[Tuple[Tensor, Tensor]]:
+        """Per image (boxes (N, 4) XYXY image pixels, scores (N,)) from ``test_box_source``."""
+        if self.test_box_source == "detector":
+            return [(b.to(self.device), s.to(self.device)) for b, s in self.detector(batched_inputs, self.input_format)]
+        results = []
+        for x in batched_inputs:
+            if self.test_box_source == "gt":
+                boxes, scores = gt_boxes(x)
+                check_boxes(boxes, "gt", x.get("image_id"))
+            else:
+                if "proposals" in x:
+                    check_boxes(x["proposals"].proposal_boxes.tensor, "precomputed", x.get("image_id"))
+                boxes, scores = precomputed_boxes(x, self.box_score_thresh, self.box_topk)
+            results.append((boxes.to(self.device).float(), scores.to(self.device).float()))
+        return results
+
+    def inference(
+        self, batched_inputs: List[Dict[str, Any]], do_postprocess: bool = True
+    ) -> List[Dict[str, Instances]]:
+        """Inference part of :meth:`forward` (same inputs and outputs). With
+        ``do_postprocess=False`` the Instances are in the size of the input image tensors."""
+        images = self.preprocess_image(batched_inputs)
+        boxes_scores = self._inference_boxes(batched_inputs)
+        crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _ in boxes_scores]
+        crops = crop_images(images.tensor, crop_boxes, self.crop_size, self.crop_sampling_ratio)
+        if self.test_flip:
+            outputs = flip_test(self.keypoint_branch, crops, self.flip_indices, self.average_outputs)
+        else:
+            outputs = self.keypoint_branch(crops)
+        keypoints = crop_to_image(self.keypoint_branch.decode(outputs), torch.cat(crop_boxes), self.crop_size)
+
+        results = []
+        per_image = keypoints.split([len(b) for b in crop_boxes])
+        for x, image_size, (boxes, box_scores), kpts in zip(
+            batched_inputs, images.image_sizes, boxes_scores, per_image
+        ):
+            instances = Instances(tuple(image_size))
+            instances.pred_boxes = Boxes(boxes.clone())  # detector_postprocess scales in place
+            instances.scores = rescore_instances(box_scores, kpts[..., 2], self.keypoint_score_thresh)
+            instances.pred_keypoints = kpts
+            instances.pred_classes = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+            if do_postprocess:
+                height = x.get("height", image_size[0])
+                width = x.get("width", image_size[1])
+                instances = detector_postprocess(instances, height, width)
+            results.append({"instances": instances})
+        return results

@@ -1,0 +1,83 @@
+"""The DePOTR body: ResNet -> L projected levels -> deformable transformer -> one decoder
+output per keypoint query (DePOTR as in the seed thesis, built on Deformable DETR, Zhu et al. 2021).
+
+Shared by the regression branch (DePOTR) and the heatmap branch (DePOTR-HM).
+"""
+from typing import Dict, Optional, Sequence
+
+import torch
+from detectron2.config import CfgNode, configurable
+from torch import nn
+
+from .backbone import MultiLevelProjection, build_resnet
+from .deformable_transformer import DeformableTransformer, RefineFn
+
+
+class DeformablePoseTransformer(nn.Module):
+    """B crops, K keypoints (= queries), n decoder layers, d width."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: Sequence[str],
+        input_proj: MultiLevelProjection,
+        transformer: DeformableTransformer,
+        num_keypoints: int,
+    ):
+        """
+        Args:
+            backbone: maps (B, 3, H, W) crops to a dict of feature maps containing ``in_features``.
+            in_features: backbone maps fed to ``input_proj``, finest first.
+            input_proj: backbone maps -> L maps of width d.
+            transformer: the deformable encoder-decoder of width d.
+            num_keypoints: K; one learned query (position + content, 2d values) per keypoint.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        self.input_proj = input_proj
+        self.transformer = transformer
+        self.query_embed = nn.Embedding(num_keypoints, 2 * transformer.d_model)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
+        model = cfg.MODEL.DEPOTR
+        backbone = build_resnet(cfg, model.IN_FEATURES)
+        shapes = backbone.output_shape()
+        return {
+            "backbone": backbone,
+            "in_features": model.IN_FEATURES,
+            "input_proj": MultiLevelProjection(
+                [shapes[f].channels for f in model.IN_FEATURES], model.HIDDEN_DIM, model.NUM_FEATURE_LEVELS
+            ),
+            "transformer": DeformableTransformer(
+                d_model=model.HIDDEN_DIM,
+                nhead=model.NHEADS,
+                num_encoder_layers=model.ENC_LAYERS,
+                num_decoder_layers=model.DEC_LAYERS,
+                dim_feedforward=model.DIM_FEEDFORWARD,
+                dropout=model.DROPOUT,
+                num_feature_levels=model.NUM_FEATURE_LEVELS,
+                enc_n_points=model.ENC_N_POINTS,
+                dec_n_points=model.DEC_N_POINTS,
+            ),
+            "num_keypoints": model.NUM_KEYPOINTS,
+        }
+
+    def forward(self, crops: torch.Tensor, refine: Optional[RefineFn] = None) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            crops: (B, 3, H, W) normalised crops.
+            refine: optional iterative reference refinement, see
+                :meth:`DeformableTransformerDecoder.forward`.
+        Returns:
+            "hidden_states": (n, B, K, d) decoder output of every layer.
+            "references": (n, B, K, 2) the reference point (x, y) each layer attended around,
+                normalised to [0, 1] of the crop width / height.
+        """
+        features = self.backbone(crops)
+        srcs = self.input_proj([features[f] for f in self.in_features])
+        hidden_states, references = self.transformer(srcs, self.query_embed.weight, refine)
+        return {"hidden_states": hidden_states, "references": references}

@@ -1,0 +1,130 @@
+"""HeatmapCodec (encode / decode / refinement), flip_heatmaps and joints_mse_loss.
+
+Convention under test: crop pixel i covers [i, i+1), centre i + 0.5; heatmap coordinate = crop
+pixel / stride; heatmap pixel j has its centre at j + 0.5.
+"""
+import math
+
+import pytest
+import torch
+
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+from depotr.modeling.heads import HeatmapCodec, flip_heatmaps, joints_mse_loss
+
+COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+
+
+def test_encode_hand_computed():
+    codec = HeatmapCodec(crop_size=(16, 8), stride=4, sigma=1.0)
+    # Crop pixel (6, 10) -> heatmap (1.5, 2.5): the centre of heatmap pixel (x=1, y=2).
+    heatmaps, weights = codec.encode(torch.tensor([[[6.0, 10.0, 2.0]]]))
+    assert heatmaps.shape == (1, 1, 4, 2)
+    assert weights.tolist() == [[1.0]]
+    expected = torch.tensor([[math.exp(-(dx ** 2 + dy ** 2) / 2) for dx in (-1, 0)] for dy in (-2, -1, 0, 1)])
+    torch.testing.assert_close(heatmaps[0, 0], expected)
+    assert heatmaps[0, 0, 2, 1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "keypoint",
+    [(6.0, 10.0, 0.0), (8.0, 10.0, 2.0), (-0.1, 3.0, 2.0), (3.0, 16.0, 1.0)],
+    ids=["unlabelled", "right_edge_x_eq_W", "left_of_crop", "below_crop"],
+)
+def test_encode_unsupervised_keypoint_is_zero(keypoint):
+    codec = HeatmapCodec(crop_size=(16, 8), stride=4, sigma=1.0)
+    heatmaps, weights = codec.encode(torch.tensor([[keypoint]]))
+    assert weights.tolist() == [[0.0]]
+    assert heatmaps.abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "refine, tolerance",
+    [("none", 0.5), ("shift", 0.25), ("dark", 0.02)],
+    ids=["none", "shift", "dark"],
+)
+@pytest.mark.parametrize("crop_size", [(256, 192), (384, 288)], ids=["256x192", "384x288"])
+def test_round_trip(refine, tolerance, crop_size):
+    torch.manual_seed(0)
+    stride = 4
+    height, width = crop_size
+    sigma = 2.0 * (height / stride) / 64
+    codec = HeatmapCodec(crop_size, stride, sigma, refine=refine)
+    # Sub-pixel keypoints at least 4 sigma from the border (DARK's blur is zero-padded).
+    margin = 4 * sigma * stride
+    xy = torch.rand(8, 17, 2, dtype=torch.float64)
+    xy = margin + xy * torch.tensor([width - 2 * margin, height - 2 * margin], dtype=torch.float64)
+    keypoints = torch.cat((xy, torch.full((8, 17, 1), 2.0, dtype=torch.float64)), dim=-1)
+    heatmaps, _ = codec.encode(keypoints)
+    decoded = codec.decode(heatmaps)
+    error = (decoded[..., :2] - xy).abs() / stride  # heatmap pixels, per axis
+    assert error.max() <= tolerance + 1e-6
+    torch.testing.assert_close(decoded[..., 2], heatmaps.flatten(2).amax(-1))
+
+
+def test_shift_quarter_pixel_toward_higher_neighbour():
+    heatmaps = torch.zeros(1, 2, 4, 5)
+    heatmaps[0, 0, 1, 2], heatmaps[0, 0, 1, 3], heatmaps[0, 0, 0, 2] = 1.0, 0.5, 0.2  # right, up
+    heatmaps[0, 1, 3, 0] = 0.7  # corner: no neighbours on one side -> no shift
+    decoded = HeatmapCodec((16, 20), 4, 1.0, refine="shift").decode(heatmaps)
+    expected = torch.tensor([[[(2.75) * 4, (1.25) * 4, 1.0], [0.5 * 4, 3.5 * 4, 0.7]]])
+    torch.testing.assert_close(decoded, expected)
+
+
+@pytest.mark.parametrize("refine", ["none", "shift", "dark"])
+def test_decode_empty(refine):
+    decoded = HeatmapCodec((256, 192), 4, 2.0, refine=refine).decode(torch.zeros(0, 17, 64, 48))
+    assert decoded.shape == (0, 17, 3)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        HeatmapCodec((250, 192), 4, 2.0)
+    with pytest.raises(ValueError, match="refinement"):
+        HeatmapCodec((256, 192), 4, 2.0, refine="argmax")
+
+
+def test_flip_heatmaps_is_an_involution():
+    torch.manual_seed(0)
+    heatmaps = torch.rand(3, 17, 8, 6)
+    torch.testing.assert_close(flip_heatmaps(flip_heatmaps(heatmaps, COCO_FLIP), COCO_FLIP), heatmaps)
+
+
+def test_encoding_a_mirrored_crop_then_flipping_back_equals_encoding_the_original():
+    torch.manual_seed(0)
+    codec = HeatmapCodec((256, 192), 4, 2.0)
+    keypoints = torch.rand(2, 17, 3, dtype=torch.float64) * torch.tensor([192.0, 256.0, 2.0], dtype=torch.float64)
+    keypoints[..., 2] = keypoints[..., 2].round()  # some v = 0
+    # On the mirrored crop, keypoint k is the mirror image (u -> W - u) of its partner.
+    mirrored = keypoints[:, COCO_FLIP].clone()
+    mirrored[..., 0] = 192 - mirrored[..., 0]
+    mirrored_heatmaps, mirrored_weights = codec.encode(mirrored)
+    heatmaps, weights = codec.encode(keypoints)
+    torch.testing.assert_close(flip_heatmaps(mirrored_heatmaps, COCO_FLIP), heatmaps)
+    torch.testing.assert_close(mirrored_weights[:, COCO_FLIP], weights)
+
+
+def test_flip_shift_moves_one_pixel_right():
+    heatmaps = torch.zeros(1, 1, 2, 4)
+    heatmaps[0, 0, 0, 3] = 1.0  # mirrors to column 0, shifted to column 1; column 0 is kept
+    flipped = flip_heatmaps(heatmaps, [0], shift=True)
+    assert flipped[0, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_joints_mse_loss_value_and_mask():
+    pred = torch.ones(1, 2, 2, 2, requires_grad=True)
+    target = torch.zeros(1, 2, 2, 2)
+    loss = joints_mse_loss(pred, target, torch.tensor([[1.0, 0.0]]))
+    # 0.5 x (4 pixels x 1) / (B K h w = 8)
+    torch.testing.assert_close(loss, torch.tensor(0.25))
+    loss.backward()
+    assert pred.grad[0, 1].abs().sum() == 0
+    torch.testing.assert_close(pred.grad[0, 0], torch.full((2, 2), 2 * 0.5 / 8))
+
+
+@pytest.mark.parametrize("batch", [0, 2], ids=["empty_batch", "all_unlabelled"])
+def test_joints_mse_loss_without_supervision_is_zero_and_backpropagates(batch):
+    pred = torch.rand(batch, 17, 4, 3, requires_grad=True)
+    loss = joints_mse_loss(pred, torch.rand(batch, 17, 4, 3), torch.zeros(batch, 17))
+    assert loss.item() == 0
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() == 0
