@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Trains and evaluates DePOTR models with Detectron2's trainer.
+
+    python train_net.py --config-file configs/depotr_r50.yaml --num-gpus 4
+    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/depotr_hm_r18_synthetic.yaml   # CPU, embedded data
+
+Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
+"""
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from depotr.config import add_depotr_config
+from depotr.data import register_synthetic_datasets_from_cfg
+from depotr.engine import Trainer, launch
+from depotr.engine.trainer import load_training_dicts
+from depotr.solver import apply_epoch_schedule
+
+
+def setup(args) -> CfgNode:
+    """Builds the frozen config: defaults, DePOTR keys, the yaml file, then ``--opts``."""
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # logged below with the full config
+    default_setup(cfg, args)
+    register_synthetic_datasets_from_cfg(cfg)
+    # Materialise generated datasets once, on the main process, before the others read them.
+    if comm.is_main_process():
+        for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+            DatasetCatalog.get(name)
+    comm.synchronize()
+    if not args.eval_only:
+        apply_epoch_schedule(cfg, len(load_training_dicts(cfg)))
+    cfg.freeze()
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
