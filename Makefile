@@ -1,14 +1,19 @@
 # DePOTR: the two set-up commands of the README.
-#   make main  - install (idempotent) and run the main job: train + evaluate on the embedded data
+#   make main  - install (idempotent), train + evaluate on the embedded synthetic data (CPU),
+#                then draw predicted skeletons on a few val images
 #   make test  - install (idempotent) and run the test suite
 PY := .venv/bin/python
+MAIN_CONFIG := configs/depotr_hm_r18_synthetic.yaml
+MAIN_OUTPUT := output/depotr_hm_r18_synthetic
 
 .PHONY: install main test
 install:
 	bash tools/install.sh
 
 main: install
-	$(PY) tools/main_job.py
+	$(PY) train_net.py --config-file $(MAIN_CONFIG) OUTPUT_DIR $(MAIN_OUTPUT)
+	$(PY) tools/visualize_predictions.py --config-file $(MAIN_CONFIG) --output $(MAIN_OUTPUT)/predictions \
+		MODEL.WEIGHTS $(MAIN_OUTPUT)/model_final.pth
 
 test: install
 	$(PY) -m pytest tests -q -ra
