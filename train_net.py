@@ -7,15 +7,14 @@
 
 Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
 """
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from depotr.config import add_depotr_config
+from depotr.config import load_depotr_config
 from depotr.data import register_synthetic_datasets_from_cfg
 from depotr.engine import Trainer, launch
 from depotr.engine.trainer import load_training_dicts
@@ -24,12 +23,7 @@ from depotr.solver import apply_epoch_schedule
 
 def setup(args) -> CfgNode:
     """Builds the frozen config: defaults, DePOTR keys, the yaml file, then ``--opts``."""
-    cfg = get_cfg()
-    add_depotr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"  # logged below with the full config
+    cfg = load_depotr_config(args.config_file, args.opts)
     default_setup(cfg, args)
     register_synthetic_datasets_from_cfg(cfg)
     # Materialise generated datasets once, on the main process, before the others read them.

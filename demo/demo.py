@@ -17,26 +17,21 @@ from typing import List
 import cv2
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 
-from depotr.config import add_depotr_config
+from depotr.config import load_depotr_config
 from depotr.data import coco_person_metadata
 
 
 def setup(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_depotr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_depotr_config(config_file, opts)
     # The caller's boxes (here: the whole image) arrive as "proposals".
     cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

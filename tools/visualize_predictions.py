@@ -16,24 +16,19 @@ import cv2
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
-from depotr.config import add_depotr_config
+from depotr.config import load_depotr_config
 from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
 
 
 def setup(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_depotr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_depotr_config(config_file, opts)
     cfg.freeze()
     register_synthetic_datasets_from_cfg(cfg)
     return cfg

@@ -3,7 +3,11 @@
 Call :func:`add_depotr_config` in every entry point (training, demo, tools, tests) before
 merging a yaml file. Unknown keys still fail loudly: nothing here enables ``set_new_allowed``.
 """
+from typing import Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_depotr_config(cfg: CN) -> None:
@@ -14,6 +18,19 @@ def add_depotr_config(cfg: CN) -> None:
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+
+
+def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's defaults + :func:`add_depotr_config`, then ``config_file``, then ``opts``
+    (KEY VALUE ...). Without CUDA a "cuda" ``MODEL.DEVICE`` becomes "cpu", so that GPU configs
+    run unchanged on a CPU machine. Returns the unfrozen config."""
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
 
 
 def _add_model_config(cfg: CN) -> None:
