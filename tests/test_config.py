@@ -27,3 +27,15 @@ def test_unknown_override_key_raises():
 def test_cuda_device_falls_back_to_cpu_without_cuda():
     assert load_depotr_config(CONFIG, ["MODEL.DEVICE", "cuda"]).MODEL.DEVICE == "cpu"
     assert load_depotr_config(CONFIG, ["MODEL.DEVICE", "cpu"]).MODEL.DEVICE == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback applies only without CUDA")
+def test_amp_is_switched_off_on_cpu():
+    cfg = load_depotr_config(CONFIG, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"])
+    assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
+
+
+def test_amp_setting_kept_on_a_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = load_depotr_config(CONFIG, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"])
+    assert cfg.MODEL.DEVICE == "cuda" and cfg.SOLVER.AMP.ENABLED

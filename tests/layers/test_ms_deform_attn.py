@@ -12,6 +12,7 @@ import torch
 from depotr.layers import (
     BACKEND_ENV_VAR,
     MSDeformAttn,
+    mixed_precision_msda_inputs,
     ms_deform_attn,
     ms_deform_attn_reference,
     msda_backend,
@@ -440,6 +441,44 @@ def test_msdeformattn_backends_agree(reference_dim, monkeypatch):
         )
     for ref, comp in zip(results["reference"], results.get("compiled", results["reference"])):
         assert_rel_close(comp, ref, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "value_dtype, other_dtype, expected",
+    [
+        (torch.float16, torch.float32, torch.float16),
+        (torch.bfloat16, torch.float32, torch.float32),
+        (torch.float32, torch.float64, torch.float64),
+    ],
+    ids=["fp16_value", "bf16_value", "fp32_fp64"],
+)
+def test_mixed_precision_inputs_get_one_dtype(value_dtype, other_dtype, expected):
+    value = torch.rand(1, 4, 2, 3).to(value_dtype)
+    locations = torch.rand(1, 2, 2, 1, 1, 2, dtype=other_dtype)
+    weights = torch.rand(1, 2, 2, 1, 1, dtype=other_dtype)
+    cast = mixed_precision_msda_inputs(value, locations, weights)
+    assert [t.dtype for t in cast] == [expected] * 3
+    torch.testing.assert_close(cast[1].double(), locations.double(), atol=1e-3, rtol=0)
+    same = mixed_precision_msda_inputs(value, locations.to(value_dtype), weights.to(value_dtype))
+    assert same[0] is value
+
+
+def test_msdeformattn_under_cpu_autocast_matches_float32():
+    # torch.autocast gives a bfloat16 value (value_proj) and float32 locations / weights; the
+    # layer runs the op in float32 and stays close to the float32 result (bf16 linear layers).
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    with torch.no_grad():
+        module.sampling_offsets.weight.normal_(std=0.1)
+        module.attention_weights.weight.normal_(std=0.1)
+    inputs = _msda_module_inputs(2)
+    expected = module(*inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(*inputs)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters())
 
 
 def test_msdeformattn_initialisation_and_errors():

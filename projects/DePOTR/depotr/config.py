@@ -3,11 +3,14 @@
 Call :func:`add_depotr_config` in every entry point (training, demo, tools, tests) before
 merging a yaml file. Unknown keys still fail loudly: nothing here enables ``set_new_allowed``.
 """
+import logging
 from typing import Sequence
 
 import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
 
 
 def add_depotr_config(cfg: CN) -> None:
@@ -22,14 +25,19 @@ def add_depotr_config(cfg: CN) -> None:
 
 def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's defaults + :func:`add_depotr_config`, then ``config_file``, then ``opts``
-    (KEY VALUE ...). Without CUDA a "cuda" ``MODEL.DEVICE`` becomes "cpu", so that GPU configs
-    run unchanged on a CPU machine. Returns the unfrozen config."""
+    (KEY VALUE ...). Without CUDA a "cuda" ``MODEL.DEVICE`` becomes "cpu" and
+    ``SOLVER.AMP.ENABLED`` is switched off (Detectron2's AMPTrainer autocasts with CUDA only), so
+    that GPU configs run unchanged on a CPU machine; both are logged. Returns the unfrozen config."""
     cfg = get_cfg()
     add_depotr_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE %s: CUDA is not available, using cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        logger.warning("SOLVER.AMP.ENABLED needs a CUDA MODEL.DEVICE; training in float32 on cpu")
+        cfg.SOLVER.AMP.ENABLED = False
     return cfg
 
 

@@ -4,7 +4,7 @@
 # https://github.com/chengdazhi/Deformable-Convolution-V2-PyTorch/tree/pytorch_1.0.0.
 """``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,39 @@ from torch import Tensor, nn
 
 from .ms_deform_attn_op import ms_deform_attn
 
-__all__ = ["MSDeformAttn"]
+__all__ = ["MSDeformAttn", "mixed_precision_msda_inputs"]
+
+
+def mixed_precision_msda_inputs(
+    value: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gives the three float inputs of :func:`ms_deform_attn` one dtype under mixed precision.
+
+    Under autocast ``value_proj`` returns float16/bfloat16 while the sampling locations
+    (reference points + offsets) and the softmaxed attention weights stay float32. The op takes
+    one dtype (its kernels accumulate in float32 whatever the input dtype):
+
+    * value float16: locations and weights are cast to float16. Locations are normalised to
+      [0, 1], where float16's spacing (<= 2^-11) is <= 0.018 pixels of the widest level of a
+      384x288 crop (36 tokens): sampling moves by far less than a pixel;
+    * otherwise (bfloat16, whose spacing 2^-8 would be 0.14 pixels there, or any other mix):
+      all three are cast to the widest of their dtypes (float32 under autocast).
+
+    Inputs that already share a dtype are returned unchanged.
+
+    Args:
+        value: (N, S, M, D).
+        sampling_locations: (N, Lq, M, L, P, 2).
+        attention_weights: (N, Lq, M, L, P).
+    """
+    dtypes = {value.dtype, sampling_locations.dtype, attention_weights.dtype}
+    if len(dtypes) == 1:
+        return value, sampling_locations, attention_weights
+    if value.dtype == torch.float16:
+        dtype = torch.float16
+    else:
+        dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    return value.to(dtype), sampling_locations.to(dtype), attention_weights.to(dtype)
 
 
 class MSDeformAttn(nn.Module):
@@ -130,6 +162,9 @@ class MSDeformAttn(nn.Module):
                 f"Last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}"
             )
         # (N, Lq, M*(C/M)) = (N, Lq, C)
+        value, sampling_locations, attention_weights = mixed_precision_msda_inputs(
+            value, sampling_locations, attention_weights
+        )
         output = ms_deform_attn(
             value,
             input_spatial_shapes,
