@@ -4,7 +4,9 @@ Convention under test: crop pixel i covers [i, i+1), centre i + 0.5; heatmap coo
 pixel / stride; heatmap pixel j has its centre at j + 0.5.
 """
 import math
+from typing import Tuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +61,39 @@ def test_round_trip(refine, tolerance, crop_size):
     error = (decoded[..., :2] - xy).abs() / stride  # heatmap pixels, per axis
     assert error.max() <= tolerance + 1e-6
     torch.testing.assert_close(decoded[..., 2], heatmaps.flatten(2).amax(-1))
+
+
+def _rendered_gaussians(peaks: np.ndarray, size: Tuple[int, int], sigma: float) -> torch.Tensor:
+    """Heatmaps drawn with numpy, independently of HeatmapCodec.encode: a Gaussian of ``sigma``
+    heatmap pixels at each peak (P, 2) (x, y in heatmap coordinates, pixel j's centre at j + 0.5).
+    Returns (1, P, h, w)."""
+    height, width = size
+    centres_x = np.arange(width) + 0.5
+    centres_y = np.arange(height) + 0.5
+    maps = [
+        np.exp(-((centres_x[None, :] - x) ** 2 + (centres_y[:, None] - y) ** 2) / (2 * sigma ** 2))
+        for x, y in peaks
+    ]
+    return torch.from_numpy(np.stack(maps)[None]).float()
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0], ids=["sigma1", "sigma2"])
+def test_sub_pixel_peak_errors_dark_below_0_1_and_shift_below_0_3_heatmap_pixels(sigma):
+    # The issue's thresholds, as Euclidean distances in heatmap pixels, on 200 peaks at random
+    # sub-pixel positions of a 64x48 heatmap (at least 4 sigma from the border).
+    rng = np.random.default_rng(0)
+    height, width, stride = 64, 48, 4
+    margin = 4 * sigma
+    peaks = rng.uniform([margin, margin], [width - margin, height - margin], size=(200, 2))
+    heatmaps = _rendered_gaussians(peaks, (height, width), sigma)
+    errors = {}
+    for refine in ("none", "shift", "dark"):
+        codec = HeatmapCodec((height * stride, width * stride), stride, sigma, refine=refine)
+        decoded = codec.decode(heatmaps)[0, :, :2].double().numpy() / stride
+        errors[refine] = np.linalg.norm(decoded - peaks, axis=1)
+    assert errors["dark"].max() < 0.1
+    assert errors["shift"].mean() < 0.3 and errors["shift"].max() < 0.36  # <= 0.25 per axis
+    assert errors["shift"].mean() < errors["none"].mean()  # the shift helps on average
 
 
 def test_shift_quarter_pixel_toward_higher_neighbour():
