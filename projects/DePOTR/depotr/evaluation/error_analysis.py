@@ -1,0 +1,528 @@
+"""Analysis of COCO keypoint results: the 10 COCO metrics, PR curves and an error breakdown.
+
+Shapes: N results (detected persons), K keypoints, H other ground-truth persons in an image,
+T OKS thresholds (0.50:0.05:0.95), R recall thresholds (101), S analysis stages (7, ``STAGES``).
+
+The error breakdown follows Ronchi & Perona, "Benchmarking and Error Diagnosis in
+Multi-Instance Pose Estimation" (ICCV 2017, coco-analyze), with the thesis' definitions. Every
+AP and AR number is computed by pycocotools' ``COCOeval(iouType="keypoints")`` (area "all",
+maxDets 20 for the breakdown); this module only decides which keypoints and results to correct.
+
+Matching. A result is matched to the ground-truth person that COCOeval's greedy matching gives
+it at OKS >= 0.1 (``MATCH_OKS``, coco-analyze's ``oksLocThrs``), area "all", top 20 results per
+image. Only persons COCOeval does not ignore are analysed (non-crowd, ``num_keypoints > 0``): a
+result matched to an ignored person is neither classified nor a false positive.
+
+Keypoint classes. For each keypoint k labelled (v > 0) in the matched person g, with the
+per-keypoint similarity ks(p, q) = exp(-|p - q|^2 / (2 s^2 (2 sigma_k)^2)) of COCOeval's OKS
+(s^2 the area of the person q belongs to), the first rule that holds decides:
+
+* Good: ks(pred_k, g_k) >= 0.85 (``GOOD_KS``, coco-analyze's threshold);
+* Jitter: 0.5 <= ks(pred_k, g_k) < 0.85 (``NEAR_KS`` = 0.5): near the right place;
+* Inversion: ks(pred_k, g_k) < 0.5 but ks(pred_k, g_m) >= 0.5 for the left/right mirror m of k
+  (e.g. the left wrist predicted at the right wrist; never for the nose, its own mirror);
+* Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or its mirror m of another analysed
+  ground-truth person of the same image (scaled by that person's area);
+* Miss: none of the above, i.e. not near any ground-truth keypoint.
+
+Keypoints with v = 0 in g are not classified and never moved (OKS ignores them).
+
+Stages, cumulative, each evaluated by COCOeval at all T thresholds: ``Original``; ``Jitter``,
+``Inversion``, ``Swap``, ``Miss``: the keypoints of that class moved onto g's keypoint (x, y;
+the score channel is kept); ``BckgFP``: the results still unmatched at OKS 0.1 after all
+keypoint corrections (background false positives) are removed; ``FN``: the ground-truth persons
+still unmatched at OKS 0.1 after that (false negatives) are removed from the ground truth.
+
+Differences from the coco-analyze code: it corrects in the order Miss, Swap, Inversion, Jitter
+(the intermediate APs differ, the AP after all four does not), moves jittered keypoints to
+ks = 0.85 and missed ones to ks = 0.5 rather than onto the ground truth, finds false positives
+and negatives at the OKS threshold studied, and has a score-correction stage.
+"""
+import contextlib
+import copy
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval, Params
+
+from ..data.keypoint_metadata import flip_indices, flip_pairs
+
+METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+KEYPOINT_CLASSES: Tuple[str, ...] = ("good", "jitter", "inversion", "swap", "miss")
+GOOD, JITTER, INVERSION, SWAP, MISS = range(len(KEYPOINT_CLASSES))
+UNLABELLED = -1  # keypoint not labelled in the matched ground truth (v = 0)
+STAGES: Tuple[str, ...] = ("Original", "Jitter", "Inversion", "Swap", "Miss", "BckgFP", "FN")
+CORRECTED_CLASSES: Tuple[int, ...] = (JITTER, INVERSION, SWAP, MISS)  # stages 1..4, in order
+GOOD_KS = 0.85  # ks at or above: a good keypoint
+NEAR_KS = 0.5  # ks at or above: near that ground-truth keypoint
+MATCH_OKS = 0.1  # OKS at or above: a result covers a ground-truth person
+MAX_DETS = 20  # COCOeval's keypoint maxDets
+PLOTTED_OKS: Tuple[float, ...] = (0.5, 0.75, 0.95)  # thresholds with a panel in the breakdown PNG
+# Fields COCOeval reads from ground-truth annotations and from results.
+GT_ANNOTATION_KEYS = ("id", "image_id", "keypoints", "num_keypoints", "area", "bbox", "iscrowd")
+RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
+# Fill colour per stage; the error colours are coco-analyze's.
+STAGE_COLOURS: Tuple[str, ...] = ("#C8D7E6", "#8C4646", "#D96459", "#F2AE72", "#F2E394", "#8063A3", "seagreen")
+
+
+@dataclass
+class Matching:
+    """Result-to-person matches of COCOeval at one OKS threshold (area "all", top 20)."""
+
+    matched: Dict[int, int]  # result index -> id of an analysed ground-truth person
+    background: List[int]  # indices of results matched to no ground-truth person
+    false_negatives: List[int]  # ids of analysed ground-truth persons matched by no result
+
+
+@dataclass
+class ResultsAnalysis:
+    """The 10 COCO metrics and the error breakdown of one results file.
+
+    ``precision[s]`` (T, R) is COCOeval's ``eval["precision"]`` of stage ``STAGES[s]`` for area
+    "all", maxDets 20 (a single category); -1 where there is no ground truth. ``ap`` (S, T) and
+    ``ap_mean`` (S,) average it as ``COCOeval.summarize`` does, so ``ap_mean[0]`` is the AP.
+    ``keypoint_labels`` maps each classified result's index to its (K,) class indices into
+    ``KEYPOINT_CLASSES`` (``UNLABELLED`` for v = 0).
+    """
+
+    metrics: Dict[str, float]
+    oks_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    precision: np.ndarray
+    ap: np.ndarray
+    ap_mean: np.ndarray
+    keypoint_labels: Dict[int, np.ndarray]
+    num_background_fp: int
+    num_false_negatives: int
+
+    def keypoint_counts(self) -> Dict[str, int]:
+        """Number of classified keypoints per class of ``KEYPOINT_CLASSES``."""
+        labels = np.concatenate(list(self.keypoint_labels.values())) if self.keypoint_labels else np.zeros(0)
+        return {name: int((labels == c).sum()) for c, name in enumerate(KEYPOINT_CLASSES)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-serialisable summary (APs per stage and threshold, counts)."""
+        return {
+            "oks_thresholds": [round(float(t), 2) for t in self.oks_thresholds],
+            "ap": {stage: [float(a) for a in self.ap[s]] for s, stage in enumerate(STAGES)},
+            "ap_mean": {stage: float(self.ap_mean[s]) for s, stage in enumerate(STAGES)},
+            "keypoint_counts": self.keypoint_counts(),
+            "num_analysed_results": len(self.keypoint_labels),
+            "num_background_fp": self.num_background_fp,
+            "num_false_negatives": self.num_false_negatives,
+            "thresholds": {"good_ks": GOOD_KS, "near_ks": NEAR_KS, "match_oks": MATCH_OKS, "max_dets": MAX_DETS},
+        }
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def load_json(path: str, what: str) -> Any:
+    """Reads the json file ``path``; ``what`` names it in the error messages."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what} file {path} is not valid json: {e}") from e
+
+
+def check_ground_truth(gt: Dict[str, Any]) -> int:
+    """Checks a COCO keypoints ground truth (one category) and returns its K."""
+    for key in ("images", "annotations", "categories"):
+        if key not in gt:
+            raise ValueError(f"ground truth has no '{key}' list")
+    if len(gt["categories"]) != 1 or "keypoints" not in gt["categories"][0]:
+        raise ValueError("ground truth must have exactly one category, with a 'keypoints' list of names")
+    num_keypoints = len(gt["categories"][0]["keypoints"])
+    for i, ann in enumerate(gt["annotations"]):
+        missing = [k for k in GT_ANNOTATION_KEYS if k not in ann]
+        if missing:
+            raise ValueError(f"ground-truth annotations[{i}] lacks {missing}")
+        if len(ann["keypoints"]) != 3 * num_keypoints:
+            raise ValueError(f"ground-truth annotations[{i}] has {len(ann['keypoints'])} keypoint values, "
+                             f"expected 3 * {num_keypoints}")
+    return num_keypoints
+
+
+def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
+    """Checks a COCO keypoint results list against the ground truth ``gt``."""
+    if not isinstance(results, list) or not results:
+        raise ValueError("results must be a non-empty json list of {image_id, category_id, keypoints, score}")
+    image_ids = {img["id"] for img in gt["images"]}
+    category_id = gt["categories"][0]["id"]
+    for i, res in enumerate(results):
+        if not isinstance(res, dict):
+            raise ValueError(f"results[{i}] is not a json object")
+        missing = [k for k in RESULT_KEYS if k not in res]
+        if missing:
+            raise ValueError(f"results[{i}] lacks {missing}")
+        if len(res["keypoints"]) != 3 * num_keypoints:
+            raise ValueError(f"results[{i}] has {len(res['keypoints'])} keypoint values, "
+                             f"expected 3 * {num_keypoints} = {3 * num_keypoints}")
+        if res["image_id"] not in image_ids:
+            raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
+        if res["category_id"] != category_id:
+            raise ValueError(f"results[{i}] has category_id {res['category_id']}, "
+                             f"the ground truth's category is {category_id}")
+
+
+def resolve_sigmas(sigmas: Optional[Sequence[float]], num_keypoints: int) -> np.ndarray:
+    """OKS sigmas (K,): ``sigmas``, or pycocotools' COCO ones when ``None``.
+
+    pycocotools' array holds the values of ``COCO_PERSON_OKS_SIGMAS`` up to 1e-17 (it divides
+    by 10); it is used as is so the metrics are bit-identical to a plain COCOeval run.
+    """
+    values = Params(iouType="keypoints").kpt_oks_sigmas if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+    if len(values) != num_keypoints:
+        raise ValueError(f"{len(values)} OKS sigmas for {num_keypoints} keypoints (pass one sigma per keypoint)")
+    return values
+
+
+def mirror_indices(gt: Dict[str, Any]) -> np.ndarray:
+    """(K,) index of each keypoint's left/right mirror, from the keypoint metadata table."""
+    names = list(gt["categories"][0]["keypoints"])
+    pairs = [(left, right) for left, right in flip_pairs() if left in names and right in names]
+    return np.asarray(flip_indices(names, pairs))
+
+
+# ----------------------------------------------------------------------------- pycocotools
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences pycocotools' progress prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def build_coco(dataset: Dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` over a copy of ``dataset``."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(dataset)
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def _results_coco(coco_gt: COCO, results: List[Dict[str, Any]]) -> COCO:
+    """``coco_gt.loadRes`` of a copy of ``results`` (result i gets id i + 1); empty allowed."""
+    if results:
+        with _quiet():
+            return coco_gt.loadRes(copy.deepcopy(results))
+    return build_coco({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                       "annotations": []})
+
+
+def _keypoint_eval(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray) -> COCOeval:
+    coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, results), iouType="keypoints")
+    coco_eval.params.kpt_oks_sigmas = sigmas
+    return coco_eval
+
+
+def evaluate_keypoints(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray) -> COCOeval:
+    """COCOeval (keypoints, standard parameters) evaluated, accumulated and summarised."""
+    coco_eval = _keypoint_eval(coco_gt, results, sigmas)
+    with _quiet():
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
+
+
+def match_results(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray,
+                  oks: float = MATCH_OKS) -> Matching:
+    """COCOeval's greedy matching at OKS ``oks`` (area "all", top 20 results per image)."""
+    coco_eval = _keypoint_eval(coco_gt, results, sigmas)
+    params = coco_eval.params
+    params.iouThrs = np.array([oks])
+    params.areaRng, params.areaRngLbl = params.areaRng[:1], params.areaRngLbl[:1]  # "all"
+    with _quiet():
+        coco_eval.evaluate()
+    matching = Matching({}, [], [])
+    for image_eval in filter(None, coco_eval.evalImgs):
+        for dt_id, gt_id, ignored in zip(image_eval["dtIds"], image_eval["dtMatches"][0], image_eval["dtIgnore"][0]):
+            if ignored:
+                continue
+            if gt_id:
+                matching.matched[dt_id - 1] = int(gt_id)
+            else:
+                matching.background.append(dt_id - 1)
+        for gt_id, dt_id, ignored in zip(image_eval["gtIds"], image_eval["gtMatches"][0], image_eval["gtIgnore"]):
+            if not ignored and not dt_id:
+                matching.false_negatives.append(gt_id)
+    return matching
+
+
+def _all_area_precision(coco_eval: COCOeval) -> np.ndarray:
+    """(T, R) precision for area "all", maxDets 20, the single category."""
+    params = coco_eval.params
+    return coco_eval.eval["precision"][:, :, 0, params.areaRngLbl.index("all"), params.maxDets.index(MAX_DETS)]
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    """Mean over entries > -1, -1 when there are none (``COCOeval.summarize``'s rule)."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def keypoint_similarity(pred: np.ndarray, target: np.ndarray, area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """Per-keypoint OKS term ks = exp(-d^2 / (2 s^2 (2 sigma)^2)).
+
+    Args:
+        pred: (..., K, 2) predicted x, y.
+        target: (..., K, 2) ground-truth x, y.
+        area: (...) the ground-truth persons' areas s^2 (a scalar for one person).
+        sigmas: (K,) OKS sigmas.
+    Returns:
+        (..., K) similarities in (0, 1].
+    """
+    squared_distance = ((pred - target) ** 2).sum(-1)
+    scale = (np.asarray(area, dtype=np.float64)[..., None] + np.spacing(1)) * (2 * sigmas) ** 2
+    return np.exp(-squared_distance / scale / 2)
+
+
+def classify_keypoints(pred: np.ndarray, person: np.ndarray, area: float, others: np.ndarray,
+                       other_areas: np.ndarray, sigmas: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Classes of one matched result's keypoints (rules in the module docstring).
+
+    Args:
+        pred: (K, 2) predicted x, y.
+        person: (K, 3) the matched ground-truth person's x, y, v.
+        area: that person's area.
+        others: (H, K, 3) the image's other analysed ground-truth persons.
+        other_areas: (H,) their areas.
+        sigmas: (K,) OKS sigmas.
+        mirror: (K,) index of each keypoint's left/right mirror.
+    Returns:
+        (K,) indices into ``KEYPOINT_CLASSES``, ``UNLABELLED`` where v = 0 in ``person``.
+    """
+    own = keypoint_similarity(pred, person[:, :2], area, sigmas)
+    inverted = keypoint_similarity(pred, person[mirror, :2], area, sigmas)
+    other_same = keypoint_similarity(pred, others[:, :, :2], other_areas, sigmas)  # (H, K)
+    other_mirror = keypoint_similarity(pred, others[:, mirror, :2], other_areas, sigmas)  # (H, K)
+    near_other = (((other_same >= NEAR_KS) & (others[:, :, 2] > 0))
+                  | ((other_mirror >= NEAR_KS) & (others[:, mirror, 2] > 0)))
+
+    # Later assignments take precedence: the rules are written from the last to the first.
+    labels = np.full(len(pred), MISS)
+    labels[near_other.any(0)] = SWAP
+    labels[(inverted >= NEAR_KS) & (person[mirror, 2] > 0) & (mirror != np.arange(len(pred)))] = INVERSION
+    labels[own >= NEAR_KS] = JITTER
+    labels[own >= GOOD_KS] = GOOD
+    labels[person[:, 2] == 0] = UNLABELLED
+    return labels
+
+
+def _keypoints(annotation: Dict[str, Any]) -> np.ndarray:
+    """(K, 3) keypoints of a ground-truth annotation or result."""
+    return np.asarray(annotation["keypoints"], dtype=np.float64).reshape(-1, 3)
+
+
+def _analysed_persons(coco_gt: COCO, image_id: int) -> List[Dict[str, Any]]:
+    """The image's ground-truth persons COCOeval does not ignore (non-crowd, num_keypoints > 0)."""
+    return [a for a in coco_gt.imgToAnns[image_id] if not a["iscrowd"] and a["num_keypoints"] > 0]
+
+
+def classify_matched(coco_gt: COCO, results: List[Dict[str, Any]], matched: Dict[int, int],
+                     sigmas: np.ndarray, mirror: np.ndarray) -> Dict[int, np.ndarray]:
+    """(K,) keypoint classes of every matched result, keyed by result index."""
+    labels = {}
+    num_keypoints = len(sigmas)
+    for index, gt_id in matched.items():
+        person = coco_gt.anns[gt_id]
+        others = [a for a in _analysed_persons(coco_gt, person["image_id"]) if a["id"] != gt_id]
+        other_keypoints = np.stack([_keypoints(a) for a in others]) if others else np.zeros((0, num_keypoints, 3))
+        labels[index] = classify_keypoints(
+            _keypoints(results[index])[:, :2], _keypoints(person), person["area"], other_keypoints,
+            np.array([a["area"] for a in others], dtype=np.float64), sigmas, mirror,
+        )
+    return labels
+
+
+def correct_keypoints(results: List[Dict[str, Any]], labels: Dict[int, np.ndarray], matched: Dict[int, int],
+                      coco_gt: COCO, keypoint_class: int) -> List[Dict[str, Any]]:
+    """A copy of ``results`` with the keypoints of class ``keypoint_class`` moved onto the
+    matched ground truth's x, y (their score channel kept)."""
+    corrected = list(results)
+    for index, result_labels in labels.items():
+        fix = result_labels == keypoint_class
+        if not fix.any():
+            continue
+        keypoints = _keypoints(results[index])
+        keypoints[fix, :2] = _keypoints(coco_gt.anns[matched[index]])[fix, :2]
+        corrected[index] = {**results[index], "keypoints": keypoints.reshape(-1).tolist()}
+    return corrected
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _without_annotations(gt: Dict[str, Any], annotation_ids: Sequence[int]) -> Dict[str, Any]:
+    drop = set(annotation_ids)
+    return {**gt, "annotations": [a for a in gt["annotations"] if a["id"] not in drop]}
+
+
+def analyze_keypoint_results(gt: Dict[str, Any], results: List[Dict[str, Any]],
+                             sigmas: Optional[Sequence[float]] = None) -> ResultsAnalysis:
+    """Checks the inputs, computes the 10 COCO keypoint metrics and the error breakdown.
+
+    Args:
+        gt: COCO keypoints ground truth (one category).
+        results: COCO keypoint results, N dicts with image_id, category_id, keypoints (3K), score.
+        sigmas: (K,) OKS sigmas; ``None``: the COCO ones.
+    """
+    num_keypoints = check_ground_truth(gt)
+    check_results(results, gt, num_keypoints)
+    sigmas = resolve_sigmas(sigmas, num_keypoints)
+    coco_gt = build_coco(gt)
+
+    original = evaluate_keypoints(coco_gt, results, sigmas)
+    matching = match_results(coco_gt, results, sigmas)
+    labels = classify_matched(coco_gt, results, matching.matched, sigmas, mirror_indices(gt))
+    precisions = [_all_area_precision(original)]
+    corrected = results
+    for keypoint_class in CORRECTED_CLASSES:
+        corrected = correct_keypoints(corrected, labels, matching.matched, coco_gt, keypoint_class)
+        precisions.append(_all_area_precision(evaluate_keypoints(coco_gt, corrected, sigmas)))
+
+    background = set(match_results(coco_gt, corrected, sigmas).background)
+    foreground = [r for i, r in enumerate(corrected) if i not in background]
+    precisions.append(_all_area_precision(evaluate_keypoints(coco_gt, foreground, sigmas)))
+    false_negatives = match_results(coco_gt, foreground, sigmas).false_negatives
+    covered_gt = build_coco(_without_annotations(gt, false_negatives))
+    precisions.append(_all_area_precision(evaluate_keypoints(covered_gt, foreground, sigmas)))
+
+    precision = np.stack(precisions)
+    return ResultsAnalysis(
+        metrics={name: float(value) for name, value in zip(METRIC_NAMES, original.stats)},
+        oks_thresholds=np.asarray(original.params.iouThrs),
+        recall_thresholds=np.asarray(original.params.recThrs),
+        precision=precision,
+        ap=np.array([[_mean_valid(p) for p in stage] for stage in precision]),
+        ap_mean=np.array([_mean_valid(stage) for stage in precision]),
+        keypoint_labels=labels,
+        num_background_fp=len(background),
+        num_false_negatives=len(false_negatives),
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def metrics_table(metrics: Dict[str, float]) -> str:
+    """Markdown table of the 10 COCO keypoint metrics."""
+    header = "| " + " | ".join(METRIC_NAMES) + " |"
+    rule = "|" + "---|" * len(METRIC_NAMES)
+    values = "| " + " | ".join(f"{metrics[name]:.3f}" for name in METRIC_NAMES) + " |"
+    return "\n".join([header, rule, values])
+
+
+def breakdown_table(analysis: ResultsAnalysis) -> str:
+    """Markdown tables: AP per OKS threshold after each cumulative correction, and counts."""
+    lines = ["| OKS | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
+    for t, oks in enumerate(analysis.oks_thresholds):
+        lines.append(f"| {oks:.2f} | " + " | ".join(f"{ap:.3f}" for ap in analysis.ap[:, t]) + " |")
+    lines.append("| 0.50:0.95 | " + " | ".join(f"{ap:.3f}" for ap in analysis.ap_mean) + " |")
+
+    counts = analysis.keypoint_counts()
+    total = max(sum(counts.values()), 1)
+    lines += ["", f"Keypoint classes of the {len(analysis.keypoint_labels)} results matched at OKS >= {MATCH_OKS}, "
+                  "results (BckgFP) and ground-truth persons (FN) removed in the last two stages:", "",
+              "| " + " | ".join(name.capitalize() for name in KEYPOINT_CLASSES) + " | BckgFP results | FN persons |",
+              "|" + "---|" * (len(KEYPOINT_CLASSES) + 2),
+              "| " + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
+              + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |"]
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float):
+    """A matplotlib ``Figure`` on an Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thresholds: np.ndarray,
+                   path: str) -> None:
+    """PNG of the (T, R) precision-recall curves, one per OKS threshold, labelled with their AP."""
+    from matplotlib import colormaps
+
+    fig = _figure(8, 6)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(oks_thresholds)))
+    for t, oks in enumerate(oks_thresholds):
+        ax.plot(recall_thresholds, np.clip(precision[t], 0, None), color=colours[t],
+                label=f"OKS {oks:.2f}: AP {_mean_valid(precision[t]):.3f}")
+    _finish_pr_axes(ax, "Precision-recall, area all, maxDets 20")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
+    """PNG: per OKS threshold of ``PLOTTED_OKS``, the PR curve of each stage with the area
+    each correction adds filled (coco-analyze style), and a bar chart of the 0.50:0.95 APs."""
+    panels = [t for t, oks in enumerate(analysis.oks_thresholds) if np.isclose(PLOTTED_OKS, oks).any()]
+    fig = _figure(5 * (len(panels) + 1), 5)
+    recall = analysis.recall_thresholds
+    for column, t in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels) + 1, column + 1)
+        curves = np.clip(analysis.precision[:, t], 0, None)  # (S, R)
+        for s, stage in enumerate(STAGES):
+            lower = curves[s - 1] if s else np.zeros_like(recall)
+            ax.fill_between(recall, lower, curves[s], where=curves[s] >= lower, color=STAGE_COLOURS[s],
+                            label=f"{stage}: {analysis.ap[s, t]:.3f}")
+            ax.plot(recall, curves[s], color="k", linewidth=0.8)
+        _finish_pr_axes(ax, f"OKS {analysis.oks_thresholds[t]:.2f}")
+        ax.legend(loc="lower left", fontsize=8)
+    ax = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
+    ax.bar(np.arange(len(STAGES)), np.clip(analysis.ap_mean, 0, None), color=STAGE_COLOURS, edgecolor="k")
+    ax.set_xticks(np.arange(len(STAGES)))
+    ax.set_xticklabels(STAGES, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AP")
+    ax.set_title("AP OKS 0.50:0.95 after each correction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _finish_pr_axes(ax, title: str) -> None:
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+
+
+def write_report(analysis: ResultsAnalysis, output_dir: str) -> Dict[str, str]:
+    """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} into
+    ``output_dir`` (created if needed); returns their paths by name."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, name) for name in (
+        "metrics.json", "metrics.md", "pr_curves.png", "error_breakdown.json", "error_breakdown.md",
+        "error_breakdown.png")}
+    with open(paths["metrics.json"], "w") as f:
+        json.dump(analysis.metrics, f, indent=2)
+    with open(paths["metrics.md"], "w") as f:
+        f.write(metrics_table(analysis.metrics) + "\n")
+    with open(paths["error_breakdown.json"], "w") as f:
+        json.dump(analysis.to_dict(), f, indent=2)
+    with open(paths["error_breakdown.md"], "w") as f:
+        f.write(breakdown_table(analysis) + "\n")
+    plot_pr_curves(analysis.precision[0], analysis.oks_thresholds, analysis.recall_thresholds, paths["pr_curves.png"])
+    plot_error_breakdown(analysis, paths["error_breakdown.png"])
+    return paths

@@ -1,0 +1,287 @@
+"""COCO keypoint results analysis (depotr.evaluation.error_analysis, tools/analyze_results.py)
+on hand-made ground truth: one image with a large and a medium person."""
+import copy
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
+from depotr.evaluation.error_analysis import (
+    GOOD,
+    INVERSION,
+    JITTER,
+    KEYPOINT_CLASSES,
+    METRIC_NAMES,
+    MISS,
+    STAGES,
+    SWAP,
+    UNLABELLED,
+    analyze_keypoint_results,
+    classify_keypoints,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LEFT_WRIST = COCO_PERSON_KEYPOINT_NAMES.index("left_wrist")
+RIGHT_WRIST = COCO_PERSON_KEYPOINT_NAMES.index("right_wrist")
+SIGMAS = np.array(COCO_PERSON_OKS_SIGMAS)
+
+# A standing person in a unit box, (K, 2) x, y in COCO keypoint order (person's left = image right).
+SKELETON = np.array([
+    [.50, .10], [.55, .08], [.45, .08], [.60, .10], [.40, .10], [.75, .25], [.25, .25], [.85, .45], [.15, .45],
+    [.90, .60], [.10, .60], [.65, .60], [.35, .60], [.65, .80], [.35, .80], [.65, .97], [.35, .97],
+])
+LARGE_BOX, MEDIUM_BOX = (40.0, 60.0, 150.0, 300.0), (260.0, 200.0, 60.0, 120.0)  # areas 45000 and 7200
+
+
+def _person(ann_id, image_id, box, visibility=None):
+    x0, y0, w, h = box
+    v = np.full(17, 2.0) if visibility is None else np.asarray(visibility, dtype=float)
+    keypoints = np.concatenate([SKELETON * [w, h] + [x0, y0], v[:, None]], 1) * (v[:, None] > 0)
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": keypoints.reshape(-1).tolist(),
+            "num_keypoints": int((v > 0).sum()), "area": w * h, "bbox": list(box), "iscrowd": 0}
+
+
+def _coco(images, annotations):
+    categories = [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}]
+    return {"images": [{"id": i, "file_name": f"{i}.jpg", "height": 480, "width": 640} for i in images],
+            "annotations": annotations, "categories": categories}
+
+
+def _result(keypoints, image_id=1, score=1.0):
+    return {"image_id": image_id, "category_id": 1, "keypoints": np.asarray(keypoints, float).reshape(-1).tolist(),
+            "score": score}
+
+
+@pytest.fixture
+def gt():
+    return _coco([1], [_person(1, 1, LARGE_BOX), _person(2, 1, MEDIUM_BOX)])
+
+
+def _perfect(gt):
+    return [_result(a["keypoints"]) for a in gt["annotations"]]
+
+
+def _edit_large(gt, edit):
+    """Perfect results with the large person's (17, 3) keypoints changed by ``edit``."""
+    results = _perfect(gt)
+    keypoints = np.array(results[0]["keypoints"]).reshape(17, 3)
+    edit(keypoints, np.array(gt["annotations"][1]["keypoints"]).reshape(17, 3))
+    results[0]["keypoints"] = keypoints.reshape(-1).tolist()
+    return results
+
+
+def _jitter_all(keypoints, _):
+    # Offsets giving ks = 0.7 per keypoint: exp(-d^2 / (2 area (2 sigma)^2)) = 0.7.
+    keypoints[:, 0] += np.sqrt(-np.log(0.7) * 2 * 45000.0 * (2 * SIGMAS) ** 2)
+
+
+def _invert_wrists(keypoints, _):
+    keypoints[[LEFT_WRIST, RIGHT_WRIST]] = keypoints[[RIGHT_WRIST, LEFT_WRIST]]
+
+
+def _wrist_from_neighbour(keypoints, neighbour):
+    keypoints[LEFT_WRIST, :2] = neighbour[LEFT_WRIST, :2]
+
+
+def _wrist_far_away(keypoints, _):
+    keypoints[LEFT_WRIST, :2] = (620.0, 460.0)
+
+
+def test_perfect_results_give_one_everywhere(gt):
+    analysis = analyze_keypoint_results(gt, _perfect(gt))
+    assert analysis.metrics == pytest.approx({name: 1.0 for name in METRIC_NAMES})
+    np.testing.assert_allclose(analysis.ap, 1.0)
+    np.testing.assert_allclose(analysis.ap_mean, 1.0)
+    assert analysis.keypoint_counts() == {"good": 34, "jitter": 0, "inversion": 0, "swap": 0, "miss": 0}
+    assert (analysis.num_background_fp, analysis.num_false_negatives) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "edit, keypoint_class, indices, stage",
+    [
+        (_jitter_all, JITTER, list(range(17)), "Jitter"),
+        (_invert_wrists, INVERSION, [LEFT_WRIST, RIGHT_WRIST], "Inversion"),
+        (_wrist_from_neighbour, SWAP, [LEFT_WRIST], "Swap"),
+        (_wrist_far_away, MISS, [LEFT_WRIST], "Miss"),
+    ],
+    ids=["jitter", "inversion", "swap", "miss"],
+)
+def test_keypoint_error_is_classified_and_its_correction_restores_ap(gt, edit, keypoint_class, indices, stage):
+    analysis = analyze_keypoint_results(gt, _edit_large(gt, edit))
+    labels = analysis.keypoint_labels
+    assert np.flatnonzero(labels[0] == keypoint_class).tolist() == indices
+    assert np.flatnonzero(labels[0] != GOOD).tolist() == indices
+    assert (labels[1] == GOOD).all()
+    assert analysis.keypoint_counts()[KEYPOINT_CLASSES[keypoint_class]] == len(indices)
+
+    stage = STAGES.index(stage)
+    assert analysis.ap_mean[stage - 1] < 0.99  # the error costs AP until its own stage ...
+    np.testing.assert_allclose(analysis.ap[stage:], 1.0)  # ... whose correction restores all of it
+    assert analysis.metrics["AP"] == analysis.ap_mean[0]
+
+
+def test_inversion_is_not_fixed_by_jitter_correction(gt):
+    analysis = analyze_keypoint_results(gt, _edit_large(gt, _invert_wrists))
+    np.testing.assert_array_equal(analysis.ap[STAGES.index("Jitter")], analysis.ap[0])
+    assert analysis.ap_mean[0] < analysis.ap_mean[STAGES.index("Inversion")] == pytest.approx(1.0)
+
+
+def test_background_false_positive_is_removed(gt):
+    far_person = _person(0, 1, (560.0, 380.0, 60.0, 90.0))
+    results = _perfect(gt) + [_result(far_person["keypoints"], score=2.0)]
+    analysis = analyze_keypoint_results(gt, results)
+    assert analysis.num_background_fp == 1
+    assert len(analysis.keypoint_labels) == 2
+    assert analysis.ap_mean[STAGES.index("Miss")] < 0.99
+    np.testing.assert_allclose(analysis.ap[STAGES.index("BckgFP"):], 1.0)
+
+
+def test_false_negative_is_removed(gt):
+    analysis = analyze_keypoint_results(gt, _perfect(gt)[:1])
+    assert analysis.num_false_negatives == 1
+    assert analysis.ap_mean[STAGES.index("BckgFP")] < 0.99
+    np.testing.assert_allclose(analysis.ap[STAGES.index("FN")], 1.0)
+
+
+def test_unlabelled_keypoint_and_nose_classes():
+    visibility = np.full(17, 2)
+    visibility[COCO_PERSON_KEYPOINT_NAMES.index("left_ear")] = 0
+    person = np.array(_person(1, 1, LARGE_BOX, visibility)["keypoints"]).reshape(17, 3)
+    pred = person[:, :2].copy()
+    pred[0] = (620.0, 460.0)  # nose far away: a miss (the nose has no mirror to be inverted onto)
+    mirror = np.array([0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15])
+    labels = classify_keypoints(pred, person, 45000.0, np.zeros((0, 17, 3)), np.zeros(0), SIGMAS, mirror)
+    assert labels[0] == MISS
+    assert labels[COCO_PERSON_KEYPOINT_NAMES.index("left_ear")] == UNLABELLED
+    assert (np.delete(labels, [0, COCO_PERSON_KEYPOINT_NAMES.index("left_ear")]) == GOOD).all()
+
+
+def _random_case(rng):
+    """Three images of 3 persons (one without keypoints, ignored by COCOeval) and noisy
+    results: one person missed, two hallucinated, random scores."""
+    annotations = []
+    for image_id in (1, 2, 3):
+        for p, box in enumerate([(30.0, 50.0, 150.0, 300.0), (220.0, 80.0, 90.0, 180.0), (400.0, 100.0, 40.0, 80.0)]):
+            visibility = rng.choice([0, 1, 2], 17, p=[0.15, 0.25, 0.6]) if p < 2 or image_id != 2 else np.zeros(17)
+            annotations.append(_person(len(annotations) + 1, image_id, box, visibility))
+    results = []
+    for ann in annotations[:-1]:  # the last person is missed
+        if ann["num_keypoints"] == 0:
+            continue
+        keypoints = np.zeros((17, 3))
+        box = np.array(ann["bbox"])
+        keypoints[:, :2] = SKELETON * box[2:] + box[:2] + rng.normal(0, rng.uniform(1, 15), (17, 2))
+        keypoints[:, 2] = rng.uniform(0, 1, 17)
+        results.append(_result(keypoints, ann["image_id"], float(rng.uniform(0.1, 1))))
+    for image_id in (1, 3):
+        results.append(_result(np.concatenate([rng.uniform(0, 600, (17, 2)), np.ones((17, 1))], 1), image_id,
+                               float(rng.uniform(0.1, 1))))
+    return _coco([1, 2, 3], annotations), results
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("analyze_results", os.path.join(REPO, "tools", "analyze_results.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _pycocotools_stats(gt_path, results_path):
+    coco_gt = COCO(str(gt_path))
+    coco_eval = COCOeval(coco_gt, coco_gt.loadRes(str(results_path)), iouType="keypoints")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval.stats
+
+
+def test_cli_metrics_equal_pycocotools_and_plots_are_written(tmp_path):
+    gt, results = _random_case(np.random.default_rng(3))
+    gt_path, results_path, out = tmp_path / "gt.json", tmp_path / "results.json", tmp_path / "analysis"
+    gt_path.write_text(json.dumps(gt))
+    results_path.write_text(json.dumps(results))
+
+    assert _tool().main(["--gt", str(gt_path), "--results", str(results_path), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    stats = _pycocotools_stats(gt_path, results_path)
+    assert 0.1 < stats[0] < 0.95  # a case where the comparison means something
+    assert [metrics[name] for name in METRIC_NAMES] == stats.tolist()
+
+    breakdown = json.loads((out / "error_breakdown.json").read_text())
+    assert breakdown["ap_mean"]["Original"] == stats[0]
+    assert breakdown["ap"]["Original"][0] == stats[1] and breakdown["ap"]["Original"][5] == stats[2]
+    assert breakdown["num_background_fp"] >= 1 and breakdown["num_false_negatives"] >= 1
+    assert sum(breakdown["keypoint_counts"].values()) > 0
+    assert all(stage in (out / "error_breakdown.md").read_text() for stage in STAGES)
+    assert "| AP | AP50 |" in (out / "metrics.md").read_text()
+    for name in ("pr_curves.png", "error_breakdown.png"):
+        image = imread(str(out / name))
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+        assert image[..., :3].std() > 0, name  # not a blank canvas
+
+
+def test_sigmas_option_changes_the_evaluation(gt):
+    results = _edit_large(gt, _jitter_all)
+    default = analyze_keypoint_results(gt, results)
+    wider = analyze_keypoint_results(gt, results, sigmas=list(2 * SIGMAS))
+    assert wider.metrics["AP"] > default.metrics["AP"]
+    assert wider.keypoint_counts()["good"] == 34  # ks 0.7 at sigma becomes 0.91 at 2 sigma
+
+
+@pytest.mark.parametrize("missing", ["gt", "results"])
+def test_cli_names_a_missing_file(tmp_path, gt, capsys, missing):
+    paths = {"gt": tmp_path / "gt.json", "results": tmp_path / "results.json"}
+    paths["gt"].write_text(json.dumps(gt))
+    paths["results"].write_text(json.dumps(_perfect(gt)))
+    paths[missing].unlink()
+    argv = ["--gt", str(paths["gt"]), "--results", str(paths["results"]), "--output", str(tmp_path / "out")]
+    assert _tool().main(argv) == 1
+    assert f"file not found: {paths[missing]}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _short_keypoints(results):
+    results[1]["keypoints"] = results[1]["keypoints"][:-3]
+
+
+def _unknown_image(results):
+    results[0]["image_id"] = 99
+
+
+def _no_score(results):
+    del results[1]["score"]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (_short_keypoints, r"results\[1\] has 48 keypoint values, expected 3 \* 17 = 51"),
+        (_unknown_image, r"results\[0\] has image_id 99, which is not in the ground truth"),
+        (_no_score, r"results\[1\] lacks \['score'\]"),
+        (lambda results: results.clear(), r"results must be a non-empty json list"),
+    ],
+    ids=["keypoint_length", "unknown_image", "no_score", "empty"],
+)
+def test_bad_results_raise(gt, corrupt, message):
+    results = _perfect(gt)
+    corrupt(results)
+    with pytest.raises(ValueError, match=message):
+        analyze_keypoint_results(gt, results)
+
+
+def test_wrong_number_of_sigmas_raises(gt):
+    with pytest.raises(ValueError, match="16 OKS sigmas for 17 keypoints"):
+        analyze_keypoint_results(gt, _perfect(gt), sigmas=list(SIGMAS[:16]))
+
+
+def test_results_are_not_modified(gt):
+    results = _edit_large(gt, _invert_wrists)
+    before = copy.deepcopy(results)
+    analyze_keypoint_results(gt, results)
+    assert results == before
