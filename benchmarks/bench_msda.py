@@ -9,6 +9,10 @@ queries (Lq = 17 keypoints). Each case runs a warm-up step per backend, then alt
 backends step by step; a step is a forward and ``out.backward(ones)``, timed separately; the table
 gives medians.
 
+Bandwidth: the bytes of :func:`minimum_bytes` (each input read once, each output written once)
+over the forward+backward time, a lower bound of what the kernel moves; compare it with the
+device's peak (e.g. 3.35 TB/s HBM3 on an H100 SXM) to see how far a kernel is from memory-bound.
+
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one forward+backward minus the
 memory allocated before it. On CPU, one forward+backward in a fresh subprocess (Linux): its peak resident
 set (VmHWM, reset through /proc/self/clear_refs once the inputs are built) minus its resident set
@@ -81,6 +85,26 @@ def make_inputs(case: Case, dtype: torch.dtype) -> tuple[Tensor, ...]:
         tensors[1],
         tensors[2],
     )
+
+
+def minimum_bytes(case: Case, dtype: torch.dtype) -> int:
+    """Bytes one forward+backward must move at the least: every input read once and every
+    output written once, in ``dtype``.
+
+    Forward reads value (N S M D), sampling_locations (N Lq M L P 2) and attention_weights
+    (N Lq M L P) and writes the output (N Lq M D). Backward reads grad_output and the same three
+    inputs and writes their three gradients. Indices and spatial shapes (a few int64) are left
+    out, and so are the repeated reads of a value token that several samples touch (caches
+    serve them at best), so achieved bandwidth = these bytes / time is a lower bound.
+    """
+    N, S, Lq, L = case.batch, case.num_tokens, case.num_queries, len(STRIDES)
+    value = N * S * HEADS * CHANNELS
+    locations = N * Lq * HEADS * L * POINTS * 2
+    weights = N * Lq * HEADS * L * POINTS
+    output = N * Lq * HEADS * CHANNELS
+    forward = value + locations + weights + output
+    backward = output + 2 * (value + locations + weights)
+    return (forward + backward) * torch.tensor([], dtype=dtype).element_size()
 
 
 def backend_fn(backend: str) -> Callable[..., Tensor]:
@@ -192,9 +216,9 @@ def run(args: argparse.Namespace) -> str:
     dtype = getattr(torch, args.dtype)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
     header = (
-        "| device | crop | N | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | peak MiB "
+        "| device | crop | N | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd GB/s | peak MiB "
         "| speedup fwd | speedup bwd | speedup fwd+bwd |\n"
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [header]
     print(header, flush=True)
@@ -219,9 +243,10 @@ def run(args: argparse.Namespace) -> str:
                                 f"{results['reference'][k] / r[k]:.1f}x"
                                 for k in ("fwd", "bwd", "fwd+bwd")
                             ]
+                        gb_per_s = minimum_bytes(case, dtype) / (r["fwd+bwd"] * 1e-3) / 1e9
                         row = (
                             f"| {device} | {crop[0]}x{crop[1]} | {batch} | {queries} ({case.num_queries}) | {backend} "
-                            f"| {fmt(r['fwd'])} | {fmt(r['bwd'])} | {fmt(r['fwd+bwd'])} | {fmt(r['peak'])} "
+                            f"| {fmt(r['fwd'])} | {fmt(r['bwd'])} | {fmt(r['fwd+bwd'])} | {fmt(gb_per_s, 2)} | {fmt(r['peak'])} "
                             f"| {' | '.join(speedups)} |"
                         )
                         rows.append(row)
@@ -240,7 +265,8 @@ def readme_section(table: str, args: argparse.Namespace) -> str:
         f"\n## ms_deform_attn, {time.strftime('%Y-%m-%d')}\n\n"
         f"`python benchmarks/bench_msda.py {' '.join(sys.argv[1:])}`: torch {torch.__version__}, {args.dtype}, "
         f"{torch.get_num_threads()} CPU threads ({cpu}){gpu}. M={HEADS}, D={CHANNELS}, P={POINTS}, L=4 levels at "
-        f"strides {'/'.join(map(str, STRIDES))}. Median times after a warm-up step. Peak memory: extra memory of one "
+        f"strides {'/'.join(map(str, STRIDES))}. Median times after a warm-up step. GB/s: the minimum bytes "
+        "(each input read once, each output written once; see `minimum_bytes`) over the fwd+bwd time. Peak memory: extra memory of one "
         "forward+backward (CUDA: max_memory_allocated; CPU: peak RSS of a fresh process, reset once the inputs "
         "are built, minus its RSS then).\n\n" + table + "\n"
     )
