@@ -1,39 +1,68 @@
 #!/usr/bin/env python
-"""Draws DePOTR's predicted skeletons on images (Detectron2 demo conventions).
+"""Draws DePOTR's predicted skeletons on images, a video or the webcam (Detectron2 demo conventions).
 
     python demo/demo.py --config-file configs/depotr_hm_r18_synthetic.yaml \
-        --input photos/*.jpg --output out/ --opts MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth
+        --input photos/*.jpg --output out/ --save-json out/keypoints.json \
+        --opts MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth
+    python demo/demo.py --config-file ... --video-input walk.mp4 --output out/ --opts MODEL.WEIGHTS ...
+    python demo/demo.py --config-file ... --webcam --opts MODEL.WEIGHTS ...
 
-Person boxes: this demo treats the whole image as one person (the single-person mode of a
-top-down model). Boxes from a person detector are the next step (MODEL.DEPOTR.DETECTOR).
-An image that cannot be read is skipped with a message; the demo then exits non-zero.
+Person boxes (``depotr.Predictor``): the Detectron2 person detector of MODEL.DEPOTR.DETECTOR when
+it is configured, e.g.
+    --opts MODEL.DEPOTR.DETECTOR.CONFIG_FILE model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml \
+           MODEL.DEPOTR.DETECTOR.WEIGHTS model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml
+otherwise the whole image is one person (the single-person mode of a top-down model).
+
+Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged),
+<output>/<video stem>.mp4 (mp4v, the input's frame rate and size) for a video; the webcam is
+shown in a window (Esc quits). --save-json writes COCO keypoint results, one per person:
+image_id = the file name stem (an int when it is all digits, as in COCO's 000000397133.jpg)
+or the frame index for a video / the webcam; category_id 1; keypoints [x, y, score] x 17 in
+COCO's pixel-index convention (Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score.
+
+An image file that cannot be read is skipped with a message naming it, and the demo then exits
+with status 1; a video that cannot be opened is an error naming it (status 1).
 """
 import argparse
 import glob
+import json
 import os
 import sys
-from typing import List
+from typing import Dict, List, Optional, Union
 
 import cv2
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image
-from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+import numpy as np
+from detectron2.data import Metadata
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
 
+from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data import coco_person_metadata
+from depotr.data.image_io import read_image_bgr
+
+COCO_PERSON_CATEGORY_ID = 1
+WINDOW_NAME = "DePOTR"
 
 
-def setup(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = load_depotr_config(config_file, opts)
-    # The caller's boxes (here: the whole image) arrive as "proposals".
-    cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"
-    cfg.freeze()
-    return cfg
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the DePOTR config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, globs or folders")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first webcam, shown in a window")
+    parser.add_argument("--output", help="folder for the drawn images / video (required unless --webcam)")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.0,
+        help="drop persons whose score (box score x mean confident keypoint score) is below this; "
+        "default 0 keeps every person",
+    )
+    parser.add_argument("--save-json", metavar="PATH", help="also write the persons as COCO keypoint results")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ...")
+    return parser
 
 
 def expand_inputs(patterns: List[str]) -> List[str]:
@@ -47,43 +76,126 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     return paths
 
 
-def whole_image_input(image) -> dict:
-    """A model input whose only person box is the whole image (score 1)."""
-    height, width = image.shape[:2]
-    proposals = Instances((height, width))
-    proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, width, height]]))
-    proposals.scores = torch.ones(1)
-    tensor = torch.as_tensor(image.transpose(2, 0, 1).copy())
-    return {"image": tensor, "height": height, "width": width, "proposals": proposals}
+def image_id_from_path(path: str) -> Union[int, str]:
+    """The file name stem, as an int when it is all digits (COCO's 000000397133.jpg -> 397133)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else stem
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--input", nargs="+", required=True, help="image files, globs or folders")
-    parser.add_argument("--output", required=True, help="folder for the drawn images")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ...")
-    args = parser.parse_args()
+def draw(image: np.ndarray, instances: Instances, metadata: Metadata) -> np.ndarray:
+    """The (H, W, 3) uint8 BGR ``image`` with the persons' boxes and skeletons drawn by
+    Detectron2's ``Visualizer``; ``image`` itself when there is no person."""
+    if len(instances) == 0:
+        return image
+    drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+    return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
 
-    cfg = setup(args.config_file, args.opts)
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    metadata = MetadataCatalog.get("__depotr_demo").set(**coco_person_metadata())
-    os.makedirs(args.output, exist_ok=True)
+
+def coco_results(instances: Instances, image_id: Union[int, str]) -> List[Dict]:
+    """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, person
+    category id 1)."""
+    results = instances_to_coco_json(instances, image_id)
+    for result in results:
+        result["category_id"] = COCO_PERSON_CATEGORY_ID
+    return results
+
+
+class Demo:
+    """Predicts the persons of an image, keeps those scoring >= ``threshold``, draws them and
+    collects their COCO results."""
+
+    def __init__(self, predictor: Predictor, threshold: float):
+        self.predictor = predictor
+        self.threshold = threshold
+        self.metadata = Metadata(name="depotr_demo").set(**coco_person_metadata())
+        self.results: List[Dict] = []
+
+    def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> Instances:
+        """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
+        instances = self.predictor(image)
+        instances = instances[instances.scores >= self.threshold]
+        self.results += coco_results(instances, image_id)
+        return instances
+
+    def run_images(self, paths: List[str], output: str) -> int:
+        """Writes <output>/<stem>.png per image; returns the number of unreadable files."""
+        os.makedirs(output, exist_ok=True)
+        failures = 0
+        for path in tqdm(paths, desc="images"):
+            try:
+                image = read_image_bgr(path)
+            except (OSError, ValueError) as e:
+                failures += 1
+                tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
+                continue
+            instances = self(image, image_id_from_path(path))
+            out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+            if not cv2.imwrite(out_path, draw(image, instances, self.metadata)):
+                raise OSError(f"cannot write {out_path}")
+            tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
+        return failures
+
+    def run_video(self, capture: cv2.VideoCapture, out_path: str) -> None:
+        """Writes every frame of ``capture``, drawn, to the mp4 ``out_path``."""
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not writer.isOpened():
+            raise OSError(f"cannot write the video {out_path}")
+        with tqdm(total=max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None, desc="frames") as progress:
+            index = 0
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                writer.write(draw(frame, self(frame, index), self.metadata))
+                index += 1
+                progress.update()
+        writer.release()
+        print(f"{index} frames -> {out_path}")
+
+    def run_webcam(self, capture: cv2.VideoCapture) -> None:
+        """Shows the drawn frames of ``capture`` in a window until Esc or the end of the stream."""
+        index = 0
+        while cv2.waitKey(1) != 27:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
+            index += 1
+        cv2.destroyAllWindows()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.webcam and not args.output:
+        parser.error("--output is required with --input and --video-input")
+    capture = None
+    if args.video_input or args.webcam:  # opened first: a bad video fails before the model loads
+        capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
+        if not capture.isOpened():
+            print(f"error: cannot open {'the webcam' if args.webcam else args.video_input}", file=sys.stderr)
+            return 1
+
+    demo = Demo(Predictor(load_depotr_config(args.config_file, args.opts)), args.confidence_threshold)
     failures = 0
-    for path in expand_inputs(args.input):
-        try:
-            image = read_image(path, format=cfg.INPUT.FORMAT)
-        except (OSError, ValueError, SyntaxError) as e:
-            failures += 1
-            print(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
-            continue
-        with torch.no_grad():
-            instances = model([whole_image_input(image)])[0]["instances"].to("cpu")
-        drawn = Visualizer(convert_image_to_rgb(image, cfg.INPUT.FORMAT), metadata).draw_instance_predictions(instances)
-        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        cv2.imwrite(out_path, cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR))
-        print(f"{path} -> {out_path}: {len(instances)} persons")
+    if args.input:
+        failures = demo.run_images(expand_inputs(args.input), args.output)
+    elif args.video_input:
+        os.makedirs(args.output, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(args.video_input))[0]
+        demo.run_video(capture, os.path.join(args.output, stem + ".mp4"))
+    else:
+        demo.run_webcam(capture)
+    if capture is not None:
+        capture.release()
+
+    if args.save_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
+        with open(args.save_json, "w") as f:
+            json.dump(demo.results, f)
+        print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
         print(f"{failures} image(s) could not be read", file=sys.stderr)
     return 1 if failures else 0

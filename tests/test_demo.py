@@ -1,4 +1,10 @@
-"""demo/demo.py end to end on images the test writes (one of them unreadable)."""
+"""demo/demo.py end to end: real photos from scikit-image in several layouts (plus an unreadable
+file), --save-json, --confidence-threshold, a video and a missing video.
+
+One run goes through a subprocess (the script as users run it); the others call its ``main``
+in this process, which saves loading torch and Detectron2 again."""
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -6,27 +12,114 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from skimage import data as skimage_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "demo", "demo.py")
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+CPU = ["--opts", "MODEL.DEVICE", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("depotr_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def astronaut_bgr() -> np.ndarray:
+    return np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1])  # (512, 512, 3)
 
 
 @pytest.mark.slow
-def test_demo_draws_good_images_and_reports_unreadable_ones(tmp_path):
+def test_demo_draws_photos_of_every_layout_saves_json_and_reports_unreadable_ones(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    image = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
-    cv2.imwrite(str(inputs / "person.jpg"), image)
+    bgr = astronaut_bgr()
+    layouts = {
+        "astronaut": bgr,
+        "camera": skimage_data.camera(),  # a 1-channel PNG
+        "astronaut16": bgr.astype(np.uint16) * 257,  # a 16-bit PNG of the same picture
+        "astronaut_rgba": np.concatenate([bgr, np.full((512, 512, 1), 200, np.uint8)], axis=2),
+    }
+    for name, image in layouts.items():
+        assert cv2.imwrite(str(inputs / f"{name}.png"), image)
+    assert cv2.imread(str(inputs / "camera.png"), cv2.IMREAD_UNCHANGED).ndim == 2
     (inputs / "broken.jpg").write_bytes(b"not a jpeg")
+    results_json = tmp_path / "results" / "keypoints.json"
     completed = subprocess.run(
-        [sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file", INSTANT_CONFIG,
-         "--input", str(inputs), "--output", str(tmp_path / "out")],
+        [sys.executable, DEMO, "--config-file", INSTANT_CONFIG, "--input", str(inputs),
+         "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU],
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 1, completed.stderr[-2000:]
     assert "skipping" in completed.stderr and "broken.jpg" in completed.stderr
     assert "1 image(s) could not be read" in completed.stderr
-    drawn = cv2.imread(str(tmp_path / "out" / "person.png"))
-    assert drawn is not None and drawn.shape == image.shape  # Visualizer draws at the input size
-    assert not np.array_equal(drawn, image)  # a skeleton was drawn
-    assert "person.jpg -> " in completed.stdout and ": 1 persons" in completed.stdout
+    for name in layouts:
+        assert f"{name}.png -> " in completed.stdout
+        drawn = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert drawn is not None and drawn.shape == (512, 512, 3)  # drawn at the input size, in colour
+    assert not np.array_equal(cv2.imread(str(tmp_path / "out" / "astronaut.png")), bgr)  # a person was drawn
+    assert ": 1 persons" in completed.stdout  # no detector configured: the whole image is the person
+
+    results = json.loads(results_json.read_text())
+    assert sorted(r["image_id"] for r in results) == sorted(layouts)  # the file name stems
+    for r in results:
+        assert r["category_id"] == 1 and len(r["keypoints"]) == 17 * 3
+        assert r["bbox"] == [0.0, 0.0, 512.0, 512.0] and isinstance(r["score"], float)
+        assert all(np.isfinite(r["keypoints"]))
+    by_id = {r["image_id"]: r for r in results}
+    for variant in ("astronaut16", "astronaut_rgba"):  # converted to the very same picture
+        assert by_id[variant]["keypoints"] == by_id["astronaut"]["keypoints"]
+        assert by_id[variant]["score"] == by_id["astronaut"]["score"]
+
+
+def test_confidence_threshold_above_every_score_writes_the_image_unchanged(demo, tmp_path, capsys):
+    image = astronaut_bgr()[::4, ::4].copy()
+    cv2.imwrite(str(tmp_path / "000000000042.png"), image)
+    results_json = tmp_path / "keypoints.json"
+    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "*.png"),
+                        "--output", str(tmp_path / "out"), "--confidence-threshold", "1.01",
+                        "--save-json", str(results_json), *CPU])
+    assert status == 0
+    assert ": 0 persons" in capsys.readouterr().out
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "000000000042.png")), image)
+    assert json.loads(results_json.read_text()) == []
+
+    demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "000000000042.png"),
+               "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU])
+    assert [r["image_id"] for r in json.loads(results_json.read_text())] == [42]  # a COCO-style id
+
+
+def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
+    video = tmp_path / "walk.mp4"
+    frames = [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(5)]  # 128 x 128
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 128))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    results_json = tmp_path / "keypoints.json"
+    status = demo.main(["--config-file", INSTANT_CONFIG, "--video-input", str(video),
+                        "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU])
+    assert status == 0
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "walk.mp4"))
+    assert capture.isOpened()
+    read = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        read.append(frame)
+    capture.release()
+    assert len(read) == 5 and all(f.shape == (128, 128, 3) for f in read)
+    assert [r["image_id"] for r in json.loads(results_json.read_text())] == [0, 1, 2, 3, 4]  # frame indices
+
+
+def test_missing_video_is_an_error_naming_it(demo, tmp_path, capsys):
+    missing = str(tmp_path / "no_such_video.mp4")
+    status = demo.main(["--config-file", INSTANT_CONFIG, "--video-input", missing, "--output", str(tmp_path), *CPU])
+    assert status != 0
+    assert f"cannot open {missing}" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # nothing written

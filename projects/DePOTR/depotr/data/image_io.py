@@ -1,0 +1,82 @@
+"""Images given as arrays or files -> the 8-bit BGR images of OpenCV and Detectron2's predictor.
+
+Shape letters: (H, W) the image size.
+
+:func:`to_bgr_uint8` is the one conversion, used by :class:`depotr.Predictor` and the demo:
+grey, grey + alpha dropped, BGRA, 16-bit and float images all become (H, W, 3) uint8 BGR.
+"""
+import os
+from typing import Union
+
+import cv2
+import numpy as np
+
+__all__ = ["to_bgr_uint8", "read_image_bgr"]
+
+EXPECTED = (
+    "expected (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA with H, W > 0, "
+    "dtype uint8, uint16 or float in [0, 1]"
+)
+
+
+def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
+    """Converts an image array to (H, W, 3) uint8 BGR.
+
+    * (H, W) or (H, W, 1) grey -> the grey value in all 3 channels;
+    * (H, W, 4) BGRA -> alpha dropped (not blended);
+    * uint16 -> divided by 257 and rounded (65535 -> 255; v * 257 -> v exactly);
+    * float in [0, 1] -> multiplied by 255 and rounded.
+
+    Colour images are taken to be BGR (OpenCV's order); they are not reordered.
+
+    Args:
+        image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, uint8, uint16 or float.
+
+    Returns:
+        (H, W, 3) uint8 contiguous array (``image`` itself when it already is one).
+
+    Raises:
+        ValueError: another shape or dtype, or a float image with values outside [0, 1]
+            (NaN included); the message gives the shape and dtype.
+    """
+    image = np.asarray(image)
+    described = f"image of shape {image.shape} and dtype {image.dtype}"
+    channels = image.shape[2] if image.ndim == 3 else (1 if image.ndim == 2 else 0)
+    if channels not in (1, 3, 4) or image.size == 0:
+        raise ValueError(f"unsupported {described}: {EXPECTED}")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not bool(np.all((image >= 0.0) & (image <= 1.0))):
+            raise ValueError(f"{described} has values outside [0, 1] (or NaN): {EXPECTED}")
+        image = np.round(image.astype(np.float64) * 255.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported {described}: {EXPECTED}")
+    if channels == 1:
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`).
+
+    The file is read with ``cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR``: 16-bit and grey images
+    keep their depth and channels (then converted), the EXIF orientation is applied (as
+    Detectron2's ``read_image`` does), an alpha channel is dropped by OpenCV.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: OpenCV cannot decode the file (corrupt, or not an image), or it decodes
+            to an array :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {os.fspath(path)!r} does not exist")
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image file {os.fspath(path)!r} (corrupt or not an image)")
+    try:
+        return to_bgr_uint8(image)
+    except ValueError as e:
+        raise ValueError(f"image file {os.fspath(path)!r}: {e}") from e

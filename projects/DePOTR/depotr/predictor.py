@@ -1,0 +1,192 @@
+"""The Python inference API: images (arrays or files) -> person keypoints, in the spirit of
+Detectron2's ``DefaultPredictor``.
+
+Shape letters: B images, N persons of one image, K keypoints, (H, W) an image's size.
+
+    cfg = load_depotr_config("configs/depotr_hm_r18_synthetic.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
+    predictor = Predictor(cfg)
+    instances = predictor(cv2.imread("photo.jpg"))  # or predictor("photo.jpg")
+    instances.pred_keypoints  # (N, K, 3) x, y in image pixels, score
+"""
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from .data.image_io import read_image_bgr, to_bgr_uint8
+from .modeling.box_sources import build_person_detector
+
+__all__ = ["Predictor", "person_proposals"]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[np.ndarray, str, os.PathLike]
+BoxesLike = Union[np.ndarray, Tensor, Boxes, Sequence[Sequence[float]]]
+ScoresLike = Union[np.ndarray, Tensor, Sequence[float]]
+
+
+def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size: Tuple[int, int]) -> Instances:
+    """The ``"proposals"`` of one model input (box source "precomputed").
+
+    Args:
+        boxes: (N, 4) XYXY person boxes in image pixels (array, tensor, nested list or Boxes).
+        scores: (N,) box scores; None gives 1 to every box.
+        image_size: (H, W) of the image.
+
+    Returns:
+        Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and
+        ``scores`` (N,) float32, on the CPU unless ``boxes`` is a tensor elsewhere.
+    """
+    boxes = torch.as_tensor(boxes.tensor if isinstance(boxes, Boxes) else boxes, dtype=torch.float32)
+    if boxes.numel() == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"person boxes must be (N, 4) XYXY, got shape {tuple(boxes.shape)}")
+    if scores is None:
+        scores = boxes.new_ones(len(boxes))
+    scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
+    if scores.shape != (len(boxes),):
+        raise ValueError(f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}")
+    proposals = Instances(tuple(image_size))
+    proposals.proposal_boxes = Boxes(boxes)
+    proposals.scores = scores
+    return proposals
+
+
+class Predictor:
+    """Builds DePOTR from a config, loads its weights and estimates the keypoints of every
+    person in images.
+
+    Person boxes of an image come, in this order of precedence, from:
+
+    1. the caller: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1);
+    2. the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR`` when ``CONFIG_FILE`` is set
+       (``build_person_detector``: boxes of ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``);
+       an image where it finds nobody gives empty Instances;
+    3. otherwise the whole image, as one person of score 1 (the single-person mode).
+
+    The boxes are then filtered by ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted
+    by decreasing score (stable), as the model's "precomputed" box source does; the config's
+    ``BOX_SOURCE`` / ``TEST_BOX_SOURCE`` are not used.
+
+    Images are BGR uint8 (H, W, 3) arrays, as ``cv2.imread`` gives, or file paths; other
+    layouts (grey, BGRA, 16-bit, float in [0, 1]) are converted by
+    ``depotr.data.image_io.to_bgr_uint8``. The image is not resized: persons are cropped from
+    it at full resolution. ``INPUT.FORMAT`` ("RGB" or "BGR") is the channel order the model is
+    fed.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        """
+        Args:
+            cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
+                loaded with ``DetectionCheckpointer`` (a path or URL); empty keeps the random
+                initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
+        """
+        self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"  # boxes arrive as "proposals"
+        self.cfg.freeze()
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        self.model = build_model(self.cfg).eval()
+        if self.cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
+        self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
+
+    def __call__(
+        self, image: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
+    ) -> Instances:
+        """Persons of one image: :meth:`predict_batch` of ``[image]``.
+
+        Args:
+            image: (H, W, 3) uint8 BGR array (or another layout ``to_bgr_uint8`` converts), or a
+                file path.
+            boxes: (N, 4) XYXY person boxes in image pixels; None: detector or whole image.
+            scores: (N,) scores of ``boxes``; None: 1.
+        """
+        return self.predict_batch(
+            [image], None if boxes is None else [boxes], None if scores is None else [scores]
+        )[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: Sequence[ImageLike],
+        boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
+        scores: Optional[Sequence[Optional[ScoresLike]]] = None,
+    ) -> List[Instances]:
+        """Persons of B images; all persons of all images are cropped with one RoIAlign call and
+        go through one forward of the keypoint branch (two with ``TEST.FLIP``).
+
+        Args:
+            images: B images, each as in :meth:`__call__`.
+            boxes: None, or B entries: (N_b, 4) XYXY person boxes of image b, or None for the
+                detector's boxes or the whole image (see the class docstring).
+            scores: None, or B entries: (N_b,) scores of ``boxes[b]``, or None for 1.
+
+        Returns:
+            B Instances (on the CPU) of size (H_b, W_b), each with
+                * pred_boxes: Boxes (N, 4), the person boxes clipped to the image;
+                * scores: (N,) box score x mean confident keypoint score;
+                * pred_keypoints: (N, K, 3) (x, y, score), x, y in continuous image pixels
+                  (pixel i covers [i, i + 1));
+                * pred_classes: (N,) zeros (person).
+
+        Raises:
+            FileNotFoundError, ValueError: an image file that is missing or unreadable, an
+                image array of another layout, boxes or scores of the wrong shape, a degenerate
+                box (each message names the image).
+        """
+        num = len(images)
+        if num == 0:
+            return []
+        boxes = [None] * num if boxes is None else list(boxes)
+        scores = [None] * num if scores is None else list(scores)
+        if len(boxes) != num or len(scores) != num:
+            raise ValueError(f"got {num} images, {len(boxes)} box entries and {len(scores)} score entries")
+        inputs = [self._model_input(image, index) for index, image in enumerate(images)]
+        for x, image_boxes, image_scores in zip(inputs, boxes, scores):
+            if image_boxes is None and image_scores is not None:
+                raise ValueError(f"image {x['image_id']!r} has scores but no boxes")
+            if image_boxes is not None:
+                try:
+                    x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]))
+                except ValueError as e:
+                    raise ValueError(f"image {x['image_id']!r}: {e}") from e
+        unboxed = [x for x in inputs if "proposals" not in x]
+        if self.detector is None:
+            found = [([[0.0, 0.0, x["width"], x["height"]]], None) for x in unboxed]  # the whole image
+        else:
+            found = self.detector(unboxed, self.input_format) if unboxed else []
+        for x, (image_boxes, image_scores) in zip(unboxed, found):
+            x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]))
+        return [out["instances"].to("cpu") for out in self.model(inputs)]
+
+    def _model_input(self, image: ImageLike, index: int) -> dict:
+        """A model input ({"image": (3, H, W) uint8 tensor in ``input_format`` on the model's
+        device, "height", "width", "image_id": the path, else the index in the batch})."""
+        if isinstance(image, (str, os.PathLike)):
+            image_id, image = os.fspath(image), read_image_bgr(image)
+        elif isinstance(image, np.ndarray):
+            try:
+                image_id, image = index, to_bgr_uint8(image)
+            except ValueError as e:
+                raise ValueError(f"image {index}: {e}") from e
+        else:
+            raise TypeError(f"image {index} is a {type(image).__name__}; expected a numpy array or a file path")
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)), device=self.model.device)
+        return {"image": tensor, "height": image.shape[0], "width": image.shape[1], "image_id": image_id}

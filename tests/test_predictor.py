@@ -1,0 +1,288 @@
+"""depotr.Predictor (the Python inference API) and depotr.data.image_io, on the instant config
+with random weights and real photos from scikit-image (astronaut: colour, camera: grey)."""
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skimage_data
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+import depotr.modeling.meta_arch
+from depotr import Predictor
+from depotr.config import load_depotr_config
+from depotr.data.image_io import read_image_bgr, to_bgr_uint8
+from depotr.modeling.crops import expand_boxes_to_aspect
+from tests.modeling.test_meta_arch import _detector_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+K = 17
+
+
+def instant_cfg(*opts):
+    return load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+
+
+def astronaut_bgr(height: int = 128, width: int = 96) -> np.ndarray:
+    """(H, W, 3) uint8 BGR photo."""
+    return cv2.resize(skimage_data.astronaut()[:, :, ::-1], (width, height), interpolation=cv2.INTER_AREA)
+
+
+def camera_grey(height: int = 128, width: int = 96) -> np.ndarray:
+    """(H, W) uint8 grey photo."""
+    return cv2.resize(skimage_data.camera(), (width, height), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(instant_cfg())
+
+
+def assert_same_instances(a, b, atol=1e-5):
+    assert a.image_size == b.image_size and len(a) == len(b)
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=atol)
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(a.pred_keypoints, b.pred_keypoints, rtol=1e-4, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes: the caller's, the whole image
+
+
+def test_caller_boxes_give_one_person_each_clipped(predictor):
+    image = astronaut_bgr()
+    boxes = np.array([[10.0, 20.0, 60.0, 110.0], [-5.0, 30.0, 40.0, 140.0]])  # the second crosses 2 borders
+    inst = predictor(image, boxes=boxes)
+    assert inst.image_size == (128, 96) and len(inst) == 2
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_keypoints", "pred_classes"}
+    clipped = torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 30.0, 40.0, 128.0]])
+    torch.testing.assert_close(inst.pred_boxes.tensor, clipped)
+    assert inst.pred_keypoints.shape == (2, K, 3) and inst.scores.shape == (2,)
+    assert bool(torch.isfinite(inst.pred_keypoints).all() and torch.isfinite(inst.scores).all())
+    assert inst.pred_keypoints.device.type == "cpu"
+    # Image pixels: every keypoint lies in its person's crop (the box grown to 3:4, x 1.25).
+    crops = expand_boxes_to_aspect(torch.as_tensor(boxes, dtype=torch.float32), (64, 48), 1.25)
+    xy = inst.pred_keypoints[..., :2]
+    assert bool(((xy >= crops[:, None, :2]) & (xy <= crops[:, None, 2:])).all())
+
+    # Scores order the persons (stable); a tensor works like an array.
+    reordered = predictor(image, boxes=torch.as_tensor(boxes), scores=[0.3, 0.9])
+    torch.testing.assert_close(reordered.pred_boxes.tensor, inst.pred_boxes.tensor[[1, 0]])
+    torch.testing.assert_close(reordered.pred_keypoints, inst.pred_keypoints[[1, 0]])
+
+    empty = predictor(image, boxes=np.zeros((0, 4)))
+    assert len(empty) == 0 and empty.pred_keypoints.shape == (0, K, 3) and empty.image_size == (128, 96)
+    assert predictor.predict_batch([]) == []
+
+
+def test_whole_image_is_one_person_without_boxes_or_detector(predictor):
+    inst = predictor(astronaut_bgr(120, 80))
+    assert len(inst) == 1 and inst.image_size == (120, 80)
+    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 80.0, 120.0]]))
+    assert inst.pred_keypoints.shape == (1, K, 3) and bool(torch.isfinite(inst.pred_keypoints).all())
+    assert_same_instances(inst, predictor(astronaut_bgr(120, 80), boxes=[[0, 0, 80, 120]], scores=[1.0]))
+
+
+def test_batch_equals_single_calls_with_one_crop_and_one_forward(predictor, monkeypatch):
+    # Image 0 is the largest in both sizes (so it is not padded in the batch) and is taken whole;
+    # the boxes of images 1 and 2 keep their crops inside the image, where the batch padding
+    # cannot change what RoIAlign reads.
+    images = [astronaut_bgr(160, 120), astronaut_bgr(128, 96)[::-1].copy(), camera_grey(96, 112)]
+    boxes = [None, [[20.0, 20.0, 60.0, 80.0], [30.0, 40.0, 70.0, 100.0]], [[30.0, 20.0, 70.0, 70.0]]]
+    singles = [predictor(image, boxes=b) for image, b in zip(images, boxes)]
+
+    crop_calls, forward_batches = [], []
+    crop_images = depotr.modeling.meta_arch.crop_images
+
+    def counted_crop_images(*args, **kwargs):
+        crop_calls.append(1)
+        return crop_images(*args, **kwargs)
+
+    monkeypatch.setattr(depotr.modeling.meta_arch, "crop_images", counted_crop_images)
+    branch = predictor.model.keypoint_branch
+    hook = branch.register_forward_hook(lambda module, args, out: forward_batches.append(len(args[0])))
+    try:
+        batched = predictor.predict_batch(images, boxes=boxes)
+    finally:
+        hook.remove()
+    assert len(crop_calls) == 1 and forward_batches == [1 + 2 + 1]
+    assert [len(b) for b in batched] == [1, 2, 1]
+    for single, batch in zip(singles, batched):
+        assert_same_instances(single, batch)
+
+
+def test_path_input_equals_array_input(predictor, tmp_path):
+    image = astronaut_bgr()
+    path = tmp_path / "astronaut.png"
+    cv2.imwrite(str(path), image)
+    expected = predictor(image)
+    assert_same_instances(predictor(str(path)), expected, atol=0)
+    assert_same_instances(predictor(path), expected, atol=0)  # a pathlib.Path
+
+
+def test_weights_are_loaded(predictor, tmp_path):
+    DetectionCheckpointer(predictor.model, save_dir=str(tmp_path)).save("pose")
+    image = astronaut_bgr()
+    torch.manual_seed(1)
+    fresh = Predictor(instant_cfg())  # another random initialisation
+    pairs = zip(predictor.model.state_dict().values(), fresh.model.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    torch.manual_seed(1)
+    loaded = Predictor(instant_cfg("MODEL.WEIGHTS", str(tmp_path / "pose.pth")))
+    for (name, a), b in zip(predictor.model.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), f"checkpoint not loaded: {name}"
+    assert_same_instances(loaded(image), predictor(image), atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image layouts
+
+
+def _variants():
+    bgr = astronaut_bgr()
+    grey = camera_grey()
+    grey_bgr = np.repeat(grey[:, :, None], 3, axis=2)
+    alpha = np.full(bgr.shape[:2] + (1,), 17, dtype=np.uint8)
+    return {
+        "grey-2d": (grey, grey_bgr),
+        "grey-1-channel": (grey[:, :, None], grey_bgr),
+        "bgra": (np.concatenate([bgr, alpha], axis=2), bgr),
+        "uint16": (bgr.astype(np.uint16) * 257, bgr),
+        "uint16-grey": (grey.astype(np.uint16) * 257, grey_bgr),
+        "float": (bgr / 255.0, bgr),
+        "float32": ((bgr / 255.0).astype(np.float32), bgr),
+        "non-contiguous": (bgr[:, ::-1][:, ::-1], bgr),
+    }
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+def test_to_bgr_uint8_converts_exactly(name):
+    image, expected = _variants()[name]
+    out = to_bgr_uint8(image)
+    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_uint16_and_float_round_to_nearest():
+    assert to_bgr_uint8(np.array([[[0, 128, 65535]]], dtype=np.uint16)).tolist() == [[[0, 0, 255]]]
+    assert to_bgr_uint8(np.array([[[0, 129, 385]]], dtype=np.uint16)).tolist() == [[[0, 1, 1]]]
+    assert to_bgr_uint8(np.array([[[0.0, 0.5, 1.0]]])).tolist() == [[[0, 128, 255]]]
+
+
+@pytest.mark.parametrize("name", ["grey-2d", "bgra", "uint16", "float"])
+def test_predictor_gives_same_result_for_converted_layouts(predictor, name):
+    image, reference = _variants()[name]
+    assert_same_instances(predictor(image), predictor(reference), atol=0)
+
+
+@pytest.mark.parametrize("name", ["grey", "bgra", "uint16"])
+def test_image_files_of_other_layouts(predictor, tmp_path, name):
+    """Grey, BGRA and 16-bit PNG files are read at their depth and converted."""
+    bgr, grey = astronaut_bgr(), camera_grey()
+    stored, expected = {
+        "grey": (grey, np.repeat(grey[:, :, None], 3, axis=2)),
+        "bgra": (np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 9, np.uint8)], axis=2), bgr),
+        "uint16": (bgr.astype(np.uint16) * 257, bgr),
+    }[name]
+    path = tmp_path / f"{name}.png"
+    assert cv2.imwrite(str(path), stored)
+    np.testing.assert_array_equal(read_image_bgr(path), expected)
+    assert_same_instances(predictor(path), predictor(expected), atol=0)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(astronaut_bgr(64, 48)[:, :, ::-1].copy())
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert read_image_bgr(tmp_path / "rotated.jpg").shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((8,), np.uint8),
+        np.zeros((8, 6, 2), np.uint8),
+        np.zeros((8, 6, 5), np.uint8),
+        np.zeros((2, 8, 6, 3), np.uint8),
+        np.zeros((0, 6, 3), np.uint8),
+        np.zeros((8, 6, 3), np.int32),
+        np.zeros((8, 6, 3), bool),
+        np.full((8, 6, 3), 2.0),
+        np.full((8, 6, 3), np.nan),
+    ],
+    ids=["1d", "2-channels", "5-channels", "4d", "empty", "int32", "bool", "float>1", "nan"],
+)
+def test_invalid_images_raise_with_shape_and_dtype(image):
+    with pytest.raises(ValueError, match=re.escape(f"shape {image.shape} and dtype {image.dtype}")):
+        to_bgr_uint8(image)
+
+
+def test_predictor_rejects_bad_images_naming_them(predictor, tmp_path):
+    with pytest.raises(ValueError, match=r"image 1: unsupported image of shape \(8, 6, 2\)"):
+        predictor.predict_batch([astronaut_bgr(), np.zeros((8, 6, 2), np.uint8)])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        predictor(tmp_path / "missing.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        predictor(str(tmp_path / "corrupt.png"))
+    with pytest.raises(TypeError, match="numpy array or a file path"):
+        predictor(torch.zeros((8, 6, 3), dtype=torch.uint8))
+
+
+def test_predictor_rejects_bad_boxes(predictor):
+    image = astronaut_bgr()
+    with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY, got shape \(2, 5\)"):
+        predictor(image, boxes=np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"image 0: box scores must be \(1,\) for 1 boxes, got shape \(2,\)"):
+        predictor(image, boxes=[[0, 0, 10, 10]], scores=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"precomputed person box 1 of image 0 is degenerate"):
+        predictor(image, boxes=[[0, 0, 10, 10], [20, 10, 5, 40]])
+    with pytest.raises(ValueError, match="got 2 images, 1 box entries"):
+        predictor.predict_batch([image, image], boxes=[None])
+    with pytest.raises(ValueError, match="has scores but no boxes"):
+        predictor(image, scores=[1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector boxes
+
+
+def test_detector_boxes_and_no_person(tmp_path):
+    cfg = instant_cfg()
+    cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR  # random init
+    torch.manual_seed(0)
+    predictor = Predictor(cfg)
+    assert predictor.model.detector is None  # the predictor runs the detector itself
+    # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1) = 0.731.
+    box_predictor = predictor.detector.detector.roi_heads.box_predictor
+    with torch.no_grad():
+        for p in box_predictor.parameters():
+            p.zero_()
+        box_predictor.cls_score.bias[0] = 1.0
+    box_predictor.test_topk_per_image = 5  # few persons: a fast test
+
+    images = [astronaut_bgr(128, 96), camera_grey(96, 128)]
+    caller_boxes = [[10.0, 10.0, 60.0, 90.0]]
+    with_detector, with_caller = predictor.predict_batch(images, boxes=[None, caller_boxes])
+    model_input = predictor._model_input(images[0], 0)
+    expected_boxes, expected_scores = predictor.detector([model_input], predictor.input_format)[0]
+    assert len(with_detector) == len(expected_boxes) == 5
+    torch.testing.assert_close(with_detector.pred_boxes.tensor, expected_boxes)
+    torch.testing.assert_close(expected_scores, torch.sigmoid(torch.ones_like(expected_scores)))
+    assert with_detector.pred_keypoints.shape == (len(expected_boxes), K, 3)
+    assert bool(torch.isfinite(with_detector.pred_keypoints).all())
+    torch.testing.assert_close(with_caller.pred_boxes.tensor, torch.tensor(caller_boxes))  # the caller's win
+
+    predictor.detector.score_thresh = 0.75  # above sigmoid(1): the detector finds nobody
+    nobody = predictor.predict_batch(images)
+    assert [len(x) for x in nobody] == [0, 0]
+    assert [x.image_size for x in nobody] == [(128, 96), (96, 128)]
+    assert nobody[0].pred_keypoints.shape == (0, K, 3) and nobody[0].scores.shape == (0,)
