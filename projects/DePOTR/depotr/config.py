@@ -183,3 +183,6 @@ def _add_test_config(cfg: CN) -> None:
     # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline's flip test). Off:
     # in our pixel-centre convention the array flip is already the exact mirror.
     cfg.TEST.FLIP_SHIFT_HEATMAP = False
+    # OKS-NMS of each image's poses (box areas as scales): a pose with OKS above this with a
+    # higher-scoring one is dropped (thesis and SimpleBaseline: 0.9); 1.0 disables it.
+    cfg.TEST.OKS_NMS_THRESH = 0.9

@@ -21,10 +21,16 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
-from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices as make_flip_indices, flip_pairs
+from ..data.keypoint_metadata import (
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_OKS_SIGMAS,
+    flip_indices as make_flip_indices,
+    flip_pairs,
+)
 from .box_sources import PersonDetector, build_person_detector, gt_boxes, jitter_boxes, precomputed_boxes
 from .crops import check_boxes, crop_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
 from .flip_test import flip_test
+from .oks_nms import oks_nms
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
 
@@ -85,6 +91,8 @@ class TopDownPoseEstimator(nn.Module):
         detector: Optional[PersonDetector] = None,
         test_flip: bool = False,
         keypoint_score_thresh: float = 0.2,
+        oks_nms_thresh: float = 1.0,
+        oks_sigmas: Sequence[float] = COCO_PERSON_OKS_SIGMAS,
         min_keypoints_per_person: int = 1,
         average_outputs: Optional[Callable[[Dict[str, Tensor], Dict[str, Tensor]], Dict[str, Tensor]]] = None,
     ):
@@ -104,6 +112,9 @@ class TopDownPoseEstimator(nn.Module):
             detector: the frozen person detector, required for ``test_box_source="detector"``.
             test_flip: average with the mirrored crops' predictions (``flip_test``).
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
+            oks_nms_thresh: per image, a person whose pose has OKS above this with a
+                higher-scoring one is dropped (:func:`oks_nms`, box areas as scales); 1 disables.
+            oks_sigmas: (K,) per-keypoint OKS sigmas of the OKS-NMS.
             min_keypoints_per_person: training skips gt persons with fewer labelled (v > 0)
                 keypoints (they would add no loss).
             average_outputs: averages two branch output dicts in the flip test; default
@@ -144,6 +155,12 @@ class TopDownPoseEstimator(nn.Module):
             raise ValueError(f"flip_indices {self.flip_indices} is not a permutation")
         self.test_flip = bool(test_flip)
         self.keypoint_score_thresh = float(keypoint_score_thresh)
+        if not 0.0 <= oks_nms_thresh <= 1.0:
+            raise ValueError(f"oks_nms_thresh must be in [0, 1], got {oks_nms_thresh}")
+        if len(oks_sigmas) != len(self.flip_indices):
+            raise ValueError(f"{len(oks_sigmas)} OKS sigmas for {len(self.flip_indices)} keypoints")
+        self.oks_nms_thresh = float(oks_nms_thresh)
+        self.oks_sigmas = [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
         self.average_outputs = average_outputs
 
@@ -171,6 +188,8 @@ class TopDownPoseEstimator(nn.Module):
             "detector": build_person_detector(cfg) if test_box_source == "detector" else None,
             "test_flip": cfg.TEST.FLIP,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
+            "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
+            "oks_sigmas": cfg.TEST.KEYPOINT_OKS_SIGMAS or COCO_PERSON_OKS_SIGMAS,
         }
 
     @staticmethod
@@ -297,6 +316,9 @@ class TopDownPoseEstimator(nn.Module):
             instances.scores = rescore_instances(box_scores, kpts[..., 2], self.keypoint_score_thresh)
             instances.pred_keypoints = kpts
             instances.pred_classes = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+            if self.oks_nms_thresh < 1.0:
+                keep = oks_nms(kpts, instances.scores, Boxes(boxes).area(), self.oks_sigmas, self.oks_nms_thresh)
+                instances = instances[keep]
             if do_postprocess:
                 height = x.get("height", image_size[0])
                 width = x.get("width", image_size[1])
