@@ -19,6 +19,8 @@ PINS=(
   "numpy==1.26.4" "Pillow==9.5.0" "opencv-python-headless==4.11.0.86"
   "pycocotools==2.0.11" "fvcore==0.1.5.post20221221" "iopath==0.1.9"
   "albumentations==2.0.8" "matplotlib" "tensorboard" "tqdm" "pytest" "scikit-image"
+  # tools/export_model.py: reading the exported ONNX file and checking it with onnxruntime.
+  "onnx==1.23.2" "onnxruntime==1.31.1"
 )
 STAMP="$VENV/.depotr-ready"
 
