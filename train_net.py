@@ -31,7 +31,8 @@ def setup(args) -> CfgNode:
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
             DatasetCatalog.get(name)
     comm.synchronize()
-    if not args.eval_only:
+    if not args.eval_only and cfg.SOLVER.MAX_EPOCHS > 0:
+        # Counting the training images loads them once more than the Trainer does (start-up only).
         apply_epoch_schedule(cfg, len(load_training_dicts(cfg)))
     cfg.freeze()
     return cfg
