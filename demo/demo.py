@@ -193,8 +193,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.save_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
-        with open(args.save_json, "w") as f:
+        partial = args.save_json + ".partial"  # never leave a half-written json behind
+        with open(partial, "w") as f:
             json.dump(demo.results, f)
+        os.replace(partial, args.save_json)
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
         print(f"{failures} image(s) could not be read", file=sys.stderr)
