@@ -24,7 +24,11 @@ K = 17
 
 
 def instant_cfg(*opts):
-    return load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    # OKS-NMS off: a random model predicts near-identical poses for different boxes, and these
+    # tests check that every box becomes a person (OKS-NMS itself: tests/modeling/test_oks_nms.py).
+    return load_depotr_config(
+        INSTANT_CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "TEST.OKS_NMS_THRESH", 1.0, *opts]
+    )
 
 
 def astronaut_bgr(height: int = 128, width: int = 96) -> np.ndarray:
@@ -274,7 +278,8 @@ def test_detector_boxes_and_no_person(tmp_path):
     with_detector, with_caller = predictor.predict_batch(images, boxes=[None, caller_boxes])
     model_input = predictor._model_input(images[0], 0)
     expected_boxes, expected_scores = predictor.detector([model_input], predictor.input_format)[0]
-    assert len(with_detector) == len(expected_boxes) == 5
+    # How many boxes a random detector keeps depends on its random RPN (1-5 here, topk 5).
+    assert 1 <= len(with_detector) == len(expected_boxes) <= 5
     torch.testing.assert_close(with_detector.pred_boxes.tensor, expected_boxes)
     torch.testing.assert_close(expected_scores, torch.sigmoid(torch.ones_like(expected_scores)))
     assert with_detector.pred_keypoints.shape == (len(expected_boxes), K, 3)

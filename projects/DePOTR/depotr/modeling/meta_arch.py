@@ -318,7 +318,7 @@ class TopDownPoseEstimator(nn.Module):
             instances.pred_classes = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
             if self.oks_nms_thresh < 1.0:
                 keep = oks_nms(kpts, instances.scores, Boxes(boxes).area(), self.oks_sigmas, self.oks_nms_thresh)
-                instances = instances[keep]
+                instances = instances[keep.sort().values]  # drop duplicates, keep the box order
             if do_postprocess:
                 height = x.get("height", image_size[0])
                 width = x.get("width", image_size[1])
