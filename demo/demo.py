@@ -42,6 +42,7 @@ from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data import coco_person_metadata
 from depotr.data.image_io import read_image_bgr
+from depotr.file_io import atomic_write
 
 COCO_PERSON_CATEGORY_ID = 1
 WINDOW_NAME = "DePOTR"
@@ -193,10 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.save_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
-        partial = args.save_json + ".partial"  # never leave a half-written json behind
-        with open(partial, "w") as f:
-            json.dump(demo.results, f)
-        os.replace(partial, args.save_json)
+        atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
         print(f"{failures} image(s) could not be read", file=sys.stderr)

@@ -27,7 +27,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import Tensor, nn
 
+from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
 from .modeling.flip_test import flip_test
 
@@ -160,23 +160,6 @@ def reference_msda_backend() -> Iterator[None]:
             os.environ[BACKEND_ENV_VAR] = previous
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[str]:
-    """Yields an unused temporary path next to ``path`` for the block to write; when the block
-    succeeds the file is synced and moved onto ``path`` (``os.replace``, atomic on POSIX),
-    otherwise removed."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def _save_torchscript(predictor: CropKeypointPredictor, example_crops: Tensor, path: str) -> None:
     """Traces ``predictor`` on ``example_crops`` and saves the ScriptModule to ``path``."""
     # check_trace=False: export_predictor checks the file on other batch sizes instead.
@@ -297,7 +280,7 @@ def export_predictor(
     if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
         raise ImportError("checking the ONNX export needs onnxruntime (tools/install.sh installs it)")
     check_batches = tuple(n for n in (1, batch + 1) if n != batch)
-    with _atomic_output(path) as tmp_path:
+    with atomic_output_path(path) as tmp_path:
         # TracerWarnings flag Python-side shape checks and level sizes that become constants:
         # intended (the crop size is fixed); the check below runs other batch sizes.
         with torch.no_grad(), reference_msda_backend(), warnings.catch_warnings():

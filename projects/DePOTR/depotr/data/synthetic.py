@@ -50,7 +50,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -58,6 +57,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..file_io import atomic_write
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 
 logger = logging.getLogger(__name__)
@@ -661,17 +661,7 @@ def _is_complete(paths: Dict[str, str], expected: Dict[str, Any]) -> bool:
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(obj).encode()))
 
 
 @contextlib.contextmanager
