@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.flip_test import flip_test
+from .modeling.flip_test import predict_crop_keypoints
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -118,11 +118,7 @@ class CropKeypointPredictor(nn.Module):
             branch's score (heatmap maximum, or sigmoid of the regression confidence).
         """
         normalised = (crops - self.pixel_mean) / self.pixel_std
-        if self.flip_indices is None:
-            outputs = self.branch(normalised)
-        else:
-            outputs = flip_test(self.branch, normalised, self.flip_indices, self.average_outputs)
-        return self.branch.decode(outputs)
+        return predict_crop_keypoints(self.branch, normalised, self.flip_indices, self.average_outputs)
 
 
 def build_predictor(cfg: CfgNode) -> CropKeypointPredictor:

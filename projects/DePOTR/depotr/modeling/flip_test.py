@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["flip_test"]
+__all__ = ["flip_test", "predict_crop_keypoints"]
 
 Outputs = Dict[str, Tensor]
 
@@ -40,3 +40,28 @@ def flip_test(
     outputs = branch(crops)
     mirrored = branch.flip_back(branch(crops.flip(-1)), list(flip_indices))
     return average_outputs(outputs, mirrored)
+
+
+def predict_crop_keypoints(
+    branch: nn.Module,
+    crops: Tensor,
+    flip_indices: Optional[Sequence[int]] = None,
+    average_outputs: Optional[Callable[[Outputs, Outputs], Outputs]] = None,
+) -> Tensor:
+    """Decoded keypoints of normalised crops, with the flip test when ``flip_indices`` is given:
+    what the meta-architecture's inference and the exported pose branch compute on crops.
+
+    Args:
+        branch: a keypoint branch (``forward``, ``decode``, ``flip_back``).
+        crops: (N, C, H, W) normalised person crops.
+        flip_indices: for each keypoint the index of its mirror partner; None: no flip test.
+        average_outputs: see :func:`flip_test`.
+
+    Returns:
+        (N, K, 3): (x, y) in crop pixels and the branch's score.
+    """
+    if flip_indices is None:
+        outputs = branch(crops)
+    else:
+        outputs = flip_test(branch, crops, flip_indices, average_outputs)
+    return branch.decode(outputs)

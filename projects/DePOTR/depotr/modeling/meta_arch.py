@@ -29,7 +29,7 @@ from ..data.keypoint_metadata import (
 )
 from .box_sources import PersonDetector, build_person_detector, gt_boxes, jitter_boxes, precomputed_boxes
 from .crops import check_boxes, crop_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
-from .flip_test import flip_test
+from .flip_test import predict_crop_keypoints
 from .oks_nms import oks_nms
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
@@ -300,11 +300,10 @@ class TopDownPoseEstimator(nn.Module):
         boxes_scores = self._inference_boxes(batched_inputs)
         crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _ in boxes_scores]
         crops = crop_images(images.tensor, crop_boxes, self.crop_size, self.crop_sampling_ratio)
-        if self.test_flip:
-            outputs = flip_test(self.keypoint_branch, crops, self.flip_indices, self.average_outputs)
-        else:
-            outputs = self.keypoint_branch(crops)
-        keypoints = crop_to_image(self.keypoint_branch.decode(outputs), torch.cat(crop_boxes), self.crop_size)
+        crop_keypoints = predict_crop_keypoints(
+            self.keypoint_branch, crops, self.flip_indices if self.test_flip else None, self.average_outputs
+        )
+        keypoints = crop_to_image(crop_keypoints, torch.cat(crop_boxes), self.crop_size)
 
         results = []
         per_image = keypoints.split([len(b) for b in crop_boxes])
