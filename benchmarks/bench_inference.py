@@ -49,7 +49,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -70,7 +69,8 @@ from detectron2.structures import Boxes, Instances
 from depotr.config import load_depotr_config
 from depotr.modeling.box_sources import resolve_model_zoo_path
 
-from bench_msda import _status_bytes, fmt, parse_crop, synchronize  # benchmarks/ is sys.path[0]
+from bench_msda import fmt, parse_crop, synchronize  # benchmarks/ is sys.path[0]
+from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "benchmarks" / "README.md"
@@ -258,42 +258,17 @@ class Result:
     peak_mib: Optional[float]  # None: not measured
 
 
-def cuda_peak_mib(run_once: Callable[[], int]) -> float:
-    """Extra CUDA memory allocated during one call (module docstring)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    run_once()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-
-
 def cpu_peak_mib(case: Case) -> Optional[float]:
     """Extra resident memory of the first call (end to end: on one image) in a fresh subprocess
     (module docstring); None where /proc/self/clear_refs is missing."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    payload = json.dumps(asdict(replace(case, num_images=1)))
-    result = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", payload],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+    return subprocess_peak_mib(__file__, json.dumps(asdict(replace(case, num_images=1))))
 
 
 def memory_probe(payload: str) -> None:
     """Subprocess side of :func:`cpu_peak_mib`: prints {"peak_mib": ...} as JSON."""
     spec = json.loads(payload)
     case = Case(**{**spec, "image_size": tuple(spec["image_size"]), "opts": tuple(spec["opts"])})
-    run_once = prepare(case)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak resident set (VmHWM) to the current one
-    before = _status_bytes("VmRSS")
-    run_once()
-    print(json.dumps({"peak_mib": (_status_bytes("VmHWM") - before) / 2 ** 20}))
+    report_resident_peak(prepare(case))
 
 
 def measure(case: Case, args: argparse.Namespace) -> Result:

@@ -25,10 +25,8 @@ just before the step; this counts every page the step touches, allocator caching
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import torch
 from torch import Tensor
 
 from depotr.layers import ms_deform_attn_reference, msda_backend
+from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib  # benchmarks/ is sys.path[0]
 
 STRIDES = (8, 16, 32, 64)
 HEADS, CHANNELS, POINTS = 8, 32, 4
@@ -157,26 +156,18 @@ def time_case(
     }
 
 
-def _status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
+def _forward_backward(backend: str, inputs: tuple[Tensor, ...]) -> Callable[[], None]:
+    def run_once() -> None:
+        out = backend_fn(backend)(*inputs)
+        out.backward(torch.ones_like(out))
+
+    return run_once
 
 
 def peak_memory_mib(case: Case, backend: str, dtype: torch.dtype) -> Optional[float]:
     """Extra memory of one forward+backward (see the module docstring); None if unmeasurable."""
     if case.device == "cuda":
-        inputs = make_inputs(case, dtype)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = backend_fn(backend)(*inputs)
-        out.backward(torch.ones_like(out))
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
+        return cuda_peak_mib(_forward_backward(backend, make_inputs(case, dtype)))
     payload = json.dumps(
         {
             "case": [case.device, list(case.crop), case.batch, case.queries],
@@ -184,14 +175,7 @@ def peak_memory_mib(case: Case, backend: str, dtype: torch.dtype) -> Optional[fl
             "dtype": str(dtype).removeprefix("torch."),
         }
     )
-    result = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", payload],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+    return subprocess_peak_mib(__file__, payload)
 
 
 def memory_probe(payload: str) -> None:
@@ -200,12 +184,7 @@ def memory_probe(payload: str) -> None:
     device, crop, batch, queries = spec["case"]
     case = Case(device, tuple(crop), batch, queries)
     inputs = make_inputs(case, getattr(torch, spec["dtype"]))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak resident set (VmHWM) to the current one
-    before = _status_bytes("VmRSS")
-    out = backend_fn(spec["backend"])(*inputs)
-    out.backward(torch.ones_like(out))
-    print(json.dumps({"peak_mib": (_status_bytes("VmHWM") - before) / 2 ** 20}))
+    report_resident_peak(_forward_backward(spec["backend"], inputs))
 
 
 def fmt(value: Optional[float], digits: int = 1) -> str:
