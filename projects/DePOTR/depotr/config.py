@@ -65,6 +65,9 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.DEC_N_POINTS = 4
     # Iterative reference-point refinement across decoder layers (off in DePOTR).
     cfg.MODEL.DEPOTR.ITER_REFINE = False
+    # Deep supervision: the loss on every decoder layer's output, not only the last (DETR and
+    # Deformable DETR train so; the thesis supervised the last layer only). DePOTR heads only.
+    cfg.MODEL.DEPOTR.AUX_LOSS = False
 
     # Where person boxes come from: "gt" (training), "precomputed" (from dataset dicts,
     # see DATASETS.PRECOMPUTED_BOXES) or "detector" (MODEL.DEPOTR.DETECTOR).
