@@ -102,3 +102,30 @@ def test_unknown_optimizer_raises():
     cfg.SOLVER.OPTIMIZER = "LAMB"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(cfg, _TinyModel())
+
+
+def test_parameters_with_equal_settings_share_a_group_and_step_as_before():
+    model = _TinyModel()
+    optimizer = build_optimizer(_cfg(), model)
+    settings = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert len(settings) == len(set(settings))  # one group per distinct (lr, weight decay)
+    # Same update as AdamW with one group per parameter (the reference).
+    reference_model = _TinyModel()
+    reference_model.load_state_dict(model.state_dict())
+    per_param = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = next(n for n, q in model.named_parameters() if q is p)
+            per_param.append({"params": [reference_model.get_parameter(name)], "lr": group["lr"],
+                              "weight_decay": group["weight_decay"]})
+    reference = torch.optim.AdamW(per_param, lr=1e-4, foreach=False)
+    torch.manual_seed(0)
+    for _ in range(3):
+        for m, opt in ((model, optimizer), (reference_model, reference)):
+            opt.zero_grad()
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.grad = torch.ones_like(p) * 0.5
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p, q, msg=name)

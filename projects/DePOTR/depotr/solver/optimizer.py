@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Type
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
-from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -23,7 +23,10 @@ _SAMPLING_MODULE_NAMES = ("sampling_offsets", "reference_points")
 
 
 def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
-    """Returns one optimizer param group per parameter with its lr and weight decay."""
+    """Returns the optimizer param groups: parameters with equal lr and weight decay share one
+    group (Detectron2's ``reduce_param_groups``), so that AdamW updates each group with one
+    multi-tensor (foreach) kernel; one group per parameter spent 15 % of a main-job step in
+    the optimizer's per-tensor loop."""
     base_lr = cfg.SOLVER.BASE_LR
     backbone_params = {id(p) for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()}
     groups: List[Dict[str, Any]] = []
@@ -44,7 +47,7 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
             elif isinstance(module, nn.Embedding) or "embed" in param_name:
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
             groups.append({"params": [param], "lr": lr, "weight_decay": weight_decay})
-    return groups
+    return reduce_param_groups(groups)
 
 
 def add_gradient_clipping(cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]) -> Type[torch.optim.Optimizer]:
