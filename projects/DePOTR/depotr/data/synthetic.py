@@ -6,18 +6,25 @@ Shapes: K = 17 keypoints (order of ``keypoint_metadata``), images S x S (default
 How a figure is made
     A kinematic skeleton in 3D (body frame: X = the person's left, Y = up, Z = forward) with
     human segment-length ratios of the stature (Drillis & Contini), per-figure jitter of
-    lengths and widths, and joint angles drawn within per-joint limits (``JOINT_LIMITS_DEG``).
-    It is turned by a yaw (mostly front to profile, sometimes from behind), projected
-    orthographically, rotated in the image plane and scaled to a stature of 40-90 % of the
-    image height (the upper bound shrinks with the number of persons). Parts are drawn far
-    to near: a torso (convex hull of a box through shoulders and hips), tapered capsules for
-    neck and limbs, hands, feet, and a ray-cast ellipsoid head with hair on its back and top,
-    eyes, nose, mouth and ears where they face the camera.
+    lengths and widths, and joint angles from a pose prior (``_sample_pose``): most figures
+    stand or walk with everyday arm and leg angles (``EVERYDAY_POSE_DEG``), some raise their
+    arms, sit or crouch, and a few take any pose within the joint limits
+    (``JOINT_LIMITS_DEG``). It is turned by a yaw (mostly front to profile, sometimes from
+    behind), projected orthographically, rotated in the image plane (mostly upright, as in
+    COCO) and scaled to a stature of 40-90 % of the image height (the upper bound shrinks with
+    the number of persons). Parts are drawn far to near: a torso (convex hull of a box through
+    shoulders and hips) with a print on the shirt's front, tapered capsules for neck and
+    limbs, hands, feet, and a ray-cast ellipsoid head with hair on its back and top, eyes,
+    nose, mouth and ears where they face the camera.
 
-Left and right are told apart: every limb of the person's LEFT side is drawn in a lighter
-shade (45 % toward white) and every limb of the RIGHT side in a darker shade (60 % of the
-colour) of the same clothes/skin colour, and the face shows which way the head turns. Without
-this a small model cannot break the flip ambiguity of back and front views.
+Left and right are told apart as in photographs, by cues that a horizontal flip keeps: the
+face and the shirt's front print (a collar and a chest band) show whether the figure faces
+the camera, and limbs farther from the camera than the torso are drawn darker (in shadow).
+Both sides of a figure have the same colours. (Generator version 2 drew the LEFT limbs
+lighter and the RIGHT ones darker: a horizontal flip, which swaps the left/right labels,
+then taught the opposite rule on half of the training crops.) With a mirror-symmetric body,
+pose prior and cues, the mirror image of a figure with swapped labels is as likely as the
+figure itself, so flip augmentation and the flip test are valid on this data.
 
 Visibility (COCO rules)
     * v = 0 and x = y = 0: the keypoint lies outside the image (figure cut by the border), or
@@ -63,6 +70,7 @@ from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EVERYDAY_POSE_DEG",
     "GENERATOR_VERSION",
     "JOINT_LIMITS_DEG",
     "SPLIT_CODES",
@@ -74,7 +82,7 @@ __all__ = [
 ]
 
 # Bump when the drawing changes so that cached datasets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_IMAGE_SIZE = 256
 # Split name -> the second entry of the per-image seed, so train and val never share images.
 SPLIT_CODES: Dict[str, int] = {"train": 0, "val": 1}
@@ -105,6 +113,30 @@ JOINT_LIMITS_DEG: Dict[str, Tuple[float, float, float]] = {
     "knee_flex": (0.0, 140.0, 5.0),
     "ankle_flex": (-30.0, 30.0, 0.0),
 }
+# Everyday poses (standing, walking, gesturing): (mean, standard deviation) in degrees of
+# each joint angle, clipped to JOINT_LIMITS_DEG.
+EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {
+    "torso_lean": (3.0, 6.0),
+    "torso_side": (0.0, 4.0),
+    "torso_twist": (0.0, 10.0),
+    "head_yaw": (0.0, 20.0),
+    "head_pitch": (5.0, 10.0),
+    "head_roll": (0.0, 6.0),
+    "shoulder_flex": (10.0, 25.0),
+    "shoulder_abd": (15.0, 12.0),
+    "shoulder_rot": (10.0, 15.0),
+    "elbow_flex": (25.0, 25.0),
+    "wrist_flex": (0.0, 15.0),
+    "hip_flex": (5.0, 10.0),
+    "hip_abd": (5.0, 5.0),
+    "hip_rot": (0.0, 8.0),
+    "knee_flex": (8.0, 10.0),
+    "ankle_flex": (0.0, 10.0),
+}
+# Pose kinds and their probabilities: "walk" = everyday angles with a gait (legs and arms
+# swing in opposition), "arms" = walk with each arm anywhere within its limits, "sit" =
+# sitting or crouching, "free" = every angle near rest (50 %) or anywhere within its limits.
+_POSE_KINDS = (("walk", 0.6), ("arms", 0.15), ("sit", 0.1), ("free", 0.15))
 _PER_SIDE_JOINTS = {k for k in JOINT_LIMITS_DEG if k.split("_")[0] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")}
 
 # Parts; the label map stores 1 + 16 * person + part, 255 for occluders, 0 for background.
@@ -153,17 +185,32 @@ _DOWN = np.array([0.0, -1.0, 0.0])
 
 
 def _sample_pose(rng: np.random.Generator) -> Dict[str, float]:
-    """Joint angles in radians; per-side joints get ``left_`` / ``right_`` prefixes. Each angle
-    is near its rest value (50 %) or uniform within its limits (50 %)."""
+    """Joint angles in radians; per-side joints get ``left_`` / ``right_`` prefixes. The kind
+    of pose is drawn from ``_POSE_KINDS``; the prior is the same for both sides (mirror
+    symmetric)."""
+    kind = str(rng.choice([k for k, _ in _POSE_KINDS], p=[p for _, p in _POSE_KINDS]))
+    swing = float(rng.uniform(-30.0, 30.0)) if kind in ("walk", "arms") else 0.0  # gait phase
     pose: Dict[str, float] = {}
     for joint, (lo, hi, rest) in JOINT_LIMITS_DEG.items():
-        names = [f"{side}_{joint}" for side, _ in _SIDES] if joint in _PER_SIDE_JOINTS else [joint]
-        for name in names:
-            if rng.random() < 0.5:
-                a = float(np.clip(rest + rng.normal(0.0, 0.15 * (hi - lo)), lo, hi))
+        mean, std = EVERYDAY_POSE_DEG[joint]
+        sides = [(side, sgn) for side, sgn in _SIDES] if joint in _PER_SIDE_JOINTS else [("", 0.0)]
+        for side, sgn in sides:
+            name = f"{side}_{joint}" if side else joint
+            if kind == "free":
+                a = rest + rng.normal(0.0, 0.15 * (hi - lo)) if rng.random() < 0.5 else rng.uniform(lo, hi)
+            elif kind == "arms" and joint.split("_")[0] in ("shoulder", "elbow"):
+                a = rng.uniform(lo, hi)
+            elif kind == "sit" and joint in ("hip_flex", "knee_flex", "torso_lean"):
+                a = rng.normal(*{"hip_flex": (85.0, 15.0), "knee_flex": (90.0, 20.0), "torso_lean": (12.0, 8.0)}[joint])
             else:
-                a = float(rng.uniform(lo, hi))
-            pose[name] = math.radians(a)
+                a = rng.normal(mean, std)
+                if joint == "hip_flex":  # the swing leg forward, the other back
+                    a += sgn * swing
+                elif joint == "knee_flex":
+                    a += max(sgn * swing, 0.0) * 1.2
+                elif joint == "shoulder_flex":  # arms swing against the legs
+                    a -= sgn * swing * 0.8
+            pose[name] = math.radians(float(np.clip(a, lo, hi)))
     return pose
 
 
@@ -216,6 +263,15 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
             p[f"torso_{side}_shoulder_{k}"] = shoulder + r_torso @ d
             p[f"torso_{side}_hip_{k}"] = np.array([hip[0] * 1.15, -0.02, 0.0]) + d
         p[f"torso_{side}_neck"] = neck + r_torso @ np.array([sgn * shape["shoulder_width"] * 0.25, 0.025, 0.0])
+        # The shirt's front print, just outside the torso's front face: collar corners and a
+        # chest band (the band's side edge, at two heights).
+        front = 1.05 * shape["torso_depth"]
+        p[f"print_{side}_collar"] = neck + r_torso @ np.array([sgn * shape["shoulder_width"] * 0.2, -0.012, front])
+        for k, y in enumerate((0.62, 0.72)):
+            p[f"print_{side}_band_{k}"] = r_torso @ np.array([sgn * shape["shoulder_width"] * 0.42, y * shape["torso"], front])
+    p["print_collar_tip"] = neck + r_torso @ np.array([0.0, -0.3 * shape["torso"], 1.05 * shape["torso_depth"]])
+    p["torso_front"] = r_torso @ np.array([0.0, 0.5 * shape["torso"], shape["torso_depth"]])
+    p["torso_back"] = r_torso @ np.array([0.0, 0.5 * shape["torso"], -shape["torso_depth"]])
     r_head = r_torso @ _ry(pose["head_yaw"]) @ _rx(pose["head_pitch"]) @ _rz(pose["head_roll"])
     p["head_center"] = neck + r_torso @ np.array([0.0, 0.05, 0.0]) + r_head @ np.array([0.0, shape["neck"] - 0.05, 0.008])
     return p, r_head
@@ -340,7 +396,7 @@ def _make_person(rng: np.random.Generator, stature_px: float) -> Tuple[_Person, 
         yaw = rng.uniform(-100.0, 100.0)
     else:
         yaw = rng.uniform(130.0, 230.0)
-    roll = float(np.clip(rng.normal(0.0, 10.0), -35, 35)) if rng.random() < 0.93 else rng.uniform(-90, 90)
+    roll = float(np.clip(rng.normal(0.0, 8.0), -30, 30)) if rng.random() < 0.95 else rng.uniform(-90, 90)
     cam = _rz(math.radians(roll)) @ _ry(math.radians(yaw))
     names = list(pts)
     xyz = np.stack([pts[n] for n in names]) @ cam.T
@@ -438,31 +494,42 @@ def _render_person(img: np.ndarray, person: _Person, rng: np.random.Generator) -
     shin_col = skin if rng.random() < 0.25 else pants
     iris = tuple(float(v) for v in rng.uniform(10, 90, 3))
 
-    def shade(c: np.ndarray, side: str) -> np.ndarray:
-        return _lighten(c, 0.45) if side == "left" else c * 0.6
+    print_colour = _lighten(shirt, 0.75) if float(shirt.mean()) < 128 else shirt * 0.3
+    torso_center_z = 0.5 * (Z["torso_front"] + Z["torso_back"])
+
+    def shade(c: np.ndarray, a: str, b: str) -> np.ndarray:
+        """Limbs behind the torso's centre are in shadow: up to 35 % darker."""
+        behind = torso_center_z - 0.5 * (Z[a] + Z[b])
+        return c * (1.0 - 0.35 * float(np.clip(behind / 0.08, 0.0, 1.0)))
 
     items: List[Tuple[float, int, Any]] = []  # (depth, tie-break, draw callable)
 
     def limb(part: int, a: str, b: str, wa: float, wb: float, colour: np.ndarray, bias: float) -> None:
         depth = 0.5 * (Z[a] + Z[b]) + bias
         poly = _capsule(P[a], P[b], wa * s / 2, wb * s / 2)
-        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, colour, part + 1)))
+        shaded = shade(colour, a, b)
+        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, shaded, part + 1)))
 
-    torso_names = [n for n in P if n.startswith("torso_")]
+    torso_names = [n for n in P if n.startswith("torso_") and n not in ("torso_front", "torso_back")]
     hull = cv2.convexHull(np.stack([P[n] for n in torso_names]).astype(np.float32))[:, 0]
     torso_z = float(np.mean([Z[n] for n in torso_names]))
     items.append((torso_z, len(items), lambda: _draw_polygon(img, layer, hull, shirt, _TORSO + 1)))
+    if Z["torso_front"] > Z["torso_back"] + 0.02:  # the front faces the camera: its print shows
+        collar = np.stack([P["print_left_collar"], P["print_collar_tip"], P["print_right_collar"]])
+        band = np.stack([P["print_left_band_0"], P["print_right_band_0"], P["print_right_band_1"], P["print_left_band_1"]])
+        for poly in (collar, band):
+            items.append((torso_z + 1e-4, len(items), lambda poly=poly: _draw_polygon(img, layer, poly, print_colour, _TORSO + 1)))
     limb(_NECK, "neck", "head_center", sh["w_neck"], sh["w_neck"] * 0.9, skin, 0.002)
     head_z = person.head_center[2] + 0.05
     items.append((head_z, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, skin, hair, hair_line,
                                                          {"iris": iris})))
     for k, (side, _) in enumerate(_SIDES):
-        limb(_UPPER_ARM + k, f"{side}_shoulder", f"{side}_elbow", sh["w_upper_arm"], sh["w_elbow"], shade(shirt, side), 0.01)
-        limb(_FOREARM + k, f"{side}_elbow", f"{side}_wrist", sh["w_elbow"], sh["w_wrist"], shade(forearm_col, side), 0.011)
-        limb(_HAND + k, f"{side}_wrist", f"{side}_hand_tip", sh["w_hand"], sh["w_hand"] * 0.8, shade(skin, side), 0.012)
-        limb(_THIGH + k, f"{side}_hip", f"{side}_knee", sh["w_thigh"], sh["w_knee"], shade(pants, side), -0.005)
-        limb(_SHIN + k, f"{side}_knee", f"{side}_ankle", sh["w_knee"], sh["w_ankle"], shade(shin_col, side), -0.004)
-        limb(_FOOT + k, f"{side}_heel", f"{side}_toe", sh["w_foot"], sh["w_foot"] * 0.8, shade(shoes, side), -0.003)
+        limb(_UPPER_ARM + k, f"{side}_shoulder", f"{side}_elbow", sh["w_upper_arm"], sh["w_elbow"], shirt, 0.01)
+        limb(_FOREARM + k, f"{side}_elbow", f"{side}_wrist", sh["w_elbow"], sh["w_wrist"], forearm_col, 0.011)
+        limb(_HAND + k, f"{side}_wrist", f"{side}_hand_tip", sh["w_hand"], sh["w_hand"] * 0.8, skin, 0.012)
+        limb(_THIGH + k, f"{side}_hip", f"{side}_knee", sh["w_thigh"], sh["w_knee"], pants, -0.005)
+        limb(_SHIN + k, f"{side}_knee", f"{side}_ankle", sh["w_knee"], sh["w_ankle"], shin_col, -0.004)
+        limb(_FOOT + k, f"{side}_heel", f"{side}_toe", sh["w_foot"], sh["w_foot"] * 0.8, shoes, -0.003)
     for _, _, draw in sorted(items, key=lambda it: (it[0], it[1])):
         draw()
     return layer
