@@ -1,0 +1,79 @@
+"""The mean-pose baseline: the mean box-normalised training pose, placed in each gt box."""
+import numpy as np
+import pytest
+
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from depotr.evaluation.baselines import mean_pose, mean_pose_baseline_metrics, mean_pose_results
+
+K = len(COCO_PERSON_KEYPOINT_NAMES)
+
+
+def _dataset(persons):
+    """persons: [(bbox xywh, (K, 3) keypoints)] -> COCO dict, one image per person."""
+    images, annotations = [], []
+    for i, (bbox, kps) in enumerate(persons):
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 400, "width": 400})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": list(bbox),
+                            "area": float(bbox[2] * bbox[3]), "keypoints": np.asarray(kps, float).ravel().tolist(),
+                            "num_keypoints": int((np.asarray(kps)[:, 2] > 0).sum())})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}]}
+
+
+def _pose(rng):
+    kps = np.zeros((K, 3))
+    kps[:, :2] = rng.uniform(0.1, 0.9, (K, 2))
+    kps[:, 2] = 2
+    return kps
+
+
+def test_mean_pose_is_the_mean_of_labelled_box_normalised_keypoints():
+    rng = np.random.default_rng(0)
+    a, b = _pose(rng), _pose(rng)
+    b[3, 2] = 0  # unlabelled: not counted
+    boxes = [(10.0, 20.0, 100.0, 200.0), (50.0, 0.0, 40.0, 80.0)]
+    persons = [(box, np.concatenate([p[:, :2] * box[2:] + box[:2], p[:, 2:]], 1)) for box, p in zip(boxes, (a, b))]
+    expected = (a[:, :2] + b[:, :2]) / 2
+    expected[3] = a[3, :2]
+    np.testing.assert_allclose(mean_pose(_dataset(persons)), expected, atol=1e-12)
+
+
+def test_a_shared_pose_scores_full_ap_and_a_wrong_one_zero():
+    rng = np.random.default_rng(1)
+    pose = _pose(rng)
+    boxes = [(float(x), float(y), float(w), 2.0 * w) for x, y, w in rng.uniform(10, 150, (6, 3))]
+    persons = [(box, np.concatenate([pose[:, :2] * box[2:] + box[:2], pose[:, 2:]], 1)) for box in boxes]
+    data = _dataset(persons)
+    assert mean_pose_baseline_metrics(data, data)["AP"] == pytest.approx(100.0)
+    results = mean_pose_results(1.0 - pose[:, :2], data)  # the pose mirrored in both axes
+    assert len(results) == 6 and all(r["score"] == 1.0 for r in results)
+    mirrored = [(box, np.concatenate([(1.0 - pose[:, :2]) * box[2:] + box[:2], pose[:, 2:]], 1)) for box in boxes]
+    assert mean_pose_baseline_metrics(_dataset(mirrored), data)["AP"] < 5.0
+
+
+def test_a_keypoint_never_labelled_is_named():
+    rng = np.random.default_rng(2)
+    kps = _pose(rng)
+    kps[COCO_PERSON_KEYPOINT_NAMES.index("left_ear"), 2] = 0
+    with pytest.raises(ValueError, match="left_ear"):
+        mean_pose(_dataset([((0.0, 0.0, 10.0, 10.0), kps)]))
+
+
+def test_command_line_tool_writes_the_metrics(tmp_path, capsys):
+    import importlib.util
+    import json
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "mean_pose_baseline", pathlib.Path(__file__).parents[2] / "tools" / "mean_pose_baseline.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(3)
+    pose = _pose(rng)
+    data = _dataset([((5.0, 5.0, 50.0, 100.0), np.concatenate([pose[:, :2] * [50, 100] + 5, pose[:, 2:]], 1))])
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    out = tmp_path / "baseline.json"
+    assert tool.main(["--train-gt", str(tmp_path / "gt.json"), "--gt", str(tmp_path / "gt.json"), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["AP"] == pytest.approx(100.0)
+    assert tool.main(["--train-gt", str(tmp_path / "missing.json"), "--gt", str(tmp_path / "gt.json")]) == 1
+    assert "missing.json" in capsys.readouterr().err
