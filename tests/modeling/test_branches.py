@@ -17,10 +17,11 @@ from depotr.modeling import (
     average_outputs,
     build_keypoint_branch,
 )
-from depotr.modeling.heads import HeatmapCodec, RegressionHead, SimpleBaselineHead
+from depotr.modeling.heads import DePOTRDotProductHeatmapHead, HeatmapCodec, RegressionHead, SimpleBaselineHead
 
 COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
-HEADS = ["regression", "heatmap", "simple_baseline", "transpose"]
+# "heatmap_dot_product": DePOTR-HM with HEATMAP.DECODER "dot_product".
+HEADS = ["regression", "heatmap", "heatmap_dot_product", "simple_baseline", "transpose"]
 
 
 def default_cfg() -> CfgNode:
@@ -37,7 +38,8 @@ def small_cfg(head: str = "regression", crop_size: Tuple[int, int] = (256, 192))
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     model = cfg.MODEL.DEPOTR
-    model.HEAD = head
+    model.HEAD = "heatmap" if head == "heatmap_dot_product" else head
+    model.HEATMAP.DECODER = "dot_product" if head == "heatmap_dot_product" else "deconv"
     model.HIDDEN_DIM = 64
     model.NHEADS = 4
     model.ENC_LAYERS = 1
@@ -406,7 +408,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("head", ["regression", "heatmap"])
+@pytest.mark.parametrize("head", ["regression", "heatmap", "heatmap_dot_product"])
 def test_overfits_four_crops(head, one_thread):
     """Fits 4 fixed 64x48 crops to a mean error < 2 px within 300 AdamW steps (about 75 steps
     for the regression branch, 20 for the heatmap branch)."""
@@ -438,3 +440,67 @@ def test_overfits_four_crops(head, one_thread):
         branch.eval()
         error = (branch.decode(branch(crops))[..., :2] - gt[..., :2]).norm(dim=-1).mean().item()
     assert error < 2.0, f"eval-mode mean error {error:.2f} px"
+
+
+def test_heatmap_deep_supervision_supervises_every_decoder_layer_with_its_own_head():
+    cfg = small_cfg("heatmap", (64, 48))
+    cfg.MODEL.DEPOTR.DEC_LAYERS = 3
+    cfg.MODEL.DEPOTR.AUX_LOSS = True
+    torch.manual_seed(0)
+    branch = build_keypoint_branch(cfg).train()
+    crops = torch.randn(2, 3, 64, 48)
+    gt = torch.zeros(2, 17, 3)
+    gt[:, :, :2] = torch.rand(2, 17, 2) * torch.tensor([48.0, 64.0])
+    gt[:, :, 2] = 2
+    outputs = branch(crops)
+    assert outputs["aux_heatmaps"].shape == (2, 2, 17, 16, 12)
+    # The reference: layer i's head applied to layer i's hidden state on its own.
+    hidden = branch.backbone(crops)["hidden_states"]
+    heads = list(branch.aux_heads) + [branch.head]
+    for i in range(3):
+        expected = heads[i]({"hidden_states": hidden[i:i + 1]})
+        got = outputs["heatmaps"] if i == 2 else outputs["aux_heatmaps"][i]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    losses = branch.losses(outputs, gt)
+    assert sorted(losses) == ["loss_heatmap", "loss_heatmap_0", "loss_heatmap_1"]
+    targets, weights = branch.codec.encode(gt)
+    for key, heatmaps in (("loss_heatmap_0", outputs["aux_heatmaps"][0]), ("loss_heatmap", outputs["heatmaps"])):
+        reference = 0.5 * (((heatmaps - targets) ** 2).mean((-2, -1)) * weights).mean()
+        torch.testing.assert_close(losses[key], reference)
+    # At inference only the last layer is computed.
+    assert set(branch.eval()(crops)) == {"heatmaps"}
+    cfg.MODEL.DEPOTR.HEAD = "simple_baseline"
+    with pytest.raises(ValueError, match="AUX_LOSS"):
+        build_keypoint_branch(cfg)
+
+
+def test_dot_product_heatmaps_equal_the_formula():
+    """heatmap k at pixel (i, j) = e_k . P[:, i, j] / sqrt(d) + b_k, written out per pixel."""
+    torch.manual_seed(0)
+    d, k = 32, 3
+    head = DePOTRDotProductHeatmapHead(d, k, fine_channels=8, mlp_layers=2)
+    torch.nn.init.normal_(head.bias)
+    features = {"hidden_states": torch.randn(2, 2, k, d), "memory": [torch.randn(2, d, 2, 3)],
+                "res2": torch.randn(2, 8, 4, 6)}
+    heatmaps = head(features)
+    assert heatmaps.shape == (2, k, 4, 6)
+    coarse = torch.nn.functional.interpolate(features["memory"][0], size=(4, 6), mode="bilinear")
+    pixels = head.pixel_proj(torch.relu(head.norm(head.fine_proj(features["res2"]) + coarse)))
+    embeddings = head.embed(features["hidden_states"][-1])
+    for b in range(2):
+        for key in range(k):
+            for i in range(4):
+                for j in range(6):
+                    value = embeddings[b, key] @ pixels[b, :, i, j] / d ** 0.5 + head.bias[key]
+                    torch.testing.assert_close(heatmaps[b, key, i, j], value, rtol=1e-5, atol=1e-6)
+
+
+def test_dot_product_decoder_needs_res3_first():
+    cfg = small_cfg("heatmap_dot_product", (64, 48))
+    cfg.MODEL.DEPOTR.IN_FEATURES = ["res4", "res5"]
+    with pytest.raises(ValueError, match="IN_FEATURES must start with 'res3'"):
+        build_keypoint_branch(cfg)
+    cfg.MODEL.DEPOTR.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.DEPOTR.HEATMAP.DECODER = "mlp"
+    with pytest.raises(ValueError, match="DECODER must be 'deconv' or 'dot_product'"):
+        build_keypoint_branch(cfg)

@@ -66,7 +66,7 @@ def test_iterative_refinement_moves_and_detaches_reference_points():
         torch.nn.init.normal_(mlp.layers[-1].weight, std=0.1)
     srcs = [torch.randn(2, d, 4, 3), torch.randn(2, d, 2, 2)]
     query_embed = torch.randn(5, 2 * d)
-    hidden, refs = transformer(srcs, query_embed, refine=head.predict_coords)
+    hidden, refs, _ = transformer(srcs, query_embed, refine=head.predict_coords)
     assert hidden.shape == (layers, 2, 5, d) and refs.shape == (layers, 2, 5, 2)
     for i in range(layers - 1):
         torch.testing.assert_close(refs[i + 1], head.predict_coords(i, hidden[i], refs[i]))
@@ -74,7 +74,7 @@ def test_iterative_refinement_moves_and_detaches_reference_points():
     grads = torch.autograd.grad(refs[1:].sum(), list(head.parameters()), allow_unused=True)
     assert all(g is None for g in grads)
     # Without refinement every layer attends around the same initial reference points.
-    _, plain_refs = transformer(srcs, query_embed)
+    _, plain_refs, _ = transformer(srcs, query_embed)
     torch.testing.assert_close(plain_refs, plain_refs[:1].expand(layers, -1, -1, -1))
 
 

@@ -96,6 +96,11 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.HEATMAP = CN()
     # Gaussian sigma of the heatmap target at a 64x48 heatmap; scaled with the heatmap size.
     cfg.MODEL.DEPOTR.HEATMAP.SIGMA = 2.0
+    # How DePOTR-HM turns each keypoint query into a heatmap: "deconv" (the thesis: an MLP makes
+    # a coarse H/16 x W/16 map, two deconvolutions bring it to H/4) or "dot_product" (the query
+    # embedding's dot product with stride-4 pixel features: res2 plus the upsampled finest
+    # encoder level, as mask heads such as MaskFormer's do with mask embeddings).
+    cfg.MODEL.DEPOTR.HEATMAP.DECODER = "deconv"
     cfg.MODEL.DEPOTR.HEATMAP.LOSS_WEIGHT = 1.0
     # C0: channels per keypoint of the (H/16)x(W/16) map the DePOTR-HM MLP produces.
     cfg.MODEL.DEPOTR.HEATMAP.INITIAL_CHANNELS = 1

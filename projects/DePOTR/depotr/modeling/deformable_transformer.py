@@ -238,7 +238,7 @@ class DeformableTransformer(nn.Module):
 
     def forward(
         self, srcs: Sequence[torch.Tensor], query_embed: torch.Tensor, refine: Optional[RefineFn] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             srcs: L maps (B, d, H_l, W_l), finest first.
@@ -246,7 +246,8 @@ class DeformableTransformer(nn.Module):
                 Deformable DETR splits its ``query_embed``.
             refine: see :meth:`DeformableTransformerDecoder.forward`.
         Returns:
-            hidden states (n, B, K, d) and reference points (n, B, K, 2), (x, y) in [0, 1].
+            hidden states (n, B, K, d), reference points (n, B, K, 2), (x, y) in [0, 1], and
+            the encoder's output (B, sum_l H_l W_l, d), levels in the order of ``srcs``.
         """
         batch = srcs[0].shape[0]
         src_flatten, pos_flatten, shapes = [], [], []
@@ -268,6 +269,7 @@ class DeformableTransformer(nn.Module):
         query_pos = query_pos[None].expand(batch, -1, -1)
         tgt = tgt[None].expand(batch, -1, -1)
         reference_points = self.reference_points(query_pos).sigmoid()
-        return self.decoder(
+        hidden_states, references = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, refine
         )
+        return hidden_states, references, memory

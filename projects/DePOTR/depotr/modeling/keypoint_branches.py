@@ -18,6 +18,7 @@ from torch import nn
 
 from .backbone import build_resnet
 from .heads import (
+    DePOTRDotProductHeatmapHead,
     DePOTRHeatmapHead,
     HeatmapCodec,
     RegressionHead,
@@ -157,6 +158,7 @@ class HeatmapBranch(nn.Module):
         codec: HeatmapCodec,
         loss_weight: float = 1.0,
         flip_shift: bool = False,
+        aux_heads: Sequence[nn.Module] = (),
     ):
         """
         Args:
@@ -165,6 +167,10 @@ class HeatmapBranch(nn.Module):
             codec: heatmap targets and decoding; its ``crop_size`` is the branch's.
             loss_weight: weight of the heatmap MSE loss.
             flip_shift: shift flipped-back heatmaps one pixel right (see :func:`flip_heatmaps`).
+            aux_heads: deep supervision (DePOTR-HM): while training, head i maps decoder layer
+                i's output to heatmaps that are supervised too, for i < n-1. One head per layer
+                (as Deformable DETR's per-layer heads) rather than one shared head, so that the
+                last layer's BatchNorm statistics stay its own; unused at inference.
         """
         super().__init__()
         self.backbone = backbone
@@ -173,10 +179,17 @@ class HeatmapBranch(nn.Module):
         self.crop_size = codec.crop_size
         self.loss_weight = loss_weight
         self.flip_shift = flip_shift
+        self.aux_heads = nn.ModuleList(aux_heads)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
         backbone, head = _build_heatmap_network(cfg)
+        aux_heads = []
+        if cfg.MODEL.DEPOTR.AUX_LOSS:
+            if cfg.MODEL.DEPOTR.HEAD != "heatmap":
+                raise ValueError("MODEL.DEPOTR.AUX_LOSS needs decoder layers: of the heatmap heads only "
+                                 f"'heatmap' (DePOTR-HM) has them, not {cfg.MODEL.DEPOTR.HEAD!r}")
+            aux_heads = [_build_depotr_heatmap_head(cfg) for _ in range(cfg.MODEL.DEPOTR.DEC_LAYERS - 1)]
         crop_size = tuple(cfg.INPUT.CROP_SIZE)
         heatmap_height = crop_size[0] // head.stride
         sigma = cfg.MODEL.DEPOTR.HEATMAP.SIGMA * heatmap_height / _SIGMA_REFERENCE_HEIGHT
@@ -186,6 +199,7 @@ class HeatmapBranch(nn.Module):
             "codec": HeatmapCodec(crop_size, head.stride, sigma, cfg.TEST.HEATMAP_REFINE),
             "loss_weight": cfg.MODEL.DEPOTR.HEATMAP.LOSS_WEIGHT,
             "flip_shift": cfg.TEST.FLIP_SHIFT_HEATMAP,
+            "aux_heads": aux_heads,
         }
 
     def forward(self, crops: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -195,20 +209,32 @@ class HeatmapBranch(nn.Module):
         Returns:
             "heatmaps": (B, K, H/s, W/s), s = ``codec.stride`` (4); heatmap pixel j covers crop
                 pixels [j s, (j+1) s), its centre is crop pixel (j + 0.5) s.
+            While training with ``aux_heads`` also "aux_heatmaps" (n-1, B, K, H/s, W/s) of
+            decoder layers 0 .. n-2.
         """
         _check_crops(crops, self.crop_size)
-        heatmaps = self.head(self.backbone(crops))
-        if tuple(heatmaps.shape[-2:]) != self.codec.heatmap_size:
+        features = self.backbone(crops)
+        outputs = {"heatmaps": self.head(features)}
+        if self.training and len(self.aux_heads):
+            hidden = features["hidden_states"]
+            outputs["aux_heatmaps"] = torch.stack(
+                [head({**features, "hidden_states": hidden[i:i + 1]}) for i, head in enumerate(self.aux_heads)]
+            )
+        if tuple(outputs["heatmaps"].shape[-2:]) != self.codec.heatmap_size:
             raise ValueError(
-                f"the head predicts {tuple(heatmaps.shape[-2:])} heatmaps, the codec expects "
+                f"the head predicts {tuple(outputs['heatmaps'].shape[-2:])} heatmaps, the codec expects "
                 f"{self.codec.heatmap_size}: crop sides must be multiples of the backbone stride"
             )
-        return {"heatmaps": heatmaps}
+        return outputs
 
     def losses(self, outputs: Dict[str, torch.Tensor], gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """gt_keypoints: (B, K, 3) (x, y, v) in crop pixels. Returns "loss_heatmap"."""
+        """gt_keypoints: (B, K, 3) (x, y, v) in crop pixels. Returns "loss_heatmap", and with
+        "aux_heatmaps" in ``outputs`` also "loss_heatmap_{i}" of decoder layer i < n-1."""
         targets, weights = self.codec.encode(gt_keypoints)
-        return {"loss_heatmap": self.loss_weight * joints_mse_loss(outputs["heatmaps"], targets, weights)}
+        losses = {"loss_heatmap": self.loss_weight * joints_mse_loss(outputs["heatmaps"], targets, weights)}
+        for i, heatmaps in enumerate(outputs.get("aux_heatmaps", ())):
+            losses[f"loss_heatmap_{i}"] = self.loss_weight * joints_mse_loss(heatmaps, targets, weights)
+        return losses
 
     def decode(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Returns (B, K, 3): (x, y) in crop pixels and the heatmap maximum as score."""
@@ -220,20 +246,33 @@ class HeatmapBranch(nn.Module):
         return {"heatmaps": flip_heatmaps(outputs["heatmaps"], flip_indices, self.flip_shift)}
 
 
+def _build_depotr_heatmap_head(cfg: CfgNode) -> nn.Module:
+    """DePOTR-HM's head of ``MODEL.DEPOTR.HEATMAP.DECODER``."""
+    model = cfg.MODEL.DEPOTR
+    if model.HEATMAP.DECODER == "dot_product":
+        if "res3" not in model.IN_FEATURES[:1]:
+            raise ValueError("HEATMAP.DECODER 'dot_product' upsamples the finest encoder level 2x to res2's "
+                             f"stride: MODEL.DEPOTR.IN_FEATURES must start with 'res3', got {model.IN_FEATURES}")
+        res2_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS
+        return DePOTRDotProductHeatmapHead(model.HIDDEN_DIM, model.NUM_KEYPOINTS, res2_channels, model.HEATMAP.MLP_LAYERS)
+    if model.HEATMAP.DECODER != "deconv":
+        raise ValueError(f"MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got {model.HEATMAP.DECODER!r}")
+    return DePOTRHeatmapHead(
+        model.HIDDEN_DIM,
+        model.NUM_KEYPOINTS,
+        tuple(cfg.INPUT.CROP_SIZE),
+        model.HEATMAP.INITIAL_CHANNELS,
+        model.HEATMAP.MLP_LAYERS,
+    )
+
+
 def _build_heatmap_network(cfg: CfgNode) -> Tuple[nn.Module, nn.Module]:
     """Returns (backbone, head) of the heatmap network named by ``MODEL.DEPOTR.HEAD``."""
     model = cfg.MODEL.DEPOTR
     if model.ITER_REFINE:
         raise ValueError("MODEL.DEPOTR.ITER_REFINE needs per-layer coordinates: only HEAD 'regression' has them")
     if model.HEAD == "heatmap":
-        head = DePOTRHeatmapHead(
-            model.HIDDEN_DIM,
-            model.NUM_KEYPOINTS,
-            tuple(cfg.INPUT.CROP_SIZE),
-            model.HEATMAP.INITIAL_CHANNELS,
-            model.HEATMAP.MLP_LAYERS,
-        )
-        return DeformablePoseTransformer(cfg), head
+        return DeformablePoseTransformer(cfg), _build_depotr_heatmap_head(cfg)
     if model.HEAD == "simple_baseline":
         backbone = build_resnet(cfg, ["res5"])
         shape = backbone.output_shape()["res5"]

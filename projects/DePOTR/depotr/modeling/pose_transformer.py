@@ -25,18 +25,23 @@ class DeformablePoseTransformer(nn.Module):
         input_proj: MultiLevelProjection,
         transformer: DeformableTransformer,
         num_keypoints: int,
+        pixel_features: Sequence[str] = (),
     ):
         """
         Args:
-            backbone: maps (B, 3, H, W) crops to a dict of feature maps containing ``in_features``.
+            backbone: maps (B, 3, H, W) crops to a dict of feature maps containing ``in_features``
+                and ``pixel_features``.
             in_features: backbone maps fed to ``input_proj``, finest first.
             input_proj: backbone maps -> L maps of width d.
             transformer: the deformable encoder-decoder of width d.
             num_keypoints: K; one learned query (position + content, 2d values) per keypoint.
+            pixel_features: backbone maps passed on to the head as they are (the dot-product
+                heatmap head reads "res2").
         """
         super().__init__()
         self.backbone = backbone
         self.in_features = list(in_features)
+        self.pixel_features = list(pixel_features)
         self.input_proj = input_proj
         self.transformer = transformer
         self.query_embed = nn.Embedding(num_keypoints, 2 * transformer.d_model)
@@ -44,11 +49,13 @@ class DeformablePoseTransformer(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
         model = cfg.MODEL.DEPOTR
-        backbone = build_resnet(cfg, model.IN_FEATURES)
+        pixel_features = ["res2"] if model.HEAD == "heatmap" and model.HEATMAP.DECODER == "dot_product" else []
+        backbone = build_resnet(cfg, sorted(set(model.IN_FEATURES) | set(pixel_features)))
         shapes = backbone.output_shape()
         return {
             "backbone": backbone,
             "in_features": model.IN_FEATURES,
+            "pixel_features": pixel_features,
             "input_proj": MultiLevelProjection(
                 [shapes[f].channels for f in model.IN_FEATURES], model.HIDDEN_DIM, model.NUM_FEATURE_LEVELS
             ),
@@ -76,8 +83,16 @@ class DeformablePoseTransformer(nn.Module):
             "hidden_states": (n, B, K, d) decoder output of every layer.
             "references": (n, B, K, 2) the reference point (x, y) each layer attended around,
                 normalised to [0, 1] of the crop width / height.
+            "memory": L maps (B, d, H_l, W_l), the encoder's output, finest first.
+            and each of ``pixel_features``: the backbone map (B, C, H / s, W / s).
         """
         features = self.backbone(crops)
         srcs = self.input_proj([features[f] for f in self.in_features])
-        hidden_states, references = self.transformer(srcs, self.query_embed.weight, refine)
-        return {"hidden_states": hidden_states, "references": references}
+        hidden_states, references, memory = self.transformer(srcs, self.query_embed.weight, refine)
+        sizes = [src.shape[-2] * src.shape[-1] for src in srcs]
+        memory_maps = [
+            level.transpose(1, 2).reshape(src.shape) for level, src in zip(memory.split(sizes, dim=1), srcs)
+        ]
+        outputs = {"hidden_states": hidden_states, "references": references, "memory": memory_maps}
+        outputs.update({name: features[name] for name in self.pixel_features})
+        return outputs

@@ -1,6 +1,6 @@
 """Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM), SimpleBaseline, TransPose-R, and the
 shared heatmap codec, losses, MLP and target rule."""
-from .heatmap import DePOTRHeatmapHead
+from .heatmap import DePOTRDotProductHeatmapHead, DePOTRHeatmapHead
 from .heatmap_codec import HeatmapCodec, flip_heatmaps
 from .heatmap_loss import joints_mse_loss
 from .mlp import MLP
@@ -10,6 +10,7 @@ from .targets import keypoint_target_weights
 from .transpose import TransPoseHead
 
 __all__ = [
+    "DePOTRDotProductHeatmapHead",
     "DePOTRHeatmapHead",
     "HeatmapCodec",
     "MLP",
