@@ -1,6 +1,7 @@
 # DePOTR: the two set-up commands of the README.
 #   make main  - install (idempotent), train + evaluate on the embedded synthetic data (CPU),
-#                then draw predicted skeletons on a few val images
+#                then draw predicted skeletons on a few val images and print the AP beside the
+#                mean-pose baseline with the error breakdown (output/.../analysis)
 #   make test  - install (idempotent) and run the test suite
 PY := .venv/bin/python
 MAIN_CONFIG := configs/depotr_hm_r18_synthetic.yaml
@@ -14,6 +15,7 @@ main: install
 	$(PY) train_net.py --config-file $(MAIN_CONFIG) OUTPUT_DIR $(MAIN_OUTPUT)
 	$(PY) tools/visualize_predictions.py --config-file $(MAIN_CONFIG) --output $(MAIN_OUTPUT)/predictions \
 		MODEL.WEIGHTS $(MAIN_OUTPUT)/model_final.pth
+	$(PY) tools/analyze_results.py --config-file $(MAIN_CONFIG) OUTPUT_DIR $(MAIN_OUTPUT)
 
 test: install
 	$(PY) -m pytest tests -q -ra

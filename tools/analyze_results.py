@@ -2,7 +2,10 @@
 """Evaluates COCO keypoint results and diagnoses their errors (thesis Figs. 27, 28, 31).
 
     python tools/analyze_results.py --gt person_keypoints_val2017.json \
-        --results keypoints_results.json --output output/analysis [--sigmas 0.026 0.025 ...]
+        --results keypoints_results.json --output output/analysis [--sigmas 0.026 0.025 ...] \
+        [--baseline-train-gt person_keypoints_train2017.json]
+    # a finished train_net.py run: its config's first test set and first training set
+    python tools/analyze_results.py --config-file configs/depotr_hm_r18_synthetic.yaml [KEY VALUE ...]
 
 Results are any COCO keypoint results list ({image_id, category_id, keypoints [x, y, s] * K,
 score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes into --output:
@@ -12,13 +15,24 @@ score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes
 * pr_curves.png: precision-recall curves at OKS 0.50 ... 0.95 (area all, maxDets 20);
 * error_breakdown.png / .md / .json: AP at each OKS threshold after cumulatively correcting
   Jitter, Inversion, Swap and Miss keypoints, removing background false positives and false
-  negatives (Ronchi & Perona, ICCV 2017), with the number of keypoints in each class.
+  negatives (Ronchi & Perona, ICCV 2017), with the number of keypoints in each class;
+* with a baseline training set, mean_pose_baseline.json: the metrics (in %) of the mean-pose
+  baseline (``depotr.evaluation.baselines``: the mean box-normalised training pose placed in
+  every ground-truth box), printed beside the results' AP.
+
+With ``--config-file`` (and KEY VALUE overrides, as train_net.py): --gt is the json of the
+config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
+--output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
+sigmas ``TEST.KEYPOINT_OKS_SIGMAS``; explicit options win.
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 """
 import argparse
+import json
+import os
 import sys
 
+from depotr.evaluation.baselines import mean_pose_baseline_metrics
 from depotr.evaluation.error_analysis import (
     analyze_keypoint_results,
     breakdown_table,
@@ -26,20 +40,55 @@ from depotr.evaluation.error_analysis import (
     metrics_table,
     write_report,
 )
+from depotr.file_io import atomic_write
+
+
+def _config_defaults(config_file: str, opts) -> dict:
+    """--gt, --results, --output, --baseline-train-gt and --sigmas of a train_net.py run."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from depotr.config import load_depotr_config
+    from depotr.data import register_synthetic_datasets_from_cfg
+
+    cfg = load_depotr_config(config_file, opts)
+    register_synthetic_datasets_from_cfg(cfg)
+
+    def json_file(name: str) -> str:
+        DatasetCatalog.get(name)  # a generated dataset is generated (or its cache checked) first
+        return MetadataCatalog.get(name).json_file
+
+    test = cfg.DATASETS.TEST[0]
+    return {"gt": json_file(test), "baseline_train_gt": json_file(cfg.DATASETS.TRAIN[0]),
+            "results": os.path.join(cfg.OUTPUT_DIR, "inference", test, "coco_instances_results.json"),
+            "output": os.path.join(cfg.OUTPUT_DIR, "analysis"), "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gt", required=True, help="COCO keypoints ground-truth json")
-    parser.add_argument("--results", required=True, help="COCO keypoint results json")
-    parser.add_argument("--output", required=True, help="folder for the tables and plots")
+    parser.add_argument("--config-file", help="a train_net.py config: the defaults of the options below")
+    parser.add_argument("--gt", help="COCO keypoints ground-truth json")
+    parser.add_argument("--results", help="COCO keypoint results json")
+    parser.add_argument("--output", help="folder for the tables and plots")
     parser.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint (default: COCO's 17)")
+    parser.add_argument("--baseline-train-gt", help="COCO keypoints json the mean-pose baseline is taken from")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (with --config-file)")
     args = parser.parse_args(argv)
-
     try:
+        if args.config_file:
+            for key, value in _config_defaults(args.config_file, args.opts).items():
+                if getattr(args, key) is None:
+                    setattr(args, key, value)
+        elif args.opts:
+            parser.error(f"config overrides {args.opts} need --config-file")
+        missing = [f"--{name}" for name in ("gt", "results", "output") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"{', '.join(missing)} required (or --config-file)")
         gt = load_json(args.gt, "ground-truth")
         results = load_json(args.results, "results")
         analysis = analyze_keypoint_results(gt, results, args.sigmas)
+        baseline = None
+        if args.baseline_train_gt:
+            baseline = mean_pose_baseline_metrics(load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas)
     except (FileNotFoundError, ValueError) as e:
         print(f"analyze_results: {e}", file=sys.stderr)
         return 1
@@ -48,6 +97,14 @@ def main(argv=None) -> int:
     print()
     print(breakdown_table(analysis))
     print()
+    if baseline is not None:
+        path = os.path.join(args.output, "mean_pose_baseline.json")
+        atomic_write(path, lambda f: f.write(json.dumps(baseline, indent=1).encode()))
+        paths["mean_pose_baseline"] = path
+        print(f"AP {100 * analysis.metrics['AP']:.1f} (AP50 {100 * analysis.metrics['AP50']:.1f}, "
+              f"AP75 {100 * analysis.metrics['AP75']:.1f}); mean-pose baseline (no model): AP {baseline['AP']:.1f} "
+              f"(AP50 {baseline['AP50']:.1f}, AP75 {baseline['AP75']:.1f})")
+        print()
     print("wrote " + ", ".join(paths.values()))
     return 0
 

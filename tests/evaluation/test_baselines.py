@@ -57,23 +57,3 @@ def test_a_keypoint_never_labelled_is_named():
     kps[COCO_PERSON_KEYPOINT_NAMES.index("left_ear"), 2] = 0
     with pytest.raises(ValueError, match="left_ear"):
         mean_pose(_dataset([((0.0, 0.0, 10.0, 10.0), kps)]))
-
-
-def test_command_line_tool_writes_the_metrics(tmp_path, capsys):
-    import importlib.util
-    import json
-    import pathlib
-
-    spec = importlib.util.spec_from_file_location(
-        "mean_pose_baseline", pathlib.Path(__file__).parents[2] / "tools" / "mean_pose_baseline.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    rng = np.random.default_rng(3)
-    pose = _pose(rng)
-    data = _dataset([((5.0, 5.0, 50.0, 100.0), np.concatenate([pose[:, :2] * [50, 100] + 5, pose[:, 2:]], 1))])
-    (tmp_path / "gt.json").write_text(json.dumps(data))
-    out = tmp_path / "baseline.json"
-    assert tool.main(["--train-gt", str(tmp_path / "gt.json"), "--gt", str(tmp_path / "gt.json"), "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["AP"] == pytest.approx(100.0)
-    assert tool.main(["--train-gt", str(tmp_path / "missing.json"), "--gt", str(tmp_path / "gt.json")]) == 1
-    assert "missing.json" in capsys.readouterr().err

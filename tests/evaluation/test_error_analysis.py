@@ -285,3 +285,47 @@ def test_results_are_not_modified(gt):
     before = copy.deepcopy(results)
     analyze_keypoint_results(gt, results)
     assert results == before
+
+
+def test_cli_reports_the_mean_pose_baseline(tmp_path, capsys):
+    from depotr.evaluation.baselines import mean_pose_baseline_metrics
+
+    gt, results = _random_case(np.random.default_rng(4))
+    paths = {name: tmp_path / f"{name}.json" for name in ("gt", "results")}
+    paths["gt"].write_text(json.dumps(gt))
+    paths["results"].write_text(json.dumps(results))
+    out = tmp_path / "analysis"
+    args = ["--gt", str(paths["gt"]), "--results", str(paths["results"]), "--output", str(out)]
+    assert _tool().main(args + ["--baseline-train-gt", str(paths["gt"])]) == 0
+    baseline = json.loads((out / "mean_pose_baseline.json").read_text())
+    assert baseline == pytest.approx(mean_pose_baseline_metrics(gt, gt))
+    assert f"mean-pose baseline (no model): AP {baseline['AP']:.1f}" in capsys.readouterr().out
+    assert _tool().main(args + ["--baseline-train-gt", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_cli_takes_its_defaults_from_a_finished_run(tmp_path, capsys):
+    """--config-file: the gt of DATASETS.TEST[0] and the results of OUTPUT_DIR/inference."""
+    from detectron2.data import MetadataCatalog
+
+    from depotr.data.datasets import register_default_synthetic_datasets
+
+    config = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+    opts = ["OUTPUT_DIR", str(tmp_path / "run"), "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data"),
+            "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "4", "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "3"]
+    try:
+        # No results yet: the error names the file the run should have written.
+        assert _tool().main(["--config-file", config] + opts) == 1
+        expected = tmp_path / "run" / "inference" / "synthetic_persons_val" / "coco_instances_results.json"
+        assert str(expected) in capsys.readouterr().err
+        gt = json.loads(open(MetadataCatalog.get("synthetic_persons_val").json_file).read())
+        results = [_result(np.concatenate([np.asarray(a["keypoints"], float).reshape(17, 3)[:, :2], np.ones((17, 1))], 1),
+                           a["image_id"], 1.0) for a in gt["annotations"]]
+        expected.parent.mkdir(parents=True)
+        expected.write_text(json.dumps(results))
+        assert _tool().main(["--config-file", config] + opts) == 0
+        metrics = json.loads((tmp_path / "run" / "analysis" / "metrics.json").read_text())
+        assert metrics["AP"] > 0.9  # the ground truth itself (unlabelled keypoints aside)
+        assert (tmp_path / "run" / "analysis" / "mean_pose_baseline.json").is_file()
+    finally:
+        register_default_synthetic_datasets()
