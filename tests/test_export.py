@@ -44,9 +44,11 @@ EXPORT_BATCH = 2
 CHECK_BATCH = 5
 NUM_KEYPOINTS = 17
 # Variants of the instant config exported in-process (the plain instant config, DePOTR-HM with
-# "shift" decoding, goes through the CLI in test_cli_exports_both_formats).
+# the dot-product decoder, flip test and DARK decoding, goes through the CLI in
+# test_cli_exports_both_formats).
 VARIANTS = {
     "heatmap-dark-flip": ("TEST.HEATMAP_REFINE", "dark", "TEST.FLIP", "True"),
+    "heatmap-deconv-shift": ("MODEL.DEPOTR.HEATMAP.DECODER", "deconv", "TEST.HEATMAP_REFINE", "shift"),
     "regression": ("MODEL.DEPOTR.HEAD", "regression"),
 }
 RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx}
@@ -56,8 +58,9 @@ def _scale_heatmaps(model: nn.Module) -> None:
     """SimpleBaseline's N(0, 0.001) initialisation of the deconvolutions and the last conv makes
     random-weight heatmaps ~1e-7, whose logs (~ -16) leave float32 DARK offsets with up to ~1e-4
     heatmap pixels of rounding noise. Scales the last conv so heatmaps span ~1, as a trained
-    model's. No-op for the regression branch."""
-    if hasattr(model.keypoint_branch, "codec"):
+    model's. No-op for the regression branch and the dot-product heatmap head (its heatmaps
+    already span ~1)."""
+    if hasattr(model.keypoint_branch.head, "predictor"):
         with torch.no_grad():
             model.keypoint_branch.head.predictor.weight.mul_(1e6)
 
