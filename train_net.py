@@ -7,7 +7,6 @@
 
 Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup
@@ -16,7 +15,7 @@ from detectron2.utils import comm
 
 from depotr.config import load_depotr_config
 from depotr.data import register_synthetic_datasets_from_cfg
-from depotr.engine import Trainer, launch
+from depotr.engine import DePOTRCheckpointer, Trainer, launch
 from depotr.engine.trainer import load_training_dicts
 from depotr.solver import apply_epoch_schedule
 
@@ -42,7 +41,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

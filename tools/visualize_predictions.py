@@ -15,7 +15,6 @@ from typing import List
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
@@ -25,6 +24,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from depotr.config import load_depotr_config
 from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
+from depotr.engine import DePOTRCheckpointer
 
 
 def setup(config_file: str, opts: List[str]) -> CfgNode:
@@ -62,7 +62,7 @@ def main() -> None:
     dicts = attach_precomputed_boxes_from_cfg(cfg, dataset_name, DatasetCatalog.get(dataset_name)[: args.num_images])
     mapper = DePOTRDatasetMapper(cfg, is_train=False)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
 
     os.makedirs(args.output, exist_ok=True)
     for dataset_dict in dicts:

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from .data.image_io import read_image_bgr, to_bgr_uint8
+from .engine.checkpoint import DePOTRCheckpointer
 from .modeling.box_sources import build_person_detector
 
 __all__ = ["Predictor", "person_proposals"]
@@ -88,8 +88,8 @@ class Predictor:
         """
         Args:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
-                loaded with ``DetectionCheckpointer`` (a path or URL); empty keeps the random
-                initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
+                loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
+                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
         """
         self.cfg = cfg.clone()
         self.cfg.defrost()
@@ -100,7 +100,7 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
         self.model = build_model(self.cfg).eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
         self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import DePOTRDatasetMapper, RetryMapDataset, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..evaluation import build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import DePOTRCheckpointer
 from .hooks import IterationSeedHook
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DePOTRCheckpointer(
+            model, cfg.OUTPUT_DIR, allow_backbone_only=True, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
