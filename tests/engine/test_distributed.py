@@ -10,6 +10,7 @@ import train_net
 from depotr.config import load_depotr_config
 from depotr.data.synthetic_cache import synthetic_split_paths
 from depotr.engine import Trainer, launch
+from depotr.engine.run_dir import LOCK_NAME
 
 from .conftest import INSTANT_CONFIG, instant_args
 
@@ -30,6 +31,7 @@ def test_two_cpu_processes_train_in_lockstep_and_evaluate_all_images(tmp_path, s
     output_dir = str(tmp_path / "ddp")
     os.makedirs(output_dir)
     launch(_train_and_dump_parameters, 2, args=(output_dir, synthetic_root))
+    assert not os.path.exists(os.path.join(output_dir, LOCK_NAME))  # rank 0 released OUTPUT_DIR at exit
 
     rank0 = torch.load(os.path.join(output_dir, "parameters_rank0.pth"))
     rank1 = torch.load(os.path.join(output_dir, "parameters_rank1.pth"))

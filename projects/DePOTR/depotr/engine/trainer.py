@@ -25,6 +25,7 @@ from ..evaluation import build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .hooks import IterationSeedHook
+from .run_dir import drop_metrics_after
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
+            if comm.is_main_process():  # the rows the resumed run writes again
+                drop_metrics_after(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
             # Continue the sampler's stream where the checkpointed run stopped.
             self._set_data_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
