@@ -49,9 +49,18 @@ def training_seed(cfg: CfgNode) -> int:
 
 def load_training_dicts(cfg: CfgNode) -> List[dict]:
     """Dataset dicts of ``DATASETS.TRAIN``, keeping persons with >= 1 labelled keypoint (counts
-    of what was dropped, and why, are logged)."""
+    of what was dropped, and why, are logged). A ValueError naming the datasets when no person
+    is left."""
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-    return filter_person_annotations(dicts)
+    kept, stats = filter_person_annotations(dicts, return_stats=True)
+    if not kept:
+        raise ValueError(
+            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no person to train on: the training filter (non-crowd "
+            f"persons with >= 1 labelled keypoint, v > 0) dropped every person of its {len(dicts)} images "
+            f"({stats['persons_dropped_crowd']} crowd, {stats['persons_dropped_no_keypoints']} without labelled "
+            "keypoints)"
+        )
+    return kept
 
 
 def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
