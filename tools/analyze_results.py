@@ -19,6 +19,8 @@ The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 import argparse
 import sys
 
+from detectron2.utils.logger import setup_logger
+
 from depotr.evaluation.error_analysis import (
     analyze_keypoint_results,
     breakdown_table,
@@ -35,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="folder for the tables and plots")
     parser.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint (default: COCO's 17)")
     args = parser.parse_args(argv)
+    setup_logger(name="depotr")
 
     try:
         gt = load_json(args.gt, "ground-truth")

@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from depotr.config import load_depotr_config
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args()
+    setup_logger(name="depotr")
 
     cfg = setup(args.config_file, args.opts)
     dataset_name = cfg.DATASETS.TEST[0]
