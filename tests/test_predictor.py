@@ -241,6 +241,18 @@ def test_predictor_rejects_bad_images_naming_them(predictor, tmp_path):
         predictor(torch.zeros((8, 6, 3), dtype=torch.uint8))
 
 
+def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
+    assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
+    jpeg = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 3 // 4])
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None  # OpenCV decodes a part, grey below
+    with pytest.raises(ValueError, match=r"JPEG file .*cut\.jpg' is truncated"):
+        read_image_bgr(tmp_path / "cut.jpg")
+    np.testing.assert_array_equal(read_image_bgr(tmp_path / "whole.jpg"), cv2.imread(str(tmp_path / "whole.jpg")))
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        read_image_bgr(tmp_path)
+
+
 def test_predictor_rejects_bad_boxes(predictor):
     image = astronaut_bgr()
     with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY, got shape \(2, 5\)"):
