@@ -5,26 +5,36 @@
     python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/depotr_hm_r18_synthetic.yaml   # CPU, embedded data
 
-Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
+Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
+(``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
+rank 0, the console, as Detectron2's own.
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from depotr.config import load_depotr_config
 from depotr.data import register_synthetic_datasets_from_cfg
-from depotr.engine import Trainer, launch
+from depotr.engine import DePOTRCheckpointer, Trainer, launch
+from depotr.engine.run_dir import lock_output_dir
 from depotr.engine.trainer import load_training_dicts
 from depotr.solver import apply_epoch_schedule
 
 
 def setup(args) -> CfgNode:
-    """Builds the frozen config: defaults, DePOTR keys, the yaml file, then ``--opts``."""
+    """Builds the frozen config (defaults, DePOTR keys, the yaml file, then ``--opts``), takes
+    OUTPUT_DIR's run lock on the main process and sets up logging."""
     cfg = load_depotr_config(args.config_file, args.opts)
+    lock = None
+    if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
+        lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
+    if lock is not None:
+        lock.log_recovery()
     register_synthetic_datasets_from_cfg(cfg)
     # Materialise generated datasets once, on the main process, before the others read them.
     if comm.is_main_process():
@@ -42,7 +52,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -20,8 +20,12 @@ image_id = the file name stem (an int when it is all digits, as in COCO's 000000
 or the frame index for a video / the webcam; category_id 1; keypoints [x, y, score] x 17 in
 COCO's pixel-index convention (Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score.
 
-An image file that cannot be read is skipped with a message naming it, and the demo then exits
-with status 1; a video that cannot be opened is an error naming it (status 1).
+Folders are read one level deep (their subfolders are skipped). Before the model is loaded, the
+demo checks that every output can be written and that no two inputs share a file name stem (which
+would give them one output file and one image_id); otherwise it stops with an error naming them
+(status 1). An image file that cannot be read, or a JPEG that ends early, is skipped with a
+message naming it, and the demo then exits with status 1; a video that cannot be opened is an error
+naming it (status 1).
 """
 import argparse
 import glob
@@ -35,6 +39,7 @@ import numpy as np
 from detectron2.data import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
@@ -42,7 +47,7 @@ from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data import coco_person_metadata
 from depotr.data.image_io import read_image_bgr
-from depotr.file_io import atomic_write
+from depotr.file_io import atomic_write, temporary_path
 
 COCO_PERSON_CATEGORY_ID = 1
 WINDOW_NAME = "DePOTR"
@@ -67,14 +72,53 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(patterns: List[str]) -> List[str]:
-    """Files, globs and folders (their files, sorted) -> file paths."""
-    paths = []
+    """Files, globs and folders (their files, sorted; not their subfolders) -> file paths, each
+    file once. A pattern that matches nothing is kept, for the reader to report."""
+    paths, seen = [], set()
     for pattern in patterns:
         if os.path.isdir(pattern):
-            paths += sorted(os.path.join(pattern, f) for f in os.listdir(pattern))
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern))
         else:
-            paths += sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
+            found = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
+        for path in found:
+            if not os.path.isdir(path) and os.path.realpath(path) not in seen:
+                seen.add(os.path.realpath(path))
+                paths.append(path)
     return paths
+
+
+def output_path(path: str, output: str) -> str:
+    """<output>/<file name stem>.png, where the drawing of image ``path`` goes."""
+    return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+
+
+def shared_outputs(paths: List[str], output: str) -> List[str]:
+    """Messages for the inputs that would share an output file or a json image_id (empty: none)."""
+    problems = []
+    for what, key in (("the output", lambda p: output_path(p, output)), ("the image_id", image_id_from_path)):
+        groups: Dict[object, List[str]] = {}
+        for path in paths:
+            groups.setdefault(key(path), []).append(path)
+        problems += [f"inputs {', '.join(group)} would share {what} {value!r}"
+                     for value, group in groups.items() if len(group) > 1]
+    return problems
+
+
+def check_writable(path: str, folder: bool) -> Optional[str]:
+    """Why ``path`` (a folder to write into, or a file to create) cannot be written; None if it
+    can. Creates the folder (or the file's folder) and a probe file that is removed at once."""
+    directory = path if folder else os.path.dirname(os.path.abspath(path))
+    try:
+        if not folder and os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a folder")
+        os.makedirs(directory, exist_ok=True)
+        probe = temporary_path(os.path.join(directory, "probe"))
+        with open(probe, "x"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        return str(e)
+    return None
 
 
 def image_id_from_path(path: str) -> Union[int, str]:
@@ -130,7 +174,7 @@ class Demo:
                 tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
                 continue
             instances = self(image, image_id_from_path(path))
-            out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+            out_path = output_path(path, output)
             if not cv2.imwrite(out_path, draw(image, instances, self.metadata)):
                 raise OSError(f"cannot write {out_path}")
             tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
@@ -172,6 +216,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.webcam and not args.output:
         parser.error("--output is required with --input and --video-input")
+    setup_logger(name="depotr")
+    paths = expand_inputs(args.input) if args.input else []
+    problems = shared_outputs(paths, args.output)
+    for flag, path, folder in (("--output", args.output, True), ("--save-json", args.save_json, False)):
+        reason = check_writable(path, folder) if path else None
+        if reason is not None:
+            problems.append(f"cannot write {flag} {path}: {reason}")
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
     capture = None
     if args.video_input or args.webcam:  # opened first: a bad video fails before the model loads
         capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
@@ -182,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = Demo(Predictor(load_depotr_config(args.config_file, args.opts)), args.confidence_threshold)
     failures = 0
     if args.input:
-        failures = demo.run_images(expand_inputs(args.input), args.output)
+        failures = demo.run_images(paths, args.output)
     elif args.video_input:
         os.makedirs(args.output, exist_ok=True)
         stem = os.path.splitext(os.path.basename(args.video_input))[0]
@@ -193,7 +248,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         capture.release()
 
     if args.save_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
         atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:

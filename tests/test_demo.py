@@ -123,3 +123,46 @@ def test_missing_video_is_an_error_naming_it(demo, tmp_path, capsys):
     assert status != 0
     assert f"cannot open {missing}" in capsys.readouterr().err
     assert not os.listdir(tmp_path)  # nothing written
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("a/person.jpg", "b/person.jpg"), ("person.jpg", "person.png"), ("7.png", "007.png")],
+    ids=["same-name-two-folders", "same-stem", "same-image-id"],
+)
+def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, tmp_path, capsys, names):
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(tmp_path / name), astronaut_bgr()[::8, ::8])
+    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", *(str(tmp_path / n) for n in names),
+                        "--output", str(tmp_path / "out"), *CPU])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "would share" in err and all(str(tmp_path / n) in err for n in names)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
+    assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])
+    (tmp_path / "file").write_text("a file, not a folder")
+    for bad in (tmp_path / "file" / "keypoints.json", tmp_path):  # under a file; a folder
+        status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "person.png"),
+                            "--output", str(tmp_path / "out"), "--save-json", str(bad), *CPU])
+        assert status == 1
+        assert f"cannot write --save-json {bad}" in capsys.readouterr().err
+        assert os.listdir(tmp_path / "out") == []  # no image was processed
+
+
+def test_subfolders_are_skipped_and_truncated_jpegs_reported(demo, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "subfolder").mkdir(parents=True)
+    assert cv2.imwrite(str(inputs / "whole.jpg"), astronaut_bgr()[::4, ::4])
+    jpeg = (inputs / "whole.jpg").read_bytes()
+    (inputs / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # OpenCV would decode half of it
+    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(inputs), "--output", str(tmp_path / "out"),
+                        *CPU])
+    assert status == 1
+    out, err = capsys.readouterr()
+    assert "whole.jpg -> " in out and "does not exist" not in err and str(inputs / "subfolder") not in err
+    assert "skipping" in err and "cut.jpg" in err and "truncated" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["whole.png"]

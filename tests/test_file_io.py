@@ -1,7 +1,10 @@
 """depotr.file_io: a destination is replaced whole or left as it was, never half-written."""
+import os
+import stat
+
 import pytest
 
-from depotr.file_io import atomic_output_path, atomic_write
+from depotr.file_io import atomic_output_path, atomic_write, remove_temporary_files
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -32,3 +35,26 @@ def test_output_path_is_in_the_destination_folder(tmp_path):
         with open(tmp, "w") as f:
             f.write("onnx")
     assert (tmp_path / "model.onnx").read_text() == "onnx"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_written_file_gets_the_umask_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(str(tmp_path / "out.json"), lambda f: f.write(b"{}"))
+        plain = tmp_path / "plain.json"
+        plain.write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.json").st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+    assert stat.S_IMODE(os.stat(plain).st_mode) == 0o666 & ~umask
+
+
+def test_leftover_temporary_files_are_removed(tmp_path):
+    (tmp_path / "inference").mkdir()
+    orphans = [tmp_path / ".tmp-0123456789ab-model_0000099.pth", tmp_path / "inference" / ".tmp-ab-results.json"]
+    for path in orphans:
+        path.write_bytes(b"half")
+    (tmp_path / "model_final.pth").write_bytes(b"whole")
+    assert sorted(remove_temporary_files(str(tmp_path))) == sorted(map(str, orphans))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["inference", "model_final.pth"]

@@ -63,14 +63,15 @@ def test_caller_boxes_give_one_person_each_clipped(predictor):
     boxes = np.array([[10.0, 20.0, 60.0, 110.0], [-5.0, 30.0, 40.0, 140.0]])  # the second crosses 2 borders
     inst = predictor(image, boxes=boxes)
     assert inst.image_size == (128, 96) and len(inst) == 2
-    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_keypoints", "pred_classes"}
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_keypoints", "pred_classes", "box_index"}
+    assert inst.box_index.tolist() == [0, 1]
     clipped = torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 30.0, 40.0, 128.0]])
     torch.testing.assert_close(inst.pred_boxes.tensor, clipped)
     assert inst.pred_keypoints.shape == (2, K, 3) and inst.scores.shape == (2,)
     assert bool(torch.isfinite(inst.pred_keypoints).all() and torch.isfinite(inst.scores).all())
     assert inst.pred_keypoints.device.type == "cpu"
-    # Image pixels: every keypoint lies in its person's crop (the box grown to 3:4, x 1.25).
-    crops = expand_boxes_to_aspect(torch.as_tensor(boxes, dtype=torch.float32), (64, 48), 1.25)
+    # Image pixels: every keypoint lies in its person's crop (the clipped box grown to 3:4, x 1.25).
+    crops = expand_boxes_to_aspect(clipped, (64, 48), 1.25)
     xy = inst.pred_keypoints[..., :2]
     assert bool(((xy >= crops[:, None, :2]) & (xy <= crops[:, None, 2:])).all())
 
@@ -78,10 +79,25 @@ def test_caller_boxes_give_one_person_each_clipped(predictor):
     reordered = predictor(image, boxes=torch.as_tensor(boxes), scores=[0.3, 0.9])
     torch.testing.assert_close(reordered.pred_boxes.tensor, inst.pred_boxes.tensor[[1, 0]])
     torch.testing.assert_close(reordered.pred_keypoints, inst.pred_keypoints[[1, 0]])
+    assert reordered.box_index.tolist() == [1, 0]
 
     empty = predictor(image, boxes=np.zeros((0, 4)))
     assert len(empty) == 0 and empty.pred_keypoints.shape == (0, K, 3) and empty.image_size == (128, 96)
     assert predictor.predict_batch([]) == []
+
+
+def test_box_outside_the_image_is_reported_and_the_others_keep_their_index(predictor, caplog):
+    image = astronaut_bgr()  # 96 x 128
+    boxes = [[200.0, 10.0, 260.0, 90.0], [10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 1e30, 1e30]]
+    with caplog.at_level("WARNING", logger="depotr.modeling.meta_arch"):
+        inst = predictor(image, boxes=boxes)
+    assert inst.box_index.tolist() == [1, 2]
+    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 96.0, 128.0]]))
+    # The huge box is cropped as the whole image: its keypoints stay in that crop.
+    crop = expand_boxes_to_aspect(torch.tensor([[0.0, 0.0, 96.0, 128.0]]), (64, 48), 1.25)[0]
+    xy = inst.pred_keypoints[1, :, :2]
+    assert bool(((xy >= crop[:2]) & (xy <= crop[2:])).all())
+    assert "dropped precomputed person boxes [[200.0, 10.0, 260.0, 90.0]] (indices [0])" in caplog.text
 
 
 def test_whole_image_is_one_person_without_boxes_or_detector(predictor):
@@ -93,21 +109,19 @@ def test_whole_image_is_one_person_without_boxes_or_detector(predictor):
 
 
 def test_batch_equals_single_calls_with_one_crop_and_one_forward(predictor, monkeypatch):
-    # Image 0 is the largest in both sizes (so it is not padded in the batch) and is taken whole;
-    # the boxes of images 1 and 2 keep their crops inside the image, where the batch padding
-    # cannot change what RoIAlign reads.
+    # Images of different sizes; image 0 is taken whole, the boxes of image 1 reach past its border.
     images = [astronaut_bgr(160, 120), astronaut_bgr(128, 96)[::-1].copy(), camera_grey(96, 112)]
-    boxes = [None, [[20.0, 20.0, 60.0, 80.0], [30.0, 40.0, 70.0, 100.0]], [[30.0, 20.0, 70.0, 70.0]]]
+    boxes = [None, [[20.0, 20.0, 60.0, 80.0], [60.0, 90.0, 100.0, 130.0]], [[30.0, 20.0, 70.0, 70.0]]]
     singles = [predictor(image, boxes=b) for image, b in zip(images, boxes)]
 
     crop_calls, forward_batches = [], []
-    crop_images = depotr.modeling.meta_arch.crop_images
+    crop_raw_images = depotr.modeling.meta_arch.crop_raw_images
 
     def counted_crop_images(*args, **kwargs):
         crop_calls.append(1)
-        return crop_images(*args, **kwargs)
+        return crop_raw_images(*args, **kwargs)
 
-    monkeypatch.setattr(depotr.modeling.meta_arch, "crop_images", counted_crop_images)
+    monkeypatch.setattr(depotr.modeling.meta_arch, "crop_raw_images", counted_crop_images)
     branch = predictor.model.keypoint_branch
     hook = branch.register_forward_hook(lambda module, args, out: forward_batches.append(len(args[0])))
     try:
@@ -242,6 +256,18 @@ def test_predictor_rejects_bad_images_naming_them(predictor, tmp_path):
         predictor(torch.zeros((8, 6, 3), dtype=torch.uint8))
 
 
+def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
+    assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
+    jpeg = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 3 // 4])
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None  # OpenCV decodes a part, grey below
+    with pytest.raises(ValueError, match=r"JPEG file .*cut\.jpg' is truncated"):
+        read_image_bgr(tmp_path / "cut.jpg")
+    np.testing.assert_array_equal(read_image_bgr(tmp_path / "whole.jpg"), cv2.imread(str(tmp_path / "whole.jpg")))
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        read_image_bgr(tmp_path)
+
+
 def test_predictor_rejects_bad_boxes(predictor):
     image = astronaut_bgr()
     with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY, got shape \(2, 5\)"):
@@ -250,6 +276,8 @@ def test_predictor_rejects_bad_boxes(predictor):
         predictor(image, boxes=[[0, 0, 10, 10]], scores=[0.5, 0.5])
     with pytest.raises(ValueError, match=r"precomputed person box 1 of image 0 is degenerate"):
         predictor(image, boxes=[[0, 0, 10, 10], [20, 10, 5, 40]])
+    with pytest.raises(ValueError, match=r"image 0: box scores must be finite; box 1 has score nan"):
+        predictor(image, boxes=[[0, 0, 10, 10], [5, 5, 20, 20]], scores=[0.5, float("nan")])
     with pytest.raises(ValueError, match="got 2 images, 1 box entries"):
         predictor.predict_batch([image, image], boxes=[None])
     with pytest.raises(ValueError, match="has scores but no boxes"):

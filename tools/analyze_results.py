@@ -32,6 +32,8 @@ import json
 import os
 import sys
 
+from detectron2.utils.logger import setup_logger
+
 from depotr.evaluation.baselines import mean_pose_baseline_metrics
 from depotr.evaluation.error_analysis import (
     analyze_keypoint_results,
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-train-gt", help="COCO keypoints json the mean-pose baseline is taken from")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (with --config-file)")
     args = parser.parse_args(argv)
+    setup_logger(name="depotr")
     try:
         if args.config_file:
             for key, value in _config_defaults(args.config_file, args.opts).items():

@@ -23,6 +23,8 @@ import os
 import sys
 from typing import List, Optional
 
+from detectron2.utils.logger import setup_logger
+
 from depotr.config import load_depotr_config
 from depotr.data import register_synthetic_datasets_from_cfg
 from depotr.export import EXPORT_FORMATS, MIN_OPSET, OUTPUT_FILES, ExportCheckError, build_predictor, export_predictor
@@ -49,6 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    setup_logger(name="depotr")
     cfg = load_depotr_config(args.config_file, args.opts)
     cfg.freeze()
     register_synthetic_datasets_from_cfg(cfg)  # their keypoint metadata gives the flip indices

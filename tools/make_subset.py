@@ -10,8 +10,9 @@ percentage points of the full set, and plots both distributions.
 """
 import argparse
 import json
-import logging
 import sys
+
+from detectron2.utils.logger import setup_logger
 
 from depotr.data.subset import (
     keypoint_names,
@@ -31,14 +32,21 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1.0, help="max deviation in percentage points")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logger(name="depotr")
 
-    with open(args.input) as f:
-        coco = json.load(f)
     try:
+        with open(args.input) as f:
+            coco = json.load(f)
         ids = select_subset(coco, args.fraction, seed=args.seed, tolerance_pp=args.tolerance)
-    except ValueError as e:
-        print(f"make_subset: {args.input}: {e}", file=sys.stderr)
+    except json.JSONDecodeError as e:
+        print(f"make_subset: {args.input} is not valid json: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"make_subset: cannot read {args.input}: {e.strerror}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, ValueError) as e:
+        problem = f"no {e} field where COCO keypoints have one" if isinstance(e, KeyError) else str(e)
+        print(f"make_subset: {args.input}: {problem}", file=sys.stderr)
         return 1
     subset = subset_coco(coco, ids)
     with open(args.output, "w") as f:

@@ -15,16 +15,17 @@ from typing import List
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from depotr.config import load_depotr_config
 from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
+from depotr.engine import DePOTRCheckpointer
 
 
 def setup(config_file: str, opts: List[str]) -> CfgNode:
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args()
+    setup_logger(name="depotr")
 
     cfg = setup(args.config_file, args.opts)
     dataset_name = cfg.DATASETS.TEST[0]
@@ -62,7 +64,7 @@ def main() -> None:
     dicts = attach_precomputed_boxes_from_cfg(cfg, dataset_name, DatasetCatalog.get(dataset_name)[: args.num_images])
     mapper = DePOTRDatasetMapper(cfg, is_train=False)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
 
     os.makedirs(args.output, exist_ok=True)
     for dataset_dict in dicts:

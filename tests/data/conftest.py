@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from depotr.data.synthetic import ensure_synthetic_split, synthetic_split_paths
+from depotr.data.synthetic_cache import ensure_synthetic_split, synthetic_split_paths
 
 SMALL_SEED = 7
 SMALL_NUM_IMAGES = 12
@@ -16,7 +16,7 @@ def small_synthetic(tmp_path_factory):
     json_file = ensure_synthetic_split(root, "train", SMALL_NUM_IMAGES, SMALL_SEED)
     with open(json_file) as f:
         coco = json.load(f)
-    return root, synthetic_split_paths(root, "train"), coco
+    return root, synthetic_split_paths(root, "train", SMALL_NUM_IMAGES, SMALL_SEED), coco
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from depotr.data.datasets import (
     resolve_synthetic_root,
 )
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
+from depotr.data.synthetic import GENERATOR_VERSION
 
 K = len(COCO_PERSON_KEYPOINT_NAMES)
 
@@ -26,7 +27,8 @@ def test_import_registers_synthetic_datasets_lazily():
         assert meta.evaluator_type == "coco"
         assert meta.keypoint_names == list(COCO_PERSON_KEYPOINT_NAMES)
         assert meta.keypoint_oks_sigmas == list(COCO_PERSON_OKS_SIGMAS)
-        assert meta.json_file.endswith(os.path.join("synthetic_persons", name.split("_")[-1], "annotations.json"))
+        entry = f"{name.split('_')[-1]}-n{200 if name.endswith('val') else 2000}-s0-256px-v{GENERATOR_VERSION}"
+        assert meta.json_file.endswith(os.path.join("synthetic_persons", entry, "annotations.json"))
 
 
 def test_register_and_get(tmp_path, restore_synthetic_registration):

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -77,10 +78,15 @@ def test_invalid_fraction(coco, fraction):
         select_subset(coco, fraction)
 
 
-def test_cli_writes_subset_json_and_png(tmp_path, coco):
+def _tool():
     spec = importlib.util.spec_from_file_location("make_subset", os.path.join(REPO, "tools", "make_subset.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_cli_writes_subset_json_and_png(tmp_path, coco):
+    tool = _tool()
     src = tmp_path / "full.json"
     src.write_text(json.dumps(coco))
     out, png = tmp_path / "subset.json", tmp_path / "subset.png"
@@ -91,3 +97,19 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
     dev = np.abs(visibility_distribution(coco) - visibility_distribution(sub)).max() * 100
     assert dev < 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [('{"images": [', r"full\.json is not valid json: Expecting value: line 1"),
+     ('{"categories": [{"id": 1, "name": "person", "keypoints": ["nose"]}]}', r"full\.json: no 'images' field"),
+     (None, r"cannot read .*full\.json: No such file")],
+    ids=["truncated", "not-coco", "missing"],
+)
+def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
+    src = tmp_path / "full.json"
+    if content is not None:
+        src.write_text(content)
+    assert _tool().main(["--input", str(src), "--fraction", "0.1", "--output", str(tmp_path / "subset.json")]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "subset.json").exists()

@@ -1,5 +1,5 @@
-"""The embedded synthetic dataset: COCO validity, visibility rules, determinism, caching."""
-import json
+"""The embedded synthetic dataset: COCO validity, visibility rules, determinism (caching:
+test_synthetic_cache.py)."""
 import os
 
 import numpy as np
@@ -7,25 +7,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON, flip_pairs
-from depotr.data.synthetic import (
-    ensure_synthetic_split,
-    generate_synthetic_split,
-    render_synthetic_image,
-    synthetic_split_paths,
-)
+from depotr.data.synthetic import render_synthetic_image
 
 SMALL_NUM_IMAGES = 12  # as in conftest.small_synthetic (seed 7)
-
-
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def image_bytes(image_root: str) -> dict:
-    return {name: read_bytes(os.path.join(image_root, name)) for name in sorted(os.listdir(image_root))}
-
-
 K = len(COCO_PERSON_KEYPOINT_NAMES)
 IDX = {n: i for i, n in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 
@@ -134,54 +118,7 @@ def test_figures_are_large(rendered):
     assert min(statures) >= 0.4 * 256 - 1e-6 and max(statures) <= 0.9 * 256 + 1e-6
 
 
-def test_same_seed_gives_identical_files(tmp_path, small_synthetic):
-    _, paths, _ = small_synthetic
-    again = synthetic_split_paths(str(tmp_path), "train")
-    generate_synthetic_split(str(tmp_path), "train", SMALL_NUM_IMAGES, 7)
-    assert read_bytes(again["json_file"]) == read_bytes(paths["json_file"])
-    assert image_bytes(again["image_root"]) == image_bytes(paths["image_root"])
-
-
-def test_different_seed_gives_different_data(tmp_path, small_synthetic):
-    _, paths, _ = small_synthetic
-    other = synthetic_split_paths(str(tmp_path), "train")
-    generate_synthetic_split(str(tmp_path), "train", SMALL_NUM_IMAGES, 8)
-    assert read_bytes(other["json_file"]) != read_bytes(paths["json_file"])
-    a, b = image_bytes(other["image_root"]), image_bytes(paths["image_root"])
-    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
-
-
-def test_parallel_generation_equals_serial(tmp_path):
-    serial = generate_synthetic_split(str(tmp_path / "serial"), "val", 32, 1, num_workers=1)
-    parallel = generate_synthetic_split(str(tmp_path / "parallel"), "val", 32, 1, num_workers=2)
-    assert read_bytes(serial) == read_bytes(parallel)
-    assert image_bytes(str(tmp_path / "serial" / "val" / "images")) == image_bytes(
-        str(tmp_path / "parallel" / "val" / "images"))
-
-
 def test_train_and_val_differ():
     train, _ = render_synthetic_image(0, 0, 0)
     val, _ = render_synthetic_image(0, 1, 0)
     assert not np.array_equal(train, val)
-
-
-def test_cache_is_reused_and_regenerated(tmp_path):
-    root = str(tmp_path)
-    paths = synthetic_split_paths(root, "val")
-    ensure_synthetic_split(root, "val", 3, 0)
-    manifest = json.loads(read_bytes(paths["manifest"]))
-    assert manifest["num_images"] == 3 and manifest["seed"] == 0
-    stamp = os.stat(paths["json_file"]).st_mtime_ns
-    ensure_synthetic_split(root, "val", 3, 0)
-    assert os.stat(paths["json_file"]).st_mtime_ns == stamp  # complete cache: reused
-
-    ensure_synthetic_split(root, "val", 4, 0)  # config change: regenerated
-    assert len(json.loads(read_bytes(paths["json_file"]))["images"]) == 4
-    assert len(os.listdir(paths["image_root"])) == 4
-
-    os.unlink(paths["manifest"])  # a killed generation leaves no manifest
-    with open(paths["json_file"], "w") as f:
-        f.write("{truncated")
-    ensure_synthetic_split(root, "val", 4, 0)
-    assert len(json.loads(read_bytes(paths["json_file"]))["images"]) == 4
-    assert not [n for n in os.listdir(paths["split_dir"]) if n.startswith(".tmp-")]

@@ -1,16 +1,23 @@
-"""Checkpoints are written whole or not at all."""
+"""Checkpoints are written whole or not at all, and load only into the model they fit."""
 import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
+from detectron2.modeling import Backbone, build_model
 from torch import nn
 
-from depotr.engine import AtomicDetectionCheckpointer
+from depotr import Predictor
+from depotr.config import load_depotr_config
+from depotr.engine import DePOTRCheckpointer
+
+from .conftest import INSTANT_CONFIG, REPO
 
 
 def test_save_writes_checkpoint_and_tag(tmp_path):
     model = nn.Linear(3, 2)
-    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path))
+    checkpointer = DePOTRCheckpointer(model, str(tmp_path))
     checkpointer.save("model_0000009", iteration=9)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     data = torch.load(tmp_path / "model_0000009.pth")
@@ -21,7 +28,7 @@ def test_save_writes_checkpoint_and_tag(tmp_path):
 
 def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     model = nn.Linear(3, 2)
-    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path))
+    checkpointer = DePOTRCheckpointer(model, str(tmp_path))
     checkpointer.save("model_final")
     before = (tmp_path / "model_final.pth").read_bytes()
 
@@ -37,3 +44,94 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
     assert (tmp_path / "model_final.pth").read_bytes() == before
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no temp file left
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: the weights must fit the model
+
+
+def _instant_model(*opts):
+    torch.manual_seed(len(opts))
+    return build_model(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", *opts]))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_of_the_same_config_loads_every_weight(tmp_path):
+    trained = _instant_model()
+    DePOTRCheckpointer(trained, str(tmp_path)).save("model_final")
+    model = _instant_model("MODEL.DEPOTR.DROPOUT", "0.1")  # another random initialisation, same shapes
+    DePOTRCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize(
+    "other, named",
+    [(("MODEL.DEPOTR.HIDDEN_DIM", "32"), r"have another shape: .*\(32,\) in the checkpoint, \(64,\) in the model"),
+     (("MODEL.DEPOTR.HEAD", "simple_baseline"), r"have another shape: keypoint_branch\.head\.deconv\.0\.weight"),
+     (("MODEL.DEPOTR.HEATMAP.MLP_LAYERS", "1"), r"are not in it: keypoint_branch\.head\.")],
+    ids=["other-width", "other-head", "other-mlp-depth"],
+)
+def test_checkpoint_of_another_config_is_an_error_naming_the_parameters(tmp_path, other, named):
+    DePOTRCheckpointer(_instant_model(*other), str(tmp_path)).save("model_0000009")
+    path = str(tmp_path / "model_0000009.pth")
+    for load in (
+        lambda: DePOTRCheckpointer(_instant_model()).load(path),  # --eval-only, tools
+        lambda: Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path])),
+        lambda: DePOTRCheckpointer(_instant_model(), str(tmp_path), allow_backbone_only=True).resume_or_load(
+            "", resume=True),  # --resume: last_checkpoint names the file
+        lambda: DePOTRCheckpointer(_instant_model(), allow_backbone_only=True).resume_or_load(path, resume=False),
+    ):
+        with pytest.raises(ValueError, match=named) as error:
+            load()
+        assert path in str(error.value)
+
+
+def _write_backbone_only_pkl(model, path):
+    """An ImageNet-style file: the backbone's weights under Detectron2's backbone names, as
+    Detectron2's convert-torchvision-to-d2.py writes them, plus a classifier the model lacks."""
+    prefix = next(n for n, m in model.named_modules() if isinstance(m, Backbone) and n) + "."
+    weights = {k[len(prefix):]: v.numpy() for k, v in model.state_dict().items() if k.startswith(prefix)}
+    weights["fc1000.weight"] = np.zeros((1000, 512), np.float32)
+    with open(path, "wb") as f:
+        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
+    return prefix
+
+
+def test_backbone_only_file_initialises_training_with_a_summary(tmp_path, caplog):
+    source = _instant_model("MODEL.DEPOTR.DROPOUT", "0.1")
+    path = str(tmp_path / "R-18.pkl")
+    prefix = _write_backbone_only_pkl(source, path)
+    model = _instant_model()
+    before = _state(model)
+    with caplog.at_level("INFO", logger="depotr.engine.checkpoint"):
+        DePOTRCheckpointer(model, str(tmp_path / "run"), allow_backbone_only=True).resume_or_load(path, resume=True)
+    for name, value in model.state_dict().items():
+        expected = source.state_dict()[name] if name.startswith(prefix) else before[name]
+        assert torch.equal(value, expected), name
+    assert "holds backbone weights only" in caplog.text and "keep their random initialisation" in caplog.text
+
+    with pytest.raises(ValueError, match=r"holds backbone weights only, which can start a training run but not"):
+        DePOTRCheckpointer(_instant_model()).load(path)  # evaluation needs every weight
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_our_error(tmp_path):
+    readme = os.path.join(REPO, "README.md")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*README.md: it is not a checkpoint") as error:
+        DePOTRCheckpointer(nn.Linear(3, 2)).load(readme)
+    assert "weights_only" not in str(error.value)
+
+
+def test_truncated_last_checkpoint_names_the_file_and_the_earlier_complete_one(tmp_path):
+    model = nn.Linear(3, 2)
+    checkpointer = DePOTRCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000009")
+    checkpointer.save("model_0000019")
+    last = tmp_path / "model_0000019.pth"
+    last.write_bytes(last.read_bytes()[:200])  # a disk that filled up, a partial copy
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*model_0000019\.pth.*"
+                                         r"newest complete earlier checkpoint is .*model_0000009\.pth"):
+        DePOTRCheckpointer(nn.Linear(3, 2), str(tmp_path)).resume_or_load("", resume=True)

@@ -7,10 +7,12 @@ import torch
 from detectron2.utils import comm
 
 import train_net
-from depotr.data.synthetic import synthetic_split_paths
+from depotr.config import load_depotr_config
+from depotr.data.synthetic_cache import synthetic_split_paths
 from depotr.engine import Trainer, launch
+from depotr.engine.run_dir import LOCK_NAME
 
-from .conftest import instant_args
+from .conftest import INSTANT_CONFIG, instant_args
 
 
 def _train_and_dump_parameters(output_dir: str, synthetic_root: str) -> None:
@@ -29,6 +31,7 @@ def test_two_cpu_processes_train_in_lockstep_and_evaluate_all_images(tmp_path, s
     output_dir = str(tmp_path / "ddp")
     os.makedirs(output_dir)
     launch(_train_and_dump_parameters, 2, args=(output_dir, synthetic_root))
+    assert not os.path.exists(os.path.join(output_dir, LOCK_NAME))  # rank 0 released OUTPUT_DIR at exit
 
     rank0 = torch.load(os.path.join(output_dir, "parameters_rank0.pth"))
     rank1 = torch.load(os.path.join(output_dir, "parameters_rank1.pth"))
@@ -37,7 +40,8 @@ def test_two_cpu_processes_train_in_lockstep_and_evaluate_all_images(tmp_path, s
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
 
     # The evaluator gathered the predictions of both ranks: every val image has results.
-    with open(synthetic_split_paths(synthetic_root, "val")["json_file"]) as f:
+    syn = load_depotr_config(INSTANT_CONFIG).DATASETS.SYNTHETIC
+    with open(synthetic_split_paths(synthetic_root, "val", syn.NUM_VAL_IMAGES, syn.SEED)["json_file"]) as f:
         val_image_ids = {image["id"] for image in json.load(f)["images"]}
     with open(os.path.join(output_dir, "inference", "synthetic_persons_val", "coco_instances_results.json")) as f:
         predicted_image_ids = {r["image_id"] for r in json.load(f)}

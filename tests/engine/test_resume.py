@@ -1,4 +1,5 @@
 """--resume after an interruption continues exactly where the checkpoint left off."""
+import json
 import os
 
 import pytest
@@ -45,8 +46,16 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root):
         _train(interrupted_dir, synthetic_root, interrupt_at=20)
     with open(os.path.join(interrupted_dir, "last_checkpoint")) as f:
         assert f.read().strip() == "model_0000019.pth"
+    metrics_file = os.path.join(interrupted_dir, "metrics.json")
+    with open(metrics_file, "a") as f:  # a row the killed run logged after its last checkpoint
+        f.write(json.dumps({"iteration": 29, "total_loss": 123.0}) + "\n")
     resumed_trainer = _train(interrupted_dir, synthetic_root, resume=True)
     assert resumed_trainer.start_iter == 20
+    with open(metrics_file) as f:
+        rows = [json.loads(line) for line in f]
+    iterations = [row["iteration"] for row in rows]
+    assert len(iterations) == len(set(iterations)) and 29 in iterations, iterations
+    assert all(row.get("total_loss") != 123.0 for row in rows)
     resumed = _weights(resumed_trainer)
 
     assert straight.keys() == resumed.keys()

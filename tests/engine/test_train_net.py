@@ -1,13 +1,35 @@
-"""train_net.py end to end: a 30-iteration training run with evaluation, as a user runs it."""
+"""train_net.py end to end: a 30-iteration training run with evaluation, as a user runs it; its
+log."""
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 
 import pytest
+from detectron2.data import DatasetCatalog
 
-from .conftest import INSTANT_CONFIG, REPO
+import train_net
+from depotr.data import filter_person_annotations
+
+from .conftest import INSTANT_CONFIG, REPO, instant_args
+
+
+def test_depotr_records_reach_log_txt_and_the_console(tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    args = instant_args(str(output_dir), str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "3",
+                        "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "2")
+    train_net.setup(args)  # generates the tiny dataset
+    filter_person_annotations(DatasetCatalog.get("synthetic_persons_train"))
+    logging.getLogger("depotr.engine.trainer").debug("a debug record")
+    log = (output_dir / "log.txt").read_text()
+    console = capsys.readouterr().out
+    for text in ("Generated 3 synthetic train images", "Generated 2 synthetic val images", "Person filter: kept 3 images",
+                 "a debug record"):
+        assert text in log, text
+        assert text in console, text
+    assert "depotr.data.synthetic_cache" in log and "Rank of current process" in log  # and Detectron2's own
 
 
 @pytest.mark.slow

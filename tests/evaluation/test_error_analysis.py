@@ -234,6 +234,18 @@ def test_sigmas_option_changes_the_evaluation(gt):
     assert wider.keypoint_counts()["good"] == 34  # ks 0.7 at sigma becomes 0.91 at 2 sigma
 
 
+def test_cli_rejects_nan_in_a_results_file_naming_the_entry(tmp_path, gt, capsys):
+    results = _perfect(gt)
+    results[1]["keypoints"][7] = float("nan")
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(results))  # json.dumps writes NaN, json.load reads it
+    argv = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"), "--output",
+            str(tmp_path / "out")]
+    assert _tool().main(argv) == 1
+    assert "results[1] has keypoint value nan at index 7" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("missing", ["gt", "results"])
 def test_cli_names_a_missing_file(tmp_path, gt, capsys, missing):
     paths = {"gt": tmp_path / "gt.json", "results": tmp_path / "results.json"}
@@ -258,6 +270,18 @@ def _no_score(results):
     del results[1]["score"]
 
 
+def _nan_keypoint(results):
+    results[1]["keypoints"][4] = float("nan")
+
+
+def _nan_score(results):
+    results[1]["score"] = float("nan")
+
+
+def _string_keypoint(results):
+    results[0]["keypoints"][0] = "3"
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -265,8 +289,11 @@ def _no_score(results):
         (_unknown_image, r"results\[0\] has image_id 99, which is not in the ground truth"),
         (_no_score, r"results\[1\] lacks \['score'\]"),
         (lambda results: results.clear(), r"results must be a non-empty json list"),
+        (_nan_keypoint, r"results\[1\] has keypoint value nan at index 4; expected finite numbers"),
+        (_nan_score, r"results\[1\] has score nan; expected a finite number"),
+        (_string_keypoint, r"results\[0\] has keypoint value '3' at index 0"),
     ],
-    ids=["keypoint_length", "unknown_image", "no_score", "empty"],
+    ids=["keypoint_length", "unknown_image", "no_score", "empty", "nan_keypoint", "nan_score", "string_keypoint"],
 )
 def test_bad_results_raise(gt, corrupt, message):
     results = _perfect(gt)

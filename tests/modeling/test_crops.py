@@ -2,7 +2,15 @@
 import pytest
 import torch
 
-from depotr.modeling.crops import check_boxes, crop_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
+import depotr.modeling.crops as crops_module
+from depotr.modeling.crops import (
+    check_boxes,
+    crop_images,
+    crop_raw_images,
+    crop_to_image,
+    expand_boxes_to_aspect,
+    image_to_crop,
+)
 
 
 def _random_boxes(n: int, generator: torch.Generator, dtype=torch.float64, image_size=(60.0, 80.0)) -> torch.Tensor:
@@ -154,3 +162,33 @@ def test_check_boxes_names_image_and_index(bad_box):
     with pytest.raises(ValueError, match=r"gt person box 1 of image 'img42'"):
         check_boxes(boxes, "gt", "img42")
     check_boxes(boxes[:1], "gt", "img42")  # valid boxes pass
+
+
+MEAN = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+STD = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2], ids=["adaptive", "sr1", "sr2"])
+@pytest.mark.parametrize("band_elements", [1 << 22, 40], ids=["one-band", "many-bands"])
+def test_crop_raw_images_equals_roi_align_on_each_normalised_image(sampling_ratio, band_elements, monkeypatch):
+    """The banded, separable crop of uint8 images gives what RoIAlign gives on each image's
+    float copy, inside, across and outside the borders, for boxes smaller and larger than crops."""
+    monkeypatch.setattr(crops_module, "_BAND_ELEMENTS", band_elements)
+    g = torch.Generator().manual_seed(sampling_ratio)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in [(37, 53), (5, 7)]]
+    boxes = [
+        torch.tensor([[3.2, 4.1, 20.7, 30.3], [-10.0, -5.0, 15.0, 20.0], [48.0, 34.0, 83.0, 77.0],
+                      [-100.0, -100.0, -50.0, -40.0], [0.0, 0.0, 53.0, 37.0], [-1e3, -1e3, 1e3, 1e3]]),
+        torch.tensor([[1.0, 1.0, 1.4, 1.7], [-2.0, 0.5, 6.0, 4.0]]),
+    ]
+    crops = crop_raw_images(images, boxes, (16, 12), sampling_ratio, MEAN, STD)
+    expected = torch.cat([crop_images(((im.float() - MEAN) / STD)[None], [b], (16, 12), sampling_ratio)
+                          for im, b in zip(images, boxes)])
+    assert crops.shape == (8, 3, 16, 12) and crops.dtype == torch.float32
+    torch.testing.assert_close(crops, expected, rtol=0, atol=2e-6)
+    assert bool((crops[3] == 0).all())  # wholly outside: the mean colour, 0 once normalised
+
+
+def test_crop_raw_images_empty():
+    images = [torch.zeros((3, 20, 30), dtype=torch.uint8)] * 2
+    assert crop_raw_images(images, [torch.zeros((0, 4))] * 2, (8, 6), 0, MEAN, STD).shape == (0, 3, 8, 6)

@@ -225,15 +225,16 @@ def test_inference_centre_branch_gives_box_centres(counts, source):
     for x, out, n in zip(inputs, outputs, counts):
         inst = out["instances"]
         assert inst.image_size == (x["height"], x["width"])
-        assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_keypoints", "pred_classes"}
+        assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_keypoints", "pred_classes", "box_index"}
         assert len(inst) == n and inst.pred_keypoints.shape == (n, K, 3) and inst.scores.shape == (n,)
         assert inst.pred_classes.dtype == torch.int64 and bool((inst.pred_classes == 0).all())
         if source == "gt":
-            boxes, box_scores = x["instances"].gt_boxes.tensor, torch.ones(n)
+            boxes, box_scores, order = x["instances"].gt_boxes.tensor, torch.ones(n), torch.arange(n)
         else:
             box_scores, order = x["proposals"].scores.sort(descending=True)
             boxes = x["proposals"].proposal_boxes.tensor[order]
         torch.testing.assert_close(inst.pred_boxes.tensor, boxes)
+        assert torch.equal(inst.box_index, order)  # each person's box in its source
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         torch.testing.assert_close(inst.pred_keypoints[..., :2], centres[:, None].expand(n, K, 2))
         torch.testing.assert_close(inst.pred_keypoints[..., 2], KEYPOINT_SCORES.expand(n, K))
@@ -263,7 +264,23 @@ def test_inference_box_crossing_border_is_clipped_and_inputs_unchanged():
         inst = make_model(test_box_source="gt").eval()([x])[0]["instances"]
     assert torch.equal(x["instances"].gt_boxes.tensor, before)
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[0.0, 40.0, 60.0, 96.0]]))
-    torch.testing.assert_close(inst.pred_keypoints[0, :, :2], torch.tensor([20.0, 80.0]).expand(K, 2))
+    # The person is cropped around the clipped box [0, 20, 30, 48], as Detectron2 crops.
+    torch.testing.assert_close(inst.pred_keypoints[0, :, :2], torch.tensor([30.0, 68.0]).expand(K, 2))
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e30], ids=["1e3", "1e30"])
+def test_inference_keeps_keypoints_of_huge_boxes_near_the_image_and_reports_boxes_outside(scale, caplog):
+    g = torch.Generator().manual_seed(6)
+    x = make_input("img", 3, g, size=(48, 64))
+    x["proposals"].proposal_boxes.tensor[:] = torch.tensor(
+        [[-scale, -scale, scale, scale], [70.0, 10.0, 90.0, 40.0], [5.0, 5.0, 20.0, 30.0]])  # 2nd: right of the image
+    x["proposals"].scores = torch.tensor([0.9, 0.8, 0.7])
+    with caplog.at_level("WARNING", logger="depotr.modeling.meta_arch"), torch.no_grad():
+        inst = make_model().eval()([x])[0]["instances"]
+    assert inst.box_index.tolist() == [0, 2]
+    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 64.0, 48.0], [5.0, 5.0, 20.0, 30.0]]))
+    torch.testing.assert_close(inst.pred_keypoints[:, 0, :2], torch.tensor([[32.0, 24.0], [12.5, 17.5]]))
+    assert "Image 'img': dropped precomputed person boxes [[70.0, 10.0, 90.0, 40.0]] (indices [1])" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import Tensor, nn
 
+from .engine.checkpoint import DePOTRCheckpointer
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
 from .modeling.flip_test import predict_crop_keypoints
@@ -123,14 +123,14 @@ class CropKeypointPredictor(nn.Module):
 
 def build_predictor(cfg: CfgNode) -> CropKeypointPredictor:
     """Builds ``cfg``'s model on the CPU with Detectron2's ``build_model`` (random weights),
-    loads ``MODEL.WEIGHTS`` with ``DetectionCheckpointer`` when set, and returns its
+    loads ``MODEL.WEIGHTS`` with ``DePOTRCheckpointer`` when set, and returns its
     :class:`CropKeypointPredictor` in eval mode."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return CropKeypointPredictor.from_model(model).eval()
 
 

@@ -1,16 +1,28 @@
 """Files written whole or not at all: every output DePOTR writes (checkpoints, the synthetic
-dataset's json, exported models, demo results) goes through here.
+dataset, exported models, demo results) goes through here.
 
-A temporary file in the destination's directory is written, flushed to disk and moved onto the
-destination with ``os.replace`` (atomic on POSIX); if writing fails the temporary file is removed
-and the destination is left as it was.
+A temporary file in the destination's directory (named ``.tmp-<random>-<name>``) is written,
+flushed to disk and moved onto the destination with ``os.replace`` (atomic on POSIX); if writing
+fails the temporary file is removed and the destination is left as it was. Temporary files get
+the permissions of the process' umask, as a plain ``open`` would give. A process killed
+mid-write leaves its temporary file behind: :func:`remove_temporary_files` deletes those once
+nothing else can be writing in the folder.
 """
 import contextlib
 import os
-import tempfile
-from typing import BinaryIO, Callable, Iterator
+import secrets
+from typing import BinaryIO, Callable, Iterator, List
 
-__all__ = ["atomic_output_path", "atomic_write"]
+__all__ = ["TEMPORARY_PREFIX", "atomic_output_path", "atomic_write", "remove_temporary_files", "temporary_path"]
+
+# Name prefix of every temporary file or folder made here.
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def temporary_path(path: str) -> str:
+    """A fresh name ``.tmp-<random>-<name>`` next to ``path`` (nothing is created)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}-{name}")
 
 
 @contextlib.contextmanager
@@ -18,9 +30,9 @@ def atomic_output_path(path: str) -> Iterator[str]:
     """Yields a temporary path next to ``path`` for the block to write (by name: for writers
     that take a path, e.g. ``torch.onnx.export``); when the block succeeds the file is synced
     and moved onto ``path``, otherwise removed."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix="-" + name, dir=directory)
-    os.close(fd)
+    tmp_path = temporary_path(path)
+    # Mode 0o666 filtered by the umask (tempfile.mkstemp would give 0o600).
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -36,3 +48,18 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     with atomic_output_path(path) as tmp_path:
         with open(tmp_path, "wb") as f:
             write(f)
+
+
+def remove_temporary_files(directory: str) -> List[str]:
+    """Deletes the temporary files of :func:`atomic_output_path` that killed writers left in
+    ``directory`` and its subfolders; returns their paths. Call it only while no other process
+    can be writing there (e.g. holding the folder's run lock)."""
+    removed = []
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            if name.startswith(TEMPORARY_PREFIX):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(path)
+    return removed

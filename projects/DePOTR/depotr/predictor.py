@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from .data.image_io import read_image_bgr, to_bgr_uint8
+from .engine.checkpoint import DePOTRCheckpointer
 from .modeling.box_sources import build_person_detector
 
 __all__ = ["Predictor", "person_proposals"]
@@ -55,6 +55,10 @@ def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size:
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
     if scores.shape != (len(boxes),):
         raise ValueError(f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}")
+    bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+    if bad:
+        raise ValueError(f"box scores must be finite; box {bad[0]} has score {float(scores[bad[0]])} "
+                         f"({len(bad)} of {len(boxes)} scores are not finite)")
     proposals = Instances(tuple(image_size))
     proposals.proposal_boxes = Boxes(boxes)
     proposals.scores = scores
@@ -75,7 +79,9 @@ class Predictor:
 
     The boxes are then filtered by ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted
     by decreasing score (stable), as the model's "precomputed" box source does; the config's
-    ``BOX_SOURCE`` / ``TEST_BOX_SOURCE`` are not used.
+    ``BOX_SOURCE`` / ``TEST_BOX_SOURCE`` are not used. They are clipped to the image; a box
+    wholly outside it gives no person (a warning names it). ``box_index`` of the output maps
+    each person to its box; OKS-NMS (``TEST.OKS_NMS_THRESH``) may drop duplicate poses.
 
     Images are BGR uint8 (H, W, 3) arrays, as ``cv2.imread`` gives, or file paths; other
     layouts (grey, BGRA, 16-bit, float in [0, 1]) are converted by
@@ -88,8 +94,8 @@ class Predictor:
         """
         Args:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
-                loaded with ``DetectionCheckpointer`` (a path or URL); empty keeps the random
-                initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
+                loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
+                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
         """
         self.cfg = cfg.clone()
         self.cfg.defrost()
@@ -100,7 +106,7 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
         self.model = build_model(self.cfg).eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
         self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
@@ -127,8 +133,9 @@ class Predictor:
         boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
         scores: Optional[Sequence[Optional[ScoresLike]]] = None,
     ) -> List[Instances]:
-        """Persons of B images; all persons of all images are cropped with one RoIAlign call and
-        go through one forward of the keypoint branch (two with ``TEST.FLIP``).
+        """Persons of B images; all persons of all images are cropped together (from the uint8
+        images: no float copy of a whole image) and go through one forward of the keypoint branch
+        (two with ``TEST.FLIP``).
 
         Args:
             images: B images, each as in :meth:`__call__`.
@@ -142,12 +149,15 @@ class Predictor:
                 * scores: (N,) box score x mean confident keypoint score;
                 * pred_keypoints: (N, K, 3) (x, y, score), x, y in continuous image pixels
                   (pixel i covers [i, i + 1));
-                * pred_classes: (N,) zeros (person).
+                * pred_classes: (N,) zeros (person);
+                * box_index: (N,) int64, which of ``boxes[b]`` (or of the detector's boxes) each
+                  person comes from; the boxes missing from it were below the score threshold,
+                  beyond top-k, wholly outside the image or OKS-NMS duplicates.
 
         Raises:
             FileNotFoundError, ValueError: an image file that is missing or unreadable, an
                 image array of another layout, boxes or scores of the wrong shape, a degenerate
-                box (each message names the image).
+                box, a NaN or infinite score (each message names the image).
         """
         num = len(images)
         if num == 0:

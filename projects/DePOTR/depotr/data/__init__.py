@@ -23,7 +23,8 @@ from .datasets import (
 )
 from .keypoint_metadata import coco_person_metadata, flip_indices, flip_pairs
 from .subset import select_subset, subset_coco, visibility_distribution
-from .synthetic import ensure_synthetic_split, generate_synthetic_split, render_synthetic_image
+from .synthetic import render_synthetic_image
+from .synthetic_cache import ensure_synthetic_split, generate_synthetic_split
 
 register_default_synthetic_datasets()
 add_coco_keypoint_metadata()

@@ -3,7 +3,8 @@
 N persons (or detections) per image, K = 17 keypoints.
 
 * ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
-  (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get``.
+  (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get`` into a cache
+  entry of its spec (:mod:`depotr.data.synthetic_cache`).
 * Detectron2's builtin ``keypoints_coco_*`` datasets get the OKS sigmas of the keypoint table.
 * :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
 * :func:`attach_precomputed_boxes`: person detections from a COCO results json.
@@ -23,7 +24,8 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS, coco_person_metadata
-from .synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic_split, synthetic_split_paths
+from .synthetic import DEFAULT_IMAGE_SIZE
+from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def resolve_synthetic_root(root: str) -> str:
 def _load_synthetic_split(name: str, root: str, split: str, num_images: int, seed: int,
                           image_size: int) -> List[Dict[str, Any]]:
     json_file = ensure_synthetic_split(root, split, num_images, seed, image_size)
-    paths = synthetic_split_paths(root, split)
+    paths = synthetic_split_paths(root, split, num_images, seed, image_size)
     # "id" is kept so that errors can name the annotation.
     return load_coco_json(json_file, paths["image_root"], name, extra_annotation_keys=["id"])
 
@@ -93,7 +95,7 @@ def register_synthetic_datasets(root: str, num_train: int, num_val: int, seed: i
             MetadataCatalog.remove(name)
         args = (name, root, split, int(num_images), int(seed), int(image_size))
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
-        paths = synthetic_split_paths(root, split)
+        paths = synthetic_split_paths(root, split, int(num_images), int(seed), int(image_size))
         MetadataCatalog.get(name).set(json_file=paths["json_file"], image_root=paths["image_root"],
                                       evaluator_type="coco", **coco_person_metadata())
 

@@ -6,6 +6,7 @@ Shape letters: (H, W) the image size.
 grey, grey + alpha dropped, BGRA, 16-bit and float images all become (H, W, 3) uint8 BGR.
 """
 import os
+import warnings
 from typing import Union
 
 import cv2
@@ -67,12 +68,17 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
     Detectron2's ``read_image`` does), an alpha channel is dropped by OpenCV.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: OpenCV cannot decode the file (corrupt, or not an image), or it decodes
-            to an array :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
+        FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a folder).
+        ValueError: OpenCV cannot decode the file (corrupt, or not an image), a JPEG ends early
+            (OpenCV would decode it partially and only print a warning; Detectron2's
+            ``read_image`` rejects it in training and evaluation), or it decodes to an array
+            :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file {os.fspath(path)!r} does not exist")
+    _check_jpeg_complete(os.fspath(path))
     image = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise ValueError(f"cannot decode image file {os.fspath(path)!r} (corrupt or not an image)")
@@ -80,3 +86,26 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
         return to_bgr_uint8(image)
     except ValueError as e:
         raise ValueError(f"image file {os.fspath(path)!r}: {e}") from e
+
+
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _check_jpeg_complete(path: str) -> None:
+    """Raises ValueError when ``path`` is a JPEG whose data PIL cannot read to the end. PIL
+    decodes it at 1/8 scale (libjpeg's DCT scaling: every byte is still read), which is cheap."""
+    with open(path, "rb") as f:
+        if f.read(3) != _JPEG_START:
+            return
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except Image.DecompressionBombError:
+        return  # too large for PIL to open at all: left to OpenCV
+    except OSError as e:
+        raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e

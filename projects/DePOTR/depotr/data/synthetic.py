@@ -49,25 +49,14 @@ images can be rendered in any order by any number of processes with identical re
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import logging
 import math
-import multiprocessing as mp
-import os
-import shutil
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from ..file_io import atomic_write
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "EVERYDAY_POSE_DEG",
@@ -75,10 +64,7 @@ __all__ = [
     "JOINT_LIMITS_DEG",
     "SPLIT_CODES",
     "coco_categories",
-    "ensure_synthetic_split",
-    "generate_synthetic_split",
     "render_synthetic_image",
-    "synthetic_split_paths",
 ]
 
 # Bump when the drawing changes so that cached datasets are regenerated.
@@ -86,7 +72,6 @@ GENERATOR_VERSION = 3
 DEFAULT_IMAGE_SIZE = 256
 # Split name -> the second entry of the per-image seed, so train and val never share images.
 SPLIT_CODES: Dict[str, int] = {"train": 0, "val": 1}
-MANIFEST_NAME = "MANIFEST.json"
 
 _KP = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 _NUM_KP = len(COCO_PERSON_KEYPOINT_NAMES)
@@ -694,134 +679,3 @@ def render_synthetic_image(seed: int, split_code: int, index: int, image_size: i
                           "stature_px": round(person.scale, 2)},
         })
     return img, annotations
-
-
-# ----------------------------------------------------------------------------------------
-# Writing and caching
-# ----------------------------------------------------------------------------------------
-def synthetic_split_paths(root: str, split: str) -> Dict[str, str]:
-    """Paths of a split inside ``root``: ``json_file``, ``image_root`` and ``manifest``."""
-    split_dir = os.path.join(root, split)
-    return {"split_dir": split_dir, "json_file": os.path.join(split_dir, "annotations.json"),
-            "image_root": os.path.join(split_dir, "images"),
-            "manifest": os.path.join(split_dir, MANIFEST_NAME)}
-
-
-def _expected_manifest(split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "split": split, "seed": int(seed),
-            "num_images": int(num_images), "image_size": int(image_size)}
-
-
-def _read_manifest(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _is_complete(paths: Dict[str, str], expected: Dict[str, Any]) -> bool:
-    manifest = _read_manifest(paths["manifest"])
-    if manifest is None or any(manifest.get(k) != v for k, v in expected.items()):
-        return False
-    return os.path.isfile(paths["json_file"]) and os.path.isdir(paths["image_root"])
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj).encode()))
-
-
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    """An exclusive lock on ``path`` so that parallel processes generate a split once."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _render_job(args: Tuple[int, int, int, int, str, int]) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    seed, split_code, index, image_size, image_root, quality_seed = args
-    img, annos = render_synthetic_image(seed, split_code, index, image_size)
-    file_name = f"{index:06d}.jpg"
-    quality = 80 + (quality_seed % 16)
-    if not cv2.imwrite(os.path.join(image_root, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, quality]):
-        raise OSError(f"could not write {os.path.join(image_root, file_name)}")
-    image = {"id": index + 1, "file_name": file_name, "height": image_size, "width": image_size}
-    return image, annos
-
-
-def generate_synthetic_split(root: str, split: str, num_images: int, seed: int,
-                             image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
-    """Renders a split into ``root/split`` (images, ``annotations.json``, then the manifest,
-    each file via temp-file-then-rename) and returns the json path. Overwrites what is there.
-
-    ``num_workers`` processes (default: the CPU count, at most 8) render images in parallel;
-    the output does not depend on it.
-    """
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
-    paths = synthetic_split_paths(root, split)
-    os.makedirs(paths["split_dir"], exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths["manifest"])  # whatever follows is incomplete until the manifest is back
-    shutil.rmtree(paths["image_root"], ignore_errors=True)
-    os.makedirs(paths["image_root"])
-    if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, 8)
-    quality_rng = np.random.default_rng([int(seed), SPLIT_CODES[split], 2**31 - 1])
-    qualities = quality_rng.integers(0, 2**31 - 1, max(num_images, 1))
-    jobs = [(int(seed), SPLIT_CODES[split], i, int(image_size), paths["image_root"], int(qualities[i]))
-            for i in range(num_images)]
-    start = time.perf_counter()
-    if num_workers <= 1 or num_images < 32:
-        results = [_render_job(job) for job in jobs]
-    else:
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        # No cv2.setNumThreads in the workers: in a child forked after the parent used cv2's
-        # thread pool it blocks forever (seen with opencv 4.11).
-        with ctx.Pool(num_workers) as pool:
-            results = pool.map(_render_job, jobs, chunksize=max(1, min(32, num_images // (4 * num_workers))))
-    images, annotations = [], []
-    for image, annos in results:
-        images.append(image)
-        for anno in annos:
-            anno.update(id=len(annotations) + 1, image_id=image["id"])
-            annotations.append(anno)
-    dataset = {
-        "info": {"description": f"DePOTR synthetic persons ({split})", "version": str(GENERATOR_VERSION),
-                 "seed": int(seed)},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": coco_categories(),
-    }
-    _atomic_write_json(paths["json_file"], dataset)
-    seconds = time.perf_counter() - start
-    manifest = _expected_manifest(split, num_images, seed, image_size)
-    manifest.update(num_annotations=len(annotations), seconds=round(seconds, 2), num_workers=num_workers)
-    _atomic_write_json(paths["manifest"], manifest)
-    logger.info("Generated %d synthetic %s images (%d persons) in %s in %.1f s (%.0f images/s, %d workers).",
-                num_images, split, len(annotations), paths["split_dir"], seconds,
-                num_images / max(seconds, 1e-9), num_workers)
-    return paths["json_file"]
-
-
-def ensure_synthetic_split(root: str, split: str, num_images: int, seed: int,
-                           image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
-    """Returns the json of a split, generating it first unless ``root/split`` holds a complete
-    one (manifest present and matching version, seed, size and image count)."""
-    paths = synthetic_split_paths(root, split)
-    expected = _expected_manifest(split, num_images, seed, image_size)
-    if _is_complete(paths, expected):
-        return paths["json_file"]
-    os.makedirs(paths["split_dir"], exist_ok=True)
-    with _locked(os.path.join(paths["split_dir"], ".lock")):
-        if not _is_complete(paths, expected):  # another process may have finished meanwhile
-            logger.info("Synthetic %s split in %s missing or stale; generating %d images.",
-                        split, paths["split_dir"], num_images)
-            generate_synthetic_split(root, split, num_images, seed, image_size, num_workers)
-    return paths["json_file"]

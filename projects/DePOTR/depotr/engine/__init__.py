@@ -1,6 +1,6 @@
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import DePOTRCheckpointer
 from .hooks import IterationSeedHook
 from .launch import launch
 from .trainer import Trainer
 
-__all__ = ["AtomicDetectionCheckpointer", "IterationSeedHook", "Trainer", "launch"]
+__all__ = ["DePOTRCheckpointer", "IterationSeedHook", "Trainer", "launch"]

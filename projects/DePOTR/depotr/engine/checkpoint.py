@@ -1,21 +1,84 @@
-"""A Detectron2 checkpointer that never leaves a half-written checkpoint.
+"""DePOTR's checkpointer: never leaves a half-written checkpoint, never runs on weights that do
+not fit the model.
 
-fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into the final file and then
-rewrites ``last_checkpoint`` in place, so a job killed mid-save leaves a truncated checkpoint
-that ``--resume`` then tries to load. Here both are written with ``depotr.file_io.atomic_write``
-(a temporary file in the same directory, moved into place with ``os.replace``).
+Saving. fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into the final file and
+then rewrites ``last_checkpoint`` in place, so a job killed mid-save leaves a truncated
+checkpoint that ``--resume`` then tries to load. Here both are written with
+``depotr.file_io.atomic_write`` (a temporary file in the same directory, moved into place with
+``os.replace``).
+
+Loading. Detectron2 loads whatever names match and only warns about the rest, so evaluating or
+resuming with another architecture's weights runs on mostly random weights. Here every
+parameter and buffer of the model must be in the file with its shape, else a ``ValueError``
+lists what is missing or mismatched. The exception is the start of a training run
+(``allow_backbone_only=True`` and not resuming): a file that holds backbone weights only, e.g.
+Detectron2's ImageNet ``R-50.pkl``, loads with a summary of what it filled in, as Detectron2
+does. The weights of a configured person detector (``MODEL.DEPOTR.DETECTOR``) are loaded from
+their own file and are not required. A file torch cannot read is a ``ValueError`` naming it (and,
+for ``--resume``, the newest complete earlier checkpoint).
 """
+import glob
+import logging
 import os
-from typing import Any
+import zipfile
+from typing import Any, Dict, List, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import Backbone
 
 from ..file_io import atomic_write
+from ..modeling.box_sources import PersonDetector
+
+__all__ = ["DePOTRCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+# Names listed in an error message before "... and N more".
+_LISTED = 8
+# BatchNorm's step counter: a buffer Detectron2's name matching pairs with any other BatchNorm's.
+_COUNTER_SUFFIX = "num_batches_tracked"
+# First bytes of the files torch.load reads: a zip archive (torch.save) or a pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose ``save`` and ``last_checkpoint`` tag are atomic."""
+def _listing(names: List[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def _read_error_reason(filename: str, error: Exception) -> str:
+    """A one-line reason why ``filename`` could not be read (torch's messages run to a page of
+    advice, e.g. to pass ``weights_only=False``)."""
+    with open(filename, "rb") as f:
+        head = f.read(4)
+    if not filename.endswith((".pkl", ".pyth")) and not head.startswith(_CHECKPOINT_MAGIC):
+        return "it is not a checkpoint (neither a torch.save zip archive nor a pickle)"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    return f"{type(error).__name__}: {detail.split('. ')[0]}"
+
+
+def _is_complete_checkpoint(path: str) -> bool:
+    """Cheap check that a ``torch.save`` file was written to its end (the zip directory is last)."""
+    return zipfile.is_zipfile(path)
+
+
+class DePOTRCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with atomic saves and strict loading (module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, save_dir: str = "", *, allow_backbone_only: bool = False,
+                 **checkpointables: Any):
+        """
+        Args:
+            model, save_dir, checkpointables: as ``DetectionCheckpointer``.
+            allow_backbone_only: accept a backbone-only file (ImageNet weights) when
+                :meth:`resume_or_load` initialises the model (not when it resumes).
+        """
+        super().__init__(model, save_dir, **checkpointables)
+        self.allow_backbone_only = allow_backbone_only
+        self._initialising = False
+        self._path = ""  # the file being loaded, for messages
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -33,3 +96,81 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """As fvcore's: the last checkpoint of ``save_dir`` with every checkpointable when
+        ``resume`` and one exists, else the model's weights from ``path``."""
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            try:
+                return self.load(last)
+            except ValueError as e:
+                if not os.path.isfile(last) or _is_complete_checkpoint(last):
+                    raise
+                raise ValueError(f"{e}. {self._earlier_checkpoint_hint(last)}") from e
+        self._initialising = True
+        try:
+            return self.load(path, checkpointables=[])
+        finally:
+            self._initialising = False
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        self._path = path
+        return super().load(path, *args, **kwargs)
+
+    def _earlier_checkpoint_hint(self, broken: str) -> str:
+        """Names the newest complete checkpoint of ``save_dir`` other than ``broken``."""
+        candidates = [p for p in glob.glob(os.path.join(self.save_dir, "*.pth")) if not os.path.samefile(p, broken)]
+        complete = sorted((p for p in candidates if _is_complete_checkpoint(p)), key=os.path.getmtime)
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        if not complete:
+            return f"There is no complete earlier checkpoint in {self.save_dir}: remove {tag} to start afresh"
+        name = os.path.basename(complete[-1])
+        return f"The newest complete earlier checkpoint is {complete[-1]}: write '{name}' into {tag} to resume from it"
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # torch.load / pickle raise many types for files that are not checkpoints
+            raise ValueError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
+
+    def _load_model(self, checkpoint: Any):
+        expected = self._required_keys()
+        incompatible = super()._load_model(checkpoint)
+        mismatched = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if k in expected]
+        missing = sorted(set(incompatible.missing_keys).intersection(expected) - {k for k, _, _ in mismatched})
+        if not mismatched and not missing:
+            return incompatible
+        loaded = [k for k in expected if k not in set(incompatible.missing_keys)]
+        weights = [k for k in loaded if not k.endswith(_COUNTER_SUFFIX)]
+        where = f"checkpoint {self._path}"
+        if not weights:
+            raise ValueError(f"{where} holds none of the model's {len(expected)} parameters and buffers "
+                             f"(it holds {_listing(incompatible.unexpected_keys)})")
+        backbone = self._backbone_prefixes()
+        backbone_only = not mismatched and bool(backbone and weights) and all(k.startswith(backbone) for k in weights)
+        if backbone_only and self.allow_backbone_only and self._initialising:
+            groups = sorted({".".join(k.split(".")[:3]) for k in missing})
+            logger.info("%s holds backbone weights only: loaded %d of the model's %d parameters and buffers; "
+                        "the other %d (%s) keep their random initialisation.", where, len(loaded), len(expected),
+                        len(missing), _listing(groups))
+            return incompatible
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} are not in it: {_listing(missing)}")
+        if mismatched:
+            problems.append(f"{len(mismatched)} have another shape: " + _listing(
+                [f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched]))
+        kind = ("holds backbone weights only, which can start a training run but not be evaluated or resumed"
+                if backbone_only else "does not fit the model (a checkpoint of another config?)")
+        raise ValueError(f"{where} {kind}: of the model's {len(expected)} parameters and buffers, "
+                         + "; ".join(problems))
+
+    def _required_keys(self) -> List[str]:
+        """State-dict keys the file must provide: all but those of a person detector."""
+        detectors = tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, PersonDetector))
+        return [k for k in self.model.state_dict() if not (detectors and k.startswith(detectors))]
+
+    def _backbone_prefixes(self) -> Tuple[str, ...]:
+        """Key prefixes of the model's Detectron2 backbones."""
+        return tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, Backbone) and name)

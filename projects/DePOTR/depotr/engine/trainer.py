@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import DePOTRDatasetMapper, RetryMapDataset, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..evaluation import build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import DePOTRCheckpointer
 from .hooks import IterationSeedHook
+from .run_dir import drop_metrics_after
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,18 @@ def training_seed(cfg: CfgNode) -> int:
 
 def load_training_dicts(cfg: CfgNode) -> List[dict]:
     """Dataset dicts of ``DATASETS.TRAIN``, keeping persons with >= 1 labelled keypoint (counts
-    of what was dropped, and why, are logged)."""
+    of what was dropped, and why, are logged). A ValueError naming the datasets when no person
+    is left."""
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-    return filter_person_annotations(dicts)
+    kept, stats = filter_person_annotations(dicts, return_stats=True)
+    if not kept:
+        raise ValueError(
+            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no person to train on: the training filter (non-crowd "
+            f"persons with >= 1 labelled keypoint, v > 0) dropped every person of its {len(dicts)} images "
+            f"({stats['persons_dropped_crowd']} crowd, {stats['persons_dropped_no_keypoints']} without labelled "
+            "keypoints)"
+        )
+    return kept
 
 
 def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,7 +87,9 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DePOTRCheckpointer(
+            model, cfg.OUTPUT_DIR, allow_backbone_only=True, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -100,6 +112,8 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
+            if comm.is_main_process():  # the rows the resumed run writes again
+                drop_metrics_after(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
             # Continue the sampler's stream where the checkpointed run stopped.
             self._set_data_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
 

@@ -42,6 +42,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -151,6 +152,10 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
     return num_keypoints
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
     """Checks a COCO keypoint results list against the ground truth ``gt``."""
     if not isinstance(results, list) or not results:
@@ -166,6 +171,12 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
         if len(res["keypoints"]) != 3 * num_keypoints:
             raise ValueError(f"results[{i}] has {len(res['keypoints'])} keypoint values, "
                              f"expected 3 * {num_keypoints} = {3 * num_keypoints}")
+        bad = next((j for j, v in enumerate(res["keypoints"]) if not _finite_number(v)), None)
+        if bad is not None:
+            raise ValueError(f"results[{i}] has keypoint value {res['keypoints'][bad]!r} at index {bad}; "
+                             "expected finite numbers")
+        if not _finite_number(res["score"]):
+            raise ValueError(f"results[{i}] has score {res['score']!r}; expected a finite number")
         if res["image_id"] not in image_ids:
             raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
         if res["category_id"] != category_id:

@@ -14,7 +14,7 @@ Every source returns per image ``(boxes (N, 4) XYXY image pixels, scores (N,))``
 ``TopDownPoseEstimator._inference_boxes``.
 """
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -85,29 +85,32 @@ def gt_boxes(batched_input: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
     return boxes, boxes.new_ones(len(boxes))
 
 
-def select_boxes(boxes: Tensor, scores: Tensor, score_thresh: float, topk: int) -> Tuple[Tensor, Tensor]:
+def select_boxes(boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, return_index: bool = False
+                 ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
     """Keeps boxes with score >= ``score_thresh``, then the ``topk`` highest scoring.
 
     Args:
         boxes: (N, 4); scores: (N,).
         score_thresh: minimum score kept.
         topk: maximum number kept (<= 0: no limit).
+        return_index: also return where each kept box was in ``boxes``.
 
     Returns:
-        (M, 4) boxes and (M,) scores, sorted by decreasing score.
+        (M, 4) boxes and (M,) scores, sorted by decreasing score (stable); with
+        ``return_index`` also their (M,) int64 indices into ``boxes``.
     """
-    keep = scores >= score_thresh
-    boxes, scores = boxes[keep], scores[keep]
-    order = torch.argsort(scores, descending=True, stable=True)
+    index = torch.nonzero(scores >= score_thresh).flatten()
+    order = index[torch.argsort(scores[index], descending=True, stable=True)]
     if topk > 0:
         order = order[:topk]
-    return boxes[order], scores[order]
+    return (boxes[order], scores[order], order) if return_index else (boxes[order], scores[order])
 
 
-def precomputed_boxes(batched_input: Dict[str, Any], score_thresh: float, topk: int) -> Tuple[Tensor, Tensor]:
+def precomputed_boxes(batched_input: Dict[str, Any], score_thresh: float, topk: int, return_index: bool = False
+                      ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
     """Person boxes given with the input as ``batched_input["proposals"]``
     (Instances with ``proposal_boxes`` (Boxes XYXY image pixels) and ``scores`` (N,)),
-    filtered by :func:`select_boxes`.
+    filtered by :func:`select_boxes` (``return_index``: also their indices in the proposals).
 
     Raises a KeyError naming the image when the input has no ``"proposals"``.
     """
@@ -119,7 +122,7 @@ def precomputed_boxes(batched_input: Dict[str, Any], score_thresh: float, topk: 
             "or use MODEL.DEPOTR.TEST_BOX_SOURCE 'gt' / 'detector'"
         )
     proposals = batched_input["proposals"]
-    return select_boxes(proposals.proposal_boxes.tensor, proposals.scores, score_thresh, topk)
+    return select_boxes(proposals.proposal_boxes.tensor, proposals.scores, score_thresh, topk, return_index)
 
 
 def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:

@@ -28,7 +28,7 @@ from ..data.keypoint_metadata import (
     flip_pairs,
 )
 from .box_sources import PersonDetector, build_person_detector, gt_boxes, jitter_boxes, precomputed_boxes
-from .crops import check_boxes, crop_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
+from .crops import check_boxes, crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
 from .flip_test import predict_crop_keypoints
 from .oks_nms import oks_nms
 
@@ -67,8 +67,10 @@ class TopDownPoseEstimator(nn.Module):
 
     Training uses the ground-truth boxes (jittered) of persons with at least one labelled
     keypoint and returns the branch's losses. Inference takes boxes from ``gt``,
-    ``precomputed`` (``batched_input["proposals"]``) or a ``detector`` and returns Detectron2
-    ``Instances`` with keypoints in original image pixels.
+    ``precomputed`` (``batched_input["proposals"]``) or a ``detector``, clips them to the image
+    (as Detectron2's detectors do; a box that lies wholly outside is dropped with a warning
+    naming it), crops from the uint8 image (``crop_raw_images``: no float copy of the whole
+    image) and returns Detectron2 ``Instances`` with keypoints in original image pixels.
     """
 
     @configurable
@@ -236,7 +238,9 @@ class TopDownPoseEstimator(nn.Module):
                 * scores: (N,) box score x mean confident keypoint score (``rescore_instances``);
                 * pred_keypoints: (N, K, 3) (x, y, score), x, y in continuous image pixels
                   (pixel i covers [i, i + 1)), as Detectron2's keypoint R-CNN;
-                * pred_classes: (N,) zeros (person).
+                * pred_classes: (N,) zeros (person);
+                * box_index: (N,) int64, the index of each person's box in its source: the
+                  input's ``proposals``, its gt ``instances`` or the detector's boxes.
         """
         if not self.training:
             return self.inference(batched_inputs)
@@ -275,20 +279,36 @@ class TopDownPoseEstimator(nn.Module):
         images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, size_divisibility=0, pad_value=0.0)
 
-    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[Tuple[Tensor, Tensor]]:
-        """Per image (boxes (N, 4) XYXY image pixels, scores (N,)) from ``test_box_source``."""
-        if self.test_box_source == "detector":
-            return [(b.to(self.device), s.to(self.device)) for b, s in self.detector(batched_inputs, self.input_format)]
+    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """Per image (boxes (N, 4) XYXY image pixels, scores (N,), int64 (N,) index of each box
+        in its source) from ``test_box_source``, clipped to the image; boxes wholly outside
+        the image are dropped (and logged)."""
         results = []
-        for x in batched_inputs:
-            if self.test_box_source == "gt":
+        if self.test_box_source == "detector":
+            found = self.detector(batched_inputs, self.input_format)
+        for i, x in enumerate(batched_inputs):
+            if self.test_box_source == "detector":
+                boxes, scores = found[i]
+                index = torch.arange(len(boxes), device=boxes.device)
+            elif self.test_box_source == "gt":
                 boxes, scores = gt_boxes(x)
                 check_boxes(boxes, "gt", x.get("image_id"))
+                index = torch.arange(len(boxes), device=boxes.device)
             else:
                 if "proposals" in x:
                     check_boxes(x["proposals"].proposal_boxes.tensor, "precomputed", x.get("image_id"))
-                boxes, scores = precomputed_boxes(x, self.box_score_thresh, self.box_topk)
-            results.append((boxes.to(self.device).float(), scores.to(self.device).float()))
+                boxes, scores, index = precomputed_boxes(x, self.box_score_thresh, self.box_topk, return_index=True)
+            clipped = Boxes(boxes.to(self.device).float().clone())
+            clipped.clip(tuple(x["image"].shape[-2:]))
+            inside = clipped.nonempty()
+            if not bool(inside.all()):
+                logger.warning(
+                    "Image %r: dropped %s person boxes %s (indices %s), which lie outside the image (H x W %d x %d)",
+                    x.get("image_id"), self.test_box_source, boxes[~inside.to(boxes.device)].tolist(),
+                    index[~inside.to(index.device)].tolist(), *x["image"].shape[-2:],
+                )
+            results.append((clipped.tensor[inside], scores.to(self.device).float()[inside],
+                            index.to(self.device)[inside]))
         return results
 
     def inference(
@@ -296,10 +316,11 @@ class TopDownPoseEstimator(nn.Module):
     ) -> List[Dict[str, Instances]]:
         """Inference part of :meth:`forward` (same inputs and outputs). With
         ``do_postprocess=False`` the Instances are in the size of the input image tensors."""
-        images = self.preprocess_image(batched_inputs)
+        images = [x["image"].to(self.device) for x in batched_inputs]
         boxes_scores = self._inference_boxes(batched_inputs)
-        crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _ in boxes_scores]
-        crops = crop_images(images.tensor, crop_boxes, self.crop_size, self.crop_sampling_ratio)
+        crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
+        crops = crop_raw_images(images, crop_boxes, self.crop_size, self.crop_sampling_ratio, self.pixel_mean,
+                                self.pixel_std)
         crop_keypoints = predict_crop_keypoints(
             self.keypoint_branch, crops, self.flip_indices if self.test_flip else None, self.average_outputs
         )
@@ -307,14 +328,14 @@ class TopDownPoseEstimator(nn.Module):
 
         results = []
         per_image = keypoints.split([len(b) for b in crop_boxes])
-        for x, image_size, (boxes, box_scores), kpts in zip(
-            batched_inputs, images.image_sizes, boxes_scores, per_image
-        ):
-            instances = Instances(tuple(image_size))
+        for x, image, (boxes, box_scores, index), kpts in zip(batched_inputs, images, boxes_scores, per_image):
+            image_size = tuple(image.shape[-2:])
+            instances = Instances(image_size)
             instances.pred_boxes = Boxes(boxes.clone())  # detector_postprocess scales in place
             instances.scores = rescore_instances(box_scores, kpts[..., 2], self.keypoint_score_thresh)
             instances.pred_keypoints = kpts
             instances.pred_classes = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+            instances.box_index = index
             if self.oks_nms_thresh < 1.0:
                 keep = oks_nms(kpts, instances.scores, Boxes(boxes).area(), self.oks_sigmas, self.oks_nms_thresh)
                 instances = instances[keep.sort().values]  # drop duplicates, keep the box order

@@ -1,0 +1,233 @@
+"""Writing the synthetic dataset (:mod:`depotr.data.synthetic`) to disk and caching it.
+
+Cache layout: one folder (an *entry*) per dataset spec, never changed once written::
+
+    <root>/<split>-n<num_images>-s<seed>-<image_size>px-v<GENERATOR_VERSION>/
+        images/000000.jpg ...   the BGR JPEGs
+        annotations.json        COCO person keypoints
+        MANIFEST.json           the spec, and every file with its size in bytes
+
+A missing entry is rendered under an exclusive lock (``<root>/.<entry>.lock``) into a temporary
+folder ``<root>/.tmp-<random>-<entry>`` that is renamed into place when complete, so a reader
+sees a whole entry or none, runs asking for other specs never touch it, and parallel runs
+asking for the same spec render it once. Temporary folders of killed generations are deleted
+by the next generation of that entry. On every use the entry is checked cheaply (every file of
+the manifest present with its size, ``annotations.json`` parses and holds ``num_images``
+images); a failed check is an error naming the file, not a silent regeneration.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ..file_io import TEMPORARY_PREFIX, temporary_path
+from .synthetic import DEFAULT_IMAGE_SIZE, GENERATOR_VERSION, SPLIT_CODES, coco_categories, render_synthetic_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ensure_synthetic_split",
+    "generate_synthetic_split",
+    "synthetic_entry_name",
+    "synthetic_split_paths",
+    "verify_synthetic_split",
+]
+
+MANIFEST_NAME = "MANIFEST.json"
+ANNOTATIONS_NAME = "annotations.json"
+IMAGES_DIR = "images"
+
+
+def synthetic_entry_name(split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE) -> str:
+    """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v2``."""
+    return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{GENERATOR_VERSION}"
+
+
+def synthetic_split_paths(root: str, split: str, num_images: int, seed: int,
+                          image_size: int = DEFAULT_IMAGE_SIZE) -> Dict[str, str]:
+    """Paths of a spec's cache entry inside ``root``: ``split_dir`` (the entry), ``json_file``,
+    ``image_root`` and ``manifest``."""
+    split_dir = os.path.join(root, synthetic_entry_name(split, num_images, seed, image_size))
+    return {"split_dir": split_dir, "json_file": os.path.join(split_dir, ANNOTATIONS_NAME),
+            "image_root": os.path.join(split_dir, IMAGES_DIR),
+            "manifest": os.path.join(split_dir, MANIFEST_NAME)}
+
+
+def _spec(split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
+    return {"generator_version": GENERATOR_VERSION, "split": split, "seed": int(seed),
+            "num_images": int(num_images), "image_size": int(image_size)}
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing, never deleted: deleting a lock file
+    lets a waiting process lock an orphaned copy)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _render_job(args: Tuple[int, int, int, int, str, int]) -> Tuple[Dict[str, Any], List[Dict[str, Any]], int]:
+    """Renders and writes one image; returns its COCO image entry, annotations and file size."""
+    seed, split_code, index, image_size, image_root, quality_seed = args
+    img, annos = render_synthetic_image(seed, split_code, index, image_size)
+    file_name = f"{index:06d}.jpg"
+    path = os.path.join(image_root, file_name)
+    quality = 80 + (quality_seed % 16)
+    if not cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+        raise OSError(f"could not write {path}")
+    image = {"id": index + 1, "file_name": file_name, "height": image_size, "width": image_size}
+    return image, annos, os.path.getsize(path)
+
+
+def generate_synthetic_split(out_dir: str, split: str, num_images: int, seed: int,
+                             image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
+    """Renders a split into the new or empty folder ``out_dir`` (``images/``,
+    ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No locking and no
+    atomicity: :func:`ensure_synthetic_split` adds both.
+
+    ``num_workers`` processes (default: the CPU count, at most 8) render images in parallel;
+    the output does not depend on it.
+    """
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"synthetic split folder {out_dir} is not empty")
+    image_root = os.path.join(out_dir, IMAGES_DIR)
+    os.makedirs(image_root, exist_ok=True)
+    if num_workers is None:
+        num_workers = min(os.cpu_count() or 1, 8)
+    quality_rng = np.random.default_rng([int(seed), SPLIT_CODES[split], 2**31 - 1])
+    qualities = quality_rng.integers(0, 2**31 - 1, max(num_images, 1))
+    jobs = [(int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i]))
+            for i in range(num_images)]
+    start = time.perf_counter()
+    if num_workers <= 1 or num_images < 32:
+        results = [_render_job(job) for job in jobs]
+    else:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        # No cv2.setNumThreads in the workers: in a child forked after the parent used cv2's
+        # thread pool it blocks forever (seen with opencv 4.11).
+        with ctx.Pool(num_workers) as pool:
+            results = pool.map(_render_job, jobs, chunksize=max(1, min(32, num_images // (4 * num_workers))))
+    images, annotations, files = [], [], {}
+    for image, annos, size in results:
+        images.append(image)
+        files[f"{IMAGES_DIR}/{image['file_name']}"] = size
+        for anno in annos:
+            anno.update(id=len(annotations) + 1, image_id=image["id"])
+            annotations.append(anno)
+    dataset = {
+        "info": {"description": f"DePOTR synthetic persons ({split})", "version": str(GENERATOR_VERSION),
+                 "seed": int(seed)},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": coco_categories(),
+    }
+    json_file = os.path.join(out_dir, ANNOTATIONS_NAME)
+    with open(json_file, "w") as f:
+        json.dump(dataset, f)
+    files[ANNOTATIONS_NAME] = os.path.getsize(json_file)
+    seconds = time.perf_counter() - start
+    manifest = _spec(split, num_images, seed, image_size)
+    manifest.update(num_annotations=len(annotations), seconds=round(seconds, 2), num_workers=num_workers,
+                    files=files)
+    with open(os.path.join(out_dir, MANIFEST_NAME), "w") as f:
+        json.dump(manifest, f)
+    logger.info("Generated %d synthetic %s images (%d persons) in %s in %.1f s (%.0f images/s, %d workers).",
+                num_images, split, len(annotations), out_dir, seconds, num_images / max(seconds, 1e-9), num_workers)
+    return json_file
+
+
+def verify_synthetic_split(paths: Dict[str, str], split: str, num_images: int, seed: int,
+                           image_size: int = DEFAULT_IMAGE_SIZE) -> None:
+    """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`):
+    the manifest matches the spec, every file it lists exists with its size, and
+    ``annotations.json`` parses and lists ``num_images`` images.
+
+    Raises:
+        ValueError naming the entry and the file that fails the check.
+    """
+    entry = paths["split_dir"]
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"synthetic dataset cache {entry}: {problem}; delete this folder to have it generated again")
+
+    try:
+        with open(paths["manifest"]) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise fail(f"{MANIFEST_NAME} is missing") from None
+    except ValueError as e:
+        raise fail(f"{MANIFEST_NAME} is not valid json ({e})") from None
+    expected = _spec(split, num_images, seed, image_size)
+    if not isinstance(manifest, dict) or ANNOTATIONS_NAME not in manifest.get("files", {}):
+        raise fail(f"{MANIFEST_NAME} has no 'files' table listing {ANNOTATIONS_NAME}")
+    differs = {k: manifest.get(k) for k, v in expected.items() if manifest.get(k) != v}
+    if differs:
+        raise fail(f"{MANIFEST_NAME} describes another dataset: {differs}, expected {expected}")
+    for name, size in manifest["files"].items():
+        try:
+            actual = os.path.getsize(os.path.join(entry, name))
+        except OSError:
+            raise fail(f"{name} is missing") from None
+        if actual != size:
+            raise fail(f"{name} has {actual} bytes, {MANIFEST_NAME} lists {size}")
+    try:
+        with open(paths["json_file"]) as f:
+            dataset = json.load(f)
+    except (OSError, ValueError) as e:
+        raise fail(f"{ANNOTATIONS_NAME} cannot be read as json ({e})") from None
+    if not isinstance(dataset, dict) or len(dataset.get("images", [])) != num_images:
+        raise fail(f"{ANNOTATIONS_NAME} does not list the {num_images} images of this spec")
+
+
+def _remove_stale_temporaries(root: str, entry_name: str) -> None:
+    """Deletes temporary folders of ``entry_name`` that killed generations left in ``root``
+    (call with the entry's lock held)."""
+    for name in os.listdir(root):
+        if name.startswith(TEMPORARY_PREFIX) and name.endswith("-" + entry_name):
+            logger.info("Removing %s, left by an interrupted generation.", os.path.join(root, name))
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def ensure_synthetic_split(root: str, split: str, num_images: int, seed: int,
+                           image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
+    """Returns the json of a spec's cache entry in ``root``, rendering the entry first when it
+    does not exist (see the module docstring), and checks it with
+    :func:`verify_synthetic_split`."""
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    paths = synthetic_split_paths(root, split, num_images, seed, image_size)
+    entry = paths["split_dir"]
+    if not os.path.isdir(entry):
+        os.makedirs(root, exist_ok=True)
+        entry_name = os.path.basename(entry)
+        with _locked(os.path.join(root, f".{entry_name}.lock")):
+            if not os.path.isdir(entry):  # another process may have made it meanwhile
+                _remove_stale_temporaries(root, entry_name)
+                logger.info("Synthetic %s split %s not cached yet; generating %d images.", split, entry, num_images)
+                tmp_dir = temporary_path(entry)
+                os.mkdir(tmp_dir)
+                try:
+                    generate_synthetic_split(tmp_dir, split, num_images, seed, image_size, num_workers)
+                    os.rename(tmp_dir, entry)
+                finally:
+                    shutil.rmtree(tmp_dir, ignore_errors=True)
+    verify_synthetic_split(paths, split, num_images, seed, image_size)
+    return paths["json_file"]

@@ -1,0 +1,181 @@
+"""A run's output folder (``OUTPUT_DIR``): one live run at a time, and no leftovers of a killed one.
+
+* :func:`lock_output_dir`: ``OUTPUT_DIR/run.lock``, held (``flock``) for the life of the run and
+  naming its owner (pid, host, start time, command). A second run on the folder is refused
+  while the owner lives. The kernel drops the lock when its owner dies, even by ``kill -9``, so
+  a lock file that nobody holds is stale: its run died without cleaning up, and only
+  ``--resume`` (or ``--eval-only``, which writes no checkpoints) may take the folder over; a
+  fresh training run would overwrite the dead run's checkpoints. Taking the lock removes the
+  temporary files of writes the dead run was killed in.
+* :func:`drop_metrics_after`: a resumed run first drops the ``metrics.json`` rows that the
+  dead run wrote after its last checkpoint, which the resumed run writes again.
+"""
+import atexit
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from ..file_io import remove_temporary_files
+
+__all__ = ["LOCK_NAME", "OutputDirLock", "drop_metrics_after", "lock_output_dir"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "run.lock"
+# Locks held by this process, by real path: a process that sets up several runs one after the
+# other (tests, notebooks) keeps the folder it already owns.
+_HELD: Dict[str, "OutputDirLock"] = {}
+
+
+class OutputDirLock:
+    """The held lock of one output folder. ``previous_owner``: what the lock file said about a
+    run that died holding it (None when the folder was free); ``removed_temporaries``: the
+    temporary files of its killed writes that were deleted."""
+
+    def __init__(self, path: str, fd: int, previous_owner: Optional[Dict[str, Any]], removed_temporaries: List[str]):
+        self.path = path
+        self.previous_owner = previous_owner
+        self.removed_temporaries = removed_temporaries
+        self._fd: Optional[int] = fd
+        self._logged = False
+
+    def log_recovery(self) -> None:
+        """Logs, once, what was taken over from a dead run (call when logging is set up)."""
+        if self._logged:
+            return
+        self._logged = True
+        if self.previous_owner is not None:
+            logger.warning("Took over %s from a run that died without releasing it: %s",
+                           os.path.dirname(self.path), _describe(self.previous_owner))
+        if self.removed_temporaries:
+            logger.info("Removed %d temporary files of interrupted writes: %s", len(self.removed_temporaries),
+                        ", ".join(self.removed_temporaries))
+
+    def release(self) -> None:
+        """Deletes the lock file and drops the lock (the folder is free again)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while still holding it, so no one locks the file being deleted
+        os.close(self._fd)
+        self._fd = None
+        _HELD.pop(os.path.dirname(self.path), None)
+
+
+def _describe(owner: Dict[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner["started"])) if "started" in owner else "?"
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {started}: {owner.get('command', '?')}"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: assume so
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def _read_owner(fd: int) -> Optional[Dict[str, Any]]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 1 << 16).decode(errors="replace").strip()
+    if not text:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        owner = None
+    return owner if isinstance(owner, dict) else {"command": text[:200]}
+
+
+def _open_locked(path: str) -> Optional[int]:
+    """Opens and locks ``path`` (created when missing); None when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its owner released (deleted) the file between our open and lock: retry
+
+
+def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -> OutputDirLock:
+    """Takes ``output_dir``'s run lock (module docstring) for this process; it is released at
+    exit. Call on the main process only, before anything is written into the folder.
+
+    Raises:
+        RuntimeError naming the folder and the owner: another live run holds it, or a dead run
+            left it and this run neither resumes nor only evaluates.
+    """
+    folder = os.path.realpath(output_dir)
+    if folder in _HELD:
+        return _HELD[folder]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_NAME)
+    fd = _open_locked(path)
+    if fd is None:
+        with open(path) as f:
+            owner = _read_owner(f.fileno()) or {}
+        ending = ""
+        if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid")):
+            ending = " (its main process has exited; processes it forked, e.g. data loader workers, still hold the lock)"
+        raise RuntimeError(f"OUTPUT_DIR {folder} is in use by another run ({_describe(owner)}){ending}; wait for "
+                           "it to finish or give this run another OUTPUT_DIR")
+    previous = _read_owner(fd)
+    if previous is not None and not (resume or eval_only):
+        os.close(fd)
+        raise RuntimeError(
+            f"OUTPUT_DIR {folder} holds the outputs of a run that was killed ({_describe(previous)}): pass "
+            f"--resume to continue it, give this run another OUTPUT_DIR, or delete {path} to start a new run "
+            "over its outputs"
+        )
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(owner).encode())
+    lock = OutputDirLock(path, fd, previous, remove_temporary_files(folder))
+    _HELD[folder] = lock
+    atexit.register(lock.release)
+    return lock
+
+
+def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
+    """Removes the rows of Detectron2's ``metrics.json`` (one json object per line) whose
+    "iteration" is >= ``start_iter``, and rows a kill cut short; returns how many. The file is rewritten in place, so that
+    a ``JSONWriter`` that already opened it for appending keeps writing into it."""
+    if not os.path.isfile(metrics_file):
+        return 0
+    with open(metrics_file, "r+") as f:
+        lines = f.read().splitlines(keepends=True)
+        kept = [line for line in lines if _row_before(line, start_iter)]
+        if len(kept) == len(lines):
+            return 0
+        f.seek(0)
+        f.writelines(kept)
+        f.truncate()
+    logger.info("Dropped %d rows of iterations >= %d (written after the last checkpoint) or cut short from %s.",
+                len(lines) - len(kept), start_iter, metrics_file)
+    return len(lines) - len(kept)
+
+
+def _row_before(line: str, start_iter: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False  # a row cut short
+    return not (isinstance(row, dict) and isinstance(row.get("iteration"), int) and row["iteration"] >= start_iter)

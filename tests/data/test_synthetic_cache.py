@@ -1,0 +1,173 @@
+"""The synthetic dataset's cache: one immutable entry per spec, generated once under a lock,
+checked on every use; concurrent runs of other specs never disturb each other."""
+import json
+import multiprocessing as mp
+import os
+import traceback
+
+import pytest
+
+import depotr.data.synthetic_cache as synthetic_cache
+from depotr.data.synthetic import GENERATOR_VERSION
+from depotr.data.synthetic_cache import (
+    ensure_synthetic_split,
+    generate_synthetic_split,
+    synthetic_split_paths,
+    verify_synthetic_split,
+)
+
+from .conftest import SMALL_NUM_IMAGES, SMALL_SEED
+
+TINY = 64  # px: small images keep these tests fast
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def folder_bytes(folder: str) -> dict:
+    """Relative path -> content of every file below ``folder``."""
+    out = {}
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(parent, name)
+            out[os.path.relpath(path, folder)] = read_bytes(path)
+    return out
+
+
+def test_same_spec_gives_identical_files(tmp_path, small_synthetic):
+    _, paths, _ = small_synthetic
+    again = synthetic_split_paths(str(tmp_path), "train", SMALL_NUM_IMAGES, SMALL_SEED)
+    ensure_synthetic_split(str(tmp_path), "train", SMALL_NUM_IMAGES, SMALL_SEED)
+    assert read_bytes(again["json_file"]) == read_bytes(paths["json_file"])
+    assert folder_bytes(again["image_root"]) == folder_bytes(paths["image_root"])
+
+
+def test_different_seed_gives_different_data(tmp_path, small_synthetic):
+    _, paths, _ = small_synthetic
+    ensure_synthetic_split(str(tmp_path), "train", SMALL_NUM_IMAGES, SMALL_SEED + 1)
+    other = synthetic_split_paths(str(tmp_path), "train", SMALL_NUM_IMAGES, SMALL_SEED + 1)
+    assert read_bytes(other["json_file"]) != read_bytes(paths["json_file"])
+    a, b = folder_bytes(other["image_root"]), folder_bytes(paths["image_root"])
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
+
+
+def test_parallel_generation_equals_serial(tmp_path):
+    serial = generate_synthetic_split(str(tmp_path / "serial"), "val", 32, 1, num_workers=1)
+    parallel = generate_synthetic_split(str(tmp_path / "parallel"), "val", 32, 1, num_workers=2)
+    assert read_bytes(serial) == read_bytes(parallel)
+    assert folder_bytes(str(tmp_path / "serial" / "images")) == folder_bytes(str(tmp_path / "parallel" / "images"))
+
+
+def test_one_entry_per_spec_reused_and_never_rewritten(tmp_path):
+    root = str(tmp_path)
+    small = synthetic_split_paths(root, "val", 3, 0, TINY)
+    assert os.path.basename(small["split_dir"]) == f"val-n3-s0-{TINY}px-v{GENERATOR_VERSION}"
+    ensure_synthetic_split(root, "val", 3, 0, TINY)
+    before = folder_bytes(small["split_dir"])
+    stamp = os.stat(small["json_file"]).st_mtime_ns
+    manifest = json.loads(before["MANIFEST.json"])
+    assert (manifest["num_images"], manifest["seed"], manifest["image_size"]) == (3, 0, TINY)
+    listed = {name: len(content) for name, content in before.items() if name != "MANIFEST.json"}
+    assert manifest["files"] == listed and len(listed) == 3 + 1  # every image and the json
+
+    ensure_synthetic_split(root, "val", 3, 0, TINY)
+    assert os.stat(small["json_file"]).st_mtime_ns == stamp  # reused
+
+    # Other specs get their own entries; the first one is left exactly as it was.
+    for num_images, seed, size in [(5, 0, TINY), (3, 1, TINY), (3, 0, TINY + 32)]:
+        json_file = ensure_synthetic_split(root, "val", num_images, seed, size)
+        images = json.loads(read_bytes(json_file))["images"]
+        assert len(images) == num_images and images[0]["width"] == size
+    assert folder_bytes(small["split_dir"]) == before
+    assert sorted(n for n in os.listdir(root) if not n.startswith(".")) == sorted(
+        f"val-n{n}-s{s}-{px}px-v{GENERATOR_VERSION}" for n, s, px in [(3, 0, TINY), (5, 0, TINY), (3, 1, TINY),
+                                                                      (3, 0, TINY + 32)])
+
+
+def _delete_image(paths):
+    os.remove(os.path.join(paths["image_root"], "000001.jpg"))
+
+
+def _truncate_json(paths):
+    with open(paths["json_file"], "r+") as f:
+        f.truncate(100)
+
+
+def _scramble_json_same_size(paths):
+    size = os.path.getsize(paths["json_file"])
+    with open(paths["json_file"], "w") as f:
+        f.write("{" * size)
+
+
+def _delete_manifest(paths):
+    os.remove(paths["manifest"])
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [(_delete_image, r"images/000001\.jpg is missing"), (_truncate_json, r"annotations\.json has 100 bytes"),
+     (_scramble_json_same_size, r"annotations\.json cannot be read as json"),
+     (_delete_manifest, r"MANIFEST\.json is missing")],
+    ids=["deleted-image", "truncated-json", "garbage-json", "no-manifest"],
+)
+def test_damaged_entry_is_an_error_naming_the_file(tmp_path, damage, named):
+    root = str(tmp_path)
+    paths = synthetic_split_paths(root, "val", 3, 0, TINY)
+    ensure_synthetic_split(root, "val", 3, 0, TINY)
+    damage(paths)
+    with pytest.raises(ValueError, match=named) as error:
+        ensure_synthetic_split(root, "val", 3, 0, TINY)
+    assert paths["split_dir"] in str(error.value) and "delete this folder" in str(error.value)
+
+
+def test_failed_generation_leaves_no_entry_and_its_leftovers_are_removed(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    paths = synthetic_split_paths(root, "val", 3, 0, TINY)
+    entry = os.path.basename(paths["split_dir"])
+    killed = tmp_path / f".tmp-0123456789ab-{entry}"  # what a kill -9 mid-generation leaves
+    (killed / "images").mkdir(parents=True)
+    (killed / "images" / "000000.jpg").write_bytes(b"half")
+
+    def failing_render(*args):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(synthetic_cache, "render_synthetic_image", failing_render)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        ensure_synthetic_split(root, "val", 3, 0, TINY)
+    assert not os.path.exists(paths["split_dir"])
+    assert [n for n in os.listdir(root) if n.startswith(".tmp-")] == []  # neither the old nor its own
+    monkeypatch.undo()
+    ensure_synthetic_split(root, "val", 3, 0, TINY)
+    verify_synthetic_split(paths, "val", 3, 0, TINY)
+
+
+def _use_split(root, num_images, barrier, errors):
+    """Child process: gets its split, waits until the other child has its own, then checks that
+    its data is still all there."""
+    try:
+        json_file = ensure_synthetic_split(root, "val", num_images, 0, TINY)
+        barrier.wait(timeout=120)
+        dataset = json.loads(read_bytes(json_file))
+        assert len(dataset["images"]) == num_images, f"{len(dataset['images'])} images, expected {num_images}"
+        image_root = os.path.join(os.path.dirname(json_file), "images")
+        for image in dataset["images"]:
+            assert os.path.isfile(os.path.join(image_root, image["file_name"])), image["file_name"]
+    except BaseException:
+        errors.put(f"{num_images} images: {traceback.format_exc()}")
+        raise
+
+
+def test_two_processes_with_different_sizes_on_one_root_both_keep_their_data(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(2), ctx.Queue()
+    children = [ctx.Process(target=_use_split, args=(str(tmp_path), n, barrier, errors)) for n in (3, 5)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=180)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert [child.exitcode for child in children] == [0, 0], problems
