@@ -90,7 +90,12 @@ def _add_model_config(cfg: CN) -> None:
     # beta of the smooth-L1 loss, in crop-normalised units ([0, 1] of crop width/height).
     cfg.MODEL.DEPOTR.REGRESSION.SMOOTH_L1_BETA = 0.01
     cfg.MODEL.DEPOTR.REGRESSION.LOSS_WEIGHT = 1.0
-    # Weight of the BCE loss of the per-keypoint confidence (labelled and inside the crop).
+    # Coordinate loss: "smooth_l1" (thesis), "l1", or "rle" (Li et al. 2021: the head also predicts
+    # a scale sigma per keypoint, the loss is the likelihood under a learned flow density, and the
+    # keypoint confidence is 1 - mean sigma; see depotr/modeling/heads/rle_loss.py).
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS = "smooth_l1"
+    # Weight of the BCE loss of the per-keypoint confidence (labelled and inside the crop); not
+    # with LOSS "rle", whose confidence comes from sigma.
     cfg.MODEL.DEPOTR.REGRESSION.SCORE_LOSS_WEIGHT = 0.1
 
     cfg.MODEL.DEPOTR.HEATMAP = CN()
