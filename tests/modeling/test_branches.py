@@ -362,10 +362,10 @@ def test_regression_losses_hand_computed(variant, loss):
         outputs.update({"aux_coords": coords[None], "aux_" + key: confidence[None]})
     losses = branch.losses(outputs, gt)
     # One supervised keypoint, error (0.05, 0). smooth-L1(0.05, beta 0.01) = 0.05 - 0.005; L1 0.05;
-    # BCE(0, t) = log 2. RLE at the start (identity flow), sigma 0.1: 2 log 0.1 + 0.05 / 0.1 + 2 log 2.
+    # BCE(0, t) = log 2, x 0.1. RLE at the start (identity flow), sigma 0.1: 2 log 0.1 + 0.05 / 0.1 + 2 log 2.
     expected = {
-        "smooth_l1": {"loss_keypoint_coords": torch.tensor(0.045), "loss_keypoint_score": torch.tensor(0.1 * 0.6931472)},
-        "l1": {"loss_keypoint_coords": torch.tensor(0.05), "loss_keypoint_score": torch.tensor(0.1 * 0.6931472)},
+        "smooth_l1": {"loss_keypoint_coords": torch.tensor(0.045), "loss_keypoint_score": torch.tensor(0.0693147)},
+        "l1": {"loss_keypoint_coords": torch.tensor(0.05), "loss_keypoint_score": torch.tensor(0.0693147)},
         "rle": {"loss_keypoint_rle": torch.tensor(2 * -2.3025851 + 0.5 + 2 * 0.6931472)},
     }[loss]
     if variant != "regression":
