@@ -48,6 +48,7 @@ NUM_KEYPOINTS = 17
 VARIANTS = {
     "heatmap-dark-flip": ("TEST.HEATMAP_REFINE", "dark", "TEST.FLIP", "True"),
     "regression": ("MODEL.DEPOTR.HEAD", "regression"),
+    "regression-rle-flip": ("MODEL.DEPOTR.HEAD", "regression", "MODEL.DEPOTR.REGRESSION.LOSS", "rle", "TEST.FLIP", "True"),
 }
 RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx}
 
