@@ -50,6 +50,7 @@ VARIANTS = {
     "heatmap-dark-flip": ("TEST.HEATMAP_REFINE", "dark", "TEST.FLIP", "True"),
     "heatmap-deconv-shift": ("MODEL.DEPOTR.HEATMAP.DECODER", "deconv", "TEST.HEATMAP_REFINE", "shift"),
     "regression": ("MODEL.DEPOTR.HEAD", "regression"),
+    "regression-rle-flip": ("MODEL.DEPOTR.HEAD", "regression", "MODEL.DEPOTR.REGRESSION.LOSS", "rle", "TEST.FLIP", "True"),
 }
 RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx}
 

@@ -24,6 +24,15 @@ COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
 HEADS = ["regression", "heatmap", "heatmap_dot_product", "simple_baseline", "transpose"]
 
 
+# Regression-branch variants: name -> MODEL.DEPOTR keys.
+REGRESSION_VARIANTS = {
+    "regression": [],
+    "regression_iter_refine": ["MODEL.DEPOTR.ITER_REFINE", True],
+    "regression_aux": ["MODEL.DEPOTR.AUX_LOSS", True],
+    "regression_rle": ["MODEL.DEPOTR.REGRESSION.LOSS", "rle", "MODEL.DEPOTR.AUX_LOSS", True],
+}
+
+
 def default_cfg() -> CfgNode:
     cfg = get_cfg()
     add_depotr_config(cfg)
@@ -54,6 +63,14 @@ def small_cfg(head: str = "regression", crop_size: Tuple[int, int] = (256, 192))
     return cfg
 
 
+def variant_cfg(name: str, crop_size: Tuple[int, int], dec_layers: int = 2) -> CfgNode:
+    """small_cfg of a head ("heatmap", ...) or of a regression variant (REGRESSION_VARIANTS)."""
+    cfg = small_cfg("regression" if name in REGRESSION_VARIANTS else name, crop_size)
+    cfg.merge_from_list(REGRESSION_VARIANTS.get(name, []))
+    cfg.MODEL.DEPOTR.DEC_LAYERS = dec_layers
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------
 # Output shapes
 
@@ -80,6 +97,39 @@ def test_output_shapes(head, crop_size, heatmap_size, batch):
     assert branch.decode(outputs).shape == (batch, 17, 3)
 
 
+@pytest.mark.parametrize("batch", [2, 0], ids=["B2", "B0"])
+def test_rle_output_shapes_with_aux_outputs(batch):
+    torch.manual_seed(0)
+    branch = build_keypoint_branch(variant_cfg("regression_rle", (64, 48), dec_layers=3)).eval()
+    with torch.no_grad():
+        outputs = branch(torch.randn(batch, 3, 64, 48))
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        "coords": (batch, 17, 2),
+        "sigmas": (batch, 17, 2),
+        "aux_coords": (2, batch, 17, 2),
+        "aux_sigmas": (2, batch, 17, 2),
+    }
+    assert ((outputs["sigmas"] > 0) & (outputs["sigmas"] < 1)).all()
+    scores = branch.decode(outputs)[..., 2]
+    assert scores.shape == (batch, 17) and ((scores > 0) & (scores < 1)).all()
+    assert len(branch.head.coord_mlps) == 1  # without ITER_REFINE the layers share the MLP
+
+
+def test_aux_outputs_apply_the_shared_mlp_to_every_layer():
+    torch.manual_seed(0)
+    head = RegressionHead(8, 2, 3, iter_refine=False, all_layers=True)
+    torch.nn.init.normal_(head.coord_mlps[0].layers[-1].weight)
+    features = {"hidden_states": torch.randn(3, 2, 5, 8), "references": torch.rand(3, 2, 5, 2)}
+    outputs = head(features)
+    expected = [head.predict_coords(0, h, r) for h, r in zip(features["hidden_states"], features["references"])]
+    torch.testing.assert_close(outputs["aux_coords"], torch.stack(expected[:2]))
+    torch.testing.assert_close(outputs["coords"], expected[2])
+    assert not torch.allclose(expected[0], expected[2])
+    logits = head.score(features["hidden_states"]).squeeze(-1)
+    torch.testing.assert_close(outputs["aux_score_logits"], logits[:2])
+    assert set(RegressionHead(8, 2, 3, iter_refine=False)(features)) == {"coords", "score_logits"}
+
+
 def test_heatmap_sigma_scales_with_heatmap_height():
     codec = build_keypoint_branch(small_cfg("simple_baseline", (384, 288))).codec
     assert (codec.stride, codec.heatmap_size, codec.sigma) == (4, (96, 72), 3.0)
@@ -99,6 +149,13 @@ def test_invalid_configs_raise():
     cfg = small_cfg("pose_resnet")
     with pytest.raises(ValueError, match="unknown MODEL.DEPOTR.HEAD"):
         build_keypoint_branch(cfg)
+    cfg = small_cfg("regression")
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS = "l2"
+    with pytest.raises(ValueError, match="REGRESSION.LOSS must be one of"):
+        build_keypoint_branch(cfg)
+    body = build_keypoint_branch(small_cfg("regression")).body
+    with pytest.raises(ValueError, match="predict_sigma=True"):
+        RegressionBranch(body=body, head=RegressionHead(64, 2, 1, False), crop_size=(256, 192), loss="rle")
 
 
 class _ToyBackbone(torch.nn.Module):
@@ -231,6 +288,17 @@ def test_parameter_counts_depotr_r50():
     assert msda(256, 8, 4, 4) == 230_272
 
 
+def test_parameter_counts_rle():
+    """RLE head: the coordinate MLP + Linear(d, 2) scales; its flow: 6 couplings, each an MLP
+    1 -> 64 -> 64 -> 2 (the RLE paper's size)."""
+    cfg = default_cfg()
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS = "rle"
+    branch = build_keypoint_branch(cfg)
+    d = 256
+    assert count(branch.head) == 2 * linear(d, d) + linear(d, 2) + linear(d, 2)
+    assert count(branch.rle_loss) == 6 * (linear(1, 64) + linear(64, 64) + linear(64, 2))
+
+
 def test_parameter_counts_depotr_hm_head():
     """The thesis' heatmap head: Linear(256, 16 x 12) -> 2 x [ConvTranspose2d(17, 17, 3) + BN]
     -> Conv2d(17, 17, 3). Our deconvolutions have no bias (BatchNorm follows)."""
@@ -260,47 +328,58 @@ def _masked_keypoints(batch: int, crop_size: Tuple[int, int]) -> torch.Tensor:
     return keypoints
 
 
+def _confidences(branch: RegressionBranch, *shape: int) -> torch.Tensor:
+    """Random sigmas (..., K, 2) in [0.05, 0.35] or score logits (..., K) for the branch's head."""
+    if branch.head.predict_sigma:
+        return torch.rand(*shape, 17, 2) * 0.3 + 0.05
+    return torch.randn(*shape, 17)
+
+
 def _leaf_outputs(branch: torch.nn.Module, batch: int) -> Dict[str, torch.Tensor]:
     if isinstance(branch, RegressionBranch):
-        n = len(branch.head.coord_mlps)
-        outputs = {"coords": torch.rand(batch, 17, 2), "score_logits": torch.randn(batch, 17)}
-        if branch.head.iter_refine:
+        n = len(branch.body.transformer.decoder.layers)
+        key = branch.head.confidence_key
+        outputs = {"coords": torch.rand(batch, 17, 2), key: _confidences(branch, batch)}
+        if branch.head.all_layers:
             outputs["aux_coords"] = torch.rand(n - 1, batch, 17, 2)
-            outputs["aux_score_logits"] = torch.randn(n - 1, batch, 17)
+            outputs["aux_" + key] = _confidences(branch, n - 1, batch)
     else:
         outputs = {"heatmaps": torch.rand(batch, 17, *branch.codec.heatmap_size)}
     return {k: v.requires_grad_() for k, v in outputs.items()}
 
 
-@pytest.mark.parametrize("iter_refine", [False, True], ids=["last_layer", "iter_refine"])
-def test_regression_losses_hand_computed(iter_refine):
-    cfg = small_cfg("regression", (20, 10))
-    cfg.MODEL.DEPOTR.ITER_REFINE = iter_refine
-    cfg.MODEL.DEPOTR.DEC_LAYERS = 2
+@pytest.mark.parametrize("loss", ["smooth_l1", "l1", "rle"])
+@pytest.mark.parametrize("variant", ["regression", "regression_iter_refine", "regression_aux"])
+def test_regression_losses_hand_computed(variant, loss):
+    cfg = variant_cfg(variant, (20, 10))
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS = loss
     branch = build_keypoint_branch(cfg)
     gt = torch.zeros(1, 17, 3)
     gt[0, 0] = torch.tensor([5.5, 10.0, 2.0])  # normalised (0.55, 0.5)
     coords = torch.full((1, 17, 2), 0.5)
-    logits = torch.zeros(1, 17)
-    outputs = {"coords": coords, "score_logits": logits}
-    if iter_refine:
-        outputs.update(aux_coords=coords[None], aux_score_logits=logits[None])
+    confidence = torch.full((1, 17, 2), 0.1) if loss == "rle" else torch.zeros(1, 17)
+    key = branch.head.confidence_key
+    outputs = {"coords": coords, key: confidence}
+    if variant != "regression":
+        outputs.update({"aux_coords": coords[None], "aux_" + key: confidence[None]})
     losses = branch.losses(outputs, gt)
-    # smooth-L1(0.05, beta 0.01) = 0.05 - 0.005 over 1 supervised keypoint; BCE(0, t) = log 2.
-    expected = {"loss_keypoint_coords": torch.tensor(0.045), "loss_keypoint_score": torch.tensor(0.1 * 0.6931472)}
-    if iter_refine:
+    # One supervised keypoint, error (0.05, 0). smooth-L1(0.05, beta 0.01) = 0.05 - 0.005; L1 0.05;
+    # BCE(0, t) = log 2, x 0.1. RLE at the start (identity flow), sigma 0.1: 2 log 0.1 + 0.05 / 0.1 + 2 log 2.
+    expected = {
+        "smooth_l1": {"loss_keypoint_coords": torch.tensor(0.045), "loss_keypoint_score": torch.tensor(0.0693147)},
+        "l1": {"loss_keypoint_coords": torch.tensor(0.05), "loss_keypoint_score": torch.tensor(0.0693147)},
+        "rle": {"loss_keypoint_rle": torch.tensor(2 * -2.3025851 + 0.5 + 2 * 0.6931472)},
+    }[loss]
+    if variant != "regression":
         expected.update({k + "_0": v for k, v in expected.items()})
     assert losses.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(losses[key], value)
 
 
-@pytest.mark.parametrize("head", ["regression", "regression_iter_refine", "heatmap"])
+@pytest.mark.parametrize("head", [*REGRESSION_VARIANTS, "heatmap"])
 def test_unsupervised_keypoints_get_zero_loss_and_gradient(head):
-    cfg = small_cfg(head.replace("_iter_refine", ""), (64, 48))
-    cfg.MODEL.DEPOTR.ITER_REFINE = head.endswith("iter_refine")
-    cfg.MODEL.DEPOTR.DEC_LAYERS = 2
-    branch = build_keypoint_branch(cfg)
+    branch = build_keypoint_branch(variant_cfg(head, (64, 48)))
     outputs = _leaf_outputs(branch, batch=2)
     gt = _masked_keypoints(2, branch.crop_size)
     losses = branch.losses(outputs, gt)
@@ -308,6 +387,8 @@ def test_unsupervised_keypoints_get_zero_loss_and_gradient(head):
     sum(losses.values()).backward()
     key = "heatmaps" if head == "heatmap" else "coords"
     grads = [outputs[key].grad] + ([outputs["aux_coords"].grad[0]] if "aux_coords" in outputs else [])
+    if "sigmas" in outputs:
+        grads += [outputs["sigmas"].grad, outputs["aux_sigmas"].grad[0]]
     for grad in grads:
         assert grad[:, :3].abs().sum() == 0
         assert (grad[:, 3:].flatten(2).abs().sum(-1) > 0).all()
@@ -321,10 +402,10 @@ def test_unsupervised_keypoints_get_zero_loss_and_gradient(head):
 
 
 @pytest.mark.parametrize("batch", [0, 2], ids=["empty_batch", "all_unlabelled"])
-@pytest.mark.parametrize("head", ["regression", "heatmap"])
+@pytest.mark.parametrize("head", ["regression", "regression_rle", "heatmap"])
 def test_no_supervision_gives_zero_loss_that_backpropagates(head, batch):
     torch.manual_seed(0)
-    branch = build_keypoint_branch(small_cfg(head, (64, 48)))
+    branch = build_keypoint_branch(variant_cfg(head, (64, 48), dec_layers=1))
     outputs = branch(torch.randn(batch, 3, 64, 48))
     losses = branch.losses(outputs, torch.zeros(batch, 17, 3))
     coordinate_losses = {k: v for k, v in losses.items() if "score" not in k}
@@ -337,12 +418,9 @@ def test_no_supervision_gives_zero_loss_that_backpropagates(head, batch):
 # Flip back, decode, averaging
 
 
-@pytest.mark.parametrize("head", ["regression", "regression_iter_refine", "heatmap"])
+@pytest.mark.parametrize("head", [*REGRESSION_VARIANTS, "heatmap"])
 def test_flip_back_is_an_involution(head):
-    cfg = small_cfg(head.replace("_iter_refine", ""), (64, 48))
-    cfg.MODEL.DEPOTR.ITER_REFINE = head.endswith("iter_refine")
-    cfg.MODEL.DEPOTR.DEC_LAYERS = 3
-    branch = build_keypoint_branch(cfg)
+    branch = build_keypoint_branch(variant_cfg(head, (64, 48), dec_layers=3))
     torch.manual_seed(0)
     outputs = {k: v.detach() for k, v in _leaf_outputs(branch, batch=2).items()}
     twice = branch.flip_back(branch.flip_back(outputs, COCO_FLIP), COCO_FLIP)
@@ -362,10 +440,27 @@ def test_regression_flip_back_mirrors_and_swaps():
     torch.testing.assert_close(back[..., 1:], decoded[:, COCO_FLIP, 1:])
 
 
+def test_rle_flip_back_swaps_sigmas_without_mirroring_them():
+    branch = build_keypoint_branch(variant_cfg("regression_rle", (64, 48)))
+    torch.manual_seed(0)
+    outputs = {k: v.detach() for k, v in _leaf_outputs(branch, batch=2).items()}
+    back = branch.flip_back(outputs, COCO_FLIP)
+    # A mirror keeps the size of x and y errors: keypoint k takes its partner's (sigma_x, sigma_y).
+    torch.testing.assert_close(back["sigmas"], outputs["sigmas"][:, COCO_FLIP])
+    torch.testing.assert_close(back["aux_sigmas"], outputs["aux_sigmas"][:, :, COCO_FLIP])
+    torch.testing.assert_close(back["coords"][..., 0], 1 - outputs["coords"][:, COCO_FLIP, 0])
+    decoded, decoded_back = branch.decode(outputs), branch.decode(back)
+    torch.testing.assert_close(decoded_back[..., 2], decoded[:, COCO_FLIP, 2])
+
+
 def test_regression_decode():
     branch = build_keypoint_branch(small_cfg("regression", (64, 48)))
     outputs = {"coords": torch.tensor([[[0.5, 0.25]]]), "score_logits": torch.tensor([[0.0]])}
     torch.testing.assert_close(branch.decode(outputs), torch.tensor([[[24.0, 16.0, 0.5]]]))
+    rle = build_keypoint_branch(variant_cfg("regression_rle", (64, 48)))
+    outputs = {"coords": torch.tensor([[[0.5, 0.25]]]), "sigmas": torch.tensor([[[0.1, 0.3]]])}
+    # confidence = 1 - (sigma_x + sigma_y) / 2
+    torch.testing.assert_close(rle.decode(outputs), torch.tensor([[[24.0, 16.0, 0.8]]]))
 
 
 def test_average_outputs():

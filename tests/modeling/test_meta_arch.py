@@ -491,10 +491,13 @@ SMALL_MODEL = [
 ]
 
 
-@pytest.mark.parametrize("name", ["depotr_r50.yaml", "depotr_hm_r50.yaml"], ids=["regression", "heatmap"])
+@pytest.mark.parametrize(
+    "name", ["depotr_r50.yaml", "depotr_rle_r50.yaml", "depotr_hm_r50.yaml"], ids=["regression", "rle", "heatmap"]
+)
 def test_real_keypoint_branch_train_and_inference(name):
     """The meta-architecture with the real build_keypoint_branch (small): train on persons and on
-    an empty batch, then flip-test inference with precomputed boxes."""
+    an empty batch, then flip-test inference with precomputed boxes. (The RLE config also runs its
+    half-body boxes, normal-distributed jitter and deep supervision.)"""
     from detectron2.modeling import build_model
 
     torch.manual_seed(0)

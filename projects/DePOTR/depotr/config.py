@@ -78,6 +78,9 @@ def _add_model_config(cfg: CN) -> None:
     # (fraction of box size). 0 disables it.
     cfg.MODEL.DEPOTR.BOX_JITTER_SCALE = 0.25
     cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT = 0.10
+    # How scale and shift are drawn in those ranges: "uniform", or "normal" = N(0, 1) x range
+    # clipped to the range (SimpleBaseline / HRNet's scale factor).
+    cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION = "uniform"
     # Inference boxes: drop those scoring below this, keep at most TOPK per image.
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
     cfg.MODEL.DEPOTR.BOX_TOPK = 100
@@ -90,7 +93,12 @@ def _add_model_config(cfg: CN) -> None:
     # beta of the smooth-L1 loss, in crop-normalised units ([0, 1] of crop width/height).
     cfg.MODEL.DEPOTR.REGRESSION.SMOOTH_L1_BETA = 0.01
     cfg.MODEL.DEPOTR.REGRESSION.LOSS_WEIGHT = 1.0
-    # Weight of the BCE loss of the per-keypoint confidence (labelled and inside the crop).
+    # Coordinate loss: "smooth_l1" (thesis), "l1", or "rle" (Li et al. 2021: the head also predicts
+    # a scale sigma per keypoint, the loss is the likelihood under a learned flow density, and the
+    # keypoint confidence is 1 - mean sigma; see depotr/modeling/heads/rle_loss.py).
+    cfg.MODEL.DEPOTR.REGRESSION.LOSS = "smooth_l1"
+    # Weight of the BCE loss of the per-keypoint confidence (labelled and inside the crop); not
+    # with LOSS "rle", whose confidence comes from sigma.
     cfg.MODEL.DEPOTR.REGRESSION.SCORE_LOSS_WEIGHT = 0.1
 
     cfg.MODEL.DEPOTR.HEATMAP = CN()
@@ -140,15 +148,30 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.CROP_SAMPLING_RATIO = 0
 
     cfg.INPUT.AUG = CN()
-    # Albumentations training augmentation; each entry is the probability of applying it.
+    # Training augmentation: Albumentations in the mapper, the half-body boxes below in the
+    # meta-architecture; ENABLED False switches all of INPUT.AUG off. *_PROB: probability of each.
     cfg.INPUT.AUG.ENABLED = True
     cfg.INPUT.AUG.FLIP_PROB = 0.5
     # Rotation by up to +-ROTATION_DEGREES, applied with ROTATION_PROB.
     cfg.INPUT.AUG.ROTATION_DEGREES = 10.0
     cfg.INPUT.AUG.ROTATION_PROB = 0.5
+    # How the angle is drawn: "uniform" in +-ROTATION_DEGREES, or "normal" = N(0, ROTATION_DEGREES)
+    # clipped to +-2 ROTATION_DEGREES (SimpleBaseline / HRNet: 40 or 45 degrees, prob 0.6).
+    cfg.INPUT.AUG.ROTATION_DISTRIBUTION = "uniform"
     cfg.INPUT.AUG.BLUR_PROB = 0.1
     cfg.INPUT.AUG.RGB_SHIFT_PROB = 0.2
     cfg.INPUT.AUG.BRIGHTNESS_CONTRAST_PROB = 0.3
+    # Half-body augmentation (SimpleBaseline / HRNet, applied by the meta-architecture to the
+    # training gt boxes): with this probability per person the box of its labelled upper- or
+    # lower-body keypoints replaces its box (HRNet on COCO: 0.3). 0 disables it.
+    cfg.INPUT.AUG.HALF_BODY_PROB = 0.0
+    # Only persons with at least this many labelled keypoints (HRNet: more than 8).
+    cfg.INPUT.AUG.HALF_BODY_MIN_KEYPOINTS = 9
+    # A body half qualifies with at least this many labelled keypoints, >= 2 (HRNet: more than 2).
+    cfg.INPUT.AUG.HALF_BODY_MIN_PART_KEYPOINTS = 3
+    # Half-body box = the half's keypoint box grown to the crop aspect, times this; the crop then
+    # adds CROP_PADDING (1.2 x 1.25 = HRNet's 1.5).
+    cfg.INPUT.AUG.HALF_BODY_PADDING = 1.2
 
 
 def _add_dataset_config(cfg: CN) -> None:

@@ -13,27 +13,58 @@ rotated box, so it still encloses the person).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["KeypointAugmenter", "build_albumentations", "build_albumentations_from_cfg"]
+__all__ = ["NormalRotate", "ROTATION_DISTRIBUTIONS", "KeypointAugmenter", "build_albumentations",
+           "build_albumentations_from_cfg"]
+
+# INPUT.AUG.ROTATION_DISTRIBUTION values.
+ROTATION_DISTRIBUTIONS = ("uniform", "normal")
+
+
+class NormalRotate(A.Rotate):
+    """``A.Rotate`` (black border) whose angle is drawn from N(0, sigma) clipped to +-2 sigma
+    degrees, SimpleBaseline / HRNet's ``clip(randn() * rf, -2 rf, 2 rf)``, instead of uniformly
+    (``A.Rotate`` draws ``uniform(*limit)``: the drawn angle is passed to it as a one-point
+    ``limit`` for that call, so the rotation itself is Albumentations' own)."""
+
+    def __init__(self, sigma: float, p: float = 0.5):
+        super().__init__(limit=(-2 * sigma, 2 * sigma), border_mode=cv2.BORDER_CONSTANT, fill=0, p=p)
+        self.sigma = sigma
+
+    def get_params_dependent_on_data(self, params: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+        angle = min(max(self.py_random.gauss(0.0, self.sigma), -2 * self.sigma), 2 * self.sigma)
+        bounds, self.limit = self.limit, (angle, angle)
+        try:
+            return super().get_params_dependent_on_data(params, data)
+        finally:
+            self.limit = bounds
 
 
 def build_albumentations(*, flip_prob: float = 0.5, rotation_degrees: float = 10.0, rotation_prob: float = 0.5,
-                         blur_prob: float = 0.1, rgb_shift_prob: float = 0.2,
+                         rotation_distribution: str = "uniform", blur_prob: float = 0.1, rgb_shift_prob: float = 0.2,
                          brightness_contrast_prob: float = 0.3, seed: Optional[int] = None) -> A.Compose:
-    """The DePOTR training pipeline: HorizontalFlip, Rotate (+-rotation_degrees, black border),
+    """The DePOTR training pipeline: HorizontalFlip, Rotate (black border; "uniform" in
+    +-rotation_degrees, or "normal": :class:`NormalRotate` with sigma = rotation_degrees),
     GaussianBlur, RGBShift, RandomBrightnessContrast, each applied with its probability.
     Keypoints are kept even when they leave the image (``remove_invisible=False``) and the
     applied transforms are recorded (needed to swap left/right after a flip)."""
+    if rotation_distribution not in ROTATION_DISTRIBUTIONS:
+        raise ValueError(f"INPUT.AUG.ROTATION_DISTRIBUTION must be one of {ROTATION_DISTRIBUTIONS}, "
+                         f"got {rotation_distribution!r}")
+    if rotation_distribution == "normal":
+        rotate = NormalRotate(rotation_degrees, p=rotation_prob)
+    else:
+        rotate = A.Rotate(limit=(-rotation_degrees, rotation_degrees), border_mode=cv2.BORDER_CONSTANT, fill=0,
+                          p=rotation_prob)
     return A.Compose(
         [
             A.HorizontalFlip(p=flip_prob),
-            A.Rotate(limit=(-rotation_degrees, rotation_degrees), border_mode=cv2.BORDER_CONSTANT, fill=0,
-                     p=rotation_prob),
+            rotate,
             A.GaussianBlur(p=blur_prob),
             A.RGBShift(p=rgb_shift_prob),
             A.RandomBrightnessContrast(p=brightness_contrast_prob),
@@ -51,7 +82,8 @@ def build_albumentations_from_cfg(cfg, is_train: bool) -> Optional[A.Compose]:
     if not is_train or not aug.ENABLED:
         return None
     return build_albumentations(flip_prob=aug.FLIP_PROB, rotation_degrees=aug.ROTATION_DEGREES,
-                                rotation_prob=aug.ROTATION_PROB, blur_prob=aug.BLUR_PROB,
+                                rotation_prob=aug.ROTATION_PROB, rotation_distribution=aug.ROTATION_DISTRIBUTION,
+                                blur_prob=aug.BLUR_PROB,
                                 rgb_shift_prob=aug.RGB_SHIFT_PROB,
                                 brightness_contrast_prob=aug.BRIGHTNESS_CONTRAST_PROB)
 

@@ -1,30 +1,32 @@
 """The one table of COCO person keypoint metadata.
 
-Keypoint names, left/right swap partners, skeleton edges, OKS sigmas and drawing colours live
-here and nowhere else (as Detectron2's ``builtin_meta.py`` and mmpose's ``coco.py`` do). Flip
-indices for the mapper, the flip test and the evaluator are derived from this table.
+Keypoint names, left/right swap partners, OKS sigmas, drawing colours, body halves and skeleton
+edges live here and nowhere else (as Detectron2's ``builtin_meta.py`` and mmpose's ``coco.py``
+do). Flip indices for the mapper, the flip test and the evaluator, and the upper-body mask of the
+half-body augmentation are derived from this table.
 """
 from typing import Dict, List, Sequence, Tuple
 
-# (name, swap partner, OKS sigma, RGB colour). Sigmas are the COCO standard (Ronchi & Perona).
-COCO_PERSON_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int]], ...] = (
-    ("nose", "nose", 0.026, (102, 204, 255)),
-    ("left_eye", "right_eye", 0.025, (51, 153, 255)),
-    ("right_eye", "left_eye", 0.025, (102, 0, 204)),
-    ("left_ear", "right_ear", 0.035, (51, 102, 255)),
-    ("right_ear", "left_ear", 0.035, (153, 102, 255)),
-    ("left_shoulder", "right_shoulder", 0.079, (255, 128, 0)),
-    ("right_shoulder", "left_shoulder", 0.079, (153, 255, 204)),
-    ("left_elbow", "right_elbow", 0.072, (128, 229, 255)),
-    ("right_elbow", "left_elbow", 0.072, (153, 255, 153)),
-    ("left_wrist", "right_wrist", 0.062, (102, 255, 224)),
-    ("right_wrist", "left_wrist", 0.062, (255, 102, 0)),
-    ("left_hip", "right_hip", 0.107, (255, 255, 77)),
-    ("right_hip", "left_hip", 0.107, (153, 255, 204)),
-    ("left_knee", "right_knee", 0.087, (191, 255, 128)),
-    ("right_knee", "left_knee", 0.087, (255, 195, 77)),
-    ("left_ankle", "right_ankle", 0.089, (0, 255, 255)),
-    ("right_ankle", "left_ankle", 0.089, (255, 0, 255)),
+# (name, swap partner, OKS sigma, RGB colour, body half). Sigmas are the COCO standard (Ronchi &
+# Perona); the halves are those of HRNet's / mmpose's half-body augmentation (head and arms upper).
+COCO_PERSON_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
+    ("nose", "nose", 0.026, (102, 204, 255), "upper"),
+    ("left_eye", "right_eye", 0.025, (51, 153, 255), "upper"),
+    ("right_eye", "left_eye", 0.025, (102, 0, 204), "upper"),
+    ("left_ear", "right_ear", 0.035, (51, 102, 255), "upper"),
+    ("right_ear", "left_ear", 0.035, (153, 102, 255), "upper"),
+    ("left_shoulder", "right_shoulder", 0.079, (255, 128, 0), "upper"),
+    ("right_shoulder", "left_shoulder", 0.079, (153, 255, 204), "upper"),
+    ("left_elbow", "right_elbow", 0.072, (128, 229, 255), "upper"),
+    ("right_elbow", "left_elbow", 0.072, (153, 255, 153), "upper"),
+    ("left_wrist", "right_wrist", 0.062, (102, 255, 224), "upper"),
+    ("right_wrist", "left_wrist", 0.062, (255, 102, 0), "upper"),
+    ("left_hip", "right_hip", 0.107, (255, 255, 77), "lower"),
+    ("right_hip", "left_hip", 0.107, (153, 255, 204), "lower"),
+    ("left_knee", "right_knee", 0.087, (191, 255, 128), "lower"),
+    ("right_knee", "left_knee", 0.087, (255, 195, 77), "lower"),
+    ("left_ankle", "right_ankle", 0.089, (0, 255, 255), "lower"),
+    ("right_ankle", "left_ankle", 0.089, (255, 0, 255), "lower"),
 )
 
 # Skeleton edges by name with their drawing colour (Detectron2's KEYPOINT_CONNECTION_RULES).
@@ -71,6 +73,18 @@ def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> L
     if unknown:
         raise ValueError(f"keypoint_flip_map names keypoints {unknown} that are not in keypoint_names")
     return [index[partner.get(name, name)] for name in names]
+
+
+def upper_body_mask(names: Sequence[str], table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE) -> List[bool]:
+    """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
+    (the table's body half). Raises a ValueError naming the keypoints the table lacks."""
+    half = {row[0]: row[4] for row in table}
+    unknown = [name for name in names if name not in half]
+    if unknown:
+        raise ValueError(
+            f"keypoints {unknown} have no body half in the keypoint table (depotr/data/keypoint_metadata.py)"
+        )
+    return [half[name] == "upper" for name in names]
 
 
 def coco_person_metadata() -> Dict[str, object]:

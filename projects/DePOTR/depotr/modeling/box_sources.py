@@ -1,9 +1,10 @@
 """Where the person boxes of the top-down pipeline come from.
 
-Shape letters: N persons of one image.
+Shape letters: N persons of one image, K keypoints.
 
-* ``gt``: the annotated boxes (training, or evaluation with ground-truth boxes), with
-  :func:`jitter_boxes` while training.
+* ``gt``: the annotated boxes (training, or evaluation with ground-truth boxes); while training
+  :class:`HalfBodyBoxes` may replace some by half-body boxes and :func:`jitter_boxes` rescales
+  and shifts them.
 * ``precomputed``: ``batched_input["proposals"]`` (e.g. SimpleBaseline's
   ``COCO_val2017_detections_AP_H_56_person.json`` loaded by the data pipeline), filtered by
   :func:`select_boxes`.
@@ -14,7 +15,7 @@ Every source returns per image ``(boxes (N, 4) XYXY image pixels, scores (N,))``
 ``TopDownPoseEstimator._inference_boxes``.
 """
 import logging
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.transforms import ResizeShortestEdge
 
+from .crops import expand_boxes_to_aspect
+
 __all__ = [
+    "JITTER_DISTRIBUTIONS",
+    "HalfBodyBoxes",
     "jitter_boxes",
     "gt_boxes",
     "precomputed_boxes",
@@ -40,27 +45,38 @@ logger = logging.getLogger(__name__)
 MODEL_ZOO_PREFIX = "model_zoo:"
 
 
-def jitter_boxes(boxes: Tensor, scale: float, shift: float) -> Tensor:
+# MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION values.
+JITTER_DISTRIBUTIONS = ("uniform", "normal")
+
+
+def jitter_boxes(boxes: Tensor, scale: float, shift: float, distribution: str = "uniform") -> Tensor:
     """Randomly rescales and shifts each box independently (training augmentation).
 
-    Width and height are multiplied by one factor drawn from U[1 - scale, 1 + scale]; the
-    centre moves by U[-shift, shift] x width in x and U[-shift, shift] x height in y (sizes of
-    the input box). Uses the torch RNG of ``boxes.device``, so ``torch.manual_seed`` makes it
-    reproducible.
+    Width and height are multiplied by one factor 1 + r_0 scale; the centre moves by
+    r_1 shift x width in x and r_2 shift x height in y (sizes of the input box). The r_i are drawn
+    from U[-1, 1] ("uniform") or from N(0, 1) clipped to [-1, 1] ("normal": SimpleBaseline /
+    HRNet's ``clip(randn() * sf + 1, 1 - sf, 1 + sf)`` scale factor; about 32 % land on a bound).
+    Uses the torch RNG of ``boxes.device``, so ``torch.manual_seed`` makes it reproducible.
 
     Args:
         boxes: (N, 4) XYXY boxes.
         scale: relative scale range, in [0, 1).
         shift: centre shift range as a fraction of the box size, >= 0.
+        distribution: one of :data:`JITTER_DISTRIBUTIONS`.
 
     Returns:
         (N, 4) jittered XYXY boxes.
     """
     if not 0.0 <= scale < 1.0 or shift < 0.0:
         raise ValueError(f"box jitter needs 0 <= scale < 1 and shift >= 0, got scale={scale}, shift={shift}")
+    if distribution not in JITTER_DISTRIBUTIONS:
+        raise ValueError(f"box jitter distribution must be one of {JITTER_DISTRIBUTIONS}, got {distribution!r}")
     if boxes.numel() == 0 or (scale == 0.0 and shift == 0.0):
         return boxes
-    r = torch.rand((len(boxes), 3), dtype=boxes.dtype, device=boxes.device) * 2.0 - 1.0
+    if distribution == "uniform":
+        r = torch.rand((len(boxes), 3), dtype=boxes.dtype, device=boxes.device) * 2.0 - 1.0
+    else:
+        r = torch.randn((len(boxes), 3), dtype=boxes.dtype, device=boxes.device).clamp(-1.0, 1.0)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     cx = (boxes[:, 0] + boxes[:, 2]) * 0.5 + r[:, 1] * shift * w
@@ -69,6 +85,93 @@ def jitter_boxes(boxes: Tensor, scale: float, shift: float) -> Tensor:
     half_w = w * factor * 0.5
     half_h = h * factor * 0.5
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+
+
+class HalfBodyBoxes:
+    """Half-body augmentation of training person boxes (SimpleBaseline / HRNet's
+    ``half_body_transform``): crops of only the upper or the lower body, so that the model learns
+    truncated persons. N persons, K keypoints.
+
+    Per person with at least ``min_keypoints`` labelled (v > 0) keypoints, with probability
+    ``prob``: a body half qualifies when at least ``min_part_keypoints`` of its keypoints are
+    labelled; of two qualifying halves one is drawn with probability 1/2 each (HRNet's code draws
+    ``np.random.randn() < 0.5``, 69 % upper, evidently meant as a fair coin). The new box is the
+    box of that half's labelled keypoints grown to the crop aspect W:H about its centre and scaled
+    by ``padding`` (:func:`~depotr.modeling.crops.expand_boxes_to_aspect`); HRNet centres it on
+    the keypoints' mean instead, which can leave keypoints outside. Persons without a qualifying
+    half, or whose chosen keypoints all coincide (a box of size 0), keep their box.
+    """
+
+    def __init__(
+        self,
+        upper_body: Sequence[bool],
+        crop_size: Sequence[int],
+        prob: float,
+        min_keypoints: int = 9,
+        min_part_keypoints: int = 3,
+        padding: float = 1.2,
+    ):
+        """
+        Args:
+            upper_body: (K,) whether each keypoint is in the upper half
+                (``keypoint_metadata.upper_body_mask``); the others form the lower half.
+            crop_size: (H, W) of the crops, whose aspect the half-body box takes.
+            prob: probability per eligible person, in [0, 1] (``INPUT.AUG.HALF_BODY_PROB``).
+            min_keypoints: labelled keypoints a person needs (``HALF_BODY_MIN_KEYPOINTS``).
+            min_part_keypoints: labelled keypoints a half needs, >= 2
+                (``HALF_BODY_MIN_PART_KEYPOINTS``).
+            padding: factor >= 1 on the aspect-grown keypoint box (``HALF_BODY_PADDING``).
+        """
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"INPUT.AUG.HALF_BODY_PROB must be in [0, 1], got {prob}")
+        if min_part_keypoints < 2:
+            raise ValueError(
+                f"INPUT.AUG.HALF_BODY_MIN_PART_KEYPOINTS must be >= 2 (a box needs 2 points), got {min_part_keypoints}"
+            )
+        if padding < 1.0:
+            raise ValueError(f"INPUT.AUG.HALF_BODY_PADDING must be >= 1, got {padding}")
+        if all(upper_body) or not any(upper_body):
+            raise ValueError(
+                f"half-body augmentation needs upper- and lower-body keypoints, got upper_body={list(upper_body)}"
+            )
+        self.upper_body = [bool(u) for u in upper_body]
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.prob = float(prob)
+        self.min_keypoints = int(min_keypoints)
+        self.min_part_keypoints = int(min_part_keypoints)
+        self.padding = float(padding)
+
+    def __call__(self, boxes: Tensor, keypoints: Tensor) -> Tensor:
+        """
+        Args:
+            boxes: (N, 4) XYXY person boxes in image pixels.
+            keypoints: (N, K, 3) (x, y, v) in image pixels, v > 0 labelled.
+        Returns:
+            (N, 4) boxes: half-body boxes where drawn, else the input boxes. Uses the torch RNG
+            of ``boxes.device`` (two draws per person).
+        """
+        if keypoints.shape[1] != len(self.upper_body):
+            raise ValueError(f"half-body augmentation for {len(self.upper_body)} keypoints got {keypoints.shape[1]}")
+        r = torch.rand((len(boxes), 2), dtype=boxes.dtype, device=boxes.device)
+        labelled = keypoints[..., 2] > 0
+        upper = torch.tensor(self.upper_body, device=keypoints.device)
+        in_upper, in_lower = labelled & upper, labelled & ~upper
+        upper_ok = in_upper.sum(1) >= self.min_part_keypoints
+        lower_ok = in_lower.sum(1) >= self.min_part_keypoints
+        take_upper = upper_ok & (~lower_ok | (r[:, 1] < 0.5))
+        chosen = torch.where(take_upper[:, None], in_upper, in_lower)  # (N, K)
+        far = torch.finfo(keypoints.dtype).max
+        x, y = keypoints[..., 0], keypoints[..., 1]
+        x0, y0 = torch.where(chosen, x, far).amin(1), torch.where(chosen, y, far).amin(1)
+        x1, y1 = torch.where(chosen, x, -far).amax(1), torch.where(chosen, y, -far).amax(1)
+        use = (
+            (labelled.sum(1) >= self.min_keypoints)
+            & (r[:, 0] < self.prob)
+            & (upper_ok | lower_ok)
+            & ((x1 > x0) | (y1 > y0))
+        )
+        tight = torch.where(use[:, None], torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype), boxes)
+        return torch.where(use[:, None], expand_boxes_to_aspect(tight, self.crop_size, self.padding), boxes)
 
 
 def gt_boxes(batched_input: Dict[str, Any]) -> Tuple[Tensor, Tensor]:

@@ -6,11 +6,12 @@ crop pixels; ``flip_back(outputs, flip_indices)`` undoes a horizontal flip of th
 test); ``crop_size`` (H, W). Crop pixels are continuous: pixel i covers [i, i+1), centre i + 0.5;
 a horizontal flip maps u -> W - u.
 
-- :class:`RegressionBranch`: DePOTR (seed thesis; Deformable DETR, Zhu et al. 2021).
+- :class:`RegressionBranch`: DePOTR (seed thesis; Deformable DETR, Zhu et al. 2021), with a
+  smooth-L1, L1 or RLE (Li et al. 2021) coordinate loss.
 - :class:`HeatmapBranch`: DePOTR-HM, SimpleBaseline (Xiao et al. 2018) or TransPose-R
   (Yang et al. 2021), per ``MODEL.DEPOTR.HEAD``.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -22,6 +23,7 @@ from .heads import (
     DePOTRHeatmapHead,
     HeatmapCodec,
     RegressionHead,
+    RLELoss,
     SimpleBaselineHead,
     TransPoseHead,
     coordinate_loss,
@@ -43,8 +45,13 @@ def _check_crops(crops: torch.Tensor, crop_size: Tuple[int, int]) -> None:
 
 def average_outputs(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Elementwise mean of each output of two forward passes (e.g. a crop and its flipped-back
-    mirror). Regression score logits are averaged as logits."""
+    mirror). Regression score logits are averaged as logits; RLE's sigmas as scales, so that the
+    RLE confidence 1 - mean sigma is the mean of the two passes' confidences."""
     return {key: (a[key] + b[key]) / 2 for key in a}
+
+
+# MODEL.DEPOTR.REGRESSION.LOSS values.
+REGRESSION_LOSSES = ("smooth_l1", "l1", "rle")
 
 
 class RegressionBranch(nn.Module):
@@ -57,37 +64,58 @@ class RegressionBranch(nn.Module):
         body: DeformablePoseTransformer,
         head: RegressionHead,
         crop_size: Tuple[int, int],
+        loss: str = "smooth_l1",
         smooth_l1_beta: float = 0.01,
         loss_weight: float = 1.0,
         score_loss_weight: float = 0.1,
+        rle_loss: Optional[RLELoss] = None,
     ):
         """
         Args:
             body: crops -> decoder hidden states and reference points.
-            head: decoder outputs -> coordinates and confidence logits.
+            head: decoder outputs -> coordinates and confidences (logits, or sigmas for "rle").
             crop_size: (H, W) of the crops.
-            smooth_l1_beta: beta of the coordinate loss in crop-normalised units. (The thesis'
+            loss: coordinate loss, one of :data:`REGRESSION_LOSSES`: "smooth_l1", "l1" (both with
+                the BCE confidence loss) or "rle" (:class:`RLELoss`; needs a sigma head).
+            smooth_l1_beta: beta of the smooth-L1 loss in crop-normalised units. (The thesis'
                 beta = 1 on [0, 1] coordinates never left the quadratic zone: it was 0.5 MSE.)
             loss_weight, score_loss_weight: weights of the coordinate and confidence losses.
+            rle_loss: the RLE loss with its flow (trained with the branch) for loss "rle";
+                default a new :class:`RLELoss`.
         """
         super().__init__()
+        if loss not in REGRESSION_LOSSES:
+            raise ValueError(f"MODEL.DEPOTR.REGRESSION.LOSS must be one of {REGRESSION_LOSSES}, got {loss!r}")
+        if head.predict_sigma != (loss == "rle"):
+            raise ValueError(f"REGRESSION.LOSS {loss!r} needs a head with predict_sigma={loss == 'rle'}")
         self.body = body
         self.head = head
         self.crop_size = tuple(crop_size)
-        self.smooth_l1_beta = smooth_l1_beta
+        self.loss = loss
+        self.smooth_l1_beta = smooth_l1_beta if loss == "smooth_l1" else 0.0
         self.loss_weight = loss_weight
         self.score_loss_weight = score_loss_weight
+        self.rle_loss = (rle_loss if rle_loss is not None else RLELoss()) if loss == "rle" else None
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
         model = cfg.MODEL.DEPOTR
+        regression = model.REGRESSION
         return {
             "body": DeformablePoseTransformer(cfg),
-            "head": RegressionHead(model.HIDDEN_DIM, model.REGRESSION.MLP_LAYERS, model.DEC_LAYERS, model.ITER_REFINE),
+            "head": RegressionHead(
+                model.HIDDEN_DIM,
+                regression.MLP_LAYERS,
+                model.DEC_LAYERS,
+                model.ITER_REFINE,
+                all_layers=model.AUX_LOSS,
+                predict_sigma=regression.LOSS == "rle",
+            ),
             "crop_size": tuple(cfg.INPUT.CROP_SIZE),
-            "smooth_l1_beta": model.REGRESSION.SMOOTH_L1_BETA,
-            "loss_weight": model.REGRESSION.LOSS_WEIGHT,
-            "score_loss_weight": model.REGRESSION.SCORE_LOSS_WEIGHT,
+            "loss": regression.LOSS,
+            "smooth_l1_beta": regression.SMOOTH_L1_BETA,
+            "loss_weight": regression.LOSS_WEIGHT,
+            "score_loss_weight": regression.SCORE_LOSS_WEIGHT,
         }
 
     def forward(self, crops: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -96,52 +124,67 @@ class RegressionBranch(nn.Module):
             crops: (B, 3, H, W) normalised person crops.
         Returns:
             "coords": (B, K, 2) (x, y) = continuous crop pixels / (W, H), in [0, 1].
-            "score_logits": (B, K) logit that the keypoint is labelled and inside the crop.
-            With ITER_REFINE also "aux_coords" (n-1, B, K, 2) and "aux_score_logits" (n-1, B, K)
-            of decoder layers 0 .. n-2.
+            "score_logits": (B, K) logit that the keypoint is labelled and inside the crop; with
+                loss "rle" instead "sigmas": (B, K, 2) RLE scales in (0, 1), crop-normalised.
+            With AUX_LOSS or ITER_REFINE also "aux_coords" (n-1, B, K, 2) and
+            "aux_score_logits" (n-1, B, K) / "aux_sigmas" (n-1, B, K, 2) of decoder layers
+            0 .. n-2.
         """
         _check_crops(crops, self.crop_size)
         refine = self.head.predict_coords if self.head.iter_refine else None
         return self.head(self.body(crops, refine))
 
     def losses(self, outputs: Dict[str, torch.Tensor], gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """gt_keypoints: (B, K, 3) (x, y, v) in crop pixels. Returns "loss_keypoint_coords"
-        (smooth-L1) and "loss_keypoint_score" (BCE) of the last decoder layer; with ITER_REFINE
-        also "loss_keypoint_coords_{i}" / "loss_keypoint_score_{i}" of layers i < n-1 (auxiliary
-        losses, as Deformable DETR). Only the last layer is supervised otherwise, as the thesis."""
+        """gt_keypoints: (B, K, 3) (x, y, v) in crop pixels. Returns, for the last decoder layer,
+        "loss_keypoint_coords" (smooth-L1 or L1) and "loss_keypoint_score" (BCE), or
+        "loss_keypoint_rle" (RLE); with auxiliary outputs (AUX_LOSS, ITER_REFINE) the same
+        terms with suffix "_{i}" for layers i < n-1 (deep supervision, as (Deformable) DETR).
+        Without them only the last layer is supervised, as in the thesis."""
         height, width = self.crop_size
         weights = keypoint_target_weights(gt_keypoints, self.crop_size)
         target = gt_keypoints[..., :2] / gt_keypoints.new_tensor([width, height])
-        predictions = [("", outputs["coords"], outputs["score_logits"])]
+        key = self.head.confidence_key
+        predictions = [("", outputs["coords"], outputs[key])]
         if "aux_coords" in outputs:
             predictions += [
-                (f"_{i}", coords, logits)
-                for i, (coords, logits) in enumerate(zip(outputs["aux_coords"], outputs["aux_score_logits"]))
+                (f"_{i}", coords, confidence)
+                for i, (coords, confidence) in enumerate(zip(outputs["aux_coords"], outputs["aux_" + key]))
             ]
         losses = {}
-        for suffix, coords, logits in predictions:
+        for suffix, coords, confidence in predictions:
+            if self.rle_loss is not None:
+                losses["loss_keypoint_rle" + suffix] = self.loss_weight * self.rle_loss(
+                    coords, confidence, target, weights
+                )
+                continue
             losses["loss_keypoint_coords" + suffix] = self.loss_weight * coordinate_loss(
                 coords, target, weights, self.smooth_l1_beta
             )
-            losses["loss_keypoint_score" + suffix] = self.score_loss_weight * score_loss(logits, weights)
+            losses["loss_keypoint_score" + suffix] = self.score_loss_weight * score_loss(confidence, weights)
         return losses
 
     def decode(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Returns (B, K, 3): (x, y) in crop pixels and the confidence sigmoid(score logit)."""
+        """Returns (B, K, 3): (x, y) in crop pixels and the confidence: sigmoid(score logit), or
+        with RLE 1 - (sigma_x + sigma_y) / 2 (in (0, 1); see ``heads/rle_loss.py``)."""
         height, width = self.crop_size
         coords = outputs["coords"] * outputs["coords"].new_tensor([width, height])
-        return torch.cat((coords, outputs["score_logits"].sigmoid()[..., None]), dim=-1)
+        if "sigmas" in outputs:
+            scores = 1 - outputs["sigmas"].mean(-1)
+        else:
+            scores = outputs["score_logits"].sigmoid()
+        return torch.cat((coords, scores[..., None]), dim=-1)
 
     def flip_back(self, outputs: Dict[str, torch.Tensor], flip_indices: Sequence[int]) -> Dict[str, torch.Tensor]:
-        """outputs of mirrored crops -> outputs of the original crops: x -> 1 - x and keypoint k
-        takes the prediction of its mirror partner ``flip_indices[k]``."""
+        """outputs of mirrored crops -> outputs of the original crops: x -> 1 - x, and keypoint k
+        takes the prediction of its mirror partner ``flip_indices[k]`` (scales sigma are not
+        mirrored: a mirror keeps |x| errors)."""
         index = torch.as_tensor(list(flip_indices), dtype=torch.long, device=outputs["coords"].device)
         flipped = {}
         for key, value in outputs.items():
             if key.endswith("coords"):  # (..., K, 2)
-                flipped[key] = torch.stack((1 - value[..., 0], value[..., 1]), dim=-1).index_select(-2, index)
-            else:  # score logits (..., K)
-                flipped[key] = value.index_select(-1, index)
+                value = torch.stack((1 - value[..., 0], value[..., 1]), dim=-1)
+            keypoint_dim = -1 if key.endswith("score_logits") else -2  # logits (..., K); else (..., K, 2)
+            flipped[key] = value.index_select(keypoint_dim, index)
         return flipped
 
 

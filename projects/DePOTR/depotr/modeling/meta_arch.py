@@ -26,8 +26,17 @@ from ..data.keypoint_metadata import (
     COCO_PERSON_OKS_SIGMAS,
     flip_indices as make_flip_indices,
     flip_pairs,
+    upper_body_mask,
 )
-from .box_sources import PersonDetector, build_person_detector, gt_boxes, jitter_boxes, precomputed_boxes
+from .box_sources import (
+    JITTER_DISTRIBUTIONS,
+    HalfBodyBoxes,
+    PersonDetector,
+    build_person_detector,
+    gt_boxes,
+    jitter_boxes,
+    precomputed_boxes,
+)
 from .crops import check_boxes, crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
 from .flip_test import predict_crop_keypoints
 from .oks_nms import oks_nms
@@ -65,12 +74,13 @@ def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float
 class TopDownPoseEstimator(nn.Module):
     """Crops every person box of a batch with one RoIAlign call and runs a keypoint branch.
 
-    Training uses the ground-truth boxes (jittered) of persons with at least one labelled
-    keypoint and returns the branch's losses. Inference takes boxes from ``gt``,
-    ``precomputed`` (``batched_input["proposals"]``) or a ``detector``, clips them to the image
-    (as Detectron2's detectors do; a box that lies wholly outside is dropped with a warning
-    naming it), crops from the uint8 image (``crop_raw_images``: no float copy of the whole
-    image) and returns Detectron2 ``Instances`` with keypoints in original image pixels.
+    Training uses the ground-truth boxes of persons with at least one labelled keypoint (some
+    replaced by half-body boxes when ``half_body`` is set, then jittered) and returns the
+    branch's losses. Inference takes boxes from ``gt``, ``precomputed``
+    (``batched_input["proposals"]``) or a ``detector``, clips them to the image (as Detectron2's
+    detectors do; a box that lies wholly outside is dropped with a warning naming it), crops
+    from the uint8 image (``crop_raw_images``: no float copy of the whole image) and returns
+    Detectron2 ``Instances`` with keypoints in original image pixels.
     """
 
     @configurable
@@ -87,6 +97,8 @@ class TopDownPoseEstimator(nn.Module):
         crop_sampling_ratio: int = 0,
         box_jitter_scale: float = 0.0,
         box_jitter_shift: float = 0.0,
+        box_jitter_distribution: str = "uniform",
+        half_body: Optional[HalfBodyBoxes] = None,
         test_box_source: str = "precomputed",
         box_score_thresh: float = 0.0,
         box_topk: int = 100,
@@ -108,7 +120,9 @@ class TopDownPoseEstimator(nn.Module):
             crop_size: (H, W) of the crops; default (and must equal) ``keypoint_branch.crop_size``.
             crop_padding: factor applied to a box after growing it to the aspect W:H.
             crop_sampling_ratio: RoIAlign samples per bin side (0 = adaptive, see ``crop_images``).
-            box_jitter_scale, box_jitter_shift: training box jitter (see ``jitter_boxes``).
+            box_jitter_scale, box_jitter_shift, box_jitter_distribution: training box jitter
+                (see ``jitter_boxes``).
+            half_body: training half-body boxes, applied before the jitter; None: off.
             test_box_source: "gt", "precomputed" or "detector": person boxes at inference.
             box_score_thresh, box_topk: filter of precomputed boxes per image.
             detector: the frozen person detector, required for ``test_box_source="detector"``.
@@ -143,6 +157,15 @@ class TopDownPoseEstimator(nn.Module):
             )
         self.box_jitter_scale = float(box_jitter_scale)
         self.box_jitter_shift = float(box_jitter_shift)
+        if box_jitter_distribution not in JITTER_DISTRIBUTIONS:
+            raise ValueError(
+                f"MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION must be one of {JITTER_DISTRIBUTIONS}, "
+                f"got {box_jitter_distribution!r}"
+            )
+        self.box_jitter_distribution = box_jitter_distribution
+        if half_body is not None and tuple(half_body.crop_size) != self.crop_size:
+            raise ValueError(f"half_body crop_size {half_body.crop_size} differs from {self.crop_size}")
+        self.half_body = half_body
         if test_box_source not in INFERENCE_BOX_SOURCES:
             raise ValueError(f"unknown test box source {test_box_source!r}; expected one of {INFERENCE_BOX_SOURCES}")
         if test_box_source == "detector" and detector is None:
@@ -173,17 +196,31 @@ class TopDownPoseEstimator(nn.Module):
         test_box_source = cfg.MODEL.DEPOTR.BOX_SOURCE
         if test_box_source == "gt":
             test_box_source = cfg.MODEL.DEPOTR.TEST_BOX_SOURCE
+        names, flip_map = cls._keypoint_metadata(cfg)
+        aug = cfg.INPUT.AUG
+        half_body = None
+        if aug.ENABLED and aug.HALF_BODY_PROB > 0:
+            half_body = HalfBodyBoxes(
+                upper_body_mask(names),
+                cfg.INPUT.CROP_SIZE,
+                aug.HALF_BODY_PROB,
+                aug.HALF_BODY_MIN_KEYPOINTS,
+                aug.HALF_BODY_MIN_PART_KEYPOINTS,
+                aug.HALF_BODY_PADDING,
+            )
         return {
             "keypoint_branch": build_keypoint_branch(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "flip_indices": cls._flip_indices_from_metadata(cfg),
+            "flip_indices": make_flip_indices(names, flip_map),
             "input_format": cfg.INPUT.FORMAT,
             "crop_size": cfg.INPUT.CROP_SIZE,
             "crop_padding": cfg.INPUT.CROP_PADDING,
             "crop_sampling_ratio": cfg.INPUT.CROP_SAMPLING_RATIO,
             "box_jitter_scale": cfg.MODEL.DEPOTR.BOX_JITTER_SCALE,
             "box_jitter_shift": cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT,
+            "box_jitter_distribution": cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION,
+            "half_body": half_body,
             "test_box_source": test_box_source,
             "box_score_thresh": cfg.MODEL.DEPOTR.BOX_SCORE_THRESH,
             "box_topk": cfg.MODEL.DEPOTR.BOX_TOPK,
@@ -195,8 +232,9 @@ class TopDownPoseEstimator(nn.Module):
         }
 
     @staticmethod
-    def _flip_indices_from_metadata(cfg) -> List[int]:
-        """Flip indices of the first training dataset's keypoints, else of the COCO table."""
+    def _keypoint_metadata(cfg) -> Tuple[List[str], List[Tuple[str, str]]]:
+        """(keypoint_names, keypoint_flip_map) of the first training dataset, else of the COCO
+        table; their number must be ``MODEL.DEPOTR.NUM_KEYPOINTS``."""
         names, flip_map = None, None
         if len(cfg.DATASETS.TRAIN):
             metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
@@ -205,13 +243,12 @@ class TopDownPoseEstimator(nn.Module):
         if names is None or flip_map is None:
             logger.info("No keypoint_names/keypoint_flip_map metadata for DATASETS.TRAIN; using the COCO table")
             names, flip_map = COCO_PERSON_KEYPOINT_NAMES, flip_pairs()
-        indices = make_flip_indices(names, flip_map)
-        if len(indices) != cfg.MODEL.DEPOTR.NUM_KEYPOINTS:
+        if len(names) != cfg.MODEL.DEPOTR.NUM_KEYPOINTS:
             raise ValueError(
-                f"dataset metadata has {len(indices)} keypoints, "
+                f"dataset metadata has {len(names)} keypoints, "
                 f"MODEL.DEPOTR.NUM_KEYPOINTS is {cfg.MODEL.DEPOTR.NUM_KEYPOINTS}"
             )
-        return indices
+        return list(names), list(flip_map)
 
     @property
     def device(self) -> torch.device:
@@ -258,7 +295,9 @@ class TopDownPoseEstimator(nn.Module):
             keep = (kpts[..., 2] > 0).sum(dim=1) >= self.min_keypoints_per_person
             boxes, kpts = boxes[keep], kpts[keep]
             check_boxes(boxes, "gt", x.get("image_id"))
-            boxes = jitter_boxes(boxes, self.box_jitter_scale, self.box_jitter_shift)
+            if self.half_body is not None:
+                boxes = self.half_body(boxes, kpts)
+            boxes = jitter_boxes(boxes, self.box_jitter_scale, self.box_jitter_shift, self.box_jitter_distribution)
             crop_boxes.append(expand_boxes_to_aspect(boxes, self.crop_size, self.crop_padding))
             keypoints.append(kpts)
 

@@ -1,4 +1,5 @@
-"""DePOTR's regression head and losses: one (x, y) and one confidence per keypoint query.
+"""DePOTR's regression head and losses: one (x, y) and one confidence (a logit, or RLE's scale
+sigma) per keypoint query.
 
 Coordinates follow Deformable DETR's box refinement (Zhu et al. 2021): the MLP output is added to
 the inverse sigmoid of the query's reference point and squashed by a sigmoid, so predictions stay
@@ -17,27 +18,51 @@ from .mlp import MLP
 class RegressionHead(nn.Module):
     """B crops, K keypoints, n decoder layers, d width."""
 
-    def __init__(self, hidden_dim: int, mlp_layers: int, num_decoder_layers: int, iter_refine: bool):
+    def __init__(
+        self,
+        hidden_dim: int,
+        mlp_layers: int,
+        num_decoder_layers: int,
+        iter_refine: bool,
+        all_layers: bool = False,
+        predict_sigma: bool = False,
+    ):
         """
         Args:
             hidden_dim: d.
             mlp_layers: layers of the coordinate MLP.
             num_decoder_layers: n.
             iter_refine: one coordinate MLP per decoder layer, which also refines the decoder's
-                reference points (Deformable DETR ``with_box_refine``), and every layer is
-                predicted (for auxiliary losses). Otherwise one MLP on the last layer.
+                reference points (Deformable DETR ``with_box_refine``); implies ``all_layers``
+                (the MLPs of layers < n-1 learn only from their layers' losses). Otherwise one
+                MLP, shared by the layers it is applied to.
+            all_layers: predict from every decoder layer, not only the last (deep supervision,
+                DETR's auxiliary outputs).
+            predict_sigma: predict a scale sigma per keypoint and coordinate (RLE) instead of a
+                confidence logit.
         """
         super().__init__()
         self.iter_refine = iter_refine
+        self.all_layers = all_layers or iter_refine
+        self.predict_sigma = predict_sigma
         num_mlps = num_decoder_layers if iter_refine else 1
         self.coord_mlps = nn.ModuleList(MLP(hidden_dim, hidden_dim, 2, mlp_layers) for _ in range(num_mlps))
-        # Confidence that the keypoint is labelled and inside the crop. The thesis has none (its
-        # keypoint score was the box score); COCO rescoring needs one.
-        self.score = nn.Linear(hidden_dim, 1)
+        if predict_sigma:
+            # RLE's scale (Li et al. 2021: a linear layer and a sigmoid), crop-normalised.
+            self.sigma = nn.Linear(hidden_dim, 2)
+        else:
+            # Confidence that the keypoint is labelled and inside the crop. The thesis has none
+            # (its keypoint score was the box score); COCO rescoring needs one.
+            self.score = nn.Linear(hidden_dim, 1)
         for mlp in self.coord_mlps:
             # Start at the reference point (DETR / Deformable DETR).
             nn.init.zeros_(mlp.layers[-1].weight)
             nn.init.zeros_(mlp.layers[-1].bias)
+
+    @property
+    def confidence_key(self) -> str:
+        """The output holding each keypoint's confidence: "sigmas" or "score_logits"."""
+        return "sigmas" if self.predict_sigma else "score_logits"
 
     def predict_coords(self, layer: int, hidden: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """hidden: (B, K, d) output of decoder layer ``layer``; reference: (B, K, 2) its reference
@@ -53,30 +78,37 @@ class RegressionHead(nn.Module):
         Returns:
             "coords": (B, K, 2) (x, y) of the last layer, normalised to [0, 1] by the crop
                 width / height (continuous crop pixels / (W, H)).
-            "score_logits": (B, K) confidence logits of the last layer.
-            With ``iter_refine`` also "aux_coords" (n-1, B, K, 2) and "aux_score_logits"
-            (n-1, B, K) of the earlier layers.
+            "score_logits": (B, K) confidence logits of the last layer; or, with
+                ``predict_sigma``, "sigmas": (B, K, 2) scales (sigma_x, sigma_y) in (0, 1),
+                crop-normalised.
+            With ``all_layers`` also "aux_coords" (n-1, B, K, 2) and "aux_score_logits"
+            (n-1, B, K) or "aux_sigmas" (n-1, B, K, 2) of layers 0 .. n-2.
         """
         hidden, references = features["hidden_states"], features["references"]
-        layers = list(range(len(hidden))) if self.iter_refine else [len(hidden) - 1]
+        layers = list(range(len(hidden))) if self.all_layers else [len(hidden) - 1]
         coords = torch.stack([self.predict_coords(i, hidden[i], references[i]) for i in layers])
-        logits = self.score(hidden[layers]).squeeze(-1)
-        outputs = {"coords": coords[-1], "score_logits": logits[-1]}
-        if self.iter_refine:
+        if self.predict_sigma:
+            confidence = self.sigma(hidden[layers]).sigmoid()
+        else:
+            confidence = self.score(hidden[layers]).squeeze(-1)
+        key = self.confidence_key
+        outputs = {"coords": coords[-1], key: confidence[-1]}
+        if self.all_layers:
             outputs["aux_coords"] = coords[:-1]
-            outputs["aux_score_logits"] = logits[:-1]
+            outputs["aux_" + key] = confidence[:-1]
         return outputs
 
 
 def coordinate_loss(coords: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
-    """B crops, K keypoints. Smooth-L1 summed over x and y, weighted per keypoint and divided by
+    """B crops, K keypoints. Smooth-L1 (L1 when ``beta`` is 0) summed over x and y, weighted per keypoint and divided by
     the number of supervised keypoints clamped to >= 1 (a zero loss that still backpropagates when
     there are none; weight-0 keypoints get an exactly zero gradient).
 
     Args:
         coords, target: (B, K, 2) crop-normalised (x, y).
         weights: (B, K) in {0, 1}.
-        beta: smooth-L1 beta in crop-normalised units (0.01 ~ 2 px of a 192-px-wide crop).
+        beta: smooth-L1 beta in crop-normalised units (0.01 ~ 2 px of a 192-px-wide crop); 0 is
+            the L1 loss (``F.smooth_l1_loss`` with beta 0 is ``F.l1_loss``).
     """
     per_keypoint = F.smooth_l1_loss(coords, target, reduction="none", beta=beta).sum(-1)
     return (per_keypoint * weights).sum() / weights.sum().clamp(min=1)
