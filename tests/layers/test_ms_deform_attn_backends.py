@@ -273,3 +273,11 @@ def test_ms_deform_attn_dispatches_to_chosen_backend(forced, expected, monkeypat
     inputs = make_inputs(N=1, Lq=2, M=1, D=2, shapes=[(2, 2)], P=1, dtype=torch.float32)
     ms_deform_attn(*inputs)
     assert msda_backend("cpu") == expected and calls == [expected]
+
+
+def test_no_backend_serving_raises_naming_each(fake_table):
+    install, _ = fake_table
+    for name in ("compiled", "triton", "reference"):
+        install(name, unavailable=lambda device_type, dtype, name=name: f"no {name} here")
+    with pytest.raises(RuntimeError, match="no backend serves cpu, torch.float32: backend 'compiled' is unavailable: no compiled here; .*'reference' is unavailable: no reference here"):
+        msda_backend("cpu")

@@ -248,7 +248,8 @@ def _missing_triton_kernel(device_type: str, dtype: torch.dtype) -> Optional[str
         return error
     if device_type == "cpu" and kernels.INTERPRETED:
         if dtype not in _TRITON_INTERPRETER_DTYPES:
-            return f"Triton's interpreter supports {[str(t) for t in _TRITON_INTERPRETER_DTYPES]}, not {dtype}"
+            supported = [str(t) for t in _TRITON_INTERPRETER_DTYPES]
+            return f"Triton's interpreter supports {supported}, not {dtype}"
         return None
     if device_type != "cuda":
         return (
@@ -346,34 +347,35 @@ def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.fl
 
 
 def _choose(forced: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The first backend of the forced one / the fallback order that serves (device, dtype) and,
+    where self-checked, passes its self-check; see :func:`msda_backend`."""
     self_check = device.type in _SELF_CHECKED_DEVICE_TYPES
     candidates = (forced,) if forced else _FALLBACK_ORDER.get(device.type, _DEFAULT_ORDER)
     skipped = []
     for name in candidates:
         backend = BACKENDS[name]
-        problem = backend.unavailable(device.type, dtype)
-        if problem is None and self_check and name != "reference":
-            problem = _self_check(backend, device, dtype)
-            if problem is not None:
-                problem = f"failed its self-check: {problem}"
-        if problem is None:
+        unavailable = backend.unavailable(device.type, dtype)
+        failed = None
+        if unavailable is None and self_check and name != "reference":
+            failed = _self_check(backend, device, dtype)
+        if unavailable is None and failed is None:
             if skipped:
                 logger.warning(
                     "ms_deform_attn on %s, %s: %s; using the %r backend",
                     _device_description(device),
                     dtype,
-                    "; ".join(f"backend {n!r} {why}" for n, why in skipped),
+                    "; ".join(skipped),
                     name,
                 )
             return name
+        problem = unavailable or f"failed its self-check: {failed}"
         if forced:
             raise RuntimeError(
                 f"{BACKEND_ENV_VAR}={forced}, but on {_device_description(device)}, {dtype}: {problem}"
             )
-        skipped.append((name, problem if problem.startswith("failed") else f"is unavailable: {problem}"))
+        skipped.append(f"backend {name!r} " + (f"is unavailable: {problem}" if unavailable else problem))
     raise RuntimeError(
-        f"ms_deform_attn: no backend serves {_device_description(device)}, {dtype}: "
-        + "; ".join(f"{n!r} {why}" for n, why in skipped)
+        f"ms_deform_attn: no backend serves {_device_description(device)}, {dtype}: {'; '.join(skipped)}"
     )
 
 
