@@ -46,7 +46,46 @@ def test_without_gpu_says_so_exits_2_and_writes_nothing(tmp_path):
     with open(NOTES, "rb") as f:
         assert f.read() == notes
     assert snapshot("benchmarks", "tools", "projects") == before  # no build, no temporary file
-    assert not os.listdir(tmp_path)  # no results folder either
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("gpu_check.")]  # no results
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: a GPU named "Fake GPU", pytest failing, every other step succeeding.
+if [[ $1 == -c ]]; then echo "Fake GPU"; exit 0; fi
+if [[ $1 == tools/gpu_check_notes.py ]]; then exec {python} "$@"; fi
+echo "FORCE_CUDA=${{FORCE_CUDA:-}} $*" >> {log}
+if [[ $1 == -m && $2 == pytest ]]; then echo "1 failed"; exit 1; fi
+exit 0
+"""
+
+
+def test_with_a_gpu_runs_every_step_and_writes_the_notes(tmp_path):
+    # The script's flow past the GPU probe, every command replaced by FAKE_PYTHON.
+    log, notes, tmp = tmp_path / "commands.log", tmp_path / "notes.md", tmp_path / "tmp"
+    tmp.mkdir()
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable, log=log))
+    fake.chmod(0o755)
+    notes.write_text("# Notes\n")
+    env = dict(os.environ, PYTHON=str(fake), TMPDIR=str(tmp), GPU_CHECK_NOTES=str(notes))
+    completed = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1, completed.stderr  # the tests step failed
+    assert "SOME STEPS FAILED" in completed.stderr
+    commands = log.read_text().splitlines()
+    assert [c.split()[1] for c in commands] == [
+        "setup.py", "-m", "tools/check_msda_cuda.py", "train_net.py",
+        "benchmarks/bench_msda.py", "benchmarks/bench_msda.py", "benchmarks/bench_msda.py",
+    ]
+    assert commands[0].startswith("FORCE_CUDA=1 setup.py -q build_ext --inplace")
+    assert "configs/depotr_hm_r50.yaml" in commands[3] and "SOLVER.AMP.ENABLED True" in commands[3]
+    assert "SOLVER.MAX_ITER 20" in commands[3] and "MODEL.DEVICE cuda" in commands[3]
+    assert "--dtype float32" in commands[4] and "--backends" not in commands[4]  # all, original included
+    assert "--dtype bfloat16 --backends reference compiled triton" in commands[5]
+    text = notes.read_text()
+    assert "## GPU check, " in text and ": Fake GPU" in text
+    assert "| build | passed |" in text and "| tests | failed (exit 1) |" in text
+    assert "| bench_float16 | passed |" in text
+    assert not [name for name in os.listdir(tmp) if name.startswith("gpu_check.")]  # results removed
 
 
 def test_script_names_files_that_exist():
