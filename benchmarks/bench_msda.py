@@ -1,7 +1,16 @@
 #!/usr/bin/env python
 # Benchmark of multi-scale deformable attention (Deformable DETR, Zhu et al., ICLR 2021):
-# depotr's compiled operator vs the F.grid_sample reference at DePOTR's training shapes.
-"""Times ``ms_deform_attn`` (compiled kernel vs pure-PyTorch reference) and prints a markdown table.
+# depotr's compiled and Triton operators, the F.grid_sample reference and the original Deformable
+# DETR kernel at DePOTR's training shapes.
+"""Times the backends of ``ms_deform_attn`` and prints a markdown table.
+
+Backends: ``reference`` (F.grid_sample), ``compiled`` (depotr._C: C++ on CPU, CUDA), ``triton``
+(CUDA), and ``deformable_detr``, the original Deformable DETR CUDA kernel (float32 / float64),
+JIT-built from ``--baseline-dir`` (default: ../shared/baselines/deformable_detr_ops, or shared/
+inside the checkout) into a temporary folder by benchmarks/deformable_detr_baseline.py, never
+installed; skipped when absent.
+Each backend runs where it serves the device and dtype; speedups are against the reference and,
+where it ran, against the original kernel.
 
 Shapes: crops 256x192 and 384x288, L=4 levels at strides 8/16/32/64 (ceil division, as stride-2
 convs give), M=8 heads, D=32 channels per head, P=4 points; encoder queries (Lq = S) and decoder
@@ -19,6 +28,7 @@ set (VmHWM, reset through /proc/self/clear_refs once the inputs are built) minus
 just before the step; this counts every page the step touches, allocator caching included.
 
     python benchmarks/bench_msda.py                     # CPU (+ CUDA if present), N = 1, 32
+    python benchmarks/bench_msda.py --batch 32 128 --backends compiled triton deformable_detr reference
     python benchmarks/bench_msda.py --batch 128 --crop 256x192
     python benchmarks/bench_msda.py --write-readme benchmarks/README.md
 """
@@ -28,6 +38,7 @@ import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -35,13 +46,25 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from depotr.layers import ms_deform_attn_reference, msda_backend
-from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib  # benchmarks/ is sys.path[0]
+from deformable_detr_baseline import (  # benchmarks/ is sys.path[0]
+    BASELINE_DTYPES,
+    DEFAULT_BASELINE_DIR,
+    load_deformable_detr,
+)
+from depotr.layers.ms_deform_attn_op import BACKENDS as OP_BACKENDS
+from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib
 
 STRIDES = (8, 16, 32, 64)
 HEADS, CHANNELS, POINTS = 8, 32, 4
 DECODER_QUERIES = 17
-BACKENDS = ("reference", "compiled")
+# The columns of the table (tools/gpu_check_notes.py reads them by name).
+TABLE_HEADER = (
+    "| device | crop | N | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd GB/s | peak MiB "
+    "| vs reference fwd | vs reference bwd | vs reference fwd+bwd | vs original fwd+bwd |\n"
+    "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+BASELINE = "deformable_detr"
+BACKENDS = ("reference", "compiled", "triton", BASELINE)
 
 
 @dataclass(frozen=True)
@@ -106,10 +129,26 @@ def minimum_bytes(case: Case, dtype: torch.dtype) -> int:
     return (forward + backward) * torch.tensor([], dtype=dtype).element_size()
 
 
-def backend_fn(backend: str) -> Callable[..., Tensor]:
-    if backend == "compiled":
-        return torch.ops.depotr.ms_deform_attn_forward
-    return ms_deform_attn_reference
+def backend_functions(
+    device: str, dtype: torch.dtype, names: tuple[str, ...], baseline: Optional[Callable[..., Tensor]]
+) -> dict[str, Callable[..., Tensor]]:
+    """The forward functions of the backends in ``names`` that serve ``device`` and ``dtype``
+    (reference first); prints why each other one is skipped."""
+    functions = {}
+    for name in sorted(names, key=lambda n: n != "reference"):
+        if name == BASELINE:
+            why = None if baseline is not None else "not built (CUDA only; --baseline-dir)"
+            if why is None and (device != "cuda" or dtype not in BASELINE_DTYPES):
+                why = "its kernels are CUDA float32/float64 only"
+            forward = baseline
+        else:
+            why = OP_BACKENDS[name].unavailable(device, dtype)
+            forward = OP_BACKENDS[name].forward
+        if why is None:
+            functions[name] = forward
+        else:
+            print(f"skipping {name} on {device} {dtype}: {why}", file=sys.stderr)
+    return functions
 
 
 def synchronize(device: str) -> None:
@@ -135,16 +174,21 @@ def timed_step(
 
 
 def time_case(
-    case: Case, dtype: torch.dtype, repeats: int, max_seconds: float
+    case: Case,
+    dtype: torch.dtype,
+    functions: dict[str, Callable[..., Tensor]],
+    repeats: int,
+    max_seconds: float,
 ) -> dict[str, dict[str, float]]:
-    """Median forward, backward and forward+backward times in ms per backend. The backends
-    alternate step by step, so that a change in machine load affects both alike."""
+    """Median forward, backward and forward+backward times in ms per backend of ``functions``
+    (name -> forward). The backends alternate step by step, so that a change in machine load
+    affects them alike."""
     inputs = make_inputs(case, dtype)
-    times = {backend: {"fwd": [], "bwd": [], "fwd+bwd": []} for backend in BACKENDS}
+    times = {backend: {"fwd": [], "bwd": [], "fwd+bwd": []} for backend in functions}
     start = time.perf_counter()
     for step in range(repeats + 1):
-        for backend in BACKENDS:
-            fwd, bwd = timed_step(backend_fn(backend), inputs, case.device)
+        for backend, fn in functions.items():
+            fwd, bwd = timed_step(fn, inputs, case.device)
             if step > 0:  # step 0 is the warm-up
                 for key, value in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd + bwd)):
                     times[backend][key].append(value)
@@ -156,18 +200,20 @@ def time_case(
     }
 
 
-def _forward_backward(backend: str, inputs: tuple[Tensor, ...]) -> Callable[[], None]:
+def _forward_backward(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...]) -> Callable[[], None]:
     def run_once() -> None:
-        out = backend_fn(backend)(*inputs)
+        out = fn(*inputs)
         out.backward(torch.ones_like(out))
 
     return run_once
 
 
-def peak_memory_mib(case: Case, backend: str, dtype: torch.dtype) -> Optional[float]:
+def peak_memory_mib(
+    case: Case, backend: str, fn: Callable[..., Tensor], dtype: torch.dtype
+) -> Optional[float]:
     """Extra memory of one forward+backward (see the module docstring); None if unmeasurable."""
     if case.device == "cuda":
-        return cuda_peak_mib(_forward_backward(backend, make_inputs(case, dtype)))
+        return cuda_peak_mib(_forward_backward(fn, make_inputs(case, dtype)))
     payload = json.dumps(
         {
             "case": [case.device, list(case.crop), case.batch, case.queries],
@@ -184,44 +230,42 @@ def memory_probe(payload: str) -> None:
     device, crop, batch, queries = spec["case"]
     case = Case(device, tuple(crop), batch, queries)
     inputs = make_inputs(case, getattr(torch, spec["dtype"]))
-    report_resident_peak(_forward_backward(spec["backend"], inputs))
+    report_resident_peak(_forward_backward(OP_BACKENDS[spec["backend"]].forward, inputs))
 
 
 def fmt(value: Optional[float], digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def run(args: argparse.Namespace) -> str:
+def speedup(baseline: Optional[dict[str, float]], result: dict[str, float], key: str) -> str:
+    return "" if baseline is None else f"{baseline[key] / result[key]:.2f}x"
+
+
+def run(args: argparse.Namespace, baseline: Optional[Callable[..., Tensor]]) -> str:
     dtype = getattr(torch, args.dtype)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
-    header = (
-        "| device | crop | N | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd GB/s | peak MiB "
-        "| speedup fwd | speedup bwd | speedup fwd+bwd |\n"
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    rows = [header]
-    print(header, flush=True)
+    devices = [] if args.cuda_only else ["cpu"]
+    devices += ["cuda"] if torch.cuda.is_available() and not args.cpu_only else []
+    rows = [TABLE_HEADER]
+    print(TABLE_HEADER, flush=True)
     for device in devices:
-        if msda_backend(device, dtype) != "compiled":
-            print(f"skipping {device}: no compiled kernel for {dtype} there", file=sys.stderr)
+        functions = backend_functions(device, dtype, tuple(args.backends), baseline)
+        if set(functions) <= {"reference"}:
+            print(f"skipping {device}: only the reference serves {dtype} there", file=sys.stderr)
             continue
         for crop in args.crop:
             for batch in args.batch:
                 for queries in args.queries:
                     case = Case(device, crop, batch, queries)
-                    results = time_case(case, dtype, args.repeats, args.max_seconds)
-                    for backend in BACKENDS:
+                    results = time_case(case, dtype, functions, args.repeats, args.max_seconds)
+                    for backend, fn in functions.items():
                         results[backend]["peak"] = (
-                            None if args.no_memory else peak_memory_mib(case, backend, dtype)
+                            None if args.no_memory else peak_memory_mib(case, backend, fn, dtype)
                         )
-                    for backend in BACKENDS:
-                        r = results[backend]
-                        speedups = ["", "", ""]
-                        if backend == "compiled":
-                            speedups = [
-                                f"{results['reference'][k] / r[k]:.1f}x"
-                                for k in ("fwd", "bwd", "fwd+bwd")
-                            ]
+                    for backend, r in results.items():
+                        reference = results.get("reference") if backend != "reference" else None
+                        original = results.get(BASELINE) if backend != BASELINE else None
+                        speedups = [speedup(reference, r, k) for k in ("fwd", "bwd", "fwd+bwd")]
+                        speedups.append(speedup(original, r, "fwd+bwd"))
                         gb_per_s = minimum_bytes(case, dtype) / (r["fwd+bwd"] * 1e-3) / 1e9
                         row = (
                             f"| {device} | {crop[0]}x{crop[1]} | {batch} | {queries} ({case.num_queries}) | {backend} "
@@ -231,6 +275,21 @@ def run(args: argparse.Namespace) -> str:
                         rows.append(row)
                         print(row, flush=True)
     return "\n".join(rows)
+
+
+def build_baseline(args: argparse.Namespace, build_dir: str) -> Optional[Callable[..., Tensor]]:
+    """The original Deformable DETR op when asked for and buildable here, else None (said why)."""
+    if BASELINE not in args.backends or args.cpu_only or not torch.cuda.is_available():
+        return None
+    try:
+        print(
+            f"JIT-building the original Deformable DETR op from {args.baseline_dir} into {build_dir}",
+            file=sys.stderr,
+        )
+        return load_deformable_detr(args.baseline_dir, build_dir)
+    except (FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"skipping {BASELINE}: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
 
 
 def readme_section(table: str, args: argparse.Namespace) -> str:
@@ -245,7 +304,8 @@ def readme_section(table: str, args: argparse.Namespace) -> str:
         f"`python benchmarks/bench_msda.py {' '.join(sys.argv[1:])}`: torch {torch.__version__}, {args.dtype}, "
         f"{torch.get_num_threads()} CPU threads ({cpu}){gpu}. M={HEADS}, D={CHANNELS}, P={POINTS}, L=4 levels at "
         f"strides {'/'.join(map(str, STRIDES))}. Median times after a warm-up step. GB/s: the minimum bytes "
-        "(each input read once, each output written once; see `minimum_bytes`) over the fwd+bwd time. Peak memory: extra memory of one "
+        "(each input read once, each output written once; see `minimum_bytes`) over the fwd+bwd time. Speedups: the "
+        "reference's (the original Deformable DETR kernel's) time over the backend's. Peak memory: extra memory of one "
         "forward+backward (CUDA: max_memory_allocated; CPU: peak RSS of a fresh process, reset once the inputs "
         "are built, minus its RSS then).\n\n" + table + "\n"
     )
@@ -278,7 +338,19 @@ def main() -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=10.0, help="stop repeating after this (min. 3 steps)"
     )
-    parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if available")
+    devices = parser.add_mutually_exclusive_group()
+    devices.add_argument("--cpu-only", action="store_true", help="skip CUDA even if available")
+    devices.add_argument("--cuda-only", action="store_true", help="skip the CPU")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="backends to time, where they serve",
+    )
+    parser.add_argument(
+        "--baseline-dir", default=DEFAULT_BASELINE_DIR, help="folder with the original op's models/ops"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument(
         "--write-readme", metavar="PATH", help="append the table as a section to this markdown file"
@@ -288,7 +360,8 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
-    table = run(args)
+    with tempfile.TemporaryDirectory(prefix="deformable_detr_build_") as build_dir:
+        table = run(args, build_baseline(args, build_dir))
     if args.write_readme:
         with open(args.write_readme, "a") as f:
             f.write(readme_section(table, args))

@@ -1,21 +1,24 @@
 #!/usr/bin/env python
 # Checks the CUDA kernel of multi-scale deformable attention (Deformable DETR, Zhu et al.,
 # ICLR 2021) on a GPU machine that has PyTorch only (no Detectron2, no pytest).
-"""Parity, gradcheck and timing of depotr's CUDA ``ms_deform_attn`` kernel.
+"""Parity, gradcheck, backend choice and timing of depotr's CUDA ``ms_deform_attn`` kernels:
+the compiled CUDA kernel and the Triton kernels.
 
 Run from the repository root on a machine with a CUDA GPU and PyTorch::
 
     python tools/check_msda_cuda.py            # uses depotr._C if built with CUDA, else JIT-builds it
     python tools/check_msda_cuda.py --jit      # always JIT-builds the kernels from depotr/layers/csrc
 
-1. Parity: forward and the three gradients of the CUDA kernel in float32 / float16 / bfloat16
-   against the float64 reference on the same (rounded) inputs, N in {0, 1, 67}, encoder and
-   decoder queries at a 256x192 crop; max abs error / max |reference| below 1e-5 (float32) or
-   1e-2 (float16, bfloat16).
-2. ``torch.autograd.gradcheck`` in float64 on a small case.
-3. Timing at the training shapes (benchmarks/bench_msda.py, N=32): compiled vs reference,
+1. Parity, per backend: forward and the three gradients in float32 / float16 / bfloat16 against
+   the float64 reference on the same (rounded) inputs, N in {0, 1, 67}, encoder and decoder
+   queries at a 256x192 crop; max abs error / max |reference| below 1e-5 (float32) or 1e-2
+   (float16, bfloat16).
+2. ``torch.autograd.gradcheck`` in float64 on a small case, per backend.
+3. The automatic choice: the compiled kernel passes its self-check in every dtype.
+4. Timing at the training shapes (benchmarks/bench_msda.py, N=32): each backend vs reference,
    medians of up to 20 steps with torch.cuda.synchronize around each forward and backward.
 
+A backend that is unavailable (no CUDA build of depotr._C, no Triton) counts as a failure.
 Prints markdown tables. Exit code 0 if every check passes, 1 if one fails, 2 without a CUDA device.
 """
 import argparse
@@ -90,47 +93,49 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
-def check_parity(layers, bench, dtypes: list[torch.dtype], batches: list[int]) -> bool:
+def check_parity(layers, bench, backends: list[str], dtypes: list[torch.dtype], batches: list[int]) -> bool:
     print(
-        "\n| dtype | N | queries | output | grad value | grad locations | grad weights | tolerance | ok |"
+        "\n| backend | dtype | N | queries | output | grad value | grad locations | grad weights "
+        "| tolerance | ok |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     all_ok = True
-    for dtype in dtypes:
-        for batch in batches:
-            for queries in ("encoder", "decoder"):
-                case = bench.Case("cuda", (256, 192), batch, queries)
-                inputs = bench.make_inputs(case, dtype)
-                ref_inputs = tuple(
-                    t.detach().double().requires_grad_() if t.is_floating_point() else t
-                    for t in inputs
-                )
-                out = torch.ops.depotr.ms_deform_attn_forward(*inputs)
-                ref_out = layers.ms_deform_attn_reference(*ref_inputs)
-                grad_output = torch.randn_like(
-                    out
-                )  # rounded to dtype; the reference gets the same values
-                grads = torch.autograd.grad(out, (inputs[0], inputs[3], inputs[4]), grad_output)
-                ref_grads = torch.autograd.grad(
-                    ref_out, (ref_inputs[0], ref_inputs[3], ref_inputs[4]), grad_output.double()
-                )
-                errors = [relative_error(out, ref_out)] + [
-                    relative_error(g, r) for g, r in zip(grads, ref_grads)
-                ]
-                ok = all(e <= TOLERANCES[dtype] for e in errors) and all(
-                    g.dtype == dtype for g in grads
-                )
-                all_ok &= ok
-                cells = " | ".join(f"{e:.1e}" for e in errors)
-                print(
-                    f"| {str(dtype)[6:]} | {batch} | {queries} | {cells} | {TOLERANCES[dtype]:.0e} | "
-                    f"{'yes' if ok else 'FAIL'} |",
-                    flush=True,
-                )
+    for backend in backends:
+        forward = layers.ms_deform_attn_op.BACKENDS[backend].forward
+        for dtype in dtypes:
+            for batch in batches:
+                for queries in ("encoder", "decoder"):
+                    case = bench.Case("cuda", (256, 192), batch, queries)
+                    inputs = bench.make_inputs(case, dtype)
+                    ref_inputs = tuple(
+                        t.detach().double().requires_grad_() if t.is_floating_point() else t
+                        for t in inputs
+                    )
+                    out = forward(*inputs)
+                    ref_out = layers.ms_deform_attn_reference(*ref_inputs)
+                    # rounded to dtype; the reference gets the same values
+                    grad_output = torch.randn_like(out)
+                    grads = torch.autograd.grad(out, (inputs[0], inputs[3], inputs[4]), grad_output)
+                    ref_grads = torch.autograd.grad(
+                        ref_out, (ref_inputs[0], ref_inputs[3], ref_inputs[4]), grad_output.double()
+                    )
+                    errors = [relative_error(out, ref_out)] + [
+                        relative_error(g, r) for g, r in zip(grads, ref_grads)
+                    ]
+                    ok = all(e <= TOLERANCES[dtype] for e in errors) and all(
+                        g.dtype == dtype for g in grads
+                    )
+                    all_ok &= ok
+                    cells = " | ".join(f"{e:.1e}" for e in errors)
+                    print(
+                        f"| {backend} | {str(dtype)[6:]} | {batch} | {queries} | {cells} | "
+                        f"{TOLERANCES[dtype]:.0e} | {'yes' if ok else 'FAIL'} |",
+                        flush=True,
+                    )
     return all_ok
 
 
-def check_gradcheck(layers) -> bool:
+def check_gradcheck(layers, backend: str) -> bool:
     generator = torch.Generator().manual_seed(0)
     spatial_shapes = torch.tensor([[3, 4], [2, 2]], device="cuda")
     starts = torch.tensor([0, 12], device="cuda")
@@ -139,35 +144,45 @@ def check_gradcheck(layers) -> bool:
     locations = torch.rand(N, Lq, M, L, P, 2, generator=generator, dtype=torch.float64) * 1.4 - 0.2
     weights = torch.rand(N, Lq, M, L, P, generator=generator, dtype=torch.float64)
     value, locations, weights = (t.cuda().requires_grad_() for t in (value, locations, weights))
-    os.environ[layers.BACKEND_ENV_VAR] = "compiled"
-    try:
-        ok = torch.autograd.gradcheck(
-            layers.ms_deform_attn,
-            (value, spatial_shapes, starts, locations, weights),
-            eps=1e-6,
-            atol=1e-5,
-            rtol=1e-4,
-            raise_exception=False,
-        )
-    finally:
-        del os.environ[layers.BACKEND_ENV_VAR]
+    ok = torch.autograd.gradcheck(
+        layers.ms_deform_attn_op.BACKENDS[backend].forward,
+        (value, spatial_shapes, starts, locations, weights),
+        eps=1e-6,
+        atol=1e-5,
+        rtol=1e-4,
+        raise_exception=False,
+    )
     print(
-        f"\ngradcheck (float64, value / sampling_locations / attention_weights): {'ok' if ok else 'FAIL'}"
+        f"\ngradcheck {backend} (float64, value / sampling_locations / attention_weights): "
+        f"{'ok' if ok else 'FAIL'}"
     )
     return ok
 
 
-def report_timing(bench, batch: int, dtypes: list[torch.dtype]) -> None:
+def check_choice(layers, dtypes: list[torch.dtype]) -> bool:
+    """The automatic choice on this GPU: the compiled kernel passes its self-check in every dtype
+    (else ms_deform_attn would fall back, with a warning)."""
+    ok = True
+    print()
+    for dtype in dtypes:
+        chosen = layers.msda_backend("cuda", dtype)
+        ok &= chosen == "compiled"
+        print(f"automatic backend on cuda, {dtype}: {chosen}{'' if chosen == 'compiled' else ' (FAIL)'}")
+    return ok
+
+
+def report_timing(bench, batch: int, dtypes: list[torch.dtype], backends: list[str]) -> None:
     print("\n| dtype | queries (Lq) | backend | fwd ms | bwd ms | fwd+bwd ms | speedup fwd+bwd |")
     print("|---|---|---|---:|---:|---:|---:|")
     for dtype in dtypes:
+        functions = bench.backend_functions("cuda", dtype, ("reference", *backends), None)
         for queries in ("encoder", "decoder"):
             case = bench.Case("cuda", (256, 192), batch, queries)
-            times = bench.time_case(case, dtype, repeats=20, max_seconds=10.0)
+            times = bench.time_case(case, dtype, functions, repeats=20, max_seconds=10.0)
             for backend, t in times.items():
                 speedup = (
                     f"{times['reference']['fwd+bwd'] / t['fwd+bwd']:.1f}x"
-                    if backend == "compiled"
+                    if backend != "reference"
                     else ""
                 )
                 print(
@@ -199,16 +214,24 @@ def main() -> int:
         return 2
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
     layers = import_layers(args.jit)
-    if layers.msda_backend("cuda") != "compiled":
-        print("check_msda_cuda: the CUDA kernel did not register.", file=sys.stderr)
-        return 1
+    ok = True
+    backends = []
+    for backend in ("compiled", "triton"):
+        why = layers.ms_deform_attn_op.BACKENDS[backend].unavailable("cuda", torch.float32)
+        if why is None:
+            backends.append(backend)
+        else:  # both must be there on a GPU machine
+            print(f"check_msda_cuda: the {backend} backend is unavailable: {why}", file=sys.stderr)
+            ok = False
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     bench = importlib.import_module("bench_msda")
     dtypes = list(TOLERANCES)
-    ok = check_parity(layers, bench, dtypes, args.batch)
-    ok &= check_gradcheck(layers)
+    ok &= check_parity(layers, bench, backends, dtypes, args.batch)
+    for backend in backends:
+        ok &= check_gradcheck(layers, backend)
+    ok &= check_choice(layers, dtypes)
     if args.timing_batch:
-        report_timing(bench, args.timing_batch, dtypes)
+        report_timing(bench, args.timing_batch, dtypes, backends)
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -20,6 +20,12 @@ from depotr.layers import (
 
 msda_op = importlib.import_module("depotr.layers.ms_deform_attn_op")
 
+
+@pytest.fixture(autouse=True)
+def fresh_backend_choices(monkeypatch):
+    """Each test chooses MSDA backends afresh (tests change the environment they depend on)."""
+    monkeypatch.setattr(msda_op, "_CHOICES", {})
+
 requires_compiled_cpu = pytest.mark.skipif(
     msda_backend("cpu") != "compiled",
     reason="depotr._C was not built (python setup.py build_ext --inplace)",
@@ -142,8 +148,13 @@ PARITY_CASES = [
 )
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_compiled_matches_reference(case, dtype, rel):
+    assert_matches_reference(compiled_op, case, dtype, rel)
+
+
+def assert_matches_reference(fn, case: dict, dtype: torch.dtype, rel: float) -> None:
+    """fn's output and three gradients on make_inputs(**case) within rel of the reference's."""
     inputs = make_inputs(**case, dtype=dtype)
-    out, grads = forward_and_grads(compiled_op, inputs)
+    out, grads = forward_and_grads(fn, inputs)
     ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs)
     assert out.shape == (case["N"], case["Lq"], case["M"] * case["D"])
     assert_rel_close(out, ref_out, rel)
@@ -163,10 +174,10 @@ def test_empty_batch_or_queries_forward_and_backward(N, Lq):
     assert inputs[0].grad.shape == inputs[0].shape and inputs[3].grad.shape == inputs[3].shape
 
 
-@requires_compiled_cpu
-def test_borders_and_outside_match_reference():
-    # 4x4 map: x * 4 - 0.5 is exact in binary, so both implementations see the same pixel
-    # coordinates, including the edges -1 (x = -0.125) and W (x = 1.125) of the sampled region.
+def assert_borders_and_outside_match_reference(fn) -> None:
+    """fn against the reference at locations on and around the borders of a 4x4 map: x * 4 - 0.5
+    is exact in binary, so both see the same pixel coordinates, including the edges -1
+    (x = -0.125) and W (x = 1.125) of the sampled region."""
     coords = [-0.3, -0.125, 0.0, 0.25, 0.5, 1.0, 1.125, 1.7]
     xy = torch.tensor([(x, y) for x in coords for y in coords], dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
@@ -177,7 +188,7 @@ def test_borders_and_outside_match_reference():
         1, len(xy), 1, 1, 1, generator=generator, dtype=torch.float64, requires_grad=True
     )
     inputs = (value, spatial_shapes, level_start_index(spatial_shapes), locations, weights)
-    out, grads = forward_and_grads(compiled_op, inputs)
+    out, grads = forward_and_grads(fn, inputs)
     ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs)
     assert_rel_close(out, ref_out, 1e-12)
     for grad, ref_grad in zip(grads, ref_grads):
@@ -188,6 +199,90 @@ def test_borders_and_outside_match_reference():
     assert grads[1][0, outside].abs().max() == 0 and grads[2][0, outside].abs().max() == 0
     inside = (xy >= 0).all(-1) & (xy <= 1).all(-1)
     assert out[0, inside].abs().min() > 0
+
+
+@requires_compiled_cpu
+def test_borders_and_outside_match_reference():
+    assert_borders_and_outside_match_reference(compiled_op)
+
+
+# Spoiled samples of the non-finite test, one per query q (batch 0, head 0, level q % 2,
+# point 0): (location x, location y, weight); None keeps the random value.
+NAN, INF = float("nan"), float("inf")
+NON_FINITE_SAMPLES = [
+    (NAN, None, None),  # one NaN coordinate
+    (None, INF, None),
+    (-INF, -INF, None),
+    (NAN, 0.5, 0.0),  # NaN location with a zero weight: still NaN (0 * NaN)
+    (None, None, NAN),  # weights: inside the map
+    (None, None, INF),
+    (None, None, -INF),
+    (0.375, 0.5, INF),  # inf weight on a point whose corner weights include 0
+    (1.5, 0.5, NAN),  # outside the map: attn * 0 is NaN
+    (-0.5, 0.5, INF),
+    (1e30, 0.5, None),  # finite, far outside: samples 0, stays finite
+]
+
+
+def non_finite_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """make_inputs with NON_FINITE_SAMPLES written in (N=2, one clean query and head each)."""
+    inputs = make_inputs(
+        N=2, Lq=len(NON_FINITE_SAMPLES) + 1, M=2, D=3, shapes=[(3, 4), (2, 2)], P=2, dtype=dtype
+    )
+    value, spatial_shapes, starts, locations, weights = (t.detach() for t in inputs)
+    for q, (x, y, weight) in enumerate(NON_FINITE_SAMPLES):
+        for index, spoiled in ((0, x), (1, y)):
+            if spoiled is not None:
+                locations[0, q, 0, q % 2, 0, index] = spoiled
+        if weight is not None:
+            weights[0, q, 0, q % 2, 0] = weight
+    return tuple(
+        t.requires_grad_() if t.is_floating_point() else t
+        for t in (value, spatial_shapes, starts, locations, weights)
+    )
+
+
+def assert_same_non_finite(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str) -> None:
+    """NaN, +inf and -inf at the same entries; finite entries within rel of max |finite|."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+    for what, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        mismatch = (test(actual) != test(expected)).nonzero().tolist()
+        assert not mismatch, f"{name}: {what} differs at {mismatch[:5]}"
+    finite = torch.isfinite(expected)
+    assert_rel_close(actual[finite], expected[finite], rel)
+
+
+def assert_non_finite_rule(fn, dtype: torch.dtype, device: str = "cpu", rel: float = 1e-5) -> None:
+    """fn on ``device`` follows the reference (on CPU) on NON_FINITE_SAMPLES: the output and
+    grad value / grad weights have NaN and +-inf exactly where the reference's do; a location
+    gradient is non-finite exactly where one of the reference's two is (grid_sample leaves the
+    finite coordinate of a half-NaN location at 0, the kernels give NaN to both)."""
+    inputs = non_finite_inputs(dtype)
+    grad_output = torch.randn(
+        inputs[3].shape[0], inputs[3].shape[1], 2 * 3, generator=torch.Generator().manual_seed(1)
+    ).to(dtype)
+    on_device = tuple(
+        t.detach().to(device).requires_grad_(t.is_floating_point()) for t in inputs
+    )
+    out, grads = forward_and_grads(fn, on_device, grad_output.to(device))
+    out, grads = out.cpu(), [g.cpu() for g in grads]
+    ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs, grad_output)
+    # The test's premise: every spoiled query but the last (1e30) has a non-finite output.
+    assert (~torch.isfinite(ref_out[0, :-2, :3])).any(-1).all() and torch.isfinite(ref_out[0, -2:]).all()
+    assert_same_non_finite(out, ref_out, rel, "output")
+    assert_same_non_finite(grads[0], ref_grads[0], rel, "grad value")
+    assert_same_non_finite(grads[2], ref_grads[2], rel, "grad attention_weights")
+    non_finite = ~torch.isfinite(grads[1]).all(-1)
+    ref_non_finite = ~torch.isfinite(ref_grads[1]).all(-1)
+    assert torch.equal(non_finite, ref_non_finite), (non_finite ^ ref_non_finite).nonzero().tolist()
+    finite = ~ref_non_finite
+    assert_rel_close(grads[1][finite], ref_grads[1][finite], rel)
+
+
+@requires_compiled_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_compiled_propagates_non_finite_like_reference(dtype):
+    assert_non_finite_rule(compiled_op, dtype)
 
 
 @requires_compiled_cpu
@@ -341,57 +436,6 @@ def test_bad_inputs_raise_before_any_kernel(name, spoil, error, match):
     args[name] = spoil(args[name])
     with pytest.raises(error, match=match):
         ms_deform_attn(**args)
-
-
-def test_backend_default_and_forced(monkeypatch):
-    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
-    assert (
-        msda_backend("cpu", torch.float16) == "reference"
-    )  # the C++ kernel is float32/float64 only
-    assert msda_backend("meta") == "reference"
-    monkeypatch.setenv(BACKEND_ENV_VAR, "reference")
-    assert msda_backend("cpu") == "reference"
-    monkeypatch.setenv(BACKEND_ENV_VAR, "compiled")
-    with pytest.raises(RuntimeError, match=f"{BACKEND_ENV_VAR}=compiled, but .*'meta'"):
-        msda_backend("meta")
-    with pytest.raises(RuntimeError, match=f"{BACKEND_ENV_VAR}=compiled, but .*not torch.float16"):
-        msda_backend("cpu", torch.float16)
-    monkeypatch.setenv(BACKEND_ENV_VAR, "fast")
-    with pytest.raises(ValueError, match=BACKEND_ENV_VAR):
-        msda_backend("cpu")
-
-
-def test_backend_without_compiled_ops(monkeypatch):
-    monkeypatch.setattr(msda_op, "_COMPILED_OPS_ERROR", "depotr._C could not be imported (test)")
-    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
-    assert msda_backend("cpu") == "reference"
-    monkeypatch.setenv(BACKEND_ENV_VAR, "compiled")
-    with pytest.raises(RuntimeError, match=r"could not be imported \(test\)"):
-        msda_backend("cpu")
-
-
-@requires_compiled_cpu
-@pytest.mark.parametrize(
-    "forced,expected",
-    [(None, "compiled"), ("reference", "reference"), ("compiled", "compiled")],
-    ids=["default", "reference", "compiled"],
-)
-def test_ms_deform_attn_dispatches_to_chosen_backend(forced, expected, monkeypatch):
-    if forced is None:
-        monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
-    else:
-        monkeypatch.setenv(BACKEND_ENV_VAR, forced)
-    reference_calls = []
-
-    def spy(*args):
-        reference_calls.append(args)
-        return ms_deform_attn_reference(*args)
-
-    monkeypatch.setattr(msda_op, "ms_deform_attn_reference", spy)
-    inputs = make_inputs(N=1, Lq=2, M=1, D=2, shapes=[(2, 2)], P=1, dtype=torch.float32)
-    ms_deform_attn(*inputs)
-    assert msda_backend("cpu") == expected
-    assert len(reference_calls) == (expected == "reference")
 
 
 def _msda_module_inputs(reference_dim: int):

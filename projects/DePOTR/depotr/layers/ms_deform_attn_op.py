@@ -7,36 +7,69 @@
 Letters: N batch, S value tokens (all levels), M heads, D channels per head, L levels,
 P sampling points per level and head, Lq queries.
 
-Two backends compute the same function:
+Three backends compute the same function (``BACKENDS``, in order of preference):
 
 * ``"compiled"``: the ``depotr::ms_deform_attn_forward`` / ``ms_deform_attn_backward`` operators
   of ``depotr._C`` (C++ on CPU for float32/float64; CUDA for float16/bfloat16/float32/float64
-  when the extension was built with CUDA). They work with autograd, ``torch.compile`` and
-  ``torch.export``.
+  when the extension was built with CUDA).
+* ``"triton"``: the ``depotr::ms_deform_attn_triton_forward`` / ``_backward`` operators, Triton
+  kernels (:mod:`~depotr.layers.ms_deform_attn_triton`) on CUDA for float16/bfloat16/float32/
+  float64; on CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, as the tests run them).
 * ``"reference"``: :func:`~depotr.layers.ms_deform_attn_reference.ms_deform_attn_reference`,
   ``F.grid_sample`` per level; any device and dtype that ``grid_sample`` supports.
 
-Each call uses the compiled operator when it serves the device and dtype, else the reference.
-The environment variable ``DEPOTR_MSDA_BACKEND=reference|compiled`` forces one per call.
+The operators work with autograd, ``torch.compile`` and ``torch.export``. All three give the same
+non-finite results: a NaN or +-inf sampling location or attention weight makes the output NaN
+(or +-inf) exactly where the reference's does (rule in csrc/ms_deform_attn/ms_deform_attn_bilinear.h).
+
+The backend is chosen once per (device, dtype), on first use:
+
+* CUDA: the first of compiled, triton, reference that serves the dtype and passes a self-check
+  (forward and the three gradients on a small random problem against the float64 reference).
+  A backend skipped on the way, because it is unavailable ("no kernel image" included), raised or
+  disagreed, is named with the device, dtype and error in one warning of the choice.
+* Other devices: compiled where it serves the dtype, else the reference (no self-check: CI runs
+  the C++ kernel's tests on CPU).
+* ``DEPOTR_MSDA_BACKEND=compiled|triton|reference`` forces one: where it cannot serve the device
+  and dtype, or fails its self-check on CUDA, ``ms_deform_attn`` raises RuntimeError instead of
+  falling back.
 """
+import importlib
+import logging
 import os
-from typing import Optional, Union
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from .ms_deform_attn_reference import ms_deform_attn_reference
 
-__all__ = ["BACKEND_ENV_VAR", "check_ms_deform_attn_inputs", "ms_deform_attn", "msda_backend"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV_VAR",
+    "MSDABackend",
+    "check_ms_deform_attn_inputs",
+    "ms_deform_attn",
+    "msda_backend",
+]
+
+logger = logging.getLogger(__name__)
 
 BACKEND_ENV_VAR = "DEPOTR_MSDA_BACKEND"
 _FORWARD_OP = "depotr::ms_deform_attn_forward"
 _BACKWARD_OP = "depotr::ms_deform_attn_backward"
+_TRITON_FORWARD_OP = "depotr::ms_deform_attn_triton_forward"
+_TRITON_BACKWARD_OP = "depotr::ms_deform_attn_triton_backward"
 # Device type -> (dispatch key, dtypes the compiled kernel handles there).
 _COMPILED_KERNELS = {
     "cpu": ("CPU", (torch.float32, torch.float64)),
     "cuda": ("CUDA", (torch.float16, torch.bfloat16, torch.float32, torch.float64)),
 }
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Triton's interpreter (numpy) has no bfloat16.
+_TRITON_INTERPRETER_DTYPES = (torch.float16, torch.float32, torch.float64)
 # Arguments of ms_deform_attn and their dimensions.
 _ARG_DIMS = {
     "value": ("N", "S", "M", "D"),
@@ -63,6 +96,28 @@ def _load_compiled_ops() -> Optional[str]:
 
 
 _COMPILED_OPS_ERROR = _load_compiled_ops()
+# (kernel module, None) once ms_deform_attn_triton imported, (None, why) if it cannot be.
+_TRITON_KERNELS: Optional[tuple[Optional[ModuleType], Optional[str]]] = None
+
+
+def _triton_kernels() -> tuple[Optional[ModuleType], Optional[str]]:
+    """Imports :mod:`~depotr.layers.ms_deform_attn_triton` (and Triton) on first use; returns
+    (module, None), or (None, why it cannot be imported)."""
+    global _TRITON_KERNELS
+    if _TRITON_KERNELS is None:
+        try:
+            _TRITON_KERNELS = (importlib.import_module(".ms_deform_attn_triton", __package__), None)
+        except Exception as e:  # ImportError, or a broken Triton install failing at import
+            _TRITON_KERNELS = (None, f"Triton could not be imported ({type(e).__name__}: {e})")
+    return _TRITON_KERNELS
+
+
+def _loaded_triton_kernels() -> ModuleType:
+    """The Triton kernel module; RuntimeError saying why if it cannot be imported."""
+    kernels, error = _triton_kernels()
+    if error is not None:
+        raise RuntimeError(error)
+    return kernels
 
 
 def _check_shapes(
@@ -170,29 +225,6 @@ def check_ms_deform_attn_inputs(
         )
 
 
-def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.float32) -> str:
-    """Returns the backend, ``"compiled"`` or ``"reference"``, that :func:`ms_deform_attn` uses
-    for tensors of ``dtype`` on ``device``.
-
-    ``DEPOTR_MSDA_BACKEND=reference|compiled`` forces one; forcing ``compiled`` where no compiled
-    kernel serves the device and dtype raises RuntimeError.
-    """
-    device_type = torch.device(device).type
-    forced = os.environ.get(BACKEND_ENV_VAR, "").strip().lower()
-    if forced not in ("", "reference", "compiled"):
-        raise ValueError(
-            f"{BACKEND_ENV_VAR} must be 'reference' or 'compiled' (or unset), got {forced!r}"
-        )
-    if forced == "reference":
-        return "reference"
-    missing = _missing_compiled_kernel(device_type, dtype)
-    if missing is None:
-        return "compiled"
-    if forced == "compiled":
-        raise RuntimeError(f"{BACKEND_ENV_VAR}=compiled, but {missing}")
-    return "reference"
-
-
 def _missing_compiled_kernel(device_type: str, dtype: torch.dtype) -> Optional[str]:
     """Returns why no compiled kernel serves (device_type, dtype), or None if one does."""
     if _COMPILED_OPS_ERROR is not None:
@@ -209,11 +241,224 @@ def _missing_compiled_kernel(device_type: str, dtype: torch.dtype) -> Optional[s
     return None
 
 
+def _missing_triton_kernel(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    """Returns why the Triton kernels cannot serve (device_type, dtype), or None if they can."""
+    kernels, error = _triton_kernels()
+    if error is not None:
+        return error
+    if device_type == "cpu" and kernels.INTERPRETED:
+        if dtype not in _TRITON_INTERPRETER_DTYPES:
+            supported = [str(t) for t in _TRITON_INTERPRETER_DTYPES]
+            return f"Triton's interpreter supports {supported}, not {dtype}"
+        return None
+    if device_type != "cuda":
+        return (
+            f"the Triton kernels run on CUDA devices, not {device_type!r} (on CPU only under "
+            "TRITON_INTERPRET=1, set before depotr.layers.ms_deform_attn_triton is imported)"
+        )
+    if dtype not in _TRITON_DTYPES:
+        return f"the Triton kernels support {[str(t) for t in _TRITON_DTYPES]}, not {dtype}"
+    return None
+
+
+def _compiled_forward(*inputs: Tensor) -> Tensor:
+    return torch.ops.depotr.ms_deform_attn_forward(*inputs)
+
+
+def _triton_forward(*inputs: Tensor) -> Tensor:
+    return torch.ops.depotr.ms_deform_attn_triton_forward(*inputs)
+
+
+@dataclass(frozen=True)
+class MSDABackend:
+    """One implementation of :func:`ms_deform_attn`.
+
+    ``forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)``
+    returns the (N, Lq, M * D) output, differentiable w.r.t. the three float inputs, for inputs
+    that :func:`check_ms_deform_attn_inputs` accepted; ``unavailable(device_type, dtype)``
+    returns why the backend cannot serve that device type and dtype, or None.
+    """
+
+    forward: Callable[..., Tensor]
+    unavailable: Callable[[str, torch.dtype], Optional[str]]
+
+
+# The backends by name, in order of preference.
+BACKENDS: dict[str, MSDABackend] = {
+    "compiled": MSDABackend(_compiled_forward, _missing_compiled_kernel),
+    "triton": MSDABackend(_triton_forward, _missing_triton_kernel),
+    "reference": MSDABackend(ms_deform_attn_reference, lambda device_type, dtype: None),
+}
+# Backends tried in order, per device type, when DEPOTR_MSDA_BACKEND is unset; other device
+# types use _DEFAULT_ORDER. Triton runs on CPU only under its (slow) interpreter: forced only.
+_FALLBACK_ORDER = {"cuda": ("compiled", "triton", "reference")}
+_DEFAULT_ORDER = ("compiled", "reference")
+# Device types where a backend checks itself against the reference before its first use.
+_SELF_CHECKED_DEVICE_TYPES = ("cuda",)
+# max |backend - reference| / max |reference| a self-check accepts, output and each gradient.
+_SELF_CHECK_TOLERANCES = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-4,
+    torch.float16: 2e-2,
+    torch.bfloat16: 2e-2,
+}
+# (forced backend or "", device, dtype) -> chosen backend name.
+_CHOICES: dict[tuple[str, str, torch.dtype], str] = {}
+
+
+def _forced_backend() -> str:
+    """The backend named by DEPOTR_MSDA_BACKEND, or "" when it is unset."""
+    forced = os.environ.get(BACKEND_ENV_VAR, "").strip().lower()
+    if forced and forced not in BACKENDS:
+        raise ValueError(
+            f"{BACKEND_ENV_VAR} must be one of {sorted(BACKENDS)} (or unset), got {forced!r}"
+        )
+    return forced
+
+
+def _canonical_device(device: Union[torch.device, str]) -> torch.device:
+    """``cuda`` -> ``cuda:<current device>``: the choice is made per physical device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.float32) -> str:
+    """Returns the name of the backend (a key of ``BACKENDS``) that :func:`ms_deform_attn` uses
+    for tensors of ``dtype`` on ``device``, choosing it on the first call for that device and
+    dtype (see the module docstring: self-checks and fallback on CUDA, one warning).
+
+    Raises ValueError for an unknown ``DEPOTR_MSDA_BACKEND`` and RuntimeError when the forced
+    backend cannot serve the device and dtype or fails its self-check.
+    """
+    forced = _forced_backend()
+    device = _canonical_device(device)
+    key = (forced, str(device), dtype)
+    if key not in _CHOICES:
+        _CHOICES[key] = _choose(forced, device, dtype)
+    return _CHOICES[key]
+
+
+def _choose(forced: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The first backend of the forced one / the fallback order that serves (device, dtype) and,
+    where self-checked, passes its self-check; see :func:`msda_backend`."""
+    self_check = device.type in _SELF_CHECKED_DEVICE_TYPES
+    candidates = (forced,) if forced else _FALLBACK_ORDER.get(device.type, _DEFAULT_ORDER)
+    skipped = []
+    for name in candidates:
+        backend = BACKENDS[name]
+        unavailable = backend.unavailable(device.type, dtype)
+        failed = None
+        if unavailable is None and self_check and name != "reference":
+            failed = _self_check(backend, device, dtype)
+        if unavailable is None and failed is None:
+            if skipped:
+                logger.warning(
+                    "ms_deform_attn on %s, %s: %s; using the %r backend",
+                    _device_description(device),
+                    dtype,
+                    "; ".join(skipped),
+                    name,
+                )
+            return name
+        problem = unavailable or f"failed its self-check: {failed}"
+        if forced:
+            raise RuntimeError(
+                f"{BACKEND_ENV_VAR}={forced}, but on {_device_description(device)}, {dtype}: {problem}"
+            )
+        skipped.append(f"backend {name!r} " + (f"is unavailable: {problem}" if unavailable else problem))
+    raise RuntimeError(
+        f"ms_deform_attn: no backend serves {_device_description(device)}, {dtype}: {'; '.join(skipped)}"
+    )
+
+
+def _self_check_problem(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+    grad_output) of a small random problem at the training layout (L = 4 levels, P = 4 points,
+    D = 32 channels), locations in [-0.1, 1.1] so that borders and the zero padding are used.
+    Drawn from its own generator: the global random state is left alone."""
+    generator = torch.Generator().manual_seed(0)
+    N, Lq, M, D, P = 3, 5, 2, 32, 4
+    spatial_shapes = torch.tensor([[5, 6], [3, 3], [2, 2], [1, 1]])
+    L, S = spatial_shapes.shape[0], int(spatial_shapes.prod(1).sum())
+    level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    value = torch.randn(N, S, M, D, generator=generator)
+    locations = torch.rand(N, Lq, M, L, P, 2, generator=generator) * 1.2 - 0.1
+    weights = torch.rand(N, Lq, M, L, P, generator=generator).softmax(-1)
+    grad_output = torch.randn(N, Lq, M * D, generator=generator)
+    return (
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index.to(device),
+        locations.to(device, dtype),
+        weights.to(device, dtype),
+        grad_output.to(device, dtype),
+    )
+
+
+def _forward_and_grads(
+    forward: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad_output: Tensor
+) -> tuple[Tensor, ...]:
+    """(output, grad value, grad sampling_locations, grad attention_weights) of forward."""
+    value, spatial_shapes, level_start_index, locations, weights = (
+        t.detach().requires_grad_(t.is_floating_point()) for t in inputs
+    )
+    output = forward(value, spatial_shapes, level_start_index, locations, weights)
+    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
+    return (output.detach(), *grads)
+
+
+def _self_check(backend: MSDABackend, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Runs ``backend`` on :func:`_self_check_problem` and compares its output and three
+    gradients with the float64 reference on the same (rounded) inputs; returns what went wrong
+    (the exception, or the first quantity off by more than the dtype's tolerance), or None."""
+    # Real tensors with autograd even when the first call comes under no_grad, inference_mode,
+    # autocast or a tracing mode (torch.export's fake tensors).
+    with torch.utils._python_dispatch._disable_current_modes(), torch.inference_mode(False), \
+            torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        try:
+            *inputs, grad_output = _self_check_problem(device, dtype)
+            results = _forward_and_grads(backend.forward, tuple(inputs), grad_output)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # surface asynchronous kernel errors here
+        except Exception as e:  # "no kernel image", compiler errors, bad launches, ...
+            return f"{type(e).__name__}: {e}"
+        reference_inputs = tuple(t.double() if t.is_floating_point() else t for t in inputs)
+        expected = _forward_and_grads(ms_deform_attn_reference, reference_inputs, grad_output.double())
+        return _self_check_mismatch(results, expected, dtype)
+
+
+def _self_check_mismatch(
+    results: tuple[Tensor, ...], expected: tuple[Tensor, ...], dtype: torch.dtype
+) -> Optional[str]:
+    """The first of output / gradients that has the wrong shape or dtype, or differs from the
+    float64 reference by more than the dtype's tolerance (NaN included), or None."""
+    names = ("output", "grad value", "grad sampling_locations", "grad attention_weights")
+    tolerance = _SELF_CHECK_TOLERANCES.get(dtype, 2e-2)
+    for name, actual, reference in zip(names, results, expected):
+        if actual.shape != reference.shape or actual.dtype != dtype:
+            return (
+                f"{name} is {tuple(actual.shape)} {actual.dtype}, expected "
+                f"{tuple(reference.shape)} {dtype}"
+            )
+        error = ((actual.double() - reference).abs().max() / reference.abs().max()).item()
+        if not error <= tolerance:  # NaN fails too
+            return f"{name} differs from the reference by {error:.1e} (tolerance {tolerance:.0e})"
+    return None
+
+
 @torch.compiler.assume_constant_result
-def _use_compiled(device: torch.device, dtype: torch.dtype) -> bool:
+def _chosen_backend(device: torch.device, dtype: torch.dtype) -> str:
     # torch.compile records the result as a constant (the choice depends on the environment, not
     # on data), so a compiled graph keeps the backend chosen when it was traced.
-    return msda_backend(device, dtype) == "compiled"
+    return msda_backend(device, dtype)
 
 
 def ms_deform_attn(
@@ -245,25 +490,52 @@ def ms_deform_attn(
         (N, Lq, M * D), heads concatenated.
 
     value, sampling_locations and attention_weights share one floating dtype; all tensors share
-    one device. Empty N or Lq give an empty output. See :func:`check_ms_deform_attn_inputs` for
-    the errors and :func:`msda_backend` for which implementation runs.
+    one device. Empty N or Lq give an empty output. A NaN or +-inf location or weight gives a
+    NaN (or +-inf) output wherever the reference gives one, whichever backend runs. See
+    :func:`check_ms_deform_attn_inputs` for the errors and :func:`msda_backend` for which
+    implementation runs.
     """
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
-    if _use_compiled(value.device, value.dtype):
-        return torch.ops.depotr.ms_deform_attn_forward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-    return ms_deform_attn_reference(
+    backend = BACKENDS[_chosen_backend(value.device, value.dtype)]
+    return backend.forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
 
 
-def _register_compiled_ops() -> None:
-    """Fake kernels (for torch.compile / torch.export) and autograd of the compiled operators."""
+@torch.library.custom_op(_TRITON_FORWARD_OP, mutates_args=())
+def _triton_forward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    return _loaded_triton_kernels().ms_deform_attn_triton_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
 
-    @torch.library.register_fake(_FORWARD_OP)
+
+@torch.library.custom_op(_TRITON_BACKWARD_OP, mutates_args=())
+def _triton_backward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _loaded_triton_kernels().ms_deform_attn_triton_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output
+    )
+
+
+def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
+    """Fake kernels (for torch.compile / torch.export) and autograd of a forward / backward
+    operator pair with the schemas of ``depotr::ms_deform_attn_forward`` / ``_backward``."""
+
+    @torch.library.register_fake(forward_op)
     def _forward_fake(
         value: Tensor,
         spatial_shapes: Tensor,
@@ -276,7 +548,7 @@ def _register_compiled_ops() -> None:
         )
         return value.new_empty((N, Lq, M * D))
 
-    @torch.library.register_fake(_BACKWARD_OP)
+    @torch.library.register_fake(backward_op)
     def _backward_fake(
         value: Tensor,
         spatial_shapes: Tensor,
@@ -297,30 +569,19 @@ def _register_compiled_ops() -> None:
     def _setup_context(ctx, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         ctx.save_for_backward(*inputs)
 
+    backward = getattr(torch.ops.depotr, backward_op.split("::")[1])
+
     def _backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
-        (
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-        ) = ctx.saved_tensors
-        (
-            grad_value,
-            grad_sampling_locations,
-            grad_attention_weights,
-        ) = torch.ops.depotr.ms_deform_attn_backward(
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            grad_output,
+        grad_value, grad_sampling_locations, grad_attention_weights = backward(
+            *ctx.saved_tensors, grad_output
         )
         return grad_value, None, None, grad_sampling_locations, grad_attention_weights
 
-    torch.library.register_autograd(_FORWARD_OP, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(forward_op, _backward, setup_context=_setup_context)
 
 
 if _COMPILED_OPS_ERROR is None:
-    _register_compiled_ops()
+    _register_fake_and_autograd(_FORWARD_OP, _BACKWARD_OP)
+_register_fake_and_autograd(_TRITON_FORWARD_OP, _TRITON_BACKWARD_OP)
+
+

@@ -2,6 +2,12 @@
 // Follows Deformable DETR's ms_deform_im2col_bilinear (Zhu et al., ICLR 2021; Apache-2.0,
 // Copyright (c) 2020 SenseTime), with F.grid_sample's per-corner zero padding so that values and
 // gradients match grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False).
+//
+// Non-finite inputs follow the F.grid_sample reference exactly (forward) and in which gradients
+// turn non-finite (backward): a NaN or +-inf location samples NaN; a finite location outside the
+// map samples 0, so its attention weight contributes attn * 0 (NaN for a NaN or +-inf attn);
+// inside the map plain IEEE arithmetic propagates NaN and inf. A diverging model therefore gets a
+// NaN output from every backend instead of a silently finite one.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -20,16 +26,25 @@ struct BilinearSample {
   T lw; // fractional part of the column coordinate
 };
 
-// Fills `s` for the normalised location (x, y) in an (H, W) map. Pixel coordinates are
-// x * W - 0.5 and y * H - 0.5 (pixel centres at +0.5). Returns false when no corner lies in the
-// map (also for NaN locations); `s` is then left unset.
+// Where a sampling point falls.
+enum class SampleKind {
+  kInside, // at least one corner lies in the map
+  kOutside, // finite location, no corner in the map: the sample is 0
+  kNonFinite, // NaN or +-inf coordinate: the sample is NaN
+};
+
+// Classifies the normalised location (x, y) in an (H, W) map and, for kInside, fills `s` (left
+// unset otherwise). Pixel coordinates are x * W - 0.5 and y * H - 0.5 (pixel centres at +0.5).
 template <typename T>
-C10_HOST_DEVICE inline bool bilinear_sample(T x, T y, int64_t H, int64_t W, BilinearSample<T>* s) {
+C10_HOST_DEVICE inline SampleKind bilinear_sample(T x, T y, int64_t H, int64_t W, BilinearSample<T>* s) {
+  if (!(::isfinite(x) && ::isfinite(y))) {
+    return SampleKind::kNonFinite;
+  }
   const T w_im = x * static_cast<T>(W) - static_cast<T>(0.5);
   const T h_im = y * static_cast<T>(H) - static_cast<T>(0.5);
   if (!(h_im >= static_cast<T>(-1) && w_im >= static_cast<T>(-1) && h_im < static_cast<T>(H) &&
         w_im < static_cast<T>(W))) {
-    return false;
+    return SampleKind::kOutside;
   }
   const int64_t h_low = static_cast<int64_t>(::floor(h_im));
   const int64_t w_low = static_cast<int64_t>(::floor(w_im));
@@ -51,7 +66,24 @@ C10_HOST_DEVICE inline bool bilinear_sample(T x, T y, int64_t H, int64_t W, Bili
   s->weight[1] = hh * s->lw;
   s->weight[2] = s->lh * hw;
   s->weight[3] = s->lh * s->lw;
-  return true;
+  return SampleKind::kInside;
+}
+
+// attn * sample for a point that reads no pixel (kOutside: sample 0, kNonFinite: sample NaN):
+// 0 for a finite attn outside the map, NaN otherwise. The same value is added to every channel.
+template <typename T>
+C10_HOST_DEVICE inline T no_pixel_contribution(SampleKind kind, T attn) {
+  return kind == SampleKind::kNonFinite ? static_cast<T>(NAN) : attn * static_cast<T>(0);
+}
+
+// Gradients d/d attn, d/dx, d/dy of a point that reads no pixel: (NaN, NaN, NaN) for a non-finite
+// location; (0, attn * 0, attn * 0) outside the map, as grid_sample's backward gives.
+template <typename T>
+C10_HOST_DEVICE inline void no_pixel_backward(SampleKind kind, T attn, T* grad_attn, T* grad_x, T* grad_y) {
+  const T nan = static_cast<T>(NAN);
+  *grad_attn = kind == SampleKind::kNonFinite ? nan : static_cast<T>(0);
+  *grad_x = kind == SampleKind::kNonFinite ? nan : attn * static_cast<T>(0);
+  *grad_y = *grad_x;
 }
 
 // Gradients of attn * sample(x, y) given dot[k] = <grad_output, value at corner k> (0 for corners

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "ms_deform_attn/ms_deform_attn_bilinear.h"
@@ -52,6 +53,28 @@ inline scalar_t dot_and_axpy(
     dot += partial[k];
   }
   return dot;
+}
+
+// out[c] += attn * sample[c], the bilinear sample formed first: for a NaN or +-inf attn this
+// gives what the reference gives (inf * sample), where adding attn * weight[k] * value corner by
+// corner could give inf - inf = NaN. The fused per-corner axpy serves finite weights.
+template <typename scalar_t>
+void add_weighted_sample(
+    scalar_t* out,
+    scalar_t attn,
+    const BilinearSample<scalar_t>& s,
+    const scalar_t* value_l,
+    int64_t token_stride,
+    int64_t D) {
+  for (int64_t c = 0; c < D; ++c) {
+    scalar_t sample = 0;
+    for (int k = 0; k < 4; ++k) {
+      if (s.index[k] >= 0) {
+        sample += s.weight[k] * value_l[s.index[k] * token_stride + c];
+      }
+    }
+    out[c] += attn * sample;
+  }
 }
 
 // Problem sizes and the level layout, read once per call.
@@ -124,13 +147,23 @@ void forward_kernel(
         for (int64_t p = 0; p < sz.P; ++p) {
           const int64_t j = l * sz.P + p;
           BilinearSample<scalar_t> s;
-          if (!bilinear_sample(loc[2 * j], loc[2 * j + 1], H, W, &s)) {
+          const SampleKind kind = bilinear_sample(loc[2 * j], loc[2 * j + 1], H, W, &s);
+          if (kind != SampleKind::kInside) {
+            // 0 or NaN for every channel; only NaN changes the output (and keeps it NaN)
+            const scalar_t contribution = no_pixel_contribution(kind, attn[j]);
+            if (std::isnan(contribution)) {
+              std::fill(out, out + sz.D, contribution);
+            }
             continue;
           }
-          for (int k = 0; k < 4; ++k) {
-            if (s.index[k] >= 0) {
-              axpy(out, attn[j] * s.weight[k], value_l + s.index[k] * token_stride, sz.D);
+          if (std::isfinite(attn[j])) {
+            for (int k = 0; k < 4; ++k) {
+              if (s.index[k] >= 0) {
+                axpy(out, attn[j] * s.weight[k], value_l + s.index[k] * token_stride, sz.D);
+              }
             }
+          } else {
+            add_weighted_sample(out, attn[j], s, value_l, token_stride, sz.D);
           }
         }
       }
@@ -173,10 +206,9 @@ void backward_kernel(
           for (int64_t p = 0; p < sz.P; ++p) {
             const int64_t j = l * sz.P + p;
             BilinearSample<scalar_t> s;
-            if (!bilinear_sample(loc[2 * j], loc[2 * j + 1], H, W, &s)) {
-              grad_attn[j] = 0;
-              grad_loc[2 * j] = 0;
-              grad_loc[2 * j + 1] = 0;
+            const SampleKind kind = bilinear_sample(loc[2 * j], loc[2 * j + 1], H, W, &s);
+            if (kind != SampleKind::kInside) {
+              no_pixel_backward(kind, attn[j], &grad_attn[j], &grad_loc[2 * j], &grad_loc[2 * j + 1]);
               continue;
             }
             scalar_t dot[4] = {};

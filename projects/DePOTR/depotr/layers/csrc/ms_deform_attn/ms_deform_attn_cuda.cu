@@ -73,7 +73,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock) ms_deform_attn_forward_kerne
       for (int64_t p = 0; p < sz.P; ++p) {
         const int64_t j = l * sz.P + p;
         BilinearSample<acc_t> s;
-        if (!bilinear_sample(static_cast<acc_t>(loc[2 * j]), static_cast<acc_t>(loc[2 * j + 1]), H, W, &s)) {
+        const SampleKind kind =
+            bilinear_sample(static_cast<acc_t>(loc[2 * j]), static_cast<acc_t>(loc[2 * j + 1]), H, W, &s);
+        if (kind != SampleKind::kInside) {
+          acc += no_pixel_contribution(kind, static_cast<acc_t>(attn[j])); // 0 or NaN
           continue;
         }
         acc_t sampled = 0;
@@ -124,15 +127,19 @@ __global__ void __launch_bounds__(kThreadsPerBlock) ms_deform_attn_backward_kern
     for (int64_t p = 0; p < sz.P; ++p) {
       const int64_t j = l * sz.P + p;
       BilinearSample<acc_t> s;
-      if (!bilinear_sample(static_cast<acc_t>(loc[2 * j]), static_cast<acc_t>(loc[2 * j + 1]), H, W, &s)) {
+      const SampleKind kind =
+          bilinear_sample(static_cast<acc_t>(loc[2 * j]), static_cast<acc_t>(loc[2 * j + 1]), H, W, &s);
+      const acc_t a = static_cast<acc_t>(attn[j]);
+      if (kind != SampleKind::kInside) {
         if (lane == 0) {
-          grad_attn[j] = 0;
-          grad_loc[2 * j] = 0;
-          grad_loc[2 * j + 1] = 0;
+          acc_t ga, gx, gy;
+          no_pixel_backward(kind, a, &ga, &gx, &gy);
+          grad_attn[j] = static_cast<scalar_t>(ga);
+          grad_loc[2 * j] = static_cast<scalar_t>(gx);
+          grad_loc[2 * j + 1] = static_cast<scalar_t>(gy);
         }
         continue;
       }
-      const acc_t a = static_cast<acc_t>(attn[j]);
       acc_t dot[4] = {0, 0, 0, 0};
       for (int64_t c = lane; c < sz.D; c += kWarpSize) {
         const acc_t gc = static_cast<acc_t>(g[c]);
