@@ -2,7 +2,9 @@
 #   make main  - install (idempotent), train + evaluate on the embedded synthetic data (CPU),
 #                then draw predicted skeletons on a few val images
 #   make test  - install (idempotent) and run the test suite
-PY := .venv/bin/python
+# DEPOTR_VENV=DIR uses (and installs into) another environment; DEPOTR_DETECTRON2=SOURCE installs
+# that Detectron2 instead of v0.6 (tools/install.sh, README "Install").
+PY := $(or $(DEPOTR_VENV),.venv)/bin/python
 MAIN_CONFIG := configs/depotr_hm_r18_synthetic.yaml
 MAIN_OUTPUT := output/depotr_hm_r18_synthetic
 
