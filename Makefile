@@ -3,7 +3,9 @@
 #                then draw predicted skeletons on a few val images and print the AP beside the
 #                mean-pose baseline with the error breakdown (output/.../analysis)
 #   make test  - install (idempotent) and run the test suite
-PY := .venv/bin/python
+# DEPOTR_VENV=DIR uses (and installs into) another environment; DEPOTR_DETECTRON2=SOURCE installs
+# that Detectron2 instead of v0.6 (tools/install.sh, README "Install").
+PY := $(or $(DEPOTR_VENV),.venv)/bin/python
 MAIN_CONFIG := configs/depotr_hm_r18_synthetic.yaml
 MAIN_OUTPUT := output/depotr_hm_r18_synthetic
 

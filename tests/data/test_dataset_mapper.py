@@ -8,8 +8,9 @@ from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import BoxMode, Instances
 
 from depotr.data.augmentation import KeypointAugmenter, build_albumentations
-from depotr.data.dataset_mapper import DePOTRDatasetMapper, RetryMapDataset
+from depotr.data.dataset_mapper import DePOTRDatasetMapper
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+from depotr.engine.compat import _RetryMapDataset, map_dataset
 
 K = len(COCO_PERSON_KEYPOINT_NAMES)
 FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
@@ -199,24 +200,52 @@ def test_corrupt_image_skipped_in_training_and_raises_in_eval(tmp_path, kind, ca
         DePOTRDatasetMapper(is_train=False)(d)
 
 
-def test_detectron2_map_dataset_retry_is_broken_on_python_311(tmp_path):
-    """Detectron2 v0.6 MapDataset retries with random.sample(set), a TypeError since Python 3.11."""
+def _good_and_bad(tmp_path):
     good = _dict(tmp_path, annotations=[_anno(_keypoints({0: (5.5, 5.5, 2)}))])
-    bad = dict(good, file_name=str(tmp_path / "missing.jpg"))
-    dataset = MapDataset(DatasetFromList([bad, good], copy=False), DePOTRDatasetMapper(is_train=True))
-    with pytest.raises(TypeError, match="Population must be a sequence"):
-        dataset[0]
+    return good, dict(good, file_name=str(tmp_path / "missing.jpg"))
 
 
-def test_retry_map_dataset_skips_unreadable_images(tmp_path):
-    good = _dict(tmp_path, annotations=[_anno(_keypoints({0: (5.5, 5.5, 2)}))])
-    bad = dict(good, file_name=str(tmp_path / "missing.jpg"))
+def test_map_dataset_skips_unreadable_images(tmp_path):
+    good, bad = _good_and_bad(tmp_path)
     mapper = DePOTRDatasetMapper(is_train=True)
-    dataset = RetryMapDataset(DatasetFromList([bad, bad, good], copy=False), mapper)
+    dataset = map_dataset(DatasetFromList([bad, bad, good], copy=False), mapper)
     assert isinstance(dataset, MapDataset) and len(dataset) == 3
     for i in range(3):
         assert dataset[i]["file_name"] == good["file_name"]
     assert mapper.num_skipped_images >= 2
+
+
+def test_map_dataset_uses_detectron2s_own_where_its_retry_works(tmp_path):
+    """The feature test agrees with Detectron2's MapDataset on an unreadable image: v0.6 retries
+    with random.sample(set), a TypeError since Python 3.11; main's retry works."""
+    good, bad = _good_and_bad(tmp_path)
+    plain = MapDataset(DatasetFromList([bad, good], copy=False), DePOTRDatasetMapper(is_train=True))
+    try:
+        retry_works = plain[0]["file_name"] == good["file_name"]
+    except TypeError as e:
+        assert "Population must be a sequence" in str(e)
+        retry_works = False
+    dataset = map_dataset(DatasetFromList([bad, good], copy=False), DePOTRDatasetMapper(is_train=True))
+    assert (type(dataset) is MapDataset) == retry_works
+
+
+def test_v06_retry_map_dataset_skips_and_raises_when_every_image_fails(tmp_path):
+    good, bad = _good_and_bad(tmp_path)
+    dataset = _RetryMapDataset(DatasetFromList([bad, good], copy=False), DePOTRDatasetMapper(is_train=True))
+    assert dataset[0]["file_name"] == good["file_name"]
+    all_bad = _RetryMapDataset(DatasetFromList([bad, bad], copy=False), DePOTRDatasetMapper(is_train=True))
+    with pytest.raises(RuntimeError, match="returned None for every element"):
+        all_bad[0]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(())
+
+
+def test_map_dataset_rejects_iterable_datasets():
+    with pytest.raises(TypeError, match="map-style"):
+        map_dataset(_Stream(), lambda d: d)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
 from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
-from .dataset_mapper import DePOTRDatasetMapper, RetryMapDataset, annotations_to_arrays
+from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
     add_coco_keypoint_metadata,
@@ -30,7 +30,7 @@ register_default_synthetic_datasets()
 add_coco_keypoint_metadata()
 
 __all__ = [
-    "DePOTRDatasetMapper", "KeypointAugmenter", "RetryMapDataset", "SYNTHETIC_DATASET_NAMES",
+    "DePOTRDatasetMapper", "KeypointAugmenter", "SYNTHETIC_DATASET_NAMES",
     "add_coco_keypoint_metadata", "annotations_to_arrays", "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg", "build_albumentations", "build_albumentations_from_cfg",
     "coco_person_metadata", "ensure_synthetic_split", "filter_person_annotations", "flip_indices",

@@ -21,7 +21,6 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.data.common import MapDataset
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
 
 from .augmentation import KeypointAugmenter, build_albumentations_from_cfg
@@ -29,7 +28,7 @@ from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pa
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DePOTRDatasetMapper", "RetryMapDataset", "annotations_to_arrays"]
+__all__ = ["DePOTRDatasetMapper", "annotations_to_arrays"]
 
 
 def _annotation_name(anno: Dict[str, Any], index: int, file_name: str) -> str:
@@ -197,36 +196,3 @@ class DePOTRDatasetMapper:
             proposals.scores = torch.as_tensor(proposal_scores, dtype=torch.float32)
             dataset_dict["proposals"] = proposals
         return dataset_dict
-
-
-class RetryMapDataset(MapDataset):
-    """Detectron2's map-style ``MapDataset`` (a mapper returning None makes it try another
-    random index) with its retry working on Python >= 3.11.
-
-    Detectron2 v0.6 draws the replacement with ``random.sample(set, k=1)``, which raises
-    ``TypeError: Population must be a sequence`` since Python 3.11, so the first skipped
-    (corrupt) image would crash training. Use it with the explicit loader form:
-    ``build_detection_train_loader(dataset=RetryMapDataset(DatasetFromList(dicts, copy=False),
-    mapper), mapper=None, sampler=..., total_batch_size=..., num_workers=...)``.
-    """
-
-    def __new__(cls, dataset, map_func):
-        if isinstance(dataset, torch.utils.data.IterableDataset):
-            raise TypeError("RetryMapDataset wraps map-style datasets; use MapDataset for iterable ones")
-        return object.__new__(cls)
-
-    def __getitem__(self, idx: int):
-        retry_count = 0
-        cur_idx = int(idx)
-        while True:
-            data = self._map_func(self._dataset[cur_idx])
-            if data is not None:
-                self._fallback_candidates.add(cur_idx)
-                return data
-            retry_count += 1
-            self._fallback_candidates.discard(cur_idx)
-            if not self._fallback_candidates:
-                raise RuntimeError(f"the mapper returned None for every element tried (last index {cur_idx})")
-            cur_idx = self._rng.choice(sorted(self._fallback_candidates))
-            if retry_count >= 3:
-                logger.warning("Failed to map index %d, retry count %d", idx, retry_count)

@@ -1,9 +1,10 @@
 """DePOTR's trainer: Detectron2's ``DefaultTrainer`` with DePOTR's data, optimizer, schedule,
-evaluator, atomic checkpoints, CPU-capable DDP and exactly resumable iterations."""
+evaluator, atomic checkpoints, CPU-capable DDP and exactly resumable iterations (what differs
+between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
+import functools
 import itertools
 import logging
 import os
-import weakref
 from typing import List, Optional
 
 import torch
@@ -15,15 +16,13 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
-from ..data import DePOTRDatasetMapper, RetryMapDataset, attach_precomputed_boxes_from_cfg, filter_person_annotations
+from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..evaluation import build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
+from .compat import CompatDefaultTrainer, map_dataset
 from .hooks import IterationSeedHook
 from .run_dir import drop_metrics_after
 
@@ -63,51 +62,18 @@ def load_training_dicts(cfg: CfgNode) -> List[dict]:
     return kept
 
 
-def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Wraps ``model`` in DDP when there are several processes: on GPU with this process'
-    device, on CPU with ``device_ids=None`` (Detectron2 v0.6 always passes a device id)."""
-    if comm.get_world_size() == 1:
-        return model
-    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-
-
-class Trainer(DefaultTrainer):
+class Trainer(CompatDefaultTrainer):
     """Trains and evaluates a DePOTR config (see ``train_net.py``)."""
 
-    def __init__(self, cfg: CfgNode):  # noqa: D107 - mirrors DefaultTrainer.__init__
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        self._seed = training_seed(cfg)
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DePOTRCheckpointer(
-            model, cfg.OUTPUT_DIR, allow_backbone_only=True, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+    # Backbone-only files (ImageNet weights) may start a training run (see DePOTRCheckpointer).
+    checkpointer_class = functools.partial(DePOTRCheckpointer, allow_backbone_only=True)
+
+    def __init__(self, cfg: CfgNode):  # noqa: D107
+        self._seed = training_seed(cfg)  # build_train_loader's sampler needs it
+        super().__init__(cfg)
 
     def build_hooks(self):
         return [IterationSeedHook(self._seed)] + super().build_hooks()
-
-    # Detectron2 v0.6's DefaultTrainer checkpoints no optimizer state (later versions do, the
-    # same way): without it a resumed AdamW restarts its moments.
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
@@ -115,22 +81,14 @@ class Trainer(DefaultTrainer):
             if comm.is_main_process():  # the rows the resumed run writes again
                 drop_metrics_after(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
             # Continue the sampler's stream where the checkpointed run stopped.
-            self._set_data_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
-
-    def _set_data_loader(self, data_loader) -> None:
-        trainer = self._trainer
-        trainer.data_loader = data_loader
-        if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
-            trainer._data_loader_iter_obj = None  # Detectron2 after v0.6: created lazily
-        else:
-            trainer._data_loader_iter = iter(data_loader)
+            self.set_train_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int = 0):
         dicts = load_training_dicts(cfg)
         batch_per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         sampler = ResumableTrainingSampler(len(dicts), seed=self._seed, start_index=start_iter * batch_per_rank)
-        # RetryMapDataset: an unreadable image (mapper returns None) is replaced by another one.
-        dataset = RetryMapDataset(DatasetFromList(dicts, copy=False), DePOTRDatasetMapper(cfg, is_train=True))
+        # An unreadable image (the mapper returns None) is replaced by another one.
+        dataset = map_dataset(DatasetFromList(dicts, copy=False), DePOTRDatasetMapper(cfg, is_train=True))
         return build_detection_train_loader(
             dataset,
             mapper=None,

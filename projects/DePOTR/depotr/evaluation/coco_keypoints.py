@@ -1,22 +1,12 @@
 """Detectron2's ``COCOEvaluator`` set up for person keypoints (OKS AP/AR).
 
-The evaluator's fast path (``use_fast_impl=True``) needs Detectron2's compiled
-``_C.COCOevalMaskApi``; a Detectron2 installed without its C++ extension (our CPU install
-route) lacks it, so we check for it instead of assuming it.
+Its fast path (``use_fast_impl=True``) needs Detectron2's compiled COCO evaluation, which a
+Detectron2 built without its C++ extension (tools/install.sh's v0.6 route) lacks: it is used
+when :func:`depotr.engine.compat.has_fast_coco_eval` finds it.
 """
 from typing import Optional, Sequence
 
 from detectron2.evaluation import COCOEvaluator
-
-
-def has_fast_coco_eval() -> bool:
-    """Whether Detectron2's compiled COCO evaluation (``_C.COCOevalMaskApi``) is usable."""
-    try:
-        from detectron2 import _C
-
-        return callable(getattr(_C, "COCOevalMaskApi"))
-    except (ImportError, AttributeError, NotImplementedError):
-        return False
 
 
 def build_keypoint_evaluator(
@@ -24,6 +14,7 @@ def build_keypoint_evaluator(
     oks_sigmas: Sequence[float],
     output_dir: Optional[str] = None,
     distributed: bool = True,
+    use_fast_impl: Optional[bool] = None,
 ) -> COCOEvaluator:
     """Returns a ``COCOEvaluator`` computing the 10 COCO keypoint metrics on ``dataset_name``.
 
@@ -32,14 +23,24 @@ def build_keypoint_evaluator(
         oks_sigmas: per-keypoint OKS sigmas (K,), e.g. ``cfg.TEST.KEYPOINT_OKS_SIGMAS``.
         output_dir: where the evaluator dumps predictions (``None``: nowhere).
         distributed: gather predictions from all ranks before evaluating on the main one.
+        use_fast_impl: Detectron2's compiled COCO evaluation (same metrics, faster); None: when
+            this Detectron2 has it.
     """
+    # Imported here: depotr.engine imports this package.
+    from ..engine.compat import has_fast_coco_eval
+
     if len(oks_sigmas) == 0:
         raise ValueError("oks_sigmas is empty: set TEST.KEYPOINT_OKS_SIGMAS (one sigma per keypoint)")
+    if use_fast_impl is None:
+        use_fast_impl = has_fast_coco_eval()
+    elif use_fast_impl and not has_fast_coco_eval():
+        raise ValueError("use_fast_impl=True needs Detectron2 built with its C++ extension (detectron2._C "
+                         "has no compiled COCO evaluation); pass use_fast_impl=False or None")
     return COCOEvaluator(
         dataset_name,
         tasks=("keypoints",),
         distributed=distributed,
         output_dir=output_dir,
-        use_fast_impl=has_fast_coco_eval(),
+        use_fast_impl=use_fast_impl,
         kpt_oks_sigmas=tuple(oks_sigmas),
     )
