@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     register_synthetic_datasets_from_cfg(cfg)
     cfg.freeze()
     trainer = Trainer(cfg)
-    model, optimizer = trainer._trainer.model, trainer._trainer.optimizer
-    loader = iter(trainer._trainer.data_loader)
+    step_trainer = trainer.step_trainer
+    model, optimizer, loader = step_trainer.model, step_trainer.optimizer, iter(step_trainer.data_loader)
 
     start = time.perf_counter()
     batches = [next(loader) for _ in range(args.warmup + args.iters)]

@@ -121,6 +121,12 @@ class CompatDefaultTrainer(DefaultTrainer):
         """Trains on ``data_loader`` from now on (its iterator is created at once)."""
         start_data_loader(self._trainer, data_loader)
 
+    @property
+    def step_trainer(self):
+        """The ``SimpleTrainer`` / ``AMPTrainer`` that runs the steps: its ``model``,
+        ``optimizer`` and ``data_loader`` (benchmarks time steps with them)."""
+        return self._trainer
+
     if not _DEFAULT_TRAINER_SAVES_INNER_TRAINER:
         # v0.6: the same key and format as main's DefaultTrainer.state_dict.
         def state_dict(self) -> dict:
