@@ -27,7 +27,9 @@ def test_triton_kernels_under_the_interpreter():
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output[-6000:]
+    # A crash prints Python's fault handler (innermost frame first): show it from its start.
+    fault = output.find("Fatal Python error")
+    assert completed.returncode == 0, output[fault : fault + 6000] if fault >= 0 else output[-6000:]
     summary = output.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     # Every test ran: none skipped (e.g. because the kernels were not interpreted after all).

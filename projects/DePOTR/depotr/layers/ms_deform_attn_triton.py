@@ -62,7 +62,8 @@ def _level(shapes_ptr, starts_ptr, l):
 @triton.jit
 def _sample_point(loc_ptr, attn_ptr, j, row_mask, H, W, ACC: tl.constexpr):
     """Location and weight of sample j (per row: index into the (..., L*P) flattening) and its
-    bilinear set-up: (attn, finite, inside, h_low, w_low, lh, lw), each of shape (BLOCK_R,)."""
+    bilinear set-up: (attn, finite, inside, h_low, w_low, lh, lw), each of shape (BLOCK_R,);
+    ``inside`` is False for the rows outside ``row_mask``."""
     x = tl.load(loc_ptr + 2 * j, mask=row_mask, other=0.0).to(ACC)
     y = tl.load(loc_ptr + 2 * j + 1, mask=row_mask, other=0.0).to(ACC)
     attn = tl.load(attn_ptr + j, mask=row_mask, other=0.0).to(ACC)
@@ -71,7 +72,10 @@ def _sample_point(loc_ptr, attn_ptr, j, row_mask, H, W, ACC: tl.constexpr):
     # integer conversions below stay defined (their samples are NaN whatever the corners).
     w_im = tl.where(finite, x, 0.0) * W.to(ACC) - 0.5
     h_im = tl.where(finite, y, 0.0) * H.to(ACC) - 0.5
-    inside = finite & (h_im >= -1.0) & (w_im >= -1.0) & (h_im < H.to(ACC)) & (w_im < W.to(ACC))
+    # A padding row of the last program (row_mask False) reads its location as (0, 0), a point
+    # inside the map: it must not count as inside, or its corners would address value and
+    # grad_value past their ends (its row and batch index lie beyond the tensors).
+    inside = row_mask & finite & (h_im >= -1.0) & (w_im >= -1.0) & (h_im < H.to(ACC)) & (w_im < W.to(ACC))
     h_im = tl.where(inside, h_im, 0.0)
     w_im = tl.where(inside, w_im, 0.0)
     h_floor = tl.floor(h_im)
