@@ -26,7 +26,7 @@ from depotr.export import (
     CropKeypointPredictor,
     ExportCheckError,
     ExportReport,
-    build_predictor,
+    build_crop_keypoint_predictor,
     export_predictor,
     keypoint_errors,
     random_crops,
@@ -192,7 +192,9 @@ def test_cli_exports_both_formats(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(os.listdir(output)) == sorted(OUTPUT_FILES[fmt] for fmt in formats)
-    expected_predictor = build_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+    expected_predictor = build_crop_keypoint_predictor(
+        load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)])
+    )
     crops = random_crops(CHECK_BATCH, expected_predictor.crop_size, seed=42)
     expected = _eager(expected_predictor, crops)
     for fmt in formats:

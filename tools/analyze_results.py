@@ -23,7 +23,9 @@ score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes
 With ``--config-file`` (and KEY VALUE overrides, as train_net.py): --gt is the json of the
 config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
 --output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
-sigmas ``TEST.KEYPOINT_OKS_SIGMAS``; explicit options win.
+sigmas ``TEST.KEYPOINT_OKS_SIGMAS``; explicit options win. The left/right mirrors of the Inversion
+class are the config's keypoints (``keypoint_metadata_from_config``); without a config, the
+keypoint table's pairs among the ground truth's keypoint names.
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 """
@@ -35,22 +37,19 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from depotr.evaluation.baselines import mean_pose_baseline_metrics
-from depotr.evaluation.error_analysis import (
-    analyze_keypoint_results,
-    breakdown_table,
-    load_json,
-    metrics_table,
-    write_report,
-)
+from depotr.evaluation.error_analysis import analyze_keypoint_results, load_json
+from depotr.evaluation.error_report import breakdown_table, metrics_table, write_report
 from depotr.file_io import atomic_write
 
 
 def _config_defaults(config_file: str, opts) -> dict:
-    """--gt, --results, --output, --baseline-train-gt and --sigmas of a train_net.py run."""
+    """--gt, --results, --output, --baseline-train-gt, --sigmas and the flip indices of a
+    train_net.py run."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from depotr.config import load_depotr_config
     from depotr.data import register_synthetic_datasets_from_cfg
+    from depotr.data.keypoint_metadata import keypoint_metadata_from_config
 
     cfg = load_depotr_config(config_file, opts)
     register_synthetic_datasets_from_cfg(cfg)
@@ -62,7 +61,8 @@ def _config_defaults(config_file: str, opts) -> dict:
     test = cfg.DATASETS.TEST[0]
     return {"gt": json_file(test), "baseline_train_gt": json_file(cfg.DATASETS.TRAIN[0]),
             "results": os.path.join(cfg.OUTPUT_DIR, "inference", test, "coco_instances_results.json"),
-            "output": os.path.join(cfg.OUTPUT_DIR, "analysis"), "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS)}
+            "output": os.path.join(cfg.OUTPUT_DIR, "analysis"), "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+            "flip_indices": list(keypoint_metadata_from_config(cfg).flip_indices)}
 
 
 def main(argv=None) -> int:
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint (default: COCO's 17)")
     parser.add_argument("--baseline-train-gt", help="COCO keypoints json the mean-pose baseline is taken from")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (with --config-file)")
+    parser.set_defaults(flip_indices=None)  # from --config-file only
     args = parser.parse_args(argv)
     setup_logger(name="depotr")
     try:
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
             parser.error(f"{', '.join(missing)} required (or --config-file)")
         gt = load_json(args.gt, "ground-truth")
         results = load_json(args.results, "results")
-        analysis = analyze_keypoint_results(gt, results, args.sigmas)
+        analysis = analyze_keypoint_results(gt, results, args.sigmas, args.flip_indices)
         baseline = None
         if args.baseline_train_gt:
             baseline = mean_pose_baseline_metrics(load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas)

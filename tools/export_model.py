@@ -26,8 +26,14 @@ from typing import List, Optional
 from detectron2.utils.logger import setup_logger
 
 from depotr.config import load_depotr_config
-from depotr.data import register_synthetic_datasets_from_cfg
-from depotr.export import EXPORT_FORMATS, MIN_OPSET, OUTPUT_FILES, ExportCheckError, build_predictor, export_predictor
+from depotr.export import (
+    EXPORT_FORMATS,
+    MIN_OPSET,
+    OUTPUT_FILES,
+    ExportCheckError,
+    build_crop_keypoint_predictor,
+    export_predictor,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -54,8 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(name="depotr")
     cfg = load_depotr_config(args.config_file, args.opts)
     cfg.freeze()
-    register_synthetic_datasets_from_cfg(cfg)  # their keypoint metadata gives the flip indices
-    predictor = build_predictor(cfg)
+    predictor = build_crop_keypoint_predictor(cfg)
     height, width = predictor.crop_size
     print(
         f"crops (N, 3, {height}, {width}) float32 0..255 {cfg.INPUT.FORMAT} -> keypoints "

@@ -132,6 +132,17 @@ def test_inversion_is_not_fixed_by_jitter_correction(gt):
     assert analysis.ap_mean[0] < analysis.ap_mean[STAGES.index("Inversion")] == pytest.approx(1.0)
 
 
+def test_flip_indices_decide_the_inversions(gt):
+    """Passed-in flip indices replace the table's: with only the eye, ear, shoulder and elbow
+    pairs, swapped wrists are misses (no mirror, no other person near); a wrong number of
+    indices is an error."""
+    no_wrist_pair = [0, 2, 1, 4, 3, 6, 5, 8, 7, *range(9, 17)]
+    labels = analyze_keypoint_results(gt, _edit_large(gt, _invert_wrists), flip_indices=no_wrist_pair).keypoint_labels
+    assert np.flatnonzero(labels[0] == MISS).tolist() == [LEFT_WRIST, RIGHT_WRIST]
+    with pytest.raises(ValueError, match="not a permutation of the ground truth's 17 keypoints"):
+        analyze_keypoint_results(gt, _perfect(gt), flip_indices=list(range(16)))
+
+
 def test_background_false_positive_is_removed(gt):
     far_person = _person(0, 1, (560.0, 380.0, 60.0, 90.0))
     results = _perfect(gt) + [_result(far_person["keypoints"], score=2.0)]

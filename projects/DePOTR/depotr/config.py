@@ -48,6 +48,11 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.HEAD = "regression"
     # K: number of keypoints, one decoder query each.
     cfg.MODEL.DEPOTR.NUM_KEYPOINTS = 17
+    # The K keypoint names, in output order, and the [left, right] name pairs a horizontal flip
+    # swaps; both empty: COCO's 17 and 8 (depotr/data/keypoint_metadata.py). Datasets are checked
+    # against them (keypoint_metadata_from_config), never read for them.
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES = []
+    cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = []
     # Backbone feature maps fed to the transformer (res3/res4/res5 = strides 8/16/32).
     cfg.MODEL.DEPOTR.IN_FEATURES = ["res3", "res4", "res5"]
     # L: feature levels; levels beyond IN_FEATURES come from stride-2 3x3 convs (stride 64).

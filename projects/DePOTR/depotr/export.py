@@ -48,7 +48,7 @@ __all__ = [
     "CropKeypointPredictor",
     "ExportCheckError",
     "ExportReport",
-    "build_predictor",
+    "build_crop_keypoint_predictor",
     "export_predictor",
     "keypoint_errors",
     "random_crops",
@@ -121,7 +121,7 @@ class CropKeypointPredictor(nn.Module):
         return predict_crop_keypoints(self.branch, normalised, self.flip_indices, self.average_outputs)
 
 
-def build_predictor(cfg: CfgNode) -> CropKeypointPredictor:
+def build_crop_keypoint_predictor(cfg: CfgNode) -> CropKeypointPredictor:
     """Builds ``cfg``'s model on the CPU with Detectron2's ``build_model`` (random weights),
     loads ``MODEL.WEIGHTS`` with ``DePOTRCheckpointer`` when set, and returns its
     :class:`CropKeypointPredictor` in eval mode."""

@@ -19,12 +19,11 @@ import albumentations as A
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
 
 from .augmentation import KeypointAugmenter, build_albumentations_from_cfg
-from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+from .keypoint_metadata import COCO_PERSON_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, keypoint_metadata_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +99,15 @@ class DePOTRDatasetMapper:
             is_train: training (augmentation, corrupt images skipped) or evaluation.
             image_format: ``cfg.INPUT.FORMAT`` ("BGR", "RGB", ...).
             augmentation: a :func:`build_albumentations` pipeline, used only when ``is_train``.
-            keypoint_flip_indices: (K,) mirror partner of each keypoint; default from the table.
+            keypoint_flip_indices: (K,) mirror partner of each keypoint; default COCO's (from the
+                config: ``keypoint_metadata_from_config``).
             num_keypoints: K.
         """
         self.is_train = is_train
         self.image_format = image_format
         self.num_keypoints = num_keypoints
         if keypoint_flip_indices is None:
-            keypoint_flip_indices = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+            keypoint_flip_indices = COCO_PERSON_FLIP_INDICES
         if len(keypoint_flip_indices) != num_keypoints:
             raise ValueError(f"keypoint_flip_indices has {len(keypoint_flip_indices)} entries, expected {num_keypoints}")
         self.keypoint_flip_indices = list(keypoint_flip_indices)
@@ -119,17 +119,11 @@ class DePOTRDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
-        names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
-        meta = MetadataCatalog.get(names[0]) if len(names) else None
-        if meta is not None and hasattr(meta, "keypoint_names") and hasattr(meta, "keypoint_flip_map"):
-            indices = flip_indices(meta.keypoint_names, meta.keypoint_flip_map)
-        else:
-            indices = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
         return {
             "is_train": is_train,
             "image_format": cfg.INPUT.FORMAT,
             "augmentation": build_albumentations_from_cfg(cfg, is_train),
-            "keypoint_flip_indices": indices,
+            "keypoint_flip_indices": keypoint_metadata_from_config(cfg).flip_indices,
             "num_keypoints": cfg.MODEL.DEPOTR.NUM_KEYPOINTS,
         }
 

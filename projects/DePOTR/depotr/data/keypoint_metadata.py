@@ -4,8 +4,16 @@ Keypoint names, left/right swap partners, OKS sigmas, drawing colours, body halv
 edges live here and nowhere else (as Detectron2's ``builtin_meta.py`` and mmpose's ``coco.py``
 do). Flip indices for the mapper, the flip test and the evaluator, and the upper-body mask of the
 half-body augmentation are derived from this table.
+
+A model's keypoints (order, left/right pairs, flip indices, OKS sigmas) come from its config by
+one function, :func:`keypoint_metadata_from_config`: the model, the data mappers and the error
+analysis get them from there, never from whichever datasets happen to be registered.
 """
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
 # (name, swap partner, OKS sigma, RGB colour, body half). Sigmas are the COCO standard (Ronchi &
 # Perona); the halves are those of HRNet's / mmpose's half-body augmentation (head and arms upper).
@@ -75,6 +83,17 @@ def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> L
     return [index[partner.get(name, name)] for name in names]
 
 
+def table_flip_indices(names: Sequence[str]) -> List[int]:
+    """``flip_indices`` of keypoint order ``names`` with the table's left/right pairs, restricted to
+    the pairs whose two names are both in ``names`` (other keypoints map to themselves)."""
+    present = set(names)
+    return flip_indices(names, [(left, right) for left, right in flip_pairs() if left in present and right in present])
+
+
+# (K,) mirror partner of each COCO person keypoint (keypoint order of the table).
+COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
+
+
 def upper_body_mask(names: Sequence[str], table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE) -> List[bool]:
     """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
     (the table's body half). Raises a ValueError naming the keypoints the table lacks."""
@@ -97,3 +116,104 @@ def coco_person_metadata() -> Dict[str, object]:
         "keypoint_connection_rules": [tuple(edge) for edge in COCO_PERSON_SKELETON],
         "keypoint_oks_sigmas": list(COCO_PERSON_OKS_SIGMAS),
     }
+
+
+@dataclass(frozen=True)
+class KeypointMetadata:
+    """The K keypoints a model predicts (:func:`keypoint_metadata_from_config`).
+
+    Attributes:
+        names: (K,) keypoint names, in the order of the model's outputs and the datasets' keypoints.
+        flip_map: left/right pairs of names that a horizontal flip swaps (Detectron2's
+            ``keypoint_flip_map``).
+        flip_indices: (K,) index of each keypoint's mirror partner (``keypoints[:, flip_indices]``
+            swaps left and right).
+        oks_sigmas: (K,) per-keypoint OKS sigmas.
+    """
+
+    names: Tuple[str, ...]
+    flip_map: Tuple[Tuple[str, str], ...]
+    flip_indices: Tuple[int, ...]
+    oks_sigmas: Tuple[float, ...]
+
+
+def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
+    """The model's keypoints, from the config alone, checked against the config's datasets.
+
+    The rule:
+
+    * Names and pairs: ``MODEL.DEPOTR.KEYPOINT_NAMES`` and ``MODEL.DEPOTR.KEYPOINT_FLIP_MAP``; both
+      empty (the default): the COCO person table's 17 keypoints and 8 pairs. The number of names
+      must be ``MODEL.DEPOTR.NUM_KEYPOINTS``.
+    * OKS sigmas: ``TEST.KEYPOINT_OKS_SIGMAS`` (K values), or when it is empty the table's sigma
+      of each name.
+    * The datasets are checked, never a source: every dataset of ``DATASETS.TRAIN`` and
+      ``DATASETS.TEST`` that is registered in ``DatasetCatalog`` and has ``keypoint_names`` and
+      ``keypoint_flip_map`` metadata must have the same names in the same order and the same flip
+      indices (Detectron2's ``create_keypoint_hflip_indices`` of that dataset); otherwise a
+      ValueError names the dataset and the field. Unregistered datasets and datasets without
+      keypoint metadata are not checked, so the result never depends on what is registered.
+      (Each dataset is compared with the config rather than all datasets in one
+      ``create_keypoint_hflip_indices`` call: Detectron2 compares the raw metadata values, and the
+      builtin COCO flip map, a tuple of tuples, differs from the synthetic set's equal list.)
+
+    Raises:
+        ValueError: naming the config key or the dataset and field that is wrong.
+    """
+    model = cfg.MODEL.DEPOTR
+    names, flip_map = tuple(model.KEYPOINT_NAMES), tuple(tuple(pair) for pair in model.KEYPOINT_FLIP_MAP)
+    if not names:
+        if flip_map:
+            raise ValueError("MODEL.DEPOTR.KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty; "
+                             "set both, or neither for the COCO person keypoints")
+        names, flip_map = COCO_PERSON_KEYPOINT_NAMES, tuple(flip_pairs())
+    if len(set(names)) != len(names):
+        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_NAMES {list(names)} has repeated names")
+    if len(names) != model.NUM_KEYPOINTS:
+        raise ValueError(f"{len(names)} keypoint names (MODEL.DEPOTR.KEYPOINT_NAMES, empty: the COCO 17) but "
+                         f"MODEL.DEPOTR.NUM_KEYPOINTS is {model.NUM_KEYPOINTS}")
+    bad_pairs = [list(pair) for pair in flip_map if len(pair) != 2]
+    if bad_pairs:
+        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP entries must be pairs of names, got {bad_pairs}")
+    try:
+        indices = tuple(flip_indices(names, flip_map))
+    except ValueError as e:
+        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP: {e}") from e
+    _check_datasets(cfg, names, flip_map, indices)
+    return KeypointMetadata(names, flip_map, indices, _oks_sigmas(cfg, names))
+
+
+def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str]], indices: Sequence[int]) -> None:
+    """Raises a ValueError naming the first registered dataset of the config whose keypoint
+    metadata differs from ``names`` / ``indices`` (see :func:`keypoint_metadata_from_config`)."""
+    for dataset in dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]):
+        if dataset not in DatasetCatalog:
+            continue
+        metadata = MetadataCatalog.get(dataset)
+        if not (hasattr(metadata, "keypoint_names") and hasattr(metadata, "keypoint_flip_map")):
+            continue
+        if tuple(metadata.keypoint_names) != tuple(names):
+            raise ValueError(f"dataset {dataset!r} has keypoint_names {list(metadata.keypoint_names)}, the config's "
+                             f"keypoints (MODEL.DEPOTR.KEYPOINT_NAMES, empty: COCO's) are {list(names)}")
+        try:
+            same = tuple(create_keypoint_hflip_indices(dataset)) == tuple(indices)
+        except ValueError:  # a flip map naming keypoints the dataset does not have
+            same = False
+        if not same:
+            raise ValueError(f"dataset {dataset!r} has keypoint_flip_map {[list(p) for p in metadata.keypoint_flip_map]}, "
+                             "which differs from the config's (MODEL.DEPOTR.KEYPOINT_FLIP_MAP, empty: COCO's) "
+                             f"{[list(pair) for pair in flip_map]}")
+
+
+def _oks_sigmas(cfg, names: Sequence[str]) -> Tuple[float, ...]:
+    """``TEST.KEYPOINT_OKS_SIGMAS``, else the table's sigmas of ``names``."""
+    if len(cfg.TEST.KEYPOINT_OKS_SIGMAS):
+        if len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != len(names):
+            raise ValueError(f"TEST.KEYPOINT_OKS_SIGMAS has {len(cfg.TEST.KEYPOINT_OKS_SIGMAS)} values for "
+                             f"{len(names)} keypoints")
+        return tuple(float(s) for s in cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    table = {row[0]: row[2] for row in COCO_PERSON_KEYPOINT_TABLE}
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"keypoints {unknown} have no OKS sigma in the keypoint table: set TEST.KEYPOINT_OKS_SIGMAS")
+    return tuple(table[name] for name in names)

@@ -1,4 +1,6 @@
-"""Analysis of COCO keypoint results: the 10 COCO metrics, PR curves and an error breakdown.
+"""Analysis of COCO keypoint results: the 10 COCO metrics, PR curves and an error breakdown, as
+numbers (:class:`ResultsAnalysis`); the markdown tables and plots of them are
+:mod:`depotr.evaluation.error_report`'s.
 
 Shapes: N results (detected persons), K keypoints, H other ground-truth persons in an image,
 T OKS thresholds (0.50:0.05:0.95), R recall thresholds (101), S analysis stages (7, ``STAGES``).
@@ -15,12 +17,16 @@ result matched to an ignored person is neither classified nor a false positive.
 
 Keypoint classes. For each keypoint k labelled (v > 0) in the matched person g, with the
 per-keypoint similarity ks(p, q) = exp(-|p - q|^2 / (2 s^2 (2 sigma_k)^2)) of COCOeval's OKS
-(s^2 the area of the person q belongs to), the first rule that holds decides:
+(s^2 the area of the person q belongs to: :func:`depotr.modeling.oks.keypoint_similarity`, scale
+rule "target"), the first rule that holds decides:
 
 * Good: ks(pred_k, g_k) >= 0.85 (``GOOD_KS``, coco-analyze's threshold);
 * Jitter: 0.5 <= ks(pred_k, g_k) < 0.85 (``NEAR_KS`` = 0.5): near the right place;
 * Inversion: ks(pred_k, g_k) < 0.5 but ks(pred_k, g_m) >= 0.5 for the left/right mirror m of k
-  (e.g. the left wrist predicted at the right wrist; never for the nose, its own mirror);
+  (e.g. the left wrist predicted at the right wrist; never for the nose, its own mirror). The
+  mirrors are the caller's flip indices (``tools/analyze_results.py --config-file``: the
+  config's, ``keypoint_metadata_from_config``), by default the keypoint table's pairs among the
+  ground truth's keypoint names (``table_flip_indices``);
 * Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or its mirror m of another analysed
   ground-truth person of the same image (scaled by that person's area);
 * Miss: none of the above, i.e. not near any ground-truth keypoint.
@@ -48,10 +54,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from ..data.keypoint_metadata import flip_indices, flip_pairs
+from ..data.keypoint_metadata import table_flip_indices
+from ..modeling.oks import keypoint_similarity
 
 METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 KEYPOINT_CLASSES: Tuple[str, ...] = ("good", "jitter", "inversion", "swap", "miss")
@@ -63,12 +71,9 @@ GOOD_KS = 0.85  # ks at or above: a good keypoint
 NEAR_KS = 0.5  # ks at or above: near that ground-truth keypoint
 MATCH_OKS = 0.1  # OKS at or above: a result covers a ground-truth person
 MAX_DETS = 20  # COCOeval's keypoint maxDets
-PLOTTED_OKS: Tuple[float, ...] = (0.5, 0.75, 0.95)  # thresholds with a panel in the breakdown PNG
 # Fields COCOeval reads from ground-truth annotations and from results.
 GT_ANNOTATION_KEYS = ("id", "image_id", "keypoints", "num_keypoints", "area", "bbox", "iscrowd")
 RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
-# Fill colour per stage; the error colours are coco-analyze's.
-STAGE_COLOURS: Tuple[str, ...] = ("#C8D7E6", "#8C4646", "#D96459", "#F2AE72", "#F2E394", "#8063A3", "seagreen")
 
 
 @dataclass
@@ -196,11 +201,15 @@ def resolve_sigmas(sigmas: Optional[Sequence[float]], num_keypoints: int) -> np.
     return values
 
 
-def mirror_indices(gt: Dict[str, Any]) -> np.ndarray:
-    """(K,) index of each keypoint's left/right mirror, from the keypoint metadata table."""
+def resolve_mirror(flip_indices: Optional[Sequence[int]], gt: Dict[str, Any]) -> np.ndarray:
+    """(K,) index of each keypoint's left/right mirror: ``flip_indices``, or when ``None`` the
+    keypoint table's pairs among the ground truth's keypoint names (``table_flip_indices``)."""
     names = list(gt["categories"][0]["keypoints"])
-    pairs = [(left, right) for left, right in flip_pairs() if left in names and right in names]
-    return np.asarray(flip_indices(names, pairs))
+    mirror = np.asarray(table_flip_indices(names) if flip_indices is None else flip_indices, dtype=np.int64)
+    if sorted(mirror.tolist()) != list(range(len(names))):
+        raise ValueError(f"flip indices {mirror.tolist()} are not a permutation of the ground truth's "
+                         f"{len(names)} keypoints")
+    return mirror
 
 
 # ----------------------------------------------------------------------------- pycocotools
@@ -277,7 +286,7 @@ def _all_area_precision(coco_eval: COCOeval) -> np.ndarray:
     return coco_eval.eval["precision"][:, :, 0, params.areaRngLbl.index("all"), params.maxDets.index(MAX_DETS)]
 
 
-def _mean_valid(precision: np.ndarray) -> float:
+def mean_valid(precision: np.ndarray) -> float:
     """Mean over entries > -1, -1 when there are none (``COCOeval.summarize``'s rule)."""
     valid = precision[precision > -1]
     return float(np.mean(valid)) if valid.size else -1.0
@@ -286,20 +295,11 @@ def _mean_valid(precision: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- classification
 
 
-def keypoint_similarity(pred: np.ndarray, target: np.ndarray, area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Per-keypoint OKS term ks = exp(-d^2 / (2 s^2 (2 sigma)^2)).
-
-    Args:
-        pred: (..., K, 2) predicted x, y.
-        target: (..., K, 2) ground-truth x, y.
-        area: (...) the ground-truth persons' areas s^2 (a scalar for one person).
-        sigmas: (K,) OKS sigmas.
-    Returns:
-        (..., K) similarities in (0, 1].
-    """
-    squared_distance = ((pred - target) ** 2).sum(-1)
-    scale = (np.asarray(area, dtype=np.float64)[..., None] + np.spacing(1)) * (2 * sigmas) ** 2
-    return np.exp(-squared_distance / scale / 2)
+def _similarity(pred: np.ndarray, target: np.ndarray, area: Any, sigmas: np.ndarray) -> np.ndarray:
+    """:func:`keypoint_similarity` with COCOeval's scale rule ("target": the ground-truth person's
+    area) in float64: pred, target (..., K, 2), area (...) -> (..., K)."""
+    tensors = [torch.as_tensor(np.asarray(array, dtype=np.float64)) for array in (pred, target, area, sigmas)]
+    return keypoint_similarity(*tensors, "target").numpy()
 
 
 def classify_keypoints(pred: np.ndarray, person: np.ndarray, area: float, others: np.ndarray,
@@ -317,10 +317,10 @@ def classify_keypoints(pred: np.ndarray, person: np.ndarray, area: float, others
     Returns:
         (K,) indices into ``KEYPOINT_CLASSES``, ``UNLABELLED`` where v = 0 in ``person``.
     """
-    own = keypoint_similarity(pred, person[:, :2], area, sigmas)
-    inverted = keypoint_similarity(pred, person[mirror, :2], area, sigmas)
-    other_same = keypoint_similarity(pred, others[:, :, :2], other_areas, sigmas)  # (H, K)
-    other_mirror = keypoint_similarity(pred, others[:, mirror, :2], other_areas, sigmas)  # (H, K)
+    own = _similarity(pred, person[:, :2], area, sigmas)
+    inverted = _similarity(pred, person[mirror, :2], area, sigmas)
+    other_same = _similarity(pred, others[:, :, :2], other_areas, sigmas)  # (H, K)
+    other_mirror = _similarity(pred, others[:, mirror, :2], other_areas, sigmas)  # (H, K)
     near_other = (((other_same >= NEAR_KS) & (others[:, :, 2] > 0))
                   | ((other_mirror >= NEAR_KS) & (others[:, mirror, 2] > 0)))
 
@@ -384,22 +384,27 @@ def _without_annotations(gt: Dict[str, Any], annotation_ids: Sequence[int]) -> D
 
 
 def analyze_keypoint_results(gt: Dict[str, Any], results: List[Dict[str, Any]],
-                             sigmas: Optional[Sequence[float]] = None) -> ResultsAnalysis:
+                             sigmas: Optional[Sequence[float]] = None,
+                             flip_indices: Optional[Sequence[int]] = None) -> ResultsAnalysis:
     """Checks the inputs, computes the 10 COCO keypoint metrics and the error breakdown.
 
     Args:
         gt: COCO keypoints ground truth (one category).
         results: COCO keypoint results, N dicts with image_id, category_id, keypoints (3K), score.
         sigmas: (K,) OKS sigmas; ``None``: the COCO ones.
+        flip_indices: (K,) index of each keypoint's left/right mirror (e.g.
+            ``keypoint_metadata_from_config(cfg).flip_indices``); ``None``: the keypoint table's
+            pairs among the ground truth's keypoint names.
     """
     num_keypoints = check_ground_truth(gt)
     check_results(results, gt, num_keypoints)
     sigmas = resolve_sigmas(sigmas, num_keypoints)
+    mirror = resolve_mirror(flip_indices, gt)
     coco_gt = build_coco(gt)
 
     original = evaluate_keypoints(coco_gt, results, sigmas)
     matching = match_results(coco_gt, results, sigmas)
-    labels = classify_matched(coco_gt, results, matching.matched, sigmas, mirror_indices(gt))
+    labels = classify_matched(coco_gt, results, matching.matched, sigmas, mirror)
     precisions = [_all_area_precision(original)]
     corrected = results
     for keypoint_class in CORRECTED_CLASSES:
@@ -419,121 +424,9 @@ def analyze_keypoint_results(gt: Dict[str, Any], results: List[Dict[str, Any]],
         oks_thresholds=np.asarray(original.params.iouThrs),
         recall_thresholds=np.asarray(original.params.recThrs),
         precision=precision,
-        ap=np.array([[_mean_valid(p) for p in stage] for stage in precision]),
-        ap_mean=np.array([_mean_valid(stage) for stage in precision]),
+        ap=np.array([[mean_valid(p) for p in stage] for stage in precision]),
+        ap_mean=np.array([mean_valid(stage) for stage in precision]),
         keypoint_labels=labels,
         num_background_fp=len(background),
         num_false_negatives=len(false_negatives),
     )
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def metrics_table(metrics: Dict[str, float]) -> str:
-    """Markdown table of the 10 COCO keypoint metrics."""
-    header = "| " + " | ".join(METRIC_NAMES) + " |"
-    rule = "|" + "---|" * len(METRIC_NAMES)
-    values = "| " + " | ".join(f"{metrics[name]:.3f}" for name in METRIC_NAMES) + " |"
-    return "\n".join([header, rule, values])
-
-
-def breakdown_table(analysis: ResultsAnalysis) -> str:
-    """Markdown tables: AP per OKS threshold after each cumulative correction, and counts."""
-    lines = ["| OKS | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
-    for t, oks in enumerate(analysis.oks_thresholds):
-        lines.append(f"| {oks:.2f} | " + " | ".join(f"{ap:.3f}" for ap in analysis.ap[:, t]) + " |")
-    lines.append("| 0.50:0.95 | " + " | ".join(f"{ap:.3f}" for ap in analysis.ap_mean) + " |")
-
-    counts = analysis.keypoint_counts()
-    total = max(sum(counts.values()), 1)
-    lines += ["", f"Keypoint classes of the {len(analysis.keypoint_labels)} results matched at OKS >= {MATCH_OKS}, "
-                  "results (BckgFP) and ground-truth persons (FN) removed in the last two stages:", "",
-              "| " + " | ".join(name.capitalize() for name in KEYPOINT_CLASSES) + " | BckgFP results | FN persons |",
-              "|" + "---|" * (len(KEYPOINT_CLASSES) + 2),
-              "| " + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
-              + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |"]
-    return "\n".join(lines)
-
-
-def _figure(width: float, height: float):
-    """A matplotlib ``Figure`` on an Agg canvas (no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thresholds: np.ndarray,
-                   path: str) -> None:
-    """PNG of the (T, R) precision-recall curves, one per OKS threshold, labelled with their AP."""
-    from matplotlib import colormaps
-
-    fig = _figure(8, 6)
-    ax = fig.add_subplot(1, 1, 1)
-    colours = colormaps["viridis"](np.linspace(0, 0.9, len(oks_thresholds)))
-    for t, oks in enumerate(oks_thresholds):
-        ax.plot(recall_thresholds, np.clip(precision[t], 0, None), color=colours[t],
-                label=f"OKS {oks:.2f}: AP {_mean_valid(precision[t]):.3f}")
-    _finish_pr_axes(ax, "Precision-recall, area all, maxDets 20")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
-    """PNG: per OKS threshold of ``PLOTTED_OKS``, the PR curve of each stage with the area
-    each correction adds filled (coco-analyze style), and a bar chart of the 0.50:0.95 APs."""
-    panels = [t for t, oks in enumerate(analysis.oks_thresholds) if np.isclose(PLOTTED_OKS, oks).any()]
-    fig = _figure(5 * (len(panels) + 1), 5)
-    recall = analysis.recall_thresholds
-    for column, t in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels) + 1, column + 1)
-        curves = np.clip(analysis.precision[:, t], 0, None)  # (S, R)
-        for s, stage in enumerate(STAGES):
-            lower = curves[s - 1] if s else np.zeros_like(recall)
-            ax.fill_between(recall, lower, curves[s], where=curves[s] >= lower, color=STAGE_COLOURS[s],
-                            label=f"{stage}: {analysis.ap[s, t]:.3f}")
-            ax.plot(recall, curves[s], color="k", linewidth=0.8)
-        _finish_pr_axes(ax, f"OKS {analysis.oks_thresholds[t]:.2f}")
-        ax.legend(loc="lower left", fontsize=8)
-    ax = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
-    ax.bar(np.arange(len(STAGES)), np.clip(analysis.ap_mean, 0, None), color=STAGE_COLOURS, edgecolor="k")
-    ax.set_xticks(np.arange(len(STAGES)))
-    ax.set_xticklabels(STAGES, rotation=45, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("AP")
-    ax.set_title("AP OKS 0.50:0.95 after each correction")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _finish_pr_axes(ax, title: str) -> None:
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-
-
-def write_report(analysis: ResultsAnalysis, output_dir: str) -> Dict[str, str]:
-    """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} into
-    ``output_dir`` (created if needed); returns their paths by name."""
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in (
-        "metrics.json", "metrics.md", "pr_curves.png", "error_breakdown.json", "error_breakdown.md",
-        "error_breakdown.png")}
-    with open(paths["metrics.json"], "w") as f:
-        json.dump(analysis.metrics, f, indent=2)
-    with open(paths["metrics.md"], "w") as f:
-        f.write(metrics_table(analysis.metrics) + "\n")
-    with open(paths["error_breakdown.json"], "w") as f:
-        json.dump(analysis.to_dict(), f, indent=2)
-    with open(paths["error_breakdown.md"], "w") as f:
-        f.write(breakdown_table(analysis) + "\n")
-    plot_pr_curves(analysis.precision[0], analysis.oks_thresholds, analysis.recall_thresholds, paths["pr_curves.png"])
-    plot_error_breakdown(analysis, paths["error_breakdown.png"])
-    return paths

@@ -16,18 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
-from ..data.keypoint_metadata import (
-    COCO_PERSON_KEYPOINT_NAMES,
-    COCO_PERSON_OKS_SIGMAS,
-    flip_indices as make_flip_indices,
-    flip_pairs,
-    upper_body_mask,
-)
+from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config, upper_body_mask
 from .box_sources import (
     JITTER_DISTRIBUTIONS,
     HalfBodyBoxes,
@@ -196,12 +189,12 @@ class TopDownPoseEstimator(nn.Module):
         test_box_source = cfg.MODEL.DEPOTR.BOX_SOURCE
         if test_box_source == "gt":
             test_box_source = cfg.MODEL.DEPOTR.TEST_BOX_SOURCE
-        names, flip_map = cls._keypoint_metadata(cfg)
+        keypoints = keypoint_metadata_from_config(cfg)
         aug = cfg.INPUT.AUG
         half_body = None
         if aug.ENABLED and aug.HALF_BODY_PROB > 0:
             half_body = HalfBodyBoxes(
-                upper_body_mask(names),
+                upper_body_mask(keypoints.names),
                 cfg.INPUT.CROP_SIZE,
                 aug.HALF_BODY_PROB,
                 aug.HALF_BODY_MIN_KEYPOINTS,
@@ -212,7 +205,7 @@ class TopDownPoseEstimator(nn.Module):
             "keypoint_branch": build_keypoint_branch(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "flip_indices": make_flip_indices(names, flip_map),
+            "flip_indices": keypoints.flip_indices,
             "input_format": cfg.INPUT.FORMAT,
             "crop_size": cfg.INPUT.CROP_SIZE,
             "crop_padding": cfg.INPUT.CROP_PADDING,
@@ -228,27 +221,8 @@ class TopDownPoseEstimator(nn.Module):
             "test_flip": cfg.TEST.FLIP,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
             "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
-            "oks_sigmas": cfg.TEST.KEYPOINT_OKS_SIGMAS or COCO_PERSON_OKS_SIGMAS,
+            "oks_sigmas": keypoints.oks_sigmas,
         }
-
-    @staticmethod
-    def _keypoint_metadata(cfg) -> Tuple[List[str], List[Tuple[str, str]]]:
-        """(keypoint_names, keypoint_flip_map) of the first training dataset, else of the COCO
-        table; their number must be ``MODEL.DEPOTR.NUM_KEYPOINTS``."""
-        names, flip_map = None, None
-        if len(cfg.DATASETS.TRAIN):
-            metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-            names = getattr(metadata, "keypoint_names", None)
-            flip_map = getattr(metadata, "keypoint_flip_map", None)
-        if names is None or flip_map is None:
-            logger.info("No keypoint_names/keypoint_flip_map metadata for DATASETS.TRAIN; using the COCO table")
-            names, flip_map = COCO_PERSON_KEYPOINT_NAMES, flip_pairs()
-        if len(names) != cfg.MODEL.DEPOTR.NUM_KEYPOINTS:
-            raise ValueError(
-                f"dataset metadata has {len(names)} keypoints, "
-                f"MODEL.DEPOTR.NUM_KEYPOINTS is {cfg.MODEL.DEPOTR.NUM_KEYPOINTS}"
-            )
-        return list(names), list(flip_map)
 
     @property
     def device(self) -> torch.device:

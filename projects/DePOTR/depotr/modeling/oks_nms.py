@@ -11,13 +11,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .oks import keypoint_similarity
+
 __all__ = ["pairwise_oks", "oks_nms"]
 
 
 def pairwise_oks(keypoints: Tensor, areas: Tensor, sigmas: Sequence[float]) -> Tensor:
     """OKS between every two poses, with the COCO formula and the mean of the two areas as the
-    scale (as SimpleBaseline's ``oks_iou``): OKS(i, j) = mean_k exp(-d_k^2 / (2 s^2 (2 sigma_k)^2)),
-    s^2 = (area_i + area_j) / 2. Every keypoint counts, whatever its score.
+    scale (as SimpleBaseline's ``oks_iou``; :func:`depotr.modeling.oks.keypoint_similarity`, scale
+    rule "mean"): OKS(i, j) = mean_k exp(-d_k^2 / (2 s^2 (2 sigma_k)^2)), s^2 = (area_i + area_j) / 2.
+    Every keypoint counts, whatever its score.
 
     Args:
         keypoints: (N, K, 2 or 3) x, y in pixels (a third column, the score, is ignored).
@@ -27,17 +30,12 @@ def pairwise_oks(keypoints: Tensor, areas: Tensor, sigmas: Sequence[float]) -> T
     Returns:
         (N, N) symmetric OKS, 1 on the diagonal.
     """
-    sigmas = torch.as_tensor(sigmas, dtype=keypoints.dtype, device=keypoints.device)
     if keypoints.ndim != 3 or keypoints.shape[1] != len(sigmas) or keypoints.shape[2] < 2:
         raise ValueError(f"keypoints must be (N, {len(sigmas)}, 2 or 3), got shape {tuple(keypoints.shape)}")
     if areas.shape != (len(keypoints),):
         raise ValueError(f"areas must be ({len(keypoints)},), got shape {tuple(areas.shape)}")
     xy = keypoints[..., :2]
-    squared_distances = (xy[:, None] - xy[None]).square().sum(-1)  # (N, N, K)
-    scales = (areas[:, None] + areas[None]).to(keypoints.dtype) / 2  # (N, N)
-    variances = (2 * sigmas) ** 2  # (K,)
-    exponent = squared_distances / (2 * variances * scales[..., None].clamp(min=torch.finfo(keypoints.dtype).eps))
-    return torch.exp(-exponent).mean(-1)
+    return keypoint_similarity(xy[:, None], xy[None], areas[None], sigmas, "mean", areas[:, None]).mean(-1)
 
 
 def oks_nms(keypoints: Tensor, scores: Tensor, areas: Tensor, sigmas: Sequence[float], thresh: float) -> Tensor:

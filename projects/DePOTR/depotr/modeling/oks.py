@@ -1,0 +1,61 @@
+"""COCO object keypoint similarity (OKS), the one implementation: per-keypoint similarity with
+the scale rule a parameter.
+
+Shape letters: K keypoints; ``...`` any broadcastable batch shape (poses, pairs of poses).
+
+The formula is COCOeval's (``pycocotools.cocoeval.COCOeval.computeOks``; Ronchi & Perona 2017):
+ks_k = exp(-d_k^2 / (2 (s^2 + eps) (2 sigma_k)^2)), d_k the distance between the two k-th
+keypoints, sigma_k the keypoint's OKS sigma, eps the dtype's machine epsilon (pycocotools and
+SimpleBaseline add ``np.spacing(1)``). The scale s^2 is one of ``OKS_SCALE_RULES``:
+
+* ``"target"``: the target's area (COCOeval: the ground-truth person's area). Used by the error
+  analysis (``depotr.evaluation.error_analysis``).
+* ``"mean"``: the mean of the two areas (SimpleBaseline's ``oks_iou``), symmetric in the two
+  poses. Used by OKS-NMS (``depotr.modeling.oks_nms``, box areas).
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["OKS_SCALE_RULES", "keypoint_similarity"]
+
+OKS_SCALE_RULES = ("target", "mean")
+
+
+def keypoint_similarity(
+    pred: Tensor,
+    target: Tensor,
+    target_areas: Tensor,
+    sigmas: Union[Sequence[float], Tensor],
+    scale_rule: str = "target",
+    pred_areas: Optional[Tensor] = None,
+) -> Tensor:
+    """Per-keypoint OKS term ks (module docstring); OKS is its mean over the keypoints counted.
+
+    Args:
+        pred: (..., K, 2) x, y of one pose (e.g. predicted), in pixels.
+        target: (..., K, 2) x, y of the other (e.g. ground truth), broadcastable with ``pred``.
+        target_areas: (...) areas s^2 of the target poses, in pixels^2.
+        sigmas: (K,) per-keypoint OKS sigmas.
+        scale_rule: one of ``OKS_SCALE_RULES``: "target" (s^2 = target area) or "mean"
+            (s^2 = (pred area + target area) / 2).
+        pred_areas: (...) areas of the ``pred`` poses; required by "mean", unused by "target".
+
+    Returns:
+        (..., K) similarities in (0, 1], in the dtype of ``pred`` (and ``target``).
+    """
+    if scale_rule not in OKS_SCALE_RULES:
+        raise ValueError(f"unknown OKS scale rule {scale_rule!r}; expected one of {OKS_SCALE_RULES}")
+    if scale_rule == "mean" and pred_areas is None:
+        raise ValueError('OKS scale rule "mean" needs pred_areas')
+    dtype = pred.dtype
+    sigmas = torch.as_tensor(sigmas, dtype=dtype, device=pred.device)
+    if pred.shape[-1] != 2 or target.shape[-1] != 2 or len(sigmas) != pred.shape[-2] or len(sigmas) != target.shape[-2]:
+        raise ValueError(
+            f"pred and target must be (..., {len(sigmas)}, 2), got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    scales = target_areas.to(dtype) if scale_rule == "target" else (pred_areas.to(dtype) + target_areas.to(dtype)) / 2
+    squared_distances = (pred - target).square().sum(-1)  # (..., K)
+    variances = (2 * sigmas) ** 2  # (K,)
+    return torch.exp(-squared_distances / (2 * variances * (scales[..., None] + torch.finfo(dtype).eps)))
