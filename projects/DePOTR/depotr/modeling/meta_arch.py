@@ -79,7 +79,8 @@ class TopDownPoseEstimator(nn.Module):
     ``half_body`` is set, then jittered) and returns the branch's losses. Inference takes boxes
     from ``box_source`` (``gt``, ``precomputed`` = ``batched_input["proposals"]``, ``detector``
     or ``whole_image``: ``depotr.modeling.box_sources``, whose one policy checks, filters,
-    sorts and clips them), crops from the uint8 image (``crop_raw_images``: no float copy of the whole image) and returns
+    sorts and clips them), crops from the uint8 image (``crop_raw_images``: no float copy of
+    the whole image) and returns
     Detectron2 ``Instances`` with keypoints in original image pixels.
     """
 
