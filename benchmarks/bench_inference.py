@@ -5,7 +5,7 @@
 """Times DePOTR's inference per config and prints markdown tables.
 
 Pose branch: ``TopDownPoseEstimator.inference`` on one image with N given person boxes
-(``MODEL.DEPOTR.BOX_SOURCE "precomputed"``): RoIAlign crops, the keypoint branch (twice with the
+(``MODEL.DEPOTR.TEST_BOX_SOURCE "precomputed"``): RoIAlign crops, the keypoint branch (twice with the
 flip test when the config's ``TEST.FLIP`` is on), decoding, mapping back to the image. Boxes are
 random (seeded), 30-90 % of the image height. Per-person latency = median call time / N.
 
@@ -13,7 +13,7 @@ End to end: images/s of the whole pipeline on photos (skimage's astronaut, coffe
 resized to ``--image-size``; random pixels when skimage is missing), one image per call, input
 uint8 on the CPU, both detectors resizing the shortest edge to ``--detector-size`` (default 800, the
 model zoo's; longest edge at most 1333) as ``DefaultPredictor`` does:
-  * ``depotr+det``: ``BOX_SOURCE "detector"`` with Detectron2's model-zoo
+  * ``depotr+det``: ``TEST_BOX_SOURCE "detector"`` with Detectron2's model-zoo
     ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml`` (``MODEL.DEPOTR.DETECTOR.WEIGHTS ""``);
   * ``keypoint_rcnn``: Detectron2's ``COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml`` through
     ``DefaultPredictor`` (``MODEL.WEIGHTS ""``).
@@ -139,10 +139,10 @@ def depotr_cfg(case: Case) -> CfgNode:
     cfg.MODEL.DEVICE = case.device
     cfg.MODEL.WEIGHTS = ""
     if case.kind == "pose":
-        cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"
+        cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "precomputed"
         cfg.MODEL.DEPOTR.BOX_TOPK = 0  # keep every given box
     else:
-        cfg.MODEL.DEPOTR.BOX_SOURCE = "detector"
+        cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "detector"
         cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = DETECTOR_CONFIG
         cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = ""
     return cfg
@@ -187,8 +187,8 @@ def prepare_depotr_e2e(case: Case) -> Callable[[], int]:
     images (one per call) and returning the number of persons predicted."""
     cfg = depotr_cfg(case)
     model = build_model(cfg).eval()
-    fix_rcnn_outputs(model.detector.detector, case.persons)
-    model.detector.min_size_test = case.detector_size
+    fix_rcnn_outputs(model.box_source.detector.detector, case.persons)
+    model.box_source.detector.min_size_test = case.detector_size
     photos, _ = load_photos(case.image_size, case.num_images)
     if cfg.INPUT.FORMAT == "BGR":
         photos = [p[:, :, ::-1] for p in photos]

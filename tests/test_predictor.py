@@ -15,6 +15,7 @@ import depotr.modeling.meta_arch
 from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
+from depotr.modeling.box_sources import PersonDetector
 from depotr.modeling.crops import expand_boxes_to_aspect
 from tests.modeling.test_meta_arch import _detector_cfg
 
@@ -89,7 +90,7 @@ def test_caller_boxes_give_one_person_each_clipped(predictor):
 def test_box_outside_the_image_is_reported_and_the_others_keep_their_index(predictor, caplog):
     image = astronaut_bgr()  # 96 x 128
     boxes = [[200.0, 10.0, 260.0, 90.0], [10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 1e30, 1e30]]
-    with caplog.at_level("WARNING", logger="depotr.modeling.meta_arch"):
+    with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"):
         inst = predictor(image, boxes=boxes)
     assert inst.box_index.tolist() == [1, 2]
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 96.0, 128.0]]))
@@ -293,9 +294,10 @@ def test_detector_boxes_and_no_person(tmp_path):
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR  # random init
     torch.manual_seed(0)
     predictor = Predictor(cfg)
-    assert predictor.model.detector is None  # the predictor runs the detector itself
+    detector = predictor.model.box_source.fallback.detector  # the model runs the detector
+    assert isinstance(detector, PersonDetector)
     # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1) = 0.731.
-    box_predictor = predictor.detector.detector.roi_heads.box_predictor
+    box_predictor = detector.detector.roi_heads.box_predictor
     with torch.no_grad():
         for p in box_predictor.parameters():
             p.zero_()
@@ -306,7 +308,7 @@ def test_detector_boxes_and_no_person(tmp_path):
     caller_boxes = [[10.0, 10.0, 60.0, 90.0]]
     with_detector, with_caller = predictor.predict_batch(images, boxes=[None, caller_boxes])
     model_input = predictor._model_input(images[0], 0)
-    expected_boxes, expected_scores = predictor.detector([model_input], predictor.input_format)[0]
+    expected_boxes, expected_scores = detector([model_input], predictor.input_format)[0]
     # How many boxes a random detector keeps depends on its random RPN (1-5 here, topk 5).
     assert 1 <= len(with_detector) == len(expected_boxes) <= 5
     torch.testing.assert_close(with_detector.pred_boxes.tensor, expected_boxes)
@@ -315,8 +317,37 @@ def test_detector_boxes_and_no_person(tmp_path):
     assert bool(torch.isfinite(with_detector.pred_keypoints).all())
     torch.testing.assert_close(with_caller.pred_boxes.tensor, torch.tensor(caller_boxes))  # the caller's win
 
-    predictor.detector.score_thresh = 0.75  # above sigmoid(1): the detector finds nobody
+    detector.score_thresh = 0.75  # above sigmoid(1): the detector finds nobody
     nobody = predictor.predict_batch(images)
     assert [len(x) for x in nobody] == [0, 0]
     assert [x.image_size for x in nobody] == [(128, 96), (96, 128)]
     assert nobody[0].pred_keypoints.shape == (0, K, 3) and nobody[0].scores.shape == (0,)
+
+
+def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
+    """One box source: the Predictor's detector boxes are those of the model built with
+    TEST_BOX_SOURCE "detector" from the same config (the same saved random detector)."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = instant_cfg()
+    cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    saved = Predictor(cfg).model.box_source.fallback.detector
+    box_predictor = saved.detector.roi_heads.box_predictor
+    with torch.no_grad():
+        for p in box_predictor.parameters():
+            p.zero_()
+        box_predictor.cls_score.bias[0] = 1.0  # every box scores sigmoid(1)
+    DetectionCheckpointer(saved.detector, save_dir=str(tmp_path)).save("detector")
+    cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = str(tmp_path / "detector.pth")
+    cfg.MODEL.DEPOTR.BOX_TOPK = 3
+    predictor = Predictor(cfg)
+    cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "detector"
+    model = build_model(cfg).eval()
+    image = astronaut_bgr(128, 96)
+    inst = predictor(image)
+    with torch.no_grad():
+        expected = model([predictor._model_input(image, 0)])[0]["instances"]
+    assert 1 <= len(inst) <= 3
+    torch.testing.assert_close(inst.pred_boxes.tensor, expected.pred_boxes.tensor)
+    assert inst.box_index.tolist() == expected.box_index.tolist()  # (the pose models' weights differ)

@@ -1,10 +1,14 @@
-"""Precomputed person detections: thresholds, top-K, XYXY conversion, errors."""
+"""Precomputed person detections: the loader (XYXY conversion, errors, what it drops) and the
+"precomputed" box source's thresholds and top-K on what it loads."""
 import json
 
 import numpy as np
 import pytest
+import torch
+from detectron2.structures import Boxes, Instances
 
 from depotr.data.datasets import attach_precomputed_boxes, attach_precomputed_boxes_from_cfg, load_precomputed_boxes
+from depotr.modeling.box_sources import PrecomputedBoxes, build_box_source
 
 DETECTIONS = [
     {"image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40], "score": 0.9},
@@ -23,29 +27,44 @@ def _write(tmp_path, obj, name="dets.json"):
     return str(path)
 
 
+def _model_inputs(dicts):
+    """What the data mapper makes of the dicts' person boxes (the "proposals"), on a 100 x 100 image."""
+    inputs = []
+    for d in dicts:
+        proposals = Instances((100, 100))
+        proposals.proposal_boxes = Boxes(torch.as_tensor(d["person_boxes"]))
+        proposals.scores = torch.as_tensor(d["person_scores"])
+        inputs.append({"image": torch.zeros((3, 100, 100), dtype=torch.uint8), "image_id": d["image_id"],
+                       "proposals": proposals})
+    return inputs
+
+
 @pytest.mark.parametrize(
     "thresh, topk, scores_1, scores_2, dropped",
     [
-        (0.0, 100, [0.9, 0.6, 0.3], [0.7], dict(dropped_score=0, dropped_topk=0)),
-        (0.5, 100, [0.9, 0.6], [0.7], dict(dropped_score=1, dropped_topk=0)),
-        (0.0, 1, [0.9], [0.7], dict(dropped_score=0, dropped_topk=2)),
-        (0.95, 100, [], [], dict(dropped_score=6, dropped_topk=0)),
+        (0.0, 100, [0.9, 0.6, 0.3], [0.7], dict()),
+        (0.5, 100, [0.9, 0.6], [0.7], dict(score=1, topk=0)),
+        (0.0, 1, [0.9], [0.7], dict(score=0, topk=2)),
+        (0.95, 100, [], [], dict(score=4, topk=0)),
     ],
     ids=["all", "thresh_0.5", "top1", "thresh_above_all"],
 )
 def test_threshold_and_topk(tmp_path, thresh, topk, scores_1, scores_2, dropped):
     path = _write(tmp_path, DETECTIONS)
-    boxes, stats = load_precomputed_boxes(path, thresh, topk)
-    assert stats["dropped_category"] == 1
-    for key, value in dropped.items():
-        assert stats[key] == value
+    boxes, stats = load_precomputed_boxes(path)
+    assert stats["dropped_category"] == 1 and stats["dropped_empty"] == 1 and stats["kept"] == 5
     dicts = [{"image_id": 1, "file_name": "a"}, {"image_id": 2, "file_name": "b"}, {"image_id": 3, "file_name": "c"}]
-    out = attach_precomputed_boxes(dicts, path, thresh, topk)
-    for d, want in zip(out, (scores_1, scores_2, [])):
-        assert d["person_boxes"].dtype == np.float32 and d["person_boxes"].shape == (len(want), 4)
+    out = attach_precomputed_boxes(dicts, path)
+    for d, count in zip(out, (3, 1, 0)):  # every person box of positive size, in the file's order
+        assert d["person_boxes"].dtype == np.float32 and d["person_boxes"].shape == (count, 4)
         assert d["person_scores"].dtype == np.float32
-        np.testing.assert_allclose(d["person_scores"], want, rtol=1e-6)
+    np.testing.assert_allclose(out[0]["person_scores"], [0.9, 0.3, 0.6], rtol=1e-6)
     assert "person_boxes" not in dicts[0]
+    # The threshold and top-K are the box source's, once (by decreasing score).
+    source = PrecomputedBoxes(thresh, topk)
+    for found, want in zip(source(_model_inputs(out)), (scores_1, scores_2, [])):
+        np.testing.assert_allclose(found.scores.numpy(), want, rtol=1e-6)
+    assert dict(source.num_dropped) == dropped
 
 
 def test_boxes_are_xyxy(tmp_path):
@@ -65,7 +84,10 @@ def test_from_cfg_uses_the_test_dataset_position(tmp_path):
     cfg.MODEL.DEPOTR.BOX_TOPK = 1
     dicts = [{"image_id": 1}]
     assert "person_boxes" not in attach_precomputed_boxes_from_cfg(cfg, "a", dicts)[0]
-    np.testing.assert_allclose(attach_precomputed_boxes_from_cfg(cfg, "b", dicts)[0]["person_scores"], [0.9])
+    attached = attach_precomputed_boxes_from_cfg(cfg, "b", dicts)
+    np.testing.assert_allclose(attached[0]["person_scores"], [0.9, 0.3, 0.6])
+    (found,) = build_box_source(cfg, "precomputed")(_model_inputs(attached))
+    np.testing.assert_allclose(found.scores.numpy(), [0.9])
 
 
 def _bad(**change):
@@ -107,7 +129,7 @@ def test_missing_and_invalid_json(tmp_path):
 
 def test_logs_what_was_dropped(tmp_path, caplog):
     with caplog.at_level("INFO", logger="depotr.data.datasets"):
-        attach_precomputed_boxes([{"image_id": 1}, {"image_id": 2}], _write(tmp_path, DETECTIONS), 0.5, 1)
+        attach_precomputed_boxes([{"image_id": 1}, {"image_id": 2}], _write(tmp_path, DETECTIONS))
     text = caplog.text
-    assert "7 detections" in text and "1 not person" in text and "1 with score < 0.5" in text
+    assert "7 detections" in text and "kept 4;" in text and "1 not person" in text
     assert "1 empty" in text and "1 kept boxes belong to images not in the dataset" in text

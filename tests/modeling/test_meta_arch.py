@@ -17,6 +17,9 @@ from detectron2.structures import Boxes, Instances, Keypoints
 from depotr.config import add_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
 from depotr.modeling.box_sources import (
+    DetectorBoxes,
+    GtBoxes,
+    PrecomputedBoxes,
     build_person_detector,
     jitter_boxes,
     resolve_model_zoo_path,
@@ -217,7 +220,7 @@ def test_jitter_boxes_disabled_is_identity():
 @pytest.mark.parametrize("source", ["precomputed", "gt"])
 def test_inference_centre_branch_gives_box_centres(counts, source):
     g = torch.Generator().manual_seed(sum(counts))
-    model = make_model(test_box_source=source).eval()
+    model = make_model(box_source={"gt": GtBoxes, "precomputed": PrecomputedBoxes}[source]()).eval()
     inputs = [make_input(f"img{i}", n, g) for i, n in enumerate(counts)]
     with torch.no_grad():
         outputs = model(inputs)
@@ -261,7 +264,7 @@ def test_inference_box_crossing_border_is_clipped_and_inputs_unchanged():
     x["height"], x["width"] = 96, 128  # outputs scaled x2 (detector_postprocess)
     before = x["instances"].gt_boxes.tensor.clone()
     with torch.no_grad():
-        inst = make_model(test_box_source="gt").eval()([x])[0]["instances"]
+        inst = make_model(box_source=GtBoxes()).eval()([x])[0]["instances"]
     assert torch.equal(x["instances"].gt_boxes.tensor, before)
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[0.0, 40.0, 60.0, 96.0]]))
     # The person is cropped around the clipped box [0, 20, 30, 48], as Detectron2 crops.
@@ -275,7 +278,7 @@ def test_inference_keeps_keypoints_of_huge_boxes_near_the_image_and_reports_boxe
     x["proposals"].proposal_boxes.tensor[:] = torch.tensor(
         [[-scale, -scale, scale, scale], [70.0, 10.0, 90.0, 40.0], [5.0, 5.0, 20.0, 30.0]])  # 2nd: right of the image
     x["proposals"].scores = torch.tensor([0.9, 0.8, 0.7])
-    with caplog.at_level("WARNING", logger="depotr.modeling.meta_arch"), torch.no_grad():
+    with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"), torch.no_grad():
         inst = make_model().eval()([x])[0]["instances"]
     assert inst.box_index.tolist() == [0, 2]
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 64.0, 48.0], [5.0, 5.0, 20.0, 30.0]]))
@@ -300,7 +303,7 @@ def test_inference_applies_box_threshold_and_topk():
     x = make_input("img", 3, g)
     x["proposals"].scores = torch.tensor([0.3, 0.9, 0.6])
     with torch.no_grad():
-        inst = make_model(box_score_thresh=0.5, box_topk=1).eval()([x])[0]["instances"]
+        inst = make_model(box_source=PrecomputedBoxes(score_thresh=0.5, topk=1)).eval()([x])[0]["instances"]
     torch.testing.assert_close(inst.pred_boxes.tensor, x["proposals"].proposal_boxes.tensor[1:2])
 
 
@@ -309,7 +312,7 @@ def test_missing_proposals_error_names_image():
     inputs = [make_input("img1", 1, g), make_input("img2", 1, g)]
     del inputs[1]["proposals"]
     with pytest.raises(KeyError, match=r"image 'img2' has no 'proposals'.*proposal_boxes"):
-        make_model(test_box_source="precomputed").eval()(inputs)
+        make_model(box_source=PrecomputedBoxes()).eval()(inputs)
 
 
 @pytest.mark.parametrize(
@@ -418,7 +421,7 @@ def test_detector_box_source(tmp_path):
     assert all(len(boxes) == 0 for boxes, _ in detector(inputs, "RGB"))
     detector.score_thresh = 0.0
 
-    model = make_model(test_box_source="detector", detector=detector)
+    model = make_model(box_source=DetectorBoxes(detector, "RGB"))
     model.train()
     assert not detector.training and not detector.detector.training
     with torch.no_grad():

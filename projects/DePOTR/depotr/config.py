@@ -74,10 +74,12 @@ def _add_model_config(cfg: CN) -> None:
     # Deformable DETR train so; the thesis supervised the last layer only). DePOTR heads only.
     cfg.MODEL.DEPOTR.AUX_LOSS = False
 
-    # Where person boxes come from: "gt" (training), "precomputed" (from dataset dicts,
-    # see DATASETS.PRECOMPUTED_BOXES) or "detector" (MODEL.DEPOTR.DETECTOR).
+    # Person boxes in training: "gt" (the annotated boxes, the only training source; see
+    # depotr/modeling/box_sources.py for the one policy every box source follows).
     cfg.MODEL.DEPOTR.BOX_SOURCE = "gt"
-    # Box source used at inference when BOX_SOURCE is "gt" (gt boxes exist only in training).
+    # Person boxes at inference: "gt", "precomputed" (the dataset dicts' person detections of
+    # DATASETS.PRECOMPUTED_BOXES), "detector" (MODEL.DEPOTR.DETECTOR) or "whole_image" (one
+    # person per image). The Predictor ignores it (caller's boxes, else detector, else whole image).
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "precomputed"
     # Training box jitter: relative scale change in [-s, s] and centre shift in [-t, t]
     # (fraction of box size). 0 disables it.
@@ -86,7 +88,8 @@ def _add_model_config(cfg: CN) -> None:
     # How scale and shift are drawn in those ranges: "uniform", or "normal" = N(0, 1) x range
     # clipped to the range (SimpleBaseline / HRNet's scale factor).
     cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION = "uniform"
-    # Inference boxes: drop those scoring below this, keep at most TOPK per image.
+    # Inference boxes of "precomputed" / "detector": drop those scoring below this, keep the TOPK
+    # best per image (<= 0: all).
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
     cfg.MODEL.DEPOTR.BOX_TOPK = 100
     # Instance score = box score x mean of keypoint scores above this (SimpleBaseline).
@@ -135,7 +138,8 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.TRANSPOSE.DIM_FEEDFORWARD = 1024
 
     cfg.MODEL.DEPOTR.DETECTOR = CN()
-    # A Detectron2 person detector for BOX_SOURCE "detector": its config file and weights.
+    # A Detectron2 person detector for TEST_BOX_SOURCE "detector" (and the Predictor): its config
+    # file and weights.
     cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = ""
     cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = ""
     # Detector boxes scoring below this are dropped.
@@ -181,7 +185,7 @@ def _add_input_config(cfg: CN) -> None:
 
 def _add_dataset_config(cfg: CN) -> None:
     # One COCO results json of person detections per DATASETS.TEST entry ("" = none); used
-    # with MODEL.DEPOTR.BOX_SOURCE "precomputed".
+    # with MODEL.DEPOTR.TEST_BOX_SOURCE "precomputed".
     cfg.DATASETS.PRECOMPUTED_BOXES = ()
 
     cfg.DATASETS.SYNTHETIC = CN()

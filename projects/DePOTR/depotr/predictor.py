@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer
-from .modeling.box_sources import build_person_detector
+from .modeling.box_sources import PrecomputedBoxes, build_box_source
 
 __all__ = ["Predictor", "person_proposals"]
 
@@ -34,7 +34,8 @@ ScoresLike = Union[np.ndarray, Tensor, Sequence[float]]
 
 
 def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size: Tuple[int, int]) -> Instances:
-    """The ``"proposals"`` of one model input (box source "precomputed").
+    """The ``"proposals"`` of one model input (box source "precomputed"). Checks only the
+    shapes Detectron2's ``Instances`` need; the box source checks the values.
 
     Args:
         boxes: (N, 4) XYXY person boxes in image pixels (array, tensor, nested list or Boxes).
@@ -55,10 +56,6 @@ def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size:
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
     if scores.shape != (len(boxes),):
         raise ValueError(f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}")
-    bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
-    if bad:
-        raise ValueError(f"box scores must be finite; box {bad[0]} has score {float(scores[bad[0]])} "
-                         f"({len(bad)} of {len(boxes)} scores are not finite)")
     proposals = Instances(tuple(image_size))
     proposals.proposal_boxes = Boxes(boxes)
     proposals.scores = scores
@@ -69,19 +66,23 @@ class Predictor:
     """Builds DePOTR from a config, loads its weights and estimates the keypoints of every
     person in images.
 
-    Person boxes of an image come, in this order of precedence, from:
+    Person boxes of an image come from the model's box source
+    (``depotr.modeling.box_sources``), in this order of precedence:
 
-    1. the caller: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1);
-    2. the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR`` when ``CONFIG_FILE`` is set
-       (``build_person_detector``: boxes of ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``);
-       an image where it finds nobody gives empty Instances;
-    3. otherwise the whole image, as one person of score 1 (the single-person mode).
+    1. the caller: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1),
+       given to the model as ``"proposals"`` (source "precomputed");
+    2. the source "detector", the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR``, when
+       ``CONFIG_FILE`` is set (boxes of ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``); an
+       image where it finds nobody gives empty Instances;
+    3. otherwise the source "whole_image": the whole image as one person of score 1 (the
+       single-person mode).
 
-    The boxes are then filtered by ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted
-    by decreasing score (stable), as the model's "precomputed" box source does; the config's
-    ``BOX_SOURCE`` / ``TEST_BOX_SOURCE`` are not used. They are clipped to the image; a box
-    wholly outside it gives no person (a warning names it). ``box_index`` of the output maps
-    each person to its box; OKS-NMS (``TEST.OKS_NMS_THRESH``) may drop duplicate poses.
+    ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (an evaluation setting) is not used. The boxes follow the
+    box sources' one policy: malformed boxes are errors; caller and detector boxes are
+    filtered by ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted by decreasing score
+    (stable); all are clipped to the image, and a box wholly outside it gives no person (a
+    warning names it). ``box_index`` of the output maps each person to its box; OKS-NMS
+    (``TEST.OKS_NMS_THRESH``) may drop duplicate poses.
 
     Images are BGR uint8 (H, W, 3) arrays, as ``cv2.imread`` gives, or file paths; other
     layouts (grey, BGRA, 16-bit, float in [0, 1]) are converted by
@@ -98,18 +99,19 @@ class Predictor:
                 fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
         """
         self.cfg = cfg.clone()
-        self.cfg.defrost()
-        self.cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"  # boxes arrive as "proposals"
         self.cfg.freeze()
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
-        self.model = build_model(self.cfg).eval()
+        depotr = self.cfg.MODEL.DEPOTR
+        fallback = build_box_source(self.cfg, "detector" if depotr.DETECTOR.CONFIG_FILE else "whole_image")
+        box_source = PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK, fallback=fallback)
+        model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
+        self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
         if self.cfg.MODEL.WEIGHTS:
             DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
-        self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
 
     def __call__(
         self, image: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
@@ -175,13 +177,6 @@ class Predictor:
                     x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]))
                 except ValueError as e:
                     raise ValueError(f"image {x['image_id']!r}: {e}") from e
-        unboxed = [x for x in inputs if "proposals" not in x]
-        if self.detector is None:
-            found = [([[0.0, 0.0, x["width"], x["height"]]], None) for x in unboxed]  # the whole image
-        else:
-            found = self.detector(unboxed, self.input_format) if unboxed else []
-        for x, (image_boxes, image_scores) in zip(unboxed, found):
-            x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]))
         return [out["instances"].to("cpu") for out in self.model(inputs)]
 
     def _model_input(self, image: ImageLike, index: int) -> dict:

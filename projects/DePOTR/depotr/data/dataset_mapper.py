@@ -21,6 +21,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
+from detectron2.utils.logger import log_every_n_seconds
 
 from .augmentation import KeypointAugmenter, build_albumentations_from_cfg
 from .keypoint_metadata import COCO_PERSON_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, keypoint_metadata_from_config
@@ -33,6 +34,11 @@ __all__ = ["DePOTRDatasetMapper", "annotations_to_arrays"]
 def _annotation_name(anno: Dict[str, Any], index: int, file_name: str) -> str:
     ident = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{index} (no id)"
     return f"{ident} of {file_name}"
+
+
+def _nonempty(boxes: np.ndarray) -> np.ndarray:
+    """(N,) bool: width and height > 0 of (N, 4) XYXY boxes."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def annotations_to_arrays(annos: Sequence[Dict[str, Any]], num_keypoints: int, file_name: str = "?"
@@ -87,6 +93,12 @@ class DePOTRDatasetMapper:
     Unreadable images: skipped in training (returns None, so Detectron2's ``MapDataset``
     retries another index; ``num_skipped_images`` counts them per process) and an error naming
     the file at evaluation.
+
+    Boxes: a malformed annotation is an error naming it (:func:`annotations_to_arrays`, the one
+    annotation check). A person or proposal box that the training augmentation moved out of the
+    image (width or height 0 after clipping) is dropped with its keypoints; ``num_dropped_boxes``
+    counts them per process and the count is logged at most once a minute. Everything else about
+    boxes is the box source's policy (``depotr.modeling.box_sources``).
     """
 
     @configurable
@@ -114,6 +126,7 @@ class DePOTRDatasetMapper:
         self.augmenter = (KeypointAugmenter(augmentation, self.keypoint_flip_indices)
                           if is_train and augmentation is not None else None)
         self.num_skipped_images = 0
+        self.num_dropped_boxes = 0
         logger.info("DePOTRDatasetMapper (%s): augmentation %s", "train" if is_train else "test",
                     augmentation if self.augmenter is not None else "off")
 
@@ -169,11 +182,17 @@ class DePOTRDatasetMapper:
 
         if self.augmenter is not None:
             image, keypoints, boxes, proposal_boxes = self.augmenter(image, keypoints, boxes, proposal_boxes)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            keep = _nonempty(boxes)
             boxes, keypoints = boxes[keep], keypoints[keep]
+            dropped = int((~keep).sum())
             if proposal_boxes is not None:
-                keep = (proposal_boxes[:, 2] > proposal_boxes[:, 0]) & (proposal_boxes[:, 3] > proposal_boxes[:, 1])
+                keep = _nonempty(proposal_boxes)
                 proposal_boxes, proposal_scores = proposal_boxes[keep], proposal_scores[keep]
+                dropped += int((~keep).sum())
+            if dropped:
+                self.num_dropped_boxes += dropped
+                log_every_n_seconds(logging.INFO, f"DePOTRDatasetMapper: dropped {self.num_dropped_boxes} boxes so far "
+                                    "that the augmentation moved out of the image", n=60, name=__name__)
 
         image_size = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

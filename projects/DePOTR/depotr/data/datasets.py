@@ -8,6 +8,11 @@ N persons (or detections) per image, K = 17 keypoints.
 * Detectron2's builtin ``keypoints_coco_*`` datasets get the OKS sigmas of the keypoint table.
 * :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
 * :func:`attach_precomputed_boxes`: person detections from a COCO results json.
+
+Box checks here are the loader's: a malformed entry of an annotation or detection file is an
+error naming the file and the entry; a valid entry that cannot be a person box (another category,
+a detection of width or height 0) is dropped and counted in the log. Score threshold, top-k,
+sorting and clipping are the box source's (``depotr.modeling.box_sources``), stated once there.
 """
 from __future__ import annotations
 
@@ -191,15 +196,15 @@ def _finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def load_precomputed_boxes(json_file: str, score_thresh: float = 0.0, topk: int = 100
-                           ) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
+def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
     """Reads a COCO detection results json (a list of {image_id, category_id, bbox [x, y, w, h],
-    score}) and keeps, per image, the person (category 1) boxes scoring >= ``score_thresh``,
-    at most ``topk`` of them by descending score.
+    score}) and keeps, per image, the person (category 1) boxes of positive width and height, in
+    the file's order (the box source "precomputed" applies ``MODEL.DEPOTR.BOX_SCORE_THRESH`` /
+    ``BOX_TOPK``).
 
     Returns:
-        boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)), sorted by score.
-        stats: total, kept, dropped_category, dropped_score, dropped_topk, dropped_empty (w or h 0).
+        boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)).
+        stats: total, kept, dropped_category, dropped_empty (w or h 0).
     Raises:
         FileNotFoundError / ValueError naming the file (and detection index and field).
     """
@@ -213,8 +218,7 @@ def load_precomputed_boxes(json_file: str, score_thresh: float = 0.0, topk: int 
     if not isinstance(detections, list):
         raise ValueError(f"precomputed boxes file {json_file}: expected a list of detections "
                          f"(COCO results format), got {type(detections).__name__}")
-    stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_score=0,
-                    dropped_topk=0, dropped_empty=0)
+    stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_empty=0)
     per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
     for i, det in enumerate(detections):
         where = f"precomputed boxes file {json_file}, detection {i}"
@@ -233,18 +237,12 @@ def load_precomputed_boxes(json_file: str, score_thresh: float = 0.0, topk: int 
         if det["category_id"] != COCO_PERSON_CATEGORY_ID:
             stats["dropped_category"] += 1
             continue
-        if score < score_thresh:
-            stats["dropped_score"] += 1
-            continue
         if bbox[2] == 0 or bbox[3] == 0:
             stats["dropped_empty"] += 1
             continue
         per_image.setdefault(int(det["image_id"]), []).append((float(score), [float(v) for v in bbox]))
     out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
     for image_id, dets in per_image.items():
-        dets.sort(key=lambda d: -d[0])
-        stats["dropped_topk"] += max(0, len(dets) - topk)
-        dets = dets[:topk]
         xywh = np.asarray([d[1] for d in dets], np.float32).reshape(-1, 4)
         boxes = BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS).astype(np.float32)
         out[image_id] = (boxes, np.asarray([d[0] for d in dets], np.float32))
@@ -252,12 +250,11 @@ def load_precomputed_boxes(json_file: str, score_thresh: float = 0.0, topk: int 
     return out, dict(stats)
 
 
-def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file: str,
-                             score_thresh: float = 0.0, topk: int = 100) -> List[Dict[str, Any]]:
+def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file: str) -> List[Dict[str, Any]]:
     """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) to
     each dataset dict from :func:`load_precomputed_boxes` (N = 0 for images without
     detections). Returns new dicts; logs what was dropped and why."""
-    boxes, stats = load_precomputed_boxes(json_file, score_thresh, topk)
+    boxes, stats = load_precomputed_boxes(json_file)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
@@ -266,20 +263,18 @@ def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file:
         b, s = boxes.get(d["image_id"], empty)
         out.append({**d, "person_boxes": b, "person_scores": s})
     without = sum(1 for d in out if len(d["person_boxes"]) == 0)
-    logger.info("Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d with score < %g, "
-                "%d beyond top-%d per image, %d empty; %d kept boxes belong to images not in the dataset; "
-                "%d of %d images have no box.", json_file, stats["total"], stats["kept"] - unknown,
-                stats["dropped_category"], stats["dropped_score"], score_thresh, stats["dropped_topk"], topk,
-                stats["dropped_empty"], unknown, without, len(out))
+    logger.info("Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d empty; %d kept boxes "
+                "belong to images not in the dataset; %d of %d images have no box.", json_file, stats["total"],
+                stats["kept"] - unknown, stats["dropped_category"], stats["dropped_empty"], unknown, without,
+                len(out))
     return out
 
 
 def attach_precomputed_boxes_from_cfg(cfg, dataset_name: str, dataset_dicts: Sequence[Dict[str, Any]]
                                       ) -> List[Dict[str, Any]]:
     """:func:`attach_precomputed_boxes` with the file given for ``dataset_name`` in
-    ``DATASETS.PRECOMPUTED_BOXES`` (same position as in ``DATASETS.TEST``) and
-    ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK``. Returns the dicts unchanged when no
-    file is configured."""
+    ``DATASETS.PRECOMPUTED_BOXES`` (same position as in ``DATASETS.TEST``). Returns the dicts
+    unchanged when no file is configured."""
     if cfg.DATASETS.PRECOMPUTED_BOXES and len(cfg.DATASETS.PRECOMPUTED_BOXES) != len(cfg.DATASETS.TEST):
         raise ValueError(
             f"DATASETS.PRECOMPUTED_BOXES has {len(cfg.DATASETS.PRECOMPUTED_BOXES)} entries but DATASETS.TEST has "
@@ -292,5 +287,4 @@ def attach_precomputed_boxes_from_cfg(cfg, dataset_name: str, dataset_dicts: Seq
             files = cfg.DATASETS.PRECOMPUTED_BOXES[index]
     if not files:
         return list(dataset_dicts)
-    return attach_precomputed_boxes(dataset_dicts, files, cfg.MODEL.DEPOTR.BOX_SCORE_THRESH,
-                                    cfg.MODEL.DEPOTR.BOX_TOPK)
+    return attach_precomputed_boxes(dataset_dicts, files)

@@ -1,21 +1,45 @@
-"""Where the person boxes of the top-down pipeline come from.
+"""Where the person boxes of the top-down pipeline come from, and the one policy they obey.
 
 Shape letters: N persons of one image, K keypoints.
 
-* ``gt``: the annotated boxes (training, or evaluation with ground-truth boxes); while training
-  :class:`HalfBodyBoxes` may replace some by half-body boxes and :func:`jitter_boxes` rescales
-  and shifts them.
-* ``precomputed``: ``batched_input["proposals"]`` (e.g. SimpleBaseline's
-  ``COCO_val2017_detections_AP_H_56_person.json`` loaded by the data pipeline), filtered by
-  :func:`select_boxes`.
-* ``detector``: a Detectron2 detector run on the same inputs, :class:`PersonDetector`.
+Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` names the one used at inference; training always uses
+``gt``), each a :class:`PersonBoxSource` built by :func:`build_box_source`:
 
-Every source returns per image ``(boxes (N, 4) XYXY image pixels, scores (N,))``. A new source
-(e.g. "whole_image") is one more function with that signature plus one name in
-``TopDownPoseEstimator._inference_boxes``.
+* ``gt`` (:class:`GtBoxes`): the annotated boxes ``batched_input["instances"].gt_boxes``. In
+  training persons with fewer than ``min_keypoints`` labelled keypoints are left out first (they
+  add no loss); then :class:`HalfBodyBoxes` may replace some boxes and :func:`jitter_boxes`
+  rescales and shifts them.
+* ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the person
+  detections of ``DATASETS.PRECOMPUTED_BOXES`` (SimpleBaseline's
+  ``COCO_val2017_detections_AP_H_56_person.json``) or the boxes a ``Predictor`` caller gives.
+* ``detector`` (:class:`DetectorBoxes`): a frozen Detectron2 detector, :class:`PersonDetector`,
+  run on the same inputs.
+* ``whole_image`` (:class:`WholeImageBoxes`): the whole image as one person of score 1 (the
+  single-person mode).
+
+Every source returns per image a :class:`PersonBoxes` (boxes (N, 4) float32 XYXY image pixels,
+scores (N,) float32, index (N,) int64: where each box is in the source's own list, i.e. the
+input's gt instances, its proposals, the detector's person detections, 0 for the whole image)
+under ONE policy, applied by :meth:`PersonBoxSource.forward` in this order:
+
+1. Malformed boxes are input errors: boxes that are not (N, 4), scores that are not (N,), a
+   score that is NaN or infinite, or a box that is not finite or whose width or height is <= 0
+   raise a ValueError naming the image id, the source and the box index (:func:`check_boxes`).
+   Every box the source gives is checked, before any filter.
+2. Ranked sources (``precomputed``, ``detector``) drop boxes scoring below
+   ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
+   ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); what they drop is counted in
+   ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
+3. Boxes are clipped to the image at inference (as Detectron2's detectors do; training gt boxes
+   are not clipped, so that a crop may reach past the border). A box with no area inside the
+   image is dropped, with one warning per image giving the count and the indices.
+
+A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
+``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`.
 """
 import logging
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from collections import Counter
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +48,26 @@ from torch import Tensor, nn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.structures import Boxes
+from detectron2.utils.logger import log_every_n_seconds
 
 from .crops import expand_boxes_to_aspect
 
 __all__ = [
     "JITTER_DISTRIBUTIONS",
+    "TRAIN_BOX_SOURCES",
+    "TEST_BOX_SOURCES",
     "HalfBodyBoxes",
     "jitter_boxes",
-    "gt_boxes",
-    "precomputed_boxes",
+    "PersonBoxes",
+    "check_boxes",
     "select_boxes",
+    "PersonBoxSource",
+    "GtBoxes",
+    "PrecomputedBoxes",
+    "DetectorBoxes",
+    "WholeImageBoxes",
+    "build_box_source",
     "resolve_model_zoo_path",
     "PersonDetector",
     "build_person_detector",
@@ -43,6 +77,10 @@ logger = logging.getLogger(__name__)
 
 # Prefix of DETECTOR.CONFIG_FILE / DETECTOR.WEIGHTS naming a file of Detectron2's model zoo.
 MODEL_ZOO_PREFIX = "model_zoo:"
+
+# MODEL.DEPOTR.BOX_SOURCE values (training boxes) and MODEL.DEPOTR.TEST_BOX_SOURCE values.
+TRAIN_BOX_SOURCES = ("gt",)
+TEST_BOX_SOURCES = ("gt", "precomputed", "detector", "whole_image")
 
 
 # MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION values.
@@ -174,23 +212,58 @@ class HalfBodyBoxes:
         return torch.where(use[:, None], expand_boxes_to_aspect(tight, self.crop_size, self.padding), boxes)
 
 
-def gt_boxes(batched_input: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
-    """Returns the annotated person boxes of one input and scores of 1.
+class PersonBoxes(NamedTuple):
+    """The person boxes of one image, as every :class:`PersonBoxSource` returns them."""
 
-    Raises a KeyError naming the image when the input has no ``"instances"``.
+    boxes: Tensor  # (N, 4) float32 XYXY in image pixels
+    scores: Tensor  # (N,) float32
+    index: Tensor  # (N,) int64, each box's position in its source's list
+
+
+def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[Tensor] = None) -> None:
+    """Rule 1 of the module's policy: raises a ValueError naming the image, the source and the
+    box index when the boxes (or scores) are malformed.
+
+    Args:
+        boxes: (N, 4) XYXY boxes in image pixels; each must be finite with width and height > 0.
+        source: where the boxes come from ("gt", "precomputed", ...), for the message.
+        image_id: the image's id (``batched_input["image_id"]``), for the message.
+        scores: (N,) finite scores of the boxes, or None.
     """
-    if "instances" not in batched_input:
-        raise KeyError(
-            f"image {batched_input.get('image_id')!r} has no 'instances': box source 'gt' needs "
-            "the ground-truth Instances (gt_boxes) the data mapper adds"
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(
+            f"{source} person boxes of image {image_id!r} must be (N, 4) XYXY, got shape {tuple(boxes.shape)}"
         )
-    boxes = batched_input["instances"].gt_boxes.tensor
-    return boxes, boxes.new_ones(len(boxes))
+    if scores is not None:
+        if scores.shape != (len(boxes),):
+            raise ValueError(
+                f"{source} box scores of image {image_id!r} must be ({len(boxes)},) for {len(boxes)} boxes, "
+                f"got shape {tuple(scores.shape)}"
+            )
+        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"image {image_id!r}: box scores must be finite; box {bad[0]} has score {float(scores[bad[0]])} "
+                f"({source} boxes; {len(bad)} of {len(boxes)} scores are not finite)"
+            )
+    if boxes.numel() == 0:
+        return
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    bad = ~(torch.isfinite(boxes).all(dim=1) & (widths > 0) & (heights > 0))
+    if bad.any():
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{source} person box {index} of image {image_id!r} is degenerate: "
+            f"{boxes[index].tolist()} (XYXY; width and height must be finite and > 0); "
+            f"{int(bad.sum())} of {len(boxes)} boxes of this image are degenerate"
+        )
 
 
 def select_boxes(boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, return_index: bool = False
                  ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
-    """Keeps boxes with score >= ``score_thresh``, then the ``topk`` highest scoring.
+    """Rule 2 of the module's policy: keeps boxes with score >= ``score_thresh``, then the
+    ``topk`` highest scoring.
 
     Args:
         boxes: (N, 4); scores: (N,).
@@ -209,23 +282,198 @@ def select_boxes(boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, 
     return (boxes[order], scores[order], order) if return_index else (boxes[order], scores[order])
 
 
-def precomputed_boxes(batched_input: Dict[str, Any], score_thresh: float, topk: int, return_index: bool = False
-                      ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
-    """Person boxes given with the input as ``batched_input["proposals"]``
-    (Instances with ``proposal_boxes`` (Boxes XYXY image pixels) and ``scores`` (N,)),
-    filtered by :func:`select_boxes` (``return_index``: also their indices in the proposals).
+class PersonBoxSource(nn.Module):
+    """Base class of the box sources: ``source(batched_inputs) -> List[PersonBoxes]``, one per
+    input, under the module's policy. Subclasses set ``name`` and implement :meth:`source_boxes`.
 
-    Raises a KeyError naming the image when the input has no ``"proposals"``.
+    An ``nn.Module`` so that a source holding a network (the detector) is part of the model's
+    state dict and moves with it; the others have no parameters.
     """
-    if "proposals" not in batched_input:
-        raise KeyError(
-            f"image {batched_input.get('image_id')!r} has no 'proposals': box source 'precomputed' "
-            "expects batched_input['proposals'] = Instances(proposal_boxes=Boxes (N, 4) XYXY in "
-            "image pixels, scores=(N,)). Load person detections with DATASETS.PRECOMPUTED_BOXES, "
-            "or use MODEL.DEPOTR.TEST_BOX_SOURCE 'gt' / 'detector'"
-        )
-    proposals = batched_input["proposals"]
-    return select_boxes(proposals.proposal_boxes.tensor, proposals.scores, score_thresh, topk, return_index)
+
+    name = ""
+
+    def __init__(self, score_thresh: Optional[float] = None, topk: int = 0, clip: bool = True):
+        """
+        Args:
+            score_thresh: rule 2's threshold (``MODEL.DEPOTR.BOX_SCORE_THRESH``); None: the source
+                is not ranked (no threshold, no sorting, no top-k).
+            topk: rule 2's maximum per image (``BOX_TOPK``); <= 0: no limit.
+            clip: rule 3's clipping to the image (inference); the drop of boxes with no area
+                inside the image applies either way.
+        """
+        super().__init__()
+        self.score_thresh = None if score_thresh is None else float(score_thresh)
+        self.topk = int(topk)
+        self.clip = bool(clip)
+        # Boxes dropped by rule 2 since construction: "score" (below the threshold), "topk".
+        self.num_dropped: Counter = Counter()
+
+    def source_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+        """Per input the boxes as the source has them, before the policy (index: (N,) int64);
+        by default :meth:`image_boxes` of each input (a source that runs on the batch, such as
+        the detector, overrides this instead)."""
+        return [self.image_boxes(x) for x in batched_inputs]
+
+    def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
+        """The boxes of one input as the source has them, before the policy."""
+        raise NotImplementedError
+
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+        """Per input the checked, filtered, sorted (ranked sources) and clipped boxes."""
+        return [self._apply_policy(x, raw) for x, raw in zip(batched_inputs, self.source_boxes(batched_inputs))]
+
+    def _apply_policy(self, x: Dict[str, Any], raw: PersonBoxes) -> PersonBoxes:
+        image_id = x.get("image_id")
+        boxes, scores, index = raw
+        check_boxes(boxes, self.name, image_id, scores)
+        if self.score_thresh is not None:
+            num = len(boxes)
+            above = int((scores >= self.score_thresh).sum())
+            boxes, scores, order = select_boxes(boxes, scores, self.score_thresh, self.topk, return_index=True)
+            index = index[order]
+            if len(boxes) < num:
+                self.num_dropped.update(score=num - above, topk=above - len(boxes))
+                log_every_n_seconds(
+                    logging.INFO,
+                    f"{self.name} person boxes dropped so far: {self.num_dropped['score']} scoring below "
+                    f"{self.score_thresh:g}, {self.num_dropped['topk']} beyond the top {self.topk} of an image",
+                    n=60, name=__name__,
+                )
+        boxes, scores = boxes.float(), scores.float()
+        height, width = x["image"].shape[-2:]
+        clipped = Boxes(boxes.clone())
+        clipped.clip((height, width))
+        inside = clipped.nonempty()
+        if not bool(inside.all()):
+            logger.warning(
+                "Image %r: dropped %s person boxes %s (indices %s), %d of %d, which lie outside the image "
+                "(H x W %d x %d)", image_id, self.name, boxes[~inside].tolist(), index[~inside].tolist(),
+                int((~inside).sum()), len(boxes), height, width,
+            )
+        if self.clip:
+            boxes = clipped.tensor
+        return PersonBoxes(boxes[inside], scores[inside], index[inside])
+
+
+class GtBoxes(PersonBoxSource):
+    """``gt``: the annotated boxes of ``batched_input["instances"]``, scores 1, in their order."""
+
+    name = "gt"
+
+    def __init__(self, min_keypoints: int = 0, clip: bool = True):
+        """
+        Args:
+            min_keypoints: persons with fewer labelled (v > 0) ``gt_keypoints`` are left out
+                (training: ``min_keypoints_per_person``); 0 keeps every box.
+            clip: clip to the image (inference); training leaves the boxes as they are.
+        """
+        super().__init__(clip=clip)
+        self.min_keypoints = int(min_keypoints)
+
+    def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
+        if "instances" not in x:
+            raise KeyError(
+                f"image {x.get('image_id')!r} has no 'instances': box source 'gt' needs "
+                "the ground-truth Instances (gt_boxes) the data mapper adds"
+            )
+        instances = x["instances"]
+        boxes = instances.gt_boxes.tensor
+        index = torch.arange(len(boxes), device=boxes.device)
+        if self.min_keypoints > 0:
+            if not instances.has("gt_keypoints"):
+                raise KeyError(f"image {x.get('image_id')!r} has instances without gt_keypoints")
+            labelled = (instances.gt_keypoints.tensor[..., 2] > 0).sum(dim=1) >= self.min_keypoints
+            index = index[labelled.to(boxes.device)]
+        return PersonBoxes(boxes[index], boxes.new_ones(len(index)), index)
+
+
+class PrecomputedBoxes(PersonBoxSource):
+    """``precomputed``: ``batched_input["proposals"]`` (Instances with ``proposal_boxes`` (Boxes
+    (N, 4) XYXY image pixels) and ``scores`` (N,)), ranked.
+
+    An input without ``"proposals"`` takes the ``fallback`` source's boxes (the ``Predictor``:
+    the detector or the whole image where the caller gives no boxes); without a fallback it is
+    a KeyError naming the image.
+    """
+
+    name = "precomputed"
+
+    def __init__(self, score_thresh: float = 0.0, topk: int = 100, fallback: Optional[PersonBoxSource] = None):
+        super().__init__(score_thresh, topk)
+        self.fallback = fallback
+
+    def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
+        if "proposals" not in x:
+            raise KeyError(
+                f"image {x.get('image_id')!r} has no 'proposals': box source 'precomputed' "
+                "expects batched_input['proposals'] = Instances(proposal_boxes=Boxes (N, 4) XYXY in "
+                "image pixels, scores=(N,)). Load person detections with DATASETS.PRECOMPUTED_BOXES, "
+                "or use MODEL.DEPOTR.TEST_BOX_SOURCE 'gt' / 'detector' / 'whole_image'"
+            )
+        boxes = x["proposals"].proposal_boxes.tensor
+        return PersonBoxes(boxes, x["proposals"].scores, torch.arange(len(boxes), device=boxes.device))
+
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+        if self.fallback is None:
+            return super().forward(batched_inputs)
+        given = [i for i, x in enumerate(batched_inputs) if "proposals" in x]
+        rest = [i for i, x in enumerate(batched_inputs) if "proposals" not in x]
+        results: List[Optional[PersonBoxes]] = [None] * len(batched_inputs)
+        for indices, source in ((given, super().forward), (rest, self.fallback)):
+            if indices:
+                for i, found in zip(indices, source([batched_inputs[i] for i in indices])):
+                    results[i] = found
+        return results
+
+
+class DetectorBoxes(PersonBoxSource):
+    """``detector``: the person detections of a :class:`PersonDetector`, ranked."""
+
+    name = "detector"
+
+    def __init__(self, detector: "PersonDetector", input_format: str, score_thresh: float = 0.0, topk: int = 100):
+        """
+        Args:
+            detector: the frozen detector (its own ``score_thresh`` applies first).
+            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
+            score_thresh, topk: rule 2 (``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK``).
+        """
+        super().__init__(score_thresh, topk)
+        self.detector = detector
+        self.input_format = input_format
+
+    def source_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+        found = self.detector(batched_inputs, self.input_format) if batched_inputs else []
+        return [PersonBoxes(b, s, torch.arange(len(b), device=b.device)) for b, s in found]
+
+
+class WholeImageBoxes(PersonBoxSource):
+    """``whole_image``: one person per image, the box [0, 0, W, H] of score 1."""
+
+    name = "whole_image"
+
+    def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
+        height, width = x["image"].shape[-2:]
+        device = x["image"].device
+        boxes = torch.tensor([[0.0, 0.0, float(width), float(height)]], device=device)
+        return PersonBoxes(boxes, boxes.new_ones(1), torch.zeros(1, dtype=torch.int64, device=device))
+
+
+def build_box_source(cfg: CfgNode, name: str) -> PersonBoxSource:
+    """The box source ``name`` (one of :data:`TEST_BOX_SOURCES`) with the settings of ``cfg``:
+    ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources, ``INPUT.FORMAT`` and
+    ``MODEL.DEPOTR.DETECTOR`` for the detector."""
+    depotr = cfg.MODEL.DEPOTR
+    if name == "gt":
+        return GtBoxes()
+    if name == "precomputed":
+        return PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
+    if name == "detector":
+        return DetectorBoxes(build_person_detector(cfg), cfg.INPUT.FORMAT, depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
+    if name == "whole_image":
+        return WholeImageBoxes()
+    raise ValueError(f"unknown person box source {name!r} (MODEL.DEPOTR.TEST_BOX_SOURCE); expected one of "
+                     f"{TEST_BOX_SOURCES}")
 
 
 def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
@@ -300,23 +548,14 @@ class PersonDetector(nn.Module):
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict[str, Any]], input_format: str) -> List[Tuple[Tensor, Tensor]]:
         """Per image ``(boxes (N, 4) XYXY in the input's pixels, scores (N,))`` of the person
-        class with score >= ``score_thresh``, sorted by decreasing score. Boxes that are
-        degenerate (non-finite, width or height <= 0) are dropped and counted in the log."""
+        class with score >= ``score_thresh``, in the detector's order (checking and sorting:
+        :class:`DetectorBoxes`)."""
         outputs = self.detector([self._detector_input(x, input_format) for x in batched_inputs])
         results = []
-        for x, out in zip(batched_inputs, outputs):
+        for out in outputs:
             instances = out["instances"]
             keep = (instances.pred_classes == self.person_class_id) & (instances.scores >= self.score_thresh)
-            boxes = instances.pred_boxes.tensor[keep]
-            scores = instances.scores[keep]
-            valid = torch.isfinite(boxes).all(dim=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            if not bool(valid.all()):
-                logger.warning(
-                    "Dropped %d degenerate detector person boxes of image %r", int((~valid).sum()), x.get("image_id")
-                )
-                boxes, scores = boxes[valid], scores[valid]
-            order = torch.argsort(scores, descending=True, stable=True)
-            results.append((boxes[order], scores[order]))
+            results.append((instances.pred_boxes.tensor[keep], instances.scores[keep]))
         return results
 
 
@@ -335,7 +574,7 @@ def build_person_detector(cfg: CfgNode) -> PersonDetector:
 
     det = cfg.MODEL.DEPOTR.DETECTOR
     if not det.CONFIG_FILE:
-        raise ValueError("MODEL.DEPOTR.BOX_SOURCE 'detector' needs MODEL.DEPOTR.DETECTOR.CONFIG_FILE")
+        raise ValueError("the person box source 'detector' needs MODEL.DEPOTR.DETECTOR.CONFIG_FILE")
     det_cfg = get_cfg()
     det_cfg.merge_from_file(resolve_model_zoo_path(det.CONFIG_FILE))
     det_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE

@@ -25,7 +25,6 @@ from torch import Tensor
 from detectron2.layers import ROIAlign
 
 __all__ = [
-    "check_boxes",
     "expand_boxes_to_aspect",
     "image_to_crop",
     "crop_to_image",
@@ -35,28 +34,6 @@ __all__ = [
 
 # Image elements converted to float at a time by crop_raw_images (16 MiB of float32).
 _BAND_ELEMENTS = 1 << 22
-
-
-def check_boxes(boxes: Tensor, source: str, image_id: object) -> None:
-    """Raises a ValueError naming the image and the box index if a box is degenerate.
-
-    Args:
-        boxes: (N, 4) XYXY boxes in image pixels.
-        source: where the boxes come from ("gt", "precomputed", ...), for the message.
-        image_id: the image's id (``batched_input["image_id"]``), for the message.
-    """
-    if boxes.numel() == 0:
-        return
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    bad = ~(torch.isfinite(boxes).all(dim=1) & (widths > 0) & (heights > 0))
-    if bad.any():
-        index = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{source} person box {index} of image {image_id!r} is degenerate: "
-            f"{boxes[index].tolist()} (XYXY; width and height must be finite and > 0); "
-            f"{int(bad.sum())} of {len(boxes)} boxes of this image are degenerate"
-        )
 
 
 def expand_boxes_to_aspect(boxes: Tensor, crop_size: Sequence[int], padding: float) -> Tensor:

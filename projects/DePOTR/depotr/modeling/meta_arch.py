@@ -23,22 +23,22 @@ from detectron2.structures import Boxes, ImageList, Instances
 from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config, upper_body_mask
 from .box_sources import (
     JITTER_DISTRIBUTIONS,
+    TRAIN_BOX_SOURCES,
+    GtBoxes,
     HalfBodyBoxes,
-    PersonDetector,
-    build_person_detector,
-    gt_boxes,
+    PersonBoxes,
+    PersonBoxSource,
+    PrecomputedBoxes,
+    build_box_source,
     jitter_boxes,
-    precomputed_boxes,
 )
-from .crops import check_boxes, crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
+from .crops import crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
 from .flip_test import predict_crop_keypoints
 from .oks_nms import oks_nms
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
 
 logger = logging.getLogger(__name__)
-
-INFERENCE_BOX_SOURCES = ("gt", "precomputed", "detector")
 
 
 def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float) -> Tensor:
@@ -67,12 +67,13 @@ def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float
 class TopDownPoseEstimator(nn.Module):
     """Crops every person box of a batch with one RoIAlign call and runs a keypoint branch.
 
-    Training uses the ground-truth boxes of persons with at least one labelled keypoint (some
-    replaced by half-body boxes when ``half_body`` is set, then jittered) and returns the
-    branch's losses. Inference takes boxes from ``gt``, ``precomputed``
-    (``batched_input["proposals"]``) or a ``detector``, clips them to the image (as Detectron2's
-    detectors do; a box that lies wholly outside is dropped with a warning naming it), crops
-    from the uint8 image (``crop_raw_images``: no float copy of the whole image) and returns
+    Training uses the ground-truth boxes of persons with at least ``min_keypoints_per_person``
+    labelled keypoints (the ``gt`` box source, unclipped; some replaced by half-body boxes when
+    ``half_body`` is set, then jittered) and returns the branch's losses. Inference takes boxes
+    from ``box_source`` (``gt``, ``precomputed`` = ``batched_input["proposals"]``, ``detector``
+    or ``whole_image``: ``depotr.modeling.box_sources``, whose one policy checks, filters,
+    sorts and clips them), crops from the uint8 image (``crop_raw_images``: no float copy of
+    the whole image) and returns
     Detectron2 ``Instances`` with keypoints in original image pixels.
     """
 
@@ -92,10 +93,7 @@ class TopDownPoseEstimator(nn.Module):
         box_jitter_shift: float = 0.0,
         box_jitter_distribution: str = "uniform",
         half_body: Optional[HalfBodyBoxes] = None,
-        test_box_source: str = "precomputed",
-        box_score_thresh: float = 0.0,
-        box_topk: int = 100,
-        detector: Optional[PersonDetector] = None,
+        box_source: Optional[PersonBoxSource] = None,
         test_flip: bool = False,
         keypoint_score_thresh: float = 0.2,
         oks_nms_thresh: float = 1.0,
@@ -116,9 +114,9 @@ class TopDownPoseEstimator(nn.Module):
             box_jitter_scale, box_jitter_shift, box_jitter_distribution: training box jitter
                 (see ``jitter_boxes``).
             half_body: training half-body boxes, applied before the jitter; None: off.
-            test_box_source: "gt", "precomputed" or "detector": person boxes at inference.
-            box_score_thresh, box_topk: filter of precomputed boxes per image.
-            detector: the frozen person detector, required for ``test_box_source="detector"``.
+            box_source: where the person boxes come from at inference (a
+                ``depotr.modeling.box_sources.PersonBoxSource``, e.g. ``build_box_source``);
+                default ``PrecomputedBoxes()`` (all proposals, at most 100 per image).
             test_flip: average with the mirrored crops' predictions (``flip_test``).
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
             oks_nms_thresh: per image, a person whose pose has OKS above this with a
@@ -159,15 +157,8 @@ class TopDownPoseEstimator(nn.Module):
         if half_body is not None and tuple(half_body.crop_size) != self.crop_size:
             raise ValueError(f"half_body crop_size {half_body.crop_size} differs from {self.crop_size}")
         self.half_body = half_body
-        if test_box_source not in INFERENCE_BOX_SOURCES:
-            raise ValueError(f"unknown test box source {test_box_source!r}; expected one of {INFERENCE_BOX_SOURCES}")
-        if test_box_source == "detector" and detector is None:
-            raise ValueError("test_box_source 'detector' needs a detector")
-        self.test_box_source = test_box_source
-        self.box_score_thresh = float(box_score_thresh)
-        self.box_topk = int(box_topk)
-        # Part of the state dict (frozen, always in eval mode); None unless boxes come from it.
-        self.detector = detector
+        # A module: a detector source's frozen detector is part of the state dict.
+        self.box_source = PrecomputedBoxes() if box_source is None else box_source
         self.flip_indices: List[int] = [int(i) for i in flip_indices]
         if sorted(self.flip_indices) != list(range(len(self.flip_indices))):
             raise ValueError(f"flip_indices {self.flip_indices} is not a permutation")
@@ -180,15 +171,22 @@ class TopDownPoseEstimator(nn.Module):
         self.oks_nms_thresh = float(oks_nms_thresh)
         self.oks_sigmas = [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
+        # The training boxes: gt persons with enough labelled keypoints, not clipped.
+        self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person, clip=False)
         self.average_outputs = average_outputs
 
     @classmethod
-    def from_config(cls, cfg) -> Dict[str, Any]:
+    def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None) -> Dict[str, Any]:
+        """``box_source``: overrides ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (the ``Predictor``'s)."""
         from depotr.modeling import build_keypoint_branch  # late: depotr.modeling imports this module
 
-        test_box_source = cfg.MODEL.DEPOTR.BOX_SOURCE
-        if test_box_source == "gt":
-            test_box_source = cfg.MODEL.DEPOTR.TEST_BOX_SOURCE
+        if cfg.MODEL.DEPOTR.BOX_SOURCE not in TRAIN_BOX_SOURCES:
+            raise ValueError(
+                f"MODEL.DEPOTR.BOX_SOURCE (the training boxes) must be one of {TRAIN_BOX_SOURCES}, got "
+                f"{cfg.MODEL.DEPOTR.BOX_SOURCE!r}; the inference boxes are MODEL.DEPOTR.TEST_BOX_SOURCE"
+            )
+        if box_source is None:
+            box_source = build_box_source(cfg, cfg.MODEL.DEPOTR.TEST_BOX_SOURCE)
         keypoints = keypoint_metadata_from_config(cfg)
         aug = cfg.INPUT.AUG
         half_body = None
@@ -214,10 +212,7 @@ class TopDownPoseEstimator(nn.Module):
             "box_jitter_shift": cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT,
             "box_jitter_distribution": cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION,
             "half_body": half_body,
-            "test_box_source": test_box_source,
-            "box_score_thresh": cfg.MODEL.DEPOTR.BOX_SCORE_THRESH,
-            "box_topk": cfg.MODEL.DEPOTR.BOX_TOPK,
-            "detector": build_person_detector(cfg) if test_box_source == "detector" else None,
+            "box_source": box_source,
             "test_flip": cfg.TEST.FLIP,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
             "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
@@ -251,24 +246,17 @@ class TopDownPoseEstimator(nn.Module):
                   (pixel i covers [i, i + 1)), as Detectron2's keypoint R-CNN;
                 * pred_classes: (N,) zeros (person);
                 * box_index: (N,) int64, the index of each person's box in its source: the
-                  input's ``proposals``, its gt ``instances`` or the detector's boxes.
+                  input's ``proposals``, its gt ``instances`` or the detector's boxes (0 for the
+                  whole image).
         """
         if not self.training:
             return self.inference(batched_inputs)
 
         images = self.preprocess_image(batched_inputs)
         crop_boxes, keypoints = [], []
-        for x in batched_inputs:
-            if "instances" not in x:
-                raise KeyError(f"training image {x.get('image_id')!r} has no 'instances' (gt boxes and keypoints)")
-            instances = x["instances"]
-            if not instances.has("gt_keypoints"):
-                raise KeyError(f"training image {x.get('image_id')!r} has instances without gt_keypoints")
-            boxes = instances.gt_boxes.tensor.to(self.device)
-            kpts = instances.gt_keypoints.tensor.to(self.device)
-            keep = (kpts[..., 2] > 0).sum(dim=1) >= self.min_keypoints_per_person
-            boxes, kpts = boxes[keep], kpts[keep]
-            check_boxes(boxes, "gt", x.get("image_id"))
+        for x, (boxes, _, index) in zip(batched_inputs, self.train_box_source(batched_inputs)):
+            boxes = boxes.to(self.device)
+            kpts = x["instances"].gt_keypoints.tensor.to(self.device)[index.to(self.device)]
             if self.half_body is not None:
                 boxes = self.half_body(boxes, kpts)
             boxes = jitter_boxes(boxes, self.box_jitter_scale, self.box_jitter_shift, self.box_jitter_distribution)
@@ -292,37 +280,10 @@ class TopDownPoseEstimator(nn.Module):
         images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, size_divisibility=0, pad_value=0.0)
 
-    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[Tuple[Tensor, Tensor, Tensor]]:
-        """Per image (boxes (N, 4) XYXY image pixels, scores (N,), int64 (N,) index of each box
-        in its source) from ``test_box_source``, clipped to the image; boxes wholly outside
-        the image are dropped (and logged)."""
-        results = []
-        if self.test_box_source == "detector":
-            found = self.detector(batched_inputs, self.input_format)
-        for i, x in enumerate(batched_inputs):
-            if self.test_box_source == "detector":
-                boxes, scores = found[i]
-                index = torch.arange(len(boxes), device=boxes.device)
-            elif self.test_box_source == "gt":
-                boxes, scores = gt_boxes(x)
-                check_boxes(boxes, "gt", x.get("image_id"))
-                index = torch.arange(len(boxes), device=boxes.device)
-            else:
-                if "proposals" in x:
-                    check_boxes(x["proposals"].proposal_boxes.tensor, "precomputed", x.get("image_id"))
-                boxes, scores, index = precomputed_boxes(x, self.box_score_thresh, self.box_topk, return_index=True)
-            clipped = Boxes(boxes.to(self.device).float().clone())
-            clipped.clip(tuple(x["image"].shape[-2:]))
-            inside = clipped.nonempty()
-            if not bool(inside.all()):
-                logger.warning(
-                    "Image %r: dropped %s person boxes %s (indices %s), which lie outside the image (H x W %d x %d)",
-                    x.get("image_id"), self.test_box_source, boxes[~inside.to(boxes.device)].tolist(),
-                    index[~inside.to(index.device)].tolist(), *x["image"].shape[-2:],
-                )
-            results.append((clipped.tensor[inside], scores.to(self.device).float()[inside],
-                            index.to(self.device)[inside]))
-        return results
+    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+        """Per image the ``box_source``'s (boxes (N, 4) XYXY image pixels, scores (N,), int64 (N,)
+        index of each box in its source), on the model's device."""
+        return [PersonBoxes(*(t.to(self.device) for t in found)) for found in self.box_source(batched_inputs)]
 
     def inference(
         self, batched_inputs: List[Dict[str, Any]], do_postprocess: bool = True
