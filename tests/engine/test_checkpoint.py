@@ -68,6 +68,21 @@ def test_checkpoint_of_the_same_config_loads_every_weight(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+def test_checkpoint_that_names_the_heatmap_body_backbone_loads_every_weight(tmp_path):
+    """Heatmap-branch checkpoints of version 1 (before the body was named "body") still load."""
+    trained = _instant_model()
+    state = trained.state_dict()
+    old = type(state)((k.replace("keypoint_branch.body.", "keypoint_branch.backbone.", 1), v) for k, v in state.items())
+    old._metadata = {name: dict(meta) for name, meta in state._metadata.items()}
+    old._metadata["keypoint_branch"]["version"] = 1
+    assert any(k.startswith("keypoint_branch.backbone.") for k in old)
+    torch.save({"model": old}, tmp_path / "model_final.pth")
+    model = _instant_model("MODEL.DEPOTR.DROPOUT", "0.1")
+    DePOTRCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+    for name, value in state.items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize(
     "other, named",
     [(("MODEL.DEPOTR.HIDDEN_DIM", "32"), r"have another shape: .*\(32,\) in the checkpoint, \(64,\) in the model"),

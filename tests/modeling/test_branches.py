@@ -1,5 +1,7 @@
-"""The keypoint branches (regression, DePOTR-HM, SimpleBaseline, TransPose-R): output shapes,
-parameter counts against the architecture formulas, loss masks, flip_back and overfitting."""
+"""The keypoint branches (regression, DePOTR-HM, SimpleBaseline, TransPose-R): their registry,
+output types and shapes, parameter counts against the architecture formulas, loss masks,
+flip_back, averaging, checkpoint migration and overfitting."""
+import dataclasses
 from typing import Dict, Tuple
 
 import pytest
@@ -9,15 +11,28 @@ from detectron2.config import CfgNode, get_cfg
 from depotr.config import add_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
 from depotr.modeling import (
+    KEYPOINT_BRANCH_REGISTRY,
     DeformablePoseTransformer,
     DeformableTransformer,
+    DePOTRHeatmapBranch,
     HeatmapBranch,
+    KeypointBranch,
     MultiLevelProjection,
     RegressionBranch,
-    average_outputs,
+    SimpleBaselineBranch,
+    TransPoseBranch,
     build_keypoint_branch,
 )
-from depotr.modeling.heads import DePOTRDotProductHeatmapHead, HeatmapCodec, RegressionHead, SimpleBaselineHead
+from depotr.modeling.heads import (
+    BranchOutputs,
+    DePOTRDotProductHeatmapHead,
+    HeatmapCodec,
+    HeatmapOutputs,
+    RegressionHead,
+    RegressionOutputs,
+    RLEOutputs,
+    SimpleBaselineHead,
+)
 
 COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
 # "heatmap_dot_product": DePOTR-HM with HEATMAP.DECODER "dot_product".
@@ -71,6 +86,71 @@ def variant_cfg(name: str, crop_size: Tuple[int, int], dec_layers: int = 2) -> C
     return cfg
 
 
+def shapes(outputs: BranchOutputs) -> Dict[str, Tuple[int, ...]]:
+    """Field name -> shape of the outputs' tensors (fields that are None left out)."""
+    return {name: tuple(value.shape) for name, value in _fields(outputs).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+@pytest.mark.parametrize(
+    "head, branch_class",
+    [("regression", RegressionBranch), ("heatmap", DePOTRHeatmapBranch), ("simple_baseline", SimpleBaselineBranch),
+     ("transpose", TransPoseBranch)],
+)
+def test_registry_builds_each_head_from_its_config_name(head, branch_class):
+    assert KEYPOINT_BRANCH_REGISTRY.get(head) is branch_class
+    branch = build_keypoint_branch(small_cfg(head))
+    assert type(branch) is branch_class and isinstance(branch, KeypointBranch)
+    assert sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY) == ["heatmap", "regression", "simple_baseline",
+                                                                    "transpose"]
+
+
+def test_unknown_head_raises_naming_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown MODEL.DEPOTR.HEAD 'pose_resnet'; expected one of the registered "
+                                         r"\['heatmap', 'regression', 'simple_baseline', 'transpose'\]"):
+        build_keypoint_branch(small_cfg("pose_resnet"))
+
+
+@pytest.mark.parametrize("head", ["heatmap", "simple_baseline"])
+def test_heatmap_checkpoint_of_version_1_loads_its_backbone_weights_into_body(head):
+    """Version 1 named the heatmap network's features module "backbone"; it is "body" now."""
+    cfg = small_cfg(head, (128, 96))
+    torch.manual_seed(0)
+    state = build_keypoint_branch(cfg).state_dict()
+    assert state._metadata[""]["version"] == 2
+    old = type(state)((key.replace("body.", "backbone.", 1), value) for key, value in state.items())
+    old._metadata = {**state._metadata, "": {**state._metadata[""], "version": 1}}
+    assert sum(key.startswith("backbone.") for key in old) == sum(key.startswith("body.") for key in state) > 0
+    torch.manual_seed(1)
+    branch = build_keypoint_branch(cfg)
+    assert not all(torch.equal(value, state[key]) for key, value in branch.state_dict().items())
+    branch.load_state_dict(old)  # strict: every key found
+    for key, value in branch.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # Version 2 is not renamed: a "backbone." key is unexpected.
+    new = type(state)(state)
+    new._metadata = state._metadata
+    new["backbone.extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "backbone\.extra"'):
+        branch.load_state_dict(new)
+
+
+def test_the_generic_heatmap_branch_is_not_built_from_a_config():
+    with pytest.raises(NotImplementedError, match="HeatmapBranch has no network"):
+        HeatmapBranch(small_cfg("heatmap"))
+
+
+@pytest.mark.parametrize("head, pixel_features", [("heatmap", []), ("heatmap_dot_product", ["res2"])])
+def test_depotr_hm_body_passes_on_the_maps_its_head_reads(head, pixel_features):
+    branch = build_keypoint_branch(small_cfg(head, (64, 48)))
+    assert branch.body.pixel_features == pixel_features == list(type(branch.head).pixel_features)
+    features = branch.body(torch.zeros(1, 3, 64, 48))
+    assert ("res2" in features) == bool(pixel_features)
+
+
 # ---------------------------------------------------------------------------------------------
 # Output shapes
 
@@ -87,13 +167,15 @@ def test_output_shapes(head, crop_size, heatmap_size, batch):
     with torch.no_grad():
         outputs = branch(torch.randn(batch, 3, *crop_size))
     if head == "regression":
-        assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        assert type(outputs) is RegressionOutputs
+        assert shapes(outputs) == {
             "coords": (batch, 17, 2),
-            "score_logits": (batch, 17),
+            "confidence": (batch, 17),
         }
-        assert ((outputs["coords"] >= 0) & (outputs["coords"] <= 1)).all()
+        assert ((outputs.coords >= 0) & (outputs.coords <= 1)).all()
     else:
-        assert {k: tuple(v.shape) for k, v in outputs.items()} == {"heatmaps": (batch, 17, *heatmap_size)}
+        assert type(outputs) is HeatmapOutputs
+        assert shapes(outputs) == {"heatmaps": (batch, 17, *heatmap_size)}
     assert branch.decode(outputs).shape == (batch, 17, 3)
 
 
@@ -103,13 +185,14 @@ def test_rle_output_shapes_with_aux_outputs(batch):
     branch = build_keypoint_branch(variant_cfg("regression_rle", (64, 48), dec_layers=3)).eval()
     with torch.no_grad():
         outputs = branch(torch.randn(batch, 3, 64, 48))
-    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+    assert type(outputs) is RLEOutputs
+    assert shapes(outputs) == {
         "coords": (batch, 17, 2),
-        "sigmas": (batch, 17, 2),
+        "confidence": (batch, 17, 2),
         "aux_coords": (2, batch, 17, 2),
-        "aux_sigmas": (2, batch, 17, 2),
+        "aux_confidence": (2, batch, 17, 2),
     }
-    assert ((outputs["sigmas"] > 0) & (outputs["sigmas"] < 1)).all()
+    assert ((outputs.confidence > 0) & (outputs.confidence < 1)).all()
     scores = branch.decode(outputs)[..., 2]
     assert scores.shape == (batch, 17) and ((scores > 0) & (scores < 1)).all()
     assert len(branch.head.coord_mlps) == 1  # without ITER_REFINE the layers share the MLP
@@ -122,12 +205,12 @@ def test_aux_outputs_apply_the_shared_mlp_to_every_layer():
     features = {"hidden_states": torch.randn(3, 2, 5, 8), "references": torch.rand(3, 2, 5, 2)}
     outputs = head(features)
     expected = [head.predict_coords(0, h, r) for h, r in zip(features["hidden_states"], features["references"])]
-    torch.testing.assert_close(outputs["aux_coords"], torch.stack(expected[:2]))
-    torch.testing.assert_close(outputs["coords"], expected[2])
+    torch.testing.assert_close(outputs.aux_coords, torch.stack(expected[:2]))
+    torch.testing.assert_close(outputs.coords, expected[2])
     assert not torch.allclose(expected[0], expected[2])
     logits = head.score(features["hidden_states"]).squeeze(-1)
-    torch.testing.assert_close(outputs["aux_score_logits"], logits[:2])
-    assert set(RegressionHead(8, 2, 3, iter_refine=False)(features)) == {"coords", "score_logits"}
+    torch.testing.assert_close(outputs.aux_confidence, logits[:2])
+    assert set(shapes(RegressionHead(8, 2, 3, iter_refine=False)(features))) == {"coords", "confidence"}
 
 
 def test_heatmap_sigma_scales_with_heatmap_height():
@@ -183,13 +266,13 @@ def test_branches_are_constructible_without_cfg():
         num_keypoints=3,
     )
     regression = RegressionBranch(body=body, head=RegressionHead(32, 2, 1, False), crop_size=(16, 12))
-    assert regression(torch.randn(2, 3, 16, 12))["coords"].shape == (2, 3, 2)
+    assert regression(torch.randn(2, 3, 16, 12)).coords.shape == (2, 3, 2)
     heatmap = HeatmapBranch(
-        backbone=_ToyBackbone(),
+        body=_ToyBackbone(),
         head=SimpleBaselineHead("c2", 8, 4, 3, num_deconv_layers=1, deconv_channels=8),
         codec=HeatmapCodec((16, 12), stride=2, sigma=1.0),
     )
-    assert heatmap(torch.randn(2, 3, 16, 12))["heatmaps"].shape == (2, 3, 8, 6)
+    assert heatmap(torch.randn(2, 3, 16, 12)).heatmaps.shape == (2, 3, 8, 6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,17 +418,26 @@ def _confidences(branch: RegressionBranch, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, 17)
 
 
-def _leaf_outputs(branch: torch.nn.Module, batch: int) -> Dict[str, torch.Tensor]:
+def _leaf_outputs(branch: torch.nn.Module, batch: int) -> BranchOutputs:
+    """Random outputs of the branch's type whose tensors are leaves that require grad."""
     if isinstance(branch, RegressionBranch):
         n = len(branch.body.transformer.decoder.layers)
-        key = branch.head.confidence_key
-        outputs = {"coords": torch.rand(batch, 17, 2), key: _confidences(branch, batch)}
+        outputs_type = RLEOutputs if branch.head.predict_sigma else RegressionOutputs
+        outputs = outputs_type(torch.rand(batch, 17, 2), _confidences(branch, batch))
         if branch.head.all_layers:
-            outputs["aux_coords"] = torch.rand(n - 1, batch, 17, 2)
-            outputs["aux_" + key] = _confidences(branch, n - 1, batch)
+            outputs.aux_coords = torch.rand(n - 1, batch, 17, 2)
+            outputs.aux_confidence = _confidences(branch, n - 1, batch)
     else:
-        outputs = {"heatmaps": torch.rand(batch, 17, *branch.codec.heatmap_size)}
-    return {k: v.requires_grad_() for k, v in outputs.items()}
+        outputs = HeatmapOutputs(torch.rand(batch, 17, *branch.codec.heatmap_size))
+    for value in _fields(outputs).values():
+        value.requires_grad_()
+    return outputs
+
+
+def _fields(outputs: BranchOutputs) -> Dict[str, torch.Tensor]:
+    """Field name -> tensor of the outputs (fields that are None left out)."""
+    values = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 @pytest.mark.parametrize("loss", ["smooth_l1", "l1", "rle"])
@@ -358,10 +450,10 @@ def test_regression_losses_hand_computed(variant, loss):
     gt[0, 0] = torch.tensor([5.5, 10.0, 2.0])  # normalised (0.55, 0.5)
     coords = torch.full((1, 17, 2), 0.5)
     confidence = torch.full((1, 17, 2), 0.1) if loss == "rle" else torch.zeros(1, 17)
-    key = branch.head.confidence_key
-    outputs = {"coords": coords, key: confidence}
+    outputs_type = RLEOutputs if loss == "rle" else RegressionOutputs
+    outputs = outputs_type(coords, confidence)
     if variant != "regression":
-        outputs.update({"aux_coords": coords[None], "aux_" + key: confidence[None]})
+        outputs = outputs_type(coords, confidence, coords[None], confidence[None])
     losses = branch.losses(outputs, gt)
     # One supervised keypoint, error (0.05, 0). smooth-L1(0.05, beta 0.01) = 0.05 - 0.005; L1 0.05;
     # BCE(0, t) = log 2, x 0.1. RLE at the start (identity flow), sigma 0.1: 2 log 0.1 + 0.05 / 0.1 + 2 log 2.
@@ -386,16 +478,17 @@ def test_unsupervised_keypoints_get_zero_loss_and_gradient(head):
     assert all(key.startswith("loss_") for key in losses)
     sum(losses.values()).backward()
     key = "heatmaps" if head == "heatmap" else "coords"
-    grads = [outputs[key].grad] + ([outputs["aux_coords"].grad[0]] if "aux_coords" in outputs else [])
-    if "sigmas" in outputs:
-        grads += [outputs["sigmas"].grad, outputs["aux_sigmas"].grad[0]]
+    aux_coords = getattr(outputs, "aux_coords", None)
+    grads = [getattr(outputs, key).grad] + ([aux_coords.grad[0]] if aux_coords is not None else [])
+    if isinstance(outputs, RLEOutputs):
+        grads += [outputs.confidence.grad, outputs.aux_confidence.grad[0]]
     for grad in grads:
         assert grad[:, :3].abs().sum() == 0
         assert (grad[:, 3:].flatten(2).abs().sum(-1) > 0).all()
     # Moving an unsupervised keypoint's prediction anywhere leaves the losses unchanged.
     with torch.no_grad():
-        moved = {k: v.clone() for k, v in outputs.items()}
-        moved[key][:, :3] = 0.123
+        moved = dataclasses.replace(outputs, **{name: value.clone() for name, value in _fields(outputs).items()})
+        getattr(moved, key)[:, :3] = 0.123
         for name, value in branch.losses(moved, gt).items():
             if "score" not in name:
                 torch.testing.assert_close(value, losses[name])
@@ -422,17 +515,21 @@ def test_no_supervision_gives_zero_loss_that_backpropagates(head, batch):
 def test_flip_back_is_an_involution(head):
     branch = build_keypoint_branch(variant_cfg(head, (64, 48), dec_layers=3))
     torch.manual_seed(0)
-    outputs = {k: v.detach() for k, v in _leaf_outputs(branch, batch=2).items()}
+    outputs = _detached(_leaf_outputs(branch, batch=2))
     twice = branch.flip_back(branch.flip_back(outputs, COCO_FLIP), COCO_FLIP)
-    assert twice.keys() == outputs.keys()
-    for key in outputs:
-        torch.testing.assert_close(twice[key], outputs[key])
+    assert type(twice) is type(outputs) and _fields(twice).keys() == _fields(outputs).keys()
+    for key, value in _fields(outputs).items():
+        torch.testing.assert_close(getattr(twice, key), value)
+
+
+def _detached(outputs: BranchOutputs) -> BranchOutputs:
+    return dataclasses.replace(outputs, **{name: value.detach() for name, value in _fields(outputs).items()})
 
 
 def test_regression_flip_back_mirrors_and_swaps():
     branch = build_keypoint_branch(small_cfg("regression", (64, 48)))
     torch.manual_seed(0)
-    outputs = {"coords": torch.rand(2, 17, 2), "score_logits": torch.randn(2, 17)}
+    outputs = RegressionOutputs(torch.rand(2, 17, 2), torch.randn(2, 17))
     decoded = branch.decode(outputs)
     back = branch.decode(branch.flip_back(outputs, COCO_FLIP))
     # Keypoint k of the original crop is keypoint flip[k] of the mirrored one, at u -> W - u.
@@ -443,32 +540,54 @@ def test_regression_flip_back_mirrors_and_swaps():
 def test_rle_flip_back_swaps_sigmas_without_mirroring_them():
     branch = build_keypoint_branch(variant_cfg("regression_rle", (64, 48)))
     torch.manual_seed(0)
-    outputs = {k: v.detach() for k, v in _leaf_outputs(branch, batch=2).items()}
+    outputs = _detached(_leaf_outputs(branch, batch=2))
     back = branch.flip_back(outputs, COCO_FLIP)
     # A mirror keeps the size of x and y errors: keypoint k takes its partner's (sigma_x, sigma_y).
-    torch.testing.assert_close(back["sigmas"], outputs["sigmas"][:, COCO_FLIP])
-    torch.testing.assert_close(back["aux_sigmas"], outputs["aux_sigmas"][:, :, COCO_FLIP])
-    torch.testing.assert_close(back["coords"][..., 0], 1 - outputs["coords"][:, COCO_FLIP, 0])
+    torch.testing.assert_close(back.confidence, outputs.confidence[:, COCO_FLIP])
+    torch.testing.assert_close(back.aux_confidence, outputs.aux_confidence[:, :, COCO_FLIP])
+    torch.testing.assert_close(back.coords[..., 0], 1 - outputs.coords[:, COCO_FLIP, 0])
     decoded, decoded_back = branch.decode(outputs), branch.decode(back)
     torch.testing.assert_close(decoded_back[..., 2], decoded[:, COCO_FLIP, 2])
 
 
 def test_regression_decode():
     branch = build_keypoint_branch(small_cfg("regression", (64, 48)))
-    outputs = {"coords": torch.tensor([[[0.5, 0.25]]]), "score_logits": torch.tensor([[0.0]])}
+    outputs = RegressionOutputs(torch.tensor([[[0.5, 0.25]]]), torch.tensor([[0.0]]))
     torch.testing.assert_close(branch.decode(outputs), torch.tensor([[[24.0, 16.0, 0.5]]]))
     rle = build_keypoint_branch(variant_cfg("regression_rle", (64, 48)))
-    outputs = {"coords": torch.tensor([[[0.5, 0.25]]]), "sigmas": torch.tensor([[[0.1, 0.3]]])}
+    outputs = RLEOutputs(torch.tensor([[[0.5, 0.25]]]), torch.tensor([[[0.1, 0.3]]]))
     # confidence = 1 - (sigma_x + sigma_y) / 2
     torch.testing.assert_close(rle.decode(outputs), torch.tensor([[[24.0, 16.0, 0.8]]]))
 
 
 def test_average_outputs():
-    a = {"coords": torch.zeros(1, 2, 2), "score_logits": torch.ones(1, 2)}
-    b = {"coords": torch.ones(1, 2, 2), "score_logits": torch.full((1, 2), 3.0)}
-    averaged = average_outputs(a, b)
-    torch.testing.assert_close(averaged["coords"], torch.full((1, 2, 2), 0.5))
-    torch.testing.assert_close(averaged["score_logits"], torch.full((1, 2), 2.0))
+    a = RegressionOutputs(torch.zeros(1, 2, 2), torch.ones(1, 2))
+    b = RegressionOutputs(torch.ones(1, 2, 2), torch.full((1, 2), 3.0))
+    averaged = a.average(b)
+    assert type(averaged) is RegressionOutputs and averaged.aux_coords is None
+    torch.testing.assert_close(averaged.coords, torch.full((1, 2, 2), 0.5))
+    # Logits are averaged as logits: the score is sigmoid(2), not the mean of sigmoid(1), sigmoid(3).
+    torch.testing.assert_close(averaged.confidence, torch.full((1, 2), 2.0))
+    torch.testing.assert_close(averaged.scores(), torch.full((1, 2), 2.0).sigmoid())
+
+
+def test_average_rle_outputs_averages_scales_so_scores_average_too():
+    a = RLEOutputs(torch.zeros(1, 1, 2), torch.tensor([[[0.1, 0.3]]]), torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    b = RLEOutputs(torch.ones(1, 1, 2), torch.tensor([[[0.5, 0.1]]]), torch.ones(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    averaged = a.average(b)
+    assert type(averaged) is RLEOutputs
+    torch.testing.assert_close(averaged.confidence, torch.tensor([[[0.3, 0.2]]]))
+    torch.testing.assert_close(averaged.scores(), (a.scores() + b.scores()) / 2)  # 0.75 = (0.8 + 0.7) / 2
+    torch.testing.assert_close(averaged.aux_confidence, torch.full((1, 1, 1, 2), 0.5))
+
+
+def test_average_of_different_output_types_raises():
+    regression = RegressionOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1))
+    with pytest.raises(TypeError, match="cannot average RegressionOutputs with RLEOutputs"):
+        regression.average(RLEOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)))
+    with pytest.raises(ValueError, match="only one has an auxiliary output"):
+        regression.average(RegressionOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.zeros(1, 1, 1, 2),
+                                             torch.zeros(1, 1, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,22 +667,22 @@ def test_heatmap_deep_supervision_supervises_every_decoder_layer_with_its_own_he
     gt[:, :, :2] = torch.rand(2, 17, 2) * torch.tensor([48.0, 64.0])
     gt[:, :, 2] = 2
     outputs = branch(crops)
-    assert outputs["aux_heatmaps"].shape == (2, 2, 17, 16, 12)
+    assert outputs.aux_heatmaps.shape == (2, 2, 17, 16, 12)
     # The reference: layer i's head applied to layer i's hidden state on its own.
-    hidden = branch.backbone(crops)["hidden_states"]
+    hidden = branch.body(crops)["hidden_states"]
     heads = list(branch.aux_heads) + [branch.head]
     for i in range(3):
         expected = heads[i]({"hidden_states": hidden[i:i + 1]})
-        got = outputs["heatmaps"] if i == 2 else outputs["aux_heatmaps"][i]
+        got = outputs.heatmaps if i == 2 else outputs.aux_heatmaps[i]
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     losses = branch.losses(outputs, gt)
     assert sorted(losses) == ["loss_heatmap", "loss_heatmap_0", "loss_heatmap_1"]
     targets, weights = branch.codec.encode(gt)
-    for key, heatmaps in (("loss_heatmap_0", outputs["aux_heatmaps"][0]), ("loss_heatmap", outputs["heatmaps"])):
+    for key, heatmaps in (("loss_heatmap_0", outputs.aux_heatmaps[0]), ("loss_heatmap", outputs.heatmaps)):
         reference = 0.5 * (((heatmaps - targets) ** 2).mean((-2, -1)) * weights).mean()
         torch.testing.assert_close(losses[key], reference)
     # At inference only the last layer is computed.
-    assert set(branch.eval()(crops)) == {"heatmaps"}
+    assert set(shapes(branch.eval()(crops))) == {"heatmaps"}
     cfg.MODEL.DEPOTR.HEAD = "simple_baseline"
     with pytest.raises(ValueError, match="AUX_LOSS"):
         build_keypoint_branch(cfg)

@@ -1,4 +1,4 @@
-"""HeatmapCodec (encode / decode / refinement), flip_heatmaps and joints_mse_loss.
+"""HeatmapCodec (encode / decode / refinement) and joints_mse_loss (flip_heatmaps: test_tta.py).
 
 Convention under test: crop pixel i covers [i, i+1), centre i + 0.5; heatmap coordinate = crop
 pixel / stride; heatmap pixel j has its centre at j + 0.5.
@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
-from depotr.modeling.heads import HeatmapCodec, flip_heatmaps, joints_mse_loss
-
-COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
+from depotr.modeling.heads import HeatmapCodec, joints_mse_loss
 
 
 def test_encode_hand_computed():
@@ -116,33 +113,6 @@ def test_invalid_arguments():
         HeatmapCodec((250, 192), 4, 2.0)
     with pytest.raises(ValueError, match="refinement"):
         HeatmapCodec((256, 192), 4, 2.0, refine="argmax")
-
-
-def test_flip_heatmaps_is_an_involution():
-    torch.manual_seed(0)
-    heatmaps = torch.rand(3, 17, 8, 6)
-    torch.testing.assert_close(flip_heatmaps(flip_heatmaps(heatmaps, COCO_FLIP), COCO_FLIP), heatmaps)
-
-
-def test_encoding_a_mirrored_crop_then_flipping_back_equals_encoding_the_original():
-    torch.manual_seed(0)
-    codec = HeatmapCodec((256, 192), 4, 2.0)
-    keypoints = torch.rand(2, 17, 3, dtype=torch.float64) * torch.tensor([192.0, 256.0, 2.0], dtype=torch.float64)
-    keypoints[..., 2] = keypoints[..., 2].round()  # some v = 0
-    # On the mirrored crop, keypoint k is the mirror image (u -> W - u) of its partner.
-    mirrored = keypoints[:, COCO_FLIP].clone()
-    mirrored[..., 0] = 192 - mirrored[..., 0]
-    mirrored_heatmaps, mirrored_weights = codec.encode(mirrored)
-    heatmaps, weights = codec.encode(keypoints)
-    torch.testing.assert_close(flip_heatmaps(mirrored_heatmaps, COCO_FLIP), heatmaps)
-    torch.testing.assert_close(mirrored_weights[:, COCO_FLIP], weights)
-
-
-def test_flip_shift_moves_one_pixel_right():
-    heatmaps = torch.zeros(1, 1, 2, 4)
-    heatmaps[0, 0, 0, 3] = 1.0  # mirrors to column 0, shifted to column 1; column 0 is kept
-    flipped = flip_heatmaps(heatmaps, [0], shift=True)
-    assert flipped[0, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_joints_mse_loss_value_and_mask():

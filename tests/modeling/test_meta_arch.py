@@ -4,8 +4,9 @@ Most tests use ``BranchDouble``, a TEST DOUBLE of the keypoint-branch contract (
 head), so that the meta-architecture's own logic (boxes, crops, coordinate transforms,
 rescoring, flip test) is checked against known answers.
 """
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Sequence
 
 import pytest
 import torch
@@ -25,9 +26,11 @@ from depotr.modeling.box_sources import (
     resolve_model_zoo_path,
     select_boxes,
 )
+from depotr.modeling import KeypointBranch
 from depotr.modeling.crops import crop_to_image, expand_boxes_to_aspect
-from depotr.modeling.flip_test import flip_test
+from depotr.modeling.heads import BranchOutputs
 from depotr.modeling.meta_arch import TopDownPoseEstimator, rescore_instances
+from depotr.modeling.tta import flip_test
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 COCO_FLIP = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
@@ -41,9 +44,18 @@ def _side(flip: Sequence[int]) -> torch.Tensor:
     return torch.tensor([float((f > k) - (f < k)) for k, f in enumerate(flip)])
 
 
-class BranchDouble(nn.Module):
+@dataclass
+class DoubleOutputs(BranchOutputs):
+    """The test double's outputs: coords (B, K, 2) crop pixels, scores (B, K); averaged
+    elementwise (``BranchOutputs.average``)."""
+
+    coords: torch.Tensor
+    scores: torch.Tensor
+
+
+class BranchDouble(KeypointBranch):
     """TEST DOUBLE of the keypoint-branch contract (crop_size, forward, losses, decode,
-    flip_back). Outputs {"coords": (B, K, 2) crop pixels, "scores": (B, K)}.
+    flip_back). Outputs :class:`DoubleOutputs`.
 
     mode "centre": every keypoint at the crop centre plus ``bias`` (x), scores KEYPOINT_SCORES.
     mode "mirror": exactly mirror-equivariant: the exp(channel 0)-weighted centroid of the crop,
@@ -58,7 +70,7 @@ class BranchDouble(nn.Module):
         self.gain = nn.Parameter(torch.ones(()))
         self.last_targets = None
 
-    def forward(self, crops: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, crops: torch.Tensor) -> DoubleOutputs:
         n = crops.shape[0]
         h, w = self.crop_size
         if self.mode == "centre":
@@ -76,7 +88,7 @@ class BranchDouble(nn.Module):
             y = cy[:, None] + 0.1 * pair
             coords = torch.stack([x, y], dim=-1) * self.gain
             scores = torch.sigmoid(crops.mean(dim=(1, 2, 3))[:, None] + 0.01 * pair) * self.gain
-        return {"coords": coords, "scores": scores}
+        return DoubleOutputs(coords, scores)
 
     def losses(self, outputs, gt_keypoints):
         self.last_targets = gt_keypoints.detach().clone()
@@ -84,21 +96,16 @@ class BranchDouble(nn.Module):
         xy = gt_keypoints[..., :2]
         inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
         mask = ((gt_keypoints[..., 2] > 0) & inside).to(xy.dtype)
-        err = ((outputs["coords"] - xy) ** 2).sum(-1) * mask
+        err = ((outputs.coords - xy) ** 2).sum(-1) * mask
         return {"loss_keypoints": err.sum() / mask.sum().clamp(min=1)}
 
     def decode(self, outputs):
-        return torch.cat([outputs["coords"], outputs["scores"][..., None]], dim=-1)
+        return torch.cat([outputs.coords, outputs.scores[..., None]], dim=-1)
 
     def flip_back(self, outputs, flip_indices):
-        coords = outputs["coords"].clone()
+        coords = outputs.coords.clone()
         coords[..., 0] = self.crop_size[1] - coords[..., 0]
-        return {"coords": coords[:, flip_indices], "scores": outputs["scores"][:, flip_indices]}
-
-
-def average_double_outputs(a, b):
-    """The test double's ``average_outputs``."""
-    return {k: (a[k] + b[k]) / 2 for k in a}
+        return DoubleOutputs(coords[:, flip_indices], outputs.scores[:, flip_indices])
 
 
 def make_model(branch=None, **kwargs) -> TopDownPoseEstimator:
@@ -108,7 +115,6 @@ def make_model(branch=None, **kwargs) -> TopDownPoseEstimator:
         pixel_std=[58.395, 57.12, 57.375],
         flip_indices=COCO_FLIP,
         input_format="RGB",
-        average_outputs=average_double_outputs,
     )
     args.update(kwargs)
     return TopDownPoseEstimator(**args)
@@ -335,9 +341,10 @@ def test_flip_test_of_mirror_equivariant_branch_is_identity(seed):
     branch = BranchDouble("mirror")
     crops = torch.randn((5, 3, *CROP), generator=g)
     plain = branch(crops)
-    flipped = flip_test(branch, crops, COCO_FLIP, average_double_outputs)
-    for key in plain:
-        torch.testing.assert_close(flipped[key], plain[key], rtol=0, atol=1e-4)
+    flipped = flip_test(branch, crops, COCO_FLIP)
+    assert type(flipped) is DoubleOutputs
+    for key in ("coords", "scores"):
+        torch.testing.assert_close(getattr(flipped, key), getattr(plain, key), rtol=0, atol=1e-4)
     # ... and through the meta-architecture.
     inputs = [make_input("a", 2, g), make_input("b", 3, g)]
     with torch.no_grad():
@@ -352,8 +359,8 @@ def test_flip_test_cancels_a_horizontal_bias():
     """A branch biased +3 px in x is biased -3 px on the mirrored crop: the flip test averages
     them back to the crop centre, so it must really flip, flip back and average."""
     crops = torch.zeros((2, 3, *CROP))
-    out = flip_test(BranchDouble("centre", bias=3.0), crops, COCO_FLIP, average_double_outputs)
-    torch.testing.assert_close(out["coords"][..., 0], torch.full((2, K), CROP[1] / 2))
+    out = flip_test(BranchDouble("centre", bias=3.0), crops, COCO_FLIP)
+    torch.testing.assert_close(out.coords[..., 0], torch.full((2, K), CROP[1] / 2))
 
 
 # ---------------------------------------------------------------------------------------------

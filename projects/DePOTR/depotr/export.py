@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .engine.checkpoint import DePOTRCheckpointer
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.flip_test import predict_crop_keypoints
+from .modeling.tta import predict_crop_keypoints
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -64,8 +64,6 @@ OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 MIN_OPSET = 17
 _ONNX_INPUT, _ONNX_OUTPUT = "crops", "keypoints"
 
-Outputs = Dict[str, Tensor]
-
 
 class CropKeypointPredictor(nn.Module):
     """N crops, K keypoints, (H, W) crop size. Raw person crops -> keypoints in crop pixels."""
@@ -76,15 +74,12 @@ class CropKeypointPredictor(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         flip_indices: Optional[Sequence[int]] = None,
-        average_outputs: Optional[Callable[[Outputs, Outputs], Outputs]] = None,
     ):
         """
         Args:
             branch: a keypoint branch (``forward``, ``decode``, ``flip_back``, ``crop_size``).
             pixel_mean, pixel_std: (C,) per-channel normalisation of 0..255 pixels.
             flip_indices: (K,) mirror partner of each keypoint: run the flip test; None: don't.
-            average_outputs: how the flip test averages two output dicts (default
-                ``depotr.modeling.average_outputs``).
         """
         super().__init__()
         self.branch = branch
@@ -92,7 +87,6 @@ class CropKeypointPredictor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.flip_indices = None if flip_indices is None else [int(i) for i in flip_indices]
-        self.average_outputs = average_outputs
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "CropKeypointPredictor":
@@ -103,7 +97,6 @@ class CropKeypointPredictor(nn.Module):
             model.pixel_mean.flatten().tolist(),
             model.pixel_std.flatten().tolist(),
             model.flip_indices if model.test_flip else None,
-            model.average_outputs,
         )
 
     def forward(self, crops: Tensor) -> Tensor:
@@ -118,7 +111,7 @@ class CropKeypointPredictor(nn.Module):
             branch's score (heatmap maximum, or sigmoid of the regression confidence).
         """
         normalised = (crops - self.pixel_mean) / self.pixel_std
-        return predict_crop_keypoints(self.branch, normalised, self.flip_indices, self.average_outputs)
+        return predict_crop_keypoints(self.branch, normalised, self.flip_indices)
 
 
 def build_crop_keypoint_predictor(cfg: CfgNode) -> CropKeypointPredictor:

@@ -10,7 +10,7 @@ DePOTR's (Straka, "Automatic Human Pose Estimation using Neural Network", the se
 baseline head, built by ``depotr.modeling.build_keypoint_branch``.
 """
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +33,9 @@ from .box_sources import (
     jitter_boxes,
 )
 from .crops import crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
-from .flip_test import predict_crop_keypoints
+from .keypoint_branches import KeypointBranch, build_keypoint_branch
 from .oks_nms import oks_nms
+from .tta import predict_crop_keypoints
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
 
@@ -81,7 +82,7 @@ class TopDownPoseEstimator(nn.Module):
     def __init__(
         self,
         *,
-        keypoint_branch: nn.Module,
+        keypoint_branch: KeypointBranch,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         flip_indices: Sequence[int],
@@ -99,12 +100,11 @@ class TopDownPoseEstimator(nn.Module):
         oks_nms_thresh: float = 1.0,
         oks_sigmas: Sequence[float] = COCO_PERSON_OKS_SIGMAS,
         min_keypoints_per_person: int = 1,
-        average_outputs: Optional[Callable[[Dict[str, Tensor], Dict[str, Tensor]], Dict[str, Tensor]]] = None,
     ):
         """
         Args:
-            keypoint_branch: module with the keypoint-branch contract (``forward(crops)``,
-                ``losses``, ``decode``, ``flip_back``, ``crop_size``).
+            keypoint_branch: a :class:`KeypointBranch` (``forward(crops)``, ``losses``,
+                ``decode``, ``flip_back``, ``crop_size``).
             pixel_mean, pixel_std: per-channel normalisation, in the order of ``input_format``.
             flip_indices: (K,) index of each keypoint's left/right mirror partner.
             input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
@@ -117,15 +117,13 @@ class TopDownPoseEstimator(nn.Module):
             box_source: where the person boxes come from at inference (a
                 ``depotr.modeling.box_sources.PersonBoxSource``, e.g. ``build_box_source``);
                 default ``PrecomputedBoxes()`` (all proposals, at most 100 per image).
-            test_flip: average with the mirrored crops' predictions (``flip_test``).
+            test_flip: average with the mirrored crops' predictions (``tta.flip_test``).
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
             oks_nms_thresh: per image, a person whose pose has OKS above this with a
                 higher-scoring one is dropped (:func:`oks_nms`, box areas as scales); 1 disables.
             oks_sigmas: (K,) per-keypoint OKS sigmas of the OKS-NMS.
             min_keypoints_per_person: training skips gt persons with fewer labelled (v > 0)
                 keypoints (they would add no loss).
-            average_outputs: averages two branch output dicts in the flip test; default
-                ``depotr.modeling.average_outputs``.
         """
         super().__init__()
         self.keypoint_branch = keypoint_branch
@@ -173,13 +171,10 @@ class TopDownPoseEstimator(nn.Module):
         self.min_keypoints_per_person = int(min_keypoints_per_person)
         # The training boxes: gt persons with enough labelled keypoints, not clipped.
         self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person, clip=False)
-        self.average_outputs = average_outputs
 
     @classmethod
     def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None) -> Dict[str, Any]:
         """``box_source``: overrides ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (the ``Predictor``'s)."""
-        from depotr.modeling import build_keypoint_branch  # late: depotr.modeling imports this module
-
         if cfg.MODEL.DEPOTR.BOX_SOURCE not in TRAIN_BOX_SOURCES:
             raise ValueError(
                 f"MODEL.DEPOTR.BOX_SOURCE (the training boxes) must be one of {TRAIN_BOX_SOURCES}, got "
@@ -295,9 +290,8 @@ class TopDownPoseEstimator(nn.Module):
         crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
         crops = crop_raw_images(images, crop_boxes, self.crop_size, self.crop_sampling_ratio, self.pixel_mean,
                                 self.pixel_std)
-        crop_keypoints = predict_crop_keypoints(
-            self.keypoint_branch, crops, self.flip_indices if self.test_flip else None, self.average_outputs
-        )
+        flip_indices = self.flip_indices if self.test_flip else None
+        crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices)
         keypoints = crop_to_image(crop_keypoints, torch.cat(crop_boxes), self.crop_size)
 
         results = []

@@ -47,9 +47,11 @@ class DeformablePoseTransformer(nn.Module):
         self.query_embed = nn.Embedding(num_keypoints, 2 * transformer.d_model)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
+    def from_config(cls, cfg: CfgNode, pixel_features: Sequence[str] = ()) -> Dict[str, object]:
+        """pixel_features: backbone maps the head needs as they are, named by the branch that
+        builds this body (its head's ``pixel_features``)."""
         model = cfg.MODEL.DEPOTR
-        pixel_features = ["res2"] if model.HEAD == "heatmap" and model.HEATMAP.DECODER == "dot_product" else []
+        pixel_features = list(pixel_features)
         backbone = build_resnet(cfg, sorted(set(model.IN_FEATURES) | set(pixel_features)))
         shapes = backbone.output_shape()
         return {

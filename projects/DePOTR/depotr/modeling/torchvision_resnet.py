@@ -7,7 +7,7 @@ Detectron2's ``build_resnet_backbone`` has ``stem.conv1`` (its norm ``stem.conv1
 :func:`save_detectron2_weights` has the layout of Detectron2's own converter
 (``tools/convert-torchvision-to-d2.py``): ``{"model": ..., "__author__": "torchvision",
 "matching_heuristics": True}``, so ``DetectionCheckpointer`` matches the names by suffix
-into whichever module holds the ResNet (``keypoint_branch.backbone...``).
+into whichever module holds the ResNet (``keypoint_branch.body...``).
 
 Norms: the file holds each BatchNorm's weight, bias, running mean and variance. With
 ``RESNETS.NORM "FrozenBN"`` Detectron2 applies them as a fixed affine map, which equals

@@ -17,6 +17,9 @@ class DePOTRHeatmapHead(nn.Module):
     """B crops, K keypoints, d width, C0 channels per keypoint, (H, W) crop. Decoder output
     (B, K, d) -> (B, K, H/4, W/4) heatmaps."""
 
+    # Backbone maps the head reads besides the decoder's outputs (the body passes them on).
+    pixel_features: Tuple[str, ...] = ()
+
     def __init__(
         self,
         hidden_dim: int,
@@ -66,6 +69,8 @@ class DePOTRDotProductHeatmapHead(nn.Module):
     """
 
     stride = 4
+    # Backbone maps the head reads besides the decoder's outputs (the body passes them on).
+    pixel_features: Tuple[str, ...] = ("res2",)
 
     def __init__(self, hidden_dim: int, num_keypoints: int, fine_channels: int, mlp_layers: int = 2):
         """

@@ -12,7 +12,7 @@ Targets: unnormalised Gaussians (peak 1; Xiao et al. 2018, SimpleBaseline). Deco
 DARK).
 """
 import math
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 from torch.nn import functional as F
@@ -136,19 +136,3 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     offset_x = -(dyy * dx - dxy * dy) / safe_det
     offset_y = -(dxx * dy - dxy * dx) / safe_det
     return torch.stack((offset_x, offset_y), dim=-1) * valid[..., None]
-
-
-def flip_heatmaps(heatmaps: torch.Tensor, flip_indices: Sequence[int], shift: bool = False) -> torch.Tensor:
-    """heatmaps: (B, K, h, w) predicted on mirrored crops. Returns them mirrored back along the
-    width with left/right keypoints swapped (mmpose ``flip_heatmaps``).
-
-    shift: move the result one pixel right, column 0 kept, as SimpleBaseline's flip test does
-    (``output_flipped[..., 1:] = output_flipped[..., :-1]``). Its crops flip
-    pixel indices (x -> W - 1 - x), which misaligns an array-flipped heatmap by 0.75 heatmap
-    pixels at stride 4; in our continuous convention (u -> W - u) the array flip is exact, so the
-    shift would add a one-pixel bias. Kept for reproducing SimpleBaseline / the thesis only."""
-    index = torch.as_tensor(list(flip_indices), dtype=torch.long, device=heatmaps.device)
-    flipped = heatmaps.flip(-1).index_select(1, index)
-    if shift:
-        flipped = torch.cat((flipped[..., :1], flipped[..., :-1]), dim=-1)
-    return flipped

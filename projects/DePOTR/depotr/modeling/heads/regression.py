@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from ..deformable_transformer import inverse_sigmoid
 from .mlp import MLP
+from .outputs import RegressionOutputs, RLEOutputs
 
 
 class RegressionHead(nn.Module):
@@ -59,11 +60,6 @@ class RegressionHead(nn.Module):
             nn.init.zeros_(mlp.layers[-1].weight)
             nn.init.zeros_(mlp.layers[-1].bias)
 
-    @property
-    def confidence_key(self) -> str:
-        """The output holding each keypoint's confidence: "sigmas" or "score_logits"."""
-        return "sigmas" if self.predict_sigma else "score_logits"
-
     def predict_coords(self, layer: int, hidden: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """hidden: (B, K, d) output of decoder layer ``layer``; reference: (B, K, 2) its reference
         points. Returns (B, K, 2) = sigmoid(MLP(hidden) + inverse_sigmoid(reference)), (x, y) in
@@ -71,18 +67,16 @@ class RegressionHead(nn.Module):
         mlp = self.coord_mlps[layer if self.iter_refine else 0]
         return (mlp(hidden) + inverse_sigmoid(reference)).sigmoid()
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor]) -> RegressionOutputs:
         """
         Args:
             features: "hidden_states" (n, B, K, d), "references" (n, B, K, 2) of the decoder.
         Returns:
-            "coords": (B, K, 2) (x, y) of the last layer, normalised to [0, 1] by the crop
-                width / height (continuous crop pixels / (W, H)).
-            "score_logits": (B, K) confidence logits of the last layer; or, with
-                ``predict_sigma``, "sigmas": (B, K, 2) scales (sigma_x, sigma_y) in (0, 1),
-                crop-normalised.
-            With ``all_layers`` also "aux_coords" (n-1, B, K, 2) and "aux_score_logits"
-            (n-1, B, K) or "aux_sigmas" (n-1, B, K, 2) of layers 0 .. n-2.
+            :class:`RegressionOutputs` of the last layer: coords (B, K, 2) (x, y) normalised to
+            [0, 1] by the crop width / height (continuous crop pixels / (W, H)) and confidence
+            logits (B, K); with ``predict_sigma`` :class:`RLEOutputs`, whose confidence is
+            (B, K, 2) scales (sigma_x, sigma_y) in (0, 1), crop-normalised. With ``all_layers``
+            also aux_coords (n-1, B, K, 2) and aux_confidence of layers 0 .. n-2.
         """
         hidden, references = features["hidden_states"], features["references"]
         layers = list(range(len(hidden))) if self.all_layers else [len(hidden) - 1]
@@ -91,12 +85,10 @@ class RegressionHead(nn.Module):
             confidence = self.sigma(hidden[layers]).sigmoid()
         else:
             confidence = self.score(hidden[layers]).squeeze(-1)
-        key = self.confidence_key
-        outputs = {"coords": coords[-1], key: confidence[-1]}
+        outputs_type = RLEOutputs if self.predict_sigma else RegressionOutputs
         if self.all_layers:
-            outputs["aux_coords"] = coords[:-1]
-            outputs["aux_" + key] = confidence[:-1]
-        return outputs
+            return outputs_type(coords[-1], confidence[-1], coords[:-1], confidence[:-1])
+        return outputs_type(coords[-1], confidence[-1])
 
 
 def coordinate_loss(coords: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
