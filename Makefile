@@ -3,13 +3,15 @@
 #                then draw predicted skeletons on a few val images and print the AP beside the
 #                mean-pose baseline with the error breakdown (output/.../analysis)
 #   make test  - install (idempotent) and run the test suite
+#   make lint  - install (idempotent), then ruff: the linter, and the formatter as a check (ruff.toml);
+#                `ruff format . && ruff check --fix .` applies them
 # DEPOTR_VENV=DIR uses (and installs into) another environment; DEPOTR_DETECTRON2=SOURCE installs
 # that Detectron2 instead of v0.6 (tools/install.sh, README "Install").
 PY := $(or $(DEPOTR_VENV),.venv)/bin/python
 MAIN_CONFIG := configs/depotr_hm_r18_synthetic.yaml
 MAIN_OUTPUT := output/depotr_hm_r18_synthetic
 
-.PHONY: install main test
+.PHONY: install lint main test
 install:
 	bash tools/install.sh
 
@@ -21,3 +23,7 @@ main: install
 
 test: install
 	$(PY) -m pytest tests -q -ra
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .

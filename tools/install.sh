@@ -156,8 +156,8 @@ fi
 # With the pins again, so that resolving DePOTR's unpinned requirements cannot move them (e.g.
 # the newest scikit-image needs Pillow >= 10.1, which v0.6 cannot import).
 step "DePOTR (editable) and its requirements"
-(cd "$REPO" && MAX_JOBS="${MAX_JOBS:-2}" logged depotr "pip install -e .[test,export]" \
-  "${PIP[@]}" --no-build-isolation --use-pep517 -e ".[test,export]" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}")
+(cd "$REPO" && MAX_JOBS="${MAX_JOBS:-2}" logged depotr "pip install -e .[test,export,lint]" \
+  "${PIP[@]}" --no-build-isolation --use-pep517 -e ".[test,export,lint]" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}")
 build_extension
 "$PY" -c "import detectron2, depotr; from detectron2 import model_zoo; model_zoo.get_config_file('COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml')" \
   || fail "import check of detectron2 + depotr"
