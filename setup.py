@@ -5,13 +5,13 @@ The extension ``depotr._C`` holds the multi-scale deformable attention kernels. 
 kernel is always built; the CUDA kernel is added when CUDA is available at build time or
 ``FORCE_CUDA=1`` is set (as Detectron2's ``setup.py`` does).
 """
+
 import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 PACKAGE_ROOT = os.path.join("projects", "DePOTR")

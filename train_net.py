@@ -9,6 +9,7 @@ Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time 
 (``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
 rank 0, the console, as Detectron2's own.
 """
+
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup

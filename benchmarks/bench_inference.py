@@ -43,6 +43,7 @@ through /proc/self/clear_refs) minus its resident set just before the call, as i
     python benchmarks/bench_inference.py --opts TEST.FLIP False   # overrides for every config
     python benchmarks/bench_inference.py --markdown               # + section in benchmarks/README.md
 """
+
 import argparse
 import json
 import os
@@ -58,6 +59,8 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 import torch
+from bench_msda import fmt, parse_crop, synchronize  # benchmarks/ is sys.path[0]
+from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib
 from torch import Tensor
 
 from detectron2.config import CfgNode, get_cfg
@@ -68,9 +71,6 @@ from detectron2.structures import Boxes, Instances
 
 from depotr.config import load_depotr_config
 from depotr.modeling.box_sources import resolve_model_zoo_path
-
-from bench_msda import fmt, parse_crop, synchronize  # benchmarks/ is sys.path[0]
-from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "benchmarks" / "README.md"
@@ -231,9 +231,7 @@ def prepare(case: Case) -> Callable[[], int]:
     return builders[case.kind](case)
 
 
-def time_calls(
-    run_once: Callable[[], int], device: str, repeats: int, max_seconds: float
-) -> tuple[list[float], int]:
+def time_calls(run_once: Callable[[], int], device: str, repeats: int, max_seconds: float) -> tuple[list[float], int]:
     """Times ``run_once`` after one warm-up call; returns the call times in seconds and the
     persons of the last call. Stops early, after at least 3 timed calls, past ``max_seconds``."""
     run_once()
@@ -285,7 +283,7 @@ def measure(case: Case, args: argparse.Namespace) -> Result:
 
 
 def config_name(path: str) -> str:
-    """"configs/depotr_r50.yaml" -> "depotr_r50"."""
+    """ "configs/depotr_r50.yaml" -> "depotr_r50"."""
     return Path(path).stem
 
 
@@ -391,7 +389,7 @@ def write_markdown(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
     if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len(MARKERS[1]):]
+        text = text[:start] + section + text[end + len(MARKERS[1]) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
@@ -420,7 +418,10 @@ def parse_args() -> argparse.Namespace:
         "--quick", action="store_true", help=f"smoke run: {QUICK_CONFIG}, batch 1, 2 repeats, 1 image, detector 320 px"
     )
     parser.add_argument(
-        "--markdown", nargs="?", const=str(README), metavar="PATH",
+        "--markdown",
+        nargs="?",
+        const=str(README),
+        metavar="PATH",
         help=f"write the tables between {MARKERS[0]} and its end marker in PATH (default {README.relative_to(REPO)})",
     )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="DePOTR config overrides, KEY VALUE ...")

@@ -32,6 +32,7 @@ just before the step; this counts every page the step touches, allocator caching
     python benchmarks/bench_msda.py --batch 128 --crop 256x192
     python benchmarks/bench_msda.py --write-readme benchmarks/README.md
 """
+
 import argparse
 import json
 import math
@@ -44,15 +45,15 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
-
 from deformable_detr_baseline import (  # benchmarks/ is sys.path[0]
     BASELINE_DTYPES,
     DEFAULT_BASELINE_DIR,
     load_deformable_detr,
 )
-from depotr.layers.ms_deform_attn_op import BACKENDS as OP_BACKENDS
 from peak_memory import cuda_peak_mib, report_resident_peak, subprocess_peak_mib
+from torch import Tensor
+
+from depotr.layers.ms_deform_attn_op import BACKENDS as OP_BACKENDS
 
 STRIDES = (8, 16, 32, 64)
 HEADS, CHANNELS, POINTS = 8, 32, 4
@@ -92,9 +93,7 @@ def make_inputs(case: Case, dtype: torch.dtype) -> tuple[Tensor, ...]:
     float tensors requiring grad; locations mostly inside [0, 1] as after training starts."""
     generator = torch.Generator().manual_seed(0)
     spatial_shapes = torch.tensor(case.spatial_shapes, dtype=torch.int64)
-    level_start_index = torch.cat(
-        (spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1])
-    )
+    level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
     N, S, Lq, L = case.batch, case.num_tokens, case.num_queries, len(STRIDES)
     value = torch.randn(N, S, HEADS, CHANNELS, generator=generator)
     locations = torch.rand(N, Lq, HEADS, L, POINTS, 2, generator=generator) * 1.1 - 0.05
@@ -156,9 +155,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_step(
-    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], device: str
-) -> tuple[float, float]:
+def timed_step(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], device: str) -> tuple[float, float]:
     """Runs one forward and one backward; returns their times in ms."""
     for t in inputs:
         t.grad = None
@@ -195,8 +192,7 @@ def time_case(
         if step >= 3 and time.perf_counter() - start > max_seconds:
             break
     return {
-        backend: {key: statistics.median(values) for key, values in by_key.items()}
-        for backend, by_key in times.items()
+        backend: {key: statistics.median(values) for key, values in by_key.items()} for backend, by_key in times.items()
     }
 
 
@@ -208,9 +204,7 @@ def _forward_backward(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...]) -> 
     return run_once
 
 
-def peak_memory_mib(
-    case: Case, backend: str, fn: Callable[..., Tensor], dtype: torch.dtype
-) -> Optional[float]:
+def peak_memory_mib(case: Case, backend: str, fn: Callable[..., Tensor], dtype: torch.dtype) -> Optional[float]:
     """Extra memory of one forward+backward (see the module docstring); None if unmeasurable."""
     if case.device == "cuda":
         return cuda_peak_mib(_forward_backward(fn, make_inputs(case, dtype)))
@@ -258,9 +252,7 @@ def run(args: argparse.Namespace, baseline: Optional[Callable[..., Tensor]]) -> 
                     case = Case(device, crop, batch, queries)
                     results = time_case(case, dtype, functions, args.repeats, args.max_seconds)
                     for backend, fn in functions.items():
-                        results[backend]["peak"] = (
-                            None if args.no_memory else peak_memory_mib(case, backend, fn, dtype)
-                        )
+                        results[backend]["peak"] = None if args.no_memory else peak_memory_mib(case, backend, fn, dtype)
                     for backend, r in results.items():
                         reference = results.get("reference") if backend != "reference" else None
                         original = results.get(BASELINE) if backend != BASELINE else None
@@ -294,11 +286,7 @@ def build_baseline(args: argparse.Namespace, build_dir: str) -> Optional[Callabl
 
 def readme_section(table: str, args: argparse.Namespace) -> str:
     cpu = platform.processor() or platform.machine()
-    gpu = (
-        f", GPU {torch.cuda.get_device_name()}"
-        if torch.cuda.is_available() and not args.cpu_only
-        else ""
-    )
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() and not args.cpu_only else ""
     return (
         f"\n## ms_deform_attn, {time.strftime('%Y-%m-%d')}\n\n"
         f"`python benchmarks/bench_msda.py {' '.join(sys.argv[1:])}`: torch {torch.__version__}, {args.dtype}, "
@@ -317,27 +305,13 @@ def parse_crop(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--batch", type=int, nargs="+", default=[1, 32], help="batch sizes N (e.g. 1 32 128)"
-    )
-    parser.add_argument(
-        "--crop", type=parse_crop, nargs="+", default=[(256, 192), (384, 288)], help="HxW crops"
-    )
-    parser.add_argument(
-        "--queries", nargs="+", choices=["encoder", "decoder"], default=["encoder", "decoder"]
-    )
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"]
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="timed steps per case and backend (after a warm-up)"
-    )
-    parser.add_argument(
-        "--max-seconds", type=float, default=10.0, help="stop repeating after this (min. 3 steps)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes N (e.g. 1 32 128)")
+    parser.add_argument("--crop", type=parse_crop, nargs="+", default=[(256, 192), (384, 288)], help="HxW crops")
+    parser.add_argument("--queries", nargs="+", choices=["encoder", "decoder"], default=["encoder", "decoder"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per case and backend (after a warm-up)")
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating after this (min. 3 steps)")
     devices = parser.add_mutually_exclusive_group()
     devices.add_argument("--cpu-only", action="store_true", help="skip CUDA even if available")
     devices.add_argument("--cuda-only", action="store_true", help="skip the CPU")
@@ -348,13 +322,9 @@ def main() -> None:
         default=list(BACKENDS),
         help="backends to time, where they serve",
     )
-    parser.add_argument(
-        "--baseline-dir", default=DEFAULT_BASELINE_DIR, help="folder with the original op's models/ops"
-    )
+    parser.add_argument("--baseline-dir", default=DEFAULT_BASELINE_DIR, help="folder with the original op's models/ops")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument(
-        "--write-readme", metavar="PATH", help="append the table as a section to this markdown file"
-    )
+    parser.add_argument("--write-readme", metavar="PATH", help="append the table as a section to this markdown file")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:

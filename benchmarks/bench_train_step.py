@@ -20,6 +20,7 @@ them after ``--warmup`` untimed ones, and reports:
 
 Speed only: the weights' values do not matter. Run it on an otherwise idle machine.
 """
+
 import argparse
 import platform
 import statistics
@@ -90,14 +91,20 @@ def main(argv=None) -> int:
     seconds = sum(times)
     achieved = flops_per_crop * total_crops / seconds / 1e9
     peak = matmul_gflops()
-    print(f"config {args.config_file} {' '.join(args.opts)}; {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| config | crops / it | s / it (median) | crops/s | data ms / batch | GFLOP / crop | GFLOP/s | "
-          "matmul GFLOP/s | share |")
+    print(
+        f"config {args.config_file} {' '.join(args.opts)}; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        "| config | crops / it | s / it (median) | crops/s | data ms / batch | GFLOP / crop | GFLOP/s | "
+        "matmul GFLOP/s | share |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.config_file.split('/')[-1]} {' '.join(args.opts)} | {total_crops / len(timed):.1f} | "
-          f"{statistics.median(times):.3f} | {total_crops / seconds:.1f} | {data_ms:.1f} | {flops_per_crop / 1e9:.2f} | "
-          f"{achieved:.1f} | {peak:.0f} | {100 * achieved / peak:.0f} % |")
+    print(
+        f"| {args.config_file.split('/')[-1]} {' '.join(args.opts)} | {total_crops / len(timed):.1f} | "
+        f"{statistics.median(times):.3f} | {total_crops / seconds:.1f} | {data_ms:.1f} | {flops_per_crop / 1e9:.2f} | "
+        f"{achieved:.1f} | {peak:.0f} | {100 * achieved / peak:.0f} % |"
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ CUDA toolkit without cuSPARSE headers gets those of PyTorch's nvidia wheels):
 
 CUDA only (its CPU functions raise), float32 / float64 only (``AT_DISPATCH_FLOATING_TYPES``).
 """
+
 import importlib.util
 import os
 import shutil
@@ -31,8 +32,7 @@ __all__ = ["DEFAULT_BASELINE_DIR", "BASELINE_DTYPES", "load_deformable_detr"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ../shared next to the checkout, or shared/ inside it (where a copy of the checkout carries it).
 _CANDIDATES = [
-    os.path.join(root, "shared", "baselines", "deformable_detr_ops")
-    for root in (os.path.dirname(REPO), REPO)
+    os.path.join(root, "shared", "baselines", "deformable_detr_ops") for root in (os.path.dirname(REPO), REPO)
 ]
 DEFAULT_BASELINE_DIR = next((c for c in _CANDIDATES if os.path.isdir(c)), _CANDIDATES[0])
 # The dtypes its kernels are instantiated for.

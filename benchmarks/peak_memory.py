@@ -7,6 +7,7 @@
   the resident set just before it. This counts every page the call touches, allocator caching
   included.
 """
+
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ def cuda_peak_mib(run_once: Callable[[], Any]) -> float:
     base = torch.cuda.memory_allocated()
     run_once()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def subprocess_peak_mib(script: str, payload: str) -> Optional[float]:
@@ -57,4 +58,4 @@ def report_resident_peak(run_once: Callable[[], Any]) -> None:
         f.write("5")  # resets the peak resident set (VmHWM) to the current one
     before = _status_bytes("VmRSS")
     run_once()
-    print(json.dumps({"peak_mib": (_status_bytes("VmHWM") - before) / 2 ** 20}))
+    print(json.dumps({"peak_mib": (_status_bytes("VmHWM") - before) / 2**20}))

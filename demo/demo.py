@@ -27,6 +27,7 @@ would give them one output file and one image_id); otherwise it stops with an er
 message naming it, and the demo then exits with status 1; a video that cannot be opened is an error
 naming it (status 1).
 """
+
 import argparse
 import glob
 import json
@@ -36,12 +37,13 @@ from typing import Dict, List, Optional, Union
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
 from detectron2.data import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
-from tqdm import tqdm
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
@@ -62,7 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--webcam", action="store_true", help="the first webcam, shown in a window")
     parser.add_argument("--output", help="folder for the drawn images / video (required unless --webcam)")
     parser.add_argument(
-        "--confidence-threshold", type=float, default=0.0,
+        "--confidence-threshold",
+        type=float,
+        default=0.0,
         help="drop persons whose score (box score x mean confident keypoint score) is below this; "
         "default 0 keeps every person",
     )
@@ -99,8 +103,11 @@ def shared_outputs(paths: List[str], output: str) -> List[str]:
         groups: Dict[object, List[str]] = {}
         for path in paths:
             groups.setdefault(key(path), []).append(path)
-        problems += [f"inputs {', '.join(group)} would share {what} {value!r}"
-                     for value, group in groups.items() if len(group) > 1]
+        problems += [
+            f"inputs {', '.join(group)} would share {what} {value!r}"
+            for value, group in groups.items()
+            if len(group) > 1
+        ]
     return problems
 
 

@@ -1,4 +1,5 @@
 """Fixtures for every test."""
+
 import logging
 
 import pytest

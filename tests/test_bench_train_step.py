@@ -1,4 +1,5 @@
 """benchmarks/bench_train_step.py runs a config's real training steps and reports per-crop FLOPs."""
+
 import importlib.util
 import os
 
@@ -7,11 +8,31 @@ INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18
 
 
 def test_reports_crops_flops_and_the_matmul_share(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_train_step", os.path.join(REPO, "benchmarks", "bench_train_step.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_step", os.path.join(REPO, "benchmarks", "bench_train_step.py")
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--config-file", INSTANT_CONFIG, "--iters", "2", "--warmup", "1", "--threads", "1", "--opts",
-                       "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data"), "OUTPUT_DIR", str(tmp_path / "out")]) == 0
+    assert (
+        bench.main(
+            [
+                "--config-file",
+                INSTANT_CONFIG,
+                "--iters",
+                "2",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--opts",
+                "DATASETS.SYNTHETIC.ROOT",
+                str(tmp_path / "data"),
+                "OUTPUT_DIR",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[1:-1]
     crops_per_it, seconds, crops_per_s, _, gflop_per_crop, gflops, matmul, share = (c.strip() for c in row[1:])
     assert float(crops_per_it) > 0 and float(seconds) > 0

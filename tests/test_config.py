@@ -1,4 +1,5 @@
 """load_depotr_config: yaml + overrides on top of Detectron2's and DePOTR's defaults."""
+
 import os
 
 import pytest

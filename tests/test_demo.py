@@ -3,6 +3,7 @@ file), --save-json, --confidence-threshold, a video and a missing video.
 
 One run goes through a subprocess (the script as users run it); the others call its ``main``
 in this process, which saves loading torch and Detectron2 again."""
+
 import importlib.util
 import json
 import os
@@ -49,9 +50,22 @@ def test_demo_draws_photos_of_every_layout_saves_json_and_reports_unreadable_one
     (inputs / "broken.jpg").write_bytes(b"not a jpeg")
     results_json = tmp_path / "results" / "keypoints.json"
     completed = subprocess.run(
-        [sys.executable, DEMO, "--config-file", INSTANT_CONFIG, "--input", str(inputs),
-         "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            DEMO,
+            "--config-file",
+            INSTANT_CONFIG,
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "out"),
+            "--save-json",
+            str(results_json),
+            *CPU,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 1, completed.stderr[-2000:]
     assert "skipping" in completed.stderr and "broken.jpg" in completed.stderr
@@ -79,16 +93,39 @@ def test_confidence_threshold_above_every_score_writes_the_image_unchanged(demo,
     image = astronaut_bgr()[::4, ::4].copy()
     cv2.imwrite(str(tmp_path / "000000000042.png"), image)
     results_json = tmp_path / "keypoints.json"
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "*.png"),
-                        "--output", str(tmp_path / "out"), "--confidence-threshold", "1.01",
-                        "--save-json", str(results_json), *CPU])
+    status = demo.main(
+        [
+            "--config-file",
+            INSTANT_CONFIG,
+            "--input",
+            str(tmp_path / "*.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "--confidence-threshold",
+            "1.01",
+            "--save-json",
+            str(results_json),
+            *CPU,
+        ]
+    )
     assert status == 0
     assert ": 0 persons" in capsys.readouterr().out
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "000000000042.png")), image)
     assert json.loads(results_json.read_text()) == []
 
-    demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "000000000042.png"),
-               "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU])
+    demo.main(
+        [
+            "--config-file",
+            INSTANT_CONFIG,
+            "--input",
+            str(tmp_path / "000000000042.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "--save-json",
+            str(results_json),
+            *CPU,
+        ]
+    )
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [42]  # a COCO-style id
 
 
@@ -101,8 +138,19 @@ def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
         writer.write(frame)
     writer.release()
     results_json = tmp_path / "keypoints.json"
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--video-input", str(video),
-                        "--output", str(tmp_path / "out"), "--save-json", str(results_json), *CPU])
+    status = demo.main(
+        [
+            "--config-file",
+            INSTANT_CONFIG,
+            "--video-input",
+            str(video),
+            "--output",
+            str(tmp_path / "out"),
+            "--save-json",
+            str(results_json),
+            *CPU,
+        ]
+    )
     assert status == 0
     capture = cv2.VideoCapture(str(tmp_path / "out" / "walk.mp4"))
     assert capture.isOpened()
@@ -134,8 +182,17 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(tmp_path / name), astronaut_bgr()[::8, ::8])
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", *(str(tmp_path / n) for n in names),
-                        "--output", str(tmp_path / "out"), *CPU])
+    status = demo.main(
+        [
+            "--config-file",
+            INSTANT_CONFIG,
+            "--input",
+            *(str(tmp_path / n) for n in names),
+            "--output",
+            str(tmp_path / "out"),
+            *CPU,
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "would share" in err and all(str(tmp_path / n) in err for n in names)
@@ -146,8 +203,19 @@ def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
     assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])
     (tmp_path / "file").write_text("a file, not a folder")
     for bad in (tmp_path / "file" / "keypoints.json", tmp_path):  # under a file; a folder
-        status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(tmp_path / "person.png"),
-                            "--output", str(tmp_path / "out"), "--save-json", str(bad), *CPU])
+        status = demo.main(
+            [
+                "--config-file",
+                INSTANT_CONFIG,
+                "--input",
+                str(tmp_path / "person.png"),
+                "--output",
+                str(tmp_path / "out"),
+                "--save-json",
+                str(bad),
+                *CPU,
+            ]
+        )
         assert status == 1
         assert f"cannot write --save-json {bad}" in capsys.readouterr().err
         assert os.listdir(tmp_path / "out") == []  # no image was processed
@@ -159,8 +227,9 @@ def test_subfolders_are_skipped_and_truncated_jpegs_reported(demo, tmp_path, cap
     assert cv2.imwrite(str(inputs / "whole.jpg"), astronaut_bgr()[::4, ::4])
     jpeg = (inputs / "whole.jpg").read_bytes()
     (inputs / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # OpenCV would decode half of it
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--input", str(inputs), "--output", str(tmp_path / "out"),
-                        *CPU])
+    status = demo.main(
+        ["--config-file", INSTANT_CONFIG, "--input", str(inputs), "--output", str(tmp_path / "out"), *CPU]
+    )
     assert status == 1
     out, err = capsys.readouterr()
     assert "whole.jpg -> " in out and "does not exist" not in err and str(inputs / "subfolder") not in err

@@ -1,5 +1,6 @@
 """The installed Detectron2 really works for what DePOTR uses (tools/install.sh route or an
 official build from source)."""
+
 import os
 
 import pytest

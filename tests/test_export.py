@@ -4,6 +4,7 @@ Models are the instant config (ResNet-18, d = 64, one encoder and one decoder la
 crops) with seeded random weights; every export is traced on EXPORT_BATCH crops and checked on
 CHECK_BATCH crops.
 """
+
 import functools
 import importlib.util
 import math
@@ -15,9 +16,10 @@ from typing import Sequence, Tuple
 
 import pytest
 import torch
+from torch import nn
+
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from torch import nn
 
 from depotr.config import load_depotr_config
 from depotr.export import (
@@ -50,7 +52,14 @@ VARIANTS = {
     "heatmap-dark-flip": ("TEST.HEATMAP_REFINE", "dark", "TEST.FLIP", "True"),
     "heatmap-deconv-shift": ("MODEL.DEPOTR.HEATMAP.DECODER", "deconv", "TEST.HEATMAP_REFINE", "shift"),
     "regression": ("MODEL.DEPOTR.HEAD", "regression"),
-    "regression-rle-flip": ("MODEL.DEPOTR.HEAD", "regression", "MODEL.DEPOTR.REGRESSION.LOSS", "rle", "TEST.FLIP", "True"),
+    "regression-rle-flip": (
+        "MODEL.DEPOTR.HEAD",
+        "regression",
+        "MODEL.DEPOTR.REGRESSION.LOSS",
+        "rle",
+        "TEST.FLIP",
+        "True",
+    ),
 }
 RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx}
 
@@ -185,10 +194,24 @@ def test_cli_exports_both_formats(tmp_path):
     torch.save({"model": _seeded_model(()).state_dict()}, weights)
     output = tmp_path / "export"
     completed = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "export_model.py"), "--config-file", INSTANT_CONFIG,
-         "--output", str(output), "--format", *formats, "--batch", str(EXPORT_BATCH),
-         "--opts", "MODEL.WEIGHTS", str(weights)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "export_model.py"),
+            "--config-file",
+            INSTANT_CONFIG,
+            "--output",
+            str(output),
+            "--format",
+            *formats,
+            "--batch",
+            str(EXPORT_BATCH),
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(os.listdir(output)) == sorted(OUTPUT_FILES[fmt] for fmt in formats)
@@ -199,8 +222,9 @@ def test_cli_exports_both_formats(tmp_path):
     expected = _eager(expected_predictor, crops)
     for fmt in formats:
         path = output / OUTPUT_FILES[fmt]
-        line = re.search(rf"^{fmt}: {re.escape(str(path))} .*: (\S+) px \(x, y\), (\S+) \(score\)$",
-                         completed.stdout, re.MULTILINE)
+        line = re.search(
+            rf"^{fmt}: {re.escape(str(path))} .*: (\S+) px \(x, y\), (\S+) \(score\)$", completed.stdout, re.MULTILINE
+        )
         assert line, completed.stdout
         assert float(line[1]) < TOLERANCE and float(line[2]) < TOLERANCE
         coord_error, score_error = keypoint_errors(RUNNERS[fmt](str(path), crops), expected)

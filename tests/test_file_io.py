@@ -1,4 +1,5 @@
 """depotr.file_io: a destination is replaced whole or left as it was, never half-written."""
+
 import os
 import stat
 

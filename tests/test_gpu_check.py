@@ -1,5 +1,6 @@
 """tools/gpu_check.sh without a GPU (it must say so, exit 2 and leave everything as it was), and
 tools/gpu_check_notes.py, the part that writes its figures, on fabricated results."""
+
 import importlib.util
 import json
 import os
@@ -73,8 +74,13 @@ def test_with_a_gpu_runs_every_step_and_writes_the_notes(tmp_path):
     assert "SOME STEPS FAILED" in completed.stderr
     commands = log.read_text().splitlines()
     assert [c.split()[1] for c in commands] == [
-        "setup.py", "-m", "tools/check_msda_cuda.py", "train_net.py",
-        "benchmarks/bench_msda.py", "benchmarks/bench_msda.py", "benchmarks/bench_msda.py",
+        "setup.py",
+        "-m",
+        "tools/check_msda_cuda.py",
+        "train_net.py",
+        "benchmarks/bench_msda.py",
+        "benchmarks/bench_msda.py",
+        "benchmarks/bench_msda.py",
     ]
     assert commands[0].startswith("FORCE_CUDA=1 setup.py -q build_ext --inplace")
     assert "configs/depotr_hm_r50.yaml" in commands[3] and "SOLVER.AMP.ENABLED True" in commands[3]
@@ -106,7 +112,11 @@ def bench_section(bench, dtype: str, rows: list[tuple]) -> str:
             f"| cuda | 256x192 | {N} | {queries} | {backend} | 1.0 | 2.0 | {ms} | 100.00 | 10.0 "
             f"| | | {vs_reference} | {vs_original} |"
         )
-    return f"\n## ms_deform_attn, 2026-01-01\n\n`python benchmarks/bench_msda.py --dtype {dtype}`\n\n" + "\n".join(lines) + "\n"
+    return (
+        f"\n## ms_deform_attn, 2026-01-01\n\n`python benchmarks/bench_msda.py --dtype {dtype}`\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 @pytest.fixture
@@ -123,17 +133,29 @@ def results(tmp_path):
         bench = load_tool(os.path.join(REPO, "benchmarks", "bench_msda.py"), "bench_msda_for_test")
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
-    (folder / "bench_float32.md").write_text(bench_section(bench, "float32", [
-        (32, "encoder (1020)", "reference", "40.0", "", ""),
-        (32, "encoder (1020)", "compiled", "5.0", "8.00x", "1.80x"),
-        (32, "encoder (1020)", "triton", "8.0", "5.00x", "1.12x"),
-        (32, "encoder (1020)", "deformable_detr", "9.0", "4.44x", ""),
-    ]))
-    (folder / "bench_bfloat16.md").write_text(bench_section(bench, "bfloat16", [
-        (32, "encoder (1020)", "reference", "30.0", "", ""),
-        (32, "encoder (1020)", "compiled", "4.0", "7.50x", ""),
-        (32, "encoder (1020)", "triton", "10.0", "3.00x", ""),
-    ]))
+    (folder / "bench_float32.md").write_text(
+        bench_section(
+            bench,
+            "float32",
+            [
+                (32, "encoder (1020)", "reference", "40.0", "", ""),
+                (32, "encoder (1020)", "compiled", "5.0", "8.00x", "1.80x"),
+                (32, "encoder (1020)", "triton", "8.0", "5.00x", "1.12x"),
+                (32, "encoder (1020)", "deformable_detr", "9.0", "4.44x", ""),
+            ],
+        )
+    )
+    (folder / "bench_bfloat16.md").write_text(
+        bench_section(
+            bench,
+            "bfloat16",
+            [
+                (32, "encoder (1020)", "reference", "30.0", "", ""),
+                (32, "encoder (1020)", "compiled", "4.0", "7.50x", ""),
+                (32, "encoder (1020)", "triton", "10.0", "3.00x", ""),
+            ],
+        )
+    )
     metrics = [
         {"iteration": 19, "total_loss": 0.25, "time": 0.31, "data_time": 0.01},
         {"iteration": 19, "keypoints/AP": 0.0},
@@ -150,8 +172,16 @@ def test_notes_section_from_results(results, tmp_path):
     notes_tool = load_tool(os.path.join(REPO, "tools", "gpu_check_notes.py"), "gpu_check_notes")
     notes = tmp_path / "notes.md"
     notes.write_text(f"# Notes\n\nbefore\n\n{notes_tool.START}\nold section\n{notes_tool.END}\n\nafter\n")
-    command = [sys.executable, os.path.join(REPO, "tools", "gpu_check_notes.py"), "--results", str(results),
-               "--device", "NVIDIA Test GPU", "--notes", str(notes)]
+    command = [
+        sys.executable,
+        os.path.join(REPO, "tools", "gpu_check_notes.py"),
+        "--results",
+        str(results),
+        "--device",
+        "NVIDIA Test GPU",
+        "--notes",
+        str(notes),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     notes_tool.update_notes(str(notes), notes_tool.render(str(results), "NVIDIA Test GPU"))  # replaces it
     text = notes.read_text()

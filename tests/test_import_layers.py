@@ -1,6 +1,7 @@
 """The package's import order: layers and the utilities below data, data below modeling, modeling
 below engine / evaluation / solver / predictor / export. No module imports a higher layer (late
 imports inside functions included)."""
+
 import ast
 import pathlib
 
@@ -8,10 +9,19 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "projects" / "DePOTR" / "depotr"
 # Top-level module or subpackage of depotr -> layer; a module may import its own layer or lower.
-LAYER = {"layers": 0, "config": 0, "file_io": 0, "data": 1, "modeling": 2,
-         "engine": 3, "evaluation": 3, "solver": 3, "predictor": 3, "export": 3}
-MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] in LAYER
-                 or p.stem in LAYER)
+LAYER = {
+    "layers": 0,
+    "config": 0,
+    "file_io": 0,
+    "data": 1,
+    "modeling": 2,
+    "engine": 3,
+    "evaluation": 3,
+    "solver": 3,
+    "predictor": 3,
+    "export": 3,
+}
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] in LAYER or p.stem in LAYER)
 
 
 def _imported_depotr_parts(path: pathlib.Path):
@@ -19,7 +29,7 @@ def _imported_depotr_parts(path: pathlib.Path):
     package = ["depotr", *path.relative_to(PACKAGE).parent.parts]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             names = (base + (node.module or "").split(".")) if node.module else base
             names = [n for n in names if n]
             if names[:1] == ["depotr"] and len(names) == 1:  # from depotr import x / from . import x

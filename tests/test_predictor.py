@@ -1,5 +1,6 @@
 """depotr.Predictor (the Python inference API) and depotr.data.image_io, on the instant config
 with random weights and real photos from scikit-image (astronaut: colour, camera: grey)."""
+
 import os
 import re
 
@@ -93,7 +94,9 @@ def test_box_outside_the_image_is_reported_and_the_others_keep_their_index(predi
     with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"):
         inst = predictor(image, boxes=boxes)
     assert inst.box_index.tolist() == [1, 2]
-    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 96.0, 128.0]]))
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([[10.0, 20.0, 60.0, 110.0], [0.0, 0.0, 96.0, 128.0]])
+    )
     # The huge box is cropped as the whole image: its keypoints stay in that crop.
     crop = expand_boxes_to_aspect(torch.tensor([[0.0, 0.0, 96.0, 128.0]]), (64, 48), 1.25)[0]
     xy = inst.pred_keypoints[1, :, :2]

@@ -29,6 +29,7 @@ keypoint table's pairs among the ground truth's keypoint names.
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 """
+
 import argparse
 import json
 import os
@@ -59,10 +60,14 @@ def _config_defaults(config_file: str, opts) -> dict:
         return MetadataCatalog.get(name).json_file
 
     test = cfg.DATASETS.TEST[0]
-    return {"gt": json_file(test), "baseline_train_gt": json_file(cfg.DATASETS.TRAIN[0]),
-            "results": os.path.join(cfg.OUTPUT_DIR, "inference", test, "coco_instances_results.json"),
-            "output": os.path.join(cfg.OUTPUT_DIR, "analysis"), "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
-            "flip_indices": list(keypoint_metadata_from_config(cfg).flip_indices)}
+    return {
+        "gt": json_file(test),
+        "baseline_train_gt": json_file(cfg.DATASETS.TRAIN[0]),
+        "results": os.path.join(cfg.OUTPUT_DIR, "inference", test, "coco_instances_results.json"),
+        "output": os.path.join(cfg.OUTPUT_DIR, "analysis"),
+        "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+        "flip_indices": list(keypoint_metadata_from_config(cfg).flip_indices),
+    }
 
 
 def main(argv=None) -> int:
@@ -92,7 +97,9 @@ def main(argv=None) -> int:
         analysis = analyze_keypoint_results(gt, results, args.sigmas, args.flip_indices)
         baseline = None
         if args.baseline_train_gt:
-            baseline = mean_pose_baseline_metrics(load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas)
+            baseline = mean_pose_baseline_metrics(
+                load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"analyze_results: {e}", file=sys.stderr)
         return 1
@@ -105,9 +112,11 @@ def main(argv=None) -> int:
         path = os.path.join(args.output, "mean_pose_baseline.json")
         atomic_write(path, lambda f: f.write(json.dumps(baseline, indent=1).encode()))
         paths["mean_pose_baseline"] = path
-        print(f"AP {100 * analysis.metrics['AP']:.1f} (AP50 {100 * analysis.metrics['AP50']:.1f}, "
-              f"AP75 {100 * analysis.metrics['AP75']:.1f}); mean-pose baseline (no model): AP {baseline['AP']:.1f} "
-              f"(AP50 {baseline['AP50']:.1f}, AP75 {baseline['AP75']:.1f})")
+        print(
+            f"AP {100 * analysis.metrics['AP']:.1f} (AP50 {100 * analysis.metrics['AP50']:.1f}, "
+            f"AP75 {100 * analysis.metrics['AP75']:.1f}); mean-pose baseline (no model): AP {baseline['AP']:.1f} "
+            f"(AP50 {baseline['AP50']:.1f}, AP75 {baseline['AP75']:.1f})"
+        )
         print()
     print("wrote " + ", ".join(paths.values()))
     return 0

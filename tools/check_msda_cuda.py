@@ -21,6 +21,7 @@ Run from the repository root on a machine with a CUDA GPU and PyTorch::
 A backend that is unavailable (no CUDA build of depotr._C, no Triton) counts as a failure.
 Prints markdown tables. Exit code 0 if every check passes, 1 if one fails, 2 without a CUDA device.
 """
+
 import argparse
 import glob
 import importlib
@@ -94,10 +95,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_parity(layers, bench, backends: list[str], dtypes: list[torch.dtype], batches: list[int]) -> bool:
-    print(
-        "\n| backend | dtype | N | queries | output | grad value | grad locations | grad weights "
-        "| tolerance | ok |"
-    )
+    print("\n| backend | dtype | N | queries | output | grad value | grad locations | grad weights | tolerance | ok |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     all_ok = True
     for backend in backends:
@@ -108,8 +106,7 @@ def check_parity(layers, bench, backends: list[str], dtypes: list[torch.dtype], 
                     case = bench.Case("cuda", (256, 192), batch, queries)
                     inputs = bench.make_inputs(case, dtype)
                     ref_inputs = tuple(
-                        t.detach().double().requires_grad_() if t.is_floating_point() else t
-                        for t in inputs
+                        t.detach().double().requires_grad_() if t.is_floating_point() else t for t in inputs
                     )
                     out = forward(*inputs)
                     ref_out = layers.ms_deform_attn_reference(*ref_inputs)
@@ -119,12 +116,8 @@ def check_parity(layers, bench, backends: list[str], dtypes: list[torch.dtype], 
                     ref_grads = torch.autograd.grad(
                         ref_out, (ref_inputs[0], ref_inputs[3], ref_inputs[4]), grad_output.double()
                     )
-                    errors = [relative_error(out, ref_out)] + [
-                        relative_error(g, r) for g, r in zip(grads, ref_grads)
-                    ]
-                    ok = all(e <= TOLERANCES[dtype] for e in errors) and all(
-                        g.dtype == dtype for g in grads
-                    )
+                    errors = [relative_error(out, ref_out)] + [relative_error(g, r) for g, r in zip(grads, ref_grads)]
+                    ok = all(e <= TOLERANCES[dtype] for e in errors) and all(g.dtype == dtype for g in grads)
                     all_ok &= ok
                     cells = " | ".join(f"{e:.1e}" for e in errors)
                     print(
@@ -152,10 +145,7 @@ def check_gradcheck(layers, backend: str) -> bool:
         rtol=1e-4,
         raise_exception=False,
     )
-    print(
-        f"\ngradcheck {backend} (float64, value / sampling_locations / attention_weights): "
-        f"{'ok' if ok else 'FAIL'}"
-    )
+    print(f"\ngradcheck {backend} (float64, value / sampling_locations / attention_weights): {'ok' if ok else 'FAIL'}")
     return ok
 
 
@@ -180,11 +170,7 @@ def report_timing(bench, batch: int, dtypes: list[torch.dtype], backends: list[s
             case = bench.Case("cuda", (256, 192), batch, queries)
             times = bench.time_case(case, dtype, functions, repeats=20, max_seconds=10.0)
             for backend, t in times.items():
-                speedup = (
-                    f"{times['reference']['fwd+bwd'] / t['fwd+bwd']:.1f}x"
-                    if backend != "reference"
-                    else ""
-                )
+                speedup = f"{times['reference']['fwd+bwd'] / t['fwd+bwd']:.1f}x" if backend != "reference" else ""
                 print(
                     f"| {str(dtype)[6:]} | {queries} ({case.num_queries}) | {backend} | {t['fwd']:.2f} | "
                     f"{t['bwd']:.2f} | {t['fwd+bwd']:.2f} | {speedup} |",
@@ -193,18 +179,10 @@ def report_timing(bench, batch: int, dtypes: list[torch.dtype], backends: list[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--jit", action="store_true", help="JIT-build the kernels even if depotr._C has CUDA"
-    )
-    parser.add_argument(
-        "--batch", type=int, nargs="+", default=[0, 1, 67], help="batch sizes of the parity check"
-    )
-    parser.add_argument(
-        "--timing-batch", type=int, default=32, help="batch size of the timing (0: no timing)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jit", action="store_true", help="JIT-build the kernels even if depotr._C has CUDA")
+    parser.add_argument("--batch", type=int, nargs="+", default=[0, 1, 67], help="batch sizes of the parity check")
+    parser.add_argument("--timing-batch", type=int, default=32, help="batch size of the timing (0: no timing)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(

@@ -13,6 +13,7 @@ that ResNet. The command prints the
 ``PIXEL_MEAN [123.675, 116.28, 103.53]``, ``PIXEL_STD [58.395, 57.12, 57.375]`` (the defaults of
 ``configs/Base-DePOTR.yaml``). Names and norms: ``depotr/modeling/torchvision_resnet.py``.
 """
+
 import argparse
 import sys
 
@@ -43,8 +44,10 @@ def main(argv=None) -> int:
         return 1
     save_detectron2_weights(args.output, converted.state_dict)
     classifier = [k for k in converted.left_out if k.startswith("fc.")]
-    print(f"{args.output}: {len(converted.state_dict)} tensors of ResNet-{converted.config['DEPTH']}; left out: "
-          f"{' '.join(classifier) or 'no'} classifier, {len(converted.left_out) - len(classifier)} num_batches_tracked")
+    print(
+        f"{args.output}: {len(converted.state_dict)} tensors of ResNet-{converted.config['DEPTH']}; left out: "
+        f"{' '.join(classifier) or 'no'} classifier, {len(converted.left_out) - len(classifier)} num_batches_tracked"
+    )
     print("config: " + " ".join(f"MODEL.RESNETS.{k} {v}" for k, v in converted.config.items()))
     return 0
 

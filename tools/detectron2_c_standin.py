@@ -5,6 +5,7 @@ the PyPI sdist, which lacks the C++ sources. Detectron2 imports ``_C`` at import
 modules; DePOTR needs none of its kernels (RoIAlign is backed by torchvision). Version queries
 answer; every kernel raises a clear ``NotImplementedError``.
 """
+
 import torch
 
 

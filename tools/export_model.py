@@ -18,6 +18,7 @@ the PyTorch model; the command prints the max abs errors and writes the file (to
 name, then ``os.replace``) only if they are within ``--tolerance``; otherwise it exits with 1.
 The model runs on the CPU. Details: ``depotr/export.py``.
 """
+
 import argparse
 import os
 import sys

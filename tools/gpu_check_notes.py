@@ -13,6 +13,7 @@ gives the device and versions, each step's status and time, check_msda_cuda's ta
 benchmark tables, the training figures, and the issue's performance targets evaluated on the
 benchmark rows. The notes file is replaced in one ``os.replace``: it is never half-written.
 """
+
 import argparse
 import json
 import os
@@ -123,9 +124,7 @@ def training_summary(results: str, status: str) -> str:
     """Loss, time per iteration, peak memory and MSDA backend warnings of the training run."""
     train = os.path.join(results, TRAIN_STEP)
     metrics = [
-        json.loads(line)
-        for line in (read(os.path.join(train, "metrics.json")) or "").splitlines()
-        if line.strip()
+        json.loads(line) for line in (read(os.path.join(train, "metrics.json")) or "").splitlines() if line.strip()
     ]
     losses = [(m["iteration"], m["total_loss"]) for m in metrics if "total_loss" in m]
     times = [m["time"] for m in metrics if "time" in m]
@@ -143,8 +142,7 @@ def training_summary(results: str, status: str) -> str:
     if memory:
         lines.append(f"Peak CUDA memory: {max(int(m) for m in memory)} MiB.")
     lines.append(
-        "MSDA backend: "
-        + ("; ".join(fallbacks) if fallbacks else "the compiled kernel (no fallback warning).")
+        "MSDA backend: " + ("; ".join(fallbacks) if fallbacks else "the compiled kernel (no fallback warning).")
     )
     return " ".join(lines)
 
@@ -214,9 +212,7 @@ def update_notes(notes: str, section: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="the results folder of tools/gpu_check.sh")
     parser.add_argument("--device", required=True, help="the GPU's name")
     parser.add_argument("--notes", default=os.path.join(REPO, "benchmarks", "msda_gpu_notes.md"))

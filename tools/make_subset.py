@@ -8,6 +8,7 @@ Keeps ``fraction`` of the images such that, per keypoint, the shares of visible 
 occluded (v=1) and unlabelled/outside (v=0) person keypoints stay within ``--tolerance``
 percentage points of the full set, and plots both distributions.
 """
+
 import argparse
 import json
 import sys
@@ -53,11 +54,14 @@ def main(argv=None) -> int:
         json.dump(subset, f)
     full_dist, sub_dist = visibility_distribution(coco), visibility_distribution(subset)
     dev = abs(full_dist - sub_dist).max() * 100
-    print(f"{args.output}: {len(subset['images'])} of {len(coco['images'])} images, "
-          f"{len(subset['annotations'])} annotations, max deviation {dev:.3f} pp")
+    print(
+        f"{args.output}: {len(subset['images'])} of {len(coco['images'])} images, "
+        f"{len(subset['annotations'])} annotations, max deviation {dev:.3f} pp"
+    )
     if args.plot:
-        plot_visibility_distributions(full_dist, sub_dist, keypoint_names(coco), args.plot,
-                                      title=f"{args.input} fraction {args.fraction}:")
+        plot_visibility_distributions(
+            full_dist, sub_dist, keypoint_names(coco), args.plot, title=f"{args.input} fraction {args.fraction}:"
+        )
         print(f"plot: {args.plot}")
     return 0
 

@@ -8,6 +8,7 @@
 Each PNG shows the ground-truth skeletons (left) next to the predictions (right), drawn with
 Detectron2's ``Visualizer`` and the dataset's keypoint metadata.
 """
+
 import argparse
 import os
 from typing import List
@@ -15,6 +16,7 @@ from typing import List
 import cv2
 import numpy as np
 import torch
+
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb

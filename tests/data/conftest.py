@@ -1,4 +1,5 @@
 """Shared fixtures for the data tests: a small synthetic dataset rendered once per session."""
+
 import json
 
 import pytest
@@ -26,4 +27,3 @@ def restore_synthetic_registration():
     from depotr.data.datasets import register_default_synthetic_datasets
 
     register_default_synthetic_datasets()
-

@@ -1,9 +1,11 @@
 """DePOTRDatasetMapper and the Albumentations augmentation: geometry, flips, errors."""
+
 import albumentations as A
 import cv2
 import numpy as np
 import pytest
 import torch
+
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import BoxMode, Instances
 
@@ -18,8 +20,12 @@ H, W = 96, 128  # non-square, to catch x/y mix-ups
 
 
 def _compose(*transforms):
-    return A.Compose(list(transforms), keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-                     save_applied_params=True, seed=0)
+    return A.Compose(
+        list(transforms),
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        save_applied_params=True,
+        seed=0,
+    )
 
 
 def _keypoints(points):
@@ -35,13 +41,25 @@ def _dict(tmp_path, image=None, annotations=(), name="img.png", **extra):
         image = np.full((H, W, 3), 90, np.uint8)
     path = tmp_path / name
     cv2.imwrite(str(path), image)
-    return {"file_name": str(path), "image_id": 5, "height": image.shape[0], "width": image.shape[1],
-            "annotations": list(annotations), **extra}
+    return {
+        "file_name": str(path),
+        "image_id": 5,
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "annotations": list(annotations),
+        **extra,
+    }
 
 
 def _anno(kp, bbox=(10.0, 12.0, 60.0, 70.0), ann_id=42):
-    return {"id": ann_id, "bbox": list(bbox), "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0,
-            "keypoints": np.asarray(kp, np.float64).reshape(-1).tolist()}
+    return {
+        "id": ann_id,
+        "bbox": list(bbox),
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": 0,
+        "iscrowd": 0,
+        "keypoints": np.asarray(kp, np.float64).reshape(-1).tolist(),
+    }
 
 
 def _blob_image(cx, cy):
@@ -54,15 +72,18 @@ def _blob_image(cx, cy):
 def _centroid(image_chw):
     img = image_chw[0].numpy().astype(np.float64)
     img[img < 20] = 0
-    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     return np.array([(xx * img).sum() / img.sum(), (yy * img).sum() / img.sum()])
 
 
 def test_eval_output_format(tmp_path):
     kp = _keypoints({0: (30.5, 40.5, 2), 5: (20.5, 50.5, 1), 6: (0.5, 0.5, 0)})
-    d = _dict(tmp_path, annotations=[_anno(kp), {**_anno(kp, ann_id=43), "iscrowd": 1}],
-              person_boxes=np.array([[1, 2, 50, 60], [3, 4, 20, 30]], np.float32),
-              person_scores=np.array([0.9, 0.4], np.float32))
+    d = _dict(
+        tmp_path,
+        annotations=[_anno(kp), {**_anno(kp, ann_id=43), "iscrowd": 1}],
+        person_boxes=np.array([[1, 2, 50, 60], [3, 4, 20, 30]], np.float32),
+        person_scores=np.array([0.9, 0.4], np.float32),
+    )
     out = DePOTRDatasetMapper(is_train=False)(d)
     assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, H, W)
     assert (out["height"], out["width"], out["image_id"], out["file_name"]) == (H, W, 5, d["file_name"])
@@ -148,8 +169,9 @@ def test_keypoint_moves_with_the_image(tmp_path, transform, blob):
 
 def test_rotated_box_encloses_the_rotated_keypoints(tmp_path):
     kp = _keypoints({i: (30.5 + 3 * i, 20.5 + 2 * i, 2) for i in range(K)})
-    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(
-        A.Rotate(limit=(25, 25), p=1.0, border_mode=cv2.BORDER_CONSTANT)))
+    mapper = DePOTRDatasetMapper(
+        is_train=True, augmentation=_compose(A.Rotate(limit=(25, 25), p=1.0, border_mode=cv2.BORDER_CONSTANT))
+    )
     out = mapper(_dict(tmp_path, annotations=[_anno(kp, bbox=(28, 18, 3 * K + 6, 2 * K + 6))]))
     box = out["instances"].gt_boxes.tensor[0].numpy()
     pts = out["instances"].gt_keypoints.tensor[0].numpy()
@@ -162,8 +184,9 @@ def test_rotated_box_encloses_the_rotated_keypoints(tmp_path):
 def test_keypoints_leaving_the_image_become_unlabelled(tmp_path):
     # Rotating by 90 degrees about the centre sends (5, 48) to y = 47.5 -+ 58.5: outside H = 96.
     kp = _keypoints({0: (5.5, 48.5, 2), 1: (60.5, 45.5, 1)})
-    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(
-        A.Rotate(limit=(90, 90), p=1.0, border_mode=cv2.BORDER_CONSTANT)))
+    mapper = DePOTRDatasetMapper(
+        is_train=True, augmentation=_compose(A.Rotate(limit=(90, 90), p=1.0, border_mode=cv2.BORDER_CONSTANT))
+    )
     out = mapper(_dict(tmp_path, annotations=[_anno(kp, bbox=(2, 40, 70, 20))]))
     got = out["instances"].gt_keypoints.tensor[0].numpy()
     assert got[0].tolist() == [0, 0, 0]
@@ -269,8 +292,9 @@ def test_malformed_keypoints_name_the_annotation(tmp_path, keypoints, match, is_
     assert "annotation id 1234" in str(info.value) and "img.png" in str(info.value)
 
 
-@pytest.mark.parametrize("bbox", [(10, 10, 0, 5), (10, 10, 5, -1), (10, float("nan"), 5, 5)],
-                         ids=["zero_width", "negative_height", "nan"])
+@pytest.mark.parametrize(
+    "bbox", [(10, 10, 0, 5), (10, 10, 5, -1), (10, float("nan"), 5, 5)], ids=["zero_width", "negative_height", "nan"]
+)
 def test_degenerate_box_names_the_annotation(tmp_path, bbox):
     anno = _anno(np.zeros((K, 3)), bbox=bbox, ann_id=77)
     with pytest.raises(ValueError, match="degenerate box .* annotation id 77"):

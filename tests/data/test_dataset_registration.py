@@ -1,9 +1,11 @@
 """Dataset registration (synthetic, COCO metadata) and the training person filter."""
+
 import json
 import os
 
 import numpy as np
 import pytest
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import depotr.data  # noqa: F401  (registers the datasets)
@@ -99,8 +101,10 @@ def _person(vis=2, crowd=0, with_keypoints=True):
         ([_person(crowd=1)], dict(images_dropped=1, persons_dropped_crowd=1)),
         ([_person(vis=0)], dict(images_dropped=1, persons_dropped_no_keypoints=1)),
         ([_person(with_keypoints=False)], dict(images_dropped=1, persons_dropped_no_keypoints=1)),
-        ([_person(vis=1), _person(crowd=1), _person(vis=0)],
-         dict(images_kept=1, persons_kept=1, persons_dropped_crowd=1, persons_dropped_no_keypoints=1)),
+        (
+            [_person(vis=1), _person(crowd=1), _person(vis=0)],
+            dict(images_kept=1, persons_kept=1, persons_dropped_crowd=1, persons_dropped_no_keypoints=1),
+        ),
         ([], dict(images_dropped=1)),
     ],
     ids=["kept", "crowd", "all_unlabelled", "no_keypoints_field", "mixed", "empty_image"],
@@ -108,8 +112,9 @@ def _person(vis=2, crowd=0, with_keypoints=True):
 def test_filter_person_annotations(annotations, expected):
     dicts = [{"file_name": "a.jpg", "image_id": 1, "annotations": annotations}]
     kept, stats = filter_person_annotations(dicts, return_stats=True)
-    full = dict(images_kept=0, images_dropped=0, persons_kept=0, persons_dropped_crowd=0,
-                persons_dropped_no_keypoints=0)
+    full = dict(
+        images_kept=0, images_dropped=0, persons_kept=0, persons_dropped_crowd=0, persons_dropped_no_keypoints=0
+    )
     full.update(expected)
     assert stats == full
     assert len(kept) == full["images_kept"]

@@ -1,6 +1,8 @@
 """The model's keypoints come from the config alone (keypoint_metadata_from_config); registered
 datasets of the config are checked against it, other registrations change nothing."""
+
 import pytest
+
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -71,29 +73,41 @@ def test_table_sigmas_for_table_names_in_another_order():
     assert meta.oks_sigmas == (0.062, 0.026, 0.062)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_keypoints": 5}, "17 keypoint names .*MODEL.DEPOTR.NUM_KEYPOINTS is 5"),
-    ({"flip_map": HAND_FLIP_MAP}, "KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty"),
-    ({"names": HAND_NAMES, "flip_map": [["left_hand", "right_foot"]], "num_keypoints": 4, "sigmas": [.1] * 4},
-     r"KEYPOINT_FLIP_MAP: .*\['right_foot'\] that are not in keypoint_names"),
-    ({"names": HAND_NAMES, "flip_map": [["left_hand"]], "num_keypoints": 4, "sigmas": [.1] * 4}, "pairs of names"),
-    ({"names": ["a", "a"], "num_keypoints": 2, "sigmas": [.1] * 2}, "repeated names"),
-    ({"sigmas": [0.1] * 16}, "KEYPOINT_OKS_SIGMAS has 16 values for 17 keypoints"),
-    ({"names": HAND_NAMES, "flip_map": HAND_FLIP_MAP, "num_keypoints": 4},
-     r"\['head', 'left_hand', 'right_hand', 'tail'\] have no OKS sigma .* set TEST.KEYPOINT_OKS_SIGMAS"),
-], ids=["num_keypoints", "map_without_names", "unknown_pair_name", "not_a_pair", "repeated", "sigmas", "no_sigma"])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_keypoints": 5}, "17 keypoint names .*MODEL.DEPOTR.NUM_KEYPOINTS is 5"),
+        ({"flip_map": HAND_FLIP_MAP}, "KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty"),
+        (
+            {"names": HAND_NAMES, "flip_map": [["left_hand", "right_foot"]], "num_keypoints": 4, "sigmas": [0.1] * 4},
+            r"KEYPOINT_FLIP_MAP: .*\['right_foot'\] that are not in keypoint_names",
+        ),
+        ({"names": HAND_NAMES, "flip_map": [["left_hand"]], "num_keypoints": 4, "sigmas": [0.1] * 4}, "pairs of names"),
+        ({"names": ["a", "a"], "num_keypoints": 2, "sigmas": [0.1] * 2}, "repeated names"),
+        ({"sigmas": [0.1] * 16}, "KEYPOINT_OKS_SIGMAS has 16 values for 17 keypoints"),
+        (
+            {"names": HAND_NAMES, "flip_map": HAND_FLIP_MAP, "num_keypoints": 4},
+            r"\['head', 'left_hand', 'right_hand', 'tail'\] have no OKS sigma .* set TEST.KEYPOINT_OKS_SIGMAS",
+        ),
+    ],
+    ids=["num_keypoints", "map_without_names", "unknown_pair_name", "not_a_pair", "repeated", "sigmas", "no_sigma"],
+)
 def test_bad_config_names_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keypoint_metadata_from_config(_cfg(**kwargs))
 
 
 def test_registered_datasets_are_checked_naming_dataset_and_field(register):
-    register("kpmeta_test_a", keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES[::-1]),
-             keypoint_flip_map=[("left_eye", "right_eye")])
+    register(
+        "kpmeta_test_a",
+        keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES[::-1]),
+        keypoint_flip_map=[("left_eye", "right_eye")],
+    )
     with pytest.raises(ValueError, match="dataset 'kpmeta_test_a' has keypoint_names"):
         keypoint_metadata_from_config(_cfg(test=["kpmeta_test_a"]))
-    register("kpmeta_test_b", keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES),
-             keypoint_flip_map=[("left_eye", "right_eye")])  # 7 pairs missing
+    register(
+        "kpmeta_test_b", keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES), keypoint_flip_map=[("left_eye", "right_eye")]
+    )  # 7 pairs missing
     with pytest.raises(ValueError, match="dataset 'kpmeta_test_b' has keypoint_flip_map"):
         keypoint_metadata_from_config(_cfg(train=["synthetic_persons_train"], test=["kpmeta_test_b"]))
 
@@ -105,15 +119,22 @@ def test_other_registrations_change_nothing(register):
     register("kpmeta_test_a", keypoint_names=["x"], keypoint_flip_map=[])
     register("kpmeta_test_b", thing_classes=["person"])
     expected = keypoint_metadata_from_config(_cfg())
-    cfg = _cfg(train=["synthetic_persons_train", "not_registered_anywhere"],
-               test=["keypoints_coco_2017_val", "kpmeta_test_b"])
+    cfg = _cfg(
+        train=["synthetic_persons_train", "not_registered_anywhere"], test=["keypoints_coco_2017_val", "kpmeta_test_b"]
+    )
     assert keypoint_metadata_from_config(cfg) == expected
 
 
 def test_mapper_takes_the_config_flip_indices(register):
     register("kpmeta_test_a", keypoint_names=HAND_NAMES, keypoint_flip_map=[("left_hand", "right_hand")])
-    cfg = _cfg(train=["kpmeta_test_a"], test=["kpmeta_test_a"], names=HAND_NAMES, flip_map=HAND_FLIP_MAP,
-               sigmas=[0.1] * 4, num_keypoints=4)
+    cfg = _cfg(
+        train=["kpmeta_test_a"],
+        test=["kpmeta_test_a"],
+        names=HAND_NAMES,
+        flip_map=HAND_FLIP_MAP,
+        sigmas=[0.1] * 4,
+        num_keypoints=4,
+    )
     for is_train in (True, False):
         assert DePOTRDatasetMapper(cfg, is_train=is_train).keypoint_flip_indices == [0, 2, 1, 3]
 

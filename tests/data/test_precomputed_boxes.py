@@ -1,10 +1,12 @@
 """Precomputed person detections: the loader (XYXY conversion, errors, what it drops) and the
 "precomputed" box source's thresholds and top-K on what it loads."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+
 from detectron2.structures import Boxes, Instances
 
 from depotr.data.datasets import attach_precomputed_boxes, attach_precomputed_boxes_from_cfg, load_precomputed_boxes
@@ -34,8 +36,9 @@ def _model_inputs(dicts):
         proposals = Instances((100, 100))
         proposals.proposal_boxes = Boxes(torch.as_tensor(d["person_boxes"]))
         proposals.scores = torch.as_tensor(d["person_scores"])
-        inputs.append({"image": torch.zeros((3, 100, 100), dtype=torch.uint8), "image_id": d["image_id"],
-                       "proposals": proposals})
+        inputs.append(
+            {"image": torch.zeros((3, 100, 100), dtype=torch.uint8), "image_id": d["image_id"], "proposals": proposals}
+        )
     return inputs
 
 
@@ -109,8 +112,17 @@ def _bad(**change):
         (_bad(score="high"), r"detection 1: field 'score'"),
         ({"image_id": 1}, r"expected a list of detections"),
     ],
-    ids=["no_score", "no_bbox", "no_image_id", "bbox_3_values", "bbox_not_number", "negative_width",
-         "negative_height", "score_not_number", "not_a_list"],
+    ids=[
+        "no_score",
+        "no_bbox",
+        "no_image_id",
+        "bbox_3_values",
+        "bbox_not_number",
+        "negative_width",
+        "negative_height",
+        "score_not_number",
+        "not_a_list",
+    ],
 )
 def test_malformed_file_errors_name_file_and_field(tmp_path, content, match):
     path = _write(tmp_path, content, "broken.json")

@@ -1,6 +1,8 @@
 """INPUT.AUG.ROTATION_DISTRIBUTION: the rotation angle drawn uniformly or as HRNet's clipped normal."""
+
 import numpy as np
 import pytest
+
 from detectron2.config import get_cfg
 
 from depotr.config import add_depotr_config
@@ -10,9 +12,16 @@ from depotr.data.augmentation import NormalRotate, build_albumentations, build_a
 def _angles(distribution: str, degrees: float, draws: int = 400) -> np.ndarray:
     """Angles (degrees) by which the rotation-only pipeline moves a point about the centre of a
     33x33 image (Albumentations rotates about pixel (16, 16))."""
-    pipeline = build_albumentations(flip_prob=0.0, rotation_degrees=degrees, rotation_prob=1.0,
-                                    rotation_distribution=distribution, blur_prob=0.0, rgb_shift_prob=0.0,
-                                    brightness_contrast_prob=0.0, seed=0)
+    pipeline = build_albumentations(
+        flip_prob=0.0,
+        rotation_degrees=degrees,
+        rotation_prob=1.0,
+        rotation_distribution=distribution,
+        blur_prob=0.0,
+        rgb_shift_prob=0.0,
+        brightness_contrast_prob=0.0,
+        seed=0,
+    )
     image = np.zeros((33, 33, 3), np.uint8)
     angles = []
     for _ in range(draws):

@@ -1,4 +1,5 @@
 """Representative subsets (tools/make_subset.py, depotr.data.subset)."""
+
 import importlib.util
 import json
 import os
@@ -28,10 +29,18 @@ def _random_coco(num_images=1500, seed=0):
             v = np.where(u < p_vis, 2, np.where(u < p_vis + p_occ, 1, 0))
             kps = np.stack([rng.uniform(0, 99, K) * (v > 0), rng.uniform(0, 99, K) * (v > 0), v], 1)
             crowd = int(rng.random() < 0.03)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1,
-                                "iscrowd": crowd, "bbox": [0, 0, 10, 10], "area": 100.0,
-                                "keypoints": np.round(kps * (1 - crowd), 1).reshape(-1).tolist(),
-                                "num_keypoints": int((v > 0).sum()) * (1 - crowd)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": crowd,
+                    "bbox": [0, 0, 10, 10],
+                    "area": 100.0,
+                    "keypoints": np.round(kps * (1 - crowd), 1).reshape(-1).tolist(),
+                    "num_keypoints": int((v > 0).sum()) * (1 - crowd),
+                }
+            )
     return {"info": {}, "images": images, "annotations": annotations, "categories": coco_categories()}
 
 
@@ -90,8 +99,10 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
     src = tmp_path / "full.json"
     src.write_text(json.dumps(coco))
     out, png = tmp_path / "subset.json", tmp_path / "subset.png"
-    assert tool.main(["--input", str(src), "--fraction", "0.1", "--output", str(out), "--plot", str(png),
-                      "--seed", "2"]) == 0
+    assert (
+        tool.main(["--input", str(src), "--fraction", "0.1", "--output", str(out), "--plot", str(png), "--seed", "2"])
+        == 0
+    )
     sub = json.loads(out.read_text())
     assert len(sub["images"]) == 150
     dev = np.abs(visibility_distribution(coco) - visibility_distribution(sub)).max() * 100
@@ -101,9 +112,11 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
 
 @pytest.mark.parametrize(
     "content, message",
-    [('{"images": [', r"full\.json is not valid json: Expecting value: line 1"),
-     ('{"categories": [{"id": 1, "name": "person", "keypoints": ["nose"]}]}', r"full\.json: no 'images' field"),
-     (None, r"cannot read .*full\.json: No such file")],
+    [
+        ('{"images": [', r"full\.json is not valid json: Expecting value: line 1"),
+        ('{"categories": [{"id": 1, "name": "person", "keypoints": ["nose"]}]}', r"full\.json: no 'images' field"),
+        (None, r"cannot read .*full\.json: No such file"),
+    ],
     ids=["truncated", "not-coco", "missing"],
 )
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):

@@ -1,5 +1,6 @@
 """The synthetic dataset's cache: one immutable entry per spec, generated once under a lock,
 checked on every use; concurrent runs of other specs never disturb each other."""
+
 import json
 import multiprocessing as mp
 import os
@@ -82,8 +83,9 @@ def test_one_entry_per_spec_reused_and_never_rewritten(tmp_path):
         assert len(images) == num_images and images[0]["width"] == size
     assert folder_bytes(small["split_dir"]) == before
     assert sorted(n for n in os.listdir(root) if not n.startswith(".")) == sorted(
-        f"val-n{n}-s{s}-{px}px-v{GENERATOR_VERSION}" for n, s, px in [(3, 0, TINY), (5, 0, TINY), (3, 1, TINY),
-                                                                      (3, 0, TINY + 32)])
+        f"val-n{n}-s{s}-{px}px-v{GENERATOR_VERSION}"
+        for n, s, px in [(3, 0, TINY), (5, 0, TINY), (3, 1, TINY), (3, 0, TINY + 32)]
+    )
 
 
 def _delete_image(paths):
@@ -107,9 +109,12 @@ def _delete_manifest(paths):
 
 @pytest.mark.parametrize(
     "damage, named",
-    [(_delete_image, r"images/000001\.jpg is missing"), (_truncate_json, r"annotations\.json has 100 bytes"),
-     (_scramble_json_same_size, r"annotations\.json cannot be read as json"),
-     (_delete_manifest, r"MANIFEST\.json is missing")],
+    [
+        (_delete_image, r"images/000001\.jpg is missing"),
+        (_truncate_json, r"annotations\.json has 100 bytes"),
+        (_scramble_json_same_size, r"annotations\.json cannot be read as json"),
+        (_delete_manifest, r"MANIFEST\.json is missing"),
+    ],
     ids=["deleted-image", "truncated-json", "garbage-json", "no-manifest"],
 )
 def test_damaged_entry_is_an_error_naming_the_file(tmp_path, damage, named):

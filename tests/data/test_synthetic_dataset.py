@@ -1,5 +1,6 @@
 """The embedded synthetic dataset: COCO validity, visibility rules, determinism (caching:
 test_synthetic_cache.py)."""
+
 import os
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_categories_match_keypoint_table(small_synthetic):
     expected = [[IDX[a] + 1, IDX[b] + 1] for a, b, _ in COCO_PERSON_SKELETON]
     assert cat["skeleton"] == expected
     for left, right in flip_pairs():
-        assert left.startswith("left_") and right == "right_" + left[len("left_"):]
+        assert left.startswith("left_") and right == "right_" + left[len("left_") :]
         assert left in cat["keypoints"] and right in cat["keypoints"]
 
 

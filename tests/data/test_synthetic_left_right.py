@@ -9,9 +9,11 @@ mapper, unflipped and flipped, and check the rules the generator states:
 * no side has its own shade: the left upper arm is the brighter one about as often as the
   right one.
 """
+
 import cv2
 import numpy as np
 import pytest
+
 from detectron2.structures import BoxMode
 
 from depotr.data.augmentation import build_albumentations
@@ -37,15 +39,21 @@ def dataset_dicts(tmp_path_factory):
             kp = np.asarray(anno["keypoints"], np.float64).reshape(-1, 3)
             kp[kp[:, 2] > 0, :2] += 0.5
             anno.update(keypoints=kp.ravel().tolist(), bbox_mode=BoxMode.XYWH_ABS, category_id=0)
-        dicts.append({"file_name": path, "image_id": i, "height": image.shape[0], "width": image.shape[1],
-                      "annotations": annos})
+        dicts.append(
+            {"file_name": path, "image_id": i, "height": image.shape[0], "width": image.shape[1], "annotations": annos}
+        )
     return dicts
 
 
 def _mapped_persons(dicts, flip: bool):
     """(image (H, W, 3), keypoints (K, 3), yaw, rotation) of each person after the mapper."""
-    augmentation = build_albumentations(flip_prob=1.0 if flip else 0.0, rotation_prob=0.0, blur_prob=0.0,
-                                        rgb_shift_prob=0.0, brightness_contrast_prob=0.0)
+    augmentation = build_albumentations(
+        flip_prob=1.0 if flip else 0.0,
+        rotation_prob=0.0,
+        blur_prob=0.0,
+        rgb_shift_prob=0.0,
+        brightness_contrast_prob=0.0,
+    )
     mapper = DePOTRDatasetMapper(is_train=True, augmentation=augmentation)
     for d in dicts:
         out = mapper(d)
@@ -72,7 +80,7 @@ def test_left_right_follow_the_facing(dataset_dicts, flip, joint):
 
 def _brightness(image: np.ndarray, xy: np.ndarray) -> float:
     x, y = (int(v) for v in np.floor(xy))  # continuous -> pixel index
-    return float(image[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].mean())
+    return float(image[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].mean())
 
 
 @pytest.mark.parametrize("flip", [False, True], ids=["unflipped", "flipped"])

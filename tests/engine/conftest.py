@@ -1,4 +1,5 @@
 """Shared helpers for the training tests: the instant config on a tiny synthetic set."""
+
 import os
 
 import pytest
@@ -18,5 +19,14 @@ def instant_args(output_dir: str, synthetic_root: str, *opts: str, extra=()):
     from detectron2.engine import default_argument_parser
 
     return default_argument_parser().parse_args(
-        ["--config-file", INSTANT_CONFIG, *extra, "OUTPUT_DIR", output_dir, "DATASETS.SYNTHETIC.ROOT", synthetic_root, *opts]
+        [
+            "--config-file",
+            INSTANT_CONFIG,
+            *extra,
+            "OUTPUT_DIR",
+            output_dir,
+            "DATASETS.SYNTHETIC.ROOT",
+            synthetic_root,
+            *opts,
+        ]
     )

@@ -1,12 +1,14 @@
 """Checkpoints are written whole or not at all, and load only into the model they fit."""
+
 import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from detectron2.modeling import Backbone, build_model
 from torch import nn
+
+from detectron2.modeling import Backbone, build_model
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
@@ -85,9 +87,14 @@ def test_checkpoint_that_names_the_heatmap_body_backbone_loads_every_weight(tmp_
 
 @pytest.mark.parametrize(
     "other, named",
-    [(("MODEL.DEPOTR.HIDDEN_DIM", "32"), r"have another shape: .*\(32,\) in the checkpoint, \(64,\) in the model"),
-     (("MODEL.DEPOTR.HEAD", "simple_baseline", "MODEL.DEPOTR.AUX_LOSS", "False"), r"holds none of the model's \d+ parameters and buffers"),
-     (("MODEL.DEPOTR.HEATMAP.MLP_LAYERS", "1"), r"are not in it: keypoint_branch\.head\.")],
+    [
+        (("MODEL.DEPOTR.HIDDEN_DIM", "32"), r"have another shape: .*\(32,\) in the checkpoint, \(64,\) in the model"),
+        (
+            ("MODEL.DEPOTR.HEAD", "simple_baseline", "MODEL.DEPOTR.AUX_LOSS", "False"),
+            r"holds none of the model's \d+ parameters and buffers",
+        ),
+        (("MODEL.DEPOTR.HEATMAP.MLP_LAYERS", "1"), r"are not in it: keypoint_branch\.head\."),
+    ],
     ids=["other-width", "other-head", "other-mlp-depth"],
 )
 def test_checkpoint_of_another_config_is_an_error_naming_the_parameters(tmp_path, other, named):
@@ -97,7 +104,8 @@ def test_checkpoint_of_another_config_is_an_error_naming_the_parameters(tmp_path
         lambda: DePOTRCheckpointer(_instant_model()).load(path),  # --eval-only, tools
         lambda: Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path])),
         lambda: DePOTRCheckpointer(_instant_model(), str(tmp_path), allow_backbone_only=True).resume_or_load(
-            "", resume=True),  # --resume: last_checkpoint names the file
+            "", resume=True
+        ),  # --resume: last_checkpoint names the file
         lambda: DePOTRCheckpointer(_instant_model(), allow_backbone_only=True).resume_or_load(path, resume=False),
     ):
         with pytest.raises(ValueError, match=named) as error:
@@ -109,7 +117,7 @@ def _write_backbone_only_pkl(model, path):
     """An ImageNet-style file: the backbone's weights under Detectron2's backbone names, as
     Detectron2's convert-torchvision-to-d2.py writes them, plus a classifier the model lacks."""
     prefix = next(n for n, m in model.named_modules() if isinstance(m, Backbone) and n) + "."
-    weights = {k[len(prefix):]: v.numpy() for k, v in model.state_dict().items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v.numpy() for k, v in model.state_dict().items() if k.startswith(prefix)}
     weights["fc1000.weight"] = np.zeros((1000, 512), np.float32)
     with open(path, "wb") as f:
         pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
@@ -147,6 +155,9 @@ def test_truncated_last_checkpoint_names_the_file_and_the_earlier_complete_one(t
     checkpointer.save("model_0000019")
     last = tmp_path / "model_0000019.pth"
     last.write_bytes(last.read_bytes()[:200])  # a disk that filled up, a partial copy
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*model_0000019\.pth.*"
-                                         r"newest complete earlier checkpoint is .*model_0000009\.pth"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot read checkpoint .*model_0000019\.pth.*"
+        r"newest complete earlier checkpoint is .*model_0000009\.pth",
+    ):
         DePOTRCheckpointer(nn.Linear(3, 2), str(tmp_path)).resume_or_load("", resume=True)

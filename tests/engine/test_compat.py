@@ -2,17 +2,19 @@
 workaround gives the same behaviour on v0.6 and main (the map_dataset tests are in
 tests/data/test_dataset_mapper.py; resume and CPU launch end to end in test_resume.py and
 test_distributed.py)."""
+
 import glob
 import importlib.machinery
 import os
 
-import detectron2
 import pytest
 import torch
+from torch import nn
+
+import detectron2
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
-from torch import nn
 
 from depotr.engine import compat
 
@@ -59,7 +61,9 @@ def test_replaced_data_loader_draws_nothing_from_the_seeded_iteration():
 
 def test_initial_data_loader_iterator_is_created_up_front():
     model = _RecordingModel()
-    trainer = SimpleTrainer(model, torch.utils.data.DataLoader(_RandomValues(), batch_size=2), torch.optim.SGD(model.parameters(), lr=0.0))
+    trainer = SimpleTrainer(
+        model, torch.utils.data.DataLoader(_RandomValues(), batch_size=2), torch.optim.SGD(model.parameters(), lr=0.0)
+    )
     compat.start_data_loader(trainer)
     _one_step(trainer, seed=3)
     torch.manual_seed(3)

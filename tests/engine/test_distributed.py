@@ -1,9 +1,11 @@
 """Distributed training on CPU: 2 gloo processes through DePOTR's launcher."""
+
 import json
 import os
 
 import pytest
 import torch
+
 from detectron2.utils import comm
 
 import train_net

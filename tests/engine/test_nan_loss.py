@@ -1,6 +1,6 @@
 """A loss that becomes NaN stops training with an error naming the iteration and the term."""
+
 import pytest
-import torch
 
 import train_net
 from depotr.engine import Trainer

@@ -1,9 +1,11 @@
 """--resume after an interruption continues exactly where the checkpoint left off."""
+
 import json
 import os
 
 import pytest
 import torch
+
 from detectron2.engine import HookBase
 
 import train_net
@@ -24,7 +26,9 @@ class _Interrupt(HookBase):
 
 
 def _train(output_dir, synthetic_root, interrupt_at=None, resume=False):
-    cfg = train_net.setup(instant_args(output_dir, synthetic_root, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10"))
+    cfg = train_net.setup(
+        instant_args(output_dir, synthetic_root, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10")
+    )
     trainer = Trainer(cfg)
     if interrupt_at is not None:
         trainer.register_hooks([_Interrupt(interrupt_at)])

@@ -1,5 +1,6 @@
 """One live run per OUTPUT_DIR; what a killed run leaves (its lock, temporary files, metrics rows
 past its last checkpoint) is detected and cleaned up."""
+
 import json
 import multiprocessing as mp
 import os

@@ -1,4 +1,5 @@
 """The mean-pose baseline: the mean box-normalised training pose, placed in each gt box."""
+
 import numpy as np
 import pytest
 
@@ -13,11 +14,23 @@ def _dataset(persons):
     images, annotations = [], []
     for i, (bbox, kps) in enumerate(persons):
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 400, "width": 400})
-        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": list(bbox),
-                            "area": float(bbox[2] * bbox[3]), "keypoints": np.asarray(kps, float).ravel().tolist(),
-                            "num_keypoints": int((np.asarray(kps)[:, 2] > 0).sum())})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}]}
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": list(bbox),
+                "area": float(bbox[2] * bbox[3]),
+                "keypoints": np.asarray(kps, float).ravel().tolist(),
+                "num_keypoints": int((np.asarray(kps)[:, 2] > 0).sum()),
+            }
+        )
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}],
+    }
 
 
 def _pose(rng):

@@ -1,9 +1,11 @@
 """Detectron2's COCOEvaluator, as DePOTR builds it, on hand-made keypoint results."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
@@ -54,7 +56,9 @@ def keypoint_dataset(tmp_path):
 
 
 def _evaluate(dataset_name, annotations, keypoints_per_annotation, use_fast_impl=None):
-    evaluator = build_keypoint_evaluator(dataset_name, COCO_PERSON_OKS_SIGMAS, distributed=False, use_fast_impl=use_fast_impl)
+    evaluator = build_keypoint_evaluator(
+        dataset_name, COCO_PERSON_OKS_SIGMAS, distributed=False, use_fast_impl=use_fast_impl
+    )
     evaluator.reset()
     image_ids = sorted({a["image_id"] for a in annotations})
     for image_id in image_ids:

@@ -1,5 +1,6 @@
 """COCO keypoint results analysis (depotr.evaluation.error_analysis, tools/analyze_results.py)
 on hand-made ground truth: one image with a large and a medium person."""
+
 import copy
 import importlib.util
 import json
@@ -32,10 +33,27 @@ RIGHT_WRIST = COCO_PERSON_KEYPOINT_NAMES.index("right_wrist")
 SIGMAS = np.array(COCO_PERSON_OKS_SIGMAS)
 
 # A standing person in a unit box, (K, 2) x, y in COCO keypoint order (person's left = image right).
-SKELETON = np.array([
-    [.50, .10], [.55, .08], [.45, .08], [.60, .10], [.40, .10], [.75, .25], [.25, .25], [.85, .45], [.15, .45],
-    [.90, .60], [.10, .60], [.65, .60], [.35, .60], [.65, .80], [.35, .80], [.65, .97], [.35, .97],
-])
+SKELETON = np.array(
+    [
+        [0.50, 0.10],
+        [0.55, 0.08],
+        [0.45, 0.08],
+        [0.60, 0.10],
+        [0.40, 0.10],
+        [0.75, 0.25],
+        [0.25, 0.25],
+        [0.85, 0.45],
+        [0.15, 0.45],
+        [0.90, 0.60],
+        [0.10, 0.60],
+        [0.65, 0.60],
+        [0.35, 0.60],
+        [0.65, 0.80],
+        [0.35, 0.80],
+        [0.65, 0.97],
+        [0.35, 0.97],
+    ]
+)
 LARGE_BOX, MEDIUM_BOX = (40.0, 60.0, 150.0, 300.0), (260.0, 200.0, 60.0, 120.0)  # areas 45000 and 7200
 
 
@@ -43,19 +61,34 @@ def _person(ann_id, image_id, box, visibility=None):
     x0, y0, w, h = box
     v = np.full(17, 2.0) if visibility is None else np.asarray(visibility, dtype=float)
     keypoints = np.concatenate([SKELETON * [w, h] + [x0, y0], v[:, None]], 1) * (v[:, None] > 0)
-    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": keypoints.reshape(-1).tolist(),
-            "num_keypoints": int((v > 0).sum()), "area": w * h, "bbox": list(box), "iscrowd": 0}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "keypoints": keypoints.reshape(-1).tolist(),
+        "num_keypoints": int((v > 0).sum()),
+        "area": w * h,
+        "bbox": list(box),
+        "iscrowd": 0,
+    }
 
 
 def _coco(images, annotations):
     categories = [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}]
-    return {"images": [{"id": i, "file_name": f"{i}.jpg", "height": 480, "width": 640} for i in images],
-            "annotations": annotations, "categories": categories}
+    return {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "height": 480, "width": 640} for i in images],
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def _result(keypoints, image_id=1, score=1.0):
-    return {"image_id": image_id, "category_id": 1, "keypoints": np.asarray(keypoints, float).reshape(-1).tolist(),
-            "score": score}
+    return {
+        "image_id": image_id,
+        "category_id": 1,
+        "keypoints": np.asarray(keypoints, float).reshape(-1).tolist(),
+        "score": score,
+    }
 
 
 @pytest.fixture
@@ -150,7 +183,7 @@ def test_background_false_positive_is_removed(gt):
     assert analysis.num_background_fp == 1
     assert len(analysis.keypoint_labels) == 2
     assert analysis.ap_mean[STAGES.index("Miss")] < 0.99
-    np.testing.assert_allclose(analysis.ap[STAGES.index("BckgFP"):], 1.0)
+    np.testing.assert_allclose(analysis.ap[STAGES.index("BckgFP") :], 1.0)
 
 
 def test_false_negative_is_removed(gt):
@@ -191,8 +224,13 @@ def _random_case(rng):
         keypoints[:, 2] = rng.uniform(0, 1, 17)
         results.append(_result(keypoints, ann["image_id"], float(rng.uniform(0.1, 1))))
     for image_id in (1, 3):
-        results.append(_result(np.concatenate([rng.uniform(0, 600, (17, 2)), np.ones((17, 1))], 1), image_id,
-                               float(rng.uniform(0.1, 1))))
+        results.append(
+            _result(
+                np.concatenate([rng.uniform(0, 600, (17, 2)), np.ones((17, 1))], 1),
+                image_id,
+                float(rng.uniform(0.1, 1)),
+            )
+        )
     return _coco([1, 2, 3], annotations), results
 
 
@@ -250,8 +288,14 @@ def test_cli_rejects_nan_in_a_results_file_naming_the_entry(tmp_path, gt, capsys
     results[1]["keypoints"][7] = float("nan")
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "results.json").write_text(json.dumps(results))  # json.dumps writes NaN, json.load reads it
-    argv = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"), "--output",
-            str(tmp_path / "out")]
+    argv = [
+        "--gt",
+        str(tmp_path / "gt.json"),
+        "--results",
+        str(tmp_path / "results.json"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert _tool().main(argv) == 1
     assert "results[1] has keypoint value nan at index 7" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -349,16 +393,30 @@ def test_cli_takes_its_defaults_from_a_finished_run(tmp_path, capsys):
     from depotr.data.datasets import register_default_synthetic_datasets
 
     config = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
-    opts = ["OUTPUT_DIR", str(tmp_path / "run"), "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data"),
-            "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "4", "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "3"]
+    opts = [
+        "OUTPUT_DIR",
+        str(tmp_path / "run"),
+        "DATASETS.SYNTHETIC.ROOT",
+        str(tmp_path / "data"),
+        "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES",
+        "4",
+        "DATASETS.SYNTHETIC.NUM_VAL_IMAGES",
+        "3",
+    ]
     try:
         # No results yet: the error names the file the run should have written.
         assert _tool().main(["--config-file", config] + opts) == 1
         expected = tmp_path / "run" / "inference" / "synthetic_persons_val" / "coco_instances_results.json"
         assert str(expected) in capsys.readouterr().err
         gt = json.loads(open(MetadataCatalog.get("synthetic_persons_val").json_file).read())
-        results = [_result(np.concatenate([np.asarray(a["keypoints"], float).reshape(17, 3)[:, :2], np.ones((17, 1))], 1),
-                           a["image_id"], 1.0) for a in gt["annotations"]]
+        results = [
+            _result(
+                np.concatenate([np.asarray(a["keypoints"], float).reshape(17, 3)[:, :2], np.ones((17, 1))], 1),
+                a["image_id"],
+                1.0,
+            )
+            for a in gt["annotations"]
+        ]
         expected.parent.mkdir(parents=True)
         expected.write_text(json.dumps(results))
         assert _tool().main(["--config-file", config] + opts) == 0

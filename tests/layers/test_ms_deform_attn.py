@@ -1,6 +1,7 @@
 """CPU tests of multi-scale deformable attention (Deformable DETR, Zhu et al., ICLR 2021):
 the F.grid_sample reference against hand arithmetic, the compiled C++ kernel against the
 reference, validation errors, backend choice, MSDeformAttn, torch.library / torch.compile."""
+
 import importlib
 import os
 import subprocess
@@ -26,6 +27,7 @@ def fresh_backend_choices(monkeypatch):
     """Each test chooses MSDA backends afresh (tests change the environment they depend on)."""
     monkeypatch.setattr(msda_op, "_CHOICES", {})
 
+
 requires_compiled_cpu = pytest.mark.skipif(
     msda_backend("cpu") != "compiled",
     reason="depotr._C was not built (python setup.py build_ext --inplace)",
@@ -43,9 +45,7 @@ def make_inputs(N, Lq, M, D, shapes, P, dtype=torch.float64, margin=0.1, seed=0)
     spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
     S, L = int(spatial_shapes.prod(1).sum()), len(shapes)
     value = torch.randn(N, S, M, D, generator=generator, dtype=dtype)
-    locations = (
-        torch.rand(N, Lq, M, L, P, 2, generator=generator, dtype=dtype) * (1 + 2 * margin) - margin
-    )
+    locations = torch.rand(N, Lq, M, L, P, 2, generator=generator, dtype=dtype) * (1 + 2 * margin) - margin
     weights = torch.rand(N, Lq, M, L, P, generator=generator, dtype=dtype)
     value, locations, weights = (t.requires_grad_() for t in (value, locations, weights))
     return value, spatial_shapes, level_start_index(spatial_shapes), locations, weights
@@ -56,12 +56,8 @@ def forward_and_grads(fn, inputs, grad_output=None):
     sampling_locations and attention_weights."""
     out = fn(*inputs)
     if grad_output is None:
-        grad_output = torch.randn(
-            out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype
-        )
-    grads = torch.autograd.grad(
-        out, (inputs[0], inputs[3], inputs[4]), grad_output, allow_unused=True
-    )
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grads = torch.autograd.grad(out, (inputs[0], inputs[3], inputs[4]), grad_output, allow_unused=True)
     return out, grads
 
 
@@ -72,9 +68,7 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float) -
         return
     error = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
-    assert error <= rel * max(
-        scale, 1e-12
-    ), f"max abs error {error:.3e} vs max |expected| {scale:.3e}"
+    assert error <= rel * max(scale, 1e-12), f"max abs error {error:.3e} vs max |expected| {scale:.3e}"
 
 
 def compiled_op(*inputs):
@@ -91,9 +85,7 @@ BACKEND_FNS = [
 def test_hand_computed_values(fn):
     # One 2x2 level, value = [[1, 2], [3, 4]] (channel 0) and 10x that (channel 1). Pixel
     # coordinate = loc * 2 - 0.5, so loc 0.25 / 0.75 are the pixel centres.
-    value = torch.tensor(
-        [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]], dtype=torch.float64
-    ).view(1, 4, 1, 2)
+    value = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]], dtype=torch.float64).view(1, 4, 1, 2)
     spatial_shapes = torch.tensor([[2, 2]])
     locations = torch.tensor(
         [
@@ -109,9 +101,7 @@ def test_hand_computed_values(fn):
     weights = torch.full((1, 6, 1, 1, 1), 2.0, dtype=torch.float64)
     out = fn(value, spatial_shapes, level_start_index(spatial_shapes), locations, weights)
     expected = 2.0 * torch.tensor([2.5, 3.25, 0.25, 1.0, 0.0, 0.0], dtype=torch.float64)
-    torch.testing.assert_close(
-        out, torch.stack([expected, 10 * expected], -1).view(1, 6, 2), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(out, torch.stack([expected, 10 * expected], -1).view(1, 6, 2), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn", BACKEND_FNS)
@@ -123,9 +113,7 @@ def test_hand_computed_sum_over_levels_and_points(fn):
     locations = torch.tensor([[0.5, 0.5], [0.5, 0.5]], dtype=torch.float64).view(1, 1, 1, 2, 1, 2)
     weights = torch.tensor([0.5, 2.0], dtype=torch.float64).view(1, 1, 1, 2, 1)
     out = fn(value, spatial_shapes, level_start_index(spatial_shapes), locations, weights)
-    torch.testing.assert_close(
-        out, torch.tensor([[[6.5]]], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(out, torch.tensor([[[6.5]]], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 PARITY_CASES = [
@@ -143,9 +131,7 @@ PARITY_CASES = [
 
 
 @requires_compiled_cpu
-@pytest.mark.parametrize(
-    "dtype,rel", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["float32", "float64"]
-)
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_compiled_matches_reference(case, dtype, rel):
     assert_matches_reference(compiled_op, case, dtype, rel)
@@ -158,9 +144,7 @@ def assert_matches_reference(fn, case: dict, dtype: torch.dtype, rel: float) -> 
     ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs)
     assert out.shape == (case["N"], case["Lq"], case["M"] * case["D"])
     assert_rel_close(out, ref_out, rel)
-    for name, grad, ref_grad in zip(
-        ("value", "sampling_locations", "attention_weights"), grads, ref_grads
-    ):
+    for name, grad, ref_grad in zip(("value", "sampling_locations", "attention_weights"), grads, ref_grads):
         assert grad is not None and ref_grad is not None, name
         assert_rel_close(grad, ref_grad, rel)
 
@@ -184,9 +168,7 @@ def assert_borders_and_outside_match_reference(fn) -> None:
     value = torch.randn(1, 16, 1, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     spatial_shapes = torch.tensor([[4, 4]])
     locations = xy.view(1, -1, 1, 1, 1, 2).clone().requires_grad_()
-    weights = torch.rand(
-        1, len(xy), 1, 1, 1, generator=generator, dtype=torch.float64, requires_grad=True
-    )
+    weights = torch.rand(1, len(xy), 1, 1, 1, generator=generator, dtype=torch.float64, requires_grad=True)
     inputs = (value, spatial_shapes, level_start_index(spatial_shapes), locations, weights)
     out, grads = forward_and_grads(fn, inputs)
     ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs)
@@ -226,9 +208,7 @@ NON_FINITE_SAMPLES = [
 
 def non_finite_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """make_inputs with NON_FINITE_SAMPLES written in (N=2, one clean query and head each)."""
-    inputs = make_inputs(
-        N=2, Lq=len(NON_FINITE_SAMPLES) + 1, M=2, D=3, shapes=[(3, 4), (2, 2)], P=2, dtype=dtype
-    )
+    inputs = make_inputs(N=2, Lq=len(NON_FINITE_SAMPLES) + 1, M=2, D=3, shapes=[(3, 4), (2, 2)], P=2, dtype=dtype)
     value, spatial_shapes, starts, locations, weights = (t.detach() for t in inputs)
     for q, (x, y, weight) in enumerate(NON_FINITE_SAMPLES):
         for index, spoiled in ((0, x), (1, y)):
@@ -237,8 +217,7 @@ def non_finite_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         if weight is not None:
             weights[0, q, 0, q % 2, 0] = weight
     return tuple(
-        t.requires_grad_() if t.is_floating_point() else t
-        for t in (value, spatial_shapes, starts, locations, weights)
+        t.requires_grad_() if t.is_floating_point() else t for t in (value, spatial_shapes, starts, locations, weights)
     )
 
 
@@ -261,9 +240,7 @@ def assert_non_finite_rule(fn, dtype: torch.dtype, device: str = "cpu", rel: flo
     grad_output = torch.randn(
         inputs[3].shape[0], inputs[3].shape[1], 2 * 3, generator=torch.Generator().manual_seed(1)
     ).to(dtype)
-    on_device = tuple(
-        t.detach().to(device).requires_grad_(t.is_floating_point()) for t in inputs
-    )
+    on_device = tuple(t.detach().to(device).requires_grad_(t.is_floating_point()) for t in inputs)
     out, grads = forward_and_grads(fn, on_device, grad_output.to(device))
     out, grads = out.cpu(), [g.cpu() for g in grads]
     ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, inputs, grad_output)
@@ -303,9 +280,7 @@ def test_gradcheck(case, monkeypatch):
 @pytest.mark.parametrize("requires_grad", [True, False], ids=["grad", "no_grad"])
 def test_opcheck(requires_grad):
     inputs = make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2)
-    inputs = tuple(
-        t.detach().requires_grad_(requires_grad and t.is_floating_point()) for t in inputs
-    )
+    inputs = tuple(t.detach().requires_grad_(requires_grad and t.is_floating_point()) for t in inputs)
     torch.library.opcheck(torch.ops.depotr.ms_deform_attn_forward.default, inputs)
     grad_output = torch.randn(2, 3, 8, dtype=torch.float64)
     torch.library.opcheck(
@@ -318,9 +293,7 @@ def test_opcheck(requires_grad):
 BAD_INPUTS = [
     # (argument, how to spoil it, error, match): every message names the argument.
     pytest.param("value", lambda t: t[0], ValueError, "value must be 4-D", id="value_rank"),
-    pytest.param(
-        "value", lambda t: t.long(), ValueError, "value must have a floating", id="value_int"
-    ),
+    pytest.param("value", lambda t: t.long(), ValueError, "value must have a floating", id="value_int"),
     pytest.param(
         "spatial_shapes",
         lambda t: t.int(),
@@ -349,9 +322,7 @@ BAD_INPUTS = [
         r"spatial_shapes .* but value has S = 24",
         id="shapes_sum_not_S",
     ),
-    pytest.param(
-        "level_start_index", lambda t: t[:1], ValueError, "level_start_index must be", id="starts_L"
-    ),
+    pytest.param("level_start_index", lambda t: t[:1], ValueError, "level_start_index must be", id="starts_L"),
     pytest.param(
         "level_start_index",
         lambda t: torch.tensor([0, 4]),
@@ -469,9 +440,7 @@ def test_msdeformattn_backends_agree(reference_dim, monkeypatch):
         module.attention_weights.weight.normal_(std=0.1)
     inputs = _msda_module_inputs(reference_dim)
     results = {}
-    for backend in (
-        ("reference", "compiled") if msda_backend("cpu") == "compiled" else ("reference",)
-    ):
+    for backend in ("reference", "compiled") if msda_backend("cpu") == "compiled" else ("reference",):
         monkeypatch.setenv(BACKEND_ENV_VAR, backend)
         module.zero_grad()
         inputs[2].grad = None
@@ -532,10 +501,7 @@ def test_msdeformattn_initialisation_and_errors():
     # at p + 1 pixels, the same on every level.
     torch.testing.assert_close(bias[0, 1], torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
     torch.testing.assert_close(bias[1, 0], torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
-    assert (
-        module.sampling_offsets.weight.abs().max() == 0
-        and module.attention_weights.weight.abs().max() == 0
-    )
+    assert module.sampling_offsets.weight.abs().max() == 0 and module.attention_weights.weight.abs().max() == 0
     assert module.value_proj.bias.abs().max() == 0 and module.output_proj.bias.abs().max() == 0
     with pytest.raises(ValueError, match="d_model must be divisible by n_heads"):
         MSDeformAttn(d_model=30, n_heads=8)
@@ -548,10 +514,7 @@ def test_msdeformattn_initialisation_and_errors():
 @requires_compiled_cpu
 def test_torch_compile_fullgraph_and_export():
     def attend(value, spatial_shapes, starts, locations, weights):
-        return (
-            ms_deform_attn(value, spatial_shapes, starts, locations.sigmoid(), weights.softmax(-1))
-            * 2
-        )
+        return ms_deform_attn(value, spatial_shapes, starts, locations.sigmoid(), weights.softmax(-1)) * 2
 
     inputs = make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2, dtype=torch.float32)
     compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")

@@ -1,6 +1,7 @@
 """Backend choice of multi-scale deformable attention, on CPU: the real table (compiled C++
 kernel, Triton, reference) and the CUDA fallback logic run with fake backends on CPU (self-check,
 fallback order, one warning, forcing, caching)."""
+
 import importlib
 import logging
 
@@ -211,7 +212,9 @@ def test_forced_backend_that_fails_raises_instead_of_falling_back(fault, fake_ta
     install("compiled", forward)
     monkeypatch.setenv(BACKEND_ENV_VAR, "compiled")
     inputs = make_inputs(N=1, Lq=2, M=1, D=2, shapes=[(2, 2)], P=1, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match=f"{BACKEND_ENV_VAR}=compiled, but on cpu, torch.float32: failed its self-check: ") as raised:
+    with pytest.raises(
+        RuntimeError, match=f"{BACKEND_ENV_VAR}=compiled, but on cpu, torch.float32: failed its self-check: "
+    ) as raised:
         ms_deform_attn(*inputs)
     assert error in str(raised.value)
     assert calls == ["compiled"] and not warnings_logged  # nothing else tried
@@ -223,7 +226,9 @@ def test_forced_backend_that_is_unavailable_raises(fake_table, monkeypatch):
     install, _ = fake_table
     install("triton", unavailable=lambda device_type, dtype: "Triton could not be imported (test)")
     monkeypatch.setenv(BACKEND_ENV_VAR, "triton")
-    with pytest.raises(RuntimeError, match=r"=triton, but on cpu, torch.float32: Triton could not be imported \(test\)"):
+    with pytest.raises(
+        RuntimeError, match=r"=triton, but on cpu, torch.float32: Triton could not be imported \(test\)"
+    ):
         msda_backend("cpu")
 
 
@@ -279,5 +284,8 @@ def test_no_backend_serving_raises_naming_each(fake_table):
     install, _ = fake_table
     for name in ("compiled", "triton", "reference"):
         install(name, unavailable=lambda device_type, dtype, name=name: f"no {name} here")
-    with pytest.raises(RuntimeError, match="no backend serves cpu, torch.float32: backend 'compiled' is unavailable: no compiled here; .*'reference' is unavailable: no reference here"):
+    with pytest.raises(
+        RuntimeError,
+        match="no backend serves cpu, torch.float32: backend 'compiled' is unavailable: no compiled here; .*'reference' is unavailable: no reference here",
+    ):
         msda_backend("cpu")

@@ -3,23 +3,25 @@ compiled CUDA kernel and the Triton kernels against the float64 reference, in fl
 bfloat16, gradcheck in float64, the non-finite rule, and the self-check that chooses between
 them. Each test skips without a GPU, or without the backend it runs (a CUDA build of depotr._C;
 Triton)."""
+
 import importlib
 
 import pytest
 import torch
-from .test_ms_deform_attn import (
-    PARITY_CASES,
-    assert_non_finite_rule,
-    assert_rel_close,
-    forward_and_grads,
-    make_inputs,
-)
 
 from depotr.layers import (
     BACKEND_ENV_VAR,
     MSDeformAttn,
     ms_deform_attn_reference,
     msda_backend,
+)
+
+from .test_ms_deform_attn import (
+    PARITY_CASES,
+    assert_non_finite_rule,
+    assert_rel_close,
+    forward_and_grads,
+    make_inputs,
 )
 
 msda_op = importlib.import_module("depotr.layers.ms_deform_attn_op")
@@ -50,8 +52,7 @@ def fresh_backend_choices(monkeypatch):
 def to_device(inputs, device, dtype):
     """Copies make_inputs' tensors to device; float ones to dtype, requiring grad."""
     return tuple(
-        t.detach().to(device, dtype).requires_grad_() if t.is_floating_point() else t.to(device)
-        for t in inputs
+        t.detach().to(device, dtype).requires_grad_() if t.is_floating_point() else t.to(device) for t in inputs
     )
 
 
@@ -68,9 +69,7 @@ def test_cuda_matches_float64_reference(case, dtype, rel, fn):
     ref_inputs = to_device(inputs, "cuda", torch.float64)
     grad_output = torch.randn(case["N"], case["Lq"], case["M"] * case["D"], device="cuda").to(dtype)
     out, grads = forward_and_grads(fn, inputs, grad_output)
-    ref_out, ref_grads = forward_and_grads(
-        ms_deform_attn_reference, ref_inputs, grad_output.double()
-    )
+    ref_out, ref_grads = forward_and_grads(ms_deform_attn_reference, ref_inputs, grad_output.double())
     assert out.dtype == dtype
     assert_rel_close(out.double(), ref_out, rel)
     for grad, ref_grad in zip(grads, ref_grads):
@@ -101,9 +100,7 @@ def test_cuda_propagates_non_finite_like_reference(dtype, fn):
 
 @requires_cuda
 @pytest.mark.parametrize("name", ["compiled", "triton"])
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str
-)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
 def test_backend_passes_its_self_check(name, dtype):
     if msda_op.BACKENDS[name].unavailable("cuda", dtype) is not None:
         pytest.skip(msda_op.BACKENDS[name].unavailable("cuda", dtype))
@@ -128,9 +125,7 @@ def test_compiled_kernel_is_chosen_on_cuda_without_warning(dtype, monkeypatch, c
     ],
 )
 def test_cuda_opcheck(op):
-    inputs = to_device(
-        make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2), "cuda", torch.float32
-    )
+    inputs = to_device(make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2), "cuda", torch.float32)
     torch.library.opcheck(getattr(torch.ops.depotr, op).default, inputs)
 
 

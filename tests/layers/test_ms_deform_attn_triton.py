@@ -6,6 +6,7 @@ rules and code generation, bfloat16 included).
 The subprocess: triton reads the variable when it is first imported, and setting it in this
 process would turn every later Triton kernel of the session (on a GPU machine: the real ones)
 into interpreted ones."""
+
 import inspect
 import os
 import re
@@ -24,7 +25,11 @@ def test_triton_kernels_under_the_interpreter():
     env.pop("DEPOTR_MSDA_BACKEND", None)
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", SUITE, "-q", "-rfEs", "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = completed.stdout + completed.stderr
     # A crash prints Python's fault handler (innermost frame first): show it from its start.

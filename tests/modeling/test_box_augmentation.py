@@ -1,7 +1,9 @@
 """Training box augmentation of the meta-architecture: half-body boxes (HalfBodyBoxes, with the
 body halves of the keypoint table) and the "normal" box-jitter distribution."""
+
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 
 from depotr.config import add_depotr_config
@@ -150,9 +152,25 @@ def _cfg(*opts):
     cfg = get_cfg()
     add_depotr_config(cfg)
     cfg.merge_from_list(
-        ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.DEPOTR.HIDDEN_DIM", 32,
-         "MODEL.DEPOTR.NHEADS", 2, "MODEL.DEPOTR.ENC_LAYERS", 1, "MODEL.DEPOTR.DEC_LAYERS", 1,
-         "MODEL.DEPOTR.DIM_FEEDFORWARD", 64, "DATASETS.TRAIN", (), *opts]
+        [
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            64,
+            "MODEL.DEPOTR.HIDDEN_DIM",
+            32,
+            "MODEL.DEPOTR.NHEADS",
+            2,
+            "MODEL.DEPOTR.ENC_LAYERS",
+            1,
+            "MODEL.DEPOTR.DEC_LAYERS",
+            1,
+            "MODEL.DEPOTR.DIM_FEEDFORWARD",
+            64,
+            "DATASETS.TRAIN",
+            (),
+            *opts,
+        ]
     )
     return cfg
 

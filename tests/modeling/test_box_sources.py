@@ -1,6 +1,7 @@
 """The person box sources (depotr.modeling.box_sources) and their one policy, rule by rule:
 malformed boxes raise, boxes outside the image are dropped with one warning per image, ranked
 sources apply the score threshold and keep the top-k sorted by score, gt keeps its order."""
+
 import logging
 import re
 
@@ -101,9 +102,13 @@ def test_malformed_box_raises_naming_image_source_and_index(source):
 
 
 def test_malformed_shapes_and_scores_raise():
-    with pytest.raises(ValueError, match=re.escape("detector person boxes of image 'a' must be (N, 4) XYXY, got shape (2, 5)")):
+    with pytest.raises(
+        ValueError, match=re.escape("detector person boxes of image 'a' must be (N, 4) XYXY, got shape (2, 5)")
+    ):
         check_boxes(torch.zeros((2, 5)), "detector", "a")
-    with pytest.raises(ValueError, match=re.escape("detector box scores of image 'a' must be (2,) for 2 boxes, got shape (3,)")):
+    with pytest.raises(
+        ValueError, match=re.escape("detector box scores of image 'a' must be (2,) for 2 boxes, got shape (3,)")
+    ):
         check_boxes(torch.tensor(INSIDE[:2]), "detector", "a", torch.ones(3))
     with pytest.raises(ValueError, match=r"image 'a': box scores must be finite; box 1 has score inf \(precomputed"):
         PrecomputedBoxes()([_input("a", boxes=INSIDE[:2], scores=[0.5, float("inf")])])
@@ -217,5 +222,7 @@ def test_box_source_keys_have_one_meaning_each():
     cfg = get_cfg()
     add_depotr_config(cfg)
     cfg.MODEL.DEPOTR.BOX_SOURCE = "precomputed"  # an inference source as the training one
-    with pytest.raises(ValueError, match=r"BOX_SOURCE \(the training boxes\) must be one of \('gt',\).*TEST_BOX_SOURCE"):
+    with pytest.raises(
+        ValueError, match=r"BOX_SOURCE \(the training boxes\) must be one of \('gt',\).*TEST_BOX_SOURCE"
+    ):
         TopDownPoseEstimator.from_config(cfg)

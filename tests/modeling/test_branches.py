@@ -1,11 +1,13 @@
 """The keypoint branches (regression, DePOTR-HM, SimpleBaseline, TransPose-R): their registry,
 output types and shapes, parameter counts against the architecture formulas, loss masks,
 flip_back, averaging, checkpoint migration and overfitting."""
+
 import dataclasses
 from typing import Dict, Tuple
 
 import pytest
 import torch
+
 from detectron2.config import CfgNode, get_cfg
 
 from depotr.config import add_depotr_config
@@ -97,20 +99,31 @@ def shapes(outputs: BranchOutputs) -> Dict[str, Tuple[int, ...]]:
 
 @pytest.mark.parametrize(
     "head, branch_class",
-    [("regression", RegressionBranch), ("heatmap", DePOTRHeatmapBranch), ("simple_baseline", SimpleBaselineBranch),
-     ("transpose", TransPoseBranch)],
+    [
+        ("regression", RegressionBranch),
+        ("heatmap", DePOTRHeatmapBranch),
+        ("simple_baseline", SimpleBaselineBranch),
+        ("transpose", TransPoseBranch),
+    ],
 )
 def test_registry_builds_each_head_from_its_config_name(head, branch_class):
     assert KEYPOINT_BRANCH_REGISTRY.get(head) is branch_class
     branch = build_keypoint_branch(small_cfg(head))
     assert type(branch) is branch_class and isinstance(branch, KeypointBranch)
-    assert sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY) == ["heatmap", "regression", "simple_baseline",
-                                                                    "transpose"]
+    assert sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY) == [
+        "heatmap",
+        "regression",
+        "simple_baseline",
+        "transpose",
+    ]
 
 
 def test_unknown_head_raises_naming_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown MODEL.DEPOTR.HEAD 'pose_resnet'; expected one of the registered "
-                                         r"\['heatmap', 'regression', 'simple_baseline', 'transpose'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown MODEL.DEPOTR.HEAD 'pose_resnet'; expected one of the registered "
+        r"\['heatmap', 'regression', 'simple_baseline', 'transpose'\]",
+    ):
         build_keypoint_branch(small_cfg("pose_resnet"))
 
 
@@ -292,7 +305,7 @@ def resnet_bottleneck(blocks_per_stage) -> int:
     total = conv(3, 64, 7, False)  # stem
     c_in = 64
     for stage, blocks in enumerate(blocks_per_stage):
-        width = 64 * 2 ** stage
+        width = 64 * 2**stage
         c_out = 4 * width
         for block in range(blocks):
             total += conv(c_in, width, 1, False) + conv(width, width, 3, False) + conv(width, c_out, 1, False)
@@ -586,8 +599,9 @@ def test_average_of_different_output_types_raises():
     with pytest.raises(TypeError, match="cannot average RegressionOutputs with RLEOutputs"):
         regression.average(RLEOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)))
     with pytest.raises(ValueError, match="only one has an auxiliary output"):
-        regression.average(RegressionOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.zeros(1, 1, 1, 2),
-                                             torch.zeros(1, 1, 1)))
+        regression.average(
+            RegressionOutputs(torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1))
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,8 +618,8 @@ def _blob_crops(num_keypoints: int, crop_size: Tuple[int, int]) -> Tuple[torch.T
     xs = torch.arange(width) + 0.5
     ys = torch.arange(height) + 0.5
     blobs = torch.exp(
-        -((xs - xy[..., 0, None]) ** 2)[..., None, :] / (2 * 1.5 ** 2)
-        - ((ys - xy[..., 1, None]) ** 2)[..., :, None] / (2 * 1.5 ** 2)
+        -((xs - xy[..., 0, None]) ** 2)[..., None, :] / (2 * 1.5**2)
+        - ((ys - xy[..., 1, None]) ** 2)[..., :, None] / (2 * 1.5**2)
     )  # (4, K, H, W)
     crops = 2 * torch.einsum("bkhw,kc->bchw", blobs, colours)
     crops = crops + 0.1 * torch.randn(4, 3, height, width, generator=generator)
@@ -672,7 +686,7 @@ def test_heatmap_deep_supervision_supervises_every_decoder_layer_with_its_own_he
     hidden = branch.body(crops)["hidden_states"]
     heads = list(branch.aux_heads) + [branch.head]
     for i in range(3):
-        expected = heads[i]({"hidden_states": hidden[i:i + 1]})
+        expected = heads[i]({"hidden_states": hidden[i : i + 1]})
         got = outputs.heatmaps if i == 2 else outputs.aux_heatmaps[i]
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     losses = branch.losses(outputs, gt)
@@ -694,8 +708,11 @@ def test_dot_product_heatmaps_equal_the_formula():
     d, k = 32, 3
     head = DePOTRDotProductHeatmapHead(d, k, fine_channels=8, mlp_layers=2)
     torch.nn.init.normal_(head.bias)
-    features = {"hidden_states": torch.randn(2, 2, k, d), "memory": [torch.randn(2, d, 2, 3)],
-                "res2": torch.randn(2, 8, 4, 6)}
+    features = {
+        "hidden_states": torch.randn(2, 2, k, d),
+        "memory": [torch.randn(2, d, 2, 3)],
+        "res2": torch.randn(2, 8, 4, 6),
+    }
     heatmaps = head(features)
     assert heatmaps.shape == (2, k, 4, 6)
     coarse = torch.nn.functional.interpolate(features["memory"][0], size=(4, 6), mode="bilinear")
@@ -705,7 +722,7 @@ def test_dot_product_heatmaps_equal_the_formula():
         for key in range(k):
             for i in range(4):
                 for j in range(6):
-                    value = embeddings[b, key] @ pixels[b, :, i, j] / d ** 0.5 + head.bias[key]
+                    value = embeddings[b, key] @ pixels[b, :, i, j] / d**0.5 + head.bias[key]
                     torch.testing.assert_close(heatmaps[b, key, i, j], value, rtol=1e-5, atol=1e-6)
 
 

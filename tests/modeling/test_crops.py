@@ -1,4 +1,5 @@
 """Box -> crop geometry, image <-> crop keypoint transforms and RoIAlign cropping."""
+
 import pytest
 import torch
 
@@ -164,13 +165,22 @@ def test_crop_raw_images_equals_roi_align_on_each_normalised_image(sampling_rati
     g = torch.Generator().manual_seed(sampling_ratio)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in [(37, 53), (5, 7)]]
     boxes = [
-        torch.tensor([[3.2, 4.1, 20.7, 30.3], [-10.0, -5.0, 15.0, 20.0], [48.0, 34.0, 83.0, 77.0],
-                      [-100.0, -100.0, -50.0, -40.0], [0.0, 0.0, 53.0, 37.0], [-1e3, -1e3, 1e3, 1e3]]),
+        torch.tensor(
+            [
+                [3.2, 4.1, 20.7, 30.3],
+                [-10.0, -5.0, 15.0, 20.0],
+                [48.0, 34.0, 83.0, 77.0],
+                [-100.0, -100.0, -50.0, -40.0],
+                [0.0, 0.0, 53.0, 37.0],
+                [-1e3, -1e3, 1e3, 1e3],
+            ]
+        ),
         torch.tensor([[1.0, 1.0, 1.4, 1.7], [-2.0, 0.5, 6.0, 4.0]]),
     ]
     crops = crop_raw_images(images, boxes, (16, 12), sampling_ratio, MEAN, STD)
-    expected = torch.cat([crop_images(((im.float() - MEAN) / STD)[None], [b], (16, 12), sampling_ratio)
-                          for im, b in zip(images, boxes)])
+    expected = torch.cat(
+        [crop_images(((im.float() - MEAN) / STD)[None], [b], (16, 12), sampling_ratio) for im, b in zip(images, boxes)]
+    )
     assert crops.shape == (8, 3, 16, 12) and crops.dtype == torch.float32
     torch.testing.assert_close(crops, expected, rtol=0, atol=2e-6)
     assert bool((crops[3] == 0).all())  # wholly outside: the mean colour, 0 once normalised

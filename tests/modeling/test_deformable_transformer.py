@@ -1,5 +1,6 @@
 """Position embedding, encoder reference points and iterative refinement of the deformable
 transformer (Deformable DETR)."""
+
 import math
 
 import torch

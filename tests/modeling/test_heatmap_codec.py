@@ -3,6 +3,7 @@
 Convention under test: crop pixel i covers [i, i+1), centre i + 0.5; heatmap coordinate = crop
 pixel / stride; heatmap pixel j has its centre at j + 0.5.
 """
+
 import math
 from typing import Tuple
 
@@ -19,7 +20,7 @@ def test_encode_hand_computed():
     heatmaps, weights = codec.encode(torch.tensor([[[6.0, 10.0, 2.0]]]))
     assert heatmaps.shape == (1, 1, 4, 2)
     assert weights.tolist() == [[1.0]]
-    expected = torch.tensor([[math.exp(-(dx ** 2 + dy ** 2) / 2) for dx in (-1, 0)] for dy in (-2, -1, 0, 1)])
+    expected = torch.tensor([[math.exp(-(dx**2 + dy**2) / 2) for dx in (-1, 0)] for dy in (-2, -1, 0, 1)])
     torch.testing.assert_close(heatmaps[0, 0], expected)
     assert heatmaps[0, 0, 2, 1] == 1.0
 
@@ -67,10 +68,7 @@ def _rendered_gaussians(peaks: np.ndarray, size: Tuple[int, int], sigma: float) 
     height, width = size
     centres_x = np.arange(width) + 0.5
     centres_y = np.arange(height) + 0.5
-    maps = [
-        np.exp(-((centres_x[None, :] - x) ** 2 + (centres_y[:, None] - y) ** 2) / (2 * sigma ** 2))
-        for x, y in peaks
-    ]
+    maps = [np.exp(-((centres_x[None, :] - x) ** 2 + (centres_y[:, None] - y) ** 2) / (2 * sigma**2)) for x, y in peaks]
     return torch.from_numpy(np.stack(maps)[None]).float()
 
 

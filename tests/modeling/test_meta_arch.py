@@ -4,6 +4,7 @@ Most tests use ``BranchDouble``, a TEST DOUBLE of the keypoint-branch contract (
 head), so that the meta-architecture's own logic (boxes, crops, coordinate transforms,
 rescoring, flip test) is checked against known answers.
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from detectron2.structures import Boxes, Instances, Keypoints
 
 from depotr.config import add_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+from depotr.modeling import KeypointBranch
 from depotr.modeling.box_sources import (
     DetectorBoxes,
     GtBoxes,
@@ -26,7 +28,6 @@ from depotr.modeling.box_sources import (
     resolve_model_zoo_path,
     select_boxes,
 )
-from depotr.modeling import KeypointBranch
 from depotr.modeling.crops import crop_to_image, expand_boxes_to_aspect
 from depotr.modeling.heads import BranchOutputs
 from depotr.modeling.meta_arch import TopDownPoseEstimator, rescore_instances
@@ -139,7 +140,12 @@ def make_input(image_id, num_persons: int, generator: torch.Generator, size=(48,
     proposals.proposal_boxes = Boxes(boxes.clone())
     proposals.scores = torch.rand(num_persons, generator=generator) * 0.5 + 0.5
     return {
-        "image": image, "height": h, "width": w, "image_id": image_id, "instances": instances, "proposals": proposals
+        "image": image,
+        "height": h,
+        "width": w,
+        "image_id": image_id,
+        "instances": instances,
+        "proposals": proposals,
     }
 
 
@@ -282,7 +288,8 @@ def test_inference_keeps_keypoints_of_huge_boxes_near_the_image_and_reports_boxe
     g = torch.Generator().manual_seed(6)
     x = make_input("img", 3, g, size=(48, 64))
     x["proposals"].proposal_boxes.tensor[:] = torch.tensor(
-        [[-scale, -scale, scale, scale], [70.0, 10.0, 90.0, 40.0], [5.0, 5.0, 20.0, 30.0]])  # 2nd: right of the image
+        [[-scale, -scale, scale, scale], [70.0, 10.0, 90.0, 40.0], [5.0, 5.0, 20.0, 30.0]]
+    )  # 2nd: right of the image
     x["proposals"].scores = torch.tensor([0.9, 0.8, 0.7])
     with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"), torch.no_grad():
         inst = make_model().eval()([x])[0]["instances"]
@@ -494,10 +501,24 @@ def test_unknown_config_key_raises(tmp_path):
 
 
 SMALL_MODEL = [
-    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.DEPOTR.HIDDEN_DIM", 64, "MODEL.DEPOTR.NHEADS", 2, "MODEL.DEPOTR.ENC_LAYERS", 1,
-    "MODEL.DEPOTR.DEC_LAYERS", 1, "MODEL.DEPOTR.DIM_FEEDFORWARD", 128, "INPUT.CROP_SIZE", (64, 48),
-    "TEST.FLIP", True,
+    "MODEL.RESNETS.DEPTH",
+    18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    64,
+    "MODEL.DEPOTR.HIDDEN_DIM",
+    64,
+    "MODEL.DEPOTR.NHEADS",
+    2,
+    "MODEL.DEPOTR.ENC_LAYERS",
+    1,
+    "MODEL.DEPOTR.DEC_LAYERS",
+    1,
+    "MODEL.DEPOTR.DIM_FEEDFORWARD",
+    128,
+    "INPUT.CROP_SIZE",
+    (64, 48),
+    "TEST.FLIP",
+    True,
 ]
 
 

@@ -4,6 +4,7 @@ The CUDA test is the issue's: float16 autocast with a gradient scaler, as Detect
 AMPTrainer runs a step; it is skipped without a GPU. The CPU test runs the same step under
 bfloat16 autocast, which exercises the same mixed-dtype path of the MSDA layer on any machine.
 """
+
 from typing import Dict, Optional, Tuple
 
 import pytest

@@ -1,5 +1,6 @@
 """The one COCO OKS function (depotr.modeling.oks.keypoint_similarity) against hand
 computations for both scale rules and against pycocotools' COCOeval.computeOks."""
+
 import math
 
 import numpy as np
@@ -50,13 +51,18 @@ def test_target_rule_equals_pycocotools():
     visible = rng.random(17) < 0.8
     area = 3500.0
     coco_eval = COCOeval(iouType="keypoints")
-    coco_eval._gts[1, 1] = [{"keypoints": np.column_stack([gt_xy, 2 * visible]).ravel().tolist(),
-                             "bbox": [0, 0, 100, 100], "area": area}]
+    coco_eval._gts[1, 1] = [
+        {"keypoints": np.column_stack([gt_xy, 2 * visible]).ravel().tolist(), "bbox": [0, 0, 100, 100], "area": area}
+    ]
     coco_eval._dts[1, 1] = [{"keypoints": np.column_stack([dt_xy, np.ones(17)]).ravel().tolist(), "score": 1.0}]
     coco_eval.params.imgIds, coco_eval.params.catIds = [1], [1]
     expected = coco_eval.computeOks(1, 1)[0, 0]
-    ks = keypoint_similarity(torch.from_numpy(dt_xy), torch.from_numpy(gt_xy), torch.tensor(area, dtype=torch.float64),
-                             COCO_PERSON_OKS_SIGMAS)
+    ks = keypoint_similarity(
+        torch.from_numpy(dt_xy),
+        torch.from_numpy(gt_xy),
+        torch.tensor(area, dtype=torch.float64),
+        COCO_PERSON_OKS_SIGMAS,
+    )
     assert ks[torch.from_numpy(visible)].mean().item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -65,11 +71,14 @@ def test_zero_area_is_finite():
     assert ks.tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"scale_rule": "box"}, "unknown OKS scale rule 'box'"),
-    ({"scale_rule": "mean"}, "needs pred_areas"),
-    ({"sigmas": (0.25,) * 3}, r"must be \(\.\.\., 3, 2\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale_rule": "box"}, "unknown OKS scale rule 'box'"),
+        ({"scale_rule": "mean"}, "needs pred_areas"),
+        ({"sigmas": (0.25,) * 3}, r"must be \(\.\.\., 3, 2\)"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     args = {"sigmas": SIGMAS, **kwargs}
     with pytest.raises(ValueError, match=message):

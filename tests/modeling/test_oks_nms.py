@@ -1,5 +1,6 @@
 """OKS-NMS: the pairwise OKS against a loop over the COCO formula, the greedy suppression on
 hand-made poses, and its use in TopDownPoseEstimator inference."""
+
 import math
 
 import pytest
@@ -30,8 +31,13 @@ def test_pairwise_oks_matches_the_coco_formula():
     oks = pairwise_oks(keypoints, areas, COCO_PERSON_OKS_SIGMAS)
     for i in range(5):
         for j in range(5):
-            expected = _oks_loop(keypoints[i, :, :2].tolist(), keypoints[j, :, :2].tolist(),
-                                 areas[i].item(), areas[j].item(), COCO_PERSON_OKS_SIGMAS)
+            expected = _oks_loop(
+                keypoints[i, :, :2].tolist(),
+                keypoints[j, :, :2].tolist(),
+                areas[i].item(),
+                areas[j].item(),
+                COCO_PERSON_OKS_SIGMAS,
+            )
             assert oks[i, j].item() == pytest.approx(expected, rel=1e-12)
     torch.testing.assert_close(oks.diagonal(), torch.ones(5, dtype=torch.float64))
 

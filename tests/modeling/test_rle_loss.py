@@ -1,6 +1,7 @@
 """RLE (heads/rle_loss.py): the flow is a density with the right log-determinant, the loss is the
 hand-computed Laplace NLL at the start, fits known residual distributions (the scale of a Laplace,
 the shape of a correlated one), and masks like the other losses."""
+
 import math
 
 import pytest

@@ -1,16 +1,18 @@
 """torchvision ResNet weights in our Detectron2 backbone (depotr.modeling.torchvision_resnet and
 tools/convert_torchvision_backbone.py): every tensor lands, features equal torchvision's."""
+
 import importlib.util
 import os
 
 import pytest
 import torch
 import torchvision
+from torch import nn
+from torchvision.transforms.functional import normalize
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone import ResNet
-from torch import nn
-from torchvision.transforms.functional import normalize
 
 from depotr.config import load_depotr_config
 from depotr.modeling import build_resnet
@@ -98,7 +100,9 @@ def test_converted_weights_give_torchvision_features(tmp_path, depth, norm, suff
 def test_converter_tool_output_loads_into_a_depotr_model(tmp_path, capsys):
     torchvision_model = _torchvision_resnet(18)
     torch.save(torchvision_model.state_dict(), tmp_path / "resnet18.pth")
-    spec = importlib.util.spec_from_file_location("convert_tool", os.path.join(REPO, "tools", "convert_torchvision_backbone.py"))
+    spec = importlib.util.spec_from_file_location(
+        "convert_tool", os.path.join(REPO, "tools", "convert_torchvision_backbone.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main([str(tmp_path / "resnet18.pth"), str(tmp_path / "r18.pkl")]) == 0
@@ -118,7 +122,13 @@ def test_converter_tool_output_loads_into_a_depotr_model(tmp_path, capsys):
 
 def test_wide_and_grouped_resnets_report_their_widths():
     config = convert_torchvision_resnet(torchvision.models.resnext50_32x4d(weights=None).state_dict()).config
-    assert config == {"DEPTH": 50, "STRIDE_IN_1X1": False, "NUM_GROUPS": 32, "WIDTH_PER_GROUP": 4, "RES2_OUT_CHANNELS": 256}
+    assert config == {
+        "DEPTH": 50,
+        "STRIDE_IN_1X1": False,
+        "NUM_GROUPS": 32,
+        "WIDTH_PER_GROUP": 4,
+        "RES2_OUT_CHANNELS": 256,
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """depotr.modeling.tta: the flip helpers and the flip test of typed outputs, against the rule the
 flip test applied to output dicts before the outputs were typed (suffix-matched keys, every
 output averaged)."""
+
 from typing import Dict
 
 import pytest
@@ -91,11 +92,13 @@ def _old_flip_back(outputs: Dict[str, torch.Tensor], flip: list, shift: bool) ->
 
 @pytest.mark.parametrize(
     "name, shift, keys",
-    [("regression", False, {"coords", "score_logits"}),
-     ("regression_aux", False, {"coords", "score_logits", "aux_coords", "aux_score_logits"}),
-     ("regression_rle", False, {"coords", "sigmas", "aux_coords", "aux_sigmas"}),
-     ("heatmap", False, {"heatmaps"}),
-     ("heatmap", True, {"heatmaps"})],
+    [
+        ("regression", False, {"coords", "score_logits"}),
+        ("regression_aux", False, {"coords", "score_logits", "aux_coords", "aux_score_logits"}),
+        ("regression_rle", False, {"coords", "sigmas", "aux_coords", "aux_sigmas"}),
+        ("heatmap", False, {"heatmaps"}),
+        ("heatmap", True, {"heatmaps"}),
+    ],
     ids=["logits", "logits-aux", "rle-aux", "heatmap", "heatmap-shift"],
 )
 def test_flip_test_of_typed_outputs_equals_the_old_dict_rule(name, shift, keys):
@@ -116,4 +119,3 @@ def test_flip_test_of_typed_outputs_equals_the_old_dict_rule(name, shift, keys):
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
     torch.testing.assert_close(keypoints, branch.decode(outputs), rtol=0, atol=0)
     assert not torch.allclose(keypoints, branch.decode(branch(crops)))  # the flip test changed them
-

@@ -1,8 +1,10 @@
 """Learning-rate schedules at chosen iterations, against values computed by hand."""
+
 import math
 
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 
 from depotr.config import add_depotr_config

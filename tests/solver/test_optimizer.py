@@ -1,10 +1,12 @@
 """Parameter groups and gradient clipping of DePOTR's optimizer."""
+
 import pytest
 import torch
+from torch import nn
+
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
-from torch import nn
 
 from depotr.config import add_depotr_config
 from depotr.solver import build_optimizer
@@ -116,8 +118,13 @@ def test_parameters_with_equal_settings_share_a_group_and_step_as_before():
     for group in optimizer.param_groups:
         for p in group["params"]:
             name = next(n for n, q in model.named_parameters() if q is p)
-            per_param.append({"params": [reference_model.get_parameter(name)], "lr": group["lr"],
-                              "weight_decay": group["weight_decay"]})
+            per_param.append(
+                {
+                    "params": [reference_model.get_parameter(name)],
+                    "lr": group["lr"],
+                    "weight_decay": group["weight_decay"],
+                }
+            )
     reference = torch.optim.AdamW(per_param, lr=1e-4, foreach=False)
     torch.manual_seed(0)
     for _ in range(3):

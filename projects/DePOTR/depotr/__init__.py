@@ -5,6 +5,7 @@
 On a machine with PyTorch alone (no Detectron2), only ``depotr.layers`` (the multi-scale
 deformable attention op) is usable, so that the op builds and tests there.
 """
+
 import importlib.util
 
 if importlib.util.find_spec("detectron2") is not None:

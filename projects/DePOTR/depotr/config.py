@@ -3,10 +3,12 @@
 Call :func:`add_depotr_config` in every entry point (training, demo, tools, tests) before
 merging a yaml file. Unknown keys still fail loudly: nothing here enables ``set_new_allowed``.
 """
+
 import logging
 from typing import Sequence
 
 import torch
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 

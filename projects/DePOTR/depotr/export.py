@@ -23,6 +23,7 @@ All heatmap refinements (``TEST.HEATMAP_REFINE`` none / shift / DARK) trace and 
 are. Each file is written to a temporary name, loaded back, compared with the eager module on
 batch sizes other than the traced one, and only then moved into place (``os.replace``).
 """
+
 import contextlib
 import importlib.util
 import math
@@ -32,9 +33,10 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor, nn
+
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-from torch import Tensor, nn
 
 from .engine.checkpoint import DePOTRCheckpointer
 from .file_io import atomic_output_path

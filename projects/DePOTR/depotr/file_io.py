@@ -8,6 +8,7 @@ the permissions of the process' umask, as a plain ``open`` would give. A process
 mid-write leaves its temporary file behind: :func:`remove_temporary_files` deletes those once
 nothing else can be writing in the folder.
 """
+
 import contextlib
 import os
 import secrets

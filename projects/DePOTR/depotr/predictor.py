@@ -8,6 +8,7 @@ Shape letters: B images, N persons of one image, K keypoints, (H, W) an image's 
     instances = predictor(cv2.imread("photo.jpg"))  # or predictor("photo.jpg")
     instances.pred_keypoints  # (N, K, 3) x, y in image pixels, score
 """
+
 import logging
 import os
 from typing import List, Optional, Sequence, Tuple, Union
@@ -124,9 +125,7 @@ class Predictor:
             boxes: (N, 4) XYXY person boxes in image pixels; None: detector or whole image.
             scores: (N,) scores of ``boxes``; None: 1.
         """
-        return self.predict_batch(
-            [image], None if boxes is None else [boxes], None if scores is None else [scores]
-        )[0]
+        return self.predict_batch([image], None if boxes is None else [boxes], None if scores is None else [scores])[0]
 
     @torch.no_grad()
     def predict_batch(

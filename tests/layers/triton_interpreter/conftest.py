@@ -6,6 +6,7 @@ whose mask is set must address memory inside one of the tensors passed to the ke
 masked-in access outside them reads or writes memory that belongs to something else: on a GPU an
 illegal address or silent corruption, under the interpreter a segfault only when the page happens
 to be unmapped (which is how such a bug first showed, in one CI run out of many)."""
+
 import os
 
 import numpy as np

@@ -11,6 +11,7 @@ tests/layers/test_ms_deform_attn_triton.py starts it. By hand::
 
 Tiny shapes: the interpreter runs each program with numpy.
 """
+
 import importlib
 
 import pytest
@@ -77,9 +78,7 @@ def test_ms_deform_attn_runs_the_interpreted_kernels(monkeypatch):
     assert inputs[0].grad.dtype == torch.float32 and inputs[3].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(
-    "dtype,rel", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["float32", "float64"]
-)
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_triton_matches_reference(case, dtype, rel):
     assert_matches_reference(ms_deform_attn, case, dtype, rel)
@@ -104,15 +103,12 @@ def test_triton_gradcheck(case):
 @pytest.mark.parametrize("case", [PARITY_CASES[1], PARITY_CASES[5]])  # D=30; L=4
 def test_triton_float16_within_1e2_of_float64(case):
     # float16 storage, float32 accumulation: the reference sees the same rounded inputs, in float64.
-    inputs = tuple(
-        t.detach().half().requires_grad_() if t.is_floating_point() else t
-        for t in make_inputs(**case)
-    )
-    reference_inputs = tuple(
-        t.detach().double().requires_grad_() if t.is_floating_point() else t for t in inputs
-    )
+    inputs = tuple(t.detach().half().requires_grad_() if t.is_floating_point() else t for t in make_inputs(**case))
+    reference_inputs = tuple(t.detach().double().requires_grad_() if t.is_floating_point() else t for t in inputs)
     grad_output = torch.randn(
-        inputs[3].shape[0], inputs[3].shape[1], inputs[0].shape[2] * inputs[0].shape[3],
+        inputs[3].shape[0],
+        inputs[3].shape[1],
+        inputs[0].shape[2] * inputs[0].shape[3],
         generator=torch.Generator().manual_seed(1),
     ).half()
     out, grads = forward_and_grads(ms_deform_attn, inputs, grad_output)
@@ -134,9 +130,7 @@ def test_triton_bfloat16_is_refused_by_the_interpreter():
 
 
 def test_triton_opcheck():
-    inputs = tuple(
-        t.detach() for t in make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2)
-    )
+    inputs = tuple(t.detach() for t in make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2))
     inputs = tuple(t.requires_grad_(t.is_floating_point()) for t in inputs)
     torch.library.opcheck(torch.ops.depotr.ms_deform_attn_triton_forward.default, inputs)
 

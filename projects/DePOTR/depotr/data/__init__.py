@@ -6,6 +6,7 @@ Importing this package registers ``synthetic_persons_train`` / ``synthetic_perso
 Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
+
 from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
@@ -30,11 +31,28 @@ register_default_synthetic_datasets()
 add_coco_keypoint_metadata()
 
 __all__ = [
-    "DePOTRDatasetMapper", "KeypointAugmenter", "SYNTHETIC_DATASET_NAMES",
-    "add_coco_keypoint_metadata", "annotations_to_arrays", "attach_precomputed_boxes",
-    "attach_precomputed_boxes_from_cfg", "build_albumentations", "build_albumentations_from_cfg",
-    "coco_person_metadata", "ensure_synthetic_split", "filter_person_annotations", "flip_indices",
-    "flip_pairs", "generate_synthetic_split", "keypoint_oks_sigmas", "load_precomputed_boxes",
-    "register_synthetic_datasets", "register_synthetic_datasets_from_cfg", "render_synthetic_image",
-    "resolve_synthetic_root", "select_subset", "subset_coco", "visibility_distribution",
+    "DePOTRDatasetMapper",
+    "KeypointAugmenter",
+    "SYNTHETIC_DATASET_NAMES",
+    "add_coco_keypoint_metadata",
+    "annotations_to_arrays",
+    "attach_precomputed_boxes",
+    "attach_precomputed_boxes_from_cfg",
+    "build_albumentations",
+    "build_albumentations_from_cfg",
+    "coco_person_metadata",
+    "ensure_synthetic_split",
+    "filter_person_annotations",
+    "flip_indices",
+    "flip_pairs",
+    "generate_synthetic_split",
+    "keypoint_oks_sigmas",
+    "load_precomputed_boxes",
+    "register_synthetic_datasets",
+    "register_synthetic_datasets_from_cfg",
+    "render_synthetic_image",
+    "resolve_synthetic_root",
+    "select_subset",
+    "subset_coco",
+    "visibility_distribution",
 ]

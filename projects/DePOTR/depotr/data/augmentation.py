@@ -11,6 +11,7 @@ Boxes: each box's four corners travel as keypoints; the new box is the min/max o
 corners clipped to the image (the "largest box" rule: after a rotation the box encloses the
 rotated box, so it still encloses the person).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -19,8 +20,13 @@ import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["NormalRotate", "ROTATION_DISTRIBUTIONS", "KeypointAugmenter", "build_albumentations",
-           "build_albumentations_from_cfg"]
+__all__ = [
+    "NormalRotate",
+    "ROTATION_DISTRIBUTIONS",
+    "KeypointAugmenter",
+    "build_albumentations",
+    "build_albumentations_from_cfg",
+]
 
 # INPUT.AUG.ROTATION_DISTRIBUTION values.
 ROTATION_DISTRIBUTIONS = ("uniform", "normal")
@@ -45,22 +51,32 @@ class NormalRotate(A.Rotate):
             self.limit = bounds
 
 
-def build_albumentations(*, flip_prob: float = 0.5, rotation_degrees: float = 10.0, rotation_prob: float = 0.5,
-                         rotation_distribution: str = "uniform", blur_prob: float = 0.1, rgb_shift_prob: float = 0.2,
-                         brightness_contrast_prob: float = 0.3, seed: Optional[int] = None) -> A.Compose:
+def build_albumentations(
+    *,
+    flip_prob: float = 0.5,
+    rotation_degrees: float = 10.0,
+    rotation_prob: float = 0.5,
+    rotation_distribution: str = "uniform",
+    blur_prob: float = 0.1,
+    rgb_shift_prob: float = 0.2,
+    brightness_contrast_prob: float = 0.3,
+    seed: Optional[int] = None,
+) -> A.Compose:
     """The DePOTR training pipeline: HorizontalFlip, Rotate (black border; "uniform" in
     +-rotation_degrees, or "normal": :class:`NormalRotate` with sigma = rotation_degrees),
     GaussianBlur, RGBShift, RandomBrightnessContrast, each applied with its probability.
     Keypoints are kept even when they leave the image (``remove_invisible=False``) and the
     applied transforms are recorded (needed to swap left/right after a flip)."""
     if rotation_distribution not in ROTATION_DISTRIBUTIONS:
-        raise ValueError(f"INPUT.AUG.ROTATION_DISTRIBUTION must be one of {ROTATION_DISTRIBUTIONS}, "
-                         f"got {rotation_distribution!r}")
+        raise ValueError(
+            f"INPUT.AUG.ROTATION_DISTRIBUTION must be one of {ROTATION_DISTRIBUTIONS}, got {rotation_distribution!r}"
+        )
     if rotation_distribution == "normal":
         rotate = NormalRotate(rotation_degrees, p=rotation_prob)
     else:
-        rotate = A.Rotate(limit=(-rotation_degrees, rotation_degrees), border_mode=cv2.BORDER_CONSTANT, fill=0,
-                          p=rotation_prob)
+        rotate = A.Rotate(
+            limit=(-rotation_degrees, rotation_degrees), border_mode=cv2.BORDER_CONSTANT, fill=0, p=rotation_prob
+        )
     return A.Compose(
         [
             A.HorizontalFlip(p=flip_prob),
@@ -81,18 +97,23 @@ def build_albumentations_from_cfg(cfg, is_train: bool) -> Optional[A.Compose]:
     aug = cfg.INPUT.AUG
     if not is_train or not aug.ENABLED:
         return None
-    return build_albumentations(flip_prob=aug.FLIP_PROB, rotation_degrees=aug.ROTATION_DEGREES,
-                                rotation_prob=aug.ROTATION_PROB, rotation_distribution=aug.ROTATION_DISTRIBUTION,
-                                blur_prob=aug.BLUR_PROB,
-                                rgb_shift_prob=aug.RGB_SHIFT_PROB,
-                                brightness_contrast_prob=aug.BRIGHTNESS_CONTRAST_PROB)
+    return build_albumentations(
+        flip_prob=aug.FLIP_PROB,
+        rotation_degrees=aug.ROTATION_DEGREES,
+        rotation_prob=aug.ROTATION_PROB,
+        rotation_distribution=aug.ROTATION_DISTRIBUTION,
+        blur_prob=aug.BLUR_PROB,
+        rgb_shift_prob=aug.RGB_SHIFT_PROB,
+        brightness_contrast_prob=aug.BRIGHTNESS_CONTRAST_PROB,
+    )
 
 
 def _corners(boxes: np.ndarray) -> np.ndarray:
     """(B, 4) XYXY -> (B * 4, 2) corners."""
     x0, y0, x1, y1 = boxes.T
-    return np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x0, y1], 1),
-                     np.stack([x1, y1], 1)], 1).reshape(-1, 2)
+    return np.stack(
+        [np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x0, y1], 1), np.stack([x1, y1], 1)], 1
+    ).reshape(-1, 2)
 
 
 def _boxes_from_corners(corners: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -128,9 +149,9 @@ class KeypointAugmenter:
         # (IterationSeedHook), so a resumed run augments exactly like an uninterrupted one.
         self.transform.set_random_seed(int(np.random.randint(2**31)))
 
-    def __call__(self, image: np.ndarray, keypoints: np.ndarray, boxes: np.ndarray,
-                 proposal_boxes: Optional[np.ndarray] = None
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    def __call__(
+        self, image: np.ndarray, keypoints: np.ndarray, boxes: np.ndarray, proposal_boxes: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """
         Args:
             image: (H, W, C) uint8.
@@ -158,6 +179,6 @@ class KeypointAugmenter:
         flips = sum(1 for name, _ in out["applied_transforms"] if name == "HorizontalFlip")
         if flips % 2 == 1:
             new_kps = new_kps[:, self.flip_indices]
-        new_boxes = _boxes_from_corners(points[n * k: n * k + 4 * n], width, height)
-        new_props = _boxes_from_corners(points[n * k + 4 * n:], width, height)
+        new_boxes = _boxes_from_corners(points[n * k : n * k + 4 * n], width, height)
+        new_props = _boxes_from_corners(points[n * k + 4 * n :], width, height)
         return image, new_kps, new_boxes, (None if proposal_boxes is None else new_props)

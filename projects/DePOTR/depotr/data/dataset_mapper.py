@@ -9,6 +9,7 @@ keeps dataset-dict coordinates as they are (no further shift) and only zeroes x,
 (``load_coco_json`` turns unlabelled (0, 0) into (0.5, 0.5)). A keypoint counts as inside the
 image when 0 <= x <= W and 0 <= y <= H, as in Detectron2's ``transform_keypoint_annotations``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,6 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import albumentations as A
 import numpy as np
 import torch
+
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
@@ -41,8 +43,9 @@ def _nonempty(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
-def annotations_to_arrays(annos: Sequence[Dict[str, Any]], num_keypoints: int, file_name: str = "?"
-                          ) -> Tuple[np.ndarray, np.ndarray]:
+def annotations_to_arrays(
+    annos: Sequence[Dict[str, Any]], num_keypoints: int, file_name: str = "?"
+) -> Tuple[np.ndarray, np.ndarray]:
     """Validates non-crowd annotations and stacks them.
 
     Returns:
@@ -58,8 +61,9 @@ def annotations_to_arrays(annos: Sequence[Dict[str, Any]], num_keypoints: int, f
             continue
         bbox = np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
         if bbox.shape != (4,) or not np.isfinite(bbox).all() or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-            raise ValueError(f"degenerate box {list(anno['bbox'])} (width or height <= 0) in "
-                             f"{_annotation_name(anno, i, file_name)}")
+            raise ValueError(
+                f"degenerate box {list(anno['bbox'])} (width or height <= 0) in {_annotation_name(anno, i, file_name)}"
+            )
         raw = anno.get("keypoints")
         if raw is None:
             kp = np.zeros((num_keypoints, 3))
@@ -69,14 +73,18 @@ def annotations_to_arrays(annos: Sequence[Dict[str, Any]], num_keypoints: int, f
             except (TypeError, ValueError) as e:
                 raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: {e}") from e
             if kp.size != 3 * num_keypoints:
-                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: expected "
-                                 f"{3 * num_keypoints} values (x, y, v for {num_keypoints} keypoints), got {kp.size}")
+                raise ValueError(
+                    f"malformed keypoints in {_annotation_name(anno, i, file_name)}: expected "
+                    f"{3 * num_keypoints} values (x, y, v for {num_keypoints} keypoints), got {kp.size}"
+                )
             if not np.isfinite(kp).all():
                 raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: NaN or inf")
             kp = kp.reshape(num_keypoints, 3).copy()
             if not np.isin(kp[:, 2], (0, 1, 2)).all():
-                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: "
-                                 f"visibility must be 0, 1 or 2, got {sorted(set(kp[:, 2].tolist()))}")
+                raise ValueError(
+                    f"malformed keypoints in {_annotation_name(anno, i, file_name)}: "
+                    f"visibility must be 0, 1 or 2, got {sorted(set(kp[:, 2].tolist()))}"
+                )
         kp[kp[:, 2] == 0, :2] = 0
         boxes.append(bbox)
         kps.append(kp)
@@ -102,10 +110,15 @@ class DePOTRDatasetMapper:
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, image_format: str = "BGR",
-                 augmentation: Optional[A.Compose] = None,
-                 keypoint_flip_indices: Optional[Sequence[int]] = None,
-                 num_keypoints: int = len(COCO_PERSON_KEYPOINT_NAMES)):
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        image_format: str = "BGR",
+        augmentation: Optional[A.Compose] = None,
+        keypoint_flip_indices: Optional[Sequence[int]] = None,
+        num_keypoints: int = len(COCO_PERSON_KEYPOINT_NAMES),
+    ):
         """
         Args:
             is_train: training (augmentation, corrupt images skipped) or evaluation.
@@ -121,14 +134,22 @@ class DePOTRDatasetMapper:
         if keypoint_flip_indices is None:
             keypoint_flip_indices = COCO_PERSON_FLIP_INDICES
         if len(keypoint_flip_indices) != num_keypoints:
-            raise ValueError(f"keypoint_flip_indices has {len(keypoint_flip_indices)} entries, expected {num_keypoints}")
+            raise ValueError(
+                f"keypoint_flip_indices has {len(keypoint_flip_indices)} entries, expected {num_keypoints}"
+            )
         self.keypoint_flip_indices = list(keypoint_flip_indices)
-        self.augmenter = (KeypointAugmenter(augmentation, self.keypoint_flip_indices)
-                          if is_train and augmentation is not None else None)
+        self.augmenter = (
+            KeypointAugmenter(augmentation, self.keypoint_flip_indices)
+            if is_train and augmentation is not None
+            else None
+        )
         self.num_skipped_images = 0
         self.num_dropped_boxes = 0
-        logger.info("DePOTRDatasetMapper (%s): augmentation %s", "train" if is_train else "test",
-                    augmentation if self.augmenter is not None else "off")
+        logger.info(
+            "DePOTRDatasetMapper (%s): augmentation %s",
+            "train" if is_train else "test",
+            augmentation if self.augmenter is not None else "off",
+        )
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
@@ -147,8 +168,13 @@ class DePOTRDatasetMapper:
             if not self.is_train:
                 raise OSError(f"cannot read image {file_name}: {e}") from e
             self.num_skipped_images += 1
-            logger.warning("Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
-                           file_name, type(e).__name__, e, self.num_skipped_images)
+            logger.warning(
+                "Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
+                file_name,
+                type(e).__name__,
+                e,
+                self.num_skipped_images,
+            )
             return None
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -178,7 +204,9 @@ class DePOTRDatasetMapper:
             proposal_boxes = np.asarray(dataset_dict.pop("person_boxes"), np.float32).reshape(-1, 4)
             proposal_scores = np.asarray(dataset_dict.pop("person_scores"), np.float32).reshape(-1)
             if len(proposal_scores) != len(proposal_boxes):
-                raise ValueError(f"{file_name}: {len(proposal_boxes)} person_boxes but {len(proposal_scores)} person_scores")
+                raise ValueError(
+                    f"{file_name}: {len(proposal_boxes)} person_boxes but {len(proposal_scores)} person_scores"
+                )
 
         if self.augmenter is not None:
             image, keypoints, boxes, proposal_boxes = self.augmenter(image, keypoints, boxes, proposal_boxes)
@@ -191,8 +219,13 @@ class DePOTRDatasetMapper:
                 dropped += int((~keep).sum())
             if dropped:
                 self.num_dropped_boxes += dropped
-                log_every_n_seconds(logging.INFO, f"DePOTRDatasetMapper: dropped {self.num_dropped_boxes} boxes so far "
-                                    "that the augmentation moved out of the image", n=60, name=__name__)
+                log_every_n_seconds(
+                    logging.INFO,
+                    f"DePOTRDatasetMapper: dropped {self.num_dropped_boxes} boxes so far "
+                    "that the augmentation moved out of the image",
+                    n=60,
+                    name=__name__,
+                )
 
         image_size = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -201,7 +234,8 @@ class DePOTRDatasetMapper:
             instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
             instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
             instances.gt_keypoints = Keypoints(
-                torch.as_tensor(keypoints, dtype=torch.float32).reshape(-1, self.num_keypoints, 3))
+                torch.as_tensor(keypoints, dtype=torch.float32).reshape(-1, self.num_keypoints, 3)
+            )
             dataset_dict["instances"] = instances
         if proposal_boxes is not None:
             proposals = Instances(image_size)

@@ -14,6 +14,7 @@ error naming the file and the entry; a valid entry that cannot be a person box (
 a detection of width or height 0) is dropped and counted in the log. Score threshold, top-k,
 sorting and clipping are the box source's (``depotr.modeling.box_sources``), stated once there.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
@@ -71,16 +73,18 @@ def resolve_synthetic_root(root: str) -> str:
     return os.path.abspath(os.path.expanduser(root))
 
 
-def _load_synthetic_split(name: str, root: str, split: str, num_images: int, seed: int,
-                          image_size: int) -> List[Dict[str, Any]]:
+def _load_synthetic_split(
+    name: str, root: str, split: str, num_images: int, seed: int, image_size: int
+) -> List[Dict[str, Any]]:
     json_file = ensure_synthetic_split(root, split, num_images, seed, image_size)
     paths = synthetic_split_paths(root, split, num_images, seed, image_size)
     # "id" is kept so that errors can name the annotation.
     return load_coco_json(json_file, paths["image_root"], name, extra_annotation_keys=["id"])
 
 
-def register_synthetic_datasets(root: str, num_train: int, num_val: int, seed: int,
-                                image_size: int = DEFAULT_IMAGE_SIZE) -> None:
+def register_synthetic_datasets(
+    root: str, num_train: int, num_val: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+) -> None:
     """(Re)registers ``synthetic_persons_train`` / ``_val`` in Detectron2's catalogs.
 
     Cheap: the images are generated (or a complete cache reused) on the first
@@ -101,8 +105,12 @@ def register_synthetic_datasets(root: str, num_train: int, num_val: int, seed: i
         args = (name, root, split, int(num_images), int(seed), int(image_size))
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
         paths = synthetic_split_paths(root, split, int(num_images), int(seed), int(image_size))
-        MetadataCatalog.get(name).set(json_file=paths["json_file"], image_root=paths["image_root"],
-                                      evaluator_type="coco", **coco_person_metadata())
+        MetadataCatalog.get(name).set(
+            json_file=paths["json_file"],
+            image_root=paths["image_root"],
+            evaluator_type="coco",
+            **coco_person_metadata(),
+        )
 
 
 def register_synthetic_datasets_from_cfg(cfg) -> None:
@@ -153,8 +161,9 @@ def keypoint_oks_sigmas(dataset_name: str) -> List[float]:
     return list(getattr(meta, "keypoint_oks_sigmas", COCO_PERSON_OKS_SIGMAS))
 
 
-def filter_person_annotations(dataset_dicts: Sequence[Dict[str, Any]], return_stats: bool = False
-                              ) -> Union[List[Dict[str, Any]], Tuple[List[Dict[str, Any]], Dict[str, int]]]:
+def filter_person_annotations(
+    dataset_dicts: Sequence[Dict[str, Any]], return_stats: bool = False
+) -> Union[List[Dict[str, Any]], Tuple[List[Dict[str, Any]], Dict[str, int]]]:
     """Training filter: keeps non-crowd persons with >= 1 labelled keypoint (v > 0) and the
     images that still have one. Logs the counts.
 
@@ -162,8 +171,9 @@ def filter_person_annotations(dataset_dicts: Sequence[Dict[str, Any]], return_st
     ``return_stats`` also the counts: images_kept, images_dropped, persons_kept,
     persons_dropped_crowd, persons_dropped_no_keypoints.
     """
-    stats = Counter(images_kept=0, images_dropped=0, persons_kept=0,
-                    persons_dropped_crowd=0, persons_dropped_no_keypoints=0)
+    stats = Counter(
+        images_kept=0, images_dropped=0, persons_kept=0, persons_dropped_crowd=0, persons_dropped_no_keypoints=0
+    )
     kept_dicts = []
     for d in dataset_dicts:
         kept = []
@@ -183,9 +193,12 @@ def filter_person_annotations(dataset_dicts: Sequence[Dict[str, Any]], return_st
         else:
             stats["images_dropped"] += 1
     stats = dict(stats)
-    logger.info("Person filter: kept %(images_kept)d images, dropped %(images_dropped)d without persons; "
-                "kept %(persons_kept)d persons, dropped %(persons_dropped_crowd)d crowd and "
-                "%(persons_dropped_no_keypoints)d without labelled keypoints.", stats)
+    logger.info(
+        "Person filter: kept %(images_kept)d images, dropped %(images_dropped)d without persons; "
+        "kept %(persons_kept)d persons, dropped %(persons_dropped_crowd)d crowd and "
+        "%(persons_dropped_no_keypoints)d without labelled keypoints.",
+        stats,
+    )
     return (kept_dicts, stats) if return_stats else kept_dicts
 
 
@@ -216,8 +229,10 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
     except ValueError as e:
         raise ValueError(f"precomputed boxes file {json_file} is not valid json: {e}") from e
     if not isinstance(detections, list):
-        raise ValueError(f"precomputed boxes file {json_file}: expected a list of detections "
-                         f"(COCO results format), got {type(detections).__name__}")
+        raise ValueError(
+            f"precomputed boxes file {json_file}: expected a list of detections "
+            f"(COCO results format), got {type(detections).__name__}"
+        )
     stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_empty=0)
     per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
     for i, det in enumerate(detections):
@@ -263,22 +278,31 @@ def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file:
         b, s = boxes.get(d["image_id"], empty)
         out.append({**d, "person_boxes": b, "person_scores": s})
     without = sum(1 for d in out if len(d["person_boxes"]) == 0)
-    logger.info("Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d empty; %d kept boxes "
-                "belong to images not in the dataset; %d of %d images have no box.", json_file, stats["total"],
-                stats["kept"] - unknown, stats["dropped_category"], stats["dropped_empty"], unknown, without,
-                len(out))
+    logger.info(
+        "Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d empty; %d kept boxes "
+        "belong to images not in the dataset; %d of %d images have no box.",
+        json_file,
+        stats["total"],
+        stats["kept"] - unknown,
+        stats["dropped_category"],
+        stats["dropped_empty"],
+        unknown,
+        without,
+        len(out),
+    )
     return out
 
 
-def attach_precomputed_boxes_from_cfg(cfg, dataset_name: str, dataset_dicts: Sequence[Dict[str, Any]]
-                                      ) -> List[Dict[str, Any]]:
+def attach_precomputed_boxes_from_cfg(
+    cfg, dataset_name: str, dataset_dicts: Sequence[Dict[str, Any]]
+) -> List[Dict[str, Any]]:
     """:func:`attach_precomputed_boxes` with the file given for ``dataset_name`` in
     ``DATASETS.PRECOMPUTED_BOXES`` (same position as in ``DATASETS.TEST``). Returns the dicts
     unchanged when no file is configured."""
     if cfg.DATASETS.PRECOMPUTED_BOXES and len(cfg.DATASETS.PRECOMPUTED_BOXES) != len(cfg.DATASETS.TEST):
         raise ValueError(
             f"DATASETS.PRECOMPUTED_BOXES has {len(cfg.DATASETS.PRECOMPUTED_BOXES)} entries but DATASETS.TEST has "
-            f"{len(cfg.DATASETS.TEST)}: give one detections json (or \"\") per test dataset"
+            f'{len(cfg.DATASETS.TEST)}: give one detections json (or "") per test dataset'
         )
     files: Optional[str] = None
     if dataset_name in cfg.DATASETS.TEST:

@@ -5,6 +5,7 @@ Shape letters: (H, W) the image size.
 :func:`to_bgr_uint8` is the one conversion, used by :class:`depotr.Predictor` and the demo:
 grey, grey + alpha dropped, BGRA, 16-bit and float images all become (H, W, 3) uint8 BGR.
 """
+
 import os
 import warnings
 from typing import Union
@@ -15,8 +16,7 @@ import numpy as np
 __all__ = ["to_bgr_uint8", "read_image_bgr"]
 
 EXPECTED = (
-    "expected (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA with H, W > 0, "
-    "dtype uint8, uint16 or float in [0, 1]"
+    "expected (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA with H, W > 0, dtype uint8, uint16 or float in [0, 1]"
 )
 
 

@@ -9,6 +9,7 @@ A model's keypoints (order, left/right pairs, flip indices, OKS sigmas) come fro
 one function, :func:`keypoint_metadata_from_config`: the model, the data mappers and the error
 analysis get them from there, never from whichever datasets happen to be registered.
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -164,14 +165,18 @@ def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
     names, flip_map = tuple(model.KEYPOINT_NAMES), tuple(tuple(pair) for pair in model.KEYPOINT_FLIP_MAP)
     if not names:
         if flip_map:
-            raise ValueError("MODEL.DEPOTR.KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty; "
-                             "set both, or neither for the COCO person keypoints")
+            raise ValueError(
+                "MODEL.DEPOTR.KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty; "
+                "set both, or neither for the COCO person keypoints"
+            )
         names, flip_map = COCO_PERSON_KEYPOINT_NAMES, tuple(flip_pairs())
     if len(set(names)) != len(names):
         raise ValueError(f"MODEL.DEPOTR.KEYPOINT_NAMES {list(names)} has repeated names")
     if len(names) != model.NUM_KEYPOINTS:
-        raise ValueError(f"{len(names)} keypoint names (MODEL.DEPOTR.KEYPOINT_NAMES, empty: the COCO 17) but "
-                         f"MODEL.DEPOTR.NUM_KEYPOINTS is {model.NUM_KEYPOINTS}")
+        raise ValueError(
+            f"{len(names)} keypoint names (MODEL.DEPOTR.KEYPOINT_NAMES, empty: the COCO 17) but "
+            f"MODEL.DEPOTR.NUM_KEYPOINTS is {model.NUM_KEYPOINTS}"
+        )
     bad_pairs = [list(pair) for pair in flip_map if len(pair) != 2]
     if bad_pairs:
         raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP entries must be pairs of names, got {bad_pairs}")
@@ -193,24 +198,29 @@ def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str
         if not (hasattr(metadata, "keypoint_names") and hasattr(metadata, "keypoint_flip_map")):
             continue
         if tuple(metadata.keypoint_names) != tuple(names):
-            raise ValueError(f"dataset {dataset!r} has keypoint_names {list(metadata.keypoint_names)}, the config's "
-                             f"keypoints (MODEL.DEPOTR.KEYPOINT_NAMES, empty: COCO's) are {list(names)}")
+            raise ValueError(
+                f"dataset {dataset!r} has keypoint_names {list(metadata.keypoint_names)}, the config's "
+                f"keypoints (MODEL.DEPOTR.KEYPOINT_NAMES, empty: COCO's) are {list(names)}"
+            )
         try:
             same = tuple(create_keypoint_hflip_indices(dataset)) == tuple(indices)
         except ValueError:  # a flip map naming keypoints the dataset does not have
             same = False
         if not same:
-            raise ValueError(f"dataset {dataset!r} has keypoint_flip_map {[list(p) for p in metadata.keypoint_flip_map]}, "
-                             "which differs from the config's (MODEL.DEPOTR.KEYPOINT_FLIP_MAP, empty: COCO's) "
-                             f"{[list(pair) for pair in flip_map]}")
+            raise ValueError(
+                f"dataset {dataset!r} has keypoint_flip_map {[list(p) for p in metadata.keypoint_flip_map]}, "
+                "which differs from the config's (MODEL.DEPOTR.KEYPOINT_FLIP_MAP, empty: COCO's) "
+                f"{[list(pair) for pair in flip_map]}"
+            )
 
 
 def _oks_sigmas(cfg, names: Sequence[str]) -> Tuple[float, ...]:
     """``TEST.KEYPOINT_OKS_SIGMAS``, else the table's sigmas of ``names``."""
     if len(cfg.TEST.KEYPOINT_OKS_SIGMAS):
         if len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != len(names):
-            raise ValueError(f"TEST.KEYPOINT_OKS_SIGMAS has {len(cfg.TEST.KEYPOINT_OKS_SIGMAS)} values for "
-                             f"{len(names)} keypoints")
+            raise ValueError(
+                f"TEST.KEYPOINT_OKS_SIGMAS has {len(cfg.TEST.KEYPOINT_OKS_SIGMAS)} values for {len(names)} keypoints"
+            )
         return tuple(float(s) for s in cfg.TEST.KEYPOINT_OKS_SIGMAS)
     table = {row[0]: row[2] for row in COCO_PERSON_KEYPOINT_TABLE}
     unknown = [name for name in names if name not in table]

@@ -5,6 +5,7 @@ keypoint, the shares of visible (v = 2), occluded (v = 1) and unlabelled / outsi
 among the non-crowd person annotations stay within ``tolerance_pp`` percentage points of the
 full set's. Used by ``tools/make_subset.py``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,13 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_visibility_distributions", "select_subset", "subset_coco", "visibility_counts",
-           "visibility_distribution"]
+__all__ = [
+    "plot_visibility_distributions",
+    "select_subset",
+    "subset_coco",
+    "visibility_counts",
+    "visibility_distribution",
+]
 
 # Columns of the distributions: v = 2, v = 1, v = 0.
 VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v=0)")
@@ -73,8 +79,15 @@ def visibility_distribution(coco: Dict[str, Any], image_ids: Optional[Sequence[i
     return counts.sum(0) / total
 
 
-def select_subset(coco: Dict[str, Any], fraction: float, seed: int = 0, tolerance_pp: float = 1.0,
-                  max_steps: int = 20000, batch: int = 512, patience: int = 300) -> List[int]:
+def select_subset(
+    coco: Dict[str, Any],
+    fraction: float,
+    seed: int = 0,
+    tolerance_pp: float = 1.0,
+    max_steps: int = 20000,
+    batch: int = 512,
+    patience: int = 300,
+) -> List[int]:
     """Image ids of a random subset of ``round(fraction * I)`` images whose per-keypoint
     visibility shares deviate from the full set's by less than ``tolerance_pp`` percentage
     points (max over keypoints and v), found by greedy swaps: each step tries ``batch``
@@ -121,10 +134,11 @@ def select_subset(coco: Dict[str, Any], fraction: float, seed: int = 0, toleranc
             total, people = t[best], float(p[best])
             inside[a[best]], outside[b[best]] = j[best], i[best]
     if dev >= tolerance_pp:
-        raise ValueError(f"no subset of {m} of {n} images keeps the visibility shares within {tolerance_pp} pp "
-                         f"(best {dev:.2f} pp after {steps} swap steps); use a larger fraction")
-    logger.info("Subset: %d of %d images, max visibility-share deviation %.3f pp after %d steps.",
-                m, n, dev, steps)
+        raise ValueError(
+            f"no subset of {m} of {n} images keeps the visibility shares within {tolerance_pp} pp "
+            f"(best {dev:.2f} pp after {steps} swap steps); use a larger fraction"
+        )
+    logger.info("Subset: %d of %d images, max visibility-share deviation %.3f pp after %d steps.", m, n, dev, steps)
     return sorted(int(ids[k]) for k in inside)
 
 
@@ -137,8 +151,9 @@ def subset_coco(coco: Dict[str, Any], image_ids: Sequence[int]) -> Dict[str, Any
     return out
 
 
-def plot_visibility_distributions(full: np.ndarray, subset: np.ndarray, names: Sequence[str], path: str,
-                                  title: str = "") -> None:
+def plot_visibility_distributions(
+    full: np.ndarray, subset: np.ndarray, names: Sequence[str], path: str, title: str = ""
+) -> None:
     """Bar chart PNG (Agg, no pyplot state) of the (K, 3) shares of the full set and subset."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

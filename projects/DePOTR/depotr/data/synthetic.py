@@ -47,6 +47,7 @@ is that mask's pixel count (COCO's segment area, the OKS scale). Annotations als
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i])`` only, so
 images can be rendered in any order by any number of processes with identical results.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,7 +123,9 @@ EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {
 # swing in opposition), "arms" = walk with each arm anywhere within its limits, "sit" =
 # sitting or crouching, "free" = every angle near rest (50 %) or anywhere within its limits.
 _POSE_KINDS = (("walk", 0.6), ("arms", 0.15), ("sit", 0.1), ("free", 0.15))
-_PER_SIDE_JOINTS = {k for k in JOINT_LIMITS_DEG if k.split("_")[0] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")}
+_PER_SIDE_JOINTS = {
+    k for k in JOINT_LIMITS_DEG if k.split("_")[0] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+}
 
 # Parts; the label map stores 1 + 16 * person + part, 255 for occluders, 0 for background.
 _TORSO, _NECK, _HEAD = 0, 1, 2
@@ -131,10 +134,22 @@ _PARTS_PER_PERSON = 16
 _OCCLUDER_LABEL = 255
 
 # RGB skin and hair palettes (reversed to BGR where used).
-_SKIN_RGB = np.array([(255, 224, 189), (241, 194, 125), (224, 172, 105), (198, 134, 66),
-                      (141, 85, 36), (92, 51, 23), (255, 205, 148), (234, 192, 134)], np.float32)
-_HAIR_RGB = np.array([(20, 20, 20), (60, 40, 30), (110, 70, 40), (200, 170, 100),
-                      (150, 150, 150), (120, 40, 20)], np.float32)
+_SKIN_RGB = np.array(
+    [
+        (255, 224, 189),
+        (241, 194, 125),
+        (224, 172, 105),
+        (198, 134, 66),
+        (141, 85, 36),
+        (92, 51, 23),
+        (255, 205, 148),
+        (234, 192, 134),
+    ],
+    np.float32,
+)
+_HAIR_RGB = np.array(
+    [(20, 20, 20), (60, 40, 30), (110, 70, 40), (200, 170, 100), (150, 150, 150), (120, 40, 20)], np.float32
+)
 
 _SHIFT = 4  # cv2 sub-pixel bits
 _ONE = 1 << _SHIFT
@@ -144,8 +159,15 @@ def coco_categories() -> List[Dict[str, Any]]:
     """The COCO ``categories`` entry: person, keypoint names and 1-based skeleton from the
     metadata table."""
     skeleton = [[_KP[a] + 1, _KP[b] + 1] for a, b, _ in COCO_PERSON_SKELETON]
-    return [{"id": 1, "name": "person", "supercategory": "person",
-             "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": skeleton}]
+    return [
+        {
+            "id": 1,
+            "name": "person",
+            "supercategory": "person",
+            "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
+            "skeleton": skeleton,
+        }
+    ]
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,13 +226,29 @@ def _sample_shape(rng: np.random.Generator) -> Dict[str, float]:
     j = lambda v, r=0.07: v * float(rng.uniform(1.0 - r, 1.0 + r))  # noqa: E731
     girth = float(rng.uniform(0.85, 1.3))
     return {
-        "torso": j(0.29), "shoulder_width": j(0.23, 0.1), "hip_width": j(0.15, 0.1),
-        "neck": j(0.115), "head_rx": j(0.047, 0.05), "head_ry": j(0.062, 0.05), "head_rz": j(0.056, 0.05),
-        "upper_arm": j(0.18), "forearm": j(0.15), "hand": j(0.085),
-        "thigh": j(0.245), "shin": j(0.245), "foot": j(0.13), "ankle_height": 0.035,
-        "w_neck": 0.05 * girth, "w_upper_arm": 0.055 * girth, "w_elbow": 0.045 * girth,
-        "w_wrist": 0.032 * girth, "w_hand": 0.036 * girth, "w_thigh": 0.085 * girth,
-        "w_knee": 0.06 * girth, "w_ankle": 0.04 * girth, "w_foot": 0.04 * girth,
+        "torso": j(0.29),
+        "shoulder_width": j(0.23, 0.1),
+        "hip_width": j(0.15, 0.1),
+        "neck": j(0.115),
+        "head_rx": j(0.047, 0.05),
+        "head_ry": j(0.062, 0.05),
+        "head_rz": j(0.056, 0.05),
+        "upper_arm": j(0.18),
+        "forearm": j(0.15),
+        "hand": j(0.085),
+        "thigh": j(0.245),
+        "shin": j(0.245),
+        "foot": j(0.13),
+        "ankle_height": 0.035,
+        "w_neck": 0.05 * girth,
+        "w_upper_arm": 0.055 * girth,
+        "w_elbow": 0.045 * girth,
+        "w_wrist": 0.032 * girth,
+        "w_hand": 0.036 * girth,
+        "w_thigh": 0.085 * girth,
+        "w_knee": 0.06 * girth,
+        "w_ankle": 0.04 * girth,
+        "w_foot": 0.04 * girth,
         "torso_depth": 0.06 * girth,
     }
 
@@ -238,10 +276,19 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
         foot_dir = r_knee @ _rx(-(math.pi / 2 + a("ankle_flex"))) @ _DOWN
         sole = ankle + r_knee @ _DOWN * shape["ankle_height"]
         heel = sole - 0.2 * shape["foot"] * foot_dir
-        p.update({f"{side}_shoulder": shoulder, f"{side}_elbow": elbow, f"{side}_wrist": wrist,
-                  f"{side}_hand_tip": hand_tip, f"{side}_hip": hip, f"{side}_knee": knee,
-                  f"{side}_ankle": ankle, f"{side}_heel": heel,
-                  f"{side}_toe": heel + shape["foot"] * foot_dir})
+        p.update(
+            {
+                f"{side}_shoulder": shoulder,
+                f"{side}_elbow": elbow,
+                f"{side}_wrist": wrist,
+                f"{side}_hand_tip": hand_tip,
+                f"{side}_hip": hip,
+                f"{side}_knee": knee,
+                f"{side}_ankle": ankle,
+                f"{side}_heel": heel,
+                f"{side}_toe": heel + shape["foot"] * foot_dir,
+            }
+        )
         # Torso outline: a box of depth 2 * torso_depth through shoulders and (wider) hips.
         for k, depth in enumerate((-1.0, 1.0)):
             d = np.array([0.0, 0.0, depth * shape["torso_depth"]])
@@ -253,12 +300,16 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
         front = 1.05 * shape["torso_depth"]
         p[f"print_{side}_collar"] = neck + r_torso @ np.array([sgn * shape["shoulder_width"] * 0.2, -0.012, front])
         for k, y in enumerate((0.62, 0.72)):
-            p[f"print_{side}_band_{k}"] = r_torso @ np.array([sgn * shape["shoulder_width"] * 0.42, y * shape["torso"], front])
+            p[f"print_{side}_band_{k}"] = r_torso @ np.array(
+                [sgn * shape["shoulder_width"] * 0.42, y * shape["torso"], front]
+            )
     p["print_collar_tip"] = neck + r_torso @ np.array([0.0, -0.3 * shape["torso"], 1.05 * shape["torso_depth"]])
     p["torso_front"] = r_torso @ np.array([0.0, 0.5 * shape["torso"], shape["torso_depth"]])
     p["torso_back"] = r_torso @ np.array([0.0, 0.5 * shape["torso"], -shape["torso_depth"]])
     r_head = r_torso @ _ry(pose["head_yaw"]) @ _rx(pose["head_pitch"]) @ _rz(pose["head_roll"])
-    p["head_center"] = neck + r_torso @ np.array([0.0, 0.05, 0.0]) + r_head @ np.array([0.0, shape["neck"] - 0.05, 0.008])
+    p["head_center"] = (
+        neck + r_torso @ np.array([0.0, 0.05, 0.0]) + r_head @ np.array([0.0, shape["neck"] - 0.05, 0.008])
+    )
     return p, r_head
 
 
@@ -291,8 +342,9 @@ def _capsule(p1: np.ndarray, p2: np.ndarray, r1: float, r2: float) -> np.ndarray
     ang = math.atan2(d[1], d[0]) if float(np.hypot(d[0], d[1])) > 1e-6 else 0.0
     t2 = ang + _ARC
     t1 = t2 + math.pi
-    return np.concatenate([p2 + r2 * np.stack([np.cos(t2), np.sin(t2)], 1),
-                           p1 + r1 * np.stack([np.cos(t1), np.sin(t1)], 1)])
+    return np.concatenate(
+        [p2 + r2 * np.stack([np.cos(t2), np.sin(t2)], 1), p1 + r1 * np.stack([np.cos(t1), np.sin(t1)], 1)]
+    )
 
 
 def _draw_polygon(img: np.ndarray, labels: np.ndarray, pts: np.ndarray, colour: np.ndarray, label: int) -> None:
@@ -303,9 +355,16 @@ def _draw_polygon(img: np.ndarray, labels: np.ndarray, pts: np.ndarray, colour: 
     cv2.fillPoly(labels, fp, label, cv2.LINE_8, _SHIFT)
 
 
-def _draw_disc(img: np.ndarray, labels: Optional[np.ndarray], center: np.ndarray, radius: float,
-               colour: Sequence[float], label: int = 0, axes: Tuple[float, float] = (1.0, 1.0),
-               angle: float = 0.0) -> None:
+def _draw_disc(
+    img: np.ndarray,
+    labels: Optional[np.ndarray],
+    center: np.ndarray,
+    radius: float,
+    colour: Sequence[float],
+    label: int = 0,
+    axes: Tuple[float, float] = (1.0, 1.0),
+    angle: float = 0.0,
+) -> None:
     c = tuple(int(v) for v in _fixed(center))
     ax = (max(1, int(round(radius * axes[0] * _ONE))), max(1, int(round(radius * axes[1] * _ONE))))
     cv2.ellipse(img, c, ax, angle, 0, 360, tuple(float(v) for v in colour), -1, cv2.LINE_AA, _SHIFT)
@@ -327,13 +386,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     low = 32  # both the gradient and the noise are smooth: draw them small, then upsample
     yy, xx = np.mgrid[0:low, 0:low].astype(np.float32) / low
     a = rng.uniform(0, 2 * math.pi)
-    t = (xx * math.cos(a) + yy * math.sin(a))
+    t = xx * math.cos(a) + yy * math.sin(a)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     c0, c1 = _random_colour(rng, (0, 0.8), (0.1, 1.0)), _random_colour(rng, (0, 0.8), (0.1, 1.0))
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     grid = int(rng.choice([3, 6, 12]))
-    noise = cv2.resize(rng.standard_normal((grid, grid, 3), dtype=np.float32), (low, low),
-                       interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.standard_normal((grid, grid, 3), dtype=np.float32), (low, low), interpolation=cv2.INTER_CUBIC
+    )
     img += noise * rng.uniform(8.0, 35.0)
     img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(3, 12))):
@@ -346,8 +406,17 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
             box = ((float(x0), float(y0)), (float(w), float(h)), float(rng.uniform(0, 180)))
             cv2.drawContours(img, [np.int32(cv2.boxPoints(box))], 0, colour, thick, cv2.LINE_AA)
         elif kind == 1:
-            cv2.ellipse(img, (int(x0), int(y0)), (int(w / 2) + 1, int(h / 2) + 1), float(rng.uniform(0, 180)),
-                        0, 360, colour, thick, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (int(x0), int(y0)),
+                (int(w / 2) + 1, int(h / 2) + 1),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                colour,
+                thick,
+                cv2.LINE_AA,
+            )
         elif kind == 2:
             x1, y1 = rng.uniform(-0.1, 1.1, 2) * size
             cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), colour, int(rng.integers(1, 8)), cv2.LINE_AA)
@@ -388,9 +457,17 @@ def _make_person(rng: np.random.Generator, stature_px: float) -> Tuple[_Person, 
     head_rot = cam @ r_head
     s = stature_px
     xy = np.stack([xyz[:, 0] * s, -xyz[:, 1] * s], 1)
-    person = _Person(points2d=dict(zip(names, xy)), depth=dict(zip(names, xyz[:, 2].tolist())),
-                     head_center=xyz[names.index("head_center")], head_rot=head_rot, scale=s,
-                     origin=np.zeros(2), shape=shape, yaw=float(yaw), roll=float(roll))
+    person = _Person(
+        points2d=dict(zip(names, xy)),
+        depth=dict(zip(names, xyz[:, 2].tolist())),
+        head_center=xyz[names.index("head_center")],
+        head_rot=head_rot,
+        scale=s,
+        origin=np.zeros(2),
+        shape=shape,
+        yaw=float(yaw),
+        roll=float(roll),
+    )
     pad = max(shape["head_ry"], shape["w_thigh"]) * s
     extent = np.concatenate([xy.min(0) - pad, xy.max(0) + pad])
     return person, extent
@@ -411,8 +488,16 @@ def _face_landmarks(person: _Person) -> Dict[str, Tuple[np.ndarray, bool]]:
     return out
 
 
-def _draw_head(img: np.ndarray, labels: np.ndarray, person: _Person, label: int,
-               skin: np.ndarray, hair: np.ndarray, hair_line: float, rng_feat: Dict[str, Any]) -> None:
+def _draw_head(
+    img: np.ndarray,
+    labels: np.ndarray,
+    person: _Person,
+    label: int,
+    skin: np.ndarray,
+    hair: np.ndarray,
+    hair_line: float,
+    rng_feat: Dict[str, Any],
+) -> None:
     """Ray-casts the head ellipsoid (hair on top/back, shaded skin) and draws face features."""
     sh, s = person.shape, person.scale
     radii = np.array([sh["head_rx"], sh["head_ry"], sh["head_rz"]])
@@ -423,7 +508,7 @@ def _draw_head(img: np.ndarray, labels: np.ndarray, person: _Person, label: int,
     y0, y1 = max(int(c2d[1] - rmax), 0), min(int(c2d[1] + rmax) + 1, h)
     if x0 < x1 and y0 < y1:
         rot = person.head_rot
-        quad = rot @ np.diag(1.0 / radii ** 2) @ rot.T
+        quad = rot @ np.diag(1.0 / radii**2) @ rot.T
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         dx, dy = (xx - c2d[0]) / s, -(yy - c2d[1]) / s
         qa = quad[2, 2]
@@ -501,13 +586,22 @@ def _render_person(img: np.ndarray, person: _Person, rng: np.random.Generator) -
     items.append((torso_z, len(items), lambda: _draw_polygon(img, layer, hull, shirt, _TORSO + 1)))
     if Z["torso_front"] > Z["torso_back"] + 0.02:  # the front faces the camera: its print shows
         collar = np.stack([P["print_left_collar"], P["print_collar_tip"], P["print_right_collar"]])
-        band = np.stack([P["print_left_band_0"], P["print_right_band_0"], P["print_right_band_1"], P["print_left_band_1"]])
+        band = np.stack(
+            [P["print_left_band_0"], P["print_right_band_0"], P["print_right_band_1"], P["print_left_band_1"]]
+        )
         for poly in (collar, band):
-            items.append((torso_z + 1e-4, len(items), lambda poly=poly: _draw_polygon(img, layer, poly, print_colour, _TORSO + 1)))
+            items.append(
+                (
+                    torso_z + 1e-4,
+                    len(items),
+                    lambda poly=poly: _draw_polygon(img, layer, poly, print_colour, _TORSO + 1),
+                )
+            )
     limb(_NECK, "neck", "head_center", sh["w_neck"], sh["w_neck"] * 0.9, skin, 0.002)
     head_z = person.head_center[2] + 0.05
-    items.append((head_z, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, skin, hair, hair_line,
-                                                         {"iris": iris})))
+    items.append(
+        (head_z, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, skin, hair, hair_line, {"iris": iris}))
+    )
     for k, (side, _) in enumerate(_SIDES):
         limb(_UPPER_ARM + k, f"{side}_shoulder", f"{side}_elbow", sh["w_upper_arm"], sh["w_elbow"], shirt, 0.01)
         limb(_FOREARM + k, f"{side}_elbow", f"{side}_wrist", sh["w_elbow"], sh["w_wrist"], forearm_col, 0.011)
@@ -531,9 +625,14 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
         return (_HEAD,)
     side, joint = name.split("_", 1)
     k = 0 if side == "left" else 1
-    owners = {"shoulder": (_UPPER_ARM, _TORSO), "elbow": (_UPPER_ARM, _FOREARM),
-              "wrist": (_FOREARM, _HAND), "hip": (_THIGH, _TORSO), "knee": (_THIGH, _SHIN),
-              "ankle": (_SHIN, _FOOT)}[joint]
+    owners = {
+        "shoulder": (_UPPER_ARM, _TORSO),
+        "elbow": (_UPPER_ARM, _FOREARM),
+        "wrist": (_FOREARM, _HAND),
+        "hip": (_THIGH, _TORSO),
+        "knee": (_THIGH, _SHIN),
+        "ankle": (_SHIN, _FOOT),
+    }[joint]
     parts = []
     for part in owners:
         if part == _TORSO:
@@ -548,8 +647,9 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
     return tuple(parts)
 
 
-def _draw_occluder(img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, center: np.ndarray,
-                   size: float) -> None:
+def _draw_occluder(
+    img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, center: np.ndarray, size: float
+) -> None:
     mask = np.zeros(labels.shape, np.uint8)
     w, h = rng.uniform(0.4, 1.0, 2) * size
     angle = float(rng.uniform(0, 180))
@@ -557,8 +657,18 @@ def _draw_occluder(img: np.ndarray, labels: np.ndarray, rng: np.random.Generator
         box = cv2.boxPoints(((float(center[0]), float(center[1])), (float(w), float(h)), angle))
         cv2.fillPoly(mask, [_fixed(box)], 1, cv2.LINE_8, _SHIFT)
     else:
-        cv2.ellipse(mask, tuple(int(v) for v in _fixed(center)), (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1),
-                    angle, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
+        cv2.ellipse(
+            mask,
+            tuple(int(v) for v in _fixed(center)),
+            (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1),
+            angle,
+            0,
+            360,
+            1,
+            -1,
+            cv2.LINE_8,
+            _SHIFT,
+        )
     sel = mask.astype(bool)
     if not sel.any():
         return
@@ -585,11 +695,12 @@ def _sensor_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     if _NOISE_BANK is None or _NOISE_BANK.shape[0] < 2 * size:
         _NOISE_BANK = np.random.default_rng(20240531).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
     ox, oy = rng.integers(0, _NOISE_BANK.shape[0] - size + 1, 2)
-    return _NOISE_BANK[oy:oy + size, ox:ox + size]
+    return _NOISE_BANK[oy : oy + size, ox : ox + size]
 
 
-def render_synthetic_image(seed: int, split_code: int, index: int, image_size: int = DEFAULT_IMAGE_SIZE
-                           ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+def render_synthetic_image(
+    seed: int, split_code: int, index: int, image_size: int = DEFAULT_IMAGE_SIZE
+) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Renders image ``index`` of a split.
 
     Returns:
@@ -672,10 +783,19 @@ def render_synthetic_image(seed: int, split_code: int, index: int, image_size: i
             lab = int(labels[int(round(y)), int(round(x))])
             own = {1 + i * _PARTS_PER_PERSON + p for p in _keypoint_owners(name, person)}
             kps += [round(float(x), 2), round(float(y), 2), 2 if lab in own else 1]
-        annotations.append({
-            "bbox": bbox, "area": area, "iscrowd": 0, "category_id": 1,
-            "keypoints": kps, "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
-            "synthetic": {"yaw_deg": round(person.yaw, 2), "rotation_deg": round(person.roll, 2),
-                          "stature_px": round(person.scale, 2)},
-        })
+        annotations.append(
+            {
+                "bbox": bbox,
+                "area": area,
+                "iscrowd": 0,
+                "category_id": 1,
+                "keypoints": kps,
+                "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
+                "synthetic": {
+                    "yaw_deg": round(person.yaw, 2),
+                    "rotation_deg": round(person.roll, 2),
+                    "stature_px": round(person.scale, 2),
+                },
+            }
+        )
     return img, annotations

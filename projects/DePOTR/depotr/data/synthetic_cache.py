@@ -15,6 +15,7 @@ by the next generation of that entry. On every use the entry is checked cheaply 
 the manifest present with its size, ``annotations.json`` parses and holds ``num_images``
 images); a failed check is an error naming the file, not a silent regeneration.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,19 +54,28 @@ def synthetic_entry_name(split: str, num_images: int, seed: int, image_size: int
     return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{GENERATOR_VERSION}"
 
 
-def synthetic_split_paths(root: str, split: str, num_images: int, seed: int,
-                          image_size: int = DEFAULT_IMAGE_SIZE) -> Dict[str, str]:
+def synthetic_split_paths(
+    root: str, split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+) -> Dict[str, str]:
     """Paths of a spec's cache entry inside ``root``: ``split_dir`` (the entry), ``json_file``,
     ``image_root`` and ``manifest``."""
     split_dir = os.path.join(root, synthetic_entry_name(split, num_images, seed, image_size))
-    return {"split_dir": split_dir, "json_file": os.path.join(split_dir, ANNOTATIONS_NAME),
-            "image_root": os.path.join(split_dir, IMAGES_DIR),
-            "manifest": os.path.join(split_dir, MANIFEST_NAME)}
+    return {
+        "split_dir": split_dir,
+        "json_file": os.path.join(split_dir, ANNOTATIONS_NAME),
+        "image_root": os.path.join(split_dir, IMAGES_DIR),
+        "manifest": os.path.join(split_dir, MANIFEST_NAME),
+    }
 
 
 def _spec(split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "split": split, "seed": int(seed),
-            "num_images": int(num_images), "image_size": int(image_size)}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "split": split,
+        "seed": int(seed),
+        "num_images": int(num_images),
+        "image_size": int(image_size),
+    }
 
 
 @contextlib.contextmanager
@@ -93,8 +103,14 @@ def _render_job(args: Tuple[int, int, int, int, str, int]) -> Tuple[Dict[str, An
     return image, annos, os.path.getsize(path)
 
 
-def generate_synthetic_split(out_dir: str, split: str, num_images: int, seed: int,
-                             image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
+def generate_synthetic_split(
+    out_dir: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    num_workers: Optional[int] = None,
+) -> str:
     """Renders a split into the new or empty folder ``out_dir`` (``images/``,
     ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No locking and no
     atomicity: :func:`ensure_synthetic_split` adds both.
@@ -112,8 +128,9 @@ def generate_synthetic_split(out_dir: str, split: str, num_images: int, seed: in
         num_workers = min(os.cpu_count() or 1, 8)
     quality_rng = np.random.default_rng([int(seed), SPLIT_CODES[split], 2**31 - 1])
     qualities = quality_rng.integers(0, 2**31 - 1, max(num_images, 1))
-    jobs = [(int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i]))
-            for i in range(num_images)]
+    jobs = [
+        (int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i])) for i in range(num_images)
+    ]
     start = time.perf_counter()
     if num_workers <= 1 or num_images < 32:
         results = [_render_job(job) for job in jobs]
@@ -132,8 +149,11 @@ def generate_synthetic_split(out_dir: str, split: str, num_images: int, seed: in
             anno.update(id=len(annotations) + 1, image_id=image["id"])
             annotations.append(anno)
     dataset = {
-        "info": {"description": f"DePOTR synthetic persons ({split})", "version": str(GENERATOR_VERSION),
-                 "seed": int(seed)},
+        "info": {
+            "description": f"DePOTR synthetic persons ({split})",
+            "version": str(GENERATOR_VERSION),
+            "seed": int(seed),
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -145,17 +165,25 @@ def generate_synthetic_split(out_dir: str, split: str, num_images: int, seed: in
     files[ANNOTATIONS_NAME] = os.path.getsize(json_file)
     seconds = time.perf_counter() - start
     manifest = _spec(split, num_images, seed, image_size)
-    manifest.update(num_annotations=len(annotations), seconds=round(seconds, 2), num_workers=num_workers,
-                    files=files)
+    manifest.update(num_annotations=len(annotations), seconds=round(seconds, 2), num_workers=num_workers, files=files)
     with open(os.path.join(out_dir, MANIFEST_NAME), "w") as f:
         json.dump(manifest, f)
-    logger.info("Generated %d synthetic %s images (%d persons) in %s in %.1f s (%.0f images/s, %d workers).",
-                num_images, split, len(annotations), out_dir, seconds, num_images / max(seconds, 1e-9), num_workers)
+    logger.info(
+        "Generated %d synthetic %s images (%d persons) in %s in %.1f s (%.0f images/s, %d workers).",
+        num_images,
+        split,
+        len(annotations),
+        out_dir,
+        seconds,
+        num_images / max(seconds, 1e-9),
+        num_workers,
+    )
     return json_file
 
 
-def verify_synthetic_split(paths: Dict[str, str], split: str, num_images: int, seed: int,
-                           image_size: int = DEFAULT_IMAGE_SIZE) -> None:
+def verify_synthetic_split(
+    paths: Dict[str, str], split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+) -> None:
     """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`):
     the manifest matches the spec, every file it lists exists with its size, and
     ``annotations.json`` parses and lists ``num_images`` images.
@@ -206,8 +234,14 @@ def _remove_stale_temporaries(root: str, entry_name: str) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def ensure_synthetic_split(root: str, split: str, num_images: int, seed: int,
-                           image_size: int = DEFAULT_IMAGE_SIZE, num_workers: Optional[int] = None) -> str:
+def ensure_synthetic_split(
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    num_workers: Optional[int] = None,
+) -> str:
     """Returns the json of a spec's cache entry in ``root``, rendering the entry first when it
     does not exist (see the module docstring), and checks it with
     :func:`verify_synthetic_split`."""

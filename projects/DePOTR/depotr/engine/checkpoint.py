@@ -17,6 +17,7 @@ does. The weights of a configured person detector (``MODEL.DEPOTR.DETECTOR``) ar
 their own file and are not required. A file torch cannot read is a ``ValueError`` naming it (and,
 for ``--resume``, the newest complete earlier checkpoint).
 """
+
 import glob
 import logging
 import os
@@ -24,6 +25,7 @@ import zipfile
 from typing import Any, Dict, List, Tuple
 
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import Backbone
 
@@ -67,8 +69,9 @@ def _is_complete_checkpoint(path: str) -> bool:
 class DePOTRCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves and strict loading (module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, save_dir: str = "", *, allow_backbone_only: bool = False,
-                 **checkpointables: Any):
+    def __init__(
+        self, model: torch.nn.Module, save_dir: str = "", *, allow_backbone_only: bool = False, **checkpointables: Any
+    ):
         """
         Args:
             model, save_dir, checkpointables: as ``DetectionCheckpointer``.
@@ -145,26 +148,40 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         weights = [k for k in loaded if not k.endswith(_COUNTER_SUFFIX)]
         where = f"checkpoint {self._path}"
         if not weights:
-            raise ValueError(f"{where} holds none of the model's {len(expected)} parameters and buffers "
-                             f"(it holds {_listing(incompatible.unexpected_keys)})")
+            raise ValueError(
+                f"{where} holds none of the model's {len(expected)} parameters and buffers "
+                f"(it holds {_listing(incompatible.unexpected_keys)})"
+            )
         backbone = self._backbone_prefixes()
         backbone_only = not mismatched and bool(backbone and weights) and all(k.startswith(backbone) for k in weights)
         if backbone_only and self.allow_backbone_only and self._initialising:
             groups = sorted({".".join(k.split(".")[:3]) for k in missing})
-            logger.info("%s holds backbone weights only: loaded %d of the model's %d parameters and buffers; "
-                        "the other %d (%s) keep their random initialisation.", where, len(loaded), len(expected),
-                        len(missing), _listing(groups))
+            logger.info(
+                "%s holds backbone weights only: loaded %d of the model's %d parameters and buffers; "
+                "the other %d (%s) keep their random initialisation.",
+                where,
+                len(loaded),
+                len(expected),
+                len(missing),
+                _listing(groups),
+            )
             return incompatible
         problems = []
         if missing:
             problems.append(f"{len(missing)} are not in it: {_listing(missing)}")
         if mismatched:
-            problems.append(f"{len(mismatched)} have another shape: " + _listing(
-                [f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched]))
-        kind = ("holds backbone weights only, which can start a training run but not be evaluated or resumed"
-                if backbone_only else "does not fit the model (a checkpoint of another config?)")
-        raise ValueError(f"{where} {kind}: of the model's {len(expected)} parameters and buffers, "
-                         + "; ".join(problems))
+            problems.append(
+                f"{len(mismatched)} have another shape: "
+                + _listing([f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched])
+            )
+        kind = (
+            "holds backbone weights only, which can start a training run but not be evaluated or resumed"
+            if backbone_only
+            else "does not fit the model (a checkpoint of another config?)"
+        )
+        raise ValueError(
+            f"{where} {kind}: of the model's {len(expected)} parameters and buffers, " + "; ".join(problems)
+        )
 
     def _required_keys(self) -> List[str]:
         """State-dict keys the file must provide: all but those of a person detector."""

@@ -14,6 +14,7 @@ Items:
 3. ``create_local_process_group`` and ``launch_cpu_processes``: multi-process training on CPU.
 4. ``has_fast_coco_eval``: whether ``COCOEvaluator(use_fast_impl=True)`` can run.
 """
+
 import functools
 import inspect
 import logging
@@ -25,6 +26,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data.common import MapDataset
@@ -32,7 +35,6 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ __all__ = [
 
 
 # --- 1. DefaultTrainer -------------------------------------------------------------------------
+
 
 def create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
     """Wraps ``model`` in DDP when there are several processes: on GPU with this process'
@@ -141,6 +144,7 @@ class CompatDefaultTrainer(DefaultTrainer):
 
 # --- 2. MapDataset -----------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def _map_dataset_retry_works() -> bool:
     """Whether Detectron2's ``MapDataset`` replaces an element its map skipped (returned None)
@@ -192,6 +196,7 @@ def map_dataset(dataset: torch.utils.data.Dataset, map_func: Callable) -> MapDat
 
 # --- 3. Processes on CPU -----------------------------------------------------------------------
 
+
 def create_local_process_group(num_per_machine: int) -> None:
     """Creates Detectron2's group of the processes on this machine (``comm.get_local_rank``
     needs it); call it in every process after ``init_process_group``."""
@@ -238,8 +243,15 @@ def launch_cpu_processes(
     with its share of the cores (Detectron2's ``launch`` gives each all of them)."""
     worker = functools.partial(_run_with_core_share, main_func, num_per_machine)
     if _detectron2_launch_runs_on_cpu():
-        detectron2_launch(worker, num_per_machine, num_machines=num_machines, machine_rank=machine_rank,
-                          dist_url=dist_url, args=args, timeout=timeout)
+        detectron2_launch(
+            worker,
+            num_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+            timeout=timeout,
+        )
         return
     world_size = num_machines * num_per_machine
     mp.spawn(

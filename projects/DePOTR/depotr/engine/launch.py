@@ -4,10 +4,12 @@ One process, or GPUs: Detectron2's own ``launch``. Several processes without CUD
 N`` then means N processes): gloo processes that share the cores
 (:func:`depotr.engine.compat.launch_cpu_processes`; Detectron2 v0.6's ``launch`` cannot do it).
 """
+
 from datetime import timedelta
 from typing import Callable, Sequence
 
 import torch
+
 from detectron2.engine import launch as detectron2_launch
 
 from .compat import launch_cpu_processes
@@ -29,8 +31,13 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1 or torch.cuda.is_available():
         detectron2_launch(
-            main_func, num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
-            dist_url=dist_url, args=tuple(args), timeout=timeout,
+            main_func,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=tuple(args),
+            timeout=timeout,
         )
         return
     if dist_url == "auto":

@@ -10,6 +10,7 @@
 * :func:`drop_metrics_after`: a resumed run first drops the ``metrics.json`` rows that the
   dead run wrote after its last checkpoint, which the resumed run writes again.
 """
+
 import atexit
 import contextlib
 import fcntl
@@ -51,11 +52,17 @@ class OutputDirLock:
             return
         self._logged = True
         if self.previous_owner is not None:
-            logger.warning("Took over %s from a run that died without releasing it: %s",
-                           os.path.dirname(self.path), _describe(self.previous_owner))
+            logger.warning(
+                "Took over %s from a run that died without releasing it: %s",
+                os.path.dirname(self.path),
+                _describe(self.previous_owner),
+            )
         if self.removed_temporaries:
-            logger.info("Removed %d temporary files of interrupted writes: %s", len(self.removed_temporaries),
-                        ", ".join(self.removed_temporaries))
+            logger.info(
+                "Removed %d temporary files of interrupted writes: %s",
+                len(self.removed_temporaries),
+                ", ".join(self.removed_temporaries),
+            )
 
     def release(self) -> None:
         """Deletes the lock file and drops the lock (the folder is free again)."""
@@ -133,9 +140,13 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
             owner = _read_owner(f.fileno()) or {}
         ending = ""
         if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid")):
-            ending = " (its main process has exited; processes it forked, e.g. data loader workers, still hold the lock)"
-        raise RuntimeError(f"OUTPUT_DIR {folder} is in use by another run ({_describe(owner)}){ending}; wait for "
-                           "it to finish or give this run another OUTPUT_DIR")
+            ending = (
+                " (its main process has exited; processes it forked, e.g. data loader workers, still hold the lock)"
+            )
+        raise RuntimeError(
+            f"OUTPUT_DIR {folder} is in use by another run ({_describe(owner)}){ending}; wait for "
+            "it to finish or give this run another OUTPUT_DIR"
+        )
     previous = _read_owner(fd)
     if previous is not None and not (resume or eval_only):
         os.close(fd)
@@ -168,8 +179,12 @@ def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
         f.seek(0)
         f.writelines(kept)
         f.truncate()
-    logger.info("Dropped %d rows of iterations >= %d (written after the last checkpoint) or cut short from %s.",
-                len(lines) - len(kept), start_iter, metrics_file)
+    logger.info(
+        "Dropped %d rows of iterations >= %d (written after the last checkpoint) or cut short from %s.",
+        len(lines) - len(kept),
+        start_iter,
+        metrics_file,
+    )
     return len(lines) - len(kept)
 
 

@@ -1,6 +1,7 @@
 """DePOTR's trainer: Detectron2's ``DefaultTrainer`` with DePOTR's data, optimizer, schedule,
 evaluator, atomic checkpoints, CPU-capable DDP and exactly resumable iterations (what differs
 between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
+
 import functools
 import itertools
 import logging
@@ -8,6 +9,7 @@ import os
 from typing import List, Optional
 
 import torch
+
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
@@ -118,4 +120,3 @@ class Trainer(CompatDefaultTrainer):
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
         return build_lr_scheduler(cfg, optimizer)
-

@@ -8,6 +8,7 @@ over the labelled keypoints of the training persons,
 is placed in every ground-truth box of the evaluated set, (x0 + m_kx w, y0 + m_ky h), with score
 1 for every person. Its OKS AP says how much of a model's AP a fixed pose in the right box earns.
 """
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -15,7 +16,6 @@ import numpy as np
 from .error_analysis import METRIC_NAMES, build_coco, check_ground_truth, evaluate_keypoints, resolve_sigmas
 
 __all__ = ["mean_pose", "mean_pose_results", "mean_pose_baseline_metrics"]
-
 
 
 def mean_pose(train_gt: Dict[str, Any]) -> np.ndarray:
@@ -34,7 +34,9 @@ def mean_pose(train_gt: Dict[str, Any]) -> np.ndarray:
         count[labelled] += 1
     if (count == 0).any():
         names = train_gt["categories"][0]["keypoints"]
-        raise ValueError(f"keypoints never labelled in the training set: {[names[k] for k in np.nonzero(count == 0)[0]]}")
+        raise ValueError(
+            f"keypoints never labelled in the training set: {[names[k] for k in np.nonzero(count == 0)[0]]}"
+        )
     return total / count[:, None]
 
 
@@ -46,13 +48,20 @@ def mean_pose_results(pose: np.ndarray, gt: Dict[str, Any]) -> List[Dict[str, An
         x0, y0, w, h = ann["bbox"]
         xy = pose * [w, h] + [x0, y0]
         keypoints = np.concatenate([xy, np.ones((len(pose), 1))], axis=1)
-        results.append({"image_id": ann["image_id"], "category_id": category_id,
-                        "keypoints": keypoints.ravel().tolist(), "score": 1.0})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category_id,
+                "keypoints": keypoints.ravel().tolist(),
+                "score": 1.0,
+            }
+        )
     return results
 
 
-def mean_pose_baseline_metrics(train_gt: Dict[str, Any], gt: Dict[str, Any],
-                               sigmas: Optional[Sequence[float]] = None) -> Dict[str, float]:
+def mean_pose_baseline_metrics(
+    train_gt: Dict[str, Any], gt: Dict[str, Any], sigmas: Optional[Sequence[float]] = None
+) -> Dict[str, float]:
     """The 10 COCO keypoint metrics (in %) of the mean-pose baseline of ``train_gt`` on ``gt``."""
     num_keypoints = check_ground_truth(gt)
     results = mean_pose_results(mean_pose(train_gt), gt)

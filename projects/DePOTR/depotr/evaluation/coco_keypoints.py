@@ -4,6 +4,7 @@ Its fast path (``use_fast_impl=True``) needs Detectron2's compiled COCO evaluati
 Detectron2 built without its C++ extension (tools/install.sh's v0.6 route) lacks: it is used
 when :func:`depotr.engine.compat.has_fast_coco_eval` finds it.
 """
+
 from typing import Optional, Sequence
 
 from detectron2.evaluation import COCOEvaluator
@@ -34,8 +35,10 @@ def build_keypoint_evaluator(
     if use_fast_impl is None:
         use_fast_impl = has_fast_coco_eval()
     elif use_fast_impl and not has_fast_coco_eval():
-        raise ValueError("use_fast_impl=True needs Detectron2 built with its C++ extension (detectron2._C "
-                         "has no compiled COCO evaluation); pass use_fast_impl=False or None")
+        raise ValueError(
+            "use_fast_impl=True needs Detectron2 built with its C++ extension (detectron2._C "
+            "has no compiled COCO evaluation); pass use_fast_impl=False or None"
+        )
     return COCOEvaluator(
         dataset_name,
         tasks=("keypoints",),

@@ -44,6 +44,7 @@ Differences from the coco-analyze code: it corrects in the order Miss, Swap, Inv
 ks = 0.85 and missed ones to ks = 0.5 rather than onto the ground truth, finds false positives
 and negatives at the OKS threshold studied, and has a score-correction stage.
 """
+
 import contextlib
 import copy
 import io
@@ -152,8 +153,10 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
         if missing:
             raise ValueError(f"ground-truth annotations[{i}] lacks {missing}")
         if len(ann["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(f"ground-truth annotations[{i}] has {len(ann['keypoints'])} keypoint values, "
-                             f"expected 3 * {num_keypoints}")
+            raise ValueError(
+                f"ground-truth annotations[{i}] has {len(ann['keypoints'])} keypoint values, "
+                f"expected 3 * {num_keypoints}"
+            )
     return num_keypoints
 
 
@@ -174,19 +177,23 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
         if missing:
             raise ValueError(f"results[{i}] lacks {missing}")
         if len(res["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(f"results[{i}] has {len(res['keypoints'])} keypoint values, "
-                             f"expected 3 * {num_keypoints} = {3 * num_keypoints}")
+            raise ValueError(
+                f"results[{i}] has {len(res['keypoints'])} keypoint values, "
+                f"expected 3 * {num_keypoints} = {3 * num_keypoints}"
+            )
         bad = next((j for j, v in enumerate(res["keypoints"]) if not _finite_number(v)), None)
         if bad is not None:
-            raise ValueError(f"results[{i}] has keypoint value {res['keypoints'][bad]!r} at index {bad}; "
-                             "expected finite numbers")
+            raise ValueError(
+                f"results[{i}] has keypoint value {res['keypoints'][bad]!r} at index {bad}; expected finite numbers"
+            )
         if not _finite_number(res["score"]):
             raise ValueError(f"results[{i}] has score {res['score']!r}; expected a finite number")
         if res["image_id"] not in image_ids:
             raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
         if res["category_id"] != category_id:
-            raise ValueError(f"results[{i}] has category_id {res['category_id']}, "
-                             f"the ground truth's category is {category_id}")
+            raise ValueError(
+                f"results[{i}] has category_id {res['category_id']}, the ground truth's category is {category_id}"
+            )
 
 
 def resolve_sigmas(sigmas: Optional[Sequence[float]], num_keypoints: int) -> np.ndarray:
@@ -207,8 +214,9 @@ def resolve_mirror(flip_indices: Optional[Sequence[int]], gt: Dict[str, Any]) ->
     names = list(gt["categories"][0]["keypoints"])
     mirror = np.asarray(table_flip_indices(names) if flip_indices is None else flip_indices, dtype=np.int64)
     if sorted(mirror.tolist()) != list(range(len(names))):
-        raise ValueError(f"flip indices {mirror.tolist()} are not a permutation of the ground truth's "
-                         f"{len(names)} keypoints")
+        raise ValueError(
+            f"flip indices {mirror.tolist()} are not a permutation of the ground truth's {len(names)} keypoints"
+        )
     return mirror
 
 
@@ -236,8 +244,9 @@ def _results_coco(coco_gt: COCO, results: List[Dict[str, Any]]) -> COCO:
     if results:
         with _quiet():
             return coco_gt.loadRes(copy.deepcopy(results))
-    return build_coco({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
-                       "annotations": []})
+    return build_coco(
+        {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
+    )
 
 
 def _keypoint_eval(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray) -> COCOeval:
@@ -256,8 +265,7 @@ def evaluate_keypoints(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.
     return coco_eval
 
 
-def match_results(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray,
-                  oks: float = MATCH_OKS) -> Matching:
+def match_results(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray, oks: float = MATCH_OKS) -> Matching:
     """COCOeval's greedy matching at OKS ``oks`` (area "all", top 20 results per image)."""
     coco_eval = _keypoint_eval(coco_gt, results, sigmas)
     params = coco_eval.params
@@ -302,8 +310,15 @@ def _similarity(pred: np.ndarray, target: np.ndarray, area: Any, sigmas: np.ndar
     return keypoint_similarity(*tensors, "target").numpy()
 
 
-def classify_keypoints(pred: np.ndarray, person: np.ndarray, area: float, others: np.ndarray,
-                       other_areas: np.ndarray, sigmas: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+def classify_keypoints(
+    pred: np.ndarray,
+    person: np.ndarray,
+    area: float,
+    others: np.ndarray,
+    other_areas: np.ndarray,
+    sigmas: np.ndarray,
+    mirror: np.ndarray,
+) -> np.ndarray:
     """Classes of one matched result's keypoints (rules in the module docstring).
 
     Args:
@@ -321,8 +336,9 @@ def classify_keypoints(pred: np.ndarray, person: np.ndarray, area: float, others
     inverted = _similarity(pred, person[mirror, :2], area, sigmas)
     other_same = _similarity(pred, others[:, :, :2], other_areas, sigmas)  # (H, K)
     other_mirror = _similarity(pred, others[:, mirror, :2], other_areas, sigmas)  # (H, K)
-    near_other = (((other_same >= NEAR_KS) & (others[:, :, 2] > 0))
-                  | ((other_mirror >= NEAR_KS) & (others[:, mirror, 2] > 0)))
+    near_other = ((other_same >= NEAR_KS) & (others[:, :, 2] > 0)) | (
+        (other_mirror >= NEAR_KS) & (others[:, mirror, 2] > 0)
+    )
 
     # Later assignments take precedence: the rules are written from the last to the first.
     labels = np.full(len(pred), MISS)
@@ -344,8 +360,9 @@ def _analysed_persons(coco_gt: COCO, image_id: int) -> List[Dict[str, Any]]:
     return [a for a in coco_gt.imgToAnns[image_id] if not a["iscrowd"] and a["num_keypoints"] > 0]
 
 
-def classify_matched(coco_gt: COCO, results: List[Dict[str, Any]], matched: Dict[int, int],
-                     sigmas: np.ndarray, mirror: np.ndarray) -> Dict[int, np.ndarray]:
+def classify_matched(
+    coco_gt: COCO, results: List[Dict[str, Any]], matched: Dict[int, int], sigmas: np.ndarray, mirror: np.ndarray
+) -> Dict[int, np.ndarray]:
     """(K,) keypoint classes of every matched result, keyed by result index."""
     labels = {}
     num_keypoints = len(sigmas)
@@ -354,14 +371,24 @@ def classify_matched(coco_gt: COCO, results: List[Dict[str, Any]], matched: Dict
         others = [a for a in _analysed_persons(coco_gt, person["image_id"]) if a["id"] != gt_id]
         other_keypoints = np.stack([_keypoints(a) for a in others]) if others else np.zeros((0, num_keypoints, 3))
         labels[index] = classify_keypoints(
-            _keypoints(results[index])[:, :2], _keypoints(person), person["area"], other_keypoints,
-            np.array([a["area"] for a in others], dtype=np.float64), sigmas, mirror,
+            _keypoints(results[index])[:, :2],
+            _keypoints(person),
+            person["area"],
+            other_keypoints,
+            np.array([a["area"] for a in others], dtype=np.float64),
+            sigmas,
+            mirror,
         )
     return labels
 
 
-def correct_keypoints(results: List[Dict[str, Any]], labels: Dict[int, np.ndarray], matched: Dict[int, int],
-                      coco_gt: COCO, keypoint_class: int) -> List[Dict[str, Any]]:
+def correct_keypoints(
+    results: List[Dict[str, Any]],
+    labels: Dict[int, np.ndarray],
+    matched: Dict[int, int],
+    coco_gt: COCO,
+    keypoint_class: int,
+) -> List[Dict[str, Any]]:
     """A copy of ``results`` with the keypoints of class ``keypoint_class`` moved onto the
     matched ground truth's x, y (their score channel kept)."""
     corrected = list(results)
@@ -383,9 +410,12 @@ def _without_annotations(gt: Dict[str, Any], annotation_ids: Sequence[int]) -> D
     return {**gt, "annotations": [a for a in gt["annotations"] if a["id"] not in drop]}
 
 
-def analyze_keypoint_results(gt: Dict[str, Any], results: List[Dict[str, Any]],
-                             sigmas: Optional[Sequence[float]] = None,
-                             flip_indices: Optional[Sequence[int]] = None) -> ResultsAnalysis:
+def analyze_keypoint_results(
+    gt: Dict[str, Any],
+    results: List[Dict[str, Any]],
+    sigmas: Optional[Sequence[float]] = None,
+    flip_indices: Optional[Sequence[int]] = None,
+) -> ResultsAnalysis:
     """Checks the inputs, computes the 10 COCO keypoint metrics and the error breakdown.
 
     Args:

@@ -4,6 +4,7 @@ breakdown (coco-analyze style, Ronchi & Perona, ICCV 2017).
 
 Shapes: T OKS thresholds, R recall thresholds, S analysis stages (``STAGES``).
 """
+
 import json
 import os
 from typing import Dict, Tuple
@@ -36,12 +37,17 @@ def breakdown_table(analysis: ResultsAnalysis) -> str:
 
     counts = analysis.keypoint_counts()
     total = max(sum(counts.values()), 1)
-    lines += ["", f"Keypoint classes of the {len(analysis.keypoint_labels)} results matched at OKS >= {MATCH_OKS}, "
-                  "results (BckgFP) and ground-truth persons (FN) removed in the last two stages:", "",
-              "| " + " | ".join(name.capitalize() for name in KEYPOINT_CLASSES) + " | BckgFP results | FN persons |",
-              "|" + "---|" * (len(KEYPOINT_CLASSES) + 2),
-              "| " + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
-              + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |"]
+    lines += [
+        "",
+        f"Keypoint classes of the {len(analysis.keypoint_labels)} results matched at OKS >= {MATCH_OKS}, "
+        "results (BckgFP) and ground-truth persons (FN) removed in the last two stages:",
+        "",
+        "| " + " | ".join(name.capitalize() for name in KEYPOINT_CLASSES) + " | BckgFP results | FN persons |",
+        "|" + "---|" * (len(KEYPOINT_CLASSES) + 2),
+        "| "
+        + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
+        + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |",
+    ]
     return "\n".join(lines)
 
 
@@ -55,8 +61,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thresholds: np.ndarray,
-                   path: str) -> None:
+def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thresholds: np.ndarray, path: str) -> None:
     """PNG of the (T, R) precision-recall curves, one per OKS threshold, labelled with their AP."""
     from matplotlib import colormaps
 
@@ -64,8 +69,12 @@ def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thr
     ax = fig.add_subplot(1, 1, 1)
     colours = colormaps["viridis"](np.linspace(0, 0.9, len(oks_thresholds)))
     for t, oks in enumerate(oks_thresholds):
-        ax.plot(recall_thresholds, np.clip(precision[t], 0, None), color=colours[t],
-                label=f"OKS {oks:.2f}: AP {mean_valid(precision[t]):.3f}")
+        ax.plot(
+            recall_thresholds,
+            np.clip(precision[t], 0, None),
+            color=colours[t],
+            label=f"OKS {oks:.2f}: AP {mean_valid(precision[t]):.3f}",
+        )
     _finish_pr_axes(ax, "Precision-recall, area all, maxDets 20")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -83,8 +92,14 @@ def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
         curves = np.clip(analysis.precision[:, t], 0, None)  # (S, R)
         for s, stage in enumerate(STAGES):
             lower = curves[s - 1] if s else np.zeros_like(recall)
-            ax.fill_between(recall, lower, curves[s], where=curves[s] >= lower, color=STAGE_COLOURS[s],
-                            label=f"{stage}: {analysis.ap[s, t]:.3f}")
+            ax.fill_between(
+                recall,
+                lower,
+                curves[s],
+                where=curves[s] >= lower,
+                color=STAGE_COLOURS[s],
+                label=f"{stage}: {analysis.ap[s, t]:.3f}",
+            )
             ax.plot(recall, curves[s], color="k", linewidth=0.8)
         _finish_pr_axes(ax, f"OKS {analysis.oks_thresholds[t]:.2f}")
         ax.legend(loc="lower left", fontsize=8)
@@ -112,9 +127,17 @@ def write_report(analysis: ResultsAnalysis, output_dir: str) -> Dict[str, str]:
     """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} into
     ``output_dir`` (created if needed); returns their paths by name."""
     os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in (
-        "metrics.json", "metrics.md", "pr_curves.png", "error_breakdown.json", "error_breakdown.md",
-        "error_breakdown.png")}
+    paths = {
+        name: os.path.join(output_dir, name)
+        for name in (
+            "metrics.json",
+            "metrics.md",
+            "pr_curves.png",
+            "error_breakdown.json",
+            "error_breakdown.md",
+            "error_breakdown.png",
+        )
+    }
     with open(paths["metrics.json"], "w") as f:
         json.dump(analysis.metrics, f, indent=2)
     with open(paths["metrics.md"], "w") as f:

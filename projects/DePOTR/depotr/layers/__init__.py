@@ -1,5 +1,6 @@
 """DePOTR layers. Imports torch only (never Detectron2), so that the operator builds and tests on
 a machine with PyTorch alone."""
+
 # MSDeformAttn first: importing the submodule ms_deform_attn binds that name on this package,
 # and the function ms_deform_attn imported after it must win (as detectron2.layers does for nms).
 from .ms_deform_attn import MSDeformAttn, mixed_precision_msda_inputs

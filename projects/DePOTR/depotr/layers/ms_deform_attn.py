@@ -3,6 +3,7 @@
 # ms_deform_attn.py (Apache-2.0, Copyright (c) 2020 SenseTime), itself modified from
 # https://github.com/chengdazhi/Deformable-Convolution-V2-PyTorch/tree/pytorch_1.0.0.
 """``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR."""
+
 import math
 from typing import Optional, Tuple
 
@@ -68,9 +69,7 @@ class MSDeformAttn(nn.Module):
         """
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model must be divisible by n_heads, but got {d_model} and {n_heads}"
-            )
+            raise ValueError(f"d_model must be divisible by n_heads, but got {d_model} and {n_heads}")
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -143,9 +142,7 @@ class MSDeformAttn(nn.Module):
         attention_weights = F.softmax(attention_weights, -1).view(N, Lq, M, L, P)
         if reference_points.shape[-1] == 2:
             # (L, 2) rows (W_l, H_l): offsets in pixels -> normalised
-            offset_normalizer = torch.stack(
-                [input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1
-            )
+            offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
             # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) / (1, 1, 1, L, 1, 2)
             sampling_locations = (
                 reference_points[:, :, None, :, None, :]
@@ -158,9 +155,7 @@ class MSDeformAttn(nn.Module):
                 + sampling_offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
             )
         else:
-            raise ValueError(
-                f"Last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}"
-            )
+            raise ValueError(f"Last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}")
         # (N, Lq, M*(C/M)) = (N, Lq, C)
         value, sampling_locations, attention_weights = mixed_precision_msda_inputs(
             value, sampling_locations, attention_weights

@@ -34,6 +34,7 @@ The backend is chosen once per (device, dtype), on first use:
   and dtype, or fails its self-check on CUDA, ``ms_deform_attn`` raises RuntimeError instead of
   falling back.
 """
+
 import importlib
 import logging
 import os
@@ -89,9 +90,7 @@ def _load_compiled_ops() -> Optional[str]:
     try:
         from .. import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY blocks)
     except ImportError as e:
-        return (
-            f"depotr._C could not be imported ({e}); build it: python setup.py build_ext --inplace"
-        )
+        return f"depotr._C could not be imported ({e}); build it: python setup.py build_ext --inplace"
     return None
 
 
@@ -135,8 +134,7 @@ def _check_shapes(
     for (name, dims), tensor in zip(_ARG_DIMS.items(), tensors):
         if tensor.dim() != len(dims):
             raise ValueError(
-                f"ms_deform_attn: {name} must be {len(dims)}-D ({', '.join(dims)}), "
-                f"got shape {tuple(tensor.shape)}"
+                f"ms_deform_attn: {name} must be {len(dims)}-D ({', '.join(dims)}), got shape {tuple(tensor.shape)}"
             )
     N, _, M, D = value.shape
     L = spatial_shapes.shape[0]
@@ -186,9 +184,7 @@ def check_ms_deform_attn_inputs(
     )
     for name, tensor in tensors.items():
         if not isinstance(tensor, Tensor):
-            raise TypeError(
-                f"ms_deform_attn: {name} must be a torch.Tensor, got {type(tensor).__name__}"
-            )
+            raise TypeError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     _check_shapes(*tensors.values())
     if not value.dtype.is_floating_point:
         raise ValueError(f"ms_deform_attn: value must have a floating dtype, got {value.dtype}")
@@ -197,20 +193,14 @@ def check_ms_deform_attn_inputs(
             if tensor.dtype != torch.int64:
                 raise ValueError(f"ms_deform_attn: {name} must be int64, got {tensor.dtype}")
         elif tensor.dtype != value.dtype:
-            raise ValueError(
-                f"ms_deform_attn: {name} must have value's dtype {value.dtype}, got {tensor.dtype}"
-            )
+            raise ValueError(f"ms_deform_attn: {name} must have value's dtype {value.dtype}, got {tensor.dtype}")
         if tensor.device != value.device:
-            raise ValueError(
-                f"ms_deform_attn: {name} is on {tensor.device}, expected value's device {value.device}"
-            )
+            raise ValueError(f"ms_deform_attn: {name} is on {tensor.device}, expected value's device {value.device}")
     if torch.compiler.is_compiling():
         return
     shapes = spatial_shapes.tolist()
     if any(h < 1 or w < 1 for h, w in shapes):
-        raise ValueError(
-            f"ms_deform_attn: spatial_shapes must hold positive (H_l, W_l), got {shapes}"
-        )
+        raise ValueError(f"ms_deform_attn: spatial_shapes must hold positive (H_l, W_l), got {shapes}")
     sizes = [h * w for h, w in shapes]
     if sum(sizes) != value.shape[1]:
         raise ValueError(
@@ -232,9 +222,7 @@ def _missing_compiled_kernel(device_type: str, dtype: torch.dtype) -> Optional[s
     if device_type not in _COMPILED_KERNELS:
         return f"depotr._C has no kernel for device type {device_type!r}"
     dispatch_key, dtypes = _COMPILED_KERNELS[device_type]
-    if not torch.ops.depotr.ms_deform_attn_forward.default.has_kernel_for_dispatch_key(
-        dispatch_key
-    ):
+    if not torch.ops.depotr.ms_deform_attn_forward.default.has_kernel_for_dispatch_key(dispatch_key):
         return f"depotr._C was built without {dispatch_key} kernels (FORCE_CUDA=1 builds CUDA ones)"
     if dtype not in dtypes:
         return f"the {dispatch_key} kernel supports {[str(t) for t in dtypes]}, not {dtype}"
@@ -310,9 +298,7 @@ def _forced_backend() -> str:
     """The backend named by DEPOTR_MSDA_BACKEND, or "" when it is unset."""
     forced = os.environ.get(BACKEND_ENV_VAR, "").strip().lower()
     if forced and forced not in BACKENDS:
-        raise ValueError(
-            f"{BACKEND_ENV_VAR} must be one of {sorted(BACKENDS)} (or unset), got {forced!r}"
-        )
+        raise ValueError(f"{BACKEND_ENV_VAR} must be one of {sorted(BACKENDS)} (or unset), got {forced!r}")
     return forced
 
 
@@ -370,9 +356,7 @@ def _choose(forced: str, device: torch.device, dtype: torch.dtype) -> str:
             return name
         problem = unavailable or f"failed its self-check: {failed}"
         if forced:
-            raise RuntimeError(
-                f"{BACKEND_ENV_VAR}={forced}, but on {_device_description(device)}, {dtype}: {problem}"
-            )
+            raise RuntimeError(f"{BACKEND_ENV_VAR}={forced}, but on {_device_description(device)}, {dtype}: {problem}")
         skipped.append(f"backend {name!r} " + (f"is unavailable: {problem}" if unavailable else problem))
     raise RuntimeError(
         f"ms_deform_attn: no backend serves {_device_description(device)}, {dtype}: {'; '.join(skipped)}"
@@ -421,8 +405,12 @@ def _self_check(backend: MSDABackend, device: torch.device, dtype: torch.dtype) 
     (the exception, or the first quantity off by more than the dtype's tolerance), or None."""
     # Real tensors with autograd even when the first call comes under no_grad, inference_mode,
     # autocast or a tracing mode (torch.export's fake tensors).
-    with torch.utils._python_dispatch._disable_current_modes(), torch.inference_mode(False), \
-            torch.enable_grad(), torch.autocast(device.type, enabled=False):
+    with (
+        torch.utils._python_dispatch._disable_current_modes(),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.autocast(device.type, enabled=False),
+    ):
         try:
             *inputs, grad_output = _self_check_problem(device, dtype)
             results = _forward_and_grads(backend.forward, tuple(inputs), grad_output)
@@ -444,10 +432,7 @@ def _self_check_mismatch(
     tolerance = _SELF_CHECK_TOLERANCES.get(dtype, 2e-2)
     for name, actual, reference in zip(names, results, expected):
         if actual.shape != reference.shape or actual.dtype != dtype:
-            return (
-                f"{name} is {tuple(actual.shape)} {actual.dtype}, expected "
-                f"{tuple(reference.shape)} {dtype}"
-            )
+            return f"{name} is {tuple(actual.shape)} {actual.dtype}, expected {tuple(reference.shape)} {dtype}"
         error = ((actual.double() - reference).abs().max() / reference.abs().max()).item()
         if not error <= tolerance:  # NaN fails too
             return f"{name} differs from the reference by {error:.1e} (tolerance {tolerance:.0e})"
@@ -495,13 +480,9 @@ def ms_deform_attn(
     :func:`check_ms_deform_attn_inputs` for the errors and :func:`msda_backend` for which
     implementation runs.
     """
-    check_ms_deform_attn_inputs(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
+    check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     backend = BACKENDS[_chosen_backend(value.device, value.dtype)]
-    return backend.forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
+    return backend.forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 @torch.library.custom_op(_TRITON_FORWARD_OP, mutates_args=())
@@ -543,9 +524,7 @@ def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
         sampling_locations: Tensor,
         attention_weights: Tensor,
     ) -> Tensor:
-        N, Lq, M, D = _check_shapes(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
+        N, Lq, M, D = _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         return value.new_empty((N, Lq, M * D))
 
     @torch.library.register_fake(backward_op)
@@ -557,9 +536,7 @@ def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
         attention_weights: Tensor,
         grad_output: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        _check_shapes(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
+        _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         return (
             value.new_empty(value.shape),
             sampling_locations.new_empty(sampling_locations.shape),
@@ -572,9 +549,7 @@ def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
     backward = getattr(torch.ops.depotr, backward_op.split("::")[1])
 
     def _backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
-        grad_value, grad_sampling_locations, grad_attention_weights = backward(
-            *ctx.saved_tensors, grad_output
-        )
+        grad_value, grad_sampling_locations, grad_attention_weights = backward(*ctx.saved_tensors, grad_output)
         return grad_value, None, None, grad_sampling_locations, grad_attention_weights
 
     torch.library.register_autograd(forward_op, _backward, setup_context=_setup_context)
@@ -583,5 +558,3 @@ def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
 if _COMPILED_OPS_ERROR is None:
     _register_fake_and_autograd(_FORWARD_OP, _BACKWARD_OP)
 _register_fake_and_autograd(_TRITON_FORWARD_OP, _TRITON_BACKWARD_OP)
-
-

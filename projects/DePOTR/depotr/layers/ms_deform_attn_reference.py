@@ -3,6 +3,7 @@
 # and detrex's multi_scale_deformable_attn_pytorch.
 """Pure-PyTorch multi-scale deformable attention: the ground truth for tests and the fallback
 when no compiled kernel serves a device."""
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,15 +42,11 @@ def ms_deform_attn_reference(
         grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         # (N*M, D, Lq, P)
         sampled_per_level.append(
-            F.grid_sample(
-                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
         )
     # (N, Lq, M, L, P) -> (N, M, Lq, L, P) -> (N*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     # L x (N*M, D, Lq, P) -> (N*M, D, Lq, L, P) -> (N*M, D, Lq, L*P) -> (N*M, D, Lq) -> (N, M*D, Lq)
-    output = (
-        (torch.stack(sampled_per_level, dim=-2).flatten(-2) * weights).sum(-1).view(N, M * D, Lq)
-    )
+    output = (torch.stack(sampled_per_level, dim=-2).flatten(-2) * weights).sum(-1).view(N, M * D, Lq)
     # (N, Lq, M*D)
     return output.transpose(1, 2).contiguous()

@@ -22,6 +22,7 @@ The kernels run on CUDA tensors (float16, bfloat16, float32, float64). When ``TR
 is set before this module is imported, ``triton.jit`` gives interpreted kernels that run on CPU
 tensors with numpy (float32 / float64; no bfloat16): that is how CI tests them without a GPU.
 """
+
 from typing import NamedTuple
 
 import torch

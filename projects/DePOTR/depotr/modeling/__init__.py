@@ -1,6 +1,7 @@
 """DePOTR modeling: the keypoint branches run on person crops (registered by head name), their
 parts, test-time augmentation, and the top-down meta-architecture (imported here so that
 ``import depotr.modeling`` registers it)."""
+
 from .backbone import MultiLevelProjection, build_resnet
 from .deformable_transformer import DeformableTransformer
 from .keypoint_branches import (

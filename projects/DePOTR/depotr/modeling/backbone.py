@@ -5,13 +5,15 @@ a 1x1 conv + GroupNorm(32) per backbone level, and for each level beyond the bac
 stride-2 conv + GroupNorm(32), applied to the last backbone map (res5) for the first extra level
 and to the previous extra level after that.
 """
+
 from typing import List, Sequence
 
 import torch
+from torch import nn
+
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone, build_resnet_backbone
-from torch import nn
 
 
 def build_resnet(cfg: CfgNode, out_features: Sequence[str]) -> Backbone:

@@ -37,6 +37,7 @@ under ONE policy, applied by :meth:`PersonBoxSource.forward` in this order:
 A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
 ``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`.
 """
+
 import logging
 from collections import Counter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -260,8 +261,9 @@ def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[T
         )
 
 
-def select_boxes(boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, return_index: bool = False
-                 ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
+def select_boxes(
+    boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, return_index: bool = False
+) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
     """Rule 2 of the module's policy: keeps boxes with score >= ``score_thresh``, then the
     ``topk`` highest scoring.
 
@@ -337,7 +339,8 @@ class PersonBoxSource(nn.Module):
                     logging.INFO,
                     f"{self.name} person boxes dropped so far: {self.num_dropped['score']} scoring below "
                     f"{self.score_thresh:g}, {self.num_dropped['topk']} beyond the top {self.topk} of an image",
-                    n=60, name=__name__,
+                    n=60,
+                    name=__name__,
                 )
         boxes, scores = boxes.float(), scores.float()
         height, width = x["image"].shape[-2:]
@@ -347,8 +350,15 @@ class PersonBoxSource(nn.Module):
         if not bool(inside.all()):
             logger.warning(
                 "Image %r: dropped %s person boxes %s (indices %s), %d of %d, which lie outside the image "
-                "(H x W %d x %d)", image_id, self.name, boxes[~inside].tolist(), index[~inside].tolist(),
-                int((~inside).sum()), len(boxes), height, width,
+                "(H x W %d x %d)",
+                image_id,
+                self.name,
+                boxes[~inside].tolist(),
+                index[~inside].tolist(),
+                int((~inside).sum()),
+                len(boxes),
+                height,
+                width,
             )
         if self.clip:
             boxes = clipped.tensor
@@ -472,8 +482,9 @@ def build_box_source(cfg: CfgNode, name: str) -> PersonBoxSource:
         return DetectorBoxes(build_person_detector(cfg), cfg.INPUT.FORMAT, depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
     if name == "whole_image":
         return WholeImageBoxes()
-    raise ValueError(f"unknown person box source {name!r} (MODEL.DEPOTR.TEST_BOX_SOURCE); expected one of "
-                     f"{TEST_BOX_SOURCES}")
+    raise ValueError(
+        f"unknown person box source {name!r} (MODEL.DEPOTR.TEST_BOX_SOURCE); expected one of {TEST_BOX_SOURCES}"
+    )
 
 
 def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
@@ -488,7 +499,7 @@ def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
         return path
     from detectron2 import model_zoo
 
-    name = path[len(MODEL_ZOO_PREFIX):].lstrip("/")
+    name = path[len(MODEL_ZOO_PREFIX) :].lstrip("/")
     return model_zoo.get_checkpoint_url(name) if checkpoint else model_zoo.get_config_file(name)
 
 

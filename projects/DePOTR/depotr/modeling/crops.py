@@ -16,6 +16,7 @@ call (:func:`crop_images`). Inference crops straight from the uint8 images
 applied to a band of image rows at a time, so that no image is ever converted to float whole (a
 10000 x 10000 photo would need 1.2 GB per float copy).
 """
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -133,19 +134,13 @@ def crop_images(
     if num == 0:
         return images.new_zeros((0, images.shape[1], crop_h, crop_w))
     rois = torch.cat(
-        [
-            torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1)
-            for i, b in enumerate(crop_boxes)
-            if len(b)
-        ]
+        [torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1) for i, b in enumerate(crop_boxes) if len(b)]
     ).to(device=images.device, dtype=images.dtype)
     pooler = ROIAlign((crop_h, crop_w), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
     return pooler(images, rois)
 
 
-
-def _roi_align_weights(start: float, end: float, out_size: int, size: int, sampling_ratio: int
-                       ) -> Tuple[Tensor, int]:
+def _roi_align_weights(start: float, end: float, out_size: int, size: int, sampling_ratio: int) -> Tuple[Tensor, int]:
     """RoIAlign (``aligned=True``) along one axis as a matrix.
 
     The box spans [start, end) of an axis of ``size`` pixels; returns ``(weights, first)`` with
@@ -217,7 +212,7 @@ def crop_raw_images(
             band = max(1, _BAND_ELEMENTS // max(1, channels * num_cols))
             for r in range(0, num_rows, band):
                 end = min(r + band, num_rows)
-                pixels = image[:, top + r:top + end, left:left + num_cols].float()
+                pixels = image[:, top + r : top + end, left : left + num_cols].float()
                 crop += rows[:, r:end] @ (pixels @ cols.T)
             coverage = rows.sum(dim=1)[:, None] * cols.sum(dim=1)[None, :]  # RoIAlign of an all-ones image
             crops.append((crop - pixel_mean * coverage) / pixel_std)

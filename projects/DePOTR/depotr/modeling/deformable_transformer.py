@@ -7,6 +7,7 @@ What it drops: padding masks. All crops of a batch have the same size, so every 
 fully valid: the valid ratios are 1 and no padding mask is passed. The valid-ratio formulas are
 kept as in Deformable DETR so that the reference points read the same as there.
 """
+
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch

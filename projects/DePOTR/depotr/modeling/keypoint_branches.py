@@ -13,13 +13,15 @@ passes average, which is all the flip test (``tta.py``) needs.
 
 A new head is one class registered with ``@KEYPOINT_BRANCH_REGISTRY.register_head(name)``.
 """
+
 from abc import ABCMeta, abstractmethod
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
+from torch import nn
+
 from detectron2.config import CfgNode, configurable
 from detectron2.utils.registry import Registry
-from torch import nn
 
 from .backbone import build_resnet
 from .heads import (
@@ -297,16 +299,20 @@ class HeatmapBranch(KeypointBranch):
     @classmethod
     def build_network(cls, cfg: CfgNode) -> Tuple[nn.Module, nn.Module]:
         """Returns (body, head) of the subclass's network."""
-        raise NotImplementedError(f"{cls.__name__} has no network to build from a config: build one of "
-                                  f"{sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY)}")
+        raise NotImplementedError(
+            f"{cls.__name__} has no network to build from a config: build one of "
+            f"{sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY)}"
+        )
 
     @classmethod
     def build_aux_heads(cls, cfg: CfgNode) -> List[nn.Module]:
         """Deep-supervision heads (``MODEL.DEPOTR.AUX_LOSS``); only networks with decoder layers
         have them."""
         if cfg.MODEL.DEPOTR.AUX_LOSS:
-            raise ValueError("MODEL.DEPOTR.AUX_LOSS needs decoder layers: of the heatmap heads only "
-                             f"'heatmap' (DePOTR-HM) has them, not {cfg.MODEL.DEPOTR.HEAD!r}")
+            raise ValueError(
+                "MODEL.DEPOTR.AUX_LOSS needs decoder layers: of the heatmap heads only "
+                f"'heatmap' (DePOTR-HM) has them, not {cfg.MODEL.DEPOTR.HEAD!r}"
+            )
         return []
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
@@ -314,7 +320,7 @@ class HeatmapBranch(KeypointBranch):
         if local_metadata.get("version", 1) < 2:
             old = prefix + "backbone."
             for key in [k for k in state_dict if k.startswith(old)]:
-                state_dict[prefix + "body." + key[len(old):]] = state_dict.pop(key)
+                state_dict[prefix + "body." + key[len(old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def forward(self, crops: torch.Tensor) -> HeatmapOutputs:
@@ -333,7 +339,7 @@ class HeatmapBranch(KeypointBranch):
         if self.training and len(self.aux_heads):
             hidden = features["hidden_states"]
             aux_heatmaps = torch.stack(
-                [head({**features, "hidden_states": hidden[i:i + 1]}) for i, head in enumerate(self.aux_heads)]
+                [head({**features, "hidden_states": hidden[i : i + 1]}) for i, head in enumerate(self.aux_heads)]
             )
         if tuple(heatmaps.shape[-2:]) != self.codec.heatmap_size:
             raise ValueError(
@@ -373,10 +379,14 @@ def _depotr_heatmap_head_class(cfg: CfgNode) -> Type[nn.Module]:
     """DePOTR-HM's head class of ``MODEL.DEPOTR.HEATMAP.DECODER``, with its config checks."""
     model = cfg.MODEL.DEPOTR
     if model.HEATMAP.DECODER not in _DEPOTR_HEATMAP_HEADS:
-        raise ValueError(f"MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got {model.HEATMAP.DECODER!r}")
+        raise ValueError(
+            f"MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got {model.HEATMAP.DECODER!r}"
+        )
     if model.HEATMAP.DECODER == "dot_product" and "res3" not in model.IN_FEATURES[:1]:
-        raise ValueError("HEATMAP.DECODER 'dot_product' upsamples the finest encoder level 2x to res2's "
-                         f"stride: MODEL.DEPOTR.IN_FEATURES must start with 'res3', got {model.IN_FEATURES}")
+        raise ValueError(
+            "HEATMAP.DECODER 'dot_product' upsamples the finest encoder level 2x to res2's "
+            f"stride: MODEL.DEPOTR.IN_FEATURES must start with 'res3', got {model.IN_FEATURES}"
+        )
     return _DEPOTR_HEATMAP_HEADS[model.HEATMAP.DECODER]
 
 
@@ -385,7 +395,9 @@ def _build_depotr_heatmap_head(cfg: CfgNode) -> nn.Module:
     model = cfg.MODEL.DEPOTR
     if _depotr_heatmap_head_class(cfg) is DePOTRDotProductHeatmapHead:
         res2_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS
-        return DePOTRDotProductHeatmapHead(model.HIDDEN_DIM, model.NUM_KEYPOINTS, res2_channels, model.HEATMAP.MLP_LAYERS)
+        return DePOTRDotProductHeatmapHead(
+            model.HIDDEN_DIM, model.NUM_KEYPOINTS, res2_channels, model.HEATMAP.MLP_LAYERS
+        )
     return DePOTRHeatmapHead(
         model.HIDDEN_DIM,
         model.NUM_KEYPOINTS,

@@ -9,6 +9,7 @@ instance score = box score x mean confident keypoint score, flip test. The keypo
 DePOTR's (Straka, "Automatic Human Pose Estimation using Neural Network", the seed thesis) or a
 baseline head, built by ``depotr.modeling.build_keypoint_branch``.
 """
+
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -288,8 +289,9 @@ class TopDownPoseEstimator(nn.Module):
         images = [x["image"].to(self.device) for x in batched_inputs]
         boxes_scores = self._inference_boxes(batched_inputs)
         crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
-        crops = crop_raw_images(images, crop_boxes, self.crop_size, self.crop_sampling_ratio, self.pixel_mean,
-                                self.pixel_std)
+        crops = crop_raw_images(
+            images, crop_boxes, self.crop_size, self.crop_sampling_ratio, self.pixel_mean, self.pixel_std
+        )
         flip_indices = self.flip_indices if self.test_flip else None
         crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices)
         keypoints = crop_to_image(crop_keypoints, torch.cat(crop_boxes), self.crop_size)

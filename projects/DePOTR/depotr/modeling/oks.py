@@ -13,6 +13,7 @@ SimpleBaseline add ``np.spacing(1)``). The scale s^2 is one of ``OKS_SCALE_RULES
 * ``"mean"``: the mean of the two areas (SimpleBaseline's ``oks_iou``), symmetric in the two
   poses. Used by OKS-NMS (``depotr.modeling.oks_nms``, box areas).
 """
+
 from typing import Optional, Sequence, Union
 
 import torch

@@ -6,6 +6,7 @@ Top-down pipelines get duplicate poses when the detector boxes one person twice;
 the highest-scoring of each group of near-identical poses (SimpleBaseline, Xiao et al. 2018,
 ``nms/nms.py``; mmpose ``oks_nms``; the seed thesis uses threshold 0.9).
 """
+
 from typing import Sequence
 
 import torch

@@ -3,11 +3,13 @@ output per keypoint query (DePOTR as in the seed thesis, built on Deformable DET
 
 Shared by the regression branch (DePOTR) and the heatmap branch (DePOTR-HM).
 """
+
 from typing import Dict, Optional, Sequence
 
 import torch
-from detectron2.config import CfgNode, configurable
 from torch import nn
+
+from detectron2.config import CfgNode, configurable
 
 from .backbone import MultiLevelProjection, build_resnet
 from .deformable_transformer import DeformableTransformer, RefineFn
@@ -92,9 +94,7 @@ class DeformablePoseTransformer(nn.Module):
         srcs = self.input_proj([features[f] for f in self.in_features])
         hidden_states, references, memory = self.transformer(srcs, self.query_embed.weight, refine)
         sizes = [src.shape[-2] * src.shape[-1] for src in srcs]
-        memory_maps = [
-            level.transpose(1, 2).reshape(src.shape) for level, src in zip(memory.split(sizes, dim=1), srcs)
-        ]
+        memory_maps = [level.transpose(1, 2).reshape(src.shape) for level, src in zip(memory.split(sizes, dim=1), srcs)]
         outputs = {"hidden_states": hidden_states, "references": references, "memory": memory_maps}
         outputs.update({name: features[name] for name in self.pixel_features})
         return outputs

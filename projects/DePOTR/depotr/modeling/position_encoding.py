@@ -5,6 +5,7 @@ Every crop has the same size, so there is no padding mask: the normalised positi
 pixel ``i`` on an axis of length ``n`` is ``(i + 0.5) / n``, exactly what DETR's cumulative sum
 over an all-valid mask gives with Deformable DETR's ``- 0.5``.
 """
+
 import math
 
 import torch

@@ -14,6 +14,7 @@ Norms: the file holds each BatchNorm's weight, bias, running mean and variance. 
 torchvision's BatchNorm in eval mode; with ``"BN"`` they are the starting point of training.
 ``num_batches_tracked`` (a counter FrozenBN does not have) and the classifier ``fc`` are left out.
 """
+
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -63,8 +64,7 @@ def _rename(key: str) -> str:
             stage = int(groups[0]) + 1 if key.startswith("layer") else None
             return template.format(*groups, s=stage)
     raise ValueError(
-        f"{key!r} is not a torchvision ResNet weight (expected conv1, bn1, layer1-4 "
-        "blocks with conv/bn/downsample, fc)"
+        f"{key!r} is not a torchvision ResNet weight (expected conv1, bn1, layer1-4 blocks with conv/bn/downsample, fc)"
     )
 
 
@@ -78,8 +78,10 @@ def _resnets_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]
     counts = tuple(len(blocks[stage]) for stage in range(1, 5))
     block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
     if (block, counts) not in _DEPTHS:
-        raise ValueError(f"{block} blocks per stage {counts} match no ResNet depth; expected one of "
-                         f"{sorted((b, c) for b, c in _DEPTHS)}")
+        raise ValueError(
+            f"{block} blocks per stage {counts} match no ResNet depth; expected one of "
+            f"{sorted((b, c) for b, c in _DEPTHS)}"
+        )
     config: Dict[str, object] = {"DEPTH": _DEPTHS[block, counts], "STRIDE_IN_1X1": False}
     if block == "basic":
         config["RES2_OUT_CHANNELS"] = 64
@@ -87,8 +89,11 @@ def _resnets_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]
     # (out, in / groups, 3, 3): ResNeXt and wide ResNets share the names, not the widths.
     bottleneck_channels = state_dict["layer1.0.conv1.weight"].shape[0]
     groups = bottleneck_channels // state_dict["layer1.0.conv2.weight"].shape[1]
-    config.update(NUM_GROUPS=groups, WIDTH_PER_GROUP=bottleneck_channels // groups,
-                  RES2_OUT_CHANNELS=state_dict["layer1.0.conv3.weight"].shape[0])
+    config.update(
+        NUM_GROUPS=groups,
+        WIDTH_PER_GROUP=bottleneck_channels // groups,
+        RES2_OUT_CHANNELS=state_dict["layer1.0.conv3.weight"].shape[0],
+    )
     return config
 
 
@@ -126,4 +131,3 @@ def save_detectron2_weights(path: str, state_dict: Mapping[str, torch.Tensor]) -
         atomic_write(path, lambda f: torch.save(payload, f))
     else:
         raise ValueError(f"{path}: the output must end in .pkl or .pth")
-

@@ -11,6 +11,7 @@ as u -> W - u (pixel j -> W - 1 - j); crop-normalised ones as x -> 1 - x.
 
 The flip helpers below are the ones the output types of ``heads/outputs.py`` flip back with.
 """
+
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch

@@ -1,9 +1,11 @@
 """Learning-rate schedules: warm-up, then linear decay to a final factor (DePOTR) or cosine;
 and conversion of an epoch-based schedule into iterations."""
+
 import logging
 import math
 
 import torch
+
 from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
@@ -48,6 +50,11 @@ def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:
     logger.info(
         "Epoch schedule: %d images / %d per batch = %d iterations per epoch; %s epochs -> "
         "MAX_ITER=%d, %s warm-up epochs -> WARMUP_ITERS=%d",
-        num_train_images, cfg.SOLVER.IMS_PER_BATCH, iters_per_epoch, cfg.SOLVER.MAX_EPOCHS,
-        cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.WARMUP_ITERS,
+        num_train_images,
+        cfg.SOLVER.IMS_PER_BATCH,
+        iters_per_epoch,
+        cfg.SOLVER.MAX_EPOCHS,
+        cfg.SOLVER.MAX_ITER,
+        cfg.SOLVER.WARMUP_EPOCHS,
+        cfg.SOLVER.WARMUP_ITERS,
     )

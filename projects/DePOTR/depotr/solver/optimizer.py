@@ -10,13 +10,15 @@ Gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the no
 gradients together (Deformable DETR: max norm 0.1); "value"/"norm" are Detectron2's own
 per-parameter clippers.
 """
+
 from typing import Any, Dict, List, Type
 
 import torch
+from torch import nn
+
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
-from torch import nn
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _SAMPLING_MODULE_NAMES = ("sampling_offsets", "reference_points")
@@ -62,7 +64,11 @@ def add_gradient_clipping(cfg: CfgNode, optimizer_type: Type[torch.optim.Optimiz
         torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
         return optimizer_type.step(self, closure)
 
-    return type(optimizer_type.__name__ + "WithFullModelGradientClip", (optimizer_type,), {"step": step_with_full_model_clipping})
+    return type(
+        optimizer_type.__name__ + "WithFullModelGradientClip",
+        (optimizer_type,),
+        {"step": step_with_full_model_clipping},
+    )
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

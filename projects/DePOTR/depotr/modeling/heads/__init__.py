@@ -1,6 +1,7 @@
 """Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM), SimpleBaseline, TransPose-R, the
 branches' typed outputs, and the shared heatmap codec, losses (RLE's with its flow), MLP and target
 rule."""
+
 from .heatmap import DePOTRDotProductHeatmapHead, DePOTRHeatmapHead
 from .heatmap_codec import HeatmapCodec
 from .heatmap_loss import joints_mse_loss

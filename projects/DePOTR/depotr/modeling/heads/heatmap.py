@@ -1,6 +1,7 @@
 """DePOTR-HM's heatmap head (the seed thesis): each keypoint query's decoder output becomes a
 coarse (H/16, W/16) map, two stride-2 deconvolutions bring it to H/4, a 3x3 conv refines it.
 The K maps are treated as channels, as the thesis' ConvTranspose2d(17 -> 17)."""
+
 from typing import Dict, Tuple
 
 import torch
@@ -41,7 +42,7 @@ class DePOTRHeatmapHead(nn.Module):
         if height % _COARSE_STRIDE or width % _COARSE_STRIDE:
             raise ValueError(f"DePOTR-HM needs a crop size divisible by {_COARSE_STRIDE}, got {crop_size}")
         self.coarse_size = (height // _COARSE_STRIDE, width // _COARSE_STRIDE)
-        self.stride = _COARSE_STRIDE // 2 ** _NUM_DECONV_LAYERS
+        self.stride = _COARSE_STRIDE // 2**_NUM_DECONV_LAYERS
         self.channels = num_keypoints * initial_channels
         coarse_values = self.coarse_size[0] * self.coarse_size[1] * initial_channels
         self.mlp = MLP(hidden_dim, hidden_dim, coarse_values, mlp_layers)
@@ -93,8 +94,9 @@ class DePOTRDotProductHeatmapHead(nn.Module):
         first) and "res2" (B, C2, H/4, W/4). The last decoder layer is used. Returns
         (B, K, H/4, W/4)."""
         fine = features["res2"]
-        coarse = torch.nn.functional.interpolate(features["memory"][0], size=fine.shape[-2:], mode="bilinear",
-                                                 align_corners=False)
+        coarse = torch.nn.functional.interpolate(
+            features["memory"][0], size=fine.shape[-2:], mode="bilinear", align_corners=False
+        )
         pixels = self.pixel_proj(torch.relu(self.norm(self.fine_proj(fine) + coarse)))
         embeddings = self.embed(features["hidden_states"][-1])  # (B, K, d)
         heatmaps = torch.einsum("bkd,bdhw->bkhw", embeddings, pixels) / pixels.shape[1] ** 0.5

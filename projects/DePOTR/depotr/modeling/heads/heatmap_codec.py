@@ -11,6 +11,7 @@ Targets: unnormalised Gaussians (peak 1; Xiao et al. 2018, SimpleBaseline). Deco
 ``"dark"`` (second-order Taylor expansion of the log of the blurred heatmap; Zhang et al. 2020,
 DARK).
 """
+
 import math
 from typing import Tuple
 
@@ -52,8 +53,8 @@ class HeatmapCodec:
         centres_x = torch.arange(w, dtype=keypoints.dtype, device=keypoints.device) + 0.5
         centres_y = torch.arange(h, dtype=keypoints.dtype, device=keypoints.device) + 0.5
         mu = keypoints[..., :2] / self.stride  # (B, K, 2)
-        gauss_x = torch.exp(-((centres_x - mu[..., 0:1]) ** 2) / (2 * self.sigma ** 2))  # (B, K, w)
-        gauss_y = torch.exp(-((centres_y - mu[..., 1:2]) ** 2) / (2 * self.sigma ** 2))  # (B, K, h)
+        gauss_x = torch.exp(-((centres_x - mu[..., 0:1]) ** 2) / (2 * self.sigma**2))  # (B, K, w)
+        gauss_y = torch.exp(-((centres_y - mu[..., 1:2]) ** 2) / (2 * self.sigma**2))  # (B, K, h)
         weights = keypoint_target_weights(keypoints, self.crop_size)
         heatmaps = gauss_y[..., :, None] * gauss_x[..., None, :] * weights[..., None, None]
         return heatmaps, weights
@@ -114,7 +115,7 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     border or where the log is not locally concave."""
     radius = max(1, math.ceil(3 * sigma))
     kernel = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
-    kernel = torch.exp(-(kernel ** 2) / (2 * sigma ** 2))
+    kernel = torch.exp(-(kernel**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     flat = heatmaps.flatten(0, 1)[:, None]  # (B K, 1, h, w)
     blurred = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(radius, 0))
@@ -129,7 +130,7 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     dxx = p[..., 1, 2] - 2 * p[..., 1, 1] + p[..., 1, 0]
     dyy = p[..., 2, 1] - 2 * p[..., 1, 1] + p[..., 0, 1]
     dxy = 0.25 * (p[..., 2, 2] - p[..., 2, 0] - p[..., 0, 2] + p[..., 0, 0])
-    det = dxx * dyy - dxy ** 2
+    det = dxx * dyy - dxy**2
     inside_x, inside_y = _interior(heatmaps, x, y)
     valid = inside_x & inside_y & (det > 1e-12) & (dxx < 0)
     safe_det = torch.where(valid, det, torch.ones_like(det))

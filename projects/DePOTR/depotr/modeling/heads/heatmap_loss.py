@@ -1,4 +1,5 @@
 """SimpleBaseline's ``JointsMSELoss`` with target weights (Xiao et al. 2018)."""
+
 import torch
 
 

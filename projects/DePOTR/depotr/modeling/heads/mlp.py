@@ -1,4 +1,5 @@
 """The MLP of DETR's box head (Carion et al. 2020, ``models/detr.py::MLP``)."""
+
 import torch
 from torch import nn
 

@@ -5,6 +5,7 @@ horizontal flip of the crops and how two passes average (the flip test, ``modeli
 Shape letters: B crops, K keypoints, n decoder layers, (h, w) heatmap size. Fields of the auxiliary
 outputs (decoder layers 0 .. n-2, deep supervision) are None when the branch has none.
 """
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, TypeVar

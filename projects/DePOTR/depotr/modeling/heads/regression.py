@@ -5,6 +5,7 @@ Coordinates follow Deformable DETR's box refinement (Zhu et al. 2021): the MLP o
 the inverse sigmoid of the query's reference point and squashed by a sigmoid, so predictions stay
 in [0, 1] of the crop. (The thesis added the raw output of a Linear to the reference point.)
 """
+
 from typing import Dict
 
 import torch

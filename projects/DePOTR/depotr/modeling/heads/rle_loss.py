@@ -48,6 +48,7 @@ score = 1 - (sigma_x + sigma_y) / 2, in (0, 1) since sigma is a sigmoid; with si
 crop-normalised units it is 1 minus the expected absolute error as a fraction of the crop. The
 flow is used in training only.
 """
+
 import math
 from typing import Optional, Tuple
 

@@ -2,6 +2,7 @@
 Estimation and Tracking", ``lib/models/pose_resnet.py``): res5 -> N x [ConvTranspose2d stride 2 +
 BN + ReLU] -> 1x1 conv -> K heatmaps. The deconvolution stack and the final conv are reused by the
 DePOTR-HM and TransPose heads."""
+
 from typing import Dict
 
 import torch
@@ -51,10 +52,10 @@ class SimpleBaselineHead(nn.Module):
         deconv_kernel: int = 4,
     ):
         super().__init__()
-        if in_stride % 2 ** num_deconv_layers:
+        if in_stride % 2**num_deconv_layers:
             raise ValueError(f"{num_deconv_layers} deconvolutions cannot upsample a stride-{in_stride} map")
         self.in_feature = in_feature
-        self.stride = in_stride // 2 ** num_deconv_layers
+        self.stride = in_stride // 2**num_deconv_layers
         self.deconv = deconv_stack(in_channels, deconv_channels, num_deconv_layers, deconv_kernel)
         self.predictor = heatmap_predictor(deconv_channels, num_keypoints, 1)
 

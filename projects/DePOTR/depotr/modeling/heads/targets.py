@@ -1,4 +1,5 @@
 """Which ground-truth keypoints supervise a crop: one rule for every head and loss."""
+
 from typing import Tuple
 
 import torch

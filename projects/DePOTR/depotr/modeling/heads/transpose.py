@@ -6,6 +6,7 @@ stride-2 deconvolution and a 1x1 conv give K heatmaps at stride 4.
 Difference: we use ``nn.TransformerEncoder`` and add the position embedding once to its input;
 TransPose adds it to the queries and keys of every layer.
 """
+
 from typing import Dict
 
 import torch
