@@ -261,7 +261,8 @@ def run(args: argparse.Namespace, baseline: Optional[Callable[..., Tensor]]) -> 
                         gb_per_s = minimum_bytes(case, dtype) / (r["fwd+bwd"] * 1e-3) / 1e9
                         row = (
                             f"| {device} | {crop[0]}x{crop[1]} | {batch} | {queries} ({case.num_queries}) | {backend} "
-                            f"| {fmt(r['fwd'])} | {fmt(r['bwd'])} | {fmt(r['fwd+bwd'])} | {fmt(gb_per_s, 2)} | {fmt(r['peak'])} "
+                            f"| {fmt(r['fwd'])} | {fmt(r['bwd'])} | {fmt(r['fwd+bwd'])} | {fmt(gb_per_s, 2)} "
+                            f"| {fmt(r['peak'])} "
                             f"| {' | '.join(speedups)} |"
                         )
                         rows.append(row)

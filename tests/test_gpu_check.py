@@ -126,7 +126,8 @@ def results(tmp_path):
     (folder / "train").mkdir(parents=True)
     (folder / "steps.tsv").write_text("build\tpassed\t61\ntests\tfailed (exit 1)\t88\ntrain\tpassed\t70\n")
     (folder / "check_msda_cuda.log").write_text(
-        "torch 2.14.1\nJIT-building\n\n| backend | dtype | ok |\n|---|---|---|\n| compiled | float32 | yes |\n\nall checks passed\n"
+        "torch 2.14.1\nJIT-building\n\n| backend | dtype | ok |\n|---|---|---|\n"
+        "| compiled | float32 | yes |\n\nall checks passed\n"
     )
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
@@ -163,7 +164,8 @@ def results(tmp_path):
     (folder / "train" / "metrics.json").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (folder / "train" / "log.txt").write_text(
         "iter: 19  total_loss: 0.25  time: 0.31  max_mem: 2345M\n"
-        "WARNING ms_deform_attn on cuda:0 (GPU), torch.float16: backend 'compiled' failed its self-check: X; using the 'triton' backend\n"
+        "WARNING ms_deform_attn on cuda:0 (GPU), torch.float16: backend 'compiled' failed its self-check: X; "
+        "using the 'triton' backend\n"
     )
     return folder
 

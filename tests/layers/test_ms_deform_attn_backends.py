@@ -286,6 +286,9 @@ def test_no_backend_serving_raises_naming_each(fake_table):
         install(name, unavailable=lambda device_type, dtype, name=name: f"no {name} here")
     with pytest.raises(
         RuntimeError,
-        match="no backend serves cpu, torch.float32: backend 'compiled' is unavailable: no compiled here; .*'reference' is unavailable: no reference here",
+        match=(
+            "no backend serves cpu, torch.float32: backend 'compiled' is unavailable: no compiled here; "
+            ".*'reference' is unavailable: no reference here"
+        ),
     ):
         msda_backend("cpu")

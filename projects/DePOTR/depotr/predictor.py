@@ -97,7 +97,8 @@ class Predictor:
         Args:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
                 loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
-                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE`` is where the model runs.
+                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE``
+                is where the model runs.
         """
         self.cfg = cfg.clone()
         self.cfg.freeze()

@@ -261,7 +261,7 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
     neck = r_torso @ np.array([0.0, shape["torso"], 0.0])
     p["neck"] = neck
     for side, sgn in _SIDES:
-        a = lambda name: pose[f"{side}_{name}"]  # noqa: E731
+        a = lambda name, side=side: pose[f"{side}_{name}"]  # noqa: E731
         shoulder = neck + r_torso @ np.array([sgn * shape["shoulder_width"] / 2, -0.015, 0.0])
         r_sh = r_torso @ _rz(sgn * a("shoulder_abd")) @ _rx(-a("shoulder_flex")) @ _ry(-sgn * a("shoulder_rot"))
         elbow = shoulder + r_sh @ _DOWN * shape["upper_arm"]

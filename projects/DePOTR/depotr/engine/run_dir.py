@@ -167,8 +167,9 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
 
 def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
     """Removes the rows of Detectron2's ``metrics.json`` (one json object per line) whose
-    "iteration" is >= ``start_iter``, and rows a kill cut short; returns how many. The file is rewritten in place, so that
-    a ``JSONWriter`` that already opened it for appending keeps writing into it."""
+    "iteration" is >= ``start_iter``, and rows a kill cut short; returns how many. The file is
+    rewritten in place, so that a ``JSONWriter`` that already opened it for appending keeps
+    writing into it."""
     if not os.path.isfile(metrics_file):
         return 0
     with open(metrics_file, "r+") as f:

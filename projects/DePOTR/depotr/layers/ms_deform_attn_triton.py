@@ -55,9 +55,9 @@ def _program_rows(rows, LqM, S, M, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
-def _level(shapes_ptr, starts_ptr, l):
-    """(H_l, W_l, first token of level l)."""
-    return tl.load(shapes_ptr + 2 * l), tl.load(shapes_ptr + 2 * l + 1), tl.load(starts_ptr + l)
+def _level(shapes_ptr, starts_ptr, level):
+    """(H_l, W_l, first token of level l = ``level``)."""
+    return tl.load(shapes_ptr + 2 * level), tl.load(shapes_ptr + 2 * level + 1), tl.load(starts_ptr + level)
 
 
 @triton.jit
@@ -121,10 +121,10 @@ def _forward_kernel(
 ):
     row, row_mask, channels, channel_mask, base, MD = _program_rows(rows, LqM, S, M, D, BLOCK_R, BLOCK_D)
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
-    for l in range(L):
-        H, W, start = _level(shapes_ptr, starts_ptr, l)
+    for level in range(L):
+        H, W, start = _level(shapes_ptr, starts_ptr, level)
         for p in range(P):
-            j = row * (L * P) + (l * P + p)
+            j = row * (L * P) + (level * P + p)
             attn, finite, inside, h0, w0, lh, lw = _sample_point(loc_ptr, attn_ptr, j, row_mask, H, W, ACC)
             hh = 1.0 - lh
             hw = 1.0 - lw
@@ -177,10 +177,10 @@ def _backward_kernel(
     row, row_mask, channels, channel_mask, base, MD = _program_rows(rows, LqM, S, M, D, BLOCK_R, BLOCK_D)
     g_pointers = grad_out_ptr + row[:, None] * D + channels[None, :]
     g = tl.load(g_pointers, mask=row_mask[:, None] & channel_mask[None, :], other=0.0).to(ACC)
-    for l in range(L):
-        H, W, start = _level(shapes_ptr, starts_ptr, l)
+    for level in range(L):
+        H, W, start = _level(shapes_ptr, starts_ptr, level)
         for p in range(P):
-            j = row * (L * P) + (l * P + p)
+            j = row * (L * P) + (level * P + p)
             attn, finite, inside, h0, w0, lh, lw = _sample_point(loc_ptr, attn_ptr, j, row_mask, H, W, ACC)
             hh = 1.0 - lh
             hw = 1.0 - lw
