@@ -327,3 +327,22 @@ def test_from_config_and_synthetic_dicts(small_synthetic):
             assert (lab[:, 0] >= 0).all() and (lab[:, 0] <= 256).all() and (lab[:, 1] <= 256).all()
             boxes = inst.gt_boxes.tensor
             assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def test_boxes_the_augmentation_moves_out_of_the_image_are_dropped_and_counted(tmp_path, caplog):
+    # A crop to the left 40 columns keeps the first person (x 10..60 -> 10..40) and loses the
+    # second (x 80..120) and the proposal at x 90..110: two dropped, one person kept.
+    kp = _keypoints({0: (20.5, 30.5, 2)})
+    mapper = DePOTRDatasetMapper(is_train=True, augmentation=_compose(A.Crop(x_min=0, y_min=0, x_max=40, y_max=H)))
+    record = _dict(
+        tmp_path,
+        annotations=[_anno(kp), _anno(_keypoints({0: (100.5, 30.5, 2)}), bbox=(80, 12, 40, 50), ann_id=43)],
+        person_boxes=[[90.0, 10.0, 110.0, 60.0], [5.0, 5.0, 30.0, 60.0]],
+        person_scores=[0.9, 0.8],
+    )
+    with caplog.at_level("INFO", logger="depotr.data.dataset_mapper"):
+        out = mapper(record)
+    assert len(out["instances"]) == 1 and out["instances"].gt_keypoints.tensor[0, 0].tolist() == [20.5, 30.5, 2]
+    assert out["proposals"].scores.tolist() == pytest.approx([0.8])
+    assert mapper.num_dropped_boxes == 2
+    assert "dropped 2 boxes so far that the augmentation moved out of the image" in caplog.text
