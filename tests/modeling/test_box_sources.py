@@ -216,6 +216,11 @@ def test_build_box_source_names():
         build_box_source(cfg, "detector")
     with pytest.raises(ValueError, match=r"unknown person box source 'proposals'"):
         build_box_source(cfg, "proposals")
+    whole = WholeImageBoxes()
+    with_fallback = build_box_source(cfg, "precomputed", fallback=whole)
+    assert with_fallback.fallback is whole and (with_fallback.score_thresh, with_fallback.topk) == (0.3, 7)
+    with pytest.raises(ValueError, match="only the 'precomputed' box source takes a fallback, not 'gt'"):
+        build_box_source(cfg, "gt", fallback=whole)
 
 
 def test_box_source_keys_have_one_meaning_each():

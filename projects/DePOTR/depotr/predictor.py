@@ -23,7 +23,7 @@ from detectron2.structures import Boxes, Instances
 
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer
-from .modeling.box_sources import PrecomputedBoxes, build_box_source
+from .modeling.box_sources import build_box_source
 
 __all__ = ["Predictor", "person_proposals"]
 
@@ -105,9 +105,10 @@ class Predictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
-        depotr = self.cfg.MODEL.DEPOTR
-        fallback = build_box_source(self.cfg, "detector" if depotr.DETECTOR.CONFIG_FILE else "whole_image")
-        box_source = PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK, fallback=fallback)
+        fallback = build_box_source(
+            self.cfg, "detector" if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else "whole_image"
+        )
+        box_source = build_box_source(self.cfg, "precomputed", fallback=fallback)
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
         if self.cfg.MODEL.WEIGHTS:

@@ -469,15 +469,18 @@ class WholeImageBoxes(PersonBoxSource):
         return PersonBoxes(boxes, boxes.new_ones(1), torch.zeros(1, dtype=torch.int64, device=device))
 
 
-def build_box_source(cfg: CfgNode, name: str) -> PersonBoxSource:
+def build_box_source(cfg: CfgNode, name: str, fallback: Optional[PersonBoxSource] = None) -> PersonBoxSource:
     """The box source ``name`` (one of :data:`TEST_BOX_SOURCES`) with the settings of ``cfg``:
     ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources, ``INPUT.FORMAT`` and
-    ``MODEL.DEPOTR.DETECTOR`` for the detector."""
+    ``MODEL.DEPOTR.DETECTOR`` for the detector. ``fallback``: for "precomputed" only, the source
+    of the inputs without ``"proposals"`` (see :class:`PrecomputedBoxes`)."""
     depotr = cfg.MODEL.DEPOTR
+    if fallback is not None and name != "precomputed":
+        raise ValueError(f"only the 'precomputed' box source takes a fallback, not {name!r}")
     if name == "gt":
         return GtBoxes()
     if name == "precomputed":
-        return PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
+        return PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK, fallback=fallback)
     if name == "detector":
         return DetectorBoxes(build_person_detector(cfg), cfg.INPUT.FORMAT, depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
     if name == "whole_image":
