@@ -132,8 +132,8 @@ def test_batch_equals_single_calls_with_one_crop_and_one_forward(predictor, monk
         batched = predictor.predict_batch(images, boxes=boxes)
     finally:
         hook.remove()
-    # One forward of all 4 crops (and one of their mirror images with the flip test).
-    assert len(crop_calls) == 1 and forward_batches == [1 + 2 + 1] * (2 if predictor.cfg.TEST.FLIP else 1)
+    # One forward of all 4 crops (with the flip test, of them and their mirror images together).
+    assert len(crop_calls) == 1 and forward_batches == [(1 + 2 + 1) * (2 if predictor.cfg.TEST.FLIP else 1)]
     assert [len(b) for b in batched] == [1, 2, 1]
     for single, batch in zip(singles, batched):
         assert_same_instances(single, batch)

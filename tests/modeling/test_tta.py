@@ -115,7 +115,7 @@ def test_flip_test_of_typed_outputs_equals_the_old_dict_rule(name, shift, keys):
         keypoints = predict_crop_keypoints(branch, crops, COCO_FLIP)
     got = _old_dict(outputs)
     assert got.keys() == expected.keys() == keys
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    for key in expected:  # one batch of 2N instead of two passes of N: equal up to float rounding
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keypoints, branch.decode(outputs), rtol=0, atol=0)
     assert not torch.allclose(keypoints, branch.decode(branch(crops)))  # the flip test changed them

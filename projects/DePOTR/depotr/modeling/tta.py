@@ -4,7 +4,7 @@
 Shape letters: N persons, C channels, K keypoints, (H, W) crop size, (h, w) heatmap size.
 
 Flip test as in SimpleBaseline (Xiao et al. 2018) / mmpose ``models/utils/tta.py``: run the
-branch on the crops and on their horizontal mirrors, map the mirrored outputs back (mirror the
+branch on the crops and on their horizontal mirrors (in one batch), map the mirrored outputs back (mirror the
 coordinates or heatmaps, swap left/right keypoints: the branch's ``flip_back``, which also does
 any heatmap shift) and average the two (the outputs type's ``average``). Crop coordinates mirror
 as u -> W - u (pixel j -> W - 1 - j); crop-normalised ones as x -> 1 - x.
@@ -64,10 +64,12 @@ def flip_test(branch: "KeypointBranch", crops: Tensor, flip_indices: Sequence[in
 
     Returns:
         Raw outputs of the type of ``branch(crops)``, ready for ``branch.decode``.
+
+    The crops and their mirrors go through the branch as one batch of 2N (one pass over the
+    weights instead of two; every layer treats crops independently at inference).
     """
-    outputs = branch(crops)
-    mirrored = branch.flip_back(branch(crops.flip(-1)), list(flip_indices))
-    return outputs.average(mirrored)
+    outputs, mirrored = branch(torch.cat((crops, crops.flip(-1)))).halves()
+    return outputs.average(branch.flip_back(mirrored, list(flip_indices)))
 
 
 def predict_crop_keypoints(

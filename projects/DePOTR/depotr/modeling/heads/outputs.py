@@ -37,6 +37,16 @@ class BranchOutputs:
         means = {f.name: _mean(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
         return type(self)(**means)
 
+    def halves(self: _Outputs) -> "tuple[_Outputs, _Outputs]":
+        """The outputs of the first and of the second half of a batch of 2B crops, as two objects of
+        this type. The batch is dimension 0 of a field, and dimension 1 of an ``aux_*`` field
+        (decoder layers first). ``chunk`` keeps a traced export valid for any batch size."""
+        parts = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            parts[f.name] = (None, None) if value is None else value.chunk(2, 1 if f.name.startswith("aux_") else 0)
+        return type(self)(**{k: v[0] for k, v in parts.items()}), type(self)(**{k: v[1] for k, v in parts.items()})
+
 
 @dataclass
 class RegressionOutputs(BranchOutputs):
