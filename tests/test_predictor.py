@@ -11,6 +11,7 @@ import torch
 from skimage import data as skimage_data
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.structures import BoxMode
 
 import depotr.modeling.meta_arch
 from depotr import Predictor
@@ -274,7 +275,7 @@ def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
 
 def test_predictor_rejects_bad_boxes(predictor):
     image = astronaut_bgr()
-    with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY, got shape \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY_ABS, got shape \(2, 5\)"):
         predictor(image, boxes=np.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"image 0: box scores must be \(1,\) for 1 boxes, got shape \(2,\)"):
         predictor(image, boxes=[[0, 0, 10, 10]], scores=[0.5, 0.5])
@@ -286,6 +287,37 @@ def test_predictor_rejects_bad_boxes(predictor):
         predictor.predict_batch([image, image], boxes=[None])
     with pytest.raises(ValueError, match="has scores but no boxes"):
         predictor(image, scores=[1.0])
+
+
+def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):
+    image = astronaut_bgr()
+    xywh = np.array([[10.0, 20.0, 40.0, 90.0], [50.0, 5.0, 30.0, 60.0]])
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # by hand
+    expected = predictor(image, boxes=xyxy)
+    assert_same_instances(predictor(image, boxes=xywh, box_mode=BoxMode.XYWH_ABS), expected)
+    assert_same_instances(
+        predictor.predict_batch([image], [torch.tensor(xywh)], box_mode=BoxMode.XYWH_ABS)[0], expected
+    )
+    # The friction: XYWH boxes read as XYXY; the second (x1 = 30 < x0 = 50) is degenerate and the
+    # error names the likely mistake.
+    with pytest.raises(
+        ValueError, match=r"person box 1 of image 0 is degenerate.*if it is XYWH, pass box_mode=BoxMode.XYWH_ABS"
+    ):
+        predictor(image, boxes=xywh)
+    with pytest.raises(ValueError, match="box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS"):
+        predictor(image, boxes=xyxy / 96, box_mode=BoxMode.XYXY_REL)
+
+
+def test_normalised_boxes_are_warned_about(predictor, caplog):
+    image = astronaut_bgr()  # 128 x 96
+    with caplog.at_level("WARNING", logger="depotr"):
+        predictor(image, boxes=[[0.1, 0.2, 0.6, 0.9]])
+    assert "all 1 person boxes have coordinates <= 1.5 on a 96x128 image: are they normalised to [0, 1]?" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="depotr"):
+        predictor(image, boxes=[[0.1, 0.2, 10.0, 20.0]])  # pixels
+        predictor(image[:32, :24], boxes=[[0.1, 0.2, 1.0, 1.5]])  # a tiny image: 1.5 px is plausible
+    assert "normalised" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
