@@ -18,7 +18,7 @@ from skimage import data as skimage_data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "demo", "demo.py")
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
-CPU = ["--opts", "MODEL.DEVICE", "cpu"]
+CPU = ["--random-weights", "--opts", "MODEL.DEVICE", "cpu"]
 
 
 @pytest.fixture(scope="module")

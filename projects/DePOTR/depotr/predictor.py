@@ -21,8 +21,9 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
-from .engine.checkpoint import DePOTRCheckpointer
+from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .modeling.box_sources import build_box_source
 
 __all__ = ["Predictor", "person_proposals"]
@@ -120,14 +121,17 @@ class Predictor:
     fed.
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, random_weights: bool = False):
         """
         Args:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
                 loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
-                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE``
-                is where the model runs.
+                fit the model). ``MODEL.DEVICE`` is where the model runs.
+            random_weights: run with the random initialisation; ``MODEL.WEIGHTS`` must then be
+                empty, and an empty one without it is a ``depotr.cli.ConfigError``
+                (``depotr.engine.checkpoint.weights_to_load``).
         """
+        load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
         self.cfg = cfg.clone()
         self.cfg.freeze()
         self.input_format = self.cfg.INPUT.FORMAT
@@ -139,10 +143,9 @@ class Predictor:
         box_source = build_box_source(self.cfg, "precomputed", fallback=fallback)
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
-        if self.cfg.MODEL.WEIGHTS:
+        if load_weights:
             DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
+        log_device(self.cfg.MODEL.DEVICE)
 
     def __call__(
         self,
