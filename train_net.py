@@ -81,8 +81,12 @@ def cli(argv=None) -> int:
     print("Command Line Args:", args)
     from depotr.config import load_depotr_config
     from depotr.engine import launch
+    from depotr.engine.checkpoint import weights_to_load
 
-    load_depotr_config(args.config_file, config_overrides(args))  # config mistakes end here, before any process starts
+    # Config and weights mistakes end here, before any process starts or any data is generated.
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    if args.eval_only and not args.resume:
+        weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
     launch(
         main,
         args.num_gpus,

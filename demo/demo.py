@@ -159,7 +159,7 @@ def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
     if (new_height, new_width) != (height, width):
         image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_AREA)
         scale = instances.pred_boxes.tensor.new_tensor([new_width / width, new_height / height])
-        fields = instances.get_fields()
+        fields = dict(instances.get_fields())  # a copy: the caller's Instances stay as they are
         fields["pred_boxes"] = Boxes(instances.pred_boxes.tensor * scale.repeat(2))
         keypoints = instances.pred_keypoints.clone()
         keypoints[..., :2] *= scale

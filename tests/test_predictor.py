@@ -15,6 +15,7 @@ from detectron2.structures import BoxMode
 
 import depotr.modeling.meta_arch
 from depotr import Predictor
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
 from depotr.modeling.box_sources import PersonDetector
@@ -47,7 +48,7 @@ def camera_grey(height: int = 128, width: int = 96) -> np.ndarray:
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    return Predictor(instant_cfg())
+    return Predictor(instant_cfg(), random_weights=True)
 
 
 def assert_same_instances(a, b, atol=1e-5):
@@ -153,7 +154,7 @@ def test_weights_are_loaded(predictor, tmp_path):
     DetectionCheckpointer(predictor.model, save_dir=str(tmp_path)).save("pose")
     image = astronaut_bgr()
     torch.manual_seed(1)
-    fresh = Predictor(instant_cfg())  # another random initialisation
+    fresh = Predictor(instant_cfg(), random_weights=True)  # another random initialisation
     pairs = zip(predictor.model.state_dict().values(), fresh.model.state_dict().values())
     assert any(not torch.equal(a, b) for a, b in pairs)
     torch.manual_seed(1)
@@ -161,6 +162,16 @@ def test_weights_are_loaded(predictor, tmp_path):
     for (name, a), b in zip(predictor.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), f"checkpoint not loaded: {name}"
     assert_same_instances(loaded(image), predictor(image), atol=0)
+
+
+def test_empty_weights_need_random_weights_explicitly(tmp_path):
+    """The friction: an empty MODEL.WEIGHTS ran on random weights with a warning only."""
+    with pytest.raises(ConfigError, match=r"MODEL.WEIGHTS is empty: .* random_weights=True"):
+        Predictor(instant_cfg())
+    with pytest.raises(ConfigError, match="random weights, but MODEL.WEIGHTS is"):
+        Predictor(instant_cfg("MODEL.WEIGHTS", str(tmp_path / "pose.pth")), random_weights=True)
+    with pytest.raises(ConfigError, match=r"MODEL.WEIGHTS .*missing.pth: no such checkpoint file"):
+        Predictor(instant_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +339,7 @@ def test_detector_boxes_and_no_person(tmp_path):
     cfg = instant_cfg()
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR  # random init
     torch.manual_seed(0)
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, random_weights=True)
     detector = predictor.model.box_source.fallback.detector  # the model runs the detector
     assert isinstance(detector, PersonDetector)
     # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1) = 0.731.
@@ -367,7 +378,7 @@ def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
     torch.manual_seed(0)
     cfg = instant_cfg()
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
-    saved = Predictor(cfg).model.box_source.fallback.detector
+    saved = Predictor(cfg, random_weights=True).model.box_source.fallback.detector
     box_predictor = saved.detector.roi_heads.box_predictor
     with torch.no_grad():
         for p in box_predictor.parameters():
@@ -376,7 +387,7 @@ def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
     DetectionCheckpointer(saved.detector, save_dir=str(tmp_path)).save("detector")
     cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = str(tmp_path / "detector.pth")
     cfg.MODEL.DEPOTR.BOX_TOPK = 3
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, random_weights=True)
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "detector"
     model = build_model(cfg).eval()
     image = astronaut_bgr(128, 96)
