@@ -85,7 +85,7 @@ def cli(argv=None) -> int:
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
     cfg = load_depotr_config(args.config_file, config_overrides(args))
-    if args.eval_only and not args.resume:
+    if not args.resume and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch
         weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
     launch(
         main,

@@ -131,6 +131,14 @@ def test_empty_weights_are_refused_unless_random_weights(name, tmp_path, capsys)
     assert capsys.readouterr().err == f"error: MODEL.WEIGHTS {missing}: no such checkpoint file\n"
 
 
+def test_training_from_a_missing_checkpoint_is_refused_before_it_starts(tmp_path, capsys):
+    missing = str(tmp_path / "missing.pth")
+    argv = ["--config-file", INSTANT_CONFIG, "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.WEIGHTS", missing]
+    assert run_main(_main("train_net"), argv) == 2
+    assert capsys.readouterr().err == f"error: MODEL.WEIGHTS {missing}: no such checkpoint file\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_error_from_the_command_line_has_no_traceback_and_no_warnings(tmp_path):
     """As users run it: stderr is the one error line, without the torch.jit.script
     FutureWarnings that torch and Detectron2's imports printed."""

@@ -34,7 +34,7 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's defaults + :func:`add_depotr_config`, then ``config_file``, then ``opts``
     (KEY VALUE ...). Without CUDA a "cuda" ``MODEL.DEVICE`` becomes "cpu" and
     ``SOLVER.AMP.ENABLED`` is switched off (Detectron2's AMPTrainer autocasts with CUDA only), so
-    that GPU configs run unchanged on a CPU machine (logged at debug level; where a model runs,
+    that GPU configs run unchanged on a CPU machine (not logged here: where a model runs,
     :func:`log_device` says so once). Returns the unfrozen config.
 
     Raises:
@@ -70,7 +70,6 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     except (ValueError, AssertionError) as e:  # yacs: a value of the wrong type
         raise ConfigError(f"config overrides: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.debug("MODEL.DEVICE %s: CUDA is not available, using cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         logger.warning("SOLVER.AMP.ENABLED needs a CUDA MODEL.DEVICE; training in float32 on cpu")
