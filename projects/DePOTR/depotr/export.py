@@ -1,11 +1,16 @@
-"""Export of the pose branch, person crops in -> keypoints out, to TorchScript and ONNX.
+"""Export of DePOTR to TorchScript and ONNX: person crops in -> keypoints out, or an image and its
+person boxes in -> keypoints in image pixels out.
 
 Shape letters: N persons (crops), K keypoints, (H, W) the crop size (``INPUT.CROP_SIZE``).
 
-:class:`CropKeypointPredictor` is the exported module: pixel normalisation, the keypoint branch,
-its flip test when ``TEST.FLIP`` is on, and the branch's ``decode`` — everything
-``TopDownPoseEstimator.inference`` computes between cropping and ``crop_to_image``. The box ->
-crop step (RoIAlign) and the crop -> image transform stay with the caller.
+:class:`CropKeypointPredictor` (:func:`export_predictor`): pixel normalisation, the keypoint
+branch, its flip test when ``TEST.FLIP`` is on, and the branch's ``decode`` — everything
+``TopDownPoseEstimator.inference`` computes between cropping and ``crop_to_image``; the box ->
+crop step and the crop -> image transform stay with the caller.
+:class:`ImageKeypointPredictor` (:func:`export_image_predictor`) adds both around it (boxes
+clipped and grown to the crop, ``torchvision.ops.roi_align(aligned=True)`` = ONNX RoiAlign
+"half_pixel", ``crop_to_image``) and is checked against ``depotr.Predictor``. Both take N = 0
+(:meth:`CropKeypointPredictor.predict_normalised`).
 
 How each format is produced (:func:`export_predictor`):
 
