@@ -2,7 +2,7 @@
 """Trains and evaluates DePOTR models with Detectron2's trainer.
 
     python train_net.py --config-file configs/depotr_r50.yaml --num-gpus 4
-    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS m.pth  # or --opts KEY VALUE
     python train_net.py --config-file configs/depotr_hm_r18_synthetic.yaml   # CPU, embedded data
 
 Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
@@ -10,25 +10,26 @@ Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time 
 rank 0, the console, as Detectron2's own.
 """
 
-from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+import sys
 
-from depotr.config import load_depotr_config
-from depotr.data import register_synthetic_datasets_from_cfg
-from depotr.engine import DePOTRCheckpointer, Trainer, launch
-from depotr.engine.run_dir import lock_output_dir
-from depotr.engine.trainer import load_training_dicts
-from depotr.solver import apply_epoch_schedule
+from depotr.cli import config_overrides, parse_command_line, run_main, training_argument_parser
 
 
-def setup(args) -> CfgNode:
-    """Builds the frozen config (defaults, DePOTR keys, the yaml file, then ``--opts``), takes
+def setup(args):
+    """Builds the frozen config (defaults, DePOTR keys, the yaml file, then the overrides), takes
     OUTPUT_DIR's run lock on the main process and sets up logging."""
-    cfg = load_depotr_config(args.config_file, args.opts)
+    from detectron2.data import DatasetCatalog
+    from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    from depotr.config import load_depotr_config
+    from depotr.data import register_synthetic_datasets_from_cfg
+    from depotr.engine.run_dir import lock_output_dir
+    from depotr.engine.trainer import load_training_dicts
+    from depotr.solver import apply_epoch_schedule
+
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
     lock = None
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
@@ -50,10 +51,21 @@ def setup(args) -> CfgNode:
 
 
 def main(args):
+    from detectron2.evaluation import verify_results
+    from detectron2.utils import comm
+
+    from depotr.config import log_device
+    from depotr.engine import DePOTRCheckpointer, Trainer
+    from depotr.engine.checkpoint import weights_to_load
+
     cfg = setup(args)
+    log_device(cfg.MODEL.DEVICE)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if not (args.resume and checkpointer.has_checkpoint()):  # else the run's last checkpoint is evaluated
+            weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -63,9 +75,18 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def cli(argv=None) -> int:
+    """Parses the arguments (before torch and Detectron2 are imported) and launches :func:`main`."""
+    args = parse_command_line(training_argument_parser(__doc__), argv)
     print("Command Line Args:", args)
+    from depotr.config import load_depotr_config
+    from depotr.engine import launch
+    from depotr.engine.checkpoint import weights_to_load
+
+    # Config and weights mistakes end here, before any process starts or any data is generated.
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    if not args.resume and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch
+        weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
     launch(
         main,
         args.num_gpus,
@@ -74,3 +95,8 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(cli))

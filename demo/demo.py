@@ -14,11 +14,14 @@ it is configured, e.g.
 otherwise the whole image is one person (the single-person mode of a top-down model).
 
 Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged),
-<output>/<video stem>.mp4 (mp4v, the input's frame rate and size) for a video; the webcam is
-shown in a window (Esc quits). --save-json writes COCO keypoint results, one per person:
-image_id = the file name stem (an int when it is all digits, as in COCO's 000000397133.jpg)
-or the frame index for a video / the webcam; category_id 1; keypoints [x, y, score] x 17 in
-COCO's pixel-index convention (Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score.
+<output>/<video stem>.mp4 (mp4v, the input's frame rate) for a video; the webcam is shown in a
+window (Esc quits). Images and frames whose long side exceeds 1920 px are downscaled to 1920 px
+for drawing (the skeletons scaled with them; the Visualizer's time and memory grow with the
+image); keypoints are predicted, and written to --save-json, at full resolution.
+--save-json writes COCO keypoint results, one per person: image_id = the file name stem (an int
+when it is all digits, as in COCO's 000000397133.jpg) or the frame index for a video / the
+webcam; category_id 1; keypoints [x, y, score] x 17 in COCO's pixel-index convention
+(Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score.
 
 Folders are read one level deep (their subfolders are skipped). Before the model is loaded, the
 demo checks that every output can be written and that no two inputs share a file name stem (which
@@ -26,6 +29,10 @@ would give them one output file and one image_id); otherwise it stops with an er
 (status 1). An image file that cannot be read, or a JPEG that ends early, is skipped with a
 message naming it, and the demo then exits with status 1; a video that cannot be opened is an error
 naming it (status 1).
+
+Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
+command accepts both). An empty MODEL.WEIGHTS is an error unless --random-weights is given. A
+config mistake (an unknown key, a missing file) is one line "error: ..." and status 2.
 """
 
 import argparse
@@ -33,31 +40,29 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detectron2.data import Metadata
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import Instances
-from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
-
-from depotr import Predictor
-from depotr.config import load_depotr_config
-from depotr.data import coco_person_metadata
-from depotr.data.image_io import read_image_bgr
+from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
 from depotr.file_io import atomic_write, temporary_path
 
+if TYPE_CHECKING:  # torch and Detectron2 are imported after the arguments are parsed (fast --help)
+    from detectron2.structures import Instances
+
+    from depotr import Predictor
+
 COCO_PERSON_CATEGORY_ID = 1
+# Long side, in pixels, of the drawn images and video frames: larger inputs are downscaled for
+# drawing (the keypoints are predicted, and written to --save-json, at full resolution).
+MAX_DRAW_SIZE = 1920
 WINDOW_NAME = "DePOTR"
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the DePOTR config file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs or folders")
     source.add_argument("--video-input", help="a video file")
@@ -71,7 +76,7 @@ def get_parser() -> argparse.ArgumentParser:
         "default 0 keeps every person",
     )
     parser.add_argument("--save-json", metavar="PATH", help="also write the persons as COCO keypoint results")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ...")
+    add_config_arguments(parser)
     return parser
 
 
@@ -134,18 +139,43 @@ def image_id_from_path(path: str) -> Union[int, str]:
     return int(stem) if stem.isdigit() else stem
 
 
-def draw(image: np.ndarray, instances: Instances, metadata: Metadata) -> np.ndarray:
+def drawn_size(height: int, width: int) -> tuple:
+    """(H', W') a (height, width) image is drawn at: its long side at most MAX_DRAW_SIZE."""
+    scale = min(1.0, MAX_DRAW_SIZE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
     """The (H, W, 3) uint8 BGR ``image`` with the persons' boxes and skeletons drawn by
-    Detectron2's ``Visualizer``; ``image`` itself when there is no person."""
+    Detectron2's ``Visualizer``, at :func:`drawn_size`: an image whose long side exceeds
+    ``MAX_DRAW_SIZE`` is downscaled first (``cv2.INTER_AREA``) and the boxes and keypoints
+    scaled with it (the Visualizer's time and memory grow with the image; the Predictor and the
+    json work at full resolution). With no person the (downscaled) image itself."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    height, width = image.shape[:2]
+    new_height, new_width = drawn_size(height, width)
+    if (new_height, new_width) != (height, width):
+        image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_AREA)
+        scale = instances.pred_boxes.tensor.new_tensor([new_width / width, new_height / height])
+        fields = dict(instances.get_fields())  # a copy: the caller's Instances stay as they are
+        fields["pred_boxes"] = Boxes(instances.pred_boxes.tensor * scale.repeat(2))
+        keypoints = instances.pred_keypoints.clone()
+        keypoints[..., :2] *= scale
+        fields["pred_keypoints"] = keypoints
+        instances = Instances((new_height, new_width), **fields)
     if len(instances) == 0:
         return image
     drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
     return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
 
 
-def coco_results(instances: Instances, image_id: Union[int, str]) -> List[Dict]:
+def coco_results(instances: "Instances", image_id: Union[int, str]) -> List[Dict]:
     """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, person
     category id 1)."""
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
     results = instances_to_coco_json(instances, image_id)
     for result in results:
         result["category_id"] = COCO_PERSON_CATEGORY_ID
@@ -156,13 +186,17 @@ class Demo:
     """Predicts the persons of an image, keeps those scoring >= ``threshold``, draws them and
     collects their COCO results."""
 
-    def __init__(self, predictor: Predictor, threshold: float):
+    def __init__(self, predictor: "Predictor", threshold: float):
+        from detectron2.data import Metadata
+
+        from depotr.data import coco_person_metadata
+
         self.predictor = predictor
         self.threshold = threshold
         self.metadata = Metadata(name="depotr_demo").set(**coco_person_metadata())
         self.results: List[Dict] = []
 
-    def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> Instances:
+    def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
         instances = self.predictor(image)
         instances = instances[instances.scores >= self.threshold]
@@ -171,6 +205,8 @@ class Demo:
 
     def run_images(self, paths: List[str], output: str) -> int:
         """Writes <output>/<stem>.png per image; returns the number of unreadable files."""
+        from depotr.data.image_io import read_image_bgr
+
         os.makedirs(output, exist_ok=True)
         failures = 0
         for path in tqdm(paths, desc="images"):
@@ -190,7 +226,10 @@ class Demo:
     def run_video(self, capture: cv2.VideoCapture, out_path: str) -> None:
         """Writes every frame of ``capture``, drawn, to the mp4 ``out_path``."""
         fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        height, width = drawn_size(
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        )
+        size = (width, height)
         writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not writer.isOpened():
             raise OSError(f"cannot write the video {out_path}")
@@ -220,9 +259,14 @@ class Demo:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if not args.webcam and not args.output:
         parser.error("--output is required with --input and --video-input")
+    from detectron2.utils.logger import setup_logger
+
+    from depotr import Predictor
+    from depotr.config import load_depotr_config
+
     setup_logger(name="depotr")
     paths = expand_inputs(args.input) if args.input else []
     problems = shared_outputs(paths, args.output)
@@ -241,7 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: cannot open {'the webcam' if args.webcam else args.video_input}", file=sys.stderr)
             return 1
 
-    demo = Demo(Predictor(load_depotr_config(args.config_file, args.opts)), args.confidence_threshold)
+    predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
+    demo = Demo(predictor, args.confidence_threshold)
     failures = 0
     if args.input:
         failures = demo.run_images(paths, args.output)
@@ -263,4 +308,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

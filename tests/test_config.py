@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "depotr_r50.yaml")
@@ -19,8 +20,7 @@ def test_yaml_and_overrides_are_applied():
 
 
 def test_unknown_override_key_raises():
-    # yacs (Detectron2's config) rejects it with an AssertionError naming the key.
-    with pytest.raises(AssertionError, match="Non-existent key: MODEL.DEPOTR.ENC_LAYER"):
+    with pytest.raises(ConfigError, match="unknown config key MODEL.DEPOTR.ENC_LAYER in the overrides"):
         load_depotr_config(CONFIG, ["MODEL.DEPOTR.ENC_LAYER", "2"])
 
 
@@ -40,3 +40,51 @@ def test_amp_setting_kept_on_a_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = load_depotr_config(CONFIG, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"])
     assert cfg.MODEL.DEVICE == "cuda" and cfg.SOLVER.AMP.ENABLED
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and path mistakes: one line naming the key or file (issue 23 item 6)
+
+
+def test_override_typo_names_the_key_and_the_nearest_valid_one():
+    with pytest.raises(
+        ConfigError, match=r"^unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP\?$"
+    ):
+        load_depotr_config(CONFIG, ["TEST.FLIPP", "True"])
+    with pytest.raises(ConfigError, match=r"^unknown config key NOTHING.LIKE.IT in the overrides$"):
+        load_depotr_config(CONFIG, ["NOTHING.LIKE.IT", "1"])
+
+
+def test_odd_number_of_overrides():
+    with pytest.raises(ConfigError, match=r"KEY VALUE pairs; got 3 values: TEST.FLIP True MODEL.WEIGHTS$"):
+        load_depotr_config(CONFIG, ["TEST.FLIP", "True", "MODEL.WEIGHTS"])
+
+
+def test_override_of_the_wrong_type_is_a_config_error():
+    with pytest.raises(ConfigError, match="config overrides: .*TEST.FLIP"):
+        load_depotr_config(CONFIG, ["TEST.FLIP", "[1, 2]"])
+
+
+def test_yaml_typo_names_the_file_and_the_nearest_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  DEPOTR:\n    ENC_LAYER: 2\n")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{path} .* unknown config key MODEL.DEPOTR.ENC_LAYER; did you mean MODEL.DEPOTR.ENC_LAYERS\?$",
+    ):
+        load_depotr_config(str(path))
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("MODEL:\n  DEPOTR:\n    HEAD: [regression\nTEST:\n  FLIP: True\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:[45]: invalid YAML: ") as info:
+        load_depotr_config(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_yml_for_yaml_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"configs/depotr_r50.yml does not exist, but .*configs/depotr_r50.yaml does"):
+        load_depotr_config(CONFIG[: -len(".yaml")] + ".yml")
+    with pytest.raises(ConfigError, match=r"^config file .*nothing.yaml does not exist$"):
+        load_depotr_config(str(tmp_path / "nothing.yaml"))

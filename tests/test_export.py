@@ -21,18 +21,26 @@ from torch import nn
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from depotr.cli import run_main
 from depotr.config import load_depotr_config
 from depotr.export import (
+    EXPORT_FORMATS,
+    EXPORT_INPUTS,
+    IMAGE_OUTPUT_FILES,
     MIN_OPSET,
     OUTPUT_FILES,
     CropKeypointPredictor,
     ExportCheckError,
     ExportReport,
+    ImageKeypointPredictor,
     build_crop_keypoint_predictor,
+    example_image,
     export_predictor,
     keypoint_errors,
+    predictor_keypoints,
     random_crops,
     reference_msda_backend,
+    reference_predictor,
     run_onnx,
     run_torchscript,
 )
@@ -229,3 +237,111 @@ def test_cli_exports_both_formats(tmp_path):
         assert float(line[1]) < TOLERANCE and float(line[2]) < TOLERANCE
         coord_error, score_error = keypoint_errors(RUNNERS[fmt](str(path), crops), expected)
         assert coord_error < TOLERANCE and score_error < TOLERANCE, (fmt, coord_error, score_error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image and boxes in -> keypoints in image pixels (issue 23 item 1), and 0 persons
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("export_model_tool", os.path.join(REPO, "tools", "export_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def image_export(tmp_path_factory):
+    """tools/export_model.py --inputs image (both formats) on seeded DePOTR-HM weights with
+    heatmaps scaled as a trained model's: (output folder, weights path, its stdout)."""
+    formats = ["torchscript"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    folder = tmp_path_factory.mktemp("image_export")
+    weights = folder / "weights.pth"
+    torch.save({"model": _seeded_model(()).state_dict()}, weights)
+    argv = ["--config-file", INSTANT_CONFIG, "--output", str(folder / "out"), "--inputs", "image"]
+    argv += ["--format", *formats, "MODEL.WEIGHTS", str(weights)]  # bare overrides, as train_net takes them
+    status = run_main(_tool().main, argv)
+    assert status == 0
+    return folder / "out", weights, formats
+
+
+def test_image_export_matches_the_predictor_on_other_images_and_boxes(image_export, capsys):
+    folder, weights, formats = image_export
+    assert sorted(os.listdir(folder)) == sorted(IMAGE_OUTPUT_FILES[fmt] for fmt in formats)
+    predictor = reference_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+    image = example_image(150, 170, seed=7)
+    # One box inside, one past the right border, one tiny, one clipped to the top-left corner.
+    boxes = torch.tensor([[20.0, 10.0, 90.0, 140.0], [120.0, 30.0, 200.0, 120.0], [60, 60, 66, 70], [-20, -5, 40, 50]])
+    expected = predictor_keypoints(predictor, image, boxes)
+    assert torch.isfinite(expected).all()  # the Predictor kept every box
+    for fmt in formats:
+        actual = RUNNERS[fmt](str(folder / IMAGE_OUTPUT_FILES[fmt]), torch.from_numpy(image), boxes)
+        coord_error, score_error = keypoint_errors(actual, expected)
+        print(f"{fmt} image export vs Predictor: {coord_error:.3g} px, {score_error:.3g} score")
+        # cropping with cv2.warpAffine moved keypoints by up to 0.9 px and scores by 0.04
+        assert coord_error < 1e-3 and score_error < 1e-4, (fmt, coord_error, score_error)
+        empty = RUNNERS[fmt](str(folder / IMAGE_OUTPUT_FILES[fmt]), torch.from_numpy(image), torch.zeros(0, 4))
+        assert empty.shape == (0, NUM_KEYPOINTS, 3)
+
+
+def test_image_export_self_check_is_against_the_predictor(image_export):
+    """The keypoints of the exported module's eager run are those of the Predictor (the check's
+    reference) to float rounding, with a model whose heatmaps depend on the image."""
+    _, weights, _ = image_export
+    predictor = reference_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+    module = ImageKeypointPredictor.from_model(predictor.model, predictor.input_format).eval()
+    image = example_image(120, 90, seed=3)
+    boxes = torch.tensor([[10.0, 10.0, 80.0, 110.0], [30.0, 0.0, 60.0, 50.0]])
+    with torch.no_grad():
+        actual = module(torch.from_numpy(image), boxes)
+    expected = predictor_keypoints(predictor, image, boxes)
+    assert keypoint_errors(actual, expected)[0] < 1e-3
+    shifted = predictor_keypoints(predictor, image, boxes + 8.0)  # other boxes give other keypoints
+    assert (shifted[..., :2] - expected[..., :2]).abs().max() > 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_readme_onnx_runtime_example_runs(image_export, tmp_path):
+    """The README's ONNX Runtime snippet, run as written on the exported file and a photo."""
+    folder, weights, _ = image_export
+    readme = open(os.path.join(REPO, "README.md")).read()
+    snippet = re.search(r"<!-- onnx-runtime-example -->\s*```python\n(.*?)```", readme, re.DOTALL)[1]
+    image = example_image(200, 150, seed=11)
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    code = snippet.replace("export/image_model.onnx", str(folder / "image_model.onnx"))
+    code = code.replace("photo.jpg", str(tmp_path / "photo.png"))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    boxes = torch.from_numpy(namespace["boxes"])
+    predictor = reference_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+    expected = predictor_keypoints(predictor, image, boxes)
+    assert keypoint_errors(torch.from_numpy(namespace["keypoints"]), expected)[0] < 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_crops_export_takes_zero_crops(fmt, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    predictor = _seeded_predictor("regression")
+    report = export_predictor(predictor, fmt, str(tmp_path / OUTPUT_FILES[fmt]), EXPORT_BATCH, TOLERANCE)
+    assert 0 in report.check_batches
+    keypoints = RUNNERS[fmt](report.path, random_crops(0, predictor.crop_size, seed=1))
+    assert keypoints.shape == (0, NUM_KEYPOINTS, 3)
+
+
+def test_tool_choices_are_the_export_modules():
+    tool = _tool()
+    assert (tool.EXPORT_FORMATS, tool.EXPORT_INPUTS, tool.MIN_OPSET) == (EXPORT_FORMATS, EXPORT_INPUTS, MIN_OPSET)
+
+
+def test_export_without_weights_is_refused_unless_random_weights_are_asked_for(tmp_path, capsys):
+    tool = _tool()
+    argv = ["--config-file", INSTANT_CONFIG, "--output", str(tmp_path / "out"), "--format", "torchscript"]
+    assert run_main(tool.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MODEL.WEIGHTS is empty") and "--random-weights" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    argv += ["--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    assert run_main(tool.main, argv) == 2
+    assert "missing.pth: no such checkpoint file" in capsys.readouterr().err

@@ -13,6 +13,7 @@ LAYER = {
     "layers": 0,
     "config": 0,
     "file_io": 0,
+    "cli": 0,
     "data": 1,
     "modeling": 2,
     "engine": 3,

@@ -11,9 +11,11 @@ import torch
 from skimage import data as skimage_data
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.structures import BoxMode
 
 import depotr.modeling.meta_arch
 from depotr import Predictor
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
 from depotr.modeling.box_sources import PersonDetector
@@ -46,7 +48,7 @@ def camera_grey(height: int = 128, width: int = 96) -> np.ndarray:
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    return Predictor(instant_cfg())
+    return Predictor(instant_cfg(), random_weights=True)
 
 
 def assert_same_instances(a, b, atol=1e-5):
@@ -152,7 +154,7 @@ def test_weights_are_loaded(predictor, tmp_path):
     DetectionCheckpointer(predictor.model, save_dir=str(tmp_path)).save("pose")
     image = astronaut_bgr()
     torch.manual_seed(1)
-    fresh = Predictor(instant_cfg())  # another random initialisation
+    fresh = Predictor(instant_cfg(), random_weights=True)  # another random initialisation
     pairs = zip(predictor.model.state_dict().values(), fresh.model.state_dict().values())
     assert any(not torch.equal(a, b) for a, b in pairs)
     torch.manual_seed(1)
@@ -160,6 +162,16 @@ def test_weights_are_loaded(predictor, tmp_path):
     for (name, a), b in zip(predictor.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), f"checkpoint not loaded: {name}"
     assert_same_instances(loaded(image), predictor(image), atol=0)
+
+
+def test_empty_weights_need_random_weights_explicitly(tmp_path):
+    """The friction: an empty MODEL.WEIGHTS ran on random weights with a warning only."""
+    with pytest.raises(ConfigError, match=r"MODEL.WEIGHTS is empty: .* random_weights=True"):
+        Predictor(instant_cfg())
+    with pytest.raises(ConfigError, match="random weights, but MODEL.WEIGHTS is"):
+        Predictor(instant_cfg("MODEL.WEIGHTS", str(tmp_path / "pose.pth")), random_weights=True)
+    with pytest.raises(ConfigError, match=r"MODEL.WEIGHTS .*missing.pth: no such checkpoint file"):
+        Predictor(instant_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +286,7 @@ def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
 
 def test_predictor_rejects_bad_boxes(predictor):
     image = astronaut_bgr()
-    with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY, got shape \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"image 0: person boxes must be \(N, 4\) XYXY_ABS, got shape \(2, 5\)"):
         predictor(image, boxes=np.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"image 0: box scores must be \(1,\) for 1 boxes, got shape \(2,\)"):
         predictor(image, boxes=[[0, 0, 10, 10]], scores=[0.5, 0.5])
@@ -288,6 +300,37 @@ def test_predictor_rejects_bad_boxes(predictor):
         predictor(image, scores=[1.0])
 
 
+def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):
+    image = astronaut_bgr()
+    xywh = np.array([[10.0, 20.0, 40.0, 90.0], [50.0, 5.0, 30.0, 60.0]])
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # by hand
+    expected = predictor(image, boxes=xyxy)
+    assert_same_instances(predictor(image, boxes=xywh, box_mode=BoxMode.XYWH_ABS), expected)
+    assert_same_instances(
+        predictor.predict_batch([image], [torch.tensor(xywh)], box_mode=BoxMode.XYWH_ABS)[0], expected
+    )
+    # The friction: XYWH boxes read as XYXY; the second (x1 = 30 < x0 = 50) is degenerate and the
+    # error names the likely mistake.
+    with pytest.raises(
+        ValueError, match=r"person box 1 of image 0 is degenerate.*if it is XYWH, pass box_mode=BoxMode.XYWH_ABS"
+    ):
+        predictor(image, boxes=xywh)
+    with pytest.raises(ValueError, match="box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS"):
+        predictor(image, boxes=xyxy / 96, box_mode=BoxMode.XYXY_REL)
+
+
+def test_normalised_boxes_are_warned_about(predictor, caplog):
+    image = astronaut_bgr()  # 128 x 96
+    with caplog.at_level("WARNING", logger="depotr"):
+        predictor(image, boxes=[[0.1, 0.2, 0.6, 0.9]])
+    assert "all 1 person boxes have coordinates <= 1.5 on a 96x128 image: are they normalised to [0, 1]?" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="depotr"):
+        predictor(image, boxes=[[0.1, 0.2, 10.0, 20.0]])  # pixels
+        predictor(image[:32, :24], boxes=[[0.1, 0.2, 1.0, 1.5]])  # a tiny image: 1.5 px is plausible
+    assert "normalised" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------
 # Detector boxes
 
@@ -296,7 +339,7 @@ def test_detector_boxes_and_no_person(tmp_path):
     cfg = instant_cfg()
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR  # random init
     torch.manual_seed(0)
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, random_weights=True)
     detector = predictor.model.box_source.fallback.detector  # the model runs the detector
     assert isinstance(detector, PersonDetector)
     # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1) = 0.731.
@@ -335,7 +378,7 @@ def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
     torch.manual_seed(0)
     cfg = instant_cfg()
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
-    saved = Predictor(cfg).model.box_source.fallback.detector
+    saved = Predictor(cfg, random_weights=True).model.box_source.fallback.detector
     box_predictor = saved.detector.roi_heads.box_predictor
     with torch.no_grad():
         for p in box_predictor.parameters():
@@ -344,7 +387,7 @@ def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
     DetectionCheckpointer(saved.detector, save_dir=str(tmp_path)).save("detector")
     cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = str(tmp_path / "detector.pth")
     cfg.MODEL.DEPOTR.BOX_TOPK = 3
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, random_weights=True)
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "detector"
     model = build_model(cfg).eval()
     image = astronaut_bgr(128, 96)

@@ -20,7 +20,7 @@ score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes
   baseline (``depotr.evaluation.baselines``: the mean box-normalised training pose placed in
   every ground-truth box), printed beside the results' AP.
 
-With ``--config-file`` (and KEY VALUE overrides, as train_net.py): --gt is the json of the
+With ``--config-file`` (and KEY VALUE overrides, bare or after --opts, as every entry point): --gt is the json of the
 config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
 --output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
 sigmas ``TEST.KEYPOINT_OKS_SIGMAS``; explicit options win. The left/right mirrors of the Inversion
@@ -35,12 +35,7 @@ import json
 import os
 import sys
 
-from detectron2.utils.logger import setup_logger
-
-from depotr.evaluation.baselines import mean_pose_baseline_metrics
-from depotr.evaluation.error_analysis import analyze_keypoint_results, load_json
-from depotr.evaluation.error_report import breakdown_table, metrics_table, write_report
-from depotr.file_io import atomic_write
+from depotr.cli import ConfigError, add_config_arguments, config_overrides, parse_command_line, run_main
 
 
 def _config_defaults(config_file: str, opts) -> dict:
@@ -72,23 +67,31 @@ def _config_defaults(config_file: str, opts) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", help="a train_net.py config: the defaults of the options below")
     parser.add_argument("--gt", help="COCO keypoints ground-truth json")
     parser.add_argument("--results", help="COCO keypoint results json")
     parser.add_argument("--output", help="folder for the tables and plots")
     parser.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint (default: COCO's 17)")
     parser.add_argument("--baseline-train-gt", help="COCO keypoints json the mean-pose baseline is taken from")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (with --config-file)")
+    add_config_arguments(parser, config_required=False, random_weights=False)  # the defaults of the options above
     parser.set_defaults(flip_indices=None)  # from --config-file only
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
+
+    from detectron2.utils.logger import setup_logger
+
+    from depotr.evaluation.baselines import mean_pose_baseline_metrics
+    from depotr.evaluation.error_analysis import analyze_keypoint_results, load_json
+    from depotr.evaluation.error_report import breakdown_table, metrics_table, write_report
+    from depotr.file_io import atomic_write
+
     setup_logger(name="depotr")
+    opts = config_overrides(args)
     try:
         if args.config_file:
-            for key, value in _config_defaults(args.config_file, args.opts).items():
+            for key, value in _config_defaults(args.config_file, opts).items():
                 if getattr(args, key) is None:
                     setattr(args, key, value)
-        elif args.opts:
-            parser.error(f"config overrides {args.opts} need --config-file")
+        elif opts:
+            parser.error(f"config overrides {opts} need --config-file")
         missing = [f"--{name}" for name in ("gt", "results", "output") if getattr(args, name) is None]
         if missing:
             parser.error(f"{', '.join(missing)} required (or --config-file)")
@@ -100,6 +103,8 @@ def main(argv=None) -> int:
             baseline = mean_pose_baseline_metrics(
                 load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas
             )
+    except ConfigError:
+        raise  # run_main: "error: ..." and status 2, as every entry point
     except (FileNotFoundError, ValueError) as e:
         print(f"analyze_results: {e}", file=sys.stderr)
         return 1
@@ -123,4 +128,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,9 +1,17 @@
 #!/usr/bin/env python
-"""Exports a DePOTR model's pose branch, person crops in -> keypoints out, to TorchScript and ONNX.
+"""Exports a DePOTR model to TorchScript and ONNX: person crops in -> keypoints out (--inputs crops,
+the default), or an image and its person boxes in -> keypoints in image pixels (--inputs image).
 
     python tools/export_model.py --config-file configs/depotr_hm_r18_synthetic.yaml \
-        --output output/depotr_hm_r18_synthetic/export \
+        --output output/depotr_hm_r18_synthetic/export [--inputs image] \
         --opts MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth
+
+--inputs image writes ``image_model.ts`` and ``image_model.onnx``: inputs "image" (H, W, 3) uint8
+BGR (as cv2.imread gives) and "boxes" (N, 4) float32 XYXY in image pixels, output "keypoints"
+(N, K, 3), (x, y) in image pixels and the score; the box -> crop rule (INPUT.CROP_PADDING) and the
+crop (RoIAlign, ONNX RoiAlign "half_pixel") are inside, H, W and N (0 too) are free. Each file is
+compared with ``depotr.Predictor`` on the same images and boxes. The rest of this text is about the
+crops form.
 
 Writes ``model.ts`` (TorchScript, ``torch.jit.trace``) and ``model.onnx`` (ONNX opset 17, the
 TorchScript-based ``torch.onnx.export(dynamo=False)``) into ``--output``. Both map crops
@@ -16,7 +24,9 @@ is exported through its PyTorch reference (grid_sample), so neither file needs `
 Each file is traced on ``--batch`` random crops, then run on other batch sizes and compared with
 the PyTorch model; the command prints the max abs errors and writes the file (to a temporary
 name, then ``os.replace``) only if they are within ``--tolerance``; otherwise it exits with 1.
-The model runs on the CPU. Details: ``depotr/export.py``.
+The model runs on the CPU; an empty MODEL.WEIGHTS is an error unless --random-weights is given.
+Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options. Details:
+``depotr/export.py``.
 """
 
 import argparse
@@ -24,31 +34,30 @@ import os
 import sys
 from typing import List, Optional
 
-from detectron2.utils.logger import setup_logger
+from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
 
-from depotr.config import load_depotr_config
-from depotr.export import (
-    EXPORT_FORMATS,
-    MIN_OPSET,
-    OUTPUT_FILES,
-    ExportCheckError,
-    build_crop_keypoint_predictor,
-    export_predictor,
-)
+# The defaults of depotr.export (not imported before the arguments are parsed: fast --help).
+EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_INPUTS = ("crops", "image")
+MIN_OPSET = 17
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
-    parser.add_argument("--format", nargs="+", choices=EXPORT_FORMATS, default=list(EXPORT_FORMATS))
-    parser.add_argument("--batch", type=int, default=2, help="example crops the model is traced on")
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--output", required=True, help="folder for the exported files")
     parser.add_argument(
-        "--tolerance", type=float, default=1e-3, help="max abs error allowed, crop pixels (x, y) and score"
+        "--inputs",
+        choices=EXPORT_INPUTS,
+        default="crops",
+        help="crops: person crops in -> keypoints in crop pixels (model.ts / model.onnx); image: an image and "
+        "its XYXY person boxes in -> keypoints in image pixels (image_model.ts / image_model.onnx)",
     )
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("--format", nargs="+", choices=EXPORT_FORMATS, default=list(EXPORT_FORMATS))
+    parser.add_argument("--batch", type=int, default=2, help="example crops the crops model is traced on")
+    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs error allowed, pixels (x, y) and score")
+    add_config_arguments(parser)
+    args = parse_command_line(parser, argv)
     if args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     if args.opset < MIN_OPSET:
@@ -58,32 +67,54 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logger(name="depotr")
-    cfg = load_depotr_config(args.config_file, args.opts)
-    cfg.freeze()
-    predictor = build_crop_keypoint_predictor(cfg)
-    height, width = predictor.crop_size
-    print(
-        f"crops (N, 3, {height}, {width}) float32 0..255 {cfg.INPUT.FORMAT} -> keypoints "
-        f"(N, {cfg.MODEL.DEPOTR.NUM_KEYPOINTS}, 3) (x, y, score) in crop pixels"
+    from detectron2.utils.logger import setup_logger
+
+    from depotr.config import load_depotr_config
+    from depotr.export import (
+        IMAGE_OUTPUT_FILES,
+        OUTPUT_FILES,
+        ExportCheckError,
+        build_crop_keypoint_predictor,
+        export_image_predictor,
+        export_predictor,
+        reference_predictor,
     )
+
+    setup_logger(name="depotr")
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    cfg.freeze()
+    keypoints = f"(N, {cfg.MODEL.DEPOTR.NUM_KEYPOINTS}, 3) (x, y, score)"
+    if args.inputs == "crops":
+        predictor = build_crop_keypoint_predictor(cfg, args.random_weights)
+        height, width = predictor.crop_size
+        print(
+            f"crops (N, 3, {height}, {width}) float32 0..255 {cfg.INPUT.FORMAT} -> keypoints {keypoints} in crop pixels"
+        )
+        files, reference = OUTPUT_FILES, "PyTorch"
+    else:
+        predictor = reference_predictor(cfg, args.random_weights)
+        print(f"image (H, W, 3) uint8 BGR, boxes (N, 4) float32 XYXY -> keypoints {keypoints} in image pixels")
+        files, reference = IMAGE_OUTPUT_FILES, "Predictor"
     os.makedirs(args.output, exist_ok=True)
     failed = False
     for fmt in args.format:
-        path = os.path.join(args.output, OUTPUT_FILES[fmt])
+        path = os.path.join(args.output, files[fmt])
         try:
-            report = export_predictor(predictor, fmt, path, args.batch, args.tolerance, args.opset)
+            if args.inputs == "crops":
+                report = export_predictor(predictor, fmt, path, args.batch, args.tolerance, args.opset)
+            else:
+                report = export_image_predictor(predictor, fmt, path, args.tolerance, args.opset)
         except ExportCheckError as e:
             print(f"{fmt}: {e}", file=sys.stderr)
             failed = True
             continue
         batches = ", ".join(str(n) for n in report.check_batches)
         print(
-            f"{fmt}: {path}  max abs error vs PyTorch (N = {batches}): "
+            f"{fmt}: {path}  max abs error vs {reference} (N = {batches}): "
             f"{report.coord_error_px:.3g} px (x, y), {report.score_error:.3g} (score)"
         )
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

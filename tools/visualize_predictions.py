@@ -3,70 +3,67 @@
 
     python tools/visualize_predictions.py --config-file configs/depotr_hm_r18_synthetic.yaml \
         --output output/depotr_hm_r18_synthetic/predictions --num-images 6 \
-        MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth
+        MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth   # or --opts MODEL.WEIGHTS ...
 
 Each PNG shows the ground-truth skeletons (left) next to the predictions (right), drawn with
-Detectron2's ``Visualizer`` and the dataset's keypoint metadata.
+Detectron2's ``Visualizer`` and the dataset's keypoint metadata. The model runs on the CPU; an empty
+MODEL.WEIGHTS is an error unless --random-weights is given.
 """
 
 import argparse
 import os
-from typing import List
+import sys
+from typing import List, Optional
 
-import cv2
-import numpy as np
-import torch
-
-from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb
-from detectron2.modeling import build_model
-from detectron2.structures import Instances
-from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
-
-from depotr.config import load_depotr_config
-from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
-from depotr.engine import DePOTRCheckpointer
+from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
 
 
-def setup(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = load_depotr_config(config_file, opts)
-    cfg.freeze()
-    register_synthetic_datasets_from_cfg(cfg)
-    return cfg
-
-
-def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
+def draw(image_rgb, instances, metadata):
     """Returns ``image_rgb`` (H, W, 3) with boxes and skeletons of ``instances`` drawn."""
+    from detectron2.utils.visualizer import Visualizer
+
     visualizer = Visualizer(image_rgb, metadata, scale=2.0)
     return visualizer.draw_instance_predictions(instances.to("cpu")).get_image()
 
 
-def gt_as_predictions(instances: Instances) -> Instances:
+def gt_as_predictions(instances):
     """Ground-truth ``Instances`` renamed to the prediction fields the ``Visualizer`` draws."""
+    from detectron2.structures import Instances
+
     shown = Instances(instances.image_size)
     shown.pred_boxes = instances.gt_boxes
     shown.pred_keypoints = instances.gt_keypoints.tensor
     return shown
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--num-images", type=int, default=6)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
-    args = parser.parse_args()
-    setup_logger(name="depotr")
+    add_config_arguments(parser)
+    args = parse_command_line(parser, argv)
 
-    cfg = setup(args.config_file, args.opts)
+    import cv2
+    import numpy as np
+    import torch
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.detection_utils import convert_image_to_rgb
+    from detectron2.utils.logger import setup_logger
+
+    from depotr.config import load_depotr_config
+    from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
+    from depotr.export import build_cpu_model
+
+    setup_logger(name="depotr")
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    cfg.freeze()
+    model = build_cpu_model(cfg, args.random_weights)  # the weights are checked before the data
+    register_synthetic_datasets_from_cfg(cfg)
     dataset_name = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset_name)
     dicts = attach_precomputed_boxes_from_cfg(cfg, dataset_name, DatasetCatalog.get(dataset_name)[: args.num_images])
     mapper = DePOTRDatasetMapper(cfg, is_train=False)
-    model = build_model(cfg).eval()
-    DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
 
     os.makedirs(args.output, exist_ok=True)
     for dataset_dict in dicts:
@@ -78,7 +75,8 @@ def main() -> None:
         path = os.path.join(args.output, f"{os.path.splitext(os.path.basename(dataset_dict['file_name']))[0]}.png")
         cv2.imwrite(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
         print(f"{path}: {len(predictions)} persons")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

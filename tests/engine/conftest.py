@@ -16,9 +16,9 @@ def synthetic_root(tmp_path_factory):
 
 def instant_args(output_dir: str, synthetic_root: str, *opts: str, extra=()):
     """Parsed ``train_net.py`` arguments for the instant config."""
-    from detectron2.engine import default_argument_parser
+    from depotr.cli import training_argument_parser
 
-    return default_argument_parser().parse_args(
+    return training_argument_parser("train_net.py").parse_args(
         [
             "--config-file",
             INSTANT_CONFIG,

@@ -4,13 +4,18 @@ Call :func:`add_depotr_config` in every entry point (training, demo, tools, test
 merging a yaml file. Unknown keys still fail loudly: nothing here enables ``set_new_allowed``.
 """
 
+import difflib
 import logging
-from typing import Sequence
+import os
+from typing import List, Sequence
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+from .cli import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +34,84 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's defaults + :func:`add_depotr_config`, then ``config_file``, then ``opts``
     (KEY VALUE ...). Without CUDA a "cuda" ``MODEL.DEVICE`` becomes "cpu" and
     ``SOLVER.AMP.ENABLED`` is switched off (Detectron2's AMPTrainer autocasts with CUDA only), so
-    that GPU configs run unchanged on a CPU machine; both are logged. Returns the unfrozen config."""
+    that GPU configs run unchanged on a CPU machine (not logged here: where a model runs,
+    :func:`log_device` says so once). Returns the unfrozen config.
+
+    Raises:
+        ConfigError: (one line) ``config_file`` does not exist (naming the ``.yaml`` / ``.yml``
+            twin that does), is not valid YAML (file and line) or sets an unknown key; ``opts``
+            has an odd length, an unknown key or a value of the wrong type. Unknown keys come
+            with the nearest valid key (``difflib.get_close_matches``).
+    """
     cfg = get_cfg()
     add_depotr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    _check_config_file(config_file)
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}" if mark is not None else config_file
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    except KeyError as e:  # yacs: "Non-existent config key: X"
+        key = str(e.args[0]).rpartition(": ")[2]
+        message = f"{config_file} (or a _BASE_ file) sets the unknown config key {key}{_nearest(cfg, key)}"
+        raise ConfigError(message) from None
+    except (AssertionError, ValueError) as e:  # a _BASE_ file that does not exist, a value of the wrong type
+        raise ConfigError(f"{config_file}: {e}") from e
+    opts = [str(o) for o in opts]
+    if len(opts) % 2:
+        raise ConfigError(f"config overrides must be KEY VALUE pairs; got {len(opts)} values: {' '.join(opts)}")
+    keys = _full_keys(cfg)
+    for key in opts[0::2]:
+        if key not in keys and not cfg.key_is_deprecated(key) and not cfg.key_is_renamed(key):
+            raise ConfigError(f"unknown config key {key} in the overrides{_nearest(cfg, key)}")
+    try:
+        cfg.merge_from_list(opts)
+    except (ValueError, AssertionError) as e:  # yacs: a value of the wrong type
+        raise ConfigError(f"config overrides: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE %s: CUDA is not available, using cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         logger.warning("SOLVER.AMP.ENABLED needs a CUDA MODEL.DEVICE; training in float32 on cpu")
         cfg.SOLVER.AMP.ENABLED = False
     return cfg
+
+
+_device_logged = False
+
+
+def log_device(device: str) -> None:
+    """Logs "running on CPU" the first time a model is set up on the CPU in this process (the
+    config's cuda -> cpu fallback is silent, as commands that load no model need not hear it)."""
+    global _device_logged
+    if device == "cpu" and not _device_logged:
+        _device_logged = True
+        logger.info("running on CPU%s", "" if torch.cuda.is_available() else " (CUDA is not available)")
+
+
+def _check_config_file(config_file: str) -> None:
+    """ConfigError when ``config_file`` is not a file, naming its .yaml / .yml twin if that is."""
+    if os.path.isfile(config_file):
+        return
+    stem, ext = os.path.splitext(config_file)
+    twin = stem + {".yml": ".yaml", ".yaml": ".yml"}.get(ext, ".yaml")
+    if twin != config_file and os.path.isfile(twin):
+        raise ConfigError(f"config file {config_file} does not exist, but {twin} does ({ext} for {twin[len(stem) :]}?)")
+    raise ConfigError(f"config file {config_file} does not exist")
+
+
+def _full_keys(node: CN, prefix: str = "") -> List[str]:
+    """Every leaf key of ``node`` as a dotted name ("MODEL.DEPOTR.HEAD", ...)."""
+    keys = []
+    for name, value in node.items():
+        keys += _full_keys(value, f"{prefix}{name}.") if isinstance(value, CN) else [prefix + name]
+    return keys
+
+
+def _nearest(cfg: CN, key: str) -> str:
+    """ "; did you mean X?" with the valid key nearest to ``key``, or "" when none is near."""
+    match = difflib.get_close_matches(key, _full_keys(cfg), n=1)
+    return f"; did you mean {match[0]}?" if match else ""
 
 
 def _add_model_config(cfg: CN) -> None:

@@ -19,10 +19,11 @@ from torch import Tensor
 
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
+from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
-from .engine.checkpoint import DePOTRCheckpointer
+from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .modeling.box_sources import build_box_source
 
 __all__ = ["Predictor", "person_proposals"]
@@ -34,14 +35,30 @@ BoxesLike = Union[np.ndarray, Tensor, Boxes, Sequence[Sequence[float]]]
 ScoresLike = Union[np.ndarray, Tensor, Sequence[float]]
 
 
-def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size: Tuple[int, int]) -> Instances:
-    """The ``"proposals"`` of one model input (box source "precomputed"). Checks only the
-    shapes Detectron2's ``Instances`` need; the box source checks the values.
+# Boxes whose coordinates are all <= this, on an image whose long side exceeds _NORMALISED_MIN_SIDE
+# pixels, look normalised to [0, 1] (warned).
+_NORMALISED_MAX_COORD = 1.5
+_NORMALISED_MIN_SIDE = 32
+
+
+def person_proposals(
+    boxes: BoxesLike,
+    scores: Optional[ScoresLike],
+    image_size: Tuple[int, int],
+    box_mode: BoxMode = BoxMode.XYXY_ABS,
+) -> Instances:
+    """The ``"proposals"`` of one model input (box source "precomputed"). Converts the boxes to
+    XYXY and checks only the shapes Detectron2's ``Instances`` need; the box source checks the
+    values. Boxes that look normalised to [0, 1] (all coordinates <= 1.5 on an image larger than
+    32 pixels) are warned about.
 
     Args:
-        boxes: (N, 4) XYXY person boxes in image pixels (array, tensor, nested list or Boxes).
+        boxes: (N, 4) person boxes in image pixels (array, tensor, nested list or Boxes), in
+            ``box_mode``.
         scores: (N,) box scores; None gives 1 to every box.
         image_size: (H, W) of the image.
+        box_mode: Detectron2's ``BoxMode`` of ``boxes``: XYXY_ABS or XYWH_ABS (relative modes are
+            a ValueError: multiply by the image size first).
 
     Returns:
         Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and
@@ -51,7 +68,19 @@ def person_proposals(boxes: BoxesLike, scores: Optional[ScoresLike], image_size:
     if boxes.numel() == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"person boxes must be (N, 4) XYXY, got shape {tuple(boxes.shape)}")
+        raise ValueError(f"person boxes must be (N, 4) {box_mode.name}, got shape {tuple(boxes.shape)}")
+    if box_mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
+        raise ValueError(f"box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS (image pixels), got {box_mode!r}")
+    boxes = BoxMode.convert(boxes, box_mode, BoxMode.XYXY_ABS)
+    if len(boxes) and max(image_size) > _NORMALISED_MIN_SIDE and bool((boxes.abs() <= _NORMALISED_MAX_COORD).all()):
+        logger.warning(
+            "all %d person boxes have coordinates <= %s on a %dx%d image: are they normalised to [0, 1]? "
+            "Boxes are in image pixels: multiply x by the width and y by the height",
+            len(boxes),
+            _NORMALISED_MAX_COORD,
+            image_size[1],
+            image_size[0],
+        )
     if scores is None:
         scores = boxes.new_ones(len(boxes))
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
@@ -92,14 +121,17 @@ class Predictor:
     fed.
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, random_weights: bool = False):
         """
         Args:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
                 loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
-                fit the model); empty keeps the random initialisation (warned). ``MODEL.DEVICE``
-                is where the model runs.
+                fit the model). ``MODEL.DEVICE`` is where the model runs.
+            random_weights: run with the random initialisation; ``MODEL.WEIGHTS`` must then be
+                empty, and an empty one without it is a ``depotr.cli.ConfigError``
+                (``depotr.engine.checkpoint.weights_to_load``).
         """
+        load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
         self.cfg = cfg.clone()
         self.cfg.freeze()
         self.input_format = self.cfg.INPUT.FORMAT
@@ -111,23 +143,29 @@ class Predictor:
         box_source = build_box_source(self.cfg, "precomputed", fallback=fallback)
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
-        if self.cfg.MODEL.WEIGHTS:
+        if load_weights:
             DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: the pose model is randomly initialised")
+        log_device(self.cfg.MODEL.DEVICE)
 
     def __call__(
-        self, image: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
+        self,
+        image: ImageLike,
+        boxes: Optional[BoxesLike] = None,
+        scores: Optional[ScoresLike] = None,
+        box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> Instances:
         """Persons of one image: :meth:`predict_batch` of ``[image]``.
 
         Args:
             image: (H, W, 3) uint8 BGR array (or another layout ``to_bgr_uint8`` converts), or a
                 file path.
-            boxes: (N, 4) XYXY person boxes in image pixels; None: detector or whole image.
+            boxes: (N, 4) person boxes in image pixels, in ``box_mode``; None: detector or whole
+                image.
             scores: (N,) scores of ``boxes``; None: 1.
+            box_mode: Detectron2's ``BoxMode`` of ``boxes``, XYXY_ABS (default) or XYWH_ABS.
         """
-        return self.predict_batch([image], None if boxes is None else [boxes], None if scores is None else [scores])[0]
+        boxes = None if boxes is None else [boxes]
+        return self.predict_batch([image], boxes, None if scores is None else [scores], box_mode)[0]
 
     @torch.no_grad()
     def predict_batch(
@@ -135,6 +173,7 @@ class Predictor:
         images: Sequence[ImageLike],
         boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
         scores: Optional[Sequence[Optional[ScoresLike]]] = None,
+        box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> List[Instances]:
         """Persons of B images; all persons of all images are cropped together (from the uint8
         images: no float copy of a whole image) and go through one forward of the keypoint branch
@@ -142,9 +181,12 @@ class Predictor:
 
         Args:
             images: B images, each as in :meth:`__call__`.
-            boxes: None, or B entries: (N_b, 4) XYXY person boxes of image b, or None for the
-                detector's boxes or the whole image (see the class docstring).
+            boxes: None, or B entries: (N_b, 4) person boxes of image b in image pixels, or None
+                for the detector's boxes or the whole image (see the class docstring).
             scores: None, or B entries: (N_b,) scores of ``boxes[b]``, or None for 1.
+            box_mode: Detectron2's ``BoxMode`` of every entry of ``boxes``: XYXY_ABS (default)
+                or XYWH_ABS, converted with ``BoxMode.convert``. Boxes that look normalised to
+                [0, 1] are warned about (:func:`person_proposals`).
 
         Returns:
             B Instances (on the CPU) of size (H_b, W_b), each with
@@ -175,7 +217,7 @@ class Predictor:
                 raise ValueError(f"image {x['image_id']!r} has scores but no boxes")
             if image_boxes is not None:
                 try:
-                    x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]))
+                    x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]), box_mode)
                 except ValueError as e:
                     raise ValueError(f"image {x['image_id']!r}: {e}") from e
         return [out["instances"].to("cpu") for out in self.model(inputs)]

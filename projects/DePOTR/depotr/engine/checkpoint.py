@@ -29,10 +29,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import Backbone
 
+from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
 from ..modeling.box_sources import PersonDetector
 
-__all__ = ["DePOTRCheckpointer"]
+__all__ = ["DePOTRCheckpointer", "weights_to_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,30 @@ def _read_error_reason(filename: str, error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     detail = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
     return f"{type(error).__name__}: {detail.split('. ')[0]}"
+
+
+def weights_to_load(weights: str, random_weights: bool = False) -> bool:
+    """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, the export,
+    the demo and tools, ``train_net.py --eval-only``): whether to load ``weights``.
+
+    Empty ``weights`` are a ConfigError unless ``random_weights`` (``--random-weights``,
+    ``Predictor(cfg, random_weights=True)``) asks for random weights explicitly: then False,
+    warned. ``random_weights`` with ``weights`` set is a ConfigError (which is meant?), and so is
+    a local path (no "://") that is not a file. Otherwise True.
+    """
+    if random_weights:
+        if weights:
+            raise ConfigError(f"{RANDOM_WEIGHTS_FLAG} asked for random weights, but MODEL.WEIGHTS is {weights}")
+        logger.warning("MODEL.WEIGHTS is empty: the pose model runs with random weights (asked for)")
+        return False
+    if not weights:
+        raise ConfigError(
+            "MODEL.WEIGHTS is empty: set it to a checkpoint (MODEL.WEIGHTS path/to/model_final.pth), or pass "
+            f"{RANDOM_WEIGHTS_FLAG} (Predictor(cfg, random_weights=True)) to run with random weights"
+        )
+    if "://" not in weights and not os.path.isfile(weights):
+        raise ConfigError(f"MODEL.WEIGHTS {weights}: no such checkpoint file")
+    return True
 
 
 def _is_complete_checkpoint(path: str) -> bool:

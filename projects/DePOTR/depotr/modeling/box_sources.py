@@ -256,7 +256,8 @@ def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[T
         index = int(bad.nonzero()[0, 0])
         raise ValueError(
             f"{source} person box {index} of image {image_id!r} is degenerate: "
-            f"{boxes[index].tolist()} (XYXY; width and height must be finite and > 0); "
+            f"{boxes[index].tolist()} (XYXY; width and height must be finite and > 0; if it is XYWH, "
+            f"pass box_mode=BoxMode.XYWH_ABS); "
             f"{int(bad.sum())} of {len(boxes)} boxes of this image are degenerate"
         )
 

@@ -1,0 +1,165 @@
+"""depotr.cli and the entry points that use it (train_net.py, demo/demo.py, tools/*.py): fast
+--help, one override convention, one-line config errors, --random-weights, quiet warnings
+(issue 23 items 3, 6, 7, 8)."""
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import depotr.config as depotr_config
+from depotr.cli import CONFIG_ROOT_KEYS, config_overrides, parse_command_line, run_main, training_argument_parser
+from depotr.config import load_depotr_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+ENTRY_POINTS = {
+    "train_net": "train_net.py",
+    "demo": os.path.join("demo", "demo.py"),
+    "export": os.path.join("tools", "export_model.py"),
+    "visualize": os.path.join("tools", "visualize_predictions.py"),
+    "analyze": os.path.join("tools", "analyze_results.py"),
+}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"entry_{name}", os.path.join(REPO, ENTRY_POINTS[name]))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _main(name: str):
+    module = _load(name)
+    return module.cli if name == "train_net" else module.main
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_help_imports_neither_torch_nor_detectron2(name):
+    """The friction: --help took 4.6 s (torch and Detectron2 imported first). A `python X --help`
+    run that reports which heavy modules were imported by the time it exited."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{ENTRY_POINTS[name]!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({ENTRY_POINTS[name]!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'detectron2') if m in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "usage:" in completed.stdout and "--config-file" in completed.stdout
+    assert "HEAVY []" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--input", "a.jpg", "b.jpg", "--output", "out", "MODEL.WEIGHTS", "w.pth", "TEST.FLIP", "True"],
+        ["--output", "out", "--input", "a.jpg", "b.jpg", "MODEL.WEIGHTS", "w.pth", "TEST.FLIP", "True"],
+        ["--input", "a.jpg", "b.jpg", "--output", "out", "--opts", "MODEL.WEIGHTS", "w.pth", "TEST.FLIP", "True"],
+        ["--input", "a.jpg", "b.jpg", "--output", "out", "MODEL.WEIGHTS", "w.pth", "--opts", "TEST.FLIP", "True"],
+    ],
+    ids=["bare", "bare-after-input", "opts", "both"],
+)
+def test_overrides_bare_or_after_opts_are_the_same(argv):
+    parser = _load("demo").get_parser()
+    args = parse_command_line(parser, ["--config-file", "c.yaml", *argv])
+    assert args.input == ["a.jpg", "b.jpg"] and args.output == "out"  # --input did not swallow them
+    assert config_overrides(args) == ["MODEL.WEIGHTS", "w.pth", "TEST.FLIP", "True"]
+
+
+def test_training_parser_has_detectron2s_options_and_opts():
+    from detectron2.engine import default_argument_parser
+
+    ours = training_argument_parser("").parse_args(["--config-file", "c.yaml", "SEED", "1"])
+    theirs = default_argument_parser().parse_args(["--config-file", "c.yaml", "SEED", "1"])
+    for key, value in vars(theirs).items():
+        assert getattr(ours, key) == value, key
+    args = parse_command_line(training_argument_parser(""), ["--eval-only", "--opts", "SEED", "1"])
+    assert args.eval_only and config_overrides(args) == ["SEED", "1"]
+
+
+def test_config_root_keys_are_the_configs():
+    assert CONFIG_ROOT_KEYS == set(load_depotr_config(INSTANT_CONFIG).keys())
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_config_typo_is_one_line_and_status_2_in_every_entry_point(name, tmp_path, capsys):
+    argv = {
+        "train_net": [],
+        "demo": ["--input", str(tmp_path / "x.jpg"), "--output", str(tmp_path / "out")],
+        "export": ["--output", str(tmp_path / "out")],
+        "visualize": ["--output", str(tmp_path / "out")],
+        "analyze": [],
+    }[name]
+    status = run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "TEST.FLIPP", "True"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == "error: unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP?\n"
+
+
+@pytest.mark.parametrize("name", ["train_net", "export", "visualize"])
+def test_config_path_mistakes_in_the_tools(name, tmp_path, capsys):
+    argv = ["--output", str(tmp_path / "out")] if name != "train_net" else []
+    yml = INSTANT_CONFIG[: -len(".yaml")] + ".yml"
+    assert run_main(_main(name), ["--config-file", yml, *argv]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: config file {yml} does not exist, but {INSTANT_CONFIG} does (.yml for .yaml?)\n"
+    )
+    assert run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "SEED"]) == 2
+    assert "KEY VALUE pairs; got 1 values: SEED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["train_net", "visualize", "export"])
+def test_empty_weights_are_refused_unless_random_weights(name, tmp_path, capsys):
+    """The friction: the tools ran and exited 0 on random weights when MODEL.WEIGHTS was empty."""
+    argv = ["--eval-only"] if name == "train_net" else ["--output", str(tmp_path / "out")]
+    assert run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "MODEL.WEIGHTS", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MODEL.WEIGHTS is empty") and "--random-weights" in err
+    missing = str(tmp_path / "missing.pth")
+    assert run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "MODEL.WEIGHTS", missing]) == 2
+    assert capsys.readouterr().err == f"error: MODEL.WEIGHTS {missing}: no such checkpoint file\n"
+
+
+def test_training_from_a_missing_checkpoint_is_refused_before_it_starts(tmp_path, capsys):
+    missing = str(tmp_path / "missing.pth")
+    argv = ["--config-file", INSTANT_CONFIG, "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.WEIGHTS", missing]
+    assert run_main(_main("train_net"), argv) == 2
+    assert capsys.readouterr().err == f"error: MODEL.WEIGHTS {missing}: no such checkpoint file\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_error_from_the_command_line_has_no_traceback_and_no_warnings(tmp_path):
+    """As users run it: stderr is the one error line, without the torch.jit.script
+    FutureWarnings that torch and Detectron2's imports printed."""
+    completed = subprocess.run(
+        [sys.executable, ENTRY_POINTS["export"], "--config-file", "configs/nothing.yaml", "--output", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr == "error: config file configs/nothing.yaml does not exist\n"
+
+
+def test_cpu_is_said_once_where_a_model_runs_and_not_by_the_config(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(depotr_config, "_device_logged", False)
+    with caplog.at_level(logging.INFO, logger="depotr"):
+        cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cuda"])
+        assert cfg.MODEL.DEVICE == "cpu"
+        assert caplog.records == []  # the analysis loads a config and no model: nothing to say
+        depotr_config.log_device(cfg.MODEL.DEVICE)
+        depotr_config.log_device(cfg.MODEL.DEVICE)
+    assert [r.getMessage() for r in caplog.records] == ["running on CPU (CUDA is not available)"]
