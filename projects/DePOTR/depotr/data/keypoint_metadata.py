@@ -106,6 +106,24 @@ MPII_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
 )
 MPII_KEYPOINT_NAMES: Tuple[str, ...] = tuple(row[0] for row in MPII_KEYPOINT_TABLE)
 MPII_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in MPII_KEYPOINT_TABLE)
+
+# CrowdPose's 14 keypoints in the order of its json files; sigmas of its official evaluation
+# (COCO's, head and neck 0.079).
+CROWDPOSE_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
+    *(
+        row
+        for row in COCO_PERSON_KEYPOINT_TABLE
+        if row[0] not in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+    ),
+    ("head", "head", 0.079, (51, 153, 255), "upper"),
+    ("neck", "neck", 0.079, (102, 204, 255), "upper"),
+)
+CROWDPOSE_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
+    *(edge for edge in COCO_PERSON_SKELETON if "ear" not in edge[0] + edge[1] and "eye" not in edge[0] + edge[1]),
+    ("head", "neck", (51, 153, 255)),
+    ("neck", "left_shoulder", (102, 204, 255)),
+    ("neck", "right_shoulder", (102, 204, 255)),
+)
 COCO_PERSON_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in COCO_PERSON_KEYPOINT_TABLE)
 
 
@@ -143,7 +161,8 @@ COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON
 
 
 def upper_body_mask(
-    names: Sequence[str], table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPOINT_TABLE
+    names: Sequence[str],
+    table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPOINT_TABLE + CROWDPOSE_KEYPOINT_TABLE,
 ) -> List[bool]:
     """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
     (the table's body half). Raises a ValueError naming the keypoints the table lacks."""

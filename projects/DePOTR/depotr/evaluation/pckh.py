@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from scipy.io import loadmat
+from scipy.io import loadmat, savemat
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -35,6 +35,7 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.keypoint_metadata import MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES
+from ..file_io import atomic_output_path
 
 __all__ = [
     "MPIIGroundTruth",
@@ -42,6 +43,7 @@ __all__ = [
     "format_pckh_table",
     "load_mpii_gt_mat",
     "load_mpii_predictions_mat",
+    "mean_pose_pckh_baseline",
     "pckh_table",
 ]
 
@@ -200,29 +202,43 @@ def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]
     """Ground truth from the dataset dicts' annotations (keypoints (3 x 16) 0-based in the
     dataset's keypoint order, ``head_box`` [x1, y1, x2, y2] 0-based where there is one, ``bbox``),
     in the order the dicts list them; ``order``: official joint -> dataset keypoint index."""
-    positions, missing, head_boxes, box_sizes = [], [], [], []
-    for d in dataset_dicts:
-        for anno in _persons(d):
+    rows = _person_order(dataset_dicts)
+    num_persons = sum(len(r) for r in rows)
+    positions, missing = np.zeros((num_persons, 16, 2)), np.zeros((num_persons, 16), bool)
+    head_boxes, box_sizes = np.full((num_persons, 2, 2), np.nan), np.zeros(num_persons)
+    for d, d_rows in zip(dataset_dicts, rows):
+        for anno, r in zip(_persons(d), d_rows):
             kps = np.asarray(anno["keypoints"], np.float64).reshape(-1, 3)[order]
-            positions.append(kps[:, :2] + 1.0)
-            missing.append(kps[:, 2] <= 0)
-            head = anno.get("head_box")
-            head_boxes.append(np.reshape(head, (2, 2)) + 1.0 if head is not None else np.full((2, 2), np.nan))
+            positions[r], missing[r] = kps[:, :2] + 1.0, kps[:, 2] <= 0
+            if anno.get("head_box") is not None:
+                head_boxes[r] = np.reshape(anno["head_box"], (2, 2)) + 1.0
             x1, y1, x2, y2 = _xyxy(anno)
-            box_sizes.append(max(x2 - x1, y2 - y1))
-    head_boxes_array = np.asarray(head_boxes, np.float64).reshape(-1, 2, 2)
+            box_sizes[r] = max(x2 - x1, y2 - y1)
     return MPIIGroundTruth(
         joint_names=MPII_OFFICIAL_JOINT_NAMES,
-        positions=np.asarray(positions, np.float64).reshape(-1, 16, 2),
-        missing=np.asarray(missing, bool).reshape(-1, 16),
-        head_sizes=head_sizes_from_boxes(head_boxes_array, np.asarray(box_sizes)),
-        box_normalised=~np.isfinite(head_boxes_array).all(axis=(1, 2)),
+        positions=positions,
+        missing=missing,
+        head_sizes=head_sizes_from_boxes(head_boxes, box_sizes),
+        box_normalised=~np.isfinite(head_boxes).all(axis=(1, 2)),
     )
 
 
 def _persons(dataset_dict: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The evaluated persons of a dataset dict: its non-crowd annotations."""
     return [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
+
+
+def _person_order(dataset_dicts: Sequence[Dict[str, Any]]) -> List[List[int]]:
+    """For each dict, the rows of its persons in the evaluation order: by ``person_index`` (the
+    position in the MPII file, as in the official .mat) where the annotations have it, else in
+    the order the dicts list them."""
+    keys = [[a.get("person_index", -1) for a in _persons(d)] for d in dataset_dicts]
+    flat = [(k, i) for i, k in enumerate(itertools.chain(*keys))]
+    if all(k >= 0 for k, _ in flat):
+        flat.sort()
+    row = {i: r for r, (_, i) in enumerate(flat)}
+    starts = np.cumsum([0] + [len(k) for k in keys])
+    return [[row[int(starts[d]) + j] for j in range(len(k))] for d, k in enumerate(keys)]
 
 
 class PCKhEvaluator(DatasetEvaluator):
@@ -266,8 +282,9 @@ class PCKhEvaluator(DatasetEvaluator):
 
     def _match(self, dataset_dicts: Sequence[Dict[str, Any]], predictions: Dict[Any, Dict[str, Any]]) -> np.ndarray:
         """(P, 16, 2) 0-based predictions of the persons, official joint order (NaN: none)."""
-        rows, unmatched = [], 0
-        for d in dataset_dicts:
+        rows = _person_order(dataset_dicts)
+        out = np.full((sum(len(r) for r in rows), 16, 2), np.nan)
+        for d, d_rows in zip(dataset_dicts, rows):
             persons = _persons(d)
             found = np.full((len(persons), 16, 2), np.nan)
             pred = predictions.get(d["image_id"])
@@ -283,12 +300,12 @@ class PCKhEvaluator(DatasetEvaluator):
                     if p not in taken and np.isnan(found[g]).all():
                         found[g] = pred["keypoints"][p][self._order]
                         taken.add(p)
-            unmatched += int(np.isnan(found).all(axis=(1, 2)).sum())
-            rows.append(found)
+            out[d_rows] = found
+        unmatched = int(np.isnan(out).all(axis=(1, 2)).sum())
         if unmatched:
             logger.warning("PCKh on %s: %d persons have no prediction (all their joints count wrong)",
                            self._dataset_name, unmatched)  # fmt: skip
-        return np.concatenate(rows) if rows else np.zeros((0, 16, 2))
+        return out
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         if self._distributed:
@@ -301,6 +318,15 @@ class PCKhEvaluator(DatasetEvaluator):
             predictions = self._predictions
         dataset_dicts = DatasetCatalog.get(self._dataset_name)
         preds = self._match(dataset_dicts, {p["image_id"]: p for p in predictions})
+        table = self.score(preds, dataset_dicts)
+        return {"PCKh": copy.deepcopy(table)}
+
+    def score(self, preds: np.ndarray, dataset_dicts: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, float]:
+        """:func:`pckh_table` of 0-based predictions (P, 16, 2) of the dataset's persons (in the
+        order of the dicts' annotations, official joint order), logged and, with
+        ``output_dir``, written as pred.mat."""
+        if dataset_dicts is None:
+            dataset_dicts = DatasetCatalog.get(self._dataset_name)
         if self._gt_mat_file:
             gt = load_mpii_gt_mat(self._gt_mat_file)
             if len(gt.positions) != len(preds):
@@ -313,19 +339,50 @@ class PCKhEvaluator(DatasetEvaluator):
         else:
             gt = _gt_from_dicts(dataset_dicts, self._order)
         if self._output_dir:
-            from scipy.io import savemat
-
-            from ..file_io import atomic_output_path
-
             os.makedirs(self._output_dir, exist_ok=True)
             with atomic_output_path(os.path.join(self._output_dir, "pred.mat")) as tmp:
                 with open(tmp, "wb") as f:
                     savemat(f, {"preds": preds})
         table = pckh_table(preds, gt)
         logger.info("PCKh of %s (%d persons):\n%s", self._dataset_name, len(preds), format_pckh_table(table))
-        return {"PCKh": copy.deepcopy(table)}
+        return table
 
 
 def _xyxy(anno: Dict[str, Any]) -> np.ndarray:
     """(4,) XYXY_ABS box of an annotation."""
     return np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
+
+
+def mean_pose_pckh_baseline(train_dataset: str, test_dataset: str) -> Dict[str, float]:
+    """PCKh (:func:`pckh_table`) of the mean-pose baseline (``depotr.evaluation.baselines``: the
+    mean box-normalised pose of ``train_dataset``'s persons placed in every box of
+    ``test_dataset``); both registered datasets with MPII's keypoints in the same order."""
+    from .baselines import mean_pose
+
+    names = list(MetadataCatalog.get(train_dataset).keypoint_names)
+    if names != list(MetadataCatalog.get(test_dataset).keypoint_names):
+        raise ValueError(f"datasets {train_dataset!r} and {test_dataset!r} have different keypoint_names")
+    pose = mean_pose(_coco_dict(DatasetCatalog.get(train_dataset), names))  # (K, 2)
+    evaluator = PCKhEvaluator(test_dataset, distributed=False)
+    test_dicts = DatasetCatalog.get(test_dataset)
+    rows = _person_order(test_dicts)
+    boxes = np.zeros((sum(len(r) for r in rows), 4))
+    for d, d_rows in zip(test_dicts, rows):
+        for anno, r in zip(_persons(d), d_rows):
+            boxes[r] = _xyxy(anno)
+    preds = boxes[:, None, :2] + pose[None] * (boxes[:, None, 2:] - boxes[:, None, :2])  # (P, K, 2)
+    return evaluator.score(preds[:, evaluator._order], test_dicts)
+
+
+def _coco_dict(dataset_dicts: Sequence[Dict[str, Any]], names: Sequence[str]) -> Dict[str, Any]:
+    """The persons of dataset dicts as a COCO keypoints dict (XYWH boxes) for ``mean_pose``."""
+    annotations = []
+    for d in dataset_dicts:
+        for anno in _persons(d):
+            x1, y1, x2, y2 = _xyxy(anno)
+            box = [x1, y1, x2 - x1, y2 - y1]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": d["image_id"], "bbox": box, "area": box[2] * box[3],
+                 "keypoints": list(anno["keypoints"]), "iscrowd": 0, "num_keypoints": 0, "category_id": 1}
+            )  # fmt: skip
+    return {"images": [], "annotations": annotations, "categories": [{"id": 1, "keypoints": list(names)}]}
