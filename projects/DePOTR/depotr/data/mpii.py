@@ -62,7 +62,10 @@ def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
     for field in ("image", "center", "scale"):
         if field not in entry:
             raise ValueError(f"{where}: missing field {field!r}")
-    center = np.asarray(entry["center"], np.float64)
+    try:
+        center = np.asarray(entry["center"], np.float64)
+    except (TypeError, ValueError):
+        center = np.full(0, np.nan)
     if center.shape != (2,) or not np.isfinite(center).all():
         raise ValueError(f"{where}: field 'center' must be 2 finite numbers, got {entry['center']!r}")
     scale = entry["scale"]
