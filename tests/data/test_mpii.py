@@ -216,3 +216,21 @@ def test_synthetic_mpii_trains_and_reports_pckh_through_train_net(tmp_path, rest
     assert completed.returncode == 0, completed.stderr
     last = completed.stdout.strip().splitlines()[-1].split()
     assert float(last[2]) == pytest.approx(pckh["PCKh/Mean"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "config, num_keypoints",
+    [("depotr_hm_r50_mpii.yaml", 16), ("depotr_hm_r18_synthetic_mpii.yaml", 16), ("depotr_hm_r50_crowdpose.yaml", 14)],
+)
+def test_dataset_configs_agree_with_their_registered_datasets(config, num_keypoints):
+    from depotr.config import load_depotr_config
+    from depotr.data.keypoint_metadata import keypoint_metadata_from_config
+
+    cfg = load_depotr_config(os.path.join(REPO, "configs", config))
+    keypoints = keypoint_metadata_from_config(cfg)  # checks every registered dataset of the config
+    for dataset in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        metadata = MetadataCatalog.get(dataset)
+        assert list(metadata.keypoint_names) == list(keypoints.names)
+        assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == list(metadata.keypoint_oks_sigmas)
+    assert len(keypoints.names) == cfg.MODEL.DEPOTR.NUM_KEYPOINTS == num_keypoints
+    assert len(set(keypoints.flip_indices)) == num_keypoints and keypoints.flip_indices != tuple(range(num_keypoints))

@@ -11,7 +11,6 @@ entries, as the official code does). The ground truth is the dataset's json file
 
 import contextlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -22,9 +21,9 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.utils import comm
 
 from ..file_io import atomic_write
+from .pckh import gather_on_main
 
 __all__ = ["CROWDPOSE_METRIC_NAMES", "CrowdPoseEvaluator", "crowdpose_metrics"]
 
@@ -90,13 +89,9 @@ class CrowdPoseEvaluator(DatasetEvaluator):
             self._results.extend(instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        results = self._results
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(results, dst=0)
-            if not comm.is_main_process():
-                return {}
-            results = list(itertools.chain(*gathered))
+        results = gather_on_main(self._results, self._distributed)
+        if results is None:
+            return {}
         metadata = MetadataCatalog.get(self._dataset_name)
         to_dataset_id = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
         for result in results:

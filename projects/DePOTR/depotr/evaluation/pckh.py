@@ -241,6 +241,16 @@ def _person_order(dataset_dicts: Sequence[Dict[str, Any]]) -> List[List[int]]:
     return [[row[int(starts[d]) + j] for j in range(len(k))] for d, k in enumerate(keys)]
 
 
+def gather_on_main(items: List[Any], distributed: bool) -> Optional[List[Any]]:
+    """An evaluator's ``items`` of all ranks, concatenated, on the main process (None on the
+    others); ``items`` itself when not ``distributed``."""
+    if not distributed:
+        return items
+    comm.synchronize()
+    gathered = comm.gather(items, dst=0)
+    return list(itertools.chain(*gathered)) if comm.is_main_process() else None
+
+
 class PCKhEvaluator(DatasetEvaluator):
     """PCKh of a dataset with MPII's 16 keypoints (any order of the names), one prediction per
     ground-truth person (``MODEL.DEPOTR.TEST_BOX_SOURCE "gt"``).
@@ -308,14 +318,9 @@ class PCKhEvaluator(DatasetEvaluator):
         return out
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = list(itertools.chain(*gathered))
-        else:
-            predictions = self._predictions
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         dataset_dicts = DatasetCatalog.get(self._dataset_name)
         preds = self._match(dataset_dicts, {p["image_id"]: p for p in predictions})
         table = self.score(preds, dataset_dicts)
