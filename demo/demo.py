@@ -47,7 +47,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
-from depotr.data import coco_person_metadata
+from depotr.data import drawing_metadata
 from depotr.data.image_io import read_image_bgr
 from depotr.file_io import atomic_write, temporary_path
 
@@ -159,7 +159,7 @@ class Demo:
     def __init__(self, predictor: Predictor, threshold: float):
         self.predictor = predictor
         self.threshold = threshold
-        self.metadata = Metadata(name="depotr_demo").set(**coco_person_metadata())
+        self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
 
     def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> Instances:

@@ -185,3 +185,21 @@ def test_fill_keypoint_config_leaves_explicit_and_coco_configs_alone(tmp_path, r
     cfg.MODEL.DEPOTR.KEYPOINT_NAMES = []
     assert "NUM_KEYPOINTS 5" in fill_keypoint_config(cfg)
     assert [list(p) for p in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP] == [["left_wing", "right_wing"]]
+
+
+def test_drawing_metadata_follows_the_config_keypoints(registered):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+    from depotr.data import coco_person_metadata, drawing_metadata
+
+    _, val = registered("kite3", KITE, KITE_FLIP, skeleton=KITE_SKELETON)
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    assert drawing_metadata(cfg) == coco_person_metadata()
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = list(KITE), [list(KITE_FLIP[0])]
+    assert drawing_metadata(cfg)["keypoint_connection_rules"] == []  # no dataset of the config has them
+    cfg.DATASETS.TEST = (val,)
+    drawn = drawing_metadata(cfg)
+    assert drawn["keypoint_names"] == KITE and drawn["keypoint_flip_map"] == KITE_FLIP
+    assert drawn["keypoint_connection_rules"][-1] == ("centre", "tail", (0, 0, 255))

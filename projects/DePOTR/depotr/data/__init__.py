@@ -11,7 +11,7 @@ Entry points re-register the synthetic datasets with their config:
 
 from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
 from .crowdpose import register_crowdpose_datasets
-from .custom import fill_keypoint_config, register_keypoint_dataset
+from .custom import drawing_metadata, fill_keypoint_config, register_keypoint_dataset
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
@@ -48,6 +48,7 @@ __all__ = [
     "build_albumentations",
     "build_albumentations_from_cfg",
     "coco_person_metadata",
+    "drawing_metadata",
     "ensure_synthetic_split",
     "fill_keypoint_config",
     "filter_person_annotations",

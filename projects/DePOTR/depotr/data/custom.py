@@ -27,11 +27,17 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, flip_indices
+from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_OKS_SIGMA", "fill_keypoint_config", "load_keypoint_json", "register_keypoint_dataset"]
+__all__ = [
+    "DEFAULT_OKS_SIGMA",
+    "drawing_metadata",
+    "fill_keypoint_config",
+    "load_keypoint_json",
+    "register_keypoint_dataset",
+]
 
 DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
 # Drawing colour of skeleton edges given without one.
@@ -162,3 +168,24 @@ def fill_keypoint_config(cfg) -> Optional[str]:
         f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
         f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"
     )
+
+
+def drawing_metadata(cfg) -> Dict[str, Any]:
+    """``Visualizer`` metadata for a config's keypoints: COCO's when ``MODEL.DEPOTR.KEYPOINT_NAMES``
+    is empty; else the names and flip pairs of the config, with the skeleton of the first
+    registered dataset of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (no
+    skeleton when none is registered)."""
+    names = list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES)
+    if not names:
+        return coco_person_metadata()
+    rules: List[tuple] = []
+    for dataset in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+        if dataset in DatasetCatalog.list() and list(MetadataCatalog.get(dataset).get("keypoint_names", [])) == names:
+            rules = list(MetadataCatalog.get(dataset).get("keypoint_connection_rules", []))
+            break
+    return {
+        "thing_classes": ["person"],
+        "keypoint_names": names,
+        "keypoint_flip_map": [tuple(pair) for pair in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP],
+        "keypoint_connection_rules": rules,
+    }
