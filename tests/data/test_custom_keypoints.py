@@ -203,3 +203,11 @@ def test_drawing_metadata_follows_the_config_keypoints(registered):
     drawn = drawing_metadata(cfg)
     assert drawn["keypoint_names"] == KITE and drawn["keypoint_flip_map"] == KITE_FLIP
     assert drawn["keypoint_connection_rules"][-1] == ("centre", "tail", (0, 0, 255))
+
+
+def test_half_body_on_a_non_human_skeleton_says_how_to_switch_it_off():
+    from depotr.data.keypoint_metadata import upper_body_mask
+
+    with pytest.raises(ValueError, match=r"\['tip', 'left_wing', 'right_wing', 'centre', 'tail'\].*HALF_BODY_PROB 0"):
+        upper_body_mask(KITE)
+    assert upper_body_mask(["head", "neck", "left_ankle"]) == [True, True, False]  # CrowdPose names have halves

@@ -22,9 +22,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
-from ..evaluation import build_keypoint_evaluator
-from ..evaluation.crowdpose import CrowdPoseEvaluator
-from ..evaluation.pckh import PCKhEvaluator
+from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
