@@ -72,7 +72,12 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "scikit-image"], "export": ["onnx", "onnxruntime"], "lint": ["ruff==0.17.6"]},
+    extras_require={
+        "test": ["pytest", "scikit-image"],
+        "export": ["onnx", "onnxruntime"],
+        "crowdpose": ["xtcocotools==1.14.3"],
+        "lint": ["ruff==0.17.6"],
+    },
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

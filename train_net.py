@@ -10,6 +10,7 @@ Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time 
 rank 0, the console, as Detectron2's own.
 """
 
+import logging
 import sys
 
 from depotr.cli import config_overrides, parse_command_line, run_main, training_argument_parser
@@ -24,12 +25,15 @@ def setup(args):
     from detectron2.utils.logger import setup_logger
 
     from depotr.config import load_depotr_config
-    from depotr.data import register_synthetic_datasets_from_cfg
+    from depotr.data import fill_keypoint_config, register_synthetic_datasets_from_cfg
     from depotr.engine.run_dir import lock_output_dir
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
 
     cfg = load_depotr_config(args.config_file, config_overrides(args))
+    register_synthetic_datasets_from_cfg(cfg)
+    # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
+    keypoints_from_dataset = fill_keypoint_config(cfg)
     lock = None
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
@@ -37,7 +41,8 @@ def setup(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:
         lock.log_recovery()
-    register_synthetic_datasets_from_cfg(cfg)
+    if keypoints_from_dataset:
+        logging.getLogger("depotr").info(keypoints_from_dataset)
     # Materialise generated datasets once, on the main process, before the others read them.
     if comm.is_main_process():
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):

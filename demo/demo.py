@@ -189,11 +189,11 @@ class Demo:
     def __init__(self, predictor: "Predictor", threshold: float):
         from detectron2.data import Metadata
 
-        from depotr.data import coco_person_metadata
+        from depotr.data import drawing_metadata
 
         self.predictor = predictor
         self.threshold = threshold
-        self.metadata = Metadata(name="depotr_demo").set(**coco_person_metadata())
+        self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
 
     def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> "Instances":

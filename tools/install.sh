@@ -27,6 +27,8 @@ COMMON_PINS=(
   "setuptools>=77.0.3,<81" "wheel" "ninja" "albumentations==2.0.8"
   # tools/export_model.py: reading the exported ONNX file and checking it with onnxruntime.
   "onnx==1.23.2" "onnxruntime==1.31.1"
+  # CrowdPose evaluation (depotr/evaluation/crowdpose.py): xtcocotools' "keypoints_crowd" mode.
+  "xtcocotools==1.14.3"
 )
 # v0.6 route only: each was needed to run Detectron2 v0.6 on torch 2.14 (see README "Install").
 V06_PINS=(

@@ -1,13 +1,17 @@
 """DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper, augmentation.
 
-Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val``
-(default ``DATASETS.SYNTHETIC`` values; images are generated on the first
-``DatasetCatalog.get``) and adds OKS sigmas to Detectron2's ``keypoints_coco_*`` metadata.
+Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
+``synthetic_mpii_train`` / ``_val`` (default ``DATASETS.SYNTHETIC`` values; images are generated
+on the first ``DatasetCatalog.get``), ``mpii_train`` / ``mpii_val`` and ``crowdpose_*`` (files
+read on the first ``DatasetCatalog.get``), and adds OKS sigmas to Detectron2's
+``keypoints_coco_*`` metadata. Your own keypoints: :func:`register_keypoint_dataset`.
 Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
 
 from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
+from .crowdpose import register_crowdpose_datasets
+from .custom import drawing_metadata, fill_keypoint_config, register_keypoint_dataset
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
@@ -23,12 +27,15 @@ from .datasets import (
     resolve_synthetic_root,
 )
 from .keypoint_metadata import coco_person_metadata, flip_indices, flip_pairs
+from .mpii import register_mpii, register_mpii_datasets
 from .subset import select_subset, subset_coco, visibility_distribution
 from .synthetic import render_synthetic_image
 from .synthetic_cache import ensure_synthetic_split, generate_synthetic_split
 
 register_default_synthetic_datasets()
 add_coco_keypoint_metadata()
+register_mpii_datasets()
+register_crowdpose_datasets()
 
 __all__ = [
     "DePOTRDatasetMapper",
@@ -41,13 +48,19 @@ __all__ = [
     "build_albumentations",
     "build_albumentations_from_cfg",
     "coco_person_metadata",
+    "drawing_metadata",
     "ensure_synthetic_split",
+    "fill_keypoint_config",
     "filter_person_annotations",
     "flip_indices",
     "flip_pairs",
     "generate_synthetic_split",
     "keypoint_oks_sigmas",
     "load_precomputed_boxes",
+    "register_crowdpose_datasets",
+    "register_keypoint_dataset",
+    "register_mpii",
+    "register_mpii_datasets",
     "register_synthetic_datasets",
     "register_synthetic_datasets_from_cfg",
     "render_synthetic_image",

@@ -33,6 +33,7 @@ from detectron2.structures import BoxMode
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS, coco_person_metadata
 from .synthetic import DEFAULT_IMAGE_SIZE
 from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
+from .synthetic_mpii import register_synthetic_mpii_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def _load_synthetic_split(
 def register_synthetic_datasets(
     root: str, num_train: int, num_val: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
 ) -> None:
-    """(Re)registers ``synthetic_persons_train`` / ``_val`` in Detectron2's catalogs.
+    """(Re)registers ``synthetic_persons_train`` / ``_val`` (and ``synthetic_mpii_train`` /
+    ``_val``) in Detectron2's catalogs.
 
     Cheap: the images are generated (or a complete cache reused) on the first
     ``DatasetCatalog.get``. Earlier registrations of these names are replaced.
@@ -111,6 +113,8 @@ def register_synthetic_datasets(
             evaluator_type="coco",
             **coco_person_metadata(),
         )
+    # The same persons in MPII's files (depotr.data.synthetic_mpii).
+    register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size)
 
 
 def register_synthetic_datasets_from_cfg(cfg) -> None:

@@ -1,4 +1,4 @@
-"""The one table of COCO person keypoint metadata.
+"""The one table of COCO person keypoint metadata (and MPII's, in the same form).
 
 Keypoint names, left/right swap partners, OKS sigmas, drawing colours, body halves and skeleton
 edges live here and nowhere else (as Detectron2's ``builtin_meta.py`` and mmpose's ``coco.py``
@@ -59,6 +59,71 @@ COCO_PERSON_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
 )
 
 COCO_PERSON_KEYPOINT_NAMES: Tuple[str, ...] = tuple(row[0] for row in COCO_PERSON_KEYPOINT_TABLE)
+
+# MPII's 16 keypoints, rows as COCO's, in the joint order of its annotation files (the official
+# toolkit's ids 0-15, as HRNet's and mmpose's annot/*.json). Halves: HRNet's upper_body_ids. The
+# sigmas serve OKS-NMS only (MPII is evaluated by PCKh): COCO's of the same joint; pelvis as the
+# hips, thorax and upper neck as the shoulders, head top as the ears.
+MPII_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
+    ("right_ankle", "left_ankle", 0.089, (255, 0, 255), "lower"),
+    ("right_knee", "left_knee", 0.087, (255, 195, 77), "lower"),
+    ("right_hip", "left_hip", 0.107, (153, 255, 204), "lower"),
+    ("left_hip", "right_hip", 0.107, (255, 255, 77), "lower"),
+    ("left_knee", "right_knee", 0.087, (191, 255, 128), "lower"),
+    ("left_ankle", "right_ankle", 0.089, (0, 255, 255), "lower"),
+    ("pelvis", "pelvis", 0.107, (255, 102, 0), "lower"),
+    ("thorax", "thorax", 0.079, (255, 128, 0), "upper"),
+    ("upper_neck", "upper_neck", 0.079, (102, 204, 255), "upper"),
+    ("head_top", "head_top", 0.035, (51, 153, 255), "upper"),
+    ("right_wrist", "left_wrist", 0.062, (255, 102, 0), "upper"),
+    ("right_elbow", "left_elbow", 0.072, (153, 255, 153), "upper"),
+    ("right_shoulder", "left_shoulder", 0.079, (153, 255, 204), "upper"),
+    ("left_shoulder", "right_shoulder", 0.079, (255, 128, 0), "upper"),
+    ("left_elbow", "right_elbow", 0.072, (128, 229, 255), "upper"),
+    ("left_wrist", "right_wrist", 0.062, (102, 255, 224), "upper"),
+)
+# The official evaluation's joint names (gt_valid.mat's dataset_joints), in the table's order.
+MPII_OFFICIAL_JOINT_NAMES: Tuple[str, ...] = (
+    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
+)  # fmt: skip
+MPII_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
+    ("right_ankle", "right_knee", (255, 195, 77)),
+    ("right_knee", "right_hip", (153, 255, 204)),
+    ("right_hip", "pelvis", (255, 102, 0)),
+    ("pelvis", "left_hip", (255, 102, 0)),
+    ("left_hip", "left_knee", (255, 255, 77)),
+    ("left_knee", "left_ankle", (191, 255, 128)),
+    ("pelvis", "thorax", (255, 128, 0)),
+    ("thorax", "upper_neck", (102, 204, 255)),
+    ("upper_neck", "head_top", (51, 153, 255)),
+    ("right_wrist", "right_elbow", (102, 255, 224)),
+    ("right_elbow", "right_shoulder", (128, 229, 255)),
+    ("right_shoulder", "thorax", (255, 0, 255)),
+    ("thorax", "left_shoulder", (0, 255, 255)),
+    ("left_shoulder", "left_elbow", (153, 255, 204)),
+    ("left_elbow", "left_wrist", (153, 255, 153)),
+)
+MPII_KEYPOINT_NAMES: Tuple[str, ...] = tuple(row[0] for row in MPII_KEYPOINT_TABLE)
+MPII_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in MPII_KEYPOINT_TABLE)
+
+# CrowdPose's 14 keypoints in the order of its json files; sigmas of its official evaluation
+# (COCO's, head and neck 0.079).
+CROWDPOSE_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
+    *(
+        row
+        for row in COCO_PERSON_KEYPOINT_TABLE
+        if row[0] not in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+    ),
+    ("head", "head", 0.079, (51, 153, 255), "upper"),
+    ("neck", "neck", 0.079, (102, 204, 255), "upper"),
+)
+CROWDPOSE_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
+    *(edge for edge in COCO_PERSON_SKELETON if "ear" not in edge[0] + edge[1] and "eye" not in edge[0] + edge[1]),
+    ("head", "neck", (51, 153, 255)),
+    ("neck", "left_shoulder", (102, 204, 255)),
+    ("neck", "right_shoulder", (102, 204, 255)),
+)
 COCO_PERSON_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in COCO_PERSON_KEYPOINT_TABLE)
 
 
@@ -95,28 +160,43 @@ def table_flip_indices(names: Sequence[str]) -> List[int]:
 COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
 
 
-def upper_body_mask(names: Sequence[str], table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE) -> List[bool]:
+def upper_body_mask(
+    names: Sequence[str],
+    table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPOINT_TABLE + CROWDPOSE_KEYPOINT_TABLE,
+) -> List[bool]:
     """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
     (the table's body half). Raises a ValueError naming the keypoints the table lacks."""
     half = {row[0]: row[4] for row in table}
     unknown = [name for name in names if name not in half]
     if unknown:
         raise ValueError(
-            f"keypoints {unknown} have no body half in the keypoint table (depotr/data/keypoint_metadata.py)"
+            f"keypoints {unknown} have no body half in the keypoint tables (depotr/data/keypoint_metadata.py): "
+            "the half-body augmentation needs one; switch it off with INPUT.AUG.HALF_BODY_PROB 0"
         )
     return [half[name] == "upper" for name in names]
+
+
+def table_metadata(table: Sequence[Tuple], skeleton: Sequence[Tuple]) -> Dict[str, object]:
+    """Detectron2 ``MetadataCatalog`` fields (one "person" class) of a keypoint table and its
+    skeleton."""
+    return {
+        "thing_classes": ["person"],
+        "keypoint_names": [row[0] for row in table],
+        "keypoint_flip_map": flip_pairs(table),
+        "keypoint_connection_rules": [tuple(edge) for edge in skeleton],
+        "keypoint_oks_sigmas": [row[2] for row in table],
+    }
 
 
 def coco_person_metadata() -> Dict[str, object]:
     """Detectron2 ``MetadataCatalog`` fields for COCO person keypoints (and the synthetic
     persons, which use the same 17 keypoints)."""
-    return {
-        "thing_classes": ["person"],
-        "keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES),
-        "keypoint_flip_map": flip_pairs(),
-        "keypoint_connection_rules": [tuple(edge) for edge in COCO_PERSON_SKELETON],
-        "keypoint_oks_sigmas": list(COCO_PERSON_OKS_SIGMAS),
-    }
+    return table_metadata(COCO_PERSON_KEYPOINT_TABLE, COCO_PERSON_SKELETON)
+
+
+def mpii_person_metadata() -> Dict[str, object]:
+    """Detectron2 ``MetadataCatalog`` fields for MPII's 16 person keypoints."""
+    return table_metadata(MPII_KEYPOINT_TABLE, MPII_SKELETON)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
+    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -21,7 +22,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
-from ..evaluation import build_keypoint_evaluator
+from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
@@ -111,6 +112,11 @@ class Trainer(CompatDefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type == "mpii_pckh":
+            return PCKhEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "crowdpose":
+            return CrowdPoseEvaluator(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS, output_dir=output_folder)
         return build_keypoint_evaluator(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS, output_dir=output_folder)
 
     @classmethod

@@ -1,0 +1,191 @@
+"""Your own keypoints in one call: :func:`register_keypoint_dataset` registers a COCO-format
+keypoint file with any skeleton, and :func:`fill_keypoint_config` gives a config naming it the
+dataset's keypoints, so that it trains and evaluates with nothing else set about keypoints::
+
+    register_keypoint_dataset("cars_train", "cars/train.json", "cars/images",
+                              keypoint_names=["front_left", "front_right", "roof"],
+                              flip_map=[("front_left", "front_right")], skeleton=[("front_left", "roof")])
+    # then a config with DATASETS.TRAIN ("cars_train",): train_net.setup fills K, names, flip map, sigmas
+
+The rule of :func:`fill_keypoint_config`: when ``MODEL.DEPOTR.KEYPOINT_NAMES`` is empty and the
+first dataset of ``DATASETS.TRAIN`` + ``DATASETS.TEST`` was registered here (its metadata has
+``keypoints_from_dataset``), ``MODEL.DEPOTR.NUM_KEYPOINTS``, ``KEYPOINT_NAMES``,
+``KEYPOINT_FLIP_MAP`` and ``TEST.KEYPOINT_OKS_SIGMAS`` are set from its metadata (all four: the
+COCO sigmas of Base-DePOTR.yaml are replaced). Otherwise nothing changes, and
+``keypoint_metadata_from_config`` checks every dataset against the config as before. Without
+``oks_sigmas`` every keypoint gets ``DEFAULT_OKS_SIGMA``, the mean of COCO's 17 sigmas (0.0663).
+The half-body augmentation needs body halves (``keypoint_metadata.upper_body_mask``): leave
+``INPUT.AUG.HALF_BODY_PROB`` at 0 for other skeletons.
+"""
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_OKS_SIGMA",
+    "drawing_metadata",
+    "fill_keypoint_config",
+    "load_keypoint_json",
+    "register_keypoint_dataset",
+]
+
+DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
+# Drawing colour of skeleton edges given without one.
+DEFAULT_EDGE_COLOUR = (255, 128, 0)
+
+
+def _check_metadata(
+    name: str,
+    keypoint_names: Sequence[str],
+    flip_map: Sequence[Sequence[str]],
+    skeleton: Optional[Sequence[Sequence[Any]]],
+    oks_sigmas: Optional[Sequence[float]],
+) -> Tuple[List[str], List[Tuple[str, str]], List[tuple], List[float]]:
+    """Validated names, flip pairs, connection rules and sigmas; a ValueError naming the dataset
+    and the field otherwise."""
+    where = f"keypoint dataset {name!r}"
+    names = list(keypoint_names)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{where}: keypoint_names must be a non-empty list of names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: keypoint_names has repeated names: {names}")
+    pairs = [tuple(pair) for pair in flip_map]
+    bad = [list(p) for p in pairs if len(p) != 2 or p[0] == p[1]]
+    if bad:
+        raise ValueError(f"{where}: flip_map entries must be pairs of two different names, got {bad}")
+    paired = [n for p in pairs for n in p]
+    if len(set(paired)) != len(paired):
+        raise ValueError(f"{where}: flip_map names a keypoint in more than one pair: {[list(p) for p in pairs]}")
+    try:
+        flip_indices(names, pairs)
+    except ValueError as e:
+        raise ValueError(f"{where}: flip_map: {e}") from e
+    rules = []
+    for edge in skeleton or ():
+        if len(edge) not in (2, 3) or edge[0] not in names or edge[1] not in names:
+            raise ValueError(
+                f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, got {list(edge)}"
+            )
+        rules.append((edge[0], edge[1], tuple(edge[2]) if len(edge) == 3 else DEFAULT_EDGE_COLOUR))
+    sigmas = [DEFAULT_OKS_SIGMA] * len(names) if oks_sigmas is None else [float(s) for s in oks_sigmas]
+    if len(sigmas) != len(names):
+        raise ValueError(f"{where}: oks_sigmas has {len(sigmas)} values for {len(names)} keypoint_names")
+    if not all(np.isfinite(s) and s > 0 for s in sigmas):
+        raise ValueError(f"{where}: oks_sigmas must be positive numbers, got {sigmas}")
+    return names, pairs, rules, sigmas
+
+
+def load_keypoint_json(name: str, json_file: str, image_root: str, num_keypoints: int) -> List[Dict[str, Any]]:
+    """Detectron2's ``load_coco_json`` of a keypoint file whose category and every annotation
+    with keypoints must have ``num_keypoints`` keypoints (a ValueError naming the dataset, the
+    file and the field otherwise)."""
+    where = f"keypoint dataset {name!r} ({json_file})"
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"{where}: the file does not exist")
+    dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
+    categories = MetadataCatalog.get(name).get("thing_classes", [])
+    if len(categories) != 1:
+        raise ValueError(f"{where}: expected one category (top-down keypoints of one class), got {categories}")
+    for d in dicts:
+        for anno in d.get("annotations", []):
+            kps = anno.get("keypoints")
+            if kps is not None and len(kps) != 3 * num_keypoints:
+                raise ValueError(
+                    f"{where}: annotation {anno.get('id')} of {d['file_name']}: field 'keypoints' has "
+                    f"{len(kps)} values, expected 3 x {num_keypoints} (the registered keypoint_names)"
+                )
+    return dicts
+
+
+def register_keypoint_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    keypoint_names: Sequence[str],
+    flip_map: Sequence[Sequence[str]],
+    skeleton: Optional[Sequence[Sequence[Any]]] = None,
+    oks_sigmas: Optional[Sequence[float]] = None,
+    evaluator_type: str = "coco",
+) -> None:
+    """Registers a COCO-format keypoint file (one category) as dataset ``name``, replacing an
+    earlier registration of that name.
+
+    Args:
+        keypoint_names: the K keypoint names, in the file's keypoint order.
+        flip_map: (left, right) name pairs a horizontal flip swaps; [] for none.
+        skeleton: edges (name, name) or (name, name, (r, g, b)) for the visualiser.
+        oks_sigmas: (K,) per-keypoint OKS sigmas of the evaluation and OKS-NMS; None:
+            ``DEFAULT_OKS_SIGMA`` each.
+        evaluator_type: "coco" (OKS AP), "crowdpose" (``depotr.evaluation.crowdpose``).
+    Raises:
+        ValueError naming the dataset and the field: names, flip pairs, skeleton or sigmas
+        inconsistent (now); the file's keypoints not K per annotation (on the first
+        ``DatasetCatalog.get``, which ``train_net.setup`` makes before training).
+    """
+    names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas)
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, len(names)))
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type=evaluator_type,
+        keypoint_names=names,
+        keypoint_flip_map=pairs,
+        keypoint_connection_rules=rules,
+        keypoint_oks_sigmas=sigmas,
+        keypoints_from_dataset=True,
+    )
+
+
+def fill_keypoint_config(cfg) -> Optional[str]:
+    """Sets the config's keypoint keys from its first dataset (the rule of the module
+    docstring), in place on an unfrozen ``cfg``. Returns what was done, for the log, or None."""
+    model = cfg.MODEL.DEPOTR
+    datasets = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    if model.KEYPOINT_NAMES or not datasets or datasets[0] not in DatasetCatalog.list():
+        return None
+    metadata = MetadataCatalog.get(datasets[0])
+    if not metadata.get("keypoints_from_dataset", False):
+        return None
+    names = list(metadata.keypoint_names)
+    model.NUM_KEYPOINTS = len(names)
+    model.KEYPOINT_NAMES = names
+    model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.keypoint_oks_sigmas)
+    return (
+        f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
+        f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"
+    )
+
+
+def drawing_metadata(cfg) -> Dict[str, Any]:
+    """``Visualizer`` metadata for a config's keypoints: COCO's when ``MODEL.DEPOTR.KEYPOINT_NAMES``
+    is empty; else the names and flip pairs of the config, with the skeleton of the first
+    registered dataset of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (no
+    skeleton when none is registered)."""
+    names = list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES)
+    if not names:
+        return coco_person_metadata()
+    rules: List[tuple] = []
+    for dataset in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+        if dataset in DatasetCatalog.list() and list(MetadataCatalog.get(dataset).get("keypoint_names", [])) == names:
+            rules = list(MetadataCatalog.get(dataset).get("keypoint_connection_rules", []))
+            break
+    return {
+        "thing_classes": ["person"],
+        "keypoint_names": names,
+        "keypoint_flip_map": [tuple(pair) for pair in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP],
+        "keypoint_connection_rules": rules,
+    }

@@ -1,0 +1,179 @@
+"""MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation.
+
+Reads the files users download for top-down MPII training, as HRNet and mmpose publish them::
+
+    datasets/mpii/
+        images/*.jpg
+        annot/train.json annot/valid.json   one entry per person: image, center [x, y], scale,
+                                            joints (16 x [x, y]), joints_vis (16), 1-based pixels
+        annot/gt_valid.mat                  the official evaluation ground truth (PCKh)
+
+Boxes from center/scale with HRNet's adjustments (``lib/dataset/mpii.py``): the centre moves
+down by 15 x scale px and the scale grows by 1.25 (both skipped where the centre's x is -1, as
+HRNet does); then everything is made 0-based (-1) and the box is the square of side
+200 x scale px around the centre (XYWH_ABS). HRNet crops exactly that square, so the MPII configs
+set ``INPUT.CROP_PADDING`` 1.0. Keypoints: the joints minus 1, v = 2 where ``joints_vis`` is 1,
+else x = y = v = 0 (entries without joints, e.g. test.json, get no labelled keypoint).
+
+Registered (lazily, files read on the first ``DatasetCatalog.get``): ``mpii_train`` and
+``mpii_val`` under ``$DETECTRON2_DATASETS/mpii`` (default ``datasets/mpii``), with MPII's 16
+keypoints (``keypoint_metadata.MPII_KEYPOINT_TABLE``) and ``evaluator_type`` "mpii_pckh";
+``mpii_val`` has ``gt_mat_file`` for :class:`depotr.evaluation.pckh.PCKhEvaluator`.
+"""
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from .keypoint_metadata import MPII_KEYPOINT_NAMES, mpii_person_metadata
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MPII_SPLITS", "load_mpii_json", "mpii_box", "register_mpii", "register_mpii_datasets"]
+
+NUM_JOINTS = len(MPII_KEYPOINT_NAMES)
+# Registered name -> (annotation json, official ground truth .mat or None), relative to the root.
+MPII_SPLITS: Dict[str, tuple] = {
+    "mpii_train": ("annot/train.json", None),
+    "mpii_val": ("annot/valid.json", "annot/gt_valid.mat"),
+}
+
+
+def mpii_box(center, scale: float) -> List[float]:
+    """The 0-based XYWH_ABS person box of a 1-based MPII ``center`` (2,) and ``scale``, with
+    HRNet's adjustments (see the module docstring)."""
+    cx, cy = float(center[0]), float(center[1])
+    if cx != -1:
+        cy += 15 * scale
+        scale *= 1.25
+    side = 200.0 * scale
+    return [cx - 1 - side / 2, cy - 1 - side / 2, side, side]
+
+
+def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
+    for field in ("image", "center", "scale"):
+        if field not in entry:
+            raise ValueError(f"{where}: missing field {field!r}")
+    try:
+        center = np.asarray(entry["center"], np.float64)
+    except (TypeError, ValueError):
+        center = np.full(0, np.nan)
+    if center.shape != (2,) or not np.isfinite(center).all():
+        raise ValueError(f"{where}: field 'center' must be 2 finite numbers, got {entry['center']!r}")
+    scale = entry["scale"]
+    if not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{where}: field 'scale' must be a positive number, got {scale!r}")
+    keypoints = np.zeros((NUM_JOINTS, 3))
+    if "joints" in entry:
+        joints = np.asarray(entry["joints"], np.float64)
+        visible = np.asarray(entry.get("joints_vis", []), np.float64).reshape(-1)
+        if joints.shape != (NUM_JOINTS, 2):
+            raise ValueError(f"{where}: field 'joints' has shape {joints.shape}, expected ({NUM_JOINTS}, 2)")
+        if visible.shape != (NUM_JOINTS,):
+            raise ValueError(f"{where}: field 'joints_vis' has {visible.size} values, expected {NUM_JOINTS}")
+        labelled = visible > 0
+        keypoints[labelled, :2] = joints[labelled] - 1.0
+        keypoints[labelled, 2] = 2
+    return {
+        "bbox": mpii_box(center, float(scale)),
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": 0,
+        "iscrowd": 0,
+        "keypoints": keypoints.ravel().tolist(),
+    }
+
+
+def load_mpii_json(json_file: str, image_root: str) -> List[Dict[str, Any]]:
+    """Detectron2 dataset dicts (one per image, persons in the file's order) of an MPII
+    annotation json. Each annotation has ``person_index``, its position in the file (the
+    column of the official ground truth .mat). Image sizes are read from the image headers.
+
+    Raises:
+        FileNotFoundError naming a missing file or image; ValueError naming the file, the entry
+        and the field that is malformed.
+    """
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"MPII annotation file {json_file} does not exist")
+    with open(json_file) as f:
+        try:
+            entries = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"MPII annotation file {json_file} is not valid json: {e}") from e
+    if not isinstance(entries, list):
+        raise ValueError(f"MPII annotation file {json_file}: expected a list of persons, got {type(entries).__name__}")
+    images: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+    for i, entry in enumerate(entries):
+        where = f"MPII annotation file {json_file}, entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        annotation = _person_annotation(entry, where)
+        annotation["person_index"] = i
+        image = entry["image"]
+        if image not in images:
+            file_name = os.path.join(image_root, image)
+            if not os.path.isfile(file_name):
+                raise FileNotFoundError(f"{where}: image {file_name} does not exist")
+            with Image.open(file_name) as im:
+                width, height = im.size
+            images[image] = {
+                "file_name": file_name,
+                "image_id": len(images),
+                "height": height,
+                "width": width,
+                "annotations": [],
+            }
+        images[image]["annotations"].append(annotation)
+    logger.info("Loaded %d MPII persons in %d images from %s", len(entries), len(images), json_file)
+    return list(images.values())
+
+
+def register_mpii(
+    name: str,
+    json_file: str,
+    image_root: str,
+    gt_mat_file: Optional[str] = None,
+    prepare: Optional[Callable[[], Any]] = None,
+) -> None:
+    """Registers an MPII annotation json as dataset ``name`` (replacing an earlier one), with
+    MPII's keypoint metadata, ``evaluator_type`` "mpii_pckh" and, when given, the official
+    ground truth ``gt_mat_file`` of the same persons in the same order. ``prepare``: called
+    before each load (e.g. to write generated files)."""
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+
+    def load() -> List[Dict[str, Any]]:
+        if prepare is not None:
+            prepare()
+        return load_mpii_json(json_file, image_root)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        gt_mat_file=gt_mat_file,
+        evaluator_type="mpii_pckh",
+        keypoints_from_dataset=True,  # depotr.data.custom.fill_keypoint_config
+        **mpii_person_metadata(),
+    )
+
+
+def register_mpii_datasets(root: Optional[str] = None) -> None:
+    """Registers ``mpii_train`` / ``mpii_val`` under ``root`` (default
+    ``$DETECTRON2_DATASETS/mpii``, ``DETECTRON2_DATASETS`` defaulting to ``datasets``)."""
+    root = root or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "mpii")
+    for name, (json_file, gt_mat_file) in MPII_SPLITS.items():
+        register_mpii(
+            name,
+            os.path.join(root, json_file),
+            os.path.join(root, "images"),
+            os.path.join(root, gt_mat_file) if gt_mat_file else None,
+        )

@@ -1,0 +1,213 @@
+"""Your own keypoints (depotr.data.register_keypoint_dataset): a non-human skeleton the test draws
+trains and evaluates end to end through train_net, K flowing everywhere; bad input is an error
+naming the dataset and the field before training."""
+
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, Instances
+
+import train_net
+from depotr.data import fill_keypoint_config, register_keypoint_dataset
+from depotr.data.custom import DEFAULT_OKS_SIGMA
+from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
+
+from ..engine.conftest import instant_args
+
+# A kite: K = 5, one left/right pair, three unpaired points (tip, centre, tail).
+KITE = ["tip", "left_wing", "right_wing", "centre", "tail"]
+KITE_FLIP = [("left_wing", "right_wing")]
+KITE_SKELETON = [("tip", "left_wing"), ("tip", "right_wing"), ("left_wing", "tail"), ("right_wing", "tail"),
+                 ("centre", "tail", (0, 0, 255))]  # fmt: skip
+# A tripod seen from above: K = 3, no pairs.
+TRIPOD = ["foot_a", "foot_b", "foot_c"]
+CATEGORY_ID = 7  # not COCO's person id: the evaluator must map it back
+
+
+def _kite_keypoints(rng, size):
+    """(5, 2) kite points in a size x size image, and its box [x, y, w, h]."""
+    cx, cy, s = rng.uniform(0.35, 0.65) * size, rng.uniform(0.35, 0.65) * size, rng.uniform(0.2, 0.3) * size
+    a = rng.uniform(-0.3, 0.3)
+    local = np.array([[0, -1.0], [-0.6, -0.2], [0.6, -0.2], [0, 0.0], [0, 1.0]]) * s
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    pts = local @ rot.T + [cx, cy]
+    x0, y0 = pts.min(0) - 2
+    x1, y1 = pts.max(0) + 2
+    return pts, [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def write_keypoint_dataset(folder, num_images, names, seed, keypoints_per_annotation=None):
+    """A COCO keypoint file of drawn objects (one per image) with ``names``' K keypoints."""
+    rng = np.random.default_rng(seed)
+    size, k = 64, len(names)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        pts, box = _kite_keypoints(rng, size)
+        pts = pts[:k] if k <= 5 else np.concatenate([pts] * 2)[:k]
+        image = np.full((size, size, 3), 40, np.uint8)
+        cv2.fillPoly(image, [pts[:, None, :].astype(np.int32)], (200, 180, 60))
+        for j, p in enumerate(pts):
+            cv2.circle(image, tuple(int(v) for v in p), 2, (40 * j % 255, 255 - 40 * j, 120), -1)
+        cv2.imwrite(os.path.join(folder, "images", f"{i}.png"), image)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
+        kps = np.concatenate([pts, np.full((k, 1), 2.0)], axis=1).ravel().tolist()
+        if keypoints_per_annotation is not None:
+            kps = kps[: 3 * keypoints_per_annotation] + [0.0] * max(0, 3 * keypoints_per_annotation - len(kps))
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": CATEGORY_ID, "bbox": box,
+                            "area": box[2] * box[3], "iscrowd": 0, "keypoints": kps, "num_keypoints": k})  # fmt: skip
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": CATEGORY_ID, "name": "thing", "keypoints": list(names)}]}  # fmt: skip
+    json_file = os.path.join(folder, "annotations.json")
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return json_file, os.path.join(folder, "images")
+
+
+@pytest.fixture
+def registered(tmp_path):
+    """Registers <name>_train / <name>_val of a generated skeleton; removes them afterwards."""
+    names = []
+
+    def register(name, keypoint_names, flip_map, **kwargs):
+        for split, n, seed in (("train", 8, 0), ("val", 3, 1)):
+            json_file, image_root = write_keypoint_dataset(tmp_path / f"{name}_{split}", n, keypoint_names, seed)
+            register_keypoint_dataset(f"{name}_{split}", json_file, image_root, keypoint_names, flip_map, **kwargs)
+            names.append(f"{name}_{split}")
+        return f"{name}_train", f"{name}_val"
+
+    yield register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _train_and_evaluate(tmp_path, train, val):
+    """train_net.main on the instant model for 4 iterations; returns (the evaluation row of
+    metrics.json, the written config)."""
+    args = instant_args(
+        str(tmp_path / "run"), str(tmp_path / "synthetic"),
+        "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)",
+        "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "4",
+    )  # fmt: skip
+    train_net.main(args)
+    cfg = train_net.load_depotr_config(str(tmp_path / "run" / "config.yaml"))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
+    return [m for m in metrics if "keypoints/AP" in m][-1], cfg
+
+
+@pytest.mark.slow
+def test_a_kite_skeleton_trains_and_evaluates_end_to_end(tmp_path, registered):
+    sigmas = [0.03, 0.05, 0.05, 0.07, 0.09]
+    train, val = registered("kite", KITE, KITE_FLIP, skeleton=KITE_SKELETON, oks_sigmas=sigmas)
+    results, cfg = _train_and_evaluate(tmp_path, train, val)
+    # The written config has the dataset's keypoints (so demo, export and eval-only reuse them).
+    assert cfg.MODEL.DEPOTR.NUM_KEYPOINTS == 5 and list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES) == KITE
+    assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == sigmas
+    assert keypoint_metadata_from_config(cfg).flip_indices == (0, 2, 1, 3, 4)
+    assert 0.0 <= results["keypoints/AP"] <= 100.0
+    predictions = json.loads((tmp_path / "run" / "inference" / val / "coco_instances_results.json").read_text())
+    assert len(predictions) == 3 and all(len(p["keypoints"]) == 15 for p in predictions)
+    assert {p["category_id"] for p in predictions} == {CATEGORY_ID}
+    # The visualiser (Detectron2's, as tools/visualize_predictions.py uses it) draws the skeleton.
+    from detectron2.utils.visualizer import Visualizer
+
+    shown = Instances((64, 64))
+    shown.pred_boxes = Boxes(torch.tensor([[5.0, 5.0, 50.0, 50.0]]))
+    shown.pred_keypoints = torch.tensor([[[10.0, 10, 1], [20, 20, 1], [30, 10, 1], [25, 30, 1], [40, 45, 1]]])
+    drawn = Visualizer(np.zeros((64, 64, 3), np.uint8), MetadataCatalog.get(val)).draw_instance_predictions(shown)
+    assert (drawn.get_image() == (0, 0, 255)).all(axis=2).any()  # the centre-tail edge's colour
+
+
+@pytest.mark.slow
+def test_a_skeleton_without_flip_pairs_trains_with_the_default_sigma(tmp_path, registered):
+    train, val = registered("tripod", TRIPOD, [])
+    results, cfg = _train_and_evaluate(tmp_path, train, val)
+    assert keypoint_metadata_from_config(cfg).flip_indices == (0, 1, 2)
+    assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == [DEFAULT_OKS_SIGMA] * 3
+    assert DEFAULT_OKS_SIGMA == pytest.approx(sum(COCO_PERSON_OKS_SIGMAS) / 17)
+    assert 0.0 <= results["keypoints/AP"] <= 100.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"keypoint_names": ["a", "b"], "flip_map": []}, "oks_sigmas has 5 values for 2 keypoint_names"),
+        ({"flip_map": [("left_wing", "rudder")]}, r"flip_map: .*\['rudder'\]"),
+        ({"flip_map": [("left_wing",)]}, "flip_map entries must be pairs"),
+        ({"oks_sigmas": [0.05] * 4}, "oks_sigmas has 4 values for 5 keypoint_names"),
+        ({"skeleton": [("tip", "nose")]}, "skeleton edges"),
+        ({"keypoint_names": ["tip", "tip", "a", "b", "c"]}, "repeated"),
+    ],
+)
+def test_bad_metadata_is_an_error_naming_the_dataset_and_the_field(tmp_path, kwargs, field):
+    args = {"keypoint_names": KITE, "flip_map": KITE_FLIP, "oks_sigmas": [0.05] * 5, **kwargs}
+    with pytest.raises(ValueError, match=field) as info:
+        register_keypoint_dataset("bad_kite", str(tmp_path / "a.json"), str(tmp_path), **args)
+    assert "'bad_kite'" in str(info.value)
+    assert "bad_kite" not in DatasetCatalog.list()
+
+
+def test_annotations_with_another_number_of_keypoints_fail_before_training(tmp_path):
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0, keypoints_per_annotation=4)
+    register_keypoint_dataset("kite_four", json_file, image_root, KITE, KITE_FLIP)
+    try:
+        args = instant_args(str(tmp_path / "run"), str(tmp_path / "syn"), "DATASETS.TRAIN", "('kite_four',)",
+                            "DATASETS.TEST", "('kite_four',)")  # fmt: skip
+        with pytest.raises(ValueError, match=r"'kite_four'.*field 'keypoints' has 12 values, expected 3 x 5"):
+            train_net.setup(args)  # materialises the datasets before any model is built
+        assert not (tmp_path / "run" / "model_final.pth").exists()
+    finally:
+        DatasetCatalog.remove("kite_four")
+        MetadataCatalog.remove("kite_four")
+
+
+def test_fill_keypoint_config_leaves_explicit_and_coco_configs_alone(tmp_path, registered):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    train, _ = registered("kite2", KITE, KITE_FLIP)
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TRAIN = ("keypoints_coco_2017_train",)  # Detectron2's builtin: not ours, untouched
+    assert fill_keypoint_config(cfg) is None and cfg.MODEL.DEPOTR.NUM_KEYPOINTS == 17
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES = list(KITE)  # set by the user: not replaced
+    assert fill_keypoint_config(cfg) is None
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES = []
+    assert "NUM_KEYPOINTS 5" in fill_keypoint_config(cfg)
+    assert [list(p) for p in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP] == [["left_wing", "right_wing"]]
+
+
+def test_drawing_metadata_follows_the_config_keypoints(registered):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+    from depotr.data import coco_person_metadata, drawing_metadata
+
+    _, val = registered("kite3", KITE, KITE_FLIP, skeleton=KITE_SKELETON)
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    assert drawing_metadata(cfg) == coco_person_metadata()
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = list(KITE), [list(KITE_FLIP[0])]
+    assert drawing_metadata(cfg)["keypoint_connection_rules"] == []  # no dataset of the config has them
+    cfg.DATASETS.TEST = (val,)
+    drawn = drawing_metadata(cfg)
+    assert drawn["keypoint_names"] == KITE and drawn["keypoint_flip_map"] == KITE_FLIP
+    assert drawn["keypoint_connection_rules"][-1] == ("centre", "tail", (0, 0, 255))
+
+
+def test_half_body_on_a_non_human_skeleton_says_how_to_switch_it_off():
+    from depotr.data.keypoint_metadata import upper_body_mask
+
+    with pytest.raises(ValueError, match=r"\['tip', 'left_wing', 'right_wing', 'centre', 'tail'\].*HALF_BODY_PROB 0"):
+        upper_body_mask(KITE)
+    assert upper_body_mask(["head", "neck", "left_ankle"]) == [True, True, False]  # CrowdPose names have halves
