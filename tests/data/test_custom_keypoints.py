@@ -15,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
 import train_net
+from depotr.config import load_depotr_config
 from depotr.data import fill_keypoint_config, register_keypoint_dataset
 from depotr.data.custom import DEFAULT_OKS_SIGMA
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
@@ -98,7 +99,7 @@ def _train_and_evaluate(tmp_path, train, val):
         "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "4",
     )  # fmt: skip
     train_net.main(args)
-    cfg = train_net.load_depotr_config(str(tmp_path / "run" / "config.yaml"))
+    cfg = load_depotr_config(str(tmp_path / "run" / "config.yaml"))
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
     return [m for m in metrics if "keypoints/AP" in m][-1], cfg
 
