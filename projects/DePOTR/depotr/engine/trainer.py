@@ -22,6 +22,7 @@ from detectron2.utils import comm
 
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..evaluation import build_keypoint_evaluator
+from ..modeling.person_detector import PoseWithDetector, build_person_detector
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
@@ -107,6 +108,14 @@ class Trainer(CompatDefaultTrainer):
         return build_detection_test_loader(
             dicts, mapper=DePOTRDatasetMapper(cfg, is_train=False), num_workers=cfg.DATALOADER.NUM_WORKERS
         )
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """``DefaultTrainer.test``; with ``MODEL.DEPOTR.TEST_BOX_SOURCE`` "detector" the person
+        detector of ``MODEL.DEPOTR.DETECTOR`` runs beside ``model`` (``PoseWithDetector``)."""
+        if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
+            model = PoseWithDetector(build_person_detector(cfg), model, cfg.INPUT.FORMAT)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
