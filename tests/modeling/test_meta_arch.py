@@ -17,7 +17,13 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances, Keypoints
 
 from depotr.config import add_depotr_config
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
+from depotr.data.keypoint_metadata import (
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_OKS_SIGMAS,
+    flip_indices,
+    flip_pairs,
+    keypoint_metadata_from_config,
+)
 from depotr.modeling import KeypointBranch
 from depotr.modeling.box_sources import (
     GtBoxes,
@@ -394,7 +400,8 @@ def test_config_loads_and_builds(name):
 
     cfg = _load(name)
     assert cfg.MODEL.META_ARCHITECTURE == "TopDownPoseEstimator"
-    assert len(cfg.TEST.KEYPOINT_OKS_SIGMAS) == cfg.MODEL.DEPOTR.NUM_KEYPOINTS == 17
+    assert keypoint_metadata_from_config(cfg).oks_sigmas == COCO_PERSON_OKS_SIGMAS  # the table's, not typed again
+    assert not cfg.TEST.KEYPOINT_OKS_SIGMAS and cfg.MODEL.DEPOTR.NUM_KEYPOINTS == 17
     assert len(cfg.MODEL.PIXEL_MEAN) == len(cfg.MODEL.PIXEL_STD) == 3
     model = build_model(cfg)
     assert isinstance(model, TopDownPoseEstimator)

@@ -2,7 +2,8 @@
 
 Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val``
 (default ``DATASETS.SYNTHETIC`` values; images are generated on the first
-``DatasetCatalog.get``) and adds OKS sigmas to Detectron2's ``keypoints_coco_*`` metadata.
+``DatasetCatalog.get``). OKS sigmas are not dataset metadata: they come with the keypoints of
+the config (``keypoint_metadata.keypoint_metadata_from_config``).
 Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
@@ -11,11 +12,9 @@ from .augmentation import KeypointAugmenter, build_albumentations, build_albumen
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
-    add_coco_keypoint_metadata,
     attach_precomputed_boxes,
     attach_precomputed_boxes_from_cfg,
     filter_person_annotations,
-    keypoint_oks_sigmas,
     load_precomputed_boxes,
     register_default_synthetic_datasets,
     register_synthetic_datasets,
@@ -28,13 +27,11 @@ from .synthetic import render_synthetic_image
 from .synthetic_cache import ensure_synthetic_split, generate_synthetic_split
 
 register_default_synthetic_datasets()
-add_coco_keypoint_metadata()
 
 __all__ = [
     "DePOTRDatasetMapper",
     "KeypointAugmenter",
     "SYNTHETIC_DATASET_NAMES",
-    "add_coco_keypoint_metadata",
     "annotations_to_arrays",
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
@@ -46,7 +43,6 @@ __all__ = [
     "flip_indices",
     "flip_pairs",
     "generate_synthetic_split",
-    "keypoint_oks_sigmas",
     "load_precomputed_boxes",
     "register_synthetic_datasets",
     "register_synthetic_datasets_from_cfg",

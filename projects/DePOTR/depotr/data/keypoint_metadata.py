@@ -6,8 +6,10 @@ do). Flip indices for the mapper, the flip test and the evaluator, and the upper
 half-body augmentation are derived from this table.
 
 A model's keypoints (order, left/right pairs, flip indices, OKS sigmas) come from its config by
-one function, :func:`keypoint_metadata_from_config`: the model, the data mappers and the error
-analysis get them from there, never from whichever datasets happen to be registered.
+one function, :func:`keypoint_metadata_from_config`: the model, the data mappers, the evaluator
+and the error analysis get them from there, never from whichever datasets happen to be
+registered (the configs do not repeat the sigmas; ``TEST.KEYPOINT_OKS_SIGMAS`` only overrides
+them, e.g. for keypoints the table lacks).
 """
 
 from dataclasses import dataclass
@@ -115,7 +117,6 @@ def coco_person_metadata() -> Dict[str, object]:
         "keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES),
         "keypoint_flip_map": flip_pairs(),
         "keypoint_connection_rules": [tuple(edge) for edge in COCO_PERSON_SKELETON],
-        "keypoint_oks_sigmas": list(COCO_PERSON_OKS_SIGMAS),
     }
 
 

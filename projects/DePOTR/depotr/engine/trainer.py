@@ -23,6 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
+from ..data.keypoint_metadata import keypoint_metadata_from_config
 from ..evaluation import build_keypoint_evaluator
 from ..modeling.person_detector import PoseWithDetector, build_person_detector
 from ..solver import build_lr_scheduler, build_optimizer
@@ -182,7 +183,8 @@ class Trainer(CompatDefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_keypoint_evaluator(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS, output_dir=output_folder)
+        sigmas = keypoint_metadata_from_config(cfg).oks_sigmas  # the keypoint table's, or TEST.KEYPOINT_OKS_SIGMAS
+        return build_keypoint_evaluator(dataset_name, sigmas, output_dir=output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
