@@ -5,9 +5,10 @@ N persons (or detections) per image, K = 17 keypoints.
 * ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
   (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get`` into a cache
   entry of its spec (:mod:`depotr.data.synthetic_cache`).
-* Detectron2's builtin ``keypoints_coco_*`` datasets get the OKS sigmas of the keypoint table.
 * :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
-* :func:`attach_precomputed_boxes`: person detections from a COCO results json.
+* :func:`attach_precomputed_boxes`: person detections from a COCO results json. Not Detectron2's
+  ``load_proposals_into_dataset``: that reads its own pkl (ids, boxes, objectness logits), and the
+  published person detections (SimpleBaseline's) are a COCO results json with scores.
 
 Box checks here are the loader's: a malformed entry of an annotation or detection file is an
 error naming the file and the entry; a valid entry that cannot be a person box (another category,
