@@ -64,8 +64,15 @@ def test_sample_stream_is_the_same_with_workers_and_restarts_at_any_batch():
         SeededSampleStream(_RandomDraws(), ResumableTrainingSampler(5, seed=7, start_index=3), 2, 7)
 
 
-def _train(output_dir, synthetic_root, num_workers, interrupt_at=None, resume=False):
-    opts = ("SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", "DATALOADER.NUM_WORKERS", str(num_workers))
+def _train(output_dir, synthetic_root, num_workers, interrupt_at=None, resume=False, max_iter=30):
+    opts = (
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "10",
+        "DATALOADER.NUM_WORKERS",
+        str(num_workers),
+    )
     cfg = train_net.setup(instant_args(output_dir, synthetic_root, *opts))
     trainer = Trainer(cfg)
     if interrupt_at is not None:
@@ -111,3 +118,31 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root, num_workers)
     checkpoint = torch.load(os.path.join(interrupted_dir, "model_0000019.pth"), map_location="cpu")
     moved = [n for n, v in checkpoint["model"].items() if v.is_floating_point() and not torch.equal(v, resumed[n])]
     assert moved
+
+
+@pytest.mark.slow
+def test_worker_count_does_not_change_training(tmp_path, synthetic_root):
+    """The same batches, augmentation and model draws with 0 workers (mapping in the main
+    process) as with 2."""
+
+    class _Snapshot(HookBase):
+        def before_train(self):
+            self.weights = _weights(self.trainer)
+
+    runs, snapshots = [], []
+    for num_workers in (0, 2):
+        cfg = train_net.setup(
+            instant_args(str(tmp_path / f"w{num_workers}"), synthetic_root, "SOLVER.MAX_ITER", "8",
+                         "DATALOADER.NUM_WORKERS", str(num_workers))
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        snapshots.append(_Snapshot())
+        trainer.register_hooks([snapshots[-1]])
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        runs.append(_weights(trainer))
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+    start = snapshots[0].weights
+    assert any(not torch.equal(runs[0][n], v) for n, v in start.items() if v.is_floating_point())  # it trained

@@ -6,6 +6,7 @@ import functools
 import itertools
 import logging
 import os
+import random
 from typing import List, Optional
 
 import numpy as np
@@ -63,7 +64,8 @@ class SeededSampleStream(torch.utils.data.IterableDataset):
     which process maps it nor on what that process drew before. Of W workers, worker w maps the
     whole batches w, w + W, w + 2W, ... counted from the sampler's start; torch's ``DataLoader``
     (``batch_size``, in-order) takes batches from the workers in turn, so batch b is always
-    samples [b x batch_size, (b + 1) x batch_size): the same batches with 0, 1 or W workers, and
+    samples [b x batch_size, (b + 1) x batch_size): the same batches, and the same RNG state for the
+    model's own draws, with 0, 1 or W workers; and
     a run resumed at iteration t (sampler started at t x batch_size) continues the uninterrupted
     run's stream (Detectron2's ``ToIterableDataset`` deals single indices to workers instead,
     whose RNGs carry state from sample to sample).
@@ -92,8 +94,14 @@ class SeededSampleStream(torch.utils.data.IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         for offset, index in enumerate(self.sampler):
             if (offset // self.batch_size) % workers == worker:
+                # In the main process (0 workers) the model's RNG state is put back after mapping,
+                # so that its draws (IterationSeedHook's) are those of a run with workers.
+                states = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if info is None else None
                 seed_all_rng(sample_seed(self.seed, self.rank, self.sampler.start_index + offset))
-                yield self.dataset[index]
+                sample = self.dataset[index]
+                if states is not None:
+                    random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+                yield sample
 
 
 def build_resumable_train_loader(
