@@ -2,9 +2,15 @@
 """Trains and evaluates DePOTR models with Detectron2's trainer.
 
     python train_net.py --config-file configs/depotr_r50.yaml --num-gpus 4
-    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS m.pth  # or --opts KEY VALUE
+    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth  # or --opts KEY VALUE
+    python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth \
+        MODEL.DEPOTR.TEST_BOX_SOURCE detector \
+        MODEL.DEPOTR.DETECTOR.CONFIG_FILE model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml \
+        MODEL.DEPOTR.DETECTOR.WEIGHTS model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml
     python train_net.py --config-file configs/depotr_hm_r18_synthetic.yaml   # CPU, embedded data
 
+With TEST_BOX_SOURCE "detector", ``Trainer.test`` runs the person detector beside the pose model
+(``depotr.modeling.person_detector.PoseWithDetector``); MODEL.WEIGHTS holds the pose model only.
 Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
 (``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
 rank 0, the console, as Detectron2's own.

@@ -70,7 +70,7 @@ from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
 from depotr.config import load_depotr_config
-from depotr.modeling.box_sources import resolve_model_zoo_path
+from depotr.modeling.person_detector import PoseWithDetector, build_person_detector, resolve_model_zoo_path
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "benchmarks" / "README.md"
@@ -186,9 +186,10 @@ def prepare_depotr_e2e(case: Case) -> Callable[[], int]:
     """Builds DePOTR with the detector box source; returns a function running a pass over the
     images (one per call) and returning the number of persons predicted."""
     cfg = depotr_cfg(case)
-    model = build_model(cfg).eval()
-    fix_rcnn_outputs(model.box_source.detector.detector, case.persons)
-    model.box_source.detector.min_size_test = case.detector_size
+    detector = build_person_detector(cfg)
+    model = PoseWithDetector(detector, build_model(cfg), cfg.INPUT.FORMAT).eval()
+    fix_rcnn_outputs(detector.detector, case.persons)
+    detector.min_size_test = case.detector_size
     photos, _ = load_photos(case.image_size, case.num_images)
     if cfg.INPUT.FORMAT == "BGR":
         photos = [p[:, :, ::-1] for p in photos]

@@ -18,9 +18,9 @@ from depotr import Predictor
 from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
-from depotr.modeling.box_sources import PersonDetector
 from depotr.modeling.crops import expand_boxes_to_aspect
-from tests.modeling.test_meta_arch import _detector_cfg
+from depotr.modeling.person_detector import PersonDetector, PoseWithDetector, build_person_detector
+from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -340,21 +340,18 @@ def test_detector_boxes_and_no_person(tmp_path):
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR  # random init
     torch.manual_seed(0)
     predictor = Predictor(cfg, random_weights=True)
-    detector = predictor.model.box_source.fallback.detector  # the model runs the detector
+    detector = predictor.detector  # beside the pose model, not in it
     assert isinstance(detector, PersonDetector)
-    # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1) = 0.731.
-    box_predictor = detector.detector.roi_heads.box_predictor
-    with torch.no_grad():
-        for p in box_predictor.parameters():
-            p.zero_()
-        box_predictor.cls_score.bias[0] = 1.0
-    box_predictor.test_topk_per_image = 5  # few persons: a fast test
+    assert not any(isinstance(m, PersonDetector) for m in predictor.model.modules())
+    fix_person_scores(detector)  # every box scores sigmoid(1) = 0.731
+    detector.detector.roi_heads.box_predictor.test_topk_per_image = 5  # few persons: a fast test
 
     images = [astronaut_bgr(128, 96), camera_grey(96, 128)]
     caller_boxes = [[10.0, 10.0, 60.0, 90.0]]
     with_detector, with_caller = predictor.predict_batch(images, boxes=[None, caller_boxes])
     model_input = predictor._model_input(images[0], 0)
-    expected_boxes, expected_scores = detector([model_input], predictor.input_format)[0]
+    (expected,) = detector([model_input], predictor.input_format)
+    expected_boxes, expected_scores = expected.proposal_boxes.tensor, expected.scores
     # How many boxes a random detector keeps depends on its random RPN (1-5 here, topk 5).
     assert 1 <= len(with_detector) == len(expected_boxes) <= 5
     torch.testing.assert_close(with_detector.pred_boxes.tensor, expected_boxes)
@@ -371,25 +368,22 @@ def test_detector_boxes_and_no_person(tmp_path):
 
 
 def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
-    """One box source: the Predictor's detector boxes are those of the model built with
-    TEST_BOX_SOURCE "detector" from the same config (the same saved random detector)."""
+    """One box policy: the Predictor's detector boxes are those of the evaluation's composition
+    (``Trainer.test`` with TEST_BOX_SOURCE "detector": PoseWithDetector over the model built
+    from the same config, with the same saved random detector)."""
     from detectron2.modeling import build_model
 
     torch.manual_seed(0)
     cfg = instant_cfg()
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
-    saved = Predictor(cfg, random_weights=True).model.box_source.fallback.detector
-    box_predictor = saved.detector.roi_heads.box_predictor
-    with torch.no_grad():
-        for p in box_predictor.parameters():
-            p.zero_()
-        box_predictor.cls_score.bias[0] = 1.0  # every box scores sigmoid(1)
+    saved = Predictor(cfg, random_weights=True).detector
+    fix_person_scores(saved)  # every box scores sigmoid(1)
     DetectionCheckpointer(saved.detector, save_dir=str(tmp_path)).save("detector")
     cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = str(tmp_path / "detector.pth")
     cfg.MODEL.DEPOTR.BOX_TOPK = 3
     predictor = Predictor(cfg, random_weights=True)
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "detector"
-    model = build_model(cfg).eval()
+    model = PoseWithDetector(build_person_detector(cfg), build_model(cfg), cfg.INPUT.FORMAT).eval()
     image = astronaut_bgr(128, 96)
     inst = predictor(image)
     with torch.no_grad():

@@ -23,8 +23,8 @@ score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes
 With ``--config-file`` (and KEY VALUE overrides, bare or after --opts, as every entry point): --gt is the json of the
 config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
 --output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
-sigmas ``TEST.KEYPOINT_OKS_SIGMAS``; explicit options win. The left/right mirrors of the Inversion
-class are the config's keypoints (``keypoint_metadata_from_config``); without a config, the
+sigmas and the left/right mirrors of the Inversion class the config's keypoints
+(``keypoint_metadata_from_config``); explicit options win. Without a config, the
 keypoint table's pairs among the ground truth's keypoint names.
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
@@ -60,7 +60,7 @@ def _config_defaults(config_file: str, opts) -> dict:
         "baseline_train_gt": json_file(cfg.DATASETS.TRAIN[0]),
         "results": os.path.join(cfg.OUTPUT_DIR, "inference", test, "coco_instances_results.json"),
         "output": os.path.join(cfg.OUTPUT_DIR, "analysis"),
-        "sigmas": list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+        "sigmas": list(keypoint_metadata_from_config(cfg).oks_sigmas),
         "flip_indices": list(keypoint_metadata_from_config(cfg).flip_indices),
     }
 

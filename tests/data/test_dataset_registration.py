@@ -6,17 +6,22 @@ import os
 import numpy as np
 import pytest
 
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import depotr.data  # noqa: F401  (registers the datasets)
+from depotr.config import add_depotr_config
 from depotr.data.datasets import (
     SYNTHETIC_DATASET_NAMES,
     filter_person_annotations,
-    keypoint_oks_sigmas,
     register_synthetic_datasets,
     resolve_synthetic_root,
 )
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
+from depotr.data.keypoint_metadata import (
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_OKS_SIGMAS,
+    keypoint_metadata_from_config,
+)
 from depotr.data.synthetic import GENERATOR_VERSION
 
 K = len(COCO_PERSON_KEYPOINT_NAMES)
@@ -28,7 +33,7 @@ def test_import_registers_synthetic_datasets_lazily():
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco"
         assert meta.keypoint_names == list(COCO_PERSON_KEYPOINT_NAMES)
-        assert meta.keypoint_oks_sigmas == list(COCO_PERSON_OKS_SIGMAS)
+        assert not hasattr(meta, "keypoint_oks_sigmas")  # the config's keypoints carry them
         entry = f"{name.split('_')[-1]}-n{200 if name.endswith('val') else 2000}-s0-256px-v{GENERATOR_VERSION}"
         assert meta.json_file.endswith(os.path.join("synthetic_persons", entry, "annotations.json"))
 
@@ -73,11 +78,17 @@ def test_synthetic_root_resolution(tmp_path, monkeypatch, env, expected):
 
 @pytest.mark.parametrize("name", ["keypoints_coco_2017_train", "keypoints_coco_2017_val"])
 def test_coco_keypoint_metadata(name):
+    """Detectron2's builtin COCO keypoint metadata agrees with the keypoint table, which alone
+    gives the sigmas."""
     meta = MetadataCatalog.get(name)
     assert list(meta.keypoint_names) == list(COCO_PERSON_KEYPOINT_NAMES)  # set by Detectron2
     assert len(meta.keypoint_flip_map) == 8
-    assert meta.keypoint_oks_sigmas == list(COCO_PERSON_OKS_SIGMAS)  # added by DePOTR
-    assert keypoint_oks_sigmas(name) == list(COCO_PERSON_OKS_SIGMAS)
+    assert not hasattr(meta, "keypoint_oks_sigmas")
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), (name,)
+    keypoints = keypoint_metadata_from_config(cfg)  # checks the dataset's names and flip map
+    assert keypoints.oks_sigmas == COCO_PERSON_OKS_SIGMAS
 
 
 def _kps(v):

@@ -224,13 +224,16 @@ def test_synthetic_mpii_trains_and_reports_pckh_through_train_net(tmp_path, rest
 )
 def test_dataset_configs_agree_with_their_registered_datasets(config, num_keypoints):
     from depotr.config import load_depotr_config
-    from depotr.data.keypoint_metadata import keypoint_metadata_from_config
+    from depotr.data.keypoint_metadata import KNOWN_KEYPOINT_ROWS, keypoint_metadata_from_config
 
     cfg = load_depotr_config(os.path.join(REPO, "configs", config))
     keypoints = keypoint_metadata_from_config(cfg)  # checks every registered dataset of the config
     for dataset in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         metadata = MetadataCatalog.get(dataset)
         assert list(metadata.keypoint_names) == list(keypoints.names)
-        assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == list(metadata.keypoint_oks_sigmas)
     assert len(keypoints.names) == cfg.MODEL.DEPOTR.NUM_KEYPOINTS == num_keypoints
+    # The sigmas come from the keypoint table, not typed again in the config.
+    assert not cfg.TEST.KEYPOINT_OKS_SIGMAS
+    table = {row[0]: row[2] for row in KNOWN_KEYPOINT_ROWS}
+    assert keypoints.oks_sigmas == tuple(table[name] for name in keypoints.names)
     assert len(set(keypoints.flip_indices)) == num_keypoints and keypoints.flip_indices != tuple(range(num_keypoints))

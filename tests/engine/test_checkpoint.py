@@ -85,6 +85,42 @@ def test_checkpoint_that_names_the_heatmap_body_backbone_loads_every_weight(tmp_
         assert torch.equal(model.state_dict()[name], value), name
 
 
+def test_pose_checkpoint_with_a_detector_configured_holds_the_pose_model_only(tmp_path):
+    """The detector runs beside the pose model (depotr.modeling.person_detector): a checkpoint of
+    a config with a detector holds exactly the weights of the same config without one."""
+    from tests.modeling.test_person_detector import _detector_cfg
+
+    det = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    detector_opts = ("MODEL.DEPOTR.TEST_BOX_SOURCE", "detector", "MODEL.DEPOTR.DETECTOR.CONFIG_FILE", det.CONFIG_FILE)
+    DePOTRCheckpointer(_instant_model(*detector_opts), str(tmp_path)).save("model_final")
+    cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", *detector_opts])
+    predictor = Predictor(cfg, random_weights=True)
+    assert predictor.detector is not None
+    DePOTRCheckpointer(predictor.model, str(tmp_path)).save("predictor")
+    pose_only = set(_instant_model().state_dict())
+    for name in ("model_final", "predictor"):
+        saved = torch.load(tmp_path / f"{name}.pth")["model"]
+        assert set(saved) == pose_only, name
+        assert not [k for k in saved if "detector" in k]
+
+
+def test_old_checkpoint_with_detector_weights_loads_and_drops_them(tmp_path, caplog):
+    """Checkpoints from when the detector was the model's box source held its weights under
+    ``box_source.``: they load, those keys dropped and counted."""
+    trained = _instant_model()
+    state = dict(trained.state_dict())
+    state["box_source.detector.detector.backbone.bottom_up.stem.conv1.weight"] = torch.zeros(64, 3, 7, 7)
+    state["box_source.detector.detector.roi_heads.box_predictor.cls_score.bias"] = torch.zeros(2)
+    state["box_source.fallback.detector.detector.proposal_generator.rpn_head.conv.bias"] = torch.zeros(256)
+    torch.save({"model": state}, tmp_path / "old.pth")
+    model = _instant_model("MODEL.DEPOTR.DROPOUT", "0.1")
+    with caplog.at_level("INFO", logger="depotr.engine.checkpoint"):
+        DePOTRCheckpointer(model).load(str(tmp_path / "old.pth"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert "dropped 3 person-detector weights (box_source.*)" in caplog.text
+
+
 @pytest.mark.parametrize(
     "other, named",
     [

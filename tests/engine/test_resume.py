@@ -1,8 +1,11 @@
 """--resume after an interruption continues exactly where the checkpoint left off."""
 
+import itertools
 import json
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +13,12 @@ from detectron2.engine import HookBase
 
 import train_net
 from depotr.engine import Trainer
+from depotr.engine.trainer import (
+    ResumableTrainingSampler,
+    SeededSampleStream,
+    build_resumable_train_loader,
+    sample_seed,
+)
 
 from .conftest import instant_args
 
@@ -25,10 +34,46 @@ class _Interrupt(HookBase):
             raise KeyboardInterrupt(f"simulated interruption before iteration {self._at}")
 
 
-def _train(output_dir, synthetic_root, interrupt_at=None, resume=False):
-    cfg = train_net.setup(
-        instant_args(output_dir, synthetic_root, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10")
+class _RandomDraws(torch.utils.data.Dataset):
+    """Element i: (i, a draw of Python's, NumPy's and torch's RNG), as an augmenting mapper."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return (i, random.random(), float(np.random.rand()), float(torch.rand(())))
+
+
+def _batches(start_iter, num_workers, count, batch=2, seed=7):
+    loader = build_resumable_train_loader(_RandomDraws(), seed, batch, num_workers, start_iter)
+    return list(itertools.islice(loader, count))
+
+
+def test_sample_stream_is_the_same_with_workers_and_restarts_at_any_batch():
+    straight = _batches(0, 0, 7)
+    assert _batches(0, 2, 7) == straight  # workers map whole batches in turn
+    assert _batches(3, 2, 4) == straight[3:]  # a resumed loader continues the stream
+    assert _batches(3, 0, 4) == straight[3:]
+    # Every sample is drawn under the seed of its position in the stream.
+    first = straight[0][0]
+    random.seed(sample_seed(7, 0, 0)), np.random.seed(sample_seed(7, 0, 0)), torch.manual_seed(sample_seed(7, 0, 0))
+    assert first[1:] == (random.random(), float(np.random.rand()), float(torch.rand(())))
+    draws = [x[1] for b in straight for x in b]
+    assert len(set(draws)) == len(draws)  # no two samples share a seed
+    with pytest.raises(ValueError, match="not a multiple of batch 2"):
+        SeededSampleStream(_RandomDraws(), ResumableTrainingSampler(5, seed=7, start_index=3), 2, 7)
+
+
+def _train(output_dir, synthetic_root, num_workers, interrupt_at=None, resume=False, max_iter=30):
+    opts = (
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "10",
+        "DATALOADER.NUM_WORKERS",
+        str(num_workers),
     )
+    cfg = train_net.setup(instant_args(output_dir, synthetic_root, *opts))
     trainer = Trainer(cfg)
     if interrupt_at is not None:
         trainer.register_hooks([_Interrupt(interrupt_at)])
@@ -42,18 +87,22 @@ def _weights(trainer):
 
 
 @pytest.mark.slow
-def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root):
-    straight = _weights(_train(str(tmp_path / "straight"), synthetic_root))
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root, num_workers):
+    """Bit-exact with data-loader workers too: each sample is augmented under a seed of (run
+    seed, rank, stream position), and workers map whole batches in turn
+    (depotr.engine.trainer.SeededSampleStream)."""
+    straight = _weights(_train(str(tmp_path / "straight"), synthetic_root, num_workers))
 
     interrupted_dir = str(tmp_path / "interrupted")
     with pytest.raises(KeyboardInterrupt):
-        _train(interrupted_dir, synthetic_root, interrupt_at=20)
+        _train(interrupted_dir, synthetic_root, num_workers, interrupt_at=20)
     with open(os.path.join(interrupted_dir, "last_checkpoint")) as f:
         assert f.read().strip() == "model_0000019.pth"
     metrics_file = os.path.join(interrupted_dir, "metrics.json")
     with open(metrics_file, "a") as f:  # a row the killed run logged after its last checkpoint
         f.write(json.dumps({"iteration": 29, "total_loss": 123.0}) + "\n")
-    resumed_trainer = _train(interrupted_dir, synthetic_root, resume=True)
+    resumed_trainer = _train(interrupted_dir, synthetic_root, num_workers, resume=True)
     assert resumed_trainer.start_iter == 20
     with open(metrics_file) as f:
         rows = [json.loads(line) for line in f]
@@ -64,8 +113,36 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root):
 
     assert straight.keys() == resumed.keys()
     for name in straight:
-        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(resumed[name], straight[name]), name
     # And the run really trained: weights moved away from the iteration-19 checkpoint.
     checkpoint = torch.load(os.path.join(interrupted_dir, "model_0000019.pth"), map_location="cpu")
     moved = [n for n, v in checkpoint["model"].items() if v.is_floating_point() and not torch.equal(v, resumed[n])]
     assert moved
+
+
+@pytest.mark.slow
+def test_worker_count_does_not_change_training(tmp_path, synthetic_root):
+    """The same batches, augmentation and model draws with 0 workers (mapping in the main
+    process) as with 2."""
+
+    class _Snapshot(HookBase):
+        def before_train(self):
+            self.weights = _weights(self.trainer)
+
+    runs, snapshots = [], []
+    for num_workers in (0, 2):
+        cfg = train_net.setup(
+            instant_args(str(tmp_path / f"w{num_workers}"), synthetic_root, "SOLVER.MAX_ITER", "8",
+                         "DATALOADER.NUM_WORKERS", str(num_workers))
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        snapshots.append(_Snapshot())
+        trainer.register_hooks([snapshots[-1]])
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        runs.append(_weights(trainer))
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+    start = snapshots[0].weights
+    assert any(not torch.equal(runs[0][n], v) for n, v in start.items() if v.is_floating_point())  # it trained

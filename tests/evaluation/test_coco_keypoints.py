@@ -122,3 +122,31 @@ def test_compiled_coco_evaluation_gives_the_python_metrics_or_a_clear_error(keyp
     python = _evaluate(name, annotations, keypoints, use_fast_impl=False)
     assert 0 < python["AP"] < 100
     assert fast == pytest.approx(python, abs=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["table", "TEST.KEYPOINT_OKS_SIGMAS"])
+def test_trainer_evaluator_takes_the_sigmas_of_the_configs_keypoints(keypoint_dataset, tmp_path, override):
+    """A non-COCO keypoint set (5 of the table's, another order): the evaluator's sigmas are the
+    table's for those names, or TEST.KEYPOINT_OKS_SIGMAS where set."""
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+    from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_TABLE
+    from depotr.engine import Trainer
+
+    name, _ = keypoint_dataset
+    names = ["right_ankle", "nose", "left_ankle", "left_wrist", "right_wrist"]
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.MODEL.DEPOTR.NUM_KEYPOINTS = 5
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES = names
+    cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = [["left_ankle", "right_ankle"], ["left_wrist", "right_wrist"]]
+    cfg.DATASETS.TEST = (name,)
+    sigma_of = {row[0]: row[2] for row in COCO_PERSON_KEYPOINT_TABLE}
+    expected = [sigma_of[n] for n in names]
+    assert expected == [0.089, 0.026, 0.089, 0.062, 0.062]
+    if override:
+        expected = [0.1, 0.2, 0.1, 0.3, 0.3]
+        cfg.TEST.KEYPOINT_OKS_SIGMAS = expected
+    evaluator = Trainer.build_evaluator(cfg, name, output_folder=str(tmp_path))
+    assert list(evaluator._kpt_oks_sigmas) == pytest.approx(expected)

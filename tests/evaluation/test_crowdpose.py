@@ -78,6 +78,7 @@ def test_registered_dataset_evaluates_through_the_trainer(tmp_path, crowdpose_fi
     from detectron2.config import get_cfg
 
     from depotr.config import add_depotr_config
+    from depotr.data import fill_keypoint_config
     from depotr.engine.trainer import Trainer
 
     path, keypoints = crowdpose_file
@@ -87,7 +88,8 @@ def test_registered_dataset_evaluates_through_the_trainer(tmp_path, crowdpose_fi
         dicts = DatasetCatalog.get("test_crowdpose")
         cfg = get_cfg()
         add_depotr_config(cfg)
-        cfg.TEST.KEYPOINT_OKS_SIGMAS = SIGMAS
+        cfg.DATASETS.TEST = ("test_crowdpose",)
+        fill_keypoint_config(cfg)  # the dataset's 14 keypoints and sigmas, as train_net's setup does
         cfg.OUTPUT_DIR = str(tmp_path / "out")
         evaluator = Trainer.build_evaluator(cfg, "test_crowdpose")
         assert isinstance(evaluator, CrowdPoseEvaluator)

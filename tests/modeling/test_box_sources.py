@@ -7,14 +7,12 @@ import re
 
 import pytest
 import torch
-from torch import nn
 
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances, Keypoints
 
 from depotr.config import add_depotr_config
 from depotr.modeling.box_sources import (
-    DetectorBoxes,
     GtBoxes,
     PersonBoxes,
     PrecomputedBoxes,
@@ -26,19 +24,6 @@ from depotr.modeling.meta_arch import TopDownPoseEstimator
 
 H, W = 40, 60
 K = 17
-
-
-class StandInDetector(nn.Module):
-    """Stands in for a PersonDetector: gives fixed (boxes, scores) per image, in that order."""
-
-    def __init__(self, found):
-        super().__init__()
-        self.found = found
-        self.calls = []
-
-    def forward(self, batched_inputs, input_format):
-        self.calls.append(([x["image_id"] for x in batched_inputs], input_format))
-        return [self.found[x["image_id"]] for x in batched_inputs]
 
 
 def _input(image_id, boxes=None, scores=None, gt=None, labelled=None):
@@ -67,11 +52,9 @@ INSIDE = [[1.0, 2.0, 11.0, 22.0], [20.0, 5.0, 30.0, 35.0], [40.0, 10.0, 50.0, 30
 def _sources(found):
     """Every source giving the boxes ``found`` = (boxes, scores) for image "img"."""
     boxes, scores = found
-    detector = StandInDetector({"img": (torch.tensor(boxes).reshape(-1, 4), torch.tensor(scores))})
     return {
         "gt": (GtBoxes(), _input("img", gt=boxes)),
         "precomputed": (PrecomputedBoxes(), _input("img", boxes=boxes, scores=scores)),
-        "detector": (DetectorBoxes(detector, "RGB"), _input("img")),
     }
 
 
@@ -91,7 +74,7 @@ def test_check_boxes_names_image_and_index(bad_box):
     check_boxes(boxes[:1], "gt", "img42")  # valid boxes pass
 
 
-@pytest.mark.parametrize("source", ["gt", "precomputed", "detector"])
+@pytest.mark.parametrize("source", ["gt", "precomputed"])
 def test_malformed_box_raises_naming_image_source_and_index(source):
     # Box 2 is inverted; it also scores lowest, so the check must come before the filter.
     boxes, scores = INSIDE[:2] + [[30.0, 10.0, 20.0, 30.0]], [0.9, 0.8, 0.1]
@@ -118,7 +101,7 @@ def test_malformed_shapes_and_scores_raise():
 # Rule 3: clipped to the image; boxes with no area inside are dropped with one warning per image
 
 
-@pytest.mark.parametrize("source", ["gt", "precomputed", "detector"])
+@pytest.mark.parametrize("source", ["gt", "precomputed"])
 def test_boxes_outside_the_image_are_dropped_with_one_warning_giving_count_and_indices(source, caplog):
     # 0: crosses the left border; 1 and 3: wholly outside (right of, below the image); 2: inside.
     boxes = [[-5.0, 2.0, 10.0, 20.0], [70.0, 0.0, 80.0, 10.0], INSIDE[1], [5.0, 40.0, 15.0, 50.0]]
@@ -161,7 +144,7 @@ def test_training_gt_boxes_are_not_clipped_but_outside_ones_still_dropped(caplog
     ],
     ids=["all", "thresh", "topk", "no-limit", "none"],
 )
-@pytest.mark.parametrize("source", ["precomputed", "detector"])
+@pytest.mark.parametrize("source", ["precomputed"])
 def test_ranked_sources_threshold_sort_and_topk(source, thresh, topk, expected, dropped):
     boxes = INSIDE + [[2.0, 3.0, 8.0, 9.0]]
     scores = [0.5, 0.7, 0.2, 0.9]
@@ -194,12 +177,18 @@ def test_whole_image_source():
 
 
 def test_precomputed_fallback_only_for_inputs_without_proposals():
-    detector = StandInDetector({"b": (torch.tensor([INSIDE[2], INSIDE[0]]), torch.tensor([0.3, 0.8]))})
-    source = PrecomputedBoxes(topk=1, fallback=DetectorBoxes(detector, "BGR", topk=1))
+    calls = []
+
+    class CountingWholeImage(WholeImageBoxes):
+        def __call__(self, batched_inputs):
+            calls.append([x["image_id"] for x in batched_inputs])
+            return super().__call__(batched_inputs)
+
+    source = PrecomputedBoxes(topk=1, fallback=CountingWholeImage())
     given, found = source([_input("a", boxes=INSIDE[:2], scores=[0.2, 0.6]), _input("b")])
-    assert detector.calls == [(["b"], "BGR")]  # the detector runs on the image without proposals only
-    assert given.index.tolist() == [1] and found.index.tolist() == [1]
-    torch.testing.assert_close(found.boxes, torch.tensor([INSIDE[0]]))
+    assert calls == [["b"]]  # the fallback runs on the image without proposals only
+    assert given.index.tolist() == [1] and found.index.tolist() == [0]
+    torch.testing.assert_close(found.boxes, torch.tensor([[0.0, 0.0, float(W), float(H)]]))
     with pytest.raises(KeyError, match=r"image 'c' has no 'proposals'"):
         PrecomputedBoxes()([_input("c")])
 
@@ -212,8 +201,9 @@ def test_build_box_source_names():
     assert isinstance(build_box_source(cfg, "whole_image"), WholeImageBoxes)
     precomputed = build_box_source(cfg, "precomputed")
     assert isinstance(precomputed, PrecomputedBoxes) and (precomputed.score_thresh, precomputed.topk) == (0.3, 7)
-    with pytest.raises(ValueError, match="needs MODEL.DEPOTR.DETECTOR.CONFIG_FILE"):
-        build_box_source(cfg, "detector")
+    # The detector runs beside the pose model, whose source reads its boxes from "proposals".
+    detector = build_box_source(cfg, "detector")
+    assert isinstance(detector, PrecomputedBoxes) and (detector.score_thresh, detector.topk) == (0.3, 7)
     with pytest.raises(ValueError, match=r"unknown person box source 'proposals'"):
         build_box_source(cfg, "proposals")
     whole = WholeImageBoxes()

@@ -19,18 +19,16 @@ from detectron2.structures import Boxes, Instances, Keypoints
 from depotr.config import add_depotr_config
 from depotr.data.keypoint_metadata import (
     COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_OKS_SIGMAS,
     flip_indices,
     flip_pairs,
     keypoint_metadata_from_config,
 )
 from depotr.modeling import KeypointBranch
 from depotr.modeling.box_sources import (
-    DetectorBoxes,
     GtBoxes,
     PrecomputedBoxes,
-    build_person_detector,
     jitter_boxes,
-    resolve_model_zoo_path,
     select_boxes,
 )
 from depotr.modeling.crops import crop_to_image, expand_boxes_to_aspect
@@ -376,80 +374,6 @@ def test_flip_test_cancels_a_horizontal_bias():
 
 
 # ---------------------------------------------------------------------------------------------
-# Detector box source
-
-
-DETECTOR_ZOO_CONFIG = "model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
-
-
-def _detector_cfg(tmp_path, weights: str):
-    det_yaml = tmp_path / "detector.yaml"
-    det_yaml.write_text(
-        f'_BASE_: "{resolve_model_zoo_path(DETECTOR_ZOO_CONFIG)}"\n'
-        "MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 1\n"  # only "person": random init still finds persons
-        "INPUT:\n  MIN_SIZE_TEST: 96\n  MAX_SIZE_TEST: 128\n"
-    )
-    cfg = get_cfg()
-    add_depotr_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = str(det_yaml)
-    cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = weights
-    cfg.MODEL.DEPOTR.DETECTOR.SCORE_THRESH = 0.0
-    return cfg
-
-
-def test_model_zoo_paths_resolve():
-    assert Path(resolve_model_zoo_path(DETECTOR_ZOO_CONFIG)).is_file()
-    assert resolve_model_zoo_path(DETECTOR_ZOO_CONFIG, checkpoint=True).startswith("https://")
-    assert resolve_model_zoo_path("some/file.yaml") == "some/file.yaml"
-
-
-def test_detector_box_source(tmp_path):
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    torch.manual_seed(0)
-    reference = build_person_detector(_detector_cfg(tmp_path, weights=""))  # random init
-    # Known classifier: person logit 1, background 0 -> every box scores sigmoid(1); boxes = proposals.
-    predictor = reference.detector.roi_heads.box_predictor
-    with torch.no_grad():
-        for p in predictor.parameters():
-            p.zero_()
-        predictor.cls_score.bias[0] = 1.0
-    DetectionCheckpointer(reference.detector, save_dir=str(tmp_path)).save("detector")
-    torch.manual_seed(1)
-    detector = build_person_detector(_detector_cfg(tmp_path, weights=str(tmp_path / "detector.pth")))
-    for (name, a), b in zip(reference.detector.state_dict().items(), detector.detector.state_dict().values()):
-        assert torch.equal(a, b), f"checkpoint not loaded: {name}"
-    assert not any(p.requires_grad for p in detector.parameters())
-
-    g = torch.Generator().manual_seed(0)
-    inputs = [make_input("a", 1, g, size=(72, 96)), make_input("b", 1, g, size=(96, 64))]
-    results = detector(inputs, "RGB")
-    raw = detector.detector([detector._detector_input(x, "RGB") for x in inputs])
-    assert all(len(boxes) for boxes, _ in results)
-    for x, (boxes, scores), out in zip(inputs, results, raw):
-        inst = out["instances"]
-        persons = inst[inst.pred_classes == 0]
-        assert len(boxes) == len(persons) and scores.shape == (len(boxes),)
-        assert bool((scores[:-1] >= scores[1:]).all())
-        assert torch.equal(scores, persons.scores.sort(descending=True).values)
-        torch.testing.assert_close(scores, torch.full_like(scores, torch.sigmoid(torch.tensor(1.0)).item()))
-        assert bool((boxes[:, 2] <= x["width"]).all() and (boxes[:, 3] <= x["height"]).all())
-
-    detector.score_thresh = 0.75  # above sigmoid(1): nothing is kept
-    assert all(len(boxes) == 0 for boxes, _ in detector(inputs, "RGB"))
-    detector.score_thresh = 0.0
-
-    model = make_model(box_source=DetectorBoxes(detector, "RGB"))
-    model.train()
-    assert not detector.training and not detector.detector.training
-    with torch.no_grad():
-        outputs = model.eval()(inputs)
-    for (boxes, _), out in zip(results, outputs):
-        assert out["instances"].pred_keypoints.shape == (len(boxes), K, 3)
-
-
-# ---------------------------------------------------------------------------------------------
 # Configs and the real keypoint branches
 
 CONFIG_FILES = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
@@ -476,9 +400,13 @@ def test_config_loads_and_builds(name):
 
     cfg = _load(name)
     assert cfg.MODEL.META_ARCHITECTURE == "TopDownPoseEstimator"
-    # COCO's 17 keypoints, or the MPII / CrowdPose configs' own (docs/datasets.md).
+    # COCO's 17 keypoints, or the MPII / CrowdPose configs' own (docs/datasets.md); sigmas from the table.
     num_keypoints = len(cfg.MODEL.DEPOTR.KEYPOINT_NAMES) or 17
-    assert len(cfg.TEST.KEYPOINT_OKS_SIGMAS) == cfg.MODEL.DEPOTR.NUM_KEYPOINTS == num_keypoints
+    assert not cfg.TEST.KEYPOINT_OKS_SIGMAS and cfg.MODEL.DEPOTR.NUM_KEYPOINTS == num_keypoints
+    sigmas = keypoint_metadata_from_config(cfg).oks_sigmas  # the table's, not typed again
+    assert len(sigmas) == num_keypoints
+    if num_keypoints == 17:
+        assert sigmas == COCO_PERSON_OKS_SIGMAS
     assert len(cfg.MODEL.PIXEL_MEAN) == len(cfg.MODEL.PIXEL_STD) == 3
     model = build_model(cfg)
     assert isinstance(model, TopDownPoseEstimator)

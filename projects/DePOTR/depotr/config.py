@@ -151,7 +151,8 @@ def _add_model_config(cfg: CN) -> None:
     # depotr/modeling/box_sources.py for the one policy every box source follows).
     cfg.MODEL.DEPOTR.BOX_SOURCE = "gt"
     # Person boxes at inference: "gt", "precomputed" (the dataset dicts' person detections of
-    # DATASETS.PRECOMPUTED_BOXES), "detector" (MODEL.DEPOTR.DETECTOR) or "whole_image" (one
+    # DATASETS.PRECOMPUTED_BOXES), "detector" (MODEL.DEPOTR.DETECTOR, run beside the pose model
+    # by Trainer.test; its boxes reach the model as proposals) or "whole_image" (one
     # person per image). The Predictor ignores it (caller's boxes, else detector, else whole image).
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "precomputed"
     # Training box jitter: relative scale change in [-s, s] and centre shift in [-t, t]
@@ -211,8 +212,9 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.TRANSPOSE.DIM_FEEDFORWARD = 1024
 
     cfg.MODEL.DEPOTR.DETECTOR = CN()
-    # A Detectron2 person detector for TEST_BOX_SOURCE "detector" (and the Predictor): its config
-    # file and weights.
+    # A Detectron2 person detector for TEST_BOX_SOURCE "detector" (and the Predictor), outside the
+    # pose model (depotr/modeling/person_detector.py; pose checkpoints do not hold it): its config
+    # file and weights, each a path or "model_zoo:<Detectron2 config path>".
     cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = ""
     cfg.MODEL.DEPOTR.DETECTOR.WEIGHTS = ""
     # Detector boxes scoring below this are dropped.

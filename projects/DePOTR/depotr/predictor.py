@@ -25,6 +25,7 @@ from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .modeling.box_sources import build_box_source
+from .modeling.person_detector import build_person_detector
 
 __all__ = ["Predictor", "person_proposals"]
 
@@ -96,15 +97,15 @@ class Predictor:
     """Builds DePOTR from a config, loads its weights and estimates the keypoints of every
     person in images.
 
-    Person boxes of an image come from the model's box source
-    (``depotr.modeling.box_sources``), in this order of precedence:
+    Person boxes of an image, in this order of precedence, reach the pose model as
+    ``"proposals"`` (box source "precomputed", ``depotr.modeling.box_sources``):
 
-    1. the caller: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1),
-       given to the model as ``"proposals"`` (source "precomputed");
-    2. the source "detector", the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR``, when
-       ``CONFIG_FILE`` is set (boxes of ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``); an
-       image where it finds nobody gives empty Instances;
-    3. otherwise the source "whole_image": the whole image as one person of score 1 (the
+    1. the caller's: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1);
+    2. the detector's: the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR``
+       (``self.detector``, run beside the pose model), when ``CONFIG_FILE`` is set (boxes of
+       ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``); an image where it finds nobody gives
+       empty Instances;
+    3. otherwise the whole image as one person of score 1 (source "whole_image", the
        single-person mode).
 
     ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (an evaluation setting) is not used. The boxes follow the
@@ -137,10 +138,9 @@ class Predictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
-        fallback = build_box_source(
-            self.cfg, "detector" if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else "whole_image"
-        )
-        box_source = build_box_source(self.cfg, "precomputed", fallback=fallback)
+        # The person detector, outside the pose model (None: the whole image where no boxes are given).
+        self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
+        box_source = build_box_source(self.cfg, "precomputed", fallback=build_box_source(self.cfg, "whole_image"))
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
         if load_weights:
@@ -220,6 +220,10 @@ class Predictor:
                     x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]), box_mode)
                 except ValueError as e:
                     raise ValueError(f"image {x['image_id']!r}: {e}") from e
+        undetected = [x for x in inputs if "proposals" not in x]
+        if self.detector is not None and undetected:
+            for x, proposals in zip(undetected, self.detector(undetected, self.input_format)):
+                x["proposals"] = proposals
         return [out["instances"].to("cpu") for out in self.model(inputs)]
 
     def _model_input(self, image: ImageLike, index: int) -> dict:

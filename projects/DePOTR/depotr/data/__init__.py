@@ -3,8 +3,9 @@
 Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
 ``synthetic_mpii_train`` / ``_val`` (default ``DATASETS.SYNTHETIC`` values; images are generated
 on the first ``DatasetCatalog.get``), ``mpii_train`` / ``mpii_val`` and ``crowdpose_*`` (files
-read on the first ``DatasetCatalog.get``), and adds OKS sigmas to Detectron2's
-``keypoints_coco_*`` metadata. Your own keypoints: :func:`register_keypoint_dataset`.
+read on the first ``DatasetCatalog.get``). OKS sigmas are not dataset metadata: they come with the
+keypoints of the config (``keypoint_metadata.keypoint_metadata_from_config``). Your own keypoints:
+:func:`register_keypoint_dataset`.
 Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
@@ -15,11 +16,9 @@ from .custom import drawing_metadata, fill_keypoint_config, register_keypoint_da
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
-    add_coco_keypoint_metadata,
     attach_precomputed_boxes,
     attach_precomputed_boxes_from_cfg,
     filter_person_annotations,
-    keypoint_oks_sigmas,
     load_precomputed_boxes,
     register_default_synthetic_datasets,
     register_synthetic_datasets,
@@ -33,7 +32,6 @@ from .synthetic import render_synthetic_image
 from .synthetic_cache import ensure_synthetic_split, generate_synthetic_split
 
 register_default_synthetic_datasets()
-add_coco_keypoint_metadata()
 register_mpii_datasets()
 register_crowdpose_datasets()
 
@@ -41,7 +39,6 @@ __all__ = [
     "DePOTRDatasetMapper",
     "KeypointAugmenter",
     "SYNTHETIC_DATASET_NAMES",
-    "add_coco_keypoint_metadata",
     "annotations_to_arrays",
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
@@ -55,7 +52,6 @@ __all__ = [
     "flip_indices",
     "flip_pairs",
     "generate_synthetic_split",
-    "keypoint_oks_sigmas",
     "load_precomputed_boxes",
     "register_crowdpose_datasets",
     "register_keypoint_dataset",

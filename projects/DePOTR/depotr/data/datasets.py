@@ -5,9 +5,10 @@ N persons (or detections) per image, K = 17 keypoints.
 * ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
   (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get`` into a cache
   entry of its spec (:mod:`depotr.data.synthetic_cache`).
-* Detectron2's builtin ``keypoints_coco_*`` datasets get the OKS sigmas of the keypoint table.
 * :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
-* :func:`attach_precomputed_boxes`: person detections from a COCO results json.
+* :func:`attach_precomputed_boxes`: person detections from a COCO results json. Not Detectron2's
+  ``load_proposals_into_dataset``: that reads its own pkl (ids, boxes, objectness logits), and the
+  published person detections (SimpleBaseline's) are a COCO results json with scores.
 
 Box checks here are the loader's: a malformed entry of an annotation or detection file is an
 error naming the file and the entry; a valid entry that cannot be a person box (another category,
@@ -30,7 +31,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
-from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS, coco_person_metadata
+from .keypoint_metadata import coco_person_metadata
 from .synthetic import DEFAULT_IMAGE_SIZE
 from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
 from .synthetic_mpii import register_synthetic_mpii_datasets
@@ -39,11 +40,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SYNTHETIC_DATASET_NAMES",
-    "add_coco_keypoint_metadata",
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
     "filter_person_annotations",
-    "keypoint_oks_sigmas",
     "load_precomputed_boxes",
     "register_synthetic_datasets",
     "register_default_synthetic_datasets",
@@ -132,37 +131,6 @@ def register_default_synthetic_datasets() -> None:
     cfg = get_cfg()
     add_depotr_config(cfg)
     register_synthetic_datasets_from_cfg(cfg)
-
-
-# ----------------------------------------------------------------------------------------
-# COCO person keypoints
-# ----------------------------------------------------------------------------------------
-def add_coco_keypoint_metadata() -> List[str]:
-    """Adds ``keypoint_oks_sigmas`` to Detectron2's builtin ``keypoints_coco_*`` datasets.
-
-    Detectron2 already sets thing_classes, keypoint_names, keypoint_flip_map and
-    keypoint_connection_rules there (``builtin_meta._get_builtin_metadata("coco_person")``);
-    those are checked against the table, not overwritten. Returns the names updated.
-    """
-    updated = []
-    for name in DatasetCatalog.list():
-        if not name.startswith("keypoints_coco_"):
-            continue
-        meta = MetadataCatalog.get(name)
-        names = list(getattr(meta, "keypoint_names", COCO_PERSON_KEYPOINT_NAMES))
-        if names != list(COCO_PERSON_KEYPOINT_NAMES):
-            raise ValueError(f"{name}: Detectron2's keypoint_names {names} differ from DePOTR's table")
-        if not hasattr(meta, "keypoint_oks_sigmas"):
-            meta.keypoint_oks_sigmas = list(COCO_PERSON_OKS_SIGMAS)
-        updated.append(name)
-    return updated
-
-
-def keypoint_oks_sigmas(dataset_name: str) -> List[float]:
-    """The OKS sigmas (K,) for ``cfg.TEST.KEYPOINT_OKS_SIGMAS``: the dataset's metadata entry,
-    else the keypoint table's."""
-    meta = MetadataCatalog.get(dataset_name)
-    return list(getattr(meta, "keypoint_oks_sigmas", COCO_PERSON_OKS_SIGMAS))
 
 
 def filter_person_annotations(

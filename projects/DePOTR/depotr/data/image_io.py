@@ -8,7 +8,7 @@ grey, grey + alpha dropped, BGRA, 16-bit and float images all become (H, W, 3) u
 
 import os
 import warnings
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -61,51 +61,58 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`).
+    """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`), decoding it once.
 
-    The file is read with ``cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR``: 16-bit and grey images
-    keep their depth and channels (then converted), the EXIF orientation is applied (as
-    Detectron2's ``read_image`` does), an alpha channel is dropped by OpenCV.
+    JPEG files are decoded by PIL, as Detectron2's ``read_image`` does (the same pixels as
+    OpenCV's decoder, libjpeg-turbo), because PIL reports a JPEG that ends early, where OpenCV
+    decodes a part and only prints a warning. Other files are read with OpenCV
+    (``cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR``): 16-bit and grey images keep their depth and
+    channels (then converted), an alpha channel is dropped. Both apply the EXIF orientation.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a folder).
-        ValueError: OpenCV cannot decode the file (corrupt, or not an image), a JPEG ends early
-            (OpenCV would decode it partially and only print a warning; Detectron2's
-            ``read_image`` rejects it in training and evaluation), or it decodes to an array
-            :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
+        ValueError: the file cannot be decoded (corrupt, or not an image), a JPEG is truncated or
+            corrupt (Detectron2's ``read_image`` rejects it in training and evaluation), or it
+            decodes to an array :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
     """
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not an image file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {os.fspath(path)!r} does not exist")
-    _check_jpeg_complete(os.fspath(path))
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise IsADirectoryError(f"{name!r} is a folder, not an image file")
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"image file {name!r} does not exist")
+    image = _read_jpeg_bgr(name)
     if image is None:
-        raise ValueError(f"cannot decode image file {os.fspath(path)!r} (corrupt or not an image)")
+        image = cv2.imread(name, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image file {name!r} (corrupt or not an image)")
     try:
         return to_bgr_uint8(image)
     except ValueError as e:
-        raise ValueError(f"image file {os.fspath(path)!r}: {e}") from e
+        raise ValueError(f"image file {name!r}: {e}") from e
 
 
 _JPEG_START = b"\xff\xd8\xff"
 
 
-def _check_jpeg_complete(path: str) -> None:
-    """Raises ValueError when ``path`` is a JPEG whose data PIL cannot read to the end. PIL
-    decodes it at 1/8 scale (libjpeg's DCT scaling: every byte is still read), which is cheap."""
+def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
+    """A JPEG file decoded by PIL, EXIF orientation applied: (H, W, 3) BGR or (H, W) grey uint8;
+    None when ``path`` is no JPEG or is too large for PIL to open (left to OpenCV). Raises
+    ValueError when the data is truncated or corrupt."""
     with open(path, "rb") as f:
         if f.read(3) != _JPEG_START:
-            return
-    from PIL import Image
+            return None
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
+                image = ImageOps.exif_transpose(image)  # also loads (decodes) it
+                if image.mode not in ("L", "RGB"):
+                    image = image.convert("RGB")  # CMYK / YCCK JPEGs
+                pixels = np.asarray(image)
     except Image.DecompressionBombError:
-        return  # too large for PIL to open at all: left to OpenCV
+        return None
     except OSError as e:
         raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e
+    return pixels if pixels.ndim == 2 else pixels[:, :, ::-1]

@@ -6,8 +6,10 @@ do). Flip indices for the mapper, the flip test and the evaluator, and the upper
 half-body augmentation are derived from this table.
 
 A model's keypoints (order, left/right pairs, flip indices, OKS sigmas) come from its config by
-one function, :func:`keypoint_metadata_from_config`: the model, the data mappers and the error
-analysis get them from there, never from whichever datasets happen to be registered.
+one function, :func:`keypoint_metadata_from_config`: the model, the data mappers, the evaluator
+and the error analysis get them from there, never from whichever datasets happen to be
+registered (the configs do not repeat the sigmas; ``TEST.KEYPOINT_OKS_SIGMAS`` only overrides
+them, e.g. for keypoints the table lacks).
 """
 
 from dataclasses import dataclass
@@ -105,7 +107,6 @@ MPII_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
     ("left_elbow", "left_wrist", (153, 255, 153)),
 )
 MPII_KEYPOINT_NAMES: Tuple[str, ...] = tuple(row[0] for row in MPII_KEYPOINT_TABLE)
-MPII_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in MPII_KEYPOINT_TABLE)
 
 # CrowdPose's 14 keypoints in the order of its json files; sigmas of its official evaluation
 # (COCO's, head and neck 0.079).
@@ -125,6 +126,8 @@ CROWDPOSE_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
     ("neck", "right_shoulder", (102, 204, 255)),
 )
 COCO_PERSON_OKS_SIGMAS: Tuple[float, ...] = tuple(row[2] for row in COCO_PERSON_KEYPOINT_TABLE)
+# Every table's rows: a keypoint name means the same point (same sigma, same body half) in each.
+KNOWN_KEYPOINT_ROWS: Tuple[Tuple, ...] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPOINT_TABLE + CROWDPOSE_KEYPOINT_TABLE
 
 
 def flip_pairs(table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE) -> List[Tuple[str, str]]:
@@ -162,7 +165,7 @@ COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON
 
 def upper_body_mask(
     names: Sequence[str],
-    table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPOINT_TABLE + CROWDPOSE_KEYPOINT_TABLE,
+    table: Sequence[Tuple] = KNOWN_KEYPOINT_ROWS,
 ) -> List[bool]:
     """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
     (the table's body half). Raises a ValueError naming the keypoints the table lacks."""
@@ -184,7 +187,6 @@ def table_metadata(table: Sequence[Tuple], skeleton: Sequence[Tuple]) -> Dict[st
         "keypoint_names": [row[0] for row in table],
         "keypoint_flip_map": flip_pairs(table),
         "keypoint_connection_rules": [tuple(edge) for edge in skeleton],
-        "keypoint_oks_sigmas": [row[2] for row in table],
     }
 
 
@@ -295,14 +297,14 @@ def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str
 
 
 def _oks_sigmas(cfg, names: Sequence[str]) -> Tuple[float, ...]:
-    """``TEST.KEYPOINT_OKS_SIGMAS``, else the table's sigmas of ``names``."""
+    """``TEST.KEYPOINT_OKS_SIGMAS``, else the keypoint tables' (COCO, MPII, CrowdPose) sigmas of ``names``."""
     if len(cfg.TEST.KEYPOINT_OKS_SIGMAS):
         if len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != len(names):
             raise ValueError(
                 f"TEST.KEYPOINT_OKS_SIGMAS has {len(cfg.TEST.KEYPOINT_OKS_SIGMAS)} values for {len(names)} keypoints"
             )
         return tuple(float(s) for s in cfg.TEST.KEYPOINT_OKS_SIGMAS)
-    table = {row[0]: row[2] for row in COCO_PERSON_KEYPOINT_TABLE}
+    table = {row[0]: row[2] for row in KNOWN_KEYPOINT_ROWS}
     unknown = [name for name in names if name not in table]
     if unknown:
         raise ValueError(f"keypoints {unknown} have no OKS sigma in the keypoint table: set TEST.KEYPOINT_OKS_SIGMAS")

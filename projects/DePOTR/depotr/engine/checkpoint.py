@@ -13,9 +13,10 @@ parameter and buffer of the model must be in the file with its shape, else a ``V
 lists what is missing or mismatched. The exception is the start of a training run
 (``allow_backbone_only=True`` and not resuming): a file that holds backbone weights only, e.g.
 Detectron2's ImageNet ``R-50.pkl``, loads with a summary of what it filled in, as Detectron2
-does. The weights of a configured person detector (``MODEL.DEPOTR.DETECTOR``) are loaded from
-their own file and are not required. A file torch cannot read is a ``ValueError`` naming it (and,
-for ``--resume``, the newest complete earlier checkpoint).
+does. Pose checkpoints hold the pose model only (the person detector runs outside it and loads
+``MODEL.DEPOTR.DETECTOR.WEIGHTS``); the detector weights that older checkpoints still hold under
+``box_source.`` are dropped on loading, with their count logged. A file torch cannot read is a
+``ValueError`` naming it (and, for ``--resume``, the newest complete earlier checkpoint).
 """
 
 import glob
@@ -31,7 +32,6 @@ from detectron2.modeling import Backbone
 
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
-from ..modeling.box_sources import PersonDetector
 
 __all__ = ["DePOTRCheckpointer", "weights_to_load"]
 
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 _LISTED = 8
 # BatchNorm's step counter: a buffer Detectron2's name matching pairs with any other BatchNorm's.
 _COUNTER_SUFFIX = "num_batches_tracked"
+# Key prefix of the person-detector weights that pose checkpoints held while the detector was a
+# submodule of the model (its box source); the model has no weights under it now.
+_OLD_DETECTOR_PREFIX = "box_source."
 # First bytes of the files torch.load reads: a zip archive (torch.save) or a pickle.
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
@@ -163,7 +166,19 @@ class DePOTRCheckpointer(DetectionCheckpointer):
             raise ValueError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
 
     def _load_model(self, checkpoint: Any):
-        expected = self._required_keys()
+        weights = checkpoint["model"]
+        old_detector = [k for k in weights if k.startswith(_OLD_DETECTOR_PREFIX)]
+        if old_detector:
+            for k in old_detector:
+                del weights[k]
+            logger.info(
+                "checkpoint %s: dropped %d person-detector weights (%s*) of a checkpoint from when the detector "
+                "was part of the pose model; the detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS",
+                self._path,
+                len(old_detector),
+                _OLD_DETECTOR_PREFIX,
+            )
+        expected = list(self.model.state_dict())
         incompatible = super()._load_model(checkpoint)
         mismatched = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if k in expected]
         missing = sorted(set(incompatible.missing_keys).intersection(expected) - {k for k, _, _ in mismatched})
@@ -207,11 +222,6 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         raise ValueError(
             f"{where} {kind}: of the model's {len(expected)} parameters and buffers, " + "; ".join(problems)
         )
-
-    def _required_keys(self) -> List[str]:
-        """State-dict keys the file must provide: all but those of a person detector."""
-        detectors = tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, PersonDetector))
-        return [k for k in self.model.state_dict() if not (detectors and k.startswith(detectors))]
 
     def _backbone_prefixes(self) -> Tuple[str, ...]:
         """Key prefixes of the model's Detectron2 backbones."""

@@ -8,9 +8,10 @@ from detectron2.utils.env import seed_all_rng
 class IterationSeedHook(HookBase):
     """Seeds Python, NumPy and torch before every iteration from (seed, iteration, rank).
 
-    Every random choice of an iteration (data augmentation in the main process, box jitter,
-    dropout) then depends only on the iteration number, so a run resumed from a checkpoint
-    draws exactly what the uninterrupted run drew — no RNG state needs to be checkpointed.
+    Every random choice the model makes in an iteration (box jitter, dropout) then depends only on
+    the iteration number, so a run resumed from a checkpoint draws exactly what the uninterrupted
+    run drew — no RNG state needs to be checkpointed. The data loader seeds each sample itself,
+    in whichever worker maps it (``depotr.engine.trainer.SeededSampleStream``).
     """
 
     def __init__(self, seed: int):

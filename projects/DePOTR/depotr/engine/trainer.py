@@ -6,8 +6,10 @@ import functools
 import itertools
 import logging
 import os
+import random
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from detectron2.config import CfgNode
@@ -20,9 +22,12 @@ from detectron2.data import (
 )
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
+from ..data.keypoint_metadata import keypoint_metadata_from_config
 from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
+from ..modeling.person_detector import PoseWithDetector, build_person_detector
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
@@ -38,10 +43,84 @@ class ResumableTrainingSampler(TrainingSampler):
 
     def __init__(self, size: int, seed: int, start_index: int = 0):
         super().__init__(size, shuffle=True, seed=seed)
-        self._start_index = start_index
+        self.start_index = start_index
 
     def __iter__(self):
-        yield from itertools.islice(super().__iter__(), self._start_index, None)
+        yield from itertools.islice(super().__iter__(), self.start_index, None)
+
+
+def sample_seed(seed: int, rank: int, position: int) -> int:
+    """The seed of every RNG while the sample at ``position`` of rank ``rank``'s stream is
+    mapped: a function of these numbers alone, not of process or worker state."""
+    return int(np.random.SeedSequence([seed, rank, position]).generate_state(1)[0]) % 2**31
+
+
+class SeededSampleStream(torch.utils.data.IterableDataset):
+    """One rank's training samples as a stream that restarts exactly at any batch, with any
+    number of data-loader workers.
+
+    Sample p of the stream (p = iteration x ``batch_size`` + place in the batch) is
+    ``dataset[i_p]``, i_p the sampler's p-th index, mapped with Python's, NumPy's and torch's
+    RNGs seeded by :func:`sample_seed` (seed, rank, p), so its augmentation does not depend on
+    which process maps it nor on what that process drew before. Of W workers, worker w maps the
+    whole batches w, w + W, w + 2W, ... counted from the sampler's start; torch's ``DataLoader``
+    (``batch_size``, in-order) takes batches from the workers in turn, so batch b is always
+    samples [b x batch_size, (b + 1) x batch_size): the same batches, and the same RNG state for the
+    model's own draws, with 0, 1 or W workers; and
+    a run resumed at iteration t (sampler started at t x batch_size) continues the uninterrupted
+    run's stream (Detectron2's ``ToIterableDataset`` deals single indices to workers instead,
+    whose RNGs carry state from sample to sample).
+    """
+
+    def __init__(
+        self, dataset: torch.utils.data.Dataset, sampler: ResumableTrainingSampler, batch_size: int, seed: int
+    ):
+        """
+        Args:
+            dataset: map-style dataset of mapped samples (``map_dataset``).
+            sampler: this rank's infinite index stream, started at a multiple of ``batch_size``.
+            batch_size: images per batch of this rank.
+            seed: the run's seed (``training_seed``).
+        """
+        if sampler.start_index % batch_size:
+            raise ValueError(f"the sampler starts at {sampler.start_index}, not a multiple of batch {batch_size}")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = comm.get_rank()
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for offset, index in enumerate(self.sampler):
+            if (offset // self.batch_size) % workers == worker:
+                # In the main process (0 workers) the model's RNG state is put back after mapping,
+                # so that its draws (IterationSeedHook's) are those of a run with workers.
+                states = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if info is None else None
+                seed_all_rng(sample_seed(self.seed, self.rank, self.sampler.start_index + offset))
+                sample = self.dataset[index]
+                if states is not None:
+                    random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+                yield sample
+
+
+def build_resumable_train_loader(
+    dataset: torch.utils.data.Dataset, seed: int, total_batch_size: int, num_workers: int, start_iter: int = 0
+) -> torch.utils.data.DataLoader:
+    """This rank's infinite training batches (lists of mapped samples) from iteration
+    ``start_iter`` on: the same batches for any ``num_workers`` and whether resumed or not
+    (:class:`SeededSampleStream`). ``dataset``: map-style, of mapped samples."""
+    batch_per_rank = total_batch_size // comm.get_world_size()
+    sampler = ResumableTrainingSampler(len(dataset), seed=seed, start_index=start_iter * batch_per_rank)
+    return build_detection_train_loader(
+        SeededSampleStream(dataset, sampler, batch_per_rank, seed),
+        mapper=None,
+        sampler=None,
+        total_batch_size=total_batch_size,
+        aspect_ratio_grouping=False,
+        num_workers=num_workers,
+    )
 
 
 def training_seed(cfg: CfgNode) -> int:
@@ -88,17 +167,10 @@ class Trainer(CompatDefaultTrainer):
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int = 0):
         dicts = load_training_dicts(cfg)
-        batch_per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        sampler = ResumableTrainingSampler(len(dicts), seed=self._seed, start_index=start_iter * batch_per_rank)
         # An unreadable image (the mapper returns None) is replaced by another one.
         dataset = map_dataset(DatasetFromList(dicts, copy=False), DePOTRDatasetMapper(cfg, is_train=True))
-        return build_detection_train_loader(
-            dataset,
-            mapper=None,
-            sampler=sampler,
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            aspect_ratio_grouping=False,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        return build_resumable_train_loader(
+            dataset, self._seed, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS, start_iter
         )
 
     @classmethod
@@ -110,14 +182,23 @@ class Trainer(CompatDefaultTrainer):
         )
 
     @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """``DefaultTrainer.test``; with ``MODEL.DEPOTR.TEST_BOX_SOURCE`` "detector" the person
+        detector of ``MODEL.DEPOTR.DETECTOR`` runs beside ``model`` (``PoseWithDetector``)."""
+        if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
+            model = PoseWithDetector(build_person_detector(cfg), model, cfg.INPUT.FORMAT)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "mpii_pckh":
             return PCKhEvaluator(dataset_name, output_dir=output_folder)
+        sigmas = keypoint_metadata_from_config(cfg).oks_sigmas  # the keypoint table's, or TEST.KEYPOINT_OKS_SIGMAS
         if evaluator_type == "crowdpose":
-            return CrowdPoseEvaluator(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS, output_dir=output_folder)
-        return build_keypoint_evaluator(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS, output_dir=output_folder)
+            return CrowdPoseEvaluator(dataset_name, sigmas, output_dir=output_folder)
+        return build_keypoint_evaluator(dataset_name, sigmas, output_dir=output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

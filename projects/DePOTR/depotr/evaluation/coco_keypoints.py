@@ -21,7 +21,8 @@ def build_keypoint_evaluator(
 
     Args:
         dataset_name: a dataset registered in ``DatasetCatalog`` with COCO-style metadata.
-        oks_sigmas: per-keypoint OKS sigmas (K,), e.g. ``cfg.TEST.KEYPOINT_OKS_SIGMAS``.
+        oks_sigmas: per-keypoint OKS sigmas (K,): ``keypoint_metadata_from_config(cfg).oks_sigmas``
+            (the keypoint table's, or ``TEST.KEYPOINT_OKS_SIGMAS`` where set).
         output_dir: where the evaluator dumps predictions (``None``: nowhere).
         distributed: gather predictions from all ranks before evaluating on the main one.
         use_fast_impl: Detectron2's compiled COCO evaluation (same metrics, faster); None: when
@@ -31,7 +32,7 @@ def build_keypoint_evaluator(
     from ..engine.compat import has_fast_coco_eval
 
     if len(oks_sigmas) == 0:
-        raise ValueError("oks_sigmas is empty: set TEST.KEYPOINT_OKS_SIGMAS (one sigma per keypoint)")
+        raise ValueError("oks_sigmas is empty: pass keypoint_metadata_from_config(cfg).oks_sigmas (one per keypoint)")
     if use_fast_impl is None:
         use_fast_impl = has_fast_coco_eval()
     elif use_fast_impl and not has_fast_coco_eval():

@@ -12,21 +12,22 @@ Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` names the one used at inference; train
 * ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the person
   detections of ``DATASETS.PRECOMPUTED_BOXES`` (SimpleBaseline's
   ``COCO_val2017_detections_AP_H_56_person.json``) or the boxes a ``Predictor`` caller gives.
-* ``detector`` (:class:`DetectorBoxes`): a frozen Detectron2 detector, :class:`PersonDetector`,
-  run on the same inputs.
+* ``detector``: a Detectron2 person detector run beside the pose model
+  (:mod:`depotr.modeling.person_detector`), whose detections reach the model as
+  ``"proposals"``; for the model it is the ``precomputed`` source.
 * ``whole_image`` (:class:`WholeImageBoxes`): the whole image as one person of score 1 (the
   single-person mode).
 
 Every source returns per image a :class:`PersonBoxes` (boxes (N, 4) float32 XYXY image pixels,
 scores (N,) float32, index (N,) int64: where each box is in the source's own list, i.e. the
-input's gt instances, its proposals, the detector's person detections, 0 for the whole image)
-under ONE policy, applied by :meth:`PersonBoxSource.forward` in this order:
+input's gt instances, its proposals (e.g. the detector's person detections), 0 for the whole image)
+under ONE policy, applied by :meth:`PersonBoxSource.__call__` in this order:
 
 1. Malformed boxes are input errors: boxes that are not (N, 4), scores that are not (N,), a
    score that is NaN or infinite, or a box that is not finite or whose width or height is <= 0
    raise a ValueError naming the image id, the source and the box index (:func:`check_boxes`).
    Every box the source gives is checked, before any filter.
-2. Ranked sources (``precomputed``, ``detector``) drop boxes scoring below
+2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); what they drop is counted in
    ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
@@ -35,7 +36,9 @@ under ONE policy, applied by :meth:`PersonBoxSource.forward` in this order:
    image is dropped, with one warning per image giving the count and the indices.
 
 A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
-``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`.
+``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`. A source that
+needs a network (a detector) runs it outside the pose model and hands its boxes in as
+``"proposals"``, so that pose checkpoints hold the pose model only.
 """
 
 import logging
@@ -43,12 +46,9 @@ from collections import Counter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.config import CfgNode
 from detectron2.structures import Boxes
 from detectron2.utils.logger import log_every_n_seconds
 
@@ -66,18 +66,11 @@ __all__ = [
     "PersonBoxSource",
     "GtBoxes",
     "PrecomputedBoxes",
-    "DetectorBoxes",
     "WholeImageBoxes",
     "build_box_source",
-    "resolve_model_zoo_path",
-    "PersonDetector",
-    "build_person_detector",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Prefix of DETECTOR.CONFIG_FILE / DETECTOR.WEIGHTS naming a file of Detectron2's model zoo.
-MODEL_ZOO_PREFIX = "model_zoo:"
 
 # MODEL.DEPOTR.BOX_SOURCE values (training boxes) and MODEL.DEPOTR.TEST_BOX_SOURCE values.
 TRAIN_BOX_SOURCES = ("gt",)
@@ -285,12 +278,11 @@ def select_boxes(
     return (boxes[order], scores[order], order) if return_index else (boxes[order], scores[order])
 
 
-class PersonBoxSource(nn.Module):
+class PersonBoxSource:
     """Base class of the box sources: ``source(batched_inputs) -> List[PersonBoxes]``, one per
     input, under the module's policy. Subclasses set ``name`` and implement :meth:`source_boxes`.
-
-    An ``nn.Module`` so that a source holding a network (the detector) is part of the model's
-    state dict and moves with it; the others have no parameters.
+    Sources hold no weights (a detector runs outside the pose model), so they are no
+    ``nn.Module`` and add nothing to the model's state dict.
     """
 
     name = ""
@@ -304,7 +296,6 @@ class PersonBoxSource(nn.Module):
             clip: rule 3's clipping to the image (inference); the drop of boxes with no area
                 inside the image applies either way.
         """
-        super().__init__()
         self.score_thresh = None if score_thresh is None else float(score_thresh)
         self.topk = int(topk)
         self.clip = bool(clip)
@@ -313,15 +304,15 @@ class PersonBoxSource(nn.Module):
 
     def source_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         """Per input the boxes as the source has them, before the policy (index: (N,) int64);
-        by default :meth:`image_boxes` of each input (a source that runs on the batch, such as
-        the detector, overrides this instead)."""
+        by default :meth:`image_boxes` of each input (a source that works on the whole batch
+        overrides this instead)."""
         return [self.image_boxes(x) for x in batched_inputs]
 
     def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
         """The boxes of one input as the source has them, before the policy."""
         raise NotImplementedError
 
-    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+    def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         """Per input the checked, filtered, sorted (ranked sources) and clipped boxes."""
         return [self._apply_policy(x, raw) for x, raw in zip(batched_inputs, self.source_boxes(batched_inputs))]
 
@@ -403,8 +394,8 @@ class PrecomputedBoxes(PersonBoxSource):
     (N, 4) XYXY image pixels) and ``scores`` (N,)), ranked.
 
     An input without ``"proposals"`` takes the ``fallback`` source's boxes (the ``Predictor``:
-    the detector or the whole image where the caller gives no boxes); without a fallback it is
-    a KeyError naming the image.
+    the whole image where neither the caller nor a detector gives boxes); without a fallback it
+    is a KeyError naming the image.
     """
 
     name = "precomputed"
@@ -419,43 +410,23 @@ class PrecomputedBoxes(PersonBoxSource):
                 f"image {x.get('image_id')!r} has no 'proposals': box source 'precomputed' "
                 "expects batched_input['proposals'] = Instances(proposal_boxes=Boxes (N, 4) XYXY in "
                 "image pixels, scores=(N,)). Load person detections with DATASETS.PRECOMPUTED_BOXES, "
-                "or use MODEL.DEPOTR.TEST_BOX_SOURCE 'gt' / 'detector' / 'whole_image'"
+                "run the model inside depotr.modeling.person_detector.PoseWithDetector (TEST_BOX_SOURCE "
+                "'detector': Trainer.test does), or use MODEL.DEPOTR.TEST_BOX_SOURCE 'gt' / 'whole_image'"
             )
         boxes = x["proposals"].proposal_boxes.tensor
         return PersonBoxes(boxes, x["proposals"].scores, torch.arange(len(boxes), device=boxes.device))
 
-    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
+    def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         if self.fallback is None:
-            return super().forward(batched_inputs)
+            return super().__call__(batched_inputs)
         given = [i for i, x in enumerate(batched_inputs) if "proposals" in x]
         rest = [i for i, x in enumerate(batched_inputs) if "proposals" not in x]
         results: List[Optional[PersonBoxes]] = [None] * len(batched_inputs)
-        for indices, source in ((given, super().forward), (rest, self.fallback)):
+        for indices, source in ((given, super().__call__), (rest, self.fallback)):
             if indices:
                 for i, found in zip(indices, source([batched_inputs[i] for i in indices])):
                     results[i] = found
         return results
-
-
-class DetectorBoxes(PersonBoxSource):
-    """``detector``: the person detections of a :class:`PersonDetector`, ranked."""
-
-    name = "detector"
-
-    def __init__(self, detector: "PersonDetector", input_format: str, score_thresh: float = 0.0, topk: int = 100):
-        """
-        Args:
-            detector: the frozen detector (its own ``score_thresh`` applies first).
-            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
-            score_thresh, topk: rule 2 (``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK``).
-        """
-        super().__init__(score_thresh, topk)
-        self.detector = detector
-        self.input_format = input_format
-
-    def source_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
-        found = self.detector(batched_inputs, self.input_format) if batched_inputs else []
-        return [PersonBoxes(b, s, torch.arange(len(b), device=b.device)) for b, s in found]
 
 
 class WholeImageBoxes(PersonBoxSource):
@@ -471,142 +442,21 @@ class WholeImageBoxes(PersonBoxSource):
 
 
 def build_box_source(cfg: CfgNode, name: str, fallback: Optional[PersonBoxSource] = None) -> PersonBoxSource:
-    """The box source ``name`` (one of :data:`TEST_BOX_SOURCES`) with the settings of ``cfg``:
-    ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources, ``INPUT.FORMAT`` and
-    ``MODEL.DEPOTR.DETECTOR`` for the detector. ``fallback``: for "precomputed" only, the source
-    of the inputs without ``"proposals"`` (see :class:`PrecomputedBoxes`)."""
+    """The pose model's box source for ``name`` (one of :data:`TEST_BOX_SOURCES`) with the
+    settings of ``cfg``: ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources.
+    "detector" gives the "precomputed" source: the detector runs beside the model and passes its
+    boxes as ``"proposals"`` (:class:`~depotr.modeling.person_detector.PoseWithDetector`).
+    ``fallback``: for "precomputed" only, the source of the inputs without ``"proposals"`` (see
+    :class:`PrecomputedBoxes`)."""
     depotr = cfg.MODEL.DEPOTR
     if fallback is not None and name != "precomputed":
         raise ValueError(f"only the 'precomputed' box source takes a fallback, not {name!r}")
     if name == "gt":
         return GtBoxes()
-    if name == "precomputed":
+    if name in ("precomputed", "detector"):
         return PrecomputedBoxes(depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK, fallback=fallback)
-    if name == "detector":
-        return DetectorBoxes(build_person_detector(cfg), cfg.INPUT.FORMAT, depotr.BOX_SCORE_THRESH, depotr.BOX_TOPK)
     if name == "whole_image":
         return WholeImageBoxes()
     raise ValueError(
         f"unknown person box source {name!r} (MODEL.DEPOTR.TEST_BOX_SOURCE); expected one of {TEST_BOX_SOURCES}"
-    )
-
-
-def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
-    """Resolves ``"model_zoo:<config path in Detectron2's configs/>"``.
-
-    For a config file it returns the installed file (``model_zoo.get_config_file``); with
-    ``checkpoint=True`` the URL of that config's trained weights
-    (``model_zoo.get_checkpoint_url``). Other paths (files, ``detectron2://`` URLs) are
-    returned unchanged.
-    """
-    if not path.startswith(MODEL_ZOO_PREFIX):
-        return path
-    from detectron2 import model_zoo
-
-    name = path[len(MODEL_ZOO_PREFIX) :].lstrip("/")
-    return model_zoo.get_checkpoint_url(name) if checkpoint else model_zoo.get_config_file(name)
-
-
-class PersonDetector(nn.Module):
-    """A frozen Detectron2 detector (e.g. GeneralizedRCNN) giving person boxes.
-
-    It stays in eval mode whatever ``train()`` is called with, and its parameters do not
-    require grad. Inputs are converted to the detector's channel order and resized like
-    ``DefaultPredictor`` does (shortest edge ``min_size_test``, longest at most
-    ``max_size_test``); the detector's outputs are in the input's ``height`` x ``width``.
-    """
-
-    def __init__(
-        self,
-        detector: nn.Module,
-        *,
-        detector_format: str,
-        min_size_test: int,
-        max_size_test: int,
-        score_thresh: float,
-        person_class_id: int,
-    ):
-        super().__init__()
-        self.detector = detector
-        self.detector_format = detector_format
-        self.min_size_test = min_size_test
-        self.max_size_test = max_size_test
-        self.score_thresh = score_thresh
-        self.person_class_id = person_class_id
-        for p in self.detector.parameters():
-            p.requires_grad_(False)
-        self.train(False)
-
-    def train(self, mode: bool = True) -> "PersonDetector":
-        """Keeps the detector in eval mode (it is never trained here)."""
-        return super().train(False)
-
-    def _detector_input(self, batched_input: Dict[str, Any], input_format: str) -> Dict[str, Any]:
-        image = batched_input["image"]
-        if input_format != self.detector_format:
-            if {input_format, self.detector_format} != {"RGB", "BGR"}:
-                raise ValueError(f"cannot convert images from {input_format} to the detector's {self.detector_format}")
-            image = image.flip(0)
-        h, w = image.shape[-2:]
-        if self.min_size_test > 0:
-            new_h, new_w = ResizeShortestEdge.get_output_shape(h, w, self.min_size_test, self.max_size_test)
-            if (new_h, new_w) != (h, w):
-                image = F.interpolate(
-                    image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-                )[0]
-        return {
-            "image": image,
-            "height": batched_input.get("height", h),
-            "width": batched_input.get("width", w),
-        }
-
-    @torch.no_grad()
-    def forward(self, batched_inputs: List[Dict[str, Any]], input_format: str) -> List[Tuple[Tensor, Tensor]]:
-        """Per image ``(boxes (N, 4) XYXY in the input's pixels, scores (N,))`` of the person
-        class with score >= ``score_thresh``, in the detector's order (checking and sorting:
-        :class:`DetectorBoxes`)."""
-        outputs = self.detector([self._detector_input(x, input_format) for x in batched_inputs])
-        results = []
-        for out in outputs:
-            instances = out["instances"]
-            keep = (instances.pred_classes == self.person_class_id) & (instances.scores >= self.score_thresh)
-            results.append((instances.pred_boxes.tensor[keep], instances.scores[keep]))
-        return results
-
-
-def build_person_detector(cfg: CfgNode) -> PersonDetector:
-    """Builds the detector of ``cfg.MODEL.DEPOTR.DETECTOR``.
-
-    ``DETECTOR.CONFIG_FILE`` is a Detectron2 yaml config (a path, or ``"model_zoo:<path in
-    Detectron2's configs/>"``, e.g. ``"model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"``;
-    lazy ``.py`` configs are not supported). ``DETECTOR.WEIGHTS`` is loaded with
-    ``DetectionCheckpointer`` (a path, a ``detectron2://`` URL, or ``"model_zoo:<config path>"``
-    for that config's trained weights); empty leaves the detector randomly initialised (warned).
-    The detector's test score thresholds are lowered to ``DETECTOR.SCORE_THRESH`` when higher, so
-    that it does not drop boxes this threshold would keep.
-    """
-    from detectron2.modeling import build_model
-
-    det = cfg.MODEL.DEPOTR.DETECTOR
-    if not det.CONFIG_FILE:
-        raise ValueError("the person box source 'detector' needs MODEL.DEPOTR.DETECTOR.CONFIG_FILE")
-    det_cfg = get_cfg()
-    det_cfg.merge_from_file(resolve_model_zoo_path(det.CONFIG_FILE))
-    det_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    det_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(det_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det.SCORE_THRESH)
-    det_cfg.MODEL.RETINANET.SCORE_THRESH_TEST = min(det_cfg.MODEL.RETINANET.SCORE_THRESH_TEST, det.SCORE_THRESH)
-    model = build_model(det_cfg)
-    if det.WEIGHTS:
-        DetectionCheckpointer(model).load(resolve_model_zoo_path(det.WEIGHTS, checkpoint=True))
-    else:
-        logger.warning(
-            "MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: the person detector %s is randomly initialised", det.CONFIG_FILE
-        )
-    return PersonDetector(
-        model,
-        detector_format=det_cfg.INPUT.FORMAT,
-        min_size_test=det_cfg.INPUT.MIN_SIZE_TEST,
-        max_size_test=det_cfg.INPUT.MAX_SIZE_TEST,
-        score_thresh=det.SCORE_THRESH,
-        person_class_id=det.PERSON_CLASS_ID,
     )

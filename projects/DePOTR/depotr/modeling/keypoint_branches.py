@@ -67,6 +67,8 @@ class _HeadNameRegistry(Registry):
         """Class decorator: registers the class as the branch of ``MODEL.DEPOTR.HEAD`` ``name``."""
 
         def deco(cls: _Class) -> _Class:
+            # fvcore's public register() keys by __name__ only, and the HEAD names are not class names
+            # ("heatmap"): its own register() makes this same call, which also refuses duplicates.
             self._do_register(name, cls)
             return cls
 

@@ -72,10 +72,10 @@ class TopDownPoseEstimator(nn.Module):
     Training uses the ground-truth boxes of persons with at least ``min_keypoints_per_person``
     labelled keypoints (the ``gt`` box source, unclipped; some replaced by half-body boxes when
     ``half_body`` is set, then jittered) and returns the branch's losses. Inference takes boxes
-    from ``box_source`` (``gt``, ``precomputed`` = ``batched_input["proposals"]``, ``detector``
-    or ``whole_image``: ``depotr.modeling.box_sources``, whose one policy checks, filters,
-    sorts and clips them), crops from the uint8 image (``crop_raw_images``: no float copy of
-    the whole image) and returns
+    from ``box_source`` (``gt``, ``precomputed`` = ``batched_input["proposals"]``, e.g. a
+    detector's, or ``whole_image``: ``depotr.modeling.box_sources``, whose one policy checks,
+    filters, sorts and clips them; a detector runs outside the model, ``PoseWithDetector``),
+    crops from the uint8 image (``crop_raw_images``: no float copy of the whole image) and returns
     Detectron2 ``Instances`` with keypoints in original image pixels.
     """
 
@@ -156,7 +156,7 @@ class TopDownPoseEstimator(nn.Module):
         if half_body is not None and tuple(half_body.crop_size) != self.crop_size:
             raise ValueError(f"half_body crop_size {half_body.crop_size} differs from {self.crop_size}")
         self.half_body = half_body
-        # A module: a detector source's frozen detector is part of the state dict.
+        # No weights: a detector runs outside the model (depotr.modeling.person_detector).
         self.box_source = PrecomputedBoxes() if box_source is None else box_source
         self.flip_indices: List[int] = [int(i) for i in flip_indices]
         if sorted(self.flip_indices) != list(range(len(self.flip_indices))):

@@ -4,7 +4,8 @@
 - ``sampling_offsets`` / ``reference_points`` projections: ``BASE_LR x SAMPLING_LR_MULTIPLIER``;
 - normalisation layers: ``WEIGHT_DECAY_NORM``; embeddings (``nn.Embedding`` and parameters
   whose name contains ``embed``): ``WEIGHT_DECAY_EMBED``; everything else ``WEIGHT_DECAY``.
-Frozen parameters (``requires_grad=False``, e.g. a person detector) are left out.
+Frozen parameters (``requires_grad=False``, e.g. the stages below ``BACKBONE.FREEZE_AT``) are left
+out.
 
 Gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all
 gradients together (Deformable DETR: max norm 0.1); "value"/"norm" are Detectron2's own
@@ -29,6 +30,8 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
     group (Detectron2's ``reduce_param_groups``), so that AdamW updates each group with one
     multi-tensor (foreach) kernel; one group per parameter spent 15 % of a main-job step in
     the optimizer's per-tensor loop."""
+    # Not Detectron2's get_default_optimizer_params: its overrides key on a parameter's own name
+    # ("weight", "bias"), which cannot single out the backbone's subtree or the sampling modules.
     base_lr = cfg.SOLVER.BASE_LR
     backbone_params = {id(p) for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()}
     groups: List[Dict[str, Any]] = []

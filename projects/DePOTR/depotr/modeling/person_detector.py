@@ -1,0 +1,195 @@
+"""The person detector of the top-down pipeline, outside the pose model.
+
+Shape letters: B images, N persons of one image.
+
+The pose model (``TopDownPoseEstimator``) takes boxes only: its box source is ``gt``,
+``precomputed`` (``batched_input["proposals"]``) or ``whole_image``
+(:mod:`depotr.modeling.box_sources`, which also holds the one box policy). A Detectron2 detector
+is composed with it from outside: :class:`PersonDetector` turns images into ``"proposals"`` and
+the pose model ranks, filters and clips them as any precomputed boxes. Users of that composition:
+
+* :class:`PoseWithDetector`, the model evaluated with ``MODEL.DEPOTR.TEST_BOX_SOURCE
+  "detector"`` (``Trainer.test``, hence ``train_net.py --eval-only``): detector, then pose model,
+  in one ``nn.Module`` that Detectron2's ``inference_on_dataset`` runs like any model;
+* ``depotr.Predictor`` and the demo: the caller's boxes, else the detector's, else the whole image.
+
+So pose checkpoints hold the pose model only; the detector's weights come from
+``MODEL.DEPOTR.DETECTOR.WEIGHTS``.
+"""
+
+import logging
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.structures import Boxes, Instances
+
+__all__ = [
+    "MODEL_ZOO_PREFIX",
+    "PersonDetector",
+    "PoseWithDetector",
+    "build_person_detector",
+    "resolve_model_zoo_path",
+]
+
+logger = logging.getLogger(__name__)
+
+# Prefix of DETECTOR.CONFIG_FILE / DETECTOR.WEIGHTS naming a file of Detectron2's model zoo.
+MODEL_ZOO_PREFIX = "model_zoo:"
+
+
+def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
+    """Resolves ``"model_zoo:<config path in Detectron2's configs/>"``.
+
+    For a config file it returns the installed file (``model_zoo.get_config_file``); with
+    ``checkpoint=True`` the URL of that config's trained weights
+    (``model_zoo.get_checkpoint_url``). Other paths (files, ``detectron2://`` URLs) are
+    returned unchanged.
+    """
+    if not path.startswith(MODEL_ZOO_PREFIX):
+        return path
+    from detectron2 import model_zoo
+
+    name = path[len(MODEL_ZOO_PREFIX) :].lstrip("/")
+    return model_zoo.get_checkpoint_url(name) if checkpoint else model_zoo.get_config_file(name)
+
+
+class PersonDetector(nn.Module):
+    """A frozen Detectron2 detector (e.g. GeneralizedRCNN) giving person proposals.
+
+    It stays in eval mode whatever ``train()`` is called with, and its parameters do not
+    require grad. Inputs are converted to the detector's channel order and resized like
+    ``DefaultPredictor`` does (shortest edge ``min_size_test``, longest at most
+    ``max_size_test``); the boxes are in the pixels of the input's image tensor, the frame of
+    ``batched_input["proposals"]``.
+    """
+
+    def __init__(
+        self,
+        detector: nn.Module,
+        *,
+        detector_format: str,
+        min_size_test: int,
+        max_size_test: int,
+        score_thresh: float,
+        person_class_id: int,
+    ):
+        super().__init__()
+        self.detector = detector
+        self.detector_format = detector_format
+        self.min_size_test = min_size_test
+        self.max_size_test = max_size_test
+        self.score_thresh = score_thresh
+        self.person_class_id = person_class_id
+        for p in self.detector.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "PersonDetector":
+        """Keeps the detector in eval mode (it is never trained here)."""
+        return super().train(False)
+
+    def _detector_input(self, batched_input: Dict[str, Any], input_format: str) -> Dict[str, Any]:
+        image = batched_input["image"]
+        if input_format != self.detector_format:
+            if {input_format, self.detector_format} != {"RGB", "BGR"}:
+                raise ValueError(f"cannot convert images from {input_format} to the detector's {self.detector_format}")
+            image = image.flip(0)
+        h, w = image.shape[-2:]
+        if self.min_size_test > 0:
+            new_h, new_w = ResizeShortestEdge.get_output_shape(h, w, self.min_size_test, self.max_size_test)
+            if (new_h, new_w) != (h, w):
+                image = F.interpolate(
+                    image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+                )[0]
+        return {"image": image, "height": h, "width": w}
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: List[Dict[str, Any]], input_format: str) -> List[Instances]:
+        """Per input (``"image"``: (C, H, W) in ``input_format``) the ``"proposals"`` of the pose
+        model: Instances of size (H, W) with ``proposal_boxes`` (Boxes (N, 4) XYXY in image
+        pixels) and ``scores`` (N,) of the person class scoring >= ``score_thresh``, in the
+        detector's order (checking, ranking and clipping: the pose model's box source)."""
+        if not batched_inputs:
+            return []
+        outputs = self.detector([self._detector_input(x, input_format) for x in batched_inputs])
+        results = []
+        for x, out in zip(batched_inputs, outputs):
+            instances = out["instances"]
+            keep = (instances.pred_classes == self.person_class_id) & (instances.scores >= self.score_thresh)
+            proposals = Instances(tuple(x["image"].shape[-2:]))
+            proposals.proposal_boxes = Boxes(instances.pred_boxes.tensor[keep])
+            proposals.scores = instances.scores[keep]
+            results.append(proposals)
+        return results
+
+
+def build_person_detector(cfg: CfgNode) -> PersonDetector:
+    """Builds the detector of ``cfg.MODEL.DEPOTR.DETECTOR``.
+
+    ``DETECTOR.CONFIG_FILE`` is a Detectron2 yaml config (a path, or ``"model_zoo:<path in
+    Detectron2's configs/>"``, e.g. ``"model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"``;
+    lazy ``.py`` configs are not supported). ``DETECTOR.WEIGHTS`` is loaded with
+    ``DetectionCheckpointer`` (a path, a ``detectron2://`` URL, or ``"model_zoo:<config path>"``
+    for that config's trained weights); empty leaves the detector randomly initialised (warned).
+    The detector's test score thresholds are lowered to ``DETECTOR.SCORE_THRESH`` when higher, so
+    that it does not drop boxes this threshold would keep.
+    """
+    from detectron2.modeling import build_model
+
+    det = cfg.MODEL.DEPOTR.DETECTOR
+    if not det.CONFIG_FILE:
+        raise ValueError("a person detector (box source 'detector') needs MODEL.DEPOTR.DETECTOR.CONFIG_FILE")
+    det_cfg = get_cfg()
+    det_cfg.merge_from_file(resolve_model_zoo_path(det.CONFIG_FILE))
+    det_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    det_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(det_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, det.SCORE_THRESH)
+    det_cfg.MODEL.RETINANET.SCORE_THRESH_TEST = min(det_cfg.MODEL.RETINANET.SCORE_THRESH_TEST, det.SCORE_THRESH)
+    model = build_model(det_cfg)
+    if det.WEIGHTS:
+        DetectionCheckpointer(model).load(resolve_model_zoo_path(det.WEIGHTS, checkpoint=True))
+    else:
+        logger.warning(
+            "MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: the person detector %s is randomly initialised", det.CONFIG_FILE
+        )
+    return PersonDetector(
+        model,
+        detector_format=det_cfg.INPUT.FORMAT,
+        min_size_test=det_cfg.INPUT.MIN_SIZE_TEST,
+        max_size_test=det_cfg.INPUT.MAX_SIZE_TEST,
+        score_thresh=det.SCORE_THRESH,
+        person_class_id=det.PERSON_CLASS_ID,
+    )
+
+
+class PoseWithDetector(nn.Module):
+    """Inference only: the detector's person proposals, then the pose model on them.
+
+    ``forward(batched_inputs)`` returns what the pose model returns for the inputs with
+    ``"proposals"`` set to the detector's (the caller's dicts are not changed); the pose model's
+    box source must read proposals ("precomputed"), which then applies the one box policy. Not
+    trainable: the pose model trains on gt boxes alone.
+    """
+
+    def __init__(self, detector: PersonDetector, pose_model: nn.Module, input_format: str):
+        """
+        Args:
+            detector: the frozen person detector.
+            pose_model: e.g. ``TopDownPoseEstimator`` with a "precomputed" box source.
+            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
+        """
+        super().__init__()
+        self.detector = detector
+        self.pose_model = pose_model
+        self.input_format = input_format
+
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Instances]]:
+        if self.training:
+            raise RuntimeError("PoseWithDetector runs inference only; train the pose model on its own")
+        proposals = self.detector(batched_inputs, self.input_format)
+        return self.pose_model([dict(x, proposals=p) for x, p in zip(batched_inputs, proposals)])

@@ -1,0 +1,56 @@
+"""train_net.py --eval-only with MODEL.DEPOTR.TEST_BOX_SOURCE "detector": the person detector
+runs beside the pose model (PoseWithDetector), inside Detectron2's inference_on_dataset and
+COCOEvaluator, and the evaluated persons are the detector's boxes under the one box policy."""
+
+import json
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+import train_net
+from depotr.engine import Trainer
+from depotr.modeling.person_detector import build_person_detector
+from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
+
+from .conftest import instant_args
+
+
+def test_eval_only_with_a_detector_box_source(tmp_path, synthetic_root):
+    torch.manual_seed(0)
+    det = _detector_cfg(tmp_path, weights="")
+    detector = build_person_detector(det)
+    fix_person_scores(detector)  # every box scores sigmoid(1)
+    DetectionCheckpointer(detector.detector, save_dir=str(tmp_path)).save("detector")
+    output_dir = tmp_path / "eval"
+    opts = [
+        "MODEL.WEIGHTS", "",  # random pose model: this checks the plumbing, not the AP
+        "MODEL.DEPOTR.TEST_BOX_SOURCE", "detector",
+        "MODEL.DEPOTR.DETECTOR.CONFIG_FILE", det.MODEL.DEPOTR.DETECTOR.CONFIG_FILE,
+        "MODEL.DEPOTR.DETECTOR.WEIGHTS", str(tmp_path / "detector.pth"),
+        "MODEL.DEPOTR.DETECTOR.SCORE_THRESH", "0.0",
+        "MODEL.DEPOTR.BOX_TOPK", "3",
+        "TEST.OKS_NMS_THRESH", "1.0",
+        "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "2",
+    ]  # fmt: skip
+    args = instant_args(str(output_dir), synthetic_root, *opts, extra=["--eval-only", "--random-weights"])
+    results = train_net.main(args)
+    assert 0.0 <= results["keypoints"]["AP"] <= 100.0
+
+    # The evaluated persons are the detector's top 3 boxes of each image (clipped; XYWH in the json).
+    cfg = train_net.setup(args)
+    expected = {}
+    for batch in Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]):
+        for x, proposals in zip(batch, detector(batch, cfg.INPUT.FORMAT)):
+            boxes = proposals.proposal_boxes.tensor[proposals.scores.argsort(descending=True, stable=True)[:3]]
+            assert len(boxes), "the fixed detector finds persons in every image"
+            boxes[:, 2:] -= boxes[:, :2]
+            expected[x["image_id"]] = boxes
+    predictions = json.loads(
+        (output_dir / "inference" / cfg.DATASETS.TEST[0] / "coco_instances_results.json").read_text()
+    )
+    assert {p["image_id"] for p in predictions} == set(expected)
+    for image_id, boxes in expected.items():
+        found = torch.tensor([p["bbox"] for p in predictions if p["image_id"] == image_id])
+        assert all(len(p["keypoints"]) == 51 for p in predictions)
+        torch.testing.assert_close(found, boxes, atol=1e-3, rtol=0)
