@@ -122,7 +122,7 @@ def test_sizes_cover_the_coco_bins(rendered):
     gt["annotations"] = [dict(a, id=k + 1) for k, a in enumerate(gt["annotations"])]
     areas = np.array([a["area"] for a in gt["annotations"]])
     for low, high in ((0, 32**2), (32**2, 96**2), (96**2, np.inf)):
-        assert ((areas >= low) & (areas < high)).mean() >= 0.1, (low, high)
+        assert ((areas >= low) & (areas < high)).mean() >= 0.05, (low, high)
     bins = person_bins(gt)
     for attribute in ("size", "truncation", "occlusion", "crowd"):
         names = {b[attribute] for b in bins.values()}

@@ -9,7 +9,7 @@ face, occluders, label map and COCO visibility rules are imported, not copied), 
   the bottom border between the knees and the waist ("upper", 33 %), or as a head-and-shoulders
   close-up ("closeup", 22 %), the others whole; keypoints outside the image are unlabelled
   (v = 0) as in COCO;
-* sizes: whole figures have statures log-uniform in 20-95 % of the image side, so that the
+* sizes: whole figures have statures log-uniform in 22-95 % of the image side, so that the
   persons' areas cover COCO's small (< 32^2), medium and large (> 96^2) ranges;
 * crowds: in 35 % of the images with several persons they stand as a group, side by side with
   overlapping boxes and similar sizes (CrowdPose-like crowd indices); otherwise spread out;
@@ -70,7 +70,7 @@ POSE_KINDS = (("walk", 0.42), ("arms", 0.1), ("raise", 0.1), ("sit", 0.13), ("be
 JOINT_LIMITS = {**JOINT_LIMITS_DEG, "torso_lean": (-15.0, 80.0, 0.0)}
 # Framing of a figure -> (probability, stature range as multiples of the image side).
 FRAMINGS: Dict[str, Tuple[float, Tuple[float, float]]] = {
-    "full": (0.45, (0.2, 0.95)),
+    "full": (0.45, (0.22, 0.95)),
     "upper": (0.33, (1.1, 1.8)),
     "closeup": (0.22, (2.2, 3.4)),
 }
