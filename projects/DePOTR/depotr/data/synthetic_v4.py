@@ -98,28 +98,27 @@ def _pattern(rng: np.random.Generator, h: int, w: int, period: float) -> np.ndar
     return (u ^ v).astype(np.float32)
 
 
-def _modulate(img: np.ndarray, mask: np.ndarray, factor: np.ndarray) -> None:
-    """Multiplies the pixels of ``img`` under the (h, w) ``mask`` by (h, w) ``factor``."""
-    img[mask] = np.clip(img[mask].astype(np.float32) * factor[mask][:, None], 0, 255).astype(np.uint8)
-
-
 def _dress(img: np.ndarray, layer: np.ndarray, person: _Person, rng: np.random.Generator) -> None:
-    """Textures the shirt and trousers of a drawn figure and lights it from one side."""
+    """Textures the shirt and trousers of a drawn figure and lights it from one side (one
+    multiplicative factor map over the figure's box, 1 outside the figure)."""
     ys, xs = np.nonzero(layer)
     if len(ys) == 0:
         return
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    sub_img, sub = img[y0:y1, x0:x1], layer[y0:y1, x0:x1]
+    sub = layer[y0:y1, x0:x1]
     h, w = sub.shape
+    a = float(rng.uniform(0, 2 * math.pi))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    factor = 1.0 + float(rng.uniform(0.0, 0.5)) * ((xx - w / 2) * math.cos(a) + (yy - h / 2) * math.sin(a)) / max(h, w)
     for labels in (_SHIRT_LABELS, _PANTS_LABELS):
         if rng.random() < 0.5:
             period = max(3.0, float(rng.uniform(0.02, 0.06)) * person.scale)
-            factor = 1.0 - float(rng.uniform(0.1, 0.25)) * _pattern(rng, h, w, period)
-            _modulate(sub_img, np.isin(sub, labels), factor)
-    a = float(rng.uniform(0, 2 * math.pi))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = ((xx - w / 2) * math.cos(a) + (yy - h / 2) * math.sin(a)) / max(h, w, 1)
-    _modulate(sub_img, sub > 0, 1.0 + float(rng.uniform(0.0, 0.5)) * t)
+            garment = np.zeros(256, bool)
+            garment[list(labels)] = True
+            shade = 1.0 - float(rng.uniform(0.1, 0.25)) * _pattern(rng, h, w, period)
+            factor = np.where(garment[sub], factor * shade, factor)
+    factor[sub == 0] = 1.0
+    img[y0:y1, x0:x1] = np.clip(img[y0:y1, x0:x1] * factor[..., None], 0, 255).astype(np.uint8)
 
 
 def _skirt(person: _Person, colours: Dict[str, np.ndarray]) -> List[Tuple[float, int, np.ndarray, np.ndarray]]:
