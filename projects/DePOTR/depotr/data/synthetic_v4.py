@@ -213,9 +213,11 @@ def render_synthetic_image_v4(
                     cx += push * ext_w
                 else:
                     cy += push * ext_h
-        else:  # the head near the top, the body cut by the bottom border
+        else:  # the head near the top and inside the image, the body cut by the bottom border
             top = _head_top(person) - ext[1]  # head top below the extent's top
             cy = rng.uniform(0.0, 0.2) * size - top + ext_h / 2
+            head_x = person.points2d["head_center"][0] - (ext[0] + ext[2]) / 2  # relative to the extent's centre
+            cx = np.clip(cx, 0.2 * size, 0.8 * size) - head_x
         _place(person, ext, float(cx), float(cy))
         layer = _render_person(img, person, rng, _skirt if rng.random() < SKIRT_PROB else None)
         _dress(img, layer, person, rng)
