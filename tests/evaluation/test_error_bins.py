@@ -10,7 +10,7 @@ import pytest
 from depotr.data.person_bins import person_bins
 from depotr.evaluation.error_analysis import analyze_bins, analyze_keypoint_results
 
-from .test_error_analysis import LARGE_BOX, MEDIUM_BOX, _coco, _person, _random_case, _result, _tool
+from .test_error_analysis import LARGE_BOX, MEDIUM_BOX, _coco, _person, _result, _tool, cli_case_with_baseline
 
 SMALL_BOX = (0.0, 300.0, 20.0, 40.0)  # area 800, touching the left border of the 640 x 480 image
 
@@ -70,16 +70,12 @@ def test_ap_and_classes_per_bin(gt):
 
 
 def test_cli_writes_the_bins_table(tmp_path, capsys):
-    gt, results = _random_case(np.random.default_rng(4))
-    paths = {name: tmp_path / f"{name}.json" for name in ("gt", "results")}
-    paths["gt"].write_text(json.dumps(gt))
-    paths["results"].write_text(json.dumps(results))
-    out = tmp_path / "analysis"
-    args = ["--gt", str(paths["gt"]), "--results", str(paths["results"]), "--output", str(out)]
-    assert _tool().main(args + ["--baseline-train-gt", str(paths["gt"])]) == 0
+    gt, args, out = cli_case_with_baseline(tmp_path)
+    assert _tool().main(args) == 0
     bins = json.loads((out / "bins.json").read_text())
     assert set(bins) == {"size", "truncation", "occlusion", "crowd"}
     total = sum(a["num_keypoints"] > 0 for a in gt["annotations"])
     assert all(sum(row["persons"] for row in rows.values()) == total for rows in bins.values())
+    assert all("baseline_AP" in row for rows in bins.values() for row in rows.values() if row["persons"])
     table = (out / "bins.md").read_text()
     assert "| attribute | bin | persons | AP | mean-pose AP |" in table and table in capsys.readouterr().out + "\n"
