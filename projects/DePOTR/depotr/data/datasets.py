@@ -78,7 +78,13 @@ def resolve_synthetic_root(root: str) -> str:
 
 
 def _load_synthetic_split(
-    name: str, root: str, split: str, num_images: int, seed: int, image_size: int, version: int
+    name: str,
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int,
+    version: int = DEFAULT_GENERATOR_VERSION,
 ) -> List[Dict[str, Any]]:
     json_file = ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)
     paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
