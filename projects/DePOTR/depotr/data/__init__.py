@@ -1,7 +1,8 @@
 """DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper, augmentation.
 
-Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val``
-(default ``DATASETS.SYNTHETIC`` values; images are generated on the first
+Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
+``synthetic_persons_v<k>_train`` / ``_val`` of every generator version k (default
+``DATASETS.SYNTHETIC`` values; images are generated on the first
 ``DatasetCatalog.get``) and adds OKS sigmas to Detectron2's ``keypoints_coco_*`` metadata.
 Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
