@@ -18,7 +18,10 @@ score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes
   negatives (Ronchi & Perona, ICCV 2017), with the number of keypoints in each class;
 * with a baseline training set, mean_pose_baseline.json: the metrics (in %) of the mean-pose
   baseline (``depotr.evaluation.baselines``: the mean box-normalised training pose placed in
-  every ground-truth box), printed beside the results' AP.
+  every ground-truth box), printed beside the results' AP;
+* bins.json / bins.md: AP and the share of each keypoint class per size / truncation /
+  occlusion / crowd bin of the persons (``depotr.evaluation.error_analysis.analyze_bins``), with
+  the mean-pose baseline's AP per bin when there is a baseline training set.
 
 With ``--config-file`` (and KEY VALUE overrides, bare or after --opts, as every entry point): --gt is the json of the
 config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
@@ -78,9 +81,9 @@ def main(argv=None) -> int:
 
     from detectron2.utils.logger import setup_logger
 
-    from depotr.evaluation.baselines import mean_pose_baseline_metrics
-    from depotr.evaluation.error_analysis import analyze_keypoint_results, load_json
-    from depotr.evaluation.error_report import breakdown_table, metrics_table, write_report
+    from depotr.evaluation.baselines import mean_pose, mean_pose_baseline_metrics, mean_pose_results
+    from depotr.evaluation.error_analysis import analyze_bins, analyze_keypoint_results, load_json
+    from depotr.evaluation.error_report import bins_table, breakdown_table, metrics_table, write_report
     from depotr.file_io import atomic_write
 
     setup_logger(name="depotr")
@@ -98,20 +101,23 @@ def main(argv=None) -> int:
         gt = load_json(args.gt, "ground-truth")
         results = load_json(args.results, "results")
         analysis = analyze_keypoint_results(gt, results, args.sigmas, args.flip_indices)
-        baseline = None
+        baseline = baseline_results = None
         if args.baseline_train_gt:
-            baseline = mean_pose_baseline_metrics(
-                load_json(args.baseline_train_gt, "baseline training"), gt, args.sigmas
-            )
+            train_gt = load_json(args.baseline_train_gt, "baseline training")
+            baseline = mean_pose_baseline_metrics(train_gt, gt, args.sigmas)
+            baseline_results = mean_pose_results(mean_pose(train_gt), gt)
+        bins = analyze_bins(gt, results, analysis, args.sigmas, baseline_results)
     except ConfigError:
         raise  # run_main: "error: ..." and status 2, as every entry point
     except (FileNotFoundError, ValueError) as e:
         print(f"analyze_results: {e}", file=sys.stderr)
         return 1
-    paths = write_report(analysis, args.output)
+    paths = write_report(analysis, args.output, bins)
     print(metrics_table(analysis.metrics))
     print()
     print(breakdown_table(analysis))
+    print()
+    print(bins_table(bins))
     print()
     if baseline is not None:
         path = os.path.join(args.output, "mean_pose_baseline.json")

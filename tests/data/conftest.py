@@ -20,6 +20,16 @@ def small_synthetic(tmp_path_factory):
     return root, synthetic_split_paths(root, "train", SMALL_NUM_IMAGES, SMALL_SEED), coco
 
 
+@pytest.fixture(scope="session")
+def small_synthetic_v4(tmp_path_factory):
+    """(root, paths, coco dict) of a 12-image synthetic train split of generator version 4."""
+    root = str(tmp_path_factory.mktemp("synthetic_v4"))
+    json_file = ensure_synthetic_split(root, "train", SMALL_NUM_IMAGES, SMALL_SEED, version=4)
+    with open(json_file) as f:
+        coco = json.load(f)
+    return root, synthetic_split_paths(root, "train", SMALL_NUM_IMAGES, SMALL_SEED, version=4), coco
+
+
 @pytest.fixture
 def restore_synthetic_registration():
     """Re-registers the synthetic datasets with the defaults after a test changed them."""

@@ -64,6 +64,24 @@ def test_reregistration_replaces_the_earlier_one(tmp_path, restore_synthetic_reg
     assert MetadataCatalog.get("synthetic_persons_val").json_file.startswith(str(tmp_path / "b"))
 
 
+def test_generator_version_selects_the_data_and_every_version_is_registered(tmp_path, restore_synthetic_registration):
+    root = tmp_path / "synthetic_persons"
+    register_synthetic_datasets(str(root), 2, 2, seed=0, version=4)
+    json_files = {
+        name: MetadataCatalog.get(name).json_file
+        for name in ("synthetic_persons_val", "synthetic_persons_v3_val", "synthetic_persons_v4_val")
+    }
+    assert json_files["synthetic_persons_val"] == json_files["synthetic_persons_v4_val"]
+    assert json_files["synthetic_persons_v3_val"] == str(root / "val-n2-s0-256px-v3" / "annotations.json")
+    assert json_files["synthetic_persons_v4_val"] == str(root / "val-n2-s0-256px-v4" / "annotations.json")
+    assert len(DatasetCatalog.get("synthetic_persons_val")) == 2
+    with open(json_files["synthetic_persons_val"]) as f:
+        assert all("framing" in a["synthetic"] for a in json.load(f)["annotations"])  # v4's fields
+    assert len(DatasetCatalog.get("synthetic_persons_v3_train")) == 2
+    with pytest.raises(ValueError, match="generator version 5"):
+        register_synthetic_datasets(str(root), 2, 2, seed=0, version=5)
+
+
 @pytest.mark.parametrize("env, expected", [(None, "cwd"), ("custom", "env")], ids=["cwd_relative", "DEPOTR_DATASETS"])
 def test_synthetic_root_resolution(tmp_path, monkeypatch, env, expected):
     monkeypatch.chdir(tmp_path)

@@ -138,7 +138,7 @@ def test_failed_generation_leaves_no_entry_and_its_leftovers_are_removed(tmp_pat
     def failing_render(*args):
         raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr(synthetic_cache, "render_synthetic_image", failing_render)
+    monkeypatch.setitem(synthetic_cache.RENDERERS, GENERATOR_VERSION, failing_render)
     with pytest.raises(RuntimeError, match="renderer crashed"):
         ensure_synthetic_split(root, "val", 3, 0, TINY)
     assert not os.path.exists(paths["split_dir"])
@@ -146,6 +146,28 @@ def test_failed_generation_leaves_no_entry_and_its_leftovers_are_removed(tmp_pat
     monkeypatch.undo()
     ensure_synthetic_split(root, "val", 3, 0, TINY)
     verify_synthetic_split(paths, "val", 3, 0, TINY)
+
+
+def test_one_entry_per_generator_version(tmp_path):
+    """Versions 3 and 4 of one spec are two entries with different images; the manifest records
+    the version, and an entry of one version does not pass as the other."""
+    root = str(tmp_path)
+    files = {v: ensure_synthetic_split(root, "val", 3, 0, TINY, version=v) for v in (GENERATOR_VERSION, 4)}
+    assert os.path.basename(os.path.dirname(files[4])).endswith("-v4") and files[4] != files[GENERATOR_VERSION]
+    v3_paths = synthetic_split_paths(root, "val", 3, 0, TINY, GENERATOR_VERSION)
+    v4_paths = synthetic_split_paths(root, "val", 3, 0, TINY, 4)
+    assert json.loads(read_bytes(v4_paths["manifest"]))["generator_version"] == 4
+    v3_images, v4_images = folder_bytes(v3_paths["image_root"]), folder_bytes(v4_paths["image_root"])
+    assert v3_images.keys() == v4_images.keys() and all(v3_images[k] != v4_images[k] for k in v3_images)
+    os.rename(v4_paths["split_dir"], v4_paths["split_dir"] + "-moved")
+    os.rename(v3_paths["split_dir"], v4_paths["split_dir"])  # a v3 entry under the v4 name
+    with pytest.raises(ValueError, match="describes another dataset"):
+        verify_synthetic_split(v4_paths, "val", 3, 0, TINY, version=4)
+
+
+def test_unknown_generator_version_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"generator version 9; expected one of \[3, 4\]"):
+        ensure_synthetic_split(str(tmp_path), "val", 3, 0, TINY, version=9)
 
 
 def _use_split(root, num_images, barrier, errors):

@@ -1,5 +1,5 @@
-"""The embedded synthetic dataset: COCO validity, visibility rules, determinism (caching:
-test_synthetic_cache.py)."""
+"""The embedded synthetic dataset: COCO validity, visibility rules (generator versions 3 and 4),
+determinism (caching: test_synthetic_cache.py; version 4's own properties: test_synthetic_v4.py)."""
 
 import os
 
@@ -25,8 +25,14 @@ def rendered():
     return [render_synthetic_image(3, 0, i, 256) for i in range(60)]
 
 
-def test_json_loads_with_pycocotools(small_synthetic):
-    _, paths, coco = small_synthetic
+@pytest.fixture(params=["small_synthetic", "small_synthetic_v4"], ids=["v3", "v4"])
+def any_small_synthetic(request):
+    """The small split of conftest, drawn by generator version 3 or 4."""
+    return request.getfixturevalue(request.param)
+
+
+def test_json_loads_with_pycocotools(any_small_synthetic):
+    _, paths, coco = any_small_synthetic
     api = COCO(paths["json_file"])
     assert len(api.getImgIds()) == SMALL_NUM_IMAGES
     assert api.getCatIds(catNms=["person"]) == [1]
@@ -40,8 +46,8 @@ def test_json_loads_with_pycocotools(small_synthetic):
         assert anno["area"] > 0
 
 
-def test_keypoint_visibility_rules(small_synthetic):
-    _, _, coco = small_synthetic
+def test_keypoint_visibility_rules(any_small_synthetic):
+    _, _, coco = any_small_synthetic
     sizes = {img["id"]: (img["width"], img["height"]) for img in coco["images"]}
     for anno in coco["annotations"]:
         w, h = sizes[anno["image_id"]]
@@ -56,8 +62,8 @@ def test_keypoint_visibility_rules(small_synthetic):
         assert anno["num_keypoints"] == int(labelled.sum())
 
 
-def test_bbox_inside_image_and_around_keypoints(small_synthetic):
-    _, _, coco = small_synthetic
+def test_bbox_inside_image_and_around_keypoints(any_small_synthetic):
+    _, _, coco = any_small_synthetic
     sizes = {img["id"]: (img["width"], img["height"]) for img in coco["images"]}
     for anno in coco["annotations"]:
         w, h = sizes[anno["image_id"]]

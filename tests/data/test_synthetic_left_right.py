@@ -20,18 +20,23 @@ from depotr.data.augmentation import build_albumentations
 from depotr.data.dataset_mapper import DePOTRDatasetMapper
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 from depotr.data.synthetic import render_synthetic_image
+from depotr.data.synthetic_v4 import render_synthetic_image_v4
 
 IDX = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
-NUM_IMAGES = 60
+# Images per generator version: v4's persons are more often cut or covered, so fewer show both
+# upper arms (v = 2).
+NUM_IMAGES = {3: 60, 4: 120}
 
 
-@pytest.fixture(scope="module")
-def dataset_dicts(tmp_path_factory):
-    """Detectron2 dataset dicts (with each person's yaw / in-plane rotation) of rendered images."""
+@pytest.fixture(scope="module", params=[3, 4], ids=["v3", "v4"])
+def dataset_dicts(tmp_path_factory, request):
+    """Detectron2 dataset dicts (with each person's yaw / in-plane rotation) of images rendered
+    by generator version 3 or 4."""
+    render = {3: render_synthetic_image, 4: render_synthetic_image_v4}[request.param]
     root = tmp_path_factory.mktemp("left_right")
     dicts = []
-    for i in range(NUM_IMAGES):
-        image, annos = render_synthetic_image(seed=11, split_code=0, index=i)
+    for i in range(NUM_IMAGES[request.param]):
+        image, annos = render(seed=11, split_code=0, index=i)
         path = str(root / f"{i}.png")  # lossless: the test reads pixel shades
         cv2.imwrite(path, image)
         # COCO pixel-index keypoints -> Detectron2's continuous convention, as load_coco_json.

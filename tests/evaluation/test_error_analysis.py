@@ -369,20 +369,27 @@ def test_results_are_not_modified(gt):
     assert results == before
 
 
-def test_cli_reports_the_mean_pose_baseline(tmp_path, capsys):
-    from depotr.evaluation.baselines import mean_pose_baseline_metrics
-
+def cli_case_with_baseline(tmp_path):
+    """Writes a random case's gt and results; returns (gt, the tool's arguments with the gt as
+    the baseline's training set, the output folder)."""
     gt, results = _random_case(np.random.default_rng(4))
     paths = {name: tmp_path / f"{name}.json" for name in ("gt", "results")}
     paths["gt"].write_text(json.dumps(gt))
     paths["results"].write_text(json.dumps(results))
     out = tmp_path / "analysis"
     args = ["--gt", str(paths["gt"]), "--results", str(paths["results"]), "--output", str(out)]
-    assert _tool().main(args + ["--baseline-train-gt", str(paths["gt"])]) == 0
+    return gt, args + ["--baseline-train-gt", str(paths["gt"])], out
+
+
+def test_cli_reports_the_mean_pose_baseline(tmp_path, capsys):
+    from depotr.evaluation.baselines import mean_pose_baseline_metrics
+
+    gt, args, out = cli_case_with_baseline(tmp_path)
+    assert _tool().main(args) == 0
     baseline = json.loads((out / "mean_pose_baseline.json").read_text())
     assert baseline == pytest.approx(mean_pose_baseline_metrics(gt, gt))
     assert f"mean-pose baseline (no model): AP {baseline['AP']:.1f}" in capsys.readouterr().out
-    assert _tool().main(args + ["--baseline-train-gt", str(tmp_path / "missing.json")]) == 1
+    assert _tool().main(args[:-1] + [str(tmp_path / "missing.json")]) == 1
     assert "missing.json" in capsys.readouterr().err
 
 

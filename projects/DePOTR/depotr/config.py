@@ -269,6 +269,9 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES = 2000
     cfg.DATASETS.SYNTHETIC.NUM_VAL_IMAGES = 200
     cfg.DATASETS.SYNTHETIC.SEED = 0
+    # Generator version of synthetic_persons_train / _val (3 or 4: depotr.data.synthetic /
+    # synthetic_v4); synthetic_persons_v<k>_train / _val name every version's split.
+    cfg.DATASETS.SYNTHETIC.GENERATOR_VERSION = 3
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -1,6 +1,7 @@
 """DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper, augmentation.
 
 Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
+``synthetic_persons_v<k>_train`` / ``_val`` of every generator version k, and
 ``synthetic_mpii_train`` / ``_val`` (default ``DATASETS.SYNTHETIC`` values; images are generated
 on the first ``DatasetCatalog.get``), ``mpii_train`` / ``mpii_val`` and ``crowdpose_*`` (files
 read on the first ``DatasetCatalog.get``). OKS sigmas are not dataset metadata: they come with the

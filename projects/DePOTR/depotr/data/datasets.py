@@ -4,7 +4,9 @@ N persons (or detections) per image, K = 17 keypoints.
 
 * ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
   (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get`` into a cache
-  entry of its spec (:mod:`depotr.data.synthetic_cache`).
+  entry of its spec (:mod:`depotr.data.synthetic_cache`) by the configured generator version
+  (``DATASETS.SYNTHETIC.GENERATOR_VERSION``); ``synthetic_persons_v<k>_train`` / ``_val``: the
+  same spec drawn by generator version k, for every version (e.g. v3's val beside v4's).
 * :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
 * :func:`attach_precomputed_boxes`: person detections from a COCO results json. Not Detectron2's
   ``load_proposals_into_dataset``: that reads its own pkl (ids, boxes, objectness logits), and the
@@ -33,7 +35,8 @@ from detectron2.structures import BoxMode
 
 from .keypoint_metadata import coco_person_metadata
 from .synthetic import DEFAULT_IMAGE_SIZE
-from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
+from .synthetic import GENERATOR_VERSION as DEFAULT_GENERATOR_VERSION
+from .synthetic_cache import RENDERERS, check_generator_version, ensure_synthetic_split, synthetic_split_paths
 from .synthetic_mpii import register_synthetic_mpii_datasets
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ __all__ = [
     "register_default_synthetic_datasets",
     "register_synthetic_datasets_from_cfg",
     "resolve_synthetic_root",
+    "versioned_synthetic_name",
 ]
 
 # Split -> registered dataset name.
@@ -74,19 +78,36 @@ def resolve_synthetic_root(root: str) -> str:
 
 
 def _load_synthetic_split(
-    name: str, root: str, split: str, num_images: int, seed: int, image_size: int
+    name: str,
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int,
+    version: int = DEFAULT_GENERATOR_VERSION,
 ) -> List[Dict[str, Any]]:
-    json_file = ensure_synthetic_split(root, split, num_images, seed, image_size)
-    paths = synthetic_split_paths(root, split, num_images, seed, image_size)
+    json_file = ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)
+    paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
     # "id" is kept so that errors can name the annotation.
     return load_coco_json(json_file, paths["image_root"], name, extra_annotation_keys=["id"])
 
 
+def versioned_synthetic_name(split: str, version: int) -> str:
+    """Registered name of a split drawn by generator ``version``, e.g. ``synthetic_persons_v3_val``."""
+    return SYNTHETIC_DATASET_NAMES[split].replace("synthetic_persons_", f"synthetic_persons_v{int(version)}_")
+
+
 def register_synthetic_datasets(
-    root: str, num_train: int, num_val: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+    root: str,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    version: int = DEFAULT_GENERATOR_VERSION,
 ) -> None:
-    """(Re)registers ``synthetic_persons_train`` / ``_val`` (and ``synthetic_mpii_train`` /
-    ``_val``) in Detectron2's catalogs.
+    """(Re)registers ``synthetic_persons_train`` / ``_val`` (generator ``version``),
+    ``synthetic_persons_v<k>_train`` / ``_val`` (every generator version k) and
+    ``synthetic_mpii_train`` / ``_val`` in Detectron2's catalogs.
 
     Cheap: the images are generated (or a complete cache reused) on the first
     ``DatasetCatalog.get``. Earlier registrations of these names are replaced.
@@ -95,17 +116,24 @@ def register_synthetic_datasets(
         root: ``DATASETS.SYNTHETIC.ROOT`` (see :func:`resolve_synthetic_root`).
         num_train, num_val: images per split. seed: ``DATASETS.SYNTHETIC.SEED``.
         image_size: side S of the square images.
+        version: ``DATASETS.SYNTHETIC.GENERATOR_VERSION``.
     """
     root = resolve_synthetic_root(root)
-    for split, num_images in (("train", num_train), ("val", num_val)):
-        name = SYNTHETIC_DATASET_NAMES[split]
+    version = check_generator_version(version)
+    entries = [(SYNTHETIC_DATASET_NAMES[split], split, version) for split in SYNTHETIC_DATASET_NAMES]
+    entries += [
+        (versioned_synthetic_name(split, k), split, k) for k in sorted(RENDERERS) for split in SYNTHETIC_DATASET_NAMES
+    ]
+    sizes = {"train": num_train, "val": num_val}
+    for name, split, k in entries:
+        num_images = sizes[split]
         if name in DatasetCatalog:
             DatasetCatalog.remove(name)
         if name in MetadataCatalog:
             MetadataCatalog.remove(name)
-        args = (name, root, split, int(num_images), int(seed), int(image_size))
+        args = (name, root, split, int(num_images), int(seed), int(image_size), k)
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
-        paths = synthetic_split_paths(root, split, int(num_images), int(seed), int(image_size))
+        paths = synthetic_split_paths(root, split, int(num_images), int(seed), int(image_size), k)
         MetadataCatalog.get(name).set(
             json_file=paths["json_file"],
             image_root=paths["image_root"],
@@ -119,7 +147,9 @@ def register_synthetic_datasets(
 def register_synthetic_datasets_from_cfg(cfg) -> None:
     """:func:`register_synthetic_datasets` with ``cfg.DATASETS.SYNTHETIC``."""
     syn = cfg.DATASETS.SYNTHETIC
-    register_synthetic_datasets(syn.ROOT, syn.NUM_TRAIN_IMAGES, syn.NUM_VAL_IMAGES, syn.SEED)
+    register_synthetic_datasets(
+        syn.ROOT, syn.NUM_TRAIN_IMAGES, syn.NUM_VAL_IMAGES, syn.SEED, version=syn.GENERATOR_VERSION
+    )
 
 
 def register_default_synthetic_datasets() -> None:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -123,6 +123,13 @@ EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {
 # swing in opposition), "arms" = walk with each arm anywhere within its limits, "sit" =
 # sitting or crouching, "free" = every angle near rest (50 %) or anywhere within its limits.
 _POSE_KINDS = (("walk", 0.6), ("arms", 0.15), ("sit", 0.1), ("free", 0.15))
+# Pose kinds that draw some joints from their own (mean, standard deviation) in degrees instead of
+# EVERYDAY_POSE_DEG ("bend" and "raise" are generator version 4's: bending forward, arms raised).
+_KIND_POSE_DEG: Dict[str, Dict[str, Tuple[float, float]]] = {
+    "sit": {"hip_flex": (85.0, 15.0), "knee_flex": (90.0, 20.0), "torso_lean": (12.0, 8.0)},
+    "bend": {"torso_lean": (55.0, 15.0), "knee_flex": (15.0, 12.0), "head_pitch": (-15.0, 10.0)},
+    "raise": {"shoulder_flex": (150.0, 20.0), "shoulder_abd": (30.0, 20.0), "elbow_flex": (20.0, 20.0)},
+}
 _PER_SIDE_JOINTS = {
     k for k in JOINT_LIMITS_DEG if k.split("_")[0] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 }
@@ -191,14 +198,18 @@ def _rz(a: float) -> np.ndarray:
 _DOWN = np.array([0.0, -1.0, 0.0])
 
 
-def _sample_pose(rng: np.random.Generator) -> Dict[str, float]:
+def _sample_pose(
+    rng: np.random.Generator,
+    kinds: Sequence[Tuple[str, float]] = _POSE_KINDS,
+    limits: Dict[str, Tuple[float, float, float]] = JOINT_LIMITS_DEG,
+) -> Dict[str, float]:
     """Joint angles in radians; per-side joints get ``left_`` / ``right_`` prefixes. The kind
-    of pose is drawn from ``_POSE_KINDS``; the prior is the same for both sides (mirror
-    symmetric)."""
-    kind = str(rng.choice([k for k, _ in _POSE_KINDS], p=[p for _, p in _POSE_KINDS]))
+    of pose is drawn from ``kinds`` ((name, probability) pairs), angles are clipped to ``limits``;
+    the prior is the same for both sides (mirror symmetric)."""
+    kind = str(rng.choice([k for k, _ in kinds], p=[p for _, p in kinds]))
     swing = float(rng.uniform(-30.0, 30.0)) if kind in ("walk", "arms") else 0.0  # gait phase
     pose: Dict[str, float] = {}
-    for joint, (lo, hi, rest) in JOINT_LIMITS_DEG.items():
+    for joint, (lo, hi, rest) in limits.items():
         mean, std = EVERYDAY_POSE_DEG[joint]
         sides = [(side, sgn) for side, sgn in _SIDES] if joint in _PER_SIDE_JOINTS else [("", 0.0)]
         for side, sgn in sides:
@@ -207,8 +218,8 @@ def _sample_pose(rng: np.random.Generator) -> Dict[str, float]:
                 a = rest + rng.normal(0.0, 0.15 * (hi - lo)) if rng.random() < 0.5 else rng.uniform(lo, hi)
             elif kind == "arms" and joint.split("_")[0] in ("shoulder", "elbow"):
                 a = rng.uniform(lo, hi)
-            elif kind == "sit" and joint in ("hip_flex", "knee_flex", "torso_lean"):
-                a = rng.normal(*{"hip_flex": (85.0, 15.0), "knee_flex": (90.0, 20.0), "torso_lean": (12.0, 8.0)}[joint])
+            elif joint in _KIND_POSE_DEG.get(kind, {}):
+                a = rng.normal(*_KIND_POSE_DEG[kind][joint])
             else:
                 a = rng.normal(mean, std)
                 if joint == "hip_flex":  # the swing leg forward, the other back
@@ -441,19 +452,33 @@ class _Person:
     roll: float
 
 
-def _make_person(rng: np.random.Generator, stature_px: float) -> Tuple[_Person, np.ndarray]:
+def _make_person(
+    rng: np.random.Generator,
+    stature_px: float,
+    pose_kinds: Sequence[Tuple[str, float]] = _POSE_KINDS,
+    limits: Dict[str, Tuple[float, float, float]] = JOINT_LIMITS_DEG,
+    pitch_deg: float = 0.0,
+    distance: Optional[float] = None,
+) -> Tuple[_Person, np.ndarray]:
     """Poses a figure with its pelvis at the image origin; returns it and its rough extent
-    (x0, y0, x1, y1) relative to the pelvis."""
-    shape, pose = _sample_shape(rng), _sample_pose(rng)
+    (x0, y0, x1, y1) relative to the pelvis.
+
+    The camera looks at the pelvis, tilted by ``pitch_deg`` (+: from above); ``distance`` (in
+    statures) makes the projection perspective (points nearer the camera drawn larger:
+    foreshortening), ``None`` orthographic. ``pose_kinds`` and ``limits``: :func:`_sample_pose`.
+    """
+    shape, pose = _sample_shape(rng), _sample_pose(rng, pose_kinds, limits)
     pts, r_head = _pose_body(shape, pose)
     if rng.random() < 0.85:
         yaw = rng.uniform(-100.0, 100.0)
     else:
         yaw = rng.uniform(130.0, 230.0)
     roll = float(np.clip(rng.normal(0.0, 8.0), -30, 30)) if rng.random() < 0.95 else rng.uniform(-90, 90)
-    cam = _rz(math.radians(roll)) @ _ry(math.radians(yaw))
+    cam = _rz(math.radians(roll)) @ _rx(math.radians(pitch_deg)) @ _ry(math.radians(yaw))
     names = list(pts)
     xyz = np.stack([pts[n] for n in names]) @ cam.T
+    if distance is not None:  # perspective: x, y scaled by distance / (distance - z)
+        xyz[:, :2] *= (distance / np.maximum(distance - xyz[:, 2], 0.2 * distance))[:, None]
     head_rot = cam @ r_head
     s = stature_px
     xy = np.stack([xyz[:, 0] * s, -xyz[:, 1] * s], 1)
@@ -548,9 +573,17 @@ def _draw_head(
             _draw_disc(img, None, m, 1.4 * r_feat, (40, 40, 150), axes=(1.0, 0.4), angle=person.roll)
 
 
-def _render_person(img: np.ndarray, person: _Person, rng: np.random.Generator) -> np.ndarray:
-    """Draws one figure far-to-near onto ``img``; returns its own part-label layer (S, S) uint8
-    (0 = not this figure, 1 + part otherwise), before other figures or occluders."""
+# Extra garments of a figure: called with the figure and its colours ("skin", "shirt", "pants"),
+# returns (depth, part, polygon (P, 2), colour) of each polygon to draw among the parts.
+ExtraParts = Callable[[_Person, Dict[str, np.ndarray]], List[Tuple[float, int, np.ndarray, np.ndarray]]]
+
+
+def _render_person(
+    img: np.ndarray, person: _Person, rng: np.random.Generator, extra_parts: Optional[ExtraParts] = None
+) -> np.ndarray:
+    """Draws one figure far-to-near onto ``img`` (with the polygons of ``extra_parts``, if
+    given); returns its own part-label layer (S, S) uint8 (0 = not this figure, 1 + part
+    otherwise), before other figures or occluders."""
     sh, s = person.shape, person.scale
     P = person.points2d
     Z = person.depth
@@ -609,6 +642,15 @@ def _render_person(img: np.ndarray, person: _Person, rng: np.random.Generator) -
         limb(_THIGH + k, f"{side}_hip", f"{side}_knee", sh["w_thigh"], sh["w_knee"], pants, -0.005)
         limb(_SHIN + k, f"{side}_knee", f"{side}_ankle", sh["w_knee"], sh["w_ankle"], shin_col, -0.004)
         limb(_FOOT + k, f"{side}_heel", f"{side}_toe", sh["w_foot"], sh["w_foot"] * 0.8, shoes, -0.003)
+    if extra_parts is not None:
+        for depth, part, poly, colour in extra_parts(person, {"skin": skin, "shirt": shirt, "pants": pants}):
+            items.append(
+                (
+                    depth,
+                    len(items),
+                    lambda poly=poly, colour=colour, part=part: _draw_polygon(img, layer, poly, colour, part + 1),
+                )
+            )
     for _, _, draw in sorted(items, key=lambda it: (it[0], it[1])):
         draw()
     return layer
@@ -698,6 +740,91 @@ def _sensor_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     return _NOISE_BANK[oy : oy + size, ox : ox + size]
 
 
+def _place(person: _Person, extent: np.ndarray, cx: float, cy: float) -> None:
+    """Moves a figure of :func:`_make_person` so that its extent's centre is at (cx, cy)."""
+    person.origin = np.array([cx - (extent[0] + extent[2]) / 2, cy - (extent[1] + extent[3]) / 2])
+    person.points2d = {k: v + person.origin for k, v in person.points2d.items()}
+
+
+def _composite(labels: np.ndarray, layer: np.ndarray, i: int) -> np.ndarray:
+    """The label map with person ``i``'s part layer drawn over it."""
+    return np.where(layer > 0, layer + i * _PARTS_PER_PERSON, labels).astype(np.uint8)
+
+
+def _keypoint_positions(persons: Sequence[_Person], size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K, 2) image positions of the persons' keypoints, (N, K) whether each is labelled by
+    the camera-facing rule (before occlusion), and (N, K) whether it lies inside the image."""
+    n = len(persons)
+    kp_xy = np.zeros((n, _NUM_KP, 2))
+    kp_labelled = np.ones((n, _NUM_KP), bool)
+    for i, person in enumerate(persons):
+        face = _face_landmarks(person)
+        for name, k in _KP.items():
+            if name in face:
+                kp_xy[i, k], kp_labelled[i, k] = face[name]
+            else:
+                kp_xy[i, k] = person.points2d[name]
+    inside = (kp_xy >= 0).all(-1) & (kp_xy <= size - 1).all(-1)
+    return kp_xy, kp_labelled, inside
+
+
+def _sensor(img: np.ndarray, rng: np.random.Generator, blur_prob: float = 0.15) -> np.ndarray:
+    """A 3x3 Gaussian blur with probability ``blur_prob``, then Gaussian sensor noise."""
+    if rng.random() < blur_prob:
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+    noise = _sensor_noise(rng, img.shape[0]) * rng.uniform(2.0, 7.0)
+    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def _annotate(
+    persons: Sequence[_Person],
+    layers: Sequence[np.ndarray],
+    labels: np.ndarray,
+    kp_xy: np.ndarray,
+    kp_labelled: np.ndarray,
+    inside: np.ndarray,
+    extra: Optional[Sequence[Dict[str, Any]]] = None,
+) -> List[Dict[str, Any]]:
+    """COCO annotations of the persons (visibility from the final label map ``labels``; persons
+    of fewer than 50 own pixels are left out); ``extra[i]`` is merged into person i's
+    ``synthetic`` field."""
+    annotations = []
+    for i, person in enumerate(persons):
+        mask = layers[i] > 0
+        area = int(mask.sum())
+        if area < 50:
+            continue
+        cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
+        bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+        kps: List[float] = []
+        for name, k in _KP.items():
+            x, y = kp_xy[i, k]
+            if not (kp_labelled[i, k] and inside[i, k]) or (round(x, 2) == 0 and round(y, 2) == 0):
+                kps += [0.0, 0.0, 0]
+                continue
+            lab = int(labels[int(round(y)), int(round(x))])
+            own = {1 + i * _PARTS_PER_PERSON + p for p in _keypoint_owners(name, person)}
+            kps += [round(float(x), 2), round(float(y), 2), 2 if lab in own else 1]
+        synthetic = {
+            "yaw_deg": round(person.yaw, 2),
+            "rotation_deg": round(person.roll, 2),
+            "stature_px": round(person.scale, 2),
+        }
+        synthetic.update(extra[i] if extra is not None else {})
+        annotations.append(
+            {
+                "bbox": bbox,
+                "area": area,
+                "iscrowd": 0,
+                "category_id": 1,
+                "keypoints": kps,
+                "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
+                "synthetic": synthetic,
+            }
+        )
+    return annotations
+
+
 def render_synthetic_image(
     seed: int, split_code: int, index: int, image_size: int = DEFAULT_IMAGE_SIZE
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
@@ -732,26 +859,13 @@ def render_synthetic_image(
                 cx += push
             else:
                 cy += push
-        # cx, cy are the extent's centre; move the pelvis accordingly.
-        person.origin = np.array([cx - (ext[0] + ext[2]) / 2, cy - (ext[1] + ext[3]) / 2])
-        person.points2d = {k: v + person.origin for k, v in person.points2d.items()}
+        _place(person, ext, cx, cy)
         layer = _render_person(img, person, rng)
-        labels = np.where(layer > 0, layer + i * _PARTS_PER_PERSON, labels).astype(np.uint8)
+        labels = _composite(labels, layer, i)
         persons.append(person)
         layers.append(layer)
 
-    # Keypoints labelled by the camera-facing rule (before occlusion).
-    kp_xy = np.zeros((n, _NUM_KP, 2))
-    kp_labelled = np.ones((n, _NUM_KP), bool)
-    for i, person in enumerate(persons):
-        face = _face_landmarks(person)
-        for name, k in _KP.items():
-            if name in face:
-                kp_xy[i, k], kp_labelled[i, k] = face[name]
-            else:
-                kp_xy[i, k] = person.points2d[name]
-    inside = (kp_xy >= 0).all(-1) & (kp_xy <= size - 1).all(-1)
-
+    kp_xy, kp_labelled, inside = _keypoint_positions(persons, size)
     for _ in range(int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15]))):
         i = int(rng.integers(n))
         cand = np.nonzero(inside[i] & kp_labelled[i])[0]
@@ -761,41 +875,5 @@ def render_synthetic_image(
         center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
         _draw_occluder(img, labels, rng, center, size_px)
 
-    if rng.random() < 0.15:
-        img = cv2.GaussianBlur(img, (3, 3), 0)
-    noise = _sensor_noise(rng, size) * rng.uniform(2.0, 7.0)
-    img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-
-    annotations = []
-    for i, person in enumerate(persons):
-        mask = layers[i] > 0
-        area = int(mask.sum())
-        if area < 50:
-            continue
-        cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
-        bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-        kps: List[float] = []
-        for name, k in _KP.items():
-            x, y = kp_xy[i, k]
-            if not (kp_labelled[i, k] and inside[i, k]) or (round(x, 2) == 0 and round(y, 2) == 0):
-                kps += [0.0, 0.0, 0]
-                continue
-            lab = int(labels[int(round(y)), int(round(x))])
-            own = {1 + i * _PARTS_PER_PERSON + p for p in _keypoint_owners(name, person)}
-            kps += [round(float(x), 2), round(float(y), 2), 2 if lab in own else 1]
-        annotations.append(
-            {
-                "bbox": bbox,
-                "area": area,
-                "iscrowd": 0,
-                "category_id": 1,
-                "keypoints": kps,
-                "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
-                "synthetic": {
-                    "yaw_deg": round(person.yaw, 2),
-                    "rotation_deg": round(person.roll, 2),
-                    "stature_px": round(person.scale, 2),
-                },
-            }
-        )
-    return img, annotations
+    img = _sensor(img, rng)
+    return img, _annotate(persons, layers, labels, kp_xy, kp_labelled, inside)

@@ -2,7 +2,7 @@
 
 Cache layout: one folder (an *entry*) per dataset spec, never changed once written::
 
-    <root>/<split>-n<num_images>-s<seed>-<image_size>px-v<GENERATOR_VERSION>/
+    <root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>/
         images/000000.jpg ...   the BGR JPEGs
         annotations.json        COCO person keypoints
         MANIFEST.json           the spec, and every file with its size in bytes
@@ -26,17 +26,20 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from ..file_io import TEMPORARY_PREFIX, temporary_path
 from .synthetic import DEFAULT_IMAGE_SIZE, GENERATOR_VERSION, SPLIT_CODES, coco_categories, render_synthetic_image
+from .synthetic_v4 import render_synthetic_image_v4
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RENDERERS",
+    "check_generator_version",
     "ensure_synthetic_split",
     "generate_synthetic_split",
     "synthetic_entry_name",
@@ -47,19 +50,38 @@ __all__ = [
 MANIFEST_NAME = "MANIFEST.json"
 ANNOTATIONS_NAME = "annotations.json"
 IMAGES_DIR = "images"
+# Generator version -> its renderer (seed, split code, index, image size) -> (image, annotations).
+RENDERERS: Dict[int, Callable[[int, int, int, int], Tuple[np.ndarray, List[Dict[str, Any]]]]] = {
+    GENERATOR_VERSION: render_synthetic_image,
+    4: render_synthetic_image_v4,
+}
 
 
-def synthetic_entry_name(split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE) -> str:
-    """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v2``."""
-    return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{GENERATOR_VERSION}"
+def check_generator_version(version: int) -> int:
+    """``version`` as an int; raises naming the known versions when there is no such generator."""
+    if int(version) not in RENDERERS:
+        raise ValueError(f"unknown synthetic generator version {version!r}; expected one of {sorted(RENDERERS)}")
+    return int(version)
+
+
+def synthetic_entry_name(
+    split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE, version: int = GENERATOR_VERSION
+) -> str:
+    """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v3``."""
+    return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{check_generator_version(version)}"
 
 
 def synthetic_split_paths(
-    root: str, split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    version: int = GENERATOR_VERSION,
 ) -> Dict[str, str]:
     """Paths of a spec's cache entry inside ``root``: ``split_dir`` (the entry), ``json_file``,
     ``image_root`` and ``manifest``."""
-    split_dir = os.path.join(root, synthetic_entry_name(split, num_images, seed, image_size))
+    split_dir = os.path.join(root, synthetic_entry_name(split, num_images, seed, image_size, version))
     return {
         "split_dir": split_dir,
         "json_file": os.path.join(split_dir, ANNOTATIONS_NAME),
@@ -68,9 +90,9 @@ def synthetic_split_paths(
     }
 
 
-def _spec(split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
+def _spec(split: str, num_images: int, seed: int, image_size: int, version: int) -> Dict[str, Any]:
     return {
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": int(version),
         "split": split,
         "seed": int(seed),
         "num_images": int(num_images),
@@ -90,10 +112,10 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _render_job(args: Tuple[int, int, int, int, str, int]) -> Tuple[Dict[str, Any], List[Dict[str, Any]], int]:
+def _render_job(args: Tuple[int, int, int, int, str, int, int]) -> Tuple[Dict[str, Any], List[Dict[str, Any]], int]:
     """Renders and writes one image; returns its COCO image entry, annotations and file size."""
-    seed, split_code, index, image_size, image_root, quality_seed = args
-    img, annos = render_synthetic_image(seed, split_code, index, image_size)
+    seed, split_code, index, image_size, image_root, quality_seed, version = args
+    img, annos = RENDERERS[version](seed, split_code, index, image_size)
     file_name = f"{index:06d}.jpg"
     path = os.path.join(image_root, file_name)
     quality = 80 + (quality_seed % 16)
@@ -110,14 +132,16 @@ def generate_synthetic_split(
     seed: int,
     image_size: int = DEFAULT_IMAGE_SIZE,
     num_workers: Optional[int] = None,
+    version: int = GENERATOR_VERSION,
 ) -> str:
-    """Renders a split into the new or empty folder ``out_dir`` (``images/``,
-    ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No locking and no
-    atomicity: :func:`ensure_synthetic_split` adds both.
+    """Renders a split with generator ``version`` into the new or empty folder ``out_dir``
+    (``images/``, ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No
+    locking and no atomicity: :func:`ensure_synthetic_split` adds both.
 
     ``num_workers`` processes (default: the CPU count, at most 8) render images in parallel;
     the output does not depend on it.
     """
+    version = check_generator_version(version)
     if split not in SPLIT_CODES:
         raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -129,7 +153,8 @@ def generate_synthetic_split(
     quality_rng = np.random.default_rng([int(seed), SPLIT_CODES[split], 2**31 - 1])
     qualities = quality_rng.integers(0, 2**31 - 1, max(num_images, 1))
     jobs = [
-        (int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i])) for i in range(num_images)
+        (int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i]), version)
+        for i in range(num_images)
     ]
     start = time.perf_counter()
     if num_workers <= 1 or num_images < 32:
@@ -151,7 +176,7 @@ def generate_synthetic_split(
     dataset = {
         "info": {
             "description": f"DePOTR synthetic persons ({split})",
-            "version": str(GENERATOR_VERSION),
+            "version": str(version),
             "seed": int(seed),
         },
         "licenses": [],
@@ -164,14 +189,15 @@ def generate_synthetic_split(
         json.dump(dataset, f)
     files[ANNOTATIONS_NAME] = os.path.getsize(json_file)
     seconds = time.perf_counter() - start
-    manifest = _spec(split, num_images, seed, image_size)
+    manifest = _spec(split, num_images, seed, image_size, version)
     manifest.update(num_annotations=len(annotations), seconds=round(seconds, 2), num_workers=num_workers, files=files)
     with open(os.path.join(out_dir, MANIFEST_NAME), "w") as f:
         json.dump(manifest, f)
     logger.info(
-        "Generated %d synthetic %s images (%d persons) in %s in %.1f s (%.0f images/s, %d workers).",
+        "Generated %d synthetic %s images (generator v%d, %d persons) in %s in %.1f s (%.0f images/s, %d workers).",
         num_images,
         split,
+        version,
         len(annotations),
         out_dir,
         seconds,
@@ -182,7 +208,12 @@ def generate_synthetic_split(
 
 
 def verify_synthetic_split(
-    paths: Dict[str, str], split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE
+    paths: Dict[str, str],
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    version: int = GENERATOR_VERSION,
 ) -> None:
     """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`):
     the manifest matches the spec, every file it lists exists with its size, and
@@ -203,7 +234,7 @@ def verify_synthetic_split(
         raise fail(f"{MANIFEST_NAME} is missing") from None
     except ValueError as e:
         raise fail(f"{MANIFEST_NAME} is not valid json ({e})") from None
-    expected = _spec(split, num_images, seed, image_size)
+    expected = _spec(split, num_images, seed, image_size, version)
     if not isinstance(manifest, dict) or ANNOTATIONS_NAME not in manifest.get("files", {}):
         raise fail(f"{MANIFEST_NAME} has no 'files' table listing {ANNOTATIONS_NAME}")
     differs = {k: manifest.get(k) for k, v in expected.items() if manifest.get(k) != v}
@@ -241,13 +272,14 @@ def ensure_synthetic_split(
     seed: int,
     image_size: int = DEFAULT_IMAGE_SIZE,
     num_workers: Optional[int] = None,
+    version: int = GENERATOR_VERSION,
 ) -> str:
-    """Returns the json of a spec's cache entry in ``root``, rendering the entry first when it
-    does not exist (see the module docstring), and checks it with
+    """Returns the json of a spec's cache entry in ``root`` (generator ``version``), rendering
+    the entry first when it does not exist (see the module docstring), and checks it with
     :func:`verify_synthetic_split`."""
     if split not in SPLIT_CODES:
         raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
-    paths = synthetic_split_paths(root, split, num_images, seed, image_size)
+    paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
     entry = paths["split_dir"]
     if not os.path.isdir(entry):
         os.makedirs(root, exist_ok=True)
@@ -259,9 +291,9 @@ def ensure_synthetic_split(
                 tmp_dir = temporary_path(entry)
                 os.mkdir(tmp_dir)
                 try:
-                    generate_synthetic_split(tmp_dir, split, num_images, seed, image_size, num_workers)
+                    generate_synthetic_split(tmp_dir, split, num_images, seed, image_size, num_workers, version)
                     os.rename(tmp_dir, entry)
                 finally:
                     shutil.rmtree(tmp_dir, ignore_errors=True)
-    verify_synthetic_split(paths, split, num_images, seed, image_size)
+    verify_synthetic_split(paths, split, num_images, seed, image_size, version)
     return paths["json_file"]

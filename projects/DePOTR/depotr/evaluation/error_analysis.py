@@ -39,6 +39,15 @@ the score channel is kept); ``BckgFP``: the results still unmatched at OKS 0.1 a
 keypoint corrections (background false positives) are removed; ``FN``: the ground-truth persons
 still unmatched at OKS 0.1 after that (false negatives) are removed from the ground truth.
 
+Bins (:func:`analyze_bins`). The persons are split by size, truncation, occlusion and crowding
+(:mod:`depotr.data.person_bins`, from COCO's standard fields). A bin's AP is COCOeval's with the
+persons outside the bin ignored (``num_keypoints`` set to 0: results matched to them are ignored,
+as for COCO's area ranges) and without the results meant for them: a result is meant for the
+person it is matched to at ``MATCH_OKS``, else for the person of its image whose box holds most
+of its keypoints (the smallest such box); a result inside no box is a background false positive in every bin. A bin's
+error breakdown is the share of each keypoint class among the keypoints of the results matched
+to its persons (classified with all persons present).
+
 Differences from the coco-analyze code: it corrects in the order Miss, Swap, Inversion, Jitter
 (the intermediate APs differ, the AP after all four does not), moves jittered keypoints to
 ks = 0.85 and missed ones to ks = 0.5 rather than onto the ground truth, finds false positives
@@ -60,6 +69,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.keypoint_metadata import table_flip_indices
+from ..data.person_bins import BINS, person_bins
 from ..modeling.oks import keypoint_similarity
 
 METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -106,6 +116,7 @@ class ResultsAnalysis:
     keypoint_labels: Dict[int, np.ndarray]
     num_background_fp: int
     num_false_negatives: int
+    matched: Dict[int, int]  # result index -> id of the ground-truth person it is matched to
 
     def keypoint_counts(self) -> Dict[str, int]:
         """Number of classified keypoints per class of ``KEYPOINT_CLASSES``."""
@@ -459,4 +470,80 @@ def analyze_keypoint_results(
         keypoint_labels=labels,
         num_background_fp=len(background),
         num_false_negatives=len(false_negatives),
+        matched=matching.matched,
     )
+
+
+def _in_bin_only(gt: Dict[str, Any], keep: set) -> Dict[str, Any]:
+    """``gt`` with the persons whose id is not in ``keep`` ignored (``num_keypoints`` 0)."""
+    return {**gt, "annotations": [a if a["id"] in keep else {**a, "num_keypoints": 0} for a in gt["annotations"]]}
+
+
+def _intended_persons(
+    gt: Dict[str, Any], results: List[Dict[str, Any]], matched: Dict[int, int]
+) -> List[Optional[int]]:
+    """Per result, the id of the person it is meant for (module docstring), ``None`` for none."""
+    boxes: Dict[Any, List[Tuple[int, List[float]]]] = {}
+    for ann in gt["annotations"]:
+        boxes.setdefault(ann["image_id"], []).append((ann["id"], ann["bbox"]))
+    owners: List[Optional[int]] = []
+    for index, result in enumerate(results):
+        if index in matched:
+            owners.append(matched[index])
+            continue
+        xy = _keypoints(result)[:, :2]
+        best, best_key = None, (0, 0.0)
+        for ann_id, (x, y, w, h) in boxes.get(result["image_id"], []):
+            count = int(((xy[:, 0] >= x) & (xy[:, 0] <= x + w) & (xy[:, 1] >= y) & (xy[:, 1] <= y + h)).sum())
+            if count > 0 and (count, -w * h) > best_key:
+                best, best_key = ann_id, (count, -w * h)
+        owners.append(best)
+    return owners
+
+
+def analyze_bins(
+    gt: Dict[str, Any],
+    results: List[Dict[str, Any]],
+    analysis: ResultsAnalysis,
+    sigmas: Optional[Sequence[float]] = None,
+    baseline_results: Optional[List[Dict[str, Any]]] = None,
+) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """AP and keypoint-class shares per bin (module docstring), beside a baseline's AP.
+
+    Args:
+        gt, results, sigmas: as :func:`analyze_keypoint_results`, which made ``analysis``.
+        baseline_results: e.g. the mean-pose baseline's results (``baselines.mean_pose_results``).
+    Returns:
+        attribute -> bin -> {"persons": analysed persons, "AP" (%, ``None`` without persons),
+        "baseline_AP" (%, with ``baseline_results`` and persons), "keypoints": classified keypoints,
+        "<class>" (%) for each of ``KEYPOINT_CLASSES``}.
+    """
+    sigmas = resolve_sigmas(sigmas, check_ground_truth(gt))
+    bins = person_bins(gt)
+    owners = _intended_persons(gt, results, analysis.matched)
+    baseline_owners = None
+    if baseline_results is not None:
+        baseline_matched = match_results(build_coco(gt), baseline_results, sigmas).matched
+        baseline_owners = _intended_persons(gt, baseline_results, baseline_matched)
+    analysed = {a["id"] for a in gt["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0}
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for attribute, names in BINS.items():
+        out[attribute] = {}
+        for name, _ in names:
+            keep = {i for i in analysed if bins[i][attribute] == name}
+            row: Dict[str, Any] = {"persons": len(keep), "AP": None}
+            if keep:
+                coco_gt = build_coco(_in_bin_only(gt, keep))
+                mine = [r for r, owner in zip(results, owners) if owner is None or owner in keep]
+                row["AP"] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
+                if baseline_results is not None:
+                    mine = [r for r, owner in zip(baseline_results, baseline_owners) if owner is None or owner in keep]
+                    row["baseline_AP"] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
+            labels = [analysis.keypoint_labels[r] for r, g in analysis.matched.items() if g in keep]
+            labels = np.concatenate(labels) if labels else np.zeros(0)
+            labels = labels[labels != UNLABELLED]
+            row["keypoints"] = int(labels.size)
+            for c, class_name in enumerate(KEYPOINT_CLASSES):
+                row[class_name] = 100.0 * float((labels == c).mean()) if labels.size else 0.0
+            out[attribute][name] = row
+    return out

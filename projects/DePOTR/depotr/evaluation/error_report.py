@@ -7,13 +7,13 @@ Shapes: T OKS thresholds, R recall thresholds, S analysis stages (``STAGES``).
 
 import json
 import os
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from .error_analysis import KEYPOINT_CLASSES, MATCH_OKS, METRIC_NAMES, STAGES, ResultsAnalysis, mean_valid
 
-__all__ = ["breakdown_table", "metrics_table", "plot_error_breakdown", "plot_pr_curves", "write_report"]
+__all__ = ["bins_table", "breakdown_table", "metrics_table", "plot_error_breakdown", "plot_pr_curves", "write_report"]
 
 PLOTTED_OKS: Tuple[float, ...] = (0.5, 0.75, 0.95)  # thresholds with a panel in the breakdown PNG
 # Fill colour per stage; the error colours are coco-analyze's.
@@ -48,6 +48,25 @@ def breakdown_table(analysis: ResultsAnalysis) -> str:
         + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
         + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |",
     ]
+    return "\n".join(lines)
+
+
+def bins_table(bins: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
+    """Markdown table of :func:`~depotr.evaluation.error_analysis.analyze_bins`: per bin the
+    persons, AP, the baseline's AP and the share of each keypoint class (%)."""
+
+    def number(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        "| attribute | bin | persons | AP | mean-pose AP | " + " | ".join(KEYPOINT_CLASSES) + " |",
+        "|" + "---|" * (5 + len(KEYPOINT_CLASSES)),
+    ]
+    for attribute, rows in bins.items():
+        for name, row in rows.items():
+            cells = [attribute, name, str(row["persons"]), number(row["AP"]), number(row.get("baseline_AP"))]
+            cells += [number(row[c]) if row["keypoints"] else "-" for c in KEYPOINT_CLASSES]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -123,9 +142,12 @@ def _finish_pr_axes(ax, title: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def write_report(analysis: ResultsAnalysis, output_dir: str) -> Dict[str, str]:
-    """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} into
-    ``output_dir`` (created if needed); returns their paths by name."""
+def write_report(
+    analysis: ResultsAnalysis, output_dir: str, bins: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None
+) -> Dict[str, str]:
+    """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} (and, given the
+    per-bin analysis ``bins``, bins.{json,md}) into ``output_dir`` (created if needed); returns
+    their paths by name."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {
         name: os.path.join(output_dir, name)
@@ -148,4 +170,11 @@ def write_report(analysis: ResultsAnalysis, output_dir: str) -> Dict[str, str]:
         f.write(breakdown_table(analysis) + "\n")
     plot_pr_curves(analysis.precision[0], analysis.oks_thresholds, analysis.recall_thresholds, paths["pr_curves.png"])
     plot_error_breakdown(analysis, paths["error_breakdown.png"])
+    if bins is not None:
+        paths["bins.json"] = os.path.join(output_dir, "bins.json")
+        paths["bins.md"] = os.path.join(output_dir, "bins.md")
+        with open(paths["bins.json"], "w") as f:
+            json.dump(bins, f, indent=2)
+        with open(paths["bins.md"], "w") as f:
+            f.write(bins_table(bins) + "\n")
     return paths

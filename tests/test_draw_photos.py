@@ -1,0 +1,54 @@
+"""tools/draw_photos.py: predictions drawn on the photos shipped in packages, one PNG."""
+
+import importlib.util
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("draw_photos", os.path.join(REPO, "tools", "draw_photos.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_photos_side_by_side_with_skeletons(tmp_path):
+    torch.manual_seed(0)  # the randomly initialised model
+    tool = _tool()
+    out = tmp_path / "photos.png"
+    args = ["--config-file", CONFIG, "--output", str(out), "--height", "96", "--photos", "astronaut", "camera"]
+    assert tool.main(args + ["--box", "camera", "100", "40", "400", "500", "MODEL.DEVICE", "cpu"]) == 0
+    png = cv2.imread(str(out))[:, :, ::-1]
+    assert png.shape == (96, 96 + 96, 3)  # both photos are 512 x 512
+    # The box and the random model's skeleton change the astronaut's panel against the plain photo.
+    plain = cv2.resize(tool.PHOTOS["astronaut"](), (96, 96), interpolation=cv2.INTER_AREA)
+    assert (np.abs(png[:, :96].astype(int) - plain.astype(int)).max(2) > 40).sum() >= 100
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+def test_photo_loaders_give_rgb_uint8():
+    for name, load in _tool().PHOTOS.items():
+        image = load()
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.shape[0] >= 256, name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--photos", "chelsea"], "invalid choice"),
+        (["--box", "chelsea", "0", "0", "1", "1"], "not among the photos"),
+        (["--photos", "camera", "--box", "astronaut", "0", "0", "9", "9"], "not among the photos"),
+        (["--box", "camera", "0", "0", "x", "9"], "are not four numbers"),
+    ],
+)
+def test_bad_boxes_are_errors(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        _tool().main(["--config-file", CONFIG, "--output", str(tmp_path / "p.png")] + extra)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Draws a trained model's predicted skeletons on photos that ship in Python packages, for a look
+at how the model does on real people (no training, tuning or evaluation on them).
+
+    python tools/draw_photos.py --config-file configs/depotr_hm_r18_synthetic_v4.yaml \
+        --output docs/images/photos_v4.png \
+        MODEL.WEIGHTS output/depotr_hm_r18_synthetic_v4/model_final.pth
+
+Photos (``--photos``, default all): ``astronaut`` (scikit-image: an upper-body portrait),
+``camera`` (scikit-image: the cameraman, grey), ``grace_hopper`` (matplotlib's sample data:
+head and shoulders). Each person box is the whole photo (the predictor's single-person mode)
+unless ``--box NAME X0 Y0 X1 Y1`` gives one (XYXY pixels; repeatable). The photos are drawn side
+by side at a common height with Detectron2's ``Visualizer`` into one PNG (written atomically).
+"""
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from detectron2.utils.visualizer import Visualizer
+
+from depotr.config import load_depotr_config
+from depotr.data.keypoint_metadata import coco_person_metadata
+from depotr.file_io import atomic_write
+from depotr.predictor import Predictor
+
+
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def _camera() -> np.ndarray:
+    from skimage import data
+
+    return np.repeat(data.camera()[..., None], 3, axis=2)
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+    from matplotlib.image import imread
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(imread(f, format="jpg"))[..., :3]
+
+
+# Photo name -> loader of the (H, W, 3) uint8 RGB image.
+PHOTOS: Dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": _astronaut,
+    "camera": _camera,
+    "grace_hopper": _grace_hopper,
+}
+
+
+class _Metadata:
+    """The keypoint names, flip map and skeleton colours the ``Visualizer`` reads."""
+
+    def __init__(self):
+        self.__dict__.update(coco_person_metadata())
+        self.thing_classes = ["person"]
+
+    def get(self, name, default=None):
+        return self.__dict__.get(name, default)
+
+
+def draw_photo(predictor: Predictor, image_rgb: np.ndarray, box: Optional[List[float]], height: int) -> np.ndarray:
+    """(height, W', 3) uint8 RGB: ``image_rgb`` with the predicted skeletons, scaled to ``height``."""
+    instances = predictor(image_rgb[:, :, ::-1].copy(), None if box is None else [box])
+    drawn = Visualizer(image_rgb, _Metadata(), scale=1.0).draw_instance_predictions(instances).get_image()
+    width = int(round(drawn.shape[1] * height / drawn.shape[0]))
+    return cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--output", required=True, help="the PNG to write")
+    parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=sorted(PHOTOS))
+    parser.add_argument(
+        "--box", nargs=5, action="append", default=[], metavar=("NAME", "X0", "Y0", "X1", "Y1"), help="a person box"
+    )
+    parser.add_argument("--height", type=int, default=384, help="height of each photo in the PNG")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    args = parser.parse_args(argv)
+    boxes = {}
+    for name, *coords in args.box:
+        if name not in args.photos:
+            parser.error(f"--box names {name!r}, which is not among the photos {args.photos}")
+        try:
+            boxes[name] = [float(c) for c in coords]
+        except ValueError:
+            parser.error(f"--box {name}: {coords} are not four numbers X0 Y0 X1 Y1")
+    if not args.output.lower().endswith(".png"):
+        parser.error(f"--output {args.output} must be a .png file")
+    predictor = Predictor(load_depotr_config(args.config_file, args.opts))
+    panels = [draw_photo(predictor, PHOTOS[name](), boxes.get(name), args.height) for name in args.photos]
+    ok, png = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
+    if not ok:
+        print(f"draw_photos: could not encode {args.output}", file=sys.stderr)
+        return 1
+    atomic_write(args.output, lambda f: f.write(png.tobytes()))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
