@@ -1,4 +1,4 @@
-"""DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper, augmentation.
+"""DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper (photometric augmentation).
 
 Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val``
 (default ``DATASETS.SYNTHETIC`` values; images are generated on the first
@@ -7,8 +7,7 @@ Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
 
-from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
-from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
+from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays, build_photometric_augmentation
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
     add_coco_keypoint_metadata,
@@ -32,14 +31,12 @@ add_coco_keypoint_metadata()
 
 __all__ = [
     "DePOTRDatasetMapper",
-    "KeypointAugmenter",
     "SYNTHETIC_DATASET_NAMES",
     "add_coco_keypoint_metadata",
     "annotations_to_arrays",
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
-    "build_albumentations",
-    "build_albumentations_from_cfg",
+    "build_photometric_augmentation",
     "coco_person_metadata",
     "ensure_synthetic_split",
     "filter_person_annotations",
