@@ -269,3 +269,21 @@ def test_large_uint8_image_is_cropped_in_bounded_chunks(monkeypatch):
     expected = crop_images([(region - MEAN.double()) / STD.double()], [shifted], (64, 48), 0)
     # float32 positions near x = 1500 vs float64 ones near 300: ~1e-4 px apart, ~5e-4 in value.
     torch.testing.assert_close(crops[:1].double(), expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2], ids=["adaptive", "sr2"])
+def test_equals_detectron2_roi_align_rotated_where_compiled(sampling_ratio):
+    """Detectron2's ROIAlignRotated (same semantics; needs Detectron2's compiled extension, which
+    the source-built route has and the v0.6 stand-in lacks)."""
+    from detectron2.layers import ROIAlignRotated
+
+    g = torch.Generator().manual_seed(8)
+    image = torch.rand((3, 37, 53), generator=g)
+    params = _params(torch.tensor(SMALL_BOXES))
+    params[:, 4] = torch.tensor([0.0, 30.0, -60.0, 90.0, 12.5, -170.0, 45.0])
+    rois = torch.cat([torch.zeros(len(params), 1), params[:, :5]], dim=1)
+    try:
+        expected = ROIAlignRotated((16, 12), 1.0, sampling_ratio)(image[None], rois)
+    except NotImplementedError as e:
+        pytest.skip(f"no compiled Detectron2 ops: {e}")
+    torch.testing.assert_close(crop_images([image], [params], (16, 12), sampling_ratio), expected, rtol=0, atol=1e-5)
