@@ -195,10 +195,11 @@ def test_train_targets_are_gt_keypoints_in_crop_pixels(seed):
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2], ids=["adaptive", "sr2"])
 def test_training_and_inference_cut_the_same_crop_for_the_same_box(sampling_ratio):
-    """Augmentation off, boxes inside the image (inference clips): the crops the branch gets in
-    training equal those it gets at inference, images of two sizes in one batch."""
+    """Augmentation off: the crops the branch gets in training equal those it gets at inference,
+    images of two sizes in one batch, a box crossing the border clipped in both."""
     g = torch.Generator().manual_seed(2)
     inputs = [make_input("a", 3, g, size=(64, 64)), make_input("b", 2, g, size=(96, 72))]
+    inputs[0]["instances"].gt_boxes.tensor[0] = torch.tensor([-10.0, 5.0, 30.0, 70.0])
     model = make_model(box_source=GtBoxes(), crop_sampling_ratio=sampling_ratio)
     model.train()(inputs)
     train_crops = model.keypoint_branch.last_crops

@@ -29,9 +29,9 @@ under ONE policy, applied by :meth:`PersonBoxSource.forward` in this order:
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); what they drop is counted in
    ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
-3. Boxes are clipped to the image at inference (as Detectron2's detectors do; training gt boxes
-   are not clipped, so that a crop may reach past the border). A box with no area inside the
-   image is dropped, with one warning per image giving the count and the indices.
+3. Boxes are clipped to the image (as Detectron2's detectors do; the training gt boxes too, as
+   SimpleBaseline / HRNet clip them). A box with no area inside the image is dropped, with one
+   warning per image giving the count and the indices.
 
 A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
 ``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`.
@@ -240,7 +240,7 @@ class GtBoxes(PersonBoxSource):
         Args:
             min_keypoints: persons with fewer labelled (v > 0) ``gt_keypoints`` are left out
                 (training: ``min_keypoints_per_person``); 0 keeps every box.
-            clip: clip to the image (inference); training leaves the boxes as they are.
+            clip: clip to the image (rule 3).
         """
         super().__init__(clip=clip)
         self.min_keypoints = int(min_keypoints)

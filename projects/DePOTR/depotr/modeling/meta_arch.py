@@ -69,7 +69,7 @@ class TopDownPoseEstimator(nn.Module):
     keypoint branch.
 
     Training uses the ground-truth boxes of persons with at least ``min_keypoints_per_person``
-    labelled keypoints (the ``gt`` box source, unclipped), turned into crop parameters by
+    labelled keypoints (the ``gt`` box source, clipped), turned into crop parameters by
     ``crop_augmentation`` (half-body, jitter, rotation, flip) and returns the branch's losses.
     Inference takes boxes from ``box_source`` (``gt``, ``precomputed`` =
     ``batched_input["proposals"]``, ``detector`` or ``whole_image``:
@@ -158,8 +158,9 @@ class TopDownPoseEstimator(nn.Module):
         self.oks_nms_thresh = float(oks_nms_thresh)
         self.oks_sigmas = [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
-        # The training boxes: gt persons with enough labelled keypoints, not clipped.
-        self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person, clip=False)
+        # The training boxes: gt persons with enough labelled keypoints, clipped to the image as at
+        # inference (and as SimpleBaseline / HRNet and the former whole-image augmentation did).
+        self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person)
 
     @classmethod
     def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None) -> Dict[str, Any]:
