@@ -45,7 +45,7 @@ from depotr.export import (
     run_torchscript,
 )
 from depotr.layers import BACKEND_ENV_VAR
-from depotr.modeling.crops import crop_images, crop_to_image, expand_boxes_to_aspect
+from depotr.modeling.crops import box_crop_params, crop_images, crop_to_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -176,10 +176,11 @@ def test_predictor_on_raw_crops_matches_meta_arch_inference():
     instances.gt_boxes = Boxes(torch.tensor([[30.0, 20.0, 80.0, 110.0]]))
     with torch.no_grad():
         (result,) = model.inference([{"image": image, "image_id": 0, "instances": instances}], do_postprocess=False)
-    crop_box = expand_boxes_to_aspect(instances.gt_boxes.tensor, predictor.crop_size, model.crop_padding)
-    assert (crop_box[:, :2] >= 0).all() and crop_box[0, 2] <= 120 and crop_box[0, 3] <= 160  # no padding read
-    crops = crop_images(image[None].float(), [crop_box], predictor.crop_size, model.crop_sampling_ratio)
-    keypoints = crop_to_image(_eager(predictor, crops), crop_box, predictor.crop_size)
+    params = box_crop_params(instances.gt_boxes.tensor, predictor.crop_size, model.crop_padding)
+    corners = torch.cat([params[:, :2] - params[:, 2:4] / 2, params[:, :2] + params[:, 2:4] / 2], dim=1)
+    assert (corners[:, :2] >= 0).all() and corners[0, 2] <= 120 and corners[0, 3] <= 160  # no outside read
+    crops = crop_images([image], [params], predictor.crop_size, model.crop_sampling_ratio)
+    keypoints = crop_to_image(_eager(predictor, crops), params, predictor.crop_size)
     coord_error, score_error = keypoint_errors(keypoints, result["instances"].pred_keypoints)
     assert coord_error < TOLERANCE and score_error < TOLERANCE
 

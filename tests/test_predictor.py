@@ -121,13 +121,13 @@ def test_batch_equals_single_calls_with_one_crop_and_one_forward(predictor, monk
     singles = [predictor(image, boxes=b) for image, b in zip(images, boxes)]
 
     crop_calls, forward_batches = [], []
-    crop_raw_images = depotr.modeling.meta_arch.crop_raw_images
+    crop_images = depotr.modeling.meta_arch.crop_images
 
     def counted_crop_images(*args, **kwargs):
         crop_calls.append(1)
-        return crop_raw_images(*args, **kwargs)
+        return crop_images(*args, **kwargs)
 
-    monkeypatch.setattr(depotr.modeling.meta_arch, "crop_raw_images", counted_crop_images)
+    monkeypatch.setattr(depotr.modeling.meta_arch, "crop_images", counted_crop_images)
     branch = predictor.model.keypoint_branch
     hook = branch.register_forward_hook(lambda module, args, out: forward_batches.append(len(args[0])))
     try:

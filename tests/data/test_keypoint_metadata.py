@@ -7,7 +7,6 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from depotr.config import add_depotr_config
-from depotr.data import DePOTRDatasetMapper
 from depotr.data.keypoint_metadata import (
     COCO_PERSON_FLIP_INDICES,
     COCO_PERSON_KEYPOINT_NAMES,
@@ -87,7 +86,7 @@ def test_table_sigmas_for_table_names_in_another_order():
         ({"sigmas": [0.1] * 16}, "KEYPOINT_OKS_SIGMAS has 16 values for 17 keypoints"),
         (
             {"names": HAND_NAMES, "flip_map": HAND_FLIP_MAP, "num_keypoints": 4},
-            r"\['left_hand', 'right_hand', 'tail'\] have no OKS sigma .* set TEST.KEYPOINT_OKS_SIGMAS",  # 'head' is CrowdPose's
+            r"\['left_hand', 'right_hand', 'tail'\] have no OKS sigma .* set TEST.KEYPOINT_OKS_SIGMAS",
         ),
     ],
     ids=["num_keypoints", "map_without_names", "unknown_pair_name", "not_a_pair", "repeated", "sigmas", "no_sigma"],
@@ -125,7 +124,9 @@ def test_other_registrations_change_nothing(register):
     assert keypoint_metadata_from_config(cfg) == expected
 
 
-def test_mapper_takes_the_config_flip_indices(register):
+def test_crop_augmentation_takes_the_config_flip_indices(register):
+    from depotr.modeling.crop_augmentation import CropAugmentation
+
     register("kpmeta_test_a", keypoint_names=HAND_NAMES, keypoint_flip_map=[("left_hand", "right_hand")])
     cfg = _cfg(
         train=["kpmeta_test_a"],
@@ -135,8 +136,7 @@ def test_mapper_takes_the_config_flip_indices(register):
         sigmas=[0.1] * 4,
         num_keypoints=4,
     )
-    for is_train in (True, False):
-        assert DePOTRDatasetMapper(cfg, is_train=is_train).keypoint_flip_indices == [0, 2, 1, 3]
+    assert CropAugmentation.from_config(cfg).flip_indices.tolist() == [0, 2, 1, 3]
 
 
 def test_table_flip_indices_keeps_pairs_with_both_names():

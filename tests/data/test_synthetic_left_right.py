@@ -1,9 +1,9 @@
 """Left and right in the synthetic data follow rules that a horizontal flip keeps.
 
-The flip augmentation mirrors the image and swaps the left/right labels. A cue that marks one
+The flip augmentation (at crop time) mirrors the crop and swaps the left/right labels. A cue that marks one
 side of the body by its looks (generator version 2 drew the left limbs lighter) then reads the
-other way round on every flipped crop. These tests put rendered persons through the training
-mapper, unflipped and flipped, and check the rules the generator states:
+other way round on every flipped crop. These tests put rendered persons through the mapper and
+the crop-time flip (the whole image as one mirrored crop), and check the rules the generator states:
 * facing: a figure that faces the camera shows its left shoulder / hip on the image's right;
   a figure seen from behind, on the image's left;
 * no side has its own shade: the left upper arm is the brighter one about as often as the
@@ -13,14 +13,16 @@ mapper, unflipped and flipped, and check the rules the generator states:
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from detectron2.structures import BoxMode
 
-from depotr.data.augmentation import build_albumentations
 from depotr.data.dataset_mapper import DePOTRDatasetMapper
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
 from depotr.data.synthetic import render_synthetic_image
 from depotr.data.synthetic_v4 import render_synthetic_image_v4
+from depotr.modeling.crop_augmentation import CropAugmentation
+from depotr.modeling.crops import crop_images, image_to_crop
 
 IDX = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 # Images per generator version: v4's persons are more often cut or covered, so fewer show both
@@ -51,22 +53,27 @@ def dataset_dicts(tmp_path_factory, request):
 
 
 def _mapped_persons(dicts, flip: bool):
-    """(image (H, W, 3), keypoints (K, 3), yaw, rotation) of each person after the mapper."""
-    augmentation = build_albumentations(
-        flip_prob=1.0 if flip else 0.0,
-        rotation_prob=0.0,
-        blur_prob=0.0,
-        rgb_shift_prob=0.0,
-        brightness_contrast_prob=0.0,
-    )
-    mapper = DePOTRDatasetMapper(is_train=True, augmentation=augmentation)
+    """(image (H, W, 3), keypoints (K, 3), yaw, rotation) of each person after the mapper and,
+    with ``flip``, CropAugmentation's flip of a crop that is the whole image (one bilinear sample
+    per pixel centre: the exact mirror image)."""
+    mapper = DePOTRDatasetMapper(is_train=False)
+    flip_order = flip_indices(COCO_PERSON_KEYPOINT_NAMES, flip_pairs())
     for d in dicts:
         out = mapper(d)
-        image = out["image"].numpy().transpose(1, 2, 0)
+        image, keypoints = out["image"], out["instances"].gt_keypoints.tensor.double()
         # The mapper keeps every person with a valid box, in order.
-        assert len(out["instances"]) == len(d["annotations"])
-        for anno, kp in zip(d["annotations"], out["instances"].gt_keypoints.tensor.numpy()):
-            yield image, kp, anno["synthetic"]["yaw_deg"], anno["synthetic"]["rotation_deg"]
+        assert len(keypoints) == len(d["annotations"])
+        if flip:
+            height, width = image.shape[1:]
+            augmentation = CropAugmentation(
+                crop_size=(height, width), padding=1.0, flip_indices=flip_order, flip_prob=1
+            )
+            whole = torch.tensor([[0.0, 0.0, width, height]], dtype=torch.float64).expand(len(keypoints), 4)
+            params, keypoints = augmentation(whole, keypoints)
+            keypoints = image_to_crop(keypoints, params, (height, width))
+            image = crop_images([image.double()], [params[:1]], (height, width), 1)[0].round().to(torch.uint8)
+        for anno, kp in zip(d["annotations"], keypoints.numpy()):
+            yield image.numpy().transpose(1, 2, 0), kp, anno["synthetic"]["yaw_deg"], anno["synthetic"]["rotation_deg"]
 
 
 @pytest.mark.parametrize("flip", [False, True], ids=["unflipped", "flipped"])

@@ -43,7 +43,7 @@ def test_rle_config_trains_and_evaluates(tmp_path, synthetic_root):
             "100",
             "MODEL.DEPOTR.AUX_LOSS",
             "True",
-            "INPUT.AUG.HALF_BODY_PROB",
+            "INPUT.CROP_AUG.HALF_BODY_PROB",
             "1.0",
             "TEST.FLIP",
             "True",

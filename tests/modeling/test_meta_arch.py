@@ -28,10 +28,10 @@ from depotr.modeling import KeypointBranch
 from depotr.modeling.box_sources import (
     GtBoxes,
     PrecomputedBoxes,
-    jitter_boxes,
     select_boxes,
 )
-from depotr.modeling.crops import crop_to_image, expand_boxes_to_aspect
+from depotr.modeling.crop_augmentation import CropAugmentation, jitter_boxes
+from depotr.modeling.crops import box_crop_params, crop_to_image
 from depotr.modeling.heads import BranchOutputs
 from depotr.modeling.meta_arch import TopDownPoseEstimator, rescore_instances
 from depotr.modeling.tta import flip_test
@@ -72,9 +72,10 @@ class BranchDouble(KeypointBranch):
         self.crop_size = crop_size
         self.bias = bias
         self.gain = nn.Parameter(torch.ones(()))
-        self.last_targets = None
+        self.last_targets = self.last_crops = None
 
     def forward(self, crops: torch.Tensor) -> DoubleOutputs:
+        self.last_crops = crops.detach().clone()
         n = crops.shape[0]
         h, w = self.crop_size
         if self.mode == "centre":
@@ -124,6 +125,11 @@ def make_model(branch=None, **kwargs) -> TopDownPoseEstimator:
     return TopDownPoseEstimator(**args)
 
 
+def make_augmentation(**kwargs) -> CropAugmentation:
+    """The crop-time augmentation for CROP crops padded 1.25 (the model's default)."""
+    return CropAugmentation(crop_size=CROP, padding=1.25, flip_indices=COCO_FLIP, **kwargs)
+
+
 def make_input(image_id, num_persons: int, generator: torch.Generator, size=(48, 64), labelled=True) -> dict:
     """One data-mapper-style input with ``num_persons`` gt persons and as many proposals."""
     h, w = size
@@ -161,7 +167,8 @@ def make_input(image_id, num_persons: int, generator: torch.Generator, size=(48,
 def test_train_forward_losses_backprop(counts, seed):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = make_model(box_jitter_scale=0.25, box_jitter_shift=0.1).train()
+    augmentation = make_augmentation(scale=0.25, shift=0.1, rotation_degrees=30, rotation_prob=0.5)
+    model = make_model(crop_augmentation=augmentation).train()
     inputs = [make_input(f"img{i}", n, g) for i, n in enumerate(counts)]
     losses = model(inputs)
     assert set(losses) == {"loss_keypoints"}
@@ -182,11 +189,27 @@ def test_train_targets_are_gt_keypoints_in_crop_pixels(seed):
     inputs[2]["instances"].gt_keypoints.tensor[1, :, :2] = 0
     model(inputs)
     kept = [x["instances"][(x["instances"].gt_keypoints.tensor[..., 2] > 0).any(dim=1)] for x in inputs]
-    crop_boxes = torch.cat([expand_boxes_to_aspect(x.gt_boxes.tensor, CROP, 1.25) for x in kept])
+    params = torch.cat([box_crop_params(x.gt_boxes.tensor, CROP, 1.25) for x in kept])
     gt = torch.cat([x.gt_keypoints.tensor for x in kept])
     targets = model.keypoint_branch.last_targets
     assert targets.shape == (4, K, 3)
-    torch.testing.assert_close(crop_to_image(targets, crop_boxes, CROP), gt, rtol=0, atol=1e-4)
+    torch.testing.assert_close(crop_to_image(targets, params, CROP), gt, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2], ids=["adaptive", "sr2"])
+def test_training_and_inference_cut_the_same_crop_for_the_same_box(sampling_ratio):
+    """Augmentation off: the crops the branch gets in training equal those it gets at inference,
+    images of two sizes in one batch, a box crossing the border clipped in both."""
+    g = torch.Generator().manual_seed(2)
+    inputs = [make_input("a", 3, g, size=(64, 64)), make_input("b", 2, g, size=(96, 72))]
+    inputs[0]["instances"].gt_boxes.tensor[0] = torch.tensor([-10.0, 5.0, 30.0, 70.0])
+    model = make_model(box_source=GtBoxes(), crop_sampling_ratio=sampling_ratio)
+    model.train()(inputs)
+    train_crops = model.keypoint_branch.last_crops
+    with torch.no_grad():
+        model.eval()(inputs)
+    assert train_crops.shape == (5, 3, *CROP)
+    torch.testing.assert_close(model.keypoint_branch.last_crops, train_crops, rtol=0, atol=0)
 
 
 def test_train_degenerate_gt_box_raises():

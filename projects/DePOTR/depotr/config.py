@@ -155,13 +155,6 @@ def _add_model_config(cfg: CN) -> None:
     # by Trainer.test; its boxes reach the model as proposals) or "whole_image" (one
     # person per image). The Predictor ignores it (caller's boxes, else detector, else whole image).
     cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = "precomputed"
-    # Training box jitter: relative scale change in [-s, s] and centre shift in [-t, t]
-    # (fraction of box size). 0 disables it.
-    cfg.MODEL.DEPOTR.BOX_JITTER_SCALE = 0.25
-    cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT = 0.10
-    # How scale and shift are drawn in those ranges: "uniform", or "normal" = N(0, 1) x range
-    # clipped to the range (SimpleBaseline / HRNet's scale factor).
-    cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION = "uniform"
     # Inference boxes of "precomputed" / "detector": drop those scoring below this, keep the TOPK
     # best per image (<= 0: all).
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
@@ -232,30 +225,42 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.CROP_SAMPLING_RATIO = 0
 
     cfg.INPUT.AUG = CN()
-    # Training augmentation: Albumentations in the mapper, the half-body boxes below in the
-    # meta-architecture; ENABLED False switches all of INPUT.AUG off. *_PROB: probability of each.
+    # Photometric training augmentation of the whole image in the data mapper (Albumentations,
+    # pixels only); ENABLED False switches it off. *_PROB: probability of each.
     cfg.INPUT.AUG.ENABLED = True
-    cfg.INPUT.AUG.FLIP_PROB = 0.5
-    # Rotation by up to +-ROTATION_DEGREES, applied with ROTATION_PROB.
-    cfg.INPUT.AUG.ROTATION_DEGREES = 10.0
-    cfg.INPUT.AUG.ROTATION_PROB = 0.5
-    # How the angle is drawn: "uniform" in +-ROTATION_DEGREES, or "normal" = N(0, ROTATION_DEGREES)
-    # clipped to +-2 ROTATION_DEGREES (SimpleBaseline / HRNet: 40 or 45 degrees, prob 0.6).
-    cfg.INPUT.AUG.ROTATION_DISTRIBUTION = "uniform"
     cfg.INPUT.AUG.BLUR_PROB = 0.1
     cfg.INPUT.AUG.RGB_SHIFT_PROB = 0.2
     cfg.INPUT.AUG.BRIGHTNESS_CONTRAST_PROB = 0.3
-    # Half-body augmentation (SimpleBaseline / HRNet, applied by the meta-architecture to the
-    # training gt boxes): with this probability per person the box of its labelled upper- or
-    # lower-body keypoints replaces its box (HRNet on COCO: 0.3). 0 disables it.
-    cfg.INPUT.AUG.HALF_BODY_PROB = 0.0
+
+    cfg.INPUT.CROP_AUG = CN()
+    # Geometric training augmentation at crop time, per person, in this order
+    # (depotr/modeling/crop_augmentation.py): half-body box -> scale/shift jitter -> rotation
+    # about the crop centre -> flip. ENABLED False switches all of INPUT.CROP_AUG off.
+    cfg.INPUT.CROP_AUG.ENABLED = True
+    # Half-body (SimpleBaseline / HRNet): with this probability per person the box of its labelled
+    # upper- or lower-body keypoints replaces its box (HRNet on COCO: 0.3). 0 disables it.
+    cfg.INPUT.CROP_AUG.HALF_BODY_PROB = 0.0
     # Only persons with at least this many labelled keypoints (HRNet: more than 8).
-    cfg.INPUT.AUG.HALF_BODY_MIN_KEYPOINTS = 9
+    cfg.INPUT.CROP_AUG.HALF_BODY_MIN_KEYPOINTS = 9
     # A body half qualifies with at least this many labelled keypoints, >= 2 (HRNet: more than 2).
-    cfg.INPUT.AUG.HALF_BODY_MIN_PART_KEYPOINTS = 3
+    cfg.INPUT.CROP_AUG.HALF_BODY_MIN_PART_KEYPOINTS = 3
     # Half-body box = the half's keypoint box grown to the crop aspect, times this; the crop then
     # adds CROP_PADDING (1.2 x 1.25 = HRNet's 1.5).
-    cfg.INPUT.AUG.HALF_BODY_PADDING = 1.2
+    cfg.INPUT.CROP_AUG.HALF_BODY_PADDING = 1.2
+    # Box jitter: size x (1 + r SCALE_FACTOR), centre + r SHIFT_FACTOR x box size (r per value).
+    cfg.INPUT.CROP_AUG.SCALE_FACTOR = 0.25
+    cfg.INPUT.CROP_AUG.SHIFT_FACTOR = 0.10
+    # How r is drawn: "uniform" in [-1, 1], or "normal" = N(0, 1) clipped to [-1, 1]
+    # (SimpleBaseline / HRNet's scale factor).
+    cfg.INPUT.CROP_AUG.SCALE_DISTRIBUTION = "uniform"
+    # Rotation of the crop about its centre, applied with ROTATION_PROB: "uniform" in
+    # +-ROTATION_DEGREES, or "normal" = N(0, ROTATION_DEGREES) clipped to +-2 ROTATION_DEGREES
+    # (SimpleBaseline / HRNet: 40 or 45 degrees, prob 0.6).
+    cfg.INPUT.CROP_AUG.ROTATION_DEGREES = 10.0
+    cfg.INPUT.CROP_AUG.ROTATION_PROB = 0.5
+    cfg.INPUT.CROP_AUG.ROTATION_DISTRIBUTION = "uniform"
+    # Mirrored crop (keypoints swapped with the keypoint table's flip indices), per person.
+    cfg.INPUT.CROP_AUG.FLIP_PROB = 0.5
 
 
 def _add_dataset_config(cfg: CN) -> None:

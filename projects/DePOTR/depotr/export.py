@@ -132,8 +132,8 @@ class CropKeypointPredictor(nn.Module):
         Args:
             crops: (N, 3, H, W) float32 pixel values in 0..255, channels in ``INPUT.FORMAT``
                 order, N >= 0: the person boxes of the meta-architecture's input images,
-                resampled to (H, W). Where a crop reaches outside its image, fill it with
-                ``PIXEL_MEAN`` (the meta-architecture pads normalised images with 0).
+                resampled to (H, W) (``depotr.modeling.crops.crop_images``). Where a crop reaches
+                outside its image, fill it with ``PIXEL_MEAN`` (what the model's crops read there).
         Returns:
             (N, K, 3): (x, y) in continuous crop pixels (pixel i covers [i, i + 1)) and the
             branch's score (heatmap maximum, or sigmoid of the regression confidence).

@@ -1,4 +1,4 @@
-"""DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper, augmentation.
+"""DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper (photometric augmentation).
 
 Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
 ``synthetic_persons_v<k>_train`` / ``_val`` of every generator version k, and
@@ -11,10 +11,9 @@ Entry points re-register the synthetic datasets with their config:
 ``register_synthetic_datasets_from_cfg(cfg)``.
 """
 
-from .augmentation import KeypointAugmenter, build_albumentations, build_albumentations_from_cfg
 from .crowdpose import register_crowdpose_datasets
 from .custom import drawing_metadata, fill_keypoint_config, register_keypoint_dataset
-from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays
+from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays, build_photometric_augmentation
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
     attach_precomputed_boxes,
@@ -38,13 +37,11 @@ register_crowdpose_datasets()
 
 __all__ = [
     "DePOTRDatasetMapper",
-    "KeypointAugmenter",
     "SYNTHETIC_DATASET_NAMES",
     "annotations_to_arrays",
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
-    "build_albumentations",
-    "build_albumentations_from_cfg",
+    "build_photometric_augmentation",
     "coco_person_metadata",
     "drawing_metadata",
     "ensure_synthetic_split",

@@ -15,7 +15,7 @@ COCO sigmas of Base-DePOTR.yaml are replaced). Otherwise nothing changes, and
 ``keypoint_metadata_from_config`` checks every dataset against the config as before. Without
 ``oks_sigmas`` every keypoint gets ``DEFAULT_OKS_SIGMA``, the mean of COCO's 17 sigmas (0.0663).
 The half-body augmentation needs body halves (``keypoint_metadata.upper_body_mask``): leave
-``INPUT.AUG.HALF_BODY_PROB`` at 0 for other skeletons.
+``INPUT.CROP_AUG.HALF_BODY_PROB`` at 0 for other skeletons.
 """
 
 import logging

@@ -8,6 +8,10 @@ convention of boxes and RoIAlign); ``COCOEvaluator`` subtracts 0.5 from predicti
 keeps dataset-dict coordinates as they are (no further shift) and only zeroes x, y where v = 0
 (``load_coco_json`` turns unlabelled (0, 0) into (0.5, 0.5)). A keypoint counts as inside the
 image when 0 <= x <= W and 0 <= y <= H, as in Detectron2's ``transform_keypoint_annotations``.
+
+Training augmentation here is photometric only (Albumentations on the pixels: blur, RGB shift,
+brightness / contrast); all geometry (half-body, scale, shift, rotation, flip) is applied per
+person at crop time by the model (``depotr.modeling.crop_augmentation``).
 """
 
 from __future__ import annotations
@@ -23,24 +27,31 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
-from detectron2.utils.logger import log_every_n_seconds
 
-from .augmentation import KeypointAugmenter, build_albumentations_from_cfg
-from .keypoint_metadata import COCO_PERSON_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, keypoint_metadata_from_config
+from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DePOTRDatasetMapper", "annotations_to_arrays"]
+__all__ = ["DePOTRDatasetMapper", "annotations_to_arrays", "build_photometric_augmentation"]
+
+
+def build_photometric_augmentation(
+    blur_prob: float = 0.1, rgb_shift_prob: float = 0.2, brightness_contrast_prob: float = 0.3
+) -> A.Compose:
+    """GaussianBlur, RGBShift, RandomBrightnessContrast (Albumentations defaults), each applied
+    with its probability to the (H, W, C) uint8 image only."""
+    return A.Compose(
+        [
+            A.GaussianBlur(p=blur_prob),
+            A.RGBShift(p=rgb_shift_prob),
+            A.RandomBrightnessContrast(p=brightness_contrast_prob),
+        ]
+    )
 
 
 def _annotation_name(anno: Dict[str, Any], index: int, file_name: str) -> str:
     ident = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{index} (no id)"
     return f"{ident} of {file_name}"
-
-
-def _nonempty(boxes: np.ndarray) -> np.ndarray:
-    """(N,) bool: width and height > 0 of (N, 4) XYXY boxes."""
-    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def annotations_to_arrays(
@@ -94,19 +105,17 @@ def annotations_to_arrays(
 
 
 class DePOTRDatasetMapper:
-    """Reads the image, validates annotations, applies the Albumentations training
-    augmentation and builds ``Instances``. No resize or crop: the model crops persons with
-    RoIAlign.
+    """Reads the image, validates annotations, applies the photometric training augmentation
+    and builds ``Instances``. No resize, crop or other geometry: the model crops and augments
+    persons.
 
     Unreadable images: skipped in training (returns None, so Detectron2's ``MapDataset``
     retries another index; ``num_skipped_images`` counts them per process) and an error naming
     the file at evaluation.
 
     Boxes: a malformed annotation is an error naming it (:func:`annotations_to_arrays`, the one
-    annotation check). A person or proposal box that the training augmentation moved out of the
-    image (width or height 0 after clipping) is dropped with its keypoints; ``num_dropped_boxes``
-    counts them per process and the count is logged at most once a minute. Everything else about
-    boxes is the box source's policy (``depotr.modeling.box_sources``).
+    annotation check). Everything else about boxes is the box source's policy
+    (``depotr.modeling.box_sources``).
     """
 
     @configurable
@@ -116,48 +125,41 @@ class DePOTRDatasetMapper:
         *,
         image_format: str = "BGR",
         augmentation: Optional[A.Compose] = None,
-        keypoint_flip_indices: Optional[Sequence[int]] = None,
         num_keypoints: int = len(COCO_PERSON_KEYPOINT_NAMES),
     ):
         """
         Args:
             is_train: training (augmentation, corrupt images skipped) or evaluation.
             image_format: ``cfg.INPUT.FORMAT`` ("BGR", "RGB", ...).
-            augmentation: a :func:`build_albumentations` pipeline, used only when ``is_train``.
-            keypoint_flip_indices: (K,) mirror partner of each keypoint; default COCO's (from the
-                config: ``keypoint_metadata_from_config``).
+            augmentation: a pixel-only Albumentations pipeline (:func:`build_photometric_augmentation`),
+                used only when ``is_train``. Its seed is drawn from NumPy's global RNG on every
+                call, which Detectron2 seeds per data-loader worker and the trainer per iteration
+                (``IterationSeedHook``), so a resumed run augments like an uninterrupted one.
             num_keypoints: K.
         """
         self.is_train = is_train
         self.image_format = image_format
         self.num_keypoints = num_keypoints
-        if keypoint_flip_indices is None:
-            keypoint_flip_indices = COCO_PERSON_FLIP_INDICES
-        if len(keypoint_flip_indices) != num_keypoints:
-            raise ValueError(
-                f"keypoint_flip_indices has {len(keypoint_flip_indices)} entries, expected {num_keypoints}"
-            )
-        self.keypoint_flip_indices = list(keypoint_flip_indices)
-        self.augmenter = (
-            KeypointAugmenter(augmentation, self.keypoint_flip_indices)
-            if is_train and augmentation is not None
-            else None
-        )
+        self.augmentation = augmentation if is_train else None
         self.num_skipped_images = 0
-        self.num_dropped_boxes = 0
         logger.info(
             "DePOTRDatasetMapper (%s): augmentation %s",
             "train" if is_train else "test",
-            augmentation if self.augmenter is not None else "off",
+            "off" if self.augmentation is None else self.augmentation,
         )
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
+        aug = cfg.INPUT.AUG
+        augmentation = None
+        if is_train and aug.ENABLED:
+            augmentation = build_photometric_augmentation(
+                aug.BLUR_PROB, aug.RGB_SHIFT_PROB, aug.BRIGHTNESS_CONTRAST_PROB
+            )
         return {
             "is_train": is_train,
             "image_format": cfg.INPUT.FORMAT,
-            "augmentation": build_albumentations_from_cfg(cfg, is_train),
-            "keypoint_flip_indices": keypoint_metadata_from_config(cfg).flip_indices,
+            "augmentation": augmentation,
             "num_keypoints": cfg.MODEL.DEPOTR.NUM_KEYPOINTS,
         }
 
@@ -188,7 +190,6 @@ class DePOTRDatasetMapper:
                 doc), v; v = 0 -> x = y = 0).
             proposals (when the dict has ``person_boxes``): ``Instances`` with proposal_boxes
                 (Boxes (M, 4) XYXY_ABS) and scores (float32 (M,)).
-            All coordinates refer to the returned (augmented) image.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
         file_name = dataset_dict["file_name"]
@@ -208,24 +209,9 @@ class DePOTRDatasetMapper:
                     f"{file_name}: {len(proposal_boxes)} person_boxes but {len(proposal_scores)} person_scores"
                 )
 
-        if self.augmenter is not None:
-            image, keypoints, boxes, proposal_boxes = self.augmenter(image, keypoints, boxes, proposal_boxes)
-            keep = _nonempty(boxes)
-            boxes, keypoints = boxes[keep], keypoints[keep]
-            dropped = int((~keep).sum())
-            if proposal_boxes is not None:
-                keep = _nonempty(proposal_boxes)
-                proposal_boxes, proposal_scores = proposal_boxes[keep], proposal_scores[keep]
-                dropped += int((~keep).sum())
-            if dropped:
-                self.num_dropped_boxes += dropped
-                log_every_n_seconds(
-                    logging.INFO,
-                    f"DePOTRDatasetMapper: dropped {self.num_dropped_boxes} boxes so far "
-                    "that the augmentation moved out of the image",
-                    n=60,
-                    name=__name__,
-                )
+        if self.augmentation is not None:
+            self.augmentation.set_random_seed(int(np.random.randint(2**31)))
+            image = self.augmentation(image=image)["image"]
 
         image_size = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

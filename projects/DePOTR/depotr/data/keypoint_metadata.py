@@ -174,7 +174,7 @@ def upper_body_mask(
     if unknown:
         raise ValueError(
             f"keypoints {unknown} have no body half in the keypoint tables (depotr/data/keypoint_metadata.py): "
-            "the half-body augmentation needs one; switch it off with INPUT.AUG.HALF_BODY_PROB 0"
+            "the half-body augmentation needs one; switch it off with INPUT.CROP_AUG.HALF_BODY_PROB 0"
         )
     return [half[name] == "upper" for name in names]
 

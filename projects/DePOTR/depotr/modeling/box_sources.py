@@ -6,9 +6,8 @@ Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` names the one used at inference; train
 ``gt``), each a :class:`PersonBoxSource` built by :func:`build_box_source`:
 
 * ``gt`` (:class:`GtBoxes`): the annotated boxes ``batched_input["instances"].gt_boxes``. In
-  training persons with fewer than ``min_keypoints`` labelled keypoints are left out first (they
-  add no loss); then :class:`HalfBodyBoxes` may replace some boxes and :func:`jitter_boxes`
-  rescales and shifts them.
+  training persons with fewer than ``min_keypoints`` labelled keypoints are left out (they add
+  no loss); ``depotr.modeling.crop_augmentation`` then augments the crops.
 * ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the person
   detections of ``DATASETS.PRECOMPUTED_BOXES`` (SimpleBaseline's
   ``COCO_val2017_detections_AP_H_56_person.json``) or the boxes a ``Predictor`` caller gives.
@@ -31,9 +30,9 @@ under ONE policy, applied by :meth:`PersonBoxSource.__call__` in this order:
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); what they drop is counted in
    ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
-3. Boxes are clipped to the image at inference (as Detectron2's detectors do; training gt boxes
-   are not clipped, so that a crop may reach past the border). A box with no area inside the
-   image is dropped, with one warning per image giving the count and the indices.
+3. Boxes are clipped to the image (as Detectron2's detectors do; the training gt boxes too, as
+   SimpleBaseline / HRNet clip them). A box with no area inside the image is dropped, with one
+   warning per image giving the count and the indices.
 
 A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
 ``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`. A source that
@@ -43,7 +42,7 @@ needs a network (a detector) runs it outside the pose model and hands its boxes 
 
 import logging
 from collections import Counter
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -52,14 +51,9 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes
 from detectron2.utils.logger import log_every_n_seconds
 
-from .crops import expand_boxes_to_aspect
-
 __all__ = [
-    "JITTER_DISTRIBUTIONS",
     "TRAIN_BOX_SOURCES",
     "TEST_BOX_SOURCES",
-    "HalfBodyBoxes",
-    "jitter_boxes",
     "PersonBoxes",
     "check_boxes",
     "select_boxes",
@@ -75,135 +69,6 @@ logger = logging.getLogger(__name__)
 # MODEL.DEPOTR.BOX_SOURCE values (training boxes) and MODEL.DEPOTR.TEST_BOX_SOURCE values.
 TRAIN_BOX_SOURCES = ("gt",)
 TEST_BOX_SOURCES = ("gt", "precomputed", "detector", "whole_image")
-
-
-# MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION values.
-JITTER_DISTRIBUTIONS = ("uniform", "normal")
-
-
-def jitter_boxes(boxes: Tensor, scale: float, shift: float, distribution: str = "uniform") -> Tensor:
-    """Randomly rescales and shifts each box independently (training augmentation).
-
-    Width and height are multiplied by one factor 1 + r_0 scale; the centre moves by
-    r_1 shift x width in x and r_2 shift x height in y (sizes of the input box). The r_i are drawn
-    from U[-1, 1] ("uniform") or from N(0, 1) clipped to [-1, 1] ("normal": SimpleBaseline /
-    HRNet's ``clip(randn() * sf + 1, 1 - sf, 1 + sf)`` scale factor; about 32 % land on a bound).
-    Uses the torch RNG of ``boxes.device``, so ``torch.manual_seed`` makes it reproducible.
-
-    Args:
-        boxes: (N, 4) XYXY boxes.
-        scale: relative scale range, in [0, 1).
-        shift: centre shift range as a fraction of the box size, >= 0.
-        distribution: one of :data:`JITTER_DISTRIBUTIONS`.
-
-    Returns:
-        (N, 4) jittered XYXY boxes.
-    """
-    if not 0.0 <= scale < 1.0 or shift < 0.0:
-        raise ValueError(f"box jitter needs 0 <= scale < 1 and shift >= 0, got scale={scale}, shift={shift}")
-    if distribution not in JITTER_DISTRIBUTIONS:
-        raise ValueError(f"box jitter distribution must be one of {JITTER_DISTRIBUTIONS}, got {distribution!r}")
-    if boxes.numel() == 0 or (scale == 0.0 and shift == 0.0):
-        return boxes
-    if distribution == "uniform":
-        r = torch.rand((len(boxes), 3), dtype=boxes.dtype, device=boxes.device) * 2.0 - 1.0
-    else:
-        r = torch.randn((len(boxes), 3), dtype=boxes.dtype, device=boxes.device).clamp(-1.0, 1.0)
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5 + r[:, 1] * shift * w
-    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5 + r[:, 2] * shift * h
-    factor = 1.0 + r[:, 0] * scale
-    half_w = w * factor * 0.5
-    half_h = h * factor * 0.5
-    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
-
-
-class HalfBodyBoxes:
-    """Half-body augmentation of training person boxes (SimpleBaseline / HRNet's
-    ``half_body_transform``): crops of only the upper or the lower body, so that the model learns
-    truncated persons. N persons, K keypoints.
-
-    Per person with at least ``min_keypoints`` labelled (v > 0) keypoints, with probability
-    ``prob``: a body half qualifies when at least ``min_part_keypoints`` of its keypoints are
-    labelled; of two qualifying halves one is drawn with probability 1/2 each (HRNet's code draws
-    ``np.random.randn() < 0.5``, 69 % upper, evidently meant as a fair coin). The new box is the
-    box of that half's labelled keypoints grown to the crop aspect W:H about its centre and scaled
-    by ``padding`` (:func:`~depotr.modeling.crops.expand_boxes_to_aspect`); HRNet centres it on
-    the keypoints' mean instead, which can leave keypoints outside. Persons without a qualifying
-    half, or whose chosen keypoints all coincide (a box of size 0), keep their box.
-    """
-
-    def __init__(
-        self,
-        upper_body: Sequence[bool],
-        crop_size: Sequence[int],
-        prob: float,
-        min_keypoints: int = 9,
-        min_part_keypoints: int = 3,
-        padding: float = 1.2,
-    ):
-        """
-        Args:
-            upper_body: (K,) whether each keypoint is in the upper half
-                (``keypoint_metadata.upper_body_mask``); the others form the lower half.
-            crop_size: (H, W) of the crops, whose aspect the half-body box takes.
-            prob: probability per eligible person, in [0, 1] (``INPUT.AUG.HALF_BODY_PROB``).
-            min_keypoints: labelled keypoints a person needs (``HALF_BODY_MIN_KEYPOINTS``).
-            min_part_keypoints: labelled keypoints a half needs, >= 2
-                (``HALF_BODY_MIN_PART_KEYPOINTS``).
-            padding: factor >= 1 on the aspect-grown keypoint box (``HALF_BODY_PADDING``).
-        """
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"INPUT.AUG.HALF_BODY_PROB must be in [0, 1], got {prob}")
-        if min_part_keypoints < 2:
-            raise ValueError(
-                f"INPUT.AUG.HALF_BODY_MIN_PART_KEYPOINTS must be >= 2 (a box needs 2 points), got {min_part_keypoints}"
-            )
-        if padding < 1.0:
-            raise ValueError(f"INPUT.AUG.HALF_BODY_PADDING must be >= 1, got {padding}")
-        if all(upper_body) or not any(upper_body):
-            raise ValueError(
-                f"half-body augmentation needs upper- and lower-body keypoints, got upper_body={list(upper_body)}"
-            )
-        self.upper_body = [bool(u) for u in upper_body]
-        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
-        self.prob = float(prob)
-        self.min_keypoints = int(min_keypoints)
-        self.min_part_keypoints = int(min_part_keypoints)
-        self.padding = float(padding)
-
-    def __call__(self, boxes: Tensor, keypoints: Tensor) -> Tensor:
-        """
-        Args:
-            boxes: (N, 4) XYXY person boxes in image pixels.
-            keypoints: (N, K, 3) (x, y, v) in image pixels, v > 0 labelled.
-        Returns:
-            (N, 4) boxes: half-body boxes where drawn, else the input boxes. Uses the torch RNG
-            of ``boxes.device`` (two draws per person).
-        """
-        if keypoints.shape[1] != len(self.upper_body):
-            raise ValueError(f"half-body augmentation for {len(self.upper_body)} keypoints got {keypoints.shape[1]}")
-        r = torch.rand((len(boxes), 2), dtype=boxes.dtype, device=boxes.device)
-        labelled = keypoints[..., 2] > 0
-        upper = torch.tensor(self.upper_body, device=keypoints.device)
-        in_upper, in_lower = labelled & upper, labelled & ~upper
-        upper_ok = in_upper.sum(1) >= self.min_part_keypoints
-        lower_ok = in_lower.sum(1) >= self.min_part_keypoints
-        take_upper = upper_ok & (~lower_ok | (r[:, 1] < 0.5))
-        chosen = torch.where(take_upper[:, None], in_upper, in_lower)  # (N, K)
-        far = torch.finfo(keypoints.dtype).max
-        x, y = keypoints[..., 0], keypoints[..., 1]
-        x0, y0 = torch.where(chosen, x, far).amin(1), torch.where(chosen, y, far).amin(1)
-        x1, y1 = torch.where(chosen, x, -far).amax(1), torch.where(chosen, y, -far).amax(1)
-        use = (
-            (labelled.sum(1) >= self.min_keypoints)
-            & (r[:, 0] < self.prob)
-            & (upper_ok | lower_ok)
-            & ((x1 > x0) | (y1 > y0))
-        )
-        tight = torch.where(use[:, None], torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype), boxes)
-        return torch.where(use[:, None], expand_boxes_to_aspect(tight, self.crop_size, self.padding), boxes)
 
 
 class PersonBoxes(NamedTuple):
@@ -367,7 +232,7 @@ class GtBoxes(PersonBoxSource):
         Args:
             min_keypoints: persons with fewer labelled (v > 0) ``gt_keypoints`` are left out
                 (training: ``min_keypoints_per_person``); 0 keeps every box.
-            clip: clip to the image (inference); training leaves the boxes as they are.
+            clip: clip to the image (rule 3).
         """
         super().__init__(clip=clip)
         self.min_keypoints = int(min_keypoints)

@@ -1,40 +1,57 @@
-"""Person box -> crop geometry, the image <-> crop keypoint transforms and RoIAlign cropping.
+"""Person crops: the crop parameters, their one image <-> crop affine and the one crop operation.
 
 Shape letters: B images, N persons (all images together), K keypoints, C channels,
 (H, W) the crop size.
 
 Coordinate convention (Detectron2's, ``ROIAlign(aligned=True)``): continuous pixel coordinates,
-pixel i covers [i, i + 1) and has its centre at i + 0.5. A crop box (x0, y0, x1, y1) resampled
-to W x H maps an image point x to the crop point u = (x - x0) * W / (x1 - x0) (same for y with
-H); a horizontal flip of the crop maps u -> W - u.
+pixel i covers [i, i + 1) and has its centre at i + 0.5.
+
+Crop parameters, one row per person, (N, 6) = (cx, cy, w, h, angle, flip): the crop box's centre
+and size in image pixels, its rotation in degrees counter-clockwise (Detectron2's
+``RotatedBoxes`` convention) and 1.0 where the crop is mirrored left-right (else 0.0). The crop
+point (u, v) of the W x H crop shows the image point
+
+    x = cx + cos(angle) a + sin(angle) b,  y = cy - sin(angle) a + cos(angle) b,
+    a = +-(u - W / 2) w / W (minus when flipped),  b = (v - H / 2) h / H
+
+(:func:`crop_affine`); keypoints go through the same affine both ways (:func:`image_to_crop`,
+:func:`crop_to_image`). Unrotated and unflipped, the crop box is the XYXY box
+(cx -+ w / 2, cy -+ h / 2) and u = (x - x0) W / w.
 
 The top-down cropping follows SimpleBaseline (Xiao et al. 2018): the person box is grown to the
-crop's aspect ratio around its centre and then scaled by a padding factor (1.25). Instead of
-their per-person ``cv2.warpAffine`` we resample all persons of a training batch with one RoIAlign
-call (:func:`crop_images`). Inference crops straight from the uint8 images
-(:func:`crop_raw_images`): the same RoIAlign, written as the two 1-D resamplings it factors into,
-applied to a band of image rows at a time, so that no image is ever converted to float whole (a
-10000 x 10000 photo would need 1.2 GB per float copy).
+crop's aspect ratio around its centre and then scaled by a padding factor (1.25); training
+augmentation (``depotr.modeling.crop_augmentation``) rescales, shifts, rotates and flips it.
+Instead of their per-person ``cv2.warpAffine`` all persons of a batch are cut by one call of
+:func:`crop_images`, training and inference alike. It is Detectron2's ``ROIAlignRotated``
+(``aligned=True``) written in torch (that op needs Detectron2's compiled extension, which the
+v0.6 route does not build): each crop pixel is the mean of S_h x S_w bilinear samples spread
+evenly over its (rotated) bin, so that a large person is not aliased when shrunk.
 """
 
-import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from detectron2.layers import ROIAlign
-
 __all__ = [
+    "MAX_SAMPLING_RATIO",
     "expand_boxes_to_aspect",
+    "box_crop_params",
+    "crop_affine",
     "image_to_crop",
     "crop_to_image",
     "crop_images",
-    "crop_raw_images",
 ]
 
-# Image elements converted to float at a time by crop_raw_images (16 MiB of float32).
-_BAND_ELEMENTS = 1 << 22
+# Largest adaptive number of samples per bin side. Only crop boxes more than 16 times the crop
+# size (a person over ~3300 px tall at 256 x 192) reach it; their samples are then more than one
+# image pixel apart, so detail finer than that may alias (as with any fixed sampling ratio).
+MAX_SAMPLING_RATIO = 16
+# Bilinear samples taken at a time by crop_images (~40 bytes each with their coordinates), a
+# chunk of output rows whose image region alone is converted to float (at most about as many
+# pixels as samples): memory stays bounded for images of any size.
+_CHUNK_SAMPLES = 1 << 20
 
 
 def expand_boxes_to_aspect(boxes: Tensor, crop_size: Sequence[int], padding: float) -> Tensor:
@@ -63,159 +80,186 @@ def expand_boxes_to_aspect(boxes: Tensor, crop_size: Sequence[int], padding: flo
     return torch.stack([cx - new_w * 0.5, cy - new_h * 0.5, cx + new_w * 0.5, cy + new_h * 0.5], dim=1)
 
 
-def _scales(crop_boxes: Tensor, crop_size: Sequence[int]) -> Tuple[Tensor, Tensor]:
-    """Returns the (N, 1, 2) origin (x0, y0) and (N, 1, 2) scale (W / w, H / h) of each crop."""
-    crop_h, crop_w = crop_size
-    origin = crop_boxes[:, None, 0:2]
-    size = crop_boxes[:, None, 2:4] - origin
-    scale = torch.tensor([crop_w, crop_h], dtype=crop_boxes.dtype, device=crop_boxes.device) / size
-    return origin, scale
+def box_crop_params(boxes: Tensor, crop_size: Sequence[int], padding: float) -> Tensor:
+    """(N, 4) XYXY person boxes -> (N, 6) crop parameters of their :func:`expand_boxes_to_aspect`
+    crop boxes, unrotated and unflipped."""
+    crop_boxes = expand_boxes_to_aspect(boxes, crop_size, padding)
+    centre = (crop_boxes[:, :2] + crop_boxes[:, 2:]) * 0.5
+    return torch.cat([centre, crop_boxes[:, 2:] - crop_boxes[:, :2], boxes.new_zeros((len(boxes), 2))], dim=1)
 
 
-def image_to_crop(points: Tensor, crop_boxes: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """Maps points from image pixels to crop pixels: u = (x - x0) * W / (x1 - x0).
+def crop_affine(params: Tensor, crop_size: Sequence[int], inverse: bool = False) -> Tensor:
+    """The (N, 2, 3) float64 affine of each crop: crop pixels (u, v, 1) -> image pixels (module
+    doc), or image -> crop with ``inverse``. params: (N, 6) crop parameters."""
+    crop_h, crop_w = float(crop_size[0]), float(crop_size[1])
+    cx, cy, w, h, angle, flip = params.double().unbind(dim=1)
+    cos, sin = torch.cos(torch.deg2rad(angle)), torch.sin(torch.deg2rad(angle))
+    sign = 1.0 - 2.0 * (flip > 0.5).double()
+    sx, sy = w / crop_w, h / crop_h
+    if inverse:
+        rows = [
+            [sign * cos / sx, -sign * sin / sx, crop_w / 2 - sign * (cos * cx - sin * cy) / sx],
+            [sin / sy, cos / sy, crop_h / 2 - (sin * cx + cos * cy) / sy],
+        ]
+    else:
+        rows = [
+            [sign * cos * sx, sin * sy, cx - sign * cos * sx * crop_w / 2 - sin * sy * crop_h / 2],
+            [-sign * sin * sx, cos * sy, cy + sign * sin * sx * crop_w / 2 - cos * sy * crop_h / 2],
+        ]
+    return torch.stack([torch.stack(row, dim=1) for row in rows], dim=1)
+
+
+def _apply_affine(points: Tensor, matrix: Tensor) -> Tensor:
+    """(N, K, D) points, channels 0, 1 = (x, y) moved by the (N, 2, 3) ``matrix`` (in float64),
+    further channels copied; same dtype as ``points``."""
+    xy = points[..., 0:2].double() @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
+    return torch.cat([xy.to(points.dtype), points[..., 2:]], dim=-1)
+
+
+def image_to_crop(points: Tensor, params: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """Maps points from image pixels to crop pixels (the inverse of :func:`crop_affine`).
 
     Args:
         points: (N, K, D) with D >= 2; channels 0, 1 are (x, y) in image pixels, further
-            channels (visibility, score) are copied unchanged.
-        crop_boxes: (N, 4) XYXY crop boxes in image pixels (from :func:`expand_boxes_to_aspect`).
+            channels (visibility, score) are copied unchanged. The keypoint order is not changed:
+            a flipped crop's left/right swap is the caller's (``crop_augmentation``).
+        params: (N, 6) crop parameters.
         crop_size: (H, W) of the crops.
 
     Returns:
-        (N, K, D): (u, y) in crop pixels of the W x H crop, other channels unchanged.
-        :func:`crop_to_image` is its inverse.
+        (N, K, D): (u, v) in crop pixels, other channels unchanged; :func:`crop_to_image` is its
+        inverse. Computed in float64, returned in ``points``' dtype.
     """
-    origin, scale = _scales(crop_boxes.to(points.dtype), crop_size)
-    out = points.clone()
-    out[..., 0:2] = (points[..., 0:2] - origin) * scale
-    return out
+    return _apply_affine(points, crop_affine(params, crop_size, inverse=True).to(points.device))
 
 
-def crop_to_image(points: Tensor, crop_boxes: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """Maps points from crop pixels back to image pixels: x = u * (x1 - x0) / W + x0.
+def crop_to_image(points: Tensor, params: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """Maps points from crop pixels back to image pixels; the inverse of :func:`image_to_crop`
+    (same arguments, same shapes)."""
+    return _apply_affine(points, crop_affine(params, crop_size).to(points.device))
 
-    The inverse of :func:`image_to_crop` (same arguments, same shapes).
-    """
-    origin, scale = _scales(crop_boxes.to(points.dtype), crop_size)
-    out = points.clone()
-    out[..., 0:2] = points[..., 0:2] / scale + origin
-    return out
+
+def _sampling_grids(params: Tensor, crop_size: Sequence[int], sampling_ratio: int) -> Tensor:
+    """(N, 2) int64 samples per bin side (S_h, S_w): ``sampling_ratio`` if > 0, else RoIAlign's
+    adaptive ceil(bin size), at least 1 and at most :data:`MAX_SAMPLING_RATIO`."""
+    if sampling_ratio > 0:
+        return torch.full((len(params), 2), int(sampling_ratio), dtype=torch.int64)
+    size = params[:, [3, 2]].detach().cpu().double() / torch.tensor([float(crop_size[0]), float(crop_size[1])])
+    return size.ceil().clamp(1, MAX_SAMPLING_RATIO).long()
+
+
+def _sample(image: Tensor, at_rows: Tensor, at_cols: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """RoIAlign's bilinear samples of a (C, Hi, Wi) image, normalised ((v - mean) / std), at the
+    pixel-index positions (continuous coordinate - 0.5) at_rows[:, i, None] + at_cols[:, None, j]
+    (at_rows (R, Sr, 2), at_cols (R, Sc, 2)): (C, R, Sr, Sc) in their dtype. Positions more than
+    one pixel outside the image read 0, within one pixel of it the edge value (torchvision's
+    ``roi_align`` rule). Only the image region under the positions is converted to float
+    (``F.grid_sample`` on it); the positions' bounding box is that of the grid's corners."""
+    size = [image.shape[2], image.shape[1]]  # (Wi, Hi)
+    corners = (at_rows[:, [0, -1], None] + at_cols[:, None, [0, -1]]).reshape(-1, 2)
+    first, last = corners.amin(dim=0).tolist(), corners.amax(dim=0).tolist()
+    inside = all(0 <= a and b <= n - 1 for a, b, n in zip(first, last, size))  # then nothing to clamp
+    low = [int(min(max(a, 0), n - 1)) for a, n in zip(first, size)]
+    high = [int(min(max(b, 0), n - 1)) + 2 for b, n in zip(last, size)]
+    region = image[:, low[1] : high[1], low[0] : high[0]].to(at_rows.dtype)
+    region.sub_(mean).div_(std)
+    # Per axis, grid_sample's normalised coordinate (align_corners=False) of position q is
+    # q * scale + offset, scale = 2 / region size, offset = (1 - 2 low) / region size - 1.
+    grid, valid = [], True
+    for axis, n in enumerate(size):
+        scale = 2.0 / region.shape[2 - axis]
+        offset = (1.0 - 2.0 * low[axis]) / region.shape[2 - axis] - 1.0
+        g = (at_rows[..., axis] * scale + offset)[:, :, None] + (at_cols[..., axis] * scale)[:, None]
+        if not inside:  # positions in [-1, n] count, clamped to [0, n - 1]
+            valid = valid & (g >= offset - scale) & (g <= n * scale + offset)
+            g.clamp_(offset, (n - 1) * scale + offset)
+        grid.append(g)
+    grid = torch.stack(grid, dim=-1)
+    values = F.grid_sample(region[None], grid.view(1, -1, 1, 2), padding_mode="border", align_corners=False)
+    return values.view(region.shape[0], *grid.shape[:-1]) * valid
 
 
 def crop_images(
-    images: Tensor,
-    crop_boxes: List[Tensor],
+    images: Sequence[Tensor],
+    params: List[Tensor],
     crop_size: Sequence[int],
     sampling_ratio: int = 0,
+    pixel_mean: Optional[Tensor] = None,
+    pixel_std: Optional[Tensor] = None,
 ) -> Tensor:
-    """Resamples every person crop of a padded image batch with ONE RoIAlign call.
+    """Cuts every person crop of a batch: rotated RoIAlign (``aligned=True``) in torch.
 
-    ``ROIAlign(output_size=crop_size, spatial_scale=1.0, sampling_ratio, aligned=True)``:
-    crop pixel (i, j) is the mean of bilinear samples spread evenly over the bin around its
-    centre, i.e. image point ``crop_to_image(j + 0.5, i + 0.5)``. ``sampling_ratio`` 0 takes
-    ceil(bin size) samples per bin side (anti-aliased when a large person is shrunk, one sample
-    when the crop enlarges); n > 0 takes n x n. Outside the image the samples read the batch
-    padding, which is 0 (pass normalised images, so that is the mean colour); beyond the padded
-    tensor RoIAlign also returns 0, except for a half-pixel border where it repeats the edge.
+    Crop pixel (i, j) is the mean of S_h x S_w bilinear samples at the crop points
+    (j + (s + 0.5) / S_w, i + (t + 0.5) / S_h) mapped by :func:`crop_affine`; S = the
+    ``sampling_ratio`` if > 0, else RoIAlign's adaptive ceil(bin size) (at most
+    :data:`MAX_SAMPLING_RATIO`). Samples more than one pixel outside the image read 0 (the mean
+    colour once normalised), within one pixel the edge value, as torchvision's ``roi_align``:
+    unrotated and unflipped, the crop equals ``roi_align(image, box, aligned=True)``. The images
+    are read in chunks of bilinear samples, never converted to float whole.
 
     Args:
-        images: (B, C, Hp, Wp) float image batch (normalised, padded, e.g. ``ImageList.tensor``).
-        crop_boxes: B tensors (N_b, 4), XYXY crop boxes of image b in its pixels.
-        crop_size: (H, W) of the output crops.
-        sampling_ratio: RoIAlign's samples per bin side (0 = adaptive).
+        images: B tensors (C, H_b, W_b) of any dtype and size (e.g. uint8 ``batched_input["image"]``).
+        params: B tensors (N_b, 6), the crop parameters of image b's persons.
+        crop_size: (H, W) of the crops.
+        sampling_ratio: samples per bin side (0 = adaptive).
+        pixel_mean, pixel_std: (C, 1, 1) normalisation applied to the samples ((v - mean) / std),
+            or None.
 
     Returns:
-        (N, C, H, W) crops, persons ordered image by image as in ``crop_boxes``.
+        (N, C, H, W) crops, persons ordered image by image; float64 for float64 images, else
+        float32.
     """
-    if len(crop_boxes) != images.shape[0]:
-        raise ValueError(f"got {len(crop_boxes)} box lists for a batch of {images.shape[0]} images")
+    if len(params) != len(images):
+        raise ValueError(f"got {len(params)} crop parameter lists for {len(images)} images")
     crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    num = sum(len(b) for b in crop_boxes)
-    if num == 0:
-        return images.new_zeros((0, images.shape[1], crop_h, crop_w))
-    rois = torch.cat(
-        [torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1) for i, b in enumerate(crop_boxes) if len(b)]
-    ).to(device=images.device, dtype=images.dtype)
-    pooler = ROIAlign((crop_h, crop_w), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
-    return pooler(images, rois)
+    crops = [
+        _crop_image(image, p, (crop_h, crop_w), sampling_ratio, pixel_mean, pixel_std)
+        for image, p in zip(images, params)
+    ]
+    if not crops:
+        return torch.zeros((0, 3, crop_h, crop_w))
+    return torch.cat(crops)
 
 
-def _roi_align_weights(start: float, end: float, out_size: int, size: int, sampling_ratio: int) -> Tuple[Tensor, int]:
-    """RoIAlign (``aligned=True``) along one axis as a matrix.
-
-    The box spans [start, end) of an axis of ``size`` pixels; returns ``(weights, first)`` with
-    ``weights`` (out_size, S) float32 such that ``weights @ signal[first:first + S]`` is what
-    torchvision's ``roi_align`` computes along that axis: per output pixel the mean of ``grid``
-    bilinear samples at the bin's sub-centres, 0 for samples beyond one pixel outside the axis,
-    the edge value within it. Positions are computed in float32 in torchvision's order.
-    """
-    start_t = torch.tensor(start, dtype=torch.float32) - 0.5
-    length = torch.tensor(end, dtype=torch.float32) - 0.5 - start_t
-    bin_size = length / out_size
-    grid = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil(float(length / out_size))), 1)
-    steps = torch.arange(out_size, dtype=torch.float32)[:, None] * bin_size
-    offsets = (torch.arange(grid, dtype=torch.float32) + 0.5) * bin_size / grid
-    pos = start_t + steps + offsets  # (out_size, grid)
-    valid = ((pos >= -1.0) & (pos <= size)).float()
-    pos = pos.clamp(min=0.0)
-    low = pos.floor().long()
-    at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
-    frac = torch.where(at_edge, torch.zeros_like(pos), pos - low.float())
-    weights = torch.zeros(out_size, size + 1, dtype=torch.float32)
-    weights.scatter_add_(1, low, (1.0 - frac) * valid / grid)
-    weights.scatter_add_(1, low + 1, frac * valid / grid)  # at the edge frac = 0: adds 0 past it
-    weights = weights[:, :size]
-    used = weights.any(dim=0).nonzero()
-    if len(used) == 0:
-        return weights[:, :0], 0
-    first, last = int(used[0]), int(used[-1]) + 1
-    return weights[:, first:last], first
-
-
-def crop_raw_images(
-    images: Sequence[Tensor],
-    crop_boxes: List[Tensor],
+def _crop_image(
+    image: Tensor,
+    params: Tensor,
     crop_size: Sequence[int],
     sampling_ratio: int,
-    pixel_mean: Tensor,
-    pixel_std: Tensor,
+    pixel_mean: Optional[Tensor],
+    pixel_std: Optional[Tensor],
 ) -> Tensor:
-    """Normalised person crops of images of any size and dtype, without a float copy of a whole image.
-
-    The result equals :func:`crop_images` on each image alone, normalised ((image - pixel_mean) /
-    pixel_std, so that what lies outside the image reads 0), up to float rounding: RoIAlign's
-    bilinear samples factor into a row and a column resampling (:func:`_roi_align_weights`),
-    applied to the image rows under each crop a band of ``_BAND_ELEMENTS`` values at a time.
-
-    Args:
-        images: B tensors (C, H_b, W_b), e.g. uint8 pixel values (``batched_input["image"]``).
-        crop_boxes: B tensors (N_b, 4), XYXY crop boxes of image b in its pixels.
-        crop_size: (H, W) of the crops. sampling_ratio: as :func:`crop_images`.
-        pixel_mean, pixel_std: (C, 1, 1) float normalisation, on the images' device.
-
-    Returns:
-        (N, C, H, W) float32 crops, persons ordered image by image as in ``crop_boxes``.
-    """
-    if len(crop_boxes) != len(images):
-        raise ValueError(f"got {len(crop_boxes)} box lists for {len(images)} images")
-    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    crops = []
-    for image, boxes in zip(images, crop_boxes):
-        channels, height, width = image.shape
-        for x0, y0, x1, y1 in boxes.detach().to("cpu", torch.float64).tolist():
-            rows, top = _roi_align_weights(y0, y1, crop_h, height, sampling_ratio)
-            cols, left = _roi_align_weights(x0, x1, crop_w, width, sampling_ratio)
-            rows, cols = rows.to(image.device), cols.to(image.device)
-            crop = torch.zeros(channels, crop_h, crop_w, device=image.device)
-            num_rows, num_cols = rows.shape[1], cols.shape[1]
-            band = max(1, _BAND_ELEMENTS // max(1, channels * num_cols))
-            for r in range(0, num_rows, band):
-                end = min(r + band, num_rows)
-                pixels = image[:, top + r : top + end, left : left + num_cols].float()
-                crop += rows[:, r:end] @ (pixels @ cols.T)
-            coverage = rows.sum(dim=1)[:, None] * cols.sum(dim=1)[None, :]  # RoIAlign of an all-ones image
-            crops.append((crop - pixel_mean * coverage) / pixel_std)
-    if not crops:
-        return torch.zeros((0, images[0].shape[0] if len(images) else 3, crop_h, crop_w))
-    return torch.stack(crops)
+    """:func:`crop_images` of one (C, H_i, W_i) image and its (N, 6) params -> (N, C, H, W)."""
+    channels = image.shape[0]
+    crop_h, crop_w = crop_size
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    out = torch.zeros((len(params), channels, crop_h, crop_w), dtype=dtype, device=image.device)
+    if len(params) == 0:
+        return out
+    mean = torch.zeros(()) if pixel_mean is None else pixel_mean
+    std = torch.ones(()) if pixel_std is None else pixel_std
+    mean, std = (t.to(image.device, dtype).reshape(-1, 1, 1) for t in (mean, std))
+    matrix = crop_affine(params, crop_size).to(image.device, dtype)
+    matrix[:, :, 2] -= 0.5  # -> pixel-index coordinates
+    grids = _sampling_grids(params, crop_size, sampling_ratio)
+    # Image pixels per sample: beyond 1 (capped sampling) the float region outgrows the samples.
+    pixels_per_sample = (params[:, 2] * params[:, 3]).detach().cpu().double() / (crop_h * crop_w * grids.prod(1))
+    for grid_h, grid_w in sorted(set(map(tuple, grids.tolist()))):
+        group = (grids[:, 0] == grid_h) & (grids[:, 1] == grid_w)
+        persons = torch.nonzero(group)[:, 0].to(image.device)
+        u = (torch.arange(crop_w * grid_w, device=image.device, dtype=dtype) + 0.5) / grid_w
+        dv = (torch.arange(grid_h, device=image.device, dtype=dtype) + 0.5) / grid_h
+        rows = len(persons) * crop_h
+        area = max(1.0, float(pixels_per_sample[group].max()))
+        step = max(1, int(_CHUNK_SAMPLES / (crop_w * grid_w * grid_h * area)))
+        for start in range(0, rows, step):
+            index = torch.arange(start, min(start + step, rows), device=image.device)
+            person, row = persons[index // crop_h], index % crop_h
+            m = matrix[person]  # (R, 2, 3)
+            v = row[:, None].to(dtype) + dv  # (R, grid_h)
+            at_rows = m[:, None, :, 1] * v[..., None] + m[:, None, :, 2]  # (R, grid_h, 2)
+            at_cols = m[:, None, :, 0] * u[:, None]  # (R, W grid_w, 2)
+            values = _sample(image, at_rows, at_cols, mean, std)
+            cells = F.avg_pool2d(values.view(channels, -1, crop_w * grid_w), (grid_h, grid_w))  # (C, R, W)
+            out[person, :, row] = cells.transpose(0, 1)
+    return out

@@ -19,21 +19,19 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes, Instances
 
-from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config, upper_body_mask
+from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
 from .box_sources import (
-    JITTER_DISTRIBUTIONS,
     TRAIN_BOX_SOURCES,
     GtBoxes,
-    HalfBodyBoxes,
     PersonBoxes,
     PersonBoxSource,
     PrecomputedBoxes,
     build_box_source,
-    jitter_boxes,
 )
-from .crops import crop_images, crop_raw_images, crop_to_image, expand_boxes_to_aspect, image_to_crop
+from .crop_augmentation import CropAugmentation
+from .crops import box_crop_params, crop_images, crop_to_image, image_to_crop
 from .keypoint_branches import KeypointBranch, build_keypoint_branch
 from .oks_nms import oks_nms
 from .tta import predict_crop_keypoints
@@ -67,16 +65,18 @@ def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float
 
 @META_ARCH_REGISTRY.register()
 class TopDownPoseEstimator(nn.Module):
-    """Crops every person box of a batch with one RoIAlign call and runs a keypoint branch.
+    """Crops every person box of a batch with one call of ``crops.crop_images`` and runs a
+    keypoint branch.
 
     Training uses the ground-truth boxes of persons with at least ``min_keypoints_per_person``
-    labelled keypoints (the ``gt`` box source, unclipped; some replaced by half-body boxes when
-    ``half_body`` is set, then jittered) and returns the branch's losses. Inference takes boxes
-    from ``box_source`` (``gt``, ``precomputed`` = ``batched_input["proposals"]``, e.g. a
-    detector's, or ``whole_image``: ``depotr.modeling.box_sources``, whose one policy checks,
-    filters, sorts and clips them; a detector runs outside the model, ``PoseWithDetector``),
-    crops from the uint8 image (``crop_raw_images``: no float copy of the whole image) and returns
-    Detectron2 ``Instances`` with keypoints in original image pixels.
+    labelled keypoints (the ``gt`` box source, clipped), turned into crop parameters by
+    ``crop_augmentation`` (half-body, jitter, rotation, flip) and returns the branch's losses.
+    Inference takes boxes from ``box_source`` (``gt``, ``precomputed`` =
+    ``batched_input["proposals"]``, e.g. a detector's, or ``whole_image``:
+    ``depotr.modeling.box_sources``, whose one policy checks, filters, sorts and clips them; a
+    detector runs outside the model, ``PoseWithDetector``), crops them unrotated and returns
+    Detectron2 ``Instances`` with keypoints in original image pixels. Both crop the uint8 images
+    the same way (no float copy of a whole image).
     """
 
     @configurable
@@ -91,10 +91,7 @@ class TopDownPoseEstimator(nn.Module):
         crop_size: Optional[Sequence[int]] = None,
         crop_padding: float = 1.25,
         crop_sampling_ratio: int = 0,
-        box_jitter_scale: float = 0.0,
-        box_jitter_shift: float = 0.0,
-        box_jitter_distribution: str = "uniform",
-        half_body: Optional[HalfBodyBoxes] = None,
+        crop_augmentation: Optional[CropAugmentation] = None,
         box_source: Optional[PersonBoxSource] = None,
         test_flip: bool = False,
         keypoint_score_thresh: float = 0.2,
@@ -112,9 +109,7 @@ class TopDownPoseEstimator(nn.Module):
             crop_size: (H, W) of the crops; default (and must equal) ``keypoint_branch.crop_size``.
             crop_padding: factor applied to a box after growing it to the aspect W:H.
             crop_sampling_ratio: RoIAlign samples per bin side (0 = adaptive, see ``crop_images``).
-            box_jitter_scale, box_jitter_shift, box_jitter_distribution: training box jitter
-                (see ``jitter_boxes``).
-            half_body: training half-body boxes, applied before the jitter; None: off.
+            crop_augmentation: the training crop augmentation (``INPUT.CROP_AUG``); None: off.
             box_source: where the person boxes come from at inference (a
                 ``depotr.modeling.box_sources.PersonBoxSource``, e.g. ``build_box_source``);
                 default ``PrecomputedBoxes()`` (all proposals, at most 100 per image).
@@ -141,21 +136,15 @@ class TopDownPoseEstimator(nn.Module):
             raise ValueError(f"crop_padding must be >= 1, got {crop_padding}")
         self.crop_padding = float(crop_padding)
         self.crop_sampling_ratio = int(crop_sampling_ratio)
-        if not 0.0 <= box_jitter_scale < 1.0 or box_jitter_shift < 0.0:
+        if crop_augmentation is not None and (crop_augmentation.crop_size, crop_augmentation.padding) != (
+            self.crop_size,
+            self.crop_padding,
+        ):
             raise ValueError(
-                f"need 0 <= box_jitter_scale < 1 and box_jitter_shift >= 0, got {box_jitter_scale}, {box_jitter_shift}"
+                f"crop_augmentation crops {crop_augmentation.crop_size} padded by {crop_augmentation.padding}, "
+                f"the model {self.crop_size} by {self.crop_padding}"
             )
-        self.box_jitter_scale = float(box_jitter_scale)
-        self.box_jitter_shift = float(box_jitter_shift)
-        if box_jitter_distribution not in JITTER_DISTRIBUTIONS:
-            raise ValueError(
-                f"MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION must be one of {JITTER_DISTRIBUTIONS}, "
-                f"got {box_jitter_distribution!r}"
-            )
-        self.box_jitter_distribution = box_jitter_distribution
-        if half_body is not None and tuple(half_body.crop_size) != self.crop_size:
-            raise ValueError(f"half_body crop_size {half_body.crop_size} differs from {self.crop_size}")
-        self.half_body = half_body
+        self.crop_augmentation = crop_augmentation
         # No weights: a detector runs outside the model (depotr.modeling.person_detector).
         self.box_source = PrecomputedBoxes() if box_source is None else box_source
         self.flip_indices: List[int] = [int(i) for i in flip_indices]
@@ -170,8 +159,9 @@ class TopDownPoseEstimator(nn.Module):
         self.oks_nms_thresh = float(oks_nms_thresh)
         self.oks_sigmas = [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
-        # The training boxes: gt persons with enough labelled keypoints, not clipped.
-        self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person, clip=False)
+        # The training boxes: gt persons with enough labelled keypoints, clipped to the image as at
+        # inference (and as SimpleBaseline / HRNet and the former whole-image augmentation did).
+        self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person)
 
     @classmethod
     def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None) -> Dict[str, Any]:
@@ -184,17 +174,6 @@ class TopDownPoseEstimator(nn.Module):
         if box_source is None:
             box_source = build_box_source(cfg, cfg.MODEL.DEPOTR.TEST_BOX_SOURCE)
         keypoints = keypoint_metadata_from_config(cfg)
-        aug = cfg.INPUT.AUG
-        half_body = None
-        if aug.ENABLED and aug.HALF_BODY_PROB > 0:
-            half_body = HalfBodyBoxes(
-                upper_body_mask(keypoints.names),
-                cfg.INPUT.CROP_SIZE,
-                aug.HALF_BODY_PROB,
-                aug.HALF_BODY_MIN_KEYPOINTS,
-                aug.HALF_BODY_MIN_PART_KEYPOINTS,
-                aug.HALF_BODY_PADDING,
-            )
         return {
             "keypoint_branch": build_keypoint_branch(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -204,10 +183,7 @@ class TopDownPoseEstimator(nn.Module):
             "crop_size": cfg.INPUT.CROP_SIZE,
             "crop_padding": cfg.INPUT.CROP_PADDING,
             "crop_sampling_ratio": cfg.INPUT.CROP_SAMPLING_RATIO,
-            "box_jitter_scale": cfg.MODEL.DEPOTR.BOX_JITTER_SCALE,
-            "box_jitter_shift": cfg.MODEL.DEPOTR.BOX_JITTER_SHIFT,
-            "box_jitter_distribution": cfg.MODEL.DEPOTR.BOX_JITTER_DISTRIBUTION,
-            "half_body": half_body,
+            "crop_augmentation": CropAugmentation.from_config(cfg),
             "box_source": box_source,
             "test_flip": cfg.TEST.FLIP,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
@@ -248,19 +224,19 @@ class TopDownPoseEstimator(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
 
-        images = self.preprocess_image(batched_inputs)
-        crop_boxes, keypoints = [], []
+        params, keypoints = [], []
         for x, (boxes, _, index) in zip(batched_inputs, self.train_box_source(batched_inputs)):
             boxes = boxes.to(self.device)
             kpts = x["instances"].gt_keypoints.tensor.to(self.device)[index.to(self.device)]
-            if self.half_body is not None:
-                boxes = self.half_body(boxes, kpts)
-            boxes = jitter_boxes(boxes, self.box_jitter_scale, self.box_jitter_shift, self.box_jitter_distribution)
-            crop_boxes.append(expand_boxes_to_aspect(boxes, self.crop_size, self.crop_padding))
+            if self.crop_augmentation is not None:
+                person_params, kpts = self.crop_augmentation(boxes, kpts)
+            else:
+                person_params = box_crop_params(boxes, self.crop_size, self.crop_padding)
+            params.append(person_params)
             keypoints.append(kpts)
 
-        crops = crop_images(images.tensor, crop_boxes, self.crop_size, self.crop_sampling_ratio)
-        targets = image_to_crop(torch.cat(keypoints), torch.cat(crop_boxes), self.crop_size)
+        crops = self.crop(batched_inputs, params)
+        targets = image_to_crop(torch.cat(keypoints), torch.cat(params), self.crop_size)
         outputs = self.keypoint_branch(crops)
         losses = self.keypoint_branch.losses(outputs, targets)
         if len(crops) == 0:
@@ -269,12 +245,19 @@ class TopDownPoseEstimator(nn.Module):
             losses = {k: v + zero for k, v in losses.items()}
         return losses
 
-    def preprocess_image(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
-        """Normalises ((image - pixel_mean) / pixel_std) and pads the images to one (B, C, Hp, Wp)
-        batch; the padding is 0, i.e. the mean colour, which is also what crops read outside
-        an image."""
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, size_divisibility=0, pad_value=0.0)
+    def crop(self, batched_inputs: List[Dict[str, Any]], params: List[Tensor]) -> Tensor:
+        """The normalised ((image - pixel_mean) / pixel_std) crops of B inputs' ``image``s, whatever
+        their dtype and size; outside an image the crops read 0, the mean colour.
+
+        Args:
+            batched_inputs: B model inputs. params: B tensors (N_b, 6), crop parameters.
+        Returns:
+            (N, C, H, W) float32 crops, image by image (``crops.crop_images``).
+        """
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        return crop_images(
+            images, params, self.crop_size, self.crop_sampling_ratio, self.pixel_mean, self.pixel_std
+        ).float()
 
     def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         """Per image the ``box_source``'s (boxes (N, 4) XYXY image pixels, scores (N,), int64 (N,)
@@ -286,20 +269,17 @@ class TopDownPoseEstimator(nn.Module):
     ) -> List[Dict[str, Instances]]:
         """Inference part of :meth:`forward` (same inputs and outputs). With
         ``do_postprocess=False`` the Instances are in the size of the input image tensors."""
-        images = [x["image"].to(self.device) for x in batched_inputs]
         boxes_scores = self._inference_boxes(batched_inputs)
-        crop_boxes = [expand_boxes_to_aspect(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
-        crops = crop_raw_images(
-            images, crop_boxes, self.crop_size, self.crop_sampling_ratio, self.pixel_mean, self.pixel_std
-        )
+        params = [box_crop_params(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
+        crops = self.crop(batched_inputs, params)
         flip_indices = self.flip_indices if self.test_flip else None
         crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices)
-        keypoints = crop_to_image(crop_keypoints, torch.cat(crop_boxes), self.crop_size)
+        keypoints = crop_to_image(crop_keypoints, torch.cat(params), self.crop_size)
 
         results = []
-        per_image = keypoints.split([len(b) for b in crop_boxes])
-        for x, image, (boxes, box_scores, index), kpts in zip(batched_inputs, images, boxes_scores, per_image):
-            image_size = tuple(image.shape[-2:])
+        per_image = keypoints.split([len(p) for p in params])
+        for x, (boxes, box_scores, index), kpts in zip(batched_inputs, boxes_scores, per_image):
+            image_size = tuple(x["image"].shape[-2:])
             instances = Instances(image_size)
             instances.pred_boxes = Boxes(boxes.clone())  # detector_postprocess scales in place
             instances.scores = rescore_instances(box_scores, kpts[..., 2], self.keypoint_score_thresh)
