@@ -228,3 +228,19 @@ def _add_test_config(cfg: CN) -> None:
     # OKS-NMS of each image's poses (box areas as scales): a pose with OKS above this with a
     # higher-scoring one is dropped (thesis and SimpleBaseline: 0.9); 1.0 disables it.
     cfg.TEST.OKS_NMS_THRESH = 0.9
+
+    # Video (depotr/tracking.py; demo --track / --smooth). Tracking matches the persons of a frame
+    # to the tracks of the frames before by IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS (Hungarian),
+    # never below MIN_SIMILARITY; a track without a match is kept MAX_LOST_FRAMES frames (~1/3 s at
+    # 25-30 fps), then ended.
+    cfg.TEST.TRACK = CN()
+    cfg.TEST.TRACK.IOU_WEIGHT = 0.5
+    cfg.TEST.TRACK.MIN_SIMILARITY = 0.3
+    cfg.TEST.TRACK.MAX_LOST_FRAMES = 10
+    # One-Euro smoothing of each track's keypoints (Casiez et al. 2012): cutoff (Hz) =
+    # MIN_CUTOFF + BETA x speed (pixels/s), the speed filtered at D_CUTOFF Hz. At 25-30 fps a
+    # standing keypoint is filtered at 1 Hz, one moving at 100 px/s at 6 Hz (little lag).
+    cfg.TEST.SMOOTH = CN()
+    cfg.TEST.SMOOTH.MIN_CUTOFF = 1.0
+    cfg.TEST.SMOOTH.BETA = 0.05
+    cfg.TEST.SMOOTH.D_CUTOFF = 1.0
