@@ -134,7 +134,7 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
             found = sorted(glob.glob(pattern))
         else:
             found = [pattern] if os.path.exists(pattern) else []
-        if not found:
+        if not found and not os.path.isdir(pattern):
             missing.append(pattern)
         for path in found:
             if os.path.isdir(path) or os.path.realpath(path) in seen:
