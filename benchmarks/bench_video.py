@@ -219,6 +219,13 @@ def accelerations(tracks: Dict[object, Dict[int, np.ndarray]]) -> List[float]:
     return out
 
 
+def mean_acceleration(tracks: Dict[object, Dict[int, np.ndarray]]) -> float:
+    """Mean of :func:`accelerations` over the keypoints defined in all three frames; NaN if none."""
+    values = np.array(accelerations(tracks))
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def keypoint_ap(images: List[Dict], annotations: List[Dict], results: List[Dict]) -> float:
     """COCO keypoint AP (in %) of ``results`` on the clips' frames (COCO sigmas)."""
     if not results:
@@ -265,7 +272,8 @@ class VideoStats:
             for key, value in clear_mot(truth, tracked).items():
                 self.counts[key] += value
         for t, instances in enumerate(tracked):
-            self.results[kind] += instances_to_coco_json(instances, first_image_id + t)
+            for result in instances_to_coco_json(instances, first_image_id + t):
+                self.results[kind].append({**result, "category_id": 1})  # Detectron2 writes the class index, 0
             for track_id, keypoints in zip(instances.track_id.tolist(), instances.pred_keypoints.numpy()):
                 self.tracks[kind].setdefault((clip, track_id), {})[t] = keypoints[:, :2]
 
@@ -326,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             tracker = PoseTracker.from_config(cfg, fps=args.fps, smooth=kind == "smoothed")
             stats.add_tracked(kind, clip, first_image_id, truth, [tracker.update(instances) for instances in raw])
     tracks, counts, num_frames, num_tracks = stats.tracks, stats.counts, len(stats.images), stats.num_tracks
-    jitter = {kind: float(np.nanmean(accelerations(tracks[kind]) or [np.nan])) for kind in tracks}
+    jitter = {kind: mean_acceleration(tracks[kind]) for kind in tracks}
     ap = {kind: keypoint_ap(stats.images, stats.annotations, stats.results[kind]) for kind in ("raw", "smoothed")}
     mota = 1.0 - (counts["misses"] + counts["false_positives"] + counts["id_switches"]) / max(counts["gt"], 1)
     print(f"model: {args.config_file} ({'random weights' if args.random_weights else args.weights})")

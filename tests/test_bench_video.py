@@ -94,3 +94,26 @@ def test_smoke_run_with_random_weights_ends_with_the_summary_line(bench, capsys)
     assert match, lines[-1]
     assert int(match.group(2)) >= 4  # 2 clips x at least 2 persons
     assert any(line.startswith("frames/s: ") for line in lines) and any(line.startswith("MOTA ") for line in lines)
+
+
+def test_perfect_tracked_poses_give_ap_100_and_the_truth_jitter(bench):
+    _, truth = bench.render_clip(seed=0, clip=1, frames=6, size=128, fps=25.0)
+    stats = bench.VideoStats()
+    first_image_id = stats.add_truth(0, truth, 128)
+    tracked = []
+    for persons in truth:
+        out = Instances((128, 128))
+        xywh = np.array([p["bbox"] for p in persons], np.float32)
+        out.pred_boxes = Boxes(torch.tensor(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)))
+        keypoints = torch.tensor([p["keypoints"] for p in persons], dtype=torch.float32).reshape(-1, 17, 3)
+        keypoints[..., :2] += 0.5  # pixel-index convention -> continuous, as the Predictor gives
+        keypoints[..., 2] = 1.0
+        out.pred_keypoints, out.scores = keypoints, torch.ones(len(persons))
+        out.pred_classes = torch.zeros(len(persons), dtype=torch.int64)
+        out.track_id = torch.tensor([p["track"] for p in persons])
+        tracked.append(out)
+    stats.add_tracked("raw", 0, first_image_id, truth, tracked)
+    assert bench.keypoint_ap(stats.images, stats.annotations, stats.results["raw"]) == pytest.approx(100.0)
+    assert dict(stats.counts) == {"gt": sum(map(len, truth)), "misses": 0, "false_positives": 0, "id_switches": 0}
+    truth_jitter = bench.mean_acceleration(stats.tracks["truth"])
+    assert 0 < truth_jitter < 2  # walking moves the keypoints smoothly

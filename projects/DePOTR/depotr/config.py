@@ -239,8 +239,10 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.TRACK.MAX_LOST_FRAMES = 10
     # One-Euro smoothing of each track's keypoints (Casiez et al. 2012): cutoff (Hz) =
     # MIN_CUTOFF + BETA x speed (pixels/s), the speed filtered at D_CUTOFF Hz. At 25-30 fps a
-    # standing keypoint is filtered at 1 Hz, one moving at 100 px/s at 6 Hz (little lag).
+    # still keypoint is filtered at 1 Hz, one moving at 100 px/s at 21 Hz (little lag). Chosen on
+    # bench_video.py's clips (persons 110-190 px tall) with ground-truth poses + N(0, 0.5 or 2 px):
+    # jitter -30 / -42 %, AP -0.3 / +5.5; BETA 0.05 smooths more but lags (AP -8 at 0.5 px).
     cfg.TEST.SMOOTH = CN()
     cfg.TEST.SMOOTH.MIN_CUTOFF = 1.0
-    cfg.TEST.SMOOTH.BETA = 0.05
+    cfg.TEST.SMOOTH.BETA = 0.2
     cfg.TEST.SMOOTH.D_CUTOFF = 1.0
