@@ -133,14 +133,35 @@ def test_confidence_threshold_above_every_score_writes_the_image_unchanged(demo,
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [42]  # a COCO-style id
 
 
-def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
-    video = tmp_path / "walk.mp4"
-    frames = [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(5)]  # 128 x 128
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 128))
+def write_video(path, frames, fps=10.0, fourcc="mp4v"):
+    h, w = frames[0].shape[:2] if frames else (64, 64)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     assert writer.isOpened()
     for frame in frames:
         writer.write(frame)
     writer.release()
+
+
+def read_video(path):
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def walk_frames(n=5):
+    return [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(n)]  # 128 x 128
+
+
+def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(5))
     results_json = tmp_path / "keypoints.json"
     status = demo.main(
         [
@@ -156,15 +177,7 @@ def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
         ]
     )
     assert status == 0
-    capture = cv2.VideoCapture(str(tmp_path / "out" / "walk.mp4"))
-    assert capture.isOpened()
-    read = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        read.append(frame)
-    capture.release()
+    read = read_video(tmp_path / "out" / "walk.mp4")
     assert len(read) == 5 and all(f.shape == (128, 128, 3) for f in read)
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [0, 1, 2, 3, 4]  # frame indices
 
@@ -242,32 +255,6 @@ def test_subfolders_are_skipped_and_truncated_jpegs_reported(demo, tmp_path, cap
 
 
 # ---- inputs and outputs (issue 23 items 4, 5 and 8's --output x.mp4) and video (issue 22) ----
-
-
-def write_video(path, frames, fps=10.0, fourcc="mp4v"):
-    h, w = frames[0].shape[:2] if frames else (64, 64)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-
-
-def read_video(path):
-    capture = cv2.VideoCapture(str(path))
-    assert capture.isOpened(), path
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
-def walk_frames(n=5):
-    return [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(n)]  # 128 x 128
 
 
 def box_file(path, per_image):
