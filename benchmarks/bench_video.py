@@ -19,7 +19,9 @@ with probability ``--fp-rate``.
 Model: ``depotr.Predictor`` on those boxes, frame by frame (frames/s: this prediction only,
 tracking excluded); persons scoring below ``--min-score`` are dropped, the rest tracked by
 ``depotr.tracking.PoseTracker`` (``TEST.TRACK``) and, for the smoothed figures, also smoothed
-(``TEST.SMOOTH``) at ``--fps``.
+(``TEST.SMOOTH``) at ``--fps``. ``--oracle-noise PX`` replaces the model by the ground-truth
+keypoints of each box's person plus N(0, PX) px noise (random keypoints for a false positive): the
+tracking and smoothing alone, without a checkpoint (frames/s then means nothing).
 
 Metrics (predictions matched to the ground truth per frame by Hungarian matching on box IoU >= 0.5):
 * ID switches (CLEAR MOT): a ground-truth track matched to another predicted id than at its last
@@ -31,6 +33,7 @@ Metrics (predictions matched to the ground truth per frame by Hungarian matching
 
     python benchmarks/bench_video.py                      # the main job's model, 8 clips x 60 frames
     python benchmarks/bench_video.py --config-file configs/depotr_hm_r50.yaml --random-weights  # speed only
+    python benchmarks/bench_video.py --oracle-noise 2                # tracking and smoothing alone
     python benchmarks/bench_video.py --random-weights --clips 2 --frames 8 --image-size 128  # smoke run
 
 The last line is ``video: idsw <n> of <tracks> tracks, jitter raw <x> smoothed <y>, AP raw <a> smoothed <b>``.
@@ -168,41 +171,76 @@ def _annotation(i: int, person, layer: np.ndarray, labels: np.ndarray, size: int
     }
 
 
-def detector_boxes(truth: List[Dict], size: int, rng: np.random.Generator, args) -> Tuple[np.ndarray, np.ndarray]:
-    """(N, 4) XYXY boxes and (N,) scores of a noisy detector on one frame's ground truth."""
-    boxes, scores = [], []
-    for person in truth:
+def detector_boxes(
+    truth: List[Dict], size: int, rng: np.random.Generator, args
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 4) XYXY boxes, (N,) scores and (N,) sources (the index in ``truth`` of the person each
+    box comes from; -1: a false positive) of a noisy detector on one frame's ground truth."""
+    boxes, scores, sources = [], [], []
+    for index, person in enumerate(truth):
         if rng.random() < args.miss_rate:
             continue
         x, y, w, h = person["bbox"]
         jitter = rng.normal(0.0, args.box_jitter, 4) * np.array([w, h, w, h])
         boxes.append(np.array([x, y, x + w, y + h]) + jitter)
         scores.append(rng.uniform(0.6, 1.0))
+        sources.append(index)
     if rng.random() < args.fp_rate:
         h = rng.uniform(0.3, 0.7) * size
         x, y = rng.uniform(0, size - 0.4 * h), rng.uniform(0, size - h)
         boxes.append(np.array([x, y, x + 0.4 * h, y + h]))
         scores.append(rng.uniform(0.3, 0.7))
+        sources.append(-1)
     boxes = np.clip(np.array(boxes, np.float32).reshape(-1, 4), 0, size)
     keep = (boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)
-    return boxes[keep], np.array(scores, np.float32)[keep]
+    return boxes[keep], np.array(scores, np.float32)[keep], np.array(sources, np.int64)[keep]
+
+
+def oracle_instances(
+    truth: List[Dict], boxes: np.ndarray, scores: np.ndarray, sources: np.ndarray, noise: float, size: int, rng
+) -> Instances:
+    """A stand-in for the model: the ground-truth keypoints of each box's person plus N(0, ``noise``)
+    px (keypoint score 1), random keypoints in a false positive's box; fields as the Predictor's."""
+    keypoints = np.ones((len(boxes), K, 3), np.float32)
+    for n, (box, source) in enumerate(zip(boxes, sources)):
+        if source < 0:
+            keypoints[n, :, :2] = box[:2] + rng.uniform(0, 1, (K, 2)) * (box[2:] - box[:2])
+        else:
+            xy = np.array(truth[source]["keypoints"], np.float32).reshape(K, 3)[:, :2] + 0.5  # continuous pixels
+            keypoints[n, :, :2] = xy + rng.normal(0.0, noise, (K, 2))
+    instances = Instances((size, size))
+    instances.pred_boxes = Boxes(torch.as_tensor(boxes))
+    instances.scores = torch.as_tensor(scores)
+    instances.pred_keypoints = torch.as_tensor(keypoints)
+    instances.pred_classes = torch.zeros(len(boxes), dtype=torch.int64)
+    return instances
 
 
 def clear_mot(truth: List[List[Dict]], tracked: List[Instances]) -> Dict[str, int]:
-    """CLEAR MOT counts of one clip: ground-truth boxes, misses, false positives, ID switches
-    (a ground-truth track matched to another predicted id than at its last match)."""
+    """CLEAR MOT counts of one clip (Bernardin & Stiefelhagen 2008): ground-truth boxes, misses,
+    false positives, ID switches (a ground-truth track matched to another predicted id than at its
+    last match). A ground-truth person keeps its last match while their box IoU is >= 0.5; the
+    others are matched by Hungarian matching on box IoU >= 0.5 (without the first rule, two
+    overlapping persons' jittered boxes would swap in the matching, not in the tracking)."""
     counts = defaultdict(int)
     last_match: Dict[int, int] = {}
     for persons, instances in zip(truth, tracked):
         gt = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (p["bbox"] for p in persons)]).reshape(-1, 4)
         iou = pairwise_iou(Boxes(gt), instances.pred_boxes).numpy()
+        ids = instances.track_id.tolist()
+        matched = []
+        for r, person in enumerate(persons):
+            c = ids.index(last_match[person["track"]]) if last_match.get(person["track"]) in ids else -1
+            if c >= 0 and iou[r, c] >= 0.5:
+                matched.append((r, c))
+                iou[r, :], iou[:, c] = 0.0, 0.0  # taken
         rows, cols = linear_sum_assignment(iou, maximize=True)
-        matched = [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= 0.5]
+        matched += [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= 0.5]
         counts["gt"] += len(persons)
         counts["misses"] += len(persons) - len(matched)
         counts["false_positives"] += len(instances) - len(matched)
         for r, c in matched:
-            track, pred_id = persons[r]["track"], int(instances.track_id[c])
+            track, pred_id = persons[r]["track"], ids[c]
             counts["id_switches"] += int(track in last_match and last_match[track] != pred_id)
             last_match[track] = pred_id
     return counts
@@ -294,6 +332,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--miss-rate", type=float, default=0.05, help="probability that a person gets no box")
     parser.add_argument("--fp-rate", type=float, default=0.1, help="probability of a false-positive box per frame")
     parser.add_argument("--min-score", type=float, default=0.2, help="persons scoring below are not tracked")
+    parser.add_argument(
+        "--oracle-noise",
+        type=float,
+        metavar="PX",
+        help="no model: each box gets its person's ground-truth keypoints + N(0, PX) (tracking and smoothing alone)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ...")
     return parser
@@ -304,7 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.clips < 1 or args.frames < 3:
         print("bench_video: needs --clips >= 1 and --frames >= 3", file=sys.stderr)
         return 1
-    if not args.random_weights and not os.path.isfile(args.weights):
+    oracle = args.oracle_noise is not None
+    if not oracle and not args.random_weights and not os.path.isfile(args.weights):
         print(
             f"bench_video: no checkpoint {args.weights}: train it first (make main), pass --weights, "
             "or --random-weights for speed alone",
@@ -313,10 +358,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_depotr_config(
-        args.config_file, ["MODEL.WEIGHTS", "" if args.random_weights else args.weights, *args.opts]
-    )
-    predictor = Predictor(cfg)
+    weights = "" if args.random_weights or oracle else args.weights
+    cfg = load_depotr_config(args.config_file, ["MODEL.WEIGHTS", weights, *args.opts])
+    predictor = None if oracle else Predictor(cfg)
     rng = np.random.default_rng([args.seed, 1])
     stats = VideoStats()
     predict_seconds = 0.0
@@ -325,9 +369,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         first_image_id = stats.add_truth(clip, truth, args.image_size)
         raw = []
         for frame, persons in zip(frames, truth):
-            boxes, scores = detector_boxes(persons, args.image_size, rng, args)
+            boxes, scores, sources = detector_boxes(persons, args.image_size, rng, args)
             start = time.perf_counter()
-            instances = predictor(frame, boxes, scores)
+            if oracle:
+                instances = oracle_instances(persons, boxes, scores, sources, args.oracle_noise, args.image_size, rng)
+            else:
+                instances = predictor(frame, boxes, scores)
             predict_seconds += time.perf_counter() - start
             raw.append(instances[instances.scores >= args.min_score])
         for kind in ("raw", "smoothed"):
@@ -337,7 +384,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     jitter = {kind: mean_acceleration(tracks[kind]) for kind in tracks}
     ap = {kind: keypoint_ap(stats.images, stats.annotations, stats.results[kind]) for kind in ("raw", "smoothed")}
     mota = 1.0 - (counts["misses"] + counts["false_positives"] + counts["id_switches"]) / max(counts["gt"], 1)
-    print(f"model: {args.config_file} ({'random weights' if args.random_weights else args.weights})")
+    model = f"ground truth + N(0, {args.oracle_noise} px)" if oracle else (weights or "random weights")
+    print(f"model: {args.config_file} ({model})")
     print(
         f"clips: {args.clips} x {args.frames} frames of {args.image_size}x{args.image_size}, "
         f"{num_tracks} ground-truth tracks, {counts['gt']} persons"

@@ -68,6 +68,17 @@ def test_clear_mot_counts_switches_misses_and_false_positives(bench):
     assert dict(counts) == {"gt": 8, "misses": 1, "false_positives": 1, "id_switches": 2}
 
 
+def test_clear_mot_keeps_a_valid_match_of_overlapping_persons(bench):
+    # Two persons overlapping (box IoU 0.82); in frame 1 each one's jittered box is nearer the other
+    # person's box, but the ids are right: no switch (Hungarian matching alone would count two).
+    truth = [[{"track": 0, "bbox": [0, 0, 10, 20]}, {"track": 1, "bbox": [1, 0, 10, 20]}]] * 2
+    tracked = [
+        _frame([[0.0, 0.0, 10.0, 20.0], [1.0, 0.0, 11.0, 20.0]], [4, 5]),
+        _frame([[1.0, 0.0, 11.0, 20.0], [0.0, 0.0, 10.0, 20.0]], [4, 5]),
+    ]
+    assert bench.clear_mot(truth, tracked)["id_switches"] == 0
+
+
 def test_accelerations_of_three_consecutive_frames(bench):
     poses = {0: np.zeros((2, 2)), 1: np.ones((2, 2)), 2: np.full((2, 2), 4.0), 4: np.zeros((2, 2))}
     # frame 1: |4 - 2 + 0| = 2 per coordinate -> 2 sqrt(2) per keypoint; frames 2-4 are not consecutive
