@@ -27,8 +27,9 @@ Metrics (predictions matched to the ground truth per frame by Hungarian matching
 * ID switches (CLEAR MOT): a ground-truth track matched to another predicted id than at its last
   match; MOTA = 1 - (misses + false positives + ID switches) / ground-truth boxes;
 * jitter: mean keypoint acceleration |p(t+1) - 2 p(t) + p(t-1)| in px/frame^2 over the predicted
-  tracks' keypoints in three consecutive frames, raw and smoothed (the ground truth's own, walking
-  motion included, is printed as the floor);
+  tracks' keypoints in three consecutive frames, scoring >= ``MODEL.DEPOTR.KEYPOINT_SCORE_THRESH``
+  in all three, raw and smoothed (the ground truth's own, labelled keypoints, walking motion
+  included, is printed as the floor);
 * keypoint AP (pycocotools COCOeval, COCO sigmas) over every frame of every clip, raw and smoothed.
 
     python benchmarks/bench_video.py                      # the main job's model, 8 clips x 60 frames
@@ -152,9 +153,10 @@ def _annotation(i: int, person, layer: np.ndarray, labels: np.ndarray, size: int
     if mask.sum() < 50:
         return None
     face = synthetic._face_landmarks(person)
-    keypoints = []
+    keypoints, positions = [], []
     for name in COCO_PERSON_KEYPOINT_NAMES:
         (x, y), labelled = face[name] if name in face else (person.points2d[name], True)
+        positions += [float(x), float(y)]
         if not labelled or not (0 <= x <= size - 1 and 0 <= y <= size - 1):
             keypoints += [0.0, 0.0, 0]
             continue
@@ -168,6 +170,7 @@ def _annotation(i: int, person, layer: np.ndarray, labels: np.ndarray, size: int
         "area": float(mask.sum()),
         "keypoints": keypoints,
         "num_keypoints": sum(1 for v in keypoints[2::3] if v > 0),
+        "positions": positions,  # x, y of all K keypoints, labelled or not (for the oracle)
     }
 
 
@@ -200,14 +203,16 @@ def oracle_instances(
     truth: List[Dict], boxes: np.ndarray, scores: np.ndarray, sources: np.ndarray, noise: float, size: int, rng
 ) -> Instances:
     """A stand-in for the model: the ground-truth keypoints of each box's person plus N(0, ``noise``)
-    px (keypoint score 1), random keypoints in a false positive's box; fields as the Predictor's."""
+    px (score 1; 0 for the unlabelled ones, placed where they are, e.g. behind the head), random
+    keypoints in a false positive's box (score 1); fields as the Predictor's."""
     keypoints = np.ones((len(boxes), K, 3), np.float32)
     for n, (box, source) in enumerate(zip(boxes, sources)):
         if source < 0:
             keypoints[n, :, :2] = box[:2] + rng.uniform(0, 1, (K, 2)) * (box[2:] - box[:2])
         else:
-            xy = np.array(truth[source]["keypoints"], np.float32).reshape(K, 3)[:, :2] + 0.5  # continuous pixels
+            xy = np.array(truth[source]["positions"], np.float32).reshape(K, 2) + 0.5  # continuous pixels
             keypoints[n, :, :2] = xy + rng.normal(0.0, noise, (K, 2))
+            keypoints[n, :, 2] = np.array(truth[source]["keypoints"][2::3]) > 0
     instances = Instances((size, size))
     instances.pred_boxes = Boxes(torch.as_tensor(boxes))
     instances.scores = torch.as_tensor(scores)
@@ -277,7 +282,9 @@ class VideoStats:
     """What the metrics need, gathered clip by clip: the COCO ground truth and results of every
     frame, the keypoints of every track over time, the CLEAR MOT counts."""
 
-    def __init__(self):
+    def __init__(self, min_keypoint_score: float = 0.0):
+        """``min_keypoint_score``: predicted keypoints scoring below it are left out of the jitter."""
+        self.min_keypoint_score = min_keypoint_score
         self.images: List[Dict] = []
         self.annotations: List[Dict] = []
         self.results: Dict[str, List[Dict]] = {"raw": [], "smoothed": []}
@@ -313,7 +320,8 @@ class VideoStats:
             for result in instances_to_coco_json(instances, first_image_id + t):
                 self.results[kind].append({**result, "category_id": 1})  # Detectron2 writes the class index, 0
             for track_id, keypoints in zip(instances.track_id.tolist(), instances.pred_keypoints.numpy()):
-                self.tracks[kind].setdefault((clip, track_id), {})[t] = keypoints[:, :2]
+                xy = np.where(keypoints[:, 2:] >= self.min_keypoint_score, keypoints[:, :2], np.nan)
+                self.tracks[kind].setdefault((clip, track_id), {})[t] = xy
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -362,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = load_depotr_config(args.config_file, ["MODEL.WEIGHTS", weights, *args.opts])
     predictor = None if oracle else Predictor(cfg)
     rng = np.random.default_rng([args.seed, 1])
-    stats = VideoStats()
+    stats = VideoStats(cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH)
     predict_seconds = 0.0
     for clip in range(args.clips):
         frames, truth = render_clip(args.seed, clip, args.frames, args.image_size, args.fps)
