@@ -241,7 +241,7 @@ def _add_test_config(cfg: CN) -> None:
     # MIN_CUTOFF + BETA x speed (pixels/s), the speed filtered at D_CUTOFF Hz. At 25-30 fps a
     # still keypoint is filtered at 1 Hz, one moving at 100 px/s at 21 Hz (little lag). Chosen on
     # bench_video.py's clips (persons 110-190 px tall) with ground-truth poses + N(0, 0.5 or 2 px):
-    # jitter -25 / -39 %, AP -0.7 / +4.3; BETA 0.05 smooths more but lags (AP -9.5 at 0.5 px).
+    # jitter -40 / -44 %, AP -0.7 / +4.4; BETA 0.05 smooths more but lags (AP -9 at 0.5 px).
     cfg.TEST.SMOOTH = CN()
     cfg.TEST.SMOOTH.MIN_CUTOFF = 1.0
     cfg.TEST.SMOOTH.BETA = 0.2
