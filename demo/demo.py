@@ -93,9 +93,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--confidence-threshold",
         type=float,
-        default=0.0,
         help="drop persons whose score (box score x mean confident keypoint score) is below this; "
-        "default 0 keeps every person",
+        "default: keep every person (a heatmap model's scores can be below 0)",
     )
     parser.add_argument("--save-json", metavar="PATH", help="also write the persons as COCO keypoint results")
     parser.add_argument(
@@ -270,13 +269,13 @@ def coco_results(instances: Instances, image_id: ImageId) -> List[Dict]:
 
 class Demo:
     """Predicts the persons of an image (in the boxes of ``boxes`` when given), keeps those
-    scoring >= ``threshold``, tracks them when a ``tracker`` is given, draws them and collects
+    scoring >= ``threshold`` (None: all), tracks them when a ``tracker`` is given, draws them and collects
     their COCO results."""
 
     def __init__(
         self,
         predictor: Predictor,
-        threshold: float,
+        threshold: Optional[float],
         tracker: Optional[PoseTracker] = None,
         boxes: Optional[PersonBoxes] = None,
     ):
@@ -293,7 +292,8 @@ class Demo:
             instances = self.predictor(image)
         else:
             instances = self.predictor(image, *self.boxes.get(image_id, (np.zeros((0, 4), np.float32), None)))
-        instances = instances[instances.scores >= self.threshold]
+        if self.threshold is not None:
+            instances = instances[instances.scores >= self.threshold]
         if self.tracker is not None:
             instances = self.tracker.update(instances)
         self.results += coco_results(instances, image_id)

@@ -13,7 +13,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from skimage import data as skimage_data
+
+from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
@@ -272,8 +275,7 @@ def box_file(path, per_image):
 
 
 def run(demo, *args):
-    # Every person kept: a random-weights heatmap model can score persons below 0.
-    return demo.main(["--config-file", INSTANT_CONFIG, "--confidence-threshold=-1e9", *map(str, args), *CPU])
+    return demo.main(["--config-file", INSTANT_CONFIG, *map(str, args), *CPU])
 
 
 @pytest.fixture
@@ -421,7 +423,7 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
 
 
 def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys):
-    runner = demo.Demo(Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"])), -np.inf)
+    runner = demo.Demo(Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"])), None)
     frames = walk_frames(3)
     frames.insert(1, frames[0][:64])
     out = tmp_path / "out.mp4"
@@ -429,3 +431,20 @@ def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys)
     assert "skipping frame 1: its size 128x64 differs from the first frame's 128x128" in capsys.readouterr().err
     assert len(read_video(out)) == 3
     assert [r["image_id"] for r in runner.results] == [0, 2, 3]  # frames keep their index
+
+
+def test_default_threshold_keeps_persons_scoring_below_zero(demo):
+    # before: the default --confidence-threshold 0 dropped them (a heatmap model's keypoint scores,
+    # hence person scores, can be negative; with random weights, about every other run)
+    def predictor(image):
+        out = Instances(image.shape[:2])
+        out.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+        out.pred_keypoints = torch.zeros(1, 17, 3)
+        out.scores = torch.tensor([-0.3])
+        out.pred_classes = torch.zeros(1, dtype=torch.int64)
+        return out
+
+    args = demo.get_parser().parse_args(["--config-file", "x.yaml", "--input", "a.png", "--output", "out"])
+    runner = demo.Demo(predictor, args.confidence_threshold)
+    assert len(runner(np.zeros((20, 20, 3), np.uint8), 0)) == 1 and runner.results[0]["score"] == pytest.approx(-0.3)
+    assert len(demo.Demo(predictor, 0.0)(np.zeros((20, 20, 3), np.uint8), 0)) == 0
