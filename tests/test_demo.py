@@ -448,3 +448,24 @@ def test_default_threshold_keeps_persons_scoring_below_zero(demo):
     runner = demo.Demo(predictor, args.confidence_threshold)
     assert len(runner(np.zeros((20, 20, 3), np.uint8), 0)) == 1 and runner.results[0]["score"] == pytest.approx(-0.3)
     assert len(demo.Demo(predictor, 0.0)(np.zeros((20, 20, 3), np.uint8), 0)) == 0
+
+
+def test_tracked_persons_are_drawn_in_their_id_colour(demo):
+    image = np.full((120, 160, 3), 128, np.uint8)
+    metadata = demo.Demo(None, None).metadata
+
+    def drawn(track_id):
+        out = Instances((120, 160))
+        out.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 100.0, 110.0]]))
+        out.pred_keypoints = torch.cat([torch.rand(1, 17, 2) * 60 + 30, torch.ones(1, 17, 1)], 2)
+        out.scores = torch.ones(1)
+        out.track_id = torch.tensor([track_id])
+        return demo.draw(image, out, metadata).astype(int)
+
+    first, again, other = [(torch.manual_seed(0), drawn(i))[1] for i in (0, 0, 1)]  # the same pose each time
+    np.testing.assert_array_equal(first, again)  # an id keeps its colour
+    edge = first[20:110, 20]  # the box's left edge
+    assert np.abs(edge - other[20:110, 20]).max() > 40  # another id, another colour
+    palette = demo.colormap(rgb=True, maximum=255)
+    bgr0 = palette[0][::-1]
+    assert np.abs(edge.mean(0) - bgr0).max() < np.abs(edge.mean(0) - palette[1][::-1]).max()
