@@ -7,15 +7,13 @@
     python demo/demo.py --config-file ... --video-input walk.mp4 --output out/ --opts MODEL.WEIGHTS ...
     python demo/demo.py --config-file ... --webcam --opts MODEL.WEIGHTS ...
 
-Person boxes (``depotr.Predictor``): the Detectron2 person detector of MODEL.DEPOTR.DETECTOR when
-it is configured, e.g.
+Person boxes (``depotr.Predictor``): from a box file, --boxes detections.json, COCO detection
+results ({image_id, category_id 1, bbox XYWH, score}), image_id = the image's id (below) or, for a
+video, the frame index (0-based), an image or frame without an entry having no person; else the
+Detectron2 person detector of MODEL.DEPOTR.DETECTOR when it is configured, e.g.
     --opts MODEL.DEPOTR.DETECTOR.CONFIG_FILE model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml \
            MODEL.DEPOTR.DETECTOR.WEIGHTS model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml
 otherwise the whole image is one person (the single-person mode of a top-down model).
-
-or from a box file: --boxes detections.json, COCO detection results ({image_id, category_id 1,
-bbox XYWH, score}), image_id = the image's id (below) or, for a video, the frame index (0-based);
-an image or frame without an entry has no person.
 
 Video: --track gives each person a persistent id (depotr.tracking, TEST.TRACK), drawn in its own
 colour and saved as "track_id"; --smooth (implies --track) also smooths the keypoints with a
