@@ -7,28 +7,43 @@
     python demo/demo.py --config-file ... --video-input walk.mp4 --output out/ --opts MODEL.WEIGHTS ...
     python demo/demo.py --config-file ... --webcam --opts MODEL.WEIGHTS ...
 
-Person boxes (``depotr.Predictor``): the Detectron2 person detector of MODEL.DEPOTR.DETECTOR when
-it is configured, e.g.
+Person boxes (``depotr.Predictor``): from a box file, --boxes detections.json, COCO detection
+results ({image_id, category_id 1, bbox XYWH, score}), image_id = the image's id (below) or, for a
+video, the frame index (0-based), an image or frame without an entry having no person; else the
+Detectron2 person detector of MODEL.DEPOTR.DETECTOR when it is configured, e.g.
     --opts MODEL.DEPOTR.DETECTOR.CONFIG_FILE model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml \
            MODEL.DEPOTR.DETECTOR.WEIGHTS model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml
 otherwise the whole image is one person (the single-person mode of a top-down model).
 
-Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged),
-<output>/<video stem>.mp4 (mp4v, the input's frame rate) for a video; the webcam is shown in a
-window (Esc quits). Images and frames whose long side exceeds 1920 px are downscaled to 1920 px
+Video: --track gives each person a persistent id (depotr.tracking, TEST.TRACK), drawn in its own
+colour and saved as "track_id"; --smooth (implies --track) also smooths the keypoints with a
+One-Euro filter per track (TEST.SMOOTH).
+    python demo/demo.py --config-file ... --video-input walk.mp4 --output out/walk_tracked.mp4 \
+        --smooth --boxes walk_boxes.json --save-json out/walk.json --opts MODEL.WEIGHTS ...
+
+Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged); for a
+video, --output ending in a video extension (.mp4, .avi, ...) is the output file, otherwise
+<output>/<video stem>.mp4 (mp4v, the input's frame rate and size); the webcam is shown in a window
+(Esc quits). Images and frames whose long side exceeds 1920 px are downscaled to 1920 px
 for drawing (the skeletons scaled with them; the Visualizer's time and memory grow with the
 image); keypoints are predicted, and written to --save-json, at full resolution.
---save-json writes COCO keypoint results, one per person: image_id = the file name stem (an int
-when it is all digits, as in COCO's 000000397133.jpg) or the frame index for a video / the
+--save-json writes COCO keypoint results, one per person: image_id = the file name
+stem (an int when it is all digits, as in COCO's 000000397133.jpg), or with --image-ids gt.json
+the id of the image of the same file name in that COCO file (so that the results can be
+evaluated against it, e.g. by tools/analyze_results.py), or the frame index for a video / the
 webcam; category_id 1; keypoints [x, y, score] x 17 in COCO's pixel-index convention
-(Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score.
+(Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score; with --track, track_id.
 
-Folders are read one level deep (their subfolders are skipped). Before the model is loaded, the
-demo checks that every output can be written and that no two inputs share a file name stem (which
-would give them one output file and one image_id); otherwise it stops with an error naming them
-(status 1). An image file that cannot be read, or a JPEG that ends early, is skipped with a
-message naming it, and the demo then exits with status 1; a video that cannot be opened is an error
-naming it (status 1).
+Folders are read one level deep (their subfolders are skipped) and only their image files
+(by extension; the number left out is printed); files named explicitly are always read. Before
+the model is loaded, the demo checks that every input exists, that there is at least one image,
+that every output can be written, that no two inputs share a file name stem (which would give
+them one output file and one image_id), the box and image-id files and that a video can be opened
+and has a frame; otherwise it stops with an error naming them (status 1). An image file that
+cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
+exits with status 1; so are video frames whose size differs from the first frame's. A box file
+naming frames the video does not have is an error (status 1). Outputs are written whole or not at
+all (depotr.file_io).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
 command accepts both). An empty MODEL.WEIGHTS is an error unless --random-weights is given. A
@@ -37,28 +52,36 @@ config mistake (an unknown key, a missing file) is one line "error: ..." and sta
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.file_io import atomic_write, temporary_path
+from depotr.file_io import atomic_output_path, atomic_write, temporary_path
 
 if TYPE_CHECKING:  # torch and Detectron2 are imported after the arguments are parsed (fast --help)
     from detectron2.structures import Instances
 
     from depotr import Predictor
+    from depotr.tracking import PoseTracker
 
 COCO_PERSON_CATEGORY_ID = 1
 # Long side, in pixels, of the drawn images and video frames: larger inputs are downscaled for
 # drawing (the keypoints are predicted, and written to --save-json, at full resolution).
 MAX_DRAW_SIZE = 1920
 WINDOW_NAME = "DePOTR"
+# Files of a folder or glob that are read as images (OpenCV's imread formats), lower case.
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm")
+# An --output ending in one of these is the output file of a video, not a folder.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+ImageId = Union[int, str]
+PersonBoxes = Dict[int, Tuple[np.ndarray, np.ndarray]]  # image id -> (boxes (N, 4) XYXY, scores (N,))
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -71,29 +94,104 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--confidence-threshold",
         type=float,
-        default=0.0,
         help="drop persons whose score (box score x mean confident keypoint score) is below this; "
-        "default 0 keeps every person",
+        "default: keep every person (a heatmap model's scores can be below 0)",
     )
     parser.add_argument("--save-json", metavar="PATH", help="also write the persons as COCO keypoint results")
+    parser.add_argument(
+        "--boxes",
+        metavar="JSON",
+        help="person boxes: COCO detection results, image_id = the image id (--input) or frame index (video)",
+    )
+    parser.add_argument(
+        "--image-ids",
+        metavar="COCO_JSON",
+        help="take each image's id from the image of its file name in this COCO file",
+    )
+    parser.add_argument("--track", action="store_true", help="persistent person ids across frames (TEST.TRACK)")
+    parser.add_argument(
+        "--smooth", action="store_true", help="--track and One-Euro smoothing of the keypoints (TEST.SMOOTH)"
+    )
     add_config_arguments(parser)
     return parser
 
 
-def expand_inputs(patterns: List[str]) -> List[str]:
+def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
     """Files, globs and folders (their files, sorted; not their subfolders) -> file paths, each
-    file once. A pattern that matches nothing is kept, for the reader to report."""
-    paths, seen = [], set()
+    file once. Files of a folder or glob are kept only with an ``IMAGE_EXTENSIONS`` extension;
+    files named explicitly always.
+
+    Returns:
+        the paths, the number of files of folders / globs left out (not images), and the
+        patterns that match nothing.
+    """
+    paths, seen, left_out, missing = [], set(), 0, []
     for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
             found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern))
+        elif glob.has_magic(pattern):
+            found = sorted(glob.glob(pattern))
         else:
-            found = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
+            found = [pattern] if os.path.exists(pattern) else []
+        if not found and not os.path.isdir(pattern):
+            missing.append(pattern)
         for path in found:
-            if not os.path.isdir(path) and os.path.realpath(path) not in seen:
-                seen.add(os.path.realpath(path))
-                paths.append(path)
-    return paths
+            if os.path.isdir(path) or os.path.realpath(path) in seen:
+                continue
+            if path != pattern and not path.lower().endswith(IMAGE_EXTENSIONS):
+                left_out += 1
+                continue
+            seen.add(os.path.realpath(path))
+            paths.append(path)
+    return paths, left_out, missing
+
+
+def image_ids_from_coco(coco_file: str, paths: List[str]) -> Dict[str, int]:
+    """path -> the id of the image of the same file name (base name) in the COCO file
+    ``coco_file``; a ValueError naming the paths it does not have."""
+    with open(coco_file) as f:
+        try:
+            images = json.load(f)["images"]
+            by_name = {os.path.basename(image["file_name"]): int(image["id"]) for image in images}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--image-ids {coco_file}: not a COCO file with images {{id, file_name}} ({e})") from e
+    unknown = [path for path in paths if os.path.basename(path) not in by_name]
+    if unknown:
+        raise ValueError(
+            f"--image-ids {coco_file} has no image named like {len(unknown)} input(s): {', '.join(unknown[:5])}"
+            + (" ..." if len(unknown) > 5 else "")
+        )
+    return {path: by_name[os.path.basename(path)] for path in paths}
+
+
+def load_boxes(box_file: str) -> PersonBoxes:
+    """The person boxes of a COCO detection results file (``load_precomputed_boxes``: category
+    1, non-empty boxes), per image id; prints what was dropped."""
+    from depotr.data.datasets import load_precomputed_boxes
+
+    boxes, stats = load_precomputed_boxes(box_file)
+    print(
+        f"--boxes {box_file}: {stats['kept']} person boxes of {stats['total']} detections "
+        f"({stats['dropped_category']} not persons, {stats['dropped_empty']} empty, left out)"
+    )
+    return boxes
+
+
+def video_output_path(video: str, output: str) -> str:
+    """``output`` itself when it ends in a video extension, else <output>/<video stem>.mp4."""
+    if output.lower().endswith(VIDEO_EXTENSIONS):
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+
+
+def read_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    """The (H, W, 3) uint8 BGR frames of ``capture`` until it ends."""
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
 
 
 def output_path(path: str, output: str) -> str:
@@ -101,10 +199,10 @@ def output_path(path: str, output: str) -> str:
     return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
 
 
-def shared_outputs(paths: List[str], output: str) -> List[str]:
+def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> List[str]:
     """Messages for the inputs that would share an output file or a json image_id (empty: none)."""
     problems = []
-    for what, key in (("the output", lambda p: output_path(p, output)), ("the image_id", image_id_from_path)):
+    for what, key in (("the output", lambda p: output_path(p, output)), ("the image_id", image_ids.get)):
         groups: Dict[object, List[str]] = {}
         for path in paths:
             groups.setdefault(key(path), []).append(path)
@@ -150,8 +248,10 @@ def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
     Detectron2's ``Visualizer``, at :func:`drawn_size`: an image whose long side exceeds
     ``MAX_DRAW_SIZE`` is downscaled first (``cv2.INTER_AREA``) and the boxes and keypoints
     scaled with it (the Visualizer's time and memory grow with the image; the Predictor and the
-    json work at full resolution). With no person the (downscaled) image itself."""
+    json work at full resolution). Tracked persons: box and label "id <track_id>" in
+    the id's colour of Detectron2's colormap. With no person the (downscaled) image itself."""
     from detectron2.structures import Boxes, Instances
+    from detectron2.utils.colormap import colormap
     from detectron2.utils.visualizer import Visualizer
 
     height, width = image.shape[:2]
@@ -167,43 +267,72 @@ def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
         instances = Instances((new_height, new_width), **fields)
     if len(instances) == 0:
         return image
-    drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+    visualizer = Visualizer(image[:, :, ::-1], metadata)
+    if instances.has("track_id"):
+        ids = instances.track_id.tolist()
+        palette = colormap(rgb=True, maximum=1)
+        drawn = visualizer.overlay_instances(
+            boxes=instances.pred_boxes,
+            labels=[f"id {i}" for i in ids],
+            keypoints=instances.pred_keypoints,
+            assigned_colors=[palette[i % len(palette)] for i in ids],
+        )
+    else:
+        drawn = visualizer.draw_instance_predictions(instances)
     return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
 
 
-def coco_results(instances: "Instances", image_id: Union[int, str]) -> List[Dict]:
+def coco_results(instances: "Instances", image_id: ImageId) -> List[Dict]:
     """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, person
-    category id 1)."""
+    category id 1; ``track_id`` when the persons are tracked)."""
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
     results = instances_to_coco_json(instances, image_id)
-    for result in results:
+    track_ids = instances.track_id.tolist() if instances.has("track_id") else [None] * len(results)
+    for result, track_id in zip(results, track_ids):
         result["category_id"] = COCO_PERSON_CATEGORY_ID
+        if track_id is not None:
+            result["track_id"] = track_id
     return results
 
 
 class Demo:
-    """Predicts the persons of an image, keeps those scoring >= ``threshold``, draws them and
-    collects their COCO results."""
+    """Predicts the persons of an image (in the boxes of ``boxes`` when given), keeps those
+    scoring >= ``threshold`` (None: all), tracks them when a ``tracker`` is given, draws them and collects
+    their COCO results."""
 
-    def __init__(self, predictor: "Predictor", threshold: float):
+    def __init__(
+        self,
+        predictor: "Predictor",
+        threshold: Optional[float],
+        tracker: Optional["PoseTracker"] = None,
+        boxes: Optional[PersonBoxes] = None,
+    ):
         from detectron2.data import Metadata
 
         from depotr.data import drawing_metadata
 
         self.predictor = predictor
         self.threshold = threshold
+        self.tracker = tracker
+        self.boxes = boxes
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
 
-    def __call__(self, image: np.ndarray, image_id: Union[int, str]) -> "Instances":
+    def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
-        instances = self.predictor(image)
-        instances = instances[instances.scores >= self.threshold]
+        if self.boxes is None:
+            instances = self.predictor(image)
+        else:
+            instances = self.predictor(image, *self.boxes.get(image_id, (np.zeros((0, 4), np.float32), None)))
+        if self.threshold is not None:
+            instances = instances[instances.scores >= self.threshold]
+        if self.tracker is not None:
+            instances = self.tracker.update(instances)
         self.results += coco_results(instances, image_id)
         return instances
 
-    def run_images(self, paths: List[str], output: str) -> int:
+    def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
         """Writes <output>/<stem>.png per image; returns the number of unreadable files."""
         from depotr.data.image_io import read_image_bgr
 
@@ -216,45 +345,113 @@ class Demo:
                 failures += 1
                 tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
                 continue
-            instances = self(image, image_id_from_path(path))
+            instances = self(image, image_ids[path])
             out_path = output_path(path, output)
             if not cv2.imwrite(out_path, draw(image, instances, self.metadata)):
                 raise OSError(f"cannot write {out_path}")
             tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
         return failures
 
-    def run_video(self, capture: cv2.VideoCapture, out_path: str) -> None:
-        """Writes every frame of ``capture``, drawn, to the mp4 ``out_path``."""
-        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-        height, width = drawn_size(
-            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        )
-        size = (width, height)
-        writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not writer.isOpened():
-            raise OSError(f"cannot write the video {out_path}")
-        with tqdm(total=max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None, desc="frames") as progress:
-            index = 0
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                writer.write(draw(frame, self(frame, index), self.metadata))
-                index += 1
-                progress.update()
-        writer.release()
-        print(f"{index} frames -> {out_path}")
+    def run_video(self, frames: Iterator[np.ndarray], out_path: str, fps: float, total: Optional[int] = None) -> int:
+        """Writes the drawn ``frames`` to the mp4 ``out_path`` (whole or not at all), at ``fps``
+        and the first frame's size; image_id = the frame index.
 
-    def run_webcam(self, capture: cv2.VideoCapture) -> None:
-        """Shows the drawn frames of ``capture`` in a window until Esc or the end of the stream."""
-        index = 0
-        while cv2.waitKey(1) != 27:
-            ok, frame = capture.read()
-            if not ok:
-                break
+        Returns:
+            the number of frames skipped because their size differs from the first frame's.
+        Raises:
+            ValueError: no frames, or box file entries for frames the video does not have
+                (nothing is written).
+        """
+        size, skipped, count = None, 0, 0
+        with atomic_output_path(out_path) as tmp_path:
+            writer = None
+            try:
+                for index, frame in enumerate(tqdm(frames, total=total, desc="frames")):
+                    count += 1
+                    if size is None:
+                        size = frame.shape[:2]
+                        writer = cv2.VideoWriter(
+                            tmp_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn_size(*size)[::-1]
+                        )
+                        if not writer.isOpened():
+                            raise OSError(f"cannot write the video {out_path}")
+                    if frame.shape[:2] != size:
+                        skipped += 1
+                        tqdm.write(
+                            f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from the "
+                            f"first frame's {size[1]}x{size[0]}",
+                            file=sys.stderr,
+                        )
+                        continue
+                    writer.write(draw(frame, self(frame, index), self.metadata))
+                if count == 0:
+                    raise ValueError("the video has no frames")
+                beyond = sorted(i for i in self.boxes or {} if not 0 <= i < count)
+                if beyond:
+                    raise ValueError(
+                        f"the box file has boxes for frame(s) {beyond[:10]}{' ...' if len(beyond) > 10 else ''} "
+                        f"but the video has frames 0-{count - 1}"
+                    )
+            finally:
+                if writer is not None:
+                    writer.release()
+        print(f"{count - skipped} frames -> {out_path}")
+        return skipped
+
+    def run_webcam(self, frames: Iterator[np.ndarray]) -> None:
+        """Shows the drawn ``frames`` in a window until Esc or the end of the stream."""
+        for index, frame in enumerate(frames):
             cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
-            index += 1
+            if cv2.waitKey(1) == 27:
+                break
         cv2.destroyAllWindows()
+
+
+def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes]]:
+    """Everything about the inputs and outputs that can be checked before the model loads.
+
+    Returns:
+        the problems (error messages; empty: none), the image paths, their image ids and the
+        person boxes of --boxes (None without it).
+    """
+    paths, image_ids, problems, boxes = [], {}, [], None
+    if args.input:
+        paths, left_out, missing = expand_inputs(args.input)
+        problems += [f"input {pattern} does not exist (no file matches it)" for pattern in missing]
+        if left_out:
+            print(
+                f"left out {left_out} file(s) of the input folders that are not images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        if not paths and not missing:
+            problems.append(f"no images found in {' '.join(args.input)}")
+        try:
+            image_ids = image_ids_from_coco(args.image_ids, paths) if args.image_ids else {}
+        except OSError as e:
+            problems.append(f"cannot read --image-ids: {e}")
+        except ValueError as e:
+            problems.append(str(e))
+        image_ids = image_ids or {path: image_id_from_path(path) for path in paths}
+        problems += shared_outputs(paths, args.output, image_ids)
+    if args.boxes:
+        try:
+            boxes = load_boxes(args.boxes)
+        except (OSError, ValueError) as e:
+            problems.append(f"--boxes: {e}")
+        unknown = set(boxes or {}) - set(image_ids.values())
+        if paths and unknown:
+            print(f"--boxes: left out the boxes of {len(unknown)} image id(s) that are not among the inputs")
+        named = [path for path, image_id in image_ids.items() if not isinstance(image_id, int)]
+        if named:
+            problems.append(
+                f"--boxes needs numeric image ids, but {', '.join(named[:5])} have none: name the images by number "
+                "(000123.jpg) or pass --image-ids"
+            )
+    video_file = args.video_input and args.output.lower().endswith(VIDEO_EXTENSIONS)
+    for flag, path, folder in (("--output", args.output, not video_file), ("--save-json", args.save_json, False)):
+        reason = check_writable(path, folder) if path else None
+        if reason is not None:
+            problems.append(f"cannot write {flag} {path}: {reason}")
+    return problems, paths, image_ids, boxes
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -262,40 +459,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_command_line(parser, argv)
     if not args.webcam and not args.output:
         parser.error("--output is required with --input and --video-input")
+    if args.image_ids and not args.input:
+        parser.error("--image-ids goes with --input (video frames are numbered)")
     from detectron2.utils.logger import setup_logger
 
     from depotr import Predictor
     from depotr.config import load_depotr_config
+    from depotr.tracking import PoseTracker
 
     setup_logger(name="depotr")
-    paths = expand_inputs(args.input) if args.input else []
-    problems = shared_outputs(paths, args.output)
-    for flag, path, folder in (("--output", args.output, True), ("--save-json", args.save_json, False)):
-        reason = check_writable(path, folder) if path else None
-        if reason is not None:
-            problems.append(f"cannot write {flag} {path}: {reason}")
+    problems, paths, image_ids, boxes = check_inputs(args)
+    capture, frames = None, None
+    if not problems and (args.video_input or args.webcam):  # a bad video fails before the model loads
+        name = "the webcam" if args.webcam else args.video_input
+        capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
+        ok, first = capture.read() if capture.isOpened() else (False, None)
+        if not capture.isOpened():
+            problems.append(f"cannot open {name}")
+        elif not ok:
+            problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
+        frames = itertools.chain([first], read_frames(capture))
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
-    capture = None
-    if args.video_input or args.webcam:  # opened first: a bad video fails before the model loads
-        capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
-        if not capture.isOpened():
-            print(f"error: cannot open {'the webcam' if args.webcam else args.video_input}", file=sys.stderr)
-            return 1
 
-    predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
-    demo = Demo(predictor, args.confidence_threshold)
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture is not None else 0.0
+    tracker = PoseTracker.from_config(cfg, fps=fps or 30.0, smooth=args.smooth) if args.track or args.smooth else None
+    demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes)
     failures = 0
     if args.input:
-        failures = demo.run_images(paths, args.output)
+        failures = demo.run_images(paths, args.output, image_ids)
     elif args.video_input:
-        os.makedirs(args.output, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(args.video_input))[0]
-        demo.run_video(capture, os.path.join(args.output, stem + ".mp4"))
+        out_path = video_output_path(args.video_input, args.output)
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        total = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None
+        try:
+            failures = demo.run_video(frames, out_path, fps or 30.0, total)
+        except ValueError as e:
+            print(f"error: {args.video_input}: {e}; nothing written", file=sys.stderr)
+            return 1
     else:
-        demo.run_webcam(capture)
+        demo.run_webcam(frames)
     if capture is not None:
         capture.release()
 
@@ -303,7 +509,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
-        print(f"{failures} image(s) could not be read", file=sys.stderr)
+        what = "image(s) could not be read" if args.input else "frame(s) were skipped"
+        print(f"{failures} {what}", file=sys.stderr)
     return 1 if failures else 0
 
 

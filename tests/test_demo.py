@@ -13,7 +13,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from skimage import data as skimage_data
+
+from detectron2.structures import Boxes, Instances
+
+from depotr import Predictor
+from depotr.config import load_depotr_config
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "demo", "demo.py")
@@ -129,14 +136,35 @@ def test_confidence_threshold_above_every_score_writes_the_image_unchanged(demo,
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [42]  # a COCO-style id
 
 
-def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
-    video = tmp_path / "walk.mp4"
-    frames = [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(5)]  # 128 x 128
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 128))
+def write_video(path, frames, fps=10.0, fourcc="mp4v"):
+    h, w = frames[0].shape[:2] if frames else (64, 64)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     assert writer.isOpened()
     for frame in frames:
         writer.write(frame)
     writer.release()
+
+
+def read_video(path):
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def walk_frames(n=5):
+    return [np.roll(astronaut_bgr()[::4, ::4], 8 * i, axis=1) for i in range(n)]  # 128 x 128
+
+
+def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(5))
     results_json = tmp_path / "keypoints.json"
     status = demo.main(
         [
@@ -152,15 +180,7 @@ def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
         ]
     )
     assert status == 0
-    capture = cv2.VideoCapture(str(tmp_path / "out" / "walk.mp4"))
-    assert capture.isOpened()
-    read = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        read.append(frame)
-    capture.release()
+    read = read_video(tmp_path / "out" / "walk.mp4")
     assert len(read) == 5 and all(f.shape == (128, 128, 3) for f in read)
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [0, 1, 2, 3, 4]  # frame indices
 
@@ -280,3 +300,228 @@ def test_large_images_are_drawn_downscaled_with_the_keypoints_scaled(demo):
     )
     assert demo.draw(image[:1080, :1920], instances[:0], metadata).shape == (1080, 1920, 3)  # not resized
     assert demo.drawn_size(4000, 6000) == (1280, 1920) and demo.drawn_size(100, 50) == (100, 50)
+
+
+# ---- inputs and outputs (issue 23 items 4, 5 and 8's --output x.mp4) and video (issue 22) ----
+
+
+def box_file(path, per_image):
+    """A COCO detection results file: image_id -> list of XYWH boxes (score 0.9, person)."""
+    path.write_text(
+        json.dumps(
+            [
+                {"image_id": i, "category_id": 1, "bbox": list(b), "score": 0.9}
+                for i, boxes in per_image.items()
+                for b in boxes
+            ]
+        )
+    )
+    return str(path)
+
+
+def run(demo, *args):
+    return demo.main(["--config-file", INSTANT_CONFIG, *map(str, args), *CPU])
+
+
+@pytest.fixture
+def no_model(demo, monkeypatch):
+    """Makes loading the model fail: what must fail before it, does."""
+
+    def refuse(cfg):
+        raise AssertionError("the model was loaded")
+
+    import depotr
+
+    monkeypatch.setattr(depotr, "Predictor", refuse)  # the demo imports it once the inputs are checked
+
+
+def test_folder_non_image_files_are_left_out_and_counted(demo, tmp_path, capsys):
+    # before: notes.txt and .DS_Store were "skipping ...: cannot read image" and the run exited 1
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    assert cv2.imwrite(str(inputs / "a.png"), astronaut_bgr()[::8, ::8])
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / ".DS_Store").write_bytes(b"\0\1")
+    assert run(demo, "--input", inputs, "--output", tmp_path / "out") == 0
+    out, err = capsys.readouterr()
+    assert "left out 2 file(s) of the input folders that are not images" in out and "skipping" not in err
+    assert os.listdir(tmp_path / "out") == ["a.png"]
+
+
+def test_empty_folder_and_mistyped_path_are_errors_before_the_model_loads(demo, tmp_path, capsys, no_model):
+    # before: an empty folder exited 0 writing [], a mistyped path failed only after the model loaded
+    (tmp_path / "empty").mkdir()
+    results = tmp_path / "keypoints.json"
+    assert run(demo, "--input", tmp_path / "empty", "--output", tmp_path / "out", "--save-json", results) == 1
+    assert f"error: no images found in {tmp_path / 'empty'}" in capsys.readouterr().err
+    assert not results.exists()
+    assert run(demo, "--input", tmp_path / "phtos", "--output", tmp_path / "out") == 1
+    assert f"error: input {tmp_path / 'phtos'} does not exist" in capsys.readouterr().err
+    assert run(demo, "--input", tmp_path / "empty" / "*.jpg", "--output", tmp_path / "out") == 1
+    assert "does not exist (no file matches it)" in capsys.readouterr().err
+
+
+def test_image_ids_from_a_coco_file_make_the_results_evaluable(demo, tmp_path, capsys):
+    # before: 000000.jpg got image_id 0 against the dataset's 1, and analyze_results only said
+    # "results[0] has image_id 0, which is not in the ground truth"
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    category = {"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": []}
+    gt = {"images": [], "annotations": [], "categories": [category]}
+    for i in range(2):
+        name = f"{i:06d}.jpg"
+        assert cv2.imwrite(str(inputs / name), np.roll(astronaut_bgr()[::4, ::4], 16 * i, axis=0))
+        gt["images"].append({"id": i + 1, "file_name": f"val/{name}", "height": 128, "width": 128})
+        keypoints = np.concatenate([np.random.default_rng(i).uniform(20, 100, (17, 2)), np.full((17, 1), 2)], 1)
+        gt["annotations"].append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "keypoints": keypoints.reshape(-1).tolist(),
+                "num_keypoints": 17,
+                "area": 6400.0,
+                "bbox": [20.0, 20.0, 80.0, 80.0],
+                "iscrowd": 0,
+            }
+        )
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    spec = importlib.util.spec_from_file_location("analyze_results", os.path.join(REPO, "tools", "analyze_results.py"))
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+
+    stem_ids, coco_ids = tmp_path / "stem_ids.json", tmp_path / "coco_ids.json"
+    assert run(demo, "--input", inputs, "--output", tmp_path / "out", "--save-json", stem_ids) == 0
+    assert sorted(r["image_id"] for r in json.loads(stem_ids.read_text())) == [0, 1]
+    argv = ["--gt", str(gt_file), "--output", str(tmp_path / "analysis"), "--results"]
+    capsys.readouterr()
+    assert analyze.main([*argv, str(stem_ids)]) == 1
+    assert f"demo/demo.py takes an image's id from its file name unless given --image-ids {gt_file}" in (
+        capsys.readouterr().err
+    )
+
+    argv_demo = ["--input", inputs, "--output", tmp_path / "out", "--save-json", coco_ids, "--image-ids", gt_file]
+    assert run(demo, *argv_demo) == 0
+    assert sorted(r["image_id"] for r in json.loads(coco_ids.read_text())) == [1, 2]
+    assert analyze.main([*argv, str(coco_ids)]) == 0
+
+    gt["images"].pop()
+    gt_file.write_text(json.dumps(gt))
+    assert run(demo, *argv_demo) == 1
+    assert f"has no image named like 1 input(s): {inputs / '000001.jpg'}" in capsys.readouterr().err
+
+
+def test_box_file_gives_the_persons_of_images(demo, tmp_path, capsys):
+    # before: the demo had no way to pass person boxes
+    assert cv2.imwrite(str(tmp_path / "000007.png"), astronaut_bgr()[::4, ::4])
+    assert cv2.imwrite(str(tmp_path / "000008.png"), astronaut_bgr()[::4, ::4])
+    boxes = box_file(tmp_path / "boxes.json", {7: [(10, 10, 40, 80), (60, 20, 50, 100)], 99: [(0, 0, 5, 5)]})
+    results = tmp_path / "keypoints.json"
+    inputs = [tmp_path / "000007.png", tmp_path / "000008.png"]
+    assert run(demo, "--input", *inputs, "--output", tmp_path / "out", "--boxes", boxes, "--save-json", results) == 0
+    assert "left out the boxes of 1 image id(s) that are not among the inputs" in capsys.readouterr().out
+    found = json.loads(results.read_text())
+    assert [r["image_id"] for r in found] == [7, 7]  # image 8 has no box: no person
+    assert sorted(r["bbox"] for r in found) == [[10.0, 10.0, 40.0, 80.0], [60.0, 20.0, 50.0, 100.0]]
+
+
+def test_video_output_file_tracking_smoothing_and_box_file(demo, tmp_path, capsys):
+    # before: --output out.mp4 created the folder out.mp4/walk.mp4; no ids, no smoothing
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(5))
+    boxes = box_file(tmp_path / "boxes.json", {i: [(8 * i, 10, 40, 90), (100 - 8 * i, 20, 28, 90)] for i in range(5)})
+    results = tmp_path / "keypoints.json"
+    out = tmp_path / "out" / "walk_tracked.mp4"
+    status = run(demo, "--video-input", video, "--output", out, "--boxes", boxes, "--smooth", "--save-json", results)
+    assert status == 0
+    assert out.is_file() and len(read_video(out)) == 5 and os.listdir(tmp_path / "out") == ["walk_tracked.mp4"]
+    found = json.loads(results.read_text())
+    assert [r["image_id"] for r in found] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    by_id = {}
+    for r in found:
+        by_id.setdefault(r["track_id"], []).append(r["bbox"][0])
+    assert sorted(by_id) == [0, 1]  # two persons, the same ids in every frame
+    assert sorted(xs[0] for xs in by_id.values()) == [0.0, 100.0]
+    for xs in by_id.values():
+        assert len(xs) == 5 and len(set(np.sign(np.diff(xs)))) == 1  # each id follows one person
+
+
+def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    assert run(demo, "--video-input", broken, "--output", out) == 1
+    assert f"error: cannot open {broken}" in capsys.readouterr().err
+    empty = tmp_path / "empty.avi"
+    write_video(empty, [], fourcc="MJPG")
+    assert run(demo, "--video-input", empty, "--output", out) == 1
+    assert f"error: {empty} has no frames" in capsys.readouterr().err
+
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(5))
+    boxes = box_file(tmp_path / "boxes.json", {0: [(8, 10, 40, 90)], 7: [(8, 10, 40, 90)]})
+    results = tmp_path / "keypoints.json"
+    assert run(demo, "--video-input", video, "--output", out, "--boxes", boxes, "--save-json", results) == 1
+    assert "the box file has boxes for frame(s) [7] but the video has frames 0-4; nothing written" in (
+        capsys.readouterr().err
+    )
+    assert os.listdir(out) == [] and not results.exists()  # no half-written video, no json
+
+
+def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys):
+    runner = demo.Demo(
+        Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]), random_weights=True), None
+    )
+    frames = walk_frames(3)
+    frames.insert(1, frames[0][:64])
+    out = tmp_path / "out.mp4"
+    assert runner.run_video(iter(frames), str(out), 10.0) == 1
+    assert "skipping frame 1: its size 128x64 differs from the first frame's 128x128" in capsys.readouterr().err
+    assert len(read_video(out)) == 3
+    assert [r["image_id"] for r in runner.results] == [0, 2, 3]  # frames keep their index
+
+
+def test_default_threshold_keeps_persons_scoring_below_zero(demo):
+    # before: the default --confidence-threshold 0 dropped them (a heatmap model's keypoint scores,
+    # hence person scores, can be negative; with random weights, about every other run)
+    def predictor(image):
+        out = Instances(image.shape[:2])
+        out.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+        out.pred_keypoints = torch.zeros(1, 17, 3)
+        out.scores = torch.tensor([-0.3])
+        out.pred_classes = torch.zeros(1, dtype=torch.int64)
+        return out
+
+    predictor.cfg = load_depotr_config(INSTANT_CONFIG)  # the keypoints the demo draws
+    args = demo.get_parser().parse_args(["--config-file", "x.yaml", "--input", "a.png", "--output", "out"])
+    runner = demo.Demo(predictor, args.confidence_threshold)
+    assert len(runner(np.zeros((20, 20, 3), np.uint8), 0)) == 1 and runner.results[0]["score"] == pytest.approx(-0.3)
+    assert len(demo.Demo(predictor, 0.0)(np.zeros((20, 20, 3), np.uint8), 0)) == 0
+
+
+def test_tracked_persons_are_drawn_in_their_id_colour(demo):
+    image = np.full((120, 160, 3), 128, np.uint8)
+    from detectron2.data import Metadata
+
+    from depotr.data import coco_person_metadata
+
+    metadata = Metadata(name="depotr_demo_test").set(**coco_person_metadata())
+
+    def drawn(track_id):
+        out = Instances((120, 160))
+        out.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 100.0, 110.0]]))
+        out.pred_keypoints = torch.cat([torch.rand(1, 17, 2) * 60 + 30, torch.ones(1, 17, 1)], 2)
+        out.scores = torch.ones(1)
+        out.track_id = torch.tensor([track_id])
+        return demo.draw(image, out, metadata).astype(int)
+
+    first, again, other = [(torch.manual_seed(0), drawn(i))[1] for i in (0, 0, 1)]  # the same pose each time
+    np.testing.assert_array_equal(first, again)  # an id keeps its colour
+    edge = first[20:110, 20]  # the box's left edge
+    assert np.abs(edge - other[20:110, 20]).max() > 40  # another id, another colour
+    from detectron2.utils.colormap import colormap
+
+    palette = colormap(rgb=True, maximum=255)
+    bgr0 = palette[0][::-1]
+    assert np.abs(edge.mean(0) - bgr0).max() < np.abs(edge.mean(0) - palette[1][::-1]).max()

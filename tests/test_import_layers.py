@@ -21,6 +21,7 @@ LAYER = {
     "solver": 3,
     "predictor": 3,
     "export": 3,
+    "tracking": 3,
 }
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] in LAYER or p.stem in LAYER)
 

@@ -68,6 +68,22 @@ def _config_defaults(config_file: str, opts) -> dict:
     }
 
 
+def check_image_ids(gt, results, gt_file: str) -> None:
+    """A ValueError saying how to fix results whose image ids are not the ground truth's
+    (the demo's ids come from file names); other malformations are left to the analysis."""
+    if not isinstance(results, list) or not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
+        return
+    known = {image.get("id") for image in gt["images"] if isinstance(image, dict)}
+    unknown = sorted({str(r["image_id"]) for r in results if isinstance(r, dict) and r.get("image_id", 0) not in known})
+    if unknown:
+        raise ValueError(
+            f"results name {len(unknown)} image id(s) that are not in the ground truth {gt_file} "
+            f"(e.g. {', '.join(unknown[:3])}; its ids are e.g. {', '.join(map(str, sorted(known, key=str)[:3]))}). "
+            f"demo/demo.py takes an image's id from its file name unless given --image-ids {gt_file}, which "
+            "takes the id of the ground-truth image of the same file name"
+        )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", help="COCO keypoints ground-truth json")
@@ -100,6 +116,7 @@ def main(argv=None) -> int:
             parser.error(f"{', '.join(missing)} required (or --config-file)")
         gt = load_json(args.gt, "ground-truth")
         results = load_json(args.results, "results")
+        check_image_ids(gt, results, args.gt)
         analysis = analyze_keypoint_results(gt, results, args.sigmas, args.flip_indices)
         baseline = baseline_results = None
         if args.baseline_train_gt:

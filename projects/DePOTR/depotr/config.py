@@ -309,3 +309,21 @@ def _add_test_config(cfg: CN) -> None:
     # OKS-NMS of each image's poses (box areas as scales): a pose with OKS above this with a
     # higher-scoring one is dropped (thesis and SimpleBaseline: 0.9); 1.0 disables it.
     cfg.TEST.OKS_NMS_THRESH = 0.9
+
+    # Video (depotr/tracking.py; demo --track / --smooth). Tracking matches the persons of a frame
+    # to the tracks of the frames before by IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS (Hungarian),
+    # never below MIN_SIMILARITY; a track without a match is kept MAX_LOST_FRAMES frames (~1/3 s at
+    # 25-30 fps), then ended.
+    cfg.TEST.TRACK = CN()
+    cfg.TEST.TRACK.IOU_WEIGHT = 0.5
+    cfg.TEST.TRACK.MIN_SIMILARITY = 0.3
+    cfg.TEST.TRACK.MAX_LOST_FRAMES = 10
+    # One-Euro smoothing of each track's keypoints (Casiez et al. 2012): cutoff (Hz) =
+    # MIN_CUTOFF + BETA x speed (pixels/s), the speed filtered at D_CUTOFF Hz. At 25-30 fps a
+    # still keypoint is filtered at 1 Hz, one moving at 100 px/s at 21 Hz (little lag). Chosen on
+    # bench_video.py's clips (persons 110-190 px tall) with ground-truth poses + N(0, 0.5 or 2 px):
+    # jitter -40 / -44 %, AP -0.7 / +4.4; BETA 0.05 smooths more but lags (AP -9 at 0.5 px).
+    cfg.TEST.SMOOTH = CN()
+    cfg.TEST.SMOOTH.MIN_CUTOFF = 1.0
+    cfg.TEST.SMOOTH.BETA = 0.2
+    cfg.TEST.SMOOTH.D_CUTOFF = 1.0

@@ -1,0 +1,219 @@
+"""Poses in video: persistent person identities (tracking) and One-Euro smoothing of keypoints.
+
+Shape letters: N persons of a frame, T tracks, K keypoints.
+
+Tracking (SimpleBaseline's pose tracker, Xiao et al. 2018, with Hungarian matching): the persons
+of a frame are matched to the tracks alive before it by the similarity
+``IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS`` (OKS of the pose with the track's last pose,
+the mean of the two box areas as the scale, every keypoint counted); pairs below
+``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
+unmatched is lost, kept for ``MAX_LOST_FRAMES`` frames (a person re-found within them keeps its
+id) and then ended. Ids count up from 0 and are never reused.
+
+Smoothing (Casiez, Roussel & Vogel, CHI 2012, "1 Euro Filter"): every x and y of every keypoint
+of a track is low-pass filtered with a cutoff that grows with its speed,
+``cutoff = MIN_CUTOFF + BETA x |speed|`` (Hz; speed in pixels/s, itself filtered at
+``D_CUTOFF``); slow keypoints are smoothed hard (no jitter), fast ones little (no lag). Each
+track has its own filter, started at its first pose and ended with the track; the time step is
+the number of frames since the track's last pose divided by the frame rate.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from detectron2.config import CfgNode
+from detectron2.structures import Boxes, Instances, pairwise_iou
+
+from .data.keypoint_metadata import keypoint_metadata_from_config
+from .modeling.oks import keypoint_similarity
+from .predictor import BoxesLike, ImageLike, Predictor, ScoresLike
+
+__all__ = ["OneEuroFilter", "PoseTracker", "VideoPoseTracker", "track_video"]
+
+
+def _smoothing_factor(cutoff: np.ndarray, dt: float) -> np.ndarray:
+    """alpha = 1 / (1 + tau / dt), tau = 1 / (2 pi cutoff): the exponential smoothing factor of a
+    first-order low-pass filter of cutoff frequency ``cutoff`` (Hz) sampled every ``dt`` s."""
+    tau = 1.0 / (2.0 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+class OneEuroFilter:
+    """The 1 Euro filter of an array of independent signals (e.g. (K, 2) keypoint coordinates)."""
+
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float):
+        """
+        Args:
+            min_cutoff: cutoff frequency (Hz) at speed 0; lower smooths more.
+            beta: cutoff increase per unit of speed (Hz per unit/s); higher lags less.
+            d_cutoff: cutoff frequency (Hz) of the speed estimate.
+        """
+        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
+            raise ValueError(
+                f"One-Euro filter needs min_cutoff > 0, d_cutoff > 0, beta >= 0; got {min_cutoff}, {d_cutoff}, {beta}"
+            )
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.value: Optional[np.ndarray] = None  # last filtered value
+        self.speed: Optional[np.ndarray] = None  # last filtered speed (units/s)
+
+    def __call__(self, x: np.ndarray, dt: float) -> np.ndarray:
+        """Filters the next sample ``x`` (any shape, fixed across calls), taken ``dt`` > 0
+        seconds after the previous one (ignored on the first call, which returns ``x``)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.value is None:
+            self.value, self.speed = x.copy(), np.zeros_like(x)
+            return self.value.copy()
+        if dt <= 0:
+            raise ValueError(f"One-Euro filter time step must be > 0, got {dt}")
+        a_d = _smoothing_factor(np.asarray(self.d_cutoff), dt)
+        self.speed = a_d * (x - self.value) / dt + (1.0 - a_d) * self.speed
+        a = _smoothing_factor(self.min_cutoff + self.beta * np.abs(self.speed), dt)
+        self.value = a * x + (1.0 - a) * self.value
+        return self.value.copy()
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: torch.Tensor  # (4,) XYXY of the last pose
+    keypoints: torch.Tensor  # (K, 3) last raw pose
+    last_frame: int
+    smoother: Optional[OneEuroFilter]
+
+
+class PoseTracker:
+    """Gives the persons of consecutive frames persistent ids and, optionally, smooths their
+    keypoints (module docstring). Feed the frames in order to :meth:`update`."""
+
+    def __init__(
+        self,
+        sigmas: Sequence[float],
+        iou_weight: float = 0.5,
+        min_similarity: float = 0.3,
+        max_lost_frames: int = 10,
+        fps: float = 30.0,
+        smoothing: Optional[Sequence[float]] = None,
+    ):
+        """
+        Args:
+            sigmas: (K,) OKS sigmas of the keypoints.
+            iou_weight: weight of the box IoU in the similarity, in [0, 1]; OKS gets the rest.
+            min_similarity: pairs less similar than this are never matched, in [0, 1].
+            max_lost_frames: frames a track is kept without a match (0: ended at once).
+            fps: frame rate, for the smoothing time step.
+            smoothing: None (off) or (min_cutoff, beta, d_cutoff) of :class:`OneEuroFilter`.
+        """
+        if not 0.0 <= iou_weight <= 1.0 or not 0.0 <= min_similarity <= 1.0:
+            raise ValueError(f"iou_weight and min_similarity must be in [0, 1], got {iou_weight} and {min_similarity}")
+        if max_lost_frames < 0 or fps <= 0:
+            raise ValueError(f"max_lost_frames must be >= 0 and fps > 0, got {max_lost_frames} and {fps}")
+        if smoothing is not None:
+            OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.iou_weight, self.min_similarity, self.max_lost_frames = iou_weight, min_similarity, max_lost_frames
+        self.fps, self.smoothing = fps, smoothing
+        self.tracks: List[_Track] = []
+        self.frame = -1
+        self.next_id = 0
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, fps: float = 30.0, smooth: bool = False) -> "PoseTracker":
+        """The tracker of ``TEST.TRACK`` (and with ``smooth``, ``TEST.SMOOTH``), with the OKS
+        sigmas of the config's keypoints."""
+        t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
+        return cls(
+            keypoint_metadata_from_config(cfg).oks_sigmas,
+            iou_weight=t.IOU_WEIGHT,
+            min_similarity=t.MIN_SIMILARITY,
+            max_lost_frames=t.MAX_LOST_FRAMES,
+            fps=fps,
+            smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
+        )
+
+    def similarity(self, instances: Instances) -> torch.Tensor:
+        """(T, N) similarity of the tracks alive now and the persons of ``instances``."""
+        if not self.tracks or len(instances) == 0:
+            return torch.zeros(len(self.tracks), len(instances))
+        track_boxes = Boxes(torch.stack([t.box for t in self.tracks]))
+        boxes = instances.pred_boxes.to("cpu")
+        iou = pairwise_iou(track_boxes, boxes)
+        track_xy = torch.stack([t.keypoints[:, :2] for t in self.tracks])
+        xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
+        oks = keypoint_similarity(
+            track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]
+        ).mean(-1)
+        return self.iou_weight * iou + (1.0 - self.iou_weight) * oks
+
+    def update(self, instances: Instances) -> Instances:
+        """Tracks the persons of the next frame.
+
+        Args:
+            instances: the frame's persons, with ``pred_boxes`` (N, 4) XYXY and
+                ``pred_keypoints`` (N, K, 3) in image pixels (as ``depotr.Predictor`` gives).
+
+        Returns:
+            A copy of ``instances`` (not modified) with ``track_id`` (N,) int64 and, when
+            smoothing, the smoothed x, y in ``pred_keypoints`` (scores unchanged).
+        """
+        self.frame += 1
+        out = Instances(instances.image_size, **instances.get_fields())
+        keypoints = instances.pred_keypoints.detach().to("cpu").float().clone()
+        track_of = [-1] * len(instances)
+        similarity = self.similarity(instances)
+        if similarity.numel():
+            rows, cols = linear_sum_assignment(similarity.numpy(), maximize=True)
+            for row, col in zip(rows, cols):
+                if similarity[row, col] >= self.min_similarity:
+                    track_of[col] = row
+        boxes = instances.pred_boxes.tensor.detach().to("cpu").float()
+        track_ids = []
+        for n, row in enumerate(track_of):
+            if row < 0:
+                smoother = OneEuroFilter(*self.smoothing) if self.smoothing is not None else None
+                track = _Track(self.next_id, boxes[n], keypoints[n], self.frame, smoother)
+                self.next_id += 1
+                self.tracks.append(track)
+            else:
+                track = self.tracks[row]
+            dt = (self.frame - track.last_frame) / self.fps
+            track.box, track.keypoints, track.last_frame = boxes[n], keypoints[n].clone(), self.frame
+            if track.smoother is not None:
+                smoothed = track.smoother(keypoints[n, :, :2].numpy(), dt)
+                keypoints[n, :, :2] = torch.as_tensor(smoothed, dtype=keypoints.dtype)
+            track_ids.append(track.track_id)
+        self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_lost_frames]
+        out.track_id = torch.tensor(track_ids, dtype=torch.int64)
+        if self.smoothing is not None:
+            out.pred_keypoints = keypoints.to(instances.pred_keypoints.device, instances.pred_keypoints.dtype)
+        return out
+
+
+class VideoPoseTracker:
+    """A :class:`depotr.Predictor` for a frame sequence: each call predicts the persons of the
+    next frame and tracks (and with ``smooth``, smooths) them."""
+
+    def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
+        self.predictor = predictor
+        self.tracker = PoseTracker.from_config(predictor.cfg, fps=fps, smooth=smooth)
+
+    def __call__(
+        self, frame: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
+    ) -> Instances:
+        """The persons of the next frame (``Predictor.__call__``'s arguments and fields) with
+        ``track_id`` (N,) int64."""
+        return self.tracker.update(self.predictor(frame, boxes, scores))
+
+
+def track_video(
+    predictor: Predictor, frames: Iterable[ImageLike], fps: float = 30.0, smooth: bool = False
+) -> List[Instances]:
+    """The tracked persons of every frame of ``frames`` (in order), one Instances per frame with
+    ``track_id``; boxes from the predictor's detector or the whole frame (use
+    :class:`VideoPoseTracker` to pass boxes per frame)."""
+    video = VideoPoseTracker(predictor, fps=fps, smooth=smooth)
+    return [video(frame) for frame in frames]

@@ -1,0 +1,156 @@
+"""depotr.tracking: matching of persons across frames (crossing persons, lost and re-found
+tracks), the One-Euro filter against a hand computation, smoothing per track, and the API on a
+real (random-weights) Predictor."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.structures import Boxes, Instances
+
+from depotr import Predictor
+from depotr.config import load_depotr_config
+from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS
+from depotr.tracking import OneEuroFilter, PoseTracker, VideoPoseTracker, track_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
+K = 17
+RNG = np.random.default_rng(0)
+# Two pose templates in a unit box (x, y in [0, 1]): arms raised above the head / arms down.
+ARMS_UP = RNG.uniform(0.2, 0.8, (K, 2))
+ARMS_DOWN = ARMS_UP.copy()
+ARMS_DOWN[7:11, 1] += 0.5  # elbows and wrists far lower (COCO indices 7-10)
+ARMS_UP[7:11, 1] -= 0.15
+
+
+def person(x0: float, y0: float, template: np.ndarray, w: float = 40.0, h: float = 100.0):
+    """(box (4,), keypoints (K, 3)) of a person whose box's top-left corner is (x0, y0)."""
+    xy = np.array([x0, y0]) + template * np.array([w, h])
+    return np.array([x0, y0, x0 + w, y0 + h]), np.concatenate([xy, np.ones((K, 1))], 1)
+
+
+def frame(*persons) -> Instances:
+    out = Instances((480, 640))
+    out.pred_boxes = Boxes(torch.tensor(np.array([p[0] for p in persons]).reshape(-1, 4), dtype=torch.float32))
+    out.pred_keypoints = torch.tensor(np.array([p[1] for p in persons]).reshape(-1, K, 3), dtype=torch.float32)
+    out.scores = torch.ones(len(persons))
+    return out
+
+
+def crossing_ids(tracker: PoseTracker):
+    """Track ids of persons A and B in 21 frames: A walks right, B walks left, the boxes
+    overlap wholly at frame 10; A raises its arms, B does not."""
+    ids_a, ids_b = [], []
+    for t in range(21):
+        a = person(100 + 8 * t, 100, ARMS_UP)
+        b = person(260 - 8 * t, 100, ARMS_DOWN)
+        flip = t % 2 == 1  # the detector's order changes from frame to frame
+        ids = tracker.update(frame(*([b, a] if flip else [a, b]))).track_id.tolist()
+        ids_a.append(ids[1] if flip else ids[0])
+        ids_b.append(ids[0] if flip else ids[1])
+    return ids_a, ids_b
+
+
+def test_crossing_persons_keep_their_ids():
+    ids_a, ids_b = crossing_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS))
+    assert set(ids_a) == {0} and set(ids_b) == {1}
+
+
+def test_box_iou_alone_swaps_the_crossing_persons_that_oks_tells_apart():
+    """The same crossing with IoU only: at the full overlap both tracks fit both persons
+    equally, which is why OKS is part of the similarity."""
+    ids_a, ids_b = crossing_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.0))
+    assert set(ids_a) != {0} or set(ids_b) != {1}
+
+
+@pytest.mark.parametrize("gap, same_id", [(3, True), (4, False)])
+def test_a_lost_track_is_refound_within_max_lost_frames_and_ended_beyond(gap, same_id):
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=3)
+    other = person(400, 100, ARMS_DOWN)  # always seen
+    for t in range(5):
+        out = tracker.update(frame(person(100 + 2 * t, 100, ARMS_UP), other))
+    assert out.track_id.tolist() == [0, 1]
+    for _ in range(gap):  # the first person is missed
+        assert tracker.update(frame(other)).track_id.tolist() == [1]
+    out = tracker.update(frame(person(110, 100, ARMS_UP), other))
+    assert out.track_id.tolist() == ([0, 1] if same_id else [2, 1])  # a new id, never a reused one
+    assert out.pred_keypoints.shape == (2, K, 3)
+
+
+def test_unmatched_persons_below_min_similarity_start_new_tracks():
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, min_similarity=0.3)
+    tracker.update(frame(person(100, 100, ARMS_UP)))
+    assert tracker.update(frame(person(400, 300, ARMS_UP))).track_id.tolist() == [1]  # far away: new person
+    assert tracker.update(frame()).track_id.tolist() == []
+
+
+def test_one_euro_filter_matches_a_hand_computation():
+    # min_cutoff 1 Hz, beta 0.1, d_cutoff 1 Hz, dt 0.1 s; alpha(c) = 1 / (1 + 1 / (2 pi c dt)).
+    # alpha(1) = 1 / (1 + 1.591549) = 0.385870.
+    # x = 0: the first sample is returned as is; value 0, speed 0.
+    # x = 1: speed = 0.385870 * (1 - 0) / 0.1 = 3.858695; cutoff = 1.385870; alpha = 0.465460
+    #        -> value = 0.465460.
+    # x = 3: speed = 0.385870 * (3 - 0.465460) / 0.1 + 0.614130 * 3.858695 = 12.149760;
+    #        cutoff = 2.214976; alpha = 1 / (1 + 1 / (2 pi 0.2214976)) = 0.581918
+    #        -> value = 0.581918 * 3 + 0.418082 * 0.465460 = 1.940281.
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.1, d_cutoff=1.0)
+    outputs = [float(f(np.array([x, 5.0]), 0.1)[0]) for x in (0.0, 1.0, 3.0)]
+    np.testing.assert_allclose(outputs, [0.0, 0.465460, 1.940281], atol=2e-6)
+    np.testing.assert_allclose(f.value[1], 5.0)  # a constant signal stays put
+    with pytest.raises(ValueError, match="min_cutoff > 0"):
+        OneEuroFilter(0.0, 0.1, 1.0)
+
+
+def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
+    rng = np.random.default_rng(1)
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, fps=30.0, smoothing=(1.0, 0.05, 1.0), max_lost_frames=0)
+    raw, smoothed = [], []
+    for _ in range(30):  # a person standing still, keypoints jittering by ~2 px
+        box, kps = person(100, 100, ARMS_UP)
+        kps[:, :2] += rng.normal(0, 2.0, (K, 2))
+        out = tracker.update(frame((box, kps)))
+        raw.append(kps[:, :2])
+        smoothed.append(out.pred_keypoints[0, :, :2].numpy())
+        np.testing.assert_array_equal(out.pred_keypoints[0, :, 2].numpy(), kps[:, 2])  # scores unchanged
+    np.testing.assert_allclose(smoothed[0], raw[0], atol=1e-4)  # the first pose is not filtered
+
+    def jitter(poses):
+        return np.abs(np.diff(np.stack(poses), 2, axis=0)).mean()
+
+    assert jitter(smoothed) < 0.3 * jitter(raw)
+    tracker.update(frame())  # the track ends (max_lost_frames 0)
+    box, kps = person(100, 100, ARMS_DOWN)
+    out = tracker.update(frame((box, kps)))
+    assert out.track_id.tolist() == [1]
+    np.testing.assert_allclose(out.pred_keypoints[0].numpy(), kps, atol=1e-4)  # a fresh filter
+
+
+def test_tracker_arguments_are_checked():
+    with pytest.raises(ValueError, match="iou_weight"):
+        PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.5)
+    with pytest.raises(ValueError, match="max_lost_frames"):
+        PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=-1)
+    with pytest.raises(ValueError, match="One-Euro"):
+        PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, -1.0, 1.0))
+
+
+def test_video_api_on_a_predictor_tracks_and_reads_the_config():
+    cfg = load_depotr_config(
+        INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "TEST.TRACK.MAX_LOST_FRAMES", "2", "TEST.SMOOTH.BETA", "0.5"]
+    )
+    predictor = Predictor(cfg, random_weights=True)
+    frames = [np.random.default_rng(i).integers(0, 255, (96, 128, 3), dtype=np.uint8) for i in range(3)]
+    per_frame = track_video(predictor, frames, fps=25.0, smooth=True)
+    assert [out.track_id.tolist() for out in per_frame] == [[0], [0], [0]]  # the whole frame: one person
+    video = VideoPoseTracker(predictor, fps=25.0, smooth=True)
+    assert video.tracker.max_lost_frames == 2 and video.tracker.smoothing == (1.0, 0.5, 1.0)
+    boxes = [[10, 10, 60, 90], [70, 5, 120, 90]]
+    first = video(frames[0], boxes=boxes)
+    second = video(frames[0], boxes=boxes[::-1])
+    assert first.track_id.tolist() == [0, 1] and second.track_id.tolist() == [1, 0]  # ids follow the persons
+    for out in (first, second):
+        assert out.pred_keypoints.shape == (2, K, 3) and math.isfinite(float(out.pred_keypoints.sum()))
