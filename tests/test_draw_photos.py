@@ -23,7 +23,18 @@ def test_photos_side_by_side_with_skeletons(tmp_path):
     torch.manual_seed(0)  # the randomly initialised model
     tool = _tool()
     out = tmp_path / "photos.png"
-    args = ["--config-file", CONFIG, "--output", str(out), "--height", "96", "--photos", "astronaut", "camera"]
+    args = [
+        "--config-file",
+        CONFIG,
+        "--random-weights",
+        "--output",
+        str(out),
+        "--height",
+        "96",
+        "--photos",
+        "astronaut",
+        "camera",
+    ]
     assert tool.main(args + ["--box", "camera", "100", "40", "400", "500", "MODEL.DEVICE", "cpu"]) == 0
     png = cv2.imread(str(out))[:, :, ::-1]
     assert png.shape == (96, 96 + 96, 3)  # both photos are 512 x 512
@@ -52,3 +63,10 @@ def test_bad_boxes_are_errors(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
         _tool().main(["--config-file", CONFIG, "--output", str(tmp_path / "p.png")] + extra)
     assert message in capsys.readouterr().err
+
+
+def test_empty_weights_are_refused_without_random_weights(tmp_path, capsys):
+    from depotr.cli import run_main
+
+    assert run_main(_tool().main, ["--config-file", CONFIG, "--output", str(tmp_path / "p.png")]) == 2
+    assert "MODEL.WEIGHTS is empty" in capsys.readouterr().err and not os.listdir(tmp_path)

@@ -20,10 +20,12 @@ from typing import Callable, Dict, List, Optional
 import cv2
 import numpy as np
 
+from detectron2.data import Metadata
 from detectron2.utils.visualizer import Visualizer
 
+from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
 from depotr.config import load_depotr_config
-from depotr.data.keypoint_metadata import coco_person_metadata
+from depotr.data import drawing_metadata
 from depotr.file_io import atomic_write
 from depotr.predictor import Predictor
 
@@ -56,36 +58,25 @@ PHOTOS: Dict[str, Callable[[], np.ndarray]] = {
 }
 
 
-class _Metadata:
-    """The keypoint names, flip map and skeleton colours the ``Visualizer`` reads."""
-
-    def __init__(self):
-        self.__dict__.update(coco_person_metadata())
-        self.thing_classes = ["person"]
-
-    def get(self, name, default=None):
-        return self.__dict__.get(name, default)
-
-
 def draw_photo(predictor: Predictor, image_rgb: np.ndarray, box: Optional[List[float]], height: int) -> np.ndarray:
     """(height, W', 3) uint8 RGB: ``image_rgb`` with the predicted skeletons, scaled to ``height``."""
     instances = predictor(image_rgb[:, :, ::-1].copy(), None if box is None else [box])
-    drawn = Visualizer(image_rgb, _Metadata(), scale=1.0).draw_instance_predictions(instances).get_image()
+    metadata = Metadata(name="depotr_photos").set(**drawing_metadata(predictor.cfg))
+    drawn = Visualizer(image_rgb, metadata, scale=1.0).draw_instance_predictions(instances).get_image()
     width = int(round(drawn.shape[1] * height / drawn.shape[0]))
     return cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=sorted(PHOTOS))
     parser.add_argument(
         "--box", nargs=5, action="append", default=[], metavar=("NAME", "X0", "Y0", "X1", "Y1"), help="a person box"
     )
     parser.add_argument("--height", type=int, default=384, help="height of each photo in the PNG")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
-    args = parser.parse_args(argv)
+    add_config_arguments(parser)
+    args = parse_command_line(parser, argv)
     boxes = {}
     for name, *coords in args.box:
         if name not in args.photos:
@@ -96,7 +87,7 @@ def main(argv=None) -> int:
             parser.error(f"--box {name}: {coords} are not four numbers X0 Y0 X1 Y1")
     if not args.output.lower().endswith(".png"):
         parser.error(f"--output {args.output} must be a .png file")
-    predictor = Predictor(load_depotr_config(args.config_file, args.opts))
+    predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
     panels = [draw_photo(predictor, PHOTOS[name](), boxes.get(name), args.height) for name in args.photos]
     ok, png = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
     if not ok:
@@ -108,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -100,7 +100,7 @@ def _train_and_evaluate(tmp_path, train, val):
         str(tmp_path / "run"), str(tmp_path / "synthetic"),
         "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)",
         "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "4",
-        "INPUT.CROP_AUG.HALF_BODY_PROB", "0",  # the kite has no body halves (docs/datasets.md)
+        "INPUT.CROP_AUG.HALF_BODY_PROB", "0.0",  # the kite has no body halves (docs/datasets.md)
     )  # fmt: skip
     train_net.main(args)
     cfg = load_depotr_config(str(tmp_path / "run" / "config.yaml"))

@@ -50,7 +50,7 @@ from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.crops import crop_to_image, expand_boxes_to_aspect
+from .modeling.crops import box_crop_params, crop_to_image, expand_boxes_to_aspect
 from .modeling.tta import predict_crop_keypoints
 from .predictor import Predictor
 
@@ -226,7 +226,8 @@ class ImageKeypointPredictor(nn.Module):
         crop_boxes = expand_boxes_to_aspect(clipped, crop_size, self.padding)
         rois = torch.cat([torch.zeros_like(crop_boxes[:, :1]), crop_boxes], dim=1)
         crops = roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
-        return crop_to_image(self.crop_predictor.predict_normalised(crops), crop_boxes, crop_size)
+        params = box_crop_params(clipped, crop_size, self.padding)  # the crops' affines, as the model's
+        return crop_to_image(self.crop_predictor.predict_normalised(crops), params, crop_size)
 
 
 def build_image_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> ImageKeypointPredictor:

@@ -28,6 +28,7 @@ v0.6 route does not build): each crop pixel is the mean of S_h x S_w bilinear sa
 evenly over its (rotated) bin, so that a large person is not aliased when shrunk.
 """
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -85,7 +86,8 @@ def box_crop_params(boxes: Tensor, crop_size: Sequence[int], padding: float) -> 
     crop boxes, unrotated and unflipped."""
     crop_boxes = expand_boxes_to_aspect(boxes, crop_size, padding)
     centre = (crop_boxes[:, :2] + crop_boxes[:, 2:]) * 0.5
-    return torch.cat([centre, crop_boxes[:, 2:] - crop_boxes[:, :2], boxes.new_zeros((len(boxes), 2))], dim=1)
+    no_turn = torch.zeros_like(centre)  # angle 0, no flip (zeros_like: a traced export keeps N free)
+    return torch.cat([centre, crop_boxes[:, 2:] - crop_boxes[:, :2], no_turn], dim=1)
 
 
 def crop_affine(params: Tensor, crop_size: Sequence[int], inverse: bool = False) -> Tensor:
@@ -93,7 +95,8 @@ def crop_affine(params: Tensor, crop_size: Sequence[int], inverse: bool = False)
     doc), or image -> crop with ``inverse``. params: (N, 6) crop parameters."""
     crop_h, crop_w = float(crop_size[0]), float(crop_size[1])
     cx, cy, w, h, angle, flip = params.double().unbind(dim=1)
-    cos, sin = torch.cos(torch.deg2rad(angle)), torch.sin(torch.deg2rad(angle))
+    radians = angle * (math.pi / 180.0)  # not torch.deg2rad: ONNX has no such operator
+    cos, sin = torch.cos(radians), torch.sin(radians)
     sign = 1.0 - 2.0 * (flip > 0.5).double()
     sx, sy = w / crop_w, h / crop_h
     if inverse:
