@@ -75,6 +75,7 @@ setup(
     extras_require={
         "test": ["pytest", "scikit-image"],
         "export": ["onnx", "onnxruntime"],
+        # Under numpy 2, build it from source: pip install --no-binary xtcocotools (docs/install.md).
         "crowdpose": ["xtcocotools==1.14.3"],
         "lint": ["ruff==0.17.6"],
     },

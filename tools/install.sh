@@ -27,8 +27,8 @@ COMMON_PINS=(
   "setuptools>=77.0.3,<81" "wheel" "ninja" "albumentations==2.0.8"
   # tools/export_model.py: reading the exported ONNX file and checking it with onnxruntime.
   "onnx==1.23.2" "onnxruntime==1.31.1"
-  # CrowdPose evaluation (depotr/evaluation/crowdpose.py): xtcocotools' "keypoints_crowd" mode.
-  "xtcocotools==1.14.3"
+  # Builds xtcocotools (below) against the environment's numpy.
+  "cython"
 )
 # v0.6 route only: each was needed to run Detectron2 v0.6 on torch 2.14 (see README "Install").
 V06_PINS=(
@@ -160,8 +160,13 @@ fi
 step "DePOTR (editable) and its requirements"
 (cd "$REPO" && MAX_JOBS="${MAX_JOBS:-2}" logged depotr "pip install -e .[test,export,lint]" \
   "${PIP[@]}" --no-build-isolation --use-pep517 -e ".[test,export,lint]" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}")
+# CrowdPose evaluation (depotr/evaluation/crowdpose.py): xtcocotools' "keypoints_crowd" mode, built
+# from source against this environment's numpy: its one wheel for CPython 3.11 (1.14.3, 2023) was
+# compiled for numpy 1.x and fails to import under numpy 2 (the Detectron2-main route).
+logged xtcocotools "pip install xtcocotools (built from source)" \
+  "${PIP[@]}" --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}"
 build_extension
-"$PY" -c "import detectron2, depotr; from detectron2 import model_zoo; model_zoo.get_config_file('COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml')" \
+"$PY" -c "import detectron2, depotr, xtcocotools.mask; from detectron2 import model_zoo; model_zoo.get_config_file('COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml')" \
   || fail "import check of detectron2 + depotr"
 stamp_key >"$STAMP"
 step "done ($VENV, Detectron2: $D2_ROUTE)"
