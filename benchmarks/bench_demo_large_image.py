@@ -6,7 +6,7 @@ item 8: the demo is to stay within 2x the Predictor's time and memory).
         --config-file configs/depotr_hm_r18_synthetic.yaml [--random-weights] [KEY VALUE ...]
 
 Writes a (H, W) = (4000, 6000) JPEG (the astronaut photo resized), then runs each side in a fresh
-process: ``Predictor(image_path)`` and the demo's ``Demo.run_images([image_path], out)`` (read,
+process: ``Predictor(image_path)`` and the demo's ``Demo.run_images([image_path], out, image_ids)`` (read,
 predict, draw at <= 1920 px, write). Each child times its call (after one warm-up call on a small
 image) and the parent reads the child's peak resident set (``os.wait4``'s ``ru_maxrss``, the whole
 process: model included).
@@ -34,11 +34,11 @@ def child(side: str, image_path: str, small_path: str, config: str, random_weigh
     else:
         import demo
 
-        runner = demo.Demo(predictor, 0.0)
+        runner = demo.Demo(predictor, None)  # the demo's default: every person
         out = tempfile.mkdtemp()
 
         def run(path):
-            return runner.run_images([path], out)
+            return runner.run_images([path], out, {path: demo.image_id_from_path(path)})
 
     run(small_path)  # warm-up
     start = time.perf_counter()
