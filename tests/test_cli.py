@@ -88,7 +88,10 @@ def test_training_parser_has_detectron2s_options_and_opts():
 
 
 def test_config_root_keys_are_the_configs():
-    assert CONFIG_ROOT_KEYS == set(load_depotr_config(INSTANT_CONFIG).keys())
+    # Every root key of this Detectron2's config starts bare overrides; the set also holds the
+    # keys of the other supported Detectron2 (v0.6 lacks main's FLOAT32_PRECISION), nothing else.
+    roots = set(load_depotr_config(INSTANT_CONFIG).keys())
+    assert roots <= CONFIG_ROOT_KEYS and CONFIG_ROOT_KEYS - roots <= {"FLOAT32_PRECISION"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))

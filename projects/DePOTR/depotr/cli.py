@@ -41,6 +41,7 @@ _OVERRIDES_HELP = (
 CONFIG_ROOT_KEYS = frozenset(
     {"CUDNN_BENCHMARK", "DATALOADER", "DATASETS", "GLOBAL", "INPUT", "MODEL", "OUTPUT_DIR", "SEED", "SOLVER", "TEST"}
     | {"VERSION", "VIS_PERIOD"}
+    | {"FLOAT32_PRECISION"}  # Detectron2 main only (not in v0.6)
 )
 # (category, message regex) of the third-party warnings every command printed: the
 # torch.jit.script deprecation that Detectron2/fvcore trigger at import (twice), and setuptools'
