@@ -61,10 +61,33 @@ def test_crossing_persons_keep_their_ids():
 
 
 def test_box_iou_alone_swaps_the_crossing_persons_that_oks_tells_apart():
-    """The same crossing with IoU only: at the full overlap both tracks fit both persons
-    equally, which is why OKS is part of the similarity."""
-    ids_a, ids_b = crossing_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.0))
+    """The same crossing with IoU only and no motion model: at the full overlap both tracks fit
+    both persons equally, which is why OKS is part of the similarity (the motion model, too,
+    tells them apart)."""
+    ids_a, ids_b = crossing_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.0, velocity_gain=0.0))
     assert set(ids_a) != {0} or set(ids_b) != {1}
+    ids_a, ids_b = crossing_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.0))
+    assert set(ids_a) == {0} and set(ids_b) == {1}
+
+
+def test_motion_tells_apart_crossing_persons_with_the_same_box_and_pose():
+    """Two persons of one size and one pose cross (A right, B left, 4 px/frame), 2 px apart at
+    frame 10; at frame 11 B's box is missed. A's box is then nearer B's last box than its own, but
+    where A's track is heading: the static similarity gives it B's id, the motion model A's."""
+
+    def ids(gain: float):
+        tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, velocity_gain=gain)
+        ids_a, ids_b = [], []
+        for t in range(21):
+            a, b = person(60 + 4 * t, 100, ARMS_UP), person(142 - 4 * t, 100, ARMS_UP)
+            out = tracker.update(frame(a) if t == 11 else frame(a, b)).track_id.tolist()
+            ids_a.append(out[0])
+            ids_b += out[1:]
+        return ids_a, ids_b
+
+    assert ids(0.1) == ([0] * 21, [1] * 20)
+    no_motion_a, no_motion_b = ids(0.0)
+    assert no_motion_a[11:] == [1] * 10 and no_motion_b[11:] == [0] * 9  # swapped at the miss
 
 
 @pytest.mark.parametrize("gap, same_id", [(3, True), (4, False)])
@@ -132,6 +155,8 @@ def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
 def test_tracker_arguments_are_checked():
     with pytest.raises(ValueError, match="iou_weight"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.5)
+    with pytest.raises(ValueError, match="velocity_gain"):
+        PoseTracker(COCO_PERSON_OKS_SIGMAS, velocity_gain=-0.1)
     with pytest.raises(ValueError, match="max_lost_frames"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=-1)
     with pytest.raises(ValueError, match="One-Euro"):
@@ -154,3 +179,13 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
     assert first.track_id.tolist() == [0, 1] and second.track_id.tolist() == [1, 0]  # ids follow the persons
     for out in (first, second):
         assert out.pred_keypoints.shape == (2, K, 3) and math.isfinite(float(out.pred_keypoints.sum()))
+
+
+def test_editing_the_result_in_place_leaves_the_input_alone():
+    """Detectron2's instances_to_coco_json shifts keypoints in place; a tracked frame's result
+    must not share its keypoints with the frame's instances (the benchmark tracks them twice)."""
+    instances = frame(person(100, 100, ARMS_UP))
+    before = instances.pred_keypoints.clone()
+    out = PoseTracker(COCO_PERSON_OKS_SIGMAS).update(instances)
+    out.pred_keypoints[:, :, :2] -= 0.5
+    torch.testing.assert_close(instances.pred_keypoints, before)

@@ -5,7 +5,12 @@ Shape letters: N persons of a frame, T tracks, K keypoints.
 Tracking (SimpleBaseline's pose tracker, Xiao et al. 2018, with Hungarian matching): the persons
 of a frame are matched to the tracks alive before it by the similarity
 ``IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS`` (OKS of the pose with the track's last pose,
-the mean of the two box areas as the scale, every keypoint counted); pairs below
+the mean of the two box areas as the scale, every keypoint counted); the track's box and pose are
+first moved to the frame at the track's velocity (constant-velocity motion, as SORT's, Bewley et
+al. 2016) and the box clipped to the frame, so that persons crossing one another are told apart
+by where they are heading. Each match sets the track's box to the detected one and corrects its
+velocity by ``VELOCITY_GAIN`` x (detected - predicted box centre) / frames since the last match
+(the beta of an alpha-beta filter: a small gain averages the detector's jitter). Pairs below
 ``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
 unmatched is lost, kept for ``MAX_LOST_FRAMES`` frames (a person re-found within them keeps its
 id) and then ended. Ids count up from 0 and are never reused.
@@ -20,7 +25,7 @@ the number of frames since the track's last pose divided by the frame rate.
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,6 +89,12 @@ class _Track:
     keypoints: torch.Tensor  # (K, 3) last raw pose
     last_frame: int
     smoother: Optional[OneEuroFilter]
+    velocity: torch.Tensor  # (2,) x, y displacement of the box centre per frame
+
+    def predicted(self, frame: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (4,) XYXY box and (K, 2) keypoints moved to ``frame`` at the track's velocity."""
+        shift = self.velocity * (frame - self.last_frame)
+        return self.box + shift.repeat(2), self.keypoints[:, :2] + shift
 
 
 class PoseTracker:
@@ -96,6 +107,7 @@ class PoseTracker:
         iou_weight: float = 0.5,
         min_similarity: float = 0.3,
         max_lost_frames: int = 10,
+        velocity_gain: float = 0.1,
         fps: float = 30.0,
         smoothing: Optional[Sequence[float]] = None,
     ):
@@ -105,17 +117,22 @@ class PoseTracker:
             iou_weight: weight of the box IoU in the similarity, in [0, 1]; OKS gets the rest.
             min_similarity: pairs less similar than this are never matched, in [0, 1].
             max_lost_frames: frames a track is kept without a match (0: ended at once).
+            velocity_gain: gain of the velocity's correction at a match, in [0, 1]; 0: no motion.
             fps: frame rate, for the smoothing time step.
             smoothing: None (off) or (min_cutoff, beta, d_cutoff) of :class:`OneEuroFilter`.
         """
-        if not 0.0 <= iou_weight <= 1.0 or not 0.0 <= min_similarity <= 1.0:
-            raise ValueError(f"iou_weight and min_similarity must be in [0, 1], got {iou_weight} and {min_similarity}")
+        if not all(0.0 <= value <= 1.0 for value in (iou_weight, min_similarity, velocity_gain)):
+            raise ValueError(
+                "iou_weight, min_similarity and velocity_gain must be in [0, 1], "
+                f"got {iou_weight}, {min_similarity} and {velocity_gain}"
+            )
         if max_lost_frames < 0 or fps <= 0:
             raise ValueError(f"max_lost_frames must be >= 0 and fps > 0, got {max_lost_frames} and {fps}")
         if smoothing is not None:
             OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
         self.sigmas = tuple(float(s) for s in sigmas)
         self.iou_weight, self.min_similarity, self.max_lost_frames = iou_weight, min_similarity, max_lost_frames
+        self.velocity_gain = velocity_gain
         self.fps, self.smoothing = fps, smoothing
         self.tracks: List[_Track] = []
         self.frame = -1
@@ -131,18 +148,21 @@ class PoseTracker:
             iou_weight=t.IOU_WEIGHT,
             min_similarity=t.MIN_SIMILARITY,
             max_lost_frames=t.MAX_LOST_FRAMES,
+            velocity_gain=t.VELOCITY_GAIN,
             fps=fps,
             smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
         )
 
     def similarity(self, instances: Instances) -> torch.Tensor:
-        """(T, N) similarity of the tracks alive now and the persons of ``instances``."""
+        """(T, N) similarity of the tracks alive now, moved to this frame, and the persons of
+        ``instances``."""
         if not self.tracks or len(instances) == 0:
             return torch.zeros(len(self.tracks), len(instances))
-        track_boxes = Boxes(torch.stack([t.box for t in self.tracks]))
+        track_boxes, track_xy = (torch.stack(x) for x in zip(*(t.predicted(self.frame) for t in self.tracks)))
+        track_boxes = Boxes(track_boxes)
+        track_boxes.clip(instances.image_size)
         boxes = instances.pred_boxes.to("cpu")
         iou = pairwise_iou(track_boxes, boxes)
-        track_xy = torch.stack([t.keypoints[:, :2] for t in self.tracks])
         xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
         oks = keypoint_similarity(
             track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]
@@ -157,29 +177,33 @@ class PoseTracker:
                 ``pred_keypoints`` (N, K, 3) in image pixels (as ``depotr.Predictor`` gives).
 
         Returns:
-            A copy of ``instances`` (not modified) with ``track_id`` (N,) int64 and, when
-            smoothing, the smoothed x, y in ``pred_keypoints`` (scores unchanged).
+            A copy of ``instances`` (not modified; ``pred_keypoints`` a new tensor) with
+            ``track_id`` (N,) int64 and, when smoothing, the smoothed x, y in ``pred_keypoints``
+            (scores unchanged).
         """
         self.frame += 1
         out = Instances(instances.image_size, **instances.get_fields())
         keypoints = instances.pred_keypoints.detach().to("cpu").float().clone()
         track_of = [-1] * len(instances)
+        boxes = instances.pred_boxes.tensor.detach().to("cpu").float()
         similarity = self.similarity(instances)
         if similarity.numel():
             rows, cols = linear_sum_assignment(similarity.numpy(), maximize=True)
             for row, col in zip(rows, cols):
                 if similarity[row, col] >= self.min_similarity:
                     track_of[col] = row
-        boxes = instances.pred_boxes.tensor.detach().to("cpu").float()
         track_ids = []
         for n, row in enumerate(track_of):
             if row < 0:
                 smoother = OneEuroFilter(*self.smoothing) if self.smoothing is not None else None
-                track = _Track(self.next_id, boxes[n], keypoints[n], self.frame, smoother)
+                track = _Track(self.next_id, boxes[n], keypoints[n], self.frame, smoother, torch.zeros(2))
                 self.next_id += 1
                 self.tracks.append(track)
             else:
                 track = self.tracks[row]
+                gap = self.frame - track.last_frame
+                residual = boxes[n] - track.predicted(self.frame)[0]
+                track.velocity = track.velocity + self.velocity_gain * (residual[:2] + residual[2:]) / (2 * gap)
             dt = (self.frame - track.last_frame) / self.fps
             track.box, track.keypoints, track.last_frame = boxes[n], keypoints[n].clone(), self.frame
             if track.smoother is not None:
@@ -188,8 +212,9 @@ class PoseTracker:
             track_ids.append(track.track_id)
         self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_lost_frames]
         out.track_id = torch.tensor(track_ids, dtype=torch.int64)
-        if self.smoothing is not None:
-            out.pred_keypoints = keypoints.to(instances.pred_keypoints.device, instances.pred_keypoints.dtype)
+        # a new tensor even unsmoothed: a caller's in-place edit of the result (Detectron2's
+        # instances_to_coco_json shifts keypoints by -0.5) must not reach ``instances``
+        out.pred_keypoints = keypoints.to(instances.pred_keypoints.device, instances.pred_keypoints.dtype)
         return out
 
 
