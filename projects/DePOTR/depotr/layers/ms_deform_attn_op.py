@@ -108,27 +108,17 @@ def _check_shapes(*inputs: Tensor) -> tuple[int, int, int, int]:
             raise ValueError(
                 f"ms_deform_attn: {name} must be {len(dims)}-D ({', '.join(dims)}), got shape {tuple(tensor.shape)}"
             )
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = inputs
-    N, _, M, D = value.shape
-    L, Lq = spatial_shapes.shape[0], sampling_locations.shape[1]
-    if spatial_shapes.shape[1] != 2:
-        raise ValueError(f"ms_deform_attn: spatial_shapes must be (L, 2), got shape {tuple(spatial_shapes.shape)}")
-    if level_start_index.shape[0] != L:
-        raise ValueError(
-            f"ms_deform_attn: level_start_index must be (L,) with L={L} as in spatial_shapes, "
-            f"got shape {tuple(level_start_index.shape)}"
-        )
-    expected = (N, Lq, M, L, sampling_locations.shape[4], 2)
-    if tuple(sampling_locations.shape) != expected:
-        raise ValueError(
-            f"ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2) with N={N}, M={M} "
-            f"from value and L={L} from spatial_shapes, got shape {tuple(sampling_locations.shape)}"
-        )
-    if tuple(attention_weights.shape) != expected[:-1]:
-        raise ValueError(
-            f"ms_deform_attn: attention_weights must be (N, Lq, M, L, P) = {expected[:-1]} as in "
-            f"sampling_locations, got shape {tuple(attention_weights.shape)}"
-        )
+    value, spatial_shapes, _, sampling_locations, _ = inputs
+    N, S, M, D = value.shape
+    Lq, P = sampling_locations.shape[1], sampling_locations.shape[4]
+    sizes = {"N": N, "S": S, "M": M, "D": D, "L": spatial_shapes.shape[0], "Lq": Lq, "P": P, "2": 2}
+    for (name, dims), tensor in zip(_ARG_DIMS.items(), inputs):
+        if tuple(tensor.shape) != tuple(sizes[dim] for dim in dims):
+            known = ", ".join(f"{dim}={sizes[dim]}" for dim in dims if dim != "2")
+            raise ValueError(
+                f"ms_deform_attn: {name} must be ({', '.join(dims)}) with {known} as value, spatial_shapes "
+                f"and sampling_locations give them, got shape {tuple(tensor.shape)}"
+            )
     return N, Lq, M, D
 
 
