@@ -223,13 +223,9 @@ for _name, _schema in (
 
 @dataclass(frozen=True)
 class MSDABackend:
-    """One implementation of :func:`ms_deform_attn`.
-
-    ``forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)``
-    returns the (N, Lq, M * D) output, differentiable w.r.t. the three float inputs, for inputs
-    that :func:`check_ms_deform_attn_inputs` accepted; ``unavailable(device_type, dtype)``
-    returns why the backend cannot serve that device type and dtype, or None.
-    """
+    """One implementation of :func:`ms_deform_attn`: ``forward`` takes its five (validated) arguments
+    and returns the (N, Lq, M * D) output, differentiable w.r.t. the three float inputs;
+    ``unavailable(device_type, dtype)`` returns why the backend cannot serve them, or None."""
 
     forward: Callable[..., Tensor]
     unavailable: Callable[[str, torch.dtype], Optional[str]]
@@ -242,7 +238,7 @@ BACKENDS: dict[str, MSDABackend] = {
     "reference": MSDABackend(ms_deform_attn_reference, lambda device_type, dtype: None),
 }
 # Backends tried in order, per device type, when DEPOTR_MSDA_BACKEND is unset; other device
-# types use _DEFAULT_ORDER. Triton runs on CPU only under its (slow) interpreter: forced only.
+# types use _DEFAULT_ORDER (Triton runs on CPU only under its slow interpreter: forced only).
 _FALLBACK_ORDER = {"cuda": ("compiled", "triton", "reference")}
 _DEFAULT_ORDER = ("compiled", "reference")
 # Device types where a backend checks itself against the reference before its first use.
@@ -262,12 +258,9 @@ def _forced_backend() -> str:
 
 
 def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.float32) -> str:
-    """Returns the name of the backend (a key of ``BACKENDS``) that :func:`ms_deform_attn` uses
-    for tensors of ``dtype`` on ``device``, choosing it on the first call for that device and
-    dtype (see the module docstring: self-checks and fallback on CUDA, one warning).
-
-    Raises ValueError for an unknown ``DEPOTR_MSDA_BACKEND`` and RuntimeError when the forced
-    backend cannot serve the device and dtype or fails its self-check.
+    """The backend (a key of ``BACKENDS``) that :func:`ms_deform_attn` uses for ``dtype`` on ``device``,
+    chosen on the first call for them as the module docstring says. Raises ValueError for an unknown
+    ``DEPOTR_MSDA_BACKEND``, RuntimeError when the forced backend cannot serve or fails its self-check.
     """
     forced = _forced_backend()
     device = torch.device(device)
@@ -324,11 +317,9 @@ def _self_check_problem(device: torch.device, dtype: torch.dtype) -> tuple[Tenso
 
 def _forward_and_grads(forward: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad_output: Tensor) -> list[Tensor]:
     """[output, grad value, grad sampling_locations, grad attention_weights] of forward."""
-    value, spatial_shapes, level_start_index, locations, weights = (
-        t.detach().requires_grad_(t.is_floating_point()) for t in inputs
-    )
-    output = forward(value, spatial_shapes, level_start_index, locations, weights)
-    return [output.detach(), *torch.autograd.grad(output, (value, locations, weights), grad_output)]
+    inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    output = forward(*inputs)
+    return [output.detach(), *torch.autograd.grad(output, [inputs[i] for i in (0, 3, 4)], grad_output)]
 
 
 def _self_check(backend: MSDABackend, device: torch.device, dtype: torch.dtype) -> Optional[str]:
@@ -378,11 +369,9 @@ def ms_deform_attn(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Multi-scale deformable attention (Deformable DETR, eq. 5).
-
-    For each query, head, level and point, samples the value map of that level and head
-    bilinearly at the sampling location, multiplies by the attention weight and sums over levels
-    and points.
+    """Multi-scale deformable attention (Deformable DETR, eq. 5): per query and head, the value maps
+    sampled bilinearly at the sampling locations, weighted by the attention weights and summed over
+    levels and points.
 
     Args:
         value: (N, S, M, D) value tokens of all levels, flattened row-major per level and
@@ -399,11 +388,9 @@ def ms_deform_attn(
     Returns:
         (N, Lq, M * D), heads concatenated.
 
-    value, sampling_locations and attention_weights share one floating dtype; all tensors share
-    one device. Empty N or Lq give an empty output. A NaN or +-inf location or weight gives a
-    NaN (or +-inf) output wherever the reference gives one, whichever backend runs. See
-    :func:`check_ms_deform_attn_inputs` for the errors and :func:`msda_backend` for which
-    implementation runs.
+    value, sampling_locations and attention_weights share one floating dtype, all tensors one device
+    (errors: :func:`check_ms_deform_attn_inputs`); empty N or Lq give an empty output. Non-finite
+    inputs: see the module docstring; the implementation that runs: :func:`msda_backend`.
     """
     inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     check_ms_deform_attn_inputs(*inputs)
