@@ -19,24 +19,13 @@ __all__ = ["MSDeformAttn", "mixed_precision_msda_inputs"]
 def mixed_precision_msda_inputs(
     value: Tensor, sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gives the three float inputs of :func:`ms_deform_attn` one dtype under mixed precision.
+    """Gives value (N, S, M, D), sampling_locations (N, Lq, M, L, P, 2) and attention_weights
+    (N, Lq, M, L, P) the one dtype :func:`ms_deform_attn` takes; unchanged if they share one.
 
-    Under autocast ``value_proj`` returns float16/bfloat16 while the sampling locations
-    (reference points + offsets) and the softmaxed attention weights stay float32. The op takes
-    one dtype (its kernels accumulate in float32 whatever the input dtype):
-
-    * value float16: locations and weights are cast to float16. Locations are normalised to
-      [0, 1], where float16's spacing (<= 2^-11) is <= 0.018 pixels of the widest level of a
-      384x288 crop (36 tokens): sampling moves by far less than a pixel;
-    * otherwise (bfloat16, whose spacing 2^-8 would be 0.14 pixels there, or any other mix):
-      all three are cast to the widest of their dtypes (float32 under autocast).
-
-    Inputs that already share a dtype are returned unchanged.
-
-    Args:
-        value: (N, S, M, D).
-        sampling_locations: (N, Lq, M, L, P, 2).
-        attention_weights: (N, Lq, M, L, P).
+    Under autocast ``value_proj`` gives float16/bfloat16 and the locations and weights stay float32.
+    A float16 value casts them to float16: float16's spacing on the normalised [0, 1] locations
+    (<= 2^-11) is <= 0.018 pixels of the widest level of a 384x288 crop. Any other mix (bfloat16,
+    whose 2^-8 would be 0.14 pixels there) casts all three to the widest dtype (float32 under autocast).
     """
     dtypes = {value.dtype, sampling_locations.dtype, attention_weights.dtype}
     if len(dtypes) == 1:
@@ -74,12 +63,10 @@ class MSDeformAttn(nn.Module):
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
-
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
-
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -97,10 +84,9 @@ class MSDeformAttn(nn.Module):
             self.sampling_offsets.bias.copy_(grid_init.view(-1))
         nn.init.constant_(self.attention_weights.weight, 0.0)
         nn.init.constant_(self.attention_weights.bias, 0.0)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.constant_(self.value_proj.bias, 0.0)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.constant_(self.output_proj.bias, 0.0)
+        for projection in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.constant_(projection.bias, 0.0)
 
     def forward(
         self,
@@ -127,27 +113,20 @@ class MSDeformAttn(nn.Module):
             (N, Lq, C).
         """
         N, Lq, _ = query.shape
-        _, S, _ = input_flatten.shape
+        S = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
-
-        # (N, S, C) -> (N, S, M, C/M)
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, self.d_model // M)
-        # (N, Lq, C) -> (N, Lq, M, L, P, 2), in pixels of each level
+        # (N, Lq, M, L, P, 2), in pixels of each level
         sampling_offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        # (N, Lq, C) -> (N, Lq, M, L*P) -> softmax over L*P -> (N, Lq, M, L, P)
-        attention_weights = self.attention_weights(query).view(N, Lq, M, L * P)
-        attention_weights = F.softmax(attention_weights, -1).view(N, Lq, M, L, P)
+        # softmax over L * P
+        attention_weights = F.softmax(self.attention_weights(query).view(N, Lq, M, L * P), -1).view(N, Lq, M, L, P)
         if reference_points.shape[-1] == 2:
-            # (L, 2) rows (W_l, H_l): offsets in pixels -> normalised
-            offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-            # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) / (1, 1, 1, L, 1, 2)
-            sampling_locations = (
-                reference_points[:, :, None, :, None, :]
-                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
-            )
+            # offsets in pixels / (W_l, H_l)
+            offset_normalizer = input_spatial_shapes.flip(-1)[:, None, :]
+            sampling_locations = reference_points[:, :, None, :, None, :] + sampling_offsets / offset_normalizer
         elif reference_points.shape[-1] == 4:
             # offsets in units of half the box size divided by P
             sampling_locations = (
@@ -156,15 +135,6 @@ class MSDeformAttn(nn.Module):
             )
         else:
             raise ValueError(f"Last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}")
-        # (N, Lq, M*(C/M)) = (N, Lq, C)
-        value, sampling_locations, attention_weights = mixed_precision_msda_inputs(
-            value, sampling_locations, attention_weights
-        )
-        output = ms_deform_attn(
-            value,
-            input_spatial_shapes,
-            input_level_start_index,
-            sampling_locations,
-            attention_weights,
-        )
-        return self.output_proj(output)
+        inputs = mixed_precision_msda_inputs(value, sampling_locations, attention_weights)
+        output = ms_deform_attn(inputs[0], input_spatial_shapes, input_level_start_index, *inputs[1:])
+        return self.output_proj(output)  # (N, Lq, M * (C / M)) -> (N, Lq, C)

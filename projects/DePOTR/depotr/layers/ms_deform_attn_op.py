@@ -7,34 +7,28 @@
 Letters: N batch, S value tokens (all levels), M heads, D channels per head, L levels,
 P sampling points per level and head, Lq queries.
 
-Three backends compute the same function (``BACKENDS``, in order of preference):
+Three backends compute the same function (``BACKENDS``, in order of preference), all with autograd,
+``torch.compile`` and ``torch.export``, all giving NaN (or +-inf) outputs exactly where the reference
+does for a NaN or +-inf location or weight (rule in csrc/ms_deform_attn/ms_deform_attn_bilinear.h):
 
-* ``"compiled"``: the ``depotr::ms_deform_attn_forward`` / ``ms_deform_attn_backward`` operators
-  of ``depotr._C`` (C++ on CPU for float32/float64; CUDA for float16/bfloat16/float32/float64
-  when the extension was built with CUDA).
-* ``"triton"``: the ``depotr::ms_deform_attn_triton_forward`` / ``_backward`` operators, Triton
-  kernels (:mod:`~depotr.layers.ms_deform_attn_triton`) on CUDA for float16/bfloat16/float32/
-  float64; on CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, as the tests run them).
-* ``"reference"``: :func:`~depotr.layers.ms_deform_attn_reference.ms_deform_attn_reference`,
-  ``F.grid_sample`` per level; any device and dtype that ``grid_sample`` supports.
+* ``"compiled"``: the ``depotr::ms_deform_attn_forward`` / ``_backward`` operators of ``depotr._C``
+  (C++ on CPU for float32/float64; CUDA for float16/bfloat16/float32/float64 when built with CUDA);
+* ``"triton"``: the ``depotr::ms_deform_attn_triton_forward`` / ``_backward`` operators
+  (:mod:`~depotr.layers.ms_deform_attn_triton`) on CUDA for float16/bfloat16/float32/float64; on
+  CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, as the tests run them);
+* ``"reference"``: :func:`~depotr.layers.ms_deform_attn_reference.ms_deform_attn_reference`
+  (``F.grid_sample`` per level), any device and dtype that ``grid_sample`` supports.
 
-The operators work with autograd, ``torch.compile`` and ``torch.export``. All three give the same
-non-finite results: a NaN or +-inf sampling location or attention weight makes the output NaN
-(or +-inf) exactly where the reference's does (rule in csrc/ms_deform_attn/ms_deform_attn_bilinear.h).
-
-The backend is chosen once per (device, dtype), on first use:
-
-* CUDA: the first of compiled, triton, reference that serves the dtype and passes a self-check
-  (forward and the three gradients on a small random problem against the float64 reference).
-  A backend skipped on the way, because it is unavailable ("no kernel image" included), raised or
-  disagreed, is named with the device, dtype and error in one warning of the choice.
-* Other devices: compiled where it serves the dtype, else the reference (no self-check: CI runs
-  the C++ kernel's tests on CPU).
-* ``DEPOTR_MSDA_BACKEND=compiled|triton|reference`` forces one: where it cannot serve the device
-  and dtype, or fails its self-check on CUDA, ``ms_deform_attn`` raises RuntimeError instead of
-  falling back.
+The backend is chosen once per (device, dtype), on first use. CUDA: the first of compiled, triton,
+reference that serves the dtype and passes a self-check against the float64 reference (forward and
+the three gradients on a small random problem); the backends skipped on the way (unavailable, "no
+kernel image" included, raised or disagreed) are named in one warning. Other devices: compiled where
+it serves the dtype, else the reference (no self-check: CI runs the C++ kernel's tests on CPU).
+``DEPOTR_MSDA_BACKEND=compiled|triton|reference`` forces one: where it cannot serve the device and
+dtype, or fails its self-check, ``ms_deform_attn`` raises RuntimeError instead of falling back.
 """
 
+import functools
 import importlib
 import logging
 import os
@@ -59,10 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV_VAR = "DEPOTR_MSDA_BACKEND"
-_FORWARD_OP = "depotr::ms_deform_attn_forward"
-_BACKWARD_OP = "depotr::ms_deform_attn_backward"
-_TRITON_FORWARD_OP = "depotr::ms_deform_attn_triton_forward"
-_TRITON_BACKWARD_OP = "depotr::ms_deform_attn_triton_backward"
 # Device type -> (dispatch key, dtypes the compiled kernel handles there).
 _COMPILED_KERNELS = {
     "cpu": ("CPU", (torch.float32, torch.float64)),
@@ -85,12 +75,11 @@ def _load_compiled_ops() -> Optional[str]:
     """Registers the compiled operators by importing ``depotr._C`` unless they are registered
     already (e.g. by ``torch.utils.cpp_extension.load`` in tools/check_msda_cuda.py). Returns
     why they are unavailable, or None."""
-    if hasattr(torch.ops.depotr, "ms_deform_attn_forward"):
-        return None
-    try:
-        from .. import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY blocks)
-    except ImportError as e:
-        return f"depotr._C could not be imported ({e}); build it: python setup.py build_ext --inplace"
+    if not hasattr(torch.ops.depotr, "ms_deform_attn_forward"):
+        try:
+            from .. import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY blocks)
+        except ImportError as e:
+            return f"depotr._C could not be imported ({e}); build it: python setup.py build_ext --inplace"
     return None
 
 
@@ -111,53 +100,25 @@ def _triton_kernels() -> tuple[Optional[ModuleType], Optional[str]]:
     return _TRITON_KERNELS
 
 
-def _loaded_triton_kernels() -> ModuleType:
-    """The Triton kernel module; RuntimeError saying why if it cannot be imported."""
-    kernels, error = _triton_kernels()
-    if error is not None:
-        raise RuntimeError(error)
-    return kernels
-
-
-def _check_shapes(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-) -> tuple[int, int, int, int]:
-    """Checks ranks and the sizes the arguments share; returns (N, Lq, M, D).
-
-    Looks at shapes only, so it also runs on fake tensors (the operator's fake kernel).
-    """
-    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    for (name, dims), tensor in zip(_ARG_DIMS.items(), tensors):
+def _check_shapes(*inputs: Tensor) -> tuple[int, int, int, int]:
+    """Checks the ranks and shared sizes of the five arguments of :func:`ms_deform_attn`;
+    returns (N, Lq, M, D). Looks at shapes only, so it also runs on fake tensors."""
+    for (name, dims), tensor in zip(_ARG_DIMS.items(), inputs):
         if tensor.dim() != len(dims):
             raise ValueError(
                 f"ms_deform_attn: {name} must be {len(dims)}-D ({', '.join(dims)}), got shape {tuple(tensor.shape)}"
             )
-    N, _, M, D = value.shape
-    L = spatial_shapes.shape[0]
-    Lq = sampling_locations.shape[1]
-    if spatial_shapes.shape[1] != 2:
-        shape = tuple(spatial_shapes.shape)
-        raise ValueError(f"ms_deform_attn: spatial_shapes must be (L, 2), got shape {shape}")
-    if level_start_index.shape[0] != L:
-        raise ValueError(
-            f"ms_deform_attn: level_start_index must be (L,) with L={L} as in spatial_shapes, "
-            f"got shape {tuple(level_start_index.shape)}"
-        )
-    expected = (N, Lq, M, L, sampling_locations.shape[4], 2)
-    if tuple(sampling_locations.shape) != expected:
-        raise ValueError(
-            f"ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2) with N={N}, M={M} "
-            f"from value and L={L} from spatial_shapes, got shape {tuple(sampling_locations.shape)}"
-        )
-    if tuple(attention_weights.shape) != expected[:-1]:
-        raise ValueError(
-            f"ms_deform_attn: attention_weights must be (N, Lq, M, L, P) = {expected[:-1]} as in "
-            f"sampling_locations, got shape {tuple(attention_weights.shape)}"
-        )
+    value, spatial_shapes, _, sampling_locations, _ = inputs
+    N, S, M, D = value.shape
+    Lq, P = sampling_locations.shape[1], sampling_locations.shape[4]
+    sizes = {"N": N, "S": S, "M": M, "D": D, "L": spatial_shapes.shape[0], "Lq": Lq, "P": P, "2": 2}
+    for (name, dims), tensor in zip(_ARG_DIMS.items(), inputs):
+        if tuple(tensor.shape) != tuple(sizes[dim] for dim in dims):
+            known = ", ".join(f"{dim}={sizes[dim]}" for dim in dims if dim != "2")
+            raise ValueError(
+                f"ms_deform_attn: {name} must be ({', '.join(dims)}) with {known} as value, spatial_shapes "
+                f"and sampling_locations give them, got shape {tuple(tensor.shape)}"
+            )
     return N, Lq, M, D
 
 
@@ -176,19 +137,14 @@ def check_ms_deform_attn_inputs(
     level_start_index not the exclusive cumsum of H_l * W_l. The last three read the two small
     int64 tensors (a device sync on CUDA) and are skipped while ``torch.compile`` traces.
     """
-    tensors = dict(
-        zip(
-            _ARG_DIMS,
-            (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
-        )
-    )
-    for name, tensor in tensors.items():
+    inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    for name, tensor in zip(_ARG_DIMS, inputs):
         if not isinstance(tensor, Tensor):
             raise TypeError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-    _check_shapes(*tensors.values())
+    _check_shapes(*inputs)
     if not value.dtype.is_floating_point:
         raise ValueError(f"ms_deform_attn: value must have a floating dtype, got {value.dtype}")
-    for name, tensor in tensors.items():
+    for name, tensor in zip(_ARG_DIMS, inputs):
         if name in ("spatial_shapes", "level_start_index"):
             if tensor.dtype != torch.int64:
                 raise ValueError(f"ms_deform_attn: {name} must be int64, got {tensor.dtype}")
@@ -215,6 +171,10 @@ def check_ms_deform_attn_inputs(
         )
 
 
+def _unsupported_dtype(kernel: str, dtypes: tuple[torch.dtype, ...], dtype: torch.dtype) -> Optional[str]:
+    return None if dtype in dtypes else f"{kernel} supports {[str(t) for t in dtypes]}, not {dtype}"
+
+
 def _missing_compiled_kernel(device_type: str, dtype: torch.dtype) -> Optional[str]:
     """Returns why no compiled kernel serves (device_type, dtype), or None if one does."""
     if _COMPILED_OPS_ERROR is not None:
@@ -224,9 +184,7 @@ def _missing_compiled_kernel(device_type: str, dtype: torch.dtype) -> Optional[s
     dispatch_key, dtypes = _COMPILED_KERNELS[device_type]
     if not torch.ops.depotr.ms_deform_attn_forward.default.has_kernel_for_dispatch_key(dispatch_key):
         return f"depotr._C was built without {dispatch_key} kernels (FORCE_CUDA=1 builds CUDA ones)"
-    if dtype not in dtypes:
-        return f"the {dispatch_key} kernel supports {[str(t) for t in dtypes]}, not {dtype}"
-    return None
+    return _unsupported_dtype(f"the {dispatch_key} kernel", dtypes, dtype)
 
 
 def _missing_triton_kernel(device_type: str, dtype: torch.dtype) -> Optional[str]:
@@ -235,37 +193,39 @@ def _missing_triton_kernel(device_type: str, dtype: torch.dtype) -> Optional[str
     if error is not None:
         return error
     if device_type == "cpu" and kernels.INTERPRETED:
-        if dtype not in _TRITON_INTERPRETER_DTYPES:
-            supported = [str(t) for t in _TRITON_INTERPRETER_DTYPES]
-            return f"Triton's interpreter supports {supported}, not {dtype}"
-        return None
+        return _unsupported_dtype("Triton's interpreter", _TRITON_INTERPRETER_DTYPES, dtype)
     if device_type != "cuda":
         return (
             f"the Triton kernels run on CUDA devices, not {device_type!r} (on CPU only under "
             "TRITON_INTERPRET=1, set before depotr.layers.ms_deform_attn_triton is imported)"
         )
-    if dtype not in _TRITON_DTYPES:
-        return f"the Triton kernels support {[str(t) for t in _TRITON_DTYPES]}, not {dtype}"
-    return None
+    return _unsupported_dtype("Triton on CUDA", _TRITON_DTYPES, dtype)
 
 
-def _compiled_forward(*inputs: Tensor) -> Tensor:
-    return torch.ops.depotr.ms_deform_attn_forward(*inputs)
+def _run_triton_kernel(name: str, *inputs: Tensor) -> Union[Tensor, tuple[Tensor, ...]]:
+    """Runs ``ms_deform_attn_triton.<name>``; RuntimeError saying why if Triton cannot be imported."""
+    kernels, error = _triton_kernels()
+    if error is not None:
+        raise RuntimeError(error)
+    return getattr(kernels, name)(*inputs)
 
 
-def _triton_forward(*inputs: Tensor) -> Tensor:
-    return torch.ops.depotr.ms_deform_attn_triton_forward(*inputs)
+# The Triton kernels as operators with the compiled ones' schemas (Triton is imported on first call).
+_ARGS = ", ".join(f"Tensor {name}" for name in _ARG_DIMS)
+for _name, _schema in (
+    ("ms_deform_attn_triton_forward", f"({_ARGS}) -> Tensor"),
+    ("ms_deform_attn_triton_backward", f"({_ARGS}, Tensor grad_output) -> (Tensor, Tensor, Tensor)"),
+):
+    torch.library.custom_op(
+        f"depotr::{_name}", functools.partial(_run_triton_kernel, _name), mutates_args=(), schema=_schema
+    )
 
 
 @dataclass(frozen=True)
 class MSDABackend:
-    """One implementation of :func:`ms_deform_attn`.
-
-    ``forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)``
-    returns the (N, Lq, M * D) output, differentiable w.r.t. the three float inputs, for inputs
-    that :func:`check_ms_deform_attn_inputs` accepted; ``unavailable(device_type, dtype)``
-    returns why the backend cannot serve that device type and dtype, or None.
-    """
+    """One implementation of :func:`ms_deform_attn`: ``forward`` takes its five (validated) arguments
+    and returns the (N, Lq, M * D) output, differentiable w.r.t. the three float inputs;
+    ``unavailable(device_type, dtype)`` returns why the backend cannot serve them, or None."""
 
     forward: Callable[..., Tensor]
     unavailable: Callable[[str, torch.dtype], Optional[str]]
@@ -273,23 +233,18 @@ class MSDABackend:
 
 # The backends by name, in order of preference.
 BACKENDS: dict[str, MSDABackend] = {
-    "compiled": MSDABackend(_compiled_forward, _missing_compiled_kernel),
-    "triton": MSDABackend(_triton_forward, _missing_triton_kernel),
+    "compiled": MSDABackend(lambda *inputs: torch.ops.depotr.ms_deform_attn_forward(*inputs), _missing_compiled_kernel),
+    "triton": MSDABackend(torch.ops.depotr.ms_deform_attn_triton_forward, _missing_triton_kernel),
     "reference": MSDABackend(ms_deform_attn_reference, lambda device_type, dtype: None),
 }
 # Backends tried in order, per device type, when DEPOTR_MSDA_BACKEND is unset; other device
-# types use _DEFAULT_ORDER. Triton runs on CPU only under its (slow) interpreter: forced only.
+# types use _DEFAULT_ORDER (Triton runs on CPU only under its slow interpreter: forced only).
 _FALLBACK_ORDER = {"cuda": ("compiled", "triton", "reference")}
 _DEFAULT_ORDER = ("compiled", "reference")
 # Device types where a backend checks itself against the reference before its first use.
 _SELF_CHECKED_DEVICE_TYPES = ("cuda",)
 # max |backend - reference| / max |reference| a self-check accepts, output and each gradient.
-_SELF_CHECK_TOLERANCES = {
-    torch.float64: 1e-9,
-    torch.float32: 1e-4,
-    torch.float16: 2e-2,
-    torch.bfloat16: 2e-2,
-}
+_SELF_CHECK_TOLERANCES = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 # (forced backend or "", device, dtype) -> chosen backend name.
 _CHOICES: dict[tuple[str, str, torch.dtype], str] = {}
 
@@ -302,30 +257,15 @@ def _forced_backend() -> str:
     return forced
 
 
-def _canonical_device(device: Union[torch.device, str]) -> torch.device:
-    """``cuda`` -> ``cuda:<current device>``: the choice is made per physical device."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.float32) -> str:
-    """Returns the name of the backend (a key of ``BACKENDS``) that :func:`ms_deform_attn` uses
-    for tensors of ``dtype`` on ``device``, choosing it on the first call for that device and
-    dtype (see the module docstring: self-checks and fallback on CUDA, one warning).
-
-    Raises ValueError for an unknown ``DEPOTR_MSDA_BACKEND`` and RuntimeError when the forced
-    backend cannot serve the device and dtype or fails its self-check.
+    """The backend (a key of ``BACKENDS``) that :func:`ms_deform_attn` uses for ``dtype`` on ``device``,
+    chosen on the first call for them as the module docstring says. Raises ValueError for an unknown
+    ``DEPOTR_MSDA_BACKEND``, RuntimeError when the forced backend cannot serve or fails its self-check.
     """
     forced = _forced_backend()
-    device = _canonical_device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # the choice is made per physical device
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (forced, str(device), dtype)
     if key not in _CHOICES:
         _CHOICES[key] = _choose(forced, device, dtype)
@@ -335,32 +275,25 @@ def msda_backend(device: Union[torch.device, str], dtype: torch.dtype = torch.fl
 def _choose(forced: str, device: torch.device, dtype: torch.dtype) -> str:
     """The first backend of the forced one / the fallback order that serves (device, dtype) and,
     where self-checked, passes its self-check; see :func:`msda_backend`."""
-    self_check = device.type in _SELF_CHECKED_DEVICE_TYPES
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
     candidates = (forced,) if forced else _FALLBACK_ORDER.get(device.type, _DEFAULT_ORDER)
     skipped = []
     for name in candidates:
-        backend = BACKENDS[name]
-        unavailable = backend.unavailable(device.type, dtype)
+        unavailable = BACKENDS[name].unavailable(device.type, dtype)
         failed = None
-        if unavailable is None and self_check and name != "reference":
-            failed = _self_check(backend, device, dtype)
+        if unavailable is None and device.type in _SELF_CHECKED_DEVICE_TYPES and name != "reference":
+            failed = _self_check(BACKENDS[name], device, dtype)
         if unavailable is None and failed is None:
             if skipped:
                 logger.warning(
-                    "ms_deform_attn on %s, %s: %s; using the %r backend",
-                    _device_description(device),
-                    dtype,
-                    "; ".join(skipped),
-                    name,
+                    "ms_deform_attn on %s, %s: %s; using the %r backend", where, dtype, "; ".join(skipped), name
                 )
             return name
         problem = unavailable or f"failed its self-check: {failed}"
         if forced:
-            raise RuntimeError(f"{BACKEND_ENV_VAR}={forced}, but on {_device_description(device)}, {dtype}: {problem}")
+            raise RuntimeError(f"{BACKEND_ENV_VAR}={forced}, but on {where}, {dtype}: {problem}")
         skipped.append(f"backend {name!r} " + (f"is unavailable: {problem}" if unavailable else problem))
-    raise RuntimeError(
-        f"ms_deform_attn: no backend serves {_device_description(device)}, {dtype}: {'; '.join(skipped)}"
-    )
+    raise RuntimeError(f"ms_deform_attn: no backend serves {where}, {dtype}: {'; '.join(skipped)}")
 
 
 def _self_check_problem(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -377,34 +310,25 @@ def _self_check_problem(device: torch.device, dtype: torch.dtype) -> tuple[Tenso
     locations = torch.rand(N, Lq, M, L, P, 2, generator=generator) * 1.2 - 0.1
     weights = torch.rand(N, Lq, M, L, P, generator=generator).softmax(-1)
     grad_output = torch.randn(N, Lq, M * D, generator=generator)
-    return (
-        value.to(device, dtype),
-        spatial_shapes.to(device),
-        level_start_index.to(device),
-        locations.to(device, dtype),
-        weights.to(device, dtype),
-        grad_output.to(device, dtype),
-    )
+    floats = (value, locations, weights, grad_output)
+    value, locations, weights, grad_output = (t.to(device, dtype) for t in floats)
+    return value, spatial_shapes.to(device), level_start_index.to(device), locations, weights, grad_output
 
 
-def _forward_and_grads(
-    forward: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad_output: Tensor
-) -> tuple[Tensor, ...]:
-    """(output, grad value, grad sampling_locations, grad attention_weights) of forward."""
-    value, spatial_shapes, level_start_index, locations, weights = (
-        t.detach().requires_grad_(t.is_floating_point()) for t in inputs
-    )
-    output = forward(value, spatial_shapes, level_start_index, locations, weights)
-    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
-    return (output.detach(), *grads)
+def _forward_and_grads(forward: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad_output: Tensor) -> list[Tensor]:
+    """[output, grad value, grad sampling_locations, grad attention_weights] of forward."""
+    inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    output = forward(*inputs)
+    return [output.detach(), *torch.autograd.grad(output, [inputs[i] for i in (0, 3, 4)], grad_output)]
 
 
 def _self_check(backend: MSDABackend, device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """Runs ``backend`` on :func:`_self_check_problem` and compares its output and three
     gradients with the float64 reference on the same (rounded) inputs; returns what went wrong
-    (the exception, or the first quantity off by more than the dtype's tolerance), or None."""
-    # Real tensors with autograd even when the first call comes under no_grad, inference_mode,
-    # autocast or a tracing mode (torch.export's fake tensors).
+    (the exception, a wrong shape or dtype, or the first quantity off by more than the dtype's
+    tolerance, NaN included), or None."""
+    # Real tensors with autograd, and real comparisons, even when the first call comes under no_grad,
+    # inference_mode, autocast or a tracing mode (torch.export's fake tensors).
     with (
         torch.utils._python_dispatch._disable_current_modes(),
         torch.inference_mode(False),
@@ -420,22 +344,14 @@ def _self_check(backend: MSDABackend, device: torch.device, dtype: torch.dtype) 
             return f"{type(e).__name__}: {e}"
         reference_inputs = tuple(t.double() if t.is_floating_point() else t for t in inputs)
         expected = _forward_and_grads(ms_deform_attn_reference, reference_inputs, grad_output.double())
-        return _self_check_mismatch(results, expected, dtype)
-
-
-def _self_check_mismatch(
-    results: tuple[Tensor, ...], expected: tuple[Tensor, ...], dtype: torch.dtype
-) -> Optional[str]:
-    """The first of output / gradients that has the wrong shape or dtype, or differs from the
-    float64 reference by more than the dtype's tolerance (NaN included), or None."""
-    names = ("output", "grad value", "grad sampling_locations", "grad attention_weights")
-    tolerance = _SELF_CHECK_TOLERANCES.get(dtype, 2e-2)
-    for name, actual, reference in zip(names, results, expected):
-        if actual.shape != reference.shape or actual.dtype != dtype:
-            return f"{name} is {tuple(actual.shape)} {actual.dtype}, expected {tuple(reference.shape)} {dtype}"
-        error = ((actual.double() - reference).abs().max() / reference.abs().max()).item()
-        if not error <= tolerance:  # NaN fails too
-            return f"{name} differs from the reference by {error:.1e} (tolerance {tolerance:.0e})"
+        names = ("output", "grad value", "grad sampling_locations", "grad attention_weights")
+        tolerance = _SELF_CHECK_TOLERANCES.get(dtype, 2e-2)
+        for name, actual, reference in zip(names, results, expected):
+            if actual.shape != reference.shape or actual.dtype != dtype:
+                return f"{name} is {tuple(actual.shape)} {actual.dtype}, expected {tuple(reference.shape)} {dtype}"
+            error = ((actual.double() - reference).abs().max() / reference.abs().max()).item()
+            if not error <= tolerance:  # NaN fails too
+                return f"{name} differs from the reference by {error:.1e} (tolerance {tolerance:.0e})"
     return None
 
 
@@ -453,11 +369,9 @@ def ms_deform_attn(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Multi-scale deformable attention (Deformable DETR, eq. 5).
-
-    For each query, head, level and point, samples the value map of that level and head
-    bilinearly at the sampling location, multiplies by the attention weight and sums over levels
-    and points.
+    """Multi-scale deformable attention (Deformable DETR, eq. 5): per query and head, the value maps
+    sampled bilinearly at the sampling locations, weighted by the attention weights and summed over
+    levels and points.
 
     Args:
         value: (N, S, M, D) value tokens of all levels, flattened row-major per level and
@@ -474,87 +388,41 @@ def ms_deform_attn(
     Returns:
         (N, Lq, M * D), heads concatenated.
 
-    value, sampling_locations and attention_weights share one floating dtype; all tensors share
-    one device. Empty N or Lq give an empty output. A NaN or +-inf location or weight gives a
-    NaN (or +-inf) output wherever the reference gives one, whichever backend runs. See
-    :func:`check_ms_deform_attn_inputs` for the errors and :func:`msda_backend` for which
-    implementation runs.
+    value, sampling_locations and attention_weights share one floating dtype, all tensors one device
+    (errors: :func:`check_ms_deform_attn_inputs`); empty N or Lq give an empty output. Non-finite
+    inputs: see the module docstring; the implementation that runs: :func:`msda_backend`.
     """
-    check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    backend = BACKENDS[_chosen_backend(value.device, value.dtype)]
-    return backend.forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-
-
-@torch.library.custom_op(_TRITON_FORWARD_OP, mutates_args=())
-def _triton_forward_op(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-) -> Tensor:
-    return _loaded_triton_kernels().ms_deform_attn_triton_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
-
-
-@torch.library.custom_op(_TRITON_BACKWARD_OP, mutates_args=())
-def _triton_backward_op(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    grad_output: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _loaded_triton_kernels().ms_deform_attn_triton_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output
-    )
+    inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    check_ms_deform_attn_inputs(*inputs)
+    return BACKENDS[_chosen_backend(value.device, value.dtype)].forward(*inputs)
 
 
 def _register_fake_and_autograd(forward_op: str, backward_op: str) -> None:
-    """Fake kernels (for torch.compile / torch.export) and autograd of a forward / backward
-    operator pair with the schemas of ``depotr::ms_deform_attn_forward`` / ``_backward``."""
+    """Fake kernels (for torch.compile / torch.export) and autograd of a ``depotr::`` forward /
+    backward operator pair with the schemas of ``ms_deform_attn_forward`` / ``_backward``."""
 
-    @torch.library.register_fake(forward_op)
-    def _forward_fake(
-        value: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
-        sampling_locations: Tensor,
-        attention_weights: Tensor,
-    ) -> Tensor:
-        N, Lq, M, D = _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-        return value.new_empty((N, Lq, M * D))
+    @torch.library.register_fake(f"depotr::{forward_op}")
+    def _forward_fake(*inputs: Tensor) -> Tensor:
+        N, Lq, M, D = _check_shapes(*inputs)
+        return inputs[0].new_empty((N, Lq, M * D))
 
-    @torch.library.register_fake(backward_op)
-    def _backward_fake(
-        value: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
-        sampling_locations: Tensor,
-        attention_weights: Tensor,
-        grad_output: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-        return (
-            value.new_empty(value.shape),
-            sampling_locations.new_empty(sampling_locations.shape),
-            attention_weights.new_empty(attention_weights.shape),
-        )
+    @torch.library.register_fake(f"depotr::{backward_op}")
+    def _backward_fake(*inputs: Tensor) -> tuple[Tensor, ...]:
+        _check_shapes(*inputs[:5])
+        value, _, _, sampling_locations, attention_weights = inputs[:5]
+        return tuple(t.new_empty(t.shape) for t in (value, sampling_locations, attention_weights))
 
-    def _setup_context(ctx, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
-
-    backward = getattr(torch.ops.depotr, backward_op.split("::")[1])
+    backward = getattr(torch.ops.depotr, backward_op)
 
     def _backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
-        grad_value, grad_sampling_locations, grad_attention_weights = backward(*ctx.saved_tensors, grad_output)
-        return grad_value, None, None, grad_sampling_locations, grad_attention_weights
+        grad_value, grad_locations, grad_weights = backward(*ctx.saved_tensors, grad_output)
+        return grad_value, None, None, grad_locations, grad_weights
 
-    torch.library.register_autograd(forward_op, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        f"depotr::{forward_op}", _backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs)
+    )
 
 
 if _COMPILED_OPS_ERROR is None:
-    _register_fake_and_autograd(_FORWARD_OP, _BACKWARD_OP)
-_register_fake_and_autograd(_TRITON_FORWARD_OP, _TRITON_BACKWARD_OP)
+    _register_fake_and_autograd("ms_deform_attn_forward", "ms_deform_attn_backward")
+_register_fake_and_autograd("ms_deform_attn_triton_forward", "ms_deform_attn_triton_backward")

@@ -18,32 +18,26 @@ def ms_deform_attn_reference(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Multi-scale deformable attention with one ``F.grid_sample`` per level.
+    """Multi-scale deformable attention with one ``F.grid_sample`` per level: bilinear, zero padding,
+    ``align_corners=False`` (pixel coordinate ``x * W_l - 0.5``). No validation; reads spatial_shapes
+    and level_start_index on the host.
 
-    Shapes as in :func:`depotr.layers.ms_deform_attn` (which validates them; this function does
-    not): value (N, S, M, D), spatial_shapes (L, 2) int64 rows (H_l, W_l), level_start_index
-    (L,) int64 exclusive cumsum of H_l * W_l, sampling_locations (N, Lq, M, L, P, 2) as (x, y) in
-    [0, 1], attention_weights (N, Lq, M, L, P). Returns (N, Lq, M * D).
-
-    Bilinear sampling with zero padding and ``align_corners=False``: pixel coordinate
-    ``x * W_l - 0.5``. Reads spatial_shapes and level_start_index on the host.
+    Shapes as in :func:`depotr.layers.ms_deform_attn`: value (N, S, M, D), spatial_shapes (L, 2) int64
+    rows (H_l, W_l), level_start_index (L,) int64 exclusive cumsum of H_l * W_l, sampling_locations
+    (N, Lq, M, L, P, 2) as (x, y) in [0, 1], attention_weights (N, Lq, M, L, P). Returns (N, Lq, M * D).
     """
     N, _, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    shapes = spatial_shapes.tolist()
-    starts = level_start_index.tolist()
     # (N, Lq, M, L, P, 2) in [0, 1] -> in [-1, 1], grid_sample's convention
     sampling_grids = 2 * sampling_locations - 1
     sampled_per_level = []
-    for level, ((H, W), start) in enumerate(zip(shapes, starts)):
+    for level, ((H, W), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
         # (N, H*W, M, D) -> (N, M, D, H*W) -> (N*M, D, H, W)
         value_l = value[:, start : start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
         # (N, Lq, M, P, 2) -> (N, M, Lq, P, 2) -> (N*M, Lq, P, 2)
         grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # (N*M, D, Lq, P)
-        sampled_per_level.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
+        # (N*M, D, Lq, P), bilinear
+        sampled_per_level.append(F.grid_sample(value_l, grid_l, padding_mode="zeros", align_corners=False))
     # (N, Lq, M, L, P) -> (N, M, Lq, L, P) -> (N*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     # L x (N*M, D, Lq, P) -> (N*M, D, Lq, L, P) -> (N*M, D, Lq, L*P) -> (N*M, D, Lq) -> (N, M*D, Lq)

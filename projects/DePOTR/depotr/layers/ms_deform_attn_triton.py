@@ -7,23 +7,18 @@
 Letters: N batch, S value tokens (all levels), M heads, D channels per head, L levels,
 P sampling points per level and head, Lq queries; a row is one (n, query, head) triple.
 
-A program serves ``BLOCK_R`` rows and all D channels (``BLOCK_D``, the next power of two). Per
-level and point it loads the rows' locations and weights, gathers the four corner values as
-(BLOCK_R, BLOCK_D) tiles and accumulates in float32 (float64 for float64 inputs). Backward keeps
-the same mapping: each (row, level, point) gradient of the locations and weights is written by
-one program (plain stores), and ``grad_value`` is scattered with ``tl.atomic_add`` into a float32
-(float64) buffer cast to the input dtype at the end, as the CUDA kernel does.
+A program serves ``BLOCK_R`` rows and all D channels (``BLOCK_D``, the next power of two): per level
+and point it gathers the four corner values as (BLOCK_R, BLOCK_D) tiles and accumulates in float32
+(float64 for float64 inputs). Backward writes each (row, level, point) gradient of the locations and
+weights from one program, and scatters ``grad_value`` with ``tl.atomic_add`` into a float32 (float64)
+buffer cast to the input dtype at the end, as the CUDA kernel does. Non-finite inputs follow the
+reference as the C++ kernels do: a NaN or +-inf location samples NaN; a finite location outside the
+map samples 0, so its weight contributes ``attn * 0``; inside the map IEEE arithmetic propagates them.
 
-Non-finite inputs follow the reference (``F.grid_sample``) as the C++ kernels do: a NaN or +-inf
-location samples NaN; a finite location outside the map samples 0, so its weight contributes
-``attn * 0`` (NaN for a NaN or +-inf weight); inside the map IEEE arithmetic propagates them.
-
-The kernels run on CUDA tensors (float16, bfloat16, float32, float64). When ``TRITON_INTERPRET=1``
-is set before this module is imported, ``triton.jit`` gives interpreted kernels that run on CPU
-tensors with numpy (float32 / float64; no bfloat16): that is how CI tests them without a GPU.
+The kernels run on CUDA tensors (float16, bfloat16, float32, float64); with ``TRITON_INTERPRET=1`` set
+before this module is imported, on CPU tensors under Triton's interpreter (numpy: no bfloat16), which
+is how CI tests them without a GPU.
 """
-
-from typing import NamedTuple
 
 import torch
 import triton
@@ -211,105 +206,41 @@ def _backward_kernel(
             tl.store(grad_loc_ptr + 2 * j + 1, grad_y, mask=row_mask)
 
 
-class _Launch(NamedTuple):
-    """Sizes and block shape of one problem, as the kernels take them."""
-
-    rows: int  # N * Lq * M
-    LqM: int  # Lq * M
-    S: int
-    M: int
-    D: int
-    L: int
-    P: int
-    BLOCK_R: int
-    BLOCK_D: int
-    ACC: tl.dtype  # accumulation dtype
-
-    @classmethod
-    def of(cls, value: Tensor, sampling_locations: Tensor) -> "_Launch":
-        N, S, M, D = value.shape
-        Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-        block_d = triton.next_power_of_2(D)
-        acc = tl.float64 if value.dtype == torch.float64 else tl.float32
-        return cls(N * Lq * M, Lq * M, S, M, D, L, P, max(1, _TILE_ELEMENTS // block_d), block_d, acc)
-
-    @property
-    def grid(self) -> tuple[int]:
-        return (triton.cdiv(self.rows, self.BLOCK_R),)
+def _launch(value: Tensor, sampling_locations: Tensor) -> tuple[tuple[int], tuple[int, ...], dict]:
+    """(grid, sizes (rows, LqM, S, M, D, L, P), constexprs) of the kernels for one problem."""
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    block_d = triton.next_power_of_2(D)
+    block_r = max(1, _TILE_ELEMENTS // block_d)
+    acc = tl.float64 if value.dtype == torch.float64 else tl.float32
+    grid = (triton.cdiv(N * Lq * M, block_r),)
+    return grid, (N * Lq * M, Lq * M, S, M, D, L, P), {"BLOCK_R": block_r, "BLOCK_D": block_d, "ACC": acc}
 
 
-def ms_deform_attn_triton_forward(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-) -> Tensor:
-    """Forward of ``ms_deform_attn`` (shapes and conventions there; inputs validated by it).
-
-    Args:
-        value: (N, S, M, D).
-        spatial_shapes: (L, 2) int64 rows (H_l, W_l).
-        level_start_index: (L,) int64 exclusive cumsum of H_l * W_l.
-        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y).
-        attention_weights: (N, Lq, M, L, P).
-
-    Returns:
-        (N, Lq, M * D) in value's dtype.
-    """
-    launch = _Launch.of(value, sampling_locations)
-    output = value.new_empty((value.shape[0], sampling_locations.shape[1], launch.M * launch.D))
-    if launch.rows == 0:
-        return output
-    _forward_kernel[launch.grid](
-        value.contiguous(),
-        spatial_shapes.contiguous(),
-        level_start_index.contiguous(),
-        sampling_locations.contiguous(),
-        attention_weights.contiguous(),
-        output,
-        *launch[:-3],  # rows, LqM, S, M, D, L, P
-        BLOCK_R=launch.BLOCK_R,
-        BLOCK_D=launch.BLOCK_D,
-        ACC=launch.ACC,
-    )
+def ms_deform_attn_triton_forward(*inputs: Tensor) -> Tensor:
+    """Forward of ``ms_deform_attn`` on its five arguments (shapes and conventions there, validated
+    by it): value (N, S, M, D), spatial_shapes (L, 2), level_start_index (L,), sampling_locations
+    (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P). Returns (N, Lq, M * D) in value's dtype."""
+    value, _, _, sampling_locations, _ = inputs
+    grid, sizes, constexprs = _launch(value, sampling_locations)
+    output = value.new_empty((*sampling_locations.shape[:2], value.shape[2] * value.shape[3]))
+    if sizes[0] > 0:
+        _forward_kernel[grid](*(t.contiguous() for t in inputs), output, *sizes, **constexprs)
     return output
 
 
-def ms_deform_attn_triton_backward(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    grad_output: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward of ``ms_deform_attn``: arguments of the forward plus grad_output (N, Lq, M * D).
-
-    Returns:
-        (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
-        grad_attention_weights (N, Lq, M, L, P)), in value's dtype.
-    """
-    launch = _Launch.of(value, sampling_locations)
+def ms_deform_attn_triton_backward(*inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of ``ms_deform_attn``: the five arguments of the forward, then grad_output (N, Lq, M * D).
+    Returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
+    grad_attention_weights (N, Lq, M, L, P)), in value's dtype."""
+    value, _, _, sampling_locations, attention_weights, _ = inputs
+    grid, sizes, constexprs = _launch(value, sampling_locations)
     # float16 / bfloat16: the many small atomic additions go to a float32 buffer.
     buffer_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     grad_value = torch.zeros(value.shape, dtype=buffer_dtype, device=value.device)
     grad_sampling_locations = torch.empty_like(sampling_locations, memory_format=torch.contiguous_format)
     grad_attention_weights = torch.empty_like(attention_weights, memory_format=torch.contiguous_format)
-    if launch.rows > 0:
-        _backward_kernel[launch.grid](
-            value.contiguous(),
-            spatial_shapes.contiguous(),
-            level_start_index.contiguous(),
-            sampling_locations.contiguous(),
-            attention_weights.contiguous(),
-            grad_output.contiguous(),
-            grad_value,
-            grad_sampling_locations,
-            grad_attention_weights,
-            *launch[:-3],  # rows, LqM, S, M, D, L, P
-            BLOCK_R=launch.BLOCK_R,
-            BLOCK_D=launch.BLOCK_D,
-            ACC=launch.ACC,
-        )
+    if sizes[0] > 0:
+        grads = (grad_value, grad_sampling_locations, grad_attention_weights)
+        _backward_kernel[grid](*(t.contiguous() for t in inputs), *grads, *sizes, **constexprs)
     return grad_value.to(value.dtype), grad_sampling_locations, grad_attention_weights
