@@ -78,47 +78,30 @@ _KP = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 _NUM_KP = len(COCO_PERSON_KEYPOINT_NAMES)
 _SIDES = (("left", +1.0), ("right", -1.0))
 
-# (low, high, rest) in degrees. Signs: flexions bend forward (knee: backward), abductions lift
-# the limb away from the body's midline, rotations are internal (+) / external (-), head pitch
-# + looks down, torso lean + bends forward.
-JOINT_LIMITS_DEG: Dict[str, Tuple[float, float, float]] = {
-    "torso_lean": (-15.0, 35.0, 0.0),
-    "torso_side": (-20.0, 20.0, 0.0),
-    "torso_twist": (-30.0, 30.0, 0.0),
-    "head_yaw": (-60.0, 60.0, 0.0),
-    "head_pitch": (-25.0, 35.0, 0.0),
-    "head_roll": (-20.0, 20.0, 0.0),
-    "shoulder_flex": (-45.0, 170.0, 10.0),
-    "shoulder_abd": (-15.0, 160.0, 15.0),
-    "shoulder_rot": (-40.0, 80.0, 10.0),
-    "elbow_flex": (0.0, 150.0, 20.0),
-    "wrist_flex": (-45.0, 45.0, 0.0),
-    "hip_flex": (-25.0, 120.0, 5.0),
-    "hip_abd": (-15.0, 45.0, 5.0),
-    "hip_rot": (-30.0, 30.0, 0.0),
-    "knee_flex": (0.0, 140.0, 5.0),
-    "ankle_flex": (-30.0, 30.0, 0.0),
+# Joint angles in degrees: (low, high, rest) limits, then (mean, standard deviation) of everyday poses
+# (standing, walking, gesturing; clipped to the limits). Signs: flexions bend forward (knee: backward),
+# abductions lift the limb away from the body's midline, rotations are internal (+) / external (-),
+# head pitch + looks down, torso lean + bends forward.
+_JOINTS: Dict[str, Tuple[float, float, float, float, float]] = {
+    "torso_lean": (-15.0, 35.0, 0.0, 3.0, 6.0),
+    "torso_side": (-20.0, 20.0, 0.0, 0.0, 4.0),
+    "torso_twist": (-30.0, 30.0, 0.0, 0.0, 10.0),
+    "head_yaw": (-60.0, 60.0, 0.0, 0.0, 20.0),
+    "head_pitch": (-25.0, 35.0, 0.0, 5.0, 10.0),
+    "head_roll": (-20.0, 20.0, 0.0, 0.0, 6.0),
+    "shoulder_flex": (-45.0, 170.0, 10.0, 10.0, 25.0),
+    "shoulder_abd": (-15.0, 160.0, 15.0, 15.0, 12.0),
+    "shoulder_rot": (-40.0, 80.0, 10.0, 10.0, 15.0),
+    "elbow_flex": (0.0, 150.0, 20.0, 25.0, 25.0),
+    "wrist_flex": (-45.0, 45.0, 0.0, 0.0, 15.0),
+    "hip_flex": (-25.0, 120.0, 5.0, 5.0, 10.0),
+    "hip_abd": (-15.0, 45.0, 5.0, 5.0, 5.0),
+    "hip_rot": (-30.0, 30.0, 0.0, 0.0, 8.0),
+    "knee_flex": (0.0, 140.0, 5.0, 8.0, 10.0),
+    "ankle_flex": (-30.0, 30.0, 0.0, 0.0, 10.0),
 }
-# Everyday poses (standing, walking, gesturing): (mean, standard deviation) in degrees of
-# each joint angle, clipped to JOINT_LIMITS_DEG.
-EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {
-    "torso_lean": (3.0, 6.0),
-    "torso_side": (0.0, 4.0),
-    "torso_twist": (0.0, 10.0),
-    "head_yaw": (0.0, 20.0),
-    "head_pitch": (5.0, 10.0),
-    "head_roll": (0.0, 6.0),
-    "shoulder_flex": (10.0, 25.0),
-    "shoulder_abd": (15.0, 12.0),
-    "shoulder_rot": (10.0, 15.0),
-    "elbow_flex": (25.0, 25.0),
-    "wrist_flex": (0.0, 15.0),
-    "hip_flex": (5.0, 10.0),
-    "hip_abd": (5.0, 5.0),
-    "hip_rot": (0.0, 8.0),
-    "knee_flex": (8.0, 10.0),
-    "ankle_flex": (0.0, 10.0),
-}
+JOINT_LIMITS_DEG: Dict[str, Tuple[float, float, float]] = {k: v[:3] for k, v in _JOINTS.items()}
+EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {k: v[3:] for k, v in _JOINTS.items()}
 # Pose kinds and their probabilities: "walk" = everyday angles with a gait (legs and arms
 # swing in opposition), "arms" = walk with each arm anywhere within its limits, "sit" =
 # sitting or crouching, "free" = every angle near rest (50 %) or anywhere within its limits.
@@ -211,8 +194,7 @@ def _sample_pose(
     pose: Dict[str, float] = {}
     for joint, (lo, hi, rest) in limits.items():
         mean, std = EVERYDAY_POSE_DEG[joint]
-        sides = [(side, sgn) for side, sgn in _SIDES] if joint in _PER_SIDE_JOINTS else [("", 0.0)]
-        for side, sgn in sides:
+        for side, sgn in _SIDES if joint in _PER_SIDE_JOINTS else (("", 0.0),):
             name = f"{side}_{joint}" if side else joint
             if kind == "free":
                 a = rest + rng.normal(0.0, 0.15 * (hi - lo)) if rng.random() < 0.5 else rng.uniform(lo, hi)
@@ -273,33 +255,21 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
     p["neck"] = neck
     for side, sgn in _SIDES:
         a = lambda name, side=side: pose[f"{side}_{name}"]  # noqa: E731
-        shoulder = neck + r_torso @ np.array([sgn * shape["shoulder_width"] / 2, -0.015, 0.0])
+        p[f"{side}_shoulder"] = shoulder = neck + r_torso @ np.array([sgn * shape["shoulder_width"] / 2, -0.015, 0.0])
         r_sh = r_torso @ _rz(sgn * a("shoulder_abd")) @ _rx(-a("shoulder_flex")) @ _ry(-sgn * a("shoulder_rot"))
-        elbow = shoulder + r_sh @ _DOWN * shape["upper_arm"]
+        p[f"{side}_elbow"] = elbow = shoulder + r_sh @ _DOWN * shape["upper_arm"]
         r_el = r_sh @ _rx(-a("elbow_flex"))
-        wrist = elbow + r_el @ _DOWN * shape["forearm"]
-        hand_tip = wrist + r_el @ _rx(-a("wrist_flex")) @ _DOWN * shape["hand"]
-        hip = np.array([sgn * shape["hip_width"] / 2, 0.0, 0.0])
+        p[f"{side}_wrist"] = wrist = elbow + r_el @ _DOWN * shape["forearm"]
+        p[f"{side}_hand_tip"] = wrist + r_el @ _rx(-a("wrist_flex")) @ _DOWN * shape["hand"]
+        p[f"{side}_hip"] = hip = np.array([sgn * shape["hip_width"] / 2, 0.0, 0.0])
         r_hip = _rz(sgn * a("hip_abd")) @ _rx(-a("hip_flex")) @ _ry(-sgn * a("hip_rot"))
-        knee = hip + r_hip @ _DOWN * shape["thigh"]
+        p[f"{side}_knee"] = knee = hip + r_hip @ _DOWN * shape["thigh"]
         r_knee = r_hip @ _rx(a("knee_flex"))
-        ankle = knee + r_knee @ _DOWN * shape["shin"]
+        p[f"{side}_ankle"] = ankle = knee + r_knee @ _DOWN * shape["shin"]
         foot_dir = r_knee @ _rx(-(math.pi / 2 + a("ankle_flex"))) @ _DOWN
         sole = ankle + r_knee @ _DOWN * shape["ankle_height"]
-        heel = sole - 0.2 * shape["foot"] * foot_dir
-        p.update(
-            {
-                f"{side}_shoulder": shoulder,
-                f"{side}_elbow": elbow,
-                f"{side}_wrist": wrist,
-                f"{side}_hand_tip": hand_tip,
-                f"{side}_hip": hip,
-                f"{side}_knee": knee,
-                f"{side}_ankle": ankle,
-                f"{side}_heel": heel,
-                f"{side}_toe": heel + shape["foot"] * foot_dir,
-            }
-        )
+        p[f"{side}_heel"] = heel = sole - 0.2 * shape["foot"] * foot_dir
+        p[f"{side}_toe"] = heel + shape["foot"] * foot_dir
         # Torso outline: a box of depth 2 * torso_depth through shoulders and (wider) hips.
         for k, depth in enumerate((-1.0, 1.0)):
             d = np.array([0.0, 0.0, depth * shape["torso_depth"]])
@@ -417,17 +387,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
             box = ((float(x0), float(y0)), (float(w), float(h)), float(rng.uniform(0, 180)))
             cv2.drawContours(img, [np.int32(cv2.boxPoints(box))], 0, colour, thick, cv2.LINE_AA)
         elif kind == 1:
-            cv2.ellipse(
-                img,
-                (int(x0), int(y0)),
-                (int(w / 2) + 1, int(h / 2) + 1),
-                float(rng.uniform(0, 180)),
-                0,
-                360,
-                colour,
-                thick,
-                cv2.LINE_AA,
-            )
+            axes, angle = (int(w / 2) + 1, int(h / 2) + 1), float(rng.uniform(0, 180))
+            cv2.ellipse(img, (int(x0), int(y0)), axes, angle, 0, 360, colour, thick, cv2.LINE_AA)
         elif kind == 2:
             x1, y1 = rng.uniform(-0.1, 1.1, 2) * size
             cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), colour, int(rng.integers(1, 8)), cv2.LINE_AA)
@@ -469,10 +430,7 @@ def _make_person(
     """
     shape, pose = _sample_shape(rng), _sample_pose(rng, pose_kinds, limits)
     pts, r_head = _pose_body(shape, pose)
-    if rng.random() < 0.85:
-        yaw = rng.uniform(-100.0, 100.0)
-    else:
-        yaw = rng.uniform(130.0, 230.0)
+    yaw = rng.uniform(-100.0, 100.0) if rng.random() < 0.85 else rng.uniform(130.0, 230.0)
     roll = float(np.clip(rng.normal(0.0, 8.0), -30, 30)) if rng.random() < 0.95 else rng.uniform(-90, 90)
     cam = _rz(math.radians(roll)) @ _rx(math.radians(pitch_deg)) @ _ry(math.radians(yaw))
     names = list(pts)
@@ -699,18 +657,8 @@ def _draw_occluder(
         box = cv2.boxPoints(((float(center[0]), float(center[1])), (float(w), float(h)), angle))
         cv2.fillPoly(mask, [_fixed(box)], 1, cv2.LINE_8, _SHIFT)
     else:
-        cv2.ellipse(
-            mask,
-            tuple(int(v) for v in _fixed(center)),
-            (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1),
-            angle,
-            0,
-            360,
-            1,
-            -1,
-            cv2.LINE_8,
-            _SHIFT,
-        )
+        axes = (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1)
+        cv2.ellipse(mask, tuple(int(v) for v in _fixed(center)), axes, angle, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
     sel = mask.astype(bool)
     if not sel.any():
         return
