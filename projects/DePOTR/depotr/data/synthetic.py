@@ -353,10 +353,6 @@ def _draw_disc(
         cv2.ellipse(labels, c, ax, angle, 0, 360, label, -1, cv2.LINE_8, _SHIFT)
 
 
-def _lighten(c: np.ndarray, t: float) -> np.ndarray:
-    return c + (255.0 - c) * t
-
-
 def _random_colour(rng: np.random.Generator, s_range=(0.25, 1.0), v_range=(0.25, 0.95)) -> np.ndarray:
     hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*s_range) * 255, rng.uniform(*v_range) * 255]]], np.float32)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
@@ -456,33 +452,30 @@ def _make_person(
     return person, extent
 
 
-def _face_landmarks(person: _Person) -> Dict[str, Tuple[np.ndarray, bool]]:
-    """Image position and whether each face landmark faces the camera (is labelled)."""
+def _head_point(person: _Person, direction: np.ndarray, out_factor: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Image position (2,) of the head ellipsoid's point in ``direction`` (head frame), moved out
+    by ``out_factor``, and the (3,) unnormalised surface normal there (camera frame)."""
     sh = person.shape
     radii = np.array([sh["head_rx"], sh["head_ry"], sh["head_rz"]])
+    u = direction / np.linalg.norm(direction)
+    pos = person.head_center + person.head_rot @ (radii * u * out_factor)
+    return person.origin + person.scale * np.array([pos[0], -pos[1]]), person.head_rot @ (u / radii)
+
+
+def _face_landmarks(person: _Person) -> Dict[str, Tuple[np.ndarray, bool]]:
+    """Image position and whether each face landmark faces the camera (is labelled)."""
     out = {}
     for name, (direction, out_factor, thresh) in _FACE.items():
-        u = direction / np.linalg.norm(direction)
-        pos = person.head_center + person.head_rot @ (radii * u * out_factor)
-        normal = person.head_rot @ (u / radii)
-        facing = float(normal[2] / np.linalg.norm(normal)) > thresh
-        xy = person.origin + person.scale * np.array([pos[0], -pos[1]])
-        out[name] = (xy, facing)
+        xy, normal = _head_point(person, direction, out_factor)
+        out[name] = (xy, float(normal[2] / np.linalg.norm(normal)) > thresh)
     return out
 
 
-def _draw_head(
-    img: np.ndarray,
-    labels: np.ndarray,
-    person: _Person,
-    label: int,
-    skin: np.ndarray,
-    hair: np.ndarray,
-    hair_line: float,
-    rng_feat: Dict[str, Any],
-) -> None:
-    """Ray-casts the head ellipsoid (hair on top/back, shaded skin) and draws face features."""
+def _draw_head(img: np.ndarray, labels: np.ndarray, person: _Person, label: int, look: Dict[str, Any]) -> None:
+    """Ray-casts the head ellipsoid (hair on top/back above ``look["hair_line"]``, shaded skin)
+    and draws face features."""
     sh, s = person.shape, person.scale
+    skin, hair = look["skin"], look["hair"]
     radii = np.array([sh["head_rx"], sh["head_ry"], sh["head_rz"]])
     c2d = person.origin + s * np.array([person.head_center[0], -person.head_center[1]])
     rmax = float(radii.max()) * s + 2
@@ -505,7 +498,7 @@ def _draw_head(
             local = (q @ rot) / radii  # unit-sphere coordinates in the head frame
             normal = q @ quad  # camera frame (unnormalised)
             nz = normal[..., 2] / np.maximum(np.linalg.norm(normal, axis=-1), 1e-9)
-            is_hair = (local[..., 1] > hair_line) | ((local[..., 2] < -0.1) & (local[..., 1] > -0.55))
+            is_hair = (local[..., 1] > look["hair_line"]) | ((local[..., 2] < -0.1) & (local[..., 1] > -0.55))
             colour = np.where(is_hair[..., None], hair, skin) * (0.65 + 0.35 * nz)[..., None]
             patch = img[y0:y1, x0:x1]
             patch[inside] = np.clip(colour[inside], 0, 255).astype(np.uint8)
@@ -520,20 +513,23 @@ def _draw_head(
         xy, facing = landmarks[f"{side}_eye"]
         if facing:
             _draw_disc(img, labels, xy, 1.5 * r_feat, (235, 235, 235), label)
-            _draw_disc(img, None, xy, 0.8 * r_feat, rng_feat["iris"])
+            _draw_disc(img, None, xy, 0.8 * r_feat, look["iris"])
     xy, facing = landmarks["nose"]
     if facing:
         _draw_disc(img, labels, xy, 1.1 * r_feat, skin * 0.75, label)
-        u = _MOUTH_DIR / np.linalg.norm(_MOUTH_DIR)
-        pos = person.head_center + person.head_rot @ (radii * u)
-        if (person.head_rot @ (u / radii))[2] > 0.2:
-            m = person.origin + s * np.array([pos[0], -pos[1]])
-            _draw_disc(img, None, m, 1.4 * r_feat, (40, 40, 150), axes=(1.0, 0.4), angle=person.roll)
+        mouth, normal = _head_point(person, _MOUTH_DIR)
+        if normal[2] > 0.2:
+            _draw_disc(img, None, mouth, 1.4 * r_feat, (40, 40, 150), axes=(1.0, 0.4), angle=person.roll)
 
 
-# Extra garments of a figure: called with the figure and its colours ("skin", "shirt", "pants"),
+# The shirt's front print: a collar and a chest band, by the names of their corners in _pose_body.
+_PRINT_POLYGONS = (
+    ("print_left_collar", "print_collar_tip", "print_right_collar"),
+    ("print_left_band_0", "print_right_band_0", "print_right_band_1", "print_left_band_1"),
+)
+# Extra garments of a figure: called with the figure and its look (colours "skin", "shirt", "pants", ...),
 # returns (depth, part, polygon (P, 2), colour) of each polygon to draw among the parts.
-ExtraParts = Callable[[_Person, Dict[str, np.ndarray]], List[Tuple[float, int, np.ndarray, np.ndarray]]]
+ExtraParts = Callable[[_Person, Dict[str, Any]], List[Tuple[float, int, np.ndarray, np.ndarray]]]
 
 
 def _render_person(
@@ -542,9 +538,7 @@ def _render_person(
     """Draws one figure far-to-near onto ``img`` (with the polygons of ``extra_parts``, if
     given); returns its own part-label layer (S, S) uint8 (0 = not this figure, 1 + part
     otherwise), before other figures or occluders."""
-    sh, s = person.shape, person.scale
-    P = person.points2d
-    Z = person.depth
+    sh, s, P, Z = person.shape, person.scale, person.points2d, person.depth
     layer = np.zeros(img.shape[:2], np.uint8)
     skin = _SKIN_RGB[rng.integers(len(_SKIN_RGB))][::-1] + rng.uniform(-12, 12, 3).astype(np.float32)
     shirt, pants = _random_colour(rng), _random_colour(rng)
@@ -554,45 +548,29 @@ def _render_person(
     forearm_col = skin if rng.random() < 0.5 else shirt
     shin_col = skin if rng.random() < 0.25 else pants
     iris = tuple(float(v) for v in rng.uniform(10, 90, 3))
-
-    print_colour = _lighten(shirt, 0.75) if float(shirt.mean()) < 128 else shirt * 0.3
+    look = {"skin": skin, "shirt": shirt, "pants": pants, "hair": hair, "hair_line": hair_line, "iris": iris}
     torso_center_z = 0.5 * (Z["torso_front"] + Z["torso_back"])
+    items: List[Tuple[float, int, Callable[[], None]]] = []  # (depth, tie-break, draw)
 
-    def shade(c: np.ndarray, a: str, b: str) -> np.ndarray:
-        """Limbs behind the torso's centre are in shadow: up to 35 % darker."""
-        behind = torso_center_z - 0.5 * (Z[a] + Z[b])
-        return c * (1.0 - 0.35 * float(np.clip(behind / 0.08, 0.0, 1.0)))
-
-    items: List[Tuple[float, int, Any]] = []  # (depth, tie-break, draw callable)
+    def polygon(depth: float, part: int, poly: np.ndarray, colour: np.ndarray) -> None:
+        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, colour, part + 1)))
 
     def limb(part: int, a: str, b: str, wa: float, wb: float, colour: np.ndarray, bias: float) -> None:
-        depth = 0.5 * (Z[a] + Z[b]) + bias
-        poly = _capsule(P[a], P[b], wa * s / 2, wb * s / 2)
-        shaded = shade(colour, a, b)
-        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, shaded, part + 1)))
+        """A tapered capsule from point a to b; behind the torso's centre in shadow (up to 35 % darker)."""
+        behind = torso_center_z - 0.5 * (Z[a] + Z[b])
+        shaded = colour * (1.0 - 0.35 * float(np.clip(behind / 0.08, 0.0, 1.0)))
+        polygon(0.5 * (Z[a] + Z[b]) + bias, part, _capsule(P[a], P[b], wa * s / 2, wb * s / 2), shaded)
 
     torso_names = [n for n in P if n.startswith("torso_") and n not in ("torso_front", "torso_back")]
     hull = cv2.convexHull(np.stack([P[n] for n in torso_names]).astype(np.float32))[:, 0]
     torso_z = float(np.mean([Z[n] for n in torso_names]))
-    items.append((torso_z, len(items), lambda: _draw_polygon(img, layer, hull, shirt, _TORSO + 1)))
+    polygon(torso_z, _TORSO, hull, shirt)
     if Z["torso_front"] > Z["torso_back"] + 0.02:  # the front faces the camera: its print shows
-        collar = np.stack([P["print_left_collar"], P["print_collar_tip"], P["print_right_collar"]])
-        band = np.stack(
-            [P["print_left_band_0"], P["print_right_band_0"], P["print_right_band_1"], P["print_left_band_1"]]
-        )
-        for poly in (collar, band):
-            items.append(
-                (
-                    torso_z + 1e-4,
-                    len(items),
-                    lambda poly=poly: _draw_polygon(img, layer, poly, print_colour, _TORSO + 1),
-                )
-            )
+        print_colour = shirt + (255.0 - shirt) * 0.75 if float(shirt.mean()) < 128 else shirt * 0.3
+        for names in _PRINT_POLYGONS:
+            polygon(torso_z + 1e-4, _TORSO, np.stack([P[n] for n in names]), print_colour)
     limb(_NECK, "neck", "head_center", sh["w_neck"], sh["w_neck"] * 0.9, skin, 0.002)
-    head_z = person.head_center[2] + 0.05
-    items.append(
-        (head_z, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, skin, hair, hair_line, {"iris": iris}))
-    )
+    items.append((person.head_center[2] + 0.05, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, look)))
     for k, (side, _) in enumerate(_SIDES):
         limb(_UPPER_ARM + k, f"{side}_shoulder", f"{side}_elbow", sh["w_upper_arm"], sh["w_elbow"], shirt, 0.01)
         limb(_FOREARM + k, f"{side}_elbow", f"{side}_wrist", sh["w_elbow"], sh["w_wrist"], forearm_col, 0.011)
@@ -600,16 +578,9 @@ def _render_person(
         limb(_THIGH + k, f"{side}_hip", f"{side}_knee", sh["w_thigh"], sh["w_knee"], pants, -0.005)
         limb(_SHIN + k, f"{side}_knee", f"{side}_ankle", sh["w_knee"], sh["w_ankle"], shin_col, -0.004)
         limb(_FOOT + k, f"{side}_heel", f"{side}_toe", sh["w_foot"], sh["w_foot"] * 0.8, shoes, -0.003)
-    if extra_parts is not None:
-        for depth, part, poly, colour in extra_parts(person, {"skin": skin, "shirt": shirt, "pants": pants}):
-            items.append(
-                (
-                    depth,
-                    len(items),
-                    lambda poly=poly, colour=colour, part=part: _draw_polygon(img, layer, poly, colour, part + 1),
-                )
-            )
-    for _, _, draw in sorted(items, key=lambda it: (it[0], it[1])):
+    for depth, part, poly, colour in extra_parts(person, look) if extra_parts is not None else ():
+        polygon(depth, part, poly, colour)
+    for _, _, draw in sorted(items, key=lambda it: it[:2]):
         draw()
     return layer
 
