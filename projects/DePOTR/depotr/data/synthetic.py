@@ -595,7 +595,6 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
     if name in _FACE:
         return (_HEAD,)
     side, joint = name.split("_", 1)
-    k = 0 if side == "left" else 1
     owners = {
         "shoulder": (_UPPER_ARM, _TORSO),
         "elbow": (_UPPER_ARM, _FOREARM),
@@ -604,18 +603,13 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
         "knee": (_THIGH, _SHIN),
         "ankle": (_SHIN, _FOOT),
     }[joint]
-    parts = []
-    for part in owners:
-        if part == _TORSO:
-            # The torso hides a shoulder / hip once the body is turned more than ~50 degrees
-            # away from the camera (a 3/4 view still shows both).
-            level = f"_{joint}_"  # compare with the torso's depth at the same level (lean moves the chest)
-            torso_z = float(np.mean([z for n, z in person.depth.items() if n.startswith("torso_") and level in n]))
-            if person.depth[name] >= torso_z - _TORSO_HIDES_BEYOND[joint]:
-                parts.append(_TORSO)
-        else:
-            parts.append(part + k)
-    return tuple(parts)
+    if owners[1] != _TORSO:
+        return tuple(part + (side == "right") for part in owners)
+    # The torso hides a shoulder / hip once the body turns more than ~50 degrees away from the camera (a 3/4
+    # view shows both): compared with the torso's depth at the joint's level (lean moves the chest).
+    torso_z = float(np.mean([z for n, z in person.depth.items() if n.startswith("torso_") and f"_{joint}_" in n]))
+    limb = owners[0] + (side == "right")
+    return (limb, _TORSO) if person.depth[name] >= torso_z - _TORSO_HIDES_BEYOND[joint] else (limb,)
 
 
 def _draw_occluder(
@@ -687,6 +681,30 @@ def _keypoint_positions(persons: Sequence[_Person], size: int) -> Tuple[np.ndarr
     return kp_xy, kp_labelled, inside
 
 
+def _occlude(
+    img: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    persons: Sequence[_Person],
+    count_p: Sequence[float],
+    size_range: Tuple[float, float],
+    max_size: float = math.inf,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws 0 .. len(count_p) - 1 occluders (count with probabilities ``count_p``) of side
+    ``size_range`` x the stature (at most ``max_size`` px) over labelled keypoints inside the image;
+    returns :func:`_keypoint_positions`."""
+    kp_xy, kp_labelled, inside = _keypoint_positions(persons, img.shape[0])
+    for _ in range(int(rng.choice(len(count_p), p=count_p))):
+        i = int(rng.integers(len(persons)))
+        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
+        if len(cand) == 0:
+            continue
+        size_px = min(rng.uniform(*size_range) * persons[i].scale, max_size)
+        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
+        _draw_occluder(img, labels, rng, center, size_px)
+    return kp_xy, kp_labelled, inside
+
+
 def _sensor(img: np.ndarray, rng: np.random.Generator, blur_prob: float = 0.15) -> np.ndarray:
     """A 3x3 Gaussian blur with probability ``blur_prob``, then Gaussian sensor noise."""
     if rng.random() < blur_prob:
@@ -724,22 +742,11 @@ def _annotate(
             lab = int(labels[int(round(y)), int(round(x))])
             own = {1 + i * _PARTS_PER_PERSON + p for p in _keypoint_owners(name, person)}
             kps += [round(float(x), 2), round(float(y), 2), 2 if lab in own else 1]
-        synthetic = {
-            "yaw_deg": round(person.yaw, 2),
-            "rotation_deg": round(person.roll, 2),
-            "stature_px": round(person.scale, 2),
-        }
-        synthetic.update(extra[i] if extra is not None else {})
+        synthetic = dict(yaw_deg=round(person.yaw, 2), rotation_deg=round(person.roll, 2))
+        synthetic.update(stature_px=round(person.scale, 2), **(extra[i] if extra is not None else {}))
+        num = sum(1 for v in kps[2::3] if v > 0)
         annotations.append(
-            {
-                "bbox": bbox,
-                "area": area,
-                "iscrowd": 0,
-                "category_id": 1,
-                "keypoints": kps,
-                "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
-                "synthetic": synthetic,
-            }
+            dict(bbox=bbox, area=area, iscrowd=0, category_id=1, keypoints=kps, num_keypoints=num, synthetic=synthetic)
         )
     return annotations
 
@@ -774,25 +781,12 @@ def render_synthetic_image(
         if rng.random() < 0.2:  # cut by the image border
             axis = int(rng.integers(2))
             push = rng.uniform(0.15, 0.45) * (ext_w if axis == 0 else ext_h) * rng.choice([-1.0, 1.0])
-            if axis == 0:
-                cx += push
-            else:
-                cy += push
+            cx, cy = (cx + push, cy) if axis == 0 else (cx, cy + push)
         _place(person, ext, cx, cy)
         layer = _render_person(img, person, rng)
         labels = _composite(labels, layer, i)
         persons.append(person)
         layers.append(layer)
 
-    kp_xy, kp_labelled, inside = _keypoint_positions(persons, size)
-    for _ in range(int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15]))):
-        i = int(rng.integers(n))
-        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
-        if len(cand) == 0:
-            continue
-        size_px = rng.uniform(0.1, 0.3) * persons[i].scale
-        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
-        _draw_occluder(img, labels, rng, center, size_px)
-
-    img = _sensor(img, rng)
-    return img, _annotate(persons, layers, labels, kp_xy, kp_labelled, inside)
+    keypoints = _occlude(img, labels, rng, persons, (0.45, 0.4, 0.15), (0.1, 0.3))
+    return _sensor(img, rng), _annotate(persons, layers, labels, *keypoints)

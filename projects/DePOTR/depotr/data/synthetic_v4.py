@@ -51,9 +51,8 @@ from .synthetic import (
     _annotate,
     _background,
     _composite,
-    _draw_occluder,
-    _keypoint_positions,
     _make_person,
+    _occlude,
     _Person,
     _place,
     _random_colour,
@@ -226,15 +225,7 @@ def render_synthetic_image_v4(
         layers.append(layer)
         framings.append(framing)
 
-    kp_xy, kp_labelled, inside = _keypoint_positions(persons, size)
-    for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.35, 0.35, 0.2, 0.1]))):
-        i = int(rng.integers(n))
-        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
-        if len(cand) == 0:
-            continue
-        size_px = min(rng.uniform(0.1, 0.35) * persons[i].scale, 0.5 * size)
-        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
-        _draw_occluder(img, labels, rng, center, size_px)
+    kp_xy, kp_labelled, inside = _occlude(img, labels, rng, persons, (0.35, 0.35, 0.2, 0.1), (0.1, 0.35), 0.5 * size)
 
     img = _sensor(img, rng, blur_prob=0.3)
     if rng.random() < JPEG_PROB:
