@@ -1,48 +1,20 @@
-"""The embedded synthetic person-keypoint dataset: humanoid figures with the 17 COCO keypoints.
+"""The embedded synthetic person-keypoint dataset, generator version 3: humanoid figures with the
+17 COCO keypoints (how they are made and why left / right stay decidable: docs/synthetic.md).
 
-Shapes: K = 17 keypoints (order of ``keypoint_metadata``), images S x S (default 256) BGR JPEGs,
-1-4 persons per image.
+Shapes: K = 17 keypoints (order of ``keypoint_metadata``), images S x S (default 256) BGR, 1-4
+persons per image.
 
-How a figure is made
-    A kinematic skeleton in 3D (body frame: X = the person's left, Y = up, Z = forward) with
-    human segment-length ratios of the stature (Drillis & Contini), per-figure jitter of
-    lengths and widths, and joint angles from a pose prior (``_sample_pose``): most figures
-    stand or walk with everyday arm and leg angles (``EVERYDAY_POSE_DEG``), some raise their
-    arms, sit or crouch, and a few take any pose within the joint limits
-    (``JOINT_LIMITS_DEG``). It is turned by a yaw (mostly front to profile, sometimes from
-    behind), projected orthographically, rotated in the image plane (mostly upright, as in
-    COCO) and scaled to a stature of 40-90 % of the image height (the upper bound shrinks with
-    the number of persons). Parts are drawn far to near: a torso (convex hull of a box through
-    shoulders and hips) with a print on the shirt's front, tapered capsules for neck and
-    limbs, hands, feet, and a ray-cast ellipsoid head with hair on its back and top, eyes,
-    nose, mouth and ears where they face the camera.
-
-Left and right are told apart as in photographs, by cues that a horizontal flip keeps: the
-face and the shirt's front print (a collar and a chest band) show whether the figure faces
-the camera, and limbs farther from the camera than the torso are drawn darker (in shadow).
-Both sides of a figure have the same colours. (Generator version 2 drew the LEFT limbs
-lighter and the RIGHT ones darker: a horizontal flip, which swaps the left/right labels,
-then taught the opposite rule on half of the training crops.) With a mirror-symmetric body,
-pose prior and cues, the mirror image of a figure with swapped labels is as likely as the
-figure itself, so flip augmentation and the flip test are valid on this data.
-
-Visibility (COCO rules)
-    * v = 0 and x = y = 0: the keypoint lies outside the image (figure cut by the border), or
-      it is a face landmark on the far side of the head (eye / nose / ear turned away from the
-      camera, e.g. the far eye and ear in profile, eyes and nose from behind). COCO annotators
-      leave such landmarks unlabelled because their position cannot be seen or guessed.
-    * v = 1: inside the image but covered: by an occluder, by another person, or by another
-      part of the same figure (an arm behind the torso, the far shoulder / hip once the body
-      turns more than ~50 degrees from the camera).
+Visibility (COCO rules), decided on a per-pixel label map drawn along with the image:
+    * v = 0 and x = y = 0: outside the image, or a face landmark turned away from the camera;
+    * v = 1: inside the image but covered by an occluder, another person or another part of the
+      same figure (an arm behind the torso, the far shoulder / hip of a body turned > ~50 degrees);
     * v = 2: the pixel under the keypoint belongs to a part adjacent to that joint.
-    Decided on a per-pixel label map drawn along with the image.
 
-Coordinates: keypoints are written in COCO's "pixel index" convention (the centre of pixel
-(i, j) is (i, j), as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading.
-``bbox`` (x, y, w, h) is the tight box of the figure's own pixels (ignoring occluders and other
-persons) clipped to the image, in continuous coordinates (pixel i spans [i, i + 1)); ``area``
-is that mask's pixel count (COCO's segment area, the OKS scale). Annotations also carry a
-``synthetic`` field (yaw, in-plane rotation, stature in pixels) for tests and analysis.
+Coordinates: keypoints in COCO's "pixel index" convention (the centre of pixel (i, j) is (i, j),
+as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading. ``bbox`` (x, y, w, h): the
+tight box of the figure's own pixels (ignoring occluders and other persons) clipped to the image,
+in continuous coordinates (pixel i spans [i, i + 1)); ``area``: that mask's pixel count (COCO's
+segment area, the OKS scale). ``synthetic``: yaw, in-plane rotation, stature in pixels.
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i])`` only, so
 images can be rendered in any order by any number of processes with identical results.
@@ -146,23 +118,13 @@ _ONE = 1 << _SHIFT
 
 
 def coco_categories() -> List[Dict[str, Any]]:
-    """The COCO ``categories`` entry: person, keypoint names and 1-based skeleton from the
-    metadata table."""
+    """The COCO ``categories`` entry: person, keypoint names and 1-based skeleton of the metadata table."""
     skeleton = [[_KP[a] + 1, _KP[b] + 1] for a, b, _ in COCO_PERSON_SKELETON]
-    return [
-        {
-            "id": 1,
-            "name": "person",
-            "supercategory": "person",
-            "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
-            "skeleton": skeleton,
-        }
-    ]
+    kps = list(COCO_PERSON_KEYPOINT_NAMES)
+    return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": kps, "skeleton": skeleton}]
 
 
-# ----------------------------------------------------------------------------------------
 # Geometry
-# ----------------------------------------------------------------------------------------
 def _rx(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
@@ -307,9 +269,7 @@ _FACE = {
 _MOUTH_DIR = np.array([0.0, -0.5, 0.87])
 
 
-# ----------------------------------------------------------------------------------------
 # Drawing
-# ----------------------------------------------------------------------------------------
 def _fixed(pts: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(pts) * _ONE).astype(np.int32)
 
