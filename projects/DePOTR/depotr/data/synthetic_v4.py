@@ -78,10 +78,8 @@ def _dress(img: np.ndarray, layer: np.ndarray, person: v3._Person, rng: np.rando
     for labels in (_SHIRT_LABELS, _PANTS_LABELS):
         if rng.random() < 0.5:
             period = max(3.0, float(rng.uniform(0.02, 0.06)) * person.scale)
-            garment = np.zeros(256, bool)
-            garment[list(labels)] = True
             shade = 1.0 - float(rng.uniform(0.1, 0.25)) * _pattern(rng, h, w, period)
-            factor = np.where(garment[sub], factor * shade, factor)
+            factor = np.where(np.isin(sub, labels), factor * shade, factor)
     factor[sub == 0] = 1.0
     img[y0:y1, x0:x1] = np.clip(img[y0:y1, x0:x1] * factor[..., None], 0, 255).astype(np.uint8)
 
@@ -154,7 +152,6 @@ def render_synthetic_image_v4(
     slots = rng.permutation(n)
     persons: List[v3._Person] = []
     layers: List[np.ndarray] = []
-    framings: List[str] = []
     for i, (framing, stature) in enumerate(layout):
         distance = float(rng.uniform(1.5, 6.0)) if rng.random() < 0.5 else None
         pitch = float(np.clip(rng.normal(5.0, 12.0), -25.0, 40.0))
@@ -182,7 +179,6 @@ def render_synthetic_image_v4(
         labels = v3._composite(labels, layer, i)
         persons.append(person)
         layers.append(layer)
-        framings.append(framing)
 
     kp_xy, kp_labelled, inside = v3._occlude(img, labels, rng, persons, (0.35, 0.35, 0.2, 0.1), (0.1, 0.35), 0.5 * size)
 
@@ -191,7 +187,7 @@ def render_synthetic_image_v4(
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 60))])
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
 
-    extra = [{"framing": f, "truncated": bool(not inside[i].all())} for i, f in enumerate(framings)]
+    extra = [{"framing": f, "truncated": bool(not inside[i].all())} for i, (f, _) in enumerate(layout)]
     annotations = v3._annotate(persons, layers, labels, kp_xy, kp_labelled, inside, extra)
     if annotations:
         crowd = crowd_indices([a["keypoints"] for a in annotations], [a["bbox"] for a in annotations])
