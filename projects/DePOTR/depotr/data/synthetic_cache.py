@@ -137,12 +137,9 @@ def generate_synthetic_split(
     version: int = GENERATOR_VERSION,
 ) -> str:
     """Renders a split with generator ``version`` into the new or empty folder ``out_dir``
-    (``images/``, ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No
-    locking and no atomicity: :func:`ensure_synthetic_split` adds both.
-
-    ``num_workers`` processes (default: the CPU count, at most 8) render images in parallel;
-    the output does not depend on it.
-    """
+    (``images/``, ``annotations.json``, then ``MANIFEST.json``) and returns the json path; no locking
+    and no atomicity (:func:`ensure_synthetic_split` adds both). ``num_workers`` processes (default:
+    the CPU count, at most 8) render images in parallel; the output does not depend on it."""
     version, split_code = check_generator_version(version), _split_code(split)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"synthetic split folder {out_dir} is not empty")
@@ -195,25 +192,24 @@ def verify_synthetic_split(
     image_size: int = DEFAULT_IMAGE_SIZE,
     version: int = GENERATOR_VERSION,
 ) -> None:
-    """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`):
-    the manifest matches the spec, every file it lists exists with its size, and
-    ``annotations.json`` parses and lists ``num_images`` images.
-
-    Raises:
-        ValueError naming the entry and the file that fails the check.
-    """
+    """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`): the
+    manifest matches the spec, every file it lists exists with its size, and ``annotations.json``
+    parses and lists ``num_images`` images. Raises ValueError naming the entry and the failing file."""
     entry = paths["split_dir"]
 
     def fail(problem: str) -> ValueError:
         return ValueError(f"synthetic dataset cache {entry}: {problem}; delete this folder to have it generated again")
 
-    try:
-        with open(paths["manifest"]) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise fail(f"{MANIFEST_NAME} is missing") from None
-    except ValueError as e:
-        raise fail(f"{MANIFEST_NAME} is not valid json ({e})") from None
+    def load(name: str) -> Any:
+        try:
+            with open(os.path.join(entry, name)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise fail(f"{name} is missing") from None
+        except (OSError, ValueError) as e:
+            raise fail(f"{name} cannot be read as json ({e})") from None
+
+    manifest = load(MANIFEST_NAME)
     expected = _spec(split, num_images, seed, image_size, version)
     if not isinstance(manifest, dict) or ANNOTATIONS_NAME not in manifest.get("files", {}):
         raise fail(f"{MANIFEST_NAME} has no 'files' table listing {ANNOTATIONS_NAME}")
@@ -227,11 +223,7 @@ def verify_synthetic_split(
             raise fail(f"{name} is missing") from None
         if actual != size:
             raise fail(f"{name} has {actual} bytes, {MANIFEST_NAME} lists {size}")
-    try:
-        with open(paths["json_file"]) as f:
-            dataset = json.load(f)
-    except (OSError, ValueError) as e:
-        raise fail(f"{ANNOTATIONS_NAME} cannot be read as json ({e})") from None
+    dataset = load(ANNOTATIONS_NAME)
     if not isinstance(dataset, dict) or len(dataset.get("images", [])) != num_images:
         raise fail(f"{ANNOTATIONS_NAME} does not list the {num_images} images of this spec")
 
