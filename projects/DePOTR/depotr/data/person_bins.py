@@ -1,7 +1,5 @@
-"""Per-person attributes of COCO keypoint annotations and their bins: size, truncation,
-occlusion and crowding, computed from COCO's standard fields so that they apply to COCO as to the
-synthetic data (used by the synthetic generator v4, ``benchmarks/synthetic_stats.py`` and the
-per-bin analysis of ``depotr.evaluation.error_analysis``).
+"""Per-person attributes of COCO keypoint annotations and their bins (size, truncation, occlusion,
+crowding), from COCO's standard fields so that they apply to COCO as to the synthetic data.
 
 Shapes: N persons of one image, K keypoints.
 
@@ -58,7 +56,7 @@ def crowd_indices(keypoints: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """CrowdPose crowd index of each person of one image.
 
     Args:
-        keypoints: (N, K, 3) x, y, v.
+        keypoints: (N, K, 3) or (N, 3K) x, y, v.
         boxes: (N, 4) x, y, w, h.
     Returns:
         (N,) labelled keypoints of the other persons inside each person's box over its own
@@ -89,9 +87,7 @@ def person_bins(gt: Dict[str, Any]) -> Dict[int, Dict[str, str]]:
         if image_id not in sizes:
             raise ValueError(f"ground-truth annotation {anns[0].get('id')} has image_id {image_id}, not in 'images'")
         width, height = sizes[image_id]
-        crowd = crowd_indices(
-            np.stack([np.asarray(a["keypoints"], np.float64) for a in anns]), [a["bbox"] for a in anns]
-        )
+        crowd = crowd_indices([a["keypoints"] for a in anns], [a["bbox"] for a in anns])
         for ann, index in zip(anns, crowd):
             out[ann["id"]] = {
                 "size": size_bin(ann["area"]),

@@ -1,48 +1,20 @@
-"""The embedded synthetic person-keypoint dataset: humanoid figures with the 17 COCO keypoints.
+"""The embedded synthetic person-keypoint dataset, generator version 3: humanoid figures with the
+17 COCO keypoints (how they are made and why left / right stay decidable: docs/synthetic.md).
 
-Shapes: K = 17 keypoints (order of ``keypoint_metadata``), images S x S (default 256) BGR JPEGs,
-1-4 persons per image.
+Shapes: K = 17 keypoints (order of ``keypoint_metadata``), images S x S (default 256) BGR, 1-4
+persons per image.
 
-How a figure is made
-    A kinematic skeleton in 3D (body frame: X = the person's left, Y = up, Z = forward) with
-    human segment-length ratios of the stature (Drillis & Contini), per-figure jitter of
-    lengths and widths, and joint angles from a pose prior (``_sample_pose``): most figures
-    stand or walk with everyday arm and leg angles (``EVERYDAY_POSE_DEG``), some raise their
-    arms, sit or crouch, and a few take any pose within the joint limits
-    (``JOINT_LIMITS_DEG``). It is turned by a yaw (mostly front to profile, sometimes from
-    behind), projected orthographically, rotated in the image plane (mostly upright, as in
-    COCO) and scaled to a stature of 40-90 % of the image height (the upper bound shrinks with
-    the number of persons). Parts are drawn far to near: a torso (convex hull of a box through
-    shoulders and hips) with a print on the shirt's front, tapered capsules for neck and
-    limbs, hands, feet, and a ray-cast ellipsoid head with hair on its back and top, eyes,
-    nose, mouth and ears where they face the camera.
-
-Left and right are told apart as in photographs, by cues that a horizontal flip keeps: the
-face and the shirt's front print (a collar and a chest band) show whether the figure faces
-the camera, and limbs farther from the camera than the torso are drawn darker (in shadow).
-Both sides of a figure have the same colours. (Generator version 2 drew the LEFT limbs
-lighter and the RIGHT ones darker: a horizontal flip, which swaps the left/right labels,
-then taught the opposite rule on half of the training crops.) With a mirror-symmetric body,
-pose prior and cues, the mirror image of a figure with swapped labels is as likely as the
-figure itself, so flip augmentation and the flip test are valid on this data.
-
-Visibility (COCO rules)
-    * v = 0 and x = y = 0: the keypoint lies outside the image (figure cut by the border), or
-      it is a face landmark on the far side of the head (eye / nose / ear turned away from the
-      camera, e.g. the far eye and ear in profile, eyes and nose from behind). COCO annotators
-      leave such landmarks unlabelled because their position cannot be seen or guessed.
-    * v = 1: inside the image but covered: by an occluder, by another person, or by another
-      part of the same figure (an arm behind the torso, the far shoulder / hip once the body
-      turns more than ~50 degrees from the camera).
+Visibility (COCO rules), decided on a per-pixel label map drawn along with the image:
+    * v = 0 and x = y = 0: outside the image, or a face landmark turned away from the camera;
+    * v = 1: inside the image but covered by an occluder, another person or another part of the
+      same figure (an arm behind the torso, the far shoulder / hip of a body turned > ~50 degrees);
     * v = 2: the pixel under the keypoint belongs to a part adjacent to that joint.
-    Decided on a per-pixel label map drawn along with the image.
 
-Coordinates: keypoints are written in COCO's "pixel index" convention (the centre of pixel
-(i, j) is (i, j), as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading.
-``bbox`` (x, y, w, h) is the tight box of the figure's own pixels (ignoring occluders and other
-persons) clipped to the image, in continuous coordinates (pixel i spans [i, i + 1)); ``area``
-is that mask's pixel count (COCO's segment area, the OKS scale). Annotations also carry a
-``synthetic`` field (yaw, in-plane rotation, stature in pixels) for tests and analysis.
+Coordinates: keypoints in COCO's "pixel index" convention (the centre of pixel (i, j) is (i, j),
+as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading. ``bbox`` (x, y, w, h): the
+tight box of the figure's own pixels (ignoring occluders and other persons) clipped to the image,
+in continuous coordinates (pixel i spans [i, i + 1)); ``area``: that mask's pixel count (COCO's
+segment area, the OKS scale). ``synthetic``: yaw, in-plane rotation, stature in pixels.
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i])`` only, so
 images can be rendered in any order by any number of processes with identical results.
@@ -78,47 +50,30 @@ _KP = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 _NUM_KP = len(COCO_PERSON_KEYPOINT_NAMES)
 _SIDES = (("left", +1.0), ("right", -1.0))
 
-# (low, high, rest) in degrees. Signs: flexions bend forward (knee: backward), abductions lift
-# the limb away from the body's midline, rotations are internal (+) / external (-), head pitch
-# + looks down, torso lean + bends forward.
-JOINT_LIMITS_DEG: Dict[str, Tuple[float, float, float]] = {
-    "torso_lean": (-15.0, 35.0, 0.0),
-    "torso_side": (-20.0, 20.0, 0.0),
-    "torso_twist": (-30.0, 30.0, 0.0),
-    "head_yaw": (-60.0, 60.0, 0.0),
-    "head_pitch": (-25.0, 35.0, 0.0),
-    "head_roll": (-20.0, 20.0, 0.0),
-    "shoulder_flex": (-45.0, 170.0, 10.0),
-    "shoulder_abd": (-15.0, 160.0, 15.0),
-    "shoulder_rot": (-40.0, 80.0, 10.0),
-    "elbow_flex": (0.0, 150.0, 20.0),
-    "wrist_flex": (-45.0, 45.0, 0.0),
-    "hip_flex": (-25.0, 120.0, 5.0),
-    "hip_abd": (-15.0, 45.0, 5.0),
-    "hip_rot": (-30.0, 30.0, 0.0),
-    "knee_flex": (0.0, 140.0, 5.0),
-    "ankle_flex": (-30.0, 30.0, 0.0),
+# Joint angles in degrees: (low, high, rest) limits, then (mean, standard deviation) of everyday poses
+# (standing, walking, gesturing; clipped to the limits). Signs: flexions bend forward (knee: backward),
+# abductions lift the limb away from the body's midline, rotations are internal (+) / external (-),
+# head pitch + looks down, torso lean + bends forward.
+_JOINTS: Dict[str, Tuple[float, float, float, float, float]] = {
+    "torso_lean": (-15.0, 35.0, 0.0, 3.0, 6.0),
+    "torso_side": (-20.0, 20.0, 0.0, 0.0, 4.0),
+    "torso_twist": (-30.0, 30.0, 0.0, 0.0, 10.0),
+    "head_yaw": (-60.0, 60.0, 0.0, 0.0, 20.0),
+    "head_pitch": (-25.0, 35.0, 0.0, 5.0, 10.0),
+    "head_roll": (-20.0, 20.0, 0.0, 0.0, 6.0),
+    "shoulder_flex": (-45.0, 170.0, 10.0, 10.0, 25.0),
+    "shoulder_abd": (-15.0, 160.0, 15.0, 15.0, 12.0),
+    "shoulder_rot": (-40.0, 80.0, 10.0, 10.0, 15.0),
+    "elbow_flex": (0.0, 150.0, 20.0, 25.0, 25.0),
+    "wrist_flex": (-45.0, 45.0, 0.0, 0.0, 15.0),
+    "hip_flex": (-25.0, 120.0, 5.0, 5.0, 10.0),
+    "hip_abd": (-15.0, 45.0, 5.0, 5.0, 5.0),
+    "hip_rot": (-30.0, 30.0, 0.0, 0.0, 8.0),
+    "knee_flex": (0.0, 140.0, 5.0, 8.0, 10.0),
+    "ankle_flex": (-30.0, 30.0, 0.0, 0.0, 10.0),
 }
-# Everyday poses (standing, walking, gesturing): (mean, standard deviation) in degrees of
-# each joint angle, clipped to JOINT_LIMITS_DEG.
-EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {
-    "torso_lean": (3.0, 6.0),
-    "torso_side": (0.0, 4.0),
-    "torso_twist": (0.0, 10.0),
-    "head_yaw": (0.0, 20.0),
-    "head_pitch": (5.0, 10.0),
-    "head_roll": (0.0, 6.0),
-    "shoulder_flex": (10.0, 25.0),
-    "shoulder_abd": (15.0, 12.0),
-    "shoulder_rot": (10.0, 15.0),
-    "elbow_flex": (25.0, 25.0),
-    "wrist_flex": (0.0, 15.0),
-    "hip_flex": (5.0, 10.0),
-    "hip_abd": (5.0, 5.0),
-    "hip_rot": (0.0, 8.0),
-    "knee_flex": (8.0, 10.0),
-    "ankle_flex": (0.0, 10.0),
-}
+JOINT_LIMITS_DEG: Dict[str, Tuple[float, float, float]] = {k: v[:3] for k, v in _JOINTS.items()}
+EVERYDAY_POSE_DEG: Dict[str, Tuple[float, float]] = {k: v[3:] for k, v in _JOINTS.items()}
 # Pose kinds and their probabilities: "walk" = everyday angles with a gait (legs and arms
 # swing in opposition), "arms" = walk with each arm anywhere within its limits, "sit" =
 # sitting or crouching, "free" = every angle near rest (50 %) or anywhere within its limits.
@@ -163,23 +118,13 @@ _ONE = 1 << _SHIFT
 
 
 def coco_categories() -> List[Dict[str, Any]]:
-    """The COCO ``categories`` entry: person, keypoint names and 1-based skeleton from the
-    metadata table."""
+    """The COCO ``categories`` entry: person, keypoint names and 1-based skeleton of the metadata table."""
     skeleton = [[_KP[a] + 1, _KP[b] + 1] for a, b, _ in COCO_PERSON_SKELETON]
-    return [
-        {
-            "id": 1,
-            "name": "person",
-            "supercategory": "person",
-            "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
-            "skeleton": skeleton,
-        }
-    ]
+    kps = list(COCO_PERSON_KEYPOINT_NAMES)
+    return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": kps, "skeleton": skeleton}]
 
 
-# ----------------------------------------------------------------------------------------
 # Geometry
-# ----------------------------------------------------------------------------------------
 def _rx(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
@@ -211,8 +156,7 @@ def _sample_pose(
     pose: Dict[str, float] = {}
     for joint, (lo, hi, rest) in limits.items():
         mean, std = EVERYDAY_POSE_DEG[joint]
-        sides = [(side, sgn) for side, sgn in _SIDES] if joint in _PER_SIDE_JOINTS else [("", 0.0)]
-        for side, sgn in sides:
+        for side, sgn in _SIDES if joint in _PER_SIDE_JOINTS else (("", 0.0),):
             name = f"{side}_{joint}" if side else joint
             if kind == "free":
                 a = rest + rng.normal(0.0, 0.15 * (hi - lo)) if rng.random() < 0.5 else rng.uniform(lo, hi)
@@ -273,33 +217,21 @@ def _pose_body(shape: Dict[str, float], pose: Dict[str, float]) -> Tuple[Dict[st
     p["neck"] = neck
     for side, sgn in _SIDES:
         a = lambda name, side=side: pose[f"{side}_{name}"]  # noqa: E731
-        shoulder = neck + r_torso @ np.array([sgn * shape["shoulder_width"] / 2, -0.015, 0.0])
+        p[f"{side}_shoulder"] = shoulder = neck + r_torso @ np.array([sgn * shape["shoulder_width"] / 2, -0.015, 0.0])
         r_sh = r_torso @ _rz(sgn * a("shoulder_abd")) @ _rx(-a("shoulder_flex")) @ _ry(-sgn * a("shoulder_rot"))
-        elbow = shoulder + r_sh @ _DOWN * shape["upper_arm"]
+        p[f"{side}_elbow"] = elbow = shoulder + r_sh @ _DOWN * shape["upper_arm"]
         r_el = r_sh @ _rx(-a("elbow_flex"))
-        wrist = elbow + r_el @ _DOWN * shape["forearm"]
-        hand_tip = wrist + r_el @ _rx(-a("wrist_flex")) @ _DOWN * shape["hand"]
-        hip = np.array([sgn * shape["hip_width"] / 2, 0.0, 0.0])
+        p[f"{side}_wrist"] = wrist = elbow + r_el @ _DOWN * shape["forearm"]
+        p[f"{side}_hand_tip"] = wrist + r_el @ _rx(-a("wrist_flex")) @ _DOWN * shape["hand"]
+        p[f"{side}_hip"] = hip = np.array([sgn * shape["hip_width"] / 2, 0.0, 0.0])
         r_hip = _rz(sgn * a("hip_abd")) @ _rx(-a("hip_flex")) @ _ry(-sgn * a("hip_rot"))
-        knee = hip + r_hip @ _DOWN * shape["thigh"]
+        p[f"{side}_knee"] = knee = hip + r_hip @ _DOWN * shape["thigh"]
         r_knee = r_hip @ _rx(a("knee_flex"))
-        ankle = knee + r_knee @ _DOWN * shape["shin"]
+        p[f"{side}_ankle"] = ankle = knee + r_knee @ _DOWN * shape["shin"]
         foot_dir = r_knee @ _rx(-(math.pi / 2 + a("ankle_flex"))) @ _DOWN
         sole = ankle + r_knee @ _DOWN * shape["ankle_height"]
-        heel = sole - 0.2 * shape["foot"] * foot_dir
-        p.update(
-            {
-                f"{side}_shoulder": shoulder,
-                f"{side}_elbow": elbow,
-                f"{side}_wrist": wrist,
-                f"{side}_hand_tip": hand_tip,
-                f"{side}_hip": hip,
-                f"{side}_knee": knee,
-                f"{side}_ankle": ankle,
-                f"{side}_heel": heel,
-                f"{side}_toe": heel + shape["foot"] * foot_dir,
-            }
-        )
+        p[f"{side}_heel"] = heel = sole - 0.2 * shape["foot"] * foot_dir
+        p[f"{side}_toe"] = heel + shape["foot"] * foot_dir
         # Torso outline: a box of depth 2 * torso_depth through shoulders and (wider) hips.
         for k, depth in enumerate((-1.0, 1.0)):
             d = np.array([0.0, 0.0, depth * shape["torso_depth"]])
@@ -337,9 +269,7 @@ _FACE = {
 _MOUTH_DIR = np.array([0.0, -0.5, 0.87])
 
 
-# ----------------------------------------------------------------------------------------
 # Drawing
-# ----------------------------------------------------------------------------------------
 def _fixed(pts: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(pts) * _ONE).astype(np.int32)
 
@@ -383,10 +313,6 @@ def _draw_disc(
         cv2.ellipse(labels, c, ax, angle, 0, 360, label, -1, cv2.LINE_8, _SHIFT)
 
 
-def _lighten(c: np.ndarray, t: float) -> np.ndarray:
-    return c + (255.0 - c) * t
-
-
 def _random_colour(rng: np.random.Generator, s_range=(0.25, 1.0), v_range=(0.25, 0.95)) -> np.ndarray:
     hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*s_range) * 255, rng.uniform(*v_range) * 255]]], np.float32)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
@@ -417,17 +343,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
             box = ((float(x0), float(y0)), (float(w), float(h)), float(rng.uniform(0, 180)))
             cv2.drawContours(img, [np.int32(cv2.boxPoints(box))], 0, colour, thick, cv2.LINE_AA)
         elif kind == 1:
-            cv2.ellipse(
-                img,
-                (int(x0), int(y0)),
-                (int(w / 2) + 1, int(h / 2) + 1),
-                float(rng.uniform(0, 180)),
-                0,
-                360,
-                colour,
-                thick,
-                cv2.LINE_AA,
-            )
+            axes, angle = (int(w / 2) + 1, int(h / 2) + 1), float(rng.uniform(0, 180))
+            cv2.ellipse(img, (int(x0), int(y0)), axes, angle, 0, 360, colour, thick, cv2.LINE_AA)
         elif kind == 2:
             x1, y1 = rng.uniform(-0.1, 1.1, 2) * size
             cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), colour, int(rng.integers(1, 8)), cv2.LINE_AA)
@@ -469,10 +386,7 @@ def _make_person(
     """
     shape, pose = _sample_shape(rng), _sample_pose(rng, pose_kinds, limits)
     pts, r_head = _pose_body(shape, pose)
-    if rng.random() < 0.85:
-        yaw = rng.uniform(-100.0, 100.0)
-    else:
-        yaw = rng.uniform(130.0, 230.0)
+    yaw = rng.uniform(-100.0, 100.0) if rng.random() < 0.85 else rng.uniform(130.0, 230.0)
     roll = float(np.clip(rng.normal(0.0, 8.0), -30, 30)) if rng.random() < 0.95 else rng.uniform(-90, 90)
     cam = _rz(math.radians(roll)) @ _rx(math.radians(pitch_deg)) @ _ry(math.radians(yaw))
     names = list(pts)
@@ -498,33 +412,30 @@ def _make_person(
     return person, extent
 
 
-def _face_landmarks(person: _Person) -> Dict[str, Tuple[np.ndarray, bool]]:
-    """Image position and whether each face landmark faces the camera (is labelled)."""
+def _head_point(person: _Person, direction: np.ndarray, out_factor: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Image position (2,) of the head ellipsoid's point in ``direction`` (head frame), moved out
+    by ``out_factor``, and the (3,) unnormalised surface normal there (camera frame)."""
     sh = person.shape
     radii = np.array([sh["head_rx"], sh["head_ry"], sh["head_rz"]])
+    u = direction / np.linalg.norm(direction)
+    pos = person.head_center + person.head_rot @ (radii * u * out_factor)
+    return person.origin + person.scale * np.array([pos[0], -pos[1]]), person.head_rot @ (u / radii)
+
+
+def _face_landmarks(person: _Person) -> Dict[str, Tuple[np.ndarray, bool]]:
+    """Image position and whether each face landmark faces the camera (is labelled)."""
     out = {}
     for name, (direction, out_factor, thresh) in _FACE.items():
-        u = direction / np.linalg.norm(direction)
-        pos = person.head_center + person.head_rot @ (radii * u * out_factor)
-        normal = person.head_rot @ (u / radii)
-        facing = float(normal[2] / np.linalg.norm(normal)) > thresh
-        xy = person.origin + person.scale * np.array([pos[0], -pos[1]])
-        out[name] = (xy, facing)
+        xy, normal = _head_point(person, direction, out_factor)
+        out[name] = (xy, float(normal[2] / np.linalg.norm(normal)) > thresh)
     return out
 
 
-def _draw_head(
-    img: np.ndarray,
-    labels: np.ndarray,
-    person: _Person,
-    label: int,
-    skin: np.ndarray,
-    hair: np.ndarray,
-    hair_line: float,
-    rng_feat: Dict[str, Any],
-) -> None:
-    """Ray-casts the head ellipsoid (hair on top/back, shaded skin) and draws face features."""
+def _draw_head(img: np.ndarray, labels: np.ndarray, person: _Person, label: int, look: Dict[str, Any]) -> None:
+    """Ray-casts the head ellipsoid (hair on top/back above ``look["hair_line"]``, shaded skin)
+    and draws face features."""
     sh, s = person.shape, person.scale
+    skin, hair = look["skin"], look["hair"]
     radii = np.array([sh["head_rx"], sh["head_ry"], sh["head_rz"]])
     c2d = person.origin + s * np.array([person.head_center[0], -person.head_center[1]])
     rmax = float(radii.max()) * s + 2
@@ -547,7 +458,7 @@ def _draw_head(
             local = (q @ rot) / radii  # unit-sphere coordinates in the head frame
             normal = q @ quad  # camera frame (unnormalised)
             nz = normal[..., 2] / np.maximum(np.linalg.norm(normal, axis=-1), 1e-9)
-            is_hair = (local[..., 1] > hair_line) | ((local[..., 2] < -0.1) & (local[..., 1] > -0.55))
+            is_hair = (local[..., 1] > look["hair_line"]) | ((local[..., 2] < -0.1) & (local[..., 1] > -0.55))
             colour = np.where(is_hair[..., None], hair, skin) * (0.65 + 0.35 * nz)[..., None]
             patch = img[y0:y1, x0:x1]
             patch[inside] = np.clip(colour[inside], 0, 255).astype(np.uint8)
@@ -562,20 +473,23 @@ def _draw_head(
         xy, facing = landmarks[f"{side}_eye"]
         if facing:
             _draw_disc(img, labels, xy, 1.5 * r_feat, (235, 235, 235), label)
-            _draw_disc(img, None, xy, 0.8 * r_feat, rng_feat["iris"])
+            _draw_disc(img, None, xy, 0.8 * r_feat, look["iris"])
     xy, facing = landmarks["nose"]
     if facing:
         _draw_disc(img, labels, xy, 1.1 * r_feat, skin * 0.75, label)
-        u = _MOUTH_DIR / np.linalg.norm(_MOUTH_DIR)
-        pos = person.head_center + person.head_rot @ (radii * u)
-        if (person.head_rot @ (u / radii))[2] > 0.2:
-            m = person.origin + s * np.array([pos[0], -pos[1]])
-            _draw_disc(img, None, m, 1.4 * r_feat, (40, 40, 150), axes=(1.0, 0.4), angle=person.roll)
+        mouth, normal = _head_point(person, _MOUTH_DIR)
+        if normal[2] > 0.2:
+            _draw_disc(img, None, mouth, 1.4 * r_feat, (40, 40, 150), axes=(1.0, 0.4), angle=person.roll)
 
 
-# Extra garments of a figure: called with the figure and its colours ("skin", "shirt", "pants"),
+# The shirt's front print: a collar and a chest band, by the names of their corners in _pose_body.
+_PRINT_POLYGONS = (
+    ("print_left_collar", "print_collar_tip", "print_right_collar"),
+    ("print_left_band_0", "print_right_band_0", "print_right_band_1", "print_left_band_1"),
+)
+# Extra garments of a figure: called with the figure and its look (colours "skin", "shirt", "pants", ...),
 # returns (depth, part, polygon (P, 2), colour) of each polygon to draw among the parts.
-ExtraParts = Callable[[_Person, Dict[str, np.ndarray]], List[Tuple[float, int, np.ndarray, np.ndarray]]]
+ExtraParts = Callable[[_Person, Dict[str, Any]], List[Tuple[float, int, np.ndarray, np.ndarray]]]
 
 
 def _render_person(
@@ -584,9 +498,7 @@ def _render_person(
     """Draws one figure far-to-near onto ``img`` (with the polygons of ``extra_parts``, if
     given); returns its own part-label layer (S, S) uint8 (0 = not this figure, 1 + part
     otherwise), before other figures or occluders."""
-    sh, s = person.shape, person.scale
-    P = person.points2d
-    Z = person.depth
+    sh, s, P, Z = person.shape, person.scale, person.points2d, person.depth
     layer = np.zeros(img.shape[:2], np.uint8)
     skin = _SKIN_RGB[rng.integers(len(_SKIN_RGB))][::-1] + rng.uniform(-12, 12, 3).astype(np.float32)
     shirt, pants = _random_colour(rng), _random_colour(rng)
@@ -596,45 +508,29 @@ def _render_person(
     forearm_col = skin if rng.random() < 0.5 else shirt
     shin_col = skin if rng.random() < 0.25 else pants
     iris = tuple(float(v) for v in rng.uniform(10, 90, 3))
-
-    print_colour = _lighten(shirt, 0.75) if float(shirt.mean()) < 128 else shirt * 0.3
+    look = {"skin": skin, "shirt": shirt, "pants": pants, "hair": hair, "hair_line": hair_line, "iris": iris}
     torso_center_z = 0.5 * (Z["torso_front"] + Z["torso_back"])
+    items: List[Tuple[float, int, Callable[[], None]]] = []  # (depth, tie-break, draw)
 
-    def shade(c: np.ndarray, a: str, b: str) -> np.ndarray:
-        """Limbs behind the torso's centre are in shadow: up to 35 % darker."""
-        behind = torso_center_z - 0.5 * (Z[a] + Z[b])
-        return c * (1.0 - 0.35 * float(np.clip(behind / 0.08, 0.0, 1.0)))
-
-    items: List[Tuple[float, int, Any]] = []  # (depth, tie-break, draw callable)
+    def polygon(depth: float, part: int, poly: np.ndarray, colour: np.ndarray) -> None:
+        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, colour, part + 1)))
 
     def limb(part: int, a: str, b: str, wa: float, wb: float, colour: np.ndarray, bias: float) -> None:
-        depth = 0.5 * (Z[a] + Z[b]) + bias
-        poly = _capsule(P[a], P[b], wa * s / 2, wb * s / 2)
-        shaded = shade(colour, a, b)
-        items.append((depth, len(items), lambda: _draw_polygon(img, layer, poly, shaded, part + 1)))
+        """A tapered capsule from point a to b; behind the torso's centre in shadow (up to 35 % darker)."""
+        behind = torso_center_z - 0.5 * (Z[a] + Z[b])
+        shaded = colour * (1.0 - 0.35 * float(np.clip(behind / 0.08, 0.0, 1.0)))
+        polygon(0.5 * (Z[a] + Z[b]) + bias, part, _capsule(P[a], P[b], wa * s / 2, wb * s / 2), shaded)
 
     torso_names = [n for n in P if n.startswith("torso_") and n not in ("torso_front", "torso_back")]
     hull = cv2.convexHull(np.stack([P[n] for n in torso_names]).astype(np.float32))[:, 0]
     torso_z = float(np.mean([Z[n] for n in torso_names]))
-    items.append((torso_z, len(items), lambda: _draw_polygon(img, layer, hull, shirt, _TORSO + 1)))
+    polygon(torso_z, _TORSO, hull, shirt)
     if Z["torso_front"] > Z["torso_back"] + 0.02:  # the front faces the camera: its print shows
-        collar = np.stack([P["print_left_collar"], P["print_collar_tip"], P["print_right_collar"]])
-        band = np.stack(
-            [P["print_left_band_0"], P["print_right_band_0"], P["print_right_band_1"], P["print_left_band_1"]]
-        )
-        for poly in (collar, band):
-            items.append(
-                (
-                    torso_z + 1e-4,
-                    len(items),
-                    lambda poly=poly: _draw_polygon(img, layer, poly, print_colour, _TORSO + 1),
-                )
-            )
+        print_colour = shirt + (255.0 - shirt) * 0.75 if float(shirt.mean()) < 128 else shirt * 0.3
+        for names in _PRINT_POLYGONS:
+            polygon(torso_z + 1e-4, _TORSO, np.stack([P[n] for n in names]), print_colour)
     limb(_NECK, "neck", "head_center", sh["w_neck"], sh["w_neck"] * 0.9, skin, 0.002)
-    head_z = person.head_center[2] + 0.05
-    items.append(
-        (head_z, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, skin, hair, hair_line, {"iris": iris}))
-    )
+    items.append((person.head_center[2] + 0.05, len(items), lambda: _draw_head(img, layer, person, _HEAD + 1, look)))
     for k, (side, _) in enumerate(_SIDES):
         limb(_UPPER_ARM + k, f"{side}_shoulder", f"{side}_elbow", sh["w_upper_arm"], sh["w_elbow"], shirt, 0.01)
         limb(_FOREARM + k, f"{side}_elbow", f"{side}_wrist", sh["w_elbow"], sh["w_wrist"], forearm_col, 0.011)
@@ -642,16 +538,9 @@ def _render_person(
         limb(_THIGH + k, f"{side}_hip", f"{side}_knee", sh["w_thigh"], sh["w_knee"], pants, -0.005)
         limb(_SHIN + k, f"{side}_knee", f"{side}_ankle", sh["w_knee"], sh["w_ankle"], shin_col, -0.004)
         limb(_FOOT + k, f"{side}_heel", f"{side}_toe", sh["w_foot"], sh["w_foot"] * 0.8, shoes, -0.003)
-    if extra_parts is not None:
-        for depth, part, poly, colour in extra_parts(person, {"skin": skin, "shirt": shirt, "pants": pants}):
-            items.append(
-                (
-                    depth,
-                    len(items),
-                    lambda poly=poly, colour=colour, part=part: _draw_polygon(img, layer, poly, colour, part + 1),
-                )
-            )
-    for _, _, draw in sorted(items, key=lambda it: (it[0], it[1])):
+    for depth, part, poly, colour in extra_parts(person, look) if extra_parts is not None else ():
+        polygon(depth, part, poly, colour)
+    for _, _, draw in sorted(items, key=lambda it: it[:2]):
         draw()
     return layer
 
@@ -666,7 +555,6 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
     if name in _FACE:
         return (_HEAD,)
     side, joint = name.split("_", 1)
-    k = 0 if side == "left" else 1
     owners = {
         "shoulder": (_UPPER_ARM, _TORSO),
         "elbow": (_UPPER_ARM, _FOREARM),
@@ -675,18 +563,13 @@ def _keypoint_owners(name: str, person: _Person) -> Tuple[int, ...]:
         "knee": (_THIGH, _SHIN),
         "ankle": (_SHIN, _FOOT),
     }[joint]
-    parts = []
-    for part in owners:
-        if part == _TORSO:
-            # The torso hides a shoulder / hip once the body is turned more than ~50 degrees
-            # away from the camera (a 3/4 view still shows both).
-            level = f"_{joint}_"  # compare with the torso's depth at the same level (lean moves the chest)
-            torso_z = float(np.mean([z for n, z in person.depth.items() if n.startswith("torso_") and level in n]))
-            if person.depth[name] >= torso_z - _TORSO_HIDES_BEYOND[joint]:
-                parts.append(_TORSO)
-        else:
-            parts.append(part + k)
-    return tuple(parts)
+    if owners[1] != _TORSO:
+        return tuple(part + (side == "right") for part in owners)
+    # The torso hides a shoulder / hip once the body turns more than ~50 degrees away from the camera (a 3/4
+    # view shows both): compared with the torso's depth at the joint's level (lean moves the chest).
+    torso_z = float(np.mean([z for n, z in person.depth.items() if n.startswith("torso_") and f"_{joint}_" in n]))
+    limb = owners[0] + (side == "right")
+    return (limb, _TORSO) if person.depth[name] >= torso_z - _TORSO_HIDES_BEYOND[joint] else (limb,)
 
 
 def _draw_occluder(
@@ -699,18 +582,8 @@ def _draw_occluder(
         box = cv2.boxPoints(((float(center[0]), float(center[1])), (float(w), float(h)), angle))
         cv2.fillPoly(mask, [_fixed(box)], 1, cv2.LINE_8, _SHIFT)
     else:
-        cv2.ellipse(
-            mask,
-            tuple(int(v) for v in _fixed(center)),
-            (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1),
-            angle,
-            0,
-            360,
-            1,
-            -1,
-            cv2.LINE_8,
-            _SHIFT,
-        )
+        axes = (int(w / 2 * _ONE) + 1, int(h / 2 * _ONE) + 1)
+        cv2.ellipse(mask, tuple(int(v) for v in _fixed(center)), axes, angle, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
     sel = mask.astype(bool)
     if not sel.any():
         return
@@ -768,6 +641,30 @@ def _keypoint_positions(persons: Sequence[_Person], size: int) -> Tuple[np.ndarr
     return kp_xy, kp_labelled, inside
 
 
+def _occlude(
+    img: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    persons: Sequence[_Person],
+    count_p: Sequence[float],
+    size_range: Tuple[float, float],
+    max_size: float = math.inf,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws 0 .. len(count_p) - 1 occluders (count with probabilities ``count_p``) of side
+    ``size_range`` x the stature (at most ``max_size`` px) over labelled keypoints inside the image;
+    returns :func:`_keypoint_positions`."""
+    kp_xy, kp_labelled, inside = _keypoint_positions(persons, img.shape[0])
+    for _ in range(int(rng.choice(len(count_p), p=count_p))):
+        i = int(rng.integers(len(persons)))
+        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
+        if len(cand) == 0:
+            continue
+        size_px = min(rng.uniform(*size_range) * persons[i].scale, max_size)
+        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
+        _draw_occluder(img, labels, rng, center, size_px)
+    return kp_xy, kp_labelled, inside
+
+
 def _sensor(img: np.ndarray, rng: np.random.Generator, blur_prob: float = 0.15) -> np.ndarray:
     """A 3x3 Gaussian blur with probability ``blur_prob``, then Gaussian sensor noise."""
     if rng.random() < blur_prob:
@@ -805,22 +702,11 @@ def _annotate(
             lab = int(labels[int(round(y)), int(round(x))])
             own = {1 + i * _PARTS_PER_PERSON + p for p in _keypoint_owners(name, person)}
             kps += [round(float(x), 2), round(float(y), 2), 2 if lab in own else 1]
-        synthetic = {
-            "yaw_deg": round(person.yaw, 2),
-            "rotation_deg": round(person.roll, 2),
-            "stature_px": round(person.scale, 2),
-        }
-        synthetic.update(extra[i] if extra is not None else {})
+        synthetic = dict(yaw_deg=round(person.yaw, 2), rotation_deg=round(person.roll, 2))
+        synthetic.update(stature_px=round(person.scale, 2), **(extra[i] if extra is not None else {}))
+        num = sum(1 for v in kps[2::3] if v > 0)
         annotations.append(
-            {
-                "bbox": bbox,
-                "area": area,
-                "iscrowd": 0,
-                "category_id": 1,
-                "keypoints": kps,
-                "num_keypoints": int(sum(1 for v in kps[2::3] if v > 0)),
-                "synthetic": synthetic,
-            }
+            dict(bbox=bbox, area=area, iscrowd=0, category_id=1, keypoints=kps, num_keypoints=num, synthetic=synthetic)
         )
     return annotations
 
@@ -855,25 +741,12 @@ def render_synthetic_image(
         if rng.random() < 0.2:  # cut by the image border
             axis = int(rng.integers(2))
             push = rng.uniform(0.15, 0.45) * (ext_w if axis == 0 else ext_h) * rng.choice([-1.0, 1.0])
-            if axis == 0:
-                cx += push
-            else:
-                cy += push
+            cx, cy = (cx + push, cy) if axis == 0 else (cx, cy + push)
         _place(person, ext, cx, cy)
         layer = _render_person(img, person, rng)
         labels = _composite(labels, layer, i)
         persons.append(person)
         layers.append(layer)
 
-    kp_xy, kp_labelled, inside = _keypoint_positions(persons, size)
-    for _ in range(int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15]))):
-        i = int(rng.integers(n))
-        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
-        if len(cand) == 0:
-            continue
-        size_px = rng.uniform(0.1, 0.3) * persons[i].scale
-        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
-        _draw_occluder(img, labels, rng, center, size_px)
-
-    img = _sensor(img, rng)
-    return img, _annotate(persons, layers, labels, kp_xy, kp_labelled, inside)
+    keypoints = _occlude(img, labels, rng, persons, (0.45, 0.4, 0.15), (0.1, 0.3))
+    return _sensor(img, rng), _annotate(persons, layers, labels, *keypoints)

@@ -1,19 +1,15 @@
 """Writing the synthetic dataset (:mod:`depotr.data.synthetic`) to disk and caching it.
 
-Cache layout: one folder (an *entry*) per dataset spec, never changed once written::
-
-    <root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>/
-        images/000000.jpg ...   the BGR JPEGs
-        annotations.json        COCO person keypoints
-        MANIFEST.json           the spec, and every file with its size in bytes
+Cache layout (docs/synthetic.md): one folder (an *entry*) per dataset spec, never changed once
+written: ``<root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>/`` with
+``images/000000.jpg ...`` (BGR JPEGs), ``annotations.json`` (COCO person keypoints) and
+``MANIFEST.json`` (the spec, and every file with its size in bytes).
 
 A missing entry is rendered under an exclusive lock (``<root>/.<entry>.lock``) into a temporary
-folder ``<root>/.tmp-<random>-<entry>`` that is renamed into place when complete, so a reader
-sees a whole entry or none, runs asking for other specs never touch it, and parallel runs
-asking for the same spec render it once. Temporary folders of killed generations are deleted
-by the next generation of that entry. On every use the entry is checked cheaply (every file of
-the manifest present with its size, ``annotations.json`` parses and holds ``num_images``
-images); a failed check is an error naming the file, not a silent regeneration.
+folder ``<root>/.tmp-<random>-<entry>`` renamed into place when complete (leftovers of killed
+generations are deleted by the next one), so readers see a whole entry or none and parallel runs
+render it once. Every use checks the entry cheaply against its manifest; a failed check is an
+error naming the file, not a silent regeneration.
 """
 
 from __future__ import annotations
@@ -90,6 +86,12 @@ def synthetic_split_paths(
     }
 
 
+def _split_code(split: str) -> int:
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    return SPLIT_CODES[split]
+
+
 def _spec(split: str, num_images: int, seed: int, image_size: int, version: int) -> Dict[str, Any]:
     return {
         "generator_version": int(version),
@@ -135,33 +137,23 @@ def generate_synthetic_split(
     version: int = GENERATOR_VERSION,
 ) -> str:
     """Renders a split with generator ``version`` into the new or empty folder ``out_dir``
-    (``images/``, ``annotations.json``, then ``MANIFEST.json``) and returns the json path. No
-    locking and no atomicity: :func:`ensure_synthetic_split` adds both.
-
-    ``num_workers`` processes (default: the CPU count, at most 8) render images in parallel;
-    the output does not depend on it.
-    """
-    version = check_generator_version(version)
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    (``images/``, ``annotations.json``, then ``MANIFEST.json``) and returns the json path; no locking
+    and no atomicity (:func:`ensure_synthetic_split` adds both). ``num_workers`` processes (default:
+    the CPU count, at most 8) render images in parallel; the output does not depend on it."""
+    version, split_code = check_generator_version(version), _split_code(split)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"synthetic split folder {out_dir} is not empty")
     image_root = os.path.join(out_dir, IMAGES_DIR)
     os.makedirs(image_root, exist_ok=True)
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 8)
-    quality_rng = np.random.default_rng([int(seed), SPLIT_CODES[split], 2**31 - 1])
-    qualities = quality_rng.integers(0, 2**31 - 1, max(num_images, 1))
-    jobs = [
-        (int(seed), SPLIT_CODES[split], i, int(image_size), image_root, int(qualities[i]), version)
-        for i in range(num_images)
-    ]
+    qualities = np.random.default_rng([int(seed), split_code, 2**31 - 1]).integers(0, 2**31 - 1, num_images)
+    jobs = [(int(seed), split_code, i, int(image_size), image_root, int(q), version) for i, q in enumerate(qualities)]
     start = time.perf_counter()
     if num_workers <= 1 or num_images < 32:
         results = [_render_job(job) for job in jobs]
     else:
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # No cv2.setNumThreads in the workers: in a child forked after the parent used cv2's
         # thread pool it blocks forever (seen with opencv 4.11).
         with ctx.Pool(num_workers) as pool:
@@ -173,17 +165,8 @@ def generate_synthetic_split(
         for anno in annos:
             anno.update(id=len(annotations) + 1, image_id=image["id"])
             annotations.append(anno)
-    dataset = {
-        "info": {
-            "description": f"DePOTR synthetic persons ({split})",
-            "version": str(version),
-            "seed": int(seed),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": coco_categories(),
-    }
+    info = {"description": f"DePOTR synthetic persons ({split})", "version": str(version), "seed": int(seed)}
+    dataset = dict(info=info, licenses=[], images=images, annotations=annotations, categories=coco_categories())
     json_file = os.path.join(out_dir, ANNOTATIONS_NAME)
     with open(json_file, "w") as f:
         json.dump(dataset, f)
@@ -194,15 +177,9 @@ def generate_synthetic_split(
     with open(os.path.join(out_dir, MANIFEST_NAME), "w") as f:
         json.dump(manifest, f)
     logger.info(
-        "Generated %d synthetic %s images (generator v%d, %d persons) in %s in %.1f s (%.0f images/s, %d workers).",
-        num_images,
-        split,
-        version,
-        len(annotations),
-        out_dir,
-        seconds,
-        num_images / max(seconds, 1e-9),
-        num_workers,
+        "Generated %(num_images)d synthetic %(split)s images (generator v%(generator_version)d, %(num_annotations)d "
+        "persons) in %(seconds).1f s with %(num_workers)d workers: %(dir)s",
+        {**manifest, "dir": out_dir},
     )
     return json_file
 
@@ -215,25 +192,24 @@ def verify_synthetic_split(
     image_size: int = DEFAULT_IMAGE_SIZE,
     version: int = GENERATOR_VERSION,
 ) -> None:
-    """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`):
-    the manifest matches the spec, every file it lists exists with its size, and
-    ``annotations.json`` parses and lists ``num_images`` images.
-
-    Raises:
-        ValueError naming the entry and the file that fails the check.
-    """
+    """Cheap integrity check of a cache entry (``paths`` from :func:`synthetic_split_paths`): the
+    manifest matches the spec, every file it lists exists with its size, and ``annotations.json``
+    parses and lists ``num_images`` images. Raises ValueError naming the entry and the failing file."""
     entry = paths["split_dir"]
 
     def fail(problem: str) -> ValueError:
         return ValueError(f"synthetic dataset cache {entry}: {problem}; delete this folder to have it generated again")
 
-    try:
-        with open(paths["manifest"]) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise fail(f"{MANIFEST_NAME} is missing") from None
-    except ValueError as e:
-        raise fail(f"{MANIFEST_NAME} is not valid json ({e})") from None
+    def load(name: str) -> Any:
+        try:
+            with open(os.path.join(entry, name)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise fail(f"{name} is missing") from None
+        except (OSError, ValueError) as e:
+            raise fail(f"{name} cannot be read as json ({e})") from None
+
+    manifest = load(MANIFEST_NAME)
     expected = _spec(split, num_images, seed, image_size, version)
     if not isinstance(manifest, dict) or ANNOTATIONS_NAME not in manifest.get("files", {}):
         raise fail(f"{MANIFEST_NAME} has no 'files' table listing {ANNOTATIONS_NAME}")
@@ -247,11 +223,7 @@ def verify_synthetic_split(
             raise fail(f"{name} is missing") from None
         if actual != size:
             raise fail(f"{name} has {actual} bytes, {MANIFEST_NAME} lists {size}")
-    try:
-        with open(paths["json_file"]) as f:
-            dataset = json.load(f)
-    except (OSError, ValueError) as e:
-        raise fail(f"{ANNOTATIONS_NAME} cannot be read as json ({e})") from None
+    dataset = load(ANNOTATIONS_NAME)
     if not isinstance(dataset, dict) or len(dataset.get("images", [])) != num_images:
         raise fail(f"{ANNOTATIONS_NAME} does not list the {num_images} images of this spec")
 
@@ -277,8 +249,7 @@ def ensure_synthetic_split(
     """Returns the json of a spec's cache entry in ``root`` (generator ``version``), rendering
     the entry first when it does not exist (see the module docstring), and checks it with
     :func:`verify_synthetic_split`."""
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown synthetic split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    _split_code(split)
     paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
     entry = paths["split_dir"]
     if not os.path.isdir(entry):

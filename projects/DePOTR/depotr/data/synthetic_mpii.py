@@ -1,29 +1,18 @@
 """The synthetic persons in MPII's files: the whole MPII path (reading the files, training, PCKh)
-on CPU with no download.
+on CPU with no download (docs/datasets.md).
 
-The synthetic generator renders COCO's 17 keypoints; each split's COCO json is converted into
-MPII's annotation json (and, for the validation split, the official ``gt_valid.mat`` layout) with
-MPII's 16 joints (0-based COCO pixels p, written 1-based):
+Each split's synthetic COCO json is converted into MPII's annotation json (and, for the validation
+split, the official ``gt_valid.mat`` layout) with MPII's 16 joints (0-based COCO pixels written
+1-based): the COCO keypoints of the same name; pelvis = mid-hips, thorax = mid-shoulders (where
+both are labelled); with ``u`` = (mean of the labelled nose, eyes and ears) - thorax, upper neck =
+thorax + ``NECK_FRACTION`` u and head top = thorax + ``HEAD_TOP_FRACTION`` u; the head box is the
+axis-aligned square centred between them, of side their distance (head size 0.6 x its diagonal =
+0.85 x the neck-to-top segment). A derived joint outside the image is not labelled. ``center``,
+``scale`` are set so that :func:`depotr.data.mpii.mpii_box`'s HRNet adjustments give back the
+box centre and a square of 1.25 x max(w, h). The validation split keeps the persons with a head box.
 
-* ankles, knees, hips, shoulders, elbows, wrists: the COCO keypoints;
-* pelvis = mid-hips, thorax = mid-shoulders (labelled where both are);
-* with ``u`` = (mean of the labelled nose, eyes and ears) - thorax: upper neck = thorax +
-  ``NECK_FRACTION`` u, head top = thorax + ``HEAD_TOP_FRACTION`` u (labelled where the thorax and
-  at least one face keypoint are);
-* head box: the axis-aligned square centred between upper neck and head top, of side their
-  distance (so the head size 0.6 x its diagonal is 0.85 x the neck-to-top segment);
-* a derived joint outside the image is not labelled (counted in the log);
-* center = the person box's centre, scale = max(w, h) / 200, the centre moved up by 15 x scale
-  so that :func:`depotr.data.mpii.mpii_box`'s HRNet adjustments give back the box centre and a
-  square of 1.25 x max(w, h).
-
-The validation split keeps the persons that have a head box (the others are counted and
-dropped). Files are written next to the synthetic cache entry, in ``<root>/mpii-<entry>/``
-(``train.json``; ``valid.json`` and ``gt_valid.mat``), each whole or not at all; they are derived
-from the entry only, so an existing json (written last) is reused.
-
-Registered as ``synthetic_mpii_train`` / ``synthetic_mpii_val`` with the ``DATASETS.SYNTHETIC``
-spec (:func:`register_synthetic_mpii_datasets`).
+Files go next to the synthetic cache entry, in ``<root>/mpii-<entry>/``, each written whole or not
+at all; derived from the entry only, so an existing json (written last) is reused.
 """
 
 import json
@@ -34,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from scipy.io import savemat
 
-from ..file_io import atomic_output_path, atomic_write
+from ..file_io import atomic_write
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES
 from .mpii import register_mpii
 from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
@@ -111,15 +100,9 @@ def _convert(coco: Dict[str, Any], keep_without_head_box: bool) -> Tuple[List[Di
             continue
         x, y, w, h = anno["bbox"]
         scale = max(w, h) / 200.0
-        entries.append(
-            {
-                "image": image["file_name"],
-                "center": [x + w / 2 + 1, y + h / 2 + 1 - 15 * scale],
-                "scale": scale,
-                "joints": (joints + 1.0 * labelled[:, None]).tolist(),
-                "joints_vis": labelled.astype(int).tolist(),
-            }
-        )
+        entry = {"image": image["file_name"], "center": [x + w / 2 + 1, y + h / 2 + 1 - 15 * scale], "scale": scale}
+        joints_1 = (joints + 1.0 * labelled[:, None]).tolist()  # 1-based, 0 where not labelled
+        entries.append({**entry, "joints": joints_1, "joints_vis": labelled.astype(int).tolist()})
         head_boxes.append(head_box)
         stats["persons"] += 1
     return entries, head_boxes, stats
@@ -130,20 +113,11 @@ def _write_gt_mat(path: str, entries: List[Dict[str, Any]], head_boxes: List[np.
     names = np.empty((1, 16), dtype=object)
     for j, name in enumerate(MPII_OFFICIAL_JOINT_NAMES):
         names[0, j] = np.array([name])
-    joints = np.asarray([e["joints"] for e in entries], np.float64).reshape(-1, 16, 2)
+    joints = np.asarray([e["joints"] for e in entries], np.float64).reshape(-1, 16, 2).transpose(1, 2, 0)
     visible = np.asarray([e["joints_vis"] for e in entries], np.float64).reshape(-1, 16)
-    boxes = np.asarray(head_boxes, np.float64).reshape(-1, 2, 2) + 1.0
-    with atomic_output_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            savemat(
-                f,
-                {
-                    "dataset_joints": names,
-                    "jnt_missing": (1.0 - visible).T,
-                    "pos_gt_src": np.transpose(joints, (1, 2, 0)),
-                    "headboxes_src": np.transpose(boxes, (1, 2, 0)),
-                },
-            )
+    boxes = (np.asarray(head_boxes, np.float64).reshape(-1, 2, 2) + 1.0).transpose(1, 2, 0)
+    mat = dict(dataset_joints=names, jnt_missing=(1.0 - visible).T, pos_gt_src=joints, headboxes_src=boxes)
+    atomic_write(path, lambda f: savemat(f, mat))
 
 
 def synthetic_mpii_paths(root: str, split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
@@ -172,13 +146,9 @@ def ensure_synthetic_mpii_split(root: str, split: str, num_images: int, seed: in
         _write_gt_mat(paths["gt_mat_file"], entries, head_boxes)
     atomic_write(paths["json_file"], lambda f: f.write(json.dumps(entries).encode()))
     logger.info(
-        "Synthetic MPII %s split %s: %d persons; dropped %d without a head box; %d derived joints outside the "
-        "image left unlabelled.",
-        split,
-        paths["json_file"],
-        stats["persons"],
-        stats["dropped_without_head_box"],
-        stats["joints_outside_image"],
+        "Synthetic MPII %(split)s split %(json)s: %(persons)d persons; dropped %(dropped_without_head_box)d without a "
+        "head box; %(joints_outside_image)d derived joints outside the image left unlabelled.",
+        {**stats, "split": split, "json": paths["json_file"]},
     )
     return paths
 

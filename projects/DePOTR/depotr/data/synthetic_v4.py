@@ -1,30 +1,12 @@
-"""Synthetic generator version 4: persons that look and gather like COCO's.
+"""Synthetic generator version 4: persons that look and gather like COCO's (docs/synthetic.md).
 
 Shapes: K = 17 keypoints, images S x S (default 256) BGR, 1-6 persons per image.
 
-Built on version 3 (:mod:`depotr.data.synthetic`: its skeleton, pose prior, figure drawing,
-face, occluders, label map and COCO visibility rules are imported, not copied), with:
-
-* framing: the nearest figure of an image is drawn whole ("full", 45 %), as an upper body cut by
-  the bottom border between the knees and the waist ("upper", 33 %), or as a head-and-shoulders
-  close-up ("closeup", 22 %), the others whole; keypoints outside the image are unlabelled
-  (v = 0) as in COCO;
-* sizes: whole figures have statures log-uniform in 22-95 % of the image side, so that the
-  persons' areas cover COCO's small (< 32^2), medium and large (> 96^2) ranges;
-* crowds: in 35 % of the images with several persons they stand as a group, side by side with
-  overlapping boxes and similar sizes (CrowdPose-like crowd indices); otherwise spread out;
-* occlusion by 0-3 textured objects over keypoints and by the persons in front, with COCO's
-  flags from the per-pixel label map: v = 1 where an occluder, another person or another part
-  covers the keypoint's pixel (its position is known), v = 2 on the joint's own parts;
-* looks: shirts, trousers and (20 %) skirts with stripe / check / noise textures, skin tones, hair,
-  faces as in version 3, a directional light over each figure; textured clutter patches on the
-  background; blur, sensor noise and (40 %) strong JPEG compression;
-* poses: version 3's kinds plus bending forward and arms raised (torso lean up to 80 degrees),
-  a camera tilted up or down and, for half of the figures, a perspective projection
-  (foreshortening).
-
-Left and right stay decidable by version 3's flip-safe cues (face, shirt print, limbs behind the
-torso in shadow); the light direction and the textures are drawn independently of the sides.
+Built on version 3 (:mod:`depotr.data.synthetic`: figures, face, occluders, label map and the
+annotation conventions), with framings (whole, upper body, close-up: keypoints outside the image
+unlabelled), COCO's range of sizes, groups, textured garments and skirts, lighting, background
+clutter, JPEG artefacts, more poses, camera tilt and perspective. Left and right stay decidable
+by version 3's flip-safe cues.
 
 Each annotation's ``synthetic`` field adds ``framing``, ``truncated`` (a keypoint of the figure
 lies outside the image), ``occluded_fraction`` (v = 1 among the labelled keypoints) and
@@ -41,25 +23,8 @@ from typing import Any, Dict, List, Tuple
 import cv2
 import numpy as np
 
+from . import synthetic as v3
 from .person_bins import crowd_indices, occluded_fraction
-from .synthetic import (
-    _THIGH,
-    _TORSO,
-    _UPPER_ARM,
-    DEFAULT_IMAGE_SIZE,
-    JOINT_LIMITS_DEG,
-    _annotate,
-    _background,
-    _composite,
-    _draw_occluder,
-    _keypoint_positions,
-    _make_person,
-    _Person,
-    _place,
-    _random_colour,
-    _render_person,
-    _sensor,
-)
 
 __all__ = ["FRAMINGS", "GENERATOR_VERSION", "render_synthetic_image_v4"]
 
@@ -67,7 +32,7 @@ GENERATOR_VERSION = 4
 # Pose kinds of version 4 and their probabilities (see synthetic._sample_pose).
 POSE_KINDS = (("walk", 0.42), ("arms", 0.1), ("raise", 0.1), ("sit", 0.13), ("bend", 0.1), ("free", 0.15))
 # Version 3's limits, with a deeper forward bend.
-JOINT_LIMITS = {**JOINT_LIMITS_DEG, "torso_lean": (-15.0, 80.0, 0.0)}
+JOINT_LIMITS = {**v3.JOINT_LIMITS_DEG, "torso_lean": (-15.0, 80.0, 0.0)}
 # Framing of a figure -> (probability, stature range as multiples of the image side).
 FRAMINGS: Dict[str, Tuple[float, Tuple[float, float]]] = {
     "full": (0.45, (0.22, 0.95)),
@@ -79,8 +44,8 @@ GROUP_PROB = 0.35  # images with several persons drawn as one overlapping group
 SKIRT_PROB = 0.2
 JPEG_PROB = 0.4
 # Parts whose pixels show the shirt and the trousers (+ 1: the label of part p is p + 1).
-_SHIRT_LABELS = (_TORSO + 1, _UPPER_ARM + 1, _UPPER_ARM + 2)
-_PANTS_LABELS = (_THIGH + 1, _THIGH + 2)
+_SHIRT_LABELS = (v3._TORSO + 1, v3._UPPER_ARM + 1, v3._UPPER_ARM + 2)
+_PANTS_LABELS = (v3._THIGH + 1, v3._THIGH + 2)
 
 
 def _pattern(rng: np.random.Generator, h: int, w: int, period: float) -> np.ndarray:
@@ -98,7 +63,7 @@ def _pattern(rng: np.random.Generator, h: int, w: int, period: float) -> np.ndar
     return (u ^ v).astype(np.float32)
 
 
-def _dress(img: np.ndarray, layer: np.ndarray, person: _Person, rng: np.random.Generator) -> None:
+def _dress(img: np.ndarray, layer: np.ndarray, person: v3._Person, rng: np.random.Generator) -> None:
     """Textures the shirt and trousers of a drawn figure and lights it from one side (one
     multiplicative factor map over the figure's box, 1 outside the figure)."""
     ys, xs = np.nonzero(layer)
@@ -113,15 +78,13 @@ def _dress(img: np.ndarray, layer: np.ndarray, person: _Person, rng: np.random.G
     for labels in (_SHIRT_LABELS, _PANTS_LABELS):
         if rng.random() < 0.5:
             period = max(3.0, float(rng.uniform(0.02, 0.06)) * person.scale)
-            garment = np.zeros(256, bool)
-            garment[list(labels)] = True
             shade = 1.0 - float(rng.uniform(0.1, 0.25)) * _pattern(rng, h, w, period)
-            factor = np.where(garment[sub], factor * shade, factor)
+            factor = np.where(np.isin(sub, labels), factor * shade, factor)
     factor[sub == 0] = 1.0
     img[y0:y1, x0:x1] = np.clip(img[y0:y1, x0:x1] * factor[..., None], 0, 255).astype(np.uint8)
 
 
-def _skirt(person: _Person, colours: Dict[str, np.ndarray]) -> List[Tuple[float, int, np.ndarray, np.ndarray]]:
+def _skirt(person: v3._Person, colours: Dict[str, np.ndarray]) -> List[Tuple[float, int, np.ndarray, np.ndarray]]:
     """A flared skirt from the hips to just above the knees, drawn just in front of the thighs
     (labelled torso: knees it covers are occluded, v = 1)."""
     p, z = person.points2d, person.depth
@@ -133,7 +96,7 @@ def _skirt(person: _Person, colours: Dict[str, np.ndarray]) -> List[Tuple[float,
     waist = [centre + 1.2 * (h - centre) for h in hips]
     poly = np.stack([waist[0], waist[1], flare[1], flare[0]])
     depth = 0.5 * (z["left_hip"] + z["right_hip"]) + 0.006
-    return [(depth, _TORSO, poly, colours["pants"])]
+    return [(depth, v3._TORSO, poly, colours["pants"])]
 
 
 def _clutter(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -146,13 +109,8 @@ def _clutter(img: np.ndarray, rng: np.random.Generator) -> None:
         if xa >= xb or ya >= yb:
             continue
         pattern = _pattern(rng, yb - ya, xb - xa, float(rng.uniform(3, 16)))
-        c0, c1 = _random_colour(rng, (0, 0.8), (0.1, 1.0)), _random_colour(rng, (0, 0.8), (0.1, 1.0))
+        c0, c1 = v3._random_colour(rng, (0, 0.8), (0.1, 1.0)), v3._random_colour(rng, (0, 0.8), (0.1, 1.0))
         img[ya:yb, xa:xb] = (c0 * (1 - pattern[..., None]) + c1 * pattern[..., None]).astype(np.uint8)
-
-
-def _head_top(person: _Person) -> float:
-    """Image y of the top of the head (before placement: relative to the pelvis)."""
-    return float(person.points2d["head_center"][1] - person.shape["head_ry"] * person.scale * 1.1)
 
 
 def _layout(rng: np.random.Generator, n: int, size: int) -> List[Tuple[str, float]]:
@@ -169,7 +127,7 @@ def _layout(rng: np.random.Generator, n: int, size: int) -> List[Tuple[str, floa
 
 
 def render_synthetic_image_v4(
-    seed: int, split_code: int, index: int, image_size: int = DEFAULT_IMAGE_SIZE
+    seed: int, split_code: int, index: int, image_size: int = v3.DEFAULT_IMAGE_SIZE
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Renders image ``index`` of a split with generator version 4.
 
@@ -180,7 +138,7 @@ def render_synthetic_image_v4(
     """
     rng = np.random.default_rng([int(seed), int(split_code), int(index), GENERATOR_VERSION])
     size = int(image_size)
-    img = _background(rng, size)
+    img = v3._background(rng, size)
     _clutter(img, rng)
     labels = np.zeros((size, size), np.uint8)
 
@@ -192,13 +150,12 @@ def render_synthetic_image_v4(
         layout = [(f, common * rng.uniform(0.85, 1.15) if f == "full" else s) for f, s in layout]
         centre = rng.uniform(0.3, 0.7) * size
     slots = rng.permutation(n)
-    persons: List[_Person] = []
+    persons: List[v3._Person] = []
     layers: List[np.ndarray] = []
-    framings: List[str] = []
     for i, (framing, stature) in enumerate(layout):
         distance = float(rng.uniform(1.5, 6.0)) if rng.random() < 0.5 else None
         pitch = float(np.clip(rng.normal(5.0, 12.0), -25.0, 40.0))
-        person, ext = _make_person(rng, stature, POSE_KINDS, JOINT_LIMITS, pitch, distance)
+        person, ext = v3._make_person(rng, stature, POSE_KINDS, JOINT_LIMITS, pitch, distance)
         ext_w, ext_h = ext[2] - ext[0], ext[3] - ext[1]
         if group:
             cx = centre + rng.normal(0.0, 0.35) * min(ext_w, size / 2)
@@ -209,45 +166,32 @@ def render_synthetic_image_v4(
             cy = rng.uniform(ext_h / 2, size - ext_h / 2) if ext_h < size else size / 2
             if rng.random() < 0.15:  # pushed over a border
                 push = rng.uniform(0.15, 0.45) * rng.choice([-1.0, 1.0])
-                if rng.random() < 0.5:
-                    cx += push * ext_w
-                else:
-                    cy += push * ext_h
+                cx, cy = (cx + push * ext_w, cy) if rng.random() < 0.5 else (cx, cy + push * ext_h)
         else:  # the head near the top and inside the image, the body cut by the bottom border
-            top = _head_top(person) - ext[1]  # head top below the extent's top
+            # the head's top (1.1 x its y radius above its centre) below the extent's top
+            top = person.points2d["head_center"][1] - person.shape["head_ry"] * person.scale * 1.1 - ext[1]
             cy = rng.uniform(0.0, 0.2) * size - top + ext_h / 2
             head_x = person.points2d["head_center"][0] - (ext[0] + ext[2]) / 2  # relative to the extent's centre
             cx = np.clip(cx, 0.2 * size, 0.8 * size) - head_x
-        _place(person, ext, float(cx), float(cy))
-        layer = _render_person(img, person, rng, _skirt if rng.random() < SKIRT_PROB else None)
+        v3._place(person, ext, float(cx), float(cy))
+        layer = v3._render_person(img, person, rng, _skirt if rng.random() < SKIRT_PROB else None)
         _dress(img, layer, person, rng)
-        labels = _composite(labels, layer, i)
+        labels = v3._composite(labels, layer, i)
         persons.append(person)
         layers.append(layer)
-        framings.append(framing)
 
-    kp_xy, kp_labelled, inside = _keypoint_positions(persons, size)
-    for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.35, 0.35, 0.2, 0.1]))):
-        i = int(rng.integers(n))
-        cand = np.nonzero(inside[i] & kp_labelled[i])[0]
-        if len(cand) == 0:
-            continue
-        size_px = min(rng.uniform(0.1, 0.35) * persons[i].scale, 0.5 * size)
-        center = kp_xy[i, int(rng.choice(cand))] + rng.uniform(-0.4, 0.4, 2) * size_px
-        _draw_occluder(img, labels, rng, center, size_px)
+    kp_xy, kp_labelled, inside = v3._occlude(img, labels, rng, persons, (0.35, 0.35, 0.2, 0.1), (0.1, 0.35), 0.5 * size)
 
-    img = _sensor(img, rng, blur_prob=0.3)
+    img = v3._sensor(img, rng, blur_prob=0.3)
     if rng.random() < JPEG_PROB:
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 60))])
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
 
-    extra = [{"framing": f, "truncated": bool(not inside[i].all())} for i, f in enumerate(framings)]
-    annotations = _annotate(persons, layers, labels, kp_xy, kp_labelled, inside, extra)
+    extra = [{"framing": f, "truncated": bool(not inside[i].all())} for i, (f, _) in enumerate(layout)]
+    annotations = v3._annotate(persons, layers, labels, kp_xy, kp_labelled, inside, extra)
     if annotations:
-        crowd = crowd_indices(
-            np.stack([np.asarray(a["keypoints"], np.float64) for a in annotations]), [a["bbox"] for a in annotations]
-        )
+        crowd = crowd_indices([a["keypoints"] for a in annotations], [a["bbox"] for a in annotations])
         for anno, index_ in zip(annotations, crowd):
-            anno["synthetic"]["occluded_fraction"] = round(occluded_fraction(anno["keypoints"]), 4)
-            anno["synthetic"]["crowd_index"] = round(float(index_), 4)
+            occluded = round(occluded_fraction(anno["keypoints"]), 4)
+            anno["synthetic"].update(occluded_fraction=occluded, crowd_index=round(float(index_), 4))
     return img, annotations
