@@ -50,7 +50,7 @@ from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.crops import box_crop_params, crop_to_image, expand_boxes_to_aspect
+from .modeling.crops import box_crop_params, crop_to_image
 from .modeling.tta import predict_crop_keypoints
 from .predictor import Predictor
 
@@ -223,10 +223,10 @@ class ImageKeypointPredictor(nn.Module):
         normalised = ((pixels - self.crop_predictor.pixel_mean) / self.crop_predictor.pixel_std)[None]
         width_height = torch._shape_as_tensor(image)[:2].flip(0).to(boxes.dtype)
         clipped = torch.minimum(torch.clamp(boxes, min=0.0), width_height.repeat(2))
-        crop_boxes = expand_boxes_to_aspect(clipped, crop_size, self.padding)
-        rois = torch.cat([torch.zeros_like(crop_boxes[:, :1]), crop_boxes], dim=1)
+        params = box_crop_params(clipped, crop_size, self.padding)  # (N, 6): the model's crops
+        centre, half_size = params[:, :2], params[:, 2:4] * 0.5
+        rois = torch.cat([torch.zeros_like(centre[:, :1]), centre - half_size, centre + half_size], dim=1)
         crops = roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
-        params = box_crop_params(clipped, crop_size, self.padding)  # the crops' affines, as the model's
         return crop_to_image(self.crop_predictor.predict_normalised(crops), params, crop_size)
 
 
