@@ -207,9 +207,10 @@ def _ordered_persons(dataset_dicts: Sequence[Dict[str, Any]]) -> Tuple[List[Dict
     return persons, order
 
 
-def _xyxy(anno: Dict[str, Any]) -> np.ndarray:
-    """(4,) XYXY_ABS box of an annotation."""
-    return np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
+def _xyxy(annos: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """(P, 4) float64 XYXY_ABS boxes of annotations."""
+    boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+    return np.array(boxes, np.float64).reshape(-1, 4)
 
 
 def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]) -> MPIIGroundTruth:
@@ -219,12 +220,11 @@ def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]
     persons, person_order = _ordered_persons(dataset_dicts)
     persons = [persons[i] for i in person_order]
     kps = np.array([np.reshape(a["keypoints"], (-1, 3))[order] for a in persons], np.float64).reshape(-1, 16, 3)
-    no_head_box = np.full((2, 2), np.nan)
-    head_boxes = [
-        no_head_box if a.get("head_box") is None else np.reshape(a["head_box"], (2, 2)) + 1.0 for a in persons
-    ]
-    head_boxes = np.array(head_boxes, np.float64).reshape(-1, 2, 2)
-    boxes = np.array([_xyxy(a) for a in persons]).reshape(-1, 4)
+    head_boxes = np.full((len(persons), 2, 2), np.nan)
+    for p, anno in enumerate(persons):
+        if anno.get("head_box") is not None:
+            head_boxes[p] = np.reshape(anno["head_box"], (2, 2)) + 1.0
+    boxes = _xyxy(persons)
     return MPIIGroundTruth(
         joint_names=MPII_OFFICIAL_JOINT_NAMES,
         positions=kps[:, :, :2] + 1.0,
@@ -288,7 +288,7 @@ class PCKhEvaluator(DatasetEvaluator):
             found.append(np.full((len(persons), 16, 2), np.nan))
             pred = predictions.get(d["image_id"])
             if persons and pred is not None and len(pred["boxes"]):
-                gt_boxes = Boxes(torch.tensor(np.stack([_xyxy(a) for a in persons]), dtype=torch.float32))
+                gt_boxes = Boxes(torch.tensor(_xyxy(persons), dtype=torch.float32))
                 gt_boxes.clip((d["height"], d["width"]))
                 iou = pairwise_iou(gt_boxes, Boxes(torch.as_tensor(pred["boxes"]))).numpy()
                 taken = set()
@@ -353,7 +353,7 @@ def mean_pose_pckh_baseline(train_dataset: str, test_dataset: str) -> Dict[str, 
     evaluator = PCKhEvaluator(test_dataset, distributed=False)
     test_dicts = DatasetCatalog.get(test_dataset)
     persons, order = _ordered_persons(test_dicts)
-    boxes = np.array([_xyxy(persons[i]) for i in order]).reshape(-1, 4)
+    boxes = _xyxy(persons)[order]
     preds = boxes[:, None, :2] + pose[None] * (boxes[:, None, 2:] - boxes[:, None, :2])  # (P, K, 2)
     return evaluator.score(preds[:, evaluator._order], test_dicts)
 
@@ -362,8 +362,7 @@ def _coco_dict(dataset_dicts: Sequence[Dict[str, Any]], names: Sequence[str]) ->
     """The persons of dataset dicts as a COCO keypoints dict (XYWH boxes) for ``mean_pose``."""
     annotations = []
     for d in dataset_dicts:
-        for anno in _persons(d):
-            x1, y1, x2, y2 = _xyxy(anno)
+        for anno, (x1, y1, x2, y2) in zip(_persons(d), _xyxy(_persons(d))):
             box = [x1, y1, x2 - x1, y2 - y1]
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": d["image_id"], "bbox": box, "area": box[2] * box[3],
