@@ -152,15 +152,19 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
         raise ValueError("ground truth must have exactly one category, with a 'keypoints' list of names")
     num_keypoints = len(gt["categories"][0]["keypoints"])
     for i, ann in enumerate(gt["annotations"]):
-        missing = [k for k in GT_ANNOTATION_KEYS if k not in ann]
-        if missing:
-            raise ValueError(f"ground-truth annotations[{i}] lacks {missing}")
-        if len(ann["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(
-                f"ground-truth annotations[{i}] has {len(ann['keypoints'])} keypoint values, "
-                f"expected 3 * {num_keypoints}"
-            )
+        _check_fields(ann, f"ground-truth annotations[{i}]", GT_ANNOTATION_KEYS, num_keypoints)
     return num_keypoints
+
+
+def _check_fields(entry: Dict[str, Any], where: str, keys: Sequence[str], num_keypoints: int) -> None:
+    """ValueError naming ``where`` if ``entry`` lacks one of ``keys`` or has not 3K keypoint values."""
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    if len(entry["keypoints"]) != 3 * num_keypoints:
+        raise ValueError(
+            f"{where} has {len(entry['keypoints'])} keypoint values, expected 3 * {num_keypoints} = {3 * num_keypoints}"
+        )
 
 
 def _finite_number(value: Any) -> bool:
@@ -176,14 +180,7 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
     for i, res in enumerate(results):
         if not isinstance(res, dict):
             raise ValueError(f"results[{i}] is not a json object")
-        missing = [k for k in RESULT_KEYS if k not in res]
-        if missing:
-            raise ValueError(f"results[{i}] lacks {missing}")
-        if len(res["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(
-                f"results[{i}] has {len(res['keypoints'])} keypoint values, "
-                f"expected 3 * {num_keypoints} = {3 * num_keypoints}"
-            )
+        _check_fields(res, f"results[{i}]", RESULT_KEYS, num_keypoints)
         bad = next((j for j, v in enumerate(res["keypoints"]) if not _finite_number(v)), None)
         if bad is not None:
             raise ValueError(
