@@ -1,32 +1,19 @@
-"""Export of DePOTR to TorchScript and ONNX: person crops in -> keypoints out, or an image and its
-person boxes in -> keypoints in image pixels out.
+"""Export of DePOTR to TorchScript and ONNX (usage, formats and measured errors: docs/export.md).
 
 Shape letters: N persons (crops), K keypoints, (H, W) the crop size (``INPUT.CROP_SIZE``).
 
-:class:`CropKeypointPredictor` (:func:`export_predictor`): pixel normalisation, the keypoint
-branch, its flip test when ``TEST.FLIP`` is on, and the branch's ``decode`` — everything
-``TopDownPoseEstimator.inference`` computes between cropping and ``crop_to_image``; the box ->
-crop step and the crop -> image transform stay with the caller.
-:class:`ImageKeypointPredictor` (:func:`export_image_predictor`) adds both around it (boxes
-clipped and grown to the crop, ``torchvision.ops.roi_align(aligned=True)`` = ONNX RoiAlign
-"half_pixel", ``crop_to_image``) and is checked against ``depotr.Predictor``. Both take N = 0
-(:meth:`CropKeypointPredictor.predict_normalised`).
+:class:`CropKeypointPredictor` (:func:`export_predictor`): person crops in -> keypoints in crop
+pixels out: what ``TopDownPoseEstimator.inference`` computes between cropping and
+``crop_to_image`` (normalisation, the branch, its flip test, ``decode``).
+:class:`ImageKeypointPredictor` (:func:`export_image_predictor`): an image and its person boxes
+in -> keypoints in image pixels out, checked against ``depotr.Predictor``. Both take N = 0.
 
-How each format is produced (:func:`export_predictor`):
-
-* TorchScript (``model.ts``): ``torch.jit.trace``. The branch has no data-dependent control flow;
-  the crop size is fixed by the trace, the batch size N is not (sizes are traced as graph values).
-* ONNX (``model.onnx``, opset >= 17): ``torch.onnx.export(..., dynamo=False)``, the TorchScript-
-  based exporter, with a dynamic axis "N" on the input "crops" and the output "keypoints". The
-  default torch.export-based exporter fails on this model: the deformable transformer reads the
-  level sizes on the host (``spatial_shapes.tolist()``), a data-dependent value for torch.export.
-
-Both trace with multi-scale deformable attention forced to its PyTorch reference (one
-``F.grid_sample`` per level; ONNX GridSample, opset 16+) by ``DEPOTR_MSDA_BACKEND=reference``
+TorchScript is ``torch.jit.trace`` (crop size fixed, N free); ONNX (opset >= 17) the TorchScript-
+based ``torch.onnx.export(dynamo=False)``: torch.export fails on the transformer's host-side
+``spatial_shapes.tolist()``. Both trace the deformable attention's ``F.grid_sample`` reference
 (:func:`reference_msda_backend`), so the files need neither ``depotr._C`` nor a custom ONNX op.
-All heatmap refinements (``TEST.HEATMAP_REFINE`` none / shift / DARK) trace and export as they
-are. Each file is written to a temporary name, loaded back, compared with the eager module on
-batch sizes other than the traced one, and only then moved into place (``os.replace``).
+Each file is written to a temporary name, loaded back, compared with the eager module on other
+inputs than the traced ones, and only then moved into place.
 """
 
 import contextlib
@@ -50,7 +37,7 @@ from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.crops import box_crop_params, crop_to_image, expand_boxes_to_aspect
+from .modeling.crops import box_crop_params, crop_to_image
 from .modeling.tta import predict_crop_keypoints
 from .predictor import Predictor
 
@@ -80,21 +67,22 @@ __all__ = [
 ]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
-# Format -> file name written in the output folder.
-OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
-# ONNX opset: 16 is the first with GridSample; 17 the first with LayerNormalization.
-MIN_OPSET = 17
+OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}  # format -> file name (crops in)
+IMAGE_OUTPUT_FILES = {"torchscript": "image_model.ts", "onnx": "image_model.onnx"}  # (image in)
+EXPORT_INPUTS = ("crops", "image")  # what an export takes: person crops, or an image and its boxes
+MIN_OPSET = 17  # ONNX: 16 is the first with GridSample, 17 the first with LayerNormalization
 _ONNX_INPUT, _ONNX_OUTPUT = "crops", "keypoints"
-# What an export takes: person crops, or an image and its person boxes.
-EXPORT_INPUTS = ("crops", "image")
-# The image-in export (export_image_predictor): format -> file name, and its ONNX input and
-# output names -> dynamic axes.
-IMAGE_OUTPUT_FILES = {"torchscript": "image_model.ts", "onnx": "image_model.onnx"}
-_IMAGE_AXES = {"image": {0: "H", 1: "W"}, "boxes": {0: "N"}, _ONNX_OUTPUT: {0: "N"}}
+_IMAGE_AXES = {"image": {0: "H", 1: "W"}, "boxes": {0: "N"}, _ONNX_OUTPUT: {0: "N"}}  # ONNX names -> dynamic axes
 
 
 class CropKeypointPredictor(nn.Module):
-    """N crops, K keypoints, (H, W) crop size. Raw person crops -> keypoints in crop pixels."""
+    """N crops, K keypoints, (H, W) crop size. Raw person crops -> keypoints in crop pixels.
+
+    Args:
+        branch: a keypoint branch (``forward``, ``decode``, ``flip_back``, ``crop_size``).
+        pixel_mean, pixel_std: (C,) per-channel normalisation of 0..255 pixels.
+        flip_indices: (K,) mirror partner of each keypoint: run the flip test; None: don't.
+    """
 
     def __init__(
         self,
@@ -103,12 +91,6 @@ class CropKeypointPredictor(nn.Module):
         pixel_std: Sequence[float],
         flip_indices: Optional[Sequence[int]] = None,
     ):
-        """
-        Args:
-            branch: a keypoint branch (``forward``, ``decode``, ``flip_back``, ``crop_size``).
-            pixel_mean, pixel_std: (C,) per-channel normalisation of 0..255 pixels.
-            flip_indices: (K,) mirror partner of each keypoint: run the flip test; None: don't.
-        """
         super().__init__()
         self.branch = branch
         self.crop_size: Tuple[int, int] = tuple(int(s) for s in branch.crop_size)
@@ -120,20 +102,17 @@ class CropKeypointPredictor(nn.Module):
     def from_model(cls, model: nn.Module) -> "CropKeypointPredictor":
         """The predictor of a ``TopDownPoseEstimator``: its branch (shared, not copied), pixel
         statistics and flip test setting (``TEST.FLIP``)."""
+        flip_indices = model.flip_indices if model.test_flip else None
         return cls(
-            model.keypoint_branch,
-            model.pixel_mean.flatten().tolist(),
-            model.pixel_std.flatten().tolist(),
-            model.flip_indices if model.test_flip else None,
+            model.keypoint_branch, model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist(), flip_indices
         )
 
     def forward(self, crops: Tensor) -> Tensor:
         """
         Args:
             crops: (N, 3, H, W) float32 pixel values in 0..255, channels in ``INPUT.FORMAT``
-                order, N >= 0: the person boxes of the meta-architecture's input images,
-                resampled to (H, W) (``depotr.modeling.crops.crop_images``). Where a crop reaches
-                outside its image, fill it with ``PIXEL_MEAN`` (what the model's crops read there).
+                order, N >= 0: person boxes resampled to (H, W) as
+                ``depotr.modeling.crops.crop_images`` does, ``PIXEL_MEAN`` outside the image.
         Returns:
             (N, K, 3): (x, y) in continuous crop pixels (pixel i covers [i, i + 1)) and the
             branch's score (heatmap maximum, or sigmoid of the regression confidence).
@@ -141,10 +120,9 @@ class CropKeypointPredictor(nn.Module):
         return self.predict_normalised((crops - self.pixel_mean) / self.pixel_std)
 
     def predict_normalised(self, crops: Tensor) -> Tensor:
-        """:meth:`forward` of normalised crops (N, 3, H, W), N >= 0. The branch always runs on at
-        least one crop: for N = 0 on one zero crop whose result is dropped, as the exported
-        graphs' reshapes cannot take an empty batch (an ONNX Reshape reads a 0 in its target
-        shape as "keep this dimension")."""
+        """:meth:`forward` of normalised crops (N, 3, H, W), N >= 0. For N = 0 the branch runs on
+        one zero crop whose result is dropped: an exported Reshape cannot take an empty batch
+        (ONNX reads a 0 in its target shape as "keep this dimension")."""
         num = torch._shape_as_tensor(crops)[0]
         padded = torch.cat([crops, crops.new_zeros((1,) + tuple(crops.shape[1:]))])
         padded = padded.index_select(0, torch.arange(torch.clamp(num, min=1)))
@@ -153,16 +131,13 @@ class CropKeypointPredictor(nn.Module):
 
 
 def build_crop_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> CropKeypointPredictor:
-    """Builds ``cfg``'s model on the CPU with Detectron2's ``build_model``, loads
-    ``MODEL.WEIGHTS`` with ``DePOTRCheckpointer`` (empty only with ``random_weights``:
-    ``depotr.engine.checkpoint.weights_to_load``), and returns its
-    :class:`CropKeypointPredictor` in eval mode."""
+    """:class:`CropKeypointPredictor` of :func:`build_cpu_model`, in eval mode."""
     return CropKeypointPredictor.from_model(build_cpu_model(cfg, random_weights)).eval()
 
 
 def build_cpu_model(cfg: CfgNode, random_weights: bool = False) -> nn.Module:
-    """``cfg``'s model built on the CPU in eval mode, ``MODEL.WEIGHTS`` loaded (as
-    :func:`build_crop_keypoint_predictor`)."""
+    """``cfg``'s model built on the CPU in eval mode, ``MODEL.WEIGHTS`` loaded with
+    ``DePOTRCheckpointer`` (empty only with ``random_weights``: ``weights_to_load``)."""
     load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
     cfg = cfg.clone()
     cfg.defrost()
@@ -179,22 +154,20 @@ class ImageKeypointPredictor(nn.Module):
     keypoints in image pixels: the ``Predictor``'s pipeline from the caller's boxes on, as one
     traceable module (torch and ONNX ops only).
 
-    Boxes are clipped to the image, grown to the crop's aspect and padded
-    (``expand_boxes_to_aspect``, ``INPUT.CROP_PADDING``); the normalised image is cropped with
-    ``torchvision.ops.roi_align(aligned=True)`` (ONNX RoiAlign, coordinate_transformation_mode
-    "half_pixel", opset >= 16), as the meta-architecture crops (what lies outside the image reads
-    the mean colour); then :class:`CropKeypointPredictor` and the crop -> image map
-    (``crop_to_image``). Unlike the ``Predictor`` it does not sort, filter or drop boxes (a box
-    must overlap the image), rescore persons or run OKS-NMS: keypoints n are those of box n.
+    Boxes are clipped to the image and turned into the model's crops (``box_crop_params``: aspect
+    W:H, ``INPUT.CROP_PADDING``); the normalised image is cropped by
+    ``torchvision.ops.roi_align(aligned=True)`` (ONNX RoiAlign "half_pixel"; outside the image
+    reads the mean colour), then :class:`CropKeypointPredictor` and ``crop_to_image``. Unlike the
+    ``Predictor`` it does not sort, filter or drop boxes (a box must overlap the image), rescore
+    persons or run OKS-NMS: keypoints n are those of box n.
+
+    Args:
+        crop_predictor: the pose branch on crops (its pixel statistics, flip test).
+        input_format: ``INPUT.FORMAT``, "RGB" or "BGR": the channel order the branch is fed.
+        padding: ``INPUT.CROP_PADDING``. sampling_ratio: ``INPUT.CROP_SAMPLING_RATIO``.
     """
 
     def __init__(self, crop_predictor: CropKeypointPredictor, input_format: str, padding: float, sampling_ratio: int):
-        """
-        Args:
-            crop_predictor: the pose branch on crops (its pixel statistics, flip test).
-            input_format: ``INPUT.FORMAT``, "RGB" or "BGR": the channel order the branch is fed.
-            padding: ``INPUT.CROP_PADDING``. sampling_ratio: ``INPUT.CROP_SAMPLING_RATIO``.
-        """
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
@@ -223,16 +196,15 @@ class ImageKeypointPredictor(nn.Module):
         normalised = ((pixels - self.crop_predictor.pixel_mean) / self.crop_predictor.pixel_std)[None]
         width_height = torch._shape_as_tensor(image)[:2].flip(0).to(boxes.dtype)
         clipped = torch.minimum(torch.clamp(boxes, min=0.0), width_height.repeat(2))
-        crop_boxes = expand_boxes_to_aspect(clipped, crop_size, self.padding)
-        rois = torch.cat([torch.zeros_like(crop_boxes[:, :1]), crop_boxes], dim=1)
+        params = box_crop_params(clipped, crop_size, self.padding)  # (N, 6): the model's crops
+        centre, half_size = params[:, :2], params[:, 2:4] * 0.5
+        rois = torch.cat([torch.zeros_like(centre[:, :1]), centre - half_size, centre + half_size], dim=1)
         crops = roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
-        params = box_crop_params(clipped, crop_size, self.padding)  # the crops' affines, as the model's
         return crop_to_image(self.crop_predictor.predict_normalised(crops), params, crop_size)
 
 
 def build_image_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> ImageKeypointPredictor:
-    """:class:`ImageKeypointPredictor` of ``cfg``'s model on the CPU, weights loaded as in
-    :func:`build_crop_keypoint_predictor`, in eval mode."""
+    """:class:`ImageKeypointPredictor` of :func:`build_cpu_model`, in eval mode."""
     return ImageKeypointPredictor.from_model(build_cpu_model(cfg, random_weights), cfg.INPUT.FORMAT).eval()
 
 
@@ -258,35 +230,6 @@ def reference_msda_backend() -> Iterator[None]:
             os.environ[BACKEND_ENV_VAR] = previous
 
 
-def _save_torchscript(module: nn.Module, example_inputs: Tuple[Tensor, ...], path: str) -> None:
-    """Traces ``module`` on ``example_inputs`` and saves the ScriptModule to ``path``."""
-    # check_trace=False: the export functions check the file on other inputs instead.
-    traced = torch.jit.trace(module, example_inputs, check_trace=False)
-    # A file object: given a path, torch.jit.save names the archive after it and rejects the
-    # temporary name.
-    with open(path, "wb") as f:
-        torch.jit.save(traced, f)
-
-
-def _save_onnx(
-    module: nn.Module, example_inputs: Tuple[Tensor, ...], path: str, opset: int, axes: Dict[str, Dict[int, str]]
-) -> None:
-    """Exports ``module`` traced on ``example_inputs`` to ONNX ``opset`` (legacy TorchScript-based
-    exporter, see the module docstring). ``axes``: input names, then output names (in order) ->
-    their dynamic axes."""
-    names = list(axes)
-    torch.onnx.export(
-        module,
-        example_inputs,
-        path,
-        input_names=names[: len(example_inputs)],
-        output_names=names[len(example_inputs) :],
-        opset_version=opset,
-        dynamo=False,
-        dynamic_axes=axes,
-    )
-
-
 def run_torchscript(path: str, *inputs: Tensor) -> Tensor:
     """Runs the TorchScript file at ``path`` on its inputs (crops (N, 3, H, W), or an image
     (H, W, 3) uint8 and boxes (N, 4)); returns the keypoints (N, K, 3)."""
@@ -296,8 +239,7 @@ def run_torchscript(path: str, *inputs: Tensor) -> Tensor:
 
 
 def run_onnx(path: str, *inputs: Tensor) -> Tensor:
-    """Runs the ONNX file at ``path`` with onnxruntime (CPU) on its inputs, as
-    :func:`run_torchscript`."""
+    """:func:`run_torchscript` of an ONNX file, with onnxruntime (CPU)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -325,15 +267,13 @@ def keypoint_errors(actual: Tensor, expected: Tensor) -> Tuple[float, float]:
 
 @dataclass
 class ExportReport:
-    """One exported file and how far it is from the eager module."""
+    """One exported file, its max abs differences from the eager module over all checked inputs
+    ((x, y) in pixels, and the score), and the batch sizes N it was checked on (not the traced one)."""
 
     format: str
     path: str
-    # Max abs difference from the eager module over all checked crops: (x, y) in crop pixels,
-    # and the score.
     coord_error_px: float
     score_error: float
-    # Batch sizes N the file was run on (none of them the traced one).
     check_batches: Tuple[int, ...]
 
 
@@ -350,30 +290,18 @@ def export_predictor(
     opset: int = MIN_OPSET,
     seed: int = 0,
 ) -> ExportReport:
-    """Exports ``predictor`` to ``path`` in format ``fmt`` and checks the file.
+    """Exports ``predictor`` (eval mode) to ``path`` in format ``fmt`` (of ``EXPORT_FORMATS``)
+    and checks the file.
 
-    The module is traced on ``batch`` random crops with the reference deformable attention. The
-    file written to a temporary name is loaded back and run on random crops of the batch sizes
-    1 and ``batch + 1`` (the one equal to ``batch`` skipped); its keypoints are compared with
-    ``predictor`` run eagerly with the default backend (the compiled op where it serves).
-
-    Args:
-        predictor: the module, in eval mode.
-        fmt: one of ``EXPORT_FORMATS``.
-        path: the file to write; it is replaced only if the check passes.
-        batch: N of the example crops the module is traced on.
-        tolerance: largest allowed max abs difference of (x, y), in crop pixels, and of the
-            score.
-        opset: ONNX opset (>= ``MIN_OPSET``); unused for TorchScript.
-        seed: seed of the random crops.
-
-    Returns:
-        the :class:`ExportReport` of the file.
+    The module is traced on ``batch`` random crops (from ``seed``); the file, written to a
+    temporary name, is run on random crops of the batch sizes 0, 1 and ``batch + 1`` (the one
+    equal to ``batch`` skipped) and compared with ``predictor`` run eagerly with the default
+    deformable-attention backend. ``tolerance``: the largest allowed max abs difference of (x, y)
+    in crop pixels and of the score. ``opset``: ONNX opset (>= ``MIN_OPSET``).
 
     Raises:
         ImportError: ``fmt`` is "onnx" and onnxruntime is not installed (nothing is exported).
-        ExportCheckError: the file disagrees by more than ``tolerance``; ``path`` is left as it
-            was.
+        ExportCheckError: the file disagrees by more than ``tolerance``; ``path`` is left as it was.
     """
     _check_export_arguments(predictor, fmt, opset)
     if batch < 1:
@@ -415,19 +343,32 @@ def _write_checked(
     what: str,
 ) -> Tuple[float, float]:
     """Traces ``module`` on ``example_inputs`` (reference deformable attention) into a temporary
-    file, runs the file on each case's inputs and compares with its expected (N, K, 3)
-    keypoints; moves the file to ``path`` only when both max abs errors (x, y and score) are
-    within ``tolerance`` and returns them, else raises ExportCheckError (``what``: the
-    reference, for the message)."""
+    file, runs it on each case's inputs and compares with the case's (N, K, 3) keypoints. Moves
+    the file to ``path`` and returns the max abs errors ((x, y), score) when both are within
+    ``tolerance``, else raises ExportCheckError (``what``: the reference, for the message).
+    ``axes``: ONNX input names, then output names -> their dynamic axes."""
     with atomic_output_path(path) as tmp_path:
         # TracerWarnings flag Python-side shape checks and level sizes that become constants:
         # intended (the crop size is fixed); the checks run other batch (and image) sizes.
         with torch.no_grad(), reference_msda_backend(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             if fmt == "torchscript":
-                _save_torchscript(module, example_inputs, tmp_path)
+                # A file object: given a path, torch.jit.save names the archive after it and
+                # rejects the temporary name.
+                with open(tmp_path, "wb") as f:
+                    torch.jit.save(torch.jit.trace(module, example_inputs, check_trace=False), f)
             else:
-                _save_onnx(module, example_inputs, tmp_path, opset, axes)
+                names = list(axes)
+                torch.onnx.export(
+                    module,
+                    example_inputs,
+                    tmp_path,
+                    input_names=names[: len(example_inputs)],
+                    output_names=names[len(example_inputs) :],
+                    opset_version=opset,
+                    dynamo=False,
+                    dynamic_axes=axes,
+                )
         coord_error, score_error = 0.0, 0.0
         for inputs, expected in cases:
             errors = keypoint_errors(_RUNNERS[fmt](tmp_path, *inputs), expected)
@@ -443,7 +384,7 @@ def _write_checked(
 def reference_predictor(cfg: CfgNode, random_weights: bool = False) -> Predictor:
     """The ``Predictor`` the image-in export is checked against and made from: ``cfg`` on the
     CPU, keeping every caller box in its order (``TEST.OKS_NMS_THRESH`` 1, no box score
-    threshold or top-k); weights as :func:`build_crop_keypoint_predictor`."""
+    threshold or top-k); weights as :func:`build_cpu_model`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
@@ -478,15 +419,14 @@ def export_image_predictor(
     opset: int = MIN_OPSET,
     seed: int = 0,
 ) -> ExportReport:
-    """Exports the :class:`ImageKeypointPredictor` of ``predictor``'s model (image and boxes in,
-    keypoints in image pixels out) to ``path`` and checks the file against ``predictor``.
+    """Exports the :class:`ImageKeypointPredictor` of ``predictor``'s model to ``path`` and
+    checks the file against :func:`predictor_keypoints` (make ``predictor`` with
+    :func:`reference_predictor`).
 
-    Traced on a 96x72 image with 2 boxes; checked on a 130x100 image with 3 boxes (one
-    reaching past the border) and an 80x120 image with none, against
-    :func:`predictor_keypoints` (make ``predictor`` with :func:`reference_predictor`). ONNX:
-    inputs "image" (H, W, 3) uint8 BGR and "boxes" (N, 4) float32 XYXY, output "keypoints"
-    (N, K, 3), H, W and N dynamic. Arguments, returns and raises as :func:`export_predictor`,
-    with the errors in image pixels.
+    Traced on a 96x72 image with 2 boxes; checked on a 130x100 image with 3 boxes (one past the
+    border) and an 80x120 image with none. ONNX: inputs "image" (H, W, 3) uint8 BGR and "boxes"
+    (N, 4) float32 XYXY, output "keypoints" (N, K, 3); H, W and N dynamic. Arguments, returns and
+    raises as :func:`export_predictor`, with the errors in image pixels.
     """
     module = ImageKeypointPredictor.from_model(predictor.model, predictor.input_format).eval()
     _check_export_arguments(module, fmt, opset)

@@ -2,11 +2,10 @@
 official code and mmpose evaluate it.
 
 Metrics (in %): AP, AP50, AP75, AR, AR50, AR75 over all images (top 20 poses per image, no area
-ranges: ``use_area=False``), and AP(E) / AP(M) / AP(H), the AP of the images of crowd index below
-0.2, from 0.2 to below 0.8, and from 0.8 (xtcocotools' ``summarize`` bins, ``get_type_result(0.2,
-0.8)``; the paper states 0.1 for the first bound; it averages the precision array including its -1
-entries, as the official code does). The ground truth is the dataset's json file (its images need
-``crowdIndex``).
+ranges), and AP(E) / AP(M) / AP(H): the AP of the images of crowd index < 0.2, in [0.2, 0.8), and
+>= 0.8 (xtcocotools' bins; the paper states 0.1 for the first bound), averaging the precision
+array with its -1 entries, as the official code does. The ground truth is the dataset's json
+file (its images need ``crowdIndex``).
 """
 
 import contextlib

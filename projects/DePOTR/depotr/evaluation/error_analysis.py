@@ -1,57 +1,52 @@
 """Analysis of COCO keypoint results: the 10 COCO metrics, PR curves and an error breakdown, as
-numbers (:class:`ResultsAnalysis`); the markdown tables and plots of them are
-:mod:`depotr.evaluation.error_report`'s.
+numbers (:class:`ResultsAnalysis`); :mod:`depotr.evaluation.error_report` writes them out.
 
 Shapes: N results (detected persons), K keypoints, H other ground-truth persons in an image,
 T OKS thresholds (0.50:0.05:0.95), R recall thresholds (101), S analysis stages (7, ``STAGES``).
 
-The error breakdown follows Ronchi & Perona, "Benchmarking and Error Diagnosis in
-Multi-Instance Pose Estimation" (ICCV 2017, coco-analyze), with the thesis' definitions. Every
-AP and AR number is computed by pycocotools' ``COCOeval(iouType="keypoints")`` (area "all",
-maxDets 20 for the breakdown); this module only decides which keypoints and results to correct.
+The error breakdown follows Ronchi & Perona, "Benchmarking and Error Diagnosis in Multi-Instance
+Pose Estimation" (ICCV 2017, coco-analyze), with the thesis' definitions. Every AP and AR is
+pycocotools' ``COCOeval(iouType="keypoints")``'s (area "all", maxDets 20 for the breakdown); this
+module only decides which keypoints and results to correct.
 
-Matching. A result is matched to the ground-truth person that COCOeval's greedy matching gives
-it at OKS >= 0.1 (``MATCH_OKS``, coco-analyze's ``oksLocThrs``), area "all", top 20 results per
-image. Only persons COCOeval does not ignore are analysed (non-crowd, ``num_keypoints > 0``): a
-result matched to an ignored person is neither classified nor a false positive.
+Matching: a result belongs to the ground-truth person COCOeval's greedy matching gives it at
+OKS >= 0.1 (``MATCH_OKS``, coco-analyze's ``oksLocThrs``; area "all", top 20 results per image).
+Only persons COCOeval does not ignore are analysed (non-crowd, ``num_keypoints > 0``): a result
+matched to an ignored person is neither classified nor a false positive.
 
-Keypoint classes. For each keypoint k labelled (v > 0) in the matched person g, with the
-per-keypoint similarity ks(p, q) = exp(-|p - q|^2 / (2 s^2 (2 sigma_k)^2)) of COCOeval's OKS
-(s^2 the area of the person q belongs to: :func:`depotr.modeling.oks.keypoint_similarity`, scale
-rule "target"), the first rule that holds decides:
+Keypoint classes, for each keypoint k labelled (v > 0) in the matched person g, with COCOeval's
+per-keypoint similarity ks(p, q) = exp(-|p - q|^2 / (2 s^2 (2 sigma_k)^2)) (s^2 the area of the
+person q belongs to: :func:`depotr.modeling.oks.keypoint_similarity`, scale rule "target"); the
+first rule that holds decides:
 
-* Good: ks(pred_k, g_k) >= 0.85 (``GOOD_KS``, coco-analyze's threshold);
+* Good: ks(pred_k, g_k) >= 0.85 (``GOOD_KS``, coco-analyze's);
 * Jitter: 0.5 <= ks(pred_k, g_k) < 0.85 (``NEAR_KS`` = 0.5): near the right place;
 * Inversion: ks(pred_k, g_k) < 0.5 but ks(pred_k, g_m) >= 0.5 for the left/right mirror m of k
-  (e.g. the left wrist predicted at the right wrist; never for the nose, its own mirror). The
-  mirrors are the caller's flip indices (``tools/analyze_results.py --config-file``: the
-  config's, ``keypoint_metadata_from_config``), by default the keypoint table's pairs among the
-  ground truth's keypoint names (``table_flip_indices``);
-* Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or its mirror m of another analysed
-  ground-truth person of the same image (scaled by that person's area);
-* Miss: none of the above, i.e. not near any ground-truth keypoint.
+  (never for the nose, its own mirror). The mirrors are the caller's flip indices (e.g. a
+  config's), by default the keypoint table's pairs among the ground truth's keypoint names;
+* Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or m of another analysed ground-truth
+  person of the same image (scaled by that person's area);
+* Miss: none of the above.
 
 Keypoints with v = 0 in g are not classified and never moved (OKS ignores them).
 
 Stages, cumulative, each evaluated by COCOeval at all T thresholds: ``Original``; ``Jitter``,
-``Inversion``, ``Swap``, ``Miss``: the keypoints of that class moved onto g's keypoint (x, y;
-the score channel is kept); ``BckgFP``: the results still unmatched at OKS 0.1 after all
-keypoint corrections (background false positives) are removed; ``FN``: the ground-truth persons
-still unmatched at OKS 0.1 after that (false negatives) are removed from the ground truth.
+``Inversion``, ``Swap``, ``Miss``: the keypoints of that class moved onto g's (x, y; the score
+channel kept); ``BckgFP``: the results still unmatched at OKS 0.1 after all keypoint corrections
+(background false positives) removed; ``FN``: the ground-truth persons still unmatched after that
+(false negatives) removed from the ground truth.
 
-Bins (:func:`analyze_bins`). The persons are split by size, truncation, occlusion and crowding
-(:mod:`depotr.data.person_bins`, from COCO's standard fields). A bin's AP is COCOeval's with the
-persons outside the bin ignored (``num_keypoints`` set to 0: results matched to them are ignored,
-as for COCO's area ranges) and without the results meant for them: a result is meant for the
-person it is matched to at ``MATCH_OKS``, else for the person of its image whose box holds most
-of its keypoints (the smallest such box); a result inside no box is a background false positive in every bin. A bin's
-error breakdown is the share of each keypoint class among the keypoints of the results matched
-to its persons (classified with all persons present).
+Bins (:func:`analyze_bins`): the persons split by size, truncation, occlusion and crowding
+(:mod:`depotr.data.person_bins`). A bin's AP is COCOeval's with the persons outside the bin
+ignored (``num_keypoints`` 0, as for COCO's area ranges) and without the results meant for them: a
+result is meant for the person it is matched to at ``MATCH_OKS``, else for the person of its image
+whose box holds most of its keypoints (the smallest such box); a result inside no box is a
+background false positive in every bin. A bin's error breakdown is the share of each keypoint
+class among the keypoints of the results matched to its persons (classified with all persons).
 
-Differences from the coco-analyze code: it corrects in the order Miss, Swap, Inversion, Jitter
-(the intermediate APs differ, the AP after all four does not), moves jittered keypoints to
-ks = 0.85 and missed ones to ks = 0.5 rather than onto the ground truth, finds false positives
-and negatives at the OKS threshold studied, and has a score-correction stage.
+coco-analyze itself corrects in the order Miss, Swap, Inversion, Jitter (only the intermediate
+APs differ), moves jittered and missed keypoints to ks 0.85 and 0.5 rather than onto the ground
+truth, finds false positives and negatives at the OKS threshold studied, and corrects scores too.
 """
 
 import contextlib
@@ -61,7 +56,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -137,9 +132,6 @@ class ResultsAnalysis:
         }
 
 
-# ----------------------------------------------------------------------------- input checks
-
-
 def load_json(path: str, what: str) -> Any:
     """Reads the json file ``path``; ``what`` names it in the error messages."""
     if not os.path.isfile(path):
@@ -160,15 +152,19 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
         raise ValueError("ground truth must have exactly one category, with a 'keypoints' list of names")
     num_keypoints = len(gt["categories"][0]["keypoints"])
     for i, ann in enumerate(gt["annotations"]):
-        missing = [k for k in GT_ANNOTATION_KEYS if k not in ann]
-        if missing:
-            raise ValueError(f"ground-truth annotations[{i}] lacks {missing}")
-        if len(ann["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(
-                f"ground-truth annotations[{i}] has {len(ann['keypoints'])} keypoint values, "
-                f"expected 3 * {num_keypoints}"
-            )
+        _check_fields(ann, f"ground-truth annotations[{i}]", GT_ANNOTATION_KEYS, num_keypoints)
     return num_keypoints
+
+
+def _check_fields(entry: Dict[str, Any], where: str, keys: Sequence[str], num_keypoints: int) -> None:
+    """ValueError naming ``where`` if ``entry`` lacks one of ``keys`` or has not 3K keypoint values."""
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    if len(entry["keypoints"]) != 3 * num_keypoints:
+        raise ValueError(
+            f"{where} has {len(entry['keypoints'])} keypoint values, expected 3 * {num_keypoints} = {3 * num_keypoints}"
+        )
 
 
 def _finite_number(value: Any) -> bool:
@@ -184,14 +180,7 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
     for i, res in enumerate(results):
         if not isinstance(res, dict):
             raise ValueError(f"results[{i}] is not a json object")
-        missing = [k for k in RESULT_KEYS if k not in res]
-        if missing:
-            raise ValueError(f"results[{i}] lacks {missing}")
-        if len(res["keypoints"]) != 3 * num_keypoints:
-            raise ValueError(
-                f"results[{i}] has {len(res['keypoints'])} keypoint values, "
-                f"expected 3 * {num_keypoints} = {3 * num_keypoints}"
-            )
+        _check_fields(res, f"results[{i}]", RESULT_KEYS, num_keypoints)
         bad = next((j for j, v in enumerate(res["keypoints"]) if not _finite_number(v)), None)
         if bad is not None:
             raise ValueError(
@@ -208,11 +197,8 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
 
 
 def resolve_sigmas(sigmas: Optional[Sequence[float]], num_keypoints: int) -> np.ndarray:
-    """OKS sigmas (K,): ``sigmas``, or pycocotools' COCO ones when ``None``.
-
-    pycocotools' array holds the values of ``COCO_PERSON_OKS_SIGMAS`` up to 1e-17 (it divides
-    by 10); it is used as is so the metrics are bit-identical to a plain COCOeval run.
-    """
+    """OKS sigmas (K,): ``sigmas``, or pycocotools' COCO ones when ``None`` (used as they are,
+    within 1e-17 of ``COCO_PERSON_OKS_SIGMAS``: the metrics are a plain COCOeval run's, bit for bit)."""
     values = Params(iouType="keypoints").kpt_oks_sigmas if sigmas is None else np.asarray(sigmas, dtype=np.float64)
     if len(values) != num_keypoints:
         raise ValueError(f"{len(values)} OKS sigmas for {num_keypoints} keypoints (pass one sigma per keypoint)")
@@ -231,14 +217,9 @@ def resolve_mirror(flip_indices: Optional[Sequence[int]], gt: Dict[str, Any]) ->
     return mirror
 
 
-# ----------------------------------------------------------------------------- pycocotools
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.redirect_stdout:
     """Silences pycocotools' progress prints."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def build_coco(dataset: Dict[str, Any]) -> COCO:
@@ -250,18 +231,14 @@ def build_coco(dataset: Dict[str, Any]) -> COCO:
     return coco
 
 
-def _results_coco(coco_gt: COCO, results: List[Dict[str, Any]]) -> COCO:
-    """``coco_gt.loadRes`` of a copy of ``results`` (result i gets id i + 1); empty allowed."""
+def _keypoint_eval(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray) -> COCOeval:
+    """COCOeval (keypoints, ``sigmas``) of a copy of ``results`` (result i gets id i + 1; empty allowed)."""
     if results:
         with _quiet():
-            return coco_gt.loadRes(copy.deepcopy(results))
-    return build_coco(
-        {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
-    )
-
-
-def _keypoint_eval(coco_gt: COCO, results: List[Dict[str, Any]], sigmas: np.ndarray) -> COCOeval:
-    coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, results), iouType="keypoints")
+            coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+    else:
+        coco_dt = build_coco({**coco_gt.dataset, "annotations": []})
+    coco_eval = COCOeval(coco_gt, coco_dt, iouType="keypoints")
     coco_eval.params.kpt_oks_sigmas = sigmas
     return coco_eval
 
@@ -311,9 +288,6 @@ def mean_valid(precision: np.ndarray) -> float:
     return float(np.mean(valid)) if valid.size else -1.0
 
 
-# ----------------------------------------------------------------------------- classification
-
-
 def _similarity(pred: np.ndarray, target: np.ndarray, area: Any, sigmas: np.ndarray) -> np.ndarray:
     """:func:`keypoint_similarity` with COCOeval's scale rule ("target": the ground-truth person's
     area) in float64: pred, target (..., K, 2), area (...) -> (..., K)."""
@@ -334,10 +308,8 @@ def classify_keypoints(
 
     Args:
         pred: (K, 2) predicted x, y.
-        person: (K, 3) the matched ground-truth person's x, y, v.
-        area: that person's area.
-        others: (H, K, 3) the image's other analysed ground-truth persons.
-        other_areas: (H,) their areas.
+        person: (K, 3) the matched ground-truth person's x, y, v; area: its area.
+        others: (H, K, 3) the image's other analysed ground-truth persons; other_areas: (H,) theirs.
         sigmas: (K,) OKS sigmas.
         mirror: (K,) index of each keypoint's left/right mirror.
     Returns:
@@ -366,9 +338,9 @@ def _keypoints(annotation: Dict[str, Any]) -> np.ndarray:
     return np.asarray(annotation["keypoints"], dtype=np.float64).reshape(-1, 3)
 
 
-def _analysed_persons(coco_gt: COCO, image_id: int) -> List[Dict[str, Any]]:
-    """The image's ground-truth persons COCOeval does not ignore (non-crowd, num_keypoints > 0)."""
-    return [a for a in coco_gt.imgToAnns[image_id] if not a["iscrowd"] and a["num_keypoints"] > 0]
+def _analysed(annotation: Dict[str, Any]) -> bool:
+    """Whether COCOeval analyses the ground-truth person (non-crowd, num_keypoints > 0)."""
+    return not annotation["iscrowd"] and annotation["num_keypoints"] > 0
 
 
 def classify_matched(
@@ -376,11 +348,10 @@ def classify_matched(
 ) -> Dict[int, np.ndarray]:
     """(K,) keypoint classes of every matched result, keyed by result index."""
     labels = {}
-    num_keypoints = len(sigmas)
     for index, gt_id in matched.items():
         person = coco_gt.anns[gt_id]
-        others = [a for a in _analysed_persons(coco_gt, person["image_id"]) if a["id"] != gt_id]
-        other_keypoints = np.stack([_keypoints(a) for a in others]) if others else np.zeros((0, num_keypoints, 3))
+        others = [a for a in coco_gt.imgToAnns[person["image_id"]] if _analysed(a) and a["id"] != gt_id]
+        other_keypoints = np.stack([_keypoints(a) for a in others]) if others else np.zeros((0, len(sigmas), 3))
         labels[index] = classify_keypoints(
             _keypoints(results[index])[:, :2],
             _keypoints(person),
@@ -405,20 +376,11 @@ def correct_keypoints(
     corrected = list(results)
     for index, result_labels in labels.items():
         fix = result_labels == keypoint_class
-        if not fix.any():
-            continue
-        keypoints = _keypoints(results[index])
-        keypoints[fix, :2] = _keypoints(coco_gt.anns[matched[index]])[fix, :2]
-        corrected[index] = {**results[index], "keypoints": keypoints.reshape(-1).tolist()}
+        if fix.any():
+            keypoints = _keypoints(results[index])
+            keypoints[fix, :2] = _keypoints(coco_gt.anns[matched[index]])[fix, :2]
+            corrected[index] = {**results[index], "keypoints": keypoints.reshape(-1).tolist()}
     return corrected
-
-
-# ----------------------------------------------------------------------------- analysis
-
-
-def _without_annotations(gt: Dict[str, Any], annotation_ids: Sequence[int]) -> Dict[str, Any]:
-    drop = set(annotation_ids)
-    return {**gt, "annotations": [a for a in gt["annotations"] if a["id"] not in drop]}
 
 
 def analyze_keypoint_results(
@@ -455,8 +417,8 @@ def analyze_keypoint_results(
     background = set(match_results(coco_gt, corrected, sigmas).background)
     foreground = [r for i, r in enumerate(corrected) if i not in background]
     precisions.append(_all_area_precision(evaluate_keypoints(coco_gt, foreground, sigmas)))
-    false_negatives = match_results(coco_gt, foreground, sigmas).false_negatives
-    covered_gt = build_coco(_without_annotations(gt, false_negatives))
+    false_negatives = set(match_results(coco_gt, foreground, sigmas).false_negatives)
+    covered_gt = build_coco({**gt, "annotations": [a for a in gt["annotations"] if a["id"] not in false_negatives]})
     precisions.append(_all_area_precision(evaluate_keypoints(covered_gt, foreground, sigmas)))
 
     precision = np.stack(precisions)
@@ -472,11 +434,6 @@ def analyze_keypoint_results(
         num_false_negatives=len(false_negatives),
         matched=matching.matched,
     )
-
-
-def _in_bin_only(gt: Dict[str, Any], keep: set) -> Dict[str, Any]:
-    """``gt`` with the persons whose id is not in ``keep`` ignored (``num_keypoints`` 0)."""
-    return {**gt, "annotations": [a if a["id"] in keep else {**a, "num_keypoints": 0} for a in gt["annotations"]]}
 
 
 def _intended_persons(
@@ -520,12 +477,12 @@ def analyze_bins(
     """
     sigmas = resolve_sigmas(sigmas, check_ground_truth(gt))
     bins = person_bins(gt)
-    owners = _intended_persons(gt, results, analysis.matched)
-    baseline_owners = None
+    # AP key -> (results, the person each is meant for)
+    runs = {"AP": (results, _intended_persons(gt, results, analysis.matched))}
     if baseline_results is not None:
         baseline_matched = match_results(build_coco(gt), baseline_results, sigmas).matched
-        baseline_owners = _intended_persons(gt, baseline_results, baseline_matched)
-    analysed = {a["id"] for a in gt["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0}
+        runs["baseline_AP"] = (baseline_results, _intended_persons(gt, baseline_results, baseline_matched))
+    analysed = {a["id"] for a in gt["annotations"] if _analysed(a)}
     out: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for attribute, names in BINS.items():
         out[attribute] = {}
@@ -533,12 +490,12 @@ def analyze_bins(
             keep = {i for i in analysed if bins[i][attribute] == name}
             row: Dict[str, Any] = {"persons": len(keep), "AP": None}
             if keep:
-                coco_gt = build_coco(_in_bin_only(gt, keep))
-                mine = [r for r, owner in zip(results, owners) if owner is None or owner in keep]
-                row["AP"] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
-                if baseline_results is not None:
-                    mine = [r for r, owner in zip(baseline_results, baseline_owners) if owner is None or owner in keep]
-                    row["baseline_AP"] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
+                # The persons outside the bin ignored, as COCO's area ranges ignore them.
+                anns = [a if a["id"] in keep else {**a, "num_keypoints": 0} for a in gt["annotations"]]
+                coco_gt = build_coco({**gt, "annotations": anns})
+                for key, (run, owners) in runs.items():
+                    mine = [r for r, owner in zip(run, owners) if owner is None or owner in keep]
+                    row[key] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
             labels = [analysis.keypoint_labels[r] for r, g in analysis.matched.items() if g in keep]
             labels = np.concatenate(labels) if labels else np.zeros(0)
             labels = labels[labels != UNLABELLED]

@@ -88,12 +88,8 @@ def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thr
     ax = fig.add_subplot(1, 1, 1)
     colours = colormaps["viridis"](np.linspace(0, 0.9, len(oks_thresholds)))
     for t, oks in enumerate(oks_thresholds):
-        ax.plot(
-            recall_thresholds,
-            np.clip(precision[t], 0, None),
-            color=colours[t],
-            label=f"OKS {oks:.2f}: AP {mean_valid(precision[t]):.3f}",
-        )
+        label = f"OKS {oks:.2f}: AP {mean_valid(precision[t]):.3f}"
+        ax.plot(recall_thresholds, np.clip(precision[t], 0, None), color=colours[t], label=label)
     _finish_pr_axes(ax, "Precision-recall, area all, maxDets 20")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -124,21 +120,14 @@ def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
         ax.legend(loc="lower left", fontsize=8)
     ax = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
     ax.bar(np.arange(len(STAGES)), np.clip(analysis.ap_mean, 0, None), color=STAGE_COLOURS, edgecolor="k")
-    ax.set_xticks(np.arange(len(STAGES)))
-    ax.set_xticklabels(STAGES, rotation=45, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("AP")
-    ax.set_title("AP OKS 0.50:0.95 after each correction")
+    ax.set_xticks(np.arange(len(STAGES)), STAGES, rotation=45, ha="right")
+    ax.set(ylim=(0, 1), ylabel="AP", title="AP OKS 0.50:0.95 after each correction")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
 def _finish_pr_axes(ax, title: str) -> None:
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=title)
     ax.grid(True, alpha=0.3)
 
 
@@ -149,32 +138,21 @@ def write_report(
     per-bin analysis ``bins``, bins.{json,md}) into ``output_dir`` (created if needed); returns
     their paths by name."""
     os.makedirs(output_dir, exist_ok=True)
-    paths = {
-        name: os.path.join(output_dir, name)
-        for name in (
-            "metrics.json",
-            "metrics.md",
-            "pr_curves.png",
-            "error_breakdown.json",
-            "error_breakdown.md",
-            "error_breakdown.png",
-        )
+    texts: Dict[str, Optional[str]] = {  # file name -> text; None: a plot
+        "metrics.json": json.dumps(analysis.metrics, indent=2),
+        "metrics.md": metrics_table(analysis.metrics) + "\n",
+        "pr_curves.png": None,
+        "error_breakdown.json": json.dumps(analysis.to_dict(), indent=2),
+        "error_breakdown.md": breakdown_table(analysis) + "\n",
+        "error_breakdown.png": None,
     }
-    with open(paths["metrics.json"], "w") as f:
-        json.dump(analysis.metrics, f, indent=2)
-    with open(paths["metrics.md"], "w") as f:
-        f.write(metrics_table(analysis.metrics) + "\n")
-    with open(paths["error_breakdown.json"], "w") as f:
-        json.dump(analysis.to_dict(), f, indent=2)
-    with open(paths["error_breakdown.md"], "w") as f:
-        f.write(breakdown_table(analysis) + "\n")
+    if bins is not None:
+        texts.update({"bins.json": json.dumps(bins, indent=2), "bins.md": bins_table(bins) + "\n"})
+    paths = {name: os.path.join(output_dir, name) for name in texts}
+    for name, text in texts.items():
+        if text is not None:
+            with open(paths[name], "w") as f:
+                f.write(text)
     plot_pr_curves(analysis.precision[0], analysis.oks_thresholds, analysis.recall_thresholds, paths["pr_curves.png"])
     plot_error_breakdown(analysis, paths["error_breakdown.png"])
-    if bins is not None:
-        paths["bins.json"] = os.path.join(output_dir, "bins.json")
-        paths["bins.md"] = os.path.join(output_dir, "bins.md")
-        with open(paths["bins.json"], "w") as f:
-            json.dump(bins, f, indent=2)
-        with open(paths["bins.md"], "w") as f:
-            f.write(bins_table(bins) + "\n")
     return paths

@@ -17,13 +17,11 @@ of the box size max(w, h) (its "head size" is 0.4 x max(w, h), so that the 0.5 t
 of the box size); how many persons were is logged and reported (``NumBoxNormalised``).
 """
 
-import copy
 import itertools
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,17 +56,15 @@ BOX_PCK_THRESHOLD = 0.2
 # Joints left out of the means (official names).
 EXCLUDED_FROM_MEAN = ("pelv", "thor")
 # Reported groups: name -> official joint names averaged.
-JOINT_GROUPS = OrderedDict(
-    [
-        ("Head", ("head",)),
-        ("Shoulder", ("lsho", "rsho")),
-        ("Elbow", ("lelb", "relb")),
-        ("Wrist", ("lwri", "rwri")),
-        ("Hip", ("lhip", "rhip")),
-        ("Knee", ("lkne", "rkne")),
-        ("Ankle", ("lank", "rank")),
-    ]
-)
+JOINT_GROUPS = {
+    "Head": ("head",),
+    "Shoulder": ("lsho", "rsho"),
+    "Elbow": ("lelb", "relb"),
+    "Wrist": ("lwri", "rwri"),
+    "Hip": ("lhip", "rhip"),
+    "Knee": ("lkne", "rkne"),
+    "Ankle": ("lank", "rank"),
+}
 
 
 @dataclass
@@ -164,7 +160,7 @@ def pckh_table(preds: np.ndarray, gt: MPIIGroundTruth) -> Dict[str, float]:
     """PCKh of 0-based predictions ``preds`` (P, 16, 2) (in ``gt.joint_names`` order; NaN: no
     prediction, counted wrong) against ``gt``.
 
-    Returns an ordered dict: the 7 groups, Mean, Mean@0.1 (see the module docstring), each in %,
+    Returns, in this order: the 7 groups, Mean, Mean@0.1 (see the module docstring), each in %,
     and NumPersons, NumBoxNormalised.
     """
     if preds.shape != gt.positions.shape:
@@ -179,9 +175,7 @@ def pckh_table(preds: np.ndarray, gt: MPIIGroundTruth) -> Dict[str, float]:
     weights = np.where(in_mean & (counts > 0), counts, 0).astype(np.float64)
     weights /= weights.sum()
     pckh = _pck(scaled, labelled, PCKH_THRESHOLD)
-    table: Dict[str, float] = OrderedDict()
-    for group, names in JOINT_GROUPS.items():
-        table[group] = float(np.mean([pckh[index[name]] for name in names]))
+    table = {group: float(np.mean([pckh[index[name]] for name in names])) for group, names in JOINT_GROUPS.items()}
     table["Mean"] = float(np.sum(np.nan_to_num(pckh) * weights))
     table["Mean@0.1"] = float(np.sum(np.nan_to_num(_pck(scaled, labelled, MEAN_LOW_THRESHOLD)) * weights))
     table["NumPersons"] = float(len(preds))
@@ -198,47 +192,46 @@ def format_pckh_table(table: Dict[str, float]) -> str:
     return f"{header}\n{values}\nPCKh Mean@0.5 {table['Mean']:.3f} Mean@0.1 {table['Mean@0.1']:.3f}"
 
 
-def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]) -> MPIIGroundTruth:
-    """Ground truth from the dataset dicts' annotations (keypoints (3 x 16) 0-based in the
-    dataset's keypoint order, ``head_box`` [x1, y1, x2, y2] 0-based where there is one, ``bbox``),
-    in the order the dicts list them; ``order``: official joint -> dataset keypoint index."""
-    rows = _person_order(dataset_dicts)
-    num_persons = sum(len(r) for r in rows)
-    positions, missing = np.zeros((num_persons, 16, 2)), np.zeros((num_persons, 16), bool)
-    head_boxes, box_sizes = np.full((num_persons, 2, 2), np.nan), np.zeros(num_persons)
-    for d, d_rows in zip(dataset_dicts, rows):
-        for anno, r in zip(_persons(d), d_rows):
-            kps = np.asarray(anno["keypoints"], np.float64).reshape(-1, 3)[order]
-            positions[r], missing[r] = kps[:, :2] + 1.0, kps[:, 2] <= 0
-            if anno.get("head_box") is not None:
-                head_boxes[r] = np.reshape(anno["head_box"], (2, 2)) + 1.0
-            x1, y1, x2, y2 = _xyxy(anno)
-            box_sizes[r] = max(x2 - x1, y2 - y1)
-    return MPIIGroundTruth(
-        joint_names=MPII_OFFICIAL_JOINT_NAMES,
-        positions=positions,
-        missing=missing,
-        head_sizes=head_sizes_from_boxes(head_boxes, box_sizes),
-        box_normalised=~np.isfinite(head_boxes).all(axis=(1, 2)),
-    )
-
-
 def _persons(dataset_dict: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The evaluated persons of a dataset dict: its non-crowd annotations."""
     return [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
 
 
-def _person_order(dataset_dicts: Sequence[Dict[str, Any]]) -> List[List[int]]:
-    """For each dict, the rows of its persons in the evaluation order: by ``person_index`` (the
-    position in the MPII file, as in the official .mat) where the annotations have it, else in
-    the order the dicts list them."""
-    keys = [[a.get("person_index", -1) for a in _persons(d)] for d in dataset_dicts]
-    flat = [(k, i) for i, k in enumerate(itertools.chain(*keys))]
-    if all(k >= 0 for k, _ in flat):
-        flat.sort()
-    row = {i: r for r, (_, i) in enumerate(flat)}
-    starts = np.cumsum([0] + [len(k) for k in keys])
-    return [[row[int(starts[d]) + j] for j in range(len(k))] for d, k in enumerate(keys)]
+def _ordered_persons(dataset_dicts: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], np.ndarray]:
+    """The evaluated persons of all dicts in the dicts' order, and the evaluation order as (P,)
+    indices into that list: by ``person_index`` (the position in the MPII file, as in the
+    official .mat) where every person has one, else the dicts' order."""
+    persons = [a for d in dataset_dicts for a in _persons(d)]
+    keys = [a.get("person_index", -1) for a in persons]
+    order = np.argsort(keys, kind="stable") if all(k >= 0 for k in keys) else np.arange(len(persons))
+    return persons, order
+
+
+def _xyxy(annos: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """(P, 4) float64 XYXY_ABS boxes of annotations."""
+    boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+    return np.array(boxes, np.float64).reshape(-1, 4)
+
+
+def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]) -> MPIIGroundTruth:
+    """Ground truth from the dataset dicts' annotations (keypoints (3 x 16) 0-based in the
+    dataset's keypoint order, ``head_box`` [x1, y1, x2, y2] 0-based where there is one, ``bbox``)
+    in evaluation order; ``order``: official joint -> dataset keypoint index."""
+    persons, person_order = _ordered_persons(dataset_dicts)
+    persons = [persons[i] for i in person_order]
+    kps = np.array([np.reshape(a["keypoints"], (-1, 3))[order] for a in persons], np.float64).reshape(-1, 16, 3)
+    head_boxes = np.full((len(persons), 2, 2), np.nan)
+    for p, anno in enumerate(persons):
+        if anno.get("head_box") is not None:
+            head_boxes[p] = np.reshape(anno["head_box"], (2, 2)) + 1.0
+    boxes = _xyxy(persons)
+    return MPIIGroundTruth(
+        joint_names=MPII_OFFICIAL_JOINT_NAMES,
+        positions=kps[:, :, :2] + 1.0,
+        missing=kps[:, :, 2] <= 0,
+        head_sizes=head_sizes_from_boxes(head_boxes, np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])),
+        box_normalised=~np.isfinite(head_boxes).all(axis=(1, 2)),
+    )
 
 
 def gather_on_main(items: List[Any], distributed: bool) -> Optional[List[Any]]:
@@ -258,10 +251,9 @@ class PCKhEvaluator(DatasetEvaluator):
     Each ground-truth person gets the prediction of its image whose box overlaps its box (clipped
     to the image, as the box source clips) most, IoU >= 0.5, one-to-one, greedily by IoU; persons
     left without one count every labelled joint wrong (logged). The ground truth is the dataset's
-    metadata ``gt_mat_file`` (the official ``gt_valid.mat``, persons in the order of the dataset
-    dicts' annotations) when set, else the annotations (and their ``head_box``). With
-    ``output_dir`` the predictions are written as HRNet's ``pred.mat`` (``preds`` (P, 16, 2),
-    0-based, official joint order).
+    metadata ``gt_mat_file`` (the official ``gt_valid.mat``, persons in evaluation order) when
+    set, else the annotations (and their ``head_box``). With ``output_dir`` the predictions are
+    written as HRNet's ``pred.mat`` (``preds`` (P, 16, 2), 0-based, official joint order).
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None):
@@ -282,24 +274,21 @@ class PCKhEvaluator(DatasetEvaluator):
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
+            boxes, keypoints = instances.pred_boxes.tensor.numpy(), instances.pred_keypoints.numpy()
             self._predictions.append(
-                {
-                    "image_id": inp["image_id"],
-                    "boxes": instances.pred_boxes.tensor.numpy().copy(),
-                    "keypoints": instances.pred_keypoints.numpy()[:, :, :2].copy(),
-                }
+                {"image_id": inp["image_id"], "boxes": boxes.copy(), "keypoints": keypoints[:, :, :2].copy()}
             )
 
     def _match(self, dataset_dicts: Sequence[Dict[str, Any]], predictions: Dict[Any, Dict[str, Any]]) -> np.ndarray:
-        """(P, 16, 2) 0-based predictions of the persons, official joint order (NaN: none)."""
-        rows = _person_order(dataset_dicts)
-        out = np.full((sum(len(r) for r in rows), 16, 2), np.nan)
-        for d, d_rows in zip(dataset_dicts, rows):
+        """(P, 16, 2) 0-based predictions of the persons in evaluation order, official joint
+        order (NaN: none)."""
+        found = [np.zeros((0, 16, 2))]  # per dict, (its persons, 16, 2)
+        for d in dataset_dicts:
             persons = _persons(d)
-            found = np.full((len(persons), 16, 2), np.nan)
+            found.append(np.full((len(persons), 16, 2), np.nan))
             pred = predictions.get(d["image_id"])
             if persons and pred is not None and len(pred["boxes"]):
-                gt_boxes = Boxes(torch.tensor(np.stack([_xyxy(a) for a in persons]), dtype=torch.float32))
+                gt_boxes = Boxes(torch.tensor(_xyxy(persons), dtype=torch.float32))
                 gt_boxes.clip((d["height"], d["width"]))
                 iou = pairwise_iou(gt_boxes, Boxes(torch.as_tensor(pred["boxes"]))).numpy()
                 taken = set()
@@ -307,10 +296,10 @@ class PCKhEvaluator(DatasetEvaluator):
                     g, p = np.unravel_index(flat, iou.shape)
                     if iou[g, p] < 0.5:
                         break
-                    if p not in taken and np.isnan(found[g]).all():
-                        found[g] = pred["keypoints"][p][self._order]
+                    if p not in taken and np.isnan(found[-1][g]).all():
+                        found[-1][g] = pred["keypoints"][p][self._order]
                         taken.add(p)
-            out[d_rows] = found
+        out = np.concatenate(found)[_ordered_persons(dataset_dicts)[1]]
         unmatched = int(np.isnan(out).all(axis=(1, 2)).sum())
         if unmatched:
             logger.warning("PCKh on %s: %d persons have no prediction (all their joints count wrong)",
@@ -323,13 +312,12 @@ class PCKhEvaluator(DatasetEvaluator):
             return {}
         dataset_dicts = DatasetCatalog.get(self._dataset_name)
         preds = self._match(dataset_dicts, {p["image_id"]: p for p in predictions})
-        table = self.score(preds, dataset_dicts)
-        return {"PCKh": copy.deepcopy(table)}
+        return {"PCKh": self.score(preds, dataset_dicts)}
 
     def score(self, preds: np.ndarray, dataset_dicts: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, float]:
-        """:func:`pckh_table` of 0-based predictions (P, 16, 2) of the dataset's persons (in the
-        order of the dicts' annotations, official joint order), logged and, with
-        ``output_dir``, written as pred.mat."""
+        """:func:`pckh_table` of 0-based predictions (P, 16, 2) of the dataset's persons (in
+        evaluation order, official joint order), logged and, with ``output_dir``, written as
+        pred.mat."""
         if dataset_dicts is None:
             dataset_dicts = DatasetCatalog.get(self._dataset_name)
         if self._gt_mat_file:
@@ -339,8 +327,7 @@ class PCKhEvaluator(DatasetEvaluator):
                     f"dataset {self._dataset_name!r}: gt_mat_file {self._gt_mat_file} has {len(gt.positions)} "
                     f"persons, the dataset's annotations {len(preds)}"
                 )
-            official = [MPII_OFFICIAL_JOINT_NAMES.index(name) for name in gt.joint_names]
-            preds = preds[:, official]
+            preds = preds[:, [MPII_OFFICIAL_JOINT_NAMES.index(name) for name in gt.joint_names]]
         else:
             gt = _gt_from_dicts(dataset_dicts, self._order)
         if self._output_dir:
@@ -351,11 +338,6 @@ class PCKhEvaluator(DatasetEvaluator):
         table = pckh_table(preds, gt)
         logger.info("PCKh of %s (%d persons):\n%s", self._dataset_name, len(preds), format_pckh_table(table))
         return table
-
-
-def _xyxy(anno: Dict[str, Any]) -> np.ndarray:
-    """(4,) XYXY_ABS box of an annotation."""
-    return np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
 
 
 def mean_pose_pckh_baseline(train_dataset: str, test_dataset: str) -> Dict[str, float]:
@@ -370,11 +352,8 @@ def mean_pose_pckh_baseline(train_dataset: str, test_dataset: str) -> Dict[str, 
     pose = mean_pose(_coco_dict(DatasetCatalog.get(train_dataset), names))  # (K, 2)
     evaluator = PCKhEvaluator(test_dataset, distributed=False)
     test_dicts = DatasetCatalog.get(test_dataset)
-    rows = _person_order(test_dicts)
-    boxes = np.zeros((sum(len(r) for r in rows), 4))
-    for d, d_rows in zip(test_dicts, rows):
-        for anno, r in zip(_persons(d), d_rows):
-            boxes[r] = _xyxy(anno)
+    persons, order = _ordered_persons(test_dicts)
+    boxes = _xyxy(persons)[order]
     preds = boxes[:, None, :2] + pose[None] * (boxes[:, None, 2:] - boxes[:, None, :2])  # (P, K, 2)
     return evaluator.score(preds[:, evaluator._order], test_dicts)
 
@@ -383,8 +362,7 @@ def _coco_dict(dataset_dicts: Sequence[Dict[str, Any]], names: Sequence[str]) ->
     """The persons of dataset dicts as a COCO keypoints dict (XYWH boxes) for ``mean_pose``."""
     annotations = []
     for d in dataset_dicts:
-        for anno in _persons(d):
-            x1, y1, x2, y2 = _xyxy(anno)
+        for anno, (x1, y1, x2, y2) in zip(_persons(d), _xyxy(_persons(d))):
             box = [x1, y1, x2 - x1, y2 - y1]
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": d["image_id"], "bbox": box, "area": box[2] * box[3],
