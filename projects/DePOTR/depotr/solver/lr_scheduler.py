@@ -1,5 +1,4 @@
-"""Learning-rate schedules: warm-up, then linear decay to a final factor (DePOTR) or cosine;
-and conversion of an epoch-based schedule into iterations."""
+"""Learning-rate schedules (warm-up, then linear or cosine decay) and epochs -> iterations."""
 
 import logging
 import math
@@ -21,19 +20,14 @@ _DECAYS = {
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:
-    """Linear warm-up over ``WARMUP_ITERS`` from ``WARMUP_FACTOR``, then linear or cosine
-    decay from ``BASE_LR`` to ``BASE_LR x FINAL_LR_FACTOR`` at ``MAX_ITER``. The factor
-    multiplies each param group's own lr (backbone and sampling groups keep their ratio)."""
+    """Warm-up over ``WARMUP_ITERS`` from ``WARMUP_FACTOR``, then linear or cosine decay to
+    ``FINAL_LR_FACTOR`` at ``MAX_ITER``, as a factor of each param group's own lr."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     if name not in _DECAYS:
         return build_detectron2_lr_scheduler(cfg, optimizer)
     decay = _DECAYS[name](cfg.SOLVER.FINAL_LR_FACTOR)
-    multiplier = WarmupParamScheduler(
-        decay,
-        cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
-        cfg.SOLVER.WARMUP_METHOD,
-    )
+    warmup_fraction = min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0)
+    multiplier = WarmupParamScheduler(decay, cfg.SOLVER.WARMUP_FACTOR, warmup_fraction, cfg.SOLVER.WARMUP_METHOD)
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
 
 
