@@ -157,7 +157,8 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     model.NUM_KEYPOINTS = len(names)
     model.KEYPOINT_NAMES = names
     model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
-    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.keypoint_oks_sigmas)
+    # MPII's registrations carry no sigmas: [] gives the keypoint tables'.
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.get("keypoint_oks_sigmas", []))
     return (
         f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
         f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"
