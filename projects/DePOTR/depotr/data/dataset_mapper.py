@@ -118,11 +118,8 @@ class DePOTRDatasetMapper:
         self.num_keypoints = num_keypoints
         self.augmentation = augmentation if is_train else None
         self.num_skipped_images = 0
-        logger.info(
-            "DePOTRDatasetMapper (%s): augmentation %s",
-            "train" if is_train else "test",
-            "off" if self.augmentation is None else self.augmentation,
-        )
+        augmentation = "off" if self.augmentation is None else self.augmentation
+        logger.info(f"DePOTRDatasetMapper ({'train' if is_train else 'test'}): augmentation {augmentation}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
@@ -147,11 +144,8 @@ class DePOTRDatasetMapper:
                 raise OSError(f"cannot read image {file_name}: {e}") from e
             self.num_skipped_images += 1
             logger.warning(
-                "Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
-                file_name,
-                type(e).__name__,
-                e,
-                self.num_skipped_images,
+                f"Skipping unreadable image {file_name} ({type(e).__name__}: {e}); "
+                f"{self.num_skipped_images} skipped so far in this process."
             )
             return None
 

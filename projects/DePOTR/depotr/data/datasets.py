@@ -226,17 +226,11 @@ def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file:
     for d in dataset_dicts:
         person_boxes, person_scores = boxes.get(d["image_id"], empty)
         out.append({**d, "person_boxes": person_boxes, "person_scores": person_scores})
+    without = sum(1 for d in out if len(d["person_boxes"]) == 0)
     logger.info(
-        "Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d empty; %d kept boxes "
-        "belong to images not in the dataset; %d of %d images have no box.",
-        json_file,
-        stats["total"],
-        stats["kept"] - unknown,
-        stats["dropped_category"],
-        stats["dropped_empty"],
-        unknown,
-        sum(1 for d in out if len(d["person_boxes"]) == 0),
-        len(out),
+        f"Precomputed boxes {json_file}: {stats['total']} detections, kept {stats['kept'] - unknown}; dropped "
+        f"{stats['dropped_category']} not person, {stats['dropped_empty']} empty; {unknown} kept boxes belong to "
+        f"images not in the dataset; {without} of {len(out)} images have no box."
     )
     return out
 

@@ -41,14 +41,9 @@ def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:
     iters_per_epoch = math.ceil(num_train_images / cfg.SOLVER.IMS_PER_BATCH)
     cfg.SOLVER.MAX_ITER = int(cfg.SOLVER.MAX_EPOCHS * iters_per_epoch)
     cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
+    solver = cfg.SOLVER
     logger.info(
-        "Epoch schedule: %d images / %d per batch = %d iterations per epoch; %s epochs -> "
-        "MAX_ITER=%d, %s warm-up epochs -> WARMUP_ITERS=%d",
-        num_train_images,
-        cfg.SOLVER.IMS_PER_BATCH,
-        iters_per_epoch,
-        cfg.SOLVER.MAX_EPOCHS,
-        cfg.SOLVER.MAX_ITER,
-        cfg.SOLVER.WARMUP_EPOCHS,
-        cfg.SOLVER.WARMUP_ITERS,
+        f"Epoch schedule: {num_train_images} images / {solver.IMS_PER_BATCH} per batch = {iters_per_epoch} "
+        f"iterations per epoch; {solver.MAX_EPOCHS} epochs -> MAX_ITER={solver.MAX_ITER}, "
+        f"{solver.WARMUP_EPOCHS} warm-up epochs -> WARMUP_ITERS={solver.WARMUP_ITERS}"
     )
