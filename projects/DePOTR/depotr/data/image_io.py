@@ -76,23 +76,21 @@ _JPEG_START = b"\xff\xd8\xff"
 
 
 def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
-    """A JPEG decoded by PIL, EXIF orientation applied: (H, W, 3) BGR or (H, W) grey uint8; None when
-    ``path`` is no JPEG or too large for PIL (left to OpenCV); ValueError when truncated or corrupt."""
+    """A JPEG decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied): (H, W, 3) BGR
+    uint8; None when ``path`` is no JPEG or too large for PIL (left to OpenCV); ValueError when
+    truncated or corrupt."""
     with open(path, "rb") as f:
         if f.read(3) != _JPEG_START:
             return None
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from detectron2.data.detection_utils import read_image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)  # also loads (decodes) it
-                if image.mode not in ("L", "RGB"):
-                    image = image.convert("RGB")  # CMYK / YCCK JPEGs
-                pixels = np.asarray(image)
+            return read_image(path, format="BGR")
     except Image.DecompressionBombError:
         return None
     except OSError as e:
         raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e
-    return pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
