@@ -15,7 +15,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices
+from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, person_metadata
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -177,9 +177,4 @@ def drawing_metadata(cfg) -> Dict[str, Any]:
         if dataset in DatasetCatalog.list() and list(MetadataCatalog.get(dataset).get("keypoint_names", [])) == names:
             rules = list(MetadataCatalog.get(dataset).get("keypoint_connection_rules", []))
             break
-    return {
-        "thing_classes": ["person"],
-        "keypoint_names": names,
-        "keypoint_flip_map": [tuple(pair) for pair in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP],
-        "keypoint_connection_rules": rules,
-    }
+    return person_metadata(names, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP, rules)

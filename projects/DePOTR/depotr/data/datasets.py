@@ -1,16 +1,8 @@
-"""Dataset registrations and dataset-dict helpers for person keypoints (N persons per image).
-
-* ``synthetic_persons_train`` / ``_val``: the embedded synthetic dataset, generated on the first
-  ``DatasetCatalog.get`` into a cache entry (:mod:`depotr.data.synthetic_cache`) by generator
-  ``DATASETS.SYNTHETIC.GENERATOR_VERSION``; ``synthetic_persons_v<k>_train`` / ``_val``: the same
-  spec drawn by generator version k.
-* :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
-* :func:`attach_precomputed_boxes`: person detections from a COCO results json with scores
-  (Detectron2's ``load_proposals_into_dataset`` reads its own pkl instead).
-
-A malformed entry of a detection file is an error naming the file and the entry; a valid entry
-that cannot be a person box (another category, width or height 0) is dropped and counted in the
-log. Score threshold, top-k, sorting and clipping are the box source's (``modeling.box_sources``).
+"""Dataset registrations and dataset-dict helpers for person keypoints (N persons per image): the
+synthetic datasets (generated on the first ``DatasetCatalog.get``, :mod:`depotr.data.synthetic_cache`),
+the training filter, and person detections from a COCO results json (Detectron2's
+``load_proposals_into_dataset`` reads its own pkl instead). Score threshold, top-k, sorting and
+clipping of those boxes are the box source's (``depotr.modeling.box_sources``).
 """
 
 from __future__ import annotations

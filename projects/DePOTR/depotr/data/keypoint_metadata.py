@@ -172,24 +172,27 @@ def upper_body_mask(names: Sequence[str], table: Sequence[Tuple] = KNOWN_KEYPOIN
     return [half == "upper" for half in _table_column(names, 4, table, missing)]
 
 
-def table_metadata(table: Sequence[Tuple], skeleton: Sequence[Tuple]) -> Dict[str, object]:
-    """Detectron2 ``MetadataCatalog`` fields (one "person" class) of a keypoint table and skeleton."""
+def person_metadata(
+    names: Sequence[str], flip_map: Sequence[Sequence[str]], rules: Sequence[Tuple]
+) -> Dict[str, object]:
+    """Detectron2 ``MetadataCatalog`` fields of one "person" class with keypoints ``names``, flip
+    pairs ``flip_map`` and skeleton edges ``rules`` (name, name, (r, g, b))."""
     return {
         "thing_classes": ["person"],
-        "keypoint_names": [row[0] for row in table],
-        "keypoint_flip_map": flip_pairs(table),
-        "keypoint_connection_rules": [tuple(edge) for edge in skeleton],
+        "keypoint_names": list(names),
+        "keypoint_flip_map": [tuple(pair) for pair in flip_map],
+        "keypoint_connection_rules": [tuple(edge) for edge in rules],
     }
 
 
 def coco_person_metadata() -> Dict[str, object]:
     """``MetadataCatalog`` fields of COCO's 17 person keypoints (also the synthetic persons')."""
-    return table_metadata(COCO_PERSON_KEYPOINT_TABLE, COCO_PERSON_SKELETON)
+    return person_metadata(COCO_PERSON_KEYPOINT_NAMES, flip_pairs(), COCO_PERSON_SKELETON)
 
 
 def mpii_person_metadata() -> Dict[str, object]:
     """``MetadataCatalog`` fields of MPII's 16 person keypoints."""
-    return table_metadata(MPII_KEYPOINT_TABLE, MPII_SKELETON)
+    return person_metadata(MPII_KEYPOINT_NAMES, flip_pairs(MPII_KEYPOINT_TABLE), MPII_SKELETON)
 
 
 @dataclass(frozen=True)

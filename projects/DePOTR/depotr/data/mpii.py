@@ -1,15 +1,7 @@
-"""MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation.
-
-Reads HRNet's / mmpose's files (docs/datasets.md)::
-
-    datasets/mpii/images/*.jpg
-    datasets/mpii/annot/{train,valid}.json   per person: image, center, scale, joints (16, 2), joints_vis
-    datasets/mpii/annot/gt_valid.mat         the official evaluation ground truth (PCKh)
-
-All 1-based pixels, made 0-based here. Keypoints: the joints, v = 2 where ``joints_vis`` is 1, else
-x = y = v = 0 (also for entries without joints). ``mpii_train`` / ``mpii_val`` are registered under
-``$DETECTRON2_DATASETS/mpii`` with ``evaluator_type`` "mpii_pckh"; ``mpii_val`` has
-``gt_mat_file`` for ``PCKhEvaluator``.
+"""MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation, from HRNet's /
+mmpose's files (layout: docs/datasets.md): ``annot/{train,valid}.json`` (per person: image, center,
+scale, joints (16, 2), joints_vis; 1-based pixels, made 0-based here) and ``annot/gt_valid.mat``
+(the official ground truth). Keypoints: v = 2 where ``joints_vis`` is 1, else x = y = v = 0.
 """
 
 import logging
