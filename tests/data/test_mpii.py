@@ -237,3 +237,16 @@ def test_dataset_configs_agree_with_their_registered_datasets(config, num_keypoi
     table = {row[0]: row[2] for row in KNOWN_KEYPOINT_ROWS}
     assert keypoints.oks_sigmas == tuple(table[name] for name in keypoints.names)
     assert len(set(keypoints.flip_indices)) == num_keypoints and keypoints.flip_indices != tuple(range(num_keypoints))
+
+
+def test_an_mpii_dataset_fills_an_empty_keypoint_config():
+    """MPII's registrations carry no sigmas: the filled config takes the keypoint table's."""
+    from depotr.config import load_depotr_config
+    from depotr.data import fill_keypoint_config
+    from depotr.data.keypoint_metadata import MPII_KEYPOINT_TABLE, keypoint_metadata_from_config
+
+    cfg = load_depotr_config(os.path.join(REPO, "configs", "depotr_hm_r50_mpii.yaml"))
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = [], []
+    assert fill_keypoint_config(cfg) is not None
+    assert list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES) == list(MPII_KEYPOINT_NAMES)
+    assert keypoint_metadata_from_config(cfg).oks_sigmas == tuple(row[2] for row in MPII_KEYPOINT_TABLE)

@@ -1,20 +1,26 @@
-"""Files written whole or not at all: every output DePOTR writes (checkpoints, the synthetic
-dataset, exported models, demo results) goes through here.
+"""Files written whole or not at all (every output DePOTR writes goes through here), and checked
+json reads.
 
-A temporary file in the destination's directory (named ``.tmp-<random>-<name>``) is written,
-flushed to disk and moved onto the destination with ``os.replace`` (atomic on POSIX); if writing
-fails the temporary file is removed and the destination is left as it was. Temporary files get
-the permissions of the process' umask, as a plain ``open`` would give. A process killed
-mid-write leaves its temporary file behind: :func:`remove_temporary_files` deletes those once
-nothing else can be writing in the folder.
+A temporary file ``.tmp-<random>-<name>`` in the destination's directory is written, synced and
+moved onto the destination with ``os.replace`` (atomic on POSIX); if writing fails it is removed
+and the destination is left as it was. A process killed mid-write leaves its temporary file
+behind: :func:`remove_temporary_files` deletes those once nothing else can be writing there.
 """
 
 import contextlib
+import json
 import os
 import secrets
-from typing import BinaryIO, Callable, Iterator, List
+from typing import Any, BinaryIO, Callable, Iterator, List
 
-__all__ = ["TEMPORARY_PREFIX", "atomic_output_path", "atomic_write", "remove_temporary_files", "temporary_path"]
+__all__ = [
+    "TEMPORARY_PREFIX",
+    "atomic_output_path",
+    "atomic_write",
+    "load_json_list",
+    "remove_temporary_files",
+    "temporary_path",
+]
 
 # Name prefix of every temporary file or folder made here.
 TEMPORARY_PREFIX = ".tmp-"
@@ -28,9 +34,9 @@ def temporary_path(path: str) -> str:
 
 @contextlib.contextmanager
 def atomic_output_path(path: str) -> Iterator[str]:
-    """Yields a temporary path next to ``path`` for the block to write (by name: for writers
-    that take a path, e.g. ``torch.onnx.export``); when the block succeeds the file is synced
-    and moved onto ``path``, otherwise removed."""
+    """Yields a temporary path next to ``path`` for the block to write (for writers that take a
+    path, e.g. ``torch.onnx.export``); when the block succeeds the file is synced and moved onto
+    ``path``, otherwise removed."""
     tmp_path = temporary_path(path)
     # Mode 0o666 filtered by the umask (tempfile.mkstemp would give 0o600).
     os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -64,3 +70,19 @@ def remove_temporary_files(directory: str) -> List[str]:
                     os.remove(path)
                     removed.append(path)
     return removed
+
+
+def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
+    """The list that ``json_file`` holds; FileNotFoundError / ValueError naming "``what`` file"
+    when it is missing, not json or not a list (of ``items``)."""
+    name = f"{what} file {json_file}"
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"{name} does not exist")
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{name} is not valid json: {e}") from e
+    if not isinstance(data, list):
+        raise ValueError(f"{name}: expected a list of {items}, got {type(data).__name__}")
+    return data

@@ -1,14 +1,9 @@
-"""DePOTR data: keypoint metadata, the synthetic dataset, registrations, mapper (photometric augmentation).
+"""DePOTR data: keypoint metadata, datasets, the mapper.
 
-Importing this package registers ``synthetic_persons_train`` / ``synthetic_persons_val`` and
-``synthetic_persons_v<k>_train`` / ``_val`` of every generator version k, and
-``synthetic_mpii_train`` / ``_val`` (default ``DATASETS.SYNTHETIC`` values; images are generated
-on the first ``DatasetCatalog.get``), ``mpii_train`` / ``mpii_val`` and ``crowdpose_*`` (files
-read on the first ``DatasetCatalog.get``). OKS sigmas are not dataset metadata: they come with the
-keypoints of the config (``keypoint_metadata.keypoint_metadata_from_config``). Your own keypoints:
+Importing this package registers the synthetic datasets (default ``DATASETS.SYNTHETIC``; entry
+points re-register them with ``register_synthetic_datasets_from_cfg(cfg)``), ``mpii_*`` and
+``crowdpose_*``; files are read on the first ``DatasetCatalog.get``. Your own keypoints:
 :func:`register_keypoint_dataset`.
-Entry points re-register the synthetic datasets with their config:
-``register_synthetic_datasets_from_cfg(cfg)``.
 """
 
 from .crowdpose import register_crowdpose_datasets

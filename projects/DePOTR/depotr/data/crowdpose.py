@@ -1,14 +1,8 @@
 """CrowdPose (Li et al. 2019): COCO-format files with 14 keypoints and a crowd index per image.
 
-Registered (lazily) under ``$DETECTRON2_DATASETS/crowdpose`` (default ``datasets/crowdpose``)::
-
-    datasets/crowdpose/images/*.jpg
-    datasets/crowdpose/json/crowdpose_{train,val,trainval,test}.json
-
-as ``crowdpose_train`` / ``_val`` / ``_trainval`` / ``_test`` with
-:func:`depotr.data.custom.register_keypoint_dataset` (keypoints, flip pairs, skeleton and sigmas of
-``keypoint_metadata.CROWDPOSE_KEYPOINT_TABLE``) and ``evaluator_type`` "crowdpose"
-(:class:`depotr.evaluation.crowdpose.CrowdPoseEvaluator`: AP, AP easy / medium / hard).
+``crowdpose_train`` / ``_val`` / ``_trainval`` / ``_test`` are registered (lazily) from
+``$DETECTRON2_DATASETS/crowdpose/{images, json/crowdpose_<split>.json}`` with the keypoints of
+``CROWDPOSE_KEYPOINT_TABLE`` and ``evaluator_type`` "crowdpose" (AP easy / medium / hard).
 """
 
 import os
@@ -24,7 +18,7 @@ CROWDPOSE_SPLITS = ("train", "val", "trainval", "test")
 
 def register_crowdpose_datasets(root: Optional[str] = None) -> None:
     """Registers ``crowdpose_<split>`` for each split under ``root`` (default
-    ``$DETECTRON2_DATASETS/crowdpose``, ``DETECTRON2_DATASETS`` defaulting to ``datasets``)."""
+    ``$DETECTRON2_DATASETS/crowdpose``, that defaulting to ``datasets``)."""
     root = root or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "crowdpose")
     for split in CROWDPOSE_SPLITS:
         register_keypoint_dataset(

@@ -1,24 +1,12 @@
-"""Your own keypoints in one call: :func:`register_keypoint_dataset` registers a COCO-format
-keypoint file with any skeleton, and :func:`fill_keypoint_config` gives a config naming it the
-dataset's keypoints, so that it trains and evaluates with nothing else set about keypoints::
+"""Your own keypoints: :func:`register_keypoint_dataset` registers a COCO-format keypoint file with
+any skeleton, and :func:`fill_keypoint_config` sets the config's keypoint keys from it, so that it
+trains and evaluates with nothing else set about keypoints (rules: docs/datasets.md)::
 
     register_keypoint_dataset("cars_train", "cars/train.json", "cars/images",
                               keypoint_names=["front_left", "front_right", "roof"],
                               flip_map=[("front_left", "front_right")], skeleton=[("front_left", "roof")])
-    # then a config with DATASETS.TRAIN ("cars_train",): train_net.setup fills K, names, flip map, sigmas
-
-The rule of :func:`fill_keypoint_config`: when ``MODEL.DEPOTR.KEYPOINT_NAMES`` is empty and the
-first dataset of ``DATASETS.TRAIN`` + ``DATASETS.TEST`` was registered here (its metadata has
-``keypoints_from_dataset``), ``MODEL.DEPOTR.NUM_KEYPOINTS``, ``KEYPOINT_NAMES``,
-``KEYPOINT_FLIP_MAP`` and ``TEST.KEYPOINT_OKS_SIGMAS`` are set from its metadata (all four: the
-COCO sigmas of Base-DePOTR.yaml are replaced). Otherwise nothing changes, and
-``keypoint_metadata_from_config`` checks every dataset against the config as before. Without
-``oks_sigmas`` every keypoint gets ``DEFAULT_OKS_SIGMA``, the mean of COCO's 17 sigmas (0.0663).
-The half-body augmentation needs body halves (``keypoint_metadata.upper_body_mask``): leave
-``INPUT.CROP_AUG.HALF_BODY_PROB`` at 0 for other skeletons.
 """
 
-import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,9 +15,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices
-
-logger = logging.getLogger(__name__)
+from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, person_metadata
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -37,11 +23,20 @@ __all__ = [
     "fill_keypoint_config",
     "load_keypoint_json",
     "register_keypoint_dataset",
+    "unregister_dataset",
 ]
 
+# OKS sigma of keypoints registered without one: the mean of COCO's 17 (0.0663).
 DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
 # Drawing colour of skeleton edges given without one.
 DEFAULT_EDGE_COLOUR = (255, 128, 0)
+
+
+def unregister_dataset(name: str) -> None:
+    """Removes ``name`` from Detectron2's catalogs so that it can be registered again."""
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
 
 
 def _check_metadata(
@@ -51,8 +46,8 @@ def _check_metadata(
     skeleton: Optional[Sequence[Sequence[Any]]],
     oks_sigmas: Optional[Sequence[float]],
 ) -> Tuple[List[str], List[Tuple[str, str]], List[tuple], List[float]]:
-    """Validated names, flip pairs, connection rules and sigmas; a ValueError naming the dataset
-    and the field otherwise."""
+    """Validated names, flip pairs, connection rules and sigmas; else a ValueError naming the dataset
+    and the field."""
     where = f"keypoint dataset {name!r}"
     names = list(keypoint_names)
     if not names or not all(isinstance(n, str) and n for n in names):
@@ -124,18 +119,15 @@ def register_keypoint_dataset(
         keypoint_names: the K keypoint names, in the file's keypoint order.
         flip_map: (left, right) name pairs a horizontal flip swaps; [] for none.
         skeleton: edges (name, name) or (name, name, (r, g, b)) for the visualiser.
-        oks_sigmas: (K,) per-keypoint OKS sigmas of the evaluation and OKS-NMS; None:
-            ``DEFAULT_OKS_SIGMA`` each.
+        oks_sigmas: (K,) OKS sigmas of the evaluation and OKS-NMS; None: ``DEFAULT_OKS_SIGMA``
+            (the mean of COCO's 17) each.
         evaluator_type: "coco" (OKS AP), "crowdpose" (``depotr.evaluation.crowdpose``).
     Raises:
-        ValueError naming the dataset and the field: names, flip pairs, skeleton or sigmas
-        inconsistent (now); the file's keypoints not K per annotation (on the first
-        ``DatasetCatalog.get``, which ``train_net.setup`` makes before training).
+        ValueError naming the dataset and the field: inconsistent metadata (now); not K keypoints
+        per annotation (on the first ``DatasetCatalog.get``, which ``train_net.setup`` makes).
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas)
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog.list():
-            catalog.remove(name)
+    unregister_dataset(name)
     DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, len(names)))
     MetadataCatalog.get(name).set(
         json_file=json_file,
@@ -150,8 +142,10 @@ def register_keypoint_dataset(
 
 
 def fill_keypoint_config(cfg) -> Optional[str]:
-    """Sets the config's keypoint keys from its first dataset (the rule of the module
-    docstring), in place on an unfrozen ``cfg``. Returns what was done, for the log, or None."""
+    """When ``MODEL.DEPOTR.KEYPOINT_NAMES`` is empty and the first dataset of ``DATASETS.TRAIN`` +
+    ``DATASETS.TEST`` was registered here (``keypoints_from_dataset``), sets ``NUM_KEYPOINTS``,
+    ``KEYPOINT_NAMES``, ``KEYPOINT_FLIP_MAP`` and ``TEST.KEYPOINT_OKS_SIGMAS`` from its metadata,
+    in place. Returns what was done, for the log, or None."""
     model = cfg.MODEL.DEPOTR
     datasets = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     if model.KEYPOINT_NAMES or not datasets or datasets[0] not in DatasetCatalog.list():
@@ -163,7 +157,8 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     model.NUM_KEYPOINTS = len(names)
     model.KEYPOINT_NAMES = names
     model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
-    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.keypoint_oks_sigmas)
+    # MPII's registrations carry no sigmas: [] gives the keypoint tables'.
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.get("keypoint_oks_sigmas", []))
     return (
         f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
         f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"
@@ -172,9 +167,8 @@ def fill_keypoint_config(cfg) -> Optional[str]:
 
 def drawing_metadata(cfg) -> Dict[str, Any]:
     """``Visualizer`` metadata for a config's keypoints: COCO's when ``MODEL.DEPOTR.KEYPOINT_NAMES``
-    is empty; else the names and flip pairs of the config, with the skeleton of the first
-    registered dataset of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (no
-    skeleton when none is registered)."""
+    is empty; else the config's names and flip pairs with the skeleton of the first registered
+    dataset of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (else none)."""
     names = list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES)
     if not names:
         return coco_person_metadata()
@@ -183,9 +177,4 @@ def drawing_metadata(cfg) -> Dict[str, Any]:
         if dataset in DatasetCatalog.list() and list(MetadataCatalog.get(dataset).get("keypoint_names", [])) == names:
             rules = list(MetadataCatalog.get(dataset).get("keypoint_connection_rules", []))
             break
-    return {
-        "thing_classes": ["person"],
-        "keypoint_names": names,
-        "keypoint_flip_map": [tuple(pair) for pair in cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP],
-        "keypoint_connection_rules": rules,
-    }
+    return person_metadata(names, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP, rules)

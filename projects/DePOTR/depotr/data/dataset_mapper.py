@@ -1,17 +1,13 @@
-"""Dataset dict -> model input for DePOTR (top-down: the whole image, person boxes, keypoints).
+"""Dataset dict -> model input for DePOTR (top-down): the whole image, N person boxes with K
+keypoints, M precomputed person boxes.
 
-N persons, K keypoints, M precomputed person boxes.
+Keypoint coordinates follow Detectron2: ``load_coco_json`` adds 0.5 to COCO's pixel indices (pixel
+i's centre is i + 0.5, the continuous convention of boxes and RoIAlign) and ``COCOEvaluator``
+subtracts it again; the mapper keeps them as they are and only zeroes x, y where v = 0. A keypoint
+is inside the image when 0 <= x <= W and 0 <= y <= H (``transform_keypoint_annotations``).
 
-Keypoint coordinates follow Detectron2 exactly: COCO json keypoints are pixel indices and
-``load_coco_json`` adds 0.5 to x and y (pixel i's centre becomes i + 0.5, the continuous
-convention of boxes and RoIAlign); ``COCOEvaluator`` subtracts 0.5 from predictions. The mapper
-keeps dataset-dict coordinates as they are (no further shift) and only zeroes x, y where v = 0
-(``load_coco_json`` turns unlabelled (0, 0) into (0.5, 0.5)). A keypoint counts as inside the
-image when 0 <= x <= W and 0 <= y <= H, as in Detectron2's ``transform_keypoint_annotations``.
-
-Training augmentation here is photometric only (Albumentations on the pixels: blur, RGB shift,
-brightness / contrast); all geometry (half-body, scale, shift, rotation, flip) is applied per
-person at crop time by the model (``depotr.modeling.crop_augmentation``).
+Training augmentation here is photometric only; all geometry is applied per person at crop time
+by the model (``depotr.modeling.crop_augmentation``).
 """
 
 from __future__ import annotations
@@ -38,8 +34,8 @@ __all__ = ["DePOTRDatasetMapper", "annotations_to_arrays", "build_photometric_au
 def build_photometric_augmentation(
     blur_prob: float = 0.1, rgb_shift_prob: float = 0.2, brightness_contrast_prob: float = 0.3
 ) -> A.Compose:
-    """GaussianBlur, RGBShift, RandomBrightnessContrast (Albumentations defaults), each applied
-    with its probability to the (H, W, C) uint8 image only."""
+    """GaussianBlur, RGBShift, RandomBrightnessContrast (Albumentations defaults), each with its
+    probability, on the (H, W, C) uint8 image only."""
     return A.Compose(
         [
             A.GaussianBlur(p=blur_prob),
@@ -49,15 +45,10 @@ def build_photometric_augmentation(
     )
 
 
-def _annotation_name(anno: Dict[str, Any], index: int, file_name: str) -> str:
-    ident = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{index} (no id)"
-    return f"{ident} of {file_name}"
-
-
 def annotations_to_arrays(
     annos: Sequence[Dict[str, Any]], num_keypoints: int, file_name: str = "?"
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Validates non-crowd annotations and stacks them.
+    """Validates the non-crowd annotations and stacks them.
 
     Returns:
         boxes: float32 (N, 4) XYXY_ABS. keypoints: float32 (N, K, 3) x, y, v (x = y = 0 where
@@ -70,52 +61,38 @@ def annotations_to_arrays(
     for i, anno in enumerate(annos):
         if anno.get("iscrowd", 0):
             continue
+        where = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{i} (no id)"
+        where += f" of {file_name}"
         bbox = np.asarray(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
         if bbox.shape != (4,) or not np.isfinite(bbox).all() or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-            raise ValueError(
-                f"degenerate box {list(anno['bbox'])} (width or height <= 0) in {_annotation_name(anno, i, file_name)}"
-            )
+            raise ValueError(f"degenerate box {list(anno['bbox'])} (width or height <= 0) in {where}")
         raw = anno.get("keypoints")
-        if raw is None:
-            kp = np.zeros((num_keypoints, 3))
-        else:
-            try:
-                kp = np.asarray(raw, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: {e}") from e
-            if kp.size != 3 * num_keypoints:
-                raise ValueError(
-                    f"malformed keypoints in {_annotation_name(anno, i, file_name)}: expected "
-                    f"{3 * num_keypoints} values (x, y, v for {num_keypoints} keypoints), got {kp.size}"
-                )
-            if not np.isfinite(kp).all():
-                raise ValueError(f"malformed keypoints in {_annotation_name(anno, i, file_name)}: NaN or inf")
-            kp = kp.reshape(num_keypoints, 3).copy()
-            if not np.isin(kp[:, 2], (0, 1, 2)).all():
-                raise ValueError(
-                    f"malformed keypoints in {_annotation_name(anno, i, file_name)}: "
-                    f"visibility must be 0, 1 or 2, got {sorted(set(kp[:, 2].tolist()))}"
-                )
+        try:
+            kp = np.zeros(3 * num_keypoints) if raw is None else np.array(raw, np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"malformed keypoints in {where}: {e}") from e
+        error = ""
+        if kp.size != 3 * num_keypoints:
+            error = f"expected {3 * num_keypoints} values (x, y, v for {num_keypoints} keypoints), got {kp.size}"
+        elif not np.isfinite(kp).all():
+            error = "NaN or inf"
+        elif not np.isin(kp[2::3], (0, 1, 2)).all():
+            error = f"visibility must be 0, 1 or 2, got {sorted(set(kp[2::3].tolist()))}"
+        if error:
+            raise ValueError(f"malformed keypoints in {where}: {error}")
+        kp = kp.reshape(num_keypoints, 3)
         kp[kp[:, 2] == 0, :2] = 0
         boxes.append(bbox)
         kps.append(kp)
-    boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
-    kps_arr = np.asarray(kps, np.float32).reshape(-1, num_keypoints, 3)
-    return boxes_arr, kps_arr
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(kps, np.float32).reshape(-1, num_keypoints, 3)
 
 
 class DePOTRDatasetMapper:
-    """Reads the image, validates annotations, applies the photometric training augmentation
-    and builds ``Instances``. No resize, crop or other geometry: the model crops and augments
-    persons.
+    """Reads the image, validates annotations (:func:`annotations_to_arrays`), applies the
+    photometric training augmentation and builds ``Instances``; no geometry (the model crops).
 
-    Unreadable images: skipped in training (returns None, so Detectron2's ``MapDataset``
-    retries another index; ``num_skipped_images`` counts them per process) and an error naming
-    the file at evaluation.
-
-    Boxes: a malformed annotation is an error naming it (:func:`annotations_to_arrays`, the one
-    annotation check). Everything else about boxes is the box source's policy
-    (``depotr.modeling.box_sources``).
+    An unreadable image is skipped in training (None: Detectron2's ``MapDataset`` retries another
+    index; ``num_skipped_images`` counts them per process) and an error naming it at evaluation.
     """
 
     @configurable
@@ -131,10 +108,9 @@ class DePOTRDatasetMapper:
         Args:
             is_train: training (augmentation, corrupt images skipped) or evaluation.
             image_format: ``cfg.INPUT.FORMAT`` ("BGR", "RGB", ...).
-            augmentation: a pixel-only Albumentations pipeline (:func:`build_photometric_augmentation`),
-                used only when ``is_train``. Its seed is drawn from NumPy's global RNG on every
-                call, which Detectron2 seeds per data-loader worker and the trainer per iteration
-                (``IterationSeedHook``), so a resumed run augments like an uninterrupted one.
+            augmentation: a pixel-only Albumentations pipeline, used only when ``is_train``; seeded
+                per call from NumPy's global RNG (seeded per worker and per iteration by
+                ``IterationSeedHook``), so a resumed run augments like an uninterrupted one.
             num_keypoints: K.
         """
         self.is_train = is_train
@@ -142,11 +118,8 @@ class DePOTRDatasetMapper:
         self.num_keypoints = num_keypoints
         self.augmentation = augmentation if is_train else None
         self.num_skipped_images = 0
-        logger.info(
-            "DePOTRDatasetMapper (%s): augmentation %s",
-            "train" if is_train else "test",
-            "off" if self.augmentation is None else self.augmentation,
-        )
+        augmentation = "off" if self.augmentation is None else self.augmentation
+        logger.info(f"DePOTRDatasetMapper ({'train' if is_train else 'test'}): augmentation {augmentation}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
@@ -171,11 +144,8 @@ class DePOTRDatasetMapper:
                 raise OSError(f"cannot read image {file_name}: {e}") from e
             self.num_skipped_images += 1
             logger.warning(
-                "Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
-                file_name,
-                type(e).__name__,
-                e,
-                self.num_skipped_images,
+                f"Skipping unreadable image {file_name} ({type(e).__name__}: {e}); "
+                f"{self.num_skipped_images} skipped so far in this process."
             )
             return None
 
@@ -216,16 +186,16 @@ class DePOTRDatasetMapper:
         image_size = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if annos is not None:
-            instances = Instances(image_size)
-            instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-            instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
-            instances.gt_keypoints = Keypoints(
-                torch.as_tensor(keypoints, dtype=torch.float32).reshape(-1, self.num_keypoints, 3)
+            dataset_dict["instances"] = Instances(
+                image_size,
+                gt_boxes=Boxes(torch.from_numpy(boxes)),
+                gt_classes=torch.zeros(len(boxes), dtype=torch.int64),
+                gt_keypoints=Keypoints(torch.from_numpy(keypoints)),
             )
-            dataset_dict["instances"] = instances
         if proposal_boxes is not None:
-            proposals = Instances(image_size)
-            proposals.proposal_boxes = Boxes(torch.as_tensor(proposal_boxes, dtype=torch.float32).reshape(-1, 4))
-            proposals.scores = torch.as_tensor(proposal_scores, dtype=torch.float32)
-            dataset_dict["proposals"] = proposals
+            dataset_dict["proposals"] = Instances(
+                image_size,
+                proposal_boxes=Boxes(torch.from_numpy(proposal_boxes)),
+                scores=torch.from_numpy(proposal_scores),
+            )
         return dataset_dict

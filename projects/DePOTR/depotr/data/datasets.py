@@ -1,31 +1,17 @@
-"""Dataset registrations and dataset-dict helpers for person keypoints.
-
-N persons (or detections) per image, K = 17 keypoints.
-
-* ``synthetic_persons_train`` / ``synthetic_persons_val``: the embedded synthetic dataset
-  (:mod:`depotr.data.synthetic`), generated on the first ``DatasetCatalog.get`` into a cache
-  entry of its spec (:mod:`depotr.data.synthetic_cache`) by the configured generator version
-  (``DATASETS.SYNTHETIC.GENERATOR_VERSION``); ``synthetic_persons_v<k>_train`` / ``_val``: the
-  same spec drawn by generator version k, for every version (e.g. v3's val beside v4's).
-* :func:`filter_person_annotations`: the training filter (non-crowd persons with keypoints).
-* :func:`attach_precomputed_boxes`: person detections from a COCO results json. Not Detectron2's
-  ``load_proposals_into_dataset``: that reads its own pkl (ids, boxes, objectness logits), and the
-  published person detections (SimpleBaseline's) are a COCO results json with scores.
-
-Box checks here are the loader's: a malformed entry of an annotation or detection file is an
-error naming the file and the entry; a valid entry that cannot be a person box (another category,
-a detection of width or height 0) is dropped and counted in the log. Score threshold, top-k,
-sorting and clipping are the box source's (``depotr.modeling.box_sources``), stated once there.
+"""Dataset registrations and dataset-dict helpers for person keypoints (N persons per image): the
+synthetic datasets (generated on the first ``DatasetCatalog.get``, :mod:`depotr.data.synthetic_cache`),
+the training filter, and person detections from a COCO results json (Detectron2's
+``load_proposals_into_dataset`` reads its own pkl instead). Score threshold, top-k, sorting and
+clipping of those boxes are the box source's (``depotr.modeling.box_sources``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,6 +19,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from ..file_io import load_json_list
+from .custom import unregister_dataset
 from .keypoint_metadata import coco_person_metadata
 from .synthetic import DEFAULT_IMAGE_SIZE
 from .synthetic import GENERATOR_VERSION as DEFAULT_GENERATOR_VERSION
@@ -51,26 +39,15 @@ __all__ = [
     "register_default_synthetic_datasets",
     "register_synthetic_datasets_from_cfg",
     "resolve_synthetic_root",
-    "versioned_synthetic_name",
 ]
 
 # Split -> registered dataset name.
 SYNTHETIC_DATASET_NAMES: Dict[str, str] = {"train": "synthetic_persons_train", "val": "synthetic_persons_val"}
-# COCO category id of "person" in detection result files.
-COCO_PERSON_CATEGORY_ID = 1
 
 
-# ----------------------------------------------------------------------------------------
-# Synthetic persons
-# ----------------------------------------------------------------------------------------
 def resolve_synthetic_root(root: str) -> str:
-    """Absolute dataset folder for ``DATASETS.SYNTHETIC.ROOT``.
-
-    When the environment variable ``DEPOTR_DATASETS`` is set it replaces the folder's parent
-    (``datasets/synthetic_persons`` -> ``$DEPOTR_DATASETS/synthetic_persons``), as
-    ``DETECTRON2_DATASETS`` does for the builtin datasets. Otherwise a relative ``root`` is
-    taken relative to the current directory.
-    """
+    """Absolute folder of ``DATASETS.SYNTHETIC.ROOT``; ``$DEPOTR_DATASETS``, when set, replaces its
+    parent (as ``DETECTRON2_DATASETS`` does for the builtin datasets)."""
     env = os.environ.get("DEPOTR_DATASETS")
     if env:
         root = os.path.join(os.path.expanduser(env), os.path.basename(os.path.normpath(root)))
@@ -87,14 +64,9 @@ def _load_synthetic_split(
     version: int = DEFAULT_GENERATOR_VERSION,
 ) -> List[Dict[str, Any]]:
     json_file = ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)
-    paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
+    image_root = synthetic_split_paths(root, split, num_images, seed, image_size, version)["image_root"]
     # "id" is kept so that errors can name the annotation.
-    return load_coco_json(json_file, paths["image_root"], name, extra_annotation_keys=["id"])
-
-
-def versioned_synthetic_name(split: str, version: int) -> str:
-    """Registered name of a split drawn by generator ``version``, e.g. ``synthetic_persons_v3_val``."""
-    return SYNTHETIC_DATASET_NAMES[split].replace("synthetic_persons_", f"synthetic_persons_v{int(version)}_")
+    return load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
 
 
 def register_synthetic_datasets(
@@ -107,40 +79,30 @@ def register_synthetic_datasets(
 ) -> None:
     """(Re)registers ``synthetic_persons_train`` / ``_val`` (generator ``version``),
     ``synthetic_persons_v<k>_train`` / ``_val`` (every generator version k) and
-    ``synthetic_mpii_train`` / ``_val`` in Detectron2's catalogs.
-
-    Cheap: the images are generated (or a complete cache reused) on the first
-    ``DatasetCatalog.get``. Earlier registrations of these names are replaced.
+    ``synthetic_mpii_train`` / ``_val``. Cheap: images are generated (or a complete cache reused)
+    on the first ``DatasetCatalog.get``.
 
     Args:
         root: ``DATASETS.SYNTHETIC.ROOT`` (see :func:`resolve_synthetic_root`).
-        num_train, num_val: images per split. seed: ``DATASETS.SYNTHETIC.SEED``.
-        image_size: side S of the square images.
-        version: ``DATASETS.SYNTHETIC.GENERATOR_VERSION``.
+        num_train, num_val: images per split; seed: ``DATASETS.SYNTHETIC.SEED``.
+        image_size: side S of the square images; version: ``DATASETS.SYNTHETIC.GENERATOR_VERSION``.
     """
     root = resolve_synthetic_root(root)
     version = check_generator_version(version)
-    entries = [(SYNTHETIC_DATASET_NAMES[split], split, version) for split in SYNTHETIC_DATASET_NAMES]
-    entries += [
-        (versioned_synthetic_name(split, k), split, k) for k in sorted(RENDERERS) for split in SYNTHETIC_DATASET_NAMES
-    ]
-    sizes = {"train": num_train, "val": num_val}
+    sizes = {"train": int(num_train), "val": int(num_val)}
+    entries = [(SYNTHETIC_DATASET_NAMES[split], split, version) for split in sizes]
+    entries += [(f"synthetic_persons_v{k}_{split}", split, k) for k in sorted(RENDERERS) for split in sizes]
     for name, split, k in entries:
-        num_images = sizes[split]
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog:
-            MetadataCatalog.remove(name)
-        args = (name, root, split, int(num_images), int(seed), int(image_size), k)
+        unregister_dataset(name)
+        args = (name, root, split, sizes[split], int(seed), int(image_size), k)
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
-        paths = synthetic_split_paths(root, split, int(num_images), int(seed), int(image_size), k)
+        paths = synthetic_split_paths(*args[1:])
         MetadataCatalog.get(name).set(
             json_file=paths["json_file"],
             image_root=paths["image_root"],
             evaluator_type="coco",
             **coco_person_metadata(),
         )
-    # The same persons in MPII's files (depotr.data.synthetic_mpii).
     register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size)
 
 
@@ -166,13 +128,10 @@ def register_default_synthetic_datasets() -> None:
 def filter_person_annotations(
     dataset_dicts: Sequence[Dict[str, Any]], return_stats: bool = False
 ) -> Union[List[Dict[str, Any]], Tuple[List[Dict[str, Any]], Dict[str, int]]]:
-    """Training filter: keeps non-crowd persons with >= 1 labelled keypoint (v > 0) and the
-    images that still have one. Logs the counts.
-
-    Returns the new list of dicts (annotations lists replaced, other fields shared), and with
-    ``return_stats`` also the counts: images_kept, images_dropped, persons_kept,
-    persons_dropped_crowd, persons_dropped_no_keypoints.
-    """
+    """Training filter: keeps non-crowd persons with >= 1 labelled keypoint (v > 0) and the images
+    that still have one; logs the counts. Returns new dicts (other fields shared), with
+    ``return_stats`` also the counts images_kept, images_dropped, persons_kept,
+    persons_dropped_crowd, persons_dropped_no_keypoints."""
     stats = Counter(
         images_kept=0, images_dropped=0, persons_kept=0, persons_dropped_crowd=0, persons_dropped_no_keypoints=0
     )
@@ -182,18 +141,14 @@ def filter_person_annotations(
         for anno in d.get("annotations", []):
             if anno.get("iscrowd", 0):
                 stats["persons_dropped_crowd"] += 1
-                continue
-            kps = anno.get("keypoints")
-            if not kps or not any(v > 0 for v in list(kps)[2::3]):
+            elif not any(v > 0 for v in list(anno.get("keypoints") or [])[2::3]):
                 stats["persons_dropped_no_keypoints"] += 1
-                continue
-            kept.append(anno)
+            else:
+                kept.append(anno)
         stats["persons_kept"] += len(kept)
+        stats["images_kept" if kept else "images_dropped"] += 1
         if kept:
-            stats["images_kept"] += 1
             kept_dicts.append({**d, "annotations": kept})
-        else:
-            stats["images_dropped"] += 1
     stats = dict(stats)
     logger.info(
         "Person filter: kept %(images_kept)d images, dropped %(images_dropped)d without persons; "
@@ -204,18 +159,14 @@ def filter_person_annotations(
     return (kept_dicts, stats) if return_stats else kept_dicts
 
 
-# ----------------------------------------------------------------------------------------
-# Precomputed person detections
-# ----------------------------------------------------------------------------------------
 def _finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
     """Reads a COCO detection results json (a list of {image_id, category_id, bbox [x, y, w, h],
-    score}) and keeps, per image, the person (category 1) boxes of positive width and height, in
-    the file's order (the box source "precomputed" applies ``MODEL.DEPOTR.BOX_SCORE_THRESH`` /
-    ``BOX_TOPK``).
+    score}) and keeps, per image and in the file's order, the person (category 1) boxes of
+    positive width and height.
 
     Returns:
         boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)).
@@ -223,27 +174,16 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
     Raises:
         FileNotFoundError / ValueError naming the file (and detection index and field).
     """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"precomputed boxes file {json_file} does not exist")
-    try:
-        with open(json_file) as f:
-            detections = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"precomputed boxes file {json_file} is not valid json: {e}") from e
-    if not isinstance(detections, list):
-        raise ValueError(
-            f"precomputed boxes file {json_file}: expected a list of detections "
-            f"(COCO results format), got {type(detections).__name__}"
-        )
+    detections = load_json_list(json_file, "precomputed boxes", "detections (COCO results format)")
     stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_empty=0)
     per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
     for i, det in enumerate(detections):
         where = f"precomputed boxes file {json_file}, detection {i}"
         if not isinstance(det, dict):
             raise ValueError(f"{where}: expected an object, got {type(det).__name__}")
-        for field in ("image_id", "category_id", "bbox", "score"):
-            if field not in det:
-                raise ValueError(f"{where}: missing field '{field}'")
+        missing = [field for field in ("image_id", "category_id", "bbox", "score") if field not in det]
+        if missing:
+            raise ValueError(f"{where}: missing field '{missing[0]}'")
         bbox, score = det["bbox"], det["score"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
             raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
@@ -251,46 +191,38 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
             raise ValueError(f"{where}: field 'score' must be a finite number, got {score!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise ValueError(f"{where}: degenerate box {bbox} (negative width or height)")
-        if det["category_id"] != COCO_PERSON_CATEGORY_ID:
+        if det["category_id"] != 1:  # COCO's person
             stats["dropped_category"] += 1
-            continue
-        if bbox[2] == 0 or bbox[3] == 0:
+        elif bbox[2] == 0 or bbox[3] == 0:
             stats["dropped_empty"] += 1
-            continue
-        per_image.setdefault(int(det["image_id"]), []).append((float(score), [float(v) for v in bbox]))
-    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        else:
+            per_image.setdefault(int(det["image_id"]), []).append((float(score), [float(v) for v in bbox]))
+            stats["kept"] += 1
+    out = {}
     for image_id, dets in per_image.items():
-        xywh = np.asarray([d[1] for d in dets], np.float32).reshape(-1, 4)
-        boxes = BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS).astype(np.float32)
-        out[image_id] = (boxes, np.asarray([d[0] for d in dets], np.float32))
-        stats["kept"] += len(dets)
+        scores, xywh = zip(*dets)
+        boxes = BoxMode.convert(np.asarray(xywh, np.float32), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+        out[image_id] = (boxes.astype(np.float32), np.asarray(scores, np.float32))
     return out, dict(stats)
 
 
 def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file: str) -> List[Dict[str, Any]]:
-    """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) to
-    each dataset dict from :func:`load_precomputed_boxes` (N = 0 for images without
-    detections). Returns new dicts; logs what was dropped and why."""
+    """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) of
+    :func:`load_precomputed_boxes` to each dataset dict (N = 0 for images without detections).
+    Returns new dicts; logs what was dropped and why."""
     boxes, stats = load_precomputed_boxes(json_file)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
     out = []
     for d in dataset_dicts:
-        b, s = boxes.get(d["image_id"], empty)
-        out.append({**d, "person_boxes": b, "person_scores": s})
+        person_boxes, person_scores = boxes.get(d["image_id"], empty)
+        out.append({**d, "person_boxes": person_boxes, "person_scores": person_scores})
     without = sum(1 for d in out if len(d["person_boxes"]) == 0)
     logger.info(
-        "Precomputed boxes %s: %d detections, kept %d; dropped %d not person, %d empty; %d kept boxes "
-        "belong to images not in the dataset; %d of %d images have no box.",
-        json_file,
-        stats["total"],
-        stats["kept"] - unknown,
-        stats["dropped_category"],
-        stats["dropped_empty"],
-        unknown,
-        without,
-        len(out),
+        f"Precomputed boxes {json_file}: {stats['total']} detections, kept {stats['kept'] - unknown}; dropped "
+        f"{stats['dropped_category']} not person, {stats['dropped_empty']} empty; {unknown} kept boxes belong to "
+        f"images not in the dataset; {without} of {len(out)} images have no box."
     )
     return out
 
@@ -298,19 +230,14 @@ def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file:
 def attach_precomputed_boxes_from_cfg(
     cfg, dataset_name: str, dataset_dicts: Sequence[Dict[str, Any]]
 ) -> List[Dict[str, Any]]:
-    """:func:`attach_precomputed_boxes` with the file given for ``dataset_name`` in
-    ``DATASETS.PRECOMPUTED_BOXES`` (same position as in ``DATASETS.TEST``). Returns the dicts
-    unchanged when no file is configured."""
-    if cfg.DATASETS.PRECOMPUTED_BOXES and len(cfg.DATASETS.PRECOMPUTED_BOXES) != len(cfg.DATASETS.TEST):
+    """:func:`attach_precomputed_boxes` with the file of ``dataset_name`` in
+    ``DATASETS.PRECOMPUTED_BOXES`` (its position in ``DATASETS.TEST``); the dicts unchanged when
+    it has none."""
+    files, tests = cfg.DATASETS.PRECOMPUTED_BOXES, list(cfg.DATASETS.TEST)
+    if files and len(files) != len(tests):
         raise ValueError(
-            f"DATASETS.PRECOMPUTED_BOXES has {len(cfg.DATASETS.PRECOMPUTED_BOXES)} entries but DATASETS.TEST has "
-            f'{len(cfg.DATASETS.TEST)}: give one detections json (or "") per test dataset'
+            f"DATASETS.PRECOMPUTED_BOXES has {len(files)} entries but DATASETS.TEST has "
+            f'{len(tests)}: give one detections json (or "") per test dataset'
         )
-    files: Optional[str] = None
-    if dataset_name in cfg.DATASETS.TEST:
-        index = list(cfg.DATASETS.TEST).index(dataset_name)
-        if index < len(cfg.DATASETS.PRECOMPUTED_BOXES):
-            files = cfg.DATASETS.PRECOMPUTED_BOXES[index]
-    if not files:
-        return list(dataset_dicts)
-    return attach_precomputed_boxes(dataset_dicts, files)
+    json_file = files[tests.index(dataset_name)] if files and dataset_name in tests else ""
+    return attach_precomputed_boxes(dataset_dicts, json_file) if json_file else list(dataset_dicts)

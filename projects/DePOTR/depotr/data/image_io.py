@@ -1,10 +1,5 @@
-"""Images given as arrays or files -> the 8-bit BGR images of OpenCV and Detectron2's predictor.
-
-Shape letters: (H, W) the image size.
-
-:func:`to_bgr_uint8` is the one conversion, used by :class:`depotr.Predictor` and the demo:
-grey, grey + alpha dropped, BGRA, 16-bit and float images all become (H, W, 3) uint8 BGR.
-"""
+"""Images given as arrays or files -> (H, W, 3) uint8 BGR, as OpenCV and Detectron2's predictor
+take them (:class:`depotr.Predictor`, the demo)."""
 
 import os
 import warnings
@@ -21,24 +16,14 @@ EXPECTED = (
 
 
 def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
-    """Converts an image array to (H, W, 3) uint8 BGR.
-
-    * (H, W) or (H, W, 1) grey -> the grey value in all 3 channels;
-    * (H, W, 4) BGRA -> alpha dropped (not blended);
-    * uint16 -> divided by 257 and rounded (65535 -> 255; v * 257 -> v exactly);
-    * float in [0, 1] -> multiplied by 255 and rounded.
-
-    Colour images are taken to be BGR (OpenCV's order); they are not reordered.
-
-    Args:
-        image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, uint8, uint16 or float.
-
-    Returns:
-        (H, W, 3) uint8 contiguous array (``image`` itself when it already is one).
+    """Converts an (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA uint8, uint16 or float image
+    to a contiguous (H, W, 3) uint8 BGR array (``image`` itself when it already is one): grey is
+    repeated, alpha dropped (not blended), uint16 divided by 257 and rounded, float in [0, 1]
+    multiplied by 255 and rounded; colour channels are not reordered.
 
     Raises:
-        ValueError: another shape or dtype, or a float image with values outside [0, 1]
-            (NaN included); the message gives the shape and dtype.
+        ValueError: another shape or dtype, or a float image outside [0, 1] (NaN included); the
+            message gives the shape and dtype.
     """
     image = np.asarray(image)
     described = f"image of shape {image.shape} and dtype {image.dtype}"
@@ -61,19 +46,15 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`), decoding it once.
+    """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`), EXIF orientation applied.
 
-    JPEG files are decoded by PIL, as Detectron2's ``read_image`` does (the same pixels as
-    OpenCV's decoder, libjpeg-turbo), because PIL reports a JPEG that ends early, where OpenCV
-    decodes a part and only prints a warning. Other files are read with OpenCV
-    (``cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR``): 16-bit and grey images keep their depth and
-    channels (then converted), an alpha channel is dropped. Both apply the EXIF orientation.
+    JPEGs are decoded by PIL, as Detectron2's ``read_image`` does, because PIL reports a truncated
+    JPEG where OpenCV decodes a part and only warns; other files by OpenCV (any depth and colour).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a folder).
-        ValueError: the file cannot be decoded (corrupt, or not an image), a JPEG is truncated or
-            corrupt (Detectron2's ``read_image`` rejects it in training and evaluation), or it
-            decodes to an array :func:`to_bgr_uint8` rejects (e.g. a float image outside [0, 1]).
+        ValueError: the file cannot be decoded, is a truncated or corrupt JPEG, or decodes to an
+            array :func:`to_bgr_uint8` rejects.
     """
     name = os.fspath(path)
     if os.path.isdir(name):
@@ -95,24 +76,21 @@ _JPEG_START = b"\xff\xd8\xff"
 
 
 def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
-    """A JPEG file decoded by PIL, EXIF orientation applied: (H, W, 3) BGR or (H, W) grey uint8;
-    None when ``path`` is no JPEG or is too large for PIL to open (left to OpenCV). Raises
-    ValueError when the data is truncated or corrupt."""
+    """A JPEG decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied): (H, W, 3) BGR
+    uint8; None when ``path`` is no JPEG or too large for PIL (left to OpenCV); ValueError when
+    truncated or corrupt."""
     with open(path, "rb") as f:
         if f.read(3) != _JPEG_START:
             return None
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from detectron2.data.detection_utils import read_image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)  # also loads (decodes) it
-                if image.mode not in ("L", "RGB"):
-                    image = image.convert("RGB")  # CMYK / YCCK JPEGs
-                pixels = np.asarray(image)
+            return read_image(path, format="BGR")
     except Image.DecompressionBombError:
         return None
     except OSError as e:
         raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e
-    return pixels if pixels.ndim == 2 else pixels[:, :, ::-1]

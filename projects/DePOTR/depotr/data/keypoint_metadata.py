@@ -1,15 +1,8 @@
-"""The one table of COCO person keypoint metadata (and MPII's, in the same form).
+"""The keypoint tables of COCO, MPII and CrowdPose persons (as Detectron2's ``builtin_meta.py``).
 
-Keypoint names, left/right swap partners, OKS sigmas, drawing colours, body halves and skeleton
-edges live here and nowhere else (as Detectron2's ``builtin_meta.py`` and mmpose's ``coco.py``
-do). Flip indices for the mapper, the flip test and the evaluator, and the upper-body mask of the
-half-body augmentation are derived from this table.
-
-A model's keypoints (order, left/right pairs, flip indices, OKS sigmas) come from its config by
-one function, :func:`keypoint_metadata_from_config`: the model, the data mappers, the evaluator
-and the error analysis get them from there, never from whichever datasets happen to be
-registered (the configs do not repeat the sigmas; ``TEST.KEYPOINT_OKS_SIGMAS`` only overrides
-them, e.g. for keypoints the table lacks).
+Names, left/right swap partners, OKS sigmas, drawing colours, body halves and skeleton edges live
+here and nowhere else; flip indices and the half-body mask are derived from them. A model's
+keypoints come from its config alone, by :func:`keypoint_metadata_from_config`.
 """
 
 from dataclasses import dataclass
@@ -131,17 +124,14 @@ KNOWN_KEYPOINT_ROWS: Tuple[Tuple, ...] = COCO_PERSON_KEYPOINT_TABLE + MPII_KEYPO
 
 
 def flip_pairs(table: Sequence[Tuple] = COCO_PERSON_KEYPOINT_TABLE) -> List[Tuple[str, str]]:
-    """Returns each left/right pair once as (left name, right name), for Detectron2's
-    ``keypoint_flip_map`` metadata."""
+    """Each left/right pair of ``table`` once, as (left name, right name): ``keypoint_flip_map``."""
     return [(name, partner) for name, partner, *_ in table if name < partner]
 
 
 def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> List[int]:
-    """Returns, for keypoint order ``names``, the index of each keypoint's mirror partner.
-
-    ``keypoints[:, flip_indices(...)]`` swaps left and right. ``flip_map`` is Detectron2's
-    ``keypoint_flip_map`` (pairs of names); keypoints not in any pair map to themselves.
-    """
+    """(K,) index of each keypoint's mirror partner in keypoint order ``names`` (itself when in no
+    pair of ``flip_map``, Detectron2's ``keypoint_flip_map``): ``keypoints[:, indices]`` swaps left
+    and right."""
     partner: Dict[str, str] = {}
     for left, right in flip_map:
         partner[left], partner[right] = right, left
@@ -153,8 +143,7 @@ def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> L
 
 
 def table_flip_indices(names: Sequence[str]) -> List[int]:
-    """``flip_indices`` of keypoint order ``names`` with the table's left/right pairs, restricted to
-    the pairs whose two names are both in ``names`` (other keypoints map to themselves)."""
+    """``flip_indices`` of ``names`` with the COCO table's pairs whose two names are both in ``names``."""
     present = set(names)
     return flip_indices(names, [(left, right) for left, right in flip_pairs() if left in present and right in present])
 
@@ -163,56 +152,54 @@ def table_flip_indices(names: Sequence[str]) -> List[int]:
 COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
 
 
-def upper_body_mask(
-    names: Sequence[str],
-    table: Sequence[Tuple] = KNOWN_KEYPOINT_ROWS,
-) -> List[bool]:
-    """Returns, for keypoint order ``names``, whether each keypoint belongs to the upper body
-    (the table's body half). Raises a ValueError naming the keypoints the table lacks."""
-    half = {row[0]: row[4] for row in table}
-    unknown = [name for name in names if name not in half]
+def _table_column(names: Sequence[str], column: int, table: Sequence[Tuple], missing: str) -> List:
+    """Column ``column`` of the table row of each of ``names``; a ValueError ``missing`` (formatted
+    with the names the table lacks) otherwise."""
+    values = {row[0]: row[column] for row in table}
+    unknown = [name for name in names if name not in values]
     if unknown:
-        raise ValueError(
-            f"keypoints {unknown} have no body half in the keypoint tables (depotr/data/keypoint_metadata.py): "
-            "the half-body augmentation needs one; switch it off with INPUT.CROP_AUG.HALF_BODY_PROB 0"
-        )
-    return [half[name] == "upper" for name in names]
+        raise ValueError(missing.format(unknown))
+    return [values[name] for name in names]
 
 
-def table_metadata(table: Sequence[Tuple], skeleton: Sequence[Tuple]) -> Dict[str, object]:
-    """Detectron2 ``MetadataCatalog`` fields (one "person" class) of a keypoint table and its
-    skeleton."""
+def upper_body_mask(names: Sequence[str], table: Sequence[Tuple] = KNOWN_KEYPOINT_ROWS) -> List[bool]:
+    """(K,) whether each keypoint of ``names`` is in the table's upper body half; a ValueError names
+    the keypoints the table lacks."""
+    missing = (
+        "keypoints {} have no body half in the keypoint tables (depotr/data/keypoint_metadata.py): "
+        "the half-body augmentation needs one; switch it off with INPUT.CROP_AUG.HALF_BODY_PROB 0"
+    )
+    return [half == "upper" for half in _table_column(names, 4, table, missing)]
+
+
+def person_metadata(
+    names: Sequence[str], flip_map: Sequence[Sequence[str]], rules: Sequence[Tuple]
+) -> Dict[str, object]:
+    """Detectron2 ``MetadataCatalog`` fields of one "person" class with keypoints ``names``, flip
+    pairs ``flip_map`` and skeleton edges ``rules`` (name, name, (r, g, b))."""
     return {
         "thing_classes": ["person"],
-        "keypoint_names": [row[0] for row in table],
-        "keypoint_flip_map": flip_pairs(table),
-        "keypoint_connection_rules": [tuple(edge) for edge in skeleton],
+        "keypoint_names": list(names),
+        "keypoint_flip_map": [tuple(pair) for pair in flip_map],
+        "keypoint_connection_rules": [tuple(edge) for edge in rules],
     }
 
 
 def coco_person_metadata() -> Dict[str, object]:
-    """Detectron2 ``MetadataCatalog`` fields for COCO person keypoints (and the synthetic
-    persons, which use the same 17 keypoints)."""
-    return table_metadata(COCO_PERSON_KEYPOINT_TABLE, COCO_PERSON_SKELETON)
+    """``MetadataCatalog`` fields of COCO's 17 person keypoints (also the synthetic persons')."""
+    return person_metadata(COCO_PERSON_KEYPOINT_NAMES, flip_pairs(), COCO_PERSON_SKELETON)
 
 
 def mpii_person_metadata() -> Dict[str, object]:
-    """Detectron2 ``MetadataCatalog`` fields for MPII's 16 person keypoints."""
-    return table_metadata(MPII_KEYPOINT_TABLE, MPII_SKELETON)
+    """``MetadataCatalog`` fields of MPII's 16 person keypoints."""
+    return person_metadata(MPII_KEYPOINT_NAMES, flip_pairs(MPII_KEYPOINT_TABLE), MPII_SKELETON)
 
 
 @dataclass(frozen=True)
 class KeypointMetadata:
-    """The K keypoints a model predicts (:func:`keypoint_metadata_from_config`).
-
-    Attributes:
-        names: (K,) keypoint names, in the order of the model's outputs and the datasets' keypoints.
-        flip_map: left/right pairs of names that a horizontal flip swaps (Detectron2's
-            ``keypoint_flip_map``).
-        flip_indices: (K,) index of each keypoint's mirror partner (``keypoints[:, flip_indices]``
-            swaps left and right).
-        oks_sigmas: (K,) per-keypoint OKS sigmas.
-    """
+    """The K keypoints a model predicts (:func:`keypoint_metadata_from_config`): (K,) ``names`` in
+    output order, ``flip_map`` (left/right name pairs), (K,) ``flip_indices`` (mirror partner of
+    each) and (K,) ``oks_sigmas``."""
 
     names: Tuple[str, ...]
     flip_map: Tuple[Tuple[str, str], ...]
@@ -221,24 +208,10 @@ class KeypointMetadata:
 
 
 def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
-    """The model's keypoints, from the config alone, checked against the config's datasets.
-
-    The rule:
-
-    * Names and pairs: ``MODEL.DEPOTR.KEYPOINT_NAMES`` and ``MODEL.DEPOTR.KEYPOINT_FLIP_MAP``; both
-      empty (the default): the COCO person table's 17 keypoints and 8 pairs. The number of names
-      must be ``MODEL.DEPOTR.NUM_KEYPOINTS``.
-    * OKS sigmas: ``TEST.KEYPOINT_OKS_SIGMAS`` (K values), or when it is empty the table's sigma
-      of each name.
-    * The datasets are checked, never a source: every dataset of ``DATASETS.TRAIN`` and
-      ``DATASETS.TEST`` that is registered in ``DatasetCatalog`` and has ``keypoint_names`` and
-      ``keypoint_flip_map`` metadata must have the same names in the same order and the same flip
-      indices (Detectron2's ``create_keypoint_hflip_indices`` of that dataset); otherwise a
-      ValueError names the dataset and the field. Unregistered datasets and datasets without
-      keypoint metadata are not checked, so the result never depends on what is registered.
-      (Each dataset is compared with the config rather than all datasets in one
-      ``create_keypoint_hflip_indices`` call: Detectron2 compares the raw metadata values, and the
-      builtin COCO flip map, a tuple of tuples, differs from the synthetic set's equal list.)
+    """The model's keypoints from the config alone: names and pairs ``MODEL.DEPOTR.KEYPOINT_NAMES``
+    / ``KEYPOINT_FLIP_MAP`` (both empty: COCO's 17 and 8; ``NUM_KEYPOINTS`` names), sigmas
+    ``TEST.KEYPOINT_OKS_SIGMAS`` (empty: the tables'). Registered datasets of ``DATASETS.TRAIN`` /
+    ``TEST`` with keypoint metadata are checked against them, never read.
 
     Raises:
         ValueError: naming the config key or the dataset and field that is wrong.
@@ -271,8 +244,9 @@ def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
 
 
 def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str]], indices: Sequence[int]) -> None:
-    """Raises a ValueError naming the first registered dataset of the config whose keypoint
-    metadata differs from ``names`` / ``indices`` (see :func:`keypoint_metadata_from_config`)."""
+    """A ValueError naming the first registered dataset of the config whose keypoint names or flip
+    indices differ. Each dataset is compared on its own: Detectron2's
+    ``create_keypoint_hflip_indices`` of several compares raw values (tuples differ from lists)."""
     for dataset in dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]):
         if dataset not in DatasetCatalog:
             continue
@@ -298,14 +272,10 @@ def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str
 
 def _oks_sigmas(cfg, names: Sequence[str]) -> Tuple[float, ...]:
     """``TEST.KEYPOINT_OKS_SIGMAS``, else the keypoint tables' (COCO, MPII, CrowdPose) sigmas of ``names``."""
-    if len(cfg.TEST.KEYPOINT_OKS_SIGMAS):
-        if len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != len(names):
-            raise ValueError(
-                f"TEST.KEYPOINT_OKS_SIGMAS has {len(cfg.TEST.KEYPOINT_OKS_SIGMAS)} values for {len(names)} keypoints"
-            )
-        return tuple(float(s) for s in cfg.TEST.KEYPOINT_OKS_SIGMAS)
-    table = {row[0]: row[2] for row in KNOWN_KEYPOINT_ROWS}
-    unknown = [name for name in names if name not in table]
-    if unknown:
-        raise ValueError(f"keypoints {unknown} have no OKS sigma in the keypoint table: set TEST.KEYPOINT_OKS_SIGMAS")
-    return tuple(table[name] for name in names)
+    sigmas = cfg.TEST.KEYPOINT_OKS_SIGMAS
+    if len(sigmas) and len(sigmas) != len(names):
+        raise ValueError(f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values for {len(names)} keypoints")
+    if not len(sigmas):
+        missing = "keypoints {} have no OKS sigma in the keypoint table: set TEST.KEYPOINT_OKS_SIGMAS"
+        sigmas = _table_column(names, 2, KNOWN_KEYPOINT_ROWS, missing)
+    return tuple(float(s) for s in sigmas)

@@ -1,30 +1,11 @@
-"""MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation.
-
-Reads the files users download for top-down MPII training, as HRNet and mmpose publish them::
-
-    datasets/mpii/
-        images/*.jpg
-        annot/train.json annot/valid.json   one entry per person: image, center [x, y], scale,
-                                            joints (16 x [x, y]), joints_vis (16), 1-based pixels
-        annot/gt_valid.mat                  the official evaluation ground truth (PCKh)
-
-Boxes from center/scale with HRNet's adjustments (``lib/dataset/mpii.py``): the centre moves
-down by 15 x scale px and the scale grows by 1.25 (both skipped where the centre's x is -1, as
-HRNet does); then everything is made 0-based (-1) and the box is the square of side
-200 x scale px around the centre (XYWH_ABS). HRNet crops exactly that square, so the MPII configs
-set ``INPUT.CROP_PADDING`` 1.0. Keypoints: the joints minus 1, v = 2 where ``joints_vis`` is 1,
-else x = y = v = 0 (entries without joints, e.g. test.json, get no labelled keypoint).
-
-Registered (lazily, files read on the first ``DatasetCatalog.get``): ``mpii_train`` and
-``mpii_val`` under ``$DETECTRON2_DATASETS/mpii`` (default ``datasets/mpii``), with MPII's 16
-keypoints (``keypoint_metadata.MPII_KEYPOINT_TABLE``) and ``evaluator_type`` "mpii_pckh";
-``mpii_val`` has ``gt_mat_file`` for :class:`depotr.evaluation.pckh.PCKhEvaluator`.
+"""MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation, from HRNet's /
+mmpose's files (layout: docs/datasets.md): ``annot/{train,valid}.json`` (per person: image, center,
+scale, joints (16, 2), joints_vis; 1-based pixels, made 0-based here) and ``annot/gt_valid.mat``
+(the official ground truth). Keypoints: v = 2 where ``joints_vis`` is 1, else x = y = v = 0.
 """
 
-import json
 import logging
 import os
-from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -33,6 +14,8 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ..file_io import load_json_list
+from .custom import unregister_dataset
 from .keypoint_metadata import MPII_KEYPOINT_NAMES, mpii_person_metadata
 
 logger = logging.getLogger(__name__)
@@ -48,8 +31,10 @@ MPII_SPLITS: Dict[str, tuple] = {
 
 
 def mpii_box(center, scale: float) -> List[float]:
-    """The 0-based XYWH_ABS person box of a 1-based MPII ``center`` (2,) and ``scale``, with
-    HRNet's adjustments (see the module docstring)."""
+    """The 0-based XYWH_ABS person box of a 1-based MPII ``center`` (2,) and ``scale``: HRNet's
+    (``lib/dataset/mpii.py``) centre y + 15 x scale and scale x 1.25 (skipped where the centre's x
+    is -1), then the square of side 200 x scale around the centre (HRNet crops exactly that, so
+    the MPII configs set ``INPUT.CROP_PADDING`` 1.0)."""
     cx, cy = float(center[0]), float(center[1])
     if cx != -1:
         cy += 15 * scale
@@ -93,23 +78,15 @@ def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
 
 def load_mpii_json(json_file: str, image_root: str) -> List[Dict[str, Any]]:
     """Detectron2 dataset dicts (one per image, persons in the file's order) of an MPII
-    annotation json. Each annotation has ``person_index``, its position in the file (the
-    column of the official ground truth .mat). Image sizes are read from the image headers.
+    annotation json; each annotation's ``person_index`` is its position in the file (its column
+    in the ground truth .mat). Image sizes come from the image headers.
 
     Raises:
         FileNotFoundError naming a missing file or image; ValueError naming the file, the entry
-        and the field that is malformed.
+        and the malformed field.
     """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"MPII annotation file {json_file} does not exist")
-    with open(json_file) as f:
-        try:
-            entries = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"MPII annotation file {json_file} is not valid json: {e}") from e
-    if not isinstance(entries, list):
-        raise ValueError(f"MPII annotation file {json_file}: expected a list of persons, got {type(entries).__name__}")
-    images: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+    entries = load_json_list(json_file, "MPII annotation", "persons")
+    images: Dict[str, Dict[str, Any]] = {}
     for i, entry in enumerate(entries):
         where = f"MPII annotation file {json_file}, entry {i}"
         if not isinstance(entry, dict):
@@ -143,12 +120,10 @@ def register_mpii(
     prepare: Optional[Callable[[], Any]] = None,
 ) -> None:
     """Registers an MPII annotation json as dataset ``name`` (replacing an earlier one), with
-    MPII's keypoint metadata, ``evaluator_type`` "mpii_pckh" and, when given, the official
-    ground truth ``gt_mat_file`` of the same persons in the same order. ``prepare``: called
-    before each load (e.g. to write generated files)."""
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog.list():
-            catalog.remove(name)
+    MPII's keypoint metadata, ``evaluator_type`` "mpii_pckh" and the official ground truth
+    ``gt_mat_file`` of the same persons in the same order, if any. ``prepare``: called before each
+    load (e.g. to write generated files)."""
+    unregister_dataset(name)
 
     def load() -> List[Dict[str, Any]]:
         if prepare is not None:

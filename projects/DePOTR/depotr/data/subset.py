@@ -1,9 +1,8 @@
-"""Representative subsets of a COCO keypoints json (thesis section 6.1).
+"""Representative subsets of a COCO keypoints json (thesis section 6.1; ``tools/make_subset.py``).
 
-I images, K keypoints. The subset keeps a fraction of the images such that, for every
-keypoint, the shares of visible (v = 2), occluded (v = 1) and unlabelled / outside (v = 0)
-among the non-crowd person annotations stay within ``tolerance_pp`` percentage points of the
-full set's. Used by ``tools/make_subset.py``.
+A fraction of the I images such that, for each of the K keypoints, the shares of visible (v = 2),
+occluded (v = 1) and unlabelled / outside (v = 0) among the non-crowd persons stay within
+``tolerance_pp`` percentage points of the full set's.
 """
 
 from __future__ import annotations
@@ -58,11 +57,8 @@ def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.n
         if len(kps) != 3 * k:
             raise ValueError(f"annotation id {anno.get('id')}: {len(kps)} keypoint values, expected {3 * k}")
         v = np.asarray(kps[2::3])
-        i = row[anno["image_id"]]
-        counts[i, :, 0] += v == 2
-        counts[i, :, 1] += v == 1
-        counts[i, :, 2] += (v != 1) & (v != 2)
-        persons[i] += 1
+        counts[row[anno["image_id"]]] += np.stack([v == 2, v == 1, (v != 1) & (v != 2)], axis=1)
+        persons[row[anno["image_id"]]] += 1
     return image_ids, counts, persons
 
 
@@ -88,11 +84,10 @@ def select_subset(
     batch: int = 512,
     patience: int = 300,
 ) -> List[int]:
-    """Image ids of a random subset of ``round(fraction * I)`` images whose per-keypoint
-    visibility shares deviate from the full set's by less than ``tolerance_pp`` percentage
-    points (max over keypoints and v), found by greedy swaps: each step tries ``batch``
-    random (in, out) pairs and makes the best one if it lowers the deviation; it gives up after
-    ``max_steps`` steps or ``patience`` steps in a row without improvement.
+    """Image ids of a random subset of ``round(fraction * I)`` images whose (K, 3) visibility shares
+    deviate from the full set's by less than ``tolerance_pp`` percentage points (max over keypoints
+    and v), by greedy swaps: each step makes the best of ``batch`` random (in, out) pairs if it
+    lowers the deviation, up to ``max_steps`` steps or ``patience`` steps without improvement.
 
     Raises:
         ValueError: fraction outside (0, 1], or no subset within the tolerance was found.

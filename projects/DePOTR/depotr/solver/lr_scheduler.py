@@ -1,5 +1,4 @@
-"""Learning-rate schedules: warm-up, then linear decay to a final factor (DePOTR) or cosine;
-and conversion of an epoch-based schedule into iterations."""
+"""Learning-rate schedules (warm-up, then linear or cosine decay) and epochs -> iterations."""
 
 import logging
 import math
@@ -21,19 +20,14 @@ _DECAYS = {
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:
-    """Linear warm-up over ``WARMUP_ITERS`` from ``WARMUP_FACTOR``, then linear or cosine
-    decay from ``BASE_LR`` to ``BASE_LR x FINAL_LR_FACTOR`` at ``MAX_ITER``. The factor
-    multiplies each param group's own lr (backbone and sampling groups keep their ratio)."""
+    """Warm-up over ``WARMUP_ITERS`` from ``WARMUP_FACTOR``, then linear or cosine decay to
+    ``FINAL_LR_FACTOR`` at ``MAX_ITER``, as a factor of each param group's own lr."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     if name not in _DECAYS:
         return build_detectron2_lr_scheduler(cfg, optimizer)
     decay = _DECAYS[name](cfg.SOLVER.FINAL_LR_FACTOR)
-    multiplier = WarmupParamScheduler(
-        decay,
-        cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
-        cfg.SOLVER.WARMUP_METHOD,
-    )
+    warmup_fraction = min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0)
+    multiplier = WarmupParamScheduler(decay, cfg.SOLVER.WARMUP_FACTOR, warmup_fraction, cfg.SOLVER.WARMUP_METHOD)
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
 
 
@@ -47,14 +41,9 @@ def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:
     iters_per_epoch = math.ceil(num_train_images / cfg.SOLVER.IMS_PER_BATCH)
     cfg.SOLVER.MAX_ITER = int(cfg.SOLVER.MAX_EPOCHS * iters_per_epoch)
     cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
+    solver = cfg.SOLVER
     logger.info(
-        "Epoch schedule: %d images / %d per batch = %d iterations per epoch; %s epochs -> "
-        "MAX_ITER=%d, %s warm-up epochs -> WARMUP_ITERS=%d",
-        num_train_images,
-        cfg.SOLVER.IMS_PER_BATCH,
-        iters_per_epoch,
-        cfg.SOLVER.MAX_EPOCHS,
-        cfg.SOLVER.MAX_ITER,
-        cfg.SOLVER.WARMUP_EPOCHS,
-        cfg.SOLVER.WARMUP_ITERS,
+        f"Epoch schedule: {num_train_images} images / {solver.IMS_PER_BATCH} per batch = {iters_per_epoch} "
+        f"iterations per epoch; {solver.MAX_EPOCHS} epochs -> MAX_ITER={solver.MAX_ITER}, "
+        f"{solver.WARMUP_EPOCHS} warm-up epochs -> WARMUP_ITERS={solver.WARMUP_ITERS}"
     )

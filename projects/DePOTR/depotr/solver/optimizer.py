@@ -1,15 +1,9 @@
-"""AdamW with DePOTR's parameter groups (Deformable DETR's recipe).
-
-- backbone (any Detectron2 ``Backbone`` inside the model): ``BASE_LR x BACKBONE_MULTIPLIER``;
-- ``sampling_offsets`` / ``reference_points`` projections: ``BASE_LR x SAMPLING_LR_MULTIPLIER``;
-- normalisation layers: ``WEIGHT_DECAY_NORM``; embeddings (``nn.Embedding`` and parameters
-  whose name contains ``embed``): ``WEIGHT_DECAY_EMBED``; everything else ``WEIGHT_DECAY``.
-Frozen parameters (``requires_grad=False``, e.g. the stages below ``BACKBONE.FREEZE_AT``) are left
-out.
-
-Gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all
-gradients together (Deformable DETR: max norm 0.1); "value"/"norm" are Detectron2's own
-per-parameter clippers.
+"""AdamW (or SGD) with DePOTR's parameter groups (Deformable DETR's recipe): the backbone at
+``BASE_LR x BACKBONE_MULTIPLIER``, ``sampling_offsets`` / ``reference_points`` at
+``BASE_LR x SAMPLING_LR_MULTIPLIER``; weight decay ``WEIGHT_DECAY_NORM`` for norms,
+``WEIGHT_DECAY_EMBED`` for embeddings, else ``WEIGHT_DECAY``; frozen parameters left out.
+``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all gradients together
+(Deformable DETR: 0.1); "value" / "norm" are Detectron2's per-parameter clippers.
 """
 
 from typing import Any, Dict, List, Type
@@ -26,12 +20,9 @@ _SAMPLING_MODULE_NAMES = ("sampling_offsets", "reference_points")
 
 
 def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
-    """Returns the optimizer param groups: parameters with equal lr and weight decay share one
-    group (Detectron2's ``reduce_param_groups``), so that AdamW updates each group with one
-    multi-tensor (foreach) kernel; one group per parameter spent 15 % of a main-job step in
-    the optimizer's per-tensor loop."""
-    # Not Detectron2's get_default_optimizer_params: its overrides key on a parameter's own name
-    # ("weight", "bias"), which cannot single out the backbone's subtree or the sampling modules.
+    """The optimizer param groups; parameters with equal lr and weight decay share one group
+    (``reduce_param_groups``), so that AdamW updates each with one multi-tensor (foreach) kernel."""
+    # Not get_default_optimizer_params: its overrides key on a parameter's own name ("weight", "bias").
     base_lr = cfg.SOLVER.BASE_LR
     backbone_params = {id(p) for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()}
     groups: List[Dict[str, Any]] = []
