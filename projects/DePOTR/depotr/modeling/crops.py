@@ -135,7 +135,7 @@ def _sample(image: Tensor, at_rows: Tensor, at_cols: Tensor, mean: Tensor, std: 
     inside = all(0 <= a and b <= n - 1 for a, b, n in zip(first, last, size))  # then nothing to clamp
     low = [int(min(max(a, 0), n - 1)) for a, n in zip(first, size)]
     high = [int(min(max(b, 0), n - 1)) + 2 for b, n in zip(last, size)]
-    region = image[:, low[1] : high[1], low[0] : high[0]].to(at_rows.dtype)
+    region = image[:, low[1] : high[1], low[0] : high[0]].to(at_rows.dtype, copy=True)  # normalised in place
     region.sub_(mean).div_(std)
     # Per axis, grid_sample's normalised coordinate (align_corners=False) of position q is
     # q * scale + offset, scale = 2 / region size, offset = (1 - 2 low) / region size - 1.
