@@ -136,15 +136,12 @@ class RegressionBranch(KeypointBranch):
     ):
         """
         Args:
-            body: crops -> decoder hidden states and reference points.
-            head: decoder outputs -> coordinates and confidences (logits, or sigmas for "rle").
-            crop_size: (H, W) of the crops.
+            body, head: crops -> decoder outputs -> coordinates and confidences (logits, or
+                sigmas for "rle").
             loss: one of :data:`REGRESSION_LOSSES`: "smooth_l1", "l1" (both with the BCE
-                confidence loss) or "rle" (:class:`RLELoss`; needs a sigma head).
-            smooth_l1_beta: in crop-normalised units. (The thesis' beta = 1 on [0, 1] coordinates
-                never left the quadratic zone: it was 0.5 MSE.)
-            loss_weight, score_loss_weight: weights of the coordinate and confidence losses.
-            rle_loss: for loss "rle", the RLE loss whose flow trains with the branch; default new.
+                confidence loss) or "rle" (``rle_loss``, default a new :class:`RLELoss`).
+            smooth_l1_beta: in crop-normalised units (the thesis' beta = 1 on [0, 1] coordinates
+                was 0.5 MSE).
         """
         super().__init__()
         if loss not in REGRESSION_LOSSES:
@@ -238,11 +235,8 @@ class HeatmapBranch(KeypointBranch):
     ):
         """
         Args:
-            body: crops -> dict of features the head reads (a ResNet, or DePOTR-HM's
-                transformer body).
-            head: features -> (B, K, h, w) heatmaps of stride ``codec.stride``.
-            codec: heatmap targets and decoding; its ``crop_size`` is the branch's.
-            loss_weight: weight of the heatmap MSE loss.
+            body, head: crops -> dict of features -> (B, K, h, w) heatmaps of stride
+                ``codec.stride``; the codec's ``crop_size`` is the branch's.
             flip_shift: shift flipped-back heatmaps one pixel right (see ``tta.flip_heatmaps``).
             aux_heads: deep supervision (DePOTR-HM): while training, head i maps decoder layer
                 i < n-1 to heatmaps that are supervised too. One head per layer (as Deformable
