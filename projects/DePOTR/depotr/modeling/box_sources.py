@@ -118,13 +118,9 @@ class PersonBoxSource:
     name = ""
 
     def __init__(self, score_thresh: Optional[float] = None, topk: int = 0, clip: bool = True):
-        """
-        Args:
-            score_thresh: rule 2's threshold (``MODEL.DEPOTR.BOX_SCORE_THRESH``); None: the source
-                is not ranked (no threshold, no sorting, no top-k).
-            topk: rule 2's maximum per image (``BOX_TOPK``); <= 0: no limit.
-            clip: rule 3's clipping to the image; boxes with no area inside are dropped either way.
-        """
+        """score_thresh, topk: rule 2's ``MODEL.DEPOTR.BOX_SCORE_THRESH`` (None: the source is not
+        ranked) and ``BOX_TOPK`` (<= 0: no limit). clip: rule 3's clipping (boxes with no area
+        inside the image are dropped either way)."""
         self.score_thresh = None if score_thresh is None else float(score_thresh)
         self.topk = int(topk)
         self.clip = bool(clip)

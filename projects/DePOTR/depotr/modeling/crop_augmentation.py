@@ -55,14 +55,10 @@ def jitter_boxes(boxes: Tensor, scale: float, shift: float, distribution: str = 
     if boxes.numel() == 0 or (scale == 0.0 and shift == 0.0):
         return boxes
     r = _draw((len(boxes), 3), distribution, boxes)
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5 + r[:, 1] * shift * w
-    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5 + r[:, 2] * shift * h
-    factor = 1.0 + r[:, 0] * scale
-    half_w = w * factor * 0.5
-    half_h = h * factor * 0.5
-    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+    size = boxes[:, 2:] - boxes[:, :2]
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5 + r[:, 1:] * shift * size
+    half = size * (1.0 + r[:, :1] * scale) * 0.5
+    return torch.cat([centre - half, centre + half], dim=1)
 
 
 def draw_angles(num: int, degrees: float, prob: float, distribution: str, like: Tensor) -> Tensor:
@@ -139,16 +135,11 @@ class HalfBodyBoxes:
         take_upper = upper_ok & (~lower_ok | (r[:, 1] < 0.5))
         chosen = torch.where(take_upper[:, None], in_upper, in_lower)  # (N, K)
         far = torch.finfo(keypoints.dtype).max
-        x, y = keypoints[..., 0], keypoints[..., 1]
-        x0, y0 = torch.where(chosen, x, far).amin(1), torch.where(chosen, y, far).amin(1)
-        x1, y1 = torch.where(chosen, x, -far).amax(1), torch.where(chosen, y, -far).amax(1)
-        use = (
-            (labelled.sum(1) >= self.min_keypoints)
-            & (r[:, 0] < self.prob)
-            & (upper_ok | lower_ok)
-            & ((x1 > x0) | (y1 > y0))
-        )
-        tight = torch.where(use[:, None], torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype), boxes)
+        low = torch.where(chosen[..., None], keypoints[..., :2], far).amin(1)  # (N, 2) x0, y0
+        high = torch.where(chosen[..., None], keypoints[..., :2], -far).amax(1)
+        use = (labelled.sum(1) >= self.min_keypoints) & (r[:, 0] < self.prob) & (upper_ok | lower_ok)
+        use &= (high > low).any(1)
+        tight = torch.where(use[:, None], torch.cat([low, high], dim=1).to(boxes.dtype), boxes)
         return torch.where(use[:, None], expand_boxes_to_aspect(tight, self.crop_size, self.padding), boxes)
 
 
@@ -171,15 +162,9 @@ class CropAugmentation:
         rotation_distribution: str = "uniform",
         half_body: Optional[HalfBodyBoxes] = None,
     ):
-        """
-        Args:
-            crop_size: (H, W) of the crops. padding: ``INPUT.CROP_PADDING``.
-            flip_indices: (K,) index of each keypoint's mirror partner.
-            flip_prob: probability of a mirrored crop, per person.
-            scale, shift, scale_distribution: :func:`jitter_boxes`.
-            rotation_degrees, rotation_prob, rotation_distribution: :func:`draw_angles`.
-            half_body: the half-body boxes, applied first; None: off.
-        """
+        """flip_indices: (K,) index of each keypoint's mirror partner; flip_prob: per person.
+        scale, shift, scale_distribution: :func:`jitter_boxes`; rotation_*: :func:`draw_angles`.
+        half_body: applied first; None: off."""
         for name, prob in (("FLIP_PROB", flip_prob), ("ROTATION_PROB", rotation_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"INPUT.CROP_AUG.{name} must be in [0, 1], got {prob}")
