@@ -17,9 +17,8 @@ from detectron2.modeling.backbone import Backbone, build_resnet_backbone
 
 
 def build_resnet(cfg: CfgNode, out_features: Sequence[str]) -> Backbone:
-    """Returns Detectron2's ResNet (depth ``MODEL.RESNETS.DEPTH``, norm ``MODEL.RESNETS.NORM``,
-    frozen up to ``MODEL.BACKBONE.FREEZE_AT``) on 3-channel crops, with ``out_features`` instead of
-    ``MODEL.RESNETS.OUT_FEATURES``. Stages after the last requested one are not built."""
+    """Detectron2's ResNet of ``MODEL.RESNETS`` / ``MODEL.BACKBONE.FREEZE_AT`` on 3-channel crops,
+    with ``out_features`` instead of ``MODEL.RESNETS.OUT_FEATURES`` (later stages are not built)."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.RESNETS.OUT_FEATURES = list(out_features)
@@ -27,15 +26,11 @@ def build_resnet(cfg: CfgNode, out_features: Sequence[str]) -> Backbone:
 
 
 class MultiLevelProjection(nn.Module):
-    """B crops, L levels, d width. Maps backbone feature maps to L maps of d channels."""
+    """B crops, L levels, d width. Maps the backbone maps, (B, C_l, H_l, W_l) of ``in_channels``
+    finest first, to L >= len(in_channels) maps (B, d, H_l, W_l), the extra ones each halving the
+    resolution. d is a multiple of 32 (GroupNorm)."""
 
     def __init__(self, in_channels: Sequence[int], hidden_dim: int, num_levels: int):
-        """
-        Args:
-            in_channels: channels of each backbone map fed in, finest first.
-            hidden_dim: d, a multiple of 32 (GroupNorm).
-            num_levels: L >= len(in_channels); the extra levels each halve the resolution.
-        """
         super().__init__()
         if num_levels < len(in_channels):
             raise ValueError(f"{num_levels} feature levels < {len(in_channels)} backbone feature maps")
@@ -59,8 +54,6 @@ class MultiLevelProjection(nn.Module):
             nn.init.constant_(layer[0].bias, 0)
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """features: the backbone maps, (B, C_l, H_l, W_l) each, finest first.
-        Returns L maps (B, d, H_l, W_l)."""
         if len(features) != self.num_backbone_levels:
             raise ValueError(f"expected {self.num_backbone_levels} feature maps, got {len(features)}")
         srcs = [layer(x) for layer, x in zip(self.layers, features)]

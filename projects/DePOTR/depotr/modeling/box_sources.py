@@ -1,43 +1,29 @@
 """Where the person boxes of the top-down pipeline come from, and the one policy they obey.
 
-Shape letters: N persons of one image, K keypoints.
-
 Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` names the one used at inference; training always uses
 ``gt``), each a :class:`PersonBoxSource` built by :func:`build_box_source`:
 
-* ``gt`` (:class:`GtBoxes`): the annotated boxes ``batched_input["instances"].gt_boxes``. In
-  training persons with fewer than ``min_keypoints`` labelled keypoints are left out (they add
-  no loss); ``depotr.modeling.crop_augmentation`` then augments the crops.
-* ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the person
-  detections of ``DATASETS.PRECOMPUTED_BOXES`` (SimpleBaseline's
-  ``COCO_val2017_detections_AP_H_56_person.json``) or the boxes a ``Predictor`` caller gives.
+* ``gt`` (:class:`GtBoxes`): ``batched_input["instances"].gt_boxes``; in training without the
+  persons with fewer than ``min_keypoints`` labelled keypoints.
+* ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the detections
+  of ``DATASETS.PRECOMPUTED_BOXES`` or the boxes a ``Predictor`` caller gives.
 * ``detector``: a Detectron2 person detector run beside the pose model
-  (:mod:`depotr.modeling.person_detector`), whose detections reach the model as
-  ``"proposals"``; for the model it is the ``precomputed`` source.
-* ``whole_image`` (:class:`WholeImageBoxes`): the whole image as one person of score 1 (the
-  single-person mode).
+  (:mod:`depotr.modeling.person_detector`), so that pose checkpoints hold the pose model only;
+  its detections reach the model as ``"proposals"``: for the model it is ``precomputed``.
+* ``whole_image`` (:class:`WholeImageBoxes`): the whole image as one person of score 1.
 
-Every source returns per image a :class:`PersonBoxes` (boxes (N, 4) float32 XYXY image pixels,
-scores (N,) float32, index (N,) int64: where each box is in the source's own list, i.e. the
-input's gt instances, its proposals (e.g. the detector's person detections), 0 for the whole image)
-under ONE policy, applied by :meth:`PersonBoxSource.__call__` in this order:
+Every source returns per image a :class:`PersonBoxes` under ONE policy, applied in this order:
 
 1. Malformed boxes are input errors: boxes that are not (N, 4), scores that are not (N,), a
-   score that is NaN or infinite, or a box that is not finite or whose width or height is <= 0
-   raise a ValueError naming the image id, the source and the box index (:func:`check_boxes`).
-   Every box the source gives is checked, before any filter.
+   score that is not finite, or a box that is not finite or whose width or height is <= 0 raise a
+   ValueError naming the image id, the source and the box index (:func:`check_boxes`), before
+   any filter.
 2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
-   ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); what they drop is counted in
+   ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); the drops are counted in
    ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
-3. Boxes are clipped to the image (as Detectron2's detectors do; the training gt boxes too, as
-   SimpleBaseline / HRNet clip them). A box with no area inside the image is dropped, with one
-   warning per image giving the count and the indices.
-
-A new source is a subclass with a ``name`` and :meth:`PersonBoxSource.image_boxes` (or
-``source_boxes`` for a whole batch), plus one name in :func:`build_box_source`. A source that
-needs a network (a detector) runs it outside the pose model and hands its boxes in as
-``"proposals"``, so that pose checkpoints hold the pose model only.
+3. Boxes are clipped to the image (as Detectron2's detectors, and SimpleBaseline / HRNet the
+   training boxes). A box with no area inside the image is dropped, with one warning per image.
 """
 
 import logging
@@ -76,19 +62,12 @@ class PersonBoxes(NamedTuple):
 
     boxes: Tensor  # (N, 4) float32 XYXY in image pixels
     scores: Tensor  # (N,) float32
-    index: Tensor  # (N,) int64, each box's position in its source's list
+    index: Tensor  # (N,) int64, each box's position in its source's list (0 for the whole image)
 
 
 def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[Tensor] = None) -> None:
-    """Rule 1 of the module's policy: raises a ValueError naming the image, the source and the
-    box index when the boxes (or scores) are malformed.
-
-    Args:
-        boxes: (N, 4) XYXY boxes in image pixels; each must be finite with width and height > 0.
-        source: where the boxes come from ("gt", "precomputed", ...), for the message.
-        image_id: the image's id (``batched_input["image_id"]``), for the message.
-        scores: (N,) finite scores of the boxes, or None.
-    """
+    """Rule 1 of the module's policy for (N, 4) XYXY boxes and their (N,) scores (or None);
+    ``source`` and ``image_id`` are named in the error."""
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(
             f"{source} person boxes of image {image_id!r} must be (N, 4) XYXY, got shape {tuple(boxes.shape)}"
@@ -105,11 +84,8 @@ def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[T
                 f"image {image_id!r}: box scores must be finite; box {bad[0]} has score {float(scores[bad[0]])} "
                 f"({source} boxes; {len(bad)} of {len(boxes)} scores are not finite)"
             )
-    if boxes.numel() == 0:
-        return
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    bad = ~(torch.isfinite(boxes).all(dim=1) & (widths > 0) & (heights > 0))
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    bad = ~(torch.isfinite(boxes).all(dim=1) & (sizes > 0).all(dim=1))
     if bad.any():
         index = int(bad.nonzero()[0, 0])
         raise ValueError(
@@ -123,19 +99,9 @@ def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[T
 def select_boxes(
     boxes: Tensor, scores: Tensor, score_thresh: float, topk: int, return_index: bool = False
 ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
-    """Rule 2 of the module's policy: keeps boxes with score >= ``score_thresh``, then the
-    ``topk`` highest scoring.
-
-    Args:
-        boxes: (N, 4); scores: (N,).
-        score_thresh: minimum score kept.
-        topk: maximum number kept (<= 0: no limit).
-        return_index: also return where each kept box was in ``boxes``.
-
-    Returns:
-        (M, 4) boxes and (M,) scores, sorted by decreasing score (stable); with
-        ``return_index`` also their (M,) int64 indices into ``boxes``.
-    """
+    """Rule 2 of the module's policy: keeps the (N, 4) boxes with (N,) scores >= ``score_thresh``,
+    then the ``topk`` (<= 0: all) highest scoring. Returns (M, 4) boxes and (M,) scores sorted by
+    decreasing score (stable), with ``return_index`` also their (M,) int64 indices into ``boxes``."""
     index = torch.nonzero(scores >= score_thresh).flatten()
     order = index[torch.argsort(scores[index], descending=True, stable=True)]
     if topk > 0:
@@ -145,33 +111,21 @@ def select_boxes(
 
 class PersonBoxSource:
     """Base class of the box sources: ``source(batched_inputs) -> List[PersonBoxes]``, one per
-    input, under the module's policy. Subclasses set ``name`` and implement :meth:`source_boxes`.
-    Sources hold no weights (a detector runs outside the pose model), so they are no
-    ``nn.Module`` and add nothing to the model's state dict.
+    input, under the module's policy. Subclasses set ``name`` and implement :meth:`image_boxes`.
+    Sources hold no weights, so they add nothing to the model's state dict.
     """
 
     name = ""
 
     def __init__(self, score_thresh: Optional[float] = None, topk: int = 0, clip: bool = True):
-        """
-        Args:
-            score_thresh: rule 2's threshold (``MODEL.DEPOTR.BOX_SCORE_THRESH``); None: the source
-                is not ranked (no threshold, no sorting, no top-k).
-            topk: rule 2's maximum per image (``BOX_TOPK``); <= 0: no limit.
-            clip: rule 3's clipping to the image (inference); the drop of boxes with no area
-                inside the image applies either way.
-        """
+        """score_thresh, topk: rule 2's ``MODEL.DEPOTR.BOX_SCORE_THRESH`` (None: the source is not
+        ranked) and ``BOX_TOPK`` (<= 0: no limit). clip: rule 3's clipping (boxes with no area
+        inside the image are dropped either way)."""
         self.score_thresh = None if score_thresh is None else float(score_thresh)
         self.topk = int(topk)
         self.clip = bool(clip)
         # Boxes dropped by rule 2 since construction: "score" (below the threshold), "topk".
         self.num_dropped: Counter = Counter()
-
-    def source_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
-        """Per input the boxes as the source has them, before the policy (index: (N,) int64);
-        by default :meth:`image_boxes` of each input (a source that works on the whole batch
-        overrides this instead)."""
-        return [self.image_boxes(x) for x in batched_inputs]
 
     def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
         """The boxes of one input as the source has them, before the policy."""
@@ -179,7 +133,7 @@ class PersonBoxSource:
 
     def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         """Per input the checked, filtered, sorted (ranked sources) and clipped boxes."""
-        return [self._apply_policy(x, raw) for x, raw in zip(batched_inputs, self.source_boxes(batched_inputs))]
+        return [self._apply_policy(x, self.image_boxes(x)) for x in batched_inputs]
 
     def _apply_policy(self, x: Dict[str, Any], raw: PersonBoxes) -> PersonBoxes:
         image_id = x.get("image_id")
@@ -206,16 +160,9 @@ class PersonBoxSource:
         inside = clipped.nonempty()
         if not bool(inside.all()):
             logger.warning(
-                "Image %r: dropped %s person boxes %s (indices %s), %d of %d, which lie outside the image "
-                "(H x W %d x %d)",
-                image_id,
-                self.name,
-                boxes[~inside].tolist(),
-                index[~inside].tolist(),
-                int((~inside).sum()),
-                len(boxes),
-                height,
-                width,
+                f"Image {image_id!r}: dropped {self.name} person boxes {boxes[~inside].tolist()} (indices "
+                f"{index[~inside].tolist()}), {int((~inside).sum())} of {len(boxes)}, which lie outside the "
+                f"image (H x W {height} x {width})"
             )
         if self.clip:
             boxes = clipped.tensor
@@ -223,17 +170,12 @@ class PersonBoxSource:
 
 
 class GtBoxes(PersonBoxSource):
-    """``gt``: the annotated boxes of ``batched_input["instances"]``, scores 1, in their order."""
+    """``gt``: the annotated boxes of ``batched_input["instances"]``, scores 1, in their order;
+    without the persons with fewer than ``min_keypoints`` labelled (v > 0) ``gt_keypoints``."""
 
     name = "gt"
 
     def __init__(self, min_keypoints: int = 0, clip: bool = True):
-        """
-        Args:
-            min_keypoints: persons with fewer labelled (v > 0) ``gt_keypoints`` are left out
-                (training: ``min_keypoints_per_person``); 0 keeps every box.
-            clip: clip to the image (rule 3).
-        """
         super().__init__(clip=clip)
         self.min_keypoints = int(min_keypoints)
 
@@ -256,11 +198,9 @@ class GtBoxes(PersonBoxSource):
 
 class PrecomputedBoxes(PersonBoxSource):
     """``precomputed``: ``batched_input["proposals"]`` (Instances with ``proposal_boxes`` (Boxes
-    (N, 4) XYXY image pixels) and ``scores`` (N,)), ranked.
-
-    An input without ``"proposals"`` takes the ``fallback`` source's boxes (the ``Predictor``:
-    the whole image where neither the caller nor a detector gives boxes); without a fallback it
-    is a KeyError naming the image.
+    (N, 4) XYXY image pixels) and ``scores`` (N,)), ranked. An input without ``"proposals"`` takes
+    the ``fallback`` source's boxes (the ``Predictor``'s whole image); without a fallback it is a
+    KeyError naming the image.
     """
 
     name = "precomputed"
@@ -284,14 +224,12 @@ class PrecomputedBoxes(PersonBoxSource):
     def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         if self.fallback is None:
             return super().__call__(batched_inputs)
-        given = [i for i, x in enumerate(batched_inputs) if "proposals" in x]
-        rest = [i for i, x in enumerate(batched_inputs) if "proposals" not in x]
-        results: List[Optional[PersonBoxes]] = [None] * len(batched_inputs)
-        for indices, source in ((given, super().__call__), (rest, self.fallback)):
-            if indices:
-                for i, found in zip(indices, source([batched_inputs[i] for i in indices])):
-                    results[i] = found
-        return results
+        rest = [x for x in batched_inputs if "proposals" not in x]
+        fallen_back = iter(self.fallback(rest) if rest else ())
+        return [
+            self._apply_policy(x, self.image_boxes(x)) if "proposals" in x else next(fallen_back)
+            for x in batched_inputs
+        ]
 
 
 class WholeImageBoxes(PersonBoxSource):
@@ -307,12 +245,9 @@ class WholeImageBoxes(PersonBoxSource):
 
 
 def build_box_source(cfg: CfgNode, name: str, fallback: Optional[PersonBoxSource] = None) -> PersonBoxSource:
-    """The pose model's box source for ``name`` (one of :data:`TEST_BOX_SOURCES`) with the
-    settings of ``cfg``: ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources.
-    "detector" gives the "precomputed" source: the detector runs beside the model and passes its
-    boxes as ``"proposals"`` (:class:`~depotr.modeling.person_detector.PoseWithDetector`).
-    ``fallback``: for "precomputed" only, the source of the inputs without ``"proposals"`` (see
-    :class:`PrecomputedBoxes`)."""
+    """The box source ``name`` (one of :data:`TEST_BOX_SOURCES`; "detector" gives "precomputed")
+    with ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` for the ranked sources. ``fallback``: for
+    "precomputed" only, the source of the inputs without ``"proposals"``."""
     depotr = cfg.MODEL.DEPOTR
     if fallback is not None and name != "precomputed":
         raise ValueError(f"only the 'precomputed' box source takes a fallback, not {name!r}")

@@ -5,11 +5,9 @@ Shape letters: N persons, K keypoints.
 SimpleBaseline / HRNet / mmpose's chain, per training person: half-body box
 (:class:`HalfBodyBoxes`) -> box scale and shift jitter (:func:`jitter_boxes`) -> the crop box
 (grown to the crop aspect, times ``INPUT.CROP_PADDING``) -> rotation about the crop centre ->
-horizontal flip. The result is the person's crop parameters
-(``depotr.modeling.crops``, (N, 6) = cx, cy, w, h, angle, flip); the crop and the keypoint
-targets both go through that one affine, and the keypoints of a flipped crop swap left and right
-with the keypoint table's flip indices. Rotating the crop box about the person keeps the person's
-size in the crop (rotating the whole image, as Albumentations in the mapper did, shrank it).
+horizontal flip. The result is the person's crop parameters (``depotr.modeling.crops``); the crop
+and the keypoint targets go through that one affine, and the keypoints of a flipped crop swap left
+and right. Rotating the crop box about the person keeps the person's size in the crop.
 
 All draws use the torch RNG of the boxes' device, which the trainer seeds per iteration
 (``IterationSeedHook``), so a resumed run augments as an uninterrupted one.
@@ -34,45 +32,33 @@ def _check_distribution(distribution: str, key: str) -> None:
         raise ValueError(f"INPUT.CROP_AUG.{key} must be one of {DISTRIBUTIONS}, got {distribution!r}")
 
 
+def _check_jitter(scale: float, shift: float, distribution: str) -> None:
+    if not 0.0 <= scale < 1.0 or shift < 0.0:
+        raise ValueError(f"need 0 <= INPUT.CROP_AUG.SCALE_FACTOR < 1 and SHIFT_FACTOR >= 0, got {scale}, {shift}")
+    _check_distribution(distribution, "SCALE_DISTRIBUTION")
+
+
 def _draw(shape: Tuple[int, ...], distribution: str, like: Tensor) -> Tensor:
-    """Draws r from U[-1, 1] ("uniform") or N(0, 1) clipped to [-1, 1] ("normal"), in the dtype and
-    on the device of ``like``."""
+    """r from U[-1, 1] ("uniform") or N(0, 1) clipped to [-1, 1] ("normal"), dtype and device of
+    ``like``."""
     if distribution == "uniform":
         return torch.rand(shape, dtype=like.dtype, device=like.device) * 2.0 - 1.0
     return torch.randn(shape, dtype=like.dtype, device=like.device).clamp(-1.0, 1.0)
 
 
 def jitter_boxes(boxes: Tensor, scale: float, shift: float, distribution: str = "uniform") -> Tensor:
-    """Randomly rescales and shifts each box independently.
-
-    Width and height are multiplied by one factor 1 + r_0 scale; the centre moves by
-    r_1 shift x width in x and r_2 shift x height in y (sizes of the input box). The r_i are drawn
-    from U[-1, 1] ("uniform") or from N(0, 1) clipped to [-1, 1] ("normal": SimpleBaseline /
-    HRNet's ``clip(randn() * sf + 1, 1 - sf, 1 + sf)`` scale factor; about 32 % land on a bound).
-
-    Args:
-        boxes: (N, 4) XYXY boxes.
-        scale: relative scale range, in [0, 1).
-        shift: centre shift range as a fraction of the box size, >= 0.
-        distribution: one of :data:`DISTRIBUTIONS`.
-
-    Returns:
-        (N, 4) jittered XYXY boxes.
-    """
-    if not 0.0 <= scale < 1.0 or shift < 0.0:
-        raise ValueError(f"box jitter needs 0 <= scale < 1 and shift >= 0, got scale={scale}, shift={shift}")
-    _check_distribution(distribution, "SCALE_DISTRIBUTION")
+    """Rescales and shifts each of the (N, 4) XYXY boxes independently: width and height times
+    1 + r_0 scale, the centre moved by r_1 shift width and r_2 shift height, r_i drawn by
+    ``distribution`` ("normal" as SimpleBaseline / HRNet's ``clip(randn() * sf + 1, 1 - sf,
+    1 + sf)``; about 32 % land on a bound). Needs 0 <= scale < 1, shift >= 0."""
+    _check_jitter(scale, shift, distribution)
     if boxes.numel() == 0 or (scale == 0.0 and shift == 0.0):
         return boxes
     r = _draw((len(boxes), 3), distribution, boxes)
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5 + r[:, 1] * shift * w
-    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5 + r[:, 2] * shift * h
-    factor = 1.0 + r[:, 0] * scale
-    half_w = w * factor * 0.5
-    half_h = h * factor * 0.5
-    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+    size = boxes[:, 2:] - boxes[:, :2]
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5 + r[:, 1:] * shift * size
+    half = size * (1.0 + r[:, :1] * scale) * 0.5
+    return torch.cat([centre - half, centre + half], dim=1)
 
 
 def draw_angles(num: int, degrees: float, prob: float, distribution: str, like: Tensor) -> Tensor:
@@ -91,16 +77,16 @@ def draw_angles(num: int, degrees: float, prob: float, distribution: str, like: 
 class HalfBodyBoxes:
     """Half-body augmentation of training person boxes (SimpleBaseline / HRNet's
     ``half_body_transform``): crops of only the upper or the lower body, so that the model learns
-    truncated persons. N persons, K keypoints.
+    truncated persons.
 
     Per person with at least ``min_keypoints`` labelled (v > 0) keypoints, with probability
     ``prob``: a body half qualifies when at least ``min_part_keypoints`` of its keypoints are
     labelled; of two qualifying halves one is drawn with probability 1/2 each (HRNet's code draws
     ``np.random.randn() < 0.5``, 69 % upper, evidently meant as a fair coin). The new box is the
-    box of that half's labelled keypoints grown to the crop aspect W:H about its centre and scaled
-    by ``padding`` (:func:`~depotr.modeling.crops.expand_boxes_to_aspect`); HRNet centres it on
-    the keypoints' mean instead, which can leave keypoints outside. Persons without a qualifying
-    half, or whose chosen keypoints all coincide (a box of size 0), keep their box.
+    box of that half's labelled keypoints grown to the crop aspect W:H and scaled by ``padding``
+    (:func:`~depotr.modeling.crops.expand_boxes_to_aspect`; HRNet centres it on the keypoints'
+    mean, which can leave keypoints outside). Persons without a qualifying half, or whose chosen
+    keypoints all coincide, keep their box.
     """
 
     def __init__(
@@ -112,17 +98,9 @@ class HalfBodyBoxes:
         min_part_keypoints: int = 3,
         padding: float = 1.2,
     ):
-        """
-        Args:
-            upper_body: (K,) whether each keypoint is in the upper half
-                (``keypoint_metadata.upper_body_mask``); the others form the lower half.
-            crop_size: (H, W) of the crops, whose aspect the half-body box takes.
-            prob: probability per eligible person, in [0, 1] (``INPUT.CROP_AUG.HALF_BODY_PROB``).
-            min_keypoints: labelled keypoints a person needs (``HALF_BODY_MIN_KEYPOINTS``).
-            min_part_keypoints: labelled keypoints a half needs, >= 2
-                (``HALF_BODY_MIN_PART_KEYPOINTS``).
-            padding: factor >= 1 on the aspect-grown keypoint box (``HALF_BODY_PADDING``).
-        """
+        """upper_body: (K,) whether each keypoint is in the upper half
+        (``keypoint_metadata.upper_body_mask``). The other arguments are ``INPUT.CROP_AUG``'s
+        ``HALF_BODY_*`` keys: prob in [0, 1], min_part_keypoints >= 2, padding >= 1."""
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"INPUT.CROP_AUG.HALF_BODY_PROB must be in [0, 1], got {prob}")
         if min_part_keypoints < 2:
@@ -144,14 +122,8 @@ class HalfBodyBoxes:
         self.padding = float(padding)
 
     def __call__(self, boxes: Tensor, keypoints: Tensor) -> Tensor:
-        """
-        Args:
-            boxes: (N, 4) XYXY person boxes in image pixels.
-            keypoints: (N, K, 3) (x, y, v) in image pixels, v > 0 labelled.
-        Returns:
-            (N, 4) boxes: half-body boxes where drawn, else the input boxes. Uses the torch RNG
-            of ``boxes.device`` (two draws per person).
-        """
+        """(N, 4) XYXY person boxes and (N, K, 3) keypoints (x, y, v) in image pixels -> (N, 4)
+        boxes, half-body boxes where drawn. Two draws per person."""
         if keypoints.shape[1] != len(self.upper_body):
             raise ValueError(f"half-body augmentation for {len(self.upper_body)} keypoints got {keypoints.shape[1]}")
         r = torch.rand((len(boxes), 2), dtype=boxes.dtype, device=boxes.device)
@@ -163,16 +135,11 @@ class HalfBodyBoxes:
         take_upper = upper_ok & (~lower_ok | (r[:, 1] < 0.5))
         chosen = torch.where(take_upper[:, None], in_upper, in_lower)  # (N, K)
         far = torch.finfo(keypoints.dtype).max
-        x, y = keypoints[..., 0], keypoints[..., 1]
-        x0, y0 = torch.where(chosen, x, far).amin(1), torch.where(chosen, y, far).amin(1)
-        x1, y1 = torch.where(chosen, x, -far).amax(1), torch.where(chosen, y, -far).amax(1)
-        use = (
-            (labelled.sum(1) >= self.min_keypoints)
-            & (r[:, 0] < self.prob)
-            & (upper_ok | lower_ok)
-            & ((x1 > x0) | (y1 > y0))
-        )
-        tight = torch.where(use[:, None], torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype), boxes)
+        low = torch.where(chosen[..., None], keypoints[..., :2], far).amin(1)  # (N, 2) x0, y0
+        high = torch.where(chosen[..., None], keypoints[..., :2], -far).amax(1)
+        use = (labelled.sum(1) >= self.min_keypoints) & (r[:, 0] < self.prob) & (upper_ok | lower_ok)
+        use &= (high > low).any(1)
+        tight = torch.where(use[:, None], torch.cat([low, high], dim=1).to(boxes.dtype), boxes)
         return torch.where(use[:, None], expand_boxes_to_aspect(tight, self.crop_size, self.padding), boxes)
 
 
@@ -195,21 +162,13 @@ class CropAugmentation:
         rotation_distribution: str = "uniform",
         half_body: Optional[HalfBodyBoxes] = None,
     ):
-        """
-        Args:
-            crop_size: (H, W) of the crops. padding: ``INPUT.CROP_PADDING``.
-            flip_indices: (K,) index of each keypoint's mirror partner.
-            flip_prob: probability of a mirrored crop, per person.
-            scale, shift, scale_distribution: :func:`jitter_boxes`.
-            rotation_degrees, rotation_prob, rotation_distribution: :func:`draw_angles`.
-            half_body: the half-body boxes, applied first; None: off.
-        """
+        """flip_indices: (K,) index of each keypoint's mirror partner; flip_prob: per person.
+        scale, shift, scale_distribution: :func:`jitter_boxes`; rotation_*: :func:`draw_angles`.
+        half_body: applied first; None: off."""
         for name, prob in (("FLIP_PROB", flip_prob), ("ROTATION_PROB", rotation_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"INPUT.CROP_AUG.{name} must be in [0, 1], got {prob}")
-        if not 0.0 <= scale < 1.0 or shift < 0.0:
-            raise ValueError(f"need 0 <= INPUT.CROP_AUG.SCALE_FACTOR < 1 and SHIFT_FACTOR >= 0, got {scale}, {shift}")
-        _check_distribution(scale_distribution, "SCALE_DISTRIBUTION")
+        _check_jitter(scale, shift, scale_distribution)
         _check_distribution(rotation_distribution, "ROTATION_DISTRIBUTION")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         if half_body is not None and half_body.crop_size != self.crop_size:
@@ -253,15 +212,9 @@ class CropAugmentation:
         )
 
     def __call__(self, boxes: Tensor, keypoints: Tensor) -> Tuple[Tensor, Tensor]:
-        """
-        Args:
-            boxes: (N, 4) XYXY person boxes in image pixels.
-            keypoints: (N, K, 3) (x, y, v) in image pixels.
-        Returns:
-            params: (N, 6) crop parameters; keypoints: (N, K, 3) still in image pixels, with
-            left and right swapped (``flip_indices``) for the persons whose crop is flipped, so
-            that ``image_to_crop(keypoints, params)`` are the targets the crops show.
-        """
+        """(N, 4) XYXY person boxes and (N, K, 3) keypoints (x, y, v) in image pixels -> (N, 6)
+        crop parameters and the keypoints, still in image pixels, with left and right swapped
+        where the crop is flipped: ``image_to_crop(keypoints, params)`` are the crops' targets."""
         if len(self.flip_indices) != keypoints.shape[1]:
             raise ValueError(f"{len(self.flip_indices)} flip indices for {keypoints.shape[1]} keypoints")
         if self.half_body is not None:

@@ -1,31 +1,24 @@
 """Person crops: the crop parameters, their one image <-> crop affine and the one crop operation.
 
-Shape letters: B images, N persons (all images together), K keypoints, C channels,
-(H, W) the crop size.
-
-Coordinate convention (Detectron2's, ``ROIAlign(aligned=True)``): continuous pixel coordinates,
-pixel i covers [i, i + 1) and has its centre at i + 0.5.
+Shape letters: B images, N persons (all images together), K keypoints, C channels, (H, W) the crop
+size. Continuous pixel coordinates (Detectron2's ``ROIAlign(aligned=True)``): pixel i covers
+[i, i + 1) and has its centre at i + 0.5.
 
 Crop parameters, one row per person, (N, 6) = (cx, cy, w, h, angle, flip): the crop box's centre
-and size in image pixels, its rotation in degrees counter-clockwise (Detectron2's
-``RotatedBoxes`` convention) and 1.0 where the crop is mirrored left-right (else 0.0). The crop
-point (u, v) of the W x H crop shows the image point
+and size in image pixels, its rotation in degrees counter-clockwise (Detectron2's ``RotatedBoxes``)
+and 1.0 where the crop is mirrored left-right. The crop point (u, v) shows the image point
 
     x = cx + cos(angle) a + sin(angle) b,  y = cy - sin(angle) a + cos(angle) b,
     a = +-(u - W / 2) w / W (minus when flipped),  b = (v - H / 2) h / H
 
-(:func:`crop_affine`); keypoints go through the same affine both ways (:func:`image_to_crop`,
-:func:`crop_to_image`). Unrotated and unflipped, the crop box is the XYXY box
-(cx -+ w / 2, cy -+ h / 2) and u = (x - x0) W / w.
+(:func:`crop_affine`); keypoints go through the same affine both ways. Unrotated and unflipped, the
+crop box is the XYXY box (cx -+ w / 2, cy -+ h / 2) and u = (x - x0) W / w.
 
-The top-down cropping follows SimpleBaseline (Xiao et al. 2018): the person box is grown to the
-crop's aspect ratio around its centre and then scaled by a padding factor (1.25); training
-augmentation (``depotr.modeling.crop_augmentation``) rescales, shifts, rotates and flips it.
-Instead of their per-person ``cv2.warpAffine`` all persons of a batch are cut by one call of
-:func:`crop_images`, training and inference alike. It is Detectron2's ``ROIAlignRotated``
-(``aligned=True``) written in torch (that op needs Detectron2's compiled extension, which the
-v0.6 route does not build): each crop pixel is the mean of S_h x S_w bilinear samples spread
-evenly over its (rotated) bin, so that a large person is not aliased when shrunk.
+The boxes are SimpleBaseline's (Xiao et al. 2018): grown to the crop's aspect ratio, then scaled
+by a padding factor (1.25). Instead of a per-person ``cv2.warpAffine`` all persons of a batch are
+cut by one call of :func:`crop_images`: Detectron2's ``ROIAlignRotated`` (``aligned=True``) in
+torch (that op needs Detectron2's compiled extension, which the v0.6 route lacks), each crop pixel
+the mean of S_h x S_w bilinear samples over its bin, so that a large person is not aliased.
 """
 
 import math
@@ -56,29 +49,16 @@ _CHUNK_SAMPLES = 1 << 20
 
 
 def expand_boxes_to_aspect(boxes: Tensor, crop_size: Sequence[int], padding: float) -> Tensor:
-    """Grows boxes to the crop's aspect ratio W:H around their centres, then scales them.
-
-    The short side (relative to W:H) is grown, never shrunk, so the result contains the box;
-    then width and height are multiplied by ``padding`` (SimpleBaseline's 1.25).
-
-    Args:
-        boxes: (N, 4) XYXY boxes with positive width and height.
-        crop_size: (H, W) of the crop.
-        padding: scale factor >= 1 applied after the aspect expansion.
-
-    Returns:
-        (N, 4) XYXY crop boxes with (x1 - x0) : (y1 - y0) = W : H, same dtype and device.
-    """
-    crop_h, crop_w = crop_size
-    aspect = crop_w / crop_h  # width / height
-    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
-    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
+    """(N, 4) XYXY boxes -> (N, 4) XYXY crop boxes of aspect W:H (``crop_size`` (H, W)) about the
+    same centres: the short side is grown (never shrunk, so the box is contained), then width and
+    height are multiplied by ``padding`` >= 1 (SimpleBaseline's 1.25)."""
+    aspect = crop_size[1] / crop_size[0]  # width / height
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    w, h = (boxes[:, 2:] - boxes[:, :2]).unbind(dim=1)
     too_narrow = w < h * aspect
-    new_w = torch.where(too_narrow, h * aspect, w) * padding
-    new_h = torch.where(too_narrow, h, w / aspect) * padding
-    return torch.stack([cx - new_w * 0.5, cy - new_h * 0.5, cx + new_w * 0.5, cy + new_h * 0.5], dim=1)
+    half = torch.stack([torch.where(too_narrow, h * aspect, w), torch.where(too_narrow, h, w / aspect)], dim=1)
+    half = half * padding * 0.5
+    return torch.cat([centre - half, centre + half], dim=1)
 
 
 def box_crop_params(boxes: Tensor, crop_size: Sequence[int], padding: float) -> Tensor:
@@ -120,19 +100,10 @@ def _apply_affine(points: Tensor, matrix: Tensor) -> Tensor:
 
 
 def image_to_crop(points: Tensor, params: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """Maps points from image pixels to crop pixels (the inverse of :func:`crop_affine`).
-
-    Args:
-        points: (N, K, D) with D >= 2; channels 0, 1 are (x, y) in image pixels, further
-            channels (visibility, score) are copied unchanged. The keypoint order is not changed:
-            a flipped crop's left/right swap is the caller's (``crop_augmentation``).
-        params: (N, 6) crop parameters.
-        crop_size: (H, W) of the crops.
-
-    Returns:
-        (N, K, D): (u, v) in crop pixels, other channels unchanged; :func:`crop_to_image` is its
-        inverse. Computed in float64, returned in ``points``' dtype.
-    """
+    """(N, K, D >= 2) points, (x, y) in image pixels -> (u, v) in the crop pixels of the (N, 6)
+    crop parameters, further channels (visibility, score) copied; computed in float64, returned in
+    ``points``' dtype. The keypoint order is kept: a flipped crop's left/right swap is the
+    caller's (``crop_augmentation``)."""
     return _apply_affine(points, crop_affine(params, crop_size, inverse=True).to(points.device))
 
 
@@ -164,7 +135,7 @@ def _sample(image: Tensor, at_rows: Tensor, at_cols: Tensor, mean: Tensor, std: 
     inside = all(0 <= a and b <= n - 1 for a, b, n in zip(first, last, size))  # then nothing to clamp
     low = [int(min(max(a, 0), n - 1)) for a, n in zip(first, size)]
     high = [int(min(max(b, 0), n - 1)) + 2 for b, n in zip(last, size)]
-    region = image[:, low[1] : high[1], low[0] : high[0]].to(at_rows.dtype)
+    region = image[:, low[1] : high[1], low[0] : high[0]].to(at_rows.dtype, copy=True)  # normalised in place
     region.sub_(mean).div_(std)
     # Per axis, grid_sample's normalised coordinate (align_corners=False) of position q is
     # q * scale + offset, scale = 2 / region size, offset = (1 - 2 low) / region size - 1.
@@ -193,76 +164,57 @@ def crop_images(
     """Cuts every person crop of a batch: rotated RoIAlign (``aligned=True``) in torch.
 
     Crop pixel (i, j) is the mean of S_h x S_w bilinear samples at the crop points
-    (j + (s + 0.5) / S_w, i + (t + 0.5) / S_h) mapped by :func:`crop_affine`; S = the
-    ``sampling_ratio`` if > 0, else RoIAlign's adaptive ceil(bin size) (at most
-    :data:`MAX_SAMPLING_RATIO`). Samples more than one pixel outside the image read 0 (the mean
-    colour once normalised), within one pixel the edge value, as torchvision's ``roi_align``:
-    unrotated and unflipped, the crop equals ``roi_align(image, box, aligned=True)``. The images
-    are read in chunks of bilinear samples, never converted to float whole.
+    (j + (s + 0.5) / S_w, i + (t + 0.5) / S_h) mapped by :func:`crop_affine`; S = ``sampling_ratio``
+    if > 0, else RoIAlign's adaptive ceil(bin size) (at most :data:`MAX_SAMPLING_RATIO`). Samples
+    more than one pixel outside the image read 0 (the mean colour once normalised), within one
+    pixel the edge value, as torchvision's ``roi_align``: unrotated and unflipped, the crop equals
+    ``roi_align(image, box, aligned=True)``. The images are read in chunks of bilinear samples,
+    never converted to float whole.
 
     Args:
         images: B tensors (C, H_b, W_b) of any dtype and size (e.g. uint8 ``batched_input["image"]``).
         params: B tensors (N_b, 6), the crop parameters of image b's persons.
-        crop_size: (H, W) of the crops.
-        sampling_ratio: samples per bin side (0 = adaptive).
-        pixel_mean, pixel_std: (C, 1, 1) normalisation applied to the samples ((v - mean) / std),
-            or None.
+        pixel_mean, pixel_std: (C, 1, 1) normalisation of the samples ((v - mean) / std), or None.
 
     Returns:
-        (N, C, H, W) crops, persons ordered image by image; float64 for float64 images, else
-        float32.
+        (N, C, H, W) crops, image by image; float64 for float64 images, else float32.
     """
     if len(params) != len(images):
         raise ValueError(f"got {len(params)} crop parameter lists for {len(images)} images")
     crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    crops = [
-        _crop_image(image, p, (crop_h, crop_w), sampling_ratio, pixel_mean, pixel_std)
-        for image, p in zip(images, params)
-    ]
-    if not crops:
-        return torch.zeros((0, 3, crop_h, crop_w))
-    return torch.cat(crops)
-
-
-def _crop_image(
-    image: Tensor,
-    params: Tensor,
-    crop_size: Sequence[int],
-    sampling_ratio: int,
-    pixel_mean: Optional[Tensor],
-    pixel_std: Optional[Tensor],
-) -> Tensor:
-    """:func:`crop_images` of one (C, H_i, W_i) image and its (N, 6) params -> (N, C, H, W)."""
-    channels = image.shape[0]
-    crop_h, crop_w = crop_size
-    dtype = image.dtype if image.is_floating_point() else torch.float32
-    out = torch.zeros((len(params), channels, crop_h, crop_w), dtype=dtype, device=image.device)
-    if len(params) == 0:
-        return out
-    mean = torch.zeros(()) if pixel_mean is None else pixel_mean
-    std = torch.ones(()) if pixel_std is None else pixel_std
-    mean, std = (t.to(image.device, dtype).reshape(-1, 1, 1) for t in (mean, std))
-    matrix = crop_affine(params, crop_size).to(image.device, dtype)
-    matrix[:, :, 2] -= 0.5  # -> pixel-index coordinates
-    grids = _sampling_grids(params, crop_size, sampling_ratio)
-    # Image pixels per sample: beyond 1 (capped sampling) the float region outgrows the samples.
-    pixels_per_sample = (params[:, 2] * params[:, 3]).detach().cpu().double() / (crop_h * crop_w * grids.prod(1))
-    for grid_h, grid_w in sorted(set(map(tuple, grids.tolist()))):
-        group = (grids[:, 0] == grid_h) & (grids[:, 1] == grid_w)
-        persons = torch.nonzero(group)[:, 0].to(image.device)
-        u = (torch.arange(crop_w * grid_w, device=image.device, dtype=dtype) + 0.5) / grid_w
-        dv = (torch.arange(grid_h, device=image.device, dtype=dtype) + 0.5) / grid_h
-        rows = len(persons) * crop_h
-        area = max(1.0, float(pixels_per_sample[group].max()))
-        step = max(1, int(_CHUNK_SAMPLES / (crop_w * grid_w * grid_h * area)))
-        for start in range(0, rows, step):
-            index = torch.arange(start, min(start + step, rows), device=image.device)
-            person, row = persons[index // crop_h], index % crop_h
-            m = matrix[person]  # (R, 2, 3)
-            v = row[:, None].to(dtype) + dv  # (R, grid_h)
-            at_rows = m[:, None, :, 1] * v[..., None] + m[:, None, :, 2]  # (R, grid_h, 2)
-            at_cols = m[:, None, :, 0] * u[:, None]  # (R, W grid_w, 2)
-            values = _sample(image, at_rows, at_cols, mean, std)
-            cells = F.avg_pool2d(values.view(channels, -1, crop_w * grid_w), (grid_h, grid_w))  # (C, R, W)
-            out[person, :, row] = cells.transpose(0, 1)
-    return out
+    crops = []
+    for image, image_params in zip(images, params):
+        channels = image.shape[0]
+        dtype = image.dtype if image.is_floating_point() else torch.float32
+        out = torch.zeros((len(image_params), channels, crop_h, crop_w), dtype=dtype, device=image.device)
+        crops.append(out)
+        if len(image_params) == 0:
+            continue
+        mean = torch.zeros(()) if pixel_mean is None else pixel_mean
+        std = torch.ones(()) if pixel_std is None else pixel_std
+        mean, std = (t.to(image.device, dtype).reshape(-1, 1, 1) for t in (mean, std))
+        matrix = crop_affine(image_params, (crop_h, crop_w)).to(image.device, dtype)
+        matrix[:, :, 2] -= 0.5  # -> pixel-index coordinates
+        grids = _sampling_grids(image_params, (crop_h, crop_w), sampling_ratio)
+        # Image pixels per sample: beyond 1 (capped sampling) the float region outgrows the samples.
+        box_areas = (image_params[:, 2] * image_params[:, 3]).detach().cpu().double()
+        pixels_per_sample = box_areas / (crop_h * crop_w * grids.prod(1))
+        for grid_h, grid_w in sorted(set(map(tuple, grids.tolist()))):
+            group = (grids[:, 0] == grid_h) & (grids[:, 1] == grid_w)
+            persons = torch.nonzero(group)[:, 0].to(image.device)
+            u = (torch.arange(crop_w * grid_w, device=image.device, dtype=dtype) + 0.5) / grid_w
+            dv = (torch.arange(grid_h, device=image.device, dtype=dtype) + 0.5) / grid_h
+            rows = len(persons) * crop_h
+            area = max(1.0, float(pixels_per_sample[group].max()))
+            step = max(1, int(_CHUNK_SAMPLES / (crop_w * grid_w * grid_h * area)))
+            for start in range(0, rows, step):  # chunks of R output rows
+                index = torch.arange(start, min(start + step, rows), device=image.device)
+                person, row = persons[index // crop_h], index % crop_h
+                m = matrix[person]  # (R, 2, 3)
+                v = row[:, None].to(dtype) + dv  # (R, grid_h)
+                at_rows = m[:, None, :, 1] * v[..., None] + m[:, None, :, 2]  # (R, grid_h, 2)
+                at_cols = m[:, None, :, 0] * u[:, None]  # (R, W grid_w, 2)
+                values = _sample(image, at_rows, at_cols, mean, std)
+                cells = F.avg_pool2d(values.view(channels, -1, crop_w * grid_w), (grid_h, grid_w))  # (C, R, W)
+                out[person, :, row] = cells.transpose(0, 1)
+    return torch.cat(crops) if crops else torch.zeros((0, 3, crop_h, crop_w))

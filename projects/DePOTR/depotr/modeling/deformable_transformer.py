@@ -1,11 +1,9 @@
 """Deformable transformer encoder and decoder of Deformable DETR (Zhu et al. 2021,
-``models/deformable_transformer.py``), post-norm layers as in DETR (Carion et al. 2020).
-
-What DePOTR keeps: single-stage, 2-D reference points, a learned reference point per query
+``models/deformable_transformer.py``), post-norm layers as in DETR (Carion et al. 2020):
+single-stage, 2-D reference points, a learned reference point per query
 (``sigmoid(Linear(query_pos))``), optional iterative reference refinement (``with_box_refine``).
-What it drops: padding masks. All crops of a batch have the same size, so every feature map is
-fully valid: the valid ratios are 1 and no padding mask is passed. The valid-ratio formulas are
-kept as in Deformable DETR so that the reference points read the same as there.
+All crops of a batch have the same size, so there are no padding masks and the valid ratios are 1;
+the valid-ratio formulas are kept so that the reference points read as in Deformable DETR.
 """
 
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -161,30 +159,17 @@ class DeformableTransformerDecoder(nn.Module):
         valid_ratios: torch.Tensor,
         refine: Optional[RefineFn] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            tgt, query_pos: (B, K, d) query content and position.
-            reference_points: (B, K, 2) initial (x, y) in [0, 1] of the crop.
-            memory: (B, S, d) encoder output; spatial_shapes (L, 2); level_start_index (L,);
-                valid_ratios (B, L, 2).
-            refine: iterative refinement (Deformable DETR ``with_box_refine``): after layer i < n-1
-                the reference points become ``refine(i, output_i, reference_i)``, detached.
-        Returns:
-            hidden states (n, B, K, d) of every layer and the reference points (n, B, K, 2) each
-            layer attended around.
-        """
+        """tgt, query_pos: (B, K, d) query content and position; reference_points: (B, K, 2)
+        initial (x, y) in [0, 1] of the crop; memory: (B, S, d) encoder output. refine: iterative
+        refinement (``with_box_refine``): after layer i < n-1 the reference points become
+        ``refine(i, output_i, reference_i)``, detached. Returns the hidden states (n, B, K, d) of
+        every layer and the reference points (n, B, K, 2) each layer attended around."""
         output = tgt
         hidden: List[torch.Tensor] = []
         references: List[torch.Tensor] = []
         for lid, layer in enumerate(self.layers):
-            output = layer(
-                output,
-                query_pos,
-                reference_points[:, :, None] * valid_ratios[:, None],
-                memory,
-                spatial_shapes,
-                level_start_index,
-            )
+            level_points = reference_points[:, :, None] * valid_ratios[:, None]
+            output = layer(output, query_pos, level_points, memory, spatial_shapes, level_start_index)
             hidden.append(output)
             references.append(reference_points)
             if refine is not None and lid < len(self.layers) - 1:
@@ -240,16 +225,10 @@ class DeformableTransformer(nn.Module):
     def forward(
         self, srcs: Sequence[torch.Tensor], query_embed: torch.Tensor, refine: Optional[RefineFn] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            srcs: L maps (B, d, H_l, W_l), finest first.
-            query_embed: (K, 2d): query position (first d) and query content (last d), as
-                Deformable DETR splits its ``query_embed``.
-            refine: see :meth:`DeformableTransformerDecoder.forward`.
-        Returns:
-            hidden states (n, B, K, d), reference points (n, B, K, 2), (x, y) in [0, 1], and
-            the encoder's output (B, sum_l H_l W_l, d), levels in the order of ``srcs``.
-        """
+        """srcs: L maps (B, d, H_l, W_l), finest first; query_embed: (K, 2d), query position then
+        content (as Deformable DETR splits it); refine: see :meth:`DeformableTransformerDecoder.forward`.
+        Returns the hidden states (n, B, K, d), the reference points (n, B, K, 2), (x, y) in
+        [0, 1], and the encoder's output (B, sum_l H_l W_l, d), levels in the order of ``srcs``."""
         batch = srcs[0].shape[0]
         src_flatten, pos_flatten, shapes = [], [], []
         for lvl, src in enumerate(srcs):

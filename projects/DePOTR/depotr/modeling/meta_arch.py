@@ -3,14 +3,12 @@
 Shape letters: B images, N persons (of one image, or of the batch where said), K keypoints,
 C = 3 channels, (H, W) the crop size (``INPUT.CROP_SIZE``).
 
-The top-down recipe is SimpleBaseline's (Xiao et al., "Simple Baselines for Human Pose
-Estimation and Tracking", ECCV 2018): boxes grown to the crop aspect and padded by 1.25,
-instance score = box score x mean confident keypoint score, flip test. The keypoint branch is
-DePOTR's (Straka, "Automatic Human Pose Estimation using Neural Network", the seed thesis) or a
-baseline head, built by ``depotr.modeling.build_keypoint_branch``.
+The top-down recipe is SimpleBaseline's (Xiao et al., ECCV 2018): boxes grown to the crop aspect
+and padded by 1.25, instance score = box score x mean confident keypoint score, flip test. The
+keypoint branch is DePOTR's (Straka, the seed thesis) or a baseline head
+(``depotr.modeling.build_keypoint_branch``).
 """
 
-import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,14 +20,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
-from .box_sources import (
-    TRAIN_BOX_SOURCES,
-    GtBoxes,
-    PersonBoxes,
-    PersonBoxSource,
-    PrecomputedBoxes,
-    build_box_source,
-)
+from .box_sources import TRAIN_BOX_SOURCES, GtBoxes, PersonBoxSource, PrecomputedBoxes, build_box_source
 from .crop_augmentation import CropAugmentation
 from .crops import box_crop_params, crop_images, crop_to_image, image_to_crop
 from .keypoint_branches import KeypointBranch, build_keypoint_branch
@@ -38,45 +29,28 @@ from .tta import predict_crop_keypoints
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
 
-logger = logging.getLogger(__name__)
-
 
 def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float) -> Tensor:
-    """SimpleBaseline's instance rescoring: box score x mean of the keypoint scores > ``thresh``.
-
-    When no keypoint of a person scores above ``thresh`` the mean of all its keypoint scores is
-    used instead (SimpleBaseline would give 0): such persons keep their relative order and, for
-    equal box scores, still rank below every person with a confident keypoint.
-
-    Args:
-        box_scores: (N,) person box scores.
-        keypoint_scores: (N, K) keypoint scores.
-        thresh: keypoint score threshold (``MODEL.DEPOTR.KEYPOINT_SCORE_THRESH``).
-
-    Returns:
-        (N,) instance scores.
-    """
+    """SimpleBaseline's instance rescoring: (N,) box scores x the mean of the (N, K) keypoint
+    scores above ``thresh``. A person without such a keypoint takes the mean of all its keypoint
+    scores (SimpleBaseline: 0), so that it keeps its order and, for equal box scores, still ranks
+    below every person with a confident keypoint. Returns (N,) instance scores."""
     above = keypoint_scores > thresh
     count = above.sum(dim=1)
     mean_above = (keypoint_scores * above).sum(dim=1) / count.clamp(min=1)
-    factor = torch.where(count > 0, mean_above, keypoint_scores.mean(dim=1))
-    return box_scores * factor
+    return box_scores * torch.where(count > 0, mean_above, keypoint_scores.mean(dim=1))
 
 
 @META_ARCH_REGISTRY.register()
 class TopDownPoseEstimator(nn.Module):
-    """Crops every person box of a batch with one call of ``crops.crop_images`` and runs a
-    keypoint branch.
+    """Crops every person box of a batch with one call of ``crops.crop_images`` (uint8 images are
+    never converted whole) and runs a keypoint branch.
 
-    Training uses the ground-truth boxes of persons with at least ``min_keypoints_per_person``
-    labelled keypoints (the ``gt`` box source, clipped), turned into crop parameters by
-    ``crop_augmentation`` (half-body, jitter, rotation, flip) and returns the branch's losses.
-    Inference takes boxes from ``box_source`` (``gt``, ``precomputed`` =
-    ``batched_input["proposals"]``, e.g. a detector's, or ``whole_image``:
-    ``depotr.modeling.box_sources``, whose one policy checks, filters, sorts and clips them; a
-    detector runs outside the model, ``PoseWithDetector``), crops them unrotated and returns
-    Detectron2 ``Instances`` with keypoints in original image pixels. Both crop the uint8 images
-    the same way (no float copy of a whole image).
+    Training: the ground-truth boxes of persons with at least ``min_keypoints_per_person``
+    labelled keypoints (the clipped ``gt`` box source), turned into crop parameters by
+    ``crop_augmentation``; returns the branch's losses. Inference: boxes from ``box_source``
+    (``depotr.modeling.box_sources``; a detector runs outside the model, ``PoseWithDetector``),
+    cropped unrotated; returns ``Instances`` with keypoints in original image pixels.
     """
 
     @configurable
@@ -101,25 +75,19 @@ class TopDownPoseEstimator(nn.Module):
     ):
         """
         Args:
-            keypoint_branch: a :class:`KeypointBranch` (``forward(crops)``, ``losses``,
-                ``decode``, ``flip_back``, ``crop_size``).
-            pixel_mean, pixel_std: per-channel normalisation, in the order of ``input_format``.
+            pixel_mean, pixel_std: per-channel normalisation, in the order of ``input_format``
+                (the channel order of ``batched_input["image"]``, "RGB" or "BGR").
             flip_indices: (K,) index of each keypoint's left/right mirror partner.
-            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
-            crop_size: (H, W) of the crops; default (and must equal) ``keypoint_branch.crop_size``.
-            crop_padding: factor applied to a box after growing it to the aspect W:H.
+            crop_size: (H, W); default (and must equal) ``keypoint_branch.crop_size``.
+            crop_padding: factor >= 1 applied to a box after growing it to the aspect W:H.
             crop_sampling_ratio: RoIAlign samples per bin side (0 = adaptive, see ``crop_images``).
             crop_augmentation: the training crop augmentation (``INPUT.CROP_AUG``); None: off.
-            box_source: where the person boxes come from at inference (a
-                ``depotr.modeling.box_sources.PersonBoxSource``, e.g. ``build_box_source``);
-                default ``PrecomputedBoxes()`` (all proposals, at most 100 per image).
+            box_source: the inference boxes; default ``PrecomputedBoxes()`` (at most 100 per image).
             test_flip: average with the mirrored crops' predictions (``tta.flip_test``).
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
-            oks_nms_thresh: per image, a person whose pose has OKS above this with a
-                higher-scoring one is dropped (:func:`oks_nms`, box areas as scales); 1 disables.
-            oks_sigmas: (K,) per-keypoint OKS sigmas of the OKS-NMS.
-            min_keypoints_per_person: training skips gt persons with fewer labelled (v > 0)
-                keypoints (they would add no loss).
+            oks_nms_thresh: per image, a person whose pose has OKS (``oks_sigmas``, box areas as
+                scales) above this with a higher-scoring one is dropped; 1 disables.
+            min_keypoints_per_person: training skips gt persons with fewer labelled keypoints.
         """
         super().__init__()
         self.keypoint_branch = keypoint_branch
@@ -136,16 +104,13 @@ class TopDownPoseEstimator(nn.Module):
             raise ValueError(f"crop_padding must be >= 1, got {crop_padding}")
         self.crop_padding = float(crop_padding)
         self.crop_sampling_ratio = int(crop_sampling_ratio)
-        if crop_augmentation is not None and (crop_augmentation.crop_size, crop_augmentation.padding) != (
-            self.crop_size,
-            self.crop_padding,
-        ):
+        aug = crop_augmentation
+        if aug is not None and (aug.crop_size, aug.padding) != (self.crop_size, self.crop_padding):
             raise ValueError(
-                f"crop_augmentation crops {crop_augmentation.crop_size} padded by {crop_augmentation.padding}, "
+                f"crop_augmentation crops {aug.crop_size} padded by {aug.padding}, "
                 f"the model {self.crop_size} by {self.crop_padding}"
             )
         self.crop_augmentation = crop_augmentation
-        # No weights: a detector runs outside the model (depotr.modeling.person_detector).
         self.box_source = PrecomputedBoxes() if box_source is None else box_source
         self.flip_indices: List[int] = [int(i) for i in flip_indices]
         if sorted(self.flip_indices) != list(range(len(self.flip_indices))):
@@ -159,8 +124,7 @@ class TopDownPoseEstimator(nn.Module):
         self.oks_nms_thresh = float(oks_nms_thresh)
         self.oks_sigmas = [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
-        # The training boxes: gt persons with enough labelled keypoints, clipped to the image as at
-        # inference (and as SimpleBaseline / HRNet and the former whole-image augmentation did).
+        # Training boxes: gt persons with enough labelled keypoints, clipped as at inference.
         self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person)
 
     @classmethod
@@ -202,24 +166,22 @@ class TopDownPoseEstimator(nn.Module):
                 * "image": (C, Hi, Wi) uint8 tensor in ``input_format``, not resized;
                 * "height", "width": original image size (outputs are scaled to it);
                 * "image_id": used in error messages;
-                * "instances" (training; inference with box source "gt"): ``gt_boxes``
-                  (Boxes (N, 4) XYXY image pixels), ``gt_keypoints`` (Keypoints (N, K, 3):
-                  x, y in continuous image pixels, v; v = 0 means unlabelled);
-                * "proposals" (inference with box source "precomputed"): ``proposal_boxes``
-                  (Boxes (N, 4) XYXY image pixels) and ``scores`` (N,).
+                * "instances" (training; box source "gt"): ``gt_boxes`` (Boxes (N, 4) XYXY image
+                  pixels), ``gt_keypoints`` (Keypoints (N, K, 3): x, y in continuous image
+                  pixels, v; v = 0 unlabelled);
+                * "proposals" (box source "precomputed"): ``proposal_boxes`` (Boxes (N, 4)) and
+                  ``scores`` (N,).
 
         Returns:
-            Training: the keypoint branch's dict of scalar "loss_*" tensors (zero, but
-            connected to every trainable parameter, when the batch holds no person).
+            Training: the branch's scalar "loss_*" tensors (an exact zero connected to every
+            trainable parameter when the batch holds no person).
             Inference: B dicts ``{"instances": Instances}`` of size "height" x "width" with
                 * pred_boxes: Boxes (N, 4), the person boxes (clipped to the image);
-                * scores: (N,) box score x mean confident keypoint score (``rescore_instances``);
+                * scores: (N,) instance scores (:func:`rescore_instances`);
                 * pred_keypoints: (N, K, 3) (x, y, score), x, y in continuous image pixels
                   (pixel i covers [i, i + 1)), as Detectron2's keypoint R-CNN;
                 * pred_classes: (N,) zeros (person);
-                * box_index: (N,) int64, the index of each person's box in its source: the
-                  input's ``proposals``, its gt ``instances`` or the detector's boxes (0 for the
-                  whole image).
+                * box_index: (N,) int64, each box's index in its source (0 for the whole image).
         """
         if not self.training:
             return self.inference(batched_inputs)
@@ -237,8 +199,7 @@ class TopDownPoseEstimator(nn.Module):
 
         crops = self.crop(batched_inputs, params)
         targets = image_to_crop(torch.cat(keypoints), torch.cat(params), self.crop_size)
-        outputs = self.keypoint_branch(crops)
-        losses = self.keypoint_branch.losses(outputs, targets)
+        losses = self.keypoint_branch.losses(self.keypoint_branch(crops), targets)
         if len(crops) == 0:
             # Keep every trainable parameter in the graph (DDP) with an exact zero.
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
@@ -246,31 +207,21 @@ class TopDownPoseEstimator(nn.Module):
         return losses
 
     def crop(self, batched_inputs: List[Dict[str, Any]], params: List[Tensor]) -> Tensor:
-        """The normalised ((image - pixel_mean) / pixel_std) crops of B inputs' ``image``s, whatever
-        their dtype and size; outside an image the crops read 0, the mean colour.
-
-        Args:
-            batched_inputs: B model inputs. params: B tensors (N_b, 6), crop parameters.
-        Returns:
-            (N, C, H, W) float32 crops, image by image (``crops.crop_images``).
-        """
+        """The (N, C, H, W) float32 normalised ((image - pixel_mean) / pixel_std) crops of the B
+        inputs' ``image``s (any dtype and size) at the B (N_b, 6) crop parameters, image by image;
+        outside an image the crops read 0, the mean colour."""
         images = [x["image"].to(self.device) for x in batched_inputs]
         return crop_images(
             images, params, self.crop_size, self.crop_sampling_ratio, self.pixel_mean, self.pixel_std
         ).float()
-
-    def _inference_boxes(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
-        """Per image the ``box_source``'s (boxes (N, 4) XYXY image pixels, scores (N,), int64 (N,)
-        index of each box in its source), on the model's device."""
-        return [PersonBoxes(*(t.to(self.device) for t in found)) for found in self.box_source(batched_inputs)]
 
     def inference(
         self, batched_inputs: List[Dict[str, Any]], do_postprocess: bool = True
     ) -> List[Dict[str, Instances]]:
         """Inference part of :meth:`forward` (same inputs and outputs). With
         ``do_postprocess=False`` the Instances are in the size of the input image tensors."""
-        boxes_scores = self._inference_boxes(batched_inputs)
-        params = [box_crop_params(b, self.crop_size, self.crop_padding) for b, _, _ in boxes_scores]
+        person_boxes = [[t.to(self.device) for t in found] for found in self.box_source(batched_inputs)]
+        params = [box_crop_params(boxes, self.crop_size, self.crop_padding) for boxes, _, _ in person_boxes]
         crops = self.crop(batched_inputs, params)
         flip_indices = self.flip_indices if self.test_flip else None
         crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices)
@@ -278,7 +229,7 @@ class TopDownPoseEstimator(nn.Module):
 
         results = []
         per_image = keypoints.split([len(p) for p in params])
-        for x, (boxes, box_scores, index), kpts in zip(batched_inputs, boxes_scores, per_image):
+        for x, (boxes, box_scores, index), kpts in zip(batched_inputs, person_boxes, per_image):
             image_size = tuple(x["image"].shape[-2:])
             instances = Instances(image_size)
             instances.pred_boxes = Boxes(boxes.clone())  # detector_postprocess scales in place
@@ -290,8 +241,8 @@ class TopDownPoseEstimator(nn.Module):
                 keep = oks_nms(kpts, instances.scores, Boxes(boxes).area(), self.oks_sigmas, self.oks_nms_thresh)
                 instances = instances[keep.sort().values]  # drop duplicates, keep the box order
             if do_postprocess:
-                height = x.get("height", image_size[0])
-                width = x.get("width", image_size[1])
-                instances = detector_postprocess(instances, height, width)
+                instances = detector_postprocess(
+                    instances, x.get("height", image_size[0]), x.get("width", image_size[1])
+                )
             results.append({"instances": instances})
         return results

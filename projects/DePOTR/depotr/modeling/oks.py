@@ -1,17 +1,12 @@
-"""COCO object keypoint similarity (OKS), the one implementation: per-keypoint similarity with
-the scale rule a parameter.
+"""COCO object keypoint similarity (OKS), the one implementation, with the scale rule a parameter.
+K keypoints; ``...`` any broadcastable batch shape.
 
-Shape letters: K keypoints; ``...`` any broadcastable batch shape (poses, pairs of poses).
-
-The formula is COCOeval's (``pycocotools.cocoeval.COCOeval.computeOks``; Ronchi & Perona 2017):
+COCOeval's formula (``pycocotools.cocoeval.COCOeval.computeOks``):
 ks_k = exp(-d_k^2 / (2 (s^2 + eps) (2 sigma_k)^2)), d_k the distance between the two k-th
-keypoints, sigma_k the keypoint's OKS sigma, eps the dtype's machine epsilon (pycocotools and
-SimpleBaseline add ``np.spacing(1)``). The scale s^2 is one of ``OKS_SCALE_RULES``:
-
-* ``"target"``: the target's area (COCOeval: the ground-truth person's area). Used by the error
-  analysis (``depotr.evaluation.error_analysis``).
-* ``"mean"``: the mean of the two areas (SimpleBaseline's ``oks_iou``), symmetric in the two
-  poses. Used by OKS-NMS (``depotr.modeling.oks_nms``, box areas).
+keypoints, sigma_k the keypoint's OKS sigma, eps the dtype's machine epsilon (pycocotools'
+``np.spacing(1)``). The scale s^2 is one of ``OKS_SCALE_RULES``: ``"target"``, the target's area
+(COCOeval; the error analysis), or ``"mean"``, the mean of the two areas (SimpleBaseline's
+``oks_iou``; OKS-NMS).
 """
 
 from typing import Optional, Sequence, Union
@@ -35,16 +30,15 @@ def keypoint_similarity(
     """Per-keypoint OKS term ks (module docstring); OKS is its mean over the keypoints counted.
 
     Args:
-        pred: (..., K, 2) x, y of one pose (e.g. predicted), in pixels.
-        target: (..., K, 2) x, y of the other (e.g. ground truth), broadcastable with ``pred``.
-        target_areas: (...) areas s^2 of the target poses, in pixels^2.
+        pred, target: (..., K, 2) x, y of the two poses (e.g. predicted and ground truth) in
+            pixels, broadcastable.
+        target_areas, pred_areas: (...) areas s^2 of the poses in pixels^2; ``pred_areas`` is
+            required by "mean", unused by "target".
         sigmas: (K,) per-keypoint OKS sigmas.
-        scale_rule: one of ``OKS_SCALE_RULES``: "target" (s^2 = target area) or "mean"
-            (s^2 = (pred area + target area) / 2).
-        pred_areas: (...) areas of the ``pred`` poses; required by "mean", unused by "target".
+        scale_rule: one of ``OKS_SCALE_RULES``.
 
     Returns:
-        (..., K) similarities in (0, 1], in the dtype of ``pred`` (and ``target``).
+        (..., K) similarities in (0, 1], in the dtype of ``pred``.
     """
     if scale_rule not in OKS_SCALE_RULES:
         raise ValueError(f"unknown OKS scale rule {scale_rule!r}; expected one of {OKS_SCALE_RULES}")

@@ -1,6 +1,5 @@
-"""Non-maximum suppression of predicted poses by object keypoint similarity (OKS-NMS).
-
-Shape letters: N poses of one image, K keypoints.
+"""Non-maximum suppression of predicted poses by object keypoint similarity (OKS-NMS). N poses of
+one image, K keypoints.
 
 Top-down pipelines get duplicate poses when the detector boxes one person twice; OKS-NMS keeps
 the highest-scoring of each group of near-identical poses (SimpleBaseline, Xiao et al. 2018,
@@ -18,19 +17,9 @@ __all__ = ["pairwise_oks", "oks_nms"]
 
 
 def pairwise_oks(keypoints: Tensor, areas: Tensor, sigmas: Sequence[float]) -> Tensor:
-    """OKS between every two poses, with the COCO formula and the mean of the two areas as the
-    scale (as SimpleBaseline's ``oks_iou``; :func:`depotr.modeling.oks.keypoint_similarity`, scale
-    rule "mean"): OKS(i, j) = mean_k exp(-d_k^2 / (2 s^2 (2 sigma_k)^2)), s^2 = (area_i + area_j) / 2.
-    Every keypoint counts, whatever its score.
-
-    Args:
-        keypoints: (N, K, 2 or 3) x, y in pixels (a third column, the score, is ignored).
-        areas: (N,) pose scales in pixels^2 (e.g. box areas).
-        sigmas: K per-keypoint OKS sigmas.
-
-    Returns:
-        (N, N) symmetric OKS, 1 on the diagonal.
-    """
+    """(N, N) symmetric OKS between every two of the (N, K, 2 or 3) poses (x, y in pixels; a
+    score column is ignored, every keypoint counts), with scale rule "mean" of the (N,) areas in
+    pixels^2 (SimpleBaseline's ``oks_iou``); 1 on the diagonal. sigmas: K OKS sigmas."""
     if keypoints.ndim != 3 or keypoints.shape[1] != len(sigmas) or keypoints.shape[2] < 2:
         raise ValueError(f"keypoints must be (N, {len(sigmas)}, 2 or 3), got shape {tuple(keypoints.shape)}")
     if areas.shape != (len(keypoints),):
@@ -40,19 +29,9 @@ def pairwise_oks(keypoints: Tensor, areas: Tensor, sigmas: Sequence[float]) -> T
 
 
 def oks_nms(keypoints: Tensor, scores: Tensor, areas: Tensor, sigmas: Sequence[float], thresh: float) -> Tensor:
-    """Greedy OKS-NMS: visits poses by decreasing score and drops each one whose OKS with an
-    already kept pose is above ``thresh``.
-
-    Args:
-        keypoints: (N, K, 2 or 3) poses in image pixels.
-        scores: (N,) pose scores.
-        areas: (N,) pose scales in pixels^2.
-        sigmas: K per-keypoint OKS sigmas.
-        thresh: OKS above which the lower-scoring pose is suppressed, in [0, 1].
-
-    Returns:
-        (M,) int64 indices of the kept poses, by decreasing score.
-    """
+    """Greedy OKS-NMS: visits the poses by decreasing (N,) ``scores`` and drops each whose
+    :func:`pairwise_oks` with an already kept pose is above ``thresh`` in [0, 1]. Returns the
+    (M,) int64 indices of the kept poses, by decreasing score."""
     if not 0.0 <= thresh <= 1.0:
         raise ValueError(f"OKS-NMS threshold must be in [0, 1], got {thresh}")
     order = torch.argsort(scores, descending=True, stable=True)
@@ -60,8 +39,7 @@ def oks_nms(keypoints: Tensor, scores: Tensor, areas: Tensor, sigmas: Sequence[f
     suppressed = torch.zeros(len(order), dtype=torch.bool)
     keep = []
     for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= oks[i] > thresh
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= oks[i] > thresh
     return order[torch.tensor(keep, dtype=torch.int64, device=order.device)]

@@ -1,8 +1,6 @@
-"""The DePOTR body: ResNet -> L projected levels -> deformable transformer -> one decoder
-output per keypoint query (DePOTR as in the seed thesis, built on Deformable DETR, Zhu et al. 2021).
-
-Shared by the regression branch (DePOTR) and the heatmap branch (DePOTR-HM).
-"""
+"""The DePOTR body (the seed thesis, on Deformable DETR, Zhu et al. 2021) of the regression
+(DePOTR) and heatmap (DePOTR-HM) branches: ResNet -> L projected levels -> deformable transformer
+-> one decoder output per keypoint query."""
 
 from typing import Dict, Optional, Sequence
 
@@ -31,10 +29,8 @@ class DeformablePoseTransformer(nn.Module):
     ):
         """
         Args:
-            backbone: maps (B, 3, H, W) crops to a dict of feature maps containing ``in_features``
-                and ``pixel_features``.
-            in_features: backbone maps fed to ``input_proj``, finest first.
-            input_proj: backbone maps -> L maps of width d.
+            backbone: (B, 3, H, W) crops -> dict of maps with ``in_features`` and ``pixel_features``.
+            in_features: backbone maps fed to ``input_proj`` (-> L maps of width d), finest first.
             transformer: the deformable encoder-decoder of width d.
             num_keypoints: K; one learned query (position + content, 2d values) per keypoint.
             pixel_features: backbone maps passed on to the head as they are (the dot-product
@@ -50,8 +46,7 @@ class DeformablePoseTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, pixel_features: Sequence[str] = ()) -> Dict[str, object]:
-        """pixel_features: backbone maps the head needs as they are, named by the branch that
-        builds this body (its head's ``pixel_features``)."""
+        """pixel_features: the head's ``pixel_features``, named by the branch."""
         model = cfg.MODEL.DEPOTR
         pixel_features = list(pixel_features)
         backbone = build_resnet(cfg, sorted(set(model.IN_FEATURES) | set(pixel_features)))
@@ -81,8 +76,7 @@ class DeformablePoseTransformer(nn.Module):
         """
         Args:
             crops: (B, 3, H, W) normalised crops.
-            refine: optional iterative reference refinement, see
-                :meth:`DeformableTransformerDecoder.forward`.
+            refine: iterative reference refinement, see :meth:`DeformableTransformerDecoder.forward`.
         Returns:
             "hidden_states": (n, B, K, d) decoder output of every layer.
             "references": (n, B, K, 2) the reference point (x, y) each layer attended around,

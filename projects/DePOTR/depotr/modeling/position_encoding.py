@@ -1,9 +1,7 @@
-"""2D sine position embedding of DETR (Carion et al. 2020, ``models/position_encoding.py``),
-with Deformable DETR's pixel-centre offset (Zhu et al. 2021).
-
-Every crop has the same size, so there is no padding mask: the normalised position of feature
-pixel ``i`` on an axis of length ``n`` is ``(i + 0.5) / n``, exactly what DETR's cumulative sum
-over an all-valid mask gives with Deformable DETR's ``- 0.5``.
+"""2D sine position embedding of DETR (Carion et al. 2020, ``models/position_encoding.py``) with
+Deformable DETR's pixel-centre offset (Zhu et al. 2021). Every crop has the same size, so there is
+no padding mask: feature pixel i of an axis of length n is at (i + 0.5) / n, exactly what DETR's
+cumulative sum over an all-valid mask gives with Deformable DETR's ``- 0.5``.
 """
 
 import math
@@ -13,16 +11,10 @@ from torch import nn
 
 
 class PositionEmbeddingSine(nn.Module):
-    """d = 2 * num_pos_feats channels: sin/cos of the normalised y then x position at
-    geometrically spaced frequencies (the "Attention is all you need" embedding, in 2D)."""
+    """d = 2 num_pos_feats channels: sin/cos of the normalised y then x position, times ``scale``,
+    at frequencies ``temperature`` ** (-2 (i // 2) / num_pos_feats)."""
 
     def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi):
-        """
-        Args:
-            num_pos_feats: features per axis (d / 2).
-            temperature: base of the frequency progression.
-            scale: the normalised position in [0, 1] is multiplied by this.
-        """
         super().__init__()
         if num_pos_feats % 2:
             raise ValueError(f"num_pos_feats must be even (sin/cos pairs), got {num_pos_feats}")
@@ -33,8 +25,7 @@ class PositionEmbeddingSine(nn.Module):
     def forward(
         self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """Returns the (d, height, width) embedding of a feature map of that size; channels
-        [0, d/2) encode y, [d/2, d) encode x."""
+        """Returns the (d, height, width) embedding; channels [0, d/2) encode y, [d/2, d) x."""
         y_embed = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height * self.scale
         x_embed = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=device)
@@ -48,6 +39,5 @@ class PositionEmbeddingSine(nn.Module):
 
     @staticmethod
     def _interleave(angles: torch.Tensor) -> torch.Tensor:
-        """(n, f) angles -> (n, f) with sin of the even and cos of the odd columns, interleaved
-        as DETR stacks them."""
+        """(n, f) angles -> sin of the even and cos of the odd columns, interleaved as DETR does."""
         return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)

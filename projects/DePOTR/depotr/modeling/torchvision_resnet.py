@@ -1,18 +1,11 @@
-"""torchvision ResNet weights -> the names of Detectron2's ResNet, our backbone.
-
-The thesis initialises its ResNets with torchvision's ImageNet weights. torchvision names them
-``conv1``/``bn1`` (stem), ``layer1..4.<block>.conv<k>``/``bn<k>`` and ``downsample.0/1``;
-Detectron2's ``build_resnet_backbone`` has ``stem.conv1`` (its norm ``stem.conv1.norm``),
-``res2..5.<block>.conv<k>`` (``.norm``) and ``shortcut`` (``.norm``). The file written by
-:func:`save_detectron2_weights` has the layout of Detectron2's own converter
-(``tools/convert-torchvision-to-d2.py``): ``{"model": ..., "__author__": "torchvision",
-"matching_heuristics": True}``, so ``DetectionCheckpointer`` matches the names by suffix
-into whichever module holds the ResNet (``keypoint_branch.body...``).
-
-Norms: the file holds each BatchNorm's weight, bias, running mean and variance. With
-``RESNETS.NORM "FrozenBN"`` Detectron2 applies them as a fixed affine map, which equals
-torchvision's BatchNorm in eval mode; with ``"BN"`` they are the starting point of training.
-``num_batches_tracked`` (a counter FrozenBN does not have) and the classifier ``fc`` are left out.
+"""torchvision ResNet weights (the thesis' ImageNet initialisation) -> the names of Detectron2's
+ResNet, our backbone: ``conv1``/``bn1`` -> ``stem.conv1`` (``.norm``), ``layer1..4.<block>.conv<k>``
+/``bn<k>`` -> ``res2..5.<block>.conv<k>`` (``.norm``), ``downsample.0/1`` -> ``shortcut`` (``.norm``).
+The file of :func:`save_detectron2_weights` has the layout of Detectron2's own converter
+(``tools/convert-torchvision-to-d2.py``), so ``DetectionCheckpointer`` matches the names by suffix
+into whichever module holds the ResNet. Each BatchNorm's weight, bias and running statistics are
+kept (``RESNETS.NORM "FrozenBN"`` applies them as torchvision's BatchNorm in eval mode, "BN" starts
+from them); ``num_batches_tracked`` and the classifier ``fc`` are left out.
 """
 
 import pickle
@@ -70,12 +63,8 @@ def _rename(key: str) -> str:
 
 def _resnets_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]:
     """The ``MODEL.RESNETS`` keys (and their values) of a Detectron2 ResNet with these weights."""
-    blocks: Dict[int, set] = {stage: set() for stage in range(1, 5)}
-    for key in state_dict:
-        match = re.match(r"layer([1-4])\.(\d+)\.", key)
-        if match:
-            blocks[int(match.group(1))].add(int(match.group(2)))
-    counts = tuple(len(blocks[stage]) for stage in range(1, 5))
+    blocks = {match.groups() for match in map(re.compile(r"layer([1-4])\.(\d+)\.").match, state_dict) if match}
+    counts = tuple(sum(stage == str(s) for stage, _ in blocks) for s in range(1, 5))
     block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
     if (block, counts) not in _DEPTHS:
         raise ValueError(
@@ -99,12 +88,8 @@ def _resnets_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]
 
 def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> ConvertedResNet:
     """Renames a torchvision ResNet state dict (``torchvision.models.resnet*().state_dict()``)
-    to Detectron2's ResNet names, leaving out ``fc`` and ``num_batches_tracked``.
-
-    Raises:
-        ValueError naming the first key that is not a torchvision ResNet weight, or the block
-        layout when it matches no depth (18, 34, 50, 101, 152).
-    """
+    to Detectron2's ResNet names. Raises a ValueError naming the first key that is not a
+    torchvision ResNet weight, or the block layout when it matches no depth."""
     converted: Dict[str, torch.Tensor] = {}
     left_out = []
     for key, value in state_dict.items():

@@ -1,17 +1,13 @@
-"""Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM), SimpleBaseline, TransPose-R, the
-branches' typed outputs, and the shared heatmap codec, losses (RLE's with its flow), MLP and target
-rule."""
+"""Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM, SimpleBaseline, TransPose-R), the
+branches' typed outputs, the heatmap codec, the losses (RLE's with its flow) and the MLP."""
 
-from .heatmap import DePOTRDotProductHeatmapHead, DePOTRHeatmapHead
+from .heatmap import DePOTRDotProductHeatmapHead, DePOTRHeatmapHead, SimpleBaselineHead, TransPoseHead
 from .heatmap_codec import HeatmapCodec
-from .heatmap_loss import joints_mse_loss
+from .losses import coordinate_loss, joints_mse_loss, keypoint_target_weights, score_loss
 from .mlp import MLP
 from .outputs import BranchOutputs, HeatmapOutputs, RegressionOutputs, RLEOutputs
-from .regression import RegressionHead, coordinate_loss, score_loss
+from .regression import RegressionHead
 from .rle_loss import RealNVP, RLELoss
-from .simple_baseline import SimpleBaselineHead
-from .targets import keypoint_target_weights
-from .transpose import TransPoseHead
 
 __all__ = [
     "BranchOutputs",

@@ -1,15 +1,10 @@
-"""Gaussian heatmap codec shared by the heatmap heads (DePOTR-HM, SimpleBaseline, TransPose), in
-the style of mmpose's ``codecs/msra_heatmap.py`` with its pure post-processing helpers.
+"""Gaussian heatmap codec of the heatmap heads, as mmpose's ``codecs/msra_heatmap.py``.
 
-Coordinate convention (shared with the meta-architecture): continuous crop pixels, pixel i covers
-[i, i+1) with its centre at i + 0.5 (RoIAlign ``aligned=True``). A heatmap of stride s has the
-continuous coordinate u / s; heatmap pixel j has its centre at j + 0.5. Hence a horizontal flip of
-the crop (u -> W - u) is exactly the array flip of the heatmap along its width.
-
-Targets: unnormalised Gaussians (peak 1; Xiao et al. 2018, SimpleBaseline). Decoding: argmax, then
-``"none"``, ``"shift"`` (a quarter pixel toward the higher neighbour, SimpleBaseline) or
-``"dark"`` (second-order Taylor expansion of the log of the blurred heatmap; Zhang et al. 2020,
-DARK).
+Continuous crop pixels (pixel i covers [i, i+1), centre i + 0.5); a heatmap of stride s has the
+coordinate u / s, so a horizontal flip of the crop (u -> W - u) is exactly the array flip of the
+heatmap along its width. Targets: unnormalised Gaussians (peak 1, SimpleBaseline). Decoding: argmax,
+then ``"none"``, ``"shift"`` (a quarter pixel toward the higher neighbour, SimpleBaseline) or
+``"dark"`` (Taylor expansion of the log of the blurred heatmap; Zhang et al. 2020, DARK).
 """
 
 import math
@@ -18,7 +13,7 @@ from typing import Tuple
 import torch
 from torch.nn import functional as F
 
-from .targets import keypoint_target_weights
+from .losses import keypoint_target_weights
 
 REFINE_MODES = ("none", "shift", "dark")
 
@@ -27,13 +22,8 @@ class HeatmapCodec:
     """B crops, K keypoints, (H, W) crop, (h, w) = (H / stride, W / stride) heatmap."""
 
     def __init__(self, crop_size: Tuple[int, int], stride: int, sigma: float, refine: str = "shift"):
-        """
-        Args:
-            crop_size: (H, W), each divisible by stride.
-            stride: crop pixels per heatmap pixel.
-            sigma: Gaussian standard deviation in heatmap pixels.
-            refine: sub-pixel refinement of the decoded maximum, one of ``REFINE_MODES``.
-        """
+        """stride: crop pixels per heatmap pixel, dividing H and W. sigma: the Gaussian's standard
+        deviation in heatmap pixels. refine: sub-pixel refinement, one of ``REFINE_MODES``."""
         height, width = crop_size
         if height % stride or width % stride:
             raise ValueError(f"crop size {crop_size} is not divisible by the heatmap stride {stride}")
@@ -62,21 +52,14 @@ class HeatmapCodec:
     def decode(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """heatmaps: (B, K, h, w). Returns (B, K, 3): (x, y) in crop pixels and the score, the
         heatmap maximum."""
-        scores, x, y = heatmap_maxima(heatmaps)
+        scores, index = heatmaps.flatten(2).max(dim=-1)
+        x, y = index % heatmaps.shape[-1], index // heatmaps.shape[-1]
         coords = torch.stack((x, y), dim=-1).to(heatmaps.dtype) + 0.5
         if self.refine == "shift":
             coords = coords + shift_offsets(heatmaps, x, y)
         elif self.refine == "dark":
             coords = coords + dark_offsets(heatmaps, x, y, self.sigma)
         return torch.cat((coords * self.stride, scores[..., None]), dim=-1)
-
-
-def heatmap_maxima(heatmaps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """heatmaps: (B, K, h, w). Returns the maximum value (B, K) and its column x and row y
-    (B, K), int64."""
-    width = heatmaps.shape[-1]
-    scores, index = heatmaps.flatten(2).max(dim=-1)
-    return scores, index % width, index // width
 
 
 def neighbourhoods(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

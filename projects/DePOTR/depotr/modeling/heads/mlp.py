@@ -5,7 +5,7 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """num_layers Linear layers with ReLU between them: in_dim -> hidden_dim ... -> out_dim."""
+    """num_layers Linear layers with ReLU between them: (..., in_dim) -> (..., out_dim)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
         super().__init__()
@@ -15,9 +15,6 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., in_dim) -> (..., out_dim)."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)

@@ -31,21 +31,22 @@ class BranchOutputs:
 
     def average(self: _Outputs, other: _Outputs) -> _Outputs:
         """Elementwise mean of each field of two forward passes of the same branch (e.g. a crop
-        and its flipped-back mirror); what each mean means is stated by the subclass."""
+        and its flipped-back mirror)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot average {type(self).__name__} with {type(other).__name__}")
         means = {f.name: _mean(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
         return type(self)(**means)
 
     def halves(self: _Outputs) -> "tuple[_Outputs, _Outputs]":
-        """The outputs of the first and of the second half of a batch of 2B crops, as two objects of
-        this type. The batch is dimension 0 of a field, and dimension 1 of an ``aux_*`` field
-        (decoder layers first). ``chunk`` keeps a traced export valid for any batch size."""
-        parts = {}
+        """The outputs of the first and of the second half of a batch of 2B crops. The batch is
+        dimension 0 of a field, dimension 1 of an ``aux_*`` field. ``chunk`` keeps a traced export
+        valid for any batch size."""
+        first, second = {}, {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            parts[f.name] = (None, None) if value is None else value.chunk(2, 1 if f.name.startswith("aux_") else 0)
-        return type(self)(**{k: v[0] for k, v in parts.items()}), type(self)(**{k: v[1] for k, v in parts.items()})
+            halves = (None, None) if value is None else value.chunk(2, 1 if f.name.startswith("aux_") else 0)
+            first[f.name], second[f.name] = halves
+        return type(self)(**first), type(self)(**second)
 
 
 @dataclass
@@ -56,8 +57,7 @@ class RegressionOutputs(BranchOutputs):
     confidence: (B, K) logit that the keypoint is labelled and inside the crop.
     aux_coords, aux_confidence: (n-1, B, K, 2), (n-1, B, K) of decoder layers 0 .. n-2, or None.
 
-    Averaging two passes averages the logits as logits (the score is the sigmoid of the mean
-    logit, not the mean of the sigmoids).
+    Two passes average their logits (the score is the sigmoid of the mean logit).
     """
 
     coords: Tensor
@@ -73,26 +73,20 @@ class RegressionOutputs(BranchOutputs):
         """Outputs of mirrored crops -> outputs of the original crops: x -> 1 - x, and keypoint k
         takes the prediction of its mirror partner ``flip_indices[k]``; confidences are swapped
         only (a mirror keeps |x| errors: RLE's scales are not mirrored)."""
-
-        def flip(coords: Optional[Tensor], confidence: Optional[Tensor]):
-            if coords is None:
-                return None, None
-            return flip_coords(coords, flip_indices), swap_keypoints(confidence, flip_indices, coords.dim() - 2)
-
-        coords, confidence = flip(self.coords, self.confidence)
-        aux_coords, aux_confidence = flip(self.aux_coords, self.aux_confidence)
-        return type(self)(coords, confidence, aux_coords, aux_confidence)
+        aux = ()
+        if self.aux_coords is not None:
+            aux = (flip_coords(self.aux_coords, flip_indices), swap_keypoints(self.aux_confidence, flip_indices, 2))
+        return type(self)(
+            flip_coords(self.coords, flip_indices), swap_keypoints(self.confidence, flip_indices, 1), *aux
+        )
 
 
 @dataclass
 class RLEOutputs(RegressionOutputs):
-    """DePOTR's outputs with RLE scales (Li et al. 2021) as the confidence: the fields of
-    :class:`RegressionOutputs`, but ``confidence`` (B, K, 2) and ``aux_confidence``
-    (n-1, B, K, 2) are the scales (sigma_x, sigma_y) in (0, 1), crop-normalised.
-
-    Averaging two passes averages the sigmas as scales, so that the score 1 - mean sigma is the
-    mean of the two passes' scores.
-    """
+    """DePOTR's outputs with RLE scales (Li et al. 2021) as the confidence: ``confidence``
+    (B, K, 2) and ``aux_confidence`` (n-1, B, K, 2) are (sigma_x, sigma_y) in (0, 1),
+    crop-normalised. Two passes average their sigmas, so the score 1 - mean sigma is the mean of
+    the two passes' scores."""
 
     def scores(self) -> Tensor:
         """(B, K) keypoint scores in (0, 1): 1 - (sigma_x + sigma_y) / 2 (see ``rle_loss.py``)."""
@@ -101,14 +95,13 @@ class RLEOutputs(RegressionOutputs):
 
 @dataclass
 class HeatmapOutputs(BranchOutputs):
-    """Heatmap heads' outputs (DePOTR-HM, SimpleBaseline, TransPose-R).
+    """Heatmap heads' outputs (DePOTR-HM, SimpleBaseline, TransPose-R); two passes average
+    pixelwise.
 
     heatmaps: (B, K, h, w) of stride s = H / h; heatmap pixel j covers crop pixels
         [j s, (j+1) s), its centre is crop pixel (j + 0.5) s.
     aux_heatmaps: (n-1, B, K, h, w) of decoder layers 0 .. n-2 (DePOTR-HM's deep supervision,
         while training), or None.
-
-    Averaging two passes averages the heatmaps pixelwise.
     """
 
     heatmaps: Tensor
@@ -116,7 +109,6 @@ class HeatmapOutputs(BranchOutputs):
 
     def flip_back(self, flip_indices: Sequence[int], shift: bool = False) -> "HeatmapOutputs":
         """Outputs of mirrored crops -> outputs of the original crops: heatmaps mirrored along the
-        width, left/right swapped, and with ``shift`` moved one pixel right (see
-        :func:`~depotr.modeling.tta.flip_heatmaps`)."""
+        width, left/right swapped, with ``shift`` moved one pixel right (``tta.flip_heatmaps``)."""
         aux = None if self.aux_heatmaps is None else flip_heatmaps(self.aux_heatmaps, flip_indices, shift)
         return HeatmapOutputs(flip_heatmaps(self.heatmaps, flip_indices, shift), aux)
