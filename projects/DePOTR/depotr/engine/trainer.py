@@ -27,7 +27,7 @@ from detectron2.utils.env import seed_all_rng
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..data.keypoint_metadata import keypoint_metadata_from_config
 from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
-from ..modeling.person_detector import PoseWithDetector, build_person_detector
+from ..modeling.person_detector import PersonDetector, PoseWithDetector, build_person_detector
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
@@ -152,6 +152,9 @@ class Trainer(CompatDefaultTrainer):
 
     def __init__(self, cfg: CfgNode):  # noqa: D107
         self._seed = training_seed(cfg)  # build_train_loader's sampler needs it
+        # This trainer's evaluations (EvalHook calls self.test) share one person detector, built by the first.
+        self._person_detector: Optional[PersonDetector] = None
+        self.test = self._test_reusing_detector
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -182,12 +185,23 @@ class Trainer(CompatDefaultTrainer):
         )
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+    def test(
+        cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None, person_detector: Optional[PersonDetector] = None
+    ):
         """``DefaultTrainer.test``; with ``MODEL.DEPOTR.TEST_BOX_SOURCE`` "detector" the person
-        detector of ``MODEL.DEPOTR.DETECTOR`` runs beside ``model`` (``PoseWithDetector``)."""
+        detector of ``MODEL.DEPOTR.DETECTOR`` (``person_detector``, else built now) runs beside
+        ``model`` (``PoseWithDetector``)."""
         if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
-            model = PoseWithDetector(build_person_detector(cfg), model, cfg.INPUT.FORMAT)
+            if person_detector is None:
+                person_detector = build_person_detector(cfg)
+            model = PoseWithDetector(person_detector, model, cfg.INPUT.FORMAT)
         return super().test(cfg, model, evaluators)
+
+    def _test_reusing_detector(self, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """:meth:`test` with this trainer's person detector, built at the first call that needs it."""
+        if self._person_detector is None and cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
+            self._person_detector = build_person_detector(cfg)
+        return type(self).test(cfg, model, evaluators, self._person_detector)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
