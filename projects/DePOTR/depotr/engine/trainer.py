@@ -56,32 +56,26 @@ def sample_seed(seed: int, rank: int, position: int) -> int:
 
 
 class SeededSampleStream(torch.utils.data.IterableDataset):
-    """One rank's training samples as a stream that restarts exactly at any batch, with any
-    number of data-loader workers.
+    """One rank's training samples as a stream that restarts exactly at any batch, with any number
+    of data-loader workers (docs/resume.md).
 
     Sample p of the stream (p = iteration x ``batch_size`` + place in the batch) is
-    ``dataset[i_p]``, i_p the sampler's p-th index, mapped with Python's, NumPy's and torch's
-    RNGs seeded by :func:`sample_seed` (seed, rank, p), so its augmentation does not depend on
-    which process maps it nor on what that process drew before. Of W workers, worker w maps the
-    whole batches w, w + W, w + 2W, ... counted from the sampler's start; torch's ``DataLoader``
-    (``batch_size``, in-order) takes batches from the workers in turn, so batch b is always
-    samples [b x batch_size, (b + 1) x batch_size): the same batches, and the same RNG state for the
-    model's own draws, with 0, 1 or W workers; and
-    a run resumed at iteration t (sampler started at t x batch_size) continues the uninterrupted
-    run's stream (Detectron2's ``ToIterableDataset`` deals single indices to workers instead,
-    whose RNGs carry state from sample to sample).
+    ``dataset[i_p]``, i_p the sampler's p-th index, mapped with every RNG seeded by
+    :func:`sample_seed` (seed, rank, p). Of W workers, worker w maps the whole batches w, w + W, ...,
+    which torch's ``DataLoader`` takes in turn: batch b is samples [b x batch_size, (b + 1) x
+    batch_size) for 0, 1 or W workers, resumed or not (Detectron2's ``ToIterableDataset`` deals
+    single indices instead).
+
+    Args:
+        dataset: map-style dataset of mapped samples (``map_dataset``).
+        sampler: this rank's infinite index stream, started at a multiple of ``batch_size``.
+        batch_size: images per batch of this rank.
+        seed: the run's seed (``training_seed``).
     """
 
     def __init__(
         self, dataset: torch.utils.data.Dataset, sampler: ResumableTrainingSampler, batch_size: int, seed: int
     ):
-        """
-        Args:
-            dataset: map-style dataset of mapped samples (``map_dataset``).
-            sampler: this rank's infinite index stream, started at a multiple of ``batch_size``.
-            batch_size: images per batch of this rank.
-            seed: the run's seed (``training_seed``).
-        """
         if sampler.start_index % batch_size:
             raise ValueError(f"the sampler starts at {sampler.start_index}, not a multiple of batch {batch_size}")
         self.dataset = dataset
