@@ -55,13 +55,10 @@ def _read_error_reason(filename: str, error: Exception) -> str:
 
 
 def weights_to_load(weights: str, random_weights: bool = False) -> bool:
-    """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, the export,
-    the demo and tools, ``train_net.py --eval-only``): whether to load ``weights``.
-
-    Empty ``weights`` are a ConfigError unless ``random_weights`` (``--random-weights``,
-    ``Predictor(cfg, random_weights=True)``) asks for random weights: then False, warned.
-    ``random_weights`` with ``weights`` set is a ConfigError, and so is a local path (no "://")
-    that is not a file. Otherwise True.
+    """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, export, demo,
+    tools, ``train_net.py --eval-only``): whether to load ``weights``. Empty ``weights`` need
+    ``random_weights`` (``--random-weights``; then False, warned); a ConfigError otherwise, and for
+    ``random_weights`` with ``weights`` set or a local path (no "://") that is not a file.
     """
     if random_weights:
         if weights:

@@ -4,7 +4,6 @@ between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
 
 import functools
 import itertools
-import logging
 import os
 import random
 from typing import List, Optional
@@ -33,8 +32,6 @@ from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
 from .hooks import IterationSeedHook
 from .run_dir import drop_metrics_after
-
-logger = logging.getLogger(__name__)
 
 
 class ResumableTrainingSampler(TrainingSampler):
