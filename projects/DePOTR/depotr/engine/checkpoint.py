@@ -1,16 +1,8 @@
-"""DePOTR's checkpointer: never leaves a half-written checkpoint, never runs on weights that do
-not fit the model (docs/reliability.md).
-
-Saving: the checkpoint and ``last_checkpoint`` are written with ``depotr.file_io.atomic_write``
-(fvcore streams into the final file, so a job killed mid-save left a truncated checkpoint).
-
-Loading: every parameter and buffer of the model must be in the file with its shape, else a
-``ValueError`` lists what is missing or mismatched (Detectron2 only warns). Except at the start of
-a training run (``allow_backbone_only=True``, not resuming), where a backbone-only file such as
-Detectron2's ImageNet ``R-50.pkl`` loads with a summary. The person-detector weights older pose
-checkpoints hold under ``box_source.`` are dropped (the detector loads
-``MODEL.DEPOTR.DETECTOR.WEIGHTS``). A file torch cannot read is a one-line ``ValueError`` (for
-``--resume``, naming the newest complete earlier checkpoint).
+"""DePOTR's checkpointer (docs/reliability.md): saves are atomic (``depotr.file_io.atomic_write``;
+fvcore's left a truncated file when killed mid-save), and loading needs every parameter and buffer
+of the model with its shape (Detectron2 only warns), except a backbone-only file (ImageNet
+``R-50.pkl``) at the start of a training run. The detector weights old pose checkpoints hold under
+``box_source.`` are dropped; an unreadable file is a one-line ``ValueError``.
 """
 
 import glob
