@@ -22,9 +22,10 @@ import sys
 from depotr.cli import config_overrides, parse_command_line, run_main, training_argument_parser
 
 
-def setup(args):
-    """Builds the frozen config (defaults, DePOTR keys, the yaml file, then the overrides), takes
-    OUTPUT_DIR's run lock on the main process and sets up logging."""
+def setup(args, cfg=None):
+    """Builds the frozen config from ``cfg``, the unfrozen config :func:`cli` loaded (None: loads
+    defaults, DePOTR keys, the yaml file, then the overrides), takes OUTPUT_DIR's run lock on the
+    main process and sets up logging."""
     from detectron2.data import DatasetCatalog
     from detectron2.engine import default_setup
     from detectron2.utils import comm
@@ -36,7 +37,8 @@ def setup(args):
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
 
-    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    if cfg is None:
+        cfg = load_depotr_config(args.config_file, config_overrides(args))
     register_synthetic_datasets_from_cfg(cfg)
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
@@ -61,7 +63,7 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def main(args, cfg=None):
     from detectron2.evaluation import verify_results
     from detectron2.utils import comm
 
@@ -69,7 +71,7 @@ def main(args):
     from depotr.engine import DePOTRCheckpointer, Trainer
     from depotr.engine.checkpoint import weights_to_load
 
-    cfg = setup(args)
+    cfg = setup(args, cfg)
     log_device(cfg.MODEL.DEVICE)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -104,7 +106,7 @@ def cli(argv=None) -> int:
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, cfg),  # the config is loaded once, here; processes get a copy
     )
     return 0
 

@@ -1,18 +1,15 @@
 """benchmarks/bench_train_step.py runs a config's real training steps and reports per-crop FLOPs."""
 
-import importlib.util
 import os
+
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
 
 
 def test_reports_crops_flops_and_the_matmul_share(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "bench_train_step", os.path.join(REPO, "benchmarks", "bench_train_step.py")
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_train_step.py")
     assert (
         bench.main(
             [

@@ -1,7 +1,6 @@
 """benchmarks/bench_video.py: the clips it renders, its CLEAR MOT and jitter counts against hand
 cases, and a smoke run with a random-weights model."""
 
-import importlib.util
 import os
 import re
 
@@ -11,16 +10,15 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
+from tests.conftest import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_video", os.path.join(REPO, "benchmarks", "bench_video.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_video.py")
 
 
 def test_clips_have_walking_crossing_and_occluded_persons(bench):

@@ -2,7 +2,6 @@
 --help, one override convention, one-line config errors, --random-weights, quiet warnings
 (issue 23 items 3, 6, 7, 8)."""
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -14,6 +13,7 @@ import torch
 import depotr.config as depotr_config
 from depotr.cli import CONFIG_ROOT_KEYS, config_overrides, parse_command_line, run_main, training_argument_parser
 from depotr.config import load_depotr_config
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -26,15 +26,8 @@ ENTRY_POINTS = {
 }
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"entry_{name}", os.path.join(REPO, ENTRY_POINTS[name]))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _main(name: str):
-    module = _load(name)
+    module = load_script(ENTRY_POINTS[name])
     return module.cli if name == "train_net" else module.main
 
 
@@ -70,7 +63,7 @@ def test_help_imports_neither_torch_nor_detectron2(name):
     ids=["bare", "bare-after-input", "opts", "both"],
 )
 def test_overrides_bare_or_after_opts_are_the_same(argv):
-    parser = _load("demo").get_parser()
+    parser = load_script(ENTRY_POINTS["demo"]).get_parser()
     args = parse_command_line(parser, ["--config-file", "c.yaml", *argv])
     assert args.input == ["a.jpg", "b.jpg"] and args.output == "out"  # --input did not swallow them
     assert config_overrides(args) == ["MODEL.WEIGHTS", "w.pth", "TEST.FLIP", "True"]

@@ -4,7 +4,6 @@ file), --save-json, --confidence-threshold, a video and a missing video.
 One run goes through a subprocess (the script as users run it); the others call its ``main``
 in this process, which saves loading torch and Detectron2 again."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from detectron2.structures import Boxes, Instances
 from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "demo", "demo.py")
@@ -30,10 +30,7 @@ CPU = ["--random-weights", "--opts", "MODEL.DEVICE", "cpu"]
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("depotr_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO)
 
 
 def astronaut_bgr() -> np.ndarray:
@@ -387,9 +384,7 @@ def test_image_ids_from_a_coco_file_make_the_results_evaluable(demo, tmp_path, c
         )
     gt_file = tmp_path / "gt.json"
     gt_file.write_text(json.dumps(gt))
-    spec = importlib.util.spec_from_file_location("analyze_results", os.path.join(REPO, "tools", "analyze_results.py"))
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
+    analyze = load_script("tools/analyze_results.py")
 
     stem_ids, coco_ids = tmp_path / "stem_ids.json", tmp_path / "coco_ids.json"
     assert run(demo, "--input", inputs, "--output", tmp_path / "out", "--save-json", stem_ids) == 0

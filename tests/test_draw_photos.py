@@ -1,6 +1,5 @@
 """tools/draw_photos.py: predictions drawn on the photos shipped in packages, one PNG."""
 
-import importlib.util
 import os
 
 import cv2
@@ -8,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("draw_photos", os.path.join(REPO, "tools", "draw_photos.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/draw_photos.py")
 
 
 def test_photos_side_by_side_with_skeletons(tmp_path):

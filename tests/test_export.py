@@ -46,6 +46,7 @@ from depotr.export import (
 )
 from depotr.layers import BACKEND_ENV_VAR
 from depotr.modeling.crops import box_crop_params, crop_images, crop_to_image
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -245,10 +246,7 @@ def test_cli_exports_both_formats(tmp_path):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_model_tool", os.path.join(REPO, "tools", "export_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """tools/gpu_check.sh without a GPU (it must say so, exit 2 and leave everything as it was), and
 tools/gpu_check_notes.py, the part that writes its figures, on fabricated results."""
 
-import importlib.util
 import json
 import os
 import re
@@ -10,16 +9,11 @@ import sys
 
 import pytest
 
+from tests.conftest import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tools", "gpu_check.sh")
 NOTES = os.path.join(REPO, "benchmarks", "msda_gpu_notes.md")
-
-
-def load_tool(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def snapshot(*folders: str) -> dict[str, tuple[int, float]]:
@@ -131,7 +125,7 @@ def results(tmp_path):
     )
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
-        bench = load_tool(os.path.join(REPO, "benchmarks", "bench_msda.py"), "bench_msda_for_test")
+        bench = load_script("benchmarks/bench_msda.py")
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
     (folder / "bench_float32.md").write_text(
@@ -171,7 +165,7 @@ def results(tmp_path):
 
 
 def test_notes_section_from_results(results, tmp_path):
-    notes_tool = load_tool(os.path.join(REPO, "tools", "gpu_check_notes.py"), "gpu_check_notes")
+    notes_tool = load_script("tools/gpu_check_notes.py")
     notes = tmp_path / "notes.md"
     notes.write_text(f"# Notes\n\nbefore\n\n{notes_tool.START}\nold section\n{notes_tool.END}\n\nafter\n")
     command = [
@@ -207,7 +201,7 @@ def test_notes_section_from_results(results, tmp_path):
 
 
 def test_notes_section_is_appended_when_absent(results, tmp_path):
-    notes_tool = load_tool(os.path.join(REPO, "tools", "gpu_check_notes.py"), "gpu_check_notes")
+    notes_tool = load_script("tools/gpu_check_notes.py")
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\n")
     notes_tool.update_notes(str(notes), notes_tool.render(str(results), "GPU"))

@@ -1,22 +1,15 @@
 """benchmarks/synthetic_stats.py: the COCO-vs-synthetic statistics, on hand-made annotations."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import load_script
 
 
 def _stats_module():
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_stats", os.path.join(REPO, "benchmarks", "synthetic_stats.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/synthetic_stats.py")
 
 
 def _person(ann_id, image_id, box, v):

@@ -1,8 +1,6 @@
 """Representative subsets (tools/make_subset.py, depotr.data.subset)."""
 
-import importlib.util
 import json
-import os
 import re
 
 import numpy as np
@@ -10,9 +8,9 @@ import pytest
 
 from depotr.data.subset import select_subset, subset_coco, visibility_distribution
 from depotr.data.synthetic import coco_categories
+from tests.conftest import load_script
 
 K = 17
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _random_coco(num_images=1500, seed=0):
@@ -88,10 +86,7 @@ def test_invalid_fraction(coco, fraction):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_subset", os.path.join(REPO, "tools", "make_subset.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/make_subset.py")
 
 
 def test_cli_writes_subset_json_and_png(tmp_path, coco):

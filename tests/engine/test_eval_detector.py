@@ -10,7 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 import train_net
 from depotr.engine import Trainer
-from depotr.modeling.person_detector import build_person_detector
+from depotr.modeling.person_detector import PoseWithDetector, build_person_detector
 from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
 
 from .conftest import instant_args
@@ -54,3 +54,31 @@ def test_eval_only_with_a_detector_box_source(tmp_path, synthetic_root):
         found = torch.tensor([p["bbox"] for p in predictions if p["image_id"] == image_id])
         assert all(len(p["keypoints"]) == 51 for p in predictions)
         torch.testing.assert_close(found, boxes, atol=1e-3, rtol=0)
+
+
+def test_a_trainer_builds_its_person_detector_once(tmp_path, synthetic_root, monkeypatch):
+    """Two evaluations of one training run (EvalHook every iteration, then the final one) run the
+    detector of MODEL.DEPOTR.DETECTOR built, with its weights loaded, at the first of them."""
+    import depotr.engine.trainer as trainer_module
+
+    builds = []
+    monkeypatch.setattr(
+        trainer_module, "build_person_detector", lambda cfg: builds.append(cfg) or build_person_detector(cfg)
+    )
+    det = _detector_cfg(tmp_path, weights="")
+    opts = [
+        "SOLVER.MAX_ITER", "2",
+        "TEST.EVAL_PERIOD", "1",
+        "MODEL.DEPOTR.TEST_BOX_SOURCE", "detector",
+        "MODEL.DEPOTR.DETECTOR.CONFIG_FILE", det.MODEL.DEPOTR.DETECTOR.CONFIG_FILE,
+        "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1",
+    ]  # fmt: skip
+    trainer = Trainer(train_net.setup(instant_args(str(tmp_path / "train"), synthetic_root, *opts)))
+    trainer.resume_or_load(resume=False)
+    evaluations = []
+    monkeypatch.setattr(
+        trainer_module.CompatDefaultTrainer, "test", classmethod(lambda c, cfg, model, e: evaluations.append(model))
+    )
+    trainer.train()
+    assert len(evaluations) == 2 and all(isinstance(m, PoseWithDetector) for m in evaluations)
+    assert len(builds) == 1 and evaluations[0].detector is evaluations[1].detector

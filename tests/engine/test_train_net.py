@@ -74,3 +74,19 @@ def test_train_and_evaluate_through_train_net(tmp_path, synthetic_root):
     )
     assert results and all(len(r["keypoints"]) == 51 for r in results)
     assert "Evaluation results for keypoints" in completed.stdout + completed.stderr
+
+
+def test_cli_loads_the_config_once(tmp_path, monkeypatch):
+    """The config cli() loaded and checked is the one setup() builds on: not loaded a second time."""
+    import depotr.config
+    import depotr.engine
+
+    loads, launched = [], []
+    load = depotr.config.load_depotr_config
+    monkeypatch.setattr(depotr.config, "load_depotr_config", lambda *a: loads.append(a) or load(*a))
+    monkeypatch.setattr(depotr.engine, "launch", lambda main, *a, args, **k: launched.append(args))
+    argv = ["--config-file", INSTANT_CONFIG, "OUTPUT_DIR", str(tmp_path / "run")]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
+    assert train_net.cli(argv + ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1"]) == 0
+    cfg = train_net.setup(*launched[0])
+    assert len(loads) == 1 and cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES == 2 and cfg.is_frozen()

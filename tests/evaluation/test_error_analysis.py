@@ -2,7 +2,6 @@
 on hand-made ground truth: one image with a large and a medium person."""
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -26,6 +25,7 @@ from depotr.evaluation.error_analysis import (
     analyze_keypoint_results,
     classify_keypoints,
 )
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEFT_WRIST = COCO_PERSON_KEYPOINT_NAMES.index("left_wrist")
@@ -235,10 +235,7 @@ def _random_case(rng):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("analyze_results", os.path.join(REPO, "tools", "analyze_results.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/analyze_results.py")
 
 
 def _pycocotools_stats(gt_path, results_path):

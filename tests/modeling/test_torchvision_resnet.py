@@ -1,7 +1,6 @@
 """torchvision ResNet weights in our Detectron2 backbone (depotr.modeling.torchvision_resnet and
 tools/convert_torchvision_backbone.py): every tensor lands, features equal torchvision's."""
 
-import importlib.util
 import os
 
 import pytest
@@ -17,6 +16,7 @@ from detectron2.modeling.backbone import ResNet
 from depotr.config import load_depotr_config
 from depotr.modeling import build_resnet
 from depotr.modeling.torchvision_resnet import convert_torchvision_resnet, save_detectron2_weights
+from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_CONFIG = os.path.join(REPO, "configs", "Base-DePOTR.yaml")
@@ -100,11 +100,7 @@ def test_converted_weights_give_torchvision_features(tmp_path, depth, norm, suff
 def test_converter_tool_output_loads_into_a_depotr_model(tmp_path, capsys):
     torchvision_model = _torchvision_resnet(18)
     torch.save(torchvision_model.state_dict(), tmp_path / "resnet18.pth")
-    spec = importlib.util.spec_from_file_location(
-        "convert_tool", os.path.join(REPO, "tools", "convert_torchvision_backbone.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/convert_torchvision_backbone.py")
     assert tool.main([str(tmp_path / "resnet18.pth"), str(tmp_path / "r18.pkl")]) == 0
     out = capsys.readouterr().out
     assert "ResNet-18" in out and "fc.weight fc.bias" in out

@@ -1,17 +1,13 @@
-"""What every command-line entry point (``train_net.py``, ``demo/demo.py``, ``tools/*.py``) shares.
+"""What every command-line entry point (``train_net.py``, ``demo/demo.py``, ``tools/*.py``) shares,
+in the standard library only, so that an entry point parses its arguments (and answers ``--help``)
+before it imports torch or Detectron2 (``import depotr`` is cheap for the same reason).
 
-Standard library only, so that an entry point parses its arguments (and answers ``--help``)
-before it imports torch or Detectron2; ``import depotr`` is cheap for the same reason.
-
-* Config overrides (:func:`add_config_arguments`, :func:`parse_command_line`, :func:`config_overrides`):
-  ``--opts KEY VALUE ...`` (Detectron2's demo) and bare ``KEY VALUE ...`` after the options
-  (Detectron2's train_net) are both accepted, by every entry point.
-* ``--random-weights`` (:data:`RANDOM_WEIGHTS_FLAG`): the one explicit way to run a model whose
-  ``MODEL.WEIGHTS`` is empty (``depotr.engine.checkpoint.weights_to_load`` decides).
-* :class:`ConfigError`: a known user mistake (a config key, file or checkpoint path, the
-  overrides), which :func:`run_main` prints as one line ``error: ...`` and exit status 2.
-* :func:`quiet_third_party_warnings`: the known warnings of dependencies that every command
-  printed, silenced once per process.
+* Config overrides: ``--opts KEY VALUE ...`` (Detectron2's demo) and bare ``KEY VALUE ...`` after
+  the options (Detectron2's train_net) are both accepted, by every entry point.
+* ``--random-weights``: the one explicit way to run a model with an empty ``MODEL.WEIGHTS``
+  (``depotr.engine.checkpoint.weights_to_load`` decides).
+* :class:`ConfigError`: a known user mistake, which :func:`run_main` prints as one line
+  ``error: ...`` with exit status 2.
 """
 
 import argparse
@@ -40,12 +36,10 @@ _OVERRIDES_HELP = (
 # that starts with one of them, upper case, begins the overrides (parse_command_line).
 CONFIG_ROOT_KEYS = frozenset(
     {"CUDNN_BENCHMARK", "DATALOADER", "DATASETS", "GLOBAL", "INPUT", "MODEL", "OUTPUT_DIR", "SEED", "SOLVER", "TEST"}
-    | {"VERSION", "VIS_PERIOD"}
-    | {"FLOAT32_PRECISION"}  # Detectron2 main only (not in v0.6)
+    | {"VERSION", "VIS_PERIOD", "FLOAT32_PRECISION"}  # the last: Detectron2 main only (not in v0.6)
 )
-# (category, message regex) of the third-party warnings every command printed: the
-# torch.jit.script deprecation that Detectron2/fvcore trigger at import (twice), and setuptools'
-# pkg_resources deprecation.
+# (category, message regex) of the third-party warnings every command printed: torch.jit.script's
+# deprecation (Detectron2/fvcore imports) and setuptools' of pkg_resources.
 _QUIETED_WARNINGS = (
     (FutureWarning, r"`torch\.jit\.script` is deprecated"),
     (UserWarning, r"pkg_resources is deprecated"),
@@ -73,10 +67,6 @@ def add_config_arguments(
             action="store_true",
             help="run the model with random weights when MODEL.WEIGHTS is empty (otherwise an error)",
         )
-    _add_override_arguments(parser)
-
-
-def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opts", dest="dash_opts", nargs=argparse.REMAINDER, default=[], help=_OVERRIDES_HELP)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help=_OVERRIDES_HELP)
 

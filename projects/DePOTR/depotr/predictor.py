@@ -43,27 +43,21 @@ _NORMALISED_MIN_SIDE = 32
 
 
 def person_proposals(
-    boxes: BoxesLike,
-    scores: Optional[ScoresLike],
-    image_size: Tuple[int, int],
-    box_mode: BoxMode = BoxMode.XYXY_ABS,
+    boxes: BoxesLike, scores: Optional[ScoresLike], image_size: Tuple[int, int], box_mode: BoxMode = BoxMode.XYXY_ABS
 ) -> Instances:
-    """The ``"proposals"`` of one model input (box source "precomputed"). Converts the boxes to
-    XYXY and checks only the shapes Detectron2's ``Instances`` need; the box source checks the
-    values. Boxes that look normalised to [0, 1] (all coordinates <= 1.5 on an image larger than
-    32 pixels) are warned about.
+    """The ``"proposals"`` of one model input (box source "precomputed"), converted to XYXY; only
+    the shapes ``Instances`` need are checked here (the box source checks the values). Boxes that
+    look normalised to [0, 1] (all coordinates <= 1.5 on an image larger than 32 pixels) are warned about.
 
     Args:
-        boxes: (N, 4) person boxes in image pixels (array, tensor, nested list or Boxes), in
-            ``box_mode``.
+        boxes: (N, 4) person boxes in image pixels (array, tensor, nested list or Boxes) in
+            ``box_mode``: XYXY_ABS or XYWH_ABS (relative modes are a ValueError).
         scores: (N,) box scores; None gives 1 to every box.
         image_size: (H, W) of the image.
-        box_mode: Detectron2's ``BoxMode`` of ``boxes``: XYXY_ABS or XYWH_ABS (relative modes are
-            a ValueError: multiply by the image size first).
 
     Returns:
-        Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and
-        ``scores`` (N,) float32, on the CPU unless ``boxes`` is a tensor elsewhere.
+        Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and ``scores``
+        (N,) float32, on the CPU unless ``boxes`` is a tensor elsewhere.
     """
     boxes = torch.as_tensor(boxes.tensor if isinstance(boxes, Boxes) else boxes, dtype=torch.float32)
     if boxes.numel() == 0:
@@ -75,12 +69,9 @@ def person_proposals(
     boxes = BoxMode.convert(boxes, box_mode, BoxMode.XYXY_ABS)
     if len(boxes) and max(image_size) > _NORMALISED_MIN_SIDE and bool((boxes.abs() <= _NORMALISED_MAX_COORD).all()):
         logger.warning(
-            "all %d person boxes have coordinates <= %s on a %dx%d image: are they normalised to [0, 1]? "
-            "Boxes are in image pixels: multiply x by the width and y by the height",
-            len(boxes),
-            _NORMALISED_MAX_COORD,
-            image_size[1],
-            image_size[0],
+            f"all {len(boxes)} person boxes have coordinates <= {_NORMALISED_MAX_COORD} on a {image_size[1]}x"
+            f"{image_size[0]} image: are they normalised to [0, 1]? Boxes are in image pixels: multiply x by the "
+            "width and y by the height"
         )
     if scores is None:
         scores = boxes.new_ones(len(boxes))
@@ -94,43 +85,33 @@ def person_proposals(
 
 
 class Predictor:
-    """Builds DePOTR from a config, loads its weights and estimates the keypoints of every
-    person in images.
+    """Builds DePOTR from a config, loads its weights and estimates the keypoints of every person
+    in images.
 
-    Person boxes of an image, in this order of precedence, reach the pose model as
-    ``"proposals"`` (box source "precomputed", ``depotr.modeling.box_sources``):
+    An image's person boxes reach the pose model as ``"proposals"`` (box source "precomputed"):
 
     1. the caller's: ``boxes`` (N, 4) XYXY in image pixels, optional ``scores`` (N,) (default 1);
-    2. the detector's: the Detectron2 person detector of ``MODEL.DEPOTR.DETECTOR``
-       (``self.detector``, run beside the pose model), when ``CONFIG_FILE`` is set (boxes of
-       ``PERSON_CLASS_ID`` scoring >= ``SCORE_THRESH``); an image where it finds nobody gives
-       empty Instances;
-    3. otherwise the whole image as one person of score 1 (source "whole_image", the
-       single-person mode).
+    2. else the detector's (``self.detector``, ``MODEL.DEPOTR.DETECTOR``, run beside the pose
+       model) when its ``CONFIG_FILE`` is set; an image where it finds nobody gives empty Instances;
+    3. else the whole image as one person of score 1 (source "whole_image").
 
-    ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (an evaluation setting) is not used. The boxes follow the
-    box sources' one policy: malformed boxes are errors; caller and detector boxes are
-    filtered by ``MODEL.DEPOTR.BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted by decreasing score
-    (stable); all are clipped to the image, and a box wholly outside it gives no person (a
-    warning names it). ``box_index`` of the output maps each person to its box; OKS-NMS
-    (``TEST.OKS_NMS_THRESH``) may drop duplicate poses.
+    ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (an evaluation setting) is not used. The boxes follow the box
+    sources' one policy (``depotr.modeling.box_sources``): malformed boxes are errors; caller and
+    detector boxes are filtered by ``BOX_SCORE_THRESH`` / ``BOX_TOPK`` and sorted by decreasing
+    score; all are clipped to the image, a box wholly outside it gives no person (warned).
 
-    Images are BGR uint8 (H, W, 3) arrays, as ``cv2.imread`` gives, or file paths; other
-    layouts (grey, BGRA, 16-bit, float in [0, 1]) are converted by
-    ``depotr.data.image_io.to_bgr_uint8``. The image is not resized: persons are cropped from
-    it at full resolution. ``INPUT.FORMAT`` ("RGB" or "BGR") is the channel order the model is
-    fed.
+    Images are BGR uint8 (H, W, 3) arrays, as ``cv2.imread`` gives, or file paths; other layouts
+    are converted by ``depotr.data.image_io.to_bgr_uint8``. Images are not resized: persons are
+    cropped at full resolution. ``INPUT.FORMAT`` ("RGB" or "BGR") is the order the model is fed.
     """
 
     def __init__(self, cfg: CfgNode, random_weights: bool = False):
         """
         Args:
-            cfg: a DePOTR config (``depotr.config.load_depotr_config``). ``MODEL.WEIGHTS`` is
-                loaded with ``DePOTRCheckpointer`` (a path or URL; a ValueError when it does not
-                fit the model). ``MODEL.DEVICE`` is where the model runs.
-            random_weights: run with the random initialisation; ``MODEL.WEIGHTS`` must then be
-                empty, and an empty one without it is a ``depotr.cli.ConfigError``
-                (``depotr.engine.checkpoint.weights_to_load``).
+            cfg: a DePOTR config (``depotr.config.load_depotr_config``); ``MODEL.WEIGHTS`` (a path
+                or URL) is loaded with ``DePOTRCheckpointer``, the model runs on ``MODEL.DEVICE``.
+            random_weights: run with the random initialisation (``MODEL.WEIGHTS`` must be empty;
+                ``depotr.engine.checkpoint.weights_to_load``).
         """
         load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
         self.cfg = cfg.clone()
@@ -138,7 +119,6 @@ class Predictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
-        # The person detector, outside the pose model (None: the whole image where no boxes are given).
         self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
         box_source = build_box_source(self.cfg, "precomputed", fallback=build_box_source(self.cfg, "whole_image"))
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
@@ -154,16 +134,8 @@ class Predictor:
         scores: Optional[ScoresLike] = None,
         box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> Instances:
-        """Persons of one image: :meth:`predict_batch` of ``[image]``.
-
-        Args:
-            image: (H, W, 3) uint8 BGR array (or another layout ``to_bgr_uint8`` converts), or a
-                file path.
-            boxes: (N, 4) person boxes in image pixels, in ``box_mode``; None: detector or whole
-                image.
-            scores: (N,) scores of ``boxes``; None: 1.
-            box_mode: Detectron2's ``BoxMode`` of ``boxes``, XYXY_ABS (default) or XYWH_ABS.
-        """
+        """Persons of one image: :meth:`predict_batch` of ``[image]`` (``boxes`` (N, 4), ``scores``
+        (N,) or None)."""
         boxes = None if boxes is None else [boxes]
         return self.predict_batch([image], boxes, None if scores is None else [scores], box_mode)[0]
 
@@ -176,17 +148,15 @@ class Predictor:
         box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> List[Instances]:
         """Persons of B images; all persons of all images are cropped together (from the uint8
-        images: no float copy of a whole image) and go through one forward of the keypoint branch
-        (two with ``TEST.FLIP``).
+        images) and go through one forward of the keypoint branch (two with ``TEST.FLIP``).
 
         Args:
-            images: B images, each as in :meth:`__call__`.
+            images: B images, each a (H, W, 3) uint8 BGR array (or another layout
+                ``to_bgr_uint8`` converts) or a file path.
             boxes: None, or B entries: (N_b, 4) person boxes of image b in image pixels, or None
-                for the detector's boxes or the whole image (see the class docstring).
+                for the detector's boxes or the whole image (class docstring).
             scores: None, or B entries: (N_b,) scores of ``boxes[b]``, or None for 1.
-            box_mode: Detectron2's ``BoxMode`` of every entry of ``boxes``: XYXY_ABS (default)
-                or XYWH_ABS, converted with ``BoxMode.convert``. Boxes that look normalised to
-                [0, 1] are warned about (:func:`person_proposals`).
+            box_mode: ``BoxMode`` of every entry of ``boxes``: XYXY_ABS (default) or XYWH_ABS.
 
         Returns:
             B Instances (on the CPU) of size (H_b, W_b), each with
@@ -196,13 +166,13 @@ class Predictor:
                   (pixel i covers [i, i + 1));
                 * pred_classes: (N,) zeros (person);
                 * box_index: (N,) int64, which of ``boxes[b]`` (or of the detector's boxes) each
-                  person comes from; the boxes missing from it were below the score threshold,
-                  beyond top-k, wholly outside the image or OKS-NMS duplicates.
+                  person comes from; the missing ones were below the score threshold, beyond
+                  top-k, wholly outside the image or OKS-NMS duplicates.
 
         Raises:
-            FileNotFoundError, ValueError: an image file that is missing or unreadable, an
-                image array of another layout, boxes or scores of the wrong shape, a degenerate
-                box, a NaN or infinite score (each message names the image).
+            FileNotFoundError, ValueError: a missing or unreadable image file, an image array of
+                another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
+                infinite score (each message names the image).
         """
         num = len(images)
         if num == 0:

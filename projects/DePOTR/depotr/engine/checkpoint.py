@@ -1,29 +1,15 @@
-"""DePOTR's checkpointer: never leaves a half-written checkpoint, never runs on weights that do
-not fit the model.
-
-Saving. fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into the final file and
-then rewrites ``last_checkpoint`` in place, so a job killed mid-save leaves a truncated
-checkpoint that ``--resume`` then tries to load. Here both are written with
-``depotr.file_io.atomic_write`` (a temporary file in the same directory, moved into place with
-``os.replace``).
-
-Loading. Detectron2 loads whatever names match and only warns about the rest, so evaluating or
-resuming with another architecture's weights runs on mostly random weights. Here every
-parameter and buffer of the model must be in the file with its shape, else a ``ValueError``
-lists what is missing or mismatched. The exception is the start of a training run
-(``allow_backbone_only=True`` and not resuming): a file that holds backbone weights only, e.g.
-Detectron2's ImageNet ``R-50.pkl``, loads with a summary of what it filled in, as Detectron2
-does. Pose checkpoints hold the pose model only (the person detector runs outside it and loads
-``MODEL.DEPOTR.DETECTOR.WEIGHTS``); the detector weights that older checkpoints still hold under
-``box_source.`` are dropped on loading, with their count logged. A file torch cannot read is a
-``ValueError`` naming it (and, for ``--resume``, the newest complete earlier checkpoint).
+"""DePOTR's checkpointer (docs/reliability.md): saves are atomic (``depotr.file_io.atomic_write``;
+fvcore's left a truncated file when killed mid-save), and loading needs every parameter and buffer
+of the model with its shape (Detectron2 only warns), except a backbone-only file (ImageNet
+``R-50.pkl``) at the start of a training run. The detector weights old pose checkpoints hold under
+``box_source.`` are dropped; an unreadable file is a one-line ``ValueError``.
 """
 
 import glob
 import logging
 import os
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import torch
 
@@ -37,25 +23,20 @@ __all__ = ["DePOTRCheckpointer", "weights_to_load"]
 
 logger = logging.getLogger(__name__)
 
-# Names listed in an error message before "... and N more".
-_LISTED = 8
-# BatchNorm's step counter: a buffer Detectron2's name matching pairs with any other BatchNorm's.
-_COUNTER_SUFFIX = "num_batches_tracked"
-# Key prefix of the person-detector weights that pose checkpoints held while the detector was a
-# submodule of the model (its box source); the model has no weights under it now.
+_LISTED = 8  # names listed in an error message before "... and N more"
+# Key prefix of the person-detector weights of pose checkpoints from when the detector was a submodule.
 _OLD_DETECTOR_PREFIX = "box_source."
 # First bytes of the files torch.load reads: a zip archive (torch.save) or a pickle.
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def _listing(names: List[str]) -> str:
-    shown = ", ".join(names[:_LISTED])
-    return shown + (f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+    more = f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more
 
 
 def _read_error_reason(filename: str, error: Exception) -> str:
-    """A one-line reason why ``filename`` could not be read (torch's messages run to a page of
-    advice, e.g. to pass ``weights_only=False``)."""
+    """A one-line reason why ``filename`` could not be read (torch's run to a page of advice)."""
     with open(filename, "rb") as f:
         head = f.read(4)
     if not filename.endswith((".pkl", ".pyth")) and not head.startswith(_CHECKPOINT_MAGIC):
@@ -66,13 +47,10 @@ def _read_error_reason(filename: str, error: Exception) -> str:
 
 
 def weights_to_load(weights: str, random_weights: bool = False) -> bool:
-    """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, the export,
-    the demo and tools, ``train_net.py --eval-only``): whether to load ``weights``.
-
-    Empty ``weights`` are a ConfigError unless ``random_weights`` (``--random-weights``,
-    ``Predictor(cfg, random_weights=True)``) asks for random weights explicitly: then False,
-    warned. ``random_weights`` with ``weights`` set is a ConfigError (which is meant?), and so is
-    a local path (no "://") that is not a file. Otherwise True.
+    """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, export, demo,
+    tools, ``train_net.py --eval-only``): whether to load ``weights``. Empty ``weights`` need
+    ``random_weights`` (``--random-weights``; then False, warned); a ConfigError otherwise, and for
+    ``random_weights`` with ``weights`` set or a local path (no "://") that is not a file.
     """
     if random_weights:
         if weights:
@@ -89,23 +67,15 @@ def weights_to_load(weights: str, random_weights: bool = False) -> bool:
     return True
 
 
-def _is_complete_checkpoint(path: str) -> bool:
-    """Cheap check that a ``torch.save`` file was written to its end (the zip directory is last)."""
-    return zipfile.is_zipfile(path)
-
-
 class DePOTRCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves and strict loading (module docstring)."""
 
     def __init__(
         self, model: torch.nn.Module, save_dir: str = "", *, allow_backbone_only: bool = False, **checkpointables: Any
     ):
-        """
-        Args:
-            model, save_dir, checkpointables: as ``DetectionCheckpointer``.
-            allow_backbone_only: accept a backbone-only file (ImageNet weights) when
-                :meth:`resume_or_load` initialises the model (not when it resumes).
-        """
+        """``allow_backbone_only``: accept a backbone-only file (ImageNet weights) when
+        :meth:`resume_or_load` initialises the model (not when it resumes); the other arguments
+        as ``DetectionCheckpointer``'s."""
         super().__init__(model, save_dir, **checkpointables)
         self.allow_backbone_only = allow_backbone_only
         self._initialising = False
@@ -114,15 +84,12 @@ class DePOTRCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()}}
         data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", save_file)
         atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -136,7 +103,7 @@ class DePOTRCheckpointer(DetectionCheckpointer):
             try:
                 return self.load(last)
             except ValueError as e:
-                if not os.path.isfile(last) or _is_complete_checkpoint(last):
+                if not os.path.isfile(last) or zipfile.is_zipfile(last):  # a complete torch.save file
                     raise
                 raise ValueError(f"{e}. {self._earlier_checkpoint_hint(last)}") from e
         self._initialising = True
@@ -151,8 +118,8 @@ class DePOTRCheckpointer(DetectionCheckpointer):
 
     def _earlier_checkpoint_hint(self, broken: str) -> str:
         """Names the newest complete checkpoint of ``save_dir`` other than ``broken``."""
-        candidates = [p for p in glob.glob(os.path.join(self.save_dir, "*.pth")) if not os.path.samefile(p, broken)]
-        complete = sorted((p for p in candidates if _is_complete_checkpoint(p)), key=os.path.getmtime)
+        others = [p for p in glob.glob(os.path.join(self.save_dir, "*.pth")) if not os.path.samefile(p, broken)]
+        complete = sorted(filter(zipfile.is_zipfile, others), key=os.path.getmtime)
         tag = os.path.join(self.save_dir, "last_checkpoint")
         if not complete:
             return f"There is no complete earlier checkpoint in {self.save_dir}: remove {tag} to start afresh"
@@ -168,15 +135,13 @@ class DePOTRCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Any):
         weights = checkpoint["model"]
         old_detector = [k for k in weights if k.startswith(_OLD_DETECTOR_PREFIX)]
+        for k in old_detector:
+            del weights[k]
         if old_detector:
-            for k in old_detector:
-                del weights[k]
             logger.info(
-                "checkpoint %s: dropped %d person-detector weights (%s*) of a checkpoint from when the detector "
-                "was part of the pose model; the detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS",
-                self._path,
-                len(old_detector),
-                _OLD_DETECTOR_PREFIX,
+                f"checkpoint {self._path}: dropped {len(old_detector)} person-detector weights "
+                f"({_OLD_DETECTOR_PREFIX}*) of a checkpoint from when the detector was part of the pose model; the "
+                "detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS"
             )
         expected = list(self.model.state_dict())
         incompatible = super()._load_model(checkpoint)
@@ -185,35 +150,27 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         if not mismatched and not missing:
             return incompatible
         loaded = [k for k in expected if k not in set(incompatible.missing_keys)]
-        weights = [k for k in loaded if not k.endswith(_COUNTER_SUFFIX)]
+        # BatchNorm's step counter: Detectron2's name matching pairs it with any other BatchNorm's.
+        loaded_weights = [k for k in loaded if not k.endswith("num_batches_tracked")]
         where = f"checkpoint {self._path}"
-        if not weights:
+        if not loaded_weights:
             raise ValueError(
                 f"{where} holds none of the model's {len(expected)} parameters and buffers "
                 f"(it holds {_listing(incompatible.unexpected_keys)})"
             )
-        backbone = self._backbone_prefixes()
-        backbone_only = not mismatched and bool(backbone and weights) and all(k.startswith(backbone) for k in weights)
+        backbone = tuple(f"{n}." for n, m in self.model.named_modules() if isinstance(m, Backbone) and n)
+        backbone_only = not mismatched and bool(backbone) and all(k.startswith(backbone) for k in loaded_weights)
         if backbone_only and self.allow_backbone_only and self._initialising:
-            groups = sorted({".".join(k.split(".")[:3]) for k in missing})
+            groups = _listing(sorted({".".join(k.split(".")[:3]) for k in missing}))
             logger.info(
-                "%s holds backbone weights only: loaded %d of the model's %d parameters and buffers; "
-                "the other %d (%s) keep their random initialisation.",
-                where,
-                len(loaded),
-                len(expected),
-                len(missing),
-                _listing(groups),
+                f"{where} holds backbone weights only: loaded {len(loaded)} of the model's {len(expected)} parameters "
+                f"and buffers; the other {len(missing)} ({groups}) keep their random initialisation."
             )
             return incompatible
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} are not in it: {_listing(missing)}")
+        problems = [f"{len(missing)} are not in it: {_listing(missing)}"] if missing else []
         if mismatched:
-            problems.append(
-                f"{len(mismatched)} have another shape: "
-                + _listing([f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched])
-            )
+            shapes = [f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched]
+            problems.append(f"{len(mismatched)} have another shape: " + _listing(shapes))
         kind = (
             "holds backbone weights only, which can start a training run but not be evaluated or resumed"
             if backbone_only
@@ -222,7 +179,3 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         raise ValueError(
             f"{where} {kind}: of the model's {len(expected)} parameters and buffers, " + "; ".join(problems)
         )
-
-    def _backbone_prefixes(self) -> Tuple[str, ...]:
-        """Key prefixes of the model's Detectron2 backbones."""
-        return tuple(f"{name}." for name, m in self.model.named_modules() if isinstance(m, Backbone) and name)

@@ -6,12 +6,10 @@ from detectron2.utils.env import seed_all_rng
 
 
 class IterationSeedHook(HookBase):
-    """Seeds Python, NumPy and torch before every iteration from (seed, iteration, rank).
-
-    Every random choice the model makes in an iteration (box jitter, dropout) then depends only on
-    the iteration number, so a run resumed from a checkpoint draws exactly what the uninterrupted
-    run drew — no RNG state needs to be checkpointed. The data loader seeds each sample itself,
-    in whichever worker maps it (``depotr.engine.trainer.SeededSampleStream``).
+    """Seeds Python, NumPy and torch before every iteration from (seed, iteration, rank), so that
+    the model's random choices (box jitter, dropout) depend on the iteration only and a resumed run
+    draws what the uninterrupted run drew (docs/resume.md; the data loader seeds each sample itself,
+    ``depotr.engine.trainer.SeededSampleStream``).
     """
 
     def __init__(self, seed: int):

@@ -1,14 +1,12 @@
 """A run's output folder (``OUTPUT_DIR``): one live run at a time, and no leftovers of a killed one.
 
 * :func:`lock_output_dir`: ``OUTPUT_DIR/run.lock``, held (``flock``) for the life of the run and
-  naming its owner (pid, host, start time, command). A second run on the folder is refused
-  while the owner lives. The kernel drops the lock when its owner dies, even by ``kill -9``, so
-  a lock file that nobody holds is stale: its run died without cleaning up, and only
-  ``--resume`` (or ``--eval-only``, which writes no checkpoints) may take the folder over; a
-  fresh training run would overwrite the dead run's checkpoints. Taking the lock removes the
-  temporary files of writes the dead run was killed in.
-* :func:`drop_metrics_after`: a resumed run first drops the ``metrics.json`` rows that the
-  dead run wrote after its last checkpoint, which the resumed run writes again.
+  naming its owner (pid, host, start time, command). The kernel drops the lock when its owner dies,
+  even by ``kill -9``, so a lock file nobody holds is a dead run's: only ``--resume`` (or
+  ``--eval-only``, which writes no checkpoints) may take the folder over, since a fresh training run
+  would overwrite its checkpoints. Taking the lock removes the temporary files of killed writes.
+* :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint,
+  which the resumed run writes again, are dropped.
 """
 
 import atexit
@@ -35,9 +33,9 @@ _HELD: Dict[str, "OutputDirLock"] = {}
 
 
 class OutputDirLock:
-    """The held lock of one output folder. ``previous_owner``: what the lock file said about a
-    run that died holding it (None when the folder was free); ``removed_temporaries``: the
-    temporary files of its killed writes that were deleted."""
+    """The held lock of one output folder. ``previous_owner``: what the lock file said about a run
+    that died holding it (None: the folder was free); ``removed_temporaries``: the temporary files
+    of its killed writes, deleted."""
 
     def __init__(self, path: str, fd: int, previous_owner: Optional[Dict[str, Any]], removed_temporaries: List[str]):
         self.path = path
@@ -52,17 +50,11 @@ class OutputDirLock:
             return
         self._logged = True
         if self.previous_owner is not None:
-            logger.warning(
-                "Took over %s from a run that died without releasing it: %s",
-                os.path.dirname(self.path),
-                _describe(self.previous_owner),
-            )
+            folder, owner = os.path.dirname(self.path), _describe(self.previous_owner)
+            logger.warning(f"Took over {folder} from a run that died without releasing it: {owner}")
         if self.removed_temporaries:
-            logger.info(
-                "Removed %d temporary files of interrupted writes: %s",
-                len(self.removed_temporaries),
-                ", ".join(self.removed_temporaries),
-            )
+            removed = ", ".join(self.removed_temporaries)
+            logger.info(f"Removed {len(self.removed_temporaries)} temporary files of interrupted writes: {removed}")
 
     def release(self) -> None:
         """Deletes the lock file and drops the lock (the folder is free again)."""
@@ -81,14 +73,13 @@ def _describe(owner: Dict[str, Any]) -> str:
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True  # unknown: assume so
+    """Whether process ``pid`` of this host exists (an unknown pid counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        pass  # another user's process
+    except (PermissionError, TypeError):  # another user's process; not a pid
+        pass
     return True
 
 
@@ -97,11 +88,11 @@ def _read_owner(fd: int) -> Optional[Dict[str, Any]]:
     text = os.read(fd, 1 << 16).decode(errors="replace").strip()
     if not text:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         owner = json.loads(text)
-    except ValueError:
-        owner = None
-    return owner if isinstance(owner, dict) else {"command": text[:200]}
+        if isinstance(owner, dict):
+            return owner
+    return {"command": text[:200]}
 
 
 def _open_locked(path: str) -> Optional[int]:
@@ -113,17 +104,15 @@ def _open_locked(path: str) -> Optional[int]:
         except BlockingIOError:
             os.close(fd)
             return None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd
-        except FileNotFoundError:
-            pass
         os.close(fd)  # its owner released (deleted) the file between our open and lock: retry
 
 
 def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -> OutputDirLock:
-    """Takes ``output_dir``'s run lock (module docstring) for this process; it is released at
-    exit. Call on the main process only, before anything is written into the folder.
+    """Takes ``output_dir``'s run lock (module docstring) for this process, released at exit. Call
+    on the main process only, before anything is written into the folder.
 
     Raises:
         RuntimeError naming the folder and the owner: another live run holds it, or a dead run
@@ -157,19 +146,16 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
         )
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
     os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(owner).encode())
-    lock = OutputDirLock(path, fd, previous, remove_temporary_files(folder))
-    _HELD[folder] = lock
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    lock = _HELD[folder] = OutputDirLock(path, fd, previous, remove_temporary_files(folder))
     atexit.register(lock.release)
     return lock
 
 
 def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
     """Removes the rows of Detectron2's ``metrics.json`` (one json object per line) whose
-    "iteration" is >= ``start_iter``, and rows a kill cut short; returns how many. The file is
-    rewritten in place, so that a ``JSONWriter`` that already opened it for appending keeps
-    writing into it."""
+    "iteration" is >= ``start_iter``, and rows a kill cut short; returns how many. Rewritten in
+    place, so that a ``JSONWriter`` that already opened it for appending keeps writing into it."""
     if not os.path.isfile(metrics_file):
         return 0
     with open(metrics_file, "r+") as f:
@@ -180,13 +166,12 @@ def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
         f.seek(0)
         f.writelines(kept)
         f.truncate()
+    dropped = len(lines) - len(kept)
     logger.info(
-        "Dropped %d rows of iterations >= %d (written after the last checkpoint) or cut short from %s.",
-        len(lines) - len(kept),
-        start_iter,
-        metrics_file,
+        f"Dropped {dropped} rows of iterations >= {start_iter} (written after the last checkpoint) or cut short "
+        f"from {metrics_file}."
     )
-    return len(lines) - len(kept)
+    return dropped
 
 
 def _row_before(line: str, start_iter: int) -> bool:

@@ -4,7 +4,6 @@ between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
 
 import functools
 import itertools
-import logging
 import os
 import random
 from typing import List, Optional
@@ -27,14 +26,12 @@ from detectron2.utils.env import seed_all_rng
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..data.keypoint_metadata import keypoint_metadata_from_config
 from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
-from ..modeling.person_detector import PoseWithDetector, build_person_detector
+from ..modeling.person_detector import PersonDetector, PoseWithDetector, build_person_detector
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
 from .hooks import IterationSeedHook
 from .run_dir import drop_metrics_after
-
-logger = logging.getLogger(__name__)
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -56,32 +53,26 @@ def sample_seed(seed: int, rank: int, position: int) -> int:
 
 
 class SeededSampleStream(torch.utils.data.IterableDataset):
-    """One rank's training samples as a stream that restarts exactly at any batch, with any
-    number of data-loader workers.
+    """One rank's training samples as a stream that restarts exactly at any batch, with any number
+    of data-loader workers (docs/resume.md).
 
     Sample p of the stream (p = iteration x ``batch_size`` + place in the batch) is
-    ``dataset[i_p]``, i_p the sampler's p-th index, mapped with Python's, NumPy's and torch's
-    RNGs seeded by :func:`sample_seed` (seed, rank, p), so its augmentation does not depend on
-    which process maps it nor on what that process drew before. Of W workers, worker w maps the
-    whole batches w, w + W, w + 2W, ... counted from the sampler's start; torch's ``DataLoader``
-    (``batch_size``, in-order) takes batches from the workers in turn, so batch b is always
-    samples [b x batch_size, (b + 1) x batch_size): the same batches, and the same RNG state for the
-    model's own draws, with 0, 1 or W workers; and
-    a run resumed at iteration t (sampler started at t x batch_size) continues the uninterrupted
-    run's stream (Detectron2's ``ToIterableDataset`` deals single indices to workers instead,
-    whose RNGs carry state from sample to sample).
+    ``dataset[i_p]``, i_p the sampler's p-th index, mapped with every RNG seeded by
+    :func:`sample_seed` (seed, rank, p). Of W workers, worker w maps the whole batches w, w + W, ...,
+    which torch's ``DataLoader`` takes in turn: batch b is samples [b x batch_size, (b + 1) x
+    batch_size) for 0, 1 or W workers, resumed or not (Detectron2's ``ToIterableDataset`` deals
+    single indices instead).
+
+    Args:
+        dataset: map-style dataset of mapped samples (``map_dataset``).
+        sampler: this rank's infinite index stream, started at a multiple of ``batch_size``.
+        batch_size: images per batch of this rank.
+        seed: the run's seed (``training_seed``).
     """
 
     def __init__(
         self, dataset: torch.utils.data.Dataset, sampler: ResumableTrainingSampler, batch_size: int, seed: int
     ):
-        """
-        Args:
-            dataset: map-style dataset of mapped samples (``map_dataset``).
-            sampler: this rank's infinite index stream, started at a multiple of ``batch_size``.
-            batch_size: images per batch of this rank.
-            seed: the run's seed (``training_seed``).
-        """
         if sampler.start_index % batch_size:
             raise ValueError(f"the sampler starts at {sampler.start_index}, not a multiple of batch {batch_size}")
         self.dataset = dataset
@@ -152,6 +143,9 @@ class Trainer(CompatDefaultTrainer):
 
     def __init__(self, cfg: CfgNode):  # noqa: D107
         self._seed = training_seed(cfg)  # build_train_loader's sampler needs it
+        # This trainer's evaluations (EvalHook calls self.test) share one person detector, built by the first.
+        self._person_detector: Optional[PersonDetector] = None
+        self.test = self._test_reusing_detector
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -182,12 +176,23 @@ class Trainer(CompatDefaultTrainer):
         )
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+    def test(
+        cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None, person_detector: Optional[PersonDetector] = None
+    ):
         """``DefaultTrainer.test``; with ``MODEL.DEPOTR.TEST_BOX_SOURCE`` "detector" the person
-        detector of ``MODEL.DEPOTR.DETECTOR`` runs beside ``model`` (``PoseWithDetector``)."""
+        detector of ``MODEL.DEPOTR.DETECTOR`` (``person_detector``, else built now) runs beside
+        ``model`` (``PoseWithDetector``)."""
         if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
-            model = PoseWithDetector(build_person_detector(cfg), model, cfg.INPUT.FORMAT)
+            if person_detector is None:
+                person_detector = build_person_detector(cfg)
+            model = PoseWithDetector(person_detector, model, cfg.INPUT.FORMAT)
         return super().test(cfg, model, evaluators)
+
+    def _test_reusing_detector(self, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """:meth:`test` with this trainer's person detector, built at the first call that needs it."""
+        if self._person_detector is None and cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":
+            self._person_detector = build_person_detector(cfg)
+        return type(self).test(cfg, model, evaluators, self._person_detector)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):

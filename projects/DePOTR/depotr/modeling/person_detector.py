@@ -2,19 +2,11 @@
 
 Shape letters: B images, N persons of one image.
 
-The pose model (``TopDownPoseEstimator``) takes boxes only: its box source is ``gt``,
-``precomputed`` (``batched_input["proposals"]``) or ``whole_image``
-(:mod:`depotr.modeling.box_sources`, which also holds the one box policy). A Detectron2 detector
-is composed with it from outside: :class:`PersonDetector` turns images into ``"proposals"`` and
-the pose model ranks, filters and clips them as any precomputed boxes. Users of that composition:
-
-* :class:`PoseWithDetector`, the model evaluated with ``MODEL.DEPOTR.TEST_BOX_SOURCE
-  "detector"`` (``Trainer.test``, hence ``train_net.py --eval-only``): detector, then pose model,
-  in one ``nn.Module`` that Detectron2's ``inference_on_dataset`` runs like any model;
-* ``depotr.Predictor`` and the demo: the caller's boxes, else the detector's, else the whole image.
-
-So pose checkpoints hold the pose model only; the detector's weights come from
-``MODEL.DEPOTR.DETECTOR.WEIGHTS``.
+The pose model (``TopDownPoseEstimator``) takes boxes only (:mod:`depotr.modeling.box_sources`,
+which holds the one box policy). :class:`PersonDetector` turns images into ``"proposals"``, which
+the pose model ranks, filters and clips as any precomputed boxes: in :class:`PoseWithDetector`
+(``MODEL.DEPOTR.TEST_BOX_SOURCE "detector"`` in ``Trainer.test``), in ``depotr.Predictor`` and the
+demo. So pose checkpoints hold the pose model only; the detector loads ``MODEL.DEPOTR.DETECTOR.WEIGHTS``.
 """
 
 import logging
@@ -29,13 +21,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import Boxes, Instances
 
-__all__ = [
-    "MODEL_ZOO_PREFIX",
-    "PersonDetector",
-    "PoseWithDetector",
-    "build_person_detector",
-    "resolve_model_zoo_path",
-]
+__all__ = ["MODEL_ZOO_PREFIX", "PersonDetector", "PoseWithDetector", "build_person_detector", "resolve_model_zoo_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +30,8 @@ MODEL_ZOO_PREFIX = "model_zoo:"
 
 
 def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
-    """Resolves ``"model_zoo:<config path in Detectron2's configs/>"``.
-
-    For a config file it returns the installed file (``model_zoo.get_config_file``); with
-    ``checkpoint=True`` the URL of that config's trained weights
-    (``model_zoo.get_checkpoint_url``). Other paths (files, ``detectron2://`` URLs) are
-    returned unchanged.
-    """
+    """``"model_zoo:<config path in Detectron2's configs/>"`` as the installed config file, or with
+    ``checkpoint=True`` the URL of its trained weights; other paths (files, URLs) unchanged."""
     if not path.startswith(MODEL_ZOO_PREFIX):
         return path
     from detectron2 import model_zoo
@@ -60,14 +41,10 @@ def resolve_model_zoo_path(path: str, checkpoint: bool = False) -> str:
 
 
 class PersonDetector(nn.Module):
-    """A frozen Detectron2 detector (e.g. GeneralizedRCNN) giving person proposals.
-
-    It stays in eval mode whatever ``train()`` is called with, and its parameters do not
-    require grad. Inputs are converted to the detector's channel order and resized like
-    ``DefaultPredictor`` does (shortest edge ``min_size_test``, longest at most
-    ``max_size_test``); the boxes are in the pixels of the input's image tensor, the frame of
-    ``batched_input["proposals"]``.
-    """
+    """A frozen Detectron2 detector (e.g. GeneralizedRCNN) giving person proposals: always in eval
+    mode, no grad. Inputs are converted to the detector's channel order and resized as
+    ``DefaultPredictor`` does (shortest edge ``min_size_test``, longest <= ``max_size_test``); the
+    boxes are in the pixels of the input's image tensor, the frame of ``"proposals"``."""
 
     def __init__(
         self,
@@ -86,8 +63,7 @@ class PersonDetector(nn.Module):
         self.max_size_test = max_size_test
         self.score_thresh = score_thresh
         self.person_class_id = person_class_id
-        for p in self.detector.parameters():
-            p.requires_grad_(False)
+        self.detector.requires_grad_(False)
         self.train(False)
 
     def train(self, mode: bool = True) -> "PersonDetector":
@@ -130,16 +106,11 @@ class PersonDetector(nn.Module):
 
 
 def build_person_detector(cfg: CfgNode) -> PersonDetector:
-    """Builds the detector of ``cfg.MODEL.DEPOTR.DETECTOR``.
-
-    ``DETECTOR.CONFIG_FILE`` is a Detectron2 yaml config (a path, or ``"model_zoo:<path in
-    Detectron2's configs/>"``, e.g. ``"model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"``;
-    lazy ``.py`` configs are not supported). ``DETECTOR.WEIGHTS`` is loaded with
-    ``DetectionCheckpointer`` (a path, a ``detectron2://`` URL, or ``"model_zoo:<config path>"``
-    for that config's trained weights); empty leaves the detector randomly initialised (warned).
-    The detector's test score thresholds are lowered to ``DETECTOR.SCORE_THRESH`` when higher, so
-    that it does not drop boxes this threshold would keep.
-    """
+    """The detector of ``cfg.MODEL.DEPOTR.DETECTOR``: ``CONFIG_FILE``, a Detectron2 yaml config (a
+    path or ``"model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"``; no lazy ``.py`` configs),
+    with ``WEIGHTS`` (a path, a ``detectron2://`` URL or ``"model_zoo:<config path>"``; empty: random
+    initialisation, warned). Its test score thresholds are lowered to ``SCORE_THRESH`` when higher,
+    so that it keeps every box this threshold would."""
     from detectron2.modeling import build_model
 
     det = cfg.MODEL.DEPOTR.DETECTOR
@@ -155,7 +126,7 @@ def build_person_detector(cfg: CfgNode) -> PersonDetector:
         DetectionCheckpointer(model).load(resolve_model_zoo_path(det.WEIGHTS, checkpoint=True))
     else:
         logger.warning(
-            "MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: the person detector %s is randomly initialised", det.CONFIG_FILE
+            f"MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: the person detector {det.CONFIG_FILE} is randomly initialised"
         )
     return PersonDetector(
         model,
@@ -168,21 +139,12 @@ def build_person_detector(cfg: CfgNode) -> PersonDetector:
 
 
 class PoseWithDetector(nn.Module):
-    """Inference only: the detector's person proposals, then the pose model on them.
+    """Inference only (the pose model trains on gt boxes alone): what ``pose_model`` (whose box
+    source reads proposals: "precomputed") returns for the inputs with ``"proposals"`` set to the
+    ``detector``'s (the caller's dicts are not changed). ``input_format``: channel order of
+    ``batched_input["image"]`` ("RGB" or "BGR")."""
 
-    ``forward(batched_inputs)`` returns what the pose model returns for the inputs with
-    ``"proposals"`` set to the detector's (the caller's dicts are not changed); the pose model's
-    box source must read proposals ("precomputed"), which then applies the one box policy. Not
-    trainable: the pose model trains on gt boxes alone.
-    """
-
-    def __init__(self, detector: PersonDetector, pose_model: nn.Module, input_format: str):
-        """
-        Args:
-            detector: the frozen person detector.
-            pose_model: e.g. ``TopDownPoseEstimator`` with a "precomputed" box source.
-            input_format: channel order of ``batched_input["image"]`` ("RGB" or "BGR").
-        """
+    def __init__(self, detector: PersonDetector, pose_model: nn.Module, input_format: str):  # noqa: D107
         super().__init__()
         self.detector = detector
         self.pose_model = pose_model
