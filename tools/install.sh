@@ -162,9 +162,11 @@ step "DePOTR (editable) and its requirements"
   "${PIP[@]}" --no-build-isolation --use-pep517 -e ".[test,export,lint]" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}")
 # CrowdPose evaluation (depotr/evaluation/crowdpose.py): xtcocotools' "keypoints_crowd" mode, built
 # from source against this environment's numpy: its one wheel for CPython 3.11 (1.14.3, 2023) was
-# compiled for numpy 1.x and fails to import under numpy 2 (the Detectron2-main route).
+# compiled for numpy 1.x and fails to import under numpy 2 (the Detectron2-main route). No pip
+# cache: a wheel built for the other route's numpy would be reused and fail to import.
 logged xtcocotools "pip install xtcocotools (built from source)" \
-  "${PIP[@]}" --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3" "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}"
+  "${PIP[@]}" --no-cache-dir --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3" \
+  "${COMMON_PINS[@]}" "${ROUTE_PINS[@]}"
 build_extension
 "$PY" -c "import detectron2, depotr, xtcocotools.mask; from detectron2 import model_zoo; model_zoo.get_config_file('COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml')" \
   || fail "import check of detectron2 + depotr"
