@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     from detectron2.utils.logger import setup_logger
 
     from depotr.evaluation.baselines import mean_pose, mean_pose_baseline_metrics, mean_pose_results
-    from depotr.evaluation.error_analysis import analyze_bins, analyze_keypoint_results, load_json
+    from depotr.evaluation.error_analysis import analyze_bins, analyze_keypoint_results
     from depotr.evaluation.error_report import bins_table, breakdown_table, metrics_table, write_report
-    from depotr.file_io import atomic_write
+    from depotr.file_io import atomic_write, load_json
 
     setup_logger(name="depotr")
     opts = config_overrides(args)

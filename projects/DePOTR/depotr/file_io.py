@@ -17,6 +17,7 @@ __all__ = [
     "TEMPORARY_PREFIX",
     "atomic_output_path",
     "atomic_write",
+    "load_json",
     "load_json_list",
     "remove_temporary_files",
     "temporary_path",
@@ -72,17 +73,22 @@ def remove_temporary_files(directory: str) -> List[str]:
     return removed
 
 
-def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
-    """The list that ``json_file`` holds; FileNotFoundError / ValueError naming "``what`` file"
-    when it is missing, not json or not a list (of ``items``)."""
-    name = f"{what} file {json_file}"
+def load_json(json_file: str, what: str) -> Any:
+    """The contents of ``json_file``; FileNotFoundError / ValueError naming "``what`` file" when
+    it is missing or not json."""
     if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"{name} does not exist")
+        raise FileNotFoundError(f"{what} file not found: {json_file}")
     try:
         with open(json_file) as f:
-            data = json.load(f)
+            return json.load(f)
     except ValueError as e:
-        raise ValueError(f"{name} is not valid json: {e}") from e
+        raise ValueError(f"{what} file {json_file} is not valid json: {e}") from e
+
+
+def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
+    """The list that ``json_file`` holds (:func:`load_json`); a ValueError when it is not a list
+    (of ``items``)."""
+    data = load_json(json_file, what)
     if not isinstance(data, list):
-        raise ValueError(f"{name}: expected a list of {items}, got {type(data).__name__}")
+        raise ValueError(f"{what} file {json_file}: expected a list of {items}, got {type(data).__name__}")
     return data

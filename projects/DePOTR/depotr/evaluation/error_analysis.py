@@ -52,9 +52,7 @@ truth, finds false positives and negatives at the OKS threshold studied, and cor
 import contextlib
 import copy
 import io
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -130,17 +128,6 @@ class ResultsAnalysis:
             "num_false_negatives": self.num_false_negatives,
             "thresholds": {"good_ks": GOOD_KS, "near_ks": NEAR_KS, "match_oks": MATCH_OKS, "max_dets": MAX_DETS},
         }
-
-
-def load_json(path: str, what: str) -> Any:
-    """Reads the json file ``path``; ``what`` names it in the error messages."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what} file {path} is not valid json: {e}") from e
 
 
 def check_ground_truth(gt: Dict[str, Any]) -> int:
