@@ -111,6 +111,32 @@ def test_unmatched_persons_below_min_similarity_start_new_tracks():
     assert tracker.update(frame()).track_id.tolist() == []
 
 
+def leaving_ids(tracker: PoseTracker, part_x0: float) -> list:
+    """Ids of a person walking right (8 px/frame) to the right edge of the 640-wide frame: whole
+    for 5 frames, then cut by the edge, then only an arm in view (a 10 x 20 px box at
+    ``part_x0``, its pose squeezed into it)."""
+    ids = [tracker.update(frame(person(580 + 8 * t, 100, ARMS_UP))).track_id.item() for t in range(5)]
+    ids.append(tracker.update(frame((np.array([620.0, 100, 640, 200]), person(620, 100, ARMS_UP)[1]))).track_id.item())
+    arm = person(part_x0, 130, ARMS_UP, w=10.0, h=20.0)
+    return ids + [tracker.update(frame(arm)).track_id.item()]
+
+
+def test_a_person_leaving_the_frame_keeps_its_id_while_only_a_part_is_in_view(monkeypatch):
+    assert leaving_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS), part_x0=630) == [0] * 7
+    # without the edge rule, the arm's box overlaps the track's predicted box too little
+    monkeypatch.setattr("depotr.tracking.EDGE_MARGIN", -1.0)
+    assert leaving_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS), part_x0=630) == [0] * 6 + [1]
+
+
+def test_the_edge_rule_does_not_match_a_small_box_away_from_the_edge():
+    """A 10 x 20 px box inside a track's predicted box but not at the frame's edge is another
+    person (e.g. a far one behind), as IoU says."""
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS)
+    for t in range(5):
+        tracker.update(frame(person(300 + 8 * t, 100, ARMS_UP)))
+    assert tracker.update(frame(person(350, 130, ARMS_UP, w=10.0, h=20.0))).track_id.tolist() == [1]
+
+
 def test_one_euro_filter_matches_a_hand_computation():
     # min_cutoff 1 Hz, beta 0.1, d_cutoff 1 Hz, dt 0.1 s; alpha(c) = 1 / (1 + 1 / (2 pi c dt)).
     # alpha(1) = 1 / (1 + 1.591549) = 0.385870.

@@ -183,7 +183,8 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.TEST.OKS_NMS_THRESH = 0.9
 
     cfg.TEST.TRACK = CN()
-    # Video tracking (demo --track): similarity = IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS.
+    # Video tracking (demo --track): similarity = IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS
+    # (at the frame's edge the box term also counts a part of the box inside the track's).
     cfg.TEST.TRACK.IOU_WEIGHT = 0.5
     # Persons and tracks less similar than this are not matched.
     cfg.TEST.TRACK.MIN_SIMILARITY = 0.3

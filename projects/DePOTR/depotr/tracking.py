@@ -8,7 +8,10 @@ of a frame are matched to the tracks alive before it by the similarity
 the mean of the two box areas as the scale, every keypoint counted); the track's box and pose are
 first moved to the frame at the track's velocity (constant-velocity motion, as SORT's, Bewley et
 al. 2016) and the box clipped to the frame, so that persons crossing one another are told apart
-by where they are heading. Each match sets the track's box to the detected one and corrects its
+by where they are heading. At the frame's edge a person is seen only in part (a person leaving
+the frame is, at the end, an arm): where a person's box and a track's predicted box touch the same
+edge of the frame, the box term is the larger of their IoU and the share of the person's box
+inside the predicted one. Each match sets the track's box to the detected one and corrects its
 velocity by ``VELOCITY_GAIN`` x (detected - predicted box centre) / frames since the last match
 (the beta of an alpha-beta filter: a small gain averages the detector's jitter). Pairs below
 ``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
@@ -32,13 +35,17 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from detectron2.config import CfgNode
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
 
 from .data.keypoint_metadata import keypoint_metadata_from_config
 from .modeling.oks import keypoint_similarity
 from .predictor import BoxesLike, ImageLike, Predictor, ScoresLike
 
 __all__ = ["OneEuroFilter", "PoseTracker", "VideoPoseTracker", "track_video"]
+
+# A box side within this many pixels of the frame's edge touches it (detector boxes are clipped
+# to the frame, and a person cut by the edge ends there).
+EDGE_MARGIN = 2.0
 
 
 def _smoothing_factor(cutoff: np.ndarray, dt: float) -> np.ndarray:
@@ -95,6 +102,15 @@ class _Track:
         """The (4,) XYXY box and (K, 2) keypoints moved to ``frame`` at the track's velocity."""
         shift = self.velocity * (frame - self.last_frame)
         return self.box + shift.repeat(2), self.keypoints[:, :2] + shift
+
+
+def _edges(boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
+    """(N, 4) bool: whether each box touches the frame's left, top, right, bottom edge."""
+    x0, y0, x1, y1 = boxes.tensor.unbind(-1)
+    height, width = image_size
+    return torch.stack(
+        [x0 <= EDGE_MARGIN, y0 <= EDGE_MARGIN, x1 >= width - EDGE_MARGIN, y1 >= height - EDGE_MARGIN], -1
+    )
 
 
 class PoseTracker:
@@ -163,6 +179,8 @@ class PoseTracker:
         track_boxes.clip(instances.image_size)
         boxes = instances.pred_boxes.to("cpu")
         iou = pairwise_iou(track_boxes, boxes)
+        same_edge = (_edges(track_boxes, instances.image_size)[:, None] & _edges(boxes, instances.image_size)).any(-1)
+        iou = torch.where(same_edge, torch.maximum(iou, pairwise_ioa(track_boxes, boxes)), iou)
         xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
         oks = keypoint_similarity(
             track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]
