@@ -2,6 +2,7 @@
 tracks), the One-Euro filter against a hand computation, smoothing per track, and the API on a
 real (random-weights) Predictor."""
 
+import logging
 import math
 import os
 
@@ -215,3 +216,11 @@ def test_editing_the_result_in_place_leaves_the_input_alone():
     out = PoseTracker(COCO_PERSON_OKS_SIGMAS).update(instances)
     out.pred_keypoints[:, :, :2] -= 0.5
     torch.testing.assert_close(instances.pred_keypoints, before)
+
+
+@pytest.mark.parametrize("thresh, warned", [(0.9, True), (1.0, False)])
+def test_tracking_from_a_config_with_oks_nms_on_warns(caplog, thresh, warned):
+    cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.OKS_NMS_THRESH", str(thresh)])
+    with caplog.at_level(logging.WARNING, logger="depotr.tracking"):
+        PoseTracker.from_config(cfg)
+    assert ("TEST.OKS_NMS_THRESH 1.0 for video" in caplog.text) == warned

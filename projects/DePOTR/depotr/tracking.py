@@ -26,6 +26,7 @@ track has its own filter, started at its first pose and ended with the track; th
 the number of frames since the track's last pose divided by the frame rate.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -42,6 +43,8 @@ from .modeling.oks import keypoint_similarity
 from .predictor import BoxesLike, ImageLike, Predictor, ScoresLike
 
 __all__ = ["OneEuroFilter", "PoseTracker", "VideoPoseTracker", "track_video"]
+
+logger = logging.getLogger(__name__)
 
 # A box side within this many pixels of the frame's edge touches it (detector boxes are clipped
 # to the frame, and a person cut by the edge ends there).
@@ -157,7 +160,14 @@ class PoseTracker:
     @classmethod
     def from_config(cls, cfg: CfgNode, fps: float = 30.0, smooth: bool = False) -> "PoseTracker":
         """The tracker of ``TEST.TRACK`` (and with ``smooth``, ``TEST.SMOOTH``), with the OKS
-        sigmas of the config's keypoints."""
+        sigmas of the config's keypoints. Warns when the config's OKS-NMS is on (it breaks tracks)."""
+        if cfg.TEST.OKS_NMS_THRESH < 1.0:
+            logger.warning(
+                "TEST.OKS_NMS_THRESH is %g: OKS-NMS removes one of two overlapping persons whose predicted "
+                "poses coincide, and their tracks break (benchmarks/bench_video.py: 25 instead of 5 ID switches "
+                "of 27 tracks); set TEST.OKS_NMS_THRESH 1.0 for video",
+                cfg.TEST.OKS_NMS_THRESH,
+            )
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
         return cls(
             keypoint_metadata_from_config(cfg).oks_sigmas,
