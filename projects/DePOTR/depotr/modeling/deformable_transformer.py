@@ -38,7 +38,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., d) -> (..., d)."""
-        y = self.linear2(self.dropout1(torch.relu(self.linear1(x))))
+        # in place: the (..., dim_feedforward) activation is the layer's largest tensor
+        y = self.linear2(self.dropout1(torch.relu_(self.linear1(x))))
         return self.norm(x + self.dropout2(y))
 
 
