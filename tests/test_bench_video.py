@@ -137,6 +137,6 @@ def test_oracle_without_noise_gives_ap_100_and_no_id_switch(bench, capsys):
         r"video: idsw 0 of (\d+) tracks, jitter raw (\S+) smoothed (\S+), AP raw 100.0 smoothed (\S+)", last
     )
     assert match, last
-    # exact poses: the jitter is the walking motion's; smoothing lags ~1-2 px behind these small
-    # (60-100 px) walkers while its speed estimate builds up, which costs a few AP in 12 frames
-    assert float(match.group(2)) < 1 and float(match.group(3)) < 1 and 85 <= float(match.group(4)) < 100
+    # exact poses: the jitter is the walking motion's; smoothing may lag ~1 px behind these small
+    # (60-100 px) walkers while its speed estimate builds up (less at score 1: cutoff x 4)
+    assert float(match.group(2)) < 1 and float(match.group(3)) < 1 and 85 <= float(match.group(4)) <= 100

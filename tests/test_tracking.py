@@ -153,11 +153,17 @@ def test_one_euro_filter_matches_a_hand_computation():
     np.testing.assert_allclose(f.value[1], 5.0)  # a constant signal stays put
     with pytest.raises(ValueError, match="min_cutoff > 0"):
         OneEuroFilter(0.0, 0.1, 1.0)
+    # cutoff_scale 2 on the second sample: cutoff = 2 x 1.385870 = 2.771739; alpha = 0.635241
+    g = OneEuroFilter(min_cutoff=1.0, beta=0.1, d_cutoff=1.0)
+    g(np.array([0.0]), 0.1)
+    np.testing.assert_allclose(g(np.array([1.0]), 0.1, np.array([2.0])), [0.635241], atol=2e-6)
 
 
 def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
     rng = np.random.default_rng(1)
-    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, fps=30.0, smoothing=(1.0, 0.05, 1.0), max_lost_frames=0)
+    tracker = PoseTracker(
+        COCO_PERSON_OKS_SIGMAS, fps=30.0, smoothing=(1.0, 0.05, 1.0), max_lost_frames=0, score_power=0.0
+    )
     raw, smoothed = [], []
     for _ in range(30):  # a person standing still, keypoints jittering by ~2 px
         box, kps = person(100, 100, ARMS_UP)
@@ -179,6 +185,29 @@ def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
     np.testing.assert_allclose(out.pred_keypoints[0].numpy(), kps, atol=1e-4)  # a fresh filter
 
 
+def still_person_smoothed(score: float, score_power: float = 2.0) -> np.ndarray:
+    """(30, K, 2) smoothed keypoints of a person standing still, its keypoints jittering by
+    N(0, 2 px) and scoring ``score``."""
+    rng = np.random.default_rng(2)
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, 0.2, 1.0), score_power=score_power)
+    out = []
+    for _ in range(30):
+        box, kps = person(100, 100, ARMS_UP)
+        kps[:, :2] += rng.normal(0, 2.0, (K, 2))
+        kps[:, 2] = score
+        out.append(tracker.update(frame((box, kps))).pred_keypoints[0, :, :2].numpy())
+    return np.stack(out)
+
+
+def test_unsure_keypoints_are_smoothed_more():
+    def jitter(poses):
+        return np.abs(np.diff(poses, 2, axis=0)).mean()
+
+    assert jitter(still_person_smoothed(0.25)) < 0.5 * jitter(still_person_smoothed(0.9))
+    # at score_ref (0.5) the cutoff is One-Euro's own
+    np.testing.assert_allclose(still_person_smoothed(0.5), still_person_smoothed(0.5, score_power=0.0), atol=1e-5)
+
+
 def test_tracker_arguments_are_checked():
     with pytest.raises(ValueError, match="iou_weight"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, iou_weight=1.5)
@@ -188,6 +217,8 @@ def test_tracker_arguments_are_checked():
         PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=-1)
     with pytest.raises(ValueError, match="One-Euro"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match="score_ref"):
+        PoseTracker(COCO_PERSON_OKS_SIGMAS, score_ref=0.0)
 
 
 def test_video_api_on_a_predictor_tracks_and_reads_the_config():

@@ -198,6 +198,10 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.TEST.SMOOTH.BETA = 0.2
     # Cutoff (Hz) of the speed filter.
     cfg.TEST.SMOOTH.D_CUTOFF = 1.0
+    # Each keypoint's cutoff x (score / SCORE_REF) ^ SCORE_POWER: unsure keypoints are smoothed more
+    # (0.0: plain One-Euro). SCORE_REF: a typical keypoint score of the model (docs/config.md).
+    cfg.TEST.SMOOTH.SCORE_REF = 0.5
+    cfg.TEST.SMOOTH.SCORE_POWER = 2.0
 
 
 def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:

@@ -21,7 +21,10 @@ id) and then ended. Ids count up from 0 and are never reused.
 Smoothing (Casiez, Roussel & Vogel, CHI 2012, "1 Euro Filter"): every x and y of every keypoint
 of a track is low-pass filtered with a cutoff that grows with its speed,
 ``cutoff = MIN_CUTOFF + BETA x |speed|`` (Hz; speed in pixels/s, itself filtered at
-``D_CUTOFF``); slow keypoints are smoothed hard (no jitter), fast ones little (no lag). Each
+``D_CUTOFF``); slow keypoints are smoothed hard (no jitter), fast ones little (no lag). The
+cutoff of each keypoint is also scaled by its confidence, ``x (score / SCORE_REF) ^ SCORE_POWER``:
+a keypoint the model is unsure of (low score) is noisier and is smoothed more, a confident one
+lags less (a Kalman filter weighs a measurement by its noise the same way). Each
 track has its own filter, started at its first pose and ended with the track; the time step is
 the number of frames since the track's last pose divided by the frame rate.
 """
@@ -76,9 +79,10 @@ class OneEuroFilter:
         self.value: Optional[np.ndarray] = None  # last filtered value
         self.speed: Optional[np.ndarray] = None  # last filtered speed (units/s)
 
-    def __call__(self, x: np.ndarray, dt: float) -> np.ndarray:
+    def __call__(self, x: np.ndarray, dt: float, cutoff_scale: Optional[np.ndarray] = None) -> np.ndarray:
         """Filters the next sample ``x`` (any shape, fixed across calls), taken ``dt`` > 0
-        seconds after the previous one (ignored on the first call, which returns ``x``)."""
+        seconds after the previous one (ignored on the first call, which returns ``x``);
+        ``cutoff_scale`` (> 0, broadcast against ``x``) multiplies this sample's cutoff."""
         x = np.asarray(x, dtype=np.float64)
         if self.value is None:
             self.value, self.speed = x.copy(), np.zeros_like(x)
@@ -87,7 +91,8 @@ class OneEuroFilter:
             raise ValueError(f"One-Euro filter time step must be > 0, got {dt}")
         a_d = _smoothing_factor(np.asarray(self.d_cutoff), dt)
         self.speed = a_d * (x - self.value) / dt + (1.0 - a_d) * self.speed
-        a = _smoothing_factor(self.min_cutoff + self.beta * np.abs(self.speed), dt)
+        cutoff = self.min_cutoff + self.beta * np.abs(self.speed)
+        a = _smoothing_factor(cutoff if cutoff_scale is None else cutoff * cutoff_scale, dt)
         self.value = a * x + (1.0 - a) * self.value
         return self.value.copy()
 
@@ -129,6 +134,8 @@ class PoseTracker:
         velocity_gain: float = 0.1,
         fps: float = 30.0,
         smoothing: Optional[Sequence[float]] = None,
+        score_ref: float = 0.5,
+        score_power: float = 2.0,
     ):
         """
         Args:
@@ -139,6 +146,8 @@ class PoseTracker:
             velocity_gain: gain of the velocity's correction at a match, in [0, 1]; 0: no motion.
             fps: frame rate, for the smoothing time step.
             smoothing: None (off) or (min_cutoff, beta, d_cutoff) of :class:`OneEuroFilter`.
+            score_ref, score_power: each keypoint's cutoff is scaled by
+                ``(score / score_ref) ^ score_power`` (score_ref > 0, score_power >= 0; 0: not).
         """
         if not all(0.0 <= value <= 1.0 for value in (iou_weight, min_similarity, velocity_gain)):
             raise ValueError(
@@ -149,6 +158,9 @@ class PoseTracker:
             raise ValueError(f"max_lost_frames must be >= 0 and fps > 0, got {max_lost_frames} and {fps}")
         if smoothing is not None:
             OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
+        if score_ref <= 0 or score_power < 0:
+            raise ValueError(f"score_ref must be > 0 and score_power >= 0, got {score_ref} and {score_power}")
+        self.score_ref, self.score_power = score_ref, score_power
         self.sigmas = tuple(float(s) for s in sigmas)
         self.iou_weight, self.min_similarity, self.max_lost_frames = iou_weight, min_similarity, max_lost_frames
         self.velocity_gain = velocity_gain
@@ -177,6 +189,8 @@ class PoseTracker:
             velocity_gain=t.VELOCITY_GAIN,
             fps=fps,
             smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
+            score_ref=s.SCORE_REF,
+            score_power=s.SCORE_POWER,
         )
 
     def similarity(self, instances: Instances) -> torch.Tensor:
@@ -235,7 +249,9 @@ class PoseTracker:
             dt = (self.frame - track.last_frame) / self.fps
             track.box, track.keypoints, track.last_frame = boxes[n], keypoints[n].clone(), self.frame
             if track.smoother is not None:
-                smoothed = track.smoother(keypoints[n, :, :2].numpy(), dt)
+                # (K, 1); a score of 0 would give cutoff 0 (the keypoint held where it is), 1e-3 all but does
+                scale = (np.maximum(keypoints[n, :, 2:].numpy(), 1e-3) / self.score_ref) ** self.score_power
+                smoothed = track.smoother(keypoints[n, :, :2].numpy(), dt, scale)
                 keypoints[n, :, :2] = torch.as_tensor(smoothed, dtype=keypoints.dtype)
             track_ids.append(track.track_id)
         self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_lost_frames]
