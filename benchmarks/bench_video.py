@@ -41,6 +41,7 @@ The last line is ``video: idsw <n> of <tracks> tracks, jitter raw <x> smoothed <
 """
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -372,6 +373,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     rng = np.random.default_rng([args.seed, 1])
     stats = VideoStats(cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH)
     predict_seconds = 0.0
+    # a fresh copy per clip (built once: the config's checks and warnings once)
+    fresh_trackers = {
+        kind: PoseTracker.from_config(cfg, fps=args.fps, smooth=kind == "smoothed") for kind in ("raw", "smoothed")
+    }
     for clip in range(args.clips):
         frames, truth = render_clip(args.seed, clip, args.frames, args.image_size, args.fps)
         first_image_id = stats.add_truth(clip, truth, args.image_size)
@@ -386,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             predict_seconds += time.perf_counter() - start
             raw.append(instances[instances.scores >= args.min_score])
         for kind in ("raw", "smoothed"):
-            tracker = PoseTracker.from_config(cfg, fps=args.fps, smooth=kind == "smoothed")
+            tracker = copy.deepcopy(fresh_trackers[kind])
             stats.add_tracked(kind, clip, first_image_id, truth, [tracker.update(instances) for instances in raw])
     tracks, counts, num_frames, num_tracks = stats.tracks, stats.counts, len(stats.images), stats.num_tracks
     jitter = {kind: mean_acceleration(tracks[kind]) for kind in tracks}
