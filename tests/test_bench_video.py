@@ -138,5 +138,6 @@ def test_oracle_without_noise_gives_ap_100_and_no_id_switch(bench, capsys):
     )
     assert match, last
     # exact poses: the jitter is the walking motion's; smoothing may lag ~1 px behind these small
-    # (60-100 px) walkers while its speed estimate builds up (less at score 1: cutoff x 4)
+    # (60-100 px) walkers while its speed estimate builds up (less at score 1: cutoff x 4); the
+    # lower bound is the check (AP is at most 100)
     assert float(match.group(2)) < 1 and float(match.group(3)) < 1 and 85 <= float(match.group(4)) <= 100

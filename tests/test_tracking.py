@@ -157,6 +157,8 @@ def test_one_euro_filter_matches_a_hand_computation():
     g = OneEuroFilter(min_cutoff=1.0, beta=0.1, d_cutoff=1.0)
     g(np.array([0.0]), 0.1)
     np.testing.assert_allclose(g(np.array([1.0]), 0.1, np.array([2.0])), [0.635241], atol=2e-6)
+    with pytest.raises(ValueError, match="cutoff scale must be > 0"):
+        g(np.array([1.0]), 0.1, np.array([0.0]))
 
 
 def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
@@ -185,16 +187,16 @@ def test_smoothing_reduces_jitter_per_track_and_starts_fresh_on_a_new_track():
     np.testing.assert_allclose(out.pred_keypoints[0].numpy(), kps, atol=1e-4)  # a fresh filter
 
 
-def still_person_smoothed(score: float, score_power: float = 2.0) -> np.ndarray:
+def still_person_smoothed(scores: np.ndarray, score_power: float = 2.0) -> np.ndarray:
     """(30, K, 2) smoothed keypoints of a person standing still, its keypoints jittering by
-    N(0, 2 px) and scoring ``score``."""
+    N(0, 2 px) and scoring ``scores`` (K,)."""
     rng = np.random.default_rng(2)
     tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, 0.2, 1.0), score_power=score_power)
     out = []
     for _ in range(30):
         box, kps = person(100, 100, ARMS_UP)
         kps[:, :2] += rng.normal(0, 2.0, (K, 2))
-        kps[:, 2] = score
+        kps[:, 2] = scores
         out.append(tracker.update(frame((box, kps))).pred_keypoints[0, :, :2].numpy())
     return np.stack(out)
 
@@ -203,9 +205,14 @@ def test_unsure_keypoints_are_smoothed_more():
     def jitter(poses):
         return np.abs(np.diff(poses, 2, axis=0)).mean()
 
-    assert jitter(still_person_smoothed(0.25)) < 0.5 * jitter(still_person_smoothed(0.9))
+    unsure = np.arange(K) % 2 == 0
+    smoothed = still_person_smoothed(np.where(unsure, 0.25, 0.9))  # one pose, mixed scores
+    assert jitter(smoothed[:, unsure]) < 0.5 * jitter(smoothed[:, ~unsure])
     # at score_ref (0.5) the cutoff is One-Euro's own
-    np.testing.assert_allclose(still_person_smoothed(0.5), still_person_smoothed(0.5, score_power=0.0), atol=1e-5)
+    half = np.full(K, 0.5)
+    np.testing.assert_allclose(still_person_smoothed(half), still_person_smoothed(half, score_power=0.0), atol=1e-5)
+    # a score of 0 or NaN is clipped to 0.05: the keypoint is smoothed hard but still defined
+    assert np.isfinite(still_person_smoothed(np.where(unsure, np.nan, 0.0))).all()
 
 
 def test_tracker_arguments_are_checked():

@@ -22,7 +22,8 @@ Smoothing (Casiez, Roussel & Vogel, CHI 2012, "1 Euro Filter"): every x and y of
 of a track is low-pass filtered with a cutoff that grows with its speed,
 ``cutoff = MIN_CUTOFF + BETA x |speed|`` (Hz; speed in pixels/s, itself filtered at
 ``D_CUTOFF``); slow keypoints are smoothed hard (no jitter), fast ones little (no lag). The
-cutoff of each keypoint is also scaled by its confidence, ``x (score / SCORE_REF) ^ SCORE_POWER``:
+cutoff of each keypoint is also scaled by its confidence, ``x (score / SCORE_REF) ^ SCORE_POWER``
+(the score clipped to [0.05, 1]):
 a keypoint the model is unsure of (low score) is noisier and is smoothed more, a confident one
 lags less (a Kalman filter weighs a measurement by its noise the same way). Each
 track has its own filter, started at its first pose and ended with the track; the time step is
@@ -81,14 +82,16 @@ class OneEuroFilter:
 
     def __call__(self, x: np.ndarray, dt: float, cutoff_scale: Optional[np.ndarray] = None) -> np.ndarray:
         """Filters the next sample ``x`` (any shape, fixed across calls), taken ``dt`` > 0
-        seconds after the previous one (ignored on the first call, which returns ``x``);
-        ``cutoff_scale`` (> 0, broadcast against ``x``) multiplies this sample's cutoff."""
+        seconds after the previous one; ``cutoff_scale`` (> 0, broadcast against ``x``) multiplies
+        this sample's cutoff. The first call returns ``x`` (``dt`` and ``cutoff_scale`` unused)."""
         x = np.asarray(x, dtype=np.float64)
         if self.value is None:
             self.value, self.speed = x.copy(), np.zeros_like(x)
             return self.value.copy()
         if dt <= 0:
             raise ValueError(f"One-Euro filter time step must be > 0, got {dt}")
+        if cutoff_scale is not None and not np.all(np.asarray(cutoff_scale) > 0):
+            raise ValueError(f"One-Euro filter cutoff scale must be > 0, got {cutoff_scale}")
         a_d = _smoothing_factor(np.asarray(self.d_cutoff), dt)
         self.speed = a_d * (x - self.value) / dt + (1.0 - a_d) * self.speed
         cutoff = self.min_cutoff + self.beta * np.abs(self.speed)
@@ -176,8 +179,8 @@ class PoseTracker:
         if cfg.TEST.OKS_NMS_THRESH < 1.0:
             logger.warning(
                 "TEST.OKS_NMS_THRESH is %g: OKS-NMS removes one of two overlapping persons whose predicted "
-                "poses coincide, and their tracks break (benchmarks/bench_video.py: 25 instead of 5 ID switches "
-                "of 27 tracks); set TEST.OKS_NMS_THRESH 1.0 for video",
+                "poses coincide, and their tracks break (benchmarks/README.md, video); set "
+                "TEST.OKS_NMS_THRESH 1.0 for video",
                 cfg.TEST.OKS_NMS_THRESH,
             )
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
@@ -249,8 +252,9 @@ class PoseTracker:
             dt = (self.frame - track.last_frame) / self.fps
             track.box, track.keypoints, track.last_frame = boxes[n], keypoints[n].clone(), self.frame
             if track.smoother is not None:
-                # (K, 1); a score of 0 would give cutoff 0 (the keypoint held where it is), 1e-3 all but does
-                scale = (np.maximum(keypoints[n, :, 2:].numpy(), 1e-3) / self.score_ref) ** self.score_power
+                # (K, 1), the score clipped to [0.05, 1] (a NaN as 0): an unsure keypoint still follows
+                score = np.clip(np.nan_to_num(keypoints[n, :, 2:].numpy(), nan=0.0), 0.05, 1.0)
+                scale = (score / self.score_ref) ** self.score_power
                 smoothed = track.smoother(keypoints[n, :, :2].numpy(), dt, scale)
                 keypoints[n, :, :2] = torch.as_tensor(smoothed, dtype=keypoints.dtype)
             track_ids.append(track.track_id)
