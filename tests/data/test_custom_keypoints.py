@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, Instances
 import train_net
 from depotr.config import load_depotr_config
 from depotr.data import fill_keypoint_config, register_keypoint_dataset
-from depotr.data.custom import DEFAULT_OKS_SIGMA
+from depotr.data.custom import DEFAULT_OKS_SIGMA, unregister_dataset
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
 
 from ..engine.conftest import instant_args
@@ -89,8 +89,7 @@ def registered(tmp_path):
 
     yield register
     for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        unregister_dataset(name)
 
 
 def _train_and_evaluate(tmp_path, train, val):
@@ -170,8 +169,7 @@ def test_annotations_with_another_number_of_keypoints_fail_before_training(tmp_p
             train_net.setup(args)  # materialises the datasets before any model is built
         assert not (tmp_path / "run" / "model_final.pth").exists()
     finally:
-        DatasetCatalog.remove("kite_four")
-        MetadataCatalog.remove("kite_four")
+        unregister_dataset("kite_four")
 
 
 def test_fill_keypoint_config_leaves_explicit_and_coco_configs_alone(tmp_path, registered):

@@ -7,6 +7,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from depotr.config import add_depotr_config
+from depotr.data.custom import unregister_dataset
 from depotr.data.keypoint_metadata import (
     COCO_PERSON_FLIP_INDICES,
     COCO_PERSON_KEYPOINT_NAMES,
@@ -43,10 +44,7 @@ def register():
 
     yield _register
     for name in TEST_DATASETS:
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog:
-            MetadataCatalog.remove(name)
+        unregister_dataset(name)
 
 
 def test_default_is_the_coco_table():

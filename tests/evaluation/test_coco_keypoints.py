@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
 
+from depotr.data.custom import unregister_dataset
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.engine.compat import has_fast_coco_eval
 from depotr.evaluation import build_keypoint_evaluator
@@ -51,8 +52,7 @@ def keypoint_dataset(tmp_path):
     # Loading sets the metadata's category-id mapping, as the test data loader would.
     assert len(DatasetCatalog.get(name)) == 3
     yield name, annotations
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    unregister_dataset(name)
 
 
 def _evaluate(dataset_name, annotations, keypoints_per_annotation, use_fast_impl=None):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, Instances
 
 from depotr.data import register_keypoint_dataset
+from depotr.data.custom import unregister_dataset
 from depotr.data.keypoint_metadata import CROWDPOSE_KEYPOINT_TABLE, CROWDPOSE_SKELETON, flip_pairs
 from depotr.evaluation.crowdpose import CrowdPoseEvaluator, crowdpose_metrics
 
@@ -109,5 +110,4 @@ def test_registered_dataset_evaluates_through_the_trainer(tmp_path, crowdpose_fi
         written = json.loads((tmp_path / "out" / "inference" / "test_crowdpose" / "keypoint_results.json").read_text())
         assert len(written) == 3 and {r["category_id"] for r in written} == {1}
     finally:
-        DatasetCatalog.remove("test_crowdpose")
-        MetadataCatalog.remove("test_crowdpose")
+        unregister_dataset("test_crowdpose")

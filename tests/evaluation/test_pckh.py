@@ -12,6 +12,7 @@ from scipy.io import savemat
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from depotr.data.custom import unregister_dataset
 from depotr.data.keypoint_metadata import MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES, mpii_person_metadata
 from depotr.evaluation.pckh import PCKhEvaluator, load_mpii_gt_mat, pckh_table
 
@@ -163,8 +164,7 @@ def mpii_dataset():
     meta = mpii_person_metadata()
     MetadataCatalog.get(name).set(**{**meta, "keypoint_names": names})
     yield name, preds, order
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    unregister_dataset(name)
 
 
 def _outputs(kps_xy, boxes):
