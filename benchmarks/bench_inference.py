@@ -295,7 +295,8 @@ def pose_row(case: Case, result: Result) -> str:
     seconds = result.seconds
     return (
         f"| {case.device} | {config_name(case.config)} | {cfg.MODEL.DEPOTR.HEAD} | R{cfg.MODEL.RESNETS.DEPTH} | {crop} "
-        f"| {'on' if cfg.TEST.FLIP else 'off'} | {case.persons} | {result.runs} | {fmt(1e3 * seconds)} "
+        f"| {'on' if cfg.TEST.FLIP else 'off'} | {cfg.TEST.PRECISION} | {case.persons} | {result.runs} "
+        f"| {fmt(1e3 * seconds)} "
         f"| {fmt(1e3 * seconds / case.persons, 2)} | {fmt(case.persons / seconds)} | {fmt(result.peak_mib)} |"
     )
 
@@ -303,25 +304,26 @@ def pose_row(case: Case, result: Result) -> str:
 def e2e_row(case: Case, result: Result) -> str:
     """A markdown row of the end-to-end table."""
     if case.kind == "keypoint_rcnn":
-        pipeline, flip = "Keypoint R-CNN R50-FPN 3x (Detectron2)", "off"
+        pipeline, flip, precision = "Keypoint R-CNN R50-FPN 3x (Detectron2)", "off", "float32"
     else:
         cfg = depotr_cfg(case)
         pipeline, flip = f"Faster R-CNN R50-FPN 3x + {config_name(case.config)}", "on" if cfg.TEST.FLIP else "off"
+        precision = f"float32 + {cfg.TEST.PRECISION}"  # the detector's, the pose branch's
     seconds = result.seconds
     return (
-        f"| {case.device} | {pipeline} | {flip} | {case.image_size[0]}x{case.image_size[1]} "
+        f"| {case.device} | {pipeline} | {flip} | {precision} | {case.image_size[0]}x{case.image_size[1]} "
         f"| {fmt(result.persons / case.num_images)} | {result.runs} | {fmt(1e3 * seconds / case.num_images)} "
         f"| {fmt(case.num_images / seconds, 2)} | {fmt(result.peak_mib)} |"
     )
 
 
 POSE_HEADER = (
-    "| device | config | head | backbone | crop | flip | N persons | runs | ms / call | ms / person "
-    "| persons/s | peak MiB |\n|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+    "| device | config | head | backbone | crop | flip | precision | N persons | runs | ms / call | ms / person "
+    "| persons/s | peak MiB |\n|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
 )
 E2E_HEADER = (
-    "| device | pipeline | flip | image | persons / image | runs | ms / image | images/s | peak MiB |\n"
-    "|---|---|---|---|---:|---:|---:|---:|---:|"
+    "| device | pipeline | flip | precision | image | persons / image | runs | ms / image | images/s | peak MiB |\n"
+    "|---|---|---|---|---|---:|---:|---:|---:|---:|"
 )
 
 

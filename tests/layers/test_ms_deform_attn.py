@@ -494,6 +494,25 @@ def test_msdeformattn_under_cpu_autocast_matches_float32():
     assert all(torch.isfinite(p.grad).all() for p in module.parameters())
 
 
+def test_msdeformattn_under_bfloat16_autocast_samples_at_float32_locations(monkeypatch):
+    # Even when query and reference points arrive in bfloat16 (a bfloat16 body), the locations and
+    # the softmax are formed in float32 and the op runs in float32 (the compiled kernel's dtype).
+    layer_module = importlib.import_module("depotr.layers.ms_deform_attn")
+    seen = []
+
+    def spy(value, shapes, starts, locations, weights):
+        seen.append((value.dtype, locations.dtype, weights.dtype))
+        return ms_deform_attn(value, shapes, starts, locations, weights)
+
+    monkeypatch.setattr(layer_module, "ms_deform_attn", spy)
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    query, reference, *rest = _msda_module_inputs(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module(query.bfloat16(), reference.bfloat16(), *rest)
+    assert seen == [(torch.float32,) * 3]
+
+
 def test_msdeformattn_initialisation_and_errors():
     module = MSDeformAttn(d_model=16, n_levels=2, n_heads=8, n_points=3)
     bias = module.sampling_offsets.bias.view(8, 2, 3, 2)

@@ -514,3 +514,19 @@ def test_real_keypoint_branch_train_and_inference(name):
         n = len(x["proposals"])
         assert inst.image_size == (x["height"], x["width"]) and inst.pred_keypoints.shape == (n, K, 3)
         assert bool(torch.isfinite(inst.pred_keypoints).all() and torch.isfinite(inst.scores).all())
+
+
+def test_test_precision_reaches_the_branch_and_bad_values_are_named():
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_load("depotr_hm_r50.yaml", [*SMALL_MODEL, "TEST.PRECISION", "bfloat16"])).eval()
+    dtypes = []
+    linear = next(m for m in model.keypoint_branch.body.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, a, o: dtypes.append(o.dtype))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        (out,) = model([make_input("a", 2, g, size=(80, 64))])
+    assert dtypes == [torch.bfloat16] and out["instances"].pred_keypoints.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"TEST.PRECISION must be one of .*'bfloat16'.*got 'bf16'"):
+        build_model(_load("depotr_hm_r50.yaml", [*SMALL_MODEL, "TEST.PRECISION", "bf16"]))

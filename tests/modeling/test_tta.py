@@ -119,3 +119,53 @@ def test_flip_test_of_typed_outputs_equals_the_old_dict_rule(name, shift, keys):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(keypoints, branch.decode(outputs), rtol=0, atol=0)
     assert not torch.allclose(keypoints, branch.decode(branch(crops)))  # the flip test changed them
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference precision (TEST.PRECISION)
+
+
+@pytest.mark.parametrize("name", ["regression_iter_refine", "regression_rle", "heatmap"])
+def test_bfloat16_inference_runs_the_body_in_bfloat16_and_the_head_in_float32(name):
+    cfg = variant_cfg(name, (64, 48)) if name.startswith("regression") else small_cfg(name, (64, 48))
+    torch.manual_seed(0)
+    branch = build_keypoint_branch(cfg).eval()
+    crops = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    def record(module, args, output, key):
+        features = args[0]
+        seen[key] = {t.dtype for v in features.values() for t in (v if isinstance(v, list) else [v])}
+        seen[key + "_out"] = output.dtype if torch.is_tensor(output) else output.coords.dtype
+
+    branch.head.register_forward_hook(lambda m, a, o: record(m, a, o, "head"))
+    with torch.no_grad():
+        expected = predict_crop_keypoints(branch, crops, COCO_FLIP)
+        linear = next(m for m in branch.body.modules() if isinstance(m, torch.nn.Linear))  # in the transformer
+        hooked = linear.register_forward_hook(lambda m, a, o: seen.update(body=o.dtype))
+        keypoints = predict_crop_keypoints(branch, crops, COCO_FLIP, torch.bfloat16)
+        hooked.remove()
+    assert seen["body"] == torch.bfloat16  # the body ran under autocast ...
+    assert seen["head"] == {torch.float32} and seen["head_out"] == torch.float32  # ... the head did not
+    assert keypoints.dtype == torch.float32 and keypoints.shape == expected.shape
+    if name.startswith("regression"):  # random weights: coordinates within bfloat16's rounding of the body
+        assert (keypoints[..., :2] - expected[..., :2]).abs().max() < 0.03 * 48
+        assert (keypoints[..., 2] - expected[..., 2]).abs().max() < 0.03
+    else:  # heatmap maxima of random weights are flat: compare the heatmaps instead
+        with torch.no_grad():
+            maps32 = branch(crops).heatmaps
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                maps16 = branch(crops).heatmaps
+        assert maps16.dtype == torch.float32
+        assert (maps16 - maps32).abs().max() <= 0.05 * maps32.abs().max()
+
+
+def test_float32_inference_keeps_the_callers_autocast():
+    branch = build_keypoint_branch(small_cfg("heatmap", (64, 48))).eval()
+    linear = next(m for m in branch.body.modules() if isinstance(m, torch.nn.Linear))
+    hooked = linear.register_forward_hook(lambda m, a, o: dtypes.append(o.dtype))
+    dtypes = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        predict_crop_keypoints(branch, torch.randn(1, 3, 64, 48))
+    hooked.remove()
+    assert dtypes == [torch.bfloat16]

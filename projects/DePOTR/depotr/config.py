@@ -175,6 +175,9 @@ def add_depotr_config(cfg: CN) -> None:
 
     # Flip test: average the predictions on the crop and its mirror.
     cfg.TEST.FLIP = False
+    # Inference precision of the keypoint branch's body: "float32", "bfloat16" (CPUs with avx512_bf16
+    # or AMX, GPUs) or "float16" (GPUs), under torch.autocast; heads and decoding stay float32.
+    cfg.TEST.PRECISION = "float32"
     # Heatmap sub-pixel decoding: "none", "shift" (quarter pixel to the higher neighbour), "dark".
     cfg.TEST.HEATMAP_REFINE = "shift"
     # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline; off: docs/config.md).

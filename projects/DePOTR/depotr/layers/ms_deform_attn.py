@@ -13,7 +13,12 @@ from torch import Tensor, nn
 
 from .ms_deform_attn_op import ms_deform_attn
 
-__all__ = ["MSDeformAttn", "mixed_precision_msda_inputs"]
+__all__ = ["MSDeformAttn", "at_least_float32", "mixed_precision_msda_inputs"]
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16 or bfloat16, else unchanged (float32, float64, integers)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def mixed_precision_msda_inputs(
@@ -115,14 +120,18 @@ class MSDeformAttn(nn.Module):
         N, Lq, _ = query.shape
         S = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
+        # Under autocast the projections run in float16/bfloat16; the sampling locations and the
+        # softmax are formed in float32 (bfloat16 would place them 0.14 px apart on a 384x288 crop).
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, self.d_model // M)
         # (N, Lq, M, L, P, 2), in pixels of each level
-        sampling_offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
+        sampling_offsets = at_least_float32(self.sampling_offsets(query)).view(N, Lq, M, L, P, 2)
         # softmax over L * P
-        attention_weights = F.softmax(self.attention_weights(query).view(N, Lq, M, L * P), -1).view(N, Lq, M, L, P)
+        logits = at_least_float32(self.attention_weights(query)).view(N, Lq, M, L * P)
+        attention_weights = F.softmax(logits, -1).view(N, Lq, M, L, P)
+        reference_points = at_least_float32(reference_points)
         if reference_points.shape[-1] == 2:
             # offsets in pixels / (W_l, H_l)
             offset_normalizer = input_spatial_shapes.flip(-1)[:, None, :]

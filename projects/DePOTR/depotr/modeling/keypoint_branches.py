@@ -23,6 +23,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.utils.registry import Registry
 
+from ..layers import at_least_float32
 from .backbone import build_resnet
 from .heads import (
     BranchOutputs,
@@ -82,6 +83,11 @@ Keypoint branches, keyed by ``MODEL.DEPOTR.HEAD``. Each is called with the confi
 """
 
 
+def _float32(value):
+    """A features entry (a tensor or a list of tensors) with float16/bfloat16 tensors in float32."""
+    return [at_least_float32(t) for t in value] if isinstance(value, (list, tuple)) else at_least_float32(value)
+
+
 class KeypointBranch(nn.Module, metaclass=ABCMeta):
     """The contract of a keypoint branch. B crops, K keypoints, (H, W) = ``crop_size``.
 
@@ -110,6 +116,14 @@ class KeypointBranch(nn.Module, metaclass=ABCMeta):
         """Outputs of horizontally mirrored crops -> outputs of the original crops;
         ``flip_indices[k]`` is keypoint k's left/right mirror partner (``outputs.flip_back``)."""
         return outputs.flip_back(flip_indices)
+
+    @staticmethod
+    def _run_head(head: nn.Module, features: Dict[str, torch.Tensor]):
+        """``head(features)`` in float32 with autocast off: under a lower inference precision
+        (``TEST.PRECISION``) the body runs in it, and coordinates and heatmaps keep float32's."""
+        tensors = [t for value in features.values() for t in (value if isinstance(value, (list, tuple)) else [value])]
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return head({name: _float32(value) for name, value in features.items()})
 
     def _check_crops(self, crops: torch.Tensor) -> None:
         if crops.dim() != 4 or tuple(crops.shape[-2:]) != tuple(self.crop_size):
@@ -183,7 +197,7 @@ class RegressionBranch(KeypointBranch):
         (scales); with AUX_LOSS or ITER_REFINE with those of decoder layers 0 .. n-2 too."""
         self._check_crops(crops)
         refine = self.head.predict_coords if self.head.iter_refine else None
-        return self.head(self.body(crops, refine))
+        return self._run_head(self.head, self.body(crops, refine))
 
     def losses(self, outputs: RegressionOutputs, gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Returns, for the last decoder layer, "loss_keypoint_coords" (smooth-L1 or L1) and
@@ -288,12 +302,15 @@ class HeatmapBranch(KeypointBranch):
         while training with ``aux_heads`` also aux_heatmaps (n-1, B, K, H/s, W/s)."""
         self._check_crops(crops)
         features = self.body(crops)
-        heatmaps = self.head(features)
+        heatmaps = self._run_head(self.head, features)
         aux_heatmaps = None
         if self.training and len(self.aux_heads):
             hidden = features["hidden_states"]
             aux_heatmaps = torch.stack(
-                [head({**features, "hidden_states": hidden[i : i + 1]}) for i, head in enumerate(self.aux_heads)]
+                [
+                    self._run_head(head, {**features, "hidden_states": hidden[i : i + 1]})
+                    for i, head in enumerate(self.aux_heads)
+                ]
             )
         if tuple(heatmaps.shape[-2:]) != self.codec.heatmap_size:
             raise ValueError(

@@ -29,6 +29,9 @@ from .tta import predict_crop_keypoints
 
 __all__ = ["TopDownPoseEstimator", "rescore_instances"]
 
+# TEST.PRECISION values -> the keypoint branch's inference dtype.
+TEST_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float) -> Tensor:
     """SimpleBaseline's instance rescoring: (N,) box scores x the mean of the (N, K) keypoint
@@ -68,6 +71,7 @@ class TopDownPoseEstimator(nn.Module):
         crop_augmentation: Optional[CropAugmentation] = None,
         box_source: Optional[PersonBoxSource] = None,
         test_flip: bool = False,
+        test_precision: str = "float32",
         keypoint_score_thresh: float = 0.2,
         oks_nms_thresh: float = 1.0,
         oks_sigmas: Sequence[float] = COCO_PERSON_OKS_SIGMAS,
@@ -84,6 +88,8 @@ class TopDownPoseEstimator(nn.Module):
             crop_augmentation: the training crop augmentation (``INPUT.CROP_AUG``); None: off.
             box_source: the inference boxes; default ``PrecomputedBoxes()`` (at most 100 per image).
             test_flip: average with the mirrored crops' predictions (``tta.flip_test``).
+            test_precision: a key of ``TEST_PRECISIONS``, the branch's inference precision
+                (``tta.predict_crop_keypoints``).
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
             oks_nms_thresh: per image, a person whose pose has OKS (``oks_sigmas``, box areas as
                 scales) above this with a higher-scoring one is dropped; 1 disables.
@@ -116,6 +122,9 @@ class TopDownPoseEstimator(nn.Module):
         if sorted(self.flip_indices) != list(range(len(self.flip_indices))):
             raise ValueError(f"flip_indices {self.flip_indices} is not a permutation")
         self.test_flip = bool(test_flip)
+        if test_precision not in TEST_PRECISIONS:
+            raise ValueError(f"TEST.PRECISION must be one of {sorted(TEST_PRECISIONS)}, got {test_precision!r}")
+        self.test_precision = TEST_PRECISIONS[test_precision]
         self.keypoint_score_thresh = float(keypoint_score_thresh)
         if not 0.0 <= oks_nms_thresh <= 1.0:
             raise ValueError(f"oks_nms_thresh must be in [0, 1], got {oks_nms_thresh}")
@@ -150,6 +159,7 @@ class TopDownPoseEstimator(nn.Module):
             "crop_augmentation": CropAugmentation.from_config(cfg),
             "box_source": box_source,
             "test_flip": cfg.TEST.FLIP,
+            "test_precision": cfg.TEST.PRECISION,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
             "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
             "oks_sigmas": keypoints.oks_sigmas,
@@ -224,7 +234,7 @@ class TopDownPoseEstimator(nn.Module):
         params = [box_crop_params(boxes, self.crop_size, self.crop_padding) for boxes, _, _ in person_boxes]
         crops = self.crop(batched_inputs, params)
         flip_indices = self.flip_indices if self.test_flip else None
-        crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices)
+        crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices, self.test_precision)
         keypoints = crop_to_image(crop_keypoints, torch.cat(params), self.crop_size)
 
         results = []

@@ -9,6 +9,7 @@ j -> W - 1 - j), crop-normalised ones as x -> 1 - x. The output types of ``heads
 flip back with the helpers below.
 """
 
+import contextlib
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
@@ -58,10 +59,19 @@ def flip_test(branch: "KeypointBranch", crops: Tensor, flip_indices: Sequence[in
 
 
 def predict_crop_keypoints(
-    branch: "KeypointBranch", crops: Tensor, flip_indices: Optional[Sequence[int]] = None
+    branch: "KeypointBranch",
+    crops: Tensor,
+    flip_indices: Optional[Sequence[int]] = None,
+    precision: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(N, K, 3) decoded keypoints ((x, y) in crop pixels, score) of (N, C, H, W) normalised crops,
-    with the flip test when ``flip_indices`` is given: the meta-architecture's inference and the
-    exported pose branch."""
-    outputs = branch(crops) if flip_indices is None else flip_test(branch, crops, flip_indices)
+    """(N, K, 3) float32 decoded keypoints ((x, y) in crop pixels, score) of (N, C, H, W)
+    normalised crops, with the flip test when ``flip_indices`` is given: the meta-architecture's
+    inference and the exported pose branch.
+
+    precision: float32, or bfloat16 / float16 for the branch's body under ``torch.autocast``
+    (``TEST.PRECISION``; the heads, the deformable sampling locations and the decoding stay float32).
+    """
+    lower = precision != torch.float32  # else any autocast of the caller's applies
+    with torch.autocast(crops.device.type, dtype=precision) if lower else contextlib.nullcontext():
+        outputs = branch(crops) if flip_indices is None else flip_test(branch, crops, flip_indices)
     return branch.decode(outputs)
