@@ -10,6 +10,8 @@ float32 matmul's rate (best of 5). Variants, each timed in the same process:
 
 * ``one batch``: crops and their mirrors in one forward of 2N (``modeling/tta.py``, what DePOTR does);
 * ``two passes``: a forward of N, then one of the N mirrors (what it did before);
+* ``bfloat16``: one batch with the body under bfloat16 autocast (``TEST.PRECISION bfloat16``);
+  its FLOP rate is against the float32 matmul's, so it can pass 100 %;
 * ``channels-last``: one batch with the branch and crops in ``torch.channels_last``.
 
     python benchmarks/bench_pose_share.py                               # depotr_hm_r50, 8 persons
@@ -75,6 +77,7 @@ def main() -> None:
         "two passes (before)": two_passes,
     }
     with torch.inference_mode():
+        variants["bfloat16"] = lambda: predict_crop_keypoints(branch, crops, flip, torch.bfloat16)
         seconds = {name: best_seconds(fn, args.repeats) for name, fn in variants.items()}
         branch.to(memory_format=torch.channels_last)
         crops_cl = crops.contiguous(memory_format=torch.channels_last)
