@@ -344,3 +344,12 @@ def test_export_without_weights_is_refused_unless_random_weights_are_asked_for(t
     argv += ["--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
     assert run_main(tool.main, argv) == 2
     assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_image_export_reference_predictor_runs_in_float32():
+    # The exported graph is float32: a config asking for bfloat16 inference must not make the
+    # export's check compare against bfloat16 keypoints.
+    cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.PRECISION", "bfloat16"])
+    predictor = reference_predictor(cfg, random_weights=True)
+    assert predictor.model.test_precision == torch.float32
+    assert predictor.model.oks_nms_thresh == 1.0 and cfg.TEST.PRECISION == "bfloat16"  # the caller's cfg kept

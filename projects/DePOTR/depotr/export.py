@@ -383,11 +383,13 @@ def _write_checked(
 
 def reference_predictor(cfg: CfgNode, random_weights: bool = False) -> Predictor:
     """The ``Predictor`` the image-in export is checked against and made from: ``cfg`` on the
-    CPU, keeping every caller box in its order (``TEST.OKS_NMS_THRESH`` 1, no box score
-    threshold or top-k); weights as :func:`build_cpu_model`."""
+    CPU in float32 as the exported graph (``TEST.PRECISION``), keeping every caller box in its
+    order (``TEST.OKS_NMS_THRESH`` 1, no box score threshold or top-k); weights as
+    :func:`build_cpu_model`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
+    cfg.TEST.PRECISION = "float32"
     cfg.TEST.OKS_NMS_THRESH = 1.0
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
     cfg.MODEL.DEPOTR.BOX_TOPK = 0
