@@ -31,9 +31,16 @@ def test_cuda_device_falls_back_to_cpu_without_cuda():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback applies only without CUDA")
-def test_amp_is_switched_off_on_cpu():
+def test_amp_on_cpu_trains_the_branch_in_bfloat16():
+    from detectron2.modeling import build_model
+
+    import depotr.modeling  # noqa: F401  (registers the meta-architecture)
+
     cfg = load_depotr_config(CONFIG, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"])
-    assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED
+    assert build_model(cfg).train_precision == torch.bfloat16
+    cfg = load_depotr_config(CONFIG, ["MODEL.DEVICE", "cpu"])
+    assert build_model(cfg).train_precision == torch.float32
 
 
 def test_amp_setting_kept_on_a_cuda_device(monkeypatch):

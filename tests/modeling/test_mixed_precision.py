@@ -63,3 +63,28 @@ def test_cpu_bfloat16_autocast_step_close_to_float32(name):
 @pytest.mark.parametrize("name", ["depotr_r50.yaml", "depotr_hm_r50.yaml"], ids=["regression", "heatmap"])
 def test_cuda_amp_step_close_to_float32(name, dtype):
     _assert_step_close_to_float32(name, "cuda", dtype, 0.99)
+
+
+def test_amp_on_cpu_trains_the_branch_body_in_bfloat16_close_to_float32():
+    """SOLVER.AMP.ENABLED on a CPU: the model runs its keypoint branch's body under bfloat16
+    autocast itself (Detectron2's AMPTrainer needs CUDA); losses and gradients stay close to a
+    float32 step of the same weights, and the heads and losses stay float32."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_load("depotr_hm_r50.yaml", [*SMALL_MODEL, "SOLVER.AMP.ENABLED", True])).train()
+    assert model.train_precision == torch.bfloat16
+    body_dtypes, head_dtypes = [], []
+    linear = next(m for m in model.keypoint_branch.body.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, a, o: body_dtypes.append(o.dtype))
+    model.keypoint_branch.head.register_forward_hook(lambda m, a, o: head_dtypes.append(o.dtype))
+    g = torch.Generator().manual_seed(0)
+    inputs = [make_input("a", 2, g, size=(80, 64)), make_input("b", 3, g, size=(64, 96))]
+    losses, grads = _training_step(model, inputs, "cpu", None)
+    assert body_dtypes == [torch.bfloat16] and head_dtypes == [torch.float32]
+    model.train_precision = torch.float32
+    losses32, grads32 = _training_step(model, inputs, "cpu", None)
+    assert body_dtypes[-1] == torch.float32
+    for key, value in losses32.items():
+        assert abs(losses[key] - value) <= 0.05 * abs(value) + 1e-6, (key, losses[key], value)
+    assert torch.nn.functional.cosine_similarity(grads, grads32, dim=0).item() > 0.95

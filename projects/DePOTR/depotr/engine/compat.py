@@ -101,7 +101,10 @@ class CompatDefaultTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        # SOLVER.AMP.ENABLED: AMPTrainer (float16 autocast, gradient scaler) needs CUDA; on a CPU the
+        # model runs its keypoint branch under bfloat16 autocast itself (TopDownPoseEstimator).
+        cuda_amp = cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cuda"
+        self._trainer = (AMPTrainer if cuda_amp else SimpleTrainer)(model, data_loader, optimizer)
         start_data_loader(self._trainer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = self.checkpointer_class(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

@@ -9,6 +9,7 @@ keypoint branch is DePOTR's (Straka, the seed thesis) or a baseline head
 (``depotr.modeling.build_keypoint_branch``).
 """
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -44,6 +45,10 @@ def rescore_instances(box_scores: Tensor, keypoint_scores: Tensor, thresh: float
     return box_scores * torch.where(count > 0, mean_above, keypoint_scores.mean(dim=1))
 
 
+def _on_cpu(cfg) -> bool:
+    return torch.device(cfg.MODEL.DEVICE).type == "cpu"
+
+
 @META_ARCH_REGISTRY.register()
 class TopDownPoseEstimator(nn.Module):
     """Crops every person box of a batch with one call of ``crops.crop_images`` (uint8 images are
@@ -72,6 +77,7 @@ class TopDownPoseEstimator(nn.Module):
         box_source: Optional[PersonBoxSource] = None,
         test_flip: bool = False,
         test_precision: str = "float32",
+        train_precision: str = "float32",
         keypoint_score_thresh: float = 0.2,
         oks_nms_thresh: float = 1.0,
         oks_sigmas: Sequence[float] = COCO_PERSON_OKS_SIGMAS,
@@ -90,6 +96,9 @@ class TopDownPoseEstimator(nn.Module):
             test_flip: average with the mirrored crops' predictions (``tta.flip_test``).
             test_precision: a key of ``TEST_PRECISIONS``, the branch's inference precision
                 (``tta.predict_crop_keypoints``).
+            train_precision: "float32", or "bfloat16" to run the branch's forward under bfloat16
+                autocast while training (its heads and the losses stay float32): what
+                ``SOLVER.AMP.ENABLED`` does on a CPU, where Detectron2's AMPTrainer needs CUDA.
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
             oks_nms_thresh: per image, a person whose pose has OKS (``oks_sigmas``, box areas as
                 scales) above this with a higher-scoring one is dropped; 1 disables.
@@ -125,6 +134,9 @@ class TopDownPoseEstimator(nn.Module):
         if test_precision not in TEST_PRECISIONS:
             raise ValueError(f"TEST.PRECISION must be one of {sorted(TEST_PRECISIONS)}, got {test_precision!r}")
         self.test_precision = TEST_PRECISIONS[test_precision]
+        if train_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"train_precision must be 'float32' or 'bfloat16', got {train_precision!r}")
+        self.train_precision = TEST_PRECISIONS[train_precision]
         self.keypoint_score_thresh = float(keypoint_score_thresh)
         if not 0.0 <= oks_nms_thresh <= 1.0:
             raise ValueError(f"oks_nms_thresh must be in [0, 1], got {oks_nms_thresh}")
@@ -160,6 +172,7 @@ class TopDownPoseEstimator(nn.Module):
             "box_source": box_source,
             "test_flip": cfg.TEST.FLIP,
             "test_precision": cfg.TEST.PRECISION,
+            "train_precision": "bfloat16" if cfg.SOLVER.AMP.ENABLED and _on_cpu(cfg) else "float32",
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
             "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
             "oks_sigmas": keypoints.oks_sigmas,
@@ -209,7 +222,10 @@ class TopDownPoseEstimator(nn.Module):
 
         crops = self.crop(batched_inputs, params)
         targets = image_to_crop(torch.cat(keypoints), torch.cat(params), self.crop_size)
-        losses = self.keypoint_branch.losses(self.keypoint_branch(crops), targets)
+        lower = self.train_precision != torch.float32
+        with torch.autocast(crops.device.type, dtype=self.train_precision) if lower else contextlib.nullcontext():
+            outputs = self.keypoint_branch(crops)
+        losses = self.keypoint_branch.losses(outputs, targets)
         if len(crops) == 0:
             # Keep every trainable parameter in the graph (DDP) with an exact zero.
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
