@@ -29,7 +29,10 @@ and NMS of Detectron2 v0.6 without its compiled ops run on torchvision's and nee
 
 Timing: ``model.eval()``, ``torch.inference_mode()``, one warm-up call (pose) or pass over the
 images (end to end), then the median of ``--repeats`` timed ones (at least 3 when
-``--max-seconds`` is exceeded).
+``--max-seconds`` is exceeded). The end-to-end pipelines are timed in turns, one pass of each per
+round (``--max-seconds`` per pipeline), so that a shared machine's drift reaches them alike; the
+line after their table gives the median over rounds of each DePOTR pass / the Keypoint R-CNN pass
+of its round.
 
 Peak memory: memory added by one call on top of the built model and its inputs (weights are not
 counted). CUDA: ``torch.cuda.max_memory_allocated`` during a call (end to end: a pass over the
@@ -54,7 +57,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -270,17 +273,18 @@ def memory_probe(payload: str) -> None:
     report_resident_peak(prepare(case))
 
 
+def peak_mib(case: Case, run_once: Callable[[], int], args: argparse.Namespace) -> Optional[float]:
+    """The case's peak memory (module docstring), None with ``--no-memory``."""
+    if args.no_memory:
+        return None
+    return cuda_peak_mib(run_once) if case.device == "cuda" else cpu_peak_mib(case)
+
+
 def measure(case: Case, args: argparse.Namespace) -> Result:
     """Times a case and measures its peak memory (unless ``--no-memory``)."""
     run_once = prepare(case)
     times, persons = time_calls(run_once, case.device, args.repeats, args.max_seconds)
-    if args.no_memory:
-        peak = None
-    elif case.device == "cuda":
-        peak = cuda_peak_mib(run_once)
-    else:
-        peak = cpu_peak_mib(case)
-    return Result(statistics.median(times), persons, len(times), peak)
+    return Result(statistics.median(times), persons, len(times), peak_mib(case, run_once, args))
 
 
 def config_name(path: str) -> str:
@@ -334,6 +338,40 @@ def run_table(cases: Sequence[Case], header: str, row: Callable[[Case, Result], 
     for case in cases:
         rows.append(row(case, measure(case, args)))
         print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+def run_table_in_turns(cases: Sequence[Case], header: str, row: Callable[[Case, Result], str], args) -> str:
+    """Like :func:`run_table`, the cases timed in turns (module docstring); then, per device, the
+    median per-round ratio of each DePOTR case to the Keypoint R-CNN case."""
+    runners = [prepare(case) for case in cases]
+    for run_once in runners:
+        run_once()  # warm-up
+    times: List[List[float]] = [[] for _ in cases]
+    persons = [0] * len(cases)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        for i, (case, run_once) in enumerate(zip(cases, runners)):
+            synchronize(case.device)
+            t0 = time.perf_counter()
+            persons[i] = run_once()
+            synchronize(case.device)
+            times[i].append(time.perf_counter() - t0)
+        if len(times[0]) >= 3 and time.perf_counter() - start > args.max_seconds * len(cases):
+            break
+    rows = [header]
+    for i, case in enumerate(cases):
+        result = Result(statistics.median(times[i]), persons[i], len(times[i]), peak_mib(case, runners[i], args))
+        rows.append(row(case, result))
+    for i, case in enumerate(cases):
+        base = next((j for j, c in enumerate(cases) if c.kind == "keypoint_rcnn" and c.device == case.device), None)
+        if case.kind != "keypoint_rcnn" and base is not None:
+            ratios = [t / b for t, b in zip(times[i], times[base])]
+            rows.append(
+                f"\n{case.device}: {config_name(case.config)} / Keypoint R-CNN, median of {len(ratios)} rounds: "
+                f"{statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
+    print("\n".join(rows), flush=True)
     return "\n".join(rows)
 
 
@@ -445,7 +483,7 @@ def main() -> None:
         return
     pose_cases, e2e_cases = cases(args)
     pose_table = run_table(pose_cases, POSE_HEADER, pose_row, args)
-    e2e_table = run_table(e2e_cases, E2E_HEADER, e2e_row, args) if e2e_cases else ""
+    e2e_table = run_table_in_turns(e2e_cases, E2E_HEADER, e2e_row, args) if e2e_cases else ""
     if args.markdown:
         write_markdown(Path(args.markdown), markdown_section(pose_table, e2e_table, args))
         print(f"wrote the section to {args.markdown}")

@@ -169,3 +169,16 @@ def test_float32_inference_keeps_the_callers_autocast():
         predict_crop_keypoints(branch, torch.randn(1, 3, 64, 48))
     hooked.remove()
     assert dtypes == [torch.bfloat16]
+
+
+def test_channels_last_crops_give_the_same_keypoints():
+    branch = build_keypoint_branch(small_cfg("heatmap", (64, 48))).eval()
+    crops = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    formats = []
+    conv = next(m for m in branch.body.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, a, o: formats.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        plain = predict_crop_keypoints(branch, crops, COCO_FLIP)
+        channels_last = predict_crop_keypoints(branch, crops, COCO_FLIP, channels_last=True)
+    assert formats == [False, True]
+    torch.testing.assert_close(channels_last, plain, rtol=1e-4, atol=1e-3)

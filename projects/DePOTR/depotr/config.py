@@ -178,6 +178,9 @@ def add_depotr_config(cfg: CN) -> None:
     # Inference precision of the keypoint branch's body: "float32", "bfloat16" (CPUs with avx512_bf16
     # or AMX, GPUs) or "float16" (GPUs), under torch.autocast; heads and decoding stay float32.
     cfg.TEST.PRECISION = "float32"
+    # Crops in channels-last memory format at inference: pays from a few R50-size crops on (measured:
+    # benchmarks/README.md), costs ~20 % for one small crop, hence on in the COCO configs only.
+    cfg.TEST.CHANNELS_LAST = False
     # Heatmap sub-pixel decoding: "none", "shift" (quarter pixel to the higher neighbour), "dark".
     cfg.TEST.HEATMAP_REFINE = "shift"
     # Shift the flipped heatmap by one pixel before averaging (SimpleBaseline; off: docs/config.md).

@@ -78,6 +78,7 @@ class TopDownPoseEstimator(nn.Module):
         test_flip: bool = False,
         test_precision: str = "float32",
         train_precision: str = "float32",
+        test_channels_last: bool = False,
         keypoint_score_thresh: float = 0.2,
         oks_nms_thresh: float = 1.0,
         oks_sigmas: Sequence[float] = COCO_PERSON_OKS_SIGMAS,
@@ -99,6 +100,7 @@ class TopDownPoseEstimator(nn.Module):
             train_precision: "float32", or "bfloat16" to run the branch's forward under bfloat16
                 autocast while training (its heads and the losses stay float32): what
                 ``SOLVER.AMP.ENABLED`` does on a CPU, where Detectron2's AMPTrainer needs CUDA.
+            test_channels_last: inference crops in channels-last memory format.
             keypoint_score_thresh: threshold of :func:`rescore_instances`.
             oks_nms_thresh: per image, a person whose pose has OKS (``oks_sigmas``, box areas as
                 scales) above this with a higher-scoring one is dropped; 1 disables.
@@ -137,6 +139,7 @@ class TopDownPoseEstimator(nn.Module):
         if train_precision not in ("float32", "bfloat16"):
             raise ValueError(f"train_precision must be 'float32' or 'bfloat16', got {train_precision!r}")
         self.train_precision = TEST_PRECISIONS[train_precision]
+        self.test_channels_last = bool(test_channels_last)
         self.keypoint_score_thresh = float(keypoint_score_thresh)
         if not 0.0 <= oks_nms_thresh <= 1.0:
             raise ValueError(f"oks_nms_thresh must be in [0, 1], got {oks_nms_thresh}")
@@ -173,6 +176,7 @@ class TopDownPoseEstimator(nn.Module):
             "test_flip": cfg.TEST.FLIP,
             "test_precision": cfg.TEST.PRECISION,
             "train_precision": "bfloat16" if cfg.SOLVER.AMP.ENABLED and _on_cpu(cfg) else "float32",
+            "test_channels_last": cfg.TEST.CHANNELS_LAST,
             "keypoint_score_thresh": cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH,
             "oks_nms_thresh": cfg.TEST.OKS_NMS_THRESH,
             "oks_sigmas": keypoints.oks_sigmas,
@@ -250,7 +254,9 @@ class TopDownPoseEstimator(nn.Module):
         params = [box_crop_params(boxes, self.crop_size, self.crop_padding) for boxes, _, _ in person_boxes]
         crops = self.crop(batched_inputs, params)
         flip_indices = self.flip_indices if self.test_flip else None
-        crop_keypoints = predict_crop_keypoints(self.keypoint_branch, crops, flip_indices, self.test_precision)
+        crop_keypoints = predict_crop_keypoints(
+            self.keypoint_branch, crops, flip_indices, self.test_precision, self.test_channels_last
+        )
         keypoints = crop_to_image(crop_keypoints, torch.cat(params), self.crop_size)
 
         results = []

@@ -63,6 +63,7 @@ def predict_crop_keypoints(
     crops: Tensor,
     flip_indices: Optional[Sequence[int]] = None,
     precision: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> Tensor:
     """(N, K, 3) float32 decoded keypoints ((x, y) in crop pixels, score) of (N, C, H, W)
     normalised crops, with the flip test when ``flip_indices`` is given: the meta-architecture's
@@ -70,7 +71,10 @@ def predict_crop_keypoints(
 
     precision: float32, or bfloat16 / float16 for the branch's body under ``torch.autocast``
     (``TEST.PRECISION``; the heads, the deformable sampling locations and the decoding stay float32).
+    channels_last: the crops in ``torch.channels_last`` memory format (``TEST.CHANNELS_LAST``).
     """
+    if channels_last:
+        crops = crops.contiguous(memory_format=torch.channels_last)
     lower = precision != torch.float32  # else any autocast of the caller's applies
     with torch.autocast(crops.device.type, dtype=precision) if lower else contextlib.nullcontext():
         outputs = branch(crops) if flip_indices is None else flip_test(branch, crops, flip_indices)
