@@ -182,3 +182,38 @@ def test_channels_last_crops_give_the_same_keypoints():
         channels_last = predict_crop_keypoints(branch, crops, COCO_FLIP, channels_last=True)
     assert formats == [False, True]
     torch.testing.assert_close(channels_last, plain, rtol=1e-4, atol=1e-3)
+
+
+def test_bfloat16_keeps_reference_points_and_head_inputs_in_float32():
+    torch.manual_seed(0)
+    branch = build_keypoint_branch(variant_cfg("regression_iter_refine", (64, 48), dec_layers=3)).eval()
+    crops = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        references32 = branch.body(crops, branch.head.predict_coords)["references"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            references16 = branch.body(crops, branch.head.predict_coords)["references"]
+    assert references16.dtype == torch.float32
+    # Layer 0's come from the query embeddings alone: bit-equal to float32's (bfloat16 would round
+    # them by up to 2^-9 of the crop); the refined ones only differ through the bfloat16 body.
+    assert torch.equal(references16[0], references32[0])
+    assert (references16[1:] - references32[1:]).abs().max() < 0.05
+
+
+def test_run_head_casts_only_under_bfloat16_and_keeps_other_entries():
+    from depotr.modeling.keypoint_branches import KeypointBranch
+
+    seen = {}
+
+    def head(features):
+        seen.update(features)
+        return features["x"]
+
+    x = torch.randn(2, 3).bfloat16()
+    features = {"x": x, "pair": (x, x), "none": None}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = KeypointBranch._run_head(head, features, "cpu")
+    assert out.dtype == torch.float32 and seen["none"] is None
+    assert isinstance(seen["pair"], tuple) and all(t.dtype == torch.float32 for t in seen["pair"])
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert KeypointBranch._run_head(head, {"x": x.half()}, "cpu").dtype == torch.float16
+    assert KeypointBranch._run_head(head, {"x": x}, "cpu") is x  # no autocast: untouched

@@ -213,7 +213,7 @@ def add_depotr_config(cfg: CN) -> None:
 def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's defaults + :func:`add_depotr_config`, then ``config_file``, then ``opts``
     (KEY VALUE ...); returns the unfrozen config. Without CUDA a "cuda" ``MODEL.DEVICE`` becomes
-    "cpu" and ``SOLVER.AMP.ENABLED`` is switched off (AMPTrainer autocasts with CUDA only).
+    "cpu" (where ``SOLVER.AMP.ENABLED`` trains the keypoint branch under bfloat16 autocast).
 
     Raises:
         ConfigError: (one line) a missing file (naming its existing ``.yaml`` / ``.yml`` twin),

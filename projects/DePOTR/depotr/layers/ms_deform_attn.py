@@ -13,12 +13,19 @@ from torch import Tensor, nn
 
 from .ms_deform_attn_op import ms_deform_attn
 
-__all__ = ["MSDeformAttn", "at_least_float32", "mixed_precision_msda_inputs"]
+__all__ = ["MSDeformAttn", "at_least_float32", "autocast_off", "mixed_precision_msda_inputs"]
 
 
 def at_least_float32(t: Tensor) -> Tensor:
     """``t`` in float32 if it is float16 or bfloat16, else unchanged (float32, float64, integers)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def autocast_off(t: Tensor) -> torch.autocast:
+    """A region with autocast off on ``t``'s device type: what runs in it on float32 inputs stays
+    float32 under a lower autocast precision (e.g. reference points, whose bfloat16 rounding is
+    ~0.5 px on a 288-pixel-wide crop)."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def mixed_precision_msda_inputs(
@@ -137,8 +144,8 @@ class MSDeformAttn(nn.Module):
             # leading dims: an int64 divisor or an interleaved broadcast (reference_points[:, :,
             # None, :, None, :]) made these two lines 10x slower.
             offset_normalizer = input_spatial_shapes.flip(-1)[:, None, :].expand(L, P, 2).to(sampling_offsets.dtype)
-            references = reference_points.repeat_interleave(P, dim=2).view(N, Lq, 1, L, P, 2)
-            sampling_locations = sampling_offsets.div_(offset_normalizer).add_(references)  # a fresh tensor
+            references = reference_points.repeat_interleave(P, dim=2).unflatten(2, (L, P)).unsqueeze(2)
+            sampling_locations = sampling_offsets.div(offset_normalizer).add_(references)
         elif reference_points.shape[-1] == 4:
             # offsets in units of half the box size divided by P
             sampling_locations = (

@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from depotr.layers import MSDeformAttn
+from depotr.layers import MSDeformAttn, at_least_float32, autocast_off
 
 from .position_encoding import PositionEmbeddingSine
 
@@ -135,7 +135,7 @@ class DeformableTransformerEncoder(nn.Module):
     ) -> torch.Tensor:
         """src, pos: (B, S, d); spatial_shapes (L, 2); level_start_index (L,); valid_ratios
         (B, L, 2). Returns the memory (B, S, d)."""
-        reference_points = self.reference_points(spatial_shapes.tolist(), valid_ratios).to(src.dtype)
+        reference_points = self.reference_points(spatial_shapes.tolist(), valid_ratios)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
         return src
@@ -174,7 +174,8 @@ class DeformableTransformerDecoder(nn.Module):
             hidden.append(output)
             references.append(reference_points)
             if refine is not None and lid < len(self.layers) - 1:
-                reference_points = refine(lid, output, reference_points).detach()
+                with autocast_off(output):
+                    reference_points = refine(lid, at_least_float32(output), reference_points).detach()
         return torch.stack(hidden), torch.stack(references)
 
 
@@ -243,13 +244,14 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # Same-size crops: every level is fully valid (see the module docstring).
-        valid_ratios = src_flatten.new_ones(batch, len(srcs), 2)
+        valid_ratios = at_least_float32(src_flatten.new_ones(batch, len(srcs), 2))
         memory = self.encoder(src_flatten, pos_flatten, spatial_shapes, level_start_index, valid_ratios)
 
         query_pos, tgt = torch.split(query_embed, self.d_model, dim=1)
         query_pos = query_pos[None].expand(batch, -1, -1)
         tgt = tgt[None].expand(batch, -1, -1)
-        reference_points = self.reference_points(query_pos).sigmoid()
+        with autocast_off(query_pos):
+            reference_points = self.reference_points(query_pos).sigmoid()
         hidden_states, references = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, refine
         )

@@ -84,8 +84,11 @@ Keypoint branches, keyed by ``MODEL.DEPOTR.HEAD``. Each is called with the confi
 
 
 def _float32(value):
-    """A features entry (a tensor or a list of tensors) with float16/bfloat16 tensors in float32."""
-    return [at_least_float32(t) for t in value] if isinstance(value, (list, tuple)) else at_least_float32(value)
+    """A features entry (a tensor, a list or tuple of tensors, anything else) with bfloat16 / float16
+    tensors in float32."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(v) for v in value)
+    return at_least_float32(value) if torch.is_tensor(value) else value
 
 
 class KeypointBranch(nn.Module, metaclass=ABCMeta):
@@ -118,11 +121,13 @@ class KeypointBranch(nn.Module, metaclass=ABCMeta):
         return outputs.flip_back(flip_indices)
 
     @staticmethod
-    def _run_head(head: nn.Module, features: Dict[str, torch.Tensor]):
-        """``head(features)`` in float32 with autocast off: under a lower inference precision
-        (``TEST.PRECISION``) the body runs in it, and coordinates and heatmaps keep float32's."""
-        tensors = [t for value in features.values() for t in (value if isinstance(value, (list, tuple)) else [value])]
-        with torch.autocast(tensors[0].device.type, enabled=False):
+    def _run_head(head: nn.Module, features: Dict[str, torch.Tensor], device_type: str):
+        """``head(features)``; under bfloat16 autocast (``TEST.PRECISION``, ``SOLVER.AMP.ENABLED`` on
+        a CPU) in float32 with autocast off, as bfloat16's 8-bit mantissa would round heatmaps and
+        coordinates. Float16 autocast (CUDA AMP) runs the heads in float16 as the rest."""
+        if not (torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16):
+            return head(features)
+        with torch.autocast(device_type, enabled=False):
             return head({name: _float32(value) for name, value in features.items()})
 
     def _check_crops(self, crops: torch.Tensor) -> None:
@@ -197,7 +202,7 @@ class RegressionBranch(KeypointBranch):
         (scales); with AUX_LOSS or ITER_REFINE with those of decoder layers 0 .. n-2 too."""
         self._check_crops(crops)
         refine = self.head.predict_coords if self.head.iter_refine else None
-        return self._run_head(self.head, self.body(crops, refine))
+        return self._run_head(self.head, self.body(crops, refine), crops.device.type)
 
     def losses(self, outputs: RegressionOutputs, gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Returns, for the last decoder layer, "loss_keypoint_coords" (smooth-L1 or L1) and
@@ -302,13 +307,13 @@ class HeatmapBranch(KeypointBranch):
         while training with ``aux_heads`` also aux_heatmaps (n-1, B, K, H/s, W/s)."""
         self._check_crops(crops)
         features = self.body(crops)
-        heatmaps = self._run_head(self.head, features)
+        heatmaps = self._run_head(self.head, features, crops.device.type)
         aux_heatmaps = None
         if self.training and len(self.aux_heads):
             hidden = features["hidden_states"]
             aux_heatmaps = torch.stack(
                 [
-                    self._run_head(head, {**features, "hidden_states": hidden[i : i + 1]})
+                    self._run_head(head, {**features, "hidden_states": hidden[i : i + 1]}, crops.device.type)
                     for i, head in enumerate(self.aux_heads)
                 ]
             )

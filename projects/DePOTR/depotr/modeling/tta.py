@@ -69,8 +69,9 @@ def predict_crop_keypoints(
     normalised crops, with the flip test when ``flip_indices`` is given: the meta-architecture's
     inference and the exported pose branch.
 
-    precision: float32, or bfloat16 / float16 for the branch's body under ``torch.autocast``
-    (``TEST.PRECISION``; the heads, the deformable sampling locations and the decoding stay float32).
+    precision: float32, or bfloat16 / float16 for the branch under ``torch.autocast``
+    (``TEST.PRECISION``; the decoding stays float32, and under bfloat16 the heads, reference points
+    and deformable sampling locations too).
     channels_last: the crops in ``torch.channels_last`` memory format (``TEST.CHANNELS_LAST``).
     """
     if channels_last:

@@ -15,9 +15,11 @@
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "ms_deform_attn/ms_deform_attn_bilinear.h"
 
-// GCC >= 11 on x86-64 builds the hot loops twice, for AVX2 + FMA CPUs (x86-64-v3) and for any
-// x86-64, and picks one when the library loads: ~1.7x the forward speed here without -march flags.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+// GCC >= 11 with glibc (ifunc) on x86-64 builds the hot loops twice, for AVX2 + FMA CPUs
+// (x86-64-v3) and for any x86-64, and picks one when the library loads: ~1.7x the forward speed
+// here without -march flags. The FMA copy may round differently in the last bit, so results are
+// bit-identical between runs on one kind of CPU, not across CPUs with and without AVX2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__GLIBC__)
 #define DEPOTR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define DEPOTR_CPU_CLONES
