@@ -530,3 +530,11 @@ def test_test_precision_reaches_the_branch_and_bad_values_are_named():
     assert dtypes == [torch.bfloat16] and out["instances"].pred_keypoints.dtype == torch.float32
     with pytest.raises(ValueError, match=r"TEST.PRECISION must be one of .*'bfloat16'.*got 'bf16'"):
         build_model(_load("depotr_hm_r50.yaml", [*SMALL_MODEL, "TEST.PRECISION", "bf16"]))
+
+
+def test_float16_inference_on_a_cpu_is_warned_about(caplog):
+    from detectron2.modeling import build_model
+
+    with caplog.at_level("WARNING"):
+        build_model(_load("depotr_hm_r50.yaml", [*SMALL_MODEL, "TEST.PRECISION", "float16"]))
+    assert "TEST.PRECISION float16 on a CPU" in caplog.text

@@ -10,6 +10,7 @@ keypoint branch is DePOTR's (Straka, the seed thesis) or a baseline head
 """
 
 import contextlib
+import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -162,6 +163,11 @@ class TopDownPoseEstimator(nn.Module):
         if box_source is None:
             box_source = build_box_source(cfg, cfg.MODEL.DEPOTR.TEST_BOX_SOURCE)
         keypoints = keypoint_metadata_from_config(cfg)
+        if cfg.TEST.PRECISION == "float16" and _on_cpu(cfg):
+            logging.getLogger(__name__).warning(
+                "TEST.PRECISION float16 on a CPU: the deformable attention has no float16 CPU kernel and "
+                "falls back to its slow reference; bfloat16 is the CPU's lower precision"
+            )
         return {
             "keypoint_branch": build_keypoint_branch(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
