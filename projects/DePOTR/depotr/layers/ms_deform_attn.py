@@ -4,8 +4,9 @@
 # https://github.com/chengdazhi/Deformable-Convolution-V2-PyTorch/tree/pytorch_1.0.0.
 """``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR."""
 
+import contextlib
 import math
-from typing import Optional, Tuple
+from typing import ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .ms_deform_attn_op import ms_deform_attn
 
-__all__ = ["MSDeformAttn", "at_least_float32", "autocast_off", "mixed_precision_msda_inputs"]
+__all__ = ["MSDeformAttn", "at_least_float32", "autocast_off", "autocast_to", "mixed_precision_msda_inputs"]
 
 
 def at_least_float32(t: Tensor) -> Tensor:
@@ -26,6 +27,12 @@ def autocast_off(t: Tensor) -> torch.autocast:
     float32 under a lower autocast precision (e.g. reference points, whose bfloat16 rounding is
     ~0.5 px on a 288-pixel-wide crop)."""
     return torch.autocast(t.device.type, enabled=False)
+
+
+def autocast_to(device_type: str, dtype: torch.dtype) -> ContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device_type``; for float32 no context at all, so that
+    any autocast of the caller's stays in force."""
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type, dtype=dtype)
 
 
 def mixed_precision_msda_inputs(

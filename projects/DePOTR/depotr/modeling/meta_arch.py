@@ -9,7 +9,6 @@ keypoint branch is DePOTR's (Straka, the seed thesis) or a baseline head
 (``depotr.modeling.build_keypoint_branch``).
 """
 
-import contextlib
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +21,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
+from ..layers import autocast_to
 from .box_sources import TRAIN_BOX_SOURCES, GtBoxes, PersonBoxSource, PrecomputedBoxes, build_box_source
 from .crop_augmentation import CropAugmentation
 from .crops import box_crop_params, crop_images, crop_to_image, image_to_crop
@@ -232,8 +232,7 @@ class TopDownPoseEstimator(nn.Module):
 
         crops = self.crop(batched_inputs, params)
         targets = image_to_crop(torch.cat(keypoints), torch.cat(params), self.crop_size)
-        lower = self.train_precision != torch.float32
-        with torch.autocast(crops.device.type, dtype=self.train_precision) if lower else contextlib.nullcontext():
+        with autocast_to(crops.device.type, self.train_precision):
             outputs = self.keypoint_branch(crops)
         losses = self.keypoint_branch.losses(outputs, targets)
         if len(crops) == 0:

@@ -9,11 +9,12 @@ j -> W - 1 - j), crop-normalised ones as x -> 1 - x. The output types of ``heads
 flip back with the helpers below.
 """
 
-import contextlib
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from ..layers import autocast_to
 
 if TYPE_CHECKING:  # annotations only: the branches import this module's helpers through their outputs
     from .heads.outputs import BranchOutputs
@@ -76,7 +77,6 @@ def predict_crop_keypoints(
     """
     if channels_last:
         crops = crops.contiguous(memory_format=torch.channels_last)
-    lower = precision != torch.float32  # else any autocast of the caller's applies
-    with torch.autocast(crops.device.type, dtype=precision) if lower else contextlib.nullcontext():
+    with autocast_to(crops.device.type, precision):
         outputs = branch(crops) if flip_indices is None else flip_test(branch, crops, flip_indices)
     return branch.decode(outputs)
