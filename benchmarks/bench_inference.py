@@ -235,6 +235,15 @@ def prepare(case: Case) -> Callable[[], int]:
     return builders[case.kind](case)
 
 
+def timed_call(run_once: Callable[[], int], device: str) -> tuple[float, int]:
+    """Seconds of one call of ``run_once`` (device synchronised) and the persons it returned."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    persons = run_once()
+    synchronize(device)
+    return time.perf_counter() - t0, persons
+
+
 def time_calls(run_once: Callable[[], int], device: str, repeats: int, max_seconds: float) -> tuple[list[float], int]:
     """Times ``run_once`` after one warm-up call; returns the call times in seconds and the
     persons of the last call. Stops early, after at least 3 timed calls, past ``max_seconds``."""
@@ -242,11 +251,8 @@ def time_calls(run_once: Callable[[], int], device: str, repeats: int, max_secon
     times, persons = [], 0
     start = time.perf_counter()
     for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        persons = run_once()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
+        seconds, persons = timed_call(run_once, device)
+        times.append(seconds)
         if len(times) >= 3 and time.perf_counter() - start > max_seconds:
             break
     return times, persons
@@ -352,11 +358,8 @@ def run_table_in_turns(cases: Sequence[Case], header: str, row: Callable[[Case, 
     start = time.perf_counter()
     for _ in range(args.repeats):
         for i, (case, run_once) in enumerate(zip(cases, runners)):
-            synchronize(case.device)
-            t0 = time.perf_counter()
-            persons[i] = run_once()
-            synchronize(case.device)
-            times[i].append(time.perf_counter() - t0)
+            seconds, persons[i] = timed_call(run_once, case.device)
+            times[i].append(seconds)
         if len(times[0]) >= 3 and time.perf_counter() - start > args.max_seconds * len(cases):
             break
     rows = [header]
