@@ -16,7 +16,8 @@ moved by N(0, ``--box-jitter`` x box size), missed with probability ``--miss-rat
 U(0.6, 1); plus false positives (a box of person size at random, score U(0.3, 0.7)) in a frame
 with probability ``--fp-rate``.
 
-Model: ``depotr.Predictor`` on those boxes, frame by frame (frames/s: this prediction only,
+Model: ``depotr.Predictor`` of ``depotr.tracking.tracking_config(cfg)`` (OKS-NMS as
+``TEST.TRACK.OKS_NMS_THRESH`` says, off by default) on those boxes, frame by frame (frames/s: this prediction only,
 tracking excluded); persons scoring below ``--min-score`` are dropped, the rest tracked by
 ``depotr.tracking.PoseTracker`` (``TEST.TRACK``) and, for the smoothed figures, also smoothed
 (``TEST.SMOOTH``) at ``--fps``. ``--oracle-noise PX`` replaces the model by the ground-truth
@@ -61,7 +62,7 @@ from depotr.config import load_depotr_config
 from depotr.data import synthetic
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.evaluation.error_analysis import build_coco, evaluate_keypoints
-from depotr.tracking import PoseTracker
+from depotr.tracking import PoseTracker, tracking_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "depotr_hm_r18_synthetic.yaml")
@@ -368,7 +369,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     weights = "" if args.random_weights or oracle else args.weights
-    cfg = load_depotr_config(args.config_file, ["MODEL.WEIGHTS", weights, *args.opts])
+    cfg = tracking_config(load_depotr_config(args.config_file, ["MODEL.WEIGHTS", weights, *args.opts]))
     predictor = None if oracle else Predictor(cfg, random_weights=not weights)
     rng = np.random.default_rng([args.seed, 1])
     stats = VideoStats(cfg.MODEL.DEPOTR.KEYPOINT_SCORE_THRESH)

@@ -465,7 +465,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from depotr import Predictor
     from depotr.config import load_depotr_config
-    from depotr.tracking import PoseTracker
+    from depotr.tracking import PoseTracker, tracking_config
 
     setup_logger(name="depotr")
     problems, paths, image_ids, boxes = check_inputs(args)
@@ -485,6 +485,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
     cfg = load_depotr_config(args.config_file, config_overrides(args))
+    if args.track or args.smooth:
+        cfg = tracking_config(cfg)  # OKS-NMS as TEST.TRACK.OKS_NMS_THRESH says (off by default)
     fps = capture.get(cv2.CAP_PROP_FPS) if capture is not None else 0.0
     tracker = PoseTracker.from_config(cfg, fps=fps or 30.0, smooth=args.smooth) if args.track or args.smooth else None
     demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes)

@@ -442,6 +442,21 @@ def test_video_output_file_tracking_smoothing_and_box_file(demo, tmp_path, capsy
         assert len(xs) == 5 and len(set(np.sign(np.diff(xs)))) == 1  # each id follows one person
 
 
+@pytest.mark.parametrize("track", [False, True])
+def test_tracking_keeps_two_persons_whose_poses_coincide(demo, tmp_path, track):
+    """Two persons boxed alike give one pose: OKS-NMS (TEST.OKS_NMS_THRESH 0.9) keeps one of
+    them, which breaks a crossing person's track; with --track the demo uses
+    TEST.TRACK.OKS_NMS_THRESH (1.0, off) and keeps both."""
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(3))
+    boxes = box_file(tmp_path / "boxes.json", {i: [(20, 10, 60, 100)] * 2 for i in range(3)})
+    results = tmp_path / "keypoints.json"
+    args = ["--video-input", video, "--output", tmp_path / "out.mp4", "--boxes", boxes, "--save-json", results]
+    assert run(demo, *args, *(["--track"] if track else [])) == 0
+    found = json.loads(results.read_text())
+    assert [r["image_id"] for r in found] == ([0, 0, 1, 1, 2, 2] if track else [0, 1, 2])
+
+
 def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, capsys):
     out = tmp_path / "out"
     broken = tmp_path / "broken.mp4"

@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS
-from depotr.tracking import OneEuroFilter, PoseTracker, VideoPoseTracker, track_video
+from depotr.tracking import OneEuroFilter, PoseTracker, VideoPoseTracker, track_video, tracking_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -261,4 +261,15 @@ def test_tracking_from_a_config_with_oks_nms_on_warns(caplog, thresh, warned):
     cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.OKS_NMS_THRESH", str(thresh)])
     with caplog.at_level(logging.WARNING, logger="depotr.tracking"):
         PoseTracker.from_config(cfg)
-    assert ("TEST.OKS_NMS_THRESH 1.0 for video" in caplog.text) == warned
+    assert ("tracking_config(cfg)" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_tracking_config_replaces_the_oks_nms_threshold_on_a_copy(frozen):
+    cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.TRACK.OKS_NMS_THRESH", "0.95"])
+    if frozen:
+        cfg.freeze()
+    out = tracking_config(cfg)
+    assert out.TEST.OKS_NMS_THRESH == 0.95 and cfg.TEST.OKS_NMS_THRESH == 0.9  # the input is left alone
+    assert out.is_frozen() == frozen
+    assert load_depotr_config(INSTANT_CONFIG).TEST.TRACK.OKS_NMS_THRESH == 1.0  # off by default

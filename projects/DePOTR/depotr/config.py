@@ -198,6 +198,9 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.TEST.TRACK.MAX_LOST_FRAMES = 10
     # Constant-velocity motion: a match corrects it by this x centre error per frame (0: no motion).
     cfg.TEST.TRACK.VELOCITY_GAIN = 0.1
+    # TEST.OKS_NMS_THRESH when persons are tracked (demo --track, bench_video.py,
+    # depotr.tracking.tracking_config): 1.0, off, since OKS-NMS drops one of two overlapping persons.
+    cfg.TEST.TRACK.OKS_NMS_THRESH = 1.0
     cfg.TEST.SMOOTH = CN()
     # One-Euro smoothing (demo --smooth): cutoff Hz = MIN_CUTOFF + BETA x speed (px/s) (docs/config.md).
     cfg.TEST.SMOOTH.MIN_CUTOFF = 1.0

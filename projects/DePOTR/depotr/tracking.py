@@ -46,7 +46,7 @@ from .data.keypoint_metadata import keypoint_metadata_from_config
 from .modeling.oks import keypoint_similarity
 from .predictor import BoxesLike, ImageLike, Predictor, ScoresLike
 
-__all__ = ["OneEuroFilter", "PoseTracker", "VideoPoseTracker", "track_video"]
+__all__ = ["OneEuroFilter", "PoseTracker", "VideoPoseTracker", "track_video", "tracking_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,19 @@ def _edges(boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
     )
 
 
+def tracking_config(cfg: CfgNode) -> CfgNode:
+    """A copy of ``cfg`` for a :class:`depotr.Predictor` whose persons are tracked:
+    ``TEST.OKS_NMS_THRESH`` set to ``TEST.TRACK.OKS_NMS_THRESH`` (default 1.0, off). OKS-NMS
+    drops one of two overlapping persons whose predicted poses coincide, so crossing persons'
+    tracks break (benchmarks/README.md, video)."""
+    out = cfg.clone()
+    out.defrost()
+    out.TEST.OKS_NMS_THRESH = cfg.TEST.TRACK.OKS_NMS_THRESH
+    if cfg.is_frozen():
+        out.freeze()
+    return out
+
+
 class PoseTracker:
     """Gives the persons of consecutive frames persistent ids and, optionally, smooths their
     keypoints (module docstring). Feed the frames in order to :meth:`update`."""
@@ -179,8 +192,8 @@ class PoseTracker:
         if cfg.TEST.OKS_NMS_THRESH < 1.0:
             logger.warning(
                 "TEST.OKS_NMS_THRESH is %g: OKS-NMS removes one of two overlapping persons whose predicted "
-                "poses coincide, and their tracks break (benchmarks/README.md, video); set "
-                "TEST.OKS_NMS_THRESH 1.0 for video",
+                "poses coincide, and their tracks break (benchmarks/README.md, video); build the Predictor "
+                "from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, default 1.0: off)",
                 cfg.TEST.OKS_NMS_THRESH,
             )
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
