@@ -105,6 +105,42 @@ def test_a_lost_track_is_refound_within_max_lost_frames_and_ended_beyond(gap, sa
     assert out.pred_keypoints.shape == (2, K, 3)
 
 
+@pytest.mark.parametrize("skipped, same_id", [(3, True), (4, False)])
+def test_skipped_frames_age_the_tracks(skipped, same_id):
+    """A frame the caller skips (e.g. one of another size) still counts toward MAX_LOST_FRAMES."""
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=3)
+    assert tracker.update(frame(person(100, 100, ARMS_UP))).track_id.tolist() == [0]
+    for _ in range(skipped):
+        tracker.skip_frame()
+    assert tracker.update(frame(person(100, 100, ARMS_UP))).track_id.tolist() == ([0] if same_id else [1])
+
+
+def test_a_missing_keypoint_neither_breaks_the_tracks_nor_the_smoothing():
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, 0.2, 1.0))
+    a, b = person(100, 100, ARMS_UP), person(300, 100, ARMS_DOWN)
+    tracker.update(frame(a, b))
+    missing = (a[0], a[1].copy())
+    missing[1][0, :2] = np.nan  # the nose of A not given
+    out = tracker.update(frame(b, missing))
+    assert out.track_id.tolist() == [1, 0]
+    assert np.isnan(out.pred_keypoints[1, 0, :2].numpy()).all() and torch.isfinite(out.pred_keypoints[1, 1:]).all()
+    out = tracker.update(frame(a, b))
+    assert out.track_id.tolist() == [0, 1] and torch.isfinite(out.pred_keypoints).all()
+    torch.testing.assert_close(out.pred_keypoints[0, 0, :2], torch.tensor(a[1][0, :2], dtype=torch.float32))
+
+
+def test_one_euro_filter_keeps_the_state_of_a_missing_element():
+    f, g = OneEuroFilter(1.0, 0.1, 1.0), OneEuroFilter(1.0, 0.1, 1.0)
+    f(np.array([0.0, 0.0]), 0.1)
+    g(np.array([0.0]), 0.1)
+    out = f(np.array([1.0, np.nan]), 0.1)
+    np.testing.assert_allclose(out[0], g(np.array([1.0]), 0.1)[0])  # the other element as if alone
+    assert np.isnan(out[1]) and f.value[1] == 0.0 and f.speed[1] == 0.0  # its own state untouched
+    h = OneEuroFilter(1.0, 0.1, 1.0)
+    h(np.array([np.nan]), 0.1)
+    np.testing.assert_allclose(h(np.array([4.0]), 0.1), [4.0])  # first seen: starts at its value
+
+
 def test_unmatched_persons_below_min_similarity_start_new_tracks():
     tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, min_similarity=0.3)
     tracker.update(frame(person(100, 100, ARMS_UP)))
@@ -226,6 +262,9 @@ def test_tracker_arguments_are_checked():
         PoseTracker(COCO_PERSON_OKS_SIGMAS, smoothing=(1.0, -1.0, 1.0))
     with pytest.raises(ValueError, match="score_ref"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, score_ref=0.0)
+    for fps in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="fps finite and > 0"):
+            PoseTracker(COCO_PERSON_OKS_SIGMAS, fps=fps)
 
 
 def test_video_api_on_a_predictor_tracks_and_reads_the_config():
@@ -244,6 +283,8 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
     assert first.track_id.tolist() == [0, 1] and second.track_id.tolist() == [1, 0]  # ids follow the persons
     for out in (first, second):
         assert out.pred_keypoints.shape == (2, K, 3) and math.isfinite(float(out.pred_keypoints.sum()))
+    with pytest.raises(ValueError, match="frame 2 is 48x128 .*first frame 96x128"):
+        video(frames[0][:48], boxes=boxes)
 
 
 def test_editing_the_result_in_place_leaves_the_input_alone():

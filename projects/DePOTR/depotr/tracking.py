@@ -83,7 +83,9 @@ class OneEuroFilter:
     def __call__(self, x: np.ndarray, dt: float, cutoff_scale: Optional[np.ndarray] = None) -> np.ndarray:
         """Filters the next sample ``x`` (any shape, fixed across calls), taken ``dt`` > 0
         seconds after the previous one; ``cutoff_scale`` (> 0, broadcast against ``x``) multiplies
-        this sample's cutoff. The first call returns ``x`` (``dt`` and ``cutoff_scale`` unused)."""
+        this sample's cutoff. The first call returns ``x`` (``dt`` and ``cutoff_scale`` unused).
+        A missing element (NaN) is NaN in the result and leaves its filter as it was; an element
+        seen for the first time starts at its value."""
         x = np.asarray(x, dtype=np.float64)
         if self.value is None:
             self.value, self.speed = x.copy(), np.zeros_like(x)
@@ -92,12 +94,16 @@ class OneEuroFilter:
             raise ValueError(f"One-Euro filter time step must be > 0, got {dt}")
         if cutoff_scale is not None and not np.all(np.asarray(cutoff_scale) > 0):
             raise ValueError(f"One-Euro filter cutoff scale must be > 0, got {cutoff_scale}")
-        a_d = _smoothing_factor(np.asarray(self.d_cutoff), dt)
-        self.speed = a_d * (x - self.value) / dt + (1.0 - a_d) * self.speed
-        cutoff = self.min_cutoff + self.beta * np.abs(self.speed)
-        a = _smoothing_factor(cutoff if cutoff_scale is None else cutoff * cutoff_scale, dt)
-        self.value = a * x + (1.0 - a) * self.value
-        return self.value.copy()
+        seen, started = np.isfinite(x), np.isfinite(self.value)
+        with np.errstate(invalid="ignore"):
+            a_d = _smoothing_factor(np.asarray(self.d_cutoff), dt)
+            speed = a_d * (x - self.value) / dt + (1.0 - a_d) * self.speed
+            cutoff = self.min_cutoff + self.beta * np.abs(speed)
+            a = _smoothing_factor(cutoff if cutoff_scale is None else cutoff * cutoff_scale, dt)
+            value = a * x + (1.0 - a) * self.value
+        self.speed = np.where(seen & started, speed, np.where(seen, 0.0, self.speed))
+        self.value = np.where(seen & started, value, np.where(seen, x, self.value))
+        return np.where(seen, self.value, np.nan)
 
 
 @dataclass
@@ -170,8 +176,8 @@ class PoseTracker:
                 "iou_weight, min_similarity and velocity_gain must be in [0, 1], "
                 f"got {iou_weight}, {min_similarity} and {velocity_gain}"
             )
-        if max_lost_frames < 0 or fps <= 0:
-            raise ValueError(f"max_lost_frames must be >= 0 and fps > 0, got {max_lost_frames} and {fps}")
+        if max_lost_frames < 0 or not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"max_lost_frames must be >= 0 and fps finite and > 0, got {max_lost_frames} and {fps}")
         if smoothing is not None:
             OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
         if score_ref <= 0 or score_power < 0:
@@ -224,8 +230,18 @@ class PoseTracker:
         xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
         oks = keypoint_similarity(
             track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]
-        ).mean(-1)
+        )
+        oks = oks.nan_to_num(nan=0.0).mean(-1)  # a keypoint missing (NaN) in either pose: no match
         return self.iou_weight * iou + (1.0 - self.iou_weight) * oks
+
+    def skip_frame(self) -> None:
+        """Counts a frame that gives no persons (e.g. one skipped as unreadable): the tracks age by
+        a frame, and those lost for over ``max_lost_frames`` end."""
+        self.frame += 1
+        self._end_lost_tracks()
+
+    def _end_lost_tracks(self) -> None:
+        self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_lost_frames]
 
     def update(self, instances: Instances) -> Instances:
         """Tracks the persons of the next frame.
@@ -271,7 +287,7 @@ class PoseTracker:
                 smoothed = track.smoother(keypoints[n, :, :2].numpy(), dt, scale)
                 keypoints[n, :, :2] = torch.as_tensor(smoothed, dtype=keypoints.dtype)
             track_ids.append(track.track_id)
-        self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_lost_frames]
+        self._end_lost_tracks()
         out.track_id = torch.tensor(track_ids, dtype=torch.int64)
         # a new tensor even unsmoothed: a caller's in-place edit of the result (Detectron2's
         # instances_to_coco_json shifts keypoints by -0.5) must not reach ``instances``
@@ -281,18 +297,29 @@ class PoseTracker:
 
 class VideoPoseTracker:
     """A :class:`depotr.Predictor` for a frame sequence: each call predicts the persons of the
-    next frame and tracks (and with ``smooth``, smooths) them."""
+    next frame and tracks (and with ``smooth``, smooths) them. Every frame must have the size of
+    the first (a ValueError names the frame otherwise). Build the predictor from
+    :func:`tracking_config` (OKS-NMS off)."""
 
     def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
         self.predictor = predictor
         self.tracker = PoseTracker.from_config(predictor.cfg, fps=fps, smooth=smooth)
+        self.frame_size: Optional[Tuple[int, int]] = None
 
     def __call__(
         self, frame: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
     ) -> Instances:
         """The persons of the next frame (``Predictor.__call__``'s arguments and fields) with
         ``track_id`` (N,) int64."""
-        return self.tracker.update(self.predictor(frame, boxes, scores))
+        instances = self.predictor(frame, boxes, scores)
+        if self.frame_size is None:
+            self.frame_size = instances.image_size
+        elif instances.image_size != self.frame_size:
+            raise ValueError(
+                f"frame {self.tracker.frame + 1} is {instances.image_size[0]}x{instances.image_size[1]} (HxW), "
+                f"the first frame {self.frame_size[0]}x{self.frame_size[1]}: a video's frames keep one size"
+            )
+        return self.tracker.update(instances)
 
 
 def track_video(
