@@ -110,6 +110,9 @@ def _bad(**change):
         (_bad(bbox=[1, 2, -3, 4]), r"detection 1: degenerate box"),
         (_bad(bbox=[1, 2, 3, -0.5]), r"detection 1: degenerate box"),
         (_bad(score="high"), r"detection 1: field 'score'"),
+        (_bad(image_id=1.7), r"detection 1: field 'image_id' must be an integer, got 1.7"),
+        (_bad(image_id=True), r"detection 1: field 'image_id' must be an integer, got True"),
+        (_bad(image_id="frame_0001"), r"detection 1: field 'image_id' must be an integer, got 'frame_0001'"),
         ({"image_id": 1}, r"expected a list of detections"),
     ],
     ids=[
@@ -121,6 +124,9 @@ def _bad(**change):
         "negative_width",
         "negative_height",
         "score_not_number",
+        "image_id_fraction",
+        "image_id_bool",
+        "image_id_string",
         "not_a_list",
     ],
 )

@@ -184,7 +184,9 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
         missing = [field for field in ("image_id", "category_id", "bbox", "score") if field not in det]
         if missing:
             raise ValueError(f"{where}: missing field '{missing[0]}'")
-        bbox, score = det["bbox"], det["score"]
+        bbox, score, image_id = det["bbox"], det["score"], det["image_id"]
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ValueError(f"{where}: field 'image_id' must be an integer, got {image_id!r}")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
             raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         if not _finite_number(score):
@@ -196,7 +198,7 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
         elif bbox[2] == 0 or bbox[3] == 0:
             stats["dropped_empty"] += 1
         else:
-            per_image.setdefault(int(det["image_id"]), []).append((float(score), [float(v) for v in bbox]))
+            per_image.setdefault(image_id, []).append((float(score), [float(v) for v in bbox]))
             stats["kept"] += 1
     out = {}
     for image_id, dets in per_image.items():
