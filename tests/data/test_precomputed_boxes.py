@@ -93,6 +93,28 @@ def test_from_cfg_uses_the_test_dataset_position(tmp_path):
     np.testing.assert_allclose(found.scores.numpy(), [0.9])
 
 
+def test_from_cfg_keeps_the_category_of_a_custom_dataset(tmp_path):
+    """A custom keypoint dataset's json has its own category id (here 3): its detections are kept,
+    COCO's person (1) dropped."""
+    from detectron2.config import get_cfg
+    from detectron2.data import MetadataCatalog
+
+    from depotr.config import add_depotr_config
+    from depotr.data.custom import unregister_dataset
+
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TEST = ("kites_val_boxes",)
+    detections = [{**d, "category_id": 3 if d["category_id"] == 1 else 1} for d in DETECTIONS]
+    cfg.DATASETS.PRECOMPUTED_BOXES = (_write(tmp_path, detections),)
+    MetadataCatalog.get("kites_val_boxes").set(thing_dataset_id_to_contiguous_id={3: 0})
+    try:
+        attached = attach_precomputed_boxes_from_cfg(cfg, "kites_val_boxes", [{"image_id": 1}])
+    finally:
+        unregister_dataset("kites_val_boxes")
+    np.testing.assert_allclose(attached[0]["person_scores"], [0.9, 0.3, 0.6])
+
+
 def _bad(**change):
     det = {"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
     det.update(change)
@@ -149,5 +171,5 @@ def test_logs_what_was_dropped(tmp_path, caplog):
     with caplog.at_level("INFO", logger="depotr.data.datasets"):
         attach_precomputed_boxes([{"image_id": 1}, {"image_id": 2}], _write(tmp_path, DETECTIONS))
     text = caplog.text
-    assert "7 detections" in text and "kept 4;" in text and "1 not person" in text
+    assert "7 detections" in text and "kept 4;" in text and "1 of another category than 1" in text
     assert "1 empty" in text and "1 kept boxes belong to images not in the dataset" in text

@@ -163,10 +163,12 @@ def _finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
+def load_precomputed_boxes(
+    json_file: str, category_id: int = 1
+) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
     """Reads a COCO detection results json (a list of {image_id, category_id, bbox [x, y, w, h],
-    score}) and keeps, per image and in the file's order, the person (category 1) boxes of
-    positive width and height.
+    score}) and keeps, per image and in the file's order, the boxes of ``category_id`` (COCO's
+    person: 1) of positive width and height.
 
     Returns:
         boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)).
@@ -193,7 +195,7 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
             raise ValueError(f"{where}: field 'score' must be a finite number, got {score!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise ValueError(f"{where}: degenerate box {bbox} (negative width or height)")
-        if det["category_id"] != 1:  # COCO's person
+        if det["category_id"] != category_id:
             stats["dropped_category"] += 1
         elif bbox[2] == 0 or bbox[3] == 0:
             stats["dropped_empty"] += 1
@@ -208,11 +210,13 @@ def load_precomputed_boxes(json_file: str) -> Tuple[Dict[int, Tuple[np.ndarray, 
     return out, dict(stats)
 
 
-def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file: str) -> List[Dict[str, Any]]:
+def attach_precomputed_boxes(
+    dataset_dicts: Sequence[Dict[str, Any]], json_file: str, category_id: int = 1
+) -> List[Dict[str, Any]]:
     """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) of
-    :func:`load_precomputed_boxes` to each dataset dict (N = 0 for images without detections).
-    Returns new dicts; logs what was dropped and why."""
-    boxes, stats = load_precomputed_boxes(json_file)
+    :func:`load_precomputed_boxes` (boxes of ``category_id``) to each dataset dict (N = 0 for
+    images without detections). Returns new dicts; logs what was dropped and why."""
+    boxes, stats = load_precomputed_boxes(json_file, category_id)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
@@ -223,8 +227,8 @@ def attach_precomputed_boxes(dataset_dicts: Sequence[Dict[str, Any]], json_file:
     without = sum(1 for d in out if len(d["person_boxes"]) == 0)
     logger.info(
         f"Precomputed boxes {json_file}: {stats['total']} detections, kept {stats['kept'] - unknown}; dropped "
-        f"{stats['dropped_category']} not person, {stats['dropped_empty']} empty; {unknown} kept boxes belong to "
-        f"images not in the dataset; {without} of {len(out)} images have no box."
+        f"{stats['dropped_category']} of another category than {category_id}, {stats['dropped_empty']} empty; "
+        f"{unknown} kept boxes belong to images not in the dataset; {without} of {len(out)} images have no box."
     )
     return out
 
@@ -234,7 +238,8 @@ def attach_precomputed_boxes_from_cfg(
 ) -> List[Dict[str, Any]]:
     """:func:`attach_precomputed_boxes` with the file of ``dataset_name`` in
     ``DATASETS.PRECOMPUTED_BOXES`` (its position in ``DATASETS.TEST``); the dicts unchanged when
-    it has none."""
+    it has none. The boxes kept are those of the dataset's one category (its json's id, e.g. 3 for
+    a custom keypoint file; COCO's person, 1, when the dataset has none or several)."""
     files, tests = cfg.DATASETS.PRECOMPUTED_BOXES, list(cfg.DATASETS.TEST)
     if files and len(files) != len(tests):
         raise ValueError(
@@ -242,4 +247,7 @@ def attach_precomputed_boxes_from_cfg(
             f'{len(tests)}: give one detections json (or "") per test dataset'
         )
     json_file = files[tests.index(dataset_name)] if files and dataset_name in tests else ""
-    return attach_precomputed_boxes(dataset_dicts, json_file) if json_file else list(dataset_dicts)
+    if not json_file:
+        return list(dataset_dicts)
+    json_ids = list(MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", {}))
+    return attach_precomputed_boxes(dataset_dicts, json_file, json_ids[0] if len(json_ids) == 1 else 1)
