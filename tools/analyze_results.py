@@ -43,7 +43,9 @@ from depotr.cli import ConfigError, add_config_arguments, config_overrides, pars
 
 def _config_defaults(config_file: str, opts) -> dict:
     """--gt, --results, --output, --baseline-train-gt, --sigmas and the flip indices of a
-    train_net.py run."""
+    train_net.py run (the run's config.yaml: its keypoint keys give the sigmas and flip indices of
+    any skeleton; --gt and --baseline-train-gt are left unset for a dataset not registered here,
+    e.g. a custom one registered by the user's own script)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from depotr.config import load_depotr_config
@@ -53,7 +55,9 @@ def _config_defaults(config_file: str, opts) -> dict:
     cfg = load_depotr_config(config_file, opts)
     register_synthetic_datasets_from_cfg(cfg)
 
-    def json_file(name: str) -> str:
+    def json_file(name: str):
+        if name not in DatasetCatalog.list():
+            return None
         DatasetCatalog.get(name)  # a generated dataset is generated (or its cache checked) first
         return MetadataCatalog.get(name).json_file
 
@@ -113,7 +117,10 @@ def main(argv=None) -> int:
             parser.error(f"config overrides {opts} need --config-file")
         missing = [f"--{name}" for name in ("gt", "results", "output") if getattr(args, name) is None]
         if missing:
-            parser.error(f"{', '.join(missing)} required (or --config-file)")
+            parser.error(
+                f"{', '.join(missing)} required (or --config-file, whose first test dataset gives --gt when "
+                "it is registered in this process: a custom dataset needs --gt)"
+            )
         gt = load_json(args.gt, "ground-truth")
         results = load_json(args.results, "results")
         check_image_ids(gt, results, args.gt)

@@ -429,3 +429,49 @@ def test_cli_takes_its_defaults_from_a_finished_run(tmp_path, capsys):
         assert (tmp_path / "run" / "analysis" / "mean_pose_baseline.json").is_file()
     finally:
         register_default_synthetic_datasets()
+
+
+def test_cli_takes_a_custom_skeletons_mirror_from_the_runs_config(tmp_path, capsys):
+    """A run on a custom dataset (registered by the user's script, not in the tool's process):
+    its config.yaml gives the flip pairs, so swapped hands count as an inversion, not a miss."""
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    names = ["head", "left_hand", "right_hand"]
+    gt = {
+        "images": [{"id": 1, "file_name": "1.png", "height": 200, "width": 200}],
+        "categories": [{"id": 3, "name": "kite", "keypoints": names, "skeleton": []}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "bbox": [40, 40, 100, 100],
+                "area": 10000.0,
+                "num_keypoints": 3,
+                "keypoints": [90, 50, 2, 50, 120, 2, 130, 120, 2],
+            }
+        ],
+    }
+    swapped = [{"image_id": 1, "category_id": 3, "score": 0.9, "keypoints": [90, 50, 1, 130, 120, 1, 50, 120, 1]}]
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.MODEL.DEPOTR.NUM_KEYPOINTS = 3
+    cfg.MODEL.DEPOTR.KEYPOINT_NAMES = names
+    cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = [["left_hand", "right_hand"]]
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = [0.05, 0.05, 0.05]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("kites_train_unregistered",), ("kites_val_unregistered",)
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.dump())
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(swapped))
+    files = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json")]
+    argv = ["--config-file", str(config), *files, "--output", str(tmp_path / "out")]
+    assert _tool().main(argv) == 0
+    counts = json.loads((tmp_path / "out" / "error_breakdown.json").read_text())["keypoint_counts"]
+    assert counts["inversion"] == 2 and counts["miss"] == 0 and counts["good"] == 1
+    with pytest.raises(SystemExit):
+        _tool().main(["--config-file", str(config), "--output", str(tmp_path / "out2")])
+    assert "a custom dataset needs --gt" in capsys.readouterr().err
