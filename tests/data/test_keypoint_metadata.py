@@ -157,3 +157,54 @@ def test_model_takes_the_config_keypoints_whatever_is_registered(register):
     cfg.DATASETS.TEST = ("synthetic_persons_val",)  # registered, COCO's 17 keypoints
     with pytest.raises(ValueError, match="dataset 'synthetic_persons_val' has keypoint_names"):
         TopDownPoseEstimator(cfg)
+
+
+def test_registered_sigmas_that_differ_from_the_config_are_an_error(register):
+    """A dataset registered with its own sigmas is not evaluated with the tables' by accident."""
+    names = list(COCO_PERSON_KEYPOINT_NAMES[:5])  # in the COCO table, with other sigmas registered
+    register("kpmeta_test_a", keypoint_names=names, keypoint_flip_map=[], keypoint_oks_sigmas=[0.2] * 5)
+    cfg = _cfg(test=["kpmeta_test_a"], names=names, num_keypoints=5)
+    with pytest.raises(ValueError, match=r"dataset 'kpmeta_test_a' has keypoint_oks_sigmas \[0.2, .*TEST.KEYPOINT"):
+        keypoint_metadata_from_config(cfg)
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = [0.2] * 5
+    assert keypoint_metadata_from_config(cfg).oks_sigmas == (0.2,) * 5
+
+
+def test_the_skeleton_travels_in_the_config(tmp_path):
+    """fill_keypoint_config writes the skeleton into the config, so a demo that loads the run's
+    config.yaml in another process (the dataset not registered there) draws it."""
+    from depotr.data import drawing_metadata, fill_keypoint_config, register_keypoint_dataset
+
+    json_file = tmp_path / "hands.json"
+    json_file.write_text("{}")  # registration reads no file
+    skeleton = [("head", "left_hand"), ("head", "tail", (0, 0, 255))]
+    register_keypoint_dataset("kpmeta_test_a", str(json_file), str(tmp_path), HAND_NAMES, HAND_FLIP_MAP, skeleton)
+    try:
+        cfg = _cfg(test=["kpmeta_test_a"])
+        assert fill_keypoint_config(cfg)
+        saved = tmp_path / "config.yaml"
+        saved.write_text(cfg.dump())
+    finally:
+        unregister_dataset("kpmeta_test_a")
+    loaded = get_cfg()
+    add_depotr_config(loaded)
+    loaded.merge_from_file(str(saved))
+    drawn = drawing_metadata(loaded)["keypoint_connection_rules"]
+    assert drawn == [("head", "left_hand", (255, 128, 0)), ("head", "tail", (0, 0, 255))]
+    assert keypoint_metadata_from_config(loaded).names == tuple(HAND_NAMES)
+
+
+@pytest.mark.parametrize(
+    "skeleton",
+    [[["head", "nose"]], [["head"]], [["head", "tail", "red"]], [["head", "tail", [0, 0, 256]]]],
+    ids=["unknown_name", "one_name", "colour_word", "colour_out_of_range"],
+)
+def test_a_bad_skeleton_in_the_config_names_the_key(skeleton):
+    cfg = _cfg(names=HAND_NAMES, flip_map=HAND_FLIP_MAP, num_keypoints=4, sigmas=[0.05] * 4)
+    cfg.MODEL.DEPOTR.KEYPOINT_SKELETON = skeleton
+    with pytest.raises(ValueError, match="MODEL.DEPOTR.KEYPOINT_SKELETON edges must be"):
+        keypoint_metadata_from_config(cfg)
+    coco = _cfg()
+    coco.MODEL.DEPOTR.KEYPOINT_SKELETON = [["nose", "left_eye"]]
+    with pytest.raises(ValueError, match="KEYPOINT_SKELETON is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty"):
+        keypoint_metadata_from_config(coco)

@@ -30,6 +30,8 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.MODEL.DEPOTR.KEYPOINT_NAMES = []
     # [left, right] name pairs a horizontal flip swaps; both empty: COCO's 8.
     cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP = []
+    # Skeleton edges [name, name] or [name, name, [r, g, b]] the demo draws; with KEYPOINT_NAMES empty: COCO's.
+    cfg.MODEL.DEPOTR.KEYPOINT_SKELETON = []
     # Backbone feature maps fed to the transformer (res3/res4/res5 = strides 8/16/32).
     cfg.MODEL.DEPOTR.IN_FEATURES = ["res3", "res4", "res5"]
     # L: feature levels; levels beyond IN_FEATURES come from stride-2 3x3 convs (stride 64).

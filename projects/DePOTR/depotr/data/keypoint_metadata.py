@@ -8,6 +8,8 @@ keypoints come from its config alone, by :func:`keypoint_metadata_from_config`.
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
@@ -224,6 +226,11 @@ def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
                 "MODEL.DEPOTR.KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty; "
                 "set both, or neither for the COCO person keypoints"
             )
+        if model.KEYPOINT_SKELETON:
+            raise ValueError(
+                "MODEL.DEPOTR.KEYPOINT_SKELETON is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty (COCO's keypoints, "
+                "drawn with COCO's skeleton); set KEYPOINT_NAMES too"
+            )
         names, flip_map = COCO_PERSON_KEYPOINT_NAMES, tuple(flip_pairs())
     if len(set(names)) != len(names):
         raise ValueError(f"MODEL.DEPOTR.KEYPOINT_NAMES {list(names)} has repeated names")
@@ -239,14 +246,34 @@ def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
         indices = tuple(flip_indices(names, flip_map))
     except ValueError as e:
         raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP: {e}") from e
-    _check_datasets(cfg, names, flip_map, indices)
-    return KeypointMetadata(names, flip_map, indices, _oks_sigmas(cfg, names))
+    bad_edges = [list(e) for e in model.KEYPOINT_SKELETON if len(e) not in (2, 3) or not set(e[:2]) <= set(names)]
+    bad_edges += [list(e) for e in model.KEYPOINT_SKELETON if len(e) == 3 and not is_colour(e[2])]
+    if bad_edges:
+        raise ValueError(
+            f"MODEL.DEPOTR.KEYPOINT_SKELETON edges must be [name, name] or [name, name, [r, g, b]] (0-255) of "
+            f"the keypoints {list(names)}, got {bad_edges}"
+        )
+    sigmas = _oks_sigmas(cfg, names)
+    _check_datasets(cfg, names, flip_map, indices, sigmas)
+    return KeypointMetadata(names, flip_map, indices, sigmas)
 
 
-def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str]], indices: Sequence[int]) -> None:
-    """A ValueError naming the first registered dataset of the config whose keypoint names or flip
-    indices differ. Each dataset is compared on its own: Detectron2's
-    ``create_keypoint_hflip_indices`` of several compares raw values (tuples differ from lists)."""
+def is_colour(value: object) -> bool:
+    """Whether ``value`` is an (r, g, b) colour: a list or tuple of 3 ints (not bools) in 0-255."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    )
+
+
+def _check_datasets(
+    cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str]], indices: Sequence[int], sigmas: Sequence[float]
+) -> None:
+    """A ValueError naming the first registered dataset of the config whose keypoint names, flip
+    indices or OKS sigmas (where it has them) differ. Each dataset is compared on its own:
+    Detectron2's ``create_keypoint_hflip_indices`` of several compares raw values (tuples differ
+    from lists)."""
     for dataset in dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]):
         if dataset not in DatasetCatalog:
             continue
@@ -267,6 +294,13 @@ def _check_datasets(cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str
                 f"dataset {dataset!r} has keypoint_flip_map {[list(p) for p in metadata.keypoint_flip_map]}, "
                 "which differs from the config's (MODEL.DEPOTR.KEYPOINT_FLIP_MAP, empty: COCO's) "
                 f"{[list(pair) for pair in flip_map]}"
+            )
+        registered = metadata.get("keypoint_oks_sigmas", None)
+        if registered is not None and not np.allclose(registered, sigmas, rtol=0.0, atol=1e-6):
+            raise ValueError(
+                f"dataset {dataset!r} has keypoint_oks_sigmas {[float(s) for s in registered]}, the config's "
+                f"(TEST.KEYPOINT_OKS_SIGMAS, empty: the keypoint tables') are {list(sigmas)}: set "
+                "TEST.KEYPOINT_OKS_SIGMAS to the dataset's"
             )
 
 
