@@ -5,6 +5,7 @@ naming the dataset and the field before training."""
 import json
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -149,6 +150,9 @@ def test_a_skeleton_without_flip_pairs_trains_with_the_default_sigma(tmp_path, r
         ({"oks_sigmas": [0.05] * 4}, "oks_sigmas has 4 values for 5 keypoint_names"),
         ({"skeleton": [("tip", "nose")]}, "skeleton edges"),
         ({"keypoint_names": ["tip", "tip", "a", "b", "c"]}, "repeated"),
+        ({"skeleton": [("tip", "left_wing", "red")]}, r"skeleton edge \['tip', 'left_wing'\]: colour .* got 'red'"),
+        ({"skeleton": [("tip", "tail", (0, 0, 256))]}, r"skeleton edge \['tip', 'tail'\]: colour must be 3 ints 0-255"),
+        ({"evaluator_type": "cocoo"}, r"evaluator_type must be one of \['coco', 'crowdpose', 'mpii_pckh'\]"),
     ],
 )
 def test_bad_metadata_is_an_error_naming_the_dataset_and_the_field(tmp_path, kwargs, field):
@@ -170,6 +174,72 @@ def test_annotations_with_another_number_of_keypoints_fail_before_training(tmp_p
         assert not (tmp_path / "run" / "model_final.pth").exists()
     finally:
         unregister_dataset("kite_four")
+
+
+def _load_changed(tmp_path, change):
+    """DatasetCatalog.get (as train_net.setup makes it) of a 2-image kite file edited by
+    ``change(coco)``; returns (its json path, the ValueError raised)."""
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    with open(json_file) as f:
+        coco = json.load(f)
+    change(coco)
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    register_keypoint_dataset("kite_bad", json_file, image_root, KITE, KITE_FLIP)
+    try:
+        with pytest.raises(ValueError) as info:
+            DatasetCatalog.get("kite_bad")
+    finally:
+        unregister_dataset("kite_bad")
+    assert str(info.value).startswith(f"keypoint dataset 'kite_bad' ({json_file}): ")
+    return json_file, str(info.value)
+
+
+def _crowd_without_area(coco):
+    coco["annotations"][1].update(iscrowd=1)
+    del coco["annotations"][1]["area"]
+
+
+@pytest.mark.parametrize(
+    "key, index, field",
+    [("annotations", 1, "keypoints"), ("annotations", 1, "area"), ("annotations", 0, "num_keypoints"),
+     ("annotations", 1, "bbox"), ("images", 0, "height"), ("images", 1, "file_name")],
+)  # fmt: skip
+def test_a_field_that_loading_or_evaluation_reads_is_required_at_load(tmp_path, key, index, field):
+    _, error = _load_changed(tmp_path, lambda c: c[key][index].pop(field))
+    assert f"{key}[{index}] (id {index + 1}) is missing field(s) ['{field}']" in error
+
+
+def test_crowd_annotations_need_the_fields_too_and_the_json_its_lists(tmp_path):
+    _, error = _load_changed(tmp_path, _crowd_without_area)  # pycocotools reads a crowd one's area too
+    assert "annotations[1] (id 2) is missing field(s) ['area']" in error
+    _, error = _load_changed(tmp_path, lambda c: c.pop("categories"))
+    assert error.endswith("no top-level 'categories' list")
+
+
+@pytest.mark.parametrize(
+    "field, index, value, message",
+    [
+        ("bbox", 2, 0.0, r"degenerate box \[.*, 0\.0, .*\]"),
+        ("bbox", 3, -5.0, r"degenerate box \[.*, -5\.0\]"),
+        ("keypoints", 2, 3, r"visibility must be 0, 1 or 2, got \[2\.0, 3\.0\]"),
+        ("keypoints", 0, float("nan"), "NaN or inf"),
+        ("keypoints", 4, float("inf"), "NaN or inf"),
+    ],
+    ids=["zero-width", "negative-height", "visibility-3", "nan", "inf"],
+)
+def test_a_bad_box_or_keypoint_fails_at_load_naming_the_image_and_annotation(tmp_path, field, index, value, message):
+    json_file, error = _load_changed(tmp_path, lambda c: c["annotations"][1][field].__setitem__(index, value))
+    assert re.search(message, error), error
+    assert f"annotation id 2 of {os.path.join(os.path.dirname(json_file), 'images', '1.png')}" in error
+
+
+@pytest.mark.parametrize(
+    "listed", [["tip", "right_wing", "left_wing", "centre", "tail"], ["tip", "wing", "tail"]], ids=["order", "count"]
+)
+def test_the_category_keypoint_names_must_be_the_registered_ones(tmp_path, listed):
+    _, error = _load_changed(tmp_path, lambda c: c["categories"][0].update(keypoints=listed))
+    assert f"the category's keypoints {listed} are not the registered keypoint_names {KITE}" in error
 
 
 def test_fill_keypoint_config_leaves_explicit_and_coco_configs_alone(tmp_path, registered):

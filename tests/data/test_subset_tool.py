@@ -69,6 +69,12 @@ def test_distribution_rows_sum_to_one(coco):
     np.testing.assert_allclose(dist.sum(1), 1.0)
 
 
+def test_a_single_category_is_used_whatever_its_name(coco):
+    star = {**coco, "categories": [{**coco["categories"][0], "name": "star"}]}  # a custom dataset's one class
+    assert select_subset(star, 0.1, seed=3) == select_subset(coco, 0.1, seed=3)
+    np.testing.assert_array_equal(visibility_distribution(star), visibility_distribution(coco))
+
+
 def test_impossible_subset_raises_clear_error():
     coco = _random_coco(num_images=2)
     coco["annotations"] = [
@@ -111,8 +117,12 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
         ('{"images": [', r"full\.json is not valid json: Expecting value: line 1"),
         ('{"categories": [{"id": 1, "name": "person", "keypoints": ["nose"]}]}', r"full\.json: no 'images' field"),
         (None, r"cannot read .*full\.json: No such file"),
+        (
+            '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}',
+            r"full\.json: the json has 2 categories \['cat', 'dog'\] and none named 'person'",
+        ),
     ],
-    ids=["truncated", "not-coco", "missing"],
+    ids=["truncated", "not-coco", "missing", "two-categories-no-person"],
 )
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"

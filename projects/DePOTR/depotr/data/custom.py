@@ -7,6 +7,7 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
                               flip_map=[("front_left", "front_right")], skeleton=[("front_left", "roof")])
 """
 
+import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -15,7 +16,14 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, person_metadata
+from .dataset_mapper import annotations_to_arrays
+from .keypoint_metadata import (
+    COCO_PERSON_OKS_SIGMAS,
+    coco_person_metadata,
+    flip_indices,
+    is_colour,
+    person_metadata,
+)
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -30,6 +38,15 @@ __all__ = [
 DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
 # Drawing colour of skeleton edges given without one.
 DEFAULT_EDGE_COLOUR = (255, 128, 0)
+# The evaluator types Trainer.build_evaluator tells apart (anything else would be evaluated as "coco").
+EVALUATOR_TYPES = ("coco", "crowdpose", "mpii_pckh")
+# Fields read from every entry: by Detectron2's load_coco_json (images, categories) and by
+# pycocotools' keypoint evaluation (annotations, crowd ones included); a bare KeyError there otherwise.
+REQUIRED_JSON_FIELDS = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "iscrowd", "bbox", "area", "keypoints", "num_keypoints"),
+    "categories": ("id", "name"),
+}
 
 
 def unregister_dataset(name: str) -> None:
@@ -45,9 +62,10 @@ def _check_metadata(
     flip_map: Sequence[Sequence[str]],
     skeleton: Optional[Sequence[Sequence[Any]]],
     oks_sigmas: Optional[Sequence[float]],
+    evaluator_type: str,
 ) -> Tuple[List[str], List[Tuple[str, str]], List[tuple], List[float]]:
-    """Validated names, flip pairs, connection rules and sigmas; else a ValueError naming the dataset
-    and the field."""
+    """Validated names, flip pairs, connection rules (name, name, (r, g, b) ints) and sigmas, and a
+    known ``evaluator_type``; else a ValueError naming the dataset and the field."""
     where = f"keypoint dataset {name!r}"
     names = list(keypoint_names)
     if not names or not all(isinstance(n, str) and n for n in names):
@@ -71,7 +89,12 @@ def _check_metadata(
             raise ValueError(
                 f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, got {list(edge)}"
             )
-        rules.append((edge[0], edge[1], tuple(edge[2]) if len(edge) == 3 else DEFAULT_EDGE_COLOUR))
+        colour = edge[2] if len(edge) == 3 else DEFAULT_EDGE_COLOUR
+        if not is_colour(colour):
+            raise ValueError(f"{where}: skeleton edge {list(edge[:2])}: colour must be 3 ints 0-255, got {colour!r}")
+        rules.append((edge[0], edge[1], tuple(int(c) for c in colour)))
+    if evaluator_type not in EVALUATOR_TYPES:
+        raise ValueError(f"{where}: evaluator_type must be one of {list(EVALUATOR_TYPES)}, got {evaluator_type!r}")
     sigmas = [DEFAULT_OKS_SIGMA] * len(names) if oks_sigmas is None else [float(s) for s in oks_sigmas]
     if len(sigmas) != len(names):
         raise ValueError(f"{where}: oks_sigmas has {len(sigmas)} values for {len(names)} keypoint_names")
@@ -80,17 +103,60 @@ def _check_metadata(
     return names, pairs, rules, sigmas
 
 
-def load_keypoint_json(name: str, json_file: str, image_root: str, num_keypoints: int) -> List[Dict[str, Any]]:
-    """Detectron2's ``load_coco_json`` of a keypoint file whose category and every annotation
-    with keypoints must have ``num_keypoints`` keypoints (a ValueError naming the dataset, the
-    file and the field otherwise)."""
+def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None:
+    """The top-level ``images``, ``annotations`` and ``categories`` lists, each entry's
+    ``REQUIRED_JSON_FIELDS``, one category and its ``keypoints`` (when it lists them) equal to
+    ``keypoint_names``; else a ValueError prefixed with ``where`` naming the field."""
+    if not isinstance(coco, dict):
+        raise ValueError(f"{where}: expected a COCO json object at the top level, got {type(coco).__name__}")
+    for key, fields in REQUIRED_JSON_FIELDS.items():
+        if not isinstance(coco.get(key), list):
+            raise ValueError(f"{where}: no top-level {key!r} list")
+        for i, entry in enumerate(coco[key]):
+            missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
+            if missing:
+                what = f"{key}[{i}]" + (f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else "")
+                raise ValueError(f"{where}: {what} is missing field(s) {missing}")
+    categories = coco["categories"]
+    if len(categories) != 1:
+        names = [c["name"] for c in categories]
+        raise ValueError(f"{where}: expected one category (top-down keypoints of one class), got {names}")
+    listed = categories[0].get("keypoints")
+    if listed is not None and list(listed) != keypoint_names:
+        raise ValueError(
+            f"{where}: the category's keypoints {list(listed)} are not the registered keypoint_names "
+            f"{keypoint_names} (same names in the same order)"
+        )
+
+
+def load_keypoint_json(
+    name: str, json_file: str, image_root: str, keypoint_names: Sequence[str]
+) -> List[Dict[str, Any]]:
+    """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked
+    so that bad input fails here (the first ``DatasetCatalog.get``, in ``train_net.setup``), not
+    mid-training or at evaluation: before loading, the top-level ``images`` / ``annotations`` /
+    ``categories`` lists and each entry's ``REQUIRED_JSON_FIELDS``, one category whose
+    ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint values per
+    annotation and ``annotations_to_arrays``' checks (box, NaN / inf, visibility) of each
+    non-crowd one.
+
+    Raises:
+        FileNotFoundError; ValueError naming the dataset, the file and the field (and the image
+        and annotation id).
+    """
     where = f"keypoint dataset {name!r} ({json_file})"
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{where}: the file does not exist")
+    try:
+        with open(json_file) as f:
+            coco = json.load(f)  # read once more by load_coco_json (pycocotools takes a path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid json: {e}") from e
+    names = list(keypoint_names)
+    _check_json_fields(where, coco, names)
+    del coco
     dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
-    categories = MetadataCatalog.get(name).get("thing_classes", [])
-    if len(categories) != 1:
-        raise ValueError(f"{where}: expected one category (top-down keypoints of one class), got {categories}")
+    num_keypoints = len(names)
     for d in dicts:
         for anno in d.get("annotations", []):
             kps = anno.get("keypoints")
@@ -99,6 +165,10 @@ def load_keypoint_json(name: str, json_file: str, image_root: str, num_keypoints
                     f"{where}: annotation {anno.get('id')} of {d['file_name']}: field 'keypoints' has "
                     f"{len(kps)} values, expected 3 x {num_keypoints} (the registered keypoint_names)"
                 )
+        try:
+            annotations_to_arrays(d.get("annotations", []), num_keypoints, d["file_name"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
     return dicts
 
 
@@ -118,17 +188,20 @@ def register_keypoint_dataset(
     Args:
         keypoint_names: the K keypoint names, in the file's keypoint order.
         flip_map: (left, right) name pairs a horizontal flip swaps; [] for none.
-        skeleton: edges (name, name) or (name, name, (r, g, b)) for the visualiser.
+        skeleton: edges (name, name) or (name, name, (r, g, b)) for the visualiser, r, g, b
+            ints 0-255 (default ``DEFAULT_EDGE_COLOUR``).
         oks_sigmas: (K,) OKS sigmas of the evaluation and OKS-NMS; None: ``DEFAULT_OKS_SIGMA``
             (the mean of COCO's 17) each.
-        evaluator_type: "coco" (OKS AP), "crowdpose" (``depotr.evaluation.crowdpose``).
+        evaluator_type: one of ``EVALUATOR_TYPES``: "coco" (OKS AP), "crowdpose"
+            (``depotr.evaluation.crowdpose``), "mpii_pckh" (PCKh; MPII's 16 keypoint names).
     Raises:
-        ValueError naming the dataset and the field: inconsistent metadata (now); not K keypoints
-        per annotation (on the first ``DatasetCatalog.get``, which ``train_net.setup`` makes).
+        ValueError naming the dataset and the field: inconsistent metadata (now); a file that
+        :func:`load_keypoint_json` rejects (on the first ``DatasetCatalog.get``, which
+        ``train_net.setup`` makes).
     """
-    names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas)
+    names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
     unregister_dataset(name)
-    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, len(names)))
+    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names))
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
@@ -144,8 +217,9 @@ def register_keypoint_dataset(
 def fill_keypoint_config(cfg) -> Optional[str]:
     """When ``MODEL.DEPOTR.KEYPOINT_NAMES`` is empty and the first dataset of ``DATASETS.TRAIN`` +
     ``DATASETS.TEST`` was registered here (``keypoints_from_dataset``), sets ``NUM_KEYPOINTS``,
-    ``KEYPOINT_NAMES``, ``KEYPOINT_FLIP_MAP`` and ``TEST.KEYPOINT_OKS_SIGMAS`` from its metadata,
-    in place. Returns what was done, for the log, or None."""
+    ``KEYPOINT_NAMES``, ``KEYPOINT_FLIP_MAP``, ``KEYPOINT_SKELETON`` and ``TEST.KEYPOINT_OKS_SIGMAS``
+    from its metadata, in place (the run's config.yaml then holds all a demo needs). Returns what was
+    done, for the log, or None."""
     model = cfg.MODEL.DEPOTR
     datasets = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     if model.KEYPOINT_NAMES or not datasets or datasets[0] not in DatasetCatalog.list():
@@ -157,6 +231,9 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     model.NUM_KEYPOINTS = len(names)
     model.KEYPOINT_NAMES = names
     model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
+    model.KEYPOINT_SKELETON = [
+        [a, b, [int(c) for c in colour]] for a, b, colour in metadata.get("keypoint_connection_rules", [])
+    ]
     # MPII's registrations carry no sigmas: [] gives the keypoint tables'.
     cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.get("keypoint_oks_sigmas", []))
     return (
@@ -167,13 +244,17 @@ def fill_keypoint_config(cfg) -> Optional[str]:
 
 def drawing_metadata(cfg) -> Dict[str, Any]:
     """``Visualizer`` metadata for a config's keypoints: COCO's when ``MODEL.DEPOTR.KEYPOINT_NAMES``
-    is empty; else the config's names and flip pairs with the skeleton of the first registered
-    dataset of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (else none)."""
+    is empty; else the config's names, flip pairs and ``KEYPOINT_SKELETON`` (edges without a colour
+    in ``DEFAULT_EDGE_COLOUR``), or when that is empty the skeleton of the first registered dataset
+    of ``DATASETS.TEST`` + ``DATASETS.TRAIN`` that has the same names (else none)."""
     names = list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES)
     if not names:
         return coco_person_metadata()
-    rules: List[tuple] = []
-    for dataset in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+    rules: List[tuple] = [
+        (edge[0], edge[1], tuple(edge[2]) if len(edge) == 3 else DEFAULT_EDGE_COLOUR)
+        for edge in cfg.MODEL.DEPOTR.KEYPOINT_SKELETON
+    ]
+    for dataset in () if rules else (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
         if dataset in DatasetCatalog.list() and list(MetadataCatalog.get(dataset).get("keypoint_names", [])) == names:
             rules = list(MetadataCatalog.get(dataset).get("keypoint_connection_rules", []))
             break

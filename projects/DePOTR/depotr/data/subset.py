@@ -3,6 +3,9 @@
 A fraction of the I images such that, for each of the K keypoints, the shares of visible (v = 2),
 occluded (v = 1) and unlabelled / outside (v = 0) among the non-crowd persons stay within
 ``tolerance_pp`` percentage points of the full set's.
+
+"Person" is the annotated category: the json's only category whatever its name (a custom
+keypoint dataset), else the one named "person".
 """
 
 from __future__ import annotations
@@ -27,17 +30,25 @@ VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v
 
 
 def _person_category(coco: Dict[str, Any]) -> Dict[str, Any]:
-    for cat in coco.get("categories", []):
+    """The only category whatever its name, else the one named "person"."""
+    categories = coco.get("categories", [])
+    if len(categories) == 1:
+        return categories[0]
+    for cat in categories:
         if cat.get("name") == "person":
             return cat
-    raise ValueError("the json has no category named 'person'")
+    raise ValueError(
+        f"the json has {len(categories)} categories {[c.get('name') for c in categories]} and none named 'person' "
+        "(a json with one category uses it whatever its name)"
+    )
 
 
 def keypoint_names(coco: Dict[str, Any]) -> List[str]:
-    """K keypoint names of the person category."""
-    names = _person_category(coco).get("keypoints")
+    """K keypoint names of the person category (the only one, else the one named "person")."""
+    category = _person_category(coco)
+    names = category.get("keypoints")
     if not names:
-        raise ValueError("the person category lists no keypoints")
+        raise ValueError(f"the category {category.get('name')!r} lists no keypoints")
     return list(names)
 
 
