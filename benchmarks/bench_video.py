@@ -355,8 +355,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.clips < 1 or args.frames < 3:
-        print("bench_video: needs --clips >= 1 and --frames >= 3", file=sys.stderr)
+    if args.clips < 1 or args.frames < 3 or not (math.isfinite(args.fps) and args.fps > 0):
+        print("bench_video: needs --clips >= 1, --frames >= 3 and --fps > 0 (finite)", file=sys.stderr)
         return 1
     oracle = args.oracle_noise is not None
     if not oracle and not args.random_weights and not os.path.isfile(args.weights):

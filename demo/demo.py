@@ -22,11 +22,15 @@ One-Euro filter per track (TEST.SMOOTH).
         --smooth --boxes walk_boxes.json --save-json out/walk.json --opts MODEL.WEIGHTS ...
 
 Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged); for a
-video, --output ending in a video extension (.mp4, .avi, ...) is the output file, otherwise
-<output>/<video stem>.mp4 (mp4v, the input's frame rate and size); the webcam is shown in a window
-(Esc quits). Images and frames whose long side exceeds 1920 px are downscaled to 1920 px
-for drawing (the skeletons scaled with them; the Visualizer's time and memory grow with the
-image); keypoints are predicted, and written to --save-json, at full resolution.
+video, --output ending in .mp4, .avi, .mov, .mkv or .m4v is the output file, otherwise
+<output>/<video stem>.mp4 (mp4v, the input's frame rate, 30 when it has none, and size); another
+video extension (.webm, .mpg, .wmv, .ts, ...) is an error naming these five. The webcam is shown
+in a window (Esc or Ctrl-C quits; --save-json is then written as at any end); it needs an OpenCV
+with a GUI (pip install opencv-python: the opencv-python-headless that DePOTR installs has none),
+checked before the model loads. Images and frames whose long side exceeds
+1920 px are downscaled to 1920 px for drawing (the skeletons scaled with them; the Visualizer's
+time and memory grow with the image); keypoints are predicted, and written to --save-json, at full
+resolution.
 --save-json writes COCO keypoint results, one per person: image_id = the file name
 stem (an int when it is all digits, as in COCO's 000000397133.jpg), or with --image-ids gt.json
 the id of the image of the same file name in that COCO file (so that the results can be
@@ -41,9 +45,11 @@ that every output can be written, that no two inputs share a file name stem (whi
 them one output file and one image_id), the box and image-id files and that a video can be opened
 and has a frame; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
-exits with status 1; so are video frames whose size differs from the first frame's. A box file
-naming frames the video does not have is an error (status 1). Outputs are written whole or not at
-all (depotr.file_io).
+exits with status 1; so are video frames whose size differs from the first frame's, and a video
+that ends before the number of frames its file announces (a file cut short, a frame that cannot be
+decoded) gives a warning naming it, "read N of the M frames it announces", and status 1; the frames
+read are written. A box file naming frames the video does not have is an error (status 1).
+Outputs are written whole or not at all (depotr.file_io).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
 command accepts both). An empty MODEL.WEIGHTS is an error unless --random-weights is given. A
@@ -54,6 +60,7 @@ import argparse
 import glob
 import itertools
 import json
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
@@ -80,6 +87,13 @@ WINDOW_NAME = "DePOTR"
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm")
 # An --output ending in one of these is the output file of a video, not a folder.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+# Other video extensions: an --output ending in one is an error, not a folder (the demo's mp4v
+# video is not written to them: WebM, FLV, Ogg and GIF refuse it, MPEG-TS is not read back).
+OTHER_VIDEO_EXTENSIONS = tuple(
+    ".webm .mpg .mpeg .m2v .wmv .asf .flv .f4v .ts .mts .m2ts .vob .ogv .3gp .3g2 .gif .divx .mxf .rm .rmvb".split()
+)
+# Frame rate of an output video whose input has none (a webcam, a container without one).
+DEFAULT_FPS = 30.0
 ImageId = Union[int, str]
 PersonBoxes = Dict[int, Tuple[np.ndarray, np.ndarray]]  # image id -> (boxes (N, 4) XYXY, scores (N,))
 
@@ -89,8 +103,14 @@ def get_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs or folders")
     source.add_argument("--video-input", help="a video file")
-    source.add_argument("--webcam", action="store_true", help="the first webcam, shown in a window")
-    parser.add_argument("--output", help="folder for the drawn images / video (required unless --webcam)")
+    source.add_argument(
+        "--webcam", action="store_true", help="the first webcam, shown in a window (needs an OpenCV with a GUI)"
+    )
+    parser.add_argument(
+        "--output",
+        help="folder for the drawn images / video, or the video file itself (.mp4, .avi, .mov, .mkv, .m4v; "
+        "other video extensions are an error); required unless --webcam",
+    )
     parser.add_argument(
         "--confidence-threshold",
         type=float,
@@ -179,14 +199,43 @@ def load_boxes(box_file: str) -> PersonBoxes:
 
 
 def video_output_path(video: str, output: str) -> str:
-    """``output`` itself when it ends in a video extension, else <output>/<video stem>.mp4."""
+    """``output`` itself when it ends in a ``VIDEO_EXTENSIONS`` extension, else
+    <output>/<video stem>.mp4 (an ``OTHER_VIDEO_EXTENSIONS`` one is refused by :func:`check_inputs`)."""
     if output.lower().endswith(VIDEO_EXTENSIONS):
         return output
     return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
 
 
+def video_fps(capture: Optional[cv2.VideoCapture]) -> float:
+    """The frame rate of ``capture`` when it has one (finite and > 0), else ``DEFAULT_FPS``."""
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture is not None else 0.0
+    return fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+
+
+def gui_problem() -> Optional[str]:
+    """Why OpenCV cannot show the webcam's window (None: it can): opencv-python-headless, which
+    DePOTR installs, has no GUI. Opens and closes the window."""
+    try:
+        cv2.namedWindow(WINDOW_NAME)
+        cv2.destroyWindow(WINDOW_NAME)
+    except cv2.error as e:
+        reason = str(e).strip().split("error: ", 1)[-1] or type(e).__name__  # without OpenCV's source line
+        return (
+            "--webcam needs an OpenCV with a GUI (pip install opencv-python, after pip uninstall "
+            f"opencv-python-headless): this one cannot open a window ({reason})"
+        )
+    return None
+
+
+def announced_frames(capture: cv2.VideoCapture) -> Optional[int]:
+    """The number of frames the video of ``capture`` announces (its container's frame count); None
+    when it does not say (a webcam, a stream)."""
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if math.isfinite(count) and count >= 1 else None
+
+
 def read_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
-    """The (H, W, 3) uint8 BGR frames of ``capture`` until it ends."""
+    """The (H, W, 3) uint8 BGR frames of ``capture`` until it ends (its first failed read)."""
     while True:
         ok, frame = capture.read()
         if not ok:
@@ -284,10 +333,15 @@ def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
 
 def coco_results(instances: "Instances", image_id: ImageId) -> List[Dict]:
     """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, person
-    category id 1; ``track_id`` when the persons are tracked)."""
+    category id 1, keypoints x - 0.5; ``track_id`` when the persons are tracked). ``instances``
+    are not modified (instances_to_coco_json shifts the keypoints in place: it gets a copy)."""
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    from detectron2.structures import Instances
 
-    results = instances_to_coco_json(instances, image_id)
+    copy = Instances(instances.image_size, **instances.get_fields())
+    if copy.has("pred_keypoints"):
+        copy.pred_keypoints = instances.pred_keypoints.clone()
+    results = instances_to_coco_json(copy, image_id)
     track_ids = instances.track_id.tolist() if instances.has("track_id") else [None] * len(results)
     for result, track_id in zip(results, track_ids):
         result["category_id"] = COCO_PERSON_CATEGORY_ID
@@ -307,7 +361,9 @@ class Demo:
         threshold: Optional[float],
         tracker: Optional["PoseTracker"] = None,
         boxes: Optional[PersonBoxes] = None,
+        box_file: Optional[str] = None,
     ):
+        """``box_file``: the file ``boxes`` were read from, named in errors."""
         from detectron2.data import Metadata
 
         from depotr.data import drawing_metadata
@@ -316,6 +372,7 @@ class Demo:
         self.threshold = threshold
         self.tracker = tracker
         self.boxes = boxes
+        self.box_file = box_file
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
 
@@ -352,12 +409,22 @@ class Demo:
             tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
         return failures
 
-    def run_video(self, frames: Iterator[np.ndarray], out_path: str, fps: float, total: Optional[int] = None) -> int:
+    def run_video(
+        self,
+        frames: Iterator[np.ndarray],
+        out_path: str,
+        fps: float,
+        total: Optional[int] = None,
+        name: str = "the video",
+    ) -> int:
         """Writes the drawn ``frames`` to the mp4 ``out_path`` (whole or not at all), at ``fps``
-        and the first frame's size; image_id = the frame index.
+        and the first frame's size; image_id = the frame index. A frame skipped for its size still
+        ages the tracker's tracks (``PoseTracker.skip_frame``). ``total``: the number of frames
+        the video ``name`` announces (None: unknown); fewer frames read is a warning naming it.
 
         Returns:
-            the number of frames skipped because their size differs from the first frame's.
+            the number of frames missing from the output: those skipped because their size
+            differs from the first frame's, and those ``total`` announces beyond the frames read.
         Raises:
             ValueError: no frames, or box file entries for frames the video does not have
                 (nothing is written).
@@ -382,29 +449,46 @@ class Demo:
                             f"first frame's {size[1]}x{size[0]}",
                             file=sys.stderr,
                         )
+                        if self.tracker is not None:
+                            self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
                         continue
                     writer.write(draw(frame, self(frame, index), self.metadata))
                 if count == 0:
                     raise ValueError("the video has no frames")
+                unread = total - count if total is not None and total > count else 0
+                if unread:
+                    tqdm.write(
+                        f"warning: {name}: read {count} of the {total} frames it announces (the file ends early "
+                        "or a frame cannot be decoded)",
+                        file=sys.stderr,
+                    )
                 beyond = sorted(i for i in self.boxes or {} if not 0 <= i < count)
                 if beyond:
+                    box_file = f"--boxes {self.box_file}" if self.box_file else "the box file"
                     raise ValueError(
-                        f"the box file has boxes for frame(s) {beyond[:10]}{' ...' if len(beyond) > 10 else ''} "
+                        f"{box_file} has boxes for frame(s) {beyond[:10]}{' ...' if len(beyond) > 10 else ''} "
                         f"but the video has frames 0-{count - 1}"
                     )
             finally:
                 if writer is not None:
                     writer.release()
         print(f"{count - skipped} frames -> {out_path}")
-        return skipped
+        return skipped + unread
 
-    def run_webcam(self, frames: Iterator[np.ndarray]) -> None:
-        """Shows the drawn ``frames`` in a window until Esc or the end of the stream."""
-        for index, frame in enumerate(frames):
-            cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
-            if cv2.waitKey(1) == 27:
-                break
-        cv2.destroyAllWindows()
+    def run_webcam(self, frames: Iterator[np.ndarray], capture: Optional[cv2.VideoCapture] = None) -> None:
+        """Shows the drawn ``frames`` in a window until Esc, Ctrl-C (KeyboardInterrupt) or the end
+        of the stream; then closes the window and releases ``capture`` (whatever ends the loop)."""
+        try:
+            for index, frame in enumerate(frames):
+                cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
+                if cv2.waitKey(1) == 27:
+                    break
+        except KeyboardInterrupt:
+            print("stopped (Ctrl-C)")
+        finally:
+            if capture is not None:
+                capture.release()
+            cv2.destroyAllWindows()
 
 
 def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes]]:
@@ -447,7 +531,14 @@ def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[s
                 "(000123.jpg) or pass --image-ids"
             )
     video_file = args.video_input and args.output.lower().endswith(VIDEO_EXTENSIONS)
-    for flag, path, folder in (("--output", args.output, not video_file), ("--save-json", args.save_json, False)):
+    outputs = [("--output", args.output, not video_file), ("--save-json", args.save_json, False)]
+    if args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS):
+        problems.append(
+            f"--output {args.output}: the demo writes a video (mp4v) only as {', '.join(VIDEO_EXTENSIONS)}, not "
+            f"{os.path.splitext(args.output)[1]}; or give a folder"
+        )
+        outputs.pop(0)  # not made a folder
+    for flag, path, folder in outputs:
         reason = check_writable(path, folder) if path else None
         if reason is not None:
             problems.append(f"cannot write {flag} {path}: {reason}")
@@ -463,12 +554,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--image-ids goes with --input (video frames are numbered)")
     from detectron2.utils.logger import setup_logger
 
-    from depotr import Predictor
-    from depotr.config import load_depotr_config
-    from depotr.tracking import PoseTracker, tracking_config
-
     setup_logger(name="depotr")
     problems, paths, image_ids, boxes = check_inputs(args)
+    if args.webcam and not problems:
+        problem = gui_problem()
+        problems += [problem] if problem else []
     capture, frames = None, None
     if not problems and (args.video_input or args.webcam):  # a bad video fails before the model loads
         name = "the webcam" if args.webcam else args.video_input
@@ -480,38 +570,56 @@ def main(argv: Optional[List[str]] = None) -> int:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))
     if problems:
+        if capture is not None:
+            capture.release()
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
+    try:
+        return run_demo(args, capture, frames, paths, image_ids, boxes)
+    finally:
+        if capture is not None:
+            capture.release()
+
+
+def run_demo(
+    args: argparse.Namespace,
+    capture: Optional[cv2.VideoCapture],
+    frames: Optional[Iterator[np.ndarray]],
+    paths: List[str],
+    image_ids: Dict[str, ImageId],
+    boxes: Optional[PersonBoxes],
+) -> int:
+    """Loads the model and runs the inputs :func:`main` checked; returns the exit status."""
+    from depotr import Predictor
+    from depotr.config import load_depotr_config
+    from depotr.tracking import PoseTracker, tracking_config
 
     cfg = load_depotr_config(args.config_file, config_overrides(args))
     if args.track or args.smooth:
         cfg = tracking_config(cfg)  # OKS-NMS as TEST.TRACK.OKS_NMS_THRESH says (off by default)
-    fps = capture.get(cv2.CAP_PROP_FPS) if capture is not None else 0.0
-    tracker = PoseTracker.from_config(cfg, fps=fps or 30.0, smooth=args.smooth) if args.track or args.smooth else None
-    demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes)
+    fps = video_fps(capture)
+    tracker = PoseTracker.from_config(cfg, fps=fps, smooth=args.smooth) if args.track or args.smooth else None
+    demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes, args.boxes)
     failures = 0
     if args.input:
         failures = demo.run_images(paths, args.output, image_ids)
     elif args.video_input:
         out_path = video_output_path(args.video_input, args.output)
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        total = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None
         try:
-            failures = demo.run_video(frames, out_path, fps or 30.0, total)
+            failures = demo.run_video(frames, out_path, fps, announced_frames(capture), args.video_input)
         except ValueError as e:
             print(f"error: {args.video_input}: {e}; nothing written", file=sys.stderr)
             return 1
     else:
-        demo.run_webcam(frames)
-    if capture is not None:
-        capture.release()
+        demo.run_webcam(frames, capture)
 
     if args.save_json:
         atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
-        what = "image(s) could not be read" if args.input else "frame(s) were skipped"
+        what = "image(s) could not be read" if args.input else "frame(s) were skipped or could not be read"
         print(f"{failures} {what}", file=sys.stderr)
     return 1 if failures else 0
 

@@ -141,3 +141,10 @@ def test_oracle_without_noise_gives_ap_100_and_no_id_switch(bench, capsys):
     # (60-100 px) walkers while its speed estimate builds up (less at score 1: cutoff x 4); the
     # lower bound is the check (AP is at most 100)
     assert float(match.group(2)) < 1 and float(match.group(3)) < 1 and 85 <= float(match.group(4)) <= 100
+
+
+@pytest.mark.parametrize("fps", ["0", "-5", "nan", "inf"])
+def test_fps_must_be_positive_and_finite(bench, tmp_path, capsys, fps):
+    # before: --fps 0 ended in a raw traceback (ZeroDivisionError), after the model loaded
+    assert bench.main(["--fps", fps, "--weights", str(tmp_path / "model_final.pth")]) == 1
+    assert "bench_video: needs --clips >= 1, --frames >= 3 and --fps > 0 (finite)" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from detectron2.structures import Boxes, Instances
 from depotr import Predictor
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from depotr.tracking import PoseTracker
 from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -324,7 +325,7 @@ def run(demo, *args):
 def no_model(demo, monkeypatch):
     """Makes loading the model fail: what must fail before it, does."""
 
-    def refuse(cfg):
+    def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
     import depotr
@@ -473,9 +474,9 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
     boxes = box_file(tmp_path / "boxes.json", {0: [(8, 10, 40, 90)], 7: [(8, 10, 40, 90)]})
     results = tmp_path / "keypoints.json"
     assert run(demo, "--video-input", video, "--output", out, "--boxes", boxes, "--save-json", results) == 1
-    assert "the box file has boxes for frame(s) [7] but the video has frames 0-4; nothing written" in (
+    assert f"--boxes {boxes} has boxes for frame(s) [7] but the video has frames 0-4; nothing written" in (
         capsys.readouterr().err
-    )
+    )  # before: "the box file has boxes ...", not saying which file
     assert os.listdir(out) == [] and not results.exists()  # no half-written video, no json
 
 
@@ -535,3 +536,152 @@ def test_tracked_persons_are_drawn_in_their_id_colour(demo):
     palette = colormap(rgb=True, maximum=255)
     bgr0 = palette[0][::-1]
     assert np.abs(edge.mean(0) - bgr0).max() < np.abs(edge.mean(0) - palette[1][::-1]).max()
+
+
+# ---- video and webcam review (truncated video, fps, --output extension, webcam GUI and Ctrl-C,
+# skipped frames and the tracker, keypoints shifted in place) ----
+
+
+class FakeCapture:
+    """A cv2.VideoCapture of ``frames`` with the given CAP_PROP_FPS and CAP_PROP_FRAME_COUNT;
+    ``interrupt_after``: a read after that many frames raises KeyboardInterrupt (Ctrl-C)."""
+
+    def __init__(self, frames, fps=10.0, frame_count=0.0, interrupt_after=None):
+        self.frames, self.fps, self.frame_count = list(frames), fps, frame_count
+        self.interrupt_after, self.reads, self.released = interrupt_after, 0, False
+
+    def __call__(self, source):  # stands in for the class: cv2.VideoCapture(source)
+        self.source = source
+        return self
+
+    def isOpened(self):
+        return not self.released
+
+    def read(self):
+        if self.interrupt_after is not None and self.reads >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.reads += 1
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: self.frame_count}.get(prop, 0.0)
+
+    def release(self):
+        self.released = True
+
+
+def fake_predictor(x=30.0):
+    """A Predictor of one person whose keypoints are all at (x, x), scores 1; ``made`` holds its outputs."""
+
+    def predictor(image, boxes=None, scores=None):
+        out = Instances(image.shape[:2])
+        out.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 60.0, 120.0]]))
+        out.pred_keypoints = torch.cat([torch.full((1, 17, 2), x), torch.ones(1, 17, 1)], 2)
+        out.scores = torch.ones(1)
+        out.pred_classes = torch.zeros(1, dtype=torch.int64)
+        predictor.made.append(out)
+        return out
+
+    predictor.cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"])
+    predictor.made = []
+    return predictor
+
+
+def test_truncated_video_is_a_warning_naming_it_and_status_1(demo, tmp_path, capsys):
+    # before: the first failed read was the end: 10 of 20 frames, status 0, not a word
+    full, cut = tmp_path / "full.avi", tmp_path / "cut.avi"
+    write_video(full, [cv2.resize(f, (64, 64)) for f in walk_frames(20)], fourcc="MJPG")
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    readable = len(read_video(cut))
+    assert 0 < readable < 20 and cv2.VideoCapture(str(cut)).get(cv2.CAP_PROP_FRAME_COUNT) == 20
+    out, results = tmp_path / "out.mp4", tmp_path / "keypoints.json"
+    assert run(demo, "--video-input", cut, "--output", out, "--save-json", results) == 1
+    err = capsys.readouterr().err
+    assert f"warning: {cut}: read {readable} of the 20 frames it announces" in err
+    assert f"{20 - readable} frame(s) were skipped or could not be read" in err
+    assert len(read_video(out)) == readable  # the frames read are kept, as skipped frames' videos are
+    assert [r["image_id"] for r in json.loads(results.read_text())] == list(range(readable))
+
+
+@pytest.mark.parametrize("fps", [float("nan"), -1.0])
+def test_video_without_a_valid_frame_rate_is_written_at_30_fps(demo, tmp_path, monkeypatch, fps):
+    # before: `fps or 30.0` let NaN and -1 through: the tracker raised "fps finite and > 0"
+    out = tmp_path / "out.mp4"
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(3), fps=fps, frame_count=3.0))
+        assert run(demo, "--video-input", tmp_path / "walk.mp4", "--output", out, "--track") == 0
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FPS) == 30.0 and capture.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    capture.release()
+
+
+@pytest.mark.parametrize("extension", [".webm", ".MPG", ".ts"])
+def test_output_with_a_video_extension_the_demo_does_not_write_is_an_error(demo, tmp_path, capsys, no_model, extension):
+    # before: --output result.webm became the folder result.webm/ holding walk.mp4
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(1))
+    out = tmp_path / f"result{extension}"
+    assert run(demo, "--video-input", video, "--output", out) == 1
+    err = capsys.readouterr().err
+    assert f"error: --output {out}: the demo writes a video (mp4v) only as .mp4, .avi, .mov, .mkv, .m4v" in err
+    assert not out.exists()
+    assert demo.video_output_path("walk.mp4", "out") == os.path.join("out", "walk.mp4")  # a folder, as before
+
+
+def test_webcam_without_a_gui_is_an_error_before_the_model_loads(demo, tmp_path, capsys, monkeypatch, no_model):
+    # before: opencv-python-headless (setup.py's) failed with a raw cv2.error in imshow, model loaded
+    def no_gui(name, *args):
+        raise cv2.error("The function is not implemented. Rebuild the library with Windows, GTK+ 2.x or Cocoa support")
+
+    camera = FakeCapture(walk_frames(1))
+    monkeypatch.setattr(cv2, "namedWindow", no_gui)
+    monkeypatch.setattr(cv2, "VideoCapture", camera)
+    assert run(demo, "--webcam", "--save-json", tmp_path / "keypoints.json") == 1
+    err = capsys.readouterr().err
+    assert "error: --webcam needs an OpenCV with a GUI (pip install opencv-python" in err and "Cocoa" in err
+    assert camera.reads == 0 and not (tmp_path / "keypoints.json").exists()  # not even the camera was opened
+
+
+def test_webcam_stopped_with_ctrl_c_saves_the_json_and_releases_the_camera(demo, tmp_path, capsys, monkeypatch):
+    # before: the KeyboardInterrupt went through: no --save-json, the camera left open
+    camera = FakeCapture(walk_frames(3), fps=30.0, interrupt_after=3)
+    shown = []
+    monkeypatch.setattr(cv2, "VideoCapture", camera)
+    monkeypatch.setattr(cv2, "namedWindow", lambda name, *args: None)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda name: None)
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.shape))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: -1)
+    results = tmp_path / "keypoints.json"
+    try:
+        status = run(demo, "--webcam", "--track", "--save-json", results)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through the demo")
+    assert status == 0 and shown == [(128, 128, 3)] * 3 and camera.released
+    assert "stopped (Ctrl-C)" in capsys.readouterr().out
+    assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_frames_skipped_for_their_size_age_the_tracks(demo, tmp_path, capsys):
+    # before: the tracker did not see the 12 skipped frames: the person kept id 0 across a gap
+    # longer than TEST.TRACK.MAX_LOST_FRAMES (10)
+    predictor = fake_predictor()
+    tracker = PoseTracker.from_config(predictor.cfg, fps=10.0)
+    runner = demo.Demo(predictor, None, tracker)
+    frame = walk_frames(1)[0]
+    assert runner.run_video(iter([frame] + [frame[:64]] * 12 + [frame]), str(tmp_path / "out.mp4"), 10.0) == 12
+    assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (13, 1)]
+    assert tracker.frame == 13  # the video's frame index
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_json_keypoints_are_shifted_but_not_the_drawn_or_predicted_ones(demo, track):
+    # before: instances_to_coco_json's in-place x - 0.5 reached the drawn persons and the
+    # predictor's own output
+    predictor = fake_predictor(30.0)
+    runner = demo.Demo(predictor, None, PoseTracker.from_config(predictor.cfg) if track else None)
+    drawn = runner(np.zeros((128, 128, 3), np.uint8), 0)
+    assert drawn.pred_keypoints[0, :, :2].unique().tolist() == [30.0]
+    assert predictor.made[0].pred_keypoints[0, :, :2].unique().tolist() == [30.0]
+    assert runner.results[0]["keypoints"][:3] == [29.5, 29.5, 1.0]  # Detectron2's pixel-index convention
