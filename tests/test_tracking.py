@@ -165,6 +165,30 @@ def test_a_person_leaving_the_frame_keeps_its_id_while_only_a_part_is_in_view(mo
     assert leaving_ids(PoseTracker(COCO_PERSON_OKS_SIGMAS), part_x0=630) == [0] * 6 + [1]
 
 
+def test_a_person_entering_the_frame_keeps_the_id_it_got_as_an_arm():
+    """An arm at the left edge (10 x 20 px), then the whole person (40 x 100 px) whose box holds
+    the arm's: the share of the track's box inside the person's counts at the edge."""
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS)
+    arm = (np.array([0.0, 130, 10, 150]), person(0, 130, ARMS_UP, w=10.0, h=20.0)[1])
+    ids = [tracker.update(frame(arm)).track_id.item()]
+    ids += [tracker.update(frame(person(0, 100, ARMS_UP))).track_id.item()]
+    assert ids == [0, 0]
+
+
+def test_a_person_lost_at_the_edge_is_refound_after_its_predicted_box_left_the_frame():
+    """A person walking right is missed for 4 frames while only a leg is in view at the right
+    edge; moved at its velocity, the track's box has left the frame, its last box has not."""
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=10)
+    ids = [tracker.update(frame(person(580 + 8 * t, 100, ARMS_UP))).track_id.item() for t in range(5)]
+    cut = (np.array([620.0, 100, 640, 200]), person(620, 100, ARMS_UP)[1])  # half out of the frame
+    ids.append(tracker.update(frame(cut)).track_id.item())
+    for _ in range(6):
+        tracker.update(frame())
+    leg = (np.array([632.0, 170, 640, 200]), person(632, 170, ARMS_UP, w=8.0, h=30.0)[1])
+    ids.append(tracker.update(frame(leg)).track_id.item())
+    assert ids == [0] * 7
+
+
 def test_the_edge_rule_does_not_match_a_small_box_away_from_the_edge():
     """A 10 x 20 px box inside a track's predicted box but not at the frame's edge is another
     person (e.g. a far one behind), as IoU says."""

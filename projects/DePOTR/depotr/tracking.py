@@ -9,9 +9,10 @@ the mean of the two box areas as the scale, every keypoint counted); the track's
 first moved to the frame at the track's velocity (constant-velocity motion, as SORT's, Bewley et
 al. 2016) and the box clipped to the frame, so that persons crossing one another are told apart
 by where they are heading. At the frame's edge a person is seen only in part (a person leaving
-the frame is, at the end, an arm): where a person's box and a track's predicted box touch the same
-edge of the frame, the box term is the larger of their IoU and the share of the person's box
-inside the predicted one. Each match sets the track's box to the detected one and corrects its
+the frame is, at the end, an arm; one entering grows from an arm): where a person's box and a
+track's box touch the same edge of the frame, the box term is the larger of their IoU and the
+share of either box inside the other, the track's box taken both as predicted and as last seen
+(clipped to the frame: a lost person at the edge is not carried out of the frame). Each match sets the track's box to the detected one and corrects its
 velocity by ``VELOCITY_GAIN`` x (detected - predicted box centre) / frames since the last match
 (the beta of an alpha-beta filter: a small gain averages the detector's jitter). Pairs below
 ``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
@@ -121,6 +122,14 @@ class _Track:
         return self.box + shift.repeat(2), self.keypoints[:, :2] + shift
 
 
+def _edge_overlap(track_boxes: Boxes, boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
+    """(T, N): where a track's box and a person's box touch the same edge of the frame, the share
+    of either inside the other (the larger); else 0."""
+    same_edge = (_edges(track_boxes, image_size)[:, None] & _edges(boxes, image_size)).any(-1)
+    share = torch.maximum(pairwise_ioa(track_boxes, boxes), pairwise_ioa(boxes, track_boxes).T)
+    return torch.where(same_edge, share, torch.zeros_like(share))
+
+
 def _edges(boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
     """(N, 4) bool: whether each box touches the frame's left, top, right, bottom edge."""
     x0, y0, x1, y1 = boxes.tensor.unbind(-1)
@@ -221,12 +230,17 @@ class PoseTracker:
         if not self.tracks or len(instances) == 0:
             return torch.zeros(len(self.tracks), len(instances))
         track_boxes, track_xy = (torch.stack(x) for x in zip(*(t.predicted(self.frame) for t in self.tracks)))
-        track_boxes = Boxes(track_boxes)
+        track_boxes, last_boxes = Boxes(track_boxes), Boxes(torch.stack([t.box for t in self.tracks]))
         track_boxes.clip(instances.image_size)
+        last_boxes.clip(instances.image_size)
         boxes = instances.pred_boxes.to("cpu")
-        iou = pairwise_iou(track_boxes, boxes)
-        same_edge = (_edges(track_boxes, instances.image_size)[:, None] & _edges(boxes, instances.image_size)).any(-1)
-        iou = torch.where(same_edge, torch.maximum(iou, pairwise_ioa(track_boxes, boxes)), iou)
+        iou = torch.stack(
+            [
+                pairwise_iou(track_boxes, boxes),
+                _edge_overlap(track_boxes, boxes, instances.image_size),
+                _edge_overlap(last_boxes, boxes, instances.image_size),
+            ]
+        ).amax(0)
         xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
         oks = keypoint_similarity(
             track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]
