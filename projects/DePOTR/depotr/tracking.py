@@ -12,8 +12,9 @@ by where they are heading. At the frame's edge a person is seen only in part (a 
 the frame is, at the end, an arm; one entering grows from an arm): where a person's box and a
 track's box touch the same edge of the frame, the box term is the larger of their IoU and the
 share of either box inside the other, the track's box taken both as predicted and as last seen
-(clipped to the frame: a lost person at the edge is not carried out of the frame). Each match sets the track's box to the detected one and corrects its
-velocity by ``VELOCITY_GAIN`` x (detected - predicted box centre) / frames since the last match
+(clipped to the frame: a lost person at the edge is not carried out of the frame). Each match
+sets the track's box to the detected one and corrects its velocity by ``VELOCITY_GAIN`` x
+(detected - predicted box centre) / frames since the last match
 (the beta of an alpha-beta filter: a small gain averages the detector's jitter). Pairs below
 ``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
 unmatched is lost, kept for ``MAX_LOST_FRAMES`` frames (a person re-found within them keeps its
