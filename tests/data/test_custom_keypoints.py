@@ -284,3 +284,50 @@ def test_half_body_on_a_non_human_skeleton_says_how_to_switch_it_off():
     with pytest.raises(ValueError, match=r"\['tip', 'left_wing', 'right_wing', 'centre', 'tail'\].*HALF_BODY_PROB 0"):
         upper_body_mask(KITE)
     assert upper_body_mask(["head", "neck", "left_ankle"]) == [True, True, False]  # CrowdPose names have halves
+
+
+USER_SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import train_net
+from depotr.data import register_keypoint_dataset
+
+# At module level: every process train_net launches (spawned, --num-gpus 2) imports this file
+# again and so has the datasets; registered under `if __name__ == "__main__"` they would be missing.
+for split in ("train", "val"):
+    register_keypoint_dataset(
+        "user_kite_" + split, os.path.join({data!r}, split, "annotations.json"), os.path.join({data!r}, split, "images"),
+        keypoint_names={names!r}, flip_map={flip!r},
+    )
+
+if __name__ == "__main__":
+    sys.exit(train_net.cli())
+"""
+
+
+@pytest.mark.slow
+def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path):
+    """docs/datasets.md's recipe: a script that registers the dataset at module level and calls
+    train_net.cli() trains with --num-gpus 2 (two CPU processes) and evaluates."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for split, n, seed in (("train", 8, 0), ("val", 3, 1)):
+        write_keypoint_dataset(tmp_path / "data" / split, n, KITE, seed)
+    script = tmp_path / "train_kites.py"
+    script.write_text(USER_SCRIPT.format(repo=repo, data=str(tmp_path / "data"), names=KITE, flip=KITE_FLIP))
+    args = instant_args(str(tmp_path / "run"), str(tmp_path / "synthetic"))
+    command = [sys.executable, str(script), "--config-file", args.config_file, "--num-gpus", "2"]
+    command += ["OUTPUT_DIR", str(tmp_path / "run"), "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic")]
+    command += ["DATASETS.TRAIN", "('user_kite_train',)", "DATASETS.TEST", "('user_kite_val',)", "MODEL.DEVICE", "cpu"]
+    command += ["SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    command += ["INPUT.CROP_AUG.HALF_BODY_PROB", "0.0"]  # the kite has no body halves
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = load_depotr_config(str(tmp_path / "run" / "config.yaml"))
+    assert list(cfg.MODEL.DEPOTR.KEYPOINT_NAMES) == KITE
+    predictions = json.loads(
+        (tmp_path / "run" / "inference" / "user_kite_val" / "coco_instances_results.json").read_text()
+    )
+    assert len(predictions) == 3 and all(len(p["keypoints"]) == 15 for p in predictions)
