@@ -296,7 +296,9 @@ from depotr.data import register_keypoint_dataset
 # again and so has the datasets; registered under `if __name__ == "__main__"` they would be missing.
 for split in ("train", "val"):
     register_keypoint_dataset(
-        "user_kite_" + split, os.path.join({data!r}, split, "annotations.json"), os.path.join({data!r}, split, "images"),
+        "user_kite_" + split,
+        os.path.join({data!r}, split, "annotations.json"),
+        os.path.join({data!r}, split, "images"),
         keypoint_names={names!r}, flip_map={flip!r},
     )
 
