@@ -73,7 +73,7 @@ def test_generator_version_selects_the_data_and_every_version_is_registered(tmp_
     }
     assert json_files["synthetic_persons_val"] == json_files["synthetic_persons_v4_val"]
     assert json_files["synthetic_persons_v3_val"] == str(root / "val-n2-s0-256px-v3" / "annotations.json")
-    assert json_files["synthetic_persons_v4_val"] == str(root / "val-n2-s0-256px-v4" / "annotations.json")
+    assert json_files["synthetic_persons_v4_val"] == str(root / "val-n2-s0-256px-v4r2" / "annotations.json")
     assert len(DatasetCatalog.get("synthetic_persons_val")) == 2
     with open(json_files["synthetic_persons_val"]) as f:
         assert all("framing" in a["synthetic"] for a in json.load(f)["annotations"])  # v4's fields

@@ -11,8 +11,11 @@ import pytest
 import depotr.data.synthetic_cache as synthetic_cache
 from depotr.data.synthetic import GENERATOR_VERSION
 from depotr.data.synthetic_cache import (
+    GENERATOR_REVISIONS,
+    RENDERERS,
     ensure_synthetic_split,
     generate_synthetic_split,
+    synthetic_entry_name,
     synthetic_split_paths,
     verify_synthetic_split,
 )
@@ -148,17 +151,35 @@ def test_failed_generation_leaves_no_entry_and_its_leftovers_are_removed(tmp_pat
     verify_synthetic_split(paths, "val", 3, 0, TINY)
 
 
+def test_entry_names_carry_the_generator_revision_above_1():
+    """Version 3 (revision 1) keeps its names, so the existing entries stay valid; version 4's
+    output changed (revision 2: COCO's boxes and areas), so its data goes to a new entry."""
+    assert GENERATOR_REVISIONS.keys() == RENDERERS.keys()
+    assert GENERATOR_REVISIONS[GENERATOR_VERSION] == 1 and GENERATOR_REVISIONS[4] == 2
+    assert synthetic_entry_name("train", 2000, 0, 256, GENERATOR_VERSION) == "train-n2000-s0-256px-v3"
+    assert synthetic_entry_name("val", 200, 0, 256, 4) == "val-n200-s0-256px-v4r2"
+
+
 def test_one_entry_per_generator_version(tmp_path):
     """Versions 3 and 4 of one spec are two entries with different images; the manifest records
-    the version, and an entry of one version does not pass as the other."""
+    the version (and a revision above 1), and an entry of one version or revision does not pass
+    as another."""
     root = str(tmp_path)
     files = {v: ensure_synthetic_split(root, "val", 3, 0, TINY, version=v) for v in (GENERATOR_VERSION, 4)}
-    assert os.path.basename(os.path.dirname(files[4])).endswith("-v4") and files[4] != files[GENERATOR_VERSION]
+    assert os.path.basename(os.path.dirname(files[4])).endswith("-v4r2") and files[4] != files[GENERATOR_VERSION]
     v3_paths = synthetic_split_paths(root, "val", 3, 0, TINY, GENERATOR_VERSION)
     v4_paths = synthetic_split_paths(root, "val", 3, 0, TINY, 4)
-    assert json.loads(read_bytes(v4_paths["manifest"]))["generator_version"] == 4
+    v4_manifest = json.loads(read_bytes(v4_paths["manifest"]))
+    assert v4_manifest["generator_version"] == 4 and v4_manifest["generator_revision"] == 2
+    assert "generator_revision" not in json.loads(read_bytes(v3_paths["manifest"]))  # as before revisions
     v3_images, v4_images = folder_bytes(v3_paths["image_root"]), folder_bytes(v4_paths["image_root"])
     assert v3_images.keys() == v4_images.keys() and all(v3_images[k] != v4_images[k] for k in v3_images)
+    # An entry of version 4's first revision (its manifest without a revision) under the new name.
+    del v4_manifest["generator_revision"]
+    with open(v4_paths["manifest"], "w") as f:
+        json.dump(v4_manifest, f)
+    with pytest.raises(ValueError, match="describes another dataset"):
+        verify_synthetic_split(v4_paths, "val", 3, 0, TINY, version=4)
     os.rename(v4_paths["split_dir"], v4_paths["split_dir"] + "-moved")
     os.rename(v3_paths["split_dir"], v4_paths["split_dir"])  # a v3 entry under the v4 name
     with pytest.raises(ValueError, match="describes another dataset"):

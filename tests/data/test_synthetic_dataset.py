@@ -9,6 +9,7 @@ from pycocotools.coco import COCO
 
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON, flip_pairs
 from depotr.data.synthetic import render_synthetic_image
+from depotr.data.synthetic_v4 import render_synthetic_image_v4
 
 SMALL_NUM_IMAGES = 12  # as in conftest.small_synthetic (seed 7)
 K = len(COCO_PERSON_KEYPOINT_NAMES)
@@ -71,7 +72,9 @@ def test_bbox_inside_image_and_around_keypoints(any_small_synthetic):
         assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h
         assert anno["area"] <= bw * bh
         kp = _kps(anno)
-        lab = kp[kp[:, 2] > 0]
+        # Version 3's box is the figure's full outline, around all its labelled keypoints; version
+        # 4's that of its visible pixels (COCO's), around the visible ones (v = 2) only.
+        lab = kp[kp[:, 2] == 2] if "framing" in anno["synthetic"] else kp[kp[:, 2] > 0]
         # Keypoints are pixel indices, the box is continuous: pixel i lies in [x, x + w).
         assert ((lab[:, 0] >= x - 1) & (lab[:, 0] <= x + bw) & (lab[:, 1] >= y - 1) & (lab[:, 1] <= y + bh)).all()
 
@@ -123,6 +126,20 @@ def test_all_visibility_kinds_occur(rendered):
 def test_figures_are_large(rendered):
     statures = [a["synthetic"]["stature_px"] for _, annos in rendered for a in annos]
     assert min(statures) >= 0.4 * 256 - 1e-6 and max(statures) <= 0.9 * 256 + 1e-6
+
+
+def test_image_does_not_depend_on_what_was_rendered_before():
+    """Versions 3 and 4: the same bytes before and after a larger image was rendered in the
+    process (sizes that no other test renders, so that the larger one is the largest so far)."""
+    renderers = (render_synthetic_image, render_synthetic_image_v4)
+    first = [render(0, 1, 5, 72) for render in renderers]
+    render_synthetic_image(0, 1, 6, 600)
+    changed = []
+    for render, (image, annos) in zip(renderers, first):
+        again, annos_again = render(0, 1, 5, 72)
+        if image.tobytes() != again.tobytes() or annos != annos_again:
+            changed.append(render.__name__)
+    assert changed == []
 
 
 def test_train_and_val_differ():

@@ -5,7 +5,8 @@ Shapes: N persons of one image, K keypoints.
 
 * size (COCO's area ranges): small ``area < 32^2``, medium ``32^2 <= area <= 96^2``, large above;
 * truncation: the person's ``synthetic.truncated`` flag where the generator wrote one (a keypoint
-  of the figure lies outside the image), else its box touching the image border (within 1 px);
+  of the figure lies outside the image or the figure reaches the border), else its box touching
+  the image border (within 1 px);
 * occlusion: the share of the labelled keypoints (v > 0) that are occluded (v = 1);
 * crowding: CrowdPose's crowd index of a person (Li et al., CVPR 2019): the number of labelled
   keypoints of *other* persons inside its box divided by the number of its own labelled

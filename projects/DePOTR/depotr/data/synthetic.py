@@ -14,7 +14,10 @@ Coordinates: keypoints in COCO's "pixel index" convention (the centre of pixel (
 as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading. ``bbox`` (x, y, w, h): the
 tight box of the figure's own pixels (ignoring occluders and other persons) clipped to the image,
 in continuous coordinates (pixel i spans [i, i + 1)); ``area``: that mask's pixel count (COCO's
-segment area, the OKS scale). ``synthetic``: yaw, in-plane rotation, stature in pixels.
+segment area, the OKS scale); figures of fewer than 50 own pixels are not annotated. This full
+outline, hidden parts included, differs from COCO (box and area of the visible segmentation) and
+is kept so that version 3's data stays as it was; version 4 follows COCO (``synthetic_v4``).
+``synthetic``: yaw, in-plane rotation, stature in pixels.
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i])`` only, so
 images can be rendered in any order by any number of processes with identical results.
@@ -94,6 +97,7 @@ _TORSO, _NECK, _HEAD = 0, 1, 2
 _UPPER_ARM, _FOREARM, _HAND, _THIGH, _SHIN, _FOOT = 3, 5, 7, 9, 11, 13  # + 0 left, + 1 right
 _PARTS_PER_PERSON = 16
 _OCCLUDER_LABEL = 255
+_MIN_AREA = 50  # pixels: persons with a smaller mask are not annotated (see _annotate)
 
 # RGB skin and hair palettes (reversed to BGR where used).
 _SKIN_RGB = np.array(
@@ -600,17 +604,20 @@ def _draw_occluder(
     labels[ys, xs] = _OCCLUDER_LABEL
 
 
-_NOISE_BANK: Optional[np.ndarray] = None
+# Image side S -> its (2S, 2S, 3) noise bank.
+_NOISE_BANKS: Dict[int, np.ndarray] = {}
 
 
 def _sensor_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(S, S, 3) float32 unit Gaussian noise: a random window of a fixed, seeded noise bank
-    (drawing fresh noise per image took half of the rendering time)."""
-    global _NOISE_BANK
-    if _NOISE_BANK is None or _NOISE_BANK.shape[0] < 2 * size:
-        _NOISE_BANK = np.random.default_rng(20240531).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
-    ox, oy = rng.integers(0, _NOISE_BANK.shape[0] - size + 1, 2)
-    return _NOISE_BANK[oy : oy + size, ox : ox + size]
+    """(S, S, 3) float32 unit Gaussian noise: a random window of a fixed, seeded (2S, 2S) noise
+    bank of side S (drawing fresh noise per image took half of the rendering time). Bank and window
+    depend on S and ``rng`` only, not on the sizes rendered before in the process."""
+    bank = _NOISE_BANKS.get(size)
+    if bank is None:
+        bank = np.random.default_rng(20240531).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
+        _NOISE_BANKS[size] = bank
+    ox, oy = rng.integers(0, size + 1, 2)
+    return bank[oy : oy + size, ox : ox + size]
 
 
 def _place(person: _Person, extent: np.ndarray, cx: float, cy: float) -> None:
@@ -622,6 +629,12 @@ def _place(person: _Person, extent: np.ndarray, cx: float, cy: float) -> None:
 def _composite(labels: np.ndarray, layer: np.ndarray, i: int) -> np.ndarray:
     """The label map with person ``i``'s part layer drawn over it."""
     return np.where(layer > 0, layer + i * _PARTS_PER_PERSON, labels).astype(np.uint8)
+
+
+def _person_pixels(labels: np.ndarray, i: int) -> np.ndarray:
+    """(S, S) bool: the pixels of label map ``labels`` that show person ``i`` (its part labels
+    1 + 16 i .. 16 + 16 i, see :func:`_composite`)."""
+    return (labels > i * _PARTS_PER_PERSON) & (labels <= (i + 1) * _PARTS_PER_PERSON)
 
 
 def _keypoint_positions(persons: Sequence[_Person], size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -681,15 +694,23 @@ def _annotate(
     kp_labelled: np.ndarray,
     inside: np.ndarray,
     extra: Optional[Sequence[Dict[str, Any]]] = None,
-) -> List[Dict[str, Any]]:
-    """COCO annotations of the persons (visibility from the final label map ``labels``; persons
-    of fewer than 50 own pixels are left out); ``extra[i]`` is merged into person i's
-    ``synthetic`` field."""
-    annotations = []
+    visible: bool = False,
+) -> Tuple[List[Dict[str, Any]], List[int]]:
+    """COCO annotations of the persons (visibility from the final label map ``labels``);
+    ``extra[i]`` is merged into person i's ``synthetic`` field.
+
+    A person's mask is, with ``visible`` (version 4, COCO's convention), its pixels in ``labels``
+    (its part labels, where no occluder or nearer person covers it), else (version 3) its own
+    layer ``layers[i]`` (the full outline, hidden parts included). ``bbox`` and ``area`` are the
+    mask's tight box and pixel count; persons whose mask has fewer than 50 pixels are left out.
+
+    Returns the annotations and, for each, the index of its person in ``persons``.
+    """
+    annotations, indices = [], []
     for i, person in enumerate(persons):
-        mask = layers[i] > 0
+        mask = _person_pixels(labels, i) if visible else layers[i] > 0
         area = int(mask.sum())
-        if area < 50:
+        if area < _MIN_AREA:
             continue
         cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
         bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
@@ -708,7 +729,8 @@ def _annotate(
         annotations.append(
             dict(bbox=bbox, area=area, iscrowd=0, category_id=1, keypoints=kps, num_keypoints=num, synthetic=synthetic)
         )
-    return annotations
+        indices.append(i)
+    return annotations, indices
 
 
 def render_synthetic_image(
@@ -749,4 +771,4 @@ def render_synthetic_image(
         layers.append(layer)
 
     keypoints = _occlude(img, labels, rng, persons, (0.45, 0.4, 0.15), (0.1, 0.3))
-    return _sensor(img, rng), _annotate(persons, layers, labels, *keypoints)
+    return _sensor(img, rng), _annotate(persons, layers, labels, *keypoints)[0]

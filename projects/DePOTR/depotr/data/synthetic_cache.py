@@ -1,7 +1,8 @@
 """Writing the synthetic dataset (:mod:`depotr.data.synthetic`) to disk and caching it.
 
 Cache layout (docs/synthetic.md): one folder (an *entry*) per dataset spec, never changed once
-written: ``<root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>/`` with
+written: ``<root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>[r<revision>]/``
+(``r<revision>`` only for a revision above 1, :data:`GENERATOR_REVISIONS`) with
 ``images/000000.jpg ...`` (BGR JPEGs), ``annotations.json`` (COCO person keypoints) and
 ``MANIFEST.json`` (the spec, and every file with its size in bytes).
 
@@ -34,6 +35,7 @@ from .synthetic_v4 import render_synthetic_image_v4
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "GENERATOR_REVISIONS",
     "RENDERERS",
     "check_generator_version",
     "ensure_synthetic_split",
@@ -51,6 +53,13 @@ RENDERERS: Dict[int, Callable[[int, int, int, int], Tuple[np.ndarray, List[Dict[
     GENERATOR_VERSION: render_synthetic_image,
     4: render_synthetic_image_v4,
 }
+# Generator version -> the revision of its output. Bump it when a version's images or annotations
+# change: a revision above 1 is part of the entry name and of the manifest's spec, so the data is
+# rendered into a new entry and an entry of an older revision is never read as the new one
+# (revision 1 is left out of both, so the entries of unrevised versions keep their names).
+# Version 4 revision 2: boxes and areas of the visible pixels, persons of fewer than 50 visible
+# pixels left out, figures reaching the border truncated.
+GENERATOR_REVISIONS: Dict[int, int] = {GENERATOR_VERSION: 1, 4: 2}
 
 
 def check_generator_version(version: int) -> int:
@@ -63,8 +72,13 @@ def check_generator_version(version: int) -> int:
 def synthetic_entry_name(
     split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE, version: int = GENERATOR_VERSION
 ) -> str:
-    """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v3``."""
-    return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{check_generator_version(version)}"
+    """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v3`` or ``val-n200-s0-256px-v4r2``
+    (the version's revision when above 1, :data:`GENERATOR_REVISIONS`)."""
+    version = check_generator_version(version)
+    revision = GENERATOR_REVISIONS[version]
+    return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{version}" + (
+        f"r{revision}" if revision > 1 else ""
+    )
 
 
 def synthetic_split_paths(
@@ -93,13 +107,13 @@ def _split_code(split: str) -> int:
 
 
 def _spec(split: str, num_images: int, seed: int, image_size: int, version: int) -> Dict[str, Any]:
-    return {
-        "generator_version": int(version),
-        "split": split,
-        "seed": int(seed),
-        "num_images": int(num_images),
-        "image_size": int(image_size),
-    }
+    """The manifest's spec; ``generator_revision`` only when above 1 (manifests written before
+    revisions existed still match)."""
+    spec: Dict[str, Any] = {"generator_version": int(version)}
+    if GENERATOR_REVISIONS[int(version)] > 1:
+        spec["generator_revision"] = GENERATOR_REVISIONS[int(version)]
+    spec.update(split=split, seed=int(seed), num_images=int(num_images), image_size=int(image_size))
+    return spec
 
 
 @contextlib.contextmanager

@@ -8,9 +8,15 @@ unlabelled), COCO's range of sizes, groups, textured garments and skirts, lighti
 clutter, JPEG artefacts, more poses, camera tilt and perspective. Left and right stay decidable
 by version 3's flip-safe cues.
 
+Boxes and areas follow COCO (unlike version 3's full outline): ``bbox`` is the tight box and
+``area`` the pixel count of the figure's *visible* pixels (not covered by occluders or nearer
+persons), and a figure with fewer than 50 visible pixels is not annotated. Occluded keypoints
+(v = 1) may lie outside the box, as in COCO; visible ones (v = 2) lie on its visible pixels.
+
 Each annotation's ``synthetic`` field adds ``framing``, ``truncated`` (a keypoint of the figure
-lies outside the image), ``occluded_fraction`` (v = 1 among the labelled keypoints) and
-``crowd_index`` (CrowdPose's, :mod:`depotr.data.person_bins`).
+lies outside the image, or the figure's pixels, hidden ones included, reach the image border),
+``occluded_fraction`` (v = 1 among the labelled keypoints) and ``crowd_index`` (CrowdPose's,
+:mod:`depotr.data.person_bins`).
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i, 4])`` only.
 """
@@ -18,7 +24,7 @@ Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import cv2
 import numpy as np
@@ -126,6 +132,21 @@ def _layout(rng: np.random.Generator, n: int, size: int) -> List[Tuple[str, floa
     return sorted(out, key=lambda fs: fs[1])
 
 
+def _touches_border(layer: np.ndarray) -> bool:
+    """Whether a figure's part layer has pixels on the image's first or last row or column."""
+    return bool(layer[0].any() or layer[-1].any() or layer[:, 0].any() or layer[:, -1].any())
+
+
+class _Rendering(NamedTuple):
+    """An image of version 4 with what it was made from (for tests of its annotations)."""
+
+    image: np.ndarray  # uint8 (S, S, 3) BGR
+    annotations: List[Dict[str, Any]]  # as render_synthetic_image_v4's
+    labels: np.ndarray  # uint8 (S, S) final label map (encoding: synthetic._composite)
+    layers: List[np.ndarray]  # per drawn person, uint8 (S, S) own part layer (synthetic._render_person)
+    person_index: List[int]  # per annotation, the index of its person in ``layers``
+
+
 def render_synthetic_image_v4(
     seed: int, split_code: int, index: int, image_size: int = v3.DEFAULT_IMAGE_SIZE
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
@@ -133,9 +154,16 @@ def render_synthetic_image_v4(
 
     Returns:
         image: uint8 (S, S, 3) BGR.
-        annotations: as :func:`depotr.data.synthetic.render_synthetic_image`, with the
-            ``synthetic`` fields of the module docstring.
+        annotations: as :func:`depotr.data.synthetic.render_synthetic_image` (but ``bbox`` and
+            ``area`` of the visible pixels, module docstring), with the ``synthetic`` fields of
+            the module docstring.
     """
+    rendering = _render(seed, split_code, index, image_size)
+    return rendering.image, rendering.annotations
+
+
+def _render(seed: int, split_code: int, index: int, image_size: int) -> _Rendering:
+    """:func:`render_synthetic_image_v4` with the label map and layers it annotated from."""
     rng = np.random.default_rng([int(seed), int(split_code), int(index), GENERATOR_VERSION])
     size = int(image_size)
     img = v3._background(rng, size)
@@ -187,11 +215,14 @@ def render_synthetic_image_v4(
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 60))])
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
 
-    extra = [{"framing": f, "truncated": bool(not inside[i].all())} for i, (f, _) in enumerate(layout)]
-    annotations = v3._annotate(persons, layers, labels, kp_xy, kp_labelled, inside, extra)
+    extra = [
+        {"framing": f, "truncated": bool(not inside[i].all()) or _touches_border(layers[i])}
+        for i, (f, _) in enumerate(layout)
+    ]
+    annotations, person_index = v3._annotate(persons, layers, labels, kp_xy, kp_labelled, inside, extra, True)
     if annotations:
         crowd = crowd_indices([a["keypoints"] for a in annotations], [a["bbox"] for a in annotations])
         for anno, index_ in zip(annotations, crowd):
             occluded = round(occluded_fraction(anno["keypoints"]), 4)
             anno["synthetic"].update(occluded_fraction=occluded, crowd_index=round(float(index_), 4))
-    return img, annotations
+    return _Rendering(img, annotations, labels, layers, person_index)
