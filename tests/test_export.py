@@ -17,6 +17,7 @@ from typing import Sequence, Tuple
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -35,6 +36,7 @@ from depotr.export import (
     ImageKeypointPredictor,
     build_crop_keypoint_predictor,
     example_image,
+    export_image_predictor,
     export_predictor,
     keypoint_errors,
     predictor_keypoints,
@@ -45,7 +47,7 @@ from depotr.export import (
     run_torchscript,
 )
 from depotr.layers import BACKEND_ENV_VAR
-from depotr.modeling.crops import box_crop_params, crop_images, crop_to_image
+from depotr.modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_images, crop_to_image
 from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -353,3 +355,88 @@ def test_image_export_reference_predictor_runs_in_float32():
     predictor = reference_predictor(cfg, random_weights=True)
     assert predictor.model.test_precision == torch.float32
     assert predictor.model.oks_nms_thresh == 1.0 and cfg.TEST.PRECISION == "bfloat16"  # the caller's cfg kept
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript files called with grad mode on; boxes over crop_images' sampling-ratio cap
+
+
+def _run_with_grad(module, *inputs: torch.Tensor) -> torch.Tensor:
+    """A user's call of a loaded file: grad mode on (no torch.no_grad())."""
+    assert torch.is_grad_enabled()
+    return module(*inputs)
+
+
+def test_torchscript_crops_file_runs_repeatedly_with_grad_mode_on(tmp_path):
+    """Traced with parameters requiring grad, the file ran once, then raised "a view of a leaf
+    Variable that requires grad is being used in an in-place operation"; the caller's model keeps
+    its requires_grad flags."""
+    predictor = _seeded_predictor("regression")
+    flags = [p.requires_grad for p in predictor.parameters()]
+    assert any(flags)
+    report = export_predictor(predictor, "torchscript", str(tmp_path / OUTPUT_FILES["torchscript"]), EXPORT_BATCH)
+    assert [p.requires_grad for p in predictor.parameters()] == flags
+    module = torch.jit.load(report.path)
+    crops = random_crops(CHECK_BATCH, predictor.crop_size, seed=42)
+    expected = _eager(predictor, crops)
+    for _ in range(3):
+        coord_error, score_error = keypoint_errors(_run_with_grad(module, crops).detach(), expected)
+        assert coord_error < TOLERANCE and score_error < TOLERANCE
+
+
+def test_torchscript_image_file_runs_repeatedly_with_grad_mode_on(image_export):
+    folder, _, _ = image_export
+    module = torch.jit.load(str(folder / IMAGE_OUTPUT_FILES["torchscript"]))
+    image = torch.from_numpy(example_image(150, 170, seed=7))
+    boxes = torch.tensor([[20.0, 10.0, 90.0, 140.0], [60, 60, 66, 70]])
+    first = _run_with_grad(module, image, boxes).detach()
+    for _ in range(2):
+        assert torch.equal(_run_with_grad(module, image, boxes).detach(), first)
+
+
+def test_self_check_runs_the_file_twice_with_grad_mode_on(tmp_path, monkeypatch):
+    """Tracing the caller's module as it is (parameters requiring grad) gives a file that fails
+    on its second call: the check catches it and leaves no file."""
+    monkeypatch.setattr("depotr.export._frozen_copy", lambda module: module)
+    path = tmp_path / OUTPUT_FILES["torchscript"]
+    with pytest.raises(ExportCheckError, match="fails when run"):
+        export_predictor(_seeded_predictor("regression"), "torchscript", str(path), EXPORT_BATCH, TOLERANCE)
+    assert os.listdir(tmp_path) == []
+
+
+def test_image_export_matches_the_predictor_on_boxes_over_the_sampling_cap(image_export):
+    """crop_images caps the adaptive sampling ratio at MAX_SAMPLING_RATIO; roi_align's adaptive
+    one has none (a 3000-px box moved the R18 model's keypoints by 2.2 px). Errors in crop pixels, as a
+    crop-pixel rounding error (DARK's) grows with the box in image pixels."""
+    folder, weights, formats = image_export
+    predictor = reference_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+    model = predictor.model
+    image = example_image(1100, 900, seed=5)
+    # Under the cap, over it (crop box 1333x1000 = 20.8 x 64x48), under it again: rows kept in order.
+    boxes = torch.tensor([[20.0, 10.0, 90.0, 140.0], [50.0, 20.0, 850.0, 1080.0], [300, 400, 420, 600]])
+    params = box_crop_params(boxes, model.crop_size, model.crop_padding)
+    scale = params[:, 3] / model.crop_size[0]  # image pixels per crop pixel
+    assert model.crop_sampling_ratio == 0 and (scale > MAX_SAMPLING_RATIO).tolist() == [False, True, False]
+    expected = predictor_keypoints(predictor, image, boxes)
+    assert torch.isfinite(expected).all()
+    for fmt in formats:
+        actual = RUNNERS[fmt](str(folder / IMAGE_OUTPUT_FILES[fmt]), torch.from_numpy(image), boxes)
+        crop_error = ((actual - expected)[..., :2].abs() / scale[:, None, None]).max().item()
+        score_error = (actual - expected)[..., 2].abs().max().item()
+        print(f"{fmt} image export vs Predictor, boxes over the cap: {crop_error:.3g} crop px, {score_error:.3g}")
+        assert crop_error < TOLERANCE and score_error < 1e-4, (fmt, crop_error, score_error)
+
+
+def test_image_export_self_check_has_a_box_over_the_sampling_cap(image_export, tmp_path, monkeypatch):
+    """Cropping with roi_align's uncapped adaptive ratio, the export fails its own check."""
+    _, weights, _ = image_export
+    predictor = reference_predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)]))
+
+    def uncapped(self, image, rois, params):
+        return roi_align(image, rois, self.crop_predictor.crop_size, 1.0, 0, aligned=True)
+
+    monkeypatch.setattr(ImageKeypointPredictor, "_crop", uncapped)
+    path = tmp_path / IMAGE_OUTPUT_FILES["torchscript"]
+    with pytest.raises(ExportCheckError, match="disagrees with the Predictor"):
+        export_image_predictor(predictor, "torchscript", str(path))
+    assert not path.exists()

@@ -9,9 +9,9 @@ the default), or an image and its person boxes in -> keypoints in image pixels (
 --inputs image writes ``image_model.ts`` and ``image_model.onnx``: inputs "image" (H, W, 3) uint8
 BGR (as cv2.imread gives) and "boxes" (N, 4) float32 XYXY in image pixels, output "keypoints"
 (N, K, 3), (x, y) in image pixels and the score; the box -> crop rule (INPUT.CROP_PADDING) and the
-crop (RoIAlign, ONNX RoiAlign "half_pixel") are inside, H, W and N (0 too) are free. Each file is
-compared with ``depotr.Predictor`` on the same images and boxes. The rest of this text is about the
-crops form.
+crop (RoIAlign, ONNX RoiAlign "half_pixel", the Predictor's sampling ratio capped at 16) are inside,
+H, W and N (0 too) are free. Each file is compared with ``depotr.Predictor`` on the same images and
+boxes, one of them over the cap. The rest of this text is about the crops form.
 
 Writes ``model.ts`` (TorchScript, ``torch.jit.trace``) and ``model.onnx`` (ONNX opset 17, the
 TorchScript-based ``torch.onnx.export(dynamo=False)``) into ``--output``. Both map crops
@@ -21,9 +21,11 @@ score, with the model's pixel normalisation, flip test (``TEST.FLIP``) and heatm
 (``TEST.HEATMAP_REFINE``) inside; ONNX names them "crops" and "keypoints". Deformable attention
 is exported through its PyTorch reference (grid_sample), so neither file needs ``depotr._C``.
 
-Each file is traced on ``--batch`` random crops, then run on other batch sizes and compared with
-the PyTorch model; the command prints the max abs errors and writes the file (to a temporary
-name, then ``os.replace``) only if they are within ``--tolerance``; otherwise it exits with 1.
+Each file is traced on ``--batch`` random crops (parameters not requiring grad: the TorchScript
+file needs no torch.no_grad()), then run twice on other batch sizes (TorchScript with grad mode on)
+and compared with the PyTorch model; the command prints the max abs errors and writes the file (to
+a temporary name, then ``os.replace``) only if they are within ``--tolerance``; otherwise it exits
+with 1.
 The model runs on the CPU; an empty MODEL.WEIGHTS is an error unless --random-weights is given.
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options. Details:
 ``depotr/export.py``.

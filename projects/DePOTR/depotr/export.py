@@ -12,17 +12,19 @@ TorchScript is ``torch.jit.trace`` (crop size fixed, N free); ONNX (opset >= 17)
 based ``torch.onnx.export(dynamo=False)``: torch.export fails on the transformer's host-side
 ``spatial_shapes.tolist()``. Both trace the deformable attention's ``F.grid_sample`` reference
 (:func:`reference_msda_backend`), so the files need neither ``depotr._C`` nor a custom ONNX op.
-Each file is written to a temporary name, loaded back, compared with the eager module on other
-inputs than the traced ones, and only then moved into place.
+Each file is traced from a copy whose parameters do not require grad, written to a temporary name,
+loaded back, run twice (TorchScript with grad mode on) on other inputs than the traced ones and
+compared with the eager module, and only then moved into place.
 """
 
 import contextlib
+import copy
 import importlib.util
 import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
-from .modeling.crops import box_crop_params, crop_to_image
+from .modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_to_image
 from .modeling.tta import predict_crop_keypoints
 from .predictor import Predictor
 
@@ -49,6 +51,7 @@ __all__ = [
     "build_image_keypoint_predictor",
     "build_cpu_model",
     "example_image",
+    "over_cap_box",
     "export_image_predictor",
     "predictor_keypoints",
     "reference_predictor",
@@ -72,6 +75,9 @@ IMAGE_OUTPUT_FILES = {"torchscript": "image_model.ts", "onnx": "image_model.onnx
 EXPORT_INPUTS = ("crops", "image")  # what an export takes: person crops, or an image and its boxes
 MIN_OPSET = 17  # ONNX: 16 is the first with GridSample, 17 the first with LayerNormalization
 _ONNX_INPUT, _ONNX_OUTPUT = "crops", "keypoints"
+# Each check case runs this many times on one loaded file (a TorchScript file traced with
+# parameters that require grad ran once, then failed).
+_CHECK_CALLS = 2
 _IMAGE_AXES = {"image": {0: "H", 1: "W"}, "boxes": {0: "N"}, _ONNX_OUTPUT: {0: "N"}}  # ONNX names -> dynamic axes
 
 
@@ -157,9 +163,10 @@ class ImageKeypointPredictor(nn.Module):
     Boxes are clipped to the image and turned into the model's crops (``box_crop_params``: aspect
     W:H, ``INPUT.CROP_PADDING``); the normalised image is cropped by
     ``torchvision.ops.roi_align(aligned=True)`` (ONNX RoiAlign "half_pixel"; outside the image
-    reads the mean colour), then :class:`CropKeypointPredictor` and ``crop_to_image``. Unlike the
-    ``Predictor`` it does not sort, filter or drop boxes (a box must overlap the image), rescore
-    persons or run OKS-NMS: keypoints n are those of box n.
+    reads the mean colour; ``crop_images``' sampling ratio, the adaptive one capped at
+    ``MAX_SAMPLING_RATIO``), then :class:`CropKeypointPredictor` and ``crop_to_image``. Unlike
+    the ``Predictor`` it does not sort, filter or drop boxes (a box must overlap the image),
+    rescore persons or run OKS-NMS: keypoints n are those of box n.
 
     Args:
         crop_predictor: the pose branch on crops (its pixel statistics, flip test).
@@ -199,8 +206,31 @@ class ImageKeypointPredictor(nn.Module):
         params = box_crop_params(clipped, crop_size, self.padding)  # (N, 6): the model's crops
         centre, half_size = params[:, :2], params[:, 2:4] * 0.5
         rois = torch.cat([torch.zeros_like(centre[:, :1]), centre - half_size, centre + half_size], dim=1)
-        crops = roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
+        crops = self._crop(normalised, rois, params)
         return crop_to_image(self.crop_predictor.predict_normalised(crops), params, crop_size)
+
+    def _crop(self, normalised: Tensor, rois: Tensor, params: Tensor) -> Tensor:
+        """(N, 3, H, W) crops of the (1, 3, Hi, Wi) ``normalised`` image at the (N, 5) ``rois``
+        (batch index, XYXY) of the (N, 6) crop ``params``, sampled as ``crop_images`` does: a fixed
+        ``sampling_ratio``, or the adaptive ceil(bin size) capped at ``MAX_SAMPLING_RATIO``."""
+        crop_size = self.crop_predictor.crop_size
+        if self.sampling_ratio > 0:
+            return roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
+        # Chosen: the Predictor's capped rule exactly (roi_align/RoiAlign take one ratio, no cap).
+        # Boxes over the cap are cut by a second call with the ratio fixed at the cap (one more
+        # RoiAlign, usually of 0 boxes); in the adaptive call they are replaced by a crop-sized box
+        # (ratio 1), so that their cost stays capped as in crop_images.
+        bins = params[:, [3, 2]].double() / torch.tensor(crop_size, dtype=torch.float64)  # as crop_images
+        over_cap = (bins > MAX_SAMPLING_RATIO).any(dim=1)
+        small_box = torch.tensor([0.0, 0.0, 0.0, float(crop_size[1]), float(crop_size[0])], dtype=rois.dtype)
+        adaptive = roi_align(normalised, torch.where(over_cap[:, None], small_box, rois), crop_size, 1.0, 0, True)
+        over_index = torch.nonzero(over_cap)[:, 0]
+        capped = roi_align(normalised, rois.index_select(0, over_index), crop_size, 1.0, MAX_SAMPLING_RATIO, True)
+        # Box n's crop in cat([adaptive, capped]): n, or N + its rank among the boxes over the cap.
+        num = torch._shape_as_tensor(rois)[0]
+        rank = torch.cumsum(over_cap.long(), dim=0) - 1
+        index = torch.where(over_cap, num + rank, torch.arange(num))
+        return torch.cat([adaptive, capped]).index_select(0, index)
 
 
 def build_image_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> ImageKeypointPredictor:
@@ -240,15 +270,21 @@ def run_torchscript(path: str, *inputs: Tensor) -> Tensor:
 
 def run_onnx(path: str, *inputs: Tensor) -> Tensor:
     """:func:`run_torchscript` of an ONNX file, with onnxruntime (CPU)."""
+    return _onnx_runner(path)(*inputs)
+
+
+def _onnx_runner(path: str) -> Callable[..., Tensor]:
+    """The ONNX file at ``path`` in one onnxruntime (CPU) session, as :func:`run_onnx` of its inputs."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
-    (keypoints,) = session.run([_ONNX_OUTPUT], feeds)
-    return torch.from_numpy(keypoints)
 
+    def run(*inputs: Tensor) -> Tensor:
+        feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
+        (keypoints,) = session.run([_ONNX_OUTPUT], feeds)
+        return torch.from_numpy(keypoints)
 
-_RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx}
+    return run
 
 
 def keypoint_errors(actual: Tensor, expected: Tensor) -> Tuple[float, float]:
@@ -268,7 +304,8 @@ def keypoint_errors(actual: Tensor, expected: Tensor) -> Tuple[float, float]:
 @dataclass
 class ExportReport:
     """One exported file, its max abs differences from the eager module over all checked inputs
-    ((x, y) in pixels, and the score), and the batch sizes N it was checked on (not the traced one)."""
+    ((x, y) in pixels, and the score), and the batch sizes N it was checked on (not the traced one).
+    Each input was run twice on the loaded file (TorchScript with grad mode on, as a user's call)."""
 
     format: str
     path: str
@@ -311,7 +348,7 @@ def export_predictor(
     for offset, n in enumerate(check_batches, start=1):
         crops = random_crops(n, predictor.crop_size, seed + offset)
         with torch.no_grad():
-            cases.append(((crops,), predictor(crops)))
+            cases.append(((crops,), predictor(crops), 1.0))
     example = (random_crops(batch, predictor.crop_size, seed),)
     axes = {_ONNX_INPUT: {0: "N"}, _ONNX_OUTPUT: {0: "N"}}
     what = f"PyTorch on batches of {check_batches} crops"
@@ -337,16 +374,19 @@ def _write_checked(
     path: str,
     example_inputs: Tuple[Tensor, ...],
     axes: Dict[str, Dict[int, str]],
-    cases: List[Tuple[Tuple[Tensor, ...], Tensor]],
+    cases: List[Tuple[Tuple[Tensor, ...], Tensor, float]],
     tolerance: float,
     opset: int,
     what: str,
 ) -> Tuple[float, float]:
-    """Traces ``module`` on ``example_inputs`` (reference deformable attention) into a temporary
-    file, runs it on each case's inputs and compares with the case's (N, K, 3) keypoints. Moves
-    the file to ``path`` and returns the max abs errors ((x, y), score) when both are within
-    ``tolerance``, else raises ExportCheckError (``what``: the reference, for the message).
+    """Traces a frozen copy of ``module`` (:func:`_frozen_copy`) on ``example_inputs`` (reference
+    deformable attention) into a temporary file, loads it once and runs it ``_CHECK_CALLS`` times
+    on each case's inputs (TorchScript with grad mode on), comparing with the case's (N, K, 3)
+    keypoints; a case's (x, y) errors are divided by its scale. Moves the file to ``path`` and
+    returns the max abs errors ((x, y), score) when both are within ``tolerance``, else raises
+    ExportCheckError (``what``: the reference, for the message), also when the file fails to run.
     ``axes``: ONNX input names, then output names -> their dynamic axes."""
+    module = _frozen_copy(module)
     with atomic_output_path(path) as tmp_path:
         # TracerWarnings flag Python-side shape checks and level sizes that become constants:
         # intended (the crop size is fixed); the checks run other batch (and image) sizes.
@@ -370,15 +410,42 @@ def _write_checked(
                     dynamic_axes=axes,
                 )
         coord_error, score_error = 0.0, 0.0
-        for inputs, expected in cases:
-            errors = keypoint_errors(_RUNNERS[fmt](tmp_path, *inputs), expected)
-            coord_error, score_error = max(coord_error, errors[0]), max(score_error, errors[1])
+        run = _loaded_file(fmt, tmp_path)
+        for inputs, expected, scale in cases * _CHECK_CALLS:
+            try:
+                actual = run(*inputs)
+            except RuntimeError as e:
+                raise ExportCheckError(f"{fmt} export fails when run: {e}; {path} left as it was") from e
+            errors = keypoint_errors(actual, expected)
+            coord_error, score_error = max(coord_error, errors[0] / scale), max(score_error, errors[1])
         if coord_error > tolerance or score_error > tolerance:
             raise ExportCheckError(
                 f"{fmt} export disagrees with {what}: max abs error {coord_error:.3g} px (x, y), "
                 f"{score_error:.3g} (score) > tolerance {tolerance:g}; {path} left as it was"
             )
     return coord_error, score_error
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters do not require grad, to trace: a TorchScript file
+    traced with parameters that require grad fails from its second call outside ``torch.no_grad()``
+    ("a view of a leaf Variable that requires grad is being used in an in-place operation").
+    ``module`` itself is left as it is."""
+    return copy.deepcopy(module).requires_grad_(False)
+
+
+def _loaded_file(fmt: str, path: str) -> Callable[..., Tensor]:
+    """The exported file at ``path`` loaded once, as a function of its inputs -> (N, K, 3)
+    keypoints; TorchScript runs with grad mode on, as a user's ``torch.jit.load(path)(x)``."""
+    if fmt == "onnx":
+        return _onnx_runner(path)
+    module = torch.jit.load(path, map_location="cpu")
+
+    def run(*inputs: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return module(*inputs).detach()
+
+    return run
 
 
 def reference_predictor(cfg: CfgNode, random_weights: bool = False) -> Predictor:
@@ -413,6 +480,16 @@ def example_image(height: int, width: int, seed: int) -> np.ndarray:
     return fine[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
 
 
+def over_cap_box(crop_size: Sequence[int], padding: float) -> Tensor:
+    """(1, 4) XYXY box (0, 0, w, h) whose crop box is 1.5 ``MAX_SAMPLING_RATIO`` times the crop
+    size (H, W) = ``crop_size`` (``INPUT.CROP_PADDING`` ``padding``), 1/3 as wide as that aspect
+    (the crop reads the mean colour on both sides): the whole of an (h, w) image whose crop is cut
+    with the capped sampling ratio, 24 samples per bin side without the cap."""
+    height = math.ceil(1.5 * MAX_SAMPLING_RATIO * crop_size[0] / padding)
+    width = math.ceil(height * crop_size[1] / crop_size[0] / 3)
+    return torch.tensor([[0.0, 0.0, float(width), float(height)]])
+
+
 def export_image_predictor(
     predictor: Predictor,
     fmt: str,
@@ -426,23 +503,33 @@ def export_image_predictor(
     :func:`reference_predictor`).
 
     Traced on a 96x72 image with 2 boxes; checked on a 130x100 image with 3 boxes (one past the
-    border) and an 80x120 image with none. ONNX: inputs "image" (H, W, 3) uint8 BGR and "boxes"
+    border), an 80x120 image with none and a tall image whose one box is cropped with the capped
+    sampling ratio (:func:`over_cap_box`). ONNX: inputs "image" (H, W, 3) uint8 BGR and "boxes"
     (N, 4) float32 XYXY, output "keypoints" (N, K, 3); H, W and N dynamic. Arguments, returns and
-    raises as :func:`export_predictor`, with the errors in image pixels.
+    raises as :func:`export_predictor`, with the errors in image pixels (for the tall box, in its
+    crop's pixels: a crop-pixel rounding error, e.g. DARK's, grows with the box in image pixels).
     """
     module = ImageKeypointPredictor.from_model(predictor.model, predictor.input_format).eval()
     _check_export_arguments(module, fmt, opset)
     trace_boxes = torch.tensor([[10.0, 8.0, 50.0, 90.0], [30.0, 20.0, 70.0, 60.0]])
-    checks = {
-        (130, 100): torch.tensor([[12.0, 15.0, 60.0, 120.0], [55.0, 40.0, 112.0, 140.0], [5.0, 5.0, 25.0, 30.0]]),
-        (80, 120): torch.zeros(0, 4),
+    crop_size, padding = module.crop_predictor.crop_size, module.padding
+    big_box = over_cap_box(crop_size, padding)
+    big_scale = box_crop_params(big_box, crop_size, padding)[0, 3].item() / crop_size[0]  # image px per crop px
+    checks = {  # (H, W) -> boxes, scale of the (x, y) errors
+        (130, 100): (
+            torch.tensor([[12.0, 15.0, 60.0, 120.0], [55.0, 40.0, 112.0, 140.0], [5.0, 5.0, 25.0, 30.0]]),
+            1.0,
+        ),
+        (80, 120): (torch.zeros(0, 4), 1.0),
+        (int(big_box[0, 3]), int(big_box[0, 2])): (big_box, big_scale),
     }
     cases = []
-    for offset, ((height, width), boxes) in enumerate(checks.items(), start=1):
+    for offset, ((height, width), (boxes, scale)) in enumerate(checks.items(), start=1):
         image = example_image(height, width, seed + offset)
         with torch.no_grad():
-            cases.append(((torch.from_numpy(image), boxes), predictor_keypoints(predictor, image, boxes)))
+            cases.append(((torch.from_numpy(image), boxes), predictor_keypoints(predictor, image, boxes), scale))
+    check_batches = tuple(len(boxes) for boxes, _ in checks.values())
     example = (torch.from_numpy(example_image(96, 72, seed)), trace_boxes)
-    what = f"the Predictor on {len(checks)} images of {tuple(len(b) for b in checks.values())} boxes"
+    what = f"the Predictor on {len(checks)} images of {check_batches} boxes"
     errors = _write_checked(module, fmt, path, example, _IMAGE_AXES, cases, tolerance, opset, what)
-    return ExportReport(fmt, path, errors[0], errors[1], tuple(len(b) for b in checks.values()))
+    return ExportReport(fmt, path, errors[0], errors[1], check_batches)
