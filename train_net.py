@@ -10,7 +10,8 @@
     python train_net.py --config-file configs/depotr_hm_r18_synthetic.yaml   # CPU, embedded data
 
 With TEST_BOX_SOURCE "detector", ``Trainer.test`` runs the person detector beside the pose model
-(``depotr.modeling.person_detector.PoseWithDetector``); MODEL.WEIGHTS holds the pose model only.
+(``depotr.modeling.person_detector.PoseWithDetector``); MODEL.WEIGHTS holds the pose model only, the
+detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS (empty: an error unless ``--random-weights``).
 Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
 (``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
 rank 0, the console, as Detectron2's own.
@@ -70,20 +71,25 @@ def main(args, cfg=None):
     from depotr.config import log_device
     from depotr.engine import DePOTRCheckpointer, Trainer
     from depotr.engine.checkpoint import weights_to_load
+    from depotr.modeling.person_detector import build_person_detector
 
     cfg = setup(args, cfg)
     log_device(cfg.MODEL.DEVICE)
+    # The detector of the evaluations, under the weights rule of the pose model (--random-weights).
+    person_detector = None
+    if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
+        person_detector = build_person_detector(cfg, args.random_weights)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         if not (args.resume and checkpointer.has_checkpoint()):  # else the run's last checkpoint is evaluated
             weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model, person_detector=person_detector)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, person_detector)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
@@ -94,12 +100,17 @@ def cli(argv=None) -> int:
     print("Command Line Args:", args)
     from depotr.config import load_depotr_config
     from depotr.engine import launch
-    from depotr.engine.checkpoint import weights_to_load
+    from depotr.engine.checkpoint import resume_checkpoint, weights_to_load
+    from depotr.modeling.person_detector import detector_weights_to_load
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
     cfg = load_depotr_config(args.config_file, config_overrides(args))
-    if not args.resume and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch
+    # --resume without a last_checkpoint starts from MODEL.WEIGHTS; one naming a missing file is an error.
+    resumes = args.resume and bool(resume_checkpoint(cfg.OUTPUT_DIR))
+    if not resumes and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch
         weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
+    if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
+        detector_weights_to_load(cfg, args.random_weights)
     launch(
         main,
         args.num_gpus,

@@ -189,7 +189,7 @@ def prepare_depotr_e2e(case: Case) -> Callable[[], int]:
     """Builds DePOTR with the detector box source; returns a function running a pass over the
     images (one per call) and returning the number of persons predicted."""
     cfg = depotr_cfg(case)
-    detector = build_person_detector(cfg)
+    detector = build_person_detector(cfg, random_weights=True)  # speed only: a random detector, asked for
     model = PoseWithDetector(detector, build_model(cfg), cfg.INPUT.FORMAT).eval()
     fix_rcnn_outputs(detector.detector, case.persons)
     detector.min_size_test = case.detector_size

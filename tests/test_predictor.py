@@ -367,6 +367,17 @@ def test_detector_boxes_and_no_person(tmp_path):
     assert nobody[0].pred_keypoints.shape == (0, K, 3) and nobody[0].scores.shape == (0,)
 
 
+def test_empty_detector_weights_need_random_weights_explicitly(tmp_path):
+    """The friction: with MODEL.DEPOTR.DETECTOR.WEIGHTS empty the Predictor (and the demo) ran a
+    random person detector, a warning only; random_weights=True asks for it."""
+    pose = tmp_path / "pose.pth"
+    pose.write_bytes(b"")  # the detector is checked before the pose model loads this
+    cfg = instant_cfg("MODEL.WEIGHTS", str(pose))
+    cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    with pytest.raises(ConfigError, match=r"MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: .*random_weights=True"):
+        Predictor(cfg)
+
+
 def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):
     """One box policy: the Predictor's detector boxes are those of the evaluation's composition
     (``Trainer.test`` with TEST_BOX_SOURCE "detector": PoseWithDetector over the model built

@@ -11,6 +11,7 @@ from torch import nn
 from detectron2.modeling import Backbone, build_model
 
 from depotr import Predictor
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.engine import DePOTRCheckpointer
 
@@ -144,16 +145,18 @@ def test_checkpoint_of_another_config_is_an_error_naming_the_parameters(tmp_path
         ),  # --resume: last_checkpoint names the file
         lambda: DePOTRCheckpointer(_instant_model(), allow_backbone_only=True).resume_or_load(path, resume=False),
     ):
-        with pytest.raises(ValueError, match=named) as error:
+        with pytest.raises(ConfigError, match=named) as error:  # one line "error: ..." from the commands
             load()
         assert path in str(error.value)
 
 
-def _write_backbone_only_pkl(model, path):
+def _write_backbone_only_pkl(model, path, edit=lambda weights: weights):
     """An ImageNet-style file: the backbone's weights under Detectron2's backbone names, as
-    Detectron2's convert-torchvision-to-d2.py writes them, plus a classifier the model lacks."""
+    Detectron2's convert-torchvision-to-d2.py writes them, plus a classifier the model lacks;
+    ``edit`` changes the weights before they are written."""
     prefix = next(n for n, m in model.named_modules() if isinstance(m, Backbone) and n) + "."
     weights = {k[len(prefix) :]: v.numpy() for k, v in model.state_dict().items() if k.startswith(prefix)}
+    weights = edit(weights)
     weights["fc1000.weight"] = np.zeros((1000, 512), np.float32)
     with open(path, "wb") as f:
         pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
@@ -175,6 +178,37 @@ def test_backbone_only_file_initialises_training_with_a_summary(tmp_path, caplog
 
     with pytest.raises(ValueError, match=r"holds backbone weights only, which can start a training run but not"):
         DePOTRCheckpointer(_instant_model()).load(path)  # evaluation needs every weight
+
+
+def test_backbone_only_file_must_hold_the_whole_backbone(tmp_path):
+    """The friction: converted ResNet-18 weights in a RESNETS.DEPTH 34 config started training
+    with 16 backbone tensors at their random initialisation (frozen ones too), an INFO line only;
+    ResNet-34 weights in a ResNet-18 config left their extra blocks unused."""
+    model = _instant_model()
+    shallower, deeper = str(tmp_path / "shallower.pkl"), str(tmp_path / "deeper.pkl")
+    _write_backbone_only_pkl(model, shallower, lambda w: {k: v for k, v in w.items() if not k.startswith("res5.1.")})
+    _write_backbone_only_pkl(
+        model, deeper, lambda w: {**w, **{k.replace("res5.1.", "res5.2."): v for k, v in w.items() if "res5.1." in k}}
+    )
+    for path, named in (
+        (shallower, r"\d+ are not in it: \S*backbone\.res5\.1\."),
+        (deeper, r"\d+ backbone weights of it fit none of the model's: res5\.2\."),
+    ):
+        with pytest.raises(
+            ConfigError, match=r"backbone weights only, but not those of .*: of its \d+ .*" + named
+        ) as error:
+            DePOTRCheckpointer(_instant_model(), allow_backbone_only=True).resume_or_load(path, resume=False)
+        assert path in str(error.value)
+
+
+def test_missing_checkpoint_files_are_errors_naming_them(tmp_path):
+    """The friction: fvcore's AssertionError "Checkpoint ... not found!", with a traceback, for a
+    missing file and for a last_checkpoint naming a deleted one."""
+    with pytest.raises(ConfigError, match=r"checkpoint .*nope\.pth: no such file"):
+        DePOTRCheckpointer(nn.Linear(3, 2)).load(str(tmp_path / "nope.pth"))
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    with pytest.raises(ConfigError, match=r"last_checkpoint names the checkpoint .*model_0000009\.pth, which does not"):
+        DePOTRCheckpointer(nn.Linear(3, 2), str(tmp_path)).resume_or_load("", resume=True)
 
 
 def test_a_file_that_is_not_a_checkpoint_gets_our_error(tmp_path):

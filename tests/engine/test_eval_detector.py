@@ -3,23 +3,25 @@ runs beside the pose model (PoseWithDetector), inside Detectron2's inference_on_
 COCOEvaluator, and the evaluated persons are the detector's boxes under the one box policy."""
 
 import json
+import os
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 import train_net
+from depotr.cli import run_main
 from depotr.engine import Trainer
 from depotr.modeling.person_detector import PoseWithDetector, build_person_detector
 from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
 
-from .conftest import instant_args
+from .conftest import INSTANT_CONFIG, REPO, instant_args
 
 
 def test_eval_only_with_a_detector_box_source(tmp_path, synthetic_root):
     torch.manual_seed(0)
     det = _detector_cfg(tmp_path, weights="")
-    detector = build_person_detector(det)
+    detector = build_person_detector(det, random_weights=True)
     fix_person_scores(detector)  # every box scores sigmoid(1)
     DetectionCheckpointer(detector.detector, save_dir=str(tmp_path)).save("detector")
     output_dir = tmp_path / "eval"
@@ -62,8 +64,10 @@ def test_a_trainer_builds_its_person_detector_once(tmp_path, synthetic_root, mon
     import depotr.engine.trainer as trainer_module
 
     builds = []
-    monkeypatch.setattr(
-        trainer_module, "build_person_detector", lambda cfg: builds.append(cfg) or build_person_detector(cfg)
+    monkeypatch.setattr(  # a random detector (DETECTOR.WEIGHTS empty), asked for
+        trainer_module,
+        "build_person_detector",
+        lambda cfg: builds.append(cfg) or build_person_detector(cfg, random_weights=True),
     )
     det = _detector_cfg(tmp_path, weights="")
     opts = [
@@ -82,3 +86,47 @@ def test_a_trainer_builds_its_person_detector_once(tmp_path, synthetic_root, mon
     trainer.train()
     assert len(evaluations) == 2 and all(isinstance(m, PoseWithDetector) for m in evaluations)
     assert len(builds) == 1 and evaluations[0].detector is evaluations[1].detector
+
+
+def test_empty_detector_weights_need_random_weights_before_any_work(tmp_path, monkeypatch, capsys):
+    """The friction: an empty DETECTOR.WEIGHTS evaluated with a random detector, a warning only."""
+    import depotr.engine
+
+    monkeypatch.setattr(depotr.engine, "launch", lambda *a, **k: None)
+    det = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    detector = ["MODEL.DEPOTR.TEST_BOX_SOURCE", "detector", "MODEL.DEPOTR.DETECTOR.CONFIG_FILE", det.CONFIG_FILE]
+    argv = ["--config-file", INSTANT_CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval"), *detector]
+    pose_weights = ["MODEL.WEIGHTS", os.path.join(REPO, "README.md")]  # only checked to exist before the launch
+    assert run_main(train_net.cli, argv + pose_weights) == 2
+    (last_line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert last_line.startswith("error: MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: set it to the person detector's")
+    assert run_main(train_net.cli, ["--random-weights", *argv]) == 0
+
+
+def test_random_weights_reach_the_person_detector_of_train_net(tmp_path, synthetic_root, monkeypatch):
+    """--random-weights is passed on to the detector of --eval-only and of a training run's
+    evaluations (built before either starts)."""
+    import depotr.modeling.person_detector as person_detector
+
+    built, tested = [], []
+    monkeypatch.setattr(
+        person_detector, "build_person_detector", lambda cfg, random_weights=False: built.append(random_weights) or "D"
+    )
+    monkeypatch.setattr(
+        Trainer,
+        "test",
+        classmethod(lambda c, cfg, m, e=None, person_detector=None: tested.append(person_detector) or {}),
+    )
+    monkeypatch.setattr(Trainer, "train", lambda self: self._person_detector)
+    det = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    opts = [
+        "MODEL.DEPOTR.TEST_BOX_SOURCE", "detector",
+        "MODEL.DEPOTR.DETECTOR.CONFIG_FILE", det.CONFIG_FILE,
+        "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "2",
+    ]  # fmt: skip
+    train_net.main(
+        instant_args(str(tmp_path / "eval"), synthetic_root, *opts, extra=["--eval-only", "--random-weights"])
+    )
+    assert built == [True] and tested == ["D"]
+    trained = train_net.main(instant_args(str(tmp_path / "train"), synthetic_root, *opts, extra=["--random-weights"]))
+    assert trained == "D" and built == [True, True]  # Trainer.train stands in: the trainer's detector

@@ -13,6 +13,7 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 import train_net
+from depotr.cli import run_main
 from depotr.data import filter_person_annotations
 
 from .conftest import INSTANT_CONFIG, REPO, instant_args
@@ -90,3 +91,43 @@ def test_cli_loads_the_config_once(tmp_path, monkeypatch):
     assert train_net.cli(argv + ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1"]) == 0
     cfg = train_net.setup(*launched[0])
     assert len(loads) == 1 and cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES == 2 and cfg.is_frozen()
+
+
+def test_resume_checks_the_checkpoint_it_will_load_before_any_work(tmp_path, monkeypatch, capsys):
+    """The friction: --resume skipped the MODEL.WEIGHTS check, so with no last_checkpoint a missing
+    file was fvcore's AssertionError after the run lock and the data; so was a last_checkpoint
+    naming a deleted file."""
+    import depotr.engine
+
+    launched = []
+    monkeypatch.setattr(depotr.engine, "launch", lambda main, *a, args, **k: launched.append(args))
+    output_dir, missing = tmp_path / "run", tmp_path / "nope.pth"
+    argv = ["--config-file", INSTANT_CONFIG, "--resume", "OUTPUT_DIR", str(output_dir), "MODEL.WEIGHTS", str(missing)]
+    assert run_main(train_net.cli, argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: MODEL.WEIGHTS {missing}: no such checkpoint file"
+    output_dir.mkdir()
+    (output_dir / "last_checkpoint").write_text("model_0000009.pth")
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: {output_dir / 'last_checkpoint'} names the checkpoint ")
+    assert f"{output_dir / 'model_0000009.pth'}, which does not exist" in last_line
+    (output_dir / "model_0000009.pth").write_bytes(b"")  # resumed from: MODEL.WEIGHTS is not loaded
+    assert run_main(train_net.cli, argv) == 0 and len(launched) == 1
+
+
+def test_eval_only_with_a_checkpoint_of_another_config_is_one_error_line(tmp_path, capsys):
+    """The friction: a clear ValueError, but as a traceback and status 1 where the docs promise
+    "error: ..." and status 2."""
+    from detectron2.modeling import build_model
+
+    from depotr.config import load_depotr_config
+    from depotr.engine import DePOTRCheckpointer
+
+    other = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.DEPOTR.HIDDEN_DIM", "32"])
+    DePOTRCheckpointer(build_model(other), str(tmp_path)).save("other")
+    argv = ["--config-file", INSTANT_CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval")]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "MODEL.WEIGHTS", str(tmp_path / "other.pth")]
+    argv += ["DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "1", "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1"]
+    assert run_main(train_net.cli, argv) == 2  # was: the ValueError raised through
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: checkpoint {tmp_path / 'other.pth'} does not fit the model")

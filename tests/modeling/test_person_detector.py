@@ -1,6 +1,8 @@
 """The person detector outside the pose model (depotr.modeling.person_detector): a frozen
 Detectron2 detector giving person proposals, and PoseWithDetector, detector then pose model."""
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,13 +12,20 @@ from torch import nn
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 
+from depotr.cli import ConfigError
 from depotr.config import add_depotr_config
 from depotr.modeling.box_sources import PrecomputedBoxes
-from depotr.modeling.person_detector import PoseWithDetector, build_person_detector, resolve_model_zoo_path
+from depotr.modeling.person_detector import (
+    PoseWithDetector,
+    build_person_detector,
+    detector_weights_to_load,
+    resolve_model_zoo_path,
+)
 
 from .test_meta_arch import K, make_input, make_model
 
 DETECTOR_ZOO_CONFIG = "model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _detector_cfg(tmp_path, weights: str):
@@ -60,11 +69,59 @@ def test_build_person_detector_needs_a_config():
         build_person_detector(cfg)
 
 
+def test_detector_weights_follow_the_rule_of_the_pose_weights(tmp_path, caplog):
+    """The friction: an empty DETECTOR.WEIGHTS ran a random detector with a warning only; a
+    missing file or config was a raw AssertionError, a DePOTR config a KeyError."""
+    with pytest.raises(ConfigError, match=r"DETECTOR.WEIGHTS is empty: .*--random-weights"):
+        build_person_detector(_detector_cfg(tmp_path, weights=""))
+    with caplog.at_level("WARNING", logger="depotr.modeling.person_detector"):
+        assert detector_weights_to_load(_detector_cfg(tmp_path, weights=""), random_weights=True) is False
+    assert "runs with random weights (asked for)" in caplog.text
+    missing = str(tmp_path / "missing.pth")
+    for random_weights in (False, True):  # weights that are set are loaded, or their absence an error
+        with pytest.raises(ConfigError, match=f"DETECTOR.WEIGHTS {missing}: no such checkpoint file"):
+            build_person_detector(_detector_cfg(tmp_path, weights=missing), random_weights)
+    cfg = _detector_cfg(tmp_path, weights="")
+    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = str(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"DETECTOR.CONFIG_FILE .*missing.yaml: no such config file"):
+        build_person_detector(cfg, random_weights=True)
+    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = os.path.join(REPO, "configs", "depotr_hm_r18_synthetic.yaml")
+    with pytest.raises(
+        ConfigError, match=r"depotr_hm_r18_synthetic.yaml is not a Detectron2 detector config: .*DEPOTR"
+    ):
+        build_person_detector(cfg, random_weights=True)
+
+
+def test_detector_weights_must_hold_the_whole_detector(tmp_path):
+    """The friction: a file that is not a detector checkpoint, or part of one, loaded what it
+    could with fvcore's warnings and ran the rest random."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    detector = build_person_detector(_detector_cfg(tmp_path, weights=""), random_weights=True)
+    DetectionCheckpointer(detector.detector, save_dir=str(tmp_path)).save("detector")
+    whole = torch.load(tmp_path / "detector.pth")["model"]
+    partial = {k: v for k, v in whole.items() if not k.startswith("roi_heads.")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    torch.save({"model": {"keypoint_branch.head.bias": torch.zeros(17)}}, tmp_path / "pose.pth")
+    for name, problem in (
+        ("partial.pth", r"does not fit the model .* are not in it: roi_heads\."),
+        ("pose.pth", r"holds none of the model's \d+ parameters and buffers \(not in it: backbone\."),
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=r"DETECTOR.WEIGHTS is not a checkpoint of .*detector.yaml: checkpoint .*"
+            + re.escape(name)
+            + " "
+            + problem,
+        ):
+            build_person_detector(_detector_cfg(tmp_path, weights=str(tmp_path / name)))
+
+
 def test_person_detector_gives_person_proposals(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
     torch.manual_seed(0)
-    reference = build_person_detector(_detector_cfg(tmp_path, weights=""))  # random init
+    reference = build_person_detector(_detector_cfg(tmp_path, weights=""), random_weights=True)  # random init
     fix_person_scores(reference)
     DetectionCheckpointer(reference.detector, save_dir=str(tmp_path)).save("detector")
     torch.manual_seed(1)

@@ -111,7 +111,8 @@ class Predictor:
             cfg: a DePOTR config (``depotr.config.load_depotr_config``); ``MODEL.WEIGHTS`` (a path
                 or URL) is loaded with ``DePOTRCheckpointer``, the model runs on ``MODEL.DEVICE``.
             random_weights: run with the random initialisation (``MODEL.WEIGHTS`` must be empty;
-                ``depotr.engine.checkpoint.weights_to_load``).
+                ``depotr.engine.checkpoint.weights_to_load``), and the person detector too when
+                ``MODEL.DEPOTR.DETECTOR.WEIGHTS`` is empty (otherwise an error).
         """
         load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
         self.cfg = cfg.clone()
@@ -119,7 +120,9 @@ class Predictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
-        self.detector = build_person_detector(self.cfg) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
+        self.detector = (
+            build_person_detector(self.cfg, random_weights) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
+        )
         box_source = build_box_source(self.cfg, "precomputed", fallback=build_box_source(self.cfg, "whole_image"))
         model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()

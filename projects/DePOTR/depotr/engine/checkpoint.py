@@ -1,8 +1,11 @@
 """DePOTR's checkpointer (docs/reliability.md): saves are atomic (``depotr.file_io.atomic_write``;
 fvcore's left a truncated file when killed mid-save), and loading needs every parameter and buffer
 of the model with its shape (Detectron2 only warns), except a backbone-only file (ImageNet
-``R-50.pkl``) at the start of a training run. The detector weights old pose checkpoints hold under
-``box_source.`` are dropped; an unreadable file is a one-line ``ValueError``.
+``R-50.pkl``) at the start of a training run, which must hold the whole backbone (every parameter
+and buffer; none of its backbone weights left over, as a ResNet of another depth would). The
+detector weights old pose checkpoints hold under ``box_source.`` are dropped. Every loading error
+(a missing or unreadable file, weights that do not fit, ``last_checkpoint`` naming a missing file)
+is a one-line ``ConfigError`` (a ``ValueError``) naming the file.
 """
 
 import glob
@@ -19,7 +22,7 @@ from detectron2.modeling import Backbone
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
 
-__all__ = ["DePOTRCheckpointer", "weights_to_load"]
+__all__ = ["DePOTRCheckpointer", "resume_checkpoint", "weights_to_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,22 @@ _OLD_DETECTOR_PREFIX = "box_source."
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-def _listing(names: List[str]) -> str:
-    more = f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-    return ", ".join(names[:_LISTED]) + more
+def _listing(names: List[str], listed: int = _LISTED) -> str:
+    more = f" ... and {len(names) - listed} more" if len(names) > listed else ""
+    return ", ".join(names[:listed]) + more
+
+
+def _block_pattern(key: str) -> str:
+    """``key`` with its numeric parts (block indices) as "#": ``res2.2.conv1.weight`` -> ``res2.#.conv1.weight``."""
+    return ".".join("#" if part.isdigit() else part for part in key.split("."))
+
+
+def _backbone_like(keys: List[str], backbone_keys: List[str]) -> List[str]:
+    """Those of ``keys`` (a file's, unused) named as a backbone weight is, up to block indices
+    (``res2.2.conv1.weight`` beside a model's ``...res2.0.conv1.weight``): weights of a deeper
+    ResNet. A stage the model lacks (``res5`` of a truncated ResNet) or a classifier is not."""
+    patterns = {_block_pattern(k) for k in backbone_keys}
+    return [k for k in keys if any(p == _block_pattern(k) or p.endswith("." + _block_pattern(k)) for p in patterns)]
 
 
 def _read_error_reason(filename: str, error: Exception) -> str:
@@ -67,6 +83,25 @@ def weights_to_load(weights: str, random_weights: bool = False) -> bool:
     return True
 
 
+def resume_checkpoint(output_dir: str) -> str:
+    """The checkpoint ``--resume`` loads from ``output_dir``: the file its ``last_checkpoint``
+    names, "" when there is no ``last_checkpoint`` (the run starts from ``MODEL.WEIGHTS``); a
+    ConfigError naming both when that file is missing."""
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        return ""
+    with open(tag) as f:
+        name = f.read().strip()
+    last = os.path.join(output_dir, name)
+    if not name or not os.path.isfile(last):
+        named = f"names the checkpoint {last}, which does not exist" if name else "is empty"
+        raise ConfigError(
+            f"{tag} {named}: write the name of a checkpoint of {output_dir or '.'} into it, or remove it to start "
+            "afresh"
+        )
+    return last
+
+
 class DePOTRCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves and strict loading (module docstring)."""
 
@@ -80,6 +115,7 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         self.allow_backbone_only = allow_backbone_only
         self._initialising = False
         self._path = ""  # the file being loaded, for messages
+        self._loading: Dict[str, Any] = {}  # the weights fvcore loads into the model
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -100,12 +136,14 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         ``resume`` and one exists, else the model's weights from ``path``."""
         if resume and self.has_checkpoint():
             last = self.get_checkpoint_file()
+            if not os.path.isfile(last) and "://" not in last:
+                resume_checkpoint(self.save_dir)  # the ConfigError naming last_checkpoint and the file
             try:
                 return self.load(last)
             except ValueError as e:
                 if not os.path.isfile(last) or zipfile.is_zipfile(last):  # a complete torch.save file
                     raise
-                raise ValueError(f"{e}. {self._earlier_checkpoint_hint(last)}") from e
+                raise ConfigError(f"{e}. {self._earlier_checkpoint_hint(last)}") from e
         self._initialising = True
         try:
             return self.load(path, checkpointables=[])
@@ -113,8 +151,17 @@ class DePOTRCheckpointer(DetectionCheckpointer):
             self._initialising = False
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """As fvcore's (empty ``path``: nothing loaded); a missing local file, or weights that do
+        not fit, are a ConfigError naming ``path``."""
         self._path = path
-        return super().load(path, *args, **kwargs)
+        if path and "://" not in path and not os.path.isfile(path):
+            raise ConfigError(f"checkpoint {path}: no such file")
+        try:
+            return super().load(path, *args, **kwargs)
+        except ConfigError:
+            raise
+        except ValueError as e:  # Detectron2's name matching, for one
+            raise ConfigError(f"checkpoint {path}: {e}") from e
 
     def _earlier_checkpoint_hint(self, broken: str) -> str:
         """Names the newest complete checkpoint of ``save_dir`` other than ``broken``."""
@@ -130,7 +177,14 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         try:
             return super()._load_file(filename)
         except Exception as e:  # torch.load / pickle raise many types for files that are not checkpoints
-            raise ValueError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
+            raise ConfigError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
+
+    def _convert_ndarray_to_tensor(self, state_dict: Dict[str, Any]) -> None:
+        # fvcore's _load_model calls this last on the very dict it loads (after Detectron2's name
+        # matching, before dropping weights of another shape): what the file holds, unlike what
+        # load_state_dict reports (FrozenBatchNorm2d fills in running_mean / running_var).
+        super()._convert_ndarray_to_tensor(state_dict)
+        self._loading = state_dict
 
     def _load_model(self, checkpoint: Any):
         weights = checkpoint["model"]
@@ -149,22 +203,44 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         missing = sorted(set(incompatible.missing_keys).intersection(expected) - {k for k, _, _ in mismatched})
         if not mismatched and not missing:
             return incompatible
-        loaded = [k for k in expected if k not in set(incompatible.missing_keys)]
+        held = set(self._loading)
+        loaded = [k for k in expected if k in held]
         # BatchNorm's step counter: Detectron2's name matching pairs it with any other BatchNorm's.
         loaded_weights = [k for k in loaded if not k.endswith("num_batches_tracked")]
         where = f"checkpoint {self._path}"
         if not loaded_weights:
-            raise ValueError(
-                f"{where} holds none of the model's {len(expected)} parameters and buffers "
-                f"(it holds {_listing(incompatible.unexpected_keys)})"
+            found = [f"not in it: {_listing(missing, 3)}"] if missing else []
+            if mismatched:
+                found.append(f"{len(mismatched)} of another shape: {_listing([k for k, _, _ in mismatched], 3)}")
+            if incompatible.unexpected_keys:
+                found.append(f"it holds {_listing(incompatible.unexpected_keys, 3)}")
+            raise ConfigError(
+                f"{where} holds none of the model's {len(expected)} parameters and buffers ({'; '.join(found)})"
             )
         backbone = tuple(f"{n}." for n, m in self.model.named_modules() if isinstance(m, Backbone) and n)
         backbone_only = not mismatched and bool(backbone) and all(k.startswith(backbone) for k in loaded_weights)
+        if backbone_only:
+            # The whole backbone, or its random part would train (or stay frozen) unnoticed.
+            not_loaded = [k for k in missing if k.startswith(backbone) and not k.endswith("num_batches_tracked")]
+            backbone_keys = [k for k in expected if k.startswith(backbone)]
+            left_over = _backbone_like(incompatible.unexpected_keys, backbone_keys)
+            if not_loaded or left_over:
+                problems = [f"{len(not_loaded)} are not in it: {_listing(not_loaded)}"] if not_loaded else []
+                if left_over:
+                    problems.append(
+                        f"{len(left_over)} backbone weights of it fit none of the model's: {_listing(left_over)}"
+                    )
+                raise ConfigError(
+                    f"{where} holds backbone weights only, but not those of the model's backbone (a ResNet of "
+                    f"another depth? see MODEL.RESNETS): of its {len(backbone_keys)} parameters and buffers, "
+                    + "; ".join(problems)
+                )
         if backbone_only and self.allow_backbone_only and self._initialising:
             groups = _listing(sorted({".".join(k.split(".")[:3]) for k in missing}))
             logger.info(
-                f"{where} holds backbone weights only: loaded {len(loaded)} of the model's {len(expected)} parameters "
-                f"and buffers; the other {len(missing)} ({groups}) keep their random initialisation."
+                f"{where} holds backbone weights only: loaded {len(expected) - len(missing)} of the model's "
+                f"{len(expected)} parameters and buffers; the other {len(missing)} ({groups}) keep their random "
+                "initialisation."
             )
             return incompatible
         problems = [f"{len(missing)} are not in it: {_listing(missing)}"] if missing else []
@@ -176,6 +252,6 @@ class DePOTRCheckpointer(DetectionCheckpointer):
             if backbone_only
             else "does not fit the model (a checkpoint of another config?)"
         )
-        raise ValueError(
+        raise ConfigError(
             f"{where} {kind}: of the model's {len(expected)} parameters and buffers, " + "; ".join(problems)
         )

@@ -141,10 +141,12 @@ class Trainer(CompatDefaultTrainer):
     # Backbone-only files (ImageNet weights) may start a training run (see DePOTRCheckpointer).
     checkpointer_class = functools.partial(DePOTRCheckpointer, allow_backbone_only=True)
 
-    def __init__(self, cfg: CfgNode):  # noqa: D107
+    def __init__(self, cfg: CfgNode, person_detector: Optional[PersonDetector] = None):
+        """``person_detector``: the detector this trainer's evaluations run beside the model when
+        ``TEST_BOX_SOURCE`` is "detector" (None: built, strictly, by the first evaluation)."""
         self._seed = training_seed(cfg)  # build_train_loader's sampler needs it
-        # This trainer's evaluations (EvalHook calls self.test) share one person detector, built by the first.
-        self._person_detector: Optional[PersonDetector] = None
+        # This trainer's evaluations (EvalHook calls self.test) share one person detector.
+        self._person_detector = person_detector
         self.test = self._test_reusing_detector
         super().__init__(cfg)
 
