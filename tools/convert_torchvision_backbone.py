@@ -15,6 +15,7 @@ that ResNet. The command prints the
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -29,6 +30,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output.endswith((".pkl", ".pth")):
         parser.error(f"output {args.output}: must end in .pkl or .pth")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        parser.error(f"output {args.output}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"output {args.output}: its folder {folder} is not writable")
     try:
         state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
@@ -42,7 +48,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 1
-    save_detectron2_weights(args.output, converted.state_dict)
+    try:
+        save_detectron2_weights(args.output, converted.state_dict)
+    except OSError as e:  # the write itself (a full disk, ...): named by the output, not its temporary file
+        print(f"error: cannot write {args.output} ({e.strerror or e})", file=sys.stderr)
+        return 1
     classifier = [k for k in converted.left_out if k.startswith("fc.")]
     print(
         f"{args.output}: {len(converted.state_dict)} tensors of ResNet-{converted.config['DEPTH']}; left out: "

@@ -6,12 +6,16 @@
 
 Keeps ``fraction`` of the images such that, per keypoint, the shares of visible (v=2),
 occluded (v=1) and unlabelled/outside (v=0) person keypoints stay within ``--tolerance``
-percentage points of the full set, and plots both distributions.
+percentage points of the full set, and plots both distributions. Both outputs are checked (their
+folders exist and are writable; the plot's extension is a matplotlib format) before the selection
+runs, and written atomically: when either cannot be written, neither is.
 """
 
 import argparse
 import json
+import os
 import sys
+from typing import Optional
 
 from detectron2.utils.logger import setup_logger
 
@@ -22,6 +26,28 @@ from depotr.data.subset import (
     subset_coco,
     visibility_distribution,
 )
+from depotr.file_io import atomic_output_path
+
+
+def output_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written (a missing or read-only folder, a folder of that name), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} is not writable"
+    return "it is a folder" if os.path.isdir(path) else None
+
+
+def plot_format_problem(path: str) -> Optional[str]:
+    """Why matplotlib cannot save a figure in ``path``'s format (its extension), or None."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    extension = os.path.splitext(path)[1][1:].lower()
+    if extension not in formats:
+        return f"the extension {extension or '(none)'!r} is not a matplotlib format ({', '.join(sorted(formats))})"
+    return None
 
 
 def main(argv=None) -> int:
@@ -33,6 +59,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1.0, help="max deviation in percentage points")
     args = parser.parse_args(argv)
+    checks = [("--output", args.output, output_problem(args.output))]
+    if args.plot:
+        checks.append(("--plot", args.plot, output_problem(args.plot) or plot_format_problem(args.plot)))
+    for option, path, problem in checks:  # before the selection, which can take long
+        if problem:
+            parser.error(f"{option} {path}: {problem}")
     setup_logger(name="depotr")
 
     try:
@@ -50,18 +82,22 @@ def main(argv=None) -> int:
         print(f"make_subset: {args.input}: {problem}", file=sys.stderr)
         return 1
     subset = subset_coco(coco, ids)
-    with open(args.output, "w") as f:
-        json.dump(subset, f)
     full_dist, sub_dist = visibility_distribution(coco), visibility_distribution(subset)
+    # The plot is drawn into its temporary file (same extension) before either output is moved in place.
+    with atomic_output_path(args.output) as json_tmp:
+        with open(json_tmp, "w") as f:
+            json.dump(subset, f)
+        if args.plot:
+            with atomic_output_path(args.plot) as plot_tmp:
+                plot_visibility_distributions(
+                    full_dist, sub_dist, keypoint_names(coco), plot_tmp, title=f"{args.input} fraction {args.fraction}:"
+                )
     dev = abs(full_dist - sub_dist).max() * 100
     print(
         f"{args.output}: {len(subset['images'])} of {len(coco['images'])} images, "
         f"{len(subset['annotations'])} annotations, max deviation {dev:.3f} pp"
     )
     if args.plot:
-        plot_visibility_distributions(
-            full_dist, sub_dist, keypoint_names(coco), args.plot, title=f"{args.input} fraction {args.fraction}:"
-        )
         print(f"plot: {args.plot}")
     return 0
 

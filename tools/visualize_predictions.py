@@ -5,13 +5,16 @@
         --output output/depotr_hm_r18_synthetic/predictions --num-images 6 \
         MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth   # or --opts MODEL.WEIGHTS ...
 
-Each PNG shows the ground-truth skeletons (left) next to the predictions (right), drawn with
-Detectron2's ``Visualizer`` and the dataset's keypoint metadata. The model runs on the CPU; an empty
-MODEL.WEIGHTS is an error unless --random-weights is given.
+Each PNG, ``<image id>_<file name>.png``, shows the ground-truth skeletons (left) next to the
+predictions (right), drawn with Detectron2's ``Visualizer`` and the dataset's keypoint metadata. The
+model runs on the CPU, with the person boxes of MODEL.DEPOTR.TEST_BOX_SOURCE as in evaluation (with
+"detector", the person detector of MODEL.DEPOTR.DETECTOR runs beside it, as ``Trainer.test`` does);
+an empty MODEL.WEIGHTS (or DETECTOR.WEIGHTS) is an error unless --random-weights is given.
 """
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -36,12 +39,22 @@ def gt_as_predictions(instances):
     return shown
 
 
+def output_name(dataset_dict: dict) -> str:
+    """``<image id>_<file name stem>.png``: unique within a dataset (its image ids are), even where
+    images in different folders share a file name; characters other than letters, digits, ``.``
+    and ``-`` become ``_``."""
+    stem = os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
+    return re.sub(r"[^\w.-]", "_", f"{dataset_dict['image_id']}_{stem}") + ".png"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder for the PNGs")
-    parser.add_argument("--num-images", type=int, default=6)
+    parser.add_argument("--num-images", type=int, default=6, help="how many test images to draw (>= 1)")
     add_config_arguments(parser)
     args = parse_command_line(parser, argv)
+    if args.num_images < 1:
+        parser.error(f"--num-images must be >= 1, got {args.num_images}")
 
     import cv2
     import numpy as np
@@ -54,11 +67,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from depotr.config import load_depotr_config
     from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
     from depotr.export import build_cpu_model
+    from depotr.modeling.person_detector import PoseWithDetector, build_person_detector
 
     setup_logger(name="depotr")
     cfg = load_depotr_config(args.config_file, config_overrides(args))
+    cfg.MODEL.DEVICE = "cpu"  # the person detector too
     cfg.freeze()
     model = build_cpu_model(cfg, args.random_weights)  # the weights are checked before the data
+    if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":  # as Trainer.test
+        model = PoseWithDetector(build_person_detector(cfg, args.random_weights), model, cfg.INPUT.FORMAT).eval()
     register_synthetic_datasets_from_cfg(cfg)
     dataset_name = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset_name)
@@ -72,8 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             predictions = model([inputs])[0]["instances"]
         image = convert_image_to_rgb(inputs["image"].permute(1, 2, 0).numpy(), cfg.INPUT.FORMAT)
         panels = [draw(image, gt_as_predictions(inputs["instances"]), metadata), draw(image, predictions, metadata)]
-        path = os.path.join(args.output, f"{os.path.splitext(os.path.basename(dataset_dict['file_name']))[0]}.png")
-        cv2.imwrite(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
+        path = os.path.join(args.output, output_name(dataset_dict))
+        if not cv2.imwrite(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {path}")
         print(f"{path}: {len(predictions)} persons")
     return 0
 

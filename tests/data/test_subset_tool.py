@@ -131,3 +131,62 @@ def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     assert _tool().main(["--input", str(src), "--fraction", "0.1", "--output", str(tmp_path / "subset.json")]) == 1
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "subset.json").exists()
+
+
+@pytest.mark.parametrize(
+    "output, plot, message",
+    [
+        (
+            "missing/subset.json",
+            "subset.png",
+            r"--output \S*missing/subset\.json: its folder \S*missing does not exist",
+        ),
+        ("subset.json", "missing/subset.png", r"--plot \S*missing/subset\.png: its folder \S*missing does not exist"),
+        ("subset.json", "subset.bmp", r"--plot \S*subset\.bmp: the extension 'bmp' is not a matplotlib format \(.*png"),
+        ("subset.json", "subset", r"--plot \S*subset: the extension '\(none\)' is not a matplotlib format"),
+    ],
+    ids=["output-folder", "plot-folder", "plot-extension", "plot-no-extension"],
+)
+def test_cli_checks_both_outputs_before_selecting(tmp_path, capsys, monkeypatch, output, plot, message):
+    tool = _tool()
+    monkeypatch.setattr(tool, "select_subset", lambda *a, **k: pytest.fail("selected before checking the outputs"))
+    src = tmp_path / "full.json"
+    src.write_text(json.dumps(_random_coco(num_images=20)))
+    argv = [
+        "--input",
+        str(src),
+        "--fraction",
+        "0.5",
+        "--output",
+        str(tmp_path / output),
+        "--plot",
+        str(tmp_path / plot),
+    ]
+    with pytest.raises(SystemExit):
+        tool.main(argv)
+    assert re.search(message, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.json"]
+
+
+def test_cli_writes_neither_output_when_the_plot_fails(tmp_path, coco, monkeypatch):
+    tool = _tool()
+
+    def failing_plot(*args, **kwargs):
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(tool, "plot_visibility_distributions", failing_plot)
+    src = tmp_path / "full.json"
+    src.write_text(json.dumps(coco))
+    argv = [
+        "--input",
+        str(src),
+        "--fraction",
+        "0.1",
+        "--output",
+        str(tmp_path / "sub.json"),
+        "--plot",
+        str(tmp_path / "sub.png"),
+    ]
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        tool.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.json"]  # no json, no temporary file

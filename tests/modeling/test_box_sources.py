@@ -4,6 +4,7 @@ sources apply the score threshold and keep the top-k sorted by score, gt keeps i
 
 import logging
 import re
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances, Keypoints
 
 from depotr.config import add_depotr_config
+from depotr.modeling import box_sources
 from depotr.modeling.box_sources import (
     GtBoxes,
     PersonBoxes,
@@ -155,6 +157,33 @@ def test_ranked_sources_threshold_sort_and_topk(source, thresh, topk, expected, 
     torch.testing.assert_close(found.boxes, torch.tensor(boxes).reshape(-1, 4)[expected])
     torch.testing.assert_close(found.scores, torch.tensor(scores)[expected])
     assert dict(box_source.num_dropped) == dropped
+
+
+def test_topk_drops_are_a_warning_naming_box_topk_and_the_count(caplog, monkeypatch):
+    # 150 caller boxes with BOX_TOPK 100 must not lose 50 persons silently.
+    boxes = [[1.0, 1.0, 5.0 + i % 40, 9.0] for i in range(150)]
+    scores = [0.5 + i / 1000 for i in range(150)]
+    source = PrecomputedBoxes(0.0, 100)
+    with caplog.at_level(logging.WARNING, logger="depotr.modeling.box_sources"):
+        (found,) = source([_input("a", boxes=boxes, scores=scores)])
+        (again,) = source([_input("b", boxes=boxes, scores=scores)])  # within the minute: not repeated
+    assert len(found.boxes) == len(again.boxes) == 100
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Image 'a': MODEL.DEPOTR.BOX_TOPK 100 dropped 50 of its 150 precomputed person boxes" in warnings[0]
+    # A minute later it warns again, with the total so far.
+    clock = time.monotonic() + 61
+    monkeypatch.setattr(box_sources.time, "monotonic", lambda: clock)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="depotr.modeling.box_sources"):
+        source([_input("c", boxes=boxes, scores=scores)])
+    assert "Image 'c': MODEL.DEPOTR.BOX_TOPK 100 dropped 50 of its 150" in caplog.text
+    assert "150 dropped by the top-k so far" in caplog.text
+    # Score-threshold drops alone are no warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="depotr.modeling.box_sources"):
+        PrecomputedBoxes(0.6, 100)([_input("d", boxes=boxes, scores=scores)])
+    assert not caplog.records
 
 
 def test_equal_scores_keep_their_order_and_gt_is_never_sorted():

@@ -145,3 +145,11 @@ def test_bad_state_dicts_are_rejected(state_dict, match):
 def test_output_must_be_pkl_or_pth(tmp_path):
     with pytest.raises(ValueError, match=r"\.pkl or \.pth"):
         save_detectron2_weights(str(tmp_path / "weights.pt"), {})
+
+
+def test_converter_tool_checks_the_output_folder_first_and_names_the_output(tmp_path, capsys):
+    output = tmp_path / "missing" / "r18.pkl"
+    with pytest.raises(SystemExit):  # before the (missing) input is read
+        load_script("tools/convert_torchvision_backbone.py").main([str(tmp_path / "resnet18.pth"), str(output)])
+    err = capsys.readouterr().err
+    assert f"output {output}: its folder {output.parent} does not exist" in err and ".tmp-" not in err

@@ -21,12 +21,18 @@ Every source returns per image a :class:`PersonBoxes` under ONE policy, applied 
 2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); the drops are counted in
-   ``num_dropped`` and logged at most once a minute. ``gt`` and ``whole_image`` keep their order.
+   ``num_dropped``. Score drops are logged (INFO) at most once a minute; top-k drops are a
+   WARNING naming ``BOX_TOPK`` and the count, at the source's first top-k drop and then at most
+   once a minute. The top-k applies to the boxes a ``Predictor`` caller passes too (they reach
+   the model as ``"proposals"``, like the detector's, and the ``Predictor`` documents this rule):
+   raise ``BOX_TOPK`` (or set it <= 0) to keep more than 100 persons of an image.
+   ``gt`` and ``whole_image`` keep their order.
 3. Boxes are clipped to the image (as Detectron2's detectors, and SimpleBaseline / HRNet the
    training boxes). A box with no area inside the image is dropped, with one warning per image.
 """
 
 import logging
+import time
 from collections import Counter
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -126,10 +132,23 @@ class PersonBoxSource:
         self.clip = bool(clip)
         # Boxes dropped by rule 2 since construction: "score" (below the threshold), "topk".
         self.num_dropped: Counter = Counter()
+        self._topk_warned_at: Optional[float] = None  # time.monotonic() of the last top-k warning
 
     def image_boxes(self, x: Dict[str, Any]) -> PersonBoxes:
         """The boxes of one input as the source has them, before the policy."""
         raise NotImplementedError
+
+    def _warn_topk(self, image_id: object, above: int, dropped: int) -> None:
+        """Rule 2's top-k warning: at the first top-k drop, then at most once a minute."""
+        now = time.monotonic()
+        if self._topk_warned_at is not None and now - self._topk_warned_at < 60:
+            return
+        self._topk_warned_at = now
+        logger.warning(
+            f"Image {image_id!r}: MODEL.DEPOTR.BOX_TOPK {self.topk} dropped {dropped} of its {above} {self.name} "
+            f"person boxes scoring >= {self.score_thresh:g} (the lowest scoring; {self.num_dropped['topk']} "
+            "dropped by the top-k so far); raise BOX_TOPK (<= 0: no limit) to keep them"
+        )
 
     def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[PersonBoxes]:
         """Per input the checked, filtered, sorted (ranked sources) and clipped boxes."""
@@ -153,6 +172,8 @@ class PersonBoxSource:
                     n=60,
                     name=__name__,
                 )
+            if len(boxes) < above:
+                self._warn_topk(image_id, above, above - len(boxes))
         boxes, scores = boxes.float(), scores.float()
         height, width = x["image"].shape[-2:]
         clipped = Boxes(boxes.clone())
