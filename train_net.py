@@ -71,7 +71,7 @@ def main(args, cfg=None):
     from depotr.config import log_device
     from depotr.engine import DePOTRCheckpointer, Trainer
     from depotr.engine.checkpoint import weights_to_load
-    from depotr.modeling.person_detector import build_person_detector
+    from depotr.engine.detector import build_person_detector
 
     cfg = setup(args, cfg)
     log_device(cfg.MODEL.DEVICE)
@@ -101,7 +101,7 @@ def cli(argv=None) -> int:
     from depotr.config import load_depotr_config
     from depotr.engine import launch
     from depotr.engine.checkpoint import resume_checkpoint, weights_to_load
-    from depotr.modeling.person_detector import detector_weights_to_load
+    from depotr.engine.detector import detector_weights_to_load
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
     cfg = load_depotr_config(args.config_file, config_overrides(args))

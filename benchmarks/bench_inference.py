@@ -73,7 +73,8 @@ from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
 from depotr.config import load_depotr_config
-from depotr.modeling.person_detector import PoseWithDetector, build_person_detector, resolve_model_zoo_path
+from depotr.engine.detector import build_person_detector
+from depotr.modeling.person_detector import PoseWithDetector, resolve_model_zoo_path
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "benchmarks" / "README.md"

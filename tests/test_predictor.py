@@ -18,8 +18,9 @@ from depotr import Predictor
 from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
+from depotr.engine.detector import build_person_detector
 from depotr.modeling.crops import expand_boxes_to_aspect
-from depotr.modeling.person_detector import PersonDetector, PoseWithDetector, build_person_detector
+from depotr.modeling.person_detector import PersonDetector, PoseWithDetector
 from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -50,7 +50,7 @@ class FixedDetector(nn.Module):
 
 def test_detector_box_source_runs_the_person_detector_beside_the_model(tmp_path, synthetic_root, capsys, monkeypatch):
     """The friction: KeyError "image 1 has no 'proposals'" (the detector was never built)."""
-    import depotr.modeling.person_detector as person_detector
+    import depotr.engine.detector as person_detector
 
     built = []
     monkeypatch.setattr(

@@ -66,8 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from depotr.config import load_depotr_config
     from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
+    from depotr.engine.detector import build_person_detector
     from depotr.export import build_cpu_model
-    from depotr.modeling.person_detector import PoseWithDetector, build_person_detector
+    from depotr.modeling.person_detector import PoseWithDetector
 
     setup_logger(name="depotr")
     cfg = load_depotr_config(args.config_file, config_overrides(args))

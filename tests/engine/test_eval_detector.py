@@ -12,7 +12,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 import train_net
 from depotr.cli import run_main
 from depotr.engine import Trainer
-from depotr.modeling.person_detector import PoseWithDetector, build_person_detector
+from depotr.engine.detector import build_person_detector
+from depotr.modeling.person_detector import PoseWithDetector
 from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
 
 from .conftest import INSTANT_CONFIG, REPO, instant_args
@@ -106,7 +107,7 @@ def test_empty_detector_weights_need_random_weights_before_any_work(tmp_path, mo
 def test_random_weights_reach_the_person_detector_of_train_net(tmp_path, synthetic_root, monkeypatch):
     """--random-weights is passed on to the detector of --eval-only and of a training run's
     evaluations (built before either starts)."""
-    import depotr.modeling.person_detector as person_detector
+    import depotr.engine.detector as person_detector
 
     built, tested = [], []
     monkeypatch.setattr(

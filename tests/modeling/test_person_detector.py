@@ -1,5 +1,6 @@
-"""The person detector outside the pose model (depotr.modeling.person_detector): a frozen
-Detectron2 detector giving person proposals, and PoseWithDetector, detector then pose model."""
+"""The person detector outside the pose model (depotr.modeling.person_detector; built with its
+weights by depotr.engine.detector): a frozen Detectron2 detector giving person proposals, and
+PoseWithDetector, detector then pose model."""
 
 import os
 import re
@@ -14,13 +15,9 @@ from detectron2.structures import Boxes, Instances
 
 from depotr.cli import ConfigError
 from depotr.config import add_depotr_config
+from depotr.engine.detector import build_person_detector, detector_weights_to_load
 from depotr.modeling.box_sources import PrecomputedBoxes
-from depotr.modeling.person_detector import (
-    PoseWithDetector,
-    build_person_detector,
-    detector_weights_to_load,
-    resolve_model_zoo_path,
-)
+from depotr.modeling.person_detector import PoseWithDetector, resolve_model_zoo_path
 
 from .test_meta_arch import K, make_input, make_model
 

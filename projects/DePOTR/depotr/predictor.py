@@ -24,8 +24,8 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
+from .engine.detector import build_person_detector
 from .modeling.box_sources import build_box_source
-from .modeling.person_detector import build_person_detector
 
 __all__ = ["Predictor", "person_proposals"]
 

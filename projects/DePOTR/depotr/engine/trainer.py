@@ -26,10 +26,11 @@ from detectron2.utils.env import seed_all_rng
 from ..data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, filter_person_annotations
 from ..data.keypoint_metadata import keypoint_metadata_from_config
 from ..evaluation import CrowdPoseEvaluator, PCKhEvaluator, build_keypoint_evaluator
-from ..modeling.person_detector import PersonDetector, PoseWithDetector, build_person_detector
+from ..modeling.person_detector import PersonDetector, PoseWithDetector
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
+from .detector import build_person_detector
 from .hooks import IterationSeedHook
 from .run_dir import drop_metrics_after
 
