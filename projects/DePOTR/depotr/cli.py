@@ -1,13 +1,9 @@
 """What every command-line entry point (``train_net.py``, ``demo/demo.py``, ``tools/*.py``) shares,
 in the standard library only, so that an entry point parses its arguments (and answers ``--help``)
-before it imports torch or Detectron2 (``import depotr`` is cheap for the same reason).
-
-* Config overrides: ``--opts KEY VALUE ...`` (Detectron2's demo) and bare ``KEY VALUE ...`` after
-  the options (Detectron2's train_net) are both accepted, by every entry point.
-* ``--random-weights``: the one explicit way to run a model with an empty ``MODEL.WEIGHTS``
-  (``depotr.engine.checkpoint.weights_to_load`` decides).
-* :class:`ConfigError`: a known user mistake, which :func:`run_main` prints as one line
-  ``error: ...`` with exit status 2.
+before it imports torch or Detectron2 (``import depotr`` is cheap for the same reason): config
+overrides as ``--opts KEY VALUE ...`` (Detectron2's demo) or bare ``KEY VALUE ...`` after the
+options (Detectron2's train_net), ``--random-weights`` (the one explicit way to run a model with an
+empty ``MODEL.WEIGHTS``), and :class:`ConfigError`, a user mistake :func:`run_main` prints in one line.
 """
 
 import argparse

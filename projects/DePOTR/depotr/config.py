@@ -180,8 +180,7 @@ def add_depotr_config(cfg: CN) -> None:
     # Inference precision of the keypoint branch's body: "float32", "bfloat16" (CPUs with avx512_bf16
     # or AMX, GPUs) or "float16" (GPUs), under torch.autocast; heads and decoding stay float32.
     cfg.TEST.PRECISION = "float32"
-    # Crops in channels-last memory format at inference: pays from a few R50-size crops on (measured:
-    # benchmarks/README.md), costs ~20 % for one small crop, hence on in the COCO configs only.
+    # Channels-last crops at inference: faster for several R50-size crops, ~20 % slower for one small one.
     cfg.TEST.CHANNELS_LAST = False
     # Heatmap sub-pixel decoding: "none", "shift" (quarter pixel to the higher neighbour), "dark".
     cfg.TEST.HEATMAP_REFINE = "shift"
@@ -191,8 +190,7 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.TEST.OKS_NMS_THRESH = 0.9
 
     cfg.TEST.TRACK = CN()
-    # Video tracking (demo --track): similarity = IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS
-    # (at the frame's edge the box term also counts a part of the box inside the track's).
+    # Video tracking (demo --track): similarity = IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS (docs/config.md).
     cfg.TEST.TRACK.IOU_WEIGHT = 0.5
     # Persons and tracks less similar than this are not matched.
     cfg.TEST.TRACK.MIN_SIMILARITY = 0.3
@@ -200,8 +198,7 @@ def add_depotr_config(cfg: CN) -> None:
     cfg.TEST.TRACK.MAX_LOST_FRAMES = 10
     # Constant-velocity motion: a match corrects it by this x centre error per frame (0: no motion).
     cfg.TEST.TRACK.VELOCITY_GAIN = 0.1
-    # TEST.OKS_NMS_THRESH when persons are tracked (demo --track, bench_video.py,
-    # depotr.tracking.tracking_config): 1.0, off, since OKS-NMS drops one of two overlapping persons.
+    # TEST.OKS_NMS_THRESH when persons are tracked (depotr.tracking.tracking_config): 1.0, off (docs/config.md).
     cfg.TEST.TRACK.OKS_NMS_THRESH = 1.0
     cfg.TEST.SMOOTH = CN()
     # One-Euro smoothing (demo --smooth): cutoff Hz = MIN_CUTOFF + BETA x speed (px/s) (docs/config.md).

@@ -2,19 +2,15 @@
 
 Shape letters: N persons (crops), K keypoints, (H, W) the crop size (``INPUT.CROP_SIZE``).
 
-:class:`CropKeypointPredictor` (:func:`export_predictor`): person crops in -> keypoints in crop
-pixels out: what ``TopDownPoseEstimator.inference`` computes between cropping and
-``crop_to_image`` (normalisation, the branch, its flip test, ``decode``).
-:class:`ImageKeypointPredictor` (:func:`export_image_predictor`): an image and its person boxes
+:class:`CropKeypointPredictor`: person crops in -> keypoints in crop pixels out (what
+``TopDownPoseEstimator.inference`` does between cropping and ``crop_to_image``: normalisation, the
+branch, its flip test, ``decode``). :class:`ImageKeypointPredictor`: an image and its person boxes
 in -> keypoints in image pixels out, checked against ``depotr.Predictor``. Both take N = 0.
 
-TorchScript is ``torch.jit.trace`` (crop size fixed, N free); ONNX (opset >= 17) the TorchScript-
-based ``torch.onnx.export(dynamo=False)``: torch.export fails on the transformer's host-side
-``spatial_shapes.tolist()``. Both trace the deformable attention's ``F.grid_sample`` reference
+TorchScript is ``torch.jit.trace`` (crop size fixed, N free), ONNX (opset >= 17)
+``torch.onnx.export(dynamo=False)``: torch.export fails on the transformer's host-side
+``spatial_shapes.tolist()``. Both trace the ``F.grid_sample`` reference of deformable attention
 (:func:`reference_msda_backend`), so the files need neither ``depotr._C`` nor a custom ONNX op.
-Each file is traced from a copy whose parameters do not require grad, written to a temporary name,
-loaded back, run twice (TorchScript with grad mode on) on other inputs than the traced ones and
-compared with the eager module, and only then moved into place.
 """
 
 import contextlib
@@ -156,17 +152,13 @@ def build_cpu_model(cfg: CfgNode, random_weights: bool = False) -> nn.Module:
 
 
 class ImageKeypointPredictor(nn.Module):
-    """N persons, K keypoints, (H, W) the image size. One image and its person boxes ->
-    keypoints in image pixels: the ``Predictor``'s pipeline from the caller's boxes on, as one
-    traceable module (torch and ONNX ops only).
-
-    Boxes are clipped to the image and turned into the model's crops (``box_crop_params``: aspect
-    W:H, ``INPUT.CROP_PADDING``); the normalised image is cropped by
-    ``torchvision.ops.roi_align(aligned=True)`` (ONNX RoiAlign "half_pixel"; outside the image
-    reads the mean colour; ``crop_images``' sampling ratio, the adaptive one capped at
-    ``MAX_SAMPLING_RATIO``), then :class:`CropKeypointPredictor` and ``crop_to_image``. Unlike
-    the ``Predictor`` it does not sort, filter or drop boxes (a box must overlap the image),
-    rescore persons or run OKS-NMS: keypoints n are those of box n.
+    """N persons, K keypoints, (H, W) the image size. The ``Predictor``'s pipeline from the
+    caller's boxes on as one traceable module: boxes clipped to the image -> the model's crops
+    (``box_crop_params``), cut from the normalised image by ``roi_align(aligned=True)`` (ONNX
+    RoiAlign "half_pixel"; the mean colour outside the image; ``crop_images``' sampling ratio) ->
+    :class:`CropKeypointPredictor` -> ``crop_to_image``. Unlike the ``Predictor`` it does not sort,
+    filter or drop boxes (a box must overlap the image), rescore persons or run OKS-NMS:
+    keypoints n are those of box n.
 
     Args:
         crop_predictor: the pose branch on crops (its pixel statistics, flip test).
@@ -216,10 +208,8 @@ class ImageKeypointPredictor(nn.Module):
         crop_size = self.crop_predictor.crop_size
         if self.sampling_ratio > 0:
             return roi_align(normalised, rois, crop_size, 1.0, self.sampling_ratio, aligned=True)
-        # Chosen: the Predictor's capped rule exactly (roi_align/RoiAlign take one ratio, no cap).
-        # Boxes over the cap are cut by a second call with the ratio fixed at the cap (one more
-        # RoiAlign, usually of 0 boxes); in the adaptive call they are replaced by a crop-sized box
-        # (ratio 1), so that their cost stays capped as in crop_images.
+        # roi_align takes one ratio and has no cap: boxes over the cap are cut by a second call at
+        # the cap (usually of 0 boxes) and replaced by a crop-sized box (ratio 1) in the first.
         bins = params[:, [3, 2]].double() / torch.tensor(crop_size, dtype=torch.float64)  # as crop_images
         over_cap = (bins > MAX_SAMPLING_RATIO).any(dim=1)
         small_box = torch.tensor([0.0, 0.0, 0.0, float(crop_size[1]), float(crop_size[0])], dtype=rois.dtype)
@@ -270,21 +260,7 @@ def run_torchscript(path: str, *inputs: Tensor) -> Tensor:
 
 def run_onnx(path: str, *inputs: Tensor) -> Tensor:
     """:func:`run_torchscript` of an ONNX file, with onnxruntime (CPU)."""
-    return _onnx_runner(path)(*inputs)
-
-
-def _onnx_runner(path: str) -> Callable[..., Tensor]:
-    """The ONNX file at ``path`` in one onnxruntime (CPU) session, as :func:`run_onnx` of its inputs."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-    def run(*inputs: Tensor) -> Tensor:
-        feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
-        (keypoints,) = session.run([_ONNX_OUTPUT], feeds)
-        return torch.from_numpy(keypoints)
-
-    return run
+    return _loaded_file("onnx", path)(*inputs)
 
 
 def keypoint_errors(actual: Tensor, expected: Tensor) -> Tuple[float, float]:
@@ -304,8 +280,7 @@ def keypoint_errors(actual: Tensor, expected: Tensor) -> Tuple[float, float]:
 @dataclass
 class ExportReport:
     """One exported file, its max abs differences from the eager module over all checked inputs
-    ((x, y) in pixels, and the score), and the batch sizes N it was checked on (not the traced one).
-    Each input was run twice on the loaded file (TorchScript with grad mode on, as a user's call)."""
+    ((x, y) in pixels, and the score), and the batch sizes N it was checked on (not the traced one)."""
 
     format: str
     path: str
@@ -344,11 +319,9 @@ def export_predictor(
     if batch < 1:
         raise ValueError(f"the example batch needs at least one crop, got {batch}")
     check_batches = tuple(n for n in (0, 1, batch + 1) if n != batch)
-    cases = []
-    for offset, n in enumerate(check_batches, start=1):
-        crops = random_crops(n, predictor.crop_size, seed + offset)
-        with torch.no_grad():
-            cases.append(((crops,), predictor(crops), 1.0))
+    crops = [random_crops(n, predictor.crop_size, seed + offset) for offset, n in enumerate(check_batches, start=1)]
+    with torch.no_grad():
+        cases = [((c,), predictor(c), 1.0) for c in crops]
     example = (random_crops(batch, predictor.crop_size, seed),)
     axes = {_ONNX_INPUT: {0: "N"}, _ONNX_OUTPUT: {0: "N"}}
     what = f"PyTorch on batches of {check_batches} crops"
@@ -427,18 +400,26 @@ def _write_checked(
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose parameters do not require grad, to trace: a TorchScript file
-    traced with parameters that require grad fails from its second call outside ``torch.no_grad()``
-    ("a view of a leaf Variable that requires grad is being used in an in-place operation").
-    ``module`` itself is left as it is."""
+    """A copy of ``module`` (left as it is) whose parameters do not require grad, to trace: a
+    TorchScript file traced with parameters that require grad fails from its second call outside
+    ``torch.no_grad()`` ("a view of a leaf Variable that requires grad is being used in an in-place operation")."""
     return copy.deepcopy(module).requires_grad_(False)
 
 
 def _loaded_file(fmt: str, path: str) -> Callable[..., Tensor]:
-    """The exported file at ``path`` loaded once, as a function of its inputs -> (N, K, 3)
-    keypoints; TorchScript runs with grad mode on, as a user's ``torch.jit.load(path)(x)``."""
+    """The exported file at ``path`` loaded once (ONNX: one onnxruntime CPU session), as a function
+    of its inputs -> (N, K, 3) keypoints; TorchScript runs with grad mode on, as a user's
+    ``torch.jit.load(path)(x)``."""
     if fmt == "onnx":
-        return _onnx_runner(path)
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def run(*inputs: Tensor) -> Tensor:
+            feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
+            return torch.from_numpy(session.run([_ONNX_OUTPUT], feeds)[0])
+
+        return run
     module = torch.jit.load(path, map_location="cpu")
 
     def run(*inputs: Tensor) -> Tensor:
@@ -491,12 +472,7 @@ def over_cap_box(crop_size: Sequence[int], padding: float) -> Tensor:
 
 
 def export_image_predictor(
-    predictor: Predictor,
-    fmt: str,
-    path: str,
-    tolerance: float = 1e-3,
-    opset: int = MIN_OPSET,
-    seed: int = 0,
+    predictor: Predictor, fmt: str, path: str, tolerance: float = 1e-3, opset: int = MIN_OPSET, seed: int = 0
 ) -> ExportReport:
     """Exports the :class:`ImageKeypointPredictor` of ``predictor``'s model to ``path`` and
     checks the file against :func:`predictor_keypoints` (make ``predictor`` with
@@ -516,10 +492,7 @@ def export_image_predictor(
     big_box = over_cap_box(crop_size, padding)
     big_scale = box_crop_params(big_box, crop_size, padding)[0, 3].item() / crop_size[0]  # image px per crop px
     checks = {  # (H, W) -> boxes, scale of the (x, y) errors
-        (130, 100): (
-            torch.tensor([[12.0, 15.0, 60.0, 120.0], [55.0, 40.0, 112.0, 140.0], [5.0, 5.0, 25.0, 30.0]]),
-            1.0,
-        ),
+        (130, 100): (torch.tensor([[12.0, 15, 60, 120], [55, 40, 112, 140], [5, 5, 25, 30]]), 1.0),
         (80, 120): (torch.zeros(0, 4), 1.0),
         (int(big_box[0, 3]), int(big_box[0, 2])): (big_box, big_scale),
     }

@@ -9,6 +9,7 @@ behind: :func:`remove_temporary_files` deletes those once nothing else can be wr
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from typing import Any, BinaryIO, Callable, Iterator, List
@@ -17,6 +18,7 @@ __all__ = [
     "TEMPORARY_PREFIX",
     "atomic_output_path",
     "atomic_write",
+    "is_finite_number",
     "load_json",
     "load_json_list",
     "remove_temporary_files",
@@ -92,3 +94,8 @@ def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{what} file {json_file}: expected a list of {items}, got {type(data).__name__}")
     return data
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether a value read from json is a finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -34,12 +34,7 @@ logger = logging.getLogger(__name__)
 ImageLike = Union[np.ndarray, str, os.PathLike]
 BoxesLike = Union[np.ndarray, Tensor, Boxes, Sequence[Sequence[float]]]
 ScoresLike = Union[np.ndarray, Tensor, Sequence[float]]
-
-
-# Boxes whose coordinates are all <= this, on an image whose long side exceeds _NORMALISED_MIN_SIDE
-# pixels, look normalised to [0, 1] (warned).
-_NORMALISED_MAX_COORD = 1.5
-_NORMALISED_MIN_SIDE = 32
+_NORMALISED_MAX_COORD, _NORMALISED_MIN_SIDE = 1.5, 32  # see person_proposals
 
 
 def person_proposals(
@@ -47,7 +42,8 @@ def person_proposals(
 ) -> Instances:
     """The ``"proposals"`` of one model input (box source "precomputed"), converted to XYXY; only
     the shapes ``Instances`` need are checked here (the box source checks the values). Boxes that
-    look normalised to [0, 1] (all coordinates <= 1.5 on an image larger than 32 pixels) are warned about.
+    look normalised to [0, 1] (all coordinates <= 1.5 on an image whose long side exceeds 32
+    pixels) are warned about.
 
     Args:
         boxes: (N, 4) person boxes in image pixels (array, tensor, nested list or Boxes) in

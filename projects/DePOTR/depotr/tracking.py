@@ -1,35 +1,23 @@
-"""Poses in video: persistent person identities (tracking) and One-Euro smoothing of keypoints.
+"""Poses in video: persistent person identities (tracking) and One-Euro smoothing of keypoints
+(the settings, the edge rule and how they were chosen: docs/config.md, "Video").
 
 Shape letters: N persons of a frame, T tracks, K keypoints.
 
-Tracking (SimpleBaseline's pose tracker, Xiao et al. 2018, with Hungarian matching): the persons
-of a frame are matched to the tracks alive before it by the similarity
-``IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS`` (OKS of the pose with the track's last pose,
-the mean of the two box areas as the scale, every keypoint counted); the track's box and pose are
-first moved to the frame at the track's velocity (constant-velocity motion, as SORT's, Bewley et
-al. 2016) and the box clipped to the frame, so that persons crossing one another are told apart
-by where they are heading. At the frame's edge a person is seen only in part (a person leaving
-the frame is, at the end, an arm; one entering grows from an arm): where a person's box and a
-track's box touch the same edge of the frame, the box term is the larger of their IoU and the
-share of either box inside the other, the track's box taken both as predicted and as last seen
-(clipped to the frame: a lost person at the edge is not carried out of the frame). Each match
-sets the track's box to the detected one and corrects its velocity by ``VELOCITY_GAIN`` x
-(detected - predicted box centre) / frames since the last match
-(the beta of an alpha-beta filter: a small gain averages the detector's jitter). Pairs below
-``MIN_SIMILARITY`` are never matched. A person left unmatched starts a new track; a track left
-unmatched is lost, kept for ``MAX_LOST_FRAMES`` frames (a person re-found within them keeps its
-id) and then ended. Ids count up from 0 and are never reused.
+Tracking (SimpleBaseline's pose tracker, Xiao et al. 2018, with Hungarian matching; constant-velocity
+motion as SORT's, Bewley et al. 2016): a frame's persons are matched to the tracks alive before it
+by ``IOU_WEIGHT x box IoU + (1 - IOU_WEIGHT) x OKS``, never below ``MIN_SIMILARITY``, each track's
+box and pose first moved to the frame at its velocity (box clipped to the frame). OKS is taken with
+the track's last pose, the mean of the two box areas as the scale, every keypoint counted. Where a
+person's box and a track's box (as predicted and as last seen) touch the same edge of the frame,
+the box term is the larger of their IoU and the share of either box inside the other. A match sets
+the track's box and corrects its velocity by ``VELOCITY_GAIN`` x (detected - predicted box centre)
+/ frames since the last match. An unmatched person starts a track; an unmatched track is kept
+``MAX_LOST_FRAMES`` frames, then ended. Ids count up from 0 and are never reused.
 
 Smoothing (Casiez, Roussel & Vogel, CHI 2012, "1 Euro Filter"): every x and y of every keypoint
-of a track is low-pass filtered with a cutoff that grows with its speed,
-``cutoff = MIN_CUTOFF + BETA x |speed|`` (Hz; speed in pixels/s, itself filtered at
-``D_CUTOFF``); slow keypoints are smoothed hard (no jitter), fast ones little (no lag). The
-cutoff of each keypoint is also scaled by its confidence, ``x (score / SCORE_REF) ^ SCORE_POWER``
-(the score clipped to [0.05, 1]):
-a keypoint the model is unsure of (low score) is noisier and is smoothed more, a confident one
-lags less (a Kalman filter weighs a measurement by its noise the same way). Each
-track has its own filter, started at its first pose and ended with the track; the time step is
-the number of frames since the track's last pose divided by the frame rate.
+of a track is low-pass filtered at ``(MIN_CUTOFF + BETA x |speed|) x (score / SCORE_REF) ^
+SCORE_POWER`` Hz (speed in pixels/s, filtered at ``D_CUTOFF``; score clipped to [0.05, 1]). Each
+track has its own filter; the time step is the frames since the track's last pose / frame rate.
 """
 
 import logging
@@ -195,11 +183,9 @@ class PoseTracker:
         self.score_ref, self.score_power = score_ref, score_power
         self.sigmas = tuple(float(s) for s in sigmas)
         self.iou_weight, self.min_similarity, self.max_lost_frames = iou_weight, min_similarity, max_lost_frames
-        self.velocity_gain = velocity_gain
-        self.fps, self.smoothing = fps, smoothing
+        self.velocity_gain, self.fps, self.smoothing = velocity_gain, fps, smoothing
         self.tracks: List[_Track] = []
-        self.frame = -1
-        self.next_id = 0
+        self.frame, self.next_id = -1, 0
 
     @classmethod
     def from_config(cls, cfg: CfgNode, fps: float = 30.0, smooth: bool = False) -> "PoseTracker":
@@ -234,14 +220,9 @@ class PoseTracker:
         track_boxes, last_boxes = Boxes(track_boxes), Boxes(torch.stack([t.box for t in self.tracks]))
         track_boxes.clip(instances.image_size)
         last_boxes.clip(instances.image_size)
-        boxes = instances.pred_boxes.to("cpu")
-        iou = torch.stack(
-            [
-                pairwise_iou(track_boxes, boxes),
-                _edge_overlap(track_boxes, boxes, instances.image_size),
-                _edge_overlap(last_boxes, boxes, instances.image_size),
-            ]
-        ).amax(0)
+        boxes, size = instances.pred_boxes.to("cpu"), instances.image_size
+        edge = torch.maximum(_edge_overlap(track_boxes, boxes, size), _edge_overlap(last_boxes, boxes, size))
+        iou = torch.maximum(pairwise_iou(track_boxes, boxes), edge)
         xy = instances.pred_keypoints.to("cpu")[:, :, :2].float()
         oks = keypoint_similarity(
             track_xy[:, None], xy[None], boxes.area()[None], self.sigmas, "mean", track_boxes.area()[:, None]

@@ -17,13 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from .dataset_mapper import annotations_to_arrays
-from .keypoint_metadata import (
-    COCO_PERSON_OKS_SIGMAS,
-    coco_person_metadata,
-    flip_indices,
-    is_colour,
-    person_metadata,
-)
+from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -104,9 +98,7 @@ def _check_metadata(
 
 
 def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None:
-    """The top-level ``images``, ``annotations`` and ``categories`` lists, each entry's
-    ``REQUIRED_JSON_FIELDS``, one category and its ``keypoints`` (when it lists them) equal to
-    ``keypoint_names``; else a ValueError prefixed with ``where`` naming the field."""
+    """The checks of :func:`load_keypoint_json` before loading; a ValueError prefixed with ``where``."""
     if not isinstance(coco, dict):
         raise ValueError(f"{where}: expected a COCO json object at the top level, got {type(coco).__name__}")
     for key, fields in REQUIRED_JSON_FIELDS.items():
@@ -132,17 +124,14 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None
 def load_keypoint_json(
     name: str, json_file: str, image_root: str, keypoint_names: Sequence[str]
 ) -> List[Dict[str, Any]]:
-    """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked
-    so that bad input fails here (the first ``DatasetCatalog.get``, in ``train_net.setup``), not
-    mid-training or at evaluation: before loading, the top-level ``images`` / ``annotations`` /
-    ``categories`` lists and each entry's ``REQUIRED_JSON_FIELDS``, one category whose
-    ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint values per
-    annotation and ``annotations_to_arrays``' checks (box, NaN / inf, visibility) of each
-    non-crowd one.
+    """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked so
+    that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
+    before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
+    ``REQUIRED_JSON_FIELDS`` and one category whose ``keypoints`` (when listed) are ``keypoint_names``
+    in order; after, 3K keypoint values per annotation and ``annotations_to_arrays``' checks.
 
     Raises:
-        FileNotFoundError; ValueError naming the dataset, the file and the field (and the image
-        and annotation id).
+        FileNotFoundError; ValueError naming the dataset, the file, the field (and the image and annotation id).
     """
     where = f"keypoint dataset {name!r} ({json_file})"
     if not os.path.isfile(json_file):

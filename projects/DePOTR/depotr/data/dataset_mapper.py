@@ -124,11 +124,8 @@ class DePOTRDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
         aug = cfg.INPUT.AUG
-        augmentation = None
-        if is_train and aug.ENABLED:
-            augmentation = build_photometric_augmentation(
-                aug.BLUR_PROB, aug.RGB_SHIFT_PROB, aug.BRIGHTNESS_CONTRAST_PROB
-            )
+        probs = (aug.BLUR_PROB, aug.RGB_SHIFT_PROB, aug.BRIGHTNESS_CONTRAST_PROB)
+        augmentation = build_photometric_augmentation(*probs) if is_train and aug.ENABLED else None
         return {
             "is_train": is_train,
             "image_format": cfg.INPUT.FORMAT,

@@ -8,7 +8,6 @@ clipping of those boxes are the box source's (``depotr.modeling.box_sources``).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -19,7 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
-from ..file_io import load_json_list
+from ..file_io import is_finite_number, load_json_list
 from .custom import unregister_dataset
 from .keypoint_metadata import coco_person_metadata
 from .synthetic import DEFAULT_IMAGE_SIZE
@@ -159,10 +158,6 @@ def filter_person_annotations(
     return (kept_dicts, stats) if return_stats else kept_dicts
 
 
-def _finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def load_precomputed_boxes(
     json_file: str, category_id: int = 1
 ) -> Tuple[Dict[int, Tuple[np.ndarray, np.ndarray]], Dict[str, int]]:
@@ -189,9 +184,9 @@ def load_precomputed_boxes(
         bbox, score, image_id = det["bbox"], det["score"], det["image_id"]
         if not isinstance(image_id, int) or isinstance(image_id, bool):
             raise ValueError(f"{where}: field 'image_id' must be an integer, got {image_id!r}")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_finite_number(v) for v in bbox):
             raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if not _finite_number(score):
+        if not is_finite_number(score):
             raise ValueError(f"{where}: field 'score' must be a finite number, got {score!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise ValueError(f"{where}: degenerate box {bbox} (negative width or height)")

@@ -103,19 +103,15 @@ MPII_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
 )
 MPII_KEYPOINT_NAMES: Tuple[str, ...] = tuple(row[0] for row in MPII_KEYPOINT_TABLE)
 
-# CrowdPose's 14 keypoints in the order of its json files; sigmas of its official evaluation
-# (COCO's, head and neck 0.079).
+# CrowdPose's 14 keypoints in the order of its json files (COCO's without the 5 face keypoints, then
+# head and neck); sigmas of its official evaluation (COCO's, head and neck 0.079).
 CROWDPOSE_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
-    *(
-        row
-        for row in COCO_PERSON_KEYPOINT_TABLE
-        if row[0] not in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
-    ),
+    *COCO_PERSON_KEYPOINT_TABLE[5:],
     ("head", "head", 0.079, (51, 153, 255), "upper"),
     ("neck", "neck", 0.079, (102, 204, 255), "upper"),
 )
 CROWDPOSE_SKELETON: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
-    *(edge for edge in COCO_PERSON_SKELETON if "ear" not in edge[0] + edge[1] and "eye" not in edge[0] + edge[1]),
+    *COCO_PERSON_SKELETON[4:],  # without the 4 face edges
     ("head", "neck", (51, 153, 255)),
     ("neck", "left_shoulder", (102, 204, 255)),
     ("neck", "right_shoulder", (102, 204, 255)),

@@ -100,13 +100,7 @@ def load_mpii_json(json_file: str, image_root: str) -> List[Dict[str, Any]]:
                 raise FileNotFoundError(f"{where}: image {file_name} does not exist")
             with Image.open(file_name) as im:
                 width, height = im.size
-            images[image] = {
-                "file_name": file_name,
-                "image_id": len(images),
-                "height": height,
-                "width": width,
-                "annotations": [],
-            }
+            images[image] = dict(file_name=file_name, image_id=len(images), height=height, width=width, annotations=[])
         images[image]["annotations"].append(annotation)
     logger.info("Loaded %d MPII persons in %d images from %s", len(entries), len(images), json_file)
     return list(images.values())

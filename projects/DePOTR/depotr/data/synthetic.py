@@ -14,10 +14,9 @@ Coordinates: keypoints in COCO's "pixel index" convention (the centre of pixel (
 as cv2 draws); Detectron2's ``load_coco_json`` adds 0.5 when loading. ``bbox`` (x, y, w, h): the
 tight box of the figure's own pixels (ignoring occluders and other persons) clipped to the image,
 in continuous coordinates (pixel i spans [i, i + 1)); ``area``: that mask's pixel count (COCO's
-segment area, the OKS scale); figures of fewer than 50 own pixels are not annotated. This full
-outline, hidden parts included, differs from COCO (box and area of the visible segmentation) and
-is kept so that version 3's data stays as it was; version 4 follows COCO (``synthetic_v4``).
-``synthetic``: yaw, in-plane rotation, stature in pixels.
+segment area, the OKS scale); figures of fewer than 50 own pixels are not annotated. (COCO and
+version 4 use the visible pixels instead: docs/synthetic.md.) ``synthetic``: yaw, in-plane
+rotation, stature in pixels.
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i])`` only, so
 images can be rendered in any order by any number of processes with identical results.
@@ -612,12 +611,10 @@ def _sensor_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     """(S, S, 3) float32 unit Gaussian noise: a random window of a fixed, seeded (2S, 2S) noise
     bank of side S (drawing fresh noise per image took half of the rendering time). Bank and window
     depend on S and ``rng`` only, not on the sizes rendered before in the process."""
-    bank = _NOISE_BANKS.get(size)
-    if bank is None:
-        bank = np.random.default_rng(20240531).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
-        _NOISE_BANKS[size] = bank
+    if size not in _NOISE_BANKS:
+        _NOISE_BANKS[size] = np.random.default_rng(20240531).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
     ox, oy = rng.integers(0, size + 1, 2)
-    return bank[oy : oy + size, ox : ox + size]
+    return _NOISE_BANKS[size][oy : oy + size, ox : ox + size]
 
 
 def _place(person: _Person, extent: np.ndarray, cx: float, cy: float) -> None:
@@ -696,16 +693,10 @@ def _annotate(
     extra: Optional[Sequence[Dict[str, Any]]] = None,
     visible: bool = False,
 ) -> Tuple[List[Dict[str, Any]], List[int]]:
-    """COCO annotations of the persons (visibility from the final label map ``labels``);
-    ``extra[i]`` is merged into person i's ``synthetic`` field.
-
-    A person's mask is, with ``visible`` (version 4, COCO's convention), its pixels in ``labels``
-    (its part labels, where no occluder or nearer person covers it), else (version 3) its own
-    layer ``layers[i]`` (the full outline, hidden parts included). ``bbox`` and ``area`` are the
-    mask's tight box and pixel count; persons whose mask has fewer than 50 pixels are left out.
-
-    Returns the annotations and, for each, the index of its person in ``persons``.
-    """
+    """COCO annotations of the persons (visibility from the final label map ``labels``) and, for
+    each, the index of its person in ``persons``; ``extra[i]`` is merged into person i's ``synthetic``.
+    ``bbox`` and ``area`` are those of the person's mask: with ``visible`` (version 4) its pixels in
+    ``labels``, else (version 3) its own layer ``layers[i]``; masks under 50 pixels are left out."""
     annotations, indices = [], []
     for i, person in enumerate(persons):
         mask = _person_pixels(labels, i) if visible else layers[i] > 0

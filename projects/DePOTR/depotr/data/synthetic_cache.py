@@ -1,16 +1,10 @@
 """Writing the synthetic dataset (:mod:`depotr.data.synthetic`) to disk and caching it.
 
 Cache layout (docs/synthetic.md): one folder (an *entry*) per dataset spec, never changed once
-written: ``<root>/<split>-n<num_images>-s<seed>-<image_size>px-v<generator version>[r<revision>]/``
-(``r<revision>`` only for a revision above 1, :data:`GENERATOR_REVISIONS`) with
+written, ``<root>/<split>-n<num_images>-s<seed>-<image_size>px-v<version>[r<revision>]/`` with
 ``images/000000.jpg ...`` (BGR JPEGs), ``annotations.json`` (COCO person keypoints) and
-``MANIFEST.json`` (the spec, and every file with its size in bytes).
-
-A missing entry is rendered under an exclusive lock (``<root>/.<entry>.lock``) into a temporary
-folder ``<root>/.tmp-<random>-<entry>`` renamed into place when complete (leftovers of killed
-generations are deleted by the next one), so readers see a whole entry or none and parallel runs
-render it once. Every use checks the entry cheaply against its manifest; a failed check is an
-error naming the file, not a silent regeneration.
+``MANIFEST.json`` (the spec, and every file with its size in bytes). A missing entry is rendered
+under a lock into a temporary folder renamed into place; every use checks it against its manifest.
 """
 
 from __future__ import annotations
@@ -53,10 +47,8 @@ RENDERERS: Dict[int, Callable[[int, int, int, int], Tuple[np.ndarray, List[Dict[
     GENERATOR_VERSION: render_synthetic_image,
     4: render_synthetic_image_v4,
 }
-# Generator version -> the revision of its output. Bump it when a version's images or annotations
-# change: a revision above 1 is part of the entry name and of the manifest's spec, so the data is
-# rendered into a new entry and an entry of an older revision is never read as the new one
-# (revision 1 is left out of both, so the entries of unrevised versions keep their names).
+# Generator version -> the revision of its output; bump it when a version's images or annotations
+# change (a revision above 1 is part of the entry name and the manifest's spec: docs/synthetic.md).
 # Version 4 revision 2: boxes and areas of the visible pixels, persons of fewer than 50 visible
 # pixels left out, figures reaching the border truncated.
 GENERATOR_REVISIONS: Dict[int, int] = {GENERATOR_VERSION: 1, 4: 2}
@@ -242,15 +234,6 @@ def verify_synthetic_split(
         raise fail(f"{ANNOTATIONS_NAME} does not list the {num_images} images of this spec")
 
 
-def _remove_stale_temporaries(root: str, entry_name: str) -> None:
-    """Deletes temporary folders of ``entry_name`` that killed generations left in ``root``
-    (call with the entry's lock held)."""
-    for name in os.listdir(root):
-        if name.startswith(TEMPORARY_PREFIX) and name.endswith("-" + entry_name):
-            logger.info("Removing %s, left by an interrupted generation.", os.path.join(root, name))
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
 def ensure_synthetic_split(
     root: str,
     split: str,
@@ -271,7 +254,10 @@ def ensure_synthetic_split(
         entry_name = os.path.basename(entry)
         with _locked(os.path.join(root, f".{entry_name}.lock")):
             if not os.path.isdir(entry):  # another process may have made it meanwhile
-                _remove_stale_temporaries(root, entry_name)
+                for name in os.listdir(root):  # temporary folders of killed generations
+                    if name.startswith(TEMPORARY_PREFIX) and name.endswith("-" + entry_name):
+                        logger.info("Removing %s, left by an interrupted generation.", os.path.join(root, name))
+                        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 logger.info("Synthetic %s split %s not cached yet; generating %d images.", split, entry, num_images)
                 tmp_dir = temporary_path(entry)
                 os.mkdir(tmp_dir)

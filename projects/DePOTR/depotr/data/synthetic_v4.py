@@ -1,22 +1,15 @@
-"""Synthetic generator version 4: persons that look and gather like COCO's (docs/synthetic.md).
+"""Synthetic generator version 4: persons that look and gather like COCO's (what it adds to version 3,
+:mod:`depotr.data.synthetic`: docs/synthetic.md).
 
 Shapes: K = 17 keypoints, images S x S (default 256) BGR, 1-6 persons per image.
 
-Built on version 3 (:mod:`depotr.data.synthetic`: figures, face, occluders, label map and the
-annotation conventions), with framings (whole, upper body, close-up: keypoints outside the image
-unlabelled), COCO's range of sizes, groups, textured garments and skirts, lighting, background
-clutter, JPEG artefacts, more poses, camera tilt and perspective. Left and right stay decidable
-by version 3's flip-safe cues.
-
-Boxes and areas follow COCO (unlike version 3's full outline): ``bbox`` is the tight box and
-``area`` the pixel count of the figure's *visible* pixels (not covered by occluders or nearer
-persons), and a figure with fewer than 50 visible pixels is not annotated. Occluded keypoints
-(v = 1) may lie outside the box, as in COCO; visible ones (v = 2) lie on its visible pixels.
-
-Each annotation's ``synthetic`` field adds ``framing``, ``truncated`` (a keypoint of the figure
-lies outside the image, or the figure's pixels, hidden ones included, reach the image border),
-``occluded_fraction`` (v = 1 among the labelled keypoints) and ``crowd_index`` (CrowdPose's,
-:mod:`depotr.data.person_bins`).
+Annotations as version 3's, with COCO's boxes: ``bbox`` is the tight box and ``area`` the pixel
+count of the figure's *visible* pixels (not covered by occluders or nearer persons), and a figure
+with fewer than 50 visible pixels is not annotated. Occluded keypoints (v = 1) may lie outside the
+box, as in COCO; visible ones (v = 2) lie on its visible pixels. ``synthetic`` adds ``framing``,
+``truncated`` (a keypoint of the figure lies outside the image, or the figure's pixels, hidden ones
+included, reach the image border), ``occluded_fraction`` (v = 1 among the labelled keypoints) and
+``crowd_index`` (CrowdPose's, :mod:`depotr.data.person_bins`).
 
 Determinism: image i of split s is drawn from ``np.random.default_rng([seed, s, i, 4])`` only.
 """
@@ -150,14 +143,8 @@ class _Rendering(NamedTuple):
 def render_synthetic_image_v4(
     seed: int, split_code: int, index: int, image_size: int = v3.DEFAULT_IMAGE_SIZE
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
-    """Renders image ``index`` of a split with generator version 4.
-
-    Returns:
-        image: uint8 (S, S, 3) BGR.
-        annotations: as :func:`depotr.data.synthetic.render_synthetic_image` (but ``bbox`` and
-            ``area`` of the visible pixels, module docstring), with the ``synthetic`` fields of
-            the module docstring.
-    """
+    """Renders image ``index`` of a split with generator version 4: uint8 (S, S, 3) BGR image and
+    annotations as :func:`depotr.data.synthetic.render_synthetic_image`'s (but see the module docstring)."""
     rendering = _render(seed, split_code, index, image_size)
     return rendering.image, rendering.annotations
 

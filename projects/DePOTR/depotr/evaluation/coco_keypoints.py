@@ -1,9 +1,6 @@
-"""Detectron2's ``COCOEvaluator`` set up for person keypoints (OKS AP/AR).
-
-Its fast path (``use_fast_impl=True``) needs Detectron2's compiled COCO evaluation, which a
-Detectron2 built without its C++ extension (tools/install.sh's v0.6 route) lacks: it is used
-when :func:`depotr.engine.compat.has_fast_coco_eval` finds it.
-"""
+"""Detectron2's ``COCOEvaluator`` set up for person keypoints (OKS AP/AR). Its fast path needs
+Detectron2's compiled COCO evaluation, which a Detectron2 built without its C++ extension
+(tools/install.sh's v0.6 route) lacks."""
 
 from typing import Optional, Sequence
 
@@ -26,7 +23,7 @@ def build_keypoint_evaluator(
         output_dir: where the evaluator dumps predictions (``None``: nowhere).
         distributed: gather predictions from all ranks before evaluating on the main one.
         use_fast_impl: Detectron2's compiled COCO evaluation (same metrics, faster); None: when
-            this Detectron2 has it.
+            this Detectron2 has it (:func:`depotr.engine.compat.has_fast_coco_eval`).
     """
     # Imported here: depotr.engine imports this package.
     from ..engine.compat import has_fast_coco_eval

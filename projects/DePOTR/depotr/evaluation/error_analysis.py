@@ -5,9 +5,10 @@ Shapes: N results (detected persons), K keypoints, H other ground-truth persons 
 T OKS thresholds (0.50:0.05:0.95), R recall thresholds (101), S analysis stages (7, ``STAGES``).
 
 The error breakdown follows Ronchi & Perona, "Benchmarking and Error Diagnosis in Multi-Instance
-Pose Estimation" (ICCV 2017, coco-analyze), with the thesis' definitions. Every AP and AR is
-pycocotools' ``COCOeval(iouType="keypoints")``'s (area "all", maxDets 20 for the breakdown); this
-module only decides which keypoints and results to correct.
+Pose Estimation" (ICCV 2017, coco-analyze), with the thesis' definitions (how they differ from
+coco-analyze's: docs/tools.md). Every AP and AR is pycocotools' ``COCOeval(iouType="keypoints")``'s
+(area "all", maxDets 20 for the breakdown); this module only decides which keypoints and results
+to correct.
 
 Matching: a result belongs to the ground-truth person COCOeval's greedy matching gives it at
 OKS >= 0.1 (``MATCH_OKS``, coco-analyze's ``oksLocThrs``; area "all", top 20 results per image).
@@ -17,7 +18,8 @@ matched to an ignored person is neither classified nor a false positive.
 Keypoint classes, for each keypoint k labelled (v > 0) in the matched person g, with COCOeval's
 per-keypoint similarity ks(p, q) = exp(-|p - q|^2 / (2 s^2 (2 sigma_k)^2)) (s^2 the area of the
 person q belongs to: :func:`depotr.modeling.oks.keypoint_similarity`, scale rule "target"); the
-first rule that holds decides:
+first rule that holds decides (keypoints with v = 0 in g are not classified and never moved: OKS
+ignores them):
 
 * Good: ks(pred_k, g_k) >= 0.85 (``GOOD_KS``, coco-analyze's);
 * Jitter: 0.5 <= ks(pred_k, g_k) < 0.85 (``NEAR_KS`` = 0.5): near the right place;
@@ -27,8 +29,6 @@ first rule that holds decides:
 * Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or m of another analysed ground-truth
   person of the same image (scaled by that person's area);
 * Miss: none of the above.
-
-Keypoints with v = 0 in g are not classified and never moved (OKS ignores them).
 
 Stages, cumulative, each evaluated by COCOeval at all T thresholds: ``Original``; ``Jitter``,
 ``Inversion``, ``Swap``, ``Miss``: the keypoints of that class moved onto g's (x, y; the score
@@ -43,16 +43,11 @@ result is meant for the person it is matched to at ``MATCH_OKS``, else for the p
 whose box holds most of its keypoints (the smallest such box); a result inside no box is a
 background false positive in every bin. A bin's error breakdown is the share of each keypoint
 class among the keypoints of the results matched to its persons (classified with all persons).
-
-coco-analyze itself corrects in the order Miss, Swap, Inversion, Jitter (only the intermediate
-APs differ), moves jittered and missed keypoints to ks 0.85 and 0.5 rather than onto the ground
-truth, finds false positives and negatives at the OKS threshold studied, and corrects scores too.
 """
 
 import contextlib
 import copy
 import io
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -63,6 +58,7 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.keypoint_metadata import table_flip_indices
 from ..data.person_bins import BINS, person_bins
+from ..file_io import is_finite_number
 from ..modeling.oks import keypoint_similarity
 
 METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -154,10 +150,6 @@ def _check_fields(entry: Dict[str, Any], where: str, keys: Sequence[str], num_ke
         )
 
 
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
     """Checks a COCO keypoint results list against the ground truth ``gt``."""
     if not isinstance(results, list) or not results:
@@ -168,12 +160,12 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
         if not isinstance(res, dict):
             raise ValueError(f"results[{i}] is not a json object")
         _check_fields(res, f"results[{i}]", RESULT_KEYS, num_keypoints)
-        bad = next((j for j, v in enumerate(res["keypoints"]) if not _finite_number(v)), None)
+        bad = next((j for j, v in enumerate(res["keypoints"]) if not is_finite_number(v)), None)
         if bad is not None:
             raise ValueError(
                 f"results[{i}] has keypoint value {res['keypoints'][bad]!r} at index {bad}; expected finite numbers"
             )
-        if not _finite_number(res["score"]):
+        if not is_finite_number(res["score"]):
             raise ValueError(f"results[{i}] has score {res['score']!r}; expected a finite number")
         if res["image_id"] not in image_ids:
             raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
@@ -339,14 +331,10 @@ def classify_matched(
         person = coco_gt.anns[gt_id]
         others = [a for a in coco_gt.imgToAnns[person["image_id"]] if _analysed(a) and a["id"] != gt_id]
         other_keypoints = np.stack([_keypoints(a) for a in others]) if others else np.zeros((0, len(sigmas), 3))
+        other_areas = np.array([a["area"] for a in others], dtype=np.float64)
+        pred = _keypoints(results[index])[:, :2]
         labels[index] = classify_keypoints(
-            _keypoints(results[index])[:, :2],
-            _keypoints(person),
-            person["area"],
-            other_keypoints,
-            np.array([a["area"] for a in others], dtype=np.float64),
-            sigmas,
-            mirror,
+            pred, _keypoints(person), person["area"], other_keypoints, other_areas, sigmas, mirror
         )
     return labels
 

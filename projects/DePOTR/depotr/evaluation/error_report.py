@@ -71,13 +71,10 @@ def bins_table(bins: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
 
 
 def _figure(width: float, height: float):
-    """A matplotlib ``Figure`` on an Agg canvas (no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """A matplotlib ``Figure`` (no pyplot state)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
+    return Figure(figsize=(width, height))
 
 
 def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thresholds: np.ndarray, path: str) -> None:
@@ -107,14 +104,8 @@ def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
         curves = np.clip(analysis.precision[:, t], 0, None)  # (S, R)
         for s, stage in enumerate(STAGES):
             lower = curves[s - 1] if s else np.zeros_like(recall)
-            ax.fill_between(
-                recall,
-                lower,
-                curves[s],
-                where=curves[s] >= lower,
-                color=STAGE_COLOURS[s],
-                label=f"{stage}: {analysis.ap[s, t]:.3f}",
-            )
+            label = f"{stage}: {analysis.ap[s, t]:.3f}"
+            ax.fill_between(recall, lower, curves[s], where=curves[s] >= lower, color=STAGE_COLOURS[s], label=label)
             ax.plot(recall, curves[s], color="k", linewidth=0.8)
         _finish_pr_axes(ax, f"OKS {analysis.oks_thresholds[t]:.2f}")
         ax.legend(loc="lower left", fontsize=8)

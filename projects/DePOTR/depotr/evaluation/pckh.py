@@ -1,16 +1,13 @@
 """PCKh: the standard MPII evaluation (Andriluka et al. 2014), and a Detectron2 evaluator for it.
 
 The computation is the official MATLAB toolkit's as HRNet's ``lib/dataset/mpii.py`` ``evaluate``
-ports it, for P persons and MPII's 16 joints:
-
-* predictions and ground truth in 1-based pixels (predictions are written 0-based and get +1);
-* the head size of a person is ``SC_BIAS`` (0.6) x the diagonal of its head box;
-* a labelled joint (not ``jnt_missing``) is correct when its distance to the ground truth is at
-  most ``threshold`` (0.5) x the head size; PCKh of a joint = 100 x correct / labelled;
-* the groups Head (head top), Shoulder, Elbow, Wrist, Hip, Knee, Ankle average left and right;
-* Mean: the joints weighted by their labelled counts, pelvis and thorax left out;
-* Mean@0.1: the same at the threshold HRNet reports under that name, index 11 of
-  ``arange(0, 0.51, 0.01)``, i.e. 0.11.
+ports it, for P persons and MPII's 16 joints: predictions and ground truth in 1-based pixels
+(predictions are written 0-based and get +1); a labelled joint (not ``jnt_missing``) is correct
+when its distance to the ground truth is at most ``threshold`` (0.5) x the head size, ``SC_BIAS``
+(0.6) x the diagonal of the head box; PCKh of a joint = 100 x correct / labelled; the groups
+Head (head top), Shoulder, ..., Ankle average left and right; Mean: the joints weighted by their
+labelled counts, pelvis and thorax left out; Mean@0.1: the same at the threshold HRNet reports
+under that name (``MEAN_LOW_THRESHOLD``, 0.11).
 
 A person without a head box (a dataset that has none) is normalised by its box instead: PCK@0.2
 of the box size max(w, h) (its "head size" is 0.4 x max(w, h), so that the 0.5 threshold is 0.2
@@ -33,7 +30,7 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.keypoint_metadata import MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES
-from ..file_io import atomic_output_path
+from ..file_io import atomic_write
 
 __all__ = [
     "MPIIGroundTruth",
@@ -49,12 +46,9 @@ logger = logging.getLogger(__name__)
 
 SC_BIAS = 0.6  # head size = SC_BIAS x head-box diagonal
 PCKH_THRESHOLD = 0.5
-# The threshold of HRNet's "Mean@0.1": index 11 of its range of thresholds (0.11).
-MEAN_LOW_THRESHOLD = float(np.arange(0, 0.5 + 0.01, 0.01)[11])
-# Without a head box: PCK@BOX_PCK_THRESHOLD of max(w, h).
-BOX_PCK_THRESHOLD = 0.2
-# Joints left out of the means (official names).
-EXCLUDED_FROM_MEAN = ("pelv", "thor")
+MEAN_LOW_THRESHOLD = float(np.arange(0, 0.5 + 0.01, 0.01)[11])  # HRNet's "Mean@0.1": index 11 of its thresholds
+BOX_PCK_THRESHOLD = 0.2  # without a head box: PCK@BOX_PCK_THRESHOLD of max(w, h)
+EXCLUDED_FROM_MEAN = ("pelv", "thor")  # joints left out of the means (official names)
 # Reported groups: name -> official joint names averaged.
 JOINT_GROUPS = {
     "Head": ("head",),
@@ -332,9 +326,7 @@ class PCKhEvaluator(DatasetEvaluator):
             gt = _gt_from_dicts(dataset_dicts, self._order)
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            with atomic_output_path(os.path.join(self._output_dir, "pred.mat")) as tmp:
-                with open(tmp, "wb") as f:
-                    savemat(f, {"preds": preds})
+            atomic_write(os.path.join(self._output_dir, "pred.mat"), lambda f: savemat(f, {"preds": preds}))
         table = pckh_table(preds, gt)
         logger.info("PCKh of %s (%d persons):\n%s", self._dataset_name, len(preds), format_pckh_table(table))
         return table

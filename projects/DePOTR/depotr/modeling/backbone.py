@@ -8,8 +8,7 @@ and to the previous extra level after that.
 
 from typing import List, Sequence
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -53,7 +52,7 @@ class MultiLevelProjection(nn.Module):
             nn.init.xavier_uniform_(layer[0].weight, gain=1)
             nn.init.constant_(layer[0].bias, 0)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, features: Sequence[Tensor]) -> List[Tensor]:
         if len(features) != self.num_backbone_levels:
             raise ValueError(f"expected {self.num_backbone_levels} feature maps, got {len(features)}")
         srcs = [layer(x) for layer, x in zip(self.layers, features)]

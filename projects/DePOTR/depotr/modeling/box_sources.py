@@ -1,32 +1,21 @@
 """Where the person boxes of the top-down pipeline come from, and the one policy they obey.
 
-Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` names the one used at inference; training always uses
-``gt``), each a :class:`PersonBoxSource` built by :func:`build_box_source`:
-
-* ``gt`` (:class:`GtBoxes`): ``batched_input["instances"].gt_boxes``; in training without the
-  persons with fewer than ``min_keypoints`` labelled keypoints.
-* ``precomputed`` (:class:`PrecomputedBoxes`): ``batched_input["proposals"]``, e.g. the detections
-  of ``DATASETS.PRECOMPUTED_BOXES`` or the boxes a ``Predictor`` caller gives.
-* ``detector``: a Detectron2 person detector run beside the pose model
-  (:mod:`depotr.modeling.person_detector`), so that pose checkpoints hold the pose model only;
-  its detections reach the model as ``"proposals"``: for the model it is ``precomputed``.
-* ``whole_image`` (:class:`WholeImageBoxes`): the whole image as one person of score 1.
+Sources (``MODEL.DEPOTR.TEST_BOX_SOURCE`` at inference, always ``gt`` in training; docs/config.md):
+:class:`GtBoxes`, :class:`PrecomputedBoxes` (also ``detector``: a person detector run beside the
+pose model, :mod:`depotr.modeling.person_detector`, gives ``"proposals"``), :class:`WholeImageBoxes`.
 
 Every source returns per image a :class:`PersonBoxes` under ONE policy, applied in this order:
 
-1. Malformed boxes are input errors: boxes that are not (N, 4), scores that are not (N,), a
-   score that is not finite, or a box that is not finite or whose width or height is <= 0 raise a
-   ValueError naming the image id, the source and the box index (:func:`check_boxes`), before
-   any filter.
+1. Malformed boxes are input errors, before any filter: boxes not (N, 4), scores not (N,) or not
+   finite, a box not finite or of width or height <= 0 raise a ValueError naming the image id, the
+   source and the box index (:func:`check_boxes`).
 2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
-   ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`); the drops are counted in
-   ``num_dropped``. Score drops are logged (INFO) at most once a minute; top-k drops are a
-   WARNING naming ``BOX_TOPK`` and the count, at the source's first top-k drop and then at most
-   once a minute. The top-k applies to the boxes a ``Predictor`` caller passes too (they reach
-   the model as ``"proposals"``, like the detector's, and the ``Predictor`` documents this rule):
-   raise ``BOX_TOPK`` (or set it <= 0) to keep more than 100 persons of an image.
-   ``gt`` and ``whole_image`` keep their order.
+   ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`), counting the drops in ``num_dropped``.
+   Score drops are logged (INFO) at most once a minute; top-k drops are a WARNING naming
+   ``BOX_TOPK`` and the count, at the first and then at most once a minute. The top-k applies to
+   a ``Predictor`` caller's boxes too (they are ``"proposals"``): raise ``BOX_TOPK`` (or set it
+   <= 0) to keep more than 100 persons of an image. ``gt`` and ``whole_image`` keep their order.
 3. Boxes are clipped to the image (as Detectron2's detectors, and SimpleBaseline / HRNet the
    training boxes). A box with no area inside the image is dropped, with one warning per image.
 """
@@ -118,8 +107,7 @@ def select_boxes(
 class PersonBoxSource:
     """Base class of the box sources: ``source(batched_inputs) -> List[PersonBoxes]``, one per
     input, under the module's policy. Subclasses set ``name`` and implement :meth:`image_boxes`.
-    Sources hold no weights, so they add nothing to the model's state dict.
-    """
+    Sources hold no weights (nothing in the model's state dict)."""
 
     name = ""
 

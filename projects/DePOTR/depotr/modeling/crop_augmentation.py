@@ -1,6 +1,5 @@
-"""The one geometric training augmentation, applied at crop time (``INPUT.CROP_AUG``).
-
-Shape letters: N persons, K keypoints.
+"""The one geometric training augmentation, applied at crop time (``INPUT.CROP_AUG``). N persons,
+K keypoints.
 
 SimpleBaseline / HRNet / mmpose's chain, per training person: half-body box
 (:class:`HalfBodyBoxes`) -> box scale and shift jitter (:func:`jitter_boxes`) -> the crop box
@@ -39,8 +38,7 @@ def _check_jitter(scale: float, shift: float, distribution: str) -> None:
 
 
 def _draw(shape: Tuple[int, ...], distribution: str, like: Tensor) -> Tensor:
-    """r from U[-1, 1] ("uniform") or N(0, 1) clipped to [-1, 1] ("normal"), dtype and device of
-    ``like``."""
+    """r from U[-1, 1] ("uniform") or N(0, 1) clipped to [-1, 1] ("normal"), dtype / device of ``like``."""
     if distribution == "uniform":
         return torch.rand(shape, dtype=like.dtype, device=like.device) * 2.0 - 1.0
     return torch.randn(shape, dtype=like.dtype, device=like.device).clamp(-1.0, 1.0)
@@ -76,17 +74,16 @@ def draw_angles(num: int, degrees: float, prob: float, distribution: str, like: 
 
 class HalfBodyBoxes:
     """Half-body augmentation of training person boxes (SimpleBaseline / HRNet's
-    ``half_body_transform``): crops of only the upper or the lower body, so that the model learns
+    ``half_body_transform``): crops of the upper or the lower body only, so that the model learns
     truncated persons.
 
     Per person with at least ``min_keypoints`` labelled (v > 0) keypoints, with probability
-    ``prob``: a body half qualifies when at least ``min_part_keypoints`` of its keypoints are
-    labelled; of two qualifying halves one is drawn with probability 1/2 each (HRNet's code draws
-    ``np.random.randn() < 0.5``, 69 % upper, evidently meant as a fair coin). The new box is the
-    box of that half's labelled keypoints grown to the crop aspect W:H and scaled by ``padding``
-    (:func:`~depotr.modeling.crops.expand_boxes_to_aspect`; HRNet centres it on the keypoints'
-    mean, which can leave keypoints outside). Persons without a qualifying half, or whose chosen
-    keypoints all coincide, keep their box.
+    ``prob``: a body half qualifies with at least ``min_part_keypoints`` labelled keypoints; of two
+    one is drawn with probability 1/2 (HRNet draws ``np.random.randn() < 0.5``, 69 % upper,
+    evidently meant as a fair coin). The new box is that half's labelled keypoints' box grown to
+    the crop aspect W:H and scaled by ``padding`` (``expand_boxes_to_aspect``; HRNet centres it on
+    the keypoints' mean, which can leave keypoints outside). Persons without a qualifying half, or
+    whose chosen keypoints all coincide, keep their box.
     """
 
     def __init__(

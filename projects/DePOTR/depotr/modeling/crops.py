@@ -42,9 +42,8 @@ __all__ = [
 # size (a person over ~3300 px tall at 256 x 192) reach it; their samples are then more than one
 # image pixel apart, so detail finer than that may alias (as with any fixed sampling ratio).
 MAX_SAMPLING_RATIO = 16
-# Bilinear samples taken at a time by crop_images (~40 bytes each with their coordinates), a
-# chunk of output rows whose image region alone is converted to float (at most about as many
-# pixels as samples): memory stays bounded for images of any size.
+# Bilinear samples taken at a time by crop_images (~40 bytes each with their coordinates): a chunk
+# of output rows whose image region alone is converted to float, so memory stays bounded.
 _CHUNK_SAMPLES = 1 << 20
 
 
@@ -108,8 +107,7 @@ def image_to_crop(points: Tensor, params: Tensor, crop_size: Sequence[int]) -> T
 
 
 def crop_to_image(points: Tensor, params: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """Maps points from crop pixels back to image pixels; the inverse of :func:`image_to_crop`
-    (same arguments, same shapes)."""
+    """Crop pixels -> image pixels: the inverse of :func:`image_to_crop` (same arguments and shapes)."""
     return _apply_affine(points, crop_affine(params, crop_size).to(points.device))
 
 
@@ -125,10 +123,9 @@ def _sampling_grids(params: Tensor, crop_size: Sequence[int], sampling_ratio: in
 def _sample(image: Tensor, at_rows: Tensor, at_cols: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """RoIAlign's bilinear samples of a (C, Hi, Wi) image, normalised ((v - mean) / std), at the
     pixel-index positions (continuous coordinate - 0.5) at_rows[:, i, None] + at_cols[:, None, j]
-    (at_rows (R, Sr, 2), at_cols (R, Sc, 2)): (C, R, Sr, Sc) in their dtype. Positions more than
-    one pixel outside the image read 0, within one pixel of it the edge value (torchvision's
-    ``roi_align`` rule). Only the image region under the positions is converted to float
-    (``F.grid_sample`` on it); the positions' bounding box is that of the grid's corners."""
+    (at_rows (R, Sr, 2), at_cols (R, Sc, 2)): (C, R, Sr, Sc) in their dtype, outside the image as
+    :func:`crop_images` says. Only the image region under the positions (the bounding box of the
+    grid's corners) is converted to float for ``F.grid_sample``."""
     size = [image.shape[2], image.shape[1]]  # (Wi, Hi)
     corners = (at_rows[:, [0, -1], None] + at_cols[:, None, [0, -1]]).reshape(-1, 2)
     first, last = corners.amin(dim=0).tolist(), corners.amax(dim=0).tolist()
@@ -164,12 +161,10 @@ def crop_images(
     """Cuts every person crop of a batch: rotated RoIAlign (``aligned=True``) in torch.
 
     Crop pixel (i, j) is the mean of S_h x S_w bilinear samples at the crop points
-    (j + (s + 0.5) / S_w, i + (t + 0.5) / S_h) mapped by :func:`crop_affine`; S = ``sampling_ratio``
-    if > 0, else RoIAlign's adaptive ceil(bin size) (at most :data:`MAX_SAMPLING_RATIO`). Samples
-    more than one pixel outside the image read 0 (the mean colour once normalised), within one
-    pixel the edge value, as torchvision's ``roi_align``: unrotated and unflipped, the crop equals
-    ``roi_align(image, box, aligned=True)``. The images are read in chunks of bilinear samples,
-    never converted to float whole.
+    (j + (s + 0.5) / S_w, i + (t + 0.5) / S_h) mapped by :func:`crop_affine` (S:
+    :func:`_sampling_grids`). Samples more than one pixel outside the image read 0 (the mean colour
+    once normalised), within one pixel the edge value: unrotated and unflipped, the crop equals
+    torchvision's ``roi_align(image, box, aligned=True)``. Images are never converted whole.
 
     Args:
         images: B tensors (C, H_b, W_b) of any dtype and size (e.g. uint8 ``batched_input["image"]``).

@@ -1,9 +1,8 @@
 """The keypoint branches the meta-architecture runs on person crops: their contract
 (:class:`KeypointBranch`) and their registry, keyed by ``MODEL.DEPOTR.HEAD``.
 
-Crop pixels are continuous: pixel i covers [i, i+1), centre i + 0.5; a horizontal flip maps
-u -> W - u. Outputs are typed (``heads/outputs.py``): each type knows how to flip back and how two
-passes average, which is all the flip test (``tta.py``) needs.
+Crop pixels are continuous (pixel i covers [i, i+1); a horizontal flip maps u -> W - u); outputs
+are typed (``heads/outputs.py``) and know how to flip back and average (the flip test, ``tta.py``).
 
 - ``"regression"``, :class:`RegressionBranch`: DePOTR (seed thesis; Deformable DETR, Zhu et al.
   2021), with a smooth-L1, L1 or RLE (Li et al. 2021) coordinate loss.
@@ -18,7 +17,7 @@ from abc import ABCMeta, abstractmethod
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detectron2.config import CfgNode, configurable
 from detectron2.utils.registry import Registry
@@ -63,8 +62,7 @@ _Class = TypeVar("_Class", bound=type)
 
 
 class _HeadNameRegistry(Registry):
-    """fvcore's ``Registry`` keyed by the ``MODEL.DEPOTR.HEAD`` name given at registration
-    (``register`` keys by ``__name__``, and the HEAD names are not class names)."""
+    """fvcore's ``Registry`` keyed by the ``MODEL.DEPOTR.HEAD`` name (``register`` keys by ``__name__``)."""
 
     def register_head(self, name: str) -> Callable[[_Class], _Class]:
         """Class decorator: registers the class as the branch of ``MODEL.DEPOTR.HEAD`` ``name``."""
@@ -77,42 +75,32 @@ class _HeadNameRegistry(Registry):
 
 
 KEYPOINT_BRANCH_REGISTRY = _HeadNameRegistry("KEYPOINT_BRANCH")
-KEYPOINT_BRANCH_REGISTRY.__doc__ = """
-Keypoint branches, keyed by ``MODEL.DEPOTR.HEAD``. Each is called with the config and returns a
-:class:`KeypointBranch`.
-"""
+KEYPOINT_BRANCH_REGISTRY.__doc__ = "Keypoint branches by ``MODEL.DEPOTR.HEAD``, called with the config."
 
 
 def _float32(value):
-    """A features entry (a tensor, a list or tuple of tensors, anything else) with bfloat16 / float16
-    tensors in float32."""
+    """A features entry (tensor, list or tuple of tensors, other) with 16-bit float tensors in float32."""
     if isinstance(value, (list, tuple)):
         return type(value)(_float32(v) for v in value)
     return at_least_float32(value) if torch.is_tensor(value) else value
 
 
 class KeypointBranch(nn.Module, metaclass=ABCMeta):
-    """The contract of a keypoint branch. B crops, K keypoints, (H, W) = ``crop_size``.
-
-    ``forward(crops (B, 3, H, W)) -> outputs``, a :class:`~depotr.modeling.heads.BranchOutputs`;
-    ``losses(outputs, gt_keypoints (B, K, 3)) -> {"loss_*": scalar}``;
-    ``decode(outputs) -> (B, K, 3)`` (x, y, score) in crop pixels;
-    ``flip_back(outputs, flip_indices)``: the outputs of mirrored crops mapped back to the
-    original crops (the flip test averages them with ``outputs.average``).
-    """
+    """The contract of a keypoint branch. B crops, K keypoints, (H, W) = ``crop_size``. The flip
+    test averages ``forward``'s outputs with ``flip_back`` of the mirrored crops' (``outputs.average``)."""
 
     crop_size: Tuple[int, int]
 
     @abstractmethod
-    def forward(self, crops: torch.Tensor) -> BranchOutputs:
-        """crops: (B, 3, H, W) normalised person crops. Returns the raw outputs."""
+    def forward(self, crops: Tensor) -> BranchOutputs:
+        """crops: (B, 3, H, W) normalised person crops. Returns the raw :class:`BranchOutputs`."""
 
     @abstractmethod
-    def losses(self, outputs: BranchOutputs, gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def losses(self, outputs: BranchOutputs, gt_keypoints: Tensor) -> Dict[str, Tensor]:
         """gt_keypoints: (B, K, 3) (x, y, v) in crop pixels. Returns scalar "loss_*" terms."""
 
     @abstractmethod
-    def decode(self, outputs: BranchOutputs) -> torch.Tensor:
+    def decode(self, outputs: BranchOutputs) -> Tensor:
         """Returns (B, K, 3): (x, y) in crop pixels and a score."""
 
     def flip_back(self, outputs: BranchOutputs, flip_indices: Sequence[int]) -> BranchOutputs:
@@ -121,7 +109,7 @@ class KeypointBranch(nn.Module, metaclass=ABCMeta):
         return outputs.flip_back(flip_indices)
 
     @staticmethod
-    def _run_head(head: nn.Module, features: Dict[str, torch.Tensor], device_type: str):
+    def _run_head(head: nn.Module, features: Dict[str, Tensor], device_type: str):
         """``head(features)``; under bfloat16 autocast (``TEST.PRECISION``, ``SOLVER.AMP.ENABLED`` on
         a CPU) in float32 with autocast off, as bfloat16's 8-bit mantissa would round heatmaps and
         coordinates. Float16 autocast (CUDA AMP) runs the heads in float16 as the rest."""
@@ -130,7 +118,7 @@ class KeypointBranch(nn.Module, metaclass=ABCMeta):
         with torch.autocast(device_type, enabled=False):
             return head({name: _float32(value) for name, value in features.items()})
 
-    def _check_crops(self, crops: torch.Tensor) -> None:
+    def _check_crops(self, crops: Tensor) -> None:
         if crops.dim() != 4 or tuple(crops.shape[-2:]) != tuple(self.crop_size):
             height, width = self.crop_size
             raise ValueError(f"expected crops of shape (B, 3, {height}, {width}), got {tuple(crops.shape)}")
@@ -178,33 +166,32 @@ class RegressionBranch(KeypointBranch):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
-        model = cfg.MODEL.DEPOTR
-        regression = model.REGRESSION
+        model, reg = cfg.MODEL.DEPOTR, cfg.MODEL.DEPOTR.REGRESSION
         return {
             "body": DeformablePoseTransformer(cfg),
             "head": RegressionHead(
                 model.HIDDEN_DIM,
-                regression.MLP_LAYERS,
+                reg.MLP_LAYERS,
                 model.DEC_LAYERS,
                 model.ITER_REFINE,
                 all_layers=model.AUX_LOSS,
-                predict_sigma=regression.LOSS == "rle",
+                predict_sigma=reg.LOSS == "rle",
             ),
             "crop_size": tuple(cfg.INPUT.CROP_SIZE),
-            "loss": regression.LOSS,
-            "smooth_l1_beta": regression.SMOOTH_L1_BETA,
-            "loss_weight": regression.LOSS_WEIGHT,
-            "score_loss_weight": regression.SCORE_LOSS_WEIGHT,
+            "loss": reg.LOSS,
+            "smooth_l1_beta": reg.SMOOTH_L1_BETA,
+            "loss_weight": reg.LOSS_WEIGHT,
+            "score_loss_weight": reg.SCORE_LOSS_WEIGHT,
         }
 
-    def forward(self, crops: torch.Tensor) -> RegressionOutputs:
+    def forward(self, crops: Tensor) -> RegressionOutputs:
         """Returns :class:`RegressionOutputs` (score logits) or, with loss "rle", ``RLEOutputs``
         (scales); with AUX_LOSS or ITER_REFINE with those of decoder layers 0 .. n-2 too."""
         self._check_crops(crops)
         refine = self.head.predict_coords if self.head.iter_refine else None
         return self._run_head(self.head, self.body(crops, refine), crops.device.type)
 
-    def losses(self, outputs: RegressionOutputs, gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def losses(self, outputs: RegressionOutputs, gt_keypoints: Tensor) -> Dict[str, Tensor]:
         """Returns, for the last decoder layer, "loss_keypoint_coords" (smooth-L1 or L1) and
         "loss_keypoint_score" (BCE), or "loss_keypoint_rle"; with auxiliary outputs the same terms
         with suffix "_{i}" for layers i < n-1 (deep supervision, as (Deformable) DETR)."""
@@ -225,7 +212,7 @@ class RegressionBranch(KeypointBranch):
                 losses["loss_keypoint_score" + suffix] = self.score_loss_weight * score_loss(confidence, weights)
         return losses
 
-    def decode(self, outputs: RegressionOutputs) -> torch.Tensor:
+    def decode(self, outputs: RegressionOutputs) -> Tensor:
         """(x, y) in crop pixels and ``outputs.scores()``: sigmoid(score logit), or with RLE
         1 - (sigma_x + sigma_y) / 2."""
         height, width = self.crop_size
@@ -302,7 +289,7 @@ class HeatmapBranch(KeypointBranch):
                 state_dict[prefix + "body." + key[len(old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
-    def forward(self, crops: torch.Tensor) -> HeatmapOutputs:
+    def forward(self, crops: Tensor) -> HeatmapOutputs:
         """Returns :class:`HeatmapOutputs`: heatmaps (B, K, H/s, W/s), s = ``codec.stride``;
         while training with ``aux_heads`` also aux_heatmaps (n-1, B, K, H/s, W/s)."""
         self._check_crops(crops)
@@ -310,12 +297,10 @@ class HeatmapBranch(KeypointBranch):
         heatmaps = self._run_head(self.head, features, crops.device.type)
         aux_heatmaps = None
         if self.training and len(self.aux_heads):
-            hidden = features["hidden_states"]
+            hidden = features["hidden_states"]  # head i reads decoder layer i
+            layers = [{**features, "hidden_states": hidden[i : i + 1]} for i in range(len(self.aux_heads))]
             aux_heatmaps = torch.stack(
-                [
-                    self._run_head(head, {**features, "hidden_states": hidden[i : i + 1]}, crops.device.type)
-                    for i, head in enumerate(self.aux_heads)
-                ]
+                [self._run_head(h, f, crops.device.type) for h, f in zip(self.aux_heads, layers)]
             )
         if tuple(heatmaps.shape[-2:]) != self.codec.heatmap_size:
             raise ValueError(
@@ -324,7 +309,7 @@ class HeatmapBranch(KeypointBranch):
             )
         return HeatmapOutputs(heatmaps, aux_heatmaps)
 
-    def losses(self, outputs: HeatmapOutputs, gt_keypoints: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def losses(self, outputs: HeatmapOutputs, gt_keypoints: Tensor) -> Dict[str, Tensor]:
         """Returns "loss_heatmap", and with aux_heatmaps "loss_heatmap_{i}" of decoder layer i."""
         targets, weights = self.codec.encode(gt_keypoints)
         heatmaps = {"loss_heatmap": outputs.heatmaps}
@@ -332,7 +317,7 @@ class HeatmapBranch(KeypointBranch):
             heatmaps.update((f"loss_heatmap_{i}", aux) for i, aux in enumerate(outputs.aux_heatmaps))
         return {key: self.loss_weight * joints_mse_loss(h, targets, weights) for key, h in heatmaps.items()}
 
-    def decode(self, outputs: HeatmapOutputs) -> torch.Tensor:
+    def decode(self, outputs: HeatmapOutputs) -> Tensor:
         """(x, y) in crop pixels and the heatmap maximum as score."""
         return self.codec.decode(outputs.heatmaps)
 

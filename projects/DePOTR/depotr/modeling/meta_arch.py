@@ -53,14 +53,9 @@ def _on_cpu(cfg) -> bool:
 @META_ARCH_REGISTRY.register()
 class TopDownPoseEstimator(nn.Module):
     """Crops every person box of a batch with one call of ``crops.crop_images`` (uint8 images are
-    never converted whole) and runs a keypoint branch.
-
-    Training: the ground-truth boxes of persons with at least ``min_keypoints_per_person``
-    labelled keypoints (the clipped ``gt`` box source), turned into crop parameters by
-    ``crop_augmentation``; returns the branch's losses. Inference: boxes from ``box_source``
-    (``depotr.modeling.box_sources``; a detector runs outside the model, ``PoseWithDetector``),
-    cropped unrotated; returns ``Instances`` with keypoints in original image pixels.
-    """
+    never converted whole) and runs a keypoint branch. Training: the clipped ``gt`` boxes, crop
+    parameters from ``crop_augmentation``. Inference: boxes from ``box_source`` (a detector runs
+    outside the model, ``PoseWithDetector``), cropped unrotated."""
 
     @configurable
     def __init__(
@@ -117,11 +112,10 @@ class TopDownPoseEstimator(nn.Module):
             raise ValueError(f"pixel_mean {list(pixel_mean)} and pixel_std {list(pixel_std)} differ in length")
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-        self.input_format = input_format
         if crop_padding < 1.0:
             raise ValueError(f"crop_padding must be >= 1, got {crop_padding}")
-        self.crop_padding = float(crop_padding)
-        self.crop_sampling_ratio = int(crop_sampling_ratio)
+        self.input_format = input_format
+        self.crop_padding, self.crop_sampling_ratio = float(crop_padding), int(crop_sampling_ratio)
         aug = crop_augmentation
         if aug is not None and (aug.crop_size, aug.padding) != (self.crop_size, self.crop_padding):
             raise ValueError(
@@ -146,8 +140,7 @@ class TopDownPoseEstimator(nn.Module):
             raise ValueError(f"oks_nms_thresh must be in [0, 1], got {oks_nms_thresh}")
         if len(oks_sigmas) != len(self.flip_indices):
             raise ValueError(f"{len(oks_sigmas)} OKS sigmas for {len(self.flip_indices)} keypoints")
-        self.oks_nms_thresh = float(oks_nms_thresh)
-        self.oks_sigmas = [float(s) for s in oks_sigmas]
+        self.oks_nms_thresh, self.oks_sigmas = float(oks_nms_thresh), [float(s) for s in oks_sigmas]
         self.min_keypoints_per_person = int(min_keypoints_per_person)
         # Training boxes: gt persons with enough labelled keypoints, clipped as at inference.
         self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person)

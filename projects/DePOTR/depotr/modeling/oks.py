@@ -27,19 +27,10 @@ def keypoint_similarity(
     scale_rule: str = "target",
     pred_areas: Optional[Tensor] = None,
 ) -> Tensor:
-    """Per-keypoint OKS term ks (module docstring); OKS is its mean over the keypoints counted.
-
-    Args:
-        pred, target: (..., K, 2) x, y of the two poses (e.g. predicted and ground truth) in
-            pixels, broadcastable.
-        target_areas, pred_areas: (...) areas s^2 of the poses in pixels^2; ``pred_areas`` is
-            required by "mean", unused by "target".
-        sigmas: (K,) per-keypoint OKS sigmas.
-        scale_rule: one of ``OKS_SCALE_RULES``.
-
-    Returns:
-        (..., K) similarities in (0, 1], in the dtype of ``pred``.
-    """
+    """(..., K) per-keypoint OKS terms ks (module docstring) in (0, 1], ``pred``'s dtype; OKS is
+    their mean over the keypoints counted. pred, target: (..., K, 2) broadcastable x, y in pixels;
+    target_areas, pred_areas: (...) areas s^2 in pixels^2 (``pred_areas`` only for "mean");
+    sigmas: (K,) OKS sigmas; scale_rule: one of ``OKS_SCALE_RULES``."""
     if scale_rule not in OKS_SCALE_RULES:
         raise ValueError(f"unknown OKS scale rule {scale_rule!r}; expected one of {OKS_SCALE_RULES}")
     if scale_rule == "mean" and pred_areas is None:

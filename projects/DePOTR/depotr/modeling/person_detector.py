@@ -1,13 +1,10 @@
-"""The person detector of the top-down pipeline, outside the pose model.
+"""The person detector of the top-down pipeline, outside the pose model. N persons of one image.
 
-Shape letters: B images, N persons of one image.
-
-The pose model (``TopDownPoseEstimator``) takes boxes only (:mod:`depotr.modeling.box_sources`,
-which holds the one box policy). :class:`PersonDetector` turns images into ``"proposals"``, which
-the pose model ranks, filters and clips as any precomputed boxes: in :class:`PoseWithDetector`
-(``MODEL.DEPOTR.TEST_BOX_SOURCE "detector"`` in ``Trainer.test``), in ``depotr.Predictor`` and the
-demo. So pose checkpoints hold the pose model only; ``depotr.engine.detector`` builds the detector of
-``MODEL.DEPOTR.DETECTOR`` with its weights.
+The pose model takes boxes only (:mod:`depotr.modeling.box_sources`). :class:`PersonDetector` turns
+images into ``"proposals"``, which the pose model treats as any precomputed boxes: in
+:class:`PoseWithDetector` (``TEST_BOX_SOURCE "detector"`` in ``Trainer.test``), in
+``depotr.Predictor`` and the demo. So pose checkpoints hold the pose model only;
+``depotr.engine.detector`` builds the detector of ``MODEL.DEPOTR.DETECTOR`` with its weights.
 """
 
 from typing import Any, Dict, List
@@ -19,12 +16,7 @@ from torch import nn
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import Boxes, Instances
 
-__all__ = [
-    "MODEL_ZOO_PREFIX",
-    "PersonDetector",
-    "PoseWithDetector",
-    "resolve_model_zoo_path",
-]
+__all__ = ["MODEL_ZOO_PREFIX", "PersonDetector", "PoseWithDetector", "resolve_model_zoo_path"]
 
 # Prefix of DETECTOR.CONFIG_FILE / DETECTOR.WEIGHTS naming a file of Detectron2's model zoo.
 MODEL_ZOO_PREFIX = "model_zoo:"

@@ -4,8 +4,7 @@
 
 from typing import Dict, Optional, Sequence
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detectron2.config import CfgNode, configurable
 
@@ -72,7 +71,7 @@ class DeformablePoseTransformer(nn.Module):
             "num_keypoints": model.NUM_KEYPOINTS,
         }
 
-    def forward(self, crops: torch.Tensor, refine: Optional[RefineFn] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, crops: Tensor, refine: Optional[RefineFn] = None) -> Dict[str, Tensor]:
         """
         Args:
             crops: (B, 3, H, W) normalised crops.

@@ -7,7 +7,7 @@ cumulative sum over an all-valid mask gives with Deformable DETR's ``- 0.5``.
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -22,9 +22,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.scale = scale
 
-    def forward(
-        self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
         """Returns the (d, height, width) embedding; channels [0, d/2) encode y, [d/2, d) x."""
         y_embed = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height * self.scale
         x_embed = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width * self.scale
@@ -38,6 +36,6 @@ class PositionEmbeddingSine(nn.Module):
         return pos.permute(2, 0, 1).to(dtype)
 
     @staticmethod
-    def _interleave(angles: torch.Tensor) -> torch.Tensor:
+    def _interleave(angles: Tensor) -> Tensor:
         """(n, f) angles -> sin of the even and cos of the odd columns, interleaved as DETR does."""
         return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)

@@ -1,12 +1,10 @@
-"""Test-time augmentation of the keypoint branches: the horizontal flip test, for every branch,
-and crop inference with or without it. N persons, C channels, K keypoints, (H, W) crop size.
+"""Test-time augmentation of the keypoint branches: the horizontal flip test and crop inference
+with or without it. N persons, C channels, K keypoints, (H, W) crop size.
 
-Flip test as SimpleBaseline (Xiao et al. 2018) / mmpose ``models/utils/tta.py``: run the branch on
-the crops and their mirrors (one batch), map the mirrored outputs back (the branch's
-``flip_back``: mirror coordinates or heatmaps, swap left/right keypoints, any heatmap shift) and
-average the two (the outputs type's ``average``). Crop coordinates mirror as u -> W - u (pixel
-j -> W - 1 - j), crop-normalised ones as x -> 1 - x. The output types of ``heads/outputs.py``
-flip back with the helpers below.
+Flip test as SimpleBaseline (Xiao et al. 2018) / mmpose ``models/utils/tta.py``: the branch runs on
+the crops and their mirrors in one batch, the mirrored outputs are mapped back (``flip_back`` of
+``heads/outputs.py``, with the helpers below) and the two averaged. Crop coordinates mirror as
+u -> W - u (pixel j -> W - 1 - j), crop-normalised ones as x -> 1 - x.
 """
 
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -67,14 +65,10 @@ def predict_crop_keypoints(
     channels_last: bool = False,
 ) -> Tensor:
     """(N, K, 3) float32 decoded keypoints ((x, y) in crop pixels, score) of (N, C, H, W)
-    normalised crops, with the flip test when ``flip_indices`` is given: the meta-architecture's
-    inference and the exported pose branch.
-
-    precision: float32, or bfloat16 / float16 for the branch under ``torch.autocast``
-    (``TEST.PRECISION``; the decoding stays float32, and under bfloat16 the heads, reference points
-    and deformable sampling locations too).
-    channels_last: the crops in ``torch.channels_last`` memory format (``TEST.CHANNELS_LAST``).
-    """
+    normalised crops, with the flip test when ``flip_indices`` is given (the meta-architecture's
+    inference and the exported pose branch). precision (``TEST.PRECISION``): float32, or bfloat16 /
+    float16 for the branch under ``torch.autocast`` (the decoding stays float32, and under bfloat16
+    the heads, reference points and sampling locations too). channels_last: ``TEST.CHANNELS_LAST``."""
     if channels_last:
         crops = crops.contiguous(memory_format=torch.channels_last)
     with autocast_to(crops.device.type, precision):

@@ -13,7 +13,7 @@ All end in SimpleBaseline's deconvolution stack and final conv (:func:`deconv_st
 from typing import Dict, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..position_encoding import PositionEmbeddingSine
 from .mlp import MLP
@@ -79,7 +79,7 @@ class DePOTRHeatmapHead(nn.Module):
         self.deconv = deconv_stack(self.channels, self.channels, _NUM_DECONV_LAYERS, kernel_size=3)
         self.predictor = heatmap_predictor(self.channels, num_keypoints, 3)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
         """features: "hidden_states" (n, B, K, d) of the decoder; the last layer is used."""
         hidden = features["hidden_states"][-1]
         # (B, K, (H/16)(W/16)C0) -> (B, K C0, H/16, W/16), keypoint-major channels
@@ -110,7 +110,7 @@ class DePOTRDotProductHeatmapHead(nn.Module):
         self.embed = MLP(hidden_dim, hidden_dim, hidden_dim, mlp_layers)
         self.bias = nn.Parameter(torch.zeros(num_keypoints))
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
         """features: "hidden_states" (n, B, K, d) (the last layer is used), "memory" (finest
         level (B, d, H/8, W/8) first) and "res2" (B, C2, H/4, W/4)."""
         fine = features["res2"]
@@ -145,7 +145,7 @@ class SimpleBaselineHead(nn.Module):
         self.deconv = deconv_stack(in_channels, deconv_channels, num_deconv_layers, deconv_kernel)
         self.predictor = heatmap_predictor(deconv_channels, num_keypoints, 1)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
         return self.predictor(self.deconv(features[self.in_feature]))
 
 
@@ -181,7 +181,7 @@ class TransPoseHead(nn.Module):
         self.deconv = deconv_stack(hidden_dim, hidden_dim, 1, kernel_size=4)
         self.predictor = heatmap_predictor(hidden_dim, num_keypoints, 1)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
         x = self.reduce(features[self.in_feature])
         batch, channels, height, width = x.shape
         pos = self.position_embedding(height, width, x.device, x.dtype).flatten(1).transpose(0, 1)

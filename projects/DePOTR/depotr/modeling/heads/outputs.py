@@ -1,9 +1,7 @@
-"""Typed outputs of the keypoint branches: what ``KeypointBranch.forward`` returns and
-``losses`` / ``decode`` / ``flip_back`` read. Each type knows how to flip itself back after a
-horizontal flip of the crops and how two passes average (the flip test, ``modeling/tta.py``).
-
-Shape letters: B crops, K keypoints, n decoder layers, (h, w) heatmap size. Fields of the auxiliary
-outputs (decoder layers 0 .. n-2, deep supervision) are None when the branch has none.
+"""Typed outputs of the keypoint branches (``KeypointBranch.forward``); each type knows how to flip
+itself back after a horizontal flip of the crops and how two passes average (``modeling/tta.py``).
+B crops, K keypoints, n decoder layers, (h, w) heatmap size. The ``aux_*`` fields (decoder layers
+0 .. n-2, deep supervision) are None when the branch has none.
 """
 
 import dataclasses
@@ -30,17 +28,15 @@ class BranchOutputs:
     """Base of the output types: tensor (or None) fields only."""
 
     def average(self: _Outputs, other: _Outputs) -> _Outputs:
-        """Elementwise mean of each field of two forward passes of the same branch (e.g. a crop
-        and its flipped-back mirror)."""
+        """Elementwise mean of each field of two passes of the same branch (e.g. crop and mirror)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot average {type(self).__name__} with {type(other).__name__}")
         means = {f.name: _mean(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
         return type(self)(**means)
 
     def halves(self: _Outputs) -> "tuple[_Outputs, _Outputs]":
-        """The outputs of the first and of the second half of a batch of 2B crops. The batch is
-        dimension 0 of a field, dimension 1 of an ``aux_*`` field. ``chunk`` keeps a traced export
-        valid for any batch size."""
+        """The outputs of the first and second half of a batch of 2B crops (dimension 0, of ``aux_*``
+        fields 1). ``chunk`` keeps a traced export valid for any batch size."""
         first, second = {}, {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -51,13 +47,11 @@ class BranchOutputs:
 
 @dataclass
 class RegressionOutputs(BranchOutputs):
-    """DePOTR's outputs with a confidence logit per keypoint.
+    """DePOTR's outputs with a confidence logit per keypoint; two passes average their logits.
 
     coords: (B, K, 2) (x, y) = continuous crop pixels / (W, H), in [0, 1].
     confidence: (B, K) logit that the keypoint is labelled and inside the crop.
-    aux_coords, aux_confidence: (n-1, B, K, 2), (n-1, B, K) of decoder layers 0 .. n-2, or None.
-
-    Two passes average their logits (the score is the sigmoid of the mean logit).
+    aux_coords, aux_confidence: (n-1, B, K, 2), (n-1, B, K), or None.
     """
 
     coords: Tensor
@@ -95,13 +89,10 @@ class RLEOutputs(RegressionOutputs):
 
 @dataclass
 class HeatmapOutputs(BranchOutputs):
-    """Heatmap heads' outputs (DePOTR-HM, SimpleBaseline, TransPose-R); two passes average
-    pixelwise.
+    """Heatmap heads' outputs; two passes average pixelwise.
 
-    heatmaps: (B, K, h, w) of stride s = H / h; heatmap pixel j covers crop pixels
-        [j s, (j+1) s), its centre is crop pixel (j + 0.5) s.
-    aux_heatmaps: (n-1, B, K, h, w) of decoder layers 0 .. n-2 (DePOTR-HM's deep supervision,
-        while training), or None.
+    heatmaps: (B, K, h, w) of stride s = H / h; heatmap pixel j covers crop pixels [j s, (j+1) s).
+    aux_heatmaps: (n-1, B, K, h, w) (DePOTR-HM's deep supervision, while training), or None.
     """
 
     heatmaps: Tensor

@@ -9,7 +9,7 @@ in [0, 1] of the crop. (The thesis added the raw output of a Linear to the refer
 from typing import Dict
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..deformable_transformer import inverse_sigmoid
 from .mlp import MLP
@@ -43,25 +43,25 @@ class RegressionHead(nn.Module):
         self.all_layers = all_layers or iter_refine
         self.predict_sigma = predict_sigma
         num_mlps = num_decoder_layers if iter_refine else 1
-        self.coord_mlps = nn.ModuleList(MLP(hidden_dim, hidden_dim, 2, mlp_layers) for _ in range(num_mlps))
+        # zero_last: start at the reference point (DETR / Deformable DETR)
+        self.coord_mlps = nn.ModuleList(
+            MLP(hidden_dim, hidden_dim, 2, mlp_layers, zero_last=True) for _ in range(num_mlps)
+        )
         if predict_sigma:
             self.sigma = nn.Linear(hidden_dim, 2)  # RLE's scale: a linear layer and a sigmoid
         else:
             # Confidence that the keypoint is labelled and inside the crop. The thesis has none
             # (its keypoint score was the box score); COCO rescoring needs one.
             self.score = nn.Linear(hidden_dim, 1)
-        for mlp in self.coord_mlps:  # start at the reference point (DETR / Deformable DETR)
-            nn.init.zeros_(mlp.layers[-1].weight)
-            nn.init.zeros_(mlp.layers[-1].bias)
 
-    def predict_coords(self, layer: int, hidden: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def predict_coords(self, layer: int, hidden: Tensor, reference: Tensor) -> Tensor:
         """hidden: (B, K, d) output of decoder layer ``layer``; reference: (B, K, 2) its reference
         points. Returns (B, K, 2) = sigmoid(MLP(hidden) + inverse_sigmoid(reference)), (x, y) in
         [0, 1] of the crop width / height."""
         mlp = self.coord_mlps[layer if self.iter_refine else 0]
         return (mlp(hidden) + inverse_sigmoid(reference)).sigmoid()
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> RegressionOutputs:
+    def forward(self, features: Dict[str, Tensor]) -> RegressionOutputs:
         """features: "hidden_states" (n, B, K, d), "references" (n, B, K, 2) of the decoder.
         Returns the last layer's :class:`RegressionOutputs` (:class:`RLEOutputs` with
         ``predict_sigma``), with ``all_layers`` also the auxiliary outputs of layers 0 .. n-2."""

@@ -16,7 +16,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .mlp import MLP
 
@@ -25,7 +25,7 @@ from .mlp import MLP
 _MIN_SIGMA = 1e-6
 
 
-def laplace_log_prob(z: torch.Tensor) -> torch.Tensor:
+def laplace_log_prob(z: Tensor) -> Tensor:
     """Log density of the standard 2-D Laplace distribution (independent coordinates, scale 1):
     z (..., 2) -> (...) = -|z_0| - |z_1| - 2 log 2."""
     return -z.abs().sum(-1) - 2 * math.log(2.0)
@@ -39,12 +39,9 @@ class RealNVP(nn.Module):
 
     def __init__(self, num_couplings: int = 6, hidden_dim: int = 64, mlp_layers: int = 3):
         super().__init__()
-        self.couplings = nn.ModuleList(MLP(1, hidden_dim, 2, mlp_layers) for _ in range(num_couplings))
-        for mlp in self.couplings:
-            nn.init.zeros_(mlp.layers[-1].weight)
-            nn.init.zeros_(mlp.layers[-1].bias)
+        self.couplings = nn.ModuleList(MLP(1, hidden_dim, 2, mlp_layers, zero_last=True) for _ in range(num_couplings))
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """x: (..., 2). Returns z = f(x) (..., 2) and log |det df/dx| (...)."""
         log_det = x.new_zeros(x.shape[:-1])
         for i, mlp in enumerate(self.couplings):
@@ -56,7 +53,7 @@ class RealNVP(nn.Module):
             log_det = log_det + s
         return x, log_det
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: Tensor) -> Tensor:
         """The flow's density: x (..., 2) -> log Q(f(x)) + log |det df/dx| (...)."""
         z, log_det = self(x)
         return laplace_log_prob(z) + log_det
@@ -70,9 +67,7 @@ class RLELoss(nn.Module):
         super().__init__()
         self.flow = flow if flow is not None else RealNVP()
 
-    def forward(
-        self, coords: torch.Tensor, sigmas: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, coords: Tensor, sigmas: Tensor, target: Tensor, weights: Tensor) -> Tensor:
         """coords, sigmas, target: (B, K, 2) mu, sigma in (0, 1) and mu_g; weights: (B, K) in
         {0, 1} (weight-0 residuals are replaced by 0 before the flow: exactly zero loss and
         gradient). Returns L = sum w (-log P(mu_g)) / max(sum w, 1), computed in float32."""
