@@ -234,6 +234,15 @@ def verify_synthetic_split(
         raise fail(f"{ANNOTATIONS_NAME} does not list the {num_images} images of this spec")
 
 
+def _remove_stale_temporaries(root: str, entry_name: str) -> None:
+    """Deletes temporary folders of ``entry_name`` that killed generations left in ``root``
+    (call with the entry's lock held)."""
+    for name in os.listdir(root):
+        if name.startswith(TEMPORARY_PREFIX) and name.endswith("-" + entry_name):
+            logger.info("Removing %s, left by an interrupted generation.", os.path.join(root, name))
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def ensure_synthetic_split(
     root: str,
     split: str,
@@ -254,10 +263,7 @@ def ensure_synthetic_split(
         entry_name = os.path.basename(entry)
         with _locked(os.path.join(root, f".{entry_name}.lock")):
             if not os.path.isdir(entry):  # another process may have made it meanwhile
-                for name in os.listdir(root):  # temporary folders of killed generations
-                    if name.startswith(TEMPORARY_PREFIX) and name.endswith("-" + entry_name):
-                        logger.info("Removing %s, left by an interrupted generation.", os.path.join(root, name))
-                        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                _remove_stale_temporaries(root, entry_name)
                 logger.info("Synthetic %s split %s not cached yet; generating %d images.", split, entry, num_images)
                 tmp_dir = temporary_path(entry)
                 os.mkdir(tmp_dir)

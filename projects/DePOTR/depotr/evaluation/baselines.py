@@ -43,16 +43,20 @@ def mean_pose(train_gt: Dict[str, Any]) -> np.ndarray:
 def mean_pose_results(pose: np.ndarray, gt: Dict[str, Any]) -> List[Dict[str, Any]]:
     """COCO keypoint results: ``pose`` (K, 2) placed in every box of ``gt``, score 1."""
     category_id = gt["categories"][0]["id"]
-    ones = np.ones((len(pose), 1))
-    return [
-        {
-            "image_id": ann["image_id"],
-            "category_id": category_id,
-            "keypoints": np.concatenate([pose * ann["bbox"][2:] + ann["bbox"][:2], ones], axis=1).ravel().tolist(),
-            "score": 1.0,
-        }
-        for ann in gt["annotations"]
-    ]
+    results = []
+    for ann in gt["annotations"]:
+        x0, y0, w, h = ann["bbox"]
+        xy = pose * [w, h] + [x0, y0]
+        keypoints = np.concatenate([xy, np.ones((len(pose), 1))], axis=1)
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category_id,
+                "keypoints": keypoints.ravel().tolist(),
+                "score": 1.0,
+            }
+        )
+    return results
 
 
 def mean_pose_baseline_metrics(
