@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.structures import Boxes, Instances
 
 import train_net
@@ -55,11 +56,12 @@ def test_boxes_keypoints_and_person_order(tmp_path):
     assert [(d["file_name"][-5:], d["width"], d["height"]) for d in dicts] == [("a.jpg", 120, 90), ("b.jpg", 70, 80)]
     a0, a2 = dicts[0]["annotations"]
     assert [a0["person_index"], a2["person_index"], dicts[1]["annotations"][0]["person_index"]] == [0, 2, 1]
-    # HRNet: centre y + 15 x 0.5 = 58.5, scale x 1.25 = 0.625 -> side 125; 0-based centre (100, 57.5).
-    assert a0["bbox"] == pytest.approx([37.5, -5.0, 125.0, 125.0])
-    assert mpii_box((-1, 40), 0.4) == pytest.approx([-42.0, -1.0, 80.0, 80.0])  # x = -1: no adjustment
+    # HRNet: centre y + 15 x 0.5 = 58.5, scale x 1.25 = 0.625 -> side 125; 1-based pixel (101, 58.5)
+    # is (100.5, 58) in Detectron2's continuous coordinates (pixel index i's centre at i + 0.5).
+    assert a0["bbox"] == pytest.approx([38.0, -4.5, 125.0, 125.0])
+    assert mpii_box((-1, 40), 0.4) == pytest.approx([-41.5, -0.5, 80.0, 80.0])  # x = -1: no adjustment
     kps = np.asarray(a0["keypoints"]).reshape(16, 3)
-    np.testing.assert_allclose(kps[:, :2][kps[:, 2] > 0], np.asarray(entries[0]["joints"])[kps[:, 2] > 0] - 1)
+    np.testing.assert_allclose(kps[:, :2][kps[:, 2] > 0], np.asarray(entries[0]["joints"])[kps[:, 2] > 0] - 0.5)
     assert kps[J["pelvis"]].tolist() == [0, 0, 0] and (np.delete(kps[:, 2], J["pelvis"]) == 2).all()
 
 
@@ -83,7 +85,8 @@ def test_malformed_entries_name_file_entry_and_field(tmp_path, change, message):
 
 
 def test_evaluator_follows_the_file_order_of_the_gt_mat(tmp_path):
-    """Persons of one image that are not adjacent in the file: the .mat columns are in file order."""
+    """Persons of one image that are not adjacent in the file: the .mat columns are in file order.
+    Exact predictions in the model's continuous coordinates are written as the 0-based joints."""
     rng = np.random.default_rng(1)
     entries = [_person("a.jpg", (30, 30), 0.3, rng), _person("b.jpg", (50, 50), 0.3, rng),
                _person("a.jpg", (80, 70), 0.3, rng, offset=(40, 30))]  # fmt: skip
@@ -98,7 +101,7 @@ def test_evaluator_follows_the_file_order_of_the_gt_mat(tmp_path):
                   "pos_gt_src": joints.transpose(1, 2, 0), "headboxes_src": head_boxes.transpose(1, 2, 0)})  # fmt: skip
     register_mpii("test_mpii_order", json_file, image_root, mat)
     try:
-        evaluator = PCKhEvaluator("test_mpii_order", distributed=False)
+        evaluator = PCKhEvaluator("test_mpii_order", distributed=False, output_dir=str(tmp_path))
         evaluator.reset()
         for d in DatasetCatalog.get("test_mpii_order"):  # each person predicted exactly, in its own box
             instances = Instances((d["height"], d["width"]))
@@ -106,11 +109,14 @@ def test_evaluator_follows_the_file_order_of_the_gt_mat(tmp_path):
             boxes[:, 2:] += boxes[:, :2]
             instances.pred_boxes = Boxes(boxes)
             instances.pred_boxes.clip((d["height"], d["width"]))
-            kps = torch.tensor(np.stack([joints[a["person_index"]] - 1 for a in d["annotations"]]), dtype=torch.float32)
+            kps = torch.tensor(
+                np.stack([joints[a["person_index"]] - 0.5 for a in d["annotations"]]), dtype=torch.float32
+            )
             instances.pred_keypoints = torch.cat([kps, torch.ones(len(kps), 16, 1)], dim=2)
             evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
         table = evaluator.evaluate()["PCKh"]
         assert table["Mean"] == 100.0 and table["Mean@0.1"] == 100.0 and table["NumPersons"] == 3
+        np.testing.assert_allclose(loadmat(tmp_path / "pred.mat")["preds"], joints - 1.0)
     finally:
         DatasetCatalog.remove("test_mpii_order")
         MetadataCatalog.remove("test_mpii_order")
@@ -151,7 +157,11 @@ def test_synthetic_mpii_files_agree_with_the_synthetic_coco_split(tmp_path):
     assert len(entries) == len(gt.positions) == len(coco["annotations"])  # every synthetic person has a head
     np.testing.assert_allclose(gt.positions, np.asarray([e["joints"] for e in entries]))
     dicts = load_mpii_json(paths["json_file"], paths["image_root"])
-    for coco_anno, anno in zip(coco["annotations"], [a for d in dicts for a in d["annotations"]]):
+    # What the model gets from either file of the same images: the same boxes and keypoints.
+    coco_dicts = load_coco_json(os.path.join(os.path.dirname(paths["image_root"]), "annotations.json"),
+                                paths["image_root"])  # fmt: skip
+    coco_annos = [a for d in coco_dicts for a in d["annotations"]]
+    for coco_anno, anno in zip(coco_annos, [a for d in dicts for a in d["annotations"]]):
         x, y, w, h = coco_anno["bbox"]
         bx, by, bw, bh = anno["bbox"]  # the square of 1.25 x max(w, h) around the same centre
         assert bw == pytest.approx(1.25 * max(w, h)) and bh == bw
@@ -172,13 +182,13 @@ def test_mean_pose_baseline_by_hand(tmp_path):
         p[[J["left_wrist"], J["right_wrist"]], 0] += dx
         poses.append(p)
     sizes = {"a.jpg": (300, 300)}
-    # scale 0.4 -> HRNet side 100; centre chosen so the box is [50, 50, 100, 100] (0-based).
+    # scale 0.4 -> HRNet side 100; centre chosen so the box is [50.5, 50.5, 100, 100] (continuous).
     entries = [{"image": "a.jpg", "center": [101, 101 - 6], "scale": 0.4, "joints": (p + 50 + 1).tolist(),
                 "joints_vis": [1] * 16} for p in poses]  # fmt: skip
     json_file, image_root = _write_mpii(tmp_path, entries, sizes)
     dicts = load_mpii_json(json_file, image_root)
     for anno in dicts[0]["annotations"]:
-        assert anno["bbox"] == pytest.approx([50, 50, 100, 100])
+        assert anno["bbox"] == pytest.approx([50.5, 50.5, 100, 100])
         kps = np.asarray(anno["keypoints"]).reshape(16, 3)
         head = kps[J["head_top"], :2]
         anno["head_box"] = [head[0] - 3, head[1] - 4, head[0] + 3, head[1] + 4]  # 6 x 8: head size 6

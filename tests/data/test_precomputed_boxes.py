@@ -173,3 +173,19 @@ def test_logs_what_was_dropped(tmp_path, caplog):
     text = caplog.text
     assert "7 detections" in text and "kept 4;" in text and "1 of another category than 1" in text
     assert "1 empty" in text and "1 kept boxes belong to images not in the dataset" in text
+
+
+@pytest.mark.parametrize(
+    "change, counts",
+    [
+        (dict(image_id=1000), "0 of another category, 0 empty, 2 on image ids [1000]"),
+        (dict(category_id=3), "2 of another category, 0 empty, 0 on image ids []"),
+    ],
+    ids=["other_images", "other_category"],
+)
+def test_a_file_with_no_box_of_the_dataset_is_an_error(tmp_path, change, counts):
+    """A detections file of another dataset (image ids) or category would evaluate no person."""
+    path = _write(tmp_path, [{**d, **change} for d in (DETECTIONS[0], DETECTIONS[5])])
+    with pytest.raises(ValueError, match="none of its 2 detections is a box of category_id 1") as info:
+        attach_precomputed_boxes([{"image_id": 1}, {"image_id": 2}], path)
+    assert path in str(info.value) and counts in str(info.value)

@@ -140,13 +140,14 @@ def test_tool_prints_the_table_and_the_summary_line(tmp_path):
 
 @pytest.fixture
 def mpii_dataset():
-    """Two images, one person each, keypoints in a shuffled order of the MPII names (0-based)."""
+    """Two images, one person each, keypoints in a shuffled order of the MPII names (continuous
+    pixels, as the loaders give them: 0-based index + 0.5)."""
     positions, missing, preds = _ground_truth()
     order = list(np.random.default_rng(2).permutation(16))  # dataset keypoint i = MPII joint order[i]
     names = [MPII_KEYPOINT_NAMES[k] for k in order]
     dicts = []
     for p in range(2):
-        kps = np.concatenate([positions[p, order] - 1.0, np.where(missing[p, order], 0, 2)[:, None]], axis=1)
+        kps = np.concatenate([positions[p, order] - 0.5, np.where(missing[p, order], 0, 2)[:, None]], axis=1)
         dicts.append(
             {
                 "image_id": p,
@@ -168,9 +169,10 @@ def mpii_dataset():
 
 
 def _outputs(kps_xy, boxes):
+    """Model outputs of 0-based predictions ``kps_xy``: continuous pixels, index + 0.5."""
     instances = Instances((300, 300))
     instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-    kps = torch.tensor(kps_xy, dtype=torch.float32)
+    kps = torch.tensor(kps_xy + 0.5, dtype=torch.float32)
     instances.pred_keypoints = torch.cat([kps, torch.ones(*kps.shape[:2], 1)], dim=2)
     return {"instances": instances}
 

@@ -210,10 +210,19 @@ def attach_precomputed_boxes(
 ) -> List[Dict[str, Any]]:
     """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) of
     :func:`load_precomputed_boxes` (boxes of ``category_id``) to each dataset dict (N = 0 for
-    images without detections). Returns new dicts; logs what was dropped and why."""
+    images without detections). Returns new dicts; logs what was dropped and why. A ValueError
+    naming the file when it has detections but no box of ``category_id`` on an image of the
+    dataset (a file of another dataset or category, which would evaluate no person)."""
     boxes, stats = load_precomputed_boxes(json_file, category_id)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
+    if stats["total"] and unknown == stats["kept"]:
+        raise ValueError(
+            f"precomputed boxes file {json_file}: none of its {stats['total']} detections is a box of category_id "
+            f"{category_id} on an image of the dataset ({stats['dropped_category']} of another category, "
+            f"{stats['dropped_empty']} empty, {unknown} on image ids {sorted(boxes)[:3]}... where the dataset's "
+            f"are {sorted(image_ids)[:3]}...): a file of another dataset?"
+        )
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
     out = []
     for d in dataset_dicts:

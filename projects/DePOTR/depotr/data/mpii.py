@@ -1,7 +1,10 @@
 """MPII Human Pose (Andriluka et al. 2014) for top-down training and PCKh evaluation, from HRNet's /
 mmpose's files (layout: docs/datasets.md): ``annot/{train,valid}.json`` (per person: image, center,
-scale, joints (16, 2), joints_vis; 1-based pixels, made 0-based here) and ``annot/gt_valid.mat``
-(the official ground truth). Keypoints: v = 2 where ``joints_vis`` is 1, else x = y = v = 0.
+scale, joints (16, 2), joints_vis; 1-based pixel indices) and ``annot/gt_valid.mat`` (the official
+ground truth). Boxes and keypoints are made Detectron2's continuous pixel coordinates, as
+``load_coco_json`` makes COCO's (pixel index i, 0-based, has its centre at i + 0.5: 1-based i is
+i - 0.5), so that crops, flips and the evaluators treat them as every other dataset's.
+Keypoints: v = 2 where ``joints_vis`` is 1, else x = y = v = 0.
 """
 
 import logging
@@ -31,7 +34,7 @@ MPII_SPLITS: Dict[str, tuple] = {
 
 
 def mpii_box(center, scale: float) -> List[float]:
-    """The 0-based XYWH_ABS person box of a 1-based MPII ``center`` (2,) and ``scale``: HRNet's
+    """The XYWH_ABS person box (continuous pixels) of a 1-based MPII ``center`` (2,) and ``scale``: HRNet's
     (``lib/dataset/mpii.py``) centre y + 15 x scale and scale x 1.25 (skipped where the centre's x
     is -1), then the square of side 200 x scale around the centre (HRNet crops exactly that, so
     the MPII configs set ``INPUT.CROP_PADDING`` 1.0)."""
@@ -40,7 +43,7 @@ def mpii_box(center, scale: float) -> List[float]:
         cy += 15 * scale
         scale *= 1.25
     side = 200.0 * scale
-    return [cx - 1 - side / 2, cy - 1 - side / 2, side, side]
+    return [cx - 0.5 - side / 2, cy - 0.5 - side / 2, side, side]
 
 
 def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -65,7 +68,7 @@ def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
         if visible.shape != (NUM_JOINTS,):
             raise ValueError(f"{where}: field 'joints_vis' has {visible.size} values, expected {NUM_JOINTS}")
         labelled = visible > 0
-        keypoints[labelled, :2] = joints[labelled] - 1.0
+        keypoints[labelled, :2] = joints[labelled] - 0.5
         keypoints[labelled, 2] = 2
     return {
         "bbox": mpii_box(center, float(scale)),

@@ -11,8 +11,10 @@ axis-aligned square centred between them, of side their distance (head size 0.6 
 ``scale`` are set so that :func:`depotr.data.mpii.mpii_box`'s HRNet adjustments give back the
 box centre and a square of 1.25 x max(w, h). The validation split keeps the persons with a head box.
 
-Files go next to the synthetic cache entry, in ``<root>/mpii-<entry>/``, each written whole or not
-at all; derived from the entry only, so an existing json (written last) is reused.
+Files go next to the synthetic cache entry, in ``<root>/mpii-r2-<entry>/``, each written whole or
+not at all; derived from the entry only, so an existing json (written last) is reused. (Revision 2:
+``center`` is the 1-based pixel index of the box centre; the ``mpii-<entry>`` folders of revision 1
+put it 0.5 px further right and down and are not read.)
 """
 
 import json
@@ -100,7 +102,8 @@ def _convert(coco: Dict[str, Any], keep_without_head_box: bool) -> Tuple[List[Di
             continue
         x, y, w, h = anno["bbox"]
         scale = max(w, h) / 200.0
-        entry = {"image": image["file_name"], "center": [x + w / 2 + 1, y + h / 2 + 1 - 15 * scale], "scale": scale}
+        # The box is in continuous pixels: its centre c is 1-based pixel index c + 0.5.
+        entry = {"image": image["file_name"], "center": [x + w / 2 + 0.5, y + h / 2 + 0.5 - 15 * scale], "scale": scale}
         joints_1 = (joints + 1.0 * labelled[:, None]).tolist()  # 1-based, 0 where not labelled
         entries.append({**entry, "joints": joints_1, "joints_vis": labelled.astype(int).tolist()})
         head_boxes.append(head_box)
@@ -123,7 +126,7 @@ def _write_gt_mat(path: str, entries: List[Dict[str, Any]], head_boxes: List[np.
 def synthetic_mpii_paths(root: str, split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
     """``json_file``, ``gt_mat_file`` (None for train) and ``image_root`` of a spec's MPII files."""
     paths = synthetic_split_paths(root, split, num_images, seed, image_size)
-    folder = os.path.join(root, "mpii-" + os.path.basename(paths["split_dir"]))
+    folder = os.path.join(root, "mpii-r2-" + os.path.basename(paths["split_dir"]))
     val = split == "val"
     return {
         "json_file": os.path.join(folder, "valid.json" if val else "train.json"),

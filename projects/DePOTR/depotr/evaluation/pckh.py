@@ -2,7 +2,9 @@
 
 The computation is the official MATLAB toolkit's as HRNet's ``lib/dataset/mpii.py`` ``evaluate``
 ports it, for P persons and MPII's 16 joints: predictions and ground truth in 1-based pixels
-(predictions are written 0-based and get +1); a labelled joint (not ``jnt_missing``) is correct
+(predictions are written 0-based and get +1; the model's predictions and the dataset dicts'
+keypoints are Detectron2's continuous coordinates, 0-based pixel index + 0.5, converted here as
+``COCOEvaluator`` converts them); a labelled joint (not ``jnt_missing``) is correct
 when its distance to the ground truth is at most ``threshold`` (0.5) x the head size, ``SC_BIAS``
 (0.6) x the diagonal of the head box; PCKh of a joint = 100 x correct / labelled; the groups
 Head (head top), Shoulder, ..., Ankle average left and right; Mean: the joints weighted by their
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 SC_BIAS = 0.6  # head size = SC_BIAS x head-box diagonal
 PCKH_THRESHOLD = 0.5
+# Detectron2's continuous pixel coordinate (model outputs, dataset dicts) minus a 0-based pixel index.
+CONTINUOUS_OFFSET = 0.5
 MEAN_LOW_THRESHOLD = float(np.arange(0, 0.5 + 0.01, 0.01)[11])  # HRNet's "Mean@0.1": index 11 of its thresholds
 BOX_PCK_THRESHOLD = 0.2  # without a head box: PCK@BOX_PCK_THRESHOLD of max(w, h)
 EXCLUDED_FROM_MEAN = ("pelv", "thor")  # joints left out of the means (official names)
@@ -208,8 +212,9 @@ def _xyxy(annos: Sequence[Dict[str, Any]]) -> np.ndarray:
 
 
 def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]) -> MPIIGroundTruth:
-    """Ground truth from the dataset dicts' annotations (keypoints (3 x 16) 0-based in the
-    dataset's keypoint order, ``head_box`` [x1, y1, x2, y2] 0-based where there is one, ``bbox``)
+    """Ground truth from the dataset dicts' annotations (keypoints (3 x 16) in continuous pixels
+    (as loaded, module docstring) in the dataset's keypoint order, ``head_box`` [x1, y1, x2, y2]
+    where there is one (only its size counts), ``bbox``)
     in evaluation order; ``order``: official joint -> dataset keypoint index."""
     persons, person_order = _ordered_persons(dataset_dicts)
     persons = [persons[i] for i in person_order]
@@ -221,7 +226,7 @@ def _gt_from_dicts(dataset_dicts: Sequence[Dict[str, Any]], order: Sequence[int]
     boxes = _xyxy(persons)
     return MPIIGroundTruth(
         joint_names=MPII_OFFICIAL_JOINT_NAMES,
-        positions=kps[:, :, :2] + 1.0,
+        positions=kps[:, :, :2] - CONTINUOUS_OFFSET + 1.0,
         missing=kps[:, :, 2] <= 0,
         head_sizes=head_sizes_from_boxes(head_boxes, np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])),
         box_normalised=~np.isfinite(head_boxes).all(axis=(1, 2)),
@@ -269,9 +274,8 @@ class PCKhEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
             boxes, keypoints = instances.pred_boxes.tensor.numpy(), instances.pred_keypoints.numpy()
-            self._predictions.append(
-                {"image_id": inp["image_id"], "boxes": boxes.copy(), "keypoints": keypoints[:, :, :2].copy()}
-            )
+            keypoints = keypoints[:, :, :2] - CONTINUOUS_OFFSET  # 0-based pixel indices
+            self._predictions.append({"image_id": inp["image_id"], "boxes": boxes.copy(), "keypoints": keypoints})
 
     def _match(self, dataset_dicts: Sequence[Dict[str, Any]], predictions: Dict[Any, Dict[str, Any]]) -> np.ndarray:
         """(P, 16, 2) 0-based predictions of the persons in evaluation order, official joint
@@ -346,8 +350,8 @@ def mean_pose_pckh_baseline(train_dataset: str, test_dataset: str) -> Dict[str, 
     test_dicts = DatasetCatalog.get(test_dataset)
     persons, order = _ordered_persons(test_dicts)
     boxes = _xyxy(persons)[order]
-    preds = boxes[:, None, :2] + pose[None] * (boxes[:, None, 2:] - boxes[:, None, :2])  # (P, K, 2)
-    return evaluator.score(preds[:, evaluator._order], test_dicts)
+    preds = boxes[:, None, :2] + pose[None] * (boxes[:, None, 2:] - boxes[:, None, :2])  # (P, K, 2) continuous
+    return evaluator.score(preds[:, evaluator._order] - CONTINUOUS_OFFSET, test_dicts)
 
 
 def _coco_dict(dataset_dicts: Sequence[Dict[str, Any]], names: Sequence[str]) -> Dict[str, Any]:
