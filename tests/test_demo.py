@@ -604,6 +604,32 @@ def test_truncated_video_is_a_warning_naming_it_and_status_1(demo, tmp_path, cap
     assert [r["image_id"] for r in json.loads(results.read_text())] == list(range(readable))
 
 
+def test_truncated_video_with_boxes_for_every_announced_frame_writes_the_frames_read(
+    demo, tmp_path, capsys, monkeypatch
+):
+    # before: the boxes of the frames announced but not read were "frames the video does not have":
+    # an error and nothing written, where the video without --boxes gives the frames read
+    frames = [{"image_id": i, "category_id": 1, "bbox": [10, 10, 40, 90], "score": 0.9} for i in range(6)]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(frames))
+    out, results = tmp_path / "out.mp4", tmp_path / "keypoints.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(4), frame_count=5.0))
+        args = ["--video-input", tmp_path / "walk.mp4", "--output", out, "--boxes", boxes, "--save-json", results]
+        assert run(demo, *args) == 1
+    err = capsys.readouterr().err
+    assert "read 4 of the 5 frames it announces" in err
+    assert f"--boxes {boxes} has boxes for frame(s) [5] but the video has frames 0-4; nothing written" in err
+    assert not out.exists() and not results.exists()  # frame 5 is beyond even the announced ones
+    boxes.write_text(json.dumps(frames[:5]))
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(4), frame_count=5.0))
+        assert run(demo, *args) == 1
+    assert "read 4 of the 5 frames it announces" in capsys.readouterr().err
+    assert len(read_video(out)) == 4
+    assert [r["image_id"] for r in json.loads(results.read_text())] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("fps", [float("nan"), -1.0])
 def test_video_without_a_valid_frame_rate_is_written_at_30_fps(demo, tmp_path, monkeypatch, fps):
     # before: `fps or 30.0` let NaN and -1 through: the tracker raised "fps finite and > 0"
