@@ -391,7 +391,8 @@ class Demo:
         return instances
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
-        """Writes <output>/<stem>.png per image; returns the number of unreadable files."""
+        """Writes <output>/<stem>.png per image; returns the number of unreadable files (each one
+        ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
         from depotr.data.image_io import read_image_bgr
 
         os.makedirs(output, exist_ok=True)
@@ -402,6 +403,8 @@ class Demo:
             except (OSError, ValueError) as e:
                 failures += 1
                 tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
+                if self.tracker is not None:
+                    self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
                 continue
             instances = self(image, image_ids[path])
             out_path = output_path(path, output)

@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import PoseTracker
 from tests.conftest import load_script
 
@@ -699,6 +699,21 @@ def test_frames_skipped_for_their_size_age_the_tracks(demo, tmp_path, capsys):
     assert runner.run_video(iter([frame] + [frame[:64]] * 12 + [frame]), str(tmp_path / "out.mp4"), 10.0) == 12
     assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (13, 1)]
     assert tracker.frame == 13  # the video's frame index
+
+
+def test_unreadable_images_age_the_tracks(demo, tmp_path, capsys):
+    # before: an image sequence tracked as frames did not count an unreadable image: the person kept
+    # its id across a gap longer than MAX_LOST_FRAMES (0) and the smoothing took one frame for two
+    for name in ("0.png", "2.png"):
+        assert cv2.imwrite(str(tmp_path / name), walk_frames(1)[0])
+    (tmp_path / "1.png").write_bytes(b"not an image")
+    predictor = fake_predictor()
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=0)
+    runner = demo.Demo(predictor, None, tracker)
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == 1
+    assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (2, 1)]
+    assert tracker.frame == 2
 
 
 @pytest.mark.parametrize("track", [False, True])
