@@ -227,8 +227,9 @@ def clear_mot(truth: List[List[Dict]], tracked: List[Instances]) -> Dict[str, in
     """CLEAR MOT counts of one clip (Bernardin & Stiefelhagen 2008): ground-truth boxes, misses,
     false positives, ID switches (a ground-truth track matched to another predicted id than at its
     last match). A ground-truth person keeps its last match while their box IoU is >= 0.5; the
-    others are matched by Hungarian matching on box IoU >= 0.5 (without the first rule, two
-    overlapping persons' jittered boxes would swap in the matching, not in the tracking)."""
+    others are matched by Hungarian matching of least total 1 - IoU among the pairs of IoU >= 0.5
+    (without the first rule, two overlapping persons' jittered boxes would swap in the matching,
+    not in the tracking)."""
     counts = defaultdict(int)
     last_match: Dict[int, int] = {}
     for persons, instances in zip(truth, tracked):
@@ -241,8 +242,11 @@ def clear_mot(truth: List[List[Dict]], tracked: List[Instances]) -> Dict[str, in
             if c >= 0 and iou[r, c] >= 0.5:
                 matched.append((r, c))
                 iou[r, :], iou[:, c] = 0.0, 0.0  # taken
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        matched += [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= 0.5]
+        # pairs below IoU 0.5 are not allowed (CLEAR MOT's threshold): a cost above any set of allowed
+        # pairs' (each <= 0.5), so that they never displace an allowed pair from the assignment
+        valid = iou >= 0.5
+        rows, cols = linear_sum_assignment(np.where(valid, 1.0 - iou, len(persons) + 1.0))
+        matched += [(r, c) for r, c in zip(rows, cols) if valid[r, c]]
         counts["gt"] += len(persons)
         counts["misses"] += len(persons) - len(matched)
         counts["false_positives"] += len(instances) - len(matched)

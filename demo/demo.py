@@ -48,7 +48,8 @@ cannot be read, or a JPEG that ends early, is skipped with a message naming it, 
 exits with status 1; so are video frames whose size differs from the first frame's, and a video
 that ends before the number of frames its file announces (a file cut short, a frame that cannot be
 decoded) gives a warning naming it, "read N of the M frames it announces", and status 1; the frames
-read are written. A box file naming frames the video does not have is an error (status 1).
+read are written. A box file naming frames the video does not have (neither read nor announced)
+is an error (status 1).
 Outputs are written whole or not at all (depotr.file_io).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
@@ -390,7 +391,8 @@ class Demo:
         return instances
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
-        """Writes <output>/<stem>.png per image; returns the number of unreadable files."""
+        """Writes <output>/<stem>.png per image; returns the number of unreadable files (each one
+        ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
         from depotr.data.image_io import read_image_bgr
 
         os.makedirs(output, exist_ok=True)
@@ -401,6 +403,8 @@ class Demo:
             except (OSError, ValueError) as e:
                 failures += 1
                 tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
+                if self.tracker is not None:
+                    self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
                 continue
             instances = self(image, image_ids[path])
             out_path = output_path(path, output)
@@ -427,7 +431,7 @@ class Demo:
             differs from the first frame's, and those ``total`` announces beyond the frames read.
         Raises:
             ValueError: no frames, or box file entries for frames the video does not have
-                (nothing is written).
+                (beyond those read and those ``total`` announces; nothing is written).
         """
         size, skipped, count = None, 0, 0
         with atomic_output_path(out_path) as tmp_path:
@@ -462,12 +466,13 @@ class Demo:
                         "or a frame cannot be decoded)",
                         file=sys.stderr,
                     )
-                beyond = sorted(i for i in self.boxes or {} if not 0 <= i < count)
+                frames_had = count + unread  # a frame announced but not read is the video's, too
+                beyond = sorted(i for i in self.boxes or {} if not 0 <= i < frames_had)
                 if beyond:
                     box_file = f"--boxes {self.box_file}" if self.box_file else "the box file"
                     raise ValueError(
                         f"{box_file} has boxes for frame(s) {beyond[:10]}{' ...' if len(beyond) > 10 else ''} "
-                        f"but the video has frames 0-{count - 1}"
+                        f"but the video has frames 0-{frames_had - 1}"
                     )
             finally:
                 if writer is not None:

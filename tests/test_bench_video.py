@@ -77,6 +77,15 @@ def test_clear_mot_keeps_a_valid_match_of_overlapping_persons(bench):
     assert bench.clear_mot(truth, tracked)["id_switches"] == 0
 
 
+def test_clear_mot_never_matches_a_pair_below_the_iou_threshold(bench):
+    # Box IoU, ground truth A, B x predictions X, Y: [[0.42, 0.0], [0.67, 0.27]]. B-X is the only
+    # pair >= 0.5: one match, one miss, one false positive. Before: Hungarian matching on the raw
+    # IoU took A-X + B-Y (0.68 > 0.67), both below 0.5, and counted two misses and two false positives.
+    truth = [[{"track": 0, "bbox": [0, 0, 9, 10]}, {"track": 1, "bbox": [1, 0, 12, 10]}]]
+    tracked = [_frame([[4.0, 0.0, 12.0, 10.0], [9.0, 0.0, 16.0, 10.0]], [3, 4])]
+    assert dict(bench.clear_mot(truth, tracked)) == {"gt": 2, "misses": 1, "false_positives": 1, "id_switches": 0}
+
+
 def test_accelerations_of_three_consecutive_frames(bench):
     poses = {0: np.zeros((2, 2)), 1: np.ones((2, 2)), 2: np.full((2, 2), 4.0), 4: np.zeros((2, 2))}
     # frame 1: |4 - 2 + 0| = 2 per coordinate -> 2 sqrt(2) per keypoint; frames 2-4 are not consecutive

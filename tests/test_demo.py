@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
 from depotr.config import load_depotr_config
-from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import PoseTracker
 from tests.conftest import load_script
 
@@ -604,6 +604,32 @@ def test_truncated_video_is_a_warning_naming_it_and_status_1(demo, tmp_path, cap
     assert [r["image_id"] for r in json.loads(results.read_text())] == list(range(readable))
 
 
+def test_truncated_video_with_boxes_for_every_announced_frame_writes_the_frames_read(
+    demo, tmp_path, capsys, monkeypatch
+):
+    # before: the boxes of the frames announced but not read were "frames the video does not have":
+    # an error and nothing written, where the video without --boxes gives the frames read
+    frames = [{"image_id": i, "category_id": 1, "bbox": [10, 10, 40, 90], "score": 0.9} for i in range(6)]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(frames))
+    out, results = tmp_path / "out.mp4", tmp_path / "keypoints.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(4), frame_count=5.0))
+        args = ["--video-input", tmp_path / "walk.mp4", "--output", out, "--boxes", boxes, "--save-json", results]
+        assert run(demo, *args) == 1
+    err = capsys.readouterr().err
+    assert "read 4 of the 5 frames it announces" in err
+    assert f"--boxes {boxes} has boxes for frame(s) [5] but the video has frames 0-4; nothing written" in err
+    assert not out.exists() and not results.exists()  # frame 5 is beyond even the announced ones
+    boxes.write_text(json.dumps(frames[:5]))
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(4), frame_count=5.0))
+        assert run(demo, *args) == 1
+    assert "read 4 of the 5 frames it announces" in capsys.readouterr().err
+    assert len(read_video(out)) == 4
+    assert [r["image_id"] for r in json.loads(results.read_text())] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("fps", [float("nan"), -1.0])
 def test_video_without_a_valid_frame_rate_is_written_at_30_fps(demo, tmp_path, monkeypatch, fps):
     # before: `fps or 30.0` let NaN and -1 through: the tracker raised "fps finite and > 0"
@@ -673,6 +699,21 @@ def test_frames_skipped_for_their_size_age_the_tracks(demo, tmp_path, capsys):
     assert runner.run_video(iter([frame] + [frame[:64]] * 12 + [frame]), str(tmp_path / "out.mp4"), 10.0) == 12
     assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (13, 1)]
     assert tracker.frame == 13  # the video's frame index
+
+
+def test_unreadable_images_age_the_tracks(demo, tmp_path, capsys):
+    # before: an image sequence tracked as frames did not count an unreadable image: the person kept
+    # its id across a gap longer than MAX_LOST_FRAMES (0) and the smoothing took one frame for two
+    for name in ("0.png", "2.png"):
+        assert cv2.imwrite(str(tmp_path / name), walk_frames(1)[0])
+    (tmp_path / "1.png").write_bytes(b"not an image")
+    predictor = fake_predictor()
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=0)
+    runner = demo.Demo(predictor, None, tracker)
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == 1
+    assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (2, 1)]
+    assert tracker.frame == 2
 
 
 @pytest.mark.parametrize("track", [False, True])

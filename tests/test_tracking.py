@@ -309,6 +309,12 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
         assert out.pred_keypoints.shape == (2, K, 3) and math.isfinite(float(out.pred_keypoints.sum()))
     with pytest.raises(ValueError, match="frame 2 is 48x128 .*first frame 96x128"):
         video(frames[0][:48], boxes=boxes)
+    # before: a frame refused for its size was not counted: the next one was named frame 2 again,
+    # and the tracks did not age (MAX_LOST_FRAMES 2: kept over 3 frames without the persons)
+    with pytest.raises(ValueError, match="frame 3 is 48x128"):
+        video(frames[0][:48], boxes=boxes)
+    video(frames[0], boxes=[])
+    assert video(frames[0], boxes=boxes).track_id.tolist() == [2, 3] and video.tracker.frame == 5
 
 
 def test_editing_the_result_in_place_leaves_the_input_alone():

@@ -294,7 +294,8 @@ class PoseTracker:
 class VideoPoseTracker:
     """A :class:`depotr.Predictor` for a frame sequence: each call predicts the persons of the
     next frame and tracks (and with ``smooth``, smooths) them. Every frame must have the size of
-    the first (a ValueError names the frame otherwise). Build the predictor from
+    the first (a ValueError names the frame otherwise; the frame still counts, as one without
+    persons, so the tracks age as in the demo). Build the predictor from
     :func:`tracking_config` (OKS-NMS off)."""
 
     def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
@@ -311,8 +312,9 @@ class VideoPoseTracker:
         if self.frame_size is None:
             self.frame_size = instances.image_size
         elif instances.image_size != self.frame_size:
+            self.tracker.skip_frame()  # a caller skipping the frame still has it counted, as the demo's
             raise ValueError(
-                f"frame {self.tracker.frame + 1} is {instances.image_size[0]}x{instances.image_size[1]} (HxW), "
+                f"frame {self.tracker.frame} is {instances.image_size[0]}x{instances.image_size[1]} (HxW), "
                 f"the first frame {self.frame_size[0]}x{self.frame_size[1]}: a video's frames keep one size"
             )
         return self.tracker.update(instances)
