@@ -327,6 +327,14 @@ def test_editing_the_result_in_place_leaves_the_input_alone():
     torch.testing.assert_close(instances.pred_keypoints, before)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_tracked_frame_on_the_gpu_can_be_filtered_by_its_scores():
+    """Every field of the result on the input's device: indexing by a CUDA mask works."""
+    out = PoseTracker(COCO_PERSON_OKS_SIGMAS).update(frame(person(100, 100, ARMS_UP)).to("cuda"))
+    assert out.track_id.device == out.pred_keypoints.device == out.scores.device
+    assert out[out.scores > 0.5].track_id.tolist() == [0]
+
+
 @pytest.mark.parametrize("thresh, warned", [(0.9, True), (1.0, False)])
 def test_tracking_from_a_config_with_oks_nms_on_warns(caplog, thresh, warned):
     cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.OKS_NMS_THRESH", str(thresh)])

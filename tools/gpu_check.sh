@@ -65,7 +65,7 @@ step() {
 step build 180 env FORCE_CUDA=1 MAX_JOBS="$(nproc)" "$PYTHON" setup.py -q build_ext --inplace
 step tests 120 "$PYTHON" -m pytest -q -rfE -p no:cacheprovider \
   tests/layers/test_ms_deform_attn_cuda.py tests/layers/test_ms_deform_attn_triton.py \
-  tests/layers/test_ms_deform_attn_backends.py tests/modeling/test_mixed_precision.py
+  tests/layers/test_ms_deform_attn_backends.py tests/modeling/test_mixed_precision.py tests/test_tracking.py
 step check_msda_cuda 60 "$PYTHON" tools/check_msda_cuda.py --timing-batch 32
 step train 100 "$PYTHON" train_net.py --config-file configs/depotr_hm_r50.yaml --num-gpus 1 \
   OUTPUT_DIR "$results/train" MODEL.DEVICE cuda SOLVER.AMP.ENABLED True \

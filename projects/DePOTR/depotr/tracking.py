@@ -248,7 +248,7 @@ class PoseTracker:
 
         Returns:
             A copy of ``instances`` (not modified; ``pred_keypoints`` a new tensor) with
-            ``track_id`` (N,) int64 and, when smoothing, the smoothed x, y in ``pred_keypoints``
+            ``track_id`` (N,) int64 (on the device of ``pred_keypoints``) and, when smoothing, the smoothed x, y in ``pred_keypoints``
             (scores unchanged).
         """
         self.frame += 1
@@ -284,7 +284,7 @@ class PoseTracker:
                 keypoints[n, :, :2] = torch.as_tensor(smoothed, dtype=keypoints.dtype)
             track_ids.append(track.track_id)
         self._end_lost_tracks()
-        out.track_id = torch.tensor(track_ids, dtype=torch.int64)
+        out.track_id = torch.tensor(track_ids, dtype=torch.int64, device=instances.pred_keypoints.device)
         # a new tensor even unsmoothed: a caller's in-place edit of the result (Detectron2's
         # instances_to_coco_json shifts keypoints by -0.5) must not reach ``instances``
         out.pred_keypoints = keypoints.to(instances.pred_keypoints.device, instances.pred_keypoints.dtype)
