@@ -248,8 +248,8 @@ class PoseTracker:
 
         Returns:
             A copy of ``instances`` (not modified; ``pred_keypoints`` a new tensor) with
-            ``track_id`` (N,) int64 (on the device of ``pred_keypoints``) and, when smoothing, the smoothed x, y in ``pred_keypoints``
-            (scores unchanged).
+            ``track_id`` (N,) int64 (on the device of ``pred_keypoints``) and, when smoothing, the
+            smoothed x, y in ``pred_keypoints`` (scores unchanged).
         """
         self.frame += 1
         out = Instances(instances.image_size, **instances.get_fields())
