@@ -252,6 +252,19 @@ def test_an_area_or_num_keypoints_the_evaluation_misreads_fails_at_load(tmp_path
     assert f"annotation 2 of {os.path.join(os.path.dirname(json_file), 'images', '1.png')}" in error
 
 
+def test_the_area_is_left_to_evaluations_that_read_it(tmp_path):
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    coco = json.loads(open(json_file).read())
+    coco["annotations"][1]["area"] = 0  # CrowdPose's evaluation (use_area=False) and PCKh never read it
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    register_keypoint_dataset("kite_crowd", json_file, image_root, KITE, KITE_FLIP, evaluator_type="crowdpose")
+    try:
+        assert len(DatasetCatalog.get("kite_crowd")) == 2
+    finally:
+        unregister_dataset("kite_crowd")
+
+
 def test_num_keypoints_of_an_unlabelled_annotation_must_be_0(tmp_path):
     def unlabel(coco):
         coco["annotations"][0]["keypoints"] = [0.0] * 15  # num_keypoints stays 5

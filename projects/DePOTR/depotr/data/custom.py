@@ -127,14 +127,15 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None
         )
 
 
-def _evaluation_field_problem(anno: Dict[str, Any]) -> str:
+def _evaluation_field_problem(anno: Dict[str, Any], evaluator_type: str) -> str:
     """What pycocotools' keypoint evaluation would read wrongly in a non-crowd annotation whose
-    keypoints passed ``annotations_to_arrays``: an ``area`` that is not a positive number (OKS
-    divides by it: AP 0 whatever the prediction) or a ``num_keypoints`` that is not a number, or is 0
-    while keypoints are labelled (v > 0; the annotation is then ignored) or the reverse; "" when none."""
+    keypoints passed ``annotations_to_arrays``: with ``evaluator_type`` "coco", an ``area`` that is
+    not a positive number (OKS divides by it: AP 0 whatever the prediction; CrowdPose's evaluation
+    and PCKh do not read it); a ``num_keypoints`` that is not a number, or is 0 while keypoints are
+    labelled (v > 0; the annotation is then ignored) or the reverse; "" when none."""
     area, count = anno["area"], anno["num_keypoints"]
     labelled = int(np.count_nonzero(np.asarray(anno["keypoints"], np.float64)[2::3] > 0))
-    if not is_finite_number(area) or area <= 0:
+    if evaluator_type == "coco" and (not is_finite_number(area) or area <= 0):
         return f"field 'area' is {area!r}, expected a positive number (OKS divides by it)"
     if not is_finite_number(count) or (count == 0) != (labelled == 0):
         return (
@@ -145,14 +146,15 @@ def _evaluation_field_problem(anno: Dict[str, Any]) -> str:
 
 
 def load_keypoint_json(
-    name: str, json_file: str, image_root: str, keypoint_names: Sequence[str]
+    name: str, json_file: str, image_root: str, keypoint_names: Sequence[str], evaluator_type: str = "coco"
 ) -> List[Dict[str, Any]]:
     """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked so
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
     ``REQUIRED_JSON_FIELDS``, unique image ids and one category whose ``keypoints`` (when listed) are
     ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
-    checks and the ``area`` / ``num_keypoints`` the evaluation reads (:func:`_evaluation_field_problem`).
+    checks and the ``area`` / ``num_keypoints`` the evaluation of ``evaluator_type`` reads
+    (:func:`_evaluation_field_problem`).
 
     Raises:
         FileNotFoundError; ValueError naming the dataset, the file, the field (and the image and annotation id).
@@ -183,7 +185,7 @@ def load_keypoint_json(
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
         for anno in d.get("annotations", []):
-            problem = "" if anno.get("iscrowd", 0) else _evaluation_field_problem(anno)
+            problem = "" if anno.get("iscrowd", 0) else _evaluation_field_problem(anno, evaluator_type)
             if problem:
                 raise ValueError(f"{where}: annotation {anno['id']} of {d['file_name']}: {problem}")
     return dicts
@@ -218,7 +220,7 @@ def register_keypoint_dataset(
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
     unregister_dataset(name)
-    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names))
+    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names, evaluator_type))
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
