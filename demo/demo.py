@@ -8,9 +8,9 @@
     python demo/demo.py --config-file ... --webcam --opts MODEL.WEIGHTS ...
 
 Person boxes (``depotr.Predictor``): from a box file, --boxes detections.json, COCO detection
-results ({image_id, category_id 1, bbox XYWH, score}), image_id = the image's id (below) or, for a
-video, the frame index (0-based), an image or frame without an entry having no person; else the
-Detectron2 person detector of MODEL.DEPOTR.DETECTOR when it is configured, e.g.
+results ({image_id, category_id 1 or --image-ids' category, bbox XYWH, score}), image_id = the
+image's id (below) or, for a video, the frame index (0-based), an image or frame without an entry
+having no person; else the Detectron2 person detector of MODEL.DEPOTR.DETECTOR when it is configured, e.g.
     --opts MODEL.DEPOTR.DETECTOR.CONFIG_FILE model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml \
            MODEL.DEPOTR.DETECTOR.WEIGHTS model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml
 otherwise the whole image is one person (the single-person mode of a top-down model).
@@ -35,8 +35,10 @@ resolution.
 stem (an int when it is all digits, as in COCO's 000000397133.jpg), or with --image-ids gt.json
 the id of the image of the same file name in that COCO file (so that the results can be
 evaluated against it, e.g. by tools/analyze_results.py), or the frame index for a video / the
-webcam; category_id 1; keypoints [x, y, score] x 17 in COCO's pixel-index convention
-(Detectron2's instances_to_coco_json, x - 0.5); bbox XYWH; score; with --track, track_id.
+webcam; category_id 1, or with --image-ids the id of that file's one category (your own
+keypoints' category, e.g. 3; --boxes then keeps the boxes of that category); keypoints
+[x, y, score] x K in COCO's pixel-index convention (Detectron2's instances_to_coco_json,
+x - 0.5); bbox XYWH; score; with --track, track_id.
 
 Folders are read one level deep (their subfolders are skipped) and only their image files
 (by extension; the number left out is printed); files named explicitly are always read. Before
@@ -168,14 +170,18 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
     return paths, left_out, missing
 
 
-def image_ids_from_coco(coco_file: str, paths: List[str]) -> Dict[str, int]:
+def image_ids_from_coco(coco_file: str, paths: List[str]) -> Tuple[Dict[str, int], int]:
     """path -> the id of the image of the same file name (base name) in the COCO file
-    ``coco_file``; a ValueError naming the paths it does not have."""
+    ``coco_file``, and the id of its category when it has exactly one (a keypoint file's, e.g. 3
+    for a dataset of ``register_keypoint_dataset``), else COCO's person (1); a ValueError naming
+    the paths it does not have."""
     with open(coco_file) as f:
         try:
-            images = json.load(f)["images"]
-            by_name = {os.path.basename(image["file_name"]): int(image["id"]) for image in images}
-        except (ValueError, KeyError, TypeError) as e:
+            coco = json.load(f)
+            by_name = {os.path.basename(image["file_name"]): int(image["id"]) for image in coco["images"]}
+            categories = coco.get("categories") or []
+            category_id = int(categories[0]["id"]) if len(categories) == 1 else COCO_PERSON_CATEGORY_ID
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"--image-ids {coco_file}: not a COCO file with images {{id, file_name}} ({e})") from e
     unknown = [path for path in paths if os.path.basename(path) not in by_name]
     if unknown:
@@ -183,18 +189,18 @@ def image_ids_from_coco(coco_file: str, paths: List[str]) -> Dict[str, int]:
             f"--image-ids {coco_file} has no image named like {len(unknown)} input(s): {', '.join(unknown[:5])}"
             + (" ..." if len(unknown) > 5 else "")
         )
-    return {path: by_name[os.path.basename(path)] for path in paths}
+    return {path: by_name[os.path.basename(path)] for path in paths}, category_id
 
 
-def load_boxes(box_file: str) -> PersonBoxes:
+def load_boxes(box_file: str, category_id: int = COCO_PERSON_CATEGORY_ID) -> PersonBoxes:
     """The person boxes of a COCO detection results file (``load_precomputed_boxes``: category
-    1, non-empty boxes), per image id; prints what was dropped."""
+    ``category_id``, non-empty boxes), per image id; prints what was dropped."""
     from depotr.data.datasets import load_precomputed_boxes
 
-    boxes, stats = load_precomputed_boxes(box_file)
+    boxes, stats = load_precomputed_boxes(box_file, category_id)
     print(
         f"--boxes {box_file}: {stats['kept']} person boxes of {stats['total']} detections "
-        f"({stats['dropped_category']} not persons, {stats['dropped_empty']} empty, left out)"
+        f"({stats['dropped_category']} not of category {category_id}, {stats['dropped_empty']} empty, left out)"
     )
     return boxes
 
@@ -332,9 +338,9 @@ def draw(image: np.ndarray, instances: "Instances", metadata) -> np.ndarray:
     return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
 
 
-def coco_results(instances: "Instances", image_id: ImageId) -> List[Dict]:
-    """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, person
-    category id 1, keypoints x - 0.5; ``track_id`` when the persons are tracked). ``instances``
+def coco_results(instances: "Instances", image_id: ImageId, category_id: int = COCO_PERSON_CATEGORY_ID) -> List[Dict]:
+    """COCO keypoint results of one image (Detectron2's ``instances_to_coco_json``, category
+    ``category_id``, keypoints x - 0.5; ``track_id`` when the persons are tracked). ``instances``
     are not modified (instances_to_coco_json shifts the keypoints in place: it gets a copy)."""
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.structures import Instances
@@ -345,7 +351,7 @@ def coco_results(instances: "Instances", image_id: ImageId) -> List[Dict]:
     results = instances_to_coco_json(copy, image_id)
     track_ids = instances.track_id.tolist() if instances.has("track_id") else [None] * len(results)
     for result, track_id in zip(results, track_ids):
-        result["category_id"] = COCO_PERSON_CATEGORY_ID
+        result["category_id"] = category_id
         if track_id is not None:
             result["track_id"] = track_id
     return results
@@ -363,8 +369,10 @@ class Demo:
         tracker: Optional["PoseTracker"] = None,
         boxes: Optional[PersonBoxes] = None,
         box_file: Optional[str] = None,
+        category_id: int = COCO_PERSON_CATEGORY_ID,
     ):
-        """``box_file``: the file ``boxes`` were read from, named in errors."""
+        """``box_file``: the file ``boxes`` were read from, named in errors; ``category_id``: that
+        of the results."""
         from detectron2.data import Metadata
 
         from depotr.data import drawing_metadata
@@ -374,6 +382,7 @@ class Demo:
         self.tracker = tracker
         self.boxes = boxes
         self.box_file = box_file
+        self.category_id = category_id
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
 
@@ -387,7 +396,7 @@ class Demo:
             instances = instances[instances.scores >= self.threshold]
         if self.tracker is not None:
             instances = self.tracker.update(instances)
-        self.results += coco_results(instances, image_id)
+        self.results += coco_results(instances, image_id, self.category_id)
         return instances
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
@@ -496,14 +505,17 @@ class Demo:
             cv2.destroyAllWindows()
 
 
-def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes]]:
+def check_inputs(
+    args: argparse.Namespace,
+) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes], int]:
     """Everything about the inputs and outputs that can be checked before the model loads.
 
     Returns:
-        the problems (error messages; empty: none), the image paths, their image ids and the
-        person boxes of --boxes (None without it).
+        the problems (error messages; empty: none), the image paths, their image ids, the
+        person boxes of --boxes (None without it) and the category id of boxes and results
+        (:func:`image_ids_from_coco`'s with --image-ids, else 1).
     """
-    paths, image_ids, problems, boxes = [], {}, [], None
+    paths, image_ids, problems, boxes, category_id = [], {}, [], None, COCO_PERSON_CATEGORY_ID
     if args.input:
         paths, left_out, missing = expand_inputs(args.input)
         problems += [f"input {pattern} does not exist (no file matches it)" for pattern in missing]
@@ -514,7 +526,8 @@ def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[s
         if not paths and not missing:
             problems.append(f"no images found in {' '.join(args.input)}")
         try:
-            image_ids = image_ids_from_coco(args.image_ids, paths) if args.image_ids else {}
+            if args.image_ids:
+                image_ids, category_id = image_ids_from_coco(args.image_ids, paths)
         except OSError as e:
             problems.append(f"cannot read --image-ids: {e}")
         except ValueError as e:
@@ -523,7 +536,7 @@ def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[s
         problems += shared_outputs(paths, args.output, image_ids)
     if args.boxes:
         try:
-            boxes = load_boxes(args.boxes)
+            boxes = load_boxes(args.boxes, category_id)
         except (OSError, ValueError) as e:
             problems.append(f"--boxes: {e}")
         unknown = set(boxes or {}) - set(image_ids.values())
@@ -547,7 +560,7 @@ def check_inputs(args: argparse.Namespace) -> Tuple[List[str], List[str], Dict[s
         reason = check_writable(path, folder) if path else None
         if reason is not None:
             problems.append(f"cannot write {flag} {path}: {reason}")
-    return problems, paths, image_ids, boxes
+    return problems, paths, image_ids, boxes, category_id
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -560,7 +573,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="depotr")
-    problems, paths, image_ids, boxes = check_inputs(args)
+    problems, paths, image_ids, boxes, category_id = check_inputs(args)
     if args.webcam and not problems:
         problem = gui_problem()
         problems += [problem] if problem else []
@@ -581,7 +594,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
-        return run_demo(args, capture, frames, paths, image_ids, boxes)
+        return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
     finally:
         if capture is not None:
             capture.release()
@@ -594,8 +607,10 @@ def run_demo(
     paths: List[str],
     image_ids: Dict[str, ImageId],
     boxes: Optional[PersonBoxes],
+    category_id: int = COCO_PERSON_CATEGORY_ID,
 ) -> int:
-    """Loads the model and runs the inputs :func:`main` checked; returns the exit status."""
+    """Loads the model and runs the inputs :func:`main` checked (``category_id``: that of the boxes
+    and results); returns the exit status."""
     from depotr import Predictor
     from depotr.config import load_depotr_config
     from depotr.tracking import PoseTracker, tracking_config
@@ -605,7 +620,7 @@ def run_demo(
         cfg = tracking_config(cfg)  # OKS-NMS as TEST.TRACK.OKS_NMS_THRESH says (off by default)
     fps = video_fps(capture)
     tracker = PoseTracker.from_config(cfg, fps=fps, smooth=args.smooth) if args.track or args.smooth else None
-    demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes, args.boxes)
+    demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes, args.boxes, category_id)
     failures = 0
     if args.input:
         failures = demo.run_images(paths, args.output, image_ids)

@@ -408,6 +408,34 @@ def test_image_ids_from_a_coco_file_make_the_results_evaluable(demo, tmp_path, c
     assert f"has no image named like 1 input(s): {inputs / '000001.jpg'}" in capsys.readouterr().err
 
 
+def test_image_ids_of_your_own_keypoints_give_their_category_to_boxes_and_results(demo, tmp_path, capsys):
+    # before: the results said category_id 1 whatever the ground truth's category, so results of a
+    # kite dataset (category 7) could not be evaluated against it: analyze_results refused them
+    # ("results[0] has category_id 1, the ground truth's category is 7"), pycocotools scores them 0
+    from tests.data.test_custom_keypoints import CATEGORY_ID, KITE, KITE_FLIP, write_keypoint_dataset
+
+    gt_file, images = write_keypoint_dataset(tmp_path / "kites", 2, KITE, 0)
+    boxes = tmp_path / "boxes.json"
+    detections = [{"image_id": 1, "category_id": CATEGORY_ID, "bbox": [5, 5, 40, 40], "score": 0.9}]
+    detections += [{"image_id": i, "category_id": 1, "bbox": [0, 0, 64, 64], "score": 0.9} for i in (1, 2)]
+    boxes.write_text(json.dumps(detections))
+    results = tmp_path / "kites.json"
+    argv = ["--input", images, "--output", tmp_path / "out", "--image-ids", gt_file, "--boxes", boxes]
+    kite_model = ["MODEL.DEPOTR.NUM_KEYPOINTS", "5", "MODEL.DEPOTR.KEYPOINT_NAMES", repr(KITE),
+                  "MODEL.DEPOTR.KEYPOINT_FLIP_MAP", repr([list(KITE_FLIP[0])]), "TEST.KEYPOINT_OKS_SIGMAS",
+                  str([0.05] * 5), "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+                  "INPUT.CROP_AUG.HALF_BODY_PROB", "0.0"]  # fmt: skip
+    argv = ["--config-file", INSTANT_CONFIG, *map(str, argv), "--save-json", str(results), *CPU, *kite_model]
+    assert demo.main(argv) == 0
+    assert "1 person boxes of 3 detections (2 not of category 7, 0 empty, left out)" in capsys.readouterr().out
+    found = json.loads(results.read_text())
+    assert [(r["image_id"], r["category_id"], r["bbox"]) for r in found] == [(1, CATEGORY_ID, [5.0, 5.0, 40.0, 40.0])]
+    assert len(found[0]["keypoints"]) == 15
+    analyze = load_script("tools/analyze_results.py")
+    argv = ["--gt", gt_file, "--results", str(results), "--output", str(tmp_path / "analysis"), "--sigmas"]
+    assert analyze.main([*argv, *["0.05"] * 5]) == 0
+
+
 def test_box_file_gives_the_persons_of_images(demo, tmp_path, capsys):
     # before: the demo had no way to pass person boxes
     assert cv2.imwrite(str(tmp_path / "000007.png"), astronaut_bgr()[::4, ::4])

@@ -28,7 +28,8 @@ config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_i
 --output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
 sigmas and the left/right mirrors of the Inversion class the config's keypoints
 (``keypoint_metadata_from_config``); explicit options win. Without a config, the
-keypoint table's pairs among the ground truth's keypoint names.
+keypoint table's pairs among the ground truth's keypoint names, and COCO's sigmas when its
+keypoints are COCO's 17 person keypoints (other keypoints, 17 or not, need --sigmas).
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 """
@@ -93,7 +94,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gt", help="COCO keypoints ground-truth json")
     parser.add_argument("--results", help="COCO keypoint results json")
     parser.add_argument("--output", help="folder for the tables and plots")
-    parser.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint (default: COCO's 17)")
+    parser.add_argument(
+        "--sigmas",
+        type=float,
+        nargs="+",
+        help="OKS sigma per keypoint (default: COCO's, for a ground truth of COCO's 17 person keypoints)",
+    )
     parser.add_argument("--baseline-train-gt", help="COCO keypoints json the mean-pose baseline is taken from")
     add_config_arguments(parser, config_required=False, random_weights=False)  # the defaults of the options above
     parser.set_defaults(flip_indices=None)  # from --config-file only

@@ -235,6 +235,51 @@ def test_a_bad_box_or_keypoint_fails_at_load_naming_the_image_and_annotation(tmp
 
 
 @pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("area", 0, r"field 'area' is 0, expected a positive number"),
+        ("area", -3.5, r"field 'area' is -3.5, expected a positive number"),
+        ("num_keypoints", 0, r"field 'num_keypoints' is 0 but 5 keypoints are labelled \(v > 0\)"),
+        ("num_keypoints", "5", r"field 'num_keypoints' is '5' but 5 keypoints"),
+    ],
+    ids=["area-0", "area-negative", "num-keypoints-0", "num-keypoints-string"],
+)
+def test_an_area_or_num_keypoints_the_evaluation_misreads_fails_at_load(tmp_path, field, value, message):
+    # pycocotools ignores a ground truth whose num_keypoints is 0 and divides OKS by the area: both
+    # would change the AP without a word; a string num_keypoints crashed the evaluation after training.
+    json_file, error = _load_changed(tmp_path, lambda c: c["annotations"][1].update({field: value}))
+    assert re.search(message, error), error
+    assert f"annotation 2 of {os.path.join(os.path.dirname(json_file), 'images', '1.png')}" in error
+
+
+def test_the_area_is_left_to_evaluations_that_read_it(tmp_path):
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    coco = json.loads(open(json_file).read())
+    coco["annotations"][1]["area"] = 0  # CrowdPose's evaluation (use_area=False) and PCKh never read it
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    register_keypoint_dataset("kite_crowd", json_file, image_root, KITE, KITE_FLIP, evaluator_type="crowdpose")
+    try:
+        assert len(DatasetCatalog.get("kite_crowd")) == 2
+    finally:
+        unregister_dataset("kite_crowd")
+
+
+def test_num_keypoints_of_an_unlabelled_annotation_must_be_0(tmp_path):
+    def unlabel(coco):
+        coco["annotations"][0]["keypoints"] = [0.0] * 15  # num_keypoints stays 5
+
+    _, error = _load_changed(tmp_path, unlabel)
+    assert "annotation 1 of" in error and "field 'num_keypoints' is 5 but 0 keypoints are labelled" in error
+
+
+def test_repeated_image_ids_fail_at_load(tmp_path):
+    # load_coco_json kept one of the two images and gave it the annotations of both.
+    _, error = _load_changed(tmp_path, lambda c: c["images"][1].update(id=1))
+    assert error.endswith("image ids must be unique, repeated: 1")
+
+
+@pytest.mark.parametrize(
     "listed", [["tip", "right_wing", "left_wing", "centre", "tail"], ["tip", "wing", "tail"]], ids=["order", "count"]
 )
 def test_the_category_keypoint_names_must_be_the_registered_ones(tmp_path, listed):

@@ -359,6 +359,25 @@ def test_wrong_number_of_sigmas_raises(gt):
         analyze_keypoint_results(gt, _perfect(gt), sigmas=list(SIGMAS[:16]))
 
 
+def test_other_17_keypoints_need_their_sigmas(gt):
+    # before: a ground truth of 17 keypoints that are not COCO's (an animal's, or COCO's renamed or
+    # reordered) was scored with COCO's person sigmas without a word; other counts already raised
+    animal = copy.deepcopy(gt)
+    animal["categories"][0]["keypoints"] = [f"point_{k}" for k in range(17)]
+    results = _edit_large(gt, _invert_wrists)
+    with pytest.raises(ValueError, match=r"keypoints \['point_0', .*'point_16'\] are not COCO's 17 person keypoints"):
+        analyze_keypoint_results(animal, results)
+    sigmas = [0.05] * 17
+    assert (
+        analyze_keypoint_results(animal, results, sigmas).metrics
+        == analyze_keypoint_results(gt, results, sigmas).metrics
+    )
+    reordered = copy.deepcopy(gt)
+    reordered["categories"][0]["keypoints"] = list(COCO_PERSON_KEYPOINT_NAMES[::-1])
+    with pytest.raises(ValueError, match="are not COCO's 17 person keypoints"):
+        analyze_keypoint_results(reordered, results)
+
+
 def test_results_are_not_modified(gt):
     results = _edit_large(gt, _invert_wrists)
     before = copy.deepcopy(results)

@@ -9,6 +9,7 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
 
 import json
 import os
+from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..file_io import is_finite_number
 from .dataset_mapper import annotations_to_arrays
 from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
 
@@ -109,6 +111,10 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None
             if missing:
                 what = f"{key}[{i}]" + (f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else "")
                 raise ValueError(f"{where}: {what} is missing field(s) {missing}")
+    image_ids = Counter(image["id"] for image in coco["images"])
+    repeated = sorted((str(i) for i, n in image_ids.items() if n > 1))
+    if repeated:  # load_coco_json would keep one of the images and give it the annotations of all
+        raise ValueError(f"{where}: image ids must be unique, repeated: {', '.join(repeated[:5])}")
     categories = coco["categories"]
     if len(categories) != 1:
         names = [c["name"] for c in categories]
@@ -121,14 +127,34 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None
         )
 
 
+def _evaluation_field_problem(anno: Dict[str, Any], evaluator_type: str) -> str:
+    """What pycocotools' keypoint evaluation would read wrongly in a non-crowd annotation whose
+    keypoints passed ``annotations_to_arrays``: with ``evaluator_type`` "coco", an ``area`` that is
+    not a positive number (OKS divides by it: AP 0 whatever the prediction; CrowdPose's evaluation
+    and PCKh do not read it); a ``num_keypoints`` that is not a number, or is 0 while keypoints are
+    labelled (v > 0; the annotation is then ignored) or the reverse; "" when none."""
+    area, count = anno["area"], anno["num_keypoints"]
+    labelled = int(np.count_nonzero(np.asarray(anno["keypoints"], np.float64)[2::3] > 0))
+    if evaluator_type == "coco" and (not is_finite_number(area) or area <= 0):
+        return f"field 'area' is {area!r}, expected a positive number (OKS divides by it)"
+    if not is_finite_number(count) or (count == 0) != (labelled == 0):
+        return (
+            f"field 'num_keypoints' is {count!r} but {labelled} keypoints are labelled (v > 0); COCO's "
+            "num_keypoints is that count, and pycocotools ignores annotations whose num_keypoints is 0"
+        )
+    return ""
+
+
 def load_keypoint_json(
-    name: str, json_file: str, image_root: str, keypoint_names: Sequence[str]
+    name: str, json_file: str, image_root: str, keypoint_names: Sequence[str], evaluator_type: str = "coco"
 ) -> List[Dict[str, Any]]:
     """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked so
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
-    ``REQUIRED_JSON_FIELDS`` and one category whose ``keypoints`` (when listed) are ``keypoint_names``
-    in order; after, 3K keypoint values per annotation and ``annotations_to_arrays``' checks.
+    ``REQUIRED_JSON_FIELDS``, unique image ids and one category whose ``keypoints`` (when listed) are
+    ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
+    checks and the ``area`` / ``num_keypoints`` the evaluation of ``evaluator_type`` reads
+    (:func:`_evaluation_field_problem`).
 
     Raises:
         FileNotFoundError; ValueError naming the dataset, the file, the field (and the image and annotation id).
@@ -144,7 +170,7 @@ def load_keypoint_json(
     names = list(keypoint_names)
     _check_json_fields(where, coco, names)
     del coco
-    dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
+    dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id", "area", "num_keypoints"])
     num_keypoints = len(names)
     for d in dicts:
         for anno in d.get("annotations", []):
@@ -158,6 +184,10 @@ def load_keypoint_json(
             annotations_to_arrays(d.get("annotations", []), num_keypoints, d["file_name"])
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
+        for anno in d.get("annotations", []):
+            problem = "" if anno.get("iscrowd", 0) else _evaluation_field_problem(anno, evaluator_type)
+            if problem:
+                raise ValueError(f"{where}: annotation {anno['id']} of {d['file_name']}: {problem}")
     return dicts
 
 
@@ -190,7 +220,7 @@ def register_keypoint_dataset(
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
     unregister_dataset(name)
-    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names))
+    DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names, evaluator_type))
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,

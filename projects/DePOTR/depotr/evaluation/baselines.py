@@ -63,7 +63,7 @@ def mean_pose_baseline_metrics(
     train_gt: Dict[str, Any], gt: Dict[str, Any], sigmas: Optional[Sequence[float]] = None
 ) -> Dict[str, float]:
     """The 10 COCO keypoint metrics (in %) of the mean-pose baseline of ``train_gt`` on ``gt``."""
-    num_keypoints = check_ground_truth(gt)
+    check_ground_truth(gt)
     results = mean_pose_results(mean_pose(train_gt), gt)
-    coco_eval = evaluate_keypoints(build_coco(gt), results, resolve_sigmas(sigmas, num_keypoints))
+    coco_eval = evaluate_keypoints(build_coco(gt), results, resolve_sigmas(sigmas, gt))
     return {name: 100.0 * float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}

@@ -56,7 +56,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from ..data.keypoint_metadata import table_flip_indices
+from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, table_flip_indices
 from ..data.person_bins import BINS, person_bins
 from ..file_io import is_finite_number
 from ..modeling.oks import keypoint_similarity
@@ -175,9 +175,18 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
             )
 
 
-def resolve_sigmas(sigmas: Optional[Sequence[float]], num_keypoints: int) -> np.ndarray:
-    """OKS sigmas (K,): ``sigmas``, or pycocotools' COCO ones when ``None`` (used as they are,
-    within 1e-17 of ``COCO_PERSON_OKS_SIGMAS``: the metrics are a plain COCOeval run's, bit for bit)."""
+def resolve_sigmas(sigmas: Optional[Sequence[float]], gt: Dict[str, Any]) -> np.ndarray:
+    """OKS sigmas (K,) of the checked ground truth ``gt``: ``sigmas``, or when ``None`` and its
+    keypoints are COCO's 17 person keypoints, pycocotools' COCO ones (used as they are, within 1e-17
+    of ``COCO_PERSON_OKS_SIGMAS``: the metrics are a plain COCOeval run's, bit for bit); a
+    ValueError otherwise (COCO's sigmas would be silently wrong for other keypoints, 17 or not)."""
+    names = list(gt["categories"][0]["keypoints"])
+    num_keypoints = len(names)
+    if sigmas is None and names != list(COCO_PERSON_KEYPOINT_NAMES):
+        raise ValueError(
+            f"the ground truth's keypoints {names} are not COCO's 17 person keypoints, whose OKS sigmas are "
+            "the default: pass one sigma per keypoint (analyze_results.py: --sigmas, or --config-file of the run)"
+        )
     values = Params(iouType="keypoints").kpt_oks_sigmas if sigmas is None else np.asarray(sigmas, dtype=np.float64)
     if len(values) != num_keypoints:
         raise ValueError(f"{len(values)} OKS sigmas for {num_keypoints} keypoints (pass one sigma per keypoint)")
@@ -369,14 +378,14 @@ def analyze_keypoint_results(
     Args:
         gt: COCO keypoints ground truth (one category).
         results: COCO keypoint results, N dicts with image_id, category_id, keypoints (3K), score.
-        sigmas: (K,) OKS sigmas; ``None``: the COCO ones.
+        sigmas: (K,) OKS sigmas; ``None``: the COCO ones (:func:`resolve_sigmas`).
         flip_indices: (K,) index of each keypoint's left/right mirror (e.g.
             ``keypoint_metadata_from_config(cfg).flip_indices``); ``None``: the keypoint table's
             pairs among the ground truth's keypoint names.
     """
     num_keypoints = check_ground_truth(gt)
     check_results(results, gt, num_keypoints)
-    sigmas = resolve_sigmas(sigmas, num_keypoints)
+    sigmas = resolve_sigmas(sigmas, gt)
     mirror = resolve_mirror(flip_indices, gt)
     coco_gt = build_coco(gt)
 
@@ -450,7 +459,8 @@ def analyze_bins(
         "baseline_AP" (%, with ``baseline_results`` and persons), "keypoints": classified keypoints,
         "<class>" (%) for each of ``KEYPOINT_CLASSES``}.
     """
-    sigmas = resolve_sigmas(sigmas, check_ground_truth(gt))
+    check_ground_truth(gt)
+    sigmas = resolve_sigmas(sigmas, gt)
     bins = person_bins(gt)
     # AP key -> (results, the person each is meant for)
     runs = {"AP": (results, _intended_persons(gt, results, analysis.matched))}
