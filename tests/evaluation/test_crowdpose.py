@@ -31,9 +31,9 @@ def crowdpose_file(tmp_path):
         kps = np.concatenate([xy, np.full((14, 1), 2.0)], axis=1)
         keypoints.append(kps)
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 200, "width": 200, "crowdIndex": crowd})
+        # no "area", as CrowdPose's own files: its evaluation takes the box's
         annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [50.0, 50.0, 100.0, 100.0],
-                            "area": 10000.0, "iscrowd": 0, "num_keypoints": 14,
-                            "keypoints": kps.ravel().tolist()})  # fmt: skip
+                            "iscrowd": 0, "num_keypoints": 14, "keypoints": kps.ravel().tolist()})  # fmt: skip
     path = tmp_path / "crowdpose_test.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": [{"id": 1, "name": "person", "keypoints": NAMES}]}))  # fmt: skip

@@ -40,9 +40,12 @@ EVALUATOR_TYPES = ("coco", "crowdpose", "mpii_pckh")
 # pycocotools' keypoint evaluation (annotations, crowd ones included); a bare KeyError there otherwise.
 REQUIRED_JSON_FIELDS = {
     "images": ("id", "file_name", "height", "width"),
-    "annotations": ("id", "image_id", "category_id", "iscrowd", "bbox", "area", "keypoints", "num_keypoints"),
+    "annotations": ("id", "image_id", "category_id", "iscrowd", "bbox", "keypoints", "num_keypoints"),
     "categories": ("id", "name"),
 }
+# Evaluator types whose evaluation reads each annotation's "area" (CrowdPose's files have none: its
+# evaluation takes the box's area, xtcocotools' use_area=False; PCKh reads neither).
+AREA_EVALUATOR_TYPES = ("coco",)
 
 
 def unregister_dataset(name: str) -> None:
@@ -99,11 +102,13 @@ def _check_metadata(
     return names, pairs, rules, sigmas
 
 
-def _check_json_fields(where: str, coco: Any, keypoint_names: List[str]) -> None:
+def _check_json_fields(where: str, coco: Any, keypoint_names: List[str], evaluator_type: str) -> None:
     """The checks of :func:`load_keypoint_json` before loading; a ValueError prefixed with ``where``."""
     if not isinstance(coco, dict):
         raise ValueError(f"{where}: expected a COCO json object at the top level, got {type(coco).__name__}")
     for key, fields in REQUIRED_JSON_FIELDS.items():
+        if key == "annotations" and evaluator_type in AREA_EVALUATOR_TYPES:
+            fields = fields + ("area",)
         if not isinstance(coco.get(key), list):
             raise ValueError(f"{where}: no top-level {key!r} list")
         for i, entry in enumerate(coco[key]):
@@ -133,10 +138,10 @@ def _evaluation_field_problem(anno: Dict[str, Any], evaluator_type: str) -> str:
     not a positive number (OKS divides by it: AP 0 whatever the prediction; CrowdPose's evaluation
     and PCKh do not read it); a ``num_keypoints`` that is not a number, or is 0 while keypoints are
     labelled (v > 0; the annotation is then ignored) or the reverse; "" when none."""
-    area, count = anno["area"], anno["num_keypoints"]
+    count = anno["num_keypoints"]
     labelled = int(np.count_nonzero(np.asarray(anno["keypoints"], np.float64)[2::3] > 0))
-    if evaluator_type == "coco" and (not is_finite_number(area) or area <= 0):
-        return f"field 'area' is {area!r}, expected a positive number (OKS divides by it)"
+    if evaluator_type in AREA_EVALUATOR_TYPES and (not is_finite_number(anno["area"]) or anno["area"] <= 0):
+        return f"field 'area' is {anno['area']!r}, expected a positive number (OKS divides by it)"
     if not is_finite_number(count) or (count == 0) != (labelled == 0):
         return (
             f"field 'num_keypoints' is {count!r} but {labelled} keypoints are labelled (v > 0); COCO's "
@@ -151,7 +156,7 @@ def load_keypoint_json(
     """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked so
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
-    ``REQUIRED_JSON_FIELDS``, unique image ids and one category whose ``keypoints`` (when listed) are
+    ``REQUIRED_JSON_FIELDS`` (and ``area`` for ``AREA_EVALUATOR_TYPES``), unique image ids and one category whose ``keypoints`` (when listed) are
     ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
     checks and the ``area`` / ``num_keypoints`` the evaluation of ``evaluator_type`` reads
     (:func:`_evaluation_field_problem`).
@@ -168,7 +173,7 @@ def load_keypoint_json(
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not valid json: {e}") from e
     names = list(keypoint_names)
-    _check_json_fields(where, coco, names)
+    _check_json_fields(where, coco, names, evaluator_type)
     del coco
     dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id", "area", "num_keypoints"])
     num_keypoints = len(names)
