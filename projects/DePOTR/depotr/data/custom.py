@@ -156,8 +156,8 @@ def load_keypoint_json(
     """Detectron2's ``load_coco_json`` of a keypoint file with the K ``keypoint_names``, checked so
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
-    ``REQUIRED_JSON_FIELDS`` (and ``area`` for ``AREA_EVALUATOR_TYPES``), unique image ids and one category whose ``keypoints`` (when listed) are
-    ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
+    ``REQUIRED_JSON_FIELDS`` (and ``area`` for ``AREA_EVALUATOR_TYPES``), unique image ids and one
+    category whose ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
     checks and the ``area`` / ``num_keypoints`` the evaluation of ``evaluator_type`` reads
     (:func:`_evaluation_field_problem`).
 
