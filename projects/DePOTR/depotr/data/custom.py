@@ -157,9 +157,9 @@ def load_keypoint_json(
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
     ``REQUIRED_JSON_FIELDS`` (and ``area`` for ``AREA_EVALUATOR_TYPES``), unique image ids and one
-    category whose ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint values per annotation, ``annotations_to_arrays``'
-    checks and the ``area`` / ``num_keypoints`` the evaluation of ``evaluator_type`` reads
-    (:func:`_evaluation_field_problem`).
+    category whose ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint
+    values per annotation, ``annotations_to_arrays``' checks and the ``area`` / ``num_keypoints``
+    the evaluation of ``evaluator_type`` reads (:func:`_evaluation_field_problem`).
 
     Raises:
         FileNotFoundError; ValueError naming the dataset, the file, the field (and the image and annotation id).
