@@ -528,6 +528,14 @@ def test_msdeformattn_initialisation_and_errors():
     module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
     with pytest.raises(ValueError, match="Last dim of reference_points must be 2 or 4"):
         module(query, reference_points[..., :1], input_flatten, spatial_shapes, starts)
+    # One level short (a (N, Lq, 1, 2) or (N, Lq, 1, 4) reference broadcast nothing or everything).
+    for last in (2, 4):
+        with pytest.raises(ValueError, match=r"reference_points must be \(N, Lq, n_levels, 2 or 4\) = \(2, 5, 2, "):
+            module(query, torch.rand(2, 5, 1, last), input_flatten, spatial_shapes, starts)
+    with pytest.raises(
+        ValueError, match=r"input_spatial_shapes must be \(n_levels, 2\) = \(2, 2\), got shape \(3, 2\)"
+    ):
+        module(query, reference_points, input_flatten, torch.cat((spatial_shapes, spatial_shapes[:1])), starts)
 
 
 @requires_compiled_cpu

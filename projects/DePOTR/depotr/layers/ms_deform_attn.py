@@ -134,6 +134,16 @@ class MSDeformAttn(nn.Module):
         N, Lq, _ = query.shape
         S = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
+        if tuple(input_spatial_shapes.shape) != (L, 2):
+            raise ValueError(
+                f"MSDeformAttn: input_spatial_shapes must be (n_levels, 2) = ({L}, 2), "
+                f"got shape {tuple(input_spatial_shapes.shape)}"
+            )
+        if tuple(reference_points.shape[:-1]) != (N, Lq, L):
+            raise ValueError(
+                f"MSDeformAttn: reference_points must be (N, Lq, n_levels, 2 or 4) = ({N}, {Lq}, {L}, 2 or 4) "
+                f"as query and n_levels give them, got shape {tuple(reference_points.shape)}"
+            )
         # Under autocast the projections run in float16/bfloat16; the sampling locations and the
         # softmax are formed in float32 (bfloat16 would place them 0.14 px apart on a 384x288 crop).
         value = self.value_proj(input_flatten)
