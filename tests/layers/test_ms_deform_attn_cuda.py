@@ -141,3 +141,22 @@ def test_cuda_msdeformattn_matches_cpu():
     expected = module(*args)
     out = module.cuda()(*(t.cuda() for t in args))
     assert_rel_close(out.cpu(), expected.detach(), 1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("fn", KERNELS)
+def test_kernels_run_on_the_inputs_device_not_the_current_one(fn):
+    # Triton launches on the current device: tensors on cuda:1 while cuda:0 is current must still
+    # be served on cuda:1 (the CUDA kernel has a device guard; the Triton wrappers set the device).
+    inputs = to_device(make_inputs(N=2, Lq=3, M=2, D=4, shapes=[(3, 4), (2, 2)], P=2), "cuda:1", torch.float32)
+    ref_inputs = to_device(inputs, "cpu", torch.float64)
+    with torch.cuda.device(0):
+        out, grads = forward_and_grads(fn, inputs, torch.ones(2, 3, 8, device="cuda:1"))
+        torch.cuda.synchronize(1)
+    ref_out, ref_grads = forward_and_grads(
+        ms_deform_attn_reference, ref_inputs, torch.ones(2, 3, 8, dtype=torch.float64)
+    )
+    assert out.device == torch.device("cuda", 1)
+    assert_rel_close(out.cpu().double(), ref_out, 1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert_rel_close(grad.cpu().double(), ref_grad, 1e-5)

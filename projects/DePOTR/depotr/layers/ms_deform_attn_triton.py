@@ -20,6 +20,8 @@ before this module is imported, on CPU tensors under Triton's interpreter (numpy
 is how CI tests them without a GPU.
 """
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -217,6 +219,13 @@ def _launch(value: Tensor, sampling_locations: Tensor) -> tuple[tuple[int], tupl
     return grid, (N * Lq * M, Lq * M, S, M, D, L, P), {"BLOCK_R": block_r, "BLOCK_D": block_d, "ACC": acc}
 
 
+def _on_device(value: Tensor) -> contextlib.AbstractContextManager:
+    """value's CUDA device made the current one (Triton launches on the current device, whatever
+    the tensors' device: a tensor on cuda:1 with cuda:0 current would be addressed from cuda:0);
+    nothing for CPU tensors (the interpreter)."""
+    return torch.cuda.device(value.device) if value.is_cuda else contextlib.nullcontext()
+
+
 def ms_deform_attn_triton_forward(*inputs: Tensor) -> Tensor:
     """Forward of ``ms_deform_attn`` on its five arguments (shapes and conventions there, validated
     by it): value (N, S, M, D), spatial_shapes (L, 2), level_start_index (L,), sampling_locations
@@ -225,7 +234,8 @@ def ms_deform_attn_triton_forward(*inputs: Tensor) -> Tensor:
     grid, sizes, constexprs = _launch(value, sampling_locations)
     output = value.new_empty((*sampling_locations.shape[:2], value.shape[2] * value.shape[3]))
     if sizes[0] > 0:
-        _forward_kernel[grid](*(t.contiguous() for t in inputs), output, *sizes, **constexprs)
+        with _on_device(value):
+            _forward_kernel[grid](*(t.contiguous() for t in inputs), output, *sizes, **constexprs)
     return output
 
 
@@ -242,5 +252,6 @@ def ms_deform_attn_triton_backward(*inputs: Tensor) -> tuple[Tensor, Tensor, Ten
     grad_attention_weights = torch.empty_like(attention_weights, memory_format=torch.contiguous_format)
     if sizes[0] > 0:
         grads = (grad_value, grad_sampling_locations, grad_attention_weights)
-        _backward_kernel[grid](*(t.contiguous() for t in inputs), *grads, *sizes, **constexprs)
+        with _on_device(value):
+            _backward_kernel[grid](*(t.contiguous() for t in inputs), *grads, *sizes, **constexprs)
     return grad_value.to(value.dtype), grad_sampling_locations, grad_attention_weights
