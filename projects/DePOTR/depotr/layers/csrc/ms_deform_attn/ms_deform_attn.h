@@ -50,8 +50,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_cuda_backward(
     const at::Tensor& grad_output);
 #endif
 
-// Checks shared by the CPU and CUDA entry points: ranks, sizes, dtypes, one device. They guard
-// memory safety for direct torch.ops calls; the Python wrapper gives the user-facing errors.
+// Checks shared by the CPU and CUDA entry points: ranks, sizes, dtypes, one device; the Python
+// wrapper gives the user-facing errors. The CPU kernel also checks the levels' layout (H x W per
+// level against S and level_start_index); the CUDA kernel does not (it would need a device-to-host
+// copy per call), so a direct torch.ops call on CUDA, or a compiled graph (where the wrapper skips
+// its layout check), must pass consistent spatial_shapes and level_start_index.
 void check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
