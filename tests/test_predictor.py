@@ -273,6 +273,18 @@ def test_predictor_rejects_bad_images_naming_them(predictor, tmp_path):
         predictor(torch.zeros((8, 6, 3), dtype=torch.uint8))
 
 
+def test_predict_batch_refuses_one_image_for_a_batch(predictor, tmp_path):
+    """The friction: predict_batch(image) read the rows of an (H, W, 3) image as H grey images
+    of W x 3 pixels and returned H results; a path was read character by character."""
+    image = astronaut_bgr(40, 30)
+    with pytest.raises(TypeError, match=r"one image \(an array of shape \(40, 30, 3\)\): call the predictor"):
+        predictor.predict_batch(image)
+    with pytest.raises(TypeError, match=r"one image \('photo.jpg'\)"):
+        predictor.predict_batch("photo.jpg")
+    batch = np.stack([image, image[::-1]])  # (B, H, W, 3): still a batch of B images
+    assert [x.image_size for x in predictor.predict_batch(batch)] == [(40, 30), (40, 30)]
+
+
 def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
     assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
     jpeg = (tmp_path / "whole.jpg").read_bytes()

@@ -172,7 +172,17 @@ class Predictor:
             FileNotFoundError, ValueError: a missing or unreadable image file, an image array of
                 another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
                 infinite score (each message names the image).
+            TypeError: ``images`` is one image (a path, or an (H, W, C) array of C = 1, 3 or 4),
+                not a sequence of them (an array's rows would be read as images).
         """
+        if isinstance(images, (str, os.PathLike)) or (
+            isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (1, 3, 4)
+        ):
+            what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else repr(images)
+            raise TypeError(
+                f"predict_batch takes a sequence of images, got one image ({what}): "
+                "call the predictor itself, predictor(image), or pass [image]"
+            )
         num = len(images)
         if num == 0:
             return []
