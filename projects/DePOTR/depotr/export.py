@@ -434,11 +434,13 @@ def _loaded_file(fmt: str, path: str) -> Callable[..., Tensor]:
 def reference_predictor(cfg: CfgNode, random_weights: bool = False) -> Predictor:
     """The ``Predictor`` the image-in export is checked against and made from: ``cfg`` on the
     CPU in float32 as the exported graph (``TEST.PRECISION``), keeping every caller box in its
-    order (``TEST.OKS_NMS_THRESH`` 1, no box score threshold or top-k); weights as
+    order (``TEST.OKS_NMS_THRESH`` 1, no box score threshold or top-k) and without the person
+    detector of ``MODEL.DEPOTR.DETECTOR`` (it takes the caller's boxes only); weights as
     :func:`build_cpu_model`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = ""
     cfg.TEST.PRECISION = "float32"
     cfg.TEST.OKS_NMS_THRESH = 1.0
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0
