@@ -49,6 +49,7 @@ from depotr.export import (
 from depotr.layers import BACKEND_ENV_VAR
 from depotr.modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_images, crop_to_image
 from tests.conftest import load_script
+from tests.modeling.test_person_detector import _detector_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -355,6 +356,20 @@ def test_image_export_reference_predictor_runs_in_float32():
     predictor = reference_predictor(cfg, random_weights=True)
     assert predictor.model.test_precision == torch.float32
     assert predictor.model.oks_nms_thresh == 1.0 and cfg.TEST.PRECISION == "bfloat16"  # the caller's cfg kept
+
+
+def test_image_export_builds_no_person_detector(tmp_path):
+    """The friction: with a person detector in the config (MODEL.DEPOTR.DETECTOR) the image
+    export's reference Predictor built it, though the export never runs it: without detector
+    weights an error (the crops export of the same config worked), with them the detector was
+    loaded (or downloaded) for nothing."""
+    weights = tmp_path / "pose.pth"
+    torch.save({"model": _seeded_model(()).state_dict()}, weights)
+    cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.WEIGHTS", str(weights)])
+    cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
+    predictor = reference_predictor(cfg)
+    assert predictor.detector is None
+    assert cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE.endswith("detector.yaml")  # the caller's cfg kept
 
 
 # ---------------------------------------------------------------------------------------------

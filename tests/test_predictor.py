@@ -19,9 +19,10 @@ from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.image_io import read_image_bgr, to_bgr_uint8
 from depotr.engine.detector import build_person_detector
+from depotr.export import build_crop_keypoint_predictor
 from depotr.modeling.crops import expand_boxes_to_aspect
-from depotr.modeling.person_detector import PersonDetector, PoseWithDetector
-from tests.modeling.test_person_detector import _detector_cfg, fix_person_scores
+from depotr.modeling.person_detector import PersonDetector, PoseWithDetector, resolve_model_zoo_path
+from tests.modeling.test_person_detector import DETECTOR_ZOO_CONFIG, _detector_cfg, fix_person_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "depotr_hm_r18_synthetic_instant_test.yaml")
@@ -273,6 +274,18 @@ def test_predictor_rejects_bad_images_naming_them(predictor, tmp_path):
         predictor(torch.zeros((8, 6, 3), dtype=torch.uint8))
 
 
+def test_predict_batch_refuses_one_image_for_a_batch(predictor, tmp_path):
+    """The friction: predict_batch(image) read the rows of an (H, W, 3) image as H grey images
+    of W x 3 pixels and returned H results; a path was read character by character."""
+    image = astronaut_bgr(40, 30)
+    with pytest.raises(TypeError, match=r"one image \(an array of shape \(40, 30, 3\)\): call the predictor"):
+        predictor.predict_batch(image)
+    with pytest.raises(TypeError, match=r"one image \('photo.jpg'\)"):
+        predictor.predict_batch("photo.jpg")
+    batch = np.stack([image, image[::-1]])  # (B, H, W, 3): still a batch of B images
+    assert [x.image_size for x in predictor.predict_batch(batch)] == [(40, 30), (40, 30)]
+
+
 def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
     assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
     jpeg = (tmp_path / "whole.jpg").read_bytes()
@@ -377,6 +390,20 @@ def test_empty_detector_weights_need_random_weights_explicitly(tmp_path):
     cfg.MODEL.DEPOTR.DETECTOR = _detector_cfg(tmp_path, weights="").MODEL.DEPOTR.DETECTOR
     with pytest.raises(ConfigError, match=r"MODEL.DEPOTR.DETECTOR.WEIGHTS is empty: .*random_weights=True"):
         Predictor(cfg)
+
+
+@pytest.mark.parametrize("build", [Predictor, build_crop_keypoint_predictor], ids=["predictor", "export"])
+def test_a_detector_config_as_the_pose_config_is_refused(build):
+    """The friction: a Detectron2 detector's config given as the pose model's (--config-file) built
+    a GeneralizedRCNN: the Predictor (and the demo) failed with a TypeError about 'box_source', the
+    export on a missing attribute, or it blamed the pose checkpoint for not fitting the detector."""
+    cfg = load_depotr_config(resolve_model_zoo_path(DETECTOR_ZOO_CONFIG), ["MODEL.DEVICE", "cpu"])
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(ConfigError, match=r"META_ARCHITECTURE is 'GeneralizedRCNN', not DePOTR's pose model"):
+        build(cfg, random_weights=True)
+    cfg.MODEL.META_ARCHITECTURE = "NoSuchModel"
+    with pytest.raises(ConfigError, match=r"META_ARCHITECTURE 'NoSuchModel': No object named 'NoSuchModel'"):
+        build(cfg, random_weights=True)
 
 
 def test_predictor_and_model_give_the_same_detector_boxes(tmp_path):

@@ -37,7 +37,7 @@ from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
 from .modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_to_image
 from .modeling.tta import predict_crop_keypoints
-from .predictor import Predictor
+from .predictor import Predictor, check_pose_config
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -139,7 +139,9 @@ def build_crop_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) ->
 
 def build_cpu_model(cfg: CfgNode, random_weights: bool = False) -> nn.Module:
     """``cfg``'s model built on the CPU in eval mode, ``MODEL.WEIGHTS`` loaded with
-    ``DePOTRCheckpointer`` (empty only with ``random_weights``: ``weights_to_load``)."""
+    ``DePOTRCheckpointer`` (empty only with ``random_weights``: ``weights_to_load``); a ConfigError
+    for a config of another model (``check_pose_config``)."""
+    check_pose_config(cfg)
     load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
     cfg = cfg.clone()
     cfg.defrost()
@@ -432,11 +434,13 @@ def _loaded_file(fmt: str, path: str) -> Callable[..., Tensor]:
 def reference_predictor(cfg: CfgNode, random_weights: bool = False) -> Predictor:
     """The ``Predictor`` the image-in export is checked against and made from: ``cfg`` on the
     CPU in float32 as the exported graph (``TEST.PRECISION``), keeping every caller box in its
-    order (``TEST.OKS_NMS_THRESH`` 1, no box score threshold or top-k); weights as
+    order (``TEST.OKS_NMS_THRESH`` 1, no box score threshold or top-k) and without the person
+    detector of ``MODEL.DEPOTR.DETECTOR`` (it takes the caller's boxes only); weights as
     :func:`build_cpu_model`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE = ""
     cfg.TEST.PRECISION = "float32"
     cfg.TEST.OKS_NMS_THRESH = 1.0
     cfg.MODEL.DEPOTR.BOX_SCORE_THRESH = 0.0

@@ -21,13 +21,15 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .cli import ConfigError
 from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .engine.detector import build_person_detector
 from .modeling.box_sources import build_box_source
+from .modeling.meta_arch import TopDownPoseEstimator
 
-__all__ = ["Predictor", "person_proposals"]
+__all__ = ["Predictor", "check_pose_config", "person_proposals"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,22 @@ def person_proposals(
     return proposals
 
 
+def check_pose_config(cfg: CfgNode) -> None:
+    """A ConfigError unless ``MODEL.META_ARCHITECTURE`` of ``cfg`` is DePOTR's pose model
+    (``TopDownPoseEstimator`` or a registered subclass), e.g. for a Detectron2 detector's config
+    given as the pose model's (it built a GeneralizedRCNN, which failed later or ran as it)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    try:
+        meta_arch = META_ARCH_REGISTRY.get(name)
+    except KeyError as e:
+        raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r}: {e.args[0] if e.args else e}") from e
+    if not (isinstance(meta_arch, type) and issubclass(meta_arch, TopDownPoseEstimator)):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE is {name!r}, not DePOTR's pose model TopDownPoseEstimator: is the config a "
+            "Detectron2 detector's? The person detector's config goes in MODEL.DEPOTR.DETECTOR.CONFIG_FILE"
+        )
+
+
 class Predictor:
     """Builds DePOTR from a config, loads its weights and estimates the keypoints of every person
     in images.
@@ -104,12 +122,14 @@ class Predictor:
     def __init__(self, cfg: CfgNode, random_weights: bool = False):
         """
         Args:
-            cfg: a DePOTR config (``depotr.config.load_depotr_config``); ``MODEL.WEIGHTS`` (a path
-                or URL) is loaded with ``DePOTRCheckpointer``, the model runs on ``MODEL.DEVICE``.
+            cfg: a DePOTR config (``depotr.config.load_depotr_config``; :func:`check_pose_config`);
+                ``MODEL.WEIGHTS`` (a path or URL) is loaded with ``DePOTRCheckpointer``, the model
+                runs on ``MODEL.DEVICE``.
             random_weights: run with the random initialisation (``MODEL.WEIGHTS`` must be empty;
                 ``depotr.engine.checkpoint.weights_to_load``), and the person detector too when
                 ``MODEL.DEPOTR.DETECTOR.WEIGHTS`` is empty (otherwise an error).
         """
+        check_pose_config(cfg)
         load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
         self.cfg = cfg.clone()
         self.cfg.freeze()
@@ -172,7 +192,17 @@ class Predictor:
             FileNotFoundError, ValueError: a missing or unreadable image file, an image array of
                 another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
                 infinite score (each message names the image).
+            TypeError: ``images`` is one image (a path, or an (H, W, C) array of C = 1, 3 or 4),
+                not a sequence of them (an array's rows would be read as images).
         """
+        if isinstance(images, (str, os.PathLike)) or (
+            isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (1, 3, 4)
+        ):
+            what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else repr(images)
+            raise TypeError(
+                f"predict_batch takes a sequence of images, got one image ({what}): "
+                "call the predictor itself, predictor(image), or pass [image]"
+            )
         num = len(images)
         if num == 0:
             return []
