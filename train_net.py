@@ -18,6 +18,7 @@ rank 0, the console, as Detectron2's own.
 """
 
 import logging
+import os
 import sys
 
 from depotr.cli import config_overrides, parse_command_line, run_main, training_argument_parser
@@ -34,6 +35,7 @@ def setup(args, cfg=None):
 
     from depotr.config import load_depotr_config
     from depotr.data import fill_keypoint_config, register_synthetic_datasets_from_cfg
+    from depotr.engine.checkpoint import check_checkpoint_fits, resume_checkpoint
     from depotr.engine.run_dir import lock_output_dir
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
@@ -46,6 +48,12 @@ def setup(args, cfg=None):
     lock = None
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
+        # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
+        loaded = resume_checkpoint(cfg.OUTPUT_DIR) if args.resume else ""
+        if not loaded and args.eval_only:
+            loaded = cfg.MODEL.WEIGHTS
+        if loaded and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
+            check_checkpoint_fits(cfg, loaded)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:

@@ -95,3 +95,25 @@ def test_yml_for_yaml_is_named(tmp_path):
         load_depotr_config(CONFIG[: -len(".yaml")] + ".yml")
     with pytest.raises(ConfigError, match=r"^config file .*nothing.yaml does not exist$"):
         load_depotr_config(str(tmp_path / "nothing.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '_BASE_: "nothing.yaml"\n',
+            r"^{path} \(or a _BASE_ file\): cannot read .*nothing\.yaml: No such file or directory$",
+        ),
+        ("- MODEL\n- TEST\n", r"^{path} \(or a _BASE_ file\) is not a yaml mapping of config keys \("),
+        ("", r"^{path} \(or a _BASE_ file\) is not a yaml mapping of config keys \("),
+    ],
+    ids=["missing-base", "list", "empty"],
+)
+def test_a_config_file_that_cannot_be_merged_is_a_config_error(tmp_path, text, message):
+    """The friction: a missing _BASE_ was a FileNotFoundError, a yaml list an AttributeError and an
+    empty file a TypeError, each a traceback instead of the one-line error."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.format(path=path)) as info:
+        load_depotr_config(str(path))
+    assert "\n" not in str(info.value)

@@ -63,6 +63,24 @@ def test_bad_boxes_are_errors(tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "output, extra, message",
+    [
+        ("missing/p.png", [], "--output {tmp}/missing/p.png: its folder {tmp}/missing does not exist"),
+        ("p.png", ["--height", "0"], "--height must be >= 1, got 0"),
+    ],
+    ids=["output-folder", "height"],
+)
+def test_bad_output_and_height_are_errors_before_the_model_runs(tmp_path, capsys, monkeypatch, output, extra, message):
+    """The friction: after the model ran, a missing --output folder was a FileNotFoundError naming
+    the temporary file (.tmp-...-p.png), and --height 0 an OpenCV assertion in resize."""
+    tool = _tool()
+    monkeypatch.setattr(tool, "Predictor", lambda *a, **k: pytest.fail("the model was built before the check"))
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", CONFIG, "--random-weights", "--output", str(tmp_path / output)] + extra)
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
 def test_empty_weights_are_refused_without_random_weights(tmp_path, capsys):
     from depotr.cli import run_main
 

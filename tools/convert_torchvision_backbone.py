@@ -15,11 +15,11 @@ that ResNet. The command prints the
 """
 
 import argparse
-import os
 import sys
 
 import torch
 
+from depotr.file_io import output_problem
 from depotr.modeling.torchvision_resnet import convert_torchvision_resnet, save_detectron2_weights
 
 
@@ -30,11 +30,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output.endswith((".pkl", ".pth")):
         parser.error(f"output {args.output}: must end in .pkl or .pth")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        parser.error(f"output {args.output}: its folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        parser.error(f"output {args.output}: its folder {folder} is not writable")
+    problem = output_problem(args.output)
+    if problem:
+        parser.error(f"output {args.output}: {problem}")
     try:
         state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message

@@ -26,7 +26,7 @@ from detectron2.utils.visualizer import Visualizer
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
 from depotr.config import load_depotr_config
 from depotr.data import drawing_metadata
-from depotr.file_io import atomic_write
+from depotr.file_io import atomic_write, output_problem
 from depotr.predictor import Predictor
 
 
@@ -87,6 +87,11 @@ def main(argv=None) -> int:
             parser.error(f"--box {name}: {coords} are not four numbers X0 Y0 X1 Y1")
     if not args.output.lower().endswith(".png"):
         parser.error(f"--output {args.output} must be a .png file")
+    problem = output_problem(args.output)  # before the model runs
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
+    if args.height < 1:
+        parser.error(f"--height must be >= 1, got {args.height}")
     predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
     panels = [draw_photo(predictor, PHOTOS[name](), boxes.get(name), args.height) for name in args.photos]
     ok, png = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])

@@ -15,6 +15,7 @@ baseline: ``depotr.evaluation.baselines``).
 import argparse
 import sys
 
+from depotr.cli import ConfigError, run_main
 from depotr.evaluation.pckh import (
     format_pckh_table,
     load_mpii_gt_mat,
@@ -41,18 +42,24 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", help="a config whose TRAIN[0] / TEST[0] are MPII-format datasets")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides")
     args = parser.parse_args(argv)
-    if args.mean_pose_baseline:
-        if not args.config_file:
-            parser.error("--mean-pose-baseline needs --config-file")
-        table = _baseline_table(args.config_file, args.opts)
-    else:
-        if not (args.gt and args.pred):
-            parser.error("give --gt and --pred (or --mean-pose-baseline --config-file)")
-        gt = load_mpii_gt_mat(args.gt)
-        table = pckh_table(load_mpii_predictions_mat(args.pred, len(gt.positions)), gt)
+    if args.mean_pose_baseline and not args.config_file:
+        parser.error("--mean-pose-baseline needs --config-file")
+    if not args.mean_pose_baseline and not (args.gt and args.pred):
+        parser.error("give --gt and --pred (or --mean-pose-baseline --config-file)")
+    try:
+        if args.mean_pose_baseline:
+            table = _baseline_table(args.config_file, args.opts)
+        else:
+            gt = load_mpii_gt_mat(args.gt)
+            table = pckh_table(load_mpii_predictions_mat(args.pred, len(gt.positions)), gt)
+    except ConfigError:
+        raise  # run_main: "error: ..." and status 2, as every entry point
+    except ValueError as e:  # a file that is no MPII .mat, a dataset that is not MPII's: named in e
+        print(f"evaluate_mpii: {e}", file=sys.stderr)
+        return 1
     print(format_pckh_table(table))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

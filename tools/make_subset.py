@@ -26,17 +26,7 @@ from depotr.data.subset import (
     subset_coco,
     visibility_distribution,
 )
-from depotr.file_io import atomic_output_path
-
-
-def output_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be written (a missing or read-only folder, a folder of that name), or None."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"its folder {folder} does not exist"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"its folder {folder} is not writable"
-    return "it is a folder" if os.path.isdir(path) else None
+from depotr.file_io import atomic_output_path, output_problem
 
 
 def plot_format_problem(path: str) -> Optional[str]:
@@ -70,6 +60,10 @@ def main(argv=None) -> int:
     try:
         with open(args.input) as f:
             coco = json.load(f)
+        if not isinstance(coco, dict):
+            raise TypeError(
+                f"holds a json {type(coco).__name__}, expected an object with images, annotations, categories"
+            )
         ids = select_subset(coco, args.fraction, seed=args.seed, tolerance_pp=args.tolerance)
     except json.JSONDecodeError as e:
         print(f"make_subset: {args.input} is not valid json: {e}", file=sys.stderr)

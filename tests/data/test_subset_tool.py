@@ -121,8 +121,9 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}',
             r"full\.json: the json has 2 categories \['cat', 'dog'\] and none named 'person'",
         ),
+        ("[]", r"full\.json: holds a json list, expected an object with images, annotations, categories"),
     ],
-    ids=["truncated", "not-coco", "missing", "two-categories-no-person"],
+    ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list"],
 )
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"

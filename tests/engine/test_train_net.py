@@ -131,3 +131,32 @@ def test_eval_only_with_a_checkpoint_of_another_config_is_one_error_line(tmp_pat
     assert run_main(train_net.cli, argv) == 2  # was: the ValueError raised through
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line.startswith(f"error: checkpoint {tmp_path / 'other.pth'} does not fit the model")
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--eval-only"])
+def test_a_checkpoint_of_another_config_leaves_the_runs_config_yaml_alone(tmp_path, capsys, mode):
+    """The friction: Detectron2's default_setup overwrote OUTPUT_DIR/config.yaml with the new config
+    before the checkpoint of the run's own config failed to load into its model, so the run's
+    folder no longer said which config its checkpoints are of."""
+    from detectron2.modeling import build_model
+
+    from depotr.config import load_depotr_config
+    from depotr.engine import DePOTRCheckpointer
+
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (output_dir / "config.yaml").write_text("the run's config\n")
+    run = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.DEPOTR.HIDDEN_DIM", "32"])
+    DePOTRCheckpointer(build_model(run), str(output_dir)).save("model_final")  # and last_checkpoint
+    argv = ["--config-file", INSTANT_CONFIG, mode, "OUTPUT_DIR", str(output_dir)]
+    argv += [
+        "DATASETS.SYNTHETIC.ROOT",
+        str(tmp_path / "synthetic"),
+        "MODEL.WEIGHTS",
+        str(output_dir / "model_final.pth"),
+    ]
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: checkpoint {output_dir / 'model_final.pth'} does not fit the model")
+    assert (output_dir / "config.yaml").read_text() == "the run's config\n"
+    assert not (output_dir / "log.txt").exists() and not (tmp_path / "synthetic").exists()

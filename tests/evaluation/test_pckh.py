@@ -115,6 +115,27 @@ def test_gt_mat_errors_name_the_field(tmp_path):
         load_mpii_gt_mat(str(path))
 
 
+def test_tool_errors_name_the_file_in_one_line(tmp_path, capsys):
+    """The friction: a --gt or --pred that is no .mat file was scipy's MatReadError ("Mat file
+    appears to be truncated") naming neither; a config typo was a ConfigError traceback, status 1."""
+    from depotr.cli import run_main
+    from tests.conftest import load_script
+
+    main = load_script(os.path.join("tools", "evaluate_mpii.py")).main
+    positions, missing, _ = _ground_truth()
+    _write_gt_mat(tmp_path / "gt_valid.mat", positions, missing, list(range(16)))
+    (tmp_path / "notes.mat").write_text("not a .mat file\n")
+    for gt, pred, what in (("notes", "gt_valid", "MPII ground truth"), ("gt_valid", "notes", "MPII predictions")):
+        argv = ["--gt", str(tmp_path / f"{gt}.mat"), "--pred", str(tmp_path / f"{pred}.mat")]
+        assert run_main(main, argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"evaluate_mpii: {what} {tmp_path / 'notes.mat'}: cannot read it as a .mat file (")
+        assert len(err.splitlines()) == 1
+    config = os.path.join(REPO, "configs", "depotr_hm_r18_synthetic_mpii.yaml")
+    assert run_main(main, ["--mean-pose-baseline", "--config-file", config, "TEST.FLIPP", "True"]) == 2
+    assert capsys.readouterr().err == "error: unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP?\n"
+
+
 def _loadmat_fields(path):
     from scipy.io import loadmat
 

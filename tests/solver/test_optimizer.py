@@ -73,6 +73,23 @@ def test_param_groups(path, lr, weight_decay):
     assert group["weight_decay"] == pytest.approx(weight_decay)
 
 
+def test_detectron2s_bias_keys_apply_to_biases():
+    """The friction: SOLVER.WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR, Detectron2's keys, were ignored."""
+    cfg = _cfg()
+    cfg.SOLVER.WEIGHT_DECAY_BIAS, cfg.SOLVER.BIAS_LR_FACTOR = 0.0, 2.0
+    model = _TinyModel()
+    optimizer = build_optimizer(cfg, model)
+    for path, lr, weight_decay in [
+        ("head.bias", 2e-4, 0.0),
+        ("backbone.conv.bias", 2e-5, 0.0),
+        ("norm.bias", 2e-4, 0.0),
+        ("head.weight", 1e-4, 1e-4),
+        ("backbone.conv.weight", 1e-5, 1e-4),
+    ]:
+        group = _group_of(optimizer, model.get_parameter(path))
+        assert (group["lr"], group["weight_decay"]) == (pytest.approx(lr), weight_decay), path
+
+
 def test_frozen_parameters_are_left_out():
     model = _TinyModel()
     optimizer = build_optimizer(_cfg(), model)

@@ -218,9 +218,9 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     "cpu" (where ``SOLVER.AMP.ENABLED`` trains the keypoint branch under bfloat16 autocast).
 
     Raises:
-        ConfigError: (one line) a missing file (naming its existing ``.yaml`` / ``.yml`` twin),
-            invalid YAML (file and line), an odd number of ``opts``, a value of the wrong type or an
-            unknown key (with the nearest valid key).
+        ConfigError: (one line) a missing file (naming its existing ``.yaml`` / ``.yml`` twin) or
+            ``_BASE_`` file, invalid YAML (file and line), a file that is no mapping of keys, an odd
+            number of ``opts``, a value of the wrong type or an unknown key (with the nearest valid key).
     """
     cfg = get_cfg()
     add_depotr_config(cfg)
@@ -235,8 +235,12 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         key = str(e.args[0]).rpartition(": ")[2]
         message = f"{config_file} (or a _BASE_ file) sets the unknown config key {key}{_nearest(cfg, key)}"
         raise ConfigError(message) from None
-    except (AssertionError, ValueError) as e:  # a _BASE_ file that does not exist, a value of the wrong type
+    except (AssertionError, ValueError) as e:  # a value of the wrong type
         raise ConfigError(f"{config_file}: {e}") from e
+    except OSError as e:  # a _BASE_ file that does not exist
+        raise ConfigError(f"{config_file} (or a _BASE_ file): cannot read {e.filename}: {e.strerror}") from e
+    except (AttributeError, TypeError) as e:  # yacs on a yaml list, scalar or empty file
+        raise ConfigError(f"{config_file} (or a _BASE_ file) is not a yaml mapping of config keys ({e})") from e
     opts = [str(o) for o in opts]
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs; got {len(opts)} values: {' '.join(opts)}")

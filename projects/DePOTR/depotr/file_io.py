@@ -12,7 +12,7 @@ import json
 import math
 import os
 import secrets
-from typing import Any, BinaryIO, Callable, Iterator, List
+from typing import Any, BinaryIO, Callable, Iterator, List, Optional
 
 __all__ = [
     "TEMPORARY_PREFIX",
@@ -21,6 +21,7 @@ __all__ = [
     "is_finite_number",
     "load_json",
     "load_json_list",
+    "output_problem",
     "remove_temporary_files",
     "temporary_path",
 ]
@@ -58,6 +59,17 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     with atomic_output_path(path) as tmp_path:
         with open(tmp_path, "wb") as f:
             write(f)
+
+
+def output_problem(path: str) -> Optional[str]:
+    """Why the file ``path`` cannot be written (a missing or read-only folder, a folder of that
+    name), or None: for tools to check their outputs before the work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} is not writable"
+    return "it is a folder" if os.path.isdir(path) else None
 
 
 def remove_temporary_files(directory: str) -> List[str]:

@@ -17,12 +17,14 @@ from typing import Any, Dict, List
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import Backbone
+from detectron2.config import CfgNode
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 
+from .. import modeling  # noqa: F401 (registers TopDownPoseEstimator for check_checkpoint_fits)
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
 
-__all__ = ["DePOTRCheckpointer", "resume_checkpoint", "weights_to_load"]
+__all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "resume_checkpoint", "weights_to_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,14 @@ def resume_checkpoint(output_dir: str) -> str:
             "afresh"
         )
     return last
+
+
+def check_checkpoint_fits(cfg: CfgNode, path: str) -> None:
+    """Loads checkpoint ``path`` into ``cfg``'s model built on the CPU (the parameters' shapes do
+    not depend on the device) as ``--resume`` and ``--eval-only`` load it: the ConfigError of
+    :class:`DePOTRCheckpointer` naming the parameters when it does not fit. ``train_net.py`` calls
+    it before Detectron2's ``default_setup`` overwrites the run's ``config.yaml`` with ``cfg``."""
+    DePOTRCheckpointer(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)).load(path, checkpointables=[])
 
 
 class DePOTRCheckpointer(DetectionCheckpointer):

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from scipy.io import loadmat, savemat
+from scipy.io.matlab import MatReadError
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -102,14 +103,19 @@ def _mat_strings(array: np.ndarray) -> List[str]:
     return [str(np.asarray(x).ravel()[0]) for x in np.asarray(array, dtype=object).ravel()]
 
 
+def _read_mat(path: str, what: str) -> Dict[str, Any]:
+    """``loadmat(path)``; a ValueError naming ``what`` and ``path`` when that is no readable .mat file."""
+    try:
+        return loadmat(path)
+    except (OSError, ValueError, MatReadError) as e:  # MatReadError: e.g. a text file ("appears to be truncated")
+        raise ValueError(f"{what} {path}: cannot read it as a .mat file ({e})") from e
+
+
 def load_mpii_gt_mat(path: str) -> MPIIGroundTruth:
     """Reads the official ``gt_valid.mat`` (``dataset_joints`` (1, 16) cell, ``jnt_missing``
     (16, P), ``pos_gt_src`` (16, 2, P), ``headboxes_src`` (2, 2, P)). Raises a ValueError naming
     the file and the field that is missing or has another shape."""
-    try:
-        mat = loadmat(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"MPII ground truth {path}: cannot read it as a .mat file ({e})") from e
+    mat = _read_mat(path, "MPII ground truth")
     for field in ("dataset_joints", "jnt_missing", "pos_gt_src", "headboxes_src"):
         if field not in mat:
             raise ValueError(f"MPII ground truth {path}: no field {field!r}")
@@ -138,7 +144,7 @@ def load_mpii_gt_mat(path: str) -> MPIIGroundTruth:
 def load_mpii_predictions_mat(path: str, num_persons: int) -> np.ndarray:
     """``preds`` (P, 16, 2) of a pred.mat (0-based pixels, as HRNet writes it), as float64.
     Raises a ValueError naming the file when the field is missing or has another shape."""
-    mat = loadmat(path)
+    mat = _read_mat(path, "MPII predictions")
     if "preds" not in mat:
         raise ValueError(f"MPII predictions {path}: no field 'preds'")
     preds = np.asarray(mat["preds"], np.float64)

@@ -1,7 +1,9 @@
 """AdamW (or SGD) with DePOTR's parameter groups (Deformable DETR's recipe): the backbone at
 ``BASE_LR x BACKBONE_MULTIPLIER``, ``sampling_offsets`` / ``reference_points`` at
 ``BASE_LR x SAMPLING_LR_MULTIPLIER``; weight decay ``WEIGHT_DECAY_NORM`` for norms,
-``WEIGHT_DECAY_EMBED`` for embeddings, else ``WEIGHT_DECAY``; frozen parameters left out.
+``WEIGHT_DECAY_EMBED`` for embeddings, else ``WEIGHT_DECAY``; parameters named "bias" then take
+Detectron2's ``WEIGHT_DECAY_BIAS`` (when not None) and their lr x ``BIAS_LR_FACTOR`` (defaults: no
+change); frozen parameters left out.
 ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all gradients together
 (Deformable DETR: 0.1); "value" / "norm" are Detectron2's per-parameter clippers.
 """
@@ -42,6 +44,10 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, nn.Embedding) or "embed" in param_name:
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            if param_name == "bias":  # Detectron2's bias keys, on the parameter's name as its optimizer
+                lr *= cfg.SOLVER.BIAS_LR_FACTOR
+                if cfg.SOLVER.WEIGHT_DECAY_BIAS is not None:
+                    weight_decay = cfg.SOLVER.WEIGHT_DECAY_BIAS
             groups.append({"params": [param], "lr": lr, "weight_decay": weight_decay})
     return reduce_param_groups(groups)
 
