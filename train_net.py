@@ -110,9 +110,11 @@ def cli(argv=None) -> int:
     from depotr.engine import launch
     from depotr.engine.checkpoint import resume_checkpoint, weights_to_load
     from depotr.engine.detector import detector_weights_to_load
+    from depotr.modeling.meta_arch import check_pose_config
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
     cfg = load_depotr_config(args.config_file, config_overrides(args))
+    check_pose_config(cfg)
     # --resume without a last_checkpoint starts from MODEL.WEIGHTS; one naming a missing file is an error.
     resumes = args.resume and bool(resume_checkpoint(cfg.OUTPUT_DIR))
     if not resumes and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch

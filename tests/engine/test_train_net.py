@@ -133,6 +133,19 @@ def test_eval_only_with_a_checkpoint_of_another_config_is_one_error_line(tmp_pat
     assert last_line.startswith(f"error: checkpoint {tmp_path / 'other.pth'} does not fit the model")
 
 
+def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys):
+    """A Detectron2 detector's config given as --config-file is refused before any process starts
+    (it built a GeneralizedRCNN and failed later, on the synthetic data's keypoints)."""
+    from depotr.modeling.person_detector import resolve_model_zoo_path
+
+    config = resolve_model_zoo_path("model_zoo:COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml")
+    argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.WEIGHTS", ""]
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("error: MODEL.META_ARCHITECTURE is 'GeneralizedRCNN', not DePOTR's pose model")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("mode", ["--resume", "--eval-only"])
 def test_a_checkpoint_of_another_config_leaves_the_runs_config_yaml_alone(tmp_path, capsys, mode):
     """The friction: Detectron2's default_setup overwrote OUTPUT_DIR/config.yaml with the new config

@@ -36,8 +36,9 @@ from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
 from .modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_to_image
+from .modeling.meta_arch import check_pose_config
 from .modeling.tta import predict_crop_keypoints
-from .predictor import Predictor, check_pose_config
+from .predictor import Predictor
 
 __all__ = [
     "EXPORT_FORMATS",

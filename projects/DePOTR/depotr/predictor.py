@@ -21,15 +21,14 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .cli import ConfigError
 from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .engine.detector import build_person_detector
 from .modeling.box_sources import build_box_source
-from .modeling.meta_arch import TopDownPoseEstimator
+from .modeling.meta_arch import check_pose_config
 
-__all__ = ["Predictor", "check_pose_config", "person_proposals"]
+__all__ = ["Predictor", "person_proposals"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +79,6 @@ def person_proposals(
     proposals.proposal_boxes = Boxes(boxes)
     proposals.scores = scores
     return proposals
-
-
-def check_pose_config(cfg: CfgNode) -> None:
-    """A ConfigError unless ``MODEL.META_ARCHITECTURE`` of ``cfg`` is DePOTR's pose model
-    (``TopDownPoseEstimator`` or a registered subclass), e.g. for a Detectron2 detector's config
-    given as the pose model's (it built a GeneralizedRCNN, which failed later or ran as it)."""
-    name = cfg.MODEL.META_ARCHITECTURE
-    try:
-        meta_arch = META_ARCH_REGISTRY.get(name)
-    except KeyError as e:
-        raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r}: {e.args[0] if e.args else e}") from e
-    if not (isinstance(meta_arch, type) and issubclass(meta_arch, TopDownPoseEstimator)):
-        raise ConfigError(
-            f"MODEL.META_ARCHITECTURE is {name!r}, not DePOTR's pose model TopDownPoseEstimator: is the config a "
-            "Detectron2 detector's? The person detector's config goes in MODEL.DEPOTR.DETECTOR.CONFIG_FILE"
-        )
 
 
 class Predictor:

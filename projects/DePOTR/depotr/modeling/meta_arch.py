@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..cli import ConfigError
 from ..data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
 from ..layers import autocast_to
 from .box_sources import TRAIN_BOX_SOURCES, GtBoxes, PersonBoxSource, PrecomputedBoxes, build_box_source
@@ -29,7 +30,7 @@ from .keypoint_branches import KeypointBranch, build_keypoint_branch
 from .oks_nms import oks_nms
 from .tta import predict_crop_keypoints
 
-__all__ = ["TopDownPoseEstimator", "rescore_instances"]
+__all__ = ["TopDownPoseEstimator", "check_pose_config", "rescore_instances"]
 
 # TEST.PRECISION values -> the keypoint branch's inference dtype.
 TEST_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -276,3 +277,19 @@ class TopDownPoseEstimator(nn.Module):
                 )
             results.append({"instances": instances})
         return results
+
+
+def check_pose_config(cfg: CfgNode) -> None:
+    """A ConfigError unless ``MODEL.META_ARCHITECTURE`` of ``cfg`` is DePOTR's pose model
+    (``TopDownPoseEstimator`` or a registered subclass), e.g. for a Detectron2 detector's config
+    given as the pose model's (it built a GeneralizedRCNN, which failed later or ran as it)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    try:
+        meta_arch = META_ARCH_REGISTRY.get(name)
+    except KeyError as e:
+        raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r}: {e.args[0] if e.args else e}") from e
+    if not (isinstance(meta_arch, type) and issubclass(meta_arch, TopDownPoseEstimator)):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE is {name!r}, not DePOTR's pose model TopDownPoseEstimator: is the config a "
+            "Detectron2 detector's? The person detector's config goes in MODEL.DEPOTR.DETECTOR.CONFIG_FILE"
+        )
