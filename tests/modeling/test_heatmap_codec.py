@@ -131,3 +131,23 @@ def test_joints_mse_loss_without_supervision_is_zero_and_backpropagates(batch):
     assert loss.item() == 0
     loss.backward()
     assert pred.grad is not None and pred.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-1.0, 0.0)], ids=["positive_noise", "negative_noise"])
+def test_dark_step_stays_within_half_a_pixel_of_the_argmax_centre(low, high):
+    # Noise heatmaps (an untrained or unsure head): the Newton step on a nearly flat log was
+    # unbounded (up to 107 crop px, outside the 48-px-wide crop), and an all-negative heatmap was
+    # rescaled by peak / 1e-10 < 0, which flipped its sign (steps of 53 px).
+    stride = 4
+    codec = HeatmapCodec((64, 48), stride, 1.0, refine="dark")
+    generator = torch.Generator().manual_seed(0)
+    heatmaps = low + (high - low) * torch.rand(4, 17, 16, 12, generator=generator)
+    dark = codec.decode(heatmaps)
+    codec.refine = "none"
+    argmax_centres = codec.decode(heatmaps)
+    offsets = (dark[..., :2] - argmax_centres[..., :2]) / stride  # heatmap pixels
+    assert offsets.abs().max() <= 0.5 + 1e-6
+    if high <= 0:  # no log-Gaussian without a positive maximum: no refinement
+        assert offsets.abs().max() == 0
+    else:
+        assert offsets.abs().max() > 0.1  # the clamp does not switch the refinement off

@@ -94,8 +94,10 @@ def shift_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> t
 def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     """Returns (B, K, 2) DARK offsets in heatmap pixels: the heatmaps are blurred with the target
     Gaussian (sigma, in heatmap pixels) rescaled to their maxima, and the Newton step
-    -Hessian^-1 gradient of their log at the maximum is taken from central differences. 0 on the
-    border or where the log is not locally concave."""
+    -Hessian^-1 gradient of their log at the maximum is taken from central differences, clamped
+    to +-0.5 per axis (a sampled Gaussian's argmax pixel centre is within half a pixel of its
+    peak; an unclamped step on a nearly flat log can leave the crop). 0 on the border, where the
+    heatmap maximum is not positive (no log-Gaussian) or where the log is not locally concave."""
     radius = max(1, math.ceil(3 * sigma))
     kernel = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
     kernel = torch.exp(-(kernel**2) / (2 * sigma**2))
@@ -115,8 +117,9 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     dxy = 0.25 * (p[..., 2, 2] - p[..., 2, 0] - p[..., 0, 2] + p[..., 0, 0])
     det = dxx * dyy - dxy**2
     inside_x, inside_y = _interior(heatmaps, x, y)
-    valid = inside_x & inside_y & (det > 1e-12) & (dxx < 0)
+    positive = peak.view(heatmaps.shape[:2]) > 0
+    valid = inside_x & inside_y & positive & (det > 1e-12) & (dxx < 0)
     safe_det = torch.where(valid, det, torch.ones_like(det))
     offset_x = -(dyy * dx - dxy * dy) / safe_det
     offset_y = -(dxx * dy - dxy * dx) / safe_det
-    return torch.stack((offset_x, offset_y), dim=-1) * valid[..., None]
+    return torch.stack((offset_x, offset_y), dim=-1).clamp(-0.5, 0.5) * valid[..., None]
