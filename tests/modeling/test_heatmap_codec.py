@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from depotr.modeling.heads import HeatmapCodec, joints_mse_loss
+from depotr.modeling.heads.heatmap_codec import DARK_MAX_STEP
 
 
 def test_encode_hand_computed():
@@ -134,7 +135,7 @@ def test_joints_mse_loss_without_supervision_is_zero_and_backpropagates(batch):
 
 
 @pytest.mark.parametrize("low, high", [(0.0, 1.0), (-1.0, 0.0)], ids=["positive_noise", "negative_noise"])
-def test_dark_step_stays_within_half_a_pixel_of_the_argmax_centre(low, high):
+def test_dark_step_stays_within_its_bound_of_the_argmax_centre(low, high):
     # Noise heatmaps (an untrained or unsure head): the Newton step on a nearly flat log was
     # unbounded (up to 107 crop px, outside the 48-px-wide crop), and an all-negative heatmap was
     # rescaled by peak / 1e-10 < 0, which flipped its sign (steps of 53 px).
@@ -146,7 +147,7 @@ def test_dark_step_stays_within_half_a_pixel_of_the_argmax_centre(low, high):
     codec.refine = "none"
     argmax_centres = codec.decode(heatmaps)
     offsets = (dark[..., :2] - argmax_centres[..., :2]) / stride  # heatmap pixels
-    assert offsets.abs().max() <= 0.5 + 1e-6
+    assert offsets.abs().max() <= DARK_MAX_STEP + 1e-6
     if high <= 0:  # no log-Gaussian without a positive maximum: no refinement
         assert offsets.abs().max() == 0
     else:

@@ -16,6 +16,10 @@ from torch.nn import functional as F
 from .losses import keypoint_target_weights
 
 REFINE_MODES = ("none", "shift", "dark")
+# Largest DARK step per axis, heatmap pixels. A sampled Gaussian's argmax is within 0.5 px of its
+# peak, but trained heatmaps gain from longer steps (the main job's AP: 66.59 at 0.5, 66.76 at 1.0
+# and unbounded); the bound stops a step on a nearly flat log from leaving the crop.
+DARK_MAX_STEP = 1.0
 
 
 class HeatmapCodec:
@@ -95,8 +99,8 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     """Returns (B, K, 2) DARK offsets in heatmap pixels: the heatmaps are blurred with the target
     Gaussian (sigma, in heatmap pixels) rescaled to their maxima, and the Newton step
     -Hessian^-1 gradient of their log at the maximum is taken from central differences, clamped
-    to +-0.5 per axis (a sampled Gaussian's argmax pixel centre is within half a pixel of its
-    peak; an unclamped step on a nearly flat log can leave the crop). 0 on the border, where the
+    to +-``DARK_MAX_STEP`` per axis (an unclamped step on a nearly flat log can leave the crop).
+    0 on the border, where the
     heatmap maximum is not positive (no log-Gaussian) or where the log is not locally concave."""
     radius = max(1, math.ceil(3 * sigma))
     kernel = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
@@ -122,4 +126,4 @@ def dark_offsets(heatmaps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma
     safe_det = torch.where(valid, det, torch.ones_like(det))
     offset_x = -(dyy * dx - dxy * dy) / safe_det
     offset_y = -(dxx * dy - dxy * dx) / safe_det
-    return torch.stack((offset_x, offset_y), dim=-1).clamp(-0.5, 0.5) * valid[..., None]
+    return torch.stack((offset_x, offset_y), dim=-1).clamp(-DARK_MAX_STEP, DARK_MAX_STEP) * valid[..., None]
