@@ -70,3 +70,18 @@ def test_a_keypoint_never_labelled_is_named():
     kps[COCO_PERSON_KEYPOINT_NAMES.index("left_ear"), 2] = 0
     with pytest.raises(ValueError, match="left_ear"):
         mean_pose(_dataset([((0.0, 0.0, 10.0, 10.0), kps)]))
+
+
+def test_a_training_set_of_other_keypoints_is_refused():
+    # before: 15 keypoints against 17 were a numpy broadcast error, and 17 other (or reordered)
+    # keypoints gave a baseline of the wrong joints without a word
+    rng = np.random.default_rng(3)
+    data = _dataset([((10.0, 20.0, 100.0, 200.0), _pose(rng))])
+    reordered = _dataset([((10.0, 20.0, 100.0, 200.0), _pose(rng))])
+    reordered["categories"][0]["keypoints"] = list(COCO_PERSON_KEYPOINT_NAMES[::-1])
+    with pytest.raises(ValueError, match=r"the baseline's training keypoints \['right_ankle', .*'nose'\] are not"):
+        mean_pose_baseline_metrics(reordered, data)
+    fewer = _dataset([((10.0, 20.0, 100.0, 200.0), _pose(rng)[:15])])
+    fewer["categories"][0]["keypoints"] = list(COCO_PERSON_KEYPOINT_NAMES[:15])
+    with pytest.raises(ValueError, match=r"are not the evaluated ground truth's \['nose'"):
+        mean_pose_baseline_metrics(fewer, data)

@@ -354,6 +354,44 @@ def test_bad_results_raise(gt, corrupt, message):
         analyze_keypoint_results(gt, results)
 
 
+def test_bad_ground_truth_ids_raise(gt):
+    # before: pycocotools indexes by id, so perfect results scored AP 0.25 with two persons of one
+    # id, two images of one id were evaluated as one, and an annotation of an unknown image was
+    # dropped from the metrics (the bins then raised)
+    results = _perfect(gt)
+    repeated_person = copy.deepcopy(gt)
+    repeated_person["annotations"][1]["id"] = 1
+    with pytest.raises(ValueError, match="ground-truth annotations ids must be unique, repeated: 1"):
+        analyze_keypoint_results(repeated_person, results)
+    repeated_image = _coco([1, 1], gt["annotations"])
+    with pytest.raises(ValueError, match="ground-truth images ids must be unique, repeated: 1"):
+        analyze_keypoint_results(repeated_image, results)
+    gt["annotations"][1]["image_id"] = 7
+    with pytest.raises(ValueError, match=r"ground-truth annotations\[1\] has image_id 7, not in 'images'"):
+        analyze_keypoint_results(gt, results)
+
+
+def test_crowd_region_is_ignored_as_pycocotools_does(gt):
+    """A result on a crowd region (iscrowd 1) is neither a false positive nor classified, and a
+    result on an image without persons is a false positive; the metrics are pycocotools'."""
+    crowd = _person(3, 2, LARGE_BOX)
+    crowd["iscrowd"] = 1
+    gt = _coco([1, 2, 3], gt["annotations"] + [crowd])
+    results = _perfect(gt)[:2] + [_result(crowd["keypoints"], 2, 0.9), _result(crowd["keypoints"], 3, 0.8)]
+    analysis = analyze_keypoint_results(gt, results)
+    coco_gt = COCO()
+    coco_gt.dataset = copy.deepcopy(gt)
+    coco_gt.createIndex()
+    coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="keypoints")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    assert list(analysis.metrics.values()) == list(coco_eval.stats)
+    assert analysis.matched == {0: 1, 1: 2}
+    assert analysis.num_background_fp == 1 and analysis.num_false_negatives == 0
+    assert analysis.ap_mean[STAGES.index("BckgFP")] == pytest.approx(1.0)
+
+
 def test_wrong_number_of_sigmas_raises(gt):
     with pytest.raises(ValueError, match="16 OKS sigmas for 17 keypoints"):
         analyze_keypoint_results(gt, _perfect(gt), sigmas=list(SIGMAS[:16]))

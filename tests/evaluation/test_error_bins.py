@@ -79,3 +79,10 @@ def test_cli_writes_the_bins_table(tmp_path, capsys):
     assert all("baseline_AP" in row for rows in bins.values() for row in rows.values() if row["persons"])
     table = (out / "bins.md").read_text()
     assert "| attribute | bin | persons | AP | mean-pose AP |" in table and table in capsys.readouterr().out + "\n"
+
+
+def test_an_image_without_its_size_is_named(gt):
+    # before: a KeyError 'width' traceback out of analyze_results.py
+    del gt["images"][0]["width"]
+    with pytest.raises(ValueError, match="ground-truth image 1 has no 'width' and 'height'"):
+        person_bins(gt)

@@ -79,6 +79,11 @@ def crowd_indices(keypoints: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def person_bins(gt: Dict[str, Any]) -> Dict[int, Dict[str, str]]:
     """Annotation id -> {attribute: bin name} for every annotation of a COCO keypoints dict."""
+    missing = next((img for img in gt["images"] if "width" not in img or "height" not in img), None)
+    if missing is not None:
+        raise ValueError(
+            f"ground-truth image {missing.get('id')} has no 'width' and 'height' (the truncation bin needs them)"
+        )
     sizes = {img["id"]: (img["width"], img["height"]) for img in gt["images"]}
     by_image: Dict[Any, List[Dict[str, Any]]] = {}
     for ann in gt["annotations"]:

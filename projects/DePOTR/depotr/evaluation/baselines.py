@@ -62,8 +62,15 @@ def mean_pose_results(pose: np.ndarray, gt: Dict[str, Any]) -> List[Dict[str, An
 def mean_pose_baseline_metrics(
     train_gt: Dict[str, Any], gt: Dict[str, Any], sigmas: Optional[Sequence[float]] = None
 ) -> Dict[str, float]:
-    """The 10 COCO keypoint metrics (in %) of the mean-pose baseline of ``train_gt`` on ``gt``."""
+    """The 10 COCO keypoint metrics (in %) of the mean-pose baseline of ``train_gt`` on ``gt``
+    (a ValueError when their keypoint names differ)."""
     check_ground_truth(gt)
-    results = mean_pose_results(mean_pose(train_gt), gt)
+    pose = mean_pose(train_gt)
+    train_names, names = list(train_gt["categories"][0]["keypoints"]), list(gt["categories"][0]["keypoints"])
+    if train_names != names:
+        raise ValueError(
+            f"the baseline's training keypoints {train_names} are not the evaluated ground truth's {names}"
+        )
+    results = mean_pose_results(pose, gt)
     coco_eval = evaluate_keypoints(build_coco(gt), results, resolve_sigmas(sigmas, gt))
     return {name: 100.0 * float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}

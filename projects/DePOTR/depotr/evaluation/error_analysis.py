@@ -48,6 +48,7 @@ class among the keypoints of the results matched to its persons (classified with
 import contextlib
 import copy
 import io
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -136,6 +137,19 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
     num_keypoints = len(gt["categories"][0]["keypoints"])
     for i, ann in enumerate(gt["annotations"]):
         _check_fields(ann, f"ground-truth annotations[{i}]", GT_ANNOTATION_KEYS, num_keypoints)
+    # pycocotools indexes images and annotations by id: a repeated id silently merges two images or
+    # counts one person twice and loses the other, and an annotation of an unknown image is dropped.
+    for i, image in enumerate(gt["images"]):
+        if not isinstance(image, dict) or "id" not in image:
+            raise ValueError(f"ground-truth images[{i}] has no 'id'")
+    image_ids = {image["id"] for image in gt["images"]}
+    for what, entries in (("images", gt["images"]), ("annotations", gt["annotations"])):
+        repeated = sorted(str(i) for i, n in Counter(entry["id"] for entry in entries).items() if n > 1)
+        if repeated:
+            raise ValueError(f"ground-truth {what} ids must be unique, repeated: {', '.join(repeated[:5])}")
+    for i, ann in enumerate(gt["annotations"]):
+        if ann["image_id"] not in image_ids:
+            raise ValueError(f"ground-truth annotations[{i}] has image_id {ann['image_id']}, not in 'images'")
     return num_keypoints
 
 
