@@ -92,10 +92,10 @@ def register_synthetic_datasets(
     entries = [(SYNTHETIC_DATASET_NAMES[split], split, version) for split in sizes]
     entries += [(f"synthetic_persons_v{k}_{split}", split, k) for k in sorted(RENDERERS) for split in sizes]
     for name, split, k in entries:
-        unregister_dataset(name)
         args = (name, root, split, sizes[split], int(seed), int(image_size), k)
+        paths = synthetic_split_paths(*args[1:])  # first: a bad spec raises before the catalog changes
+        unregister_dataset(name)
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
-        paths = synthetic_split_paths(*args[1:])
         MetadataCatalog.get(name).set(
             json_file=paths["json_file"],
             image_root=paths["image_root"],
