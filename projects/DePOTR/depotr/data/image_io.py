@@ -49,7 +49,8 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
     """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`), EXIF orientation applied.
 
     JPEGs are decoded by PIL, as Detectron2's ``read_image`` does, because PIL reports a truncated
-    JPEG where OpenCV decodes a part and only warns; other files by OpenCV (any depth and colour).
+    JPEG where OpenCV decodes a part and only warns; other files by OpenCV (any depth and colour),
+    and those OpenCV cannot decode (GIF, a TIFF with an EXIF orientation) by PIL.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a folder).
@@ -64,6 +65,8 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
     image = _read_jpeg_bgr(name)
     if image is None:
         image = cv2.imread(name, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        image = _read_pil_bgr(name)
     if image is None:
         raise ValueError(f"cannot decode image file {name!r} (corrupt or not an image)")
     try:
@@ -94,3 +97,16 @@ def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
         return None
     except OSError as e:
         raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e
+
+
+def _read_pil_bgr(path: str) -> Optional[np.ndarray]:
+    """A file OpenCV cannot decode, read by Detectron2's ``read_image`` (PIL, EXIF orientation
+    applied): (H, W, 3) BGR uint8; None when PIL cannot read it either."""
+    from PIL import Image
+
+    from detectron2.data.detection_utils import read_image
+
+    try:
+        return read_image(path, format="BGR")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
