@@ -97,6 +97,10 @@ def test_generator_version_selects_the_data_and_every_version_is_registered(tmp_
     with open(json_files["synthetic_persons_val"]) as f:
         assert all("framing" in a["synthetic"] for a in json.load(f)["annotations"])  # v4's fields
     assert len(DatasetCatalog.get("synthetic_persons_v3_train")) == 2
+    # The MPII files are made of the same version's persons (they were always version 3's).
+    mpii_val = MetadataCatalog.get("synthetic_mpii_val")
+    assert mpii_val.json_file == str(root / "mpii-r2-val-n2-s0-256px-v4r2" / "valid.json")
+    assert mpii_val.image_root == str(root / "val-n2-s0-256px-v4r2" / "images")
     with pytest.raises(ValueError, match="generator version 5"):
         register_synthetic_datasets(str(root), 2, 2, seed=0, version=5)
 

@@ -78,8 +78,8 @@ def register_synthetic_datasets(
 ) -> None:
     """(Re)registers ``synthetic_persons_train`` / ``_val`` (generator ``version``),
     ``synthetic_persons_v<k>_train`` / ``_val`` (every generator version k) and
-    ``synthetic_mpii_train`` / ``_val``. Cheap: images are generated (or a complete cache reused)
-    on the first ``DatasetCatalog.get``.
+    ``synthetic_mpii_train`` / ``_val`` (generator ``version``). Cheap: images are generated (or a
+    complete cache reused) on the first ``DatasetCatalog.get``.
 
     Args:
         root: ``DATASETS.SYNTHETIC.ROOT`` (see :func:`resolve_synthetic_root`).
@@ -102,7 +102,7 @@ def register_synthetic_datasets(
             evaluator_type="coco",
             **coco_person_metadata(),
         )
-    register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size)
+    register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size, version)
 
 
 def register_synthetic_datasets_from_cfg(cfg) -> None:
