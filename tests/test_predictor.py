@@ -232,14 +232,16 @@ def test_image_files_of_other_layouts(predictor, tmp_path, name):
     assert_same_instances(predictor(path), predictor(expected), atol=0)
 
 
-def test_exif_orientation_is_applied(tmp_path):
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
+def test_exif_orientation_is_applied(tmp_path, ext):
+    """As Detectron2's read_image (and so the dataset mapper) applies it; OpenCV ignored a WebP's."""
     from PIL import Image
 
     image = Image.fromarray(astronaut_bgr(64, 48)[:, :, ::-1].copy())
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
-    assert read_image_bgr(tmp_path / "rotated.jpg").shape == (48, 64, 3)
+    image.save(tmp_path / f"rotated.{ext}", exif=exif.tobytes())
+    assert read_image_bgr(tmp_path / f"rotated.{ext}").shape == (48, 64, 3)
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,45 @@ def test_image_format(tmp_path, fmt, channel):
     assert out["image"][channel].float().mean() == 200
 
 
+_GREY16 = np.linspace(0, 65535, H * W).reshape(H, W).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [_GREY16, np.dstack([_GREY16, _GREY16[::-1], 65535 - _GREY16]), (_GREY16 // 257).astype(np.uint8)],
+    ids=["grey16", "colour16", "grey8"],
+)
+@pytest.mark.parametrize("fmt", ["BGR", "RGB"])
+def test_16_bit_and_grey_pngs_read_as_the_predictor_reads_them(tmp_path, image, fmt):
+    """A 16-bit PNG is scaled to 8 bits (Detectron2's read_image saturated a grey one to white),
+    grey is repeated: the same pixels as the Predictor's read_image_bgr, in INPUT.FORMAT's order."""
+    out = DePOTRDatasetMapper(is_train=False, image_format=fmt)(_dict(tmp_path, image))
+    bgr = image if image.ndim == 3 else np.repeat(image[..., None], 3, 2)
+    bgr = ((bgr.astype(np.int64) + 128) // 257).astype(np.uint8) if image.dtype == np.uint16 else bgr
+    expected = bgr if fmt == "BGR" else bgr[..., ::-1]
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("ext", ["gif", "tif"])
+def test_files_opencv_cannot_decode_are_read_by_pil(tmp_path, ext):
+    """A GIF, and a TIFF with an EXIF orientation tag (OpenCV 4.11 fails on it), are read as
+    Detectron2's read_image reads them."""
+    from PIL import Image
+
+    from detectron2.data.detection_utils import read_image
+
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:20, :30] = (255, 0, 0)
+    rgb[50:, 60:] = (0, 0, 255)
+    path = tmp_path / f"img.{ext}"
+    exif = Image.Image().getexif()
+    exif[0x0112] = 6  # an orientation tag (which PIL does not apply to a TIFF)
+    Image.fromarray(rgb).save(path, exif=exif)
+    d = {"file_name": str(path), "image_id": 1, "height": H, "width": W}
+    out = DePOTRDatasetMapper(is_train=False, image_format="RGB")(d)
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), read_image(str(path), format="RGB"))
+
+
 def test_empty_annotations(tmp_path):
     out = DePOTRDatasetMapper(is_train=True, augmentation=build_photometric_augmentation())(_dict(tmp_path))
     assert len(out["instances"]) == 0 and out["instances"].gt_keypoints.tensor.shape == (0, K, 3)

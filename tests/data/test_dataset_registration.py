@@ -57,6 +57,25 @@ def test_register_and_get(tmp_path, restore_synthetic_registration):
     assert len(DatasetCatalog.get("synthetic_persons_train")) == 5
 
 
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(seed=-1), "DATASETS.SYNTHETIC.SEED must be an integer >= 0, got -1"),
+        (dict(num_train=-2), "number of train images must be an integer >= 0, got -2"),
+        (dict(image_size=0), "image size must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_spec_is_an_error_naming_the_field_and_keeps_the_registration(tmp_path, kwargs, field):
+    """A negative seed was registered and failed on the first get with NumPy's "expected
+    non-negative integer"; now registration raises before the catalog changes."""
+    before = MetadataCatalog.get("synthetic_persons_train").json_file
+    spec = {**dict(root=str(tmp_path), num_train=2, num_val=2, seed=0), **kwargs}
+    with pytest.raises(ValueError, match=field):
+        register_synthetic_datasets(**spec)
+    assert MetadataCatalog.get("synthetic_persons_train").json_file == before
+    assert not os.listdir(tmp_path)
+
+
 def test_reregistration_replaces_the_earlier_one(tmp_path, restore_synthetic_registration):
     register_synthetic_datasets(str(tmp_path / "a"), 2, 2, seed=0)
     register_synthetic_datasets(str(tmp_path / "b"), 2, 4, seed=0)
@@ -78,6 +97,10 @@ def test_generator_version_selects_the_data_and_every_version_is_registered(tmp_
     with open(json_files["synthetic_persons_val"]) as f:
         assert all("framing" in a["synthetic"] for a in json.load(f)["annotations"])  # v4's fields
     assert len(DatasetCatalog.get("synthetic_persons_v3_train")) == 2
+    # The MPII files are made of the same version's persons (they were always version 3's).
+    mpii_val = MetadataCatalog.get("synthetic_mpii_val")
+    assert mpii_val.json_file == str(root / "mpii-r2-val-n2-s0-256px-v4r2" / "valid.json")
+    assert mpii_val.image_root == str(root / "val-n2-s0-256px-v4r2" / "images")
     with pytest.raises(ValueError, match="generator version 5"):
         register_synthetic_datasets(str(root), 2, 2, seed=0, version=5)
 

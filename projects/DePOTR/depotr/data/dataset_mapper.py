@@ -19,11 +19,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import albumentations as A
 import numpy as np
 import torch
+from PIL import Image
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
 
+from .image_io import read_image_bgr
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -134,8 +136,11 @@ class DePOTRDatasetMapper:
         }
 
     def _read_image(self, file_name: str) -> Optional[np.ndarray]:
+        """The image (H, W, C) uint8 in ``image_format``, decoded as the ``Predictor`` does
+        (:func:`~depotr.data.image_io.read_image_bgr`: 16-bit images scaled to 8 bits, grey repeated,
+        alpha dropped); None for an unreadable training image."""
         try:
-            return utils.read_image(file_name, format=self.image_format)
+            image = read_image_bgr(file_name)
         except (OSError, ValueError, SyntaxError) as e:
             if not self.is_train:
                 raise OSError(f"cannot read image {file_name}: {e}") from e
@@ -145,6 +150,9 @@ class DePOTRDatasetMapper:
                 f"{self.num_skipped_images} skipped so far in this process."
             )
             return None
+        if self.image_format == "BGR":
+            return image
+        return utils.convert_PIL_to_numpy(Image.fromarray(image[:, :, ::-1]), self.image_format)
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """

@@ -78,8 +78,8 @@ def register_synthetic_datasets(
 ) -> None:
     """(Re)registers ``synthetic_persons_train`` / ``_val`` (generator ``version``),
     ``synthetic_persons_v<k>_train`` / ``_val`` (every generator version k) and
-    ``synthetic_mpii_train`` / ``_val``. Cheap: images are generated (or a complete cache reused)
-    on the first ``DatasetCatalog.get``.
+    ``synthetic_mpii_train`` / ``_val`` (generator ``version``). Cheap: images are generated (or a
+    complete cache reused) on the first ``DatasetCatalog.get``.
 
     Args:
         root: ``DATASETS.SYNTHETIC.ROOT`` (see :func:`resolve_synthetic_root`).
@@ -92,17 +92,17 @@ def register_synthetic_datasets(
     entries = [(SYNTHETIC_DATASET_NAMES[split], split, version) for split in sizes]
     entries += [(f"synthetic_persons_v{k}_{split}", split, k) for k in sorted(RENDERERS) for split in sizes]
     for name, split, k in entries:
-        unregister_dataset(name)
         args = (name, root, split, sizes[split], int(seed), int(image_size), k)
+        paths = synthetic_split_paths(*args[1:])  # first: a bad spec raises before the catalog changes
+        unregister_dataset(name)
         DatasetCatalog.register(name, lambda args=args: _load_synthetic_split(*args))
-        paths = synthetic_split_paths(*args[1:])
         MetadataCatalog.get(name).set(
             json_file=paths["json_file"],
             image_root=paths["image_root"],
             evaluator_type="coco",
             **coco_person_metadata(),
         )
-    register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size)
+    register_synthetic_mpii_datasets(root, num_train, num_val, seed, image_size, version)
 
 
 def register_synthetic_datasets_from_cfg(cfg) -> None:

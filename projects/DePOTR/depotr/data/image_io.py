@@ -48,12 +48,14 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
 def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
     """Reads an image file as (H, W, 3) uint8 BGR (:func:`to_bgr_uint8`), EXIF orientation applied.
 
-    JPEGs are decoded by PIL, as Detectron2's ``read_image`` does, because PIL reports a truncated
-    JPEG where OpenCV decodes a part and only warns; other files by OpenCV (any depth and colour).
+    JPEGs and WebPs are decoded by PIL, as Detectron2's ``read_image`` does, because PIL reports a
+    truncated JPEG where OpenCV decodes a part and only warns, and OpenCV ignores a WebP's EXIF
+    orientation; other files by OpenCV (any depth and colour), and those OpenCV cannot decode (GIF,
+    a TIFF with an EXIF orientation tag) by PIL.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (IsADirectoryError: it is a folder).
-        ValueError: the file cannot be decoded, is a truncated or corrupt JPEG, or decodes to an
+        ValueError: the file cannot be decoded, is a truncated or corrupt JPEG / WebP, or decodes to an
             array :func:`to_bgr_uint8` rejects.
     """
     name = os.fspath(path)
@@ -61,9 +63,11 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
         raise IsADirectoryError(f"{name!r} is a folder, not an image file")
     if not os.path.isfile(name):
         raise FileNotFoundError(f"image file {name!r} does not exist")
-    image = _read_jpeg_bgr(name)
+    image = _read_jpeg_or_webp_bgr(name)
     if image is None:
         image = cv2.imread(name, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        image = _read_pil_bgr(name)
     if image is None:
         raise ValueError(f"cannot decode image file {name!r} (corrupt or not an image)")
     try:
@@ -75,13 +79,18 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
 _JPEG_START = b"\xff\xd8\xff"
 
 
-def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
-    """A JPEG decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied): (H, W, 3) BGR
-    uint8; None when ``path`` is no JPEG or too large for PIL (left to OpenCV); ValueError when
-    truncated or corrupt."""
+def _read_jpeg_or_webp_bgr(path: str) -> Optional[np.ndarray]:
+    """A JPEG or WebP decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied):
+    (H, W, 3) BGR uint8; None when ``path`` is neither or too large for PIL (left to OpenCV);
+    ValueError when truncated or corrupt."""
     with open(path, "rb") as f:
-        if f.read(3) != _JPEG_START:
-            return None
+        head = f.read(12)
+    if head[:3] == _JPEG_START:
+        kind = "JPEG"
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    else:
+        return None
     from PIL import Image
 
     from detectron2.data.detection_utils import read_image
@@ -93,4 +102,17 @@ def _read_jpeg_bgr(path: str) -> Optional[np.ndarray]:
     except Image.DecompressionBombError:
         return None
     except OSError as e:
-        raise ValueError(f"JPEG file {path!r} is truncated or corrupt ({e})") from e
+        raise ValueError(f"{kind} file {path!r} is truncated or corrupt ({e})") from e
+
+
+def _read_pil_bgr(path: str) -> Optional[np.ndarray]:
+    """A file OpenCV cannot decode, read by Detectron2's ``read_image`` (PIL, EXIF orientation
+    applied): (H, W, 3) BGR uint8; None when PIL cannot read it either."""
+    from PIL import Image
+
+    from detectron2.data.detection_utils import read_image
+
+    try:
+        return read_image(path, format="BGR")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

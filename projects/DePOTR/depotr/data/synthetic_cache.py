@@ -65,8 +65,16 @@ def synthetic_entry_name(
     split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE, version: int = GENERATOR_VERSION
 ) -> str:
     """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v3`` or ``val-n200-s0-256px-v4r2``
-    (the version's revision when above 1, :data:`GENERATOR_REVISIONS`)."""
+    (the version's revision when above 1, :data:`GENERATOR_REVISIONS`). Raises ValueError naming
+    the field when the seed or the number of images is negative or the image size below 1."""
     version = check_generator_version(version)
+    for field, value, low in (
+        ("DATASETS.SYNTHETIC.SEED", seed, 0),
+        (f"number of {split} images", num_images, 0),
+        ("image size", image_size, 1),
+    ):
+        if int(value) < low:
+            raise ValueError(f"synthetic dataset: {field} must be an integer >= {low}, got {value!r}")
     revision = GENERATOR_REVISIONS[version]
     return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{version}" + (
         f"r{revision}" if revision > 1 else ""

@@ -28,6 +28,7 @@ from scipy.io import savemat
 from ..file_io import atomic_write
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES
 from .mpii import register_mpii
+from .synthetic import GENERATOR_VERSION
 from .synthetic_cache import ensure_synthetic_split, synthetic_split_paths
 
 logger = logging.getLogger(__name__)
@@ -123,9 +124,12 @@ def _write_gt_mat(path: str, entries: List[Dict[str, Any]], head_boxes: List[np.
     atomic_write(path, lambda f: savemat(f, mat))
 
 
-def synthetic_mpii_paths(root: str, split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
-    """``json_file``, ``gt_mat_file`` (None for train) and ``image_root`` of a spec's MPII files."""
-    paths = synthetic_split_paths(root, split, num_images, seed, image_size)
+def synthetic_mpii_paths(
+    root: str, split: str, num_images: int, seed: int, image_size: int, version: int = GENERATOR_VERSION
+) -> Dict[str, Any]:
+    """``json_file``, ``gt_mat_file`` (None for train) and ``image_root`` of a spec's MPII files
+    (generator ``version``)."""
+    paths = synthetic_split_paths(root, split, num_images, seed, image_size, version)
     folder = os.path.join(root, "mpii-r2-" + os.path.basename(paths["split_dir"]))
     val = split == "val"
     return {
@@ -135,13 +139,15 @@ def synthetic_mpii_paths(root: str, split: str, num_images: int, seed: int, imag
     }
 
 
-def ensure_synthetic_mpii_split(root: str, split: str, num_images: int, seed: int, image_size: int) -> Dict[str, Any]:
+def ensure_synthetic_mpii_split(
+    root: str, split: str, num_images: int, seed: int, image_size: int, version: int = GENERATOR_VERSION
+) -> Dict[str, Any]:
     """Makes (or reuses) the MPII files of a synthetic spec (generating the spec's COCO split
-    first if needed); returns :func:`synthetic_mpii_paths`."""
-    paths = synthetic_mpii_paths(root, split, num_images, seed, image_size)
+    with generator ``version`` first if needed); returns :func:`synthetic_mpii_paths`."""
+    paths = synthetic_mpii_paths(root, split, num_images, seed, image_size, version)
     if os.path.isfile(paths["json_file"]):
         return paths
-    with open(ensure_synthetic_split(root, split, num_images, seed, image_size)) as f:
+    with open(ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)) as f:
         coco = json.load(f)
     entries, head_boxes, stats = _convert(coco, keep_without_head_box=split != "val")
     os.makedirs(os.path.dirname(paths["json_file"]), exist_ok=True)
@@ -156,11 +162,13 @@ def ensure_synthetic_mpii_split(root: str, split: str, num_images: int, seed: in
     return paths
 
 
-def register_synthetic_mpii_datasets(root: str, num_train: int, num_val: int, seed: int, image_size: int) -> None:
-    """(Re)registers ``synthetic_mpii_train`` / ``_val``; files are made on the first
-    ``DatasetCatalog.get``. ``root`` as resolved by ``resolve_synthetic_root``."""
+def register_synthetic_mpii_datasets(
+    root: str, num_train: int, num_val: int, seed: int, image_size: int, version: int = GENERATOR_VERSION
+) -> None:
+    """(Re)registers ``synthetic_mpii_train`` / ``_val`` (the persons of generator ``version``);
+    files are made on the first ``DatasetCatalog.get``. ``root`` as resolved by ``resolve_synthetic_root``."""
     for split, num_images in (("train", num_train), ("val", num_val)):
-        spec = (root, split, int(num_images), int(seed), int(image_size))
+        spec = (root, split, int(num_images), int(seed), int(image_size), int(version))
         paths = synthetic_mpii_paths(*spec)
         register_mpii(
             SYNTHETIC_MPII_DATASET_NAMES[split],
