@@ -370,4 +370,5 @@ def _coco_dict(dataset_dicts: Sequence[Dict[str, Any]], names: Sequence[str]) ->
                 {"id": len(annotations) + 1, "image_id": d["image_id"], "bbox": box, "area": box[2] * box[3],
                  "keypoints": list(anno["keypoints"]), "iscrowd": 0, "num_keypoints": 0, "category_id": 1}
             )  # fmt: skip
-    return {"images": [], "annotations": annotations, "categories": [{"id": 1, "keypoints": list(names)}]}
+    images = [{"id": d["image_id"], "height": d["height"], "width": d["width"]} for d in dataset_dicts]
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "keypoints": list(names)}]}
