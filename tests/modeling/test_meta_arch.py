@@ -309,6 +309,18 @@ def test_inference_box_crossing_border_is_clipped_and_inputs_unchanged():
     torch.testing.assert_close(inst.pred_keypoints[0, :, :2], torch.tensor([30.0, 68.0]).expand(K, 2))
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("layout", ["HWC", "gray", "HW"])
+def test_image_of_wrong_layout_is_named(training, layout):
+    """An (H, W, 3) or one-channel image raised a RuntimeError of the crop's arithmetic."""
+    g = torch.Generator().manual_seed(9)
+    x = make_input("img7", 2, g, size=(48, 64))
+    x["image"] = {"HWC": x["image"].permute(1, 2, 0), "gray": x["image"][:1], "HW": x["image"][0]}[layout]
+    model = make_model(box_source=GtBoxes()).train(training)
+    with pytest.raises(ValueError, match=r"image 'img7'.*\(3, H, W\) tensor in RGB order.*got shape"):
+        model([x])
+
+
 @pytest.mark.parametrize("scale", [1e3, 1e30], ids=["1e3", "1e30"])
 def test_inference_keeps_keypoints_of_huge_boxes_near_the_image_and_reports_boxes_outside(scale, caplog):
     g = torch.Generator().manual_seed(6)

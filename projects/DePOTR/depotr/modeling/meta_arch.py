@@ -213,6 +213,7 @@ class TopDownPoseEstimator(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
 
+        self._check_images(batched_inputs)
         params, keypoints = [], []
         for x, (boxes, _, index) in zip(batched_inputs, self.train_box_source(batched_inputs)):
             boxes = boxes.to(self.device)
@@ -235,6 +236,18 @@ class TopDownPoseEstimator(nn.Module):
             losses = {k: v + zero for k, v in losses.items()}
         return losses
 
+    def _check_images(self, batched_inputs: List[Dict[str, Any]]) -> None:
+        """A ValueError naming the image unless every ``image`` is (C, Hi, Wi) with the C channels
+        of ``pixel_mean`` (an (Hi, Wi, C) or one-channel image failed in the crop's arithmetic)."""
+        channels = len(self.pixel_mean)
+        for x in batched_inputs:
+            shape = tuple(x["image"].shape)
+            if len(shape) != 3 or shape[0] != channels:
+                raise ValueError(
+                    f"image {x.get('image_id')!r}: batched_input['image'] must be a ({channels}, H, W) tensor "
+                    f"in {self.input_format} order ({channels} channels as MODEL.PIXEL_MEAN), got shape {shape}"
+                )
+
     def crop(self, batched_inputs: List[Dict[str, Any]], params: List[Tensor]) -> Tensor:
         """The (N, C, H, W) float32 normalised ((image - pixel_mean) / pixel_std) crops of the B
         inputs' ``image``s (any dtype and size) at the B (N_b, 6) crop parameters, image by image;
@@ -249,6 +262,7 @@ class TopDownPoseEstimator(nn.Module):
     ) -> List[Dict[str, Instances]]:
         """Inference part of :meth:`forward` (same inputs and outputs). With
         ``do_postprocess=False`` the Instances are in the size of the input image tensors."""
+        self._check_images(batched_inputs)
         person_boxes = [[t.to(self.device) for t in found] for found in self.box_source(batched_inputs)]
         params = [box_crop_params(boxes, self.crop_size, self.crop_padding) for boxes, _, _ in person_boxes]
         crops = self.crop(batched_inputs, params)
