@@ -23,6 +23,7 @@ ENTRY_POINTS = {
     "export": os.path.join("tools", "export_model.py"),
     "visualize": os.path.join("tools", "visualize_predictions.py"),
     "analyze": os.path.join("tools", "analyze_results.py"),
+    "evaluate_mpii": os.path.join("tools", "evaluate_mpii.py"),
 }
 
 
@@ -96,6 +97,7 @@ def test_config_typo_is_one_line_and_status_2_in_every_entry_point(name, tmp_pat
         "export": ["--output", str(tmp_path / "out")],
         "visualize": ["--output", str(tmp_path / "out")],
         "analyze": [],
+        "evaluate_mpii": ["--mean-pose-baseline"],
     }[name]
     status = run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "TEST.FLIPP", "True"])
     err = capsys.readouterr().err

@@ -15,19 +15,13 @@ baseline: ``depotr.evaluation.baselines``).
 import argparse
 import sys
 
-from depotr.cli import ConfigError, run_main
-from depotr.evaluation.pckh import (
-    format_pckh_table,
-    load_mpii_gt_mat,
-    load_mpii_predictions_mat,
-    mean_pose_pckh_baseline,
-    pckh_table,
-)
+from depotr.cli import ConfigError, add_config_arguments, config_overrides, parse_command_line, run_main
 
 
 def _baseline_table(config_file: str, opts) -> dict:
     from depotr.config import load_depotr_config
     from depotr.data import register_synthetic_datasets_from_cfg
+    from depotr.evaluation.pckh import mean_pose_pckh_baseline
 
     cfg = load_depotr_config(config_file, opts)
     register_synthetic_datasets_from_cfg(cfg)
@@ -39,16 +33,17 @@ def main(argv=None) -> int:
     parser.add_argument("--gt", help="the official gt_valid.mat")
     parser.add_argument("--pred", help="pred.mat with preds (P, 16, 2), 0-based pixels")
     parser.add_argument("--mean-pose-baseline", action="store_true", help="PCKh of the mean pose of --config-file")
-    parser.add_argument("--config-file", help="a config whose TRAIN[0] / TEST[0] are MPII-format datasets")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides")
-    args = parser.parse_args(argv)
+    add_config_arguments(parser, config_required=False, random_weights=False)  # for --mean-pose-baseline
+    args = parse_command_line(parser, argv)
     if args.mean_pose_baseline and not args.config_file:
         parser.error("--mean-pose-baseline needs --config-file")
     if not args.mean_pose_baseline and not (args.gt and args.pred):
         parser.error("give --gt and --pred (or --mean-pose-baseline --config-file)")
+    from depotr.evaluation.pckh import format_pckh_table, load_mpii_gt_mat, load_mpii_predictions_mat, pckh_table
+
     try:
         if args.mean_pose_baseline:
-            table = _baseline_table(args.config_file, args.opts)
+            table = _baseline_table(args.config_file, config_overrides(args))
         else:
             gt = load_mpii_gt_mat(args.gt)
             table = pckh_table(load_mpii_predictions_mat(args.pred, len(gt.positions)), gt)

@@ -132,8 +132,12 @@ def test_tool_errors_name_the_file_in_one_line(tmp_path, capsys):
         assert err.startswith(f"evaluate_mpii: {what} {tmp_path / 'notes.mat'}: cannot read it as a .mat file (")
         assert len(err.splitlines()) == 1
     config = os.path.join(REPO, "configs", "depotr_hm_r18_synthetic_mpii.yaml")
-    assert run_main(main, ["--mean-pose-baseline", "--config-file", config, "TEST.FLIPP", "True"]) == 2
-    assert capsys.readouterr().err == "error: unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP?\n"
+    for overrides in (["TEST.FLIPP", "True"], ["--opts", "TEST.FLIPP", "True"]):  # bare or after --opts (docs/tools.md)
+        assert run_main(main, ["--mean-pose-baseline", "--config-file", config, *overrides]) == 2
+        assert (
+            capsys.readouterr().err
+            == "error: unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP?\n"
+        )
 
 
 def _loadmat_fields(path):
