@@ -335,6 +335,7 @@ USER_SCRIPT = """
 import os, sys
 sys.path.insert(0, {repo!r})
 import train_net
+from depotr.cli import run_main
 from depotr.data import register_keypoint_dataset
 
 # At module level: every process train_net launches (spawned, --num-gpus 2) imports this file
@@ -348,14 +349,14 @@ for split in ("train", "val"):
     )
 
 if __name__ == "__main__":
-    sys.exit(train_net.cli())
+    sys.exit(run_main(train_net.cli))
 """
 
 
 @pytest.mark.slow
 def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path):
     """docs/datasets.md's recipe: a script that registers the dataset at module level and calls
-    train_net.cli() trains with --num-gpus 2 (two CPU processes) and evaluates."""
+    run_main(train_net.cli) trains with --num-gpus 2 (two CPU processes) and evaluates."""
     import subprocess
     import sys
 
