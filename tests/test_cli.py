@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "visualize": os.path.join("tools", "visualize_predictions.py"),
     "analyze": os.path.join("tools", "analyze_results.py"),
     "evaluate_mpii": os.path.join("tools", "evaluate_mpii.py"),
+    "draw_photos": os.path.join("tools", "draw_photos.py"),
 }
 
 
@@ -98,6 +99,7 @@ def test_config_typo_is_one_line_and_status_2_in_every_entry_point(name, tmp_pat
         "visualize": ["--output", str(tmp_path / "out")],
         "analyze": [],
         "evaluate_mpii": ["--mean-pose-baseline"],
+        "draw_photos": ["--output", str(tmp_path / "photos.png")],
     }[name]
     status = run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "TEST.FLIPP", "True"])
     err = capsys.readouterr().err

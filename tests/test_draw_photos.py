@@ -75,7 +75,9 @@ def test_bad_output_and_height_are_errors_before_the_model_runs(tmp_path, capsys
     """The friction: after the model ran, a missing --output folder was a FileNotFoundError naming
     the temporary file (.tmp-...-p.png), and --height 0 an OpenCV assertion in resize."""
     tool = _tool()
-    monkeypatch.setattr(tool, "Predictor", lambda *a, **k: pytest.fail("the model was built before the check"))
+    monkeypatch.setattr(
+        "depotr.predictor.Predictor", lambda *a, **k: pytest.fail("the model was built before the check")
+    )
     with pytest.raises(SystemExit):
         tool.main(["--config-file", CONFIG, "--random-weights", "--output", str(tmp_path / output)] + extra)
     assert message.format(tmp=tmp_path) in capsys.readouterr().err

@@ -15,19 +15,17 @@ by side at a common height with Detectron2's ``Visualizer`` into one PNG (writte
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
 
-from detectron2.data import Metadata
-from detectron2.utils.visualizer import Visualizer
-
+# torch and Detectron2 are imported once the arguments are parsed (a fast --help)
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.config import load_depotr_config
-from depotr.data import drawing_metadata
 from depotr.file_io import atomic_write, output_problem
-from depotr.predictor import Predictor
+
+if TYPE_CHECKING:
+    from depotr.predictor import Predictor
 
 
 def _astronaut() -> np.ndarray:
@@ -58,8 +56,14 @@ PHOTOS: Dict[str, Callable[[], np.ndarray]] = {
 }
 
 
-def draw_photo(predictor: Predictor, image_rgb: np.ndarray, box: Optional[List[float]], height: int) -> np.ndarray:
-    """(height, W', 3) uint8 RGB: ``image_rgb`` with the predicted skeletons, scaled to ``height``."""
+def draw_photo(predictor: "Predictor", image_rgb: np.ndarray, box: Optional[List[float]], height: int) -> np.ndarray:
+    """(height, W', 3) uint8 RGB: ``image_rgb`` with the predicted skeletons, scaled to ``height``
+    by ``predictor`` (a ``depotr.Predictor``)."""
+    from detectron2.data import Metadata
+    from detectron2.utils.visualizer import Visualizer
+
+    from depotr.data import drawing_metadata
+
     instances = predictor(image_rgb[:, :, ::-1].copy(), None if box is None else [box])
     metadata = Metadata(name="depotr_photos").set(**drawing_metadata(predictor.cfg))
     drawn = Visualizer(image_rgb, metadata, scale=1.0).draw_instance_predictions(instances).get_image()
@@ -92,6 +96,9 @@ def main(argv=None) -> int:
         parser.error(f"--output {args.output}: {problem}")
     if args.height < 1:
         parser.error(f"--height must be >= 1, got {args.height}")
+    from depotr.config import load_depotr_config
+    from depotr.predictor import Predictor
+
     predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
     panels = [draw_photo(predictor, PHOTOS[name](), boxes.get(name), args.height) for name in args.photos]
     ok, png = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
