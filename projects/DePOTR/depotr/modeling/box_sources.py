@@ -8,7 +8,8 @@ Every source returns per image a :class:`PersonBoxes` under ONE policy, applied 
 
 1. Malformed boxes are input errors, before any filter: boxes not (N, 4), scores not (N,) or not
    finite, a box not finite or of width or height <= 0 raise a ValueError naming the image id, the
-   source and the box index (:func:`check_boxes`).
+   source and the box index (:func:`check_boxes`). ``gt`` checks the boxes of the persons it
+   keeps (those with ``min_keypoints`` labelled keypoints); the others' boxes are never used.
 2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`), counting the drops in ``num_dropped``.
