@@ -111,10 +111,13 @@ def cli(argv=None) -> int:
     from depotr.engine.checkpoint import resume_checkpoint, weights_to_load
     from depotr.engine.detector import detector_weights_to_load
     from depotr.modeling.meta_arch import check_pose_config
+    from depotr.solver import check_training_schedule
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
     cfg = load_depotr_config(args.config_file, config_overrides(args))
     check_pose_config(cfg)
+    if not args.eval_only:
+        check_training_schedule(cfg, args.num_gpus * args.num_machines)
     # --resume without a last_checkpoint starts from MODEL.WEIGHTS; one naming a missing file is an error.
     resumes = args.resume and bool(resume_checkpoint(cfg.OUTPUT_DIR))
     if not resumes and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch

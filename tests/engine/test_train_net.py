@@ -146,6 +146,23 @@ def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got 0"),
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be a positive multiple of the 1 training"),
+    ],
+)
+def test_a_schedule_that_cannot_train_is_one_error_line(tmp_path, capsys, overrides, message):
+    """The friction: MAX_ITER 0 and IMS_PER_BATCH 0 ended in ZeroDivisionError tracebacks (the
+    warm-up fraction, the sampler's batch)."""
+    argv = ["--config-file", INSTANT_CONFIG, "--random-weights", "OUTPUT_DIR", str(tmp_path / "run")]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
+    argv += ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1", "SOLVER.IMS_PER_BATCH", "2", *overrides]
+    assert run_main(train_net.cli, argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {message}")
+
+
 @pytest.mark.parametrize("mode", ["--resume", "--eval-only"])
 def test_a_checkpoint_of_another_config_leaves_the_runs_config_yaml_alone(tmp_path, capsys, mode):
     """The friction: Detectron2's default_setup overwrote OUTPUT_DIR/config.yaml with the new config

@@ -10,6 +10,8 @@ from detectron2.solver import build_lr_scheduler as build_detectron2_lr_schedule
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
 
+from ..cli import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # Our schedules; any other LR_SCHEDULER_NAME goes to Detectron2's builder.
@@ -29,6 +31,20 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
     warmup_fraction = min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0)
     multiplier = WarmupParamScheduler(decay, cfg.SOLVER.WARMUP_FACTOR, warmup_fraction, cfg.SOLVER.WARMUP_METHOD)
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
+
+
+def check_training_schedule(cfg: CfgNode, world_size: int = 1) -> None:
+    """A ConfigError naming the key unless ``cfg`` can train on ``world_size`` processes:
+    ``SOLVER.IMS_PER_BATCH`` a positive multiple of ``world_size`` and, without an epoch schedule
+    (``MAX_EPOCHS`` <= 0), ``MAX_ITER`` >= 1 (0 ended in a ZeroDivisionError)."""
+    solver = cfg.SOLVER
+    if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH must be a positive multiple of the {world_size} training process(es), "
+            f"got {solver.IMS_PER_BATCH}"
+        )
+    if solver.MAX_EPOCHS <= 0 and solver.MAX_ITER < 1:
+        raise ConfigError(f"SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got {solver.MAX_ITER}")
 
 
 def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:
