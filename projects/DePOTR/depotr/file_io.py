@@ -12,7 +12,8 @@ import json
 import math
 import os
 import secrets
-from typing import Any, BinaryIO, Callable, Iterator, List, Optional
+from collections import Counter
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Optional
 
 __all__ = [
     "TEMPORARY_PREFIX",
@@ -23,6 +24,7 @@ __all__ = [
     "load_json_list",
     "output_problem",
     "remove_temporary_files",
+    "repeated_ids",
     "temporary_path",
 ]
 
@@ -106,6 +108,12 @@ def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{what} file {json_file}: expected a list of {items}, got {type(data).__name__}")
     return data
+
+
+def repeated_ids(ids: Iterable[Any]) -> List[str]:
+    """The ids (as sorted strings) that occur more than once in ``ids`` (e.g. a json's image ids:
+    Detectron2 and pycocotools index by id, and a repeated one silently merges two entries)."""
+    return sorted(str(i) for i, n in Counter(ids).items() if n > 1)
 
 
 def is_finite_number(value: Any) -> bool:

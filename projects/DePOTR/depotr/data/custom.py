@@ -9,7 +9,6 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
 
 import json
 import os
-from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..file_io import is_finite_number
+from ..file_io import is_finite_number, repeated_ids
 from .dataset_mapper import annotations_to_arrays
 from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
 
@@ -116,8 +115,7 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str], evaluat
             if missing:
                 what = f"{key}[{i}]" + (f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else "")
                 raise ValueError(f"{where}: {what} is missing field(s) {missing}")
-    image_ids = Counter(image["id"] for image in coco["images"])
-    repeated = sorted((str(i) for i, n in image_ids.items() if n > 1))
+    repeated = repeated_ids(image["id"] for image in coco["images"])
     if repeated:  # load_coco_json would keep one of the images and give it the annotations of all
         raise ValueError(f"{where}: image ids must be unique, repeated: {', '.join(repeated[:5])}")
     categories = coco["categories"]

@@ -48,7 +48,6 @@ class among the keypoints of the results matched to its persons (classified with
 import contextlib
 import copy
 import io
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -59,7 +58,7 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, table_flip_indices
 from ..data.person_bins import BINS, person_bins
-from ..file_io import is_finite_number
+from ..file_io import is_finite_number, repeated_ids
 from ..modeling.oks import keypoint_similarity
 
 METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -144,7 +143,7 @@ def check_ground_truth(gt: Dict[str, Any]) -> int:
             raise ValueError(f"ground-truth images[{i}] has no 'id'")
     image_ids = {image["id"] for image in gt["images"]}
     for what, entries in (("images", gt["images"]), ("annotations", gt["annotations"])):
-        repeated = sorted(str(i) for i, n in Counter(entry["id"] for entry in entries).items() if n > 1)
+        repeated = repeated_ids(entry["id"] for entry in entries)
         if repeated:
             raise ValueError(f"ground-truth {what} ids must be unique, repeated: {', '.join(repeated[:5])}")
     for i, ann in enumerate(gt["annotations"]):
