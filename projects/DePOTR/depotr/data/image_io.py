@@ -63,7 +63,8 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
         raise IsADirectoryError(f"{name!r} is a folder, not an image file")
     if not os.path.isfile(name):
         raise FileNotFoundError(f"image file {name!r} does not exist")
-    image = _read_jpeg_or_webp_bgr(name)
+    kind = _pil_first_kind(name)
+    image = _read_pil_bgr(name, kind) if kind else None
     if image is None:
         image = cv2.imread(name, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
@@ -79,18 +80,22 @@ def read_image_bgr(path: Union[str, os.PathLike]) -> np.ndarray:
 _JPEG_START = b"\xff\xd8\xff"
 
 
-def _read_jpeg_or_webp_bgr(path: str) -> Optional[np.ndarray]:
-    """A JPEG or WebP decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied):
-    (H, W, 3) BGR uint8; None when ``path`` is neither or too large for PIL (left to OpenCV);
-    ValueError when truncated or corrupt."""
+def _pil_first_kind(path: str) -> Optional[str]:
+    """ "JPEG" or "WebP" when ``path`` is one (read by PIL before OpenCV is tried), else None."""
     with open(path, "rb") as f:
         head = f.read(12)
     if head[:3] == _JPEG_START:
-        kind = "JPEG"
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        kind = "WebP"
-    else:
-        return None
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _read_pil_bgr(path: str, kind: Optional[str] = None) -> Optional[np.ndarray]:
+    """``path`` decoded by Detectron2's ``read_image`` (PIL, EXIF orientation applied): (H, W, 3)
+    BGR uint8; None when it is too large for PIL, or when PIL cannot read it and ``kind`` is None
+    (a file OpenCV could not decode either). With ``kind`` (:func:`_pil_first_kind`), a ValueError
+    when it is truncated or corrupt."""
     from PIL import Image
 
     from detectron2.data.detection_utils import read_image
@@ -101,18 +106,7 @@ def _read_jpeg_or_webp_bgr(path: str) -> Optional[np.ndarray]:
             return read_image(path, format="BGR")
     except Image.DecompressionBombError:
         return None
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        if kind is None:
+            return None
         raise ValueError(f"{kind} file {path!r} is truncated or corrupt ({e})") from e
-
-
-def _read_pil_bgr(path: str) -> Optional[np.ndarray]:
-    """A file OpenCV cannot decode, read by Detectron2's ``read_image`` (PIL, EXIF orientation
-    applied): (H, W, 3) BGR uint8; None when PIL cannot read it either."""
-    from PIL import Image
-
-    from detectron2.data.detection_utils import read_image
-
-    try:
-        return read_image(path, format="BGR")
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
