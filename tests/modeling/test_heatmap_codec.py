@@ -92,6 +92,36 @@ def test_sub_pixel_peak_errors_dark_below_0_1_and_shift_below_0_3_heatmap_pixels
     assert errors["shift"].mean() < errors["none"].mean()  # the shift helps on average
 
 
+@pytest.mark.parametrize("edge", ["left", "right", "top"])
+@pytest.mark.parametrize("distance", [1.3, 2.0, 3.0])
+def test_dark_near_border_bias_points_inward_and_stays_below_0_7_heatmap_pixels(edge, distance):
+    # A peak within the blur radius (3 sigma) of the border: the zero-padded blur (DarkPose's and
+    # mmpose's gaussian_blur) pulls it toward the centre, by at most 0.66 px (at 1.3 px from the
+    # edge) for sigma 2. Replicate padding errs outward instead, by up to 1.2 px (clamped steps).
+    sigma, height, width, stride = 2.0, 64, 48, 4
+    peak = {"left": (distance, 32.3), "right": (width - distance, 32.3), "top": (24.3, distance)}[edge]
+    inward, axis = {"left": (1, 0), "right": (-1, 0), "top": (1, 1)}[edge]
+    heatmaps = _rendered_gaussians(np.array([peak]), (height, width), sigma)
+    decoded = HeatmapCodec((height * stride, width * stride), stride, sigma, refine="dark").decode(heatmaps)
+    error = decoded[0, 0, :2].double().numpy() / stride - np.array(peak)  # heatmap pixels
+    assert 0 <= inward * error[axis] < 0.7
+    assert abs(error[1 - axis]) < 0.02  # the other axis is in the interior
+
+
+@pytest.mark.parametrize(
+    "peak, expected",
+    [((0.3, 32.3), (0.5, 32.5)), ((24.3, 32.3), (24.3, 32.3))],
+    ids=["on_border_pixel", "interior"],
+)
+def test_dark_keeps_the_argmax_centre_on_a_border_pixel_and_is_exact_inside(peak, expected):
+    # 0.3 px from the edge the maximum is on border pixel 0: neither axis is refined (the argmax
+    # pixel centre); in the interior DARK recovers the drawn centre (the round trip's 0.02 px).
+    sigma, height, width, stride = 2.0, 64, 48, 4
+    heatmaps = _rendered_gaussians(np.array([peak]), (height, width), sigma)
+    decoded = HeatmapCodec((height * stride, width * stride), stride, sigma, refine="dark").decode(heatmaps)
+    np.testing.assert_allclose(decoded[0, 0, :2].double().numpy() / stride, expected, atol=0.02)
+
+
 def test_shift_quarter_pixel_toward_higher_neighbour():
     heatmaps = torch.zeros(1, 2, 4, 5)
     heatmaps[0, 0, 1, 2], heatmaps[0, 0, 1, 3], heatmaps[0, 0, 0, 2] = 1.0, 0.5, 0.2  # right, up
