@@ -73,7 +73,7 @@ import numpy as np
 from tqdm import tqdm
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.file_io import atomic_output_path, atomic_write, temporary_path
+from depotr.file_io import atomic_output_path, atomic_write, output_problem
 
 if TYPE_CHECKING:  # torch and Detectron2 are imported after the arguments are parsed (fast --help)
     from detectron2.structures import Instances
@@ -268,23 +268,6 @@ def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId])
             if len(group) > 1
         ]
     return problems
-
-
-def check_writable(path: str, folder: bool) -> Optional[str]:
-    """Why ``path`` (a folder to write into, or a file to create) cannot be written; None if it
-    can. Creates the folder (or the file's folder) and a probe file that is removed at once."""
-    directory = path if folder else os.path.dirname(os.path.abspath(path))
-    try:
-        if not folder and os.path.isdir(path):
-            raise IsADirectoryError(f"{path} is a folder")
-        os.makedirs(directory, exist_ok=True)
-        probe = temporary_path(os.path.join(directory, "probe"))
-        with open(probe, "x"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        return str(e)
-    return None
 
 
 def image_id_from_path(path: str) -> Union[int, str]:
@@ -557,7 +540,7 @@ def check_inputs(
         )
         outputs.pop(0)  # not made a folder
     for flag, path, folder in outputs:
-        reason = check_writable(path, folder) if path else None
+        reason = output_problem(path, folder, create=True) if path else None  # makes the folders
         if reason is not None:
             problems.append(f"cannot write {flag} {path}: {reason}")
     return problems, paths, image_ids, boxes, category_id

@@ -220,7 +220,8 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
 def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
     assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])
     (tmp_path / "file").write_text("a file, not a folder")
-    for bad in (tmp_path / "file" / "keypoints.json", tmp_path):  # under a file; a folder
+    under_a_file = (tmp_path / "file" / "keypoints.json", f"its folder {tmp_path / 'file'} is not a folder")
+    for bad, reason in (under_a_file, (tmp_path, "it is a folder")):
         status = demo.main(
             [
                 "--config-file",
@@ -235,8 +236,10 @@ def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
             ]
         )
         assert status == 1
-        assert f"cannot write --save-json {bad}" in capsys.readouterr().err
+        assert f"cannot write --save-json {bad}: {reason}" in capsys.readouterr().err
         assert os.listdir(tmp_path / "out") == []  # no image was processed
+    assert run(demo, "--input", tmp_path / "person.png", "--output", tmp_path / "file") == 1
+    assert f"cannot write --output {tmp_path / 'file'}: it is not a folder" in capsys.readouterr().err
 
 
 def test_subfolders_are_skipped_and_truncated_jpegs_reported(demo, tmp_path, capsys):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from depotr.file_io import atomic_output_path, atomic_write, remove_temporary_files
+from depotr.file_io import atomic_output_path, atomic_write, output_problem, remove_temporary_files
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -59,3 +59,26 @@ def test_leftover_temporary_files_are_removed(tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"whole")
     assert sorted(remove_temporary_files(str(tmp_path))) == sorted(map(str, orphans))
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["inference", "model_final.pth"]
+
+
+def test_output_problem_of_files_and_folders_to_write_into(tmp_path):
+    (tmp_path / "file").write_text("a file")
+    missing = tmp_path / "missing" / "deeper"
+    assert output_problem(str(missing / "out.json")) == f"its folder {missing} does not exist"
+    assert not (tmp_path / "missing").exists()
+    assert output_problem(str(missing / "out.json"), create=True) is None and missing.is_dir()  # made
+    assert output_problem(str(tmp_path)) == "it is a folder"
+    assert output_problem(str(tmp_path / "file" / "out.json")) == f"its folder {tmp_path / 'file'} is not a folder"
+    # folder: the folder to write into itself.
+    assert output_problem(str(tmp_path / "out"), folder=True) == "it does not exist"
+    assert output_problem(str(tmp_path / "out"), folder=True, create=True) is None and (tmp_path / "out").is_dir()
+    assert output_problem(str(tmp_path / "file"), folder=True, create=True) == "it is not a folder"
+    made = output_problem(str(tmp_path / "file" / "out"), folder=True, create=True)
+    assert made.startswith("it cannot be made: ") and str(tmp_path / "file" / "out") in made
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_output_problem_of_a_read_only_folder(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert output_problem(str(tmp_path / "ro" / "out.json")) == f"its folder {tmp_path / 'ro'} is not writable"
+    assert output_problem(str(tmp_path / "ro"), folder=True) == "it is not writable"

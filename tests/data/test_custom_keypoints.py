@@ -16,12 +16,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
 import train_net
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data import fill_keypoint_config, register_keypoint_dataset
 from depotr.data.custom import DEFAULT_OKS_SIGMA, unregister_dataset
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
 
-from ..engine.conftest import instant_args
+from ..engine.conftest import INSTANT_CONFIG, instant_args
 
 # train_net.setup re-registers the synthetic datasets under the test's root: restore the defaults.
 pytestmark = pytest.mark.usefixtures("restore_synthetic_registration")
@@ -329,6 +330,51 @@ def test_half_body_on_a_non_human_skeleton_says_how_to_switch_it_off():
     with pytest.raises(ValueError, match=r"\['tip', 'left_wing', 'right_wing', 'centre', 'tail'\].*HALF_BODY_PROB 0"):
         upper_body_mask(KITE)
     assert upper_body_mask(["head", "neck", "left_ankle"]) == [True, True, False]  # CrowdPose names have halves
+
+
+def _half_body_cfg(names, flip_map, *opts):
+    """The instant config (random weights, CPU, no datasets) for keypoints ``names``, half-body on."""
+    return load_depotr_config(
+        INSTANT_CONFIG,
+        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+         "MODEL.DEPOTR.NUM_KEYPOINTS", len(names), "MODEL.DEPOTR.KEYPOINT_NAMES", list(names),
+         "MODEL.DEPOTR.KEYPOINT_FLIP_MAP", [list(pair) for pair in flip_map],
+         "INPUT.CROP_AUG.HALF_BODY_PROB", 0.3, *opts],
+    )  # fmt: skip
+
+
+def test_a_kite_config_with_half_body_on_predicts_and_exports(tmp_path):
+    """Half-body is a training augmentation: inference needs no body halves."""
+    from depotr import Predictor
+    from depotr.export import build_crop_keypoint_predictor
+
+    cfg = _half_body_cfg(KITE, KITE_FLIP, "TEST.KEYPOINT_OKS_SIGMAS", [0.05] * 5)
+    _, image_root = write_keypoint_dataset(tmp_path / "d", 1, KITE, 0)
+    instances = Predictor(cfg, random_weights=True)(os.path.join(image_root, "0.png"))
+    assert instances.pred_keypoints.shape == (1, 5, 3)
+    assert build_crop_keypoint_predictor(cfg, random_weights=True) is not None
+
+
+def test_training_with_half_body_on_a_kite_is_a_config_error(tmp_path, registered):
+    """train_net stops before the first iteration, naming the key and the keypoints without a half."""
+    train, val = registered("kite_halves", KITE, KITE_FLIP)
+    args = instant_args(str(tmp_path / "run"), str(tmp_path / "synthetic"), "DATASETS.TRAIN", f"('{train}',)",
+                        "DATASETS.TEST", f"('{val}',)", "INPUT.CROP_AUG.HALF_BODY_PROB", "0.3")  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(KITE))} have no body half.*HALF_BODY_PROB 0"):
+        train_net.main(args)
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_half_body_training_needs_both_halves_of_a_custom_skeleton():
+    from depotr.modeling.meta_arch import TopDownPoseEstimator
+
+    # Table names (CrowdPose's) in the skeleton's own order: the split is theirs.
+    names = ["left_ankle", "head", "right_ankle", "neck", "left_hip", "right_hip"]
+    flip_map = [("left_ankle", "right_ankle"), ("left_hip", "right_hip")]
+    half_body = TopDownPoseEstimator(_half_body_cfg(names, flip_map)).crop_augmentation.half_body
+    assert half_body.upper_body == [False, True, False, True, False, False]
+    with pytest.raises(ConfigError, match=r"HALF_BODY_PROB 0.3: .*none of the 3 is lower-body"):
+        TopDownPoseEstimator(_half_body_cfg(["head", "neck", "nose"], []))
 
 
 USER_SCRIPT = """

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
+from detectron2.modeling import META_ARCH_REGISTRY
 
 from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
@@ -140,14 +140,14 @@ def build_crop_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) ->
 
 def build_cpu_model(cfg: CfgNode, random_weights: bool = False) -> nn.Module:
     """``cfg``'s model built on the CPU in eval mode, ``MODEL.WEIGHTS`` loaded with
-    ``DePOTRCheckpointer`` (empty only with ``random_weights``: ``weights_to_load``); a ConfigError
-    for a config of another model (``check_pose_config``)."""
+    ``DePOTRCheckpointer`` (empty only with ``random_weights``: ``weights_to_load``), without the
+    training crop augmentation; a ConfigError for a config of another model (``check_pose_config``)."""
     check_pose_config(cfg)
     load_weights = weights_to_load(cfg.MODEL.WEIGHTS, random_weights)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
+    model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg, training=False)
     if load_weights:
         DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     log_device("cpu")

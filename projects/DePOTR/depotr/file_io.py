@@ -63,15 +63,25 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             write(f)
 
 
-def output_problem(path: str) -> Optional[str]:
-    """Why the file ``path`` cannot be written (a missing or read-only folder, a folder of that
-    name), or None: for tools to check their outputs before the work."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"its folder {folder} does not exist"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"its folder {folder} is not writable"
-    return "it is a folder" if os.path.isdir(path) else None
+def output_problem(path: str, folder: bool = False, create: bool = False) -> Optional[str]:
+    """Why the file ``path`` (with ``folder``: the folder ``path`` to write into) cannot be
+    written, or None: for tools to check their outputs before the work. Problems: a folder of the
+    file's name, a missing, read-only or non-folder folder. ``create``: a missing folder (and its
+    parents) is made, as the tool would, rather than a problem."""
+    directory = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+    where = "it" if folder else f"its folder {directory}"
+    if not folder and os.path.isdir(path):
+        return "it is a folder"
+    if create and not os.path.exists(directory):
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            return f"{where} cannot be made: {e.strerror} ({e.filename})"
+    if not os.path.isdir(directory):
+        return f"{where} {'is not a folder' if os.path.exists(directory) else 'does not exist'}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{where} is not writable"
+    return None
 
 
 def remove_temporary_files(directory: str) -> List[str]:

@@ -123,7 +123,8 @@ class Predictor:
             build_person_detector(self.cfg, random_weights) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
         )
         box_source = build_box_source(self.cfg, "precomputed", fallback=build_box_source(self.cfg, "whole_image"))
-        model = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)(self.cfg, box_source=box_source)
+        meta_arch = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)
+        model = meta_arch(self.cfg, box_source=box_source, training=False)  # no training augmentation
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
         if load_weights:
             DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)

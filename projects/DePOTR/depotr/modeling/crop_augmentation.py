@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..cli import ConfigError
 from ..data.keypoint_metadata import keypoint_metadata_from_config, upper_body_mask
 from .crops import box_crop_params, expand_boxes_to_aspect
 
@@ -108,8 +109,11 @@ class HalfBodyBoxes:
         if padding < 1.0:
             raise ValueError(f"INPUT.CROP_AUG.HALF_BODY_PADDING must be >= 1, got {padding}")
         if all(upper_body) or not any(upper_body):
+            missing = "lower" if all(upper_body) else "upper"
             raise ValueError(
-                f"half-body augmentation needs upper- and lower-body keypoints, got upper_body={list(upper_body)}"
+                f"INPUT.CROP_AUG.HALF_BODY_PROB {prob}: the half-body augmentation needs upper- and lower-body "
+                f"keypoints, but none of the {len(upper_body)} is {missing}-body; switch it off with "
+                "INPUT.CROP_AUG.HALF_BODY_PROB 0"
             )
         self.upper_body = [bool(u) for u in upper_body]
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -179,21 +183,26 @@ class CropAugmentation:
 
     @classmethod
     def from_config(cls, cfg) -> Optional["CropAugmentation"]:
-        """The chain of ``cfg.INPUT.CROP_AUG``; None when ``ENABLED`` is off."""
+        """The chain of ``cfg.INPUT.CROP_AUG``; None when ``ENABLED`` is off. A ConfigError for a
+        ``HALF_BODY_*`` value or, with ``HALF_BODY_PROB`` > 0, keypoints (``MODEL.DEPOTR.KEYPOINT_NAMES``)
+        without an upper and a lower body half in the keypoint tables."""
         aug = cfg.INPUT.CROP_AUG
         if not aug.ENABLED:
             return None
         keypoints = keypoint_metadata_from_config(cfg)
         half_body = None
         if aug.HALF_BODY_PROB > 0:
-            half_body = HalfBodyBoxes(
-                upper_body_mask(keypoints.names),
-                cfg.INPUT.CROP_SIZE,
-                aug.HALF_BODY_PROB,
-                aug.HALF_BODY_MIN_KEYPOINTS,
-                aug.HALF_BODY_MIN_PART_KEYPOINTS,
-                aug.HALF_BODY_PADDING,
-            )
+            try:
+                half_body = HalfBodyBoxes(
+                    upper_body_mask(keypoints.names),
+                    cfg.INPUT.CROP_SIZE,
+                    aug.HALF_BODY_PROB,
+                    aug.HALF_BODY_MIN_KEYPOINTS,
+                    aug.HALF_BODY_MIN_PART_KEYPOINTS,
+                    aug.HALF_BODY_PADDING,
+                )
+            except ValueError as e:  # a HALF_BODY_* value, or keypoints without both body halves
+                raise ConfigError(str(e)) from e
         return cls(
             crop_size=cfg.INPUT.CROP_SIZE,
             padding=cfg.INPUT.CROP_PADDING,

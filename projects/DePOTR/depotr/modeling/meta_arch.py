@@ -147,8 +147,10 @@ class TopDownPoseEstimator(nn.Module):
         self.train_box_source = GtBoxes(min_keypoints=self.min_keypoints_per_person)
 
     @classmethod
-    def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None) -> Dict[str, Any]:
-        """``box_source``: overrides ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (the ``Predictor``'s)."""
+    def from_config(cls, cfg, box_source: Optional[PersonBoxSource] = None, training: bool = True) -> Dict[str, Any]:
+        """``box_source``: overrides ``MODEL.DEPOTR.TEST_BOX_SOURCE`` (the ``Predictor``'s).
+        ``training`` False: a model for inference only, without the ``INPUT.CROP_AUG`` chain
+        (whose half-body augmentation needs body halves a custom skeleton may lack)."""
         if cfg.MODEL.DEPOTR.BOX_SOURCE not in TRAIN_BOX_SOURCES:
             raise ValueError(
                 f"MODEL.DEPOTR.BOX_SOURCE (the training boxes) must be one of {TRAIN_BOX_SOURCES}, got "
@@ -171,7 +173,7 @@ class TopDownPoseEstimator(nn.Module):
             "crop_size": cfg.INPUT.CROP_SIZE,
             "crop_padding": cfg.INPUT.CROP_PADDING,
             "crop_sampling_ratio": cfg.INPUT.CROP_SAMPLING_RATIO,
-            "crop_augmentation": CropAugmentation.from_config(cfg),
+            "crop_augmentation": CropAugmentation.from_config(cfg) if training else None,
             "box_source": box_source,
             "test_flip": cfg.TEST.FLIP,
             "test_precision": cfg.TEST.PRECISION,
