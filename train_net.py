@@ -12,7 +12,8 @@
 With TEST_BOX_SOURCE "detector", ``Trainer.test`` runs the person detector beside the pose model
 (``depotr.modeling.person_detector.PoseWithDetector``); MODEL.WEIGHTS holds the pose model only, the
 detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS (empty: an error unless ``--random-weights``).
-Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
+Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR, and a
+new training run never in the folder of an earlier one: ``--resume`` continues that
 (``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
 rank 0, the console, as Detectron2's own.
 """

@@ -190,3 +190,26 @@ def test_a_checkpoint_of_another_config_leaves_the_runs_config_yaml_alone(tmp_pa
     assert last_line.startswith(f"error: checkpoint {output_dir / 'model_final.pth'} does not fit the model")
     assert (output_dir / "config.yaml").read_text() == "the run's config\n"
     assert not (output_dir / "log.txt").exists() and not (tmp_path / "synthetic").exists()
+
+
+def _tiny_argv(tmp_path, *opts):
+    """train_net.py arguments for the instant config on 2 + 1 generated images, MAX_ITER 2."""
+    argv = ["--config-file", INSTANT_CONFIG, *opts, "OUTPUT_DIR", str(tmp_path / "run")]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
+    return argv + ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+
+
+def test_a_second_run_in_a_trained_folder_without_resume_is_refused_and_changes_nothing(tmp_path, capsys):
+    """The friction: train_net.py run twice with one OUTPUT_DIR, the second time without --resume,
+    appended the second run's rows to the first's metrics.json, which then read as one run."""
+    output_dir = tmp_path / "run"
+    argv = _tiny_argv(tmp_path, "DATASETS.TEST", "()")
+    assert run_main(train_net.cli, argv) == 0
+    files = {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file() and p.name != "run.lock"}
+    assert files["metrics.json"] and files["last_checkpoint"] == b"model_final.pth"
+    capsys.readouterr()
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: OUTPUT_DIR {output_dir} holds an earlier training run (")
+    assert "pass --resume to continue it, give this run another OUTPUT_DIR" in last_line
+    assert {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file()} == files
