@@ -12,7 +12,8 @@
 With TEST_BOX_SOURCE "detector", ``Trainer.test`` runs the person detector beside the pose model
 (``depotr.modeling.person_detector.PoseWithDetector``); MODEL.WEIGHTS holds the pose model only, the
 detector loads MODEL.DEPOTR.DETECTOR.WEIGHTS (empty: an error unless ``--random-weights``).
-Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR
+Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). One run at a time per OUTPUT_DIR, and a
+new training run never in the folder of an earlier one: ``--resume`` continues that
 (``depotr.engine.run_dir``); every ``depotr.*`` log record goes to OUTPUT_DIR/log.txt and, on
 rank 0, the console, as Detectron2's own.
 """
@@ -35,7 +36,7 @@ def setup(args, cfg=None):
 
     from depotr.config import load_depotr_config
     from depotr.data import fill_keypoint_config, register_synthetic_datasets_from_cfg
-    from depotr.engine.checkpoint import check_checkpoint_fits, resume_checkpoint
+    from depotr.engine.checkpoint import check_checkpoint_fits
     from depotr.engine.run_dir import lock_output_dir
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
@@ -49,11 +50,8 @@ def setup(args, cfg=None):
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
-        loaded = resume_checkpoint(cfg.OUTPUT_DIR) if args.resume else ""
-        if not loaded and args.eval_only:
-            loaded = cfg.MODEL.WEIGHTS
-        if loaded and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
-            check_checkpoint_fits(cfg, loaded)
+        if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
+            check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:
@@ -78,10 +76,10 @@ def main(args, cfg=None):
 
     from depotr.config import log_device
     from depotr.engine import DePOTRCheckpointer, Trainer
-    from depotr.engine.checkpoint import weights_to_load
     from depotr.engine.detector import build_person_detector
 
     cfg = setup(args, cfg)
+    check_weights(cfg, args)  # again: the warning of --random-weights goes to log.txt too
     log_device(cfg.MODEL.DEVICE)
     # The detector of the evaluations, under the weights rule of the pose model (--random-weights).
     person_detector = None
@@ -89,10 +87,7 @@ def main(args, cfg=None):
         person_detector = build_person_detector(cfg, args.random_weights)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        if not (args.resume and checkpointer.has_checkpoint()):  # else the run's last checkpoint is evaluated
-            weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model, person_detector=person_detector)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -102,13 +97,23 @@ def main(args, cfg=None):
     return trainer.train()
 
 
+def check_weights(cfg, args) -> None:
+    """The checkpoint main() loads (``checkpoint_to_load``: with --resume the run's last one, else
+    MODEL.WEIGHTS) must exist; MODEL.WEIGHTS follows ``weights_to_load``'s rule when it is loaded
+    for an evaluation or is set (a training run may start from scratch). ConfigErrors naming the file."""
+    from depotr.engine.checkpoint import checkpoint_to_load, weights_to_load
+
+    weights, resumes = checkpoint_to_load(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, args.resume)
+    if not resumes and (args.eval_only or weights):
+        weights_to_load(weights, args.random_weights)
+
+
 def cli(argv=None) -> int:
     """Parses the arguments (before torch and Detectron2 are imported) and launches :func:`main`."""
     args = parse_command_line(training_argument_parser(__doc__), argv)
     print("Command Line Args:", args)
     from depotr.config import load_depotr_config
     from depotr.engine import launch
-    from depotr.engine.checkpoint import resume_checkpoint, weights_to_load
     from depotr.engine.detector import detector_weights_to_load
     from depotr.modeling.meta_arch import check_pose_config
     from depotr.solver import check_training_schedule
@@ -118,10 +123,7 @@ def cli(argv=None) -> int:
     check_pose_config(cfg)
     if not args.eval_only:
         check_training_schedule(cfg, args.num_gpus * args.num_machines)
-    # --resume without a last_checkpoint starts from MODEL.WEIGHTS; one naming a missing file is an error.
-    resumes = args.resume and bool(resume_checkpoint(cfg.OUTPUT_DIR))
-    if not resumes and (args.eval_only or cfg.MODEL.WEIGHTS):  # training may start from scratch
-        weights_to_load(cfg.MODEL.WEIGHTS, args.random_weights)
+    check_weights(cfg, args)
     if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
         detector_weights_to_load(cfg, args.random_weights)
     launch(

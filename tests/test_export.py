@@ -335,6 +335,7 @@ def test_crops_export_takes_zero_crops(fmt, tmp_path):
 def test_tool_choices_are_the_export_modules():
     tool = _tool()
     assert (tool.EXPORT_FORMATS, tool.EXPORT_INPUTS, tool.MIN_OPSET) == (EXPORT_FORMATS, EXPORT_INPUTS, MIN_OPSET)
+    assert (tool.OUTPUT_FILES, tool.IMAGE_OUTPUT_FILES) == (OUTPUT_FILES, IMAGE_OUTPUT_FILES)
 
 
 def test_export_without_weights_is_refused_unless_random_weights_are_asked_for(tmp_path, capsys):
@@ -347,6 +348,28 @@ def test_export_without_weights_is_refused_unless_random_weights_are_asked_for(t
     argv += ["--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
     assert run_main(tool.main, argv) == 2
     assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "model.ts a folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch, case):
+    """The friction: --output naming an existing file was FileExistsError's traceback from
+    os.makedirs, after the model was built and its weights loaded."""
+    import depotr.export
+
+    monkeypatch.setattr(depotr.export, "build_crop_keypoint_predictor", lambda *a: pytest.fail("the model was built"))
+    (tmp_path / "file").write_text("a file\n")
+    output, problem = {
+        "a file": (tmp_path / "file", "it is a file, not a folder for the exported files"),
+        "under a file": (tmp_path / "file" / "export", "cannot make the folder (Not a directory)"),
+        "model.ts a folder": (tmp_path / "export", "model.ts: it is a folder"),
+    }[case]
+    (tmp_path / "export" / "model.ts").mkdir(parents=True)
+    argv = ["--config-file", INSTANT_CONFIG, "--output", str(output), "--format", "torchscript", "--random-weights"]
+    with pytest.raises(SystemExit) as exit_status:
+        _tool().main(argv)
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f" error: --output {output}: {problem}")
+    assert (tmp_path / "file").read_text() == "a file\n"
 
 
 def test_image_export_reference_predictor_runs_in_float32():

@@ -34,14 +34,18 @@ Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options. 
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
+from depotr.file_io import output_problem
 
-# The defaults of depotr.export (not imported before the arguments are parsed: fast --help).
+# The defaults and file names of depotr.export (not imported before the arguments are parsed and
+# --output is checked: fast --help and errors).
 EXPORT_FORMATS = ("torchscript", "onnx")
 EXPORT_INPUTS = ("crops", "image")
 MIN_OPSET = 17
+OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+IMAGE_OUTPUT_FILES = {"torchscript": "image_model.ts", "onnx": "image_model.onnx"}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -64,7 +68,29 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     if args.opset < MIN_OPSET:
         parser.error(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
+    problem = output_folder_problem(args.output, list(output_paths(args).values()))
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
     return args
+
+
+def output_paths(args: argparse.Namespace) -> Dict[str, str]:
+    """Format -> the file it is exported to, in the folder --output."""
+    files = OUTPUT_FILES if args.inputs == "crops" else IMAGE_OUTPUT_FILES
+    return {fmt: os.path.join(args.output, files[fmt]) for fmt in args.format}
+
+
+def output_folder_problem(folder: str, paths: List[str]) -> Optional[str]:
+    """Makes ``folder`` when missing; why ``paths``, files in it, cannot be written (it is a file or
+    cannot be made, one of them is a folder, the folder is read-only), or None."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return "it is a file, not a folder for the exported files"
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot make the folder ({e.strerror})"
+    problems = [f"{os.path.basename(path)}: {problem}" for path in paths if (problem := output_problem(path))]
+    return "; ".join(problems) or None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -73,8 +99,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from depotr.config import load_depotr_config
     from depotr.export import (
-        IMAGE_OUTPUT_FILES,
-        OUTPUT_FILES,
         ExportCheckError,
         build_crop_keypoint_predictor,
         export_image_predictor,
@@ -92,15 +116,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(
             f"crops (N, 3, {height}, {width}) float32 0..255 {cfg.INPUT.FORMAT} -> keypoints {keypoints} in crop pixels"
         )
-        files, reference = OUTPUT_FILES, "PyTorch"
+        reference = "PyTorch"
     else:
         predictor = reference_predictor(cfg, args.random_weights)
         print(f"image (H, W, 3) uint8 BGR, boxes (N, 4) float32 XYXY -> keypoints {keypoints} in image pixels")
-        files, reference = IMAGE_OUTPUT_FILES, "Predictor"
-    os.makedirs(args.output, exist_ok=True)
+        reference = "Predictor"
     failed = False
-    for fmt in args.format:
-        path = os.path.join(args.output, files[fmt])
+    for fmt, path in output_paths(args).items():
         try:
             if args.inputs == "crops":
                 report = export_predictor(predictor, fmt, path, args.batch, args.tolerance, args.opset)

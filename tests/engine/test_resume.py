@@ -73,7 +73,7 @@ def _train(output_dir, synthetic_root, num_workers, interrupt_at=None, resume=Fa
         "DATALOADER.NUM_WORKERS",
         str(num_workers),
     )
-    cfg = train_net.setup(instant_args(output_dir, synthetic_root, *opts))
+    cfg = train_net.setup(instant_args(output_dir, synthetic_root, *opts, extra=("--resume",) if resume else ()))
     trainer = Trainer(cfg)
     if interrupt_at is not None:
         trainer.register_hooks([_Interrupt(interrupt_at)])
@@ -118,6 +118,19 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root, num_workers)
     checkpoint = torch.load(os.path.join(interrupted_dir, "model_0000019.pth"), map_location="cpu")
     moved = [n for n, v in checkpoint["model"].items() if v.is_floating_point() and not torch.equal(v, resumed[n])]
     assert moved
+
+
+def test_resume_without_a_checkpoint_drops_every_row_of_the_dead_run(tmp_path, synthetic_root):
+    """The friction: a run killed before its first checkpoint left metrics rows; --resume starts
+    it again from iteration 0 and appended its rows after them (rows were dropped only when a
+    checkpoint was resumed)."""
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    rows = [{"iteration": i, "total_loss": 9.0} for i in (0, 19)]
+    (output_dir / "metrics.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    trainer = Trainer(train_net.setup(instant_args(str(output_dir), synthetic_root, extra=("--resume",))))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 0 and (output_dir / "metrics.json").read_text() == ""
 
 
 @pytest.mark.slow

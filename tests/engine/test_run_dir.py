@@ -11,6 +11,7 @@ import time
 import pytest
 
 import train_net
+from depotr.cli import ConfigError
 from depotr.engine.run_dir import LOCK_NAME, drop_metrics_after, lock_output_dir
 
 from .conftest import instant_args
@@ -72,6 +73,52 @@ def test_killed_runs_lock_is_stale(live_run, resume, eval_only, allowed):
         lock.release()
     assert not os.path.exists(os.path.join(output_dir, LOCK_NAME))
     lock_output_dir(output_dir, resume=False).release()  # released cleanly: free for a new run
+
+
+_ROW = json.dumps({"iteration": 19, "total_loss": 1.0}) + "\n"
+
+
+@pytest.mark.parametrize(
+    "files, refused",
+    [
+        ({"last_checkpoint": "model_final.pth"}, True),
+        ({"metrics.json": _ROW}, True),  # e.g. a run that stopped on a NaN loss before its first checkpoint
+        ({"last_checkpoint": "model_final.pth", "metrics.json": _ROW}, True),
+        ({"metrics.json": "", "log.txt": "", "config.yaml": ""}, False),  # failed before its first row; --eval-only
+    ],
+    ids=["checkpointed", "metrics-rows", "finished", "no-training-record"],
+)
+def test_new_training_run_in_an_earlier_runs_folder_is_refused_before_writing(tmp_path, files, refused):
+    """The friction: a second run without --resume appended its rows to the first's metrics.json
+    (Detectron2's JSONWriter appends) and overwrote its checkpoints one by one."""
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    for name, text in files.items():
+        (output_dir / name).write_text(text)
+    if refused:
+        with pytest.raises(ConfigError) as error:
+            lock_output_dir(str(output_dir), resume=False)
+        message = str(error.value)
+        assert message.startswith(f"OUTPUT_DIR {output_dir} holds an earlier training run (")
+        assert all(str(output_dir / name) in message for name in files)
+        assert "pass --resume to continue it, give this run another OUTPUT_DIR" in message
+        assert sorted(os.listdir(output_dir)) == sorted(files)  # no run.lock left behind
+    else:
+        lock_output_dir(str(output_dir), resume=False).release()
+    for resume, eval_only in ((True, False), (False, True)):
+        lock_output_dir(str(output_dir), resume=resume, eval_only=eval_only).release()
+    assert {name: (output_dir / name).read_text() for name in files} == files
+
+
+def test_a_process_holding_the_lock_cannot_start_a_second_run_there(tmp_path):
+    output_dir = str(tmp_path / "run")
+    lock_output_dir(output_dir, resume=False)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:  # the first run trained
+        f.write(_ROW)
+    with pytest.raises(ConfigError, match="holds an earlier training run"):
+        lock_output_dir(output_dir, resume=False)  # e.g. a notebook setting up a second run
+    assert not os.path.exists(os.path.join(output_dir, LOCK_NAME))  # released
+    lock_output_dir(output_dir, resume=True).release()
 
 
 def test_taking_the_lock_removes_temporaries_of_killed_writes(live_run):

@@ -190,3 +190,70 @@ def test_a_checkpoint_of_another_config_leaves_the_runs_config_yaml_alone(tmp_pa
     assert last_line.startswith(f"error: checkpoint {output_dir / 'model_final.pth'} does not fit the model")
     assert (output_dir / "config.yaml").read_text() == "the run's config\n"
     assert not (output_dir / "log.txt").exists() and not (tmp_path / "synthetic").exists()
+
+
+def _tiny_argv(tmp_path, *opts):
+    """train_net.py arguments for the instant config on 2 + 1 generated images, MAX_ITER 2."""
+    argv = ["--config-file", INSTANT_CONFIG, *opts, "OUTPUT_DIR", str(tmp_path / "run")]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
+    return argv + ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+
+
+def test_a_second_run_in_a_trained_folder_without_resume_is_refused_and_changes_nothing(tmp_path, capsys):
+    """The friction: train_net.py run twice with one OUTPUT_DIR, the second time without --resume,
+    appended the second run's rows to the first's metrics.json, which then read as one run."""
+    output_dir = tmp_path / "run"
+    argv = _tiny_argv(tmp_path, "DATASETS.TEST", "()")
+    assert run_main(train_net.cli, argv) == 0
+    files = {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file() and p.name != "run.lock"}
+    assert files["metrics.json"] and files["last_checkpoint"] == b"model_final.pth"
+    capsys.readouterr()
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: OUTPUT_DIR {output_dir} holds an earlier training run (")
+    assert "pass --resume to continue it, give this run another OUTPUT_DIR" in last_line
+    assert {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file()} == files
+
+
+def _save_instant_checkpoint(path):
+    from detectron2.modeling import build_model
+
+    from depotr.config import load_depotr_config
+    from depotr.engine import DePOTRCheckpointer
+
+    model = build_model(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]))
+    DePOTRCheckpointer(model, str(path.parent)).save(path.stem)
+
+
+def test_eval_only_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    """The friction: setup() loaded the checkpoint whole into a second model to check that it fits
+    before config.yaml is overwritten, and main() loaded it again; the check now reads names and
+    shapes only (the file memory-mapped into a model on the meta device)."""
+    import torch
+
+    weights = tmp_path / "weights" / "model.pth"
+    weights.parent.mkdir()
+    _save_instant_checkpoint(weights)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("an earlier evaluation's config\n")
+    loads, load = [], torch.load  # (file, memory-mapped)
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append((str(f), k.get("mmap"))) or load(f, *a, **k))
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "--eval-only", "MODEL.WEIGHTS", str(weights))) == 0
+    assert [mmap for f, mmap in loads if f == str(weights)] == [True, None]
+
+
+def test_resume_from_a_truncated_checkpoint_names_the_earlier_complete_one(tmp_path, capsys):
+    """The friction: train_net.py's fit check loaded the last checkpoint itself, so a truncated one
+    was "cannot read checkpoint" without the hint of DePOTRCheckpointer.resume_or_load."""
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    _save_instant_checkpoint(output_dir / "model_0000000.pth")
+    _save_instant_checkpoint(output_dir / "model_0000001.pth")  # and last_checkpoint
+    last = output_dir / "model_0000001.pth"
+    last.write_bytes(last.read_bytes()[:200])  # a disk that filled up
+    (output_dir / "config.yaml").write_text("the run's config\n")
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "--resume")) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: cannot read checkpoint {last}")
+    assert f"The newest complete earlier checkpoint is {output_dir / 'model_0000000.pth'}" in last_line
+    assert (output_dir / "config.yaml").read_text() == "the run's config\n"

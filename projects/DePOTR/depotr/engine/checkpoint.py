@@ -5,14 +5,16 @@ of the model with its shape (Detectron2 only warns), except a backbone-only file
 and buffer; none of its backbone weights left over, as a ResNet of another depth would). The
 detector weights old pose checkpoints hold under ``box_source.`` are dropped. Every loading error
 (a missing or unreadable file, weights that do not fit, ``last_checkpoint`` naming a missing file)
-is a one-line ``ConfigError`` (a ``ValueError``) naming the file.
+is a one-line ``ConfigError`` (a ``ValueError``) naming the file. Which file a run loads is
+:func:`checkpoint_to_load`'s one rule.
 """
 
 import glob
 import logging
 import os
+import warnings
 import zipfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -24,7 +26,7 @@ from .. import modeling  # noqa: F401 (registers TopDownPoseEstimator for check_
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
 
-__all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "resume_checkpoint", "weights_to_load"]
+__all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "checkpoint_to_load", "resume_checkpoint", "weights_to_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ _LISTED = 8  # names listed in an error message before "... and N more"
 _OLD_DETECTOR_PREFIX = "box_source."
 # First bytes of the files torch.load reads: a zip archive (torch.save) or a pickle.
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+# fvcore's logger for check_checkpoint_fits: errors only.
+_FIT_CHECK_LOGGER = logging.getLogger(f"{__name__}.fit_check")
+_FIT_CHECK_LOGGER.setLevel(logging.ERROR)
+# Suffixes of the files Detectron2 reads its own way (Detectron / Caffe2 pickles, pycls), not by torch.load.
+_OTHER_FORMATS = (".pkl", ".pyth")
 
 
 def _listing(names: List[str], listed: int = _LISTED) -> str:
@@ -57,7 +64,7 @@ def _read_error_reason(filename: str, error: Exception) -> str:
     """A one-line reason why ``filename`` could not be read (torch's run to a page of advice)."""
     with open(filename, "rb") as f:
         head = f.read(4)
-    if not filename.endswith((".pkl", ".pyth")) and not head.startswith(_CHECKPOINT_MAGIC):
+    if not filename.endswith(_OTHER_FORMATS) and not head.startswith(_CHECKPOINT_MAGIC):
         return "it is not a checkpoint (neither a torch.save zip archive nor a pickle)"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     detail = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
@@ -104,12 +111,30 @@ def resume_checkpoint(output_dir: str) -> str:
     return last
 
 
-def check_checkpoint_fits(cfg: CfgNode, path: str) -> None:
-    """Loads checkpoint ``path`` into ``cfg``'s model built on the CPU (the parameters' shapes do
-    not depend on the device) as ``--resume`` and ``--eval-only`` load it: the ConfigError of
-    :class:`DePOTRCheckpointer` naming the parameters when it does not fit. ``train_net.py`` calls
+def checkpoint_to_load(output_dir: str, weights: str, resume: bool) -> Tuple[str, bool]:
+    """The one rule of which file a run loads into its model (:meth:`DePOTRCheckpointer.resume_or_load`,
+    hence the trainer, ``train_net.py --eval-only`` and ``train_net.py``'s checks): with ``resume``,
+    the checkpoint ``output_dir``'s ``last_checkpoint`` names when there is one
+    (:func:`resume_checkpoint`, whose ConfigError names a missing one), else ``weights``
+    (``MODEL.WEIGHTS``; "" loads nothing). Returns (the file, whether it resumes the run)."""
+    last = resume_checkpoint(output_dir) if resume else ""
+    return (last, True) if last else (weights, False)
+
+
+def check_checkpoint_fits(cfg: CfgNode, *, resume: bool, eval_only: bool) -> None:
+    """Loads what ``train_net.py`` will load (:func:`checkpoint_to_load` of ``cfg``'s OUTPUT_DIR and
+    MODEL.WEIGHTS), under the same rules (a backbone-only file starts a training run only), into
+    ``cfg``'s model built on the meta device: the ConfigError of :class:`DePOTRCheckpointer` naming
+    the parameters when it does not fit. Only names and shapes are read (the model has no data, a
+    ``torch.save`` file is memory-mapped); the run's real load reads the file. ``train_net.py`` calls
     it before Detectron2's ``default_setup`` overwrites the run's ``config.yaml`` with ``cfg``."""
-    DePOTRCheckpointer(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)).load(path, checkpointables=[])
+    with torch.device("meta"):
+        model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    checkpointer = DePOTRCheckpointer(model, cfg.OUTPUT_DIR, allow_backbone_only=not eval_only)
+    checkpointer.logger = _FIT_CHECK_LOGGER  # the real load logs what fvcore reports (keys not loaded)
+    with warnings.catch_warnings():  # torch warns for each tensor that loading into the meta device does nothing
+        warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model", category=UserWarning)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
 class DePOTRCheckpointer(DetectionCheckpointer):
@@ -142,21 +167,19 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
-        """As fvcore's: the last checkpoint of ``save_dir`` with every checkpointable when
-        ``resume`` and one exists, else the model's weights from ``path``."""
-        if resume and self.has_checkpoint():
-            last = self.get_checkpoint_file()
-            if not os.path.isfile(last) and "://" not in last:
-                resume_checkpoint(self.save_dir)  # the ConfigError naming last_checkpoint and the file
+        """As fvcore's (:func:`checkpoint_to_load`): the last checkpoint of ``save_dir`` with every
+        checkpointable when ``resume`` and one exists, else the model's weights from ``path``."""
+        checkpoint, resumes = checkpoint_to_load(self.save_dir, path, resume)
+        if resumes:
             try:
-                return self.load(last)
+                return self.load(checkpoint)
             except ValueError as e:
-                if not os.path.isfile(last) or zipfile.is_zipfile(last):  # a complete torch.save file
+                if zipfile.is_zipfile(checkpoint):  # a complete torch.save file
                     raise
-                raise ConfigError(f"{e}. {self._earlier_checkpoint_hint(last)}") from e
+                raise ConfigError(f"{e}. {self._earlier_checkpoint_hint(checkpoint)}") from e
         self._initialising = True
         try:
-            return self.load(path, checkpointables=[])
+            return self.load(checkpoint, checkpointables=[])
         finally:
             self._initialising = False
 
@@ -185,9 +208,18 @@ class DePOTRCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
+            if self._reads_shapes_only(filename):
+                loaded = torch.load(filename, map_location="cpu", mmap=True)
+                return loaded if "model" in loaded else {"model": loaded}
             return super()._load_file(filename)
         except Exception as e:  # torch.load / pickle raise many types for files that are not checkpoints
             raise ConfigError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
+
+    def _reads_shapes_only(self, filename: str) -> bool:
+        """Whether ``filename`` is a ``torch.save`` file loaded into a model without data (on the
+        meta device, :func:`check_checkpoint_fits`): then it is memory-mapped, its tensors never read."""
+        meta = any(t.is_meta for t in self.model.state_dict().values())
+        return meta and not filename.endswith(_OTHER_FORMATS) and zipfile.is_zipfile(filename)
 
     def _convert_ndarray_to_tensor(self, state_dict: Dict[str, Any]) -> None:
         # fvcore's _load_model calls this last on the very dict it loads (after Detectron2's name

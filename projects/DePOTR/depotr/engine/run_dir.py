@@ -5,8 +5,12 @@
   even by ``kill -9``, so a lock file nobody holds is a dead run's: only ``--resume`` (or
   ``--eval-only``, which writes no checkpoints) may take the folder over, since a fresh training run
   would overwrite its checkpoints. Taking the lock removes the temporary files of killed writes.
-* :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint,
-  which the resumed run writes again, are dropped.
+* A folder that holds an earlier training run (its ``last_checkpoint``, a non-empty
+  ``metrics.json``) takes only ``--resume`` or ``--eval-only`` too: a new training run would append
+  its rows to that run's ``metrics.json`` (Detectron2's ``JSONWriter`` appends) and overwrite some of
+  its checkpoints, so that the folder reads as one run made of two.
+* :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint
+  (all of them when it left none), which the resumed run writes again, are dropped.
 """
 
 import atexit
@@ -20,13 +24,15 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from ..cli import ConfigError
 from ..file_io import remove_temporary_files
 
-__all__ = ["LOCK_NAME", "OutputDirLock", "drop_metrics_after", "lock_output_dir"]
+__all__ = ["LOCK_NAME", "METRICS_NAME", "OutputDirLock", "drop_metrics_after", "lock_output_dir"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+METRICS_NAME = "metrics.json"  # Detectron2's JSONWriter's, one json object per line
 # Locks held by this process, by real path: a process that sets up several runs one after the
 # other (tests, notebooks) keeps the folder it already owns.
 _HELD: Dict[str, "OutputDirLock"] = {}
@@ -117,10 +123,24 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
     Raises:
         RuntimeError naming the folder and the owner: another live run holds it, or a dead run
             left it and this run neither resumes nor only evaluates.
+        ConfigError naming the folder and the earlier run's files: it holds an earlier training
+            run and this run neither resumes nor only evaluates (the lock is released again).
     """
     folder = os.path.realpath(output_dir)
-    if folder in _HELD:
-        return _HELD[folder]
+    lock = _HELD.get(folder) or _take_lock(folder, may_take_over=resume or eval_only)
+    earlier = [] if resume or eval_only else _training_records(folder)
+    if earlier:
+        lock.release()
+        raise ConfigError(
+            f"OUTPUT_DIR {folder} holds an earlier training run ({', '.join(earlier)}), which a new run would mix "
+            "with its own (appending to its metrics.json, overwriting its checkpoints): pass --resume to continue "
+            f"it, give this run another OUTPUT_DIR, or move those files out of {folder} to start a new run there"
+        )
+    return lock
+
+
+def _take_lock(folder: str, may_take_over: bool) -> OutputDirLock:
+    """Locks the real path ``folder`` (created when missing); a dead run's lock only when ``may_take_over``."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
     fd = _open_locked(path)
@@ -137,7 +157,7 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
             "it to finish or give this run another OUTPUT_DIR"
         )
     previous = _read_owner(fd)
-    if previous is not None and not (resume or eval_only):
+    if previous is not None and not may_take_over:
         os.close(fd)
         raise RuntimeError(
             f"OUTPUT_DIR {folder} holds the outputs of a run that was killed ({_describe(previous)}): pass "
@@ -150,6 +170,14 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
     lock = _HELD[folder] = OutputDirLock(path, fd, previous, remove_temporary_files(folder))
     atexit.register(lock.release)
     return lock
+
+
+def _training_records(folder: str) -> List[str]:
+    """The files by which ``folder`` holds a training run: ``last_checkpoint`` and a non-empty
+    ``metrics.json`` (a run that failed before its first row leaves an empty one)."""
+    checkpoint_tag, metrics = os.path.join(folder, "last_checkpoint"), os.path.join(folder, METRICS_NAME)
+    records = [checkpoint_tag] if os.path.isfile(checkpoint_tag) else []
+    return records + ([metrics] if os.path.isfile(metrics) and os.path.getsize(metrics) > 0 else [])
 
 
 def drop_metrics_after(metrics_file: str, start_iter: int) -> int:

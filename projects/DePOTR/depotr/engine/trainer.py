@@ -32,7 +32,7 @@ from .checkpoint import DePOTRCheckpointer
 from .compat import CompatDefaultTrainer, map_dataset
 from .detector import build_person_detector
 from .hooks import IterationSeedHook
-from .run_dir import drop_metrics_after
+from .run_dir import METRICS_NAME, drop_metrics_after
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -156,9 +156,9 @@ class Trainer(CompatDefaultTrainer):
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
+        if resume and comm.is_main_process():  # the rows the resumed run writes again (all: no checkpoint)
+            drop_metrics_after(os.path.join(self.cfg.OUTPUT_DIR, METRICS_NAME), self.start_iter)
         if self.start_iter > 0:
-            if comm.is_main_process():  # the rows the resumed run writes again
-                drop_metrics_after(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
             # Continue the sampler's stream where the checkpointed run stopped.
             self.set_train_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
