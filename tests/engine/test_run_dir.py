@@ -11,10 +11,10 @@ import time
 import pytest
 
 import train_net
-from depotr.cli import ConfigError
+from depotr.cli import ConfigError, run_main
 from depotr.engine.run_dir import LOCK_NAME, drop_metrics_after, lock_output_dir
 
-from .conftest import instant_args
+from .conftest import INSTANT_CONFIG
 
 
 def _hold_lock(output_dir, ready):
@@ -42,13 +42,27 @@ def _kill(child):
     child.join()
 
 
-def test_second_run_on_a_live_runs_folder_is_refused_before_writing(live_run, tmp_path):
+def _train_net_error(output_dir, tmp_path, capsys):
+    """The stderr lines of ``train_net.py`` training the instant config in ``output_dir``; status 2."""
+    argv = ["--config-file", INSTANT_CONFIG, "OUTPUT_DIR", output_dir, "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "s")]
+    capsys.readouterr()
+    assert run_main(train_net.cli, argv) == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_second_run_on_a_live_runs_folder_is_refused_before_writing(live_run, tmp_path, capsys):
+    """The friction: train_net.py's refusal was a RuntimeError traceback and status 1."""
     output_dir, child = live_run
+    lock_file = os.path.join(output_dir, LOCK_NAME)
     for resume in (False, True):
-        with pytest.raises(RuntimeError, match=rf"OUTPUT_DIR .*run is in use by another run \(pid {child.pid} "):
+        with pytest.raises(ConfigError, match=r"OUTPUT_DIR .*run is in use by another run, which holds "):
             lock_output_dir(output_dir, resume=resume)
-    with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {child.pid} "):
-        train_net.setup(instant_args(output_dir, str(tmp_path / "synthetic")))
+    err = _train_net_error(output_dir, tmp_path, capsys)
+    assert err[-1].startswith(
+        f"error: OUTPUT_DIR {output_dir} is in use by another run, which holds {lock_file} (pid {child.pid} "
+    )
+    assert err[-1].endswith("wait for it to finish or give this run another OUTPUT_DIR")
+    assert not any("Traceback" in line for line in err)
     assert sorted(os.listdir(output_dir)) == [LOCK_NAME]  # no config.yaml, no log.txt
 
 
@@ -61,7 +75,7 @@ def test_killed_runs_lock_is_stale(live_run, resume, eval_only, allowed):
     output_dir, child = live_run
     _kill(child)
     if not allowed:
-        with pytest.raises(RuntimeError, match=rf"run that was killed \(pid {child.pid} .*pass --resume"):
+        with pytest.raises(ConfigError, match=rf"run that was killed \(pid {child.pid} .*pass --resume"):
             lock_output_dir(output_dir, resume=resume, eval_only=eval_only)
         return
     lock = lock_output_dir(output_dir, resume=resume, eval_only=eval_only)
@@ -76,6 +90,34 @@ def test_killed_runs_lock_is_stale(live_run, resume, eval_only, allowed):
 
 
 _ROW = json.dumps({"iteration": 19, "total_loss": 1.0}) + "\n"
+
+
+@pytest.mark.parametrize("trained", [True, False], ids=["checkpointed", "no-checkpoint"])
+def test_a_new_run_over_a_killed_one_is_one_error_line_saying_what_resume_does(live_run, tmp_path, capsys, trained):
+    """The friction: a RuntimeError traceback and status 1, which advised deleting run.lock; after
+    that, a folder where the killed run had trained was refused again (an earlier training run)."""
+    output_dir, child = live_run
+    _kill(child)
+    if trained:
+        with open(os.path.join(output_dir, "last_checkpoint"), "w") as f:
+            f.write("model_0000019.pth")
+        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+            f.write(_ROW)
+    err = _train_net_error(output_dir, tmp_path, capsys)
+    assert not any("Traceback" in line for line in err)
+    lock_file = os.path.join(output_dir, LOCK_NAME)
+    killed = f"error: OUTPUT_DIR {output_dir} holds the outputs of a run that was killed (pid {child.pid} "
+    assert err[-1].startswith(killed)
+    assert f", whose lock file {lock_file} no process holds: " in err[-1]
+    tag = os.path.join(output_dir, "last_checkpoint")
+    resume = (  # what Trainer.resume_or_load does
+        f"continue it from the checkpoint {tag} names (the metrics.json rows it wrote after it are dropped)"
+        if trained
+        else "start it again from MODEL.WEIGHTS, as it left no checkpoint (the metrics.json rows it wrote are dropped)"
+    )
+    assert f"no process holds: pass --resume to {resume}, or give this run another OUTPUT_DIR" in err[-1]
+    assert err[-1].endswith(", or give this run another OUTPUT_DIR")
+    lock_output_dir(output_dir, resume=True).release()  # the advice is taken
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,9 @@ _QUIETED_WARNINGS = (
 
 
 class ConfigError(ValueError):
-    """A user mistake in a config file, a config override, or a file a config names; the
-    message is one line naming the key or file (and the nearest valid key for a typo)."""
+    """A user mistake in a config file, a config override, or a file or folder a config names (an
+    ``OUTPUT_DIR`` another run holds); the message is one line naming the key, file or folder (and
+    the nearest valid key for a typo)."""
 
 
 def add_config_arguments(

@@ -5,6 +5,7 @@
   even by ``kill -9``, so a lock file nobody holds is a dead run's: only ``--resume`` (or
   ``--eval-only``, which writes no checkpoints) may take the folder over, since a fresh training run
   would overwrite its checkpoints. Taking the lock removes the temporary files of killed writes.
+  Every refusal is a one-line :class:`~depotr.cli.ConfigError` naming the folder and its files.
 * A folder that holds an earlier training run (its ``last_checkpoint``, a non-empty
   ``metrics.json``) takes only ``--resume`` or ``--eval-only`` too: a new training run would append
   its rows to that run's ``metrics.json`` (Detectron2's ``JSONWriter`` appends) and overwrite some of
@@ -121,8 +122,8 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
     on the main process only, before anything is written into the folder.
 
     Raises:
-        RuntimeError naming the folder and the owner: another live run holds it, or a dead run
-            left it and this run neither resumes nor only evaluates.
+        ConfigError naming the folder, its lock file and the owner: another live run holds it, or
+            a dead run left it and this run neither resumes nor only evaluates.
         ConfigError naming the folder and the earlier run's files: it holds an earlier training
             run and this run neither resumes nor only evaluates (the lock is released again).
     """
@@ -152,17 +153,17 @@ def _take_lock(folder: str, may_take_over: bool) -> OutputDirLock:
             ending = (
                 " (its main process has exited; processes it forked, e.g. data loader workers, still hold the lock)"
             )
-        raise RuntimeError(
-            f"OUTPUT_DIR {folder} is in use by another run ({_describe(owner)}){ending}; wait for "
-            "it to finish or give this run another OUTPUT_DIR"
+        raise ConfigError(
+            f"OUTPUT_DIR {folder} is in use by another run, which holds {path} ({_describe(owner)}){ending}; "
+            "wait for it to finish or give this run another OUTPUT_DIR"
         )
     previous = _read_owner(fd)
     if previous is not None and not may_take_over:
         os.close(fd)
-        raise RuntimeError(
-            f"OUTPUT_DIR {folder} holds the outputs of a run that was killed ({_describe(previous)}): pass "
-            f"--resume to continue it, give this run another OUTPUT_DIR, or delete {path} to start a new run "
-            "over its outputs"
+        raise ConfigError(
+            f"OUTPUT_DIR {folder} holds the outputs of a run that was killed ({_describe(previous)}), whose lock "
+            f"file {path} no process holds: pass --resume to {_resume_effect(folder)}, or give this run another "
+            "OUTPUT_DIR"
         )
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
     os.ftruncate(fd, 0)
@@ -170,6 +171,15 @@ def _take_lock(folder: str, may_take_over: bool) -> OutputDirLock:
     lock = _HELD[folder] = OutputDirLock(path, fd, previous, remove_temporary_files(folder))
     atexit.register(lock.release)
     return lock
+
+
+def _resume_effect(folder: str) -> str:
+    """What ``--resume`` does with the dead run of ``folder`` (it takes the stale lock over), for
+    the refusal of a new run there; ``Trainer.resume_or_load`` and ``checkpoint.checkpoint_to_load``."""
+    tag = os.path.join(folder, "last_checkpoint")
+    if os.path.isfile(tag):
+        return f"continue it from the checkpoint {tag} names (the {METRICS_NAME} rows it wrote after it are dropped)"
+    return f"start it again from MODEL.WEIGHTS, as it left no checkpoint (the {METRICS_NAME} rows it wrote are dropped)"
 
 
 def _training_records(folder: str) -> List[str]:
