@@ -77,6 +77,7 @@ def main(args, cfg=None):
     from depotr.config import log_device
     from depotr.engine import DePOTRCheckpointer, Trainer
     from depotr.engine.detector import build_person_detector
+    from depotr.modeling.meta_arch import build_pose_model
 
     cfg = setup(args, cfg)
     check_weights(cfg, args)  # again: the warning of --random-weights goes to log.txt too
@@ -85,8 +86,9 @@ def main(args, cfg=None):
     person_detector = None
     if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
         person_detector = build_person_detector(cfg, args.random_weights)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
+    if args.eval_only:  # the inference model, without the training crop augmentation (the Trainer's is Detectron2's)
+        model = build_pose_model(cfg, training=False).to(cfg.MODEL.DEVICE)
+        logging.getLogger("depotr").info(f"Model:\n{model}")
         DePOTRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model, person_detector=person_detector)
         if comm.is_main_process():

@@ -365,6 +365,29 @@ def test_training_with_half_body_on_a_kite_is_a_config_error(tmp_path, registere
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
+def test_eval_only_of_a_kite_config_with_half_body_on_evaluates(tmp_path, registered):
+    """The friction: train_net --eval-only (and its checkpoint fit check) built the training model,
+    whose half-body augmentation needs body halves: a ConfigError instead of the evaluation. --resume
+    trains, so the fit check still refuses the config up front."""
+    from depotr.engine import DePOTRCheckpointer
+    from depotr.modeling.meta_arch import build_pose_model
+
+    train, val = registered("kite_eval", KITE, KITE_FLIP)
+    opts = ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)", "INPUT.CROP_AUG.HALF_BODY_PROB", "0.3"]
+    cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", *opts])
+    fill_keypoint_config(cfg)
+    DePOTRCheckpointer(build_pose_model(cfg, training=False), str(tmp_path)).save("kite")
+    opts += ["MODEL.WEIGHTS", str(tmp_path / "kite.pth")]
+    output_dir, synthetic = str(tmp_path / "run"), str(tmp_path / "synthetic")
+    # The first evaluation builds the model in main(); the second, in a folder whose config.yaml the
+    # first wrote, first checks that the checkpoint fits that model.
+    for _ in range(2):
+        results = train_net.main(instant_args(output_dir, synthetic, *opts, extra=["--eval-only"]))
+        assert 0.0 <= results["keypoints"]["AP"] <= 100.0
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(KITE))} have no body half.*HALF_BODY_PROB 0"):
+        train_net.main(instant_args(output_dir, synthetic, *opts, extra=["--resume"]))
+
+
 def test_half_body_training_needs_both_halves_of_a_custom_skeleton():
     from depotr.modeling.meta_arch import TopDownPoseEstimator
 

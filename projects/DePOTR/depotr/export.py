@@ -29,14 +29,13 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detectron2.config import CfgNode
-from detectron2.modeling import META_ARCH_REGISTRY
 
 from .config import log_device
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .file_io import atomic_output_path
 from .layers import BACKEND_ENV_VAR
 from .modeling.crops import MAX_SAMPLING_RATIO, box_crop_params, crop_to_image
-from .modeling.meta_arch import check_pose_config
+from .modeling.meta_arch import build_pose_model, check_pose_config
 from .modeling.tta import predict_crop_keypoints
 from .predictor import Predictor
 
@@ -147,7 +146,7 @@ def build_cpu_model(cfg: CfgNode, random_weights: bool = False) -> nn.Module:
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg, training=False)
+    model = build_pose_model(cfg, training=False)
     if load_weights:
         DePOTRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     log_device("cpu")

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from detectron2.config import CfgNode
-from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from .config import log_device
@@ -26,7 +25,7 @@ from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .engine.detector import build_person_detector
 from .modeling.box_sources import build_box_source
-from .modeling.meta_arch import check_pose_config
+from .modeling.meta_arch import build_pose_model, check_pose_config
 
 __all__ = ["Predictor", "person_proposals"]
 
@@ -123,8 +122,7 @@ class Predictor:
             build_person_detector(self.cfg, random_weights) if self.cfg.MODEL.DEPOTR.DETECTOR.CONFIG_FILE else None
         )
         box_source = build_box_source(self.cfg, "precomputed", fallback=build_box_source(self.cfg, "whole_image"))
-        meta_arch = META_ARCH_REGISTRY.get(self.cfg.MODEL.META_ARCHITECTURE)
-        model = meta_arch(self.cfg, box_source=box_source, training=False)  # no training augmentation
+        model = build_pose_model(self.cfg, training=False, box_source=box_source)  # no training augmentation
         self.model = model.to(torch.device(self.cfg.MODEL.DEVICE)).eval()
         if load_weights:
             DePOTRCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)

@@ -20,11 +20,11 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 
-from .. import modeling  # noqa: F401 (registers TopDownPoseEstimator for check_checkpoint_fits)
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
 from ..file_io import atomic_write
+from ..modeling.meta_arch import build_pose_model
 
 __all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "checkpoint_to_load", "resume_checkpoint", "weights_to_load"]
 
@@ -124,12 +124,14 @@ def checkpoint_to_load(output_dir: str, weights: str, resume: bool) -> Tuple[str
 def check_checkpoint_fits(cfg: CfgNode, *, resume: bool, eval_only: bool) -> None:
     """Loads what ``train_net.py`` will load (:func:`checkpoint_to_load` of ``cfg``'s OUTPUT_DIR and
     MODEL.WEIGHTS), under the same rules (a backbone-only file starts a training run only), into
-    ``cfg``'s model built on the meta device: the ConfigError of :class:`DePOTRCheckpointer` naming
-    the parameters when it does not fit. Only names and shapes are read (the model has no data, a
-    ``torch.save`` file is memory-mapped); the run's real load reads the file. ``train_net.py`` calls
-    it before Detectron2's ``default_setup`` overwrites the run's ``config.yaml`` with ``cfg``."""
+    ``cfg``'s model as the run builds it (``eval_only``: the inference model, else the training one,
+    whose ConfigErrors, e.g. of ``INPUT.CROP_AUG``, come up front) on the meta device: the
+    ConfigError of :class:`DePOTRCheckpointer` naming the parameters when it does not fit. Only
+    names and shapes are read (the model has no data, a ``torch.save`` file is memory-mapped); the
+    run's real load reads the file. ``train_net.py`` calls it before Detectron2's ``default_setup``
+    overwrites the run's ``config.yaml`` with ``cfg``."""
     with torch.device("meta"):
-        model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+        model = build_pose_model(cfg, training=not eval_only)
     checkpointer = DePOTRCheckpointer(model, cfg.OUTPUT_DIR, allow_backbone_only=not eval_only)
     checkpointer.logger = _FIT_CHECK_LOGGER  # the real load logs what fvcore reports (keys not loaded)
     with warnings.catch_warnings():  # torch warns for each tensor that loading into the meta device does nothing

@@ -30,7 +30,7 @@ from .keypoint_branches import KeypointBranch, build_keypoint_branch
 from .oks_nms import oks_nms
 from .tta import predict_crop_keypoints
 
-__all__ = ["TopDownPoseEstimator", "check_pose_config", "rescore_instances"]
+__all__ = ["TopDownPoseEstimator", "build_pose_model", "check_pose_config", "rescore_instances"]
 
 # TEST.PRECISION values -> the keypoint branch's inference dtype.
 TEST_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -293,6 +293,14 @@ class TopDownPoseEstimator(nn.Module):
                 )
             results.append({"instances": instances})
         return results
+
+
+def build_pose_model(cfg: CfgNode, *, training: bool, **kwargs: Any) -> nn.Module:
+    """``cfg``'s ``MODEL.META_ARCHITECTURE`` (DePOTR's pose model) from Detectron2's registry, on
+    torch's default device (Detectron2's ``build_model``, the trainer's, also moves it to
+    ``MODEL.DEVICE``). ``training`` False: for inference only, without the ``INPUT.CROP_AUG`` chain
+    (``TopDownPoseEstimator.from_config``); ``kwargs``: its other ``from_config`` arguments."""
+    return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg, training=training, **kwargs)
 
 
 def check_pose_config(cfg: CfgNode) -> None:
