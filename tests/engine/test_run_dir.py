@@ -42,9 +42,10 @@ def _kill(child):
     child.join()
 
 
-def _train_net_error(output_dir, tmp_path, capsys):
-    """The stderr lines of ``train_net.py`` training the instant config in ``output_dir``; status 2."""
-    argv = ["--config-file", INSTANT_CONFIG, "OUTPUT_DIR", output_dir, "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "s")]
+def _train_net_error(output_dir, tmp_path, capsys, *options):
+    """The stderr lines of ``train_net.py [options]`` training the instant config in ``output_dir``; status 2."""
+    argv = [*options, "--config-file", INSTANT_CONFIG, "OUTPUT_DIR", output_dir]
+    argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "s")]
     capsys.readouterr()
     assert run_main(train_net.cli, argv) == 2
     return capsys.readouterr().err.splitlines()
@@ -150,6 +151,18 @@ def test_new_training_run_in_an_earlier_runs_folder_is_refused_before_writing(tm
     for resume, eval_only in ((True, False), (False, True)):
         lock_output_dir(str(output_dir), resume=resume, eval_only=eval_only).release()
     assert {name: (output_dir / name).read_text() for name in files} == files
+
+
+@pytest.mark.slow
+def test_a_refusal_in_one_of_two_processes_is_the_same_error_line(tmp_path, capfd):
+    """The friction: with --num-gpus 2 (two CPU processes) the refusal in rank 0's setup() came back
+    through torch.multiprocessing.spawn as a ProcessRaisedException traceback and status 1."""
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (output_dir / "last_checkpoint").write_text("model_final.pth")
+    err = _train_net_error(str(output_dir), tmp_path, capfd, "--num-gpus", "2")  # capfd: the processes' too
+    assert err[-1].startswith(f"error: OUTPUT_DIR {output_dir} holds an earlier training run (")
+    assert not any("Traceback" in line for line in err)
 
 
 def test_a_process_holding_the_lock_cannot_start_a_second_run_there(tmp_path):

@@ -1,15 +1,22 @@
 """Launching training processes: Detectron2's ``launch`` for one process or on GPUs; without CUDA,
 ``--num-gpus N`` means N gloo processes that share the cores
-(:func:`depotr.engine.compat.launch_cpu_processes`; Detectron2 v0.6's ``launch`` cannot do it)."""
+(:func:`depotr.engine.compat.launch_cpu_processes`; Detectron2 v0.6's ``launch`` cannot do it).
+A :class:`~depotr.cli.ConfigError` in any process is raised by :func:`launch` itself, so that
+``run_main`` prints it as one line, as in a single process."""
 
+import functools
+import multiprocessing
 from datetime import timedelta
+from multiprocessing.queues import SimpleQueue
 from typing import Callable, Sequence
 
 import torch
+from torch.multiprocessing.spawn import ProcessException
 
 from detectron2.engine import launch as detectron2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 
+from ..cli import ConfigError
 from .compat import launch_cpu_processes
 
 
@@ -23,7 +30,29 @@ def launch(
     timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> None:
     """Runs ``main_func(*args)`` in ``num_gpus_per_machine`` processes per machine (the arguments
-    of Detectron2's ``launch``)."""
+    of Detectron2's ``launch``). A ``ConfigError`` of a launched process is raised here with its
+    message; any other error of one is ``torch.multiprocessing``'s ``ProcessRaisedException``
+    holding its traceback."""
     on_cpu = num_machines * num_gpus_per_machine > 1 and not torch.cuda.is_available()
     run = launch_cpu_processes if on_cpu else detectron2_launch
-    run(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout)
+    # Read once every process has ended: torch reports only the process that exited first, which
+    # may be one that lost its peer (a gloo or NCCL error) rather than the one that refused.
+    config_errors = multiprocessing.get_context("spawn").SimpleQueue()
+    worker = functools.partial(_report_config_error, config_errors, main_func)
+    try:
+        run(worker, num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout)
+    except ProcessException:
+        if config_errors.empty():
+            raise
+        raise ConfigError(config_errors.get()) from None
+    finally:
+        config_errors.close()
+
+
+def _report_config_error(config_errors: SimpleQueue, main_func: Callable, *args) -> None:
+    """Runs ``main_func(*args)``; the message of a ``ConfigError`` also goes to ``config_errors``."""
+    try:
+        main_func(*args)
+    except ConfigError as e:
+        config_errors.put(str(e))
+        raise
