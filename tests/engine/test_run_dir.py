@@ -144,7 +144,12 @@ def test_new_training_run_in_an_earlier_runs_folder_is_refused_before_writing(tm
         message = str(error.value)
         assert message.startswith(f"OUTPUT_DIR {output_dir} holds an earlier training run (")
         assert all(str(output_dir / name) in message for name in files)
-        assert "pass --resume to continue it, give this run another OUTPUT_DIR" in message
+        resume = (  # what Trainer.resume_or_load does: the friction, "continue it" without a checkpoint
+            f"continue it from the checkpoint {output_dir / 'last_checkpoint'} names"
+            if "last_checkpoint" in files
+            else "start it again from MODEL.WEIGHTS, as it left no checkpoint (the metrics.json rows it wrote are"
+        )
+        assert f"pass --resume to {resume}" in message and ", give this run another OUTPUT_DIR" in message
         assert sorted(os.listdir(output_dir)) == sorted(files)  # no run.lock left behind
     else:
         lock_output_dir(str(output_dir), resume=False).release()

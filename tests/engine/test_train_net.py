@@ -211,7 +211,7 @@ def test_a_second_run_in_a_trained_folder_without_resume_is_refused_and_changes_
     assert run_main(train_net.cli, argv) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line.startswith(f"error: OUTPUT_DIR {output_dir} holds an earlier training run (")
-    assert "pass --resume to continue it, give this run another OUTPUT_DIR" in last_line
+    assert f"pass --resume to continue it from the checkpoint {output_dir / 'last_checkpoint'} names" in last_line
     assert {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file()} == files
 
 

@@ -134,8 +134,9 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
         lock.release()
         raise ConfigError(
             f"OUTPUT_DIR {folder} holds an earlier training run ({', '.join(earlier)}), which a new run would mix "
-            "with its own (appending to its metrics.json, overwriting its checkpoints): pass --resume to continue "
-            f"it, give this run another OUTPUT_DIR, or move those files out of {folder} to start a new run there"
+            "with its own (appending to its metrics.json, overwriting its checkpoints): pass --resume to "
+            f"{_resume_effect(folder)}, give this run another OUTPUT_DIR, or move those files out of {folder} to "
+            "start a new run there"
         )
     return lock
 
@@ -174,8 +175,9 @@ def _take_lock(folder: str, may_take_over: bool) -> OutputDirLock:
 
 
 def _resume_effect(folder: str) -> str:
-    """What ``--resume`` does with the dead run of ``folder`` (it takes the stale lock over), for
-    the refusal of a new run there; ``Trainer.resume_or_load`` and ``checkpoint.checkpoint_to_load``."""
+    """What ``--resume`` does with the earlier run of ``folder`` (taking a dead run's stale lock
+    over), for the refusals of a new run there; ``Trainer.resume_or_load`` and
+    ``checkpoint.checkpoint_to_load``."""
     tag = os.path.join(folder, "last_checkpoint")
     if os.path.isfile(tag):
         return f"continue it from the checkpoint {tag} names (the {METRICS_NAME} rows it wrote after it are dropped)"
