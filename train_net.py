@@ -52,6 +52,7 @@ def setup(args, cfg=None):
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
         if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
+    comm.synchronize()  # the other ranks write their log.txt.rankN only into a folder rank 0 has taken
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:

@@ -161,13 +161,15 @@ def test_new_training_run_in_an_earlier_runs_folder_is_refused_before_writing(tm
 @pytest.mark.slow
 def test_a_refusal_in_one_of_two_processes_is_the_same_error_line(tmp_path, capfd):
     """The friction: with --num-gpus 2 (two CPU processes) the refusal in rank 0's setup() came back
-    through torch.multiprocessing.spawn as a ProcessRaisedException traceback and status 1."""
+    through torch.multiprocessing.spawn as a ProcessRaisedException traceback and status 1; and
+    rank 1 had written its log.txt.rank1 into the refused folder (appending to a live run's)."""
     output_dir = tmp_path / "run"
     output_dir.mkdir()
     (output_dir / "last_checkpoint").write_text("model_final.pth")
     err = _train_net_error(str(output_dir), tmp_path, capfd, "--num-gpus", "2")  # capfd: the processes' too
     assert err[-1].startswith(f"error: OUTPUT_DIR {output_dir} holds an earlier training run (")
     assert not any("Traceback" in line for line in err)
+    assert os.listdir(output_dir) == ["last_checkpoint"]
 
 
 def test_a_process_holding_the_lock_cannot_start_a_second_run_there(tmp_path):
