@@ -359,8 +359,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_model_is_built(t
     monkeypatch.setattr(depotr.export, "build_crop_keypoint_predictor", lambda *a: pytest.fail("the model was built"))
     (tmp_path / "file").write_text("a file\n")
     output, problem = {
-        "a file": (tmp_path / "file", "it is a file, not a folder for the exported files"),
-        "under a file": (tmp_path / "file" / "export", "cannot make the folder (Not a directory)"),
+        "a file": (tmp_path / "file", "it is not a folder"),
+        "under a file": (
+            tmp_path / "file" / "export",
+            f"it cannot be made: Not a directory ({tmp_path / 'file' / 'export'})",
+        ),
         "model.ts a folder": (tmp_path / "export", "model.ts: it is a folder"),
     }[case]
     (tmp_path / "export" / "model.ts").mkdir(parents=True)

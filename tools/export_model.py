@@ -81,14 +81,11 @@ def output_paths(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def output_folder_problem(folder: str, paths: List[str]) -> Optional[str]:
-    """Makes ``folder`` when missing; why ``paths``, files in it, cannot be written (it is a file or
-    cannot be made, one of them is a folder, the folder is read-only), or None."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return "it is a file, not a folder for the exported files"
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        return f"cannot make the folder ({e.strerror})"
+    """Makes ``folder`` when missing; why ``paths``, files in it, cannot be written (``folder`` is
+    not a folder, cannot be made or is read-only; one of them is a folder), or None."""
+    problem = output_problem(folder, folder=True, create=True)
+    if problem:
+        return problem
     problems = [f"{os.path.basename(path)}: {problem}" for path in paths if (problem := output_problem(path))]
     return "; ".join(problems) or None
 
