@@ -3,7 +3,7 @@
 #                then draw predicted skeletons on a few val images and print the AP beside the
 #                mean-pose baseline with the error breakdown (output/.../analysis); run again, it
 #                continues a killed run or re-evaluates a finished one (--resume: train_net.py
-#                refuses a new run in an earlier run's folder)
+#                refuses a new run in an earlier run's folder; a changed config is logged as a warning)
 #   make test  - install (idempotent) and run the test suite
 #   make lint  - install (idempotent), then ruff: the linter, and the formatter as a check (ruff.toml);
 #                `ruff format . && ruff check --fix .` applies them

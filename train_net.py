@@ -37,7 +37,7 @@ def setup(args, cfg=None):
     from depotr.config import load_depotr_config
     from depotr.data import fill_keypoint_config, register_synthetic_datasets_from_cfg
     from depotr.engine.checkpoint import check_checkpoint_fits
-    from depotr.engine.run_dir import lock_output_dir
+    from depotr.engine.run_dir import config_changes, lock_output_dir
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
 
@@ -46,9 +46,11 @@ def setup(args, cfg=None):
     register_synthetic_datasets_from_cfg(cfg)
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
-    lock = None
+    lock, changes = None, []
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
+        if args.resume and not args.eval_only:
+            changes = config_changes(cfg.OUTPUT_DIR, cfg.dump())
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
         if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
@@ -57,6 +59,13 @@ def setup(args, cfg=None):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:
         lock.log_recovery()
+    if changes:
+        logging.getLogger("depotr").warning(
+            "--resume with a config that differs from the run's config.yaml in %d key(s): %s. The run continues "
+            "under the new values; a new run needs another OUTPUT_DIR",
+            len(changes),
+            "; ".join(changes[:8]) + (f"; ... and {len(changes) - 8} more" if len(changes) > 8 else ""),
+        )
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
     # Materialise generated datasets once, on the main process, before the others read them.

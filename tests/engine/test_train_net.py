@@ -257,3 +257,32 @@ def test_resume_from_a_truncated_checkpoint_names_the_earlier_complete_one(tmp_p
     assert last_line.startswith(f"error: cannot read checkpoint {last}")
     assert f"The newest complete earlier checkpoint is {output_dir / 'model_0000000.pth'}" in last_line
     assert (output_dir / "config.yaml").read_text() == "the run's config\n"
+
+
+def test_resume_with_a_changed_config_warns_with_the_changed_keys(tmp_path):
+    """The friction: `make main` (--resume) after editing the config silently continued the old run
+    under the new values; the changed keys now go to the log."""
+    argv = _tiny_argv(tmp_path, "--resume", "DATASETS.TEST", "()", "SOLVER.BASE_LR", "0.25")
+    assert run_main(train_net.cli, argv) == 0
+    log = tmp_path / "run" / "log.txt"
+    assert run_main(train_net.cli, argv) == 0  # the same config: re-runs the finished run, no warning
+    assert "differs from the run's config.yaml" not in log.read_text()
+    assert run_main(train_net.cli, [*argv, "SOLVER.BASE_LR", "0.5", "SOLVER.MAX_ITER", "3"]) == 0
+    warning = next(line for line in log.read_text().splitlines() if "differs from the run's config.yaml" in line)
+    assert "in 2 key(s): SOLVER.BASE_LR: 0.25 -> 0.5; SOLVER.MAX_ITER: 2 -> 3." in warning
+
+
+def test_config_changes_lists_changed_added_and_removed_keys(tmp_path):
+    from depotr.engine.run_dir import config_changes
+
+    assert config_changes(str(tmp_path), "A: 1\n") == []  # no config.yaml
+    (tmp_path / "config.yaml").write_text("not a config\n")
+    assert config_changes(str(tmp_path), "A: 1\n") == []
+    (tmp_path / "config.yaml").write_text("A: 1\nB: {C: [1, 2], D: x}\n")
+    assert config_changes(str(tmp_path), "A: 1\nB: {C: [1, 2], D: x}\n") == []
+    assert config_changes(str(tmp_path), "A: 2\nB: {C: [1, 3], E: y}\n") == [
+        "A: 1 -> 2",
+        "B.C: [1, 2] -> [1, 3]",
+        "B.D: x -> (none)",
+        "B.E: (none) -> y",
+    ]

@@ -10,6 +10,8 @@
   ``metrics.json``) takes only ``--resume`` or ``--eval-only`` too: a new training run would append
   its rows to that run's ``metrics.json`` (Detectron2's ``JSONWriter`` appends) and overwrite some of
   its checkpoints, so that the folder reads as one run made of two.
+* :func:`config_changes`: the keys in which a resumed run's config differs from the run's
+  ``config.yaml``, for ``train_net.py`` to warn about (the run continues under the new values).
 * :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint
   (all of them when it left none), which the resumed run writes again, are dropped.
 """
@@ -25,10 +27,12 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+import yaml
+
 from ..cli import ConfigError
 from ..file_io import remove_temporary_files
 
-__all__ = ["LOCK_NAME", "METRICS_NAME", "OutputDirLock", "drop_metrics_after", "lock_output_dir"]
+__all__ = ["LOCK_NAME", "METRICS_NAME", "OutputDirLock", "config_changes", "drop_metrics_after", "lock_output_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +194,39 @@ def _training_records(folder: str) -> List[str]:
     checkpoint_tag, metrics = os.path.join(folder, "last_checkpoint"), os.path.join(folder, METRICS_NAME)
     records = [checkpoint_tag] if os.path.isfile(checkpoint_tag) else []
     return records + ([metrics] if os.path.isfile(metrics) and os.path.getsize(metrics) > 0 else [])
+
+
+def config_changes(output_dir: str, config_yaml: str) -> List[str]:
+    """``"KEY: saved -> new"`` for every config key whose value in ``config_yaml`` (a config's
+    ``dump()``) differs from ``output_dir``'s ``config.yaml`` (the run's, as Detectron2's
+    ``default_setup`` wrote it), keys sorted; [] when the folder has no such file or it holds no
+    config (nothing to compare)."""
+    path = os.path.join(output_dir, "config.yaml")
+    try:
+        with open(path) as f:
+            saved = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    saved, new = _flat(saved), _flat(yaml.safe_load(config_yaml))
+    missing = "(none)"
+    return [
+        f"{key}: {saved.get(key, missing)} -> {new.get(key, missing)}"
+        for key in sorted(saved.keys() | new.keys())
+        if saved.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested dict's leaves by dotted key (``{"SOLVER": {"BASE_LR": 0.1}}`` -> ``{"SOLVER.BASE_LR": 0.1}``)."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def drop_metrics_after(metrics_file: str, start_iter: int) -> int:
