@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from depotr.cli import config_overrides, parse_command_line, run_main, training_argument_parser
+from depotr.cli import config_overrides, listing, parse_command_line, run_main, training_argument_parser
 
 
 def setup(args, cfg=None):
@@ -64,7 +64,7 @@ def setup(args, cfg=None):
             "--resume with a config that differs from the run's config.yaml in %d key(s): %s. The run continues "
             "under the new values; a new run needs another OUTPUT_DIR",
             len(changes),
-            "; ".join(changes[:8]) + (f"; ... and {len(changes) - 8} more" if len(changes) > 8 else ""),
+            listing(changes, separator="; "),
         )
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)

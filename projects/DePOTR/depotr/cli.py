@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "add_config_arguments",
     "config_overrides",
+    "listing",
     "parse_command_line",
     "quiet_third_party_warnings",
     "run_main",
@@ -47,6 +48,13 @@ class ConfigError(ValueError):
     """A user mistake in a config file, a config override, or a file or folder a config names (an
     ``OUTPUT_DIR`` another run holds); the message is one line naming the key, file or folder (and
     the nearest valid key for a typo)."""
+
+
+def listing(items: Sequence[str], listed: int = 8, separator: str = ", ") -> str:
+    """The first ``listed`` of ``items`` joined by ``separator``, then "... and N more" for the
+    rest: long lists (parameter names, config keys) in one-line messages."""
+    more = f" ... and {len(items) - listed} more" if len(items) > listed else ""
+    return separator.join(items[:listed]) + more
 
 
 def add_config_arguments(

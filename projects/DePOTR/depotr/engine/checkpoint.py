@@ -22,7 +22,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 
-from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError
+from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError, listing
 from ..file_io import atomic_write
 from ..modeling.meta_arch import build_pose_model
 
@@ -30,7 +30,6 @@ __all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "checkpoint_to_load", 
 
 logger = logging.getLogger(__name__)
 
-_LISTED = 8  # names listed in an error message before "... and N more"
 # Key prefix of the person-detector weights of pose checkpoints from when the detector was a submodule.
 _OLD_DETECTOR_PREFIX = "box_source."
 # First bytes of the files torch.load reads: a zip archive (torch.save) or a pickle.
@@ -40,11 +39,6 @@ _FIT_CHECK_LOGGER = logging.getLogger(f"{__name__}.fit_check")
 _FIT_CHECK_LOGGER.setLevel(logging.ERROR)
 # Suffixes of the files Detectron2 reads its own way (Detectron / Caffe2 pickles, pycls), not by torch.load.
 _OTHER_FORMATS = (".pkl", ".pyth")
-
-
-def _listing(names: List[str], listed: int = _LISTED) -> str:
-    more = f" ... and {len(names) - listed} more" if len(names) > listed else ""
-    return ", ".join(names[:listed]) + more
 
 
 def _block_pattern(key: str) -> str:
@@ -253,11 +247,11 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         loaded_weights = [k for k in loaded if not k.endswith("num_batches_tracked")]
         where = f"checkpoint {self._path}"
         if not loaded_weights:
-            found = [f"not in it: {_listing(missing, 3)}"] if missing else []
+            found = [f"not in it: {listing(missing, 3)}"] if missing else []
             if mismatched:
-                found.append(f"{len(mismatched)} of another shape: {_listing([k for k, _, _ in mismatched], 3)}")
+                found.append(f"{len(mismatched)} of another shape: {listing([k for k, _, _ in mismatched], 3)}")
             if incompatible.unexpected_keys:
-                found.append(f"it holds {_listing(incompatible.unexpected_keys, 3)}")
+                found.append(f"it holds {listing(incompatible.unexpected_keys, 3)}")
             raise ConfigError(
                 f"{where} holds none of the model's {len(expected)} parameters and buffers ({'; '.join(found)})"
             )
@@ -269,10 +263,10 @@ class DePOTRCheckpointer(DetectionCheckpointer):
             backbone_keys = [k for k in expected if k.startswith(backbone)]
             left_over = _backbone_like(incompatible.unexpected_keys, backbone_keys)
             if not_loaded or left_over:
-                problems = [f"{len(not_loaded)} are not in it: {_listing(not_loaded)}"] if not_loaded else []
+                problems = [f"{len(not_loaded)} are not in it: {listing(not_loaded)}"] if not_loaded else []
                 if left_over:
                     problems.append(
-                        f"{len(left_over)} backbone weights of it fit none of the model's: {_listing(left_over)}"
+                        f"{len(left_over)} backbone weights of it fit none of the model's: {listing(left_over)}"
                     )
                 raise ConfigError(
                     f"{where} holds backbone weights only, but not those of the model's backbone (a ResNet of "
@@ -280,17 +274,17 @@ class DePOTRCheckpointer(DetectionCheckpointer):
                     + "; ".join(problems)
                 )
         if backbone_only and self.allow_backbone_only and self._initialising:
-            groups = _listing(sorted({".".join(k.split(".")[:3]) for k in missing}))
+            groups = listing(sorted({".".join(k.split(".")[:3]) for k in missing}))
             logger.info(
                 f"{where} holds backbone weights only: loaded {len(expected) - len(missing)} of the model's "
                 f"{len(expected)} parameters and buffers; the other {len(missing)} ({groups}) keep their random "
                 "initialisation."
             )
             return incompatible
-        problems = [f"{len(missing)} are not in it: {_listing(missing)}"] if missing else []
+        problems = [f"{len(missing)} are not in it: {listing(missing)}"] if missing else []
         if mismatched:
             shapes = [f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in mismatched]
-            problems.append(f"{len(mismatched)} have another shape: " + _listing(shapes))
+            problems.append(f"{len(mismatched)} have another shape: " + listing(shapes))
         kind = (
             "holds backbone weights only, which can start a training run but not be evaluated or resumed"
             if backbone_only
