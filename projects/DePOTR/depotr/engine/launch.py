@@ -33,14 +33,17 @@ def launch(
     of Detectron2's ``launch``). A ``ConfigError`` of a launched process is raised here with its
     message; any other error of one is ``torch.multiprocessing``'s ``ProcessRaisedException``
     holding its traceback."""
-    on_cpu = num_machines * num_gpus_per_machine > 1 and not torch.cuda.is_available()
-    run = launch_cpu_processes if on_cpu else detectron2_launch
+    launch_args = (num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout)
+    if num_machines * num_gpus_per_machine == 1:  # Detectron2's runs main_func here: its errors reach the caller
+        detectron2_launch(main_func, *launch_args)
+        return
+    run = detectron2_launch if torch.cuda.is_available() else launch_cpu_processes
     # Read once every process has ended: torch reports only the process that exited first, which
     # may be one that lost its peer (a gloo or NCCL error) rather than the one that refused.
     config_errors = multiprocessing.get_context("spawn").SimpleQueue()
     worker = functools.partial(_report_config_error, config_errors, main_func)
     try:
-        run(worker, num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout)
+        run(worker, *launch_args)
     except ProcessException:
         if config_errors.empty():
             raise
