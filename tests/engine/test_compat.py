@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import detectron2
+from detectron2.checkpoint import detection_checkpoint
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
@@ -73,6 +74,18 @@ def test_initial_data_loader_iterator_is_created_up_front():
 def test_cpu_launch_feature_tests_agree():
     """Detectron2 main has both comm.create_local_process_group and a gloo launch; v0.6 neither."""
     assert compat._detectron2_launch_runs_on_cpu() == hasattr(comm, "create_local_process_group")
+
+
+def test_checkpoint_file_drops_the_url_query_where_detectron2_reads_it():
+    """Detectron2 main parses a checkpoint path's query with urllib's parse_qs; v0.6 imports none."""
+    reads_query = hasattr(detection_checkpoint, "parse_qs")
+    assert compat._checkpointer_reads_url_query() == reads_query
+    for path, file in (
+        ("out/model.pth?matching_heuristics=True", "out/model.pth"),
+        ("https://host/model.pth?matching_heuristics=True", "https://host/model.pth"),
+        ("out/model.pth", "out/model.pth"),
+    ):
+        assert compat.checkpoint_file(path) == (file if reads_query else path)
 
 
 def _compiled_detectron2_extension() -> bool:

@@ -21,10 +21,12 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
+from fvcore.common.checkpoint import Checkpointer
 
 from ..cli import RANDOM_WEIGHTS_FLAG, ConfigError, listing
 from ..file_io import atomic_write
 from ..modeling.meta_arch import build_pose_model
+from .compat import checkpoint_file
 
 __all__ = ["DePOTRCheckpointer", "check_checkpoint_fits", "checkpoint_to_load", "resume_checkpoint", "weights_to_load"]
 
@@ -69,7 +71,8 @@ def weights_to_load(weights: str, random_weights: bool = False) -> bool:
     """The one ``MODEL.WEIGHTS`` rule of everything that runs a model (``Predictor``, export, demo,
     tools, ``train_net.py --eval-only``): whether to load ``weights``. Empty ``weights`` need
     ``random_weights`` (``--random-weights``; then False, warned); a ConfigError otherwise, and for
-    ``random_weights`` with ``weights`` set or a local path (no "://") that is not a file.
+    ``random_weights`` with ``weights`` set or a local path (no "://") that names no file
+    (``compat.checkpoint_file``: Detectron2 main reads a ``?matching_heuristics=True`` query off it).
     """
     if random_weights:
         if weights:
@@ -81,7 +84,7 @@ def weights_to_load(weights: str, random_weights: bool = False) -> bool:
             "MODEL.WEIGHTS is empty: set it to a checkpoint (MODEL.WEIGHTS path/to/model_final.pth), or pass "
             f"{RANDOM_WEIGHTS_FLAG} (Predictor(cfg, random_weights=True)) to run with random weights"
         )
-    if "://" not in weights and not os.path.isfile(weights):
+    if "://" not in weights and not os.path.isfile(checkpoint_file(weights)):
         raise ConfigError(f"MODEL.WEIGHTS {weights}: no such checkpoint file")
     return True
 
@@ -133,7 +136,20 @@ def check_checkpoint_fits(cfg: CfgNode, *, resume: bool, eval_only: bool) -> Non
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
-class DePOTRCheckpointer(DetectionCheckpointer):
+class _MemoryMappedLoad(Checkpointer):
+    """fvcore's read of a ``torch.save`` file, memory-mapped when the model has no data (on the
+    meta device, :func:`check_checkpoint_fits`): its tensors are never read. It sits between
+    ``DetectionCheckpointer`` and fvcore's ``Checkpointer`` (``DePOTRCheckpointer``'s bases), so
+    Detectron2's ``_load_file`` still runs around it, the fit check as the real load (main's
+    ``?matching_heuristics=True`` query, the ``{"model": ...}`` wrapping)."""
+
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        if any(t.is_meta for t in self.model.state_dict().values()) and zipfile.is_zipfile(f):
+            return torch.load(f, map_location="cpu", mmap=True)
+        return super()._load_file(f)
+
+
+class DePOTRCheckpointer(DetectionCheckpointer, _MemoryMappedLoad):
     """``DetectionCheckpointer`` with atomic saves and strict loading (module docstring)."""
 
     def __init__(
@@ -183,7 +199,7 @@ class DePOTRCheckpointer(DetectionCheckpointer):
         """As fvcore's (empty ``path``: nothing loaded); a missing local file, or weights that do
         not fit, are a ConfigError naming ``path``."""
         self._path = path
-        if path and "://" not in path and not os.path.isfile(path):
+        if path and "://" not in path and not os.path.isfile(checkpoint_file(path)):
             raise ConfigError(f"checkpoint {path}: no such file")
         try:
             return super().load(path, *args, **kwargs)
@@ -204,18 +220,9 @@ class DePOTRCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            if self._reads_shapes_only(filename):
-                loaded = torch.load(filename, map_location="cpu", mmap=True)
-                return loaded if "model" in loaded else {"model": loaded}
             return super()._load_file(filename)
         except Exception as e:  # torch.load / pickle raise many types for files that are not checkpoints
             raise ConfigError(f"cannot read checkpoint {filename}: {_read_error_reason(filename, e)}") from e
-
-    def _reads_shapes_only(self, filename: str) -> bool:
-        """Whether ``filename`` is a ``torch.save`` file loaded into a model without data (on the
-        meta device, :func:`check_checkpoint_fits`): then it is memory-mapped, its tensors never read."""
-        meta = any(t.is_meta for t in self.model.state_dict().values())
-        return meta and not filename.endswith(_OTHER_FORMATS) and zipfile.is_zipfile(filename)
 
     def _convert_ndarray_to_tensor(self, state_dict: Dict[str, Any]) -> None:
         # fvcore's _load_model calls this last on the very dict it loads (after Detectron2's name

@@ -10,6 +10,7 @@ branches can go with v0.6. The only DePOTR module that touches private Detectron
 2. ``map_dataset``: ``MapDataset`` whose retry of skipped elements works on Python >= 3.11.
 3. ``create_local_process_group`` and ``launch_cpu_processes``: multi-process training on CPU.
 4. ``has_fast_coco_eval``: whether ``COCOEvaluator(use_fast_impl=True)`` can run.
+5. ``checkpoint_file``: the file a checkpoint path names (main reads a URL query off it).
 """
 
 import functools
@@ -20,6 +21,7 @@ import random
 import weakref
 from datetime import timedelta
 from typing import Callable, Iterable, Optional
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CompatDefaultTrainer",
+    "checkpoint_file",
     "create_ddp_model",
     "create_local_process_group",
     "has_fast_coco_eval",
@@ -258,3 +261,23 @@ def has_fast_coco_eval() -> bool:
         return all(callable(getattr(_C, name)) for name in FAST_COCO_EVAL_FUNCTIONS)
     except (ImportError, AttributeError, NotImplementedError):  # the stand-in raises NotImplementedError
         return False
+
+
+# --- 5. Checkpoint paths -----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpointer_reads_url_query() -> bool:
+    """Whether Detectron2's ``DetectionCheckpointer.load`` reads a URL query off its path (main
+    keeps it in ``_parsed_url_during_load`` for ``_load_file``; v0.6 has no such attribute)."""
+    return "_parsed_url_during_load" in vars(DetectionCheckpointer(torch.nn.Module()))
+
+
+def checkpoint_file(path: str) -> str:
+    """The file (or URL) that Detectron2's ``DetectionCheckpointer.load(path)`` reads: on main,
+    ``path`` without its URL query (``model.pth?matching_heuristics=True`` reads ``model.pth`` with
+    its weight names matched by suffix), stripped as main strips it; on v0.6, which reads no query,
+    ``path`` itself (fvcore then finds no file ``model.pth?matching_heuristics=True``)."""
+    if not _checkpointer_reads_url_query():
+        return path
+    return urlparse(path)._replace(query="").geturl()
