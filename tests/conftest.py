@@ -30,3 +30,18 @@ def restore_depotr_logger():
     yield
     root.handlers[:], root.propagate = state[0], state[1]
     root.setLevel(state[2])
+
+
+@pytest.fixture
+def cpu_processes(monkeypatch):
+    """``--num-gpus N`` runs N CPU processes on any machine, as on one without CUDA: with a GPU,
+    ``depotr.engine.launch`` would take Detectron2's CUDA launch (NCCL, a device per process;
+    one GPU fails) and a "cuda" MODEL.DEVICE would stay cuda. CUDA is hidden from the processes
+    the test starts (``CUDA_VISIBLE_DEVICES=""``, inherited by spawned workers and subprocesses
+    and read when their torch first asks for CUDA) and from this process (``torch.cuda.is_available``:
+    CUDA read the variable when this process first asked, e.g. for a skipif), whose launch decides
+    on CPU processes and whose config falls back to MODEL.DEVICE cpu."""
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

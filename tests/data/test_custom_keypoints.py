@@ -423,6 +423,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cpu_processes")
 def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path):
     """docs/datasets.md's recipe: a script that registers the dataset at module level and calls
     run_main(train_net.cli) trains with --num-gpus 2 (two CPU processes) and evaluates."""

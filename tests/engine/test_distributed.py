@@ -29,6 +29,7 @@ def _train_and_dump_parameters(output_dir: str, synthetic_root: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cpu_processes")
 def test_two_cpu_processes_train_in_lockstep_and_evaluate_all_images(tmp_path, synthetic_root):
     output_dir = str(tmp_path / "ddp")
     os.makedirs(output_dir)

@@ -159,6 +159,7 @@ def test_new_training_run_in_an_earlier_runs_folder_is_refused_before_writing(tm
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cpu_processes")
 def test_a_refusal_in_one_of_two_processes_is_the_same_error_line(tmp_path, capfd):
     """The friction: with --num-gpus 2 (two CPU processes) the refusal in rank 0's setup() came back
     through torch.multiprocessing.spawn as a ProcessRaisedException traceback and status 1; and
