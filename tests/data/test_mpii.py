@@ -17,6 +17,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import Boxes, Instances
 
 import train_net
+from depotr.cli import ConfigError
 from depotr.data import register_mpii
 from depotr.data.keypoint_metadata import MPII_KEYPOINT_NAMES, MPII_OFFICIAL_JOINT_NAMES
 from depotr.data.mpii import load_mpii_json, mpii_box
@@ -72,6 +73,22 @@ def test_boxes_keypoints_and_person_order(tmp_path):
         (lambda e: e.update(joints=[[0, 0]] * 14), r"entry 1: field 'joints' has shape \(14, 2\)"),
         (lambda e: e.update(joints_vis=[1] * 17), "entry 1: field 'joints_vis' has 17 values"),
         (lambda e: e.update(center=[1, "x"]), "entry 1: field 'center'"),
+        (lambda e: e.update(image=5), "entry 1: field 'image' is 5, expected an image file name"),
+        (lambda e: e.update(joints_vis=[1] * 15 + ["x"]), "entry 1: field 'joints_vis' must be 16 numbers"),
+        (lambda e: e.update(joints=[[float("nan"), 0]] * 16), "entry 1: field 'joints' must be finite numbers"),
+        (lambda e: e.update(joints=[["50", 0]] * 16), "entry 1: field 'joints' must be finite numbers"),
+        (lambda e: e.update(image="b.jpg"), r"entry 1: image .*b\.jpg does not exist"),
+    ],
+    ids=[
+        "no-scale",
+        "joints-14",
+        "joints-vis-17",
+        "center-string",
+        "image-int",
+        "joints-vis-string",
+        "joints-nan",
+        "joints-string",
+        "missing-image",
     ],
 )
 def test_malformed_entries_name_file_entry_and_field(tmp_path, change, message):
@@ -79,7 +96,7 @@ def test_malformed_entries_name_file_entry_and_field(tmp_path, change, message):
     entries = [_person("a.jpg", (50, 50), 0.5, rng), _person("a.jpg", (50, 50), 0.5, rng)]
     change(entries[1])
     json_file, image_root = _write_mpii(tmp_path, entries, {"a.jpg": (100, 100)})
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:  # train_net.py: one "error: ..." line
         load_mpii_json(json_file, image_root)
     assert json_file in str(info.value)
 

@@ -4,6 +4,7 @@ xtcocotools is a pinned dependency (tools/install.sh): without it these tests fa
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -31,6 +32,7 @@ def crowdpose_file(tmp_path):
         kps = np.concatenate([xy, np.full((14, 1), 2.0)], axis=1)
         keypoints.append(kps)
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 200, "width": 200, "crowdIndex": crowd})
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), np.zeros((200, 200, 3), np.uint8))  # the dataset's loader checks them
         # no "area", as CrowdPose's own files: its evaluation takes the box's
         annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [50.0, 50.0, 100.0, 100.0],
                             "iscrowd": 0, "num_keypoints": 14, "keypoints": kps.ravel().tolist()})  # fmt: skip

@@ -9,13 +9,14 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..cli import ConfigError, listing
 from ..file_io import is_finite_number, repeated_ids
 from .dataset_mapper import annotations_to_arrays
 from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
@@ -35,16 +36,46 @@ DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
 DEFAULT_EDGE_COLOUR = (255, 128, 0)
 # The evaluator types Trainer.build_evaluator tells apart (anything else would be evaluated as "coco").
 EVALUATOR_TYPES = ("coco", "crowdpose", "mpii_pckh")
-# Fields read from every entry: by Detectron2's load_coco_json (images, categories) and by
-# pycocotools' keypoint evaluation (annotations, crowd ones included); a bare KeyError there otherwise.
-REQUIRED_JSON_FIELDS = {
-    "images": ("id", "file_name", "height", "width"),
-    "annotations": ("id", "image_id", "category_id", "iscrowd", "bbox", "keypoints", "num_keypoints"),
-    "categories": ("id", "name"),
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:  # 64 or 64.0, as numpy-written files have them
+    return is_finite_number(value) and value >= 0 and float(value).is_integer()
+
+
+def _is_number_list(value: Any) -> bool:  # NaN and inf pass: annotations_to_arrays names them
+    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+# Fields read from every entry, with what each must be: by Detectron2's load_coco_json (images,
+# categories), the mapper and pycocotools' keypoint evaluation (annotations, crowd ones included); a
+# bare KeyError, a TypeError or AssertionError there otherwise, or worse, no error: an iscrowd "0"
+# (truthy: a crowd region) or an image_id "1" (no image has it) drops the person without a word.
+REQUIRED_JSON_FIELDS: Dict[str, Dict[str, Tuple[Callable[[Any], bool], str]]] = {
+    "images": {
+        "id": (_is_int, "an integer"),
+        "file_name": (lambda v: isinstance(v, str) and v != "", "a file name"),
+        "height": (lambda v: _is_whole(v) and v > 0, "a positive integer"),
+        "width": (lambda v: _is_whole(v) and v > 0, "a positive integer"),
+    },
+    "annotations": {
+        "id": (_is_int, "an integer"),
+        "image_id": (_is_int, "an integer"),
+        "category_id": (_is_int, "an integer"),
+        "iscrowd": (lambda v: _is_int(v) and v in (0, 1), "0 or 1"),
+        "bbox": (lambda v: _is_number_list(v) and len(v) == 4, "4 numbers [x, y, w, h]"),
+        "keypoints": (_is_number_list, "a list of numbers"),
+        "num_keypoints": (_is_whole, "an integer >= 0"),
+    },
+    "categories": {"id": (_is_int, "an integer"), "name": (lambda v: isinstance(v, str) and v != "", "a name")},
 }
 # Evaluator types whose evaluation reads each annotation's "area" (CrowdPose's files have none: its
 # evaluation takes the box's area, xtcocotools' use_area=False; PCKh reads neither).
 AREA_EVALUATOR_TYPES = ("coco",)
+AREA_FIELD = {"area": (is_finite_number, "a number")}
 
 
 def unregister_dataset(name: str) -> None:
@@ -102,45 +133,54 @@ def _check_metadata(
 
 
 def _check_json_fields(where: str, coco: Any, keypoint_names: List[str], evaluator_type: str) -> None:
-    """The checks of :func:`load_keypoint_json` before loading; a ValueError prefixed with ``where``."""
+    """The checks of :func:`load_keypoint_json` before loading; a ConfigError prefixed with ``where``."""
     if not isinstance(coco, dict):
-        raise ValueError(f"{where}: expected a COCO json object at the top level, got {type(coco).__name__}")
+        raise ConfigError(f"{where}: expected a COCO json object at the top level, got {type(coco).__name__}")
     for key, fields in REQUIRED_JSON_FIELDS.items():
         if key == "annotations" and evaluator_type in AREA_EVALUATOR_TYPES:
-            fields = fields + ("area",)
+            fields = {**fields, **AREA_FIELD}
         if not isinstance(coco.get(key), list):
-            raise ValueError(f"{where}: no top-level {key!r} list")
+            raise ConfigError(f"{where}: no top-level {key!r} list")
         for i, entry in enumerate(coco[key]):
+            what = f"{key}[{i}]" + (f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else "")
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:
-                what = f"{key}[{i}]" + (f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else "")
-                raise ValueError(f"{where}: {what} is missing field(s) {missing}")
+                raise ConfigError(f"{where}: {what} is missing field(s) {missing}")
+            for field, (valid, expected) in fields.items():
+                if not valid(entry[field]):
+                    raise ConfigError(f"{where}: {what}: field {field!r} is {entry[field]!r}, expected {expected}")
     repeated = repeated_ids(image["id"] for image in coco["images"])
     if repeated:  # load_coco_json would keep one of the images and give it the annotations of all
-        raise ValueError(f"{where}: image ids must be unique, repeated: {', '.join(repeated[:5])}")
+        raise ConfigError(f"{where}: image ids must be unique, repeated: {', '.join(repeated[:5])}")
     categories = coco["categories"]
     if len(categories) != 1:
         names = [c["name"] for c in categories]
-        raise ValueError(f"{where}: expected one category (top-down keypoints of one class), got {names}")
+        raise ConfigError(f"{where}: expected one category (top-down keypoints of one class), got {names}")
     listed = categories[0].get("keypoints")
     if listed is not None and list(listed) != keypoint_names:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: the category's keypoints {list(listed)} are not the registered keypoint_names "
             f"{keypoint_names} (same names in the same order)"
         )
+    for i, anno in enumerate(coco["annotations"]):  # load_coco_json: a KeyError naming neither file nor annotation
+        if anno["category_id"] != categories[0]["id"]:
+            raise ConfigError(
+                f"{where}: annotations[{i}] (id {anno['id']}): category_id {anno['category_id']} is not the "
+                f"category's id {categories[0]['id']}"
+            )
 
 
 def _evaluation_field_problem(anno: Dict[str, Any], evaluator_type: str) -> str:
     """What pycocotools' keypoint evaluation would read wrongly in a non-crowd annotation whose
-    keypoints passed ``annotations_to_arrays``: with ``evaluator_type`` "coco", an ``area`` that is
-    not a positive number (OKS divides by it: AP 0 whatever the prediction; CrowdPose's evaluation
-    and PCKh do not read it); a ``num_keypoints`` that is not a number, or is 0 while keypoints are
+    fields passed ``REQUIRED_JSON_FIELDS`` and keypoints ``annotations_to_arrays``: with
+    ``evaluator_type`` "coco", an ``area`` <= 0 (OKS divides by it: AP 0 whatever the prediction;
+    CrowdPose's evaluation and PCKh do not read it); a ``num_keypoints`` of 0 while keypoints are
     labelled (v > 0; the annotation is then ignored) or the reverse; "" when none."""
     count = anno["num_keypoints"]
     labelled = int(np.count_nonzero(np.asarray(anno["keypoints"], np.float64)[2::3] > 0))
-    if evaluator_type in AREA_EVALUATOR_TYPES and (not is_finite_number(anno["area"]) or anno["area"] <= 0):
+    if evaluator_type in AREA_EVALUATOR_TYPES and anno["area"] <= 0:
         return f"field 'area' is {anno['area']!r}, expected a positive number (OKS divides by it)"
-    if not is_finite_number(count) or (count == 0) != (labelled == 0):
+    if (count == 0) != (labelled == 0):
         return (
             f"field 'num_keypoints' is {count!r} but {labelled} keypoints are labelled (v > 0); COCO's "
             "num_keypoints is that count, and pycocotools ignores annotations whose num_keypoints is 0"
@@ -155,42 +195,51 @@ def load_keypoint_json(
     that bad input fails on the first ``DatasetCatalog.get`` (``train_net.setup``), not mid-training:
     before loading, the top-level ``images`` / ``annotations`` / ``categories`` lists, each entry's
     ``REQUIRED_JSON_FIELDS`` (and ``area`` for ``AREA_EVALUATOR_TYPES``), unique image ids and one
-    category whose ``keypoints`` (when listed) are ``keypoint_names`` in order; after, 3K keypoint
-    values per annotation, ``annotations_to_arrays``' checks and the ``area`` / ``num_keypoints``
-    the evaluation of ``evaluator_type`` reads (:func:`_evaluation_field_problem`).
+    category whose ``keypoints`` (when listed) are ``keypoint_names`` in order, and annotations of
+    that category; after, every image file present, 3K keypoint values per annotation,
+    ``annotations_to_arrays``' checks and the ``area`` / ``num_keypoints`` the evaluation of
+    ``evaluator_type`` reads (:func:`_evaluation_field_problem`).
 
     Raises:
-        FileNotFoundError; ValueError naming the dataset, the file, the field (and the image and annotation id).
+        ConfigError (a ValueError: ``train_net`` prints it as one ``error:`` line) naming the dataset,
+        the file, the field (and the image and annotation id), or the missing files.
     """
     where = f"keypoint dataset {name!r} ({json_file})"
     if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"{where}: the file does not exist")
+        raise ConfigError(f"{where}: the file does not exist")
     try:
         with open(json_file) as f:
             coco = json.load(f)  # read once more by load_coco_json (pycocotools takes a path)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid json: {e}") from e
+        raise ConfigError(f"{where}: not valid json: {e}") from e
     names = list(keypoint_names)
     _check_json_fields(where, coco, names, evaluator_type)
     del coco
     dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id", "area", "num_keypoints"])
+    # A missing image would stop the evaluation after the whole training (the mapper skips unreadable
+    # training images, counted in the log, but cannot skip a test image).
+    missing = [os.path.relpath(d["file_name"], image_root) for d in dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise ConfigError(
+            f"{where}: {len(missing)} of {len(dicts)} image files do not exist under {image_root}: {listing(missing)}"
+        )
     num_keypoints = len(names)
     for d in dicts:
         for anno in d.get("annotations", []):
             kps = anno.get("keypoints")
             if kps is not None and len(kps) != 3 * num_keypoints:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: annotation {anno.get('id')} of {d['file_name']}: field 'keypoints' has "
                     f"{len(kps)} values, expected 3 x {num_keypoints} (the registered keypoint_names)"
                 )
         try:
             annotations_to_arrays(d.get("annotations", []), num_keypoints, d["file_name"])
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+            raise ConfigError(f"{where}: {e}") from e
         for anno in d.get("annotations", []):
             problem = "" if anno.get("iscrowd", 0) else _evaluation_field_problem(anno, evaluator_type)
             if problem:
-                raise ValueError(f"{where}: annotation {anno['id']} of {d['file_name']}: {problem}")
+                raise ConfigError(f"{where}: annotation {anno['id']} of {d['file_name']}: {problem}")
     return dicts
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ..file_io import load_json_list
+from ..cli import ConfigError
+from ..file_io import is_finite_number, load_json_list
 from .custom import unregister_dataset
 from .keypoint_metadata import MPII_KEYPOINT_NAMES, mpii_person_metadata
 
@@ -46,27 +47,43 @@ def mpii_box(center, scale: float) -> List[float]:
     return [cx - 0.5 - side / 2, cy - 0.5 - side / 2, side, side]
 
 
+def _numbers(value: Any) -> np.ndarray:
+    """``value`` (json numbers, nested lists) as a float64 array; an empty one when it holds anything
+    else (strings, which NumPy would parse, None, ragged lists)."""
+    array = np.asarray(value, dtype=object)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in array.reshape(-1)):
+        return np.zeros(0)
+    return array.astype(np.float64)
+
+
 def _person_annotation(entry: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """The Detectron2 annotation of one MPII ``entry``; a ConfigError naming ``where`` and the field."""
     for field in ("image", "center", "scale"):
         if field not in entry:
-            raise ValueError(f"{where}: missing field {field!r}")
-    try:
-        center = np.asarray(entry["center"], np.float64)
-    except (TypeError, ValueError):
-        center = np.full(0, np.nan)
+            raise ConfigError(f"{where}: missing field {field!r}")
+    if not isinstance(entry["image"], str) or not entry["image"]:
+        raise ConfigError(f"{where}: field 'image' is {entry['image']!r}, expected an image file name")
+    center = _numbers(entry["center"])
     if center.shape != (2,) or not np.isfinite(center).all():
-        raise ValueError(f"{where}: field 'center' must be 2 finite numbers, got {entry['center']!r}")
+        raise ConfigError(f"{where}: field 'center' must be 2 finite numbers, got {entry['center']!r}")
     scale = entry["scale"]
-    if not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{where}: field 'scale' must be a positive number, got {scale!r}")
+    if not is_finite_number(scale) or scale <= 0:
+        raise ConfigError(f"{where}: field 'scale' must be a positive number, got {scale!r}")
     keypoints = np.zeros((NUM_JOINTS, 3))
     if "joints" in entry:
-        joints = np.asarray(entry["joints"], np.float64)
-        visible = np.asarray(entry.get("joints_vis", []), np.float64).reshape(-1)
+        joints, visible = _numbers(entry["joints"]), _numbers(entry.get("joints_vis", [])).reshape(-1)
+        if joints.size == 0 or not np.isfinite(joints).all():
+            raise ConfigError(
+                f"{where}: field 'joints' must be finite numbers (x, y per joint), got {entry['joints']!r}"
+            )
+        if visible.size == 0 or not np.isfinite(visible).all():
+            raise ConfigError(
+                f"{where}: field 'joints_vis' must be {NUM_JOINTS} numbers, got {entry.get('joints_vis')!r}"
+            )
         if joints.shape != (NUM_JOINTS, 2):
-            raise ValueError(f"{where}: field 'joints' has shape {joints.shape}, expected ({NUM_JOINTS}, 2)")
+            raise ConfigError(f"{where}: field 'joints' has shape {joints.shape}, expected ({NUM_JOINTS}, 2)")
         if visible.shape != (NUM_JOINTS,):
-            raise ValueError(f"{where}: field 'joints_vis' has {visible.size} values, expected {NUM_JOINTS}")
+            raise ConfigError(f"{where}: field 'joints_vis' has {visible.size} values, expected {NUM_JOINTS}")
         labelled = visible > 0
         keypoints[labelled, :2] = joints[labelled] - 0.5
         keypoints[labelled, 2] = 2
@@ -85,22 +102,25 @@ def load_mpii_json(json_file: str, image_root: str) -> List[Dict[str, Any]]:
     in the ground truth .mat). Image sizes come from the image headers.
 
     Raises:
-        FileNotFoundError naming a missing file or image; ValueError naming the file, the entry
-        and the malformed field.
+        ConfigError (a ValueError: ``train_net.py`` prints it as one ``error:`` line) naming a
+        missing file or image, or the file, the entry and the malformed field.
     """
-    entries = load_json_list(json_file, "MPII annotation", "persons")
+    try:
+        entries = load_json_list(json_file, "MPII annotation", "persons")
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
     images: Dict[str, Dict[str, Any]] = {}
     for i, entry in enumerate(entries):
         where = f"MPII annotation file {json_file}, entry {i}"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+            raise ConfigError(f"{where}: expected an object, got {type(entry).__name__}")
         annotation = _person_annotation(entry, where)
         annotation["person_index"] = i
         image = entry["image"]
         if image not in images:
             file_name = os.path.join(image_root, image)
             if not os.path.isfile(file_name):
-                raise FileNotFoundError(f"{where}: image {file_name} does not exist")
+                raise ConfigError(f"{where}: image {file_name} does not exist")
             with Image.open(file_name) as im:
                 width, height = im.size
             images[image] = dict(file_name=file_name, image_id=len(images), height=height, width=width, annotations=[])
