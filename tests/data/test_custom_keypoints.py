@@ -283,6 +283,23 @@ def test_a_field_of_the_wrong_type_fails_at_load_naming_it(tmp_path, key, index,
     assert f"{key}[{index}] (id {entry_id}): field '{field}' is {value!r}, expected {expected}" in error, error
 
 
+def test_boolean_iscrowd_loads_as_its_number(tmp_path):
+    # json booleans are what some tools write for iscrowd; pycocotools and load_coco_json read them as 0 / 1.
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    with open(json_file) as f:
+        coco = json.load(f)
+    coco["annotations"][0]["iscrowd"], coco["annotations"][1]["iscrowd"] = False, True
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    register_keypoint_dataset("kite_bool", json_file, image_root, KITE, KITE_FLIP)
+    try:
+        dicts = DatasetCatalog.get("kite_bool")
+    finally:
+        unregister_dataset("kite_bool")
+    crowd = {anno["id"]: anno["iscrowd"] for d in dicts for anno in d["annotations"]}
+    assert crowd == {coco["annotations"][0]["id"]: False, coco["annotations"][1]["id"]: True}
+
+
 def test_an_annotation_of_another_category_fails_at_load(tmp_path):
     # Detectron2's load_coco_json raised a KeyError naming neither the dataset nor the file.
     other = CATEGORY_ID + 1

@@ -65,7 +65,7 @@ REQUIRED_JSON_FIELDS: Dict[str, Dict[str, Tuple[Callable[[Any], bool], str]]] = 
         "id": (_is_int, "an integer"),
         "image_id": (_is_int, "an integer"),
         "category_id": (_is_int, "an integer"),
-        "iscrowd": (lambda v: _is_int(v) and v in (0, 1), "0 or 1"),
+        "iscrowd": (lambda v: isinstance(v, (int, bool)) and v in (0, 1), "0 or 1 (or false / true)"),
         "bbox": (lambda v: _is_number_list(v) and len(v) == 4, "4 numbers [x, y, w, h]"),
         "keypoints": (_is_number_list, "a list of numbers"),
         "num_keypoints": (_is_whole, "an integer >= 0"),
