@@ -35,7 +35,11 @@ def setup(args, cfg=None):
     from detectron2.utils.logger import setup_logger
 
     from depotr.config import load_depotr_config
-    from depotr.data import fill_keypoint_config, register_synthetic_datasets_from_cfg
+    from depotr.data import (
+        attach_precomputed_boxes_from_cfg,
+        fill_keypoint_config,
+        register_synthetic_datasets_from_cfg,
+    )
     from depotr.engine.checkpoint import check_checkpoint_fits
     from depotr.engine.run_dir import config_changes, lock_output_dir
     from depotr.engine.trainer import load_training_dicts
@@ -68,10 +72,13 @@ def setup(args, cfg=None):
         )
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
-    # Materialise generated datasets once, on the main process, before the others read them.
+    # Materialise generated datasets once, on the main process, before the others read them; a test
+    # dataset's DATASETS.PRECOMPUTED_BOXES file is read now too, so that a bad one fails before training.
     if comm.is_main_process():
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
-            DatasetCatalog.get(name)
+            dicts = DatasetCatalog.get(name)
+            if name in cfg.DATASETS.TEST:
+                attach_precomputed_boxes_from_cfg(cfg, name, dicts)
     comm.synchronize()
     if not args.eval_only and cfg.SOLVER.MAX_EPOCHS > 0:
         # Counting the training images loads them once more than the Trainer does (start-up only).

@@ -13,6 +13,7 @@ import torch
 import depotr.config as depotr_config
 from depotr.cli import CONFIG_ROOT_KEYS, config_overrides, parse_command_line, run_main, training_argument_parser
 from depotr.config import load_depotr_config
+from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 from tests.conftest import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +119,30 @@ def test_config_path_mistakes_in_the_tools(name, tmp_path, capsys):
     )
     assert run_main(_main(name), ["--config-file", INSTANT_CONFIG, *argv, "SEED"]) == 2
     assert "KEY VALUE pairs; got 1 values: SEED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["export", "visualize"])
+def test_custom_keypoints_against_the_configs_coco_datasets_are_one_line(name, tmp_path, capsys):
+    """The friction: keypoints of the config that disagree with its datasets' (or lack OKS sigmas)
+    were a ValueError traceback from the keypoint tables in the tools."""
+    names = ["head", "l_hand", "r_hand", "l_foot", "r_foot"]
+    opts = ["MODEL.DEPOTR.NUM_KEYPOINTS", "5", "MODEL.DEPOTR.KEYPOINT_NAMES", str(names)]
+    opts += ["MODEL.DEPOTR.KEYPOINT_FLIP_MAP", "[['l_hand', 'r_hand'], ['l_foot', 'r_foot']]"]
+    argv = ["--config-file", INSTANT_CONFIG, "--output", str(tmp_path / "out"), "--random-weights", *opts]
+    assert run_main(_main(name), argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: keypoints ['l_hand', 'r_hand', 'l_foot', 'r_foot'] have no OKS sigma in the keypoint table: set "
+        "TEST.KEYPOINT_OKS_SIGMAS"
+    )
+    assert run_main(_main(name), [*argv, "TEST.KEYPOINT_OKS_SIGMAS", "[0.05, 0.05, 0.05, 0.05, 0.05]"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            f"error: dataset 'synthetic_persons_train' has keypoint_names {list(COCO_PERSON_KEYPOINT_NAMES)}, "
+            "the config's keypoints "
+        )
+    )
 
 
 @pytest.mark.parametrize("name", ["train_net", "visualize", "export"])

@@ -9,6 +9,7 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
+from depotr.cli import ConfigError
 from depotr.data.datasets import attach_precomputed_boxes, attach_precomputed_boxes_from_cfg, load_precomputed_boxes
 from depotr.modeling.box_sources import PrecomputedBoxes, build_box_source
 
@@ -160,7 +161,7 @@ def test_malformed_file_errors_name_file_and_field(tmp_path, content, match):
 
 
 def test_missing_and_invalid_json(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(ConfigError, match="nope.json"):
         load_precomputed_boxes(str(tmp_path / "nope.json"))
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(ValueError, match="bad.json is not valid json"):

@@ -215,6 +215,23 @@ def test_a_second_run_in_a_trained_folder_without_resume_is_refused_and_changes_
     assert {p.name: p.read_bytes() for p in output_dir.iterdir() if p.is_file()} == files
 
 
+def test_a_bad_precomputed_boxes_file_is_one_error_line_before_training(tmp_path, capsys):
+    """The friction: DATASETS.PRECOMPUTED_BOXES was read only by the test loader, after the whole
+    training, and its errors were ValueError tracebacks."""
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"image_id": 0, "category_id": 1, "bbox": [1, 2, 3], "score": 0.9}]))
+    argv = _tiny_argv(tmp_path, "DATASETS.PRECOMPUTED_BOXES", f'("{boxes}",)')
+    capsys.readouterr()
+    assert run_main(train_net.cli, argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"error: precomputed boxes file {boxes}, detection 0: field 'bbox' must be 4 finite numbers [x, y, w, h], "
+        "got [1, 2, 3]"
+    )
+    assert not any("Traceback" in line for line in err)
+    assert not list((tmp_path / "run").glob("*.pth"))  # refused before the first iteration
+
+
 def _save_instant_checkpoint(path):
     from detectron2.modeling import build_model
 

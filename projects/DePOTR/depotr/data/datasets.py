@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from ..cli import ConfigError
 from ..file_io import is_finite_number, load_json_list
 from .custom import unregister_dataset
 from .keypoint_metadata import coco_person_metadata
@@ -169,27 +170,31 @@ def load_precomputed_boxes(
         boxes: image_id -> (boxes float32 (N, 4) XYXY_ABS, scores float32 (N,)).
         stats: total, kept, dropped_category, dropped_empty (w or h 0).
     Raises:
-        FileNotFoundError / ValueError naming the file (and detection index and field).
+        ConfigError (a ValueError: ``train_net.py`` prints it as one ``error:`` line) naming the
+        file (and detection index and field).
     """
-    detections = load_json_list(json_file, "precomputed boxes", "detections (COCO results format)")
+    try:
+        detections = load_json_list(json_file, "precomputed boxes", "detections (COCO results format)")
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
     stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_empty=0)
     per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
     for i, det in enumerate(detections):
         where = f"precomputed boxes file {json_file}, detection {i}"
         if not isinstance(det, dict):
-            raise ValueError(f"{where}: expected an object, got {type(det).__name__}")
+            raise ConfigError(f"{where}: expected an object, got {type(det).__name__}")
         missing = [field for field in ("image_id", "category_id", "bbox", "score") if field not in det]
         if missing:
-            raise ValueError(f"{where}: missing field '{missing[0]}'")
+            raise ConfigError(f"{where}: missing field '{missing[0]}'")
         bbox, score, image_id = det["bbox"], det["score"], det["image_id"]
         if not isinstance(image_id, int) or isinstance(image_id, bool):
-            raise ValueError(f"{where}: field 'image_id' must be an integer, got {image_id!r}")
+            raise ConfigError(f"{where}: field 'image_id' must be an integer, got {image_id!r}")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_finite_number(v) for v in bbox):
-            raise ValueError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            raise ConfigError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         if not is_finite_number(score):
-            raise ValueError(f"{where}: field 'score' must be a finite number, got {score!r}")
+            raise ConfigError(f"{where}: field 'score' must be a finite number, got {score!r}")
         if bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"{where}: degenerate box {bbox} (negative width or height)")
+            raise ConfigError(f"{where}: degenerate box {bbox} (negative width or height)")
         if det["category_id"] != category_id:
             stats["dropped_category"] += 1
         elif bbox[2] == 0 or bbox[3] == 0:
@@ -210,14 +215,14 @@ def attach_precomputed_boxes(
 ) -> List[Dict[str, Any]]:
     """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) of
     :func:`load_precomputed_boxes` (boxes of ``category_id``) to each dataset dict (N = 0 for
-    images without detections). Returns new dicts; logs what was dropped and why. A ValueError
+    images without detections). Returns new dicts; logs what was dropped and why. A ConfigError
     naming the file when it has detections but no box of ``category_id`` on an image of the
     dataset (a file of another dataset or category, which would evaluate no person)."""
     boxes, stats = load_precomputed_boxes(json_file, category_id)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
     if stats["total"] and unknown == stats["kept"]:
-        raise ValueError(
+        raise ConfigError(
             f"precomputed boxes file {json_file}: none of its {stats['total']} detections is a box of category_id "
             f"{category_id} on an image of the dataset ({stats['dropped_category']} of another category, "
             f"{stats['dropped_empty']} empty, {unknown} on image ids {sorted(boxes)[:3]}... where the dataset's "
@@ -246,7 +251,7 @@ def attach_precomputed_boxes_from_cfg(
     a custom keypoint file; COCO's person, 1, when the dataset has none or several)."""
     files, tests = cfg.DATASETS.PRECOMPUTED_BOXES, list(cfg.DATASETS.TEST)
     if files and len(files) != len(tests):
-        raise ValueError(
+        raise ConfigError(
             f"DATASETS.PRECOMPUTED_BOXES has {len(files)} entries but DATASETS.TEST has "
             f'{len(tests)}: give one detections json (or "") per test dataset'
         )

@@ -13,6 +13,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
+from ..cli import ConfigError
+
 # (name, swap partner, OKS sigma, RGB colour, body half). Sigmas are the COCO standard (Ronchi &
 # Perona); the halves are those of HRNet's / mmpose's half-body augmentation (head and arms upper).
 COCO_PERSON_KEYPOINT_TABLE: Tuple[Tuple[str, str, float, Tuple[int, int, int], str], ...] = (
@@ -151,12 +153,12 @@ COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON
 
 
 def _table_column(names: Sequence[str], column: int, table: Sequence[Tuple], missing: str) -> List:
-    """Column ``column`` of the table row of each of ``names``; a ValueError ``missing`` (formatted
+    """Column ``column`` of the table row of each of ``names``; a ConfigError ``missing`` (formatted
     with the names the table lacks) otherwise."""
     values = {row[0]: row[column] for row in table}
     unknown = [name for name in names if name not in values]
     if unknown:
-        raise ValueError(missing.format(unknown))
+        raise ConfigError(missing.format(unknown))
     return [values[name] for name in names]
 
 
@@ -212,40 +214,41 @@ def keypoint_metadata_from_config(cfg) -> KeypointMetadata:
     ``TEST`` with keypoint metadata are checked against them, never read.
 
     Raises:
-        ValueError: naming the config key or the dataset and field that is wrong.
+        ConfigError (a ValueError; one ``error:`` line from the command-line tools) naming the
+        config key or the dataset and field that is wrong.
     """
     model = cfg.MODEL.DEPOTR
     names, flip_map = tuple(model.KEYPOINT_NAMES), tuple(tuple(pair) for pair in model.KEYPOINT_FLIP_MAP)
     if not names:
         if flip_map:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.DEPOTR.KEYPOINT_FLIP_MAP is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty; "
                 "set both, or neither for the COCO person keypoints"
             )
         if model.KEYPOINT_SKELETON:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.DEPOTR.KEYPOINT_SKELETON is set but MODEL.DEPOTR.KEYPOINT_NAMES is empty (COCO's keypoints, "
                 "drawn with COCO's skeleton); set KEYPOINT_NAMES too"
             )
         names, flip_map = COCO_PERSON_KEYPOINT_NAMES, tuple(flip_pairs())
     if len(set(names)) != len(names):
-        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_NAMES {list(names)} has repeated names")
+        raise ConfigError(f"MODEL.DEPOTR.KEYPOINT_NAMES {list(names)} has repeated names")
     if len(names) != model.NUM_KEYPOINTS:
-        raise ValueError(
+        raise ConfigError(
             f"{len(names)} keypoint names (MODEL.DEPOTR.KEYPOINT_NAMES, empty: the COCO 17) but "
             f"MODEL.DEPOTR.NUM_KEYPOINTS is {model.NUM_KEYPOINTS}"
         )
     bad_pairs = [list(pair) for pair in flip_map if len(pair) != 2]
     if bad_pairs:
-        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP entries must be pairs of names, got {bad_pairs}")
+        raise ConfigError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP entries must be pairs of names, got {bad_pairs}")
     try:
         indices = tuple(flip_indices(names, flip_map))
     except ValueError as e:
-        raise ValueError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP: {e}") from e
+        raise ConfigError(f"MODEL.DEPOTR.KEYPOINT_FLIP_MAP: {e}") from e
     bad_edges = [list(e) for e in model.KEYPOINT_SKELETON if len(e) not in (2, 3) or not set(e[:2]) <= set(names)]
     bad_edges += [list(e) for e in model.KEYPOINT_SKELETON if len(e) == 3 and not is_colour(e[2])]
     if bad_edges:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.DEPOTR.KEYPOINT_SKELETON edges must be [name, name] or [name, name, [r, g, b]] (0-255) of "
             f"the keypoints {list(names)}, got {bad_edges}"
         )
@@ -266,7 +269,7 @@ def is_colour(value: object) -> bool:
 def _check_datasets(
     cfg, names: Sequence[str], flip_map: Sequence[Tuple[str, str]], indices: Sequence[int], sigmas: Sequence[float]
 ) -> None:
-    """A ValueError naming the first registered dataset of the config whose keypoint names, flip
+    """A ConfigError naming the first registered dataset of the config whose keypoint names, flip
     indices or OKS sigmas (where it has them) differ. Each dataset is compared on its own:
     Detectron2's ``create_keypoint_hflip_indices`` of several compares raw values (tuples differ
     from lists)."""
@@ -277,7 +280,7 @@ def _check_datasets(
         if not (hasattr(metadata, "keypoint_names") and hasattr(metadata, "keypoint_flip_map")):
             continue
         if tuple(metadata.keypoint_names) != tuple(names):
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {dataset!r} has keypoint_names {list(metadata.keypoint_names)}, the config's "
                 f"keypoints (MODEL.DEPOTR.KEYPOINT_NAMES, empty: COCO's) are {list(names)}"
             )
@@ -286,14 +289,14 @@ def _check_datasets(
         except ValueError:  # a flip map naming keypoints the dataset does not have
             same = False
         if not same:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {dataset!r} has keypoint_flip_map {[list(p) for p in metadata.keypoint_flip_map]}, "
                 "which differs from the config's (MODEL.DEPOTR.KEYPOINT_FLIP_MAP, empty: COCO's) "
                 f"{[list(pair) for pair in flip_map]}"
             )
         registered = metadata.get("keypoint_oks_sigmas", None)
         if registered is not None and not np.allclose(registered, sigmas, rtol=0.0, atol=1e-6):
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {dataset!r} has keypoint_oks_sigmas {[float(s) for s in registered]}, the config's "
                 f"(TEST.KEYPOINT_OKS_SIGMAS, empty: the keypoint tables') are {list(sigmas)}: set "
                 "TEST.KEYPOINT_OKS_SIGMAS to the dataset's"
@@ -304,7 +307,7 @@ def _oks_sigmas(cfg, names: Sequence[str]) -> Tuple[float, ...]:
     """``TEST.KEYPOINT_OKS_SIGMAS``, else the keypoint tables' (COCO, MPII, CrowdPose) sigmas of ``names``."""
     sigmas = cfg.TEST.KEYPOINT_OKS_SIGMAS
     if len(sigmas) and len(sigmas) != len(names):
-        raise ValueError(f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values for {len(names)} keypoints")
+        raise ConfigError(f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values for {len(names)} keypoints")
     if not len(sigmas):
         missing = "keypoints {} have no OKS sigma in the keypoint table: set TEST.KEYPOINT_OKS_SIGMAS"
         sigmas = _table_column(names, 2, KNOWN_KEYPOINT_ROWS, missing)
