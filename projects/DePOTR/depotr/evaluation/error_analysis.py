@@ -160,6 +160,11 @@ def _check_fields(entry: Dict[str, Any], where: str, keys: Sequence[str], num_ke
     missing = [k for k in keys if k not in entry]
     if missing:
         raise ValueError(f"{where} lacks {missing}")
+    if not isinstance(entry["keypoints"], list):
+        raise ValueError(
+            f"{where} has keypoints {entry['keypoints']!r}; expected a list of 3 * {num_keypoints} = "
+            f"{3 * num_keypoints} numbers"
+        )
     if len(entry["keypoints"]) != 3 * num_keypoints:
         raise ValueError(
             f"{where} has {len(entry['keypoints'])} keypoint values, expected 3 * {num_keypoints} = {3 * num_keypoints}"
@@ -183,12 +188,17 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
             )
         if not is_finite_number(res["score"]):
             raise ValueError(f"results[{i}] has score {res['score']!r}; expected a finite number")
-        if res["image_id"] not in image_ids:
-            raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
+        if not _hashable(res["image_id"]) or res["image_id"] not in image_ids:
+            raise ValueError(f"results[{i}] has image_id {res['image_id']!r}, which is not in the ground truth")
         if res["category_id"] != category_id:
             raise ValueError(
                 f"results[{i}] has category_id {res['category_id']}, the ground truth's category is {category_id}"
             )
+
+
+def _hashable(value: Any) -> bool:
+    """Whether a value read from json can be an id (not a list or an object)."""
+    return not isinstance(value, (list, dict))
 
 
 def resolve_sigmas(sigmas: Optional[Sequence[float]], gt: Dict[str, Any]) -> np.ndarray:
