@@ -255,7 +255,7 @@ def _tool():
 @pytest.fixture(scope="module")
 def image_export(tmp_path_factory):
     """tools/export_model.py --inputs image (both formats) on seeded DePOTR-HM weights with
-    heatmaps scaled as a trained model's: (output folder, weights path, its stdout)."""
+    heatmaps scaled as a trained model's: (output folder, weights path, the formats exported)."""
     formats = ["torchscript"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
     folder = tmp_path_factory.mktemp("image_export")
     weights = folder / "weights.pth"
@@ -300,6 +300,24 @@ def test_image_export_self_check_is_against_the_predictor(image_export):
     assert keypoint_errors(actual, expected)[0] < 1e-3
     shifted = predictor_keypoints(predictor, image, boxes + 8.0)  # other boxes give other keypoints
     assert (shifted[..., :2] - expected[..., :2]).abs().max() > 1.0
+
+
+def test_image_torchscript_file_needs_torchvision_and_the_tool_says_so(image_export):
+    """A plain ``torch.jit.load`` of image_model.ts fails (torchvision's RoIAlign op is not
+    registered); after ``import torchvision`` it runs. The tool prints how to load it."""
+    folder, _, _ = image_export
+    path = str(folder / IMAGE_OUTPUT_FILES["torchscript"])
+    run = "torch.zeros(40, 30, 3, dtype=torch.uint8), torch.tensor([[2.0, 3, 20, 35]])"
+    load = f"m = torch.jit.load({path!r}); print(tuple(m({run}).shape))"
+    plain = subprocess.run([sys.executable, "-c", f"import torch; {load}"], capture_output=True, text=True)
+    assert plain.returncode != 0 and "torchvision::roi_align" in plain.stderr
+    imported = subprocess.run(
+        [sys.executable, "-c", f"import torch, torchvision; {load}"], capture_output=True, text=True
+    )
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.strip() == f"(1, {NUM_KEYPOINTS}, 3)"
+    tool = _tool()
+    assert "import torchvision" in tool.TORCHSCRIPT_IMAGE_NOTE and "import torchvision" in tool.__doc__
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")

@@ -79,11 +79,14 @@ def check_image_ids(gt, results, gt_file: str) -> None:
     if not isinstance(results, list) or not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
         return
     known = {image.get("id") for image in gt["images"] if isinstance(image, dict)}
-    unknown = sorted({str(r["image_id"]) for r in results if isinstance(r, dict) and r.get("image_id", 0) not in known})
+    # A missing or list-valued image_id is left to the analysis, whose message names the entry.
+    ids = [r["image_id"] for r in results if isinstance(r, dict) and "image_id" in r]
+    unknown = sorted({repr(i) for i in ids if not isinstance(i, (list, dict)) and i not in known})
     if unknown:
+        examples = ", ".join(map(repr, sorted(known, key=str)[:3]))
         raise ValueError(
             f"results name {len(unknown)} image id(s) that are not in the ground truth {gt_file} "
-            f"(e.g. {', '.join(unknown[:3])}; its ids are e.g. {', '.join(map(str, sorted(known, key=str)[:3]))}). "
+            f"(e.g. {', '.join(unknown[:3])}; its ids are e.g. {examples}). "
             f"demo/demo.py takes an image's id from its file name unless given --image-ids {gt_file}, which "
             "takes the id of the ground-truth image of the same file name"
         )

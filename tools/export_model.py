@@ -11,7 +11,9 @@ BGR (as cv2.imread gives) and "boxes" (N, 4) float32 XYXY in image pixels, outpu
 (N, K, 3), (x, y) in image pixels and the score; the box -> crop rule (INPUT.CROP_PADDING) and the
 crop (RoIAlign, ONNX RoiAlign "half_pixel", the Predictor's sampling ratio capped at 16) are inside,
 H, W and N (0 too) are free. Each file is compared with ``depotr.Predictor`` on the same images and
-boxes, one of them over the cap. The rest of this text is about the crops form.
+boxes, one of them over the cap. ``image_model.ts`` calls torchvision's RoIAlign op: load it after
+``import torchvision`` (``torch.jit.load`` alone fails with "Unknown builtin op:
+torchvision::roi_align"). The rest of this text is about the crops form.
 
 Writes ``model.ts`` (TorchScript, ``torch.jit.trace``) and ``model.onnx`` (ONNX opset 17, the
 TorchScript-based ``torch.onnx.export(dynamo=False)``) into ``--output``. Both map crops
@@ -46,6 +48,11 @@ EXPORT_INPUTS = ("crops", "image")
 MIN_OPSET = 17
 OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 IMAGE_OUTPUT_FILES = {"torchscript": "image_model.ts", "onnx": "image_model.onnx"}
+# Printed after an image_model.ts is written: without torchvision's ops registered, loading it fails.
+TORCHSCRIPT_IMAGE_NOTE = (
+    "image_model.ts calls torchvision's RoIAlign: run `import torchvision` before torch.jit.load "
+    "(else: Unknown builtin op: torchvision::roi_align)"
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -134,6 +141,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{fmt}: {path}  max abs error vs {reference} (N = {batches}): "
             f"{report.coord_error_px:.3g} px (x, y), {report.score_error:.3g} (score)"
         )
+        if fmt == "torchscript" and args.inputs == "image":
+            print(f"{fmt}: {TORCHSCRIPT_IMAGE_NOTE}")
     return 1 if failed else 0
 
 

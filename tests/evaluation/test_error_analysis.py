@@ -298,6 +298,31 @@ def test_cli_rejects_nan_in_a_results_file_naming_the_entry(tmp_path, gt, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "image_id, message",
+    [
+        (None, "results[1] lacks ['image_id']"),  # before: a KeyError traceback
+        ([1], "results[1] has image_id [1], which is not in the ground truth"),  # before: a TypeError traceback
+        ("1", "results name 1 image id(s) that are not in the ground truth"),
+    ],
+    ids=["missing", "list", "string"],
+)
+def test_cli_names_a_results_entry_with_a_bad_image_id(tmp_path, gt, capsys, image_id, message):
+    results = _perfect(gt)
+    if image_id is None:
+        del results[1]["image_id"]
+    else:
+        results[1]["image_id"] = image_id
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    argv = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"), "--output", str(tmp_path)]
+    assert _tool().main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("analyze_results: ") and message in err and len(err.splitlines()) == 1
+    if image_id == "1":
+        assert "(e.g. '1'; its ids are e.g. 1)" in err  # the string id told apart from the integer one
+
+
 @pytest.mark.parametrize("missing", ["gt", "results"])
 def test_cli_names_a_missing_file(tmp_path, gt, capsys, missing):
     paths = {"gt": tmp_path / "gt.json", "results": tmp_path / "results.json"}
@@ -334,6 +359,14 @@ def _string_keypoint(results):
     results[0]["keypoints"][0] = "3"
 
 
+def _null_keypoints(results):
+    results[1]["keypoints"] = None
+
+
+def _list_image_id(results):
+    results[1]["image_id"] = [1]
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -344,8 +377,21 @@ def _string_keypoint(results):
         (_nan_keypoint, r"results\[1\] has keypoint value nan at index 4; expected finite numbers"),
         (_nan_score, r"results\[1\] has score nan; expected a finite number"),
         (_string_keypoint, r"results\[0\] has keypoint value '3' at index 0"),
+        # before: TypeError tracebacks
+        (_null_keypoints, r"results\[1\] has keypoints None; expected a list of 3 \* 17 = 51 numbers"),
+        (_list_image_id, r"results\[1\] has image_id \[1\], which is not in the ground truth"),
     ],
-    ids=["keypoint_length", "unknown_image", "no_score", "empty", "nan_keypoint", "nan_score", "string_keypoint"],
+    ids=[
+        "keypoint_length",
+        "unknown_image",
+        "no_score",
+        "empty",
+        "nan_keypoint",
+        "nan_score",
+        "string_keypoint",
+        "null_keypoints",
+        "list_image_id",
+    ],
 )
 def test_bad_results_raise(gt, corrupt, message):
     results = _perfect(gt)

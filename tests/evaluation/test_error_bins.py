@@ -2,10 +2,15 @@
 (depotr.data.person_bins) and the AP / keypoint classes per bin (analyze_bins, analyze_results.py)
 on hand-made ground truth."""
 
+import contextlib
+import copy
+import io
 import json
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from depotr.data.person_bins import person_bins
 from depotr.evaluation.error_analysis import analyze_bins, analyze_keypoint_results
@@ -67,6 +72,40 @@ def test_ap_and_classes_per_bin(gt):
         "keypoints": 0,
         **{c: 0.0 for c in ("good", "jitter", "inversion", "swap", "miss")},
     }
+
+
+def _pycocotools_ap(gt, results):
+    """AP (%) of a plain pycocotools run."""
+    coco_gt = COCO()
+    coco_gt.dataset = copy.deepcopy(gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="keypoints")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return 100.0 * coco_eval.stats[0]
+
+
+def test_bin_ap_is_pycocotools_on_the_images_of_the_bin():
+    """Image 1: a small person; image 2: a large one and, scoring higher, a background false
+    positive inside no box. Each bin's AP is a plain pycocotools run on its own image (before, the
+    false positive of image 2 counted in every bin: small AP 50 instead of 100)."""
+    small, large = _person(1, 1, SMALL_BOX), _person(2, 2, LARGE_BOX)
+    background = np.asarray(small["keypoints"], float).reshape(17, 3)
+    background[:, :2] += [500.0, -200.0]  # far from both boxes
+    results = [
+        _result(small["keypoints"], 1, 0.5),
+        _result(large["keypoints"], 2, 0.5),
+        _result(background, 2, 0.9),
+    ]
+    gt = _coco([1, 2], [small, large])
+    bins = analyze_bins(gt, results, analyze_keypoint_results(gt, results))
+    for name, image_id, ann in (("small", 1, small), ("large", 2, large)):
+        image_gt = {**gt, "images": [i for i in gt["images"] if i["id"] == image_id], "annotations": [ann]}
+        expected = _pycocotools_ap(image_gt, [r for r in results if r["image_id"] == image_id])
+        assert bins["size"][name]["AP"] == pytest.approx(expected), name
+    assert bins["size"]["small"]["AP"] == pytest.approx(100.0) and bins["size"]["large"]["AP"] < 100.0
 
 
 def test_cli_writes_the_bins_table(tmp_path, capsys):

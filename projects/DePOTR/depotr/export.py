@@ -11,6 +11,7 @@ TorchScript is ``torch.jit.trace`` (crop size fixed, N free), ONNX (opset >= 17)
 ``torch.onnx.export(dynamo=False)``: torch.export fails on the transformer's host-side
 ``spatial_shapes.tolist()``. Both trace the ``F.grid_sample`` reference of deformable attention
 (:func:`reference_msda_backend`), so the files need neither ``depotr._C`` nor a custom ONNX op.
+The image-in TorchScript file calls torchvision's ``roi_align`` op: it loads after ``import torchvision``.
 """
 
 import contextlib

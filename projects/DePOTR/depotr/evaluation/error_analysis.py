@@ -37,11 +37,14 @@ channel kept); ``BckgFP``: the results still unmatched at OKS 0.1 after all keyp
 (false negatives) removed from the ground truth.
 
 Bins (:func:`analyze_bins`): the persons split by size, truncation, occlusion and crowding
-(:mod:`depotr.data.person_bins`). A bin's AP is COCOeval's with the persons outside the bin
-ignored (``num_keypoints`` 0, as for COCO's area ranges) and without the results meant for them: a
-result is meant for the person it is matched to at ``MATCH_OKS``, else for the person of its image
-whose box holds most of its keypoints (the smallest such box); a result inside no box is a
-background false positive in every bin. A bin's error breakdown is the share of each keypoint
+(:mod:`depotr.data.person_bins`). A bin's AP is COCOeval's on the images that hold a person of the
+bin, with the persons outside the bin ignored (``num_keypoints`` 0, as for COCO's area ranges) and
+without the results meant for them: a result is meant for the person it is matched to at
+``MATCH_OKS``, else for the person of its image whose box holds most of its keypoints (the smallest
+such box); a result inside no box is a background false positive in the bins of its image's
+persons. With one person per image, that is a plain COCOeval run on the bin's images and their
+results. (The size bins are the ground truth's area ranges; COCO's APm / APl differ: they also
+ignore unmatched results by their own area.) A bin's error breakdown is the share of each keypoint
 class among the keypoints of the results matched to its persons (classified with all persons).
 """
 
@@ -157,6 +160,11 @@ def _check_fields(entry: Dict[str, Any], where: str, keys: Sequence[str], num_ke
     missing = [k for k in keys if k not in entry]
     if missing:
         raise ValueError(f"{where} lacks {missing}")
+    if not isinstance(entry["keypoints"], list):
+        raise ValueError(
+            f"{where} has keypoints {entry['keypoints']!r}; expected a list of 3 * {num_keypoints} = "
+            f"{3 * num_keypoints} numbers"
+        )
     if len(entry["keypoints"]) != 3 * num_keypoints:
         raise ValueError(
             f"{where} has {len(entry['keypoints'])} keypoint values, expected 3 * {num_keypoints} = {3 * num_keypoints}"
@@ -180,12 +188,17 @@ def check_results(results: Any, gt: Dict[str, Any], num_keypoints: int) -> None:
             )
         if not is_finite_number(res["score"]):
             raise ValueError(f"results[{i}] has score {res['score']!r}; expected a finite number")
-        if res["image_id"] not in image_ids:
-            raise ValueError(f"results[{i}] has image_id {res['image_id']}, which is not in the ground truth")
+        if not _hashable(res["image_id"]) or res["image_id"] not in image_ids:
+            raise ValueError(f"results[{i}] has image_id {res['image_id']!r}, which is not in the ground truth")
         if res["category_id"] != category_id:
             raise ValueError(
                 f"results[{i}] has category_id {res['category_id']}, the ground truth's category is {category_id}"
             )
+
+
+def _hashable(value: Any) -> bool:
+    """Whether a value read from json can be an id (not a list or an object)."""
+    return not isinstance(value, (list, dict))
 
 
 def resolve_sigmas(sigmas: Optional[Sequence[float]], gt: Dict[str, Any]) -> np.ndarray:
@@ -491,8 +504,13 @@ def analyze_bins(
                 # The persons outside the bin ignored, as COCO's area ranges ignore them.
                 anns = [a if a["id"] in keep else {**a, "num_keypoints": 0} for a in gt["annotations"]]
                 coco_gt = build_coco({**gt, "annotations": anns})
+                images = {a["image_id"] for a in gt["annotations"] if a["id"] in keep}
                 for key, (run, owners) in runs.items():
-                    mine = [r for r, owner in zip(run, owners) if owner is None or owner in keep]
+                    mine = [
+                        r
+                        for r, owner in zip(run, owners)
+                        if owner in keep or (owner is None and r["image_id"] in images)
+                    ]
                     row[key] = 100.0 * float(evaluate_keypoints(coco_gt, mine, sigmas).stats[0])
             labels = [analysis.keypoint_labels[r] for r, g in analysis.matched.items() if g in keep]
             labels = np.concatenate(labels) if labels else np.zeros(0)
