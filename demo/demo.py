@@ -371,10 +371,8 @@ class Demo:
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
-        if self.boxes is None:
-            instances = self.predictor(image)
-        else:
-            instances = self.predictor(image, *self.boxes.get(image_id, (np.zeros((0, 4), np.float32), None)))
+        boxes, scores = (None, None) if self.boxes is None else self.boxes.get(image_id, (np.zeros((0, 4)), None))
+        instances = self.predictor(image, boxes, scores, image_id=image_id)  # named in the Predictor's messages
         if self.threshold is not None:
             instances = instances[instances.scores >= self.threshold]
         if self.tracker is not None:

@@ -453,6 +453,18 @@ def test_box_file_gives_the_persons_of_images(demo, tmp_path, capsys):
     assert sorted(r["bbox"] for r in found) == [[10.0, 10.0, 40.0, 80.0], [60.0, 20.0, 50.0, 100.0]]
 
 
+def test_a_box_outside_a_frame_is_reported_with_the_frame_index(demo, tmp_path, capsys):
+    # before: every frame (and every image) reached the Predictor as "image 0" of its batch, and the
+    # warning said "Image 0" for a box of frame 2
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(3))  # 128 x 128
+    boxes = box_file(tmp_path / "boxes.json", {0: [(8, 10, 40, 90)], 2: [(8, 10, 40, 90), (300, 10, 40, 90)]})
+    assert run(demo, "--video-input", video, "--output", tmp_path / "out.mp4", "--boxes", boxes) == 0
+    out = capsys.readouterr().out  # the demo's "depotr" logger writes to stdout
+    assert "Image 2: dropped precomputed person boxes [[300.0, 10.0, 340.0, 100.0]] (indices [1])" in out
+    assert "Image 0:" not in out
+
+
 def test_video_output_file_tracking_smoothing_and_box_file(demo, tmp_path, capsys):
     # before: --output out.mp4 created the folder out.mp4/walk.mp4; no ids, no smoothing
     video = tmp_path / "walk.mp4"
@@ -527,7 +539,7 @@ def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys)
 def test_default_threshold_keeps_persons_scoring_below_zero(demo):
     # before: the default --confidence-threshold 0 dropped them (a heatmap model's keypoint scores,
     # hence person scores, can be negative; with random weights, about every other run)
-    def predictor(image):
+    def predictor(image, boxes=None, scores=None, image_id=None):
         out = Instances(image.shape[:2])
         out.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
         out.pred_keypoints = torch.zeros(1, 17, 3)
@@ -604,7 +616,7 @@ class FakeCapture:
 def fake_predictor(x=30.0):
     """A Predictor of one person whose keypoints are all at (x, x), scores 1; ``made`` holds its outputs."""
 
-    def predictor(image, boxes=None, scores=None):
+    def predictor(image, boxes=None, scores=None, image_id=None):
         out = Instances(image.shape[:2])
         out.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 60.0, 120.0]]))
         out.pred_keypoints = torch.cat([torch.full((1, 17, 2), x), torch.ones(1, 17, 1)], 2)
