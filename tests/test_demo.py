@@ -217,6 +217,27 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_output_with_an_image_extension_is_the_drawing_of_one_image(demo, tmp_path, capsys):
+    # before: --output drawn.jpg (Detectron2's demo: the output file of one input) made a folder
+    # drawn.jpg/ holding person.png
+    assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])  # 64 x 64
+    out = tmp_path / "drawn" / "person_drawn.JPG"
+    assert run(demo, "--input", tmp_path / "person.png", "--output", out) == 0
+    assert os.listdir(tmp_path / "drawn") == ["person_drawn.JPG"] and cv2.imread(str(out)).shape == (64, 64, 3)
+    assert f"-> {out}: 1 persons" in capsys.readouterr().out
+
+
+def test_an_image_file_output_for_several_images_is_refused(demo, tmp_path, capsys, no_model):
+    for name in ("a.png", "b.png"):
+        assert cv2.imwrite(str(tmp_path / name), astronaut_bgr()[::8, ::8])
+    out = tmp_path / "drawn.png"
+    assert run(demo, "--input", tmp_path / "a.png", tmp_path / "b.png", "--output", out) == 1
+    assert f"error: --output {out} is the file of one input image, but there are 2: give a folder" in (
+        capsys.readouterr().err
+    )
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png"]
+
+
 def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
     assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])
     (tmp_path / "file").write_text("a file, not a folder")
