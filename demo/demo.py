@@ -21,7 +21,8 @@ One-Euro filter per track (TEST.SMOOTH).
     python demo/demo.py --config-file ... --video-input walk.mp4 --output out/walk_tracked.mp4 \
         --smooth --boxes walk_boxes.json --save-json out/walk.json --opts MODEL.WEIGHTS ...
 
-Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged); for a
+Outputs: <output>/<file stem>.png per image (an image with no person is written unchanged), or for
+one input image --output itself when it ends in an image extension (photo_drawn.jpg: a JPEG); for a
 video, --output ending in .mp4, .avi, .mov, .mkv or .m4v is the output file, otherwise
 <output>/<video stem>.mp4 (mp4v, the input's frame rate, 30 when it has none, and size); another
 video extension (.webm, .mpg, .wmv, .ts, ...) is an error naming these five. The webcam is shown
@@ -111,8 +112,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output",
-        help="folder for the drawn images / video, or the video file itself (.mp4, .avi, .mov, .mkv, .m4v; "
-        "other video extensions are an error); required unless --webcam",
+        help="folder for the drawn images / video, or the file of one image (.png, .jpg, ...) or of the video "
+        "(.mp4, .avi, .mov, .mkv, .m4v; other video extensions are an error); required unless --webcam",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -250,8 +251,17 @@ def read_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         yield frame
 
 
+def is_image_file(output: str) -> bool:
+    """Whether ``--output`` of ``--input`` is the file of one image (it ends in an
+    ``IMAGE_EXTENSIONS`` extension), not a folder."""
+    return output.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def output_path(path: str, output: str) -> str:
-    """<output>/<file name stem>.png, where the drawing of image ``path`` goes."""
+    """Where the drawing of image ``path`` goes: ``output`` itself when :func:`is_image_file`,
+    else <output>/<file name stem>.png."""
+    if is_image_file(output):
+        return output
     return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
 
 
@@ -268,6 +278,15 @@ def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId])
             if len(group) > 1
         ]
     return problems
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Writes the (H, W, 3) uint8 BGR ``image`` to ``path`` in the format of its extension, whole
+    or not at all."""
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    atomic_write(path, lambda f: f.write(encoded.tobytes()))
 
 
 def image_id_from_path(path: str) -> Union[int, str]:
@@ -371,10 +390,8 @@ class Demo:
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
-        if self.boxes is None:
-            instances = self.predictor(image)
-        else:
-            instances = self.predictor(image, *self.boxes.get(image_id, (np.zeros((0, 4), np.float32), None)))
+        boxes, scores = (None, None) if self.boxes is None else self.boxes.get(image_id, (np.zeros((0, 4)), None))
+        instances = self.predictor(image, boxes, scores, image_id=image_id)  # named in the Predictor's messages
         if self.threshold is not None:
             instances = instances[instances.scores >= self.threshold]
         if self.tracker is not None:
@@ -383,11 +400,11 @@ class Demo:
         return instances
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
-        """Writes <output>/<stem>.png per image; returns the number of unreadable files (each one
-        ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
+        """Writes each image's drawing to :func:`output_path` (whole or not at all); returns the
+        number of unreadable files (each one ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
         from depotr.data.image_io import read_image_bgr
 
-        os.makedirs(output, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(output)) if is_image_file(output) else output, exist_ok=True)
         failures = 0
         for path in tqdm(paths, desc="images"):
             try:
@@ -400,8 +417,7 @@ class Demo:
                 continue
             instances = self(image, image_ids[path])
             out_path = output_path(path, output)
-            if not cv2.imwrite(out_path, draw(image, instances, self.metadata)):
-                raise OSError(f"cannot write {out_path}")
+            write_image(out_path, draw(image, instances, self.metadata))
             tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
         return failures
 
@@ -516,7 +532,12 @@ def check_inputs(
         except ValueError as e:
             problems.append(str(e))
         image_ids = image_ids or {path: image_id_from_path(path) for path in paths}
-        problems += shared_outputs(paths, args.output, image_ids)
+        if is_image_file(args.output) and len(paths) > 1:
+            problems.append(
+                f"--output {args.output} is the file of one input image, but there are {len(paths)}: give a folder"
+            )
+        else:
+            problems += shared_outputs(paths, args.output, image_ids)
     if args.boxes:
         try:
             boxes = load_boxes(args.boxes, category_id)
@@ -531,8 +552,11 @@ def check_inputs(
                 f"--boxes needs numeric image ids, but {', '.join(named[:5])} have none: name the images by number "
                 "(000123.jpg) or pass --image-ids"
             )
-    video_file = args.video_input and args.output.lower().endswith(VIDEO_EXTENSIONS)
-    outputs = [("--output", args.output, not video_file), ("--save-json", args.save_json, False)]
+    # --output is a file (else a folder): of the video, or of one image
+    output_file = bool(args.output) and args.output.lower().endswith(
+        VIDEO_EXTENSIONS if args.video_input else IMAGE_EXTENSIONS
+    )
+    outputs = [("--output", args.output, not output_file), ("--save-json", args.save_json, False)]
     if args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS):
         problems.append(
             f"--output {args.output}: the demo writes a video (mp4v) only as {', '.join(VIDEO_EXTENSIONS)}, not "

@@ -217,6 +217,27 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_output_with_an_image_extension_is_the_drawing_of_one_image(demo, tmp_path, capsys):
+    # before: --output drawn.jpg (Detectron2's demo: the output file of one input) made a folder
+    # drawn.jpg/ holding person.png
+    assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])  # 64 x 64
+    out = tmp_path / "drawn" / "person_drawn.JPG"
+    assert run(demo, "--input", tmp_path / "person.png", "--output", out) == 0
+    assert os.listdir(tmp_path / "drawn") == ["person_drawn.JPG"] and cv2.imread(str(out)).shape == (64, 64, 3)
+    assert f"-> {out}: 1 persons" in capsys.readouterr().out
+
+
+def test_an_image_file_output_for_several_images_is_refused(demo, tmp_path, capsys, no_model):
+    for name in ("a.png", "b.png"):
+        assert cv2.imwrite(str(tmp_path / name), astronaut_bgr()[::8, ::8])
+    out = tmp_path / "drawn.png"
+    assert run(demo, "--input", tmp_path / "a.png", tmp_path / "b.png", "--output", out) == 1
+    assert f"error: --output {out} is the file of one input image, but there are 2: give a folder" in (
+        capsys.readouterr().err
+    )
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png"]
+
+
 def test_unwritable_save_json_fails_before_any_image(demo, tmp_path, capsys):
     assert cv2.imwrite(str(tmp_path / "person.png"), astronaut_bgr()[::8, ::8])
     (tmp_path / "file").write_text("a file, not a folder")
@@ -453,6 +474,20 @@ def test_box_file_gives_the_persons_of_images(demo, tmp_path, capsys):
     assert sorted(r["bbox"] for r in found) == [[10.0, 10.0, 40.0, 80.0], [60.0, 20.0, 50.0, 100.0]]
 
 
+def test_a_box_outside_a_frame_is_reported_with_the_frame_index(demo, tmp_path, capsys, caplog):
+    # before: every frame (and every image) reached the Predictor as "image 0" of its batch, and the
+    # warning said "Image 0" for a box of frame 2
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(3))  # 128 x 128
+    boxes = box_file(tmp_path / "boxes.json", {0: [(8, 10, 40, 90)], 2: [(8, 10, 40, 90), (300, 10, 40, 90)]})
+    with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"):
+        assert run(demo, "--video-input", video, "--output", tmp_path / "out.mp4", "--boxes", boxes) == 0
+    # the console handler of the demo's setup_logger (stdout), or pytest's once an earlier test ran it
+    out = capsys.readouterr().out + caplog.text
+    assert "Image 2: dropped precomputed person boxes [[300.0, 10.0, 340.0, 100.0]] (indices [1])" in out
+    assert "Image 0:" not in out
+
+
 def test_video_output_file_tracking_smoothing_and_box_file(demo, tmp_path, capsys):
     # before: --output out.mp4 created the folder out.mp4/walk.mp4; no ids, no smoothing
     video = tmp_path / "walk.mp4"
@@ -527,7 +562,7 @@ def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys)
 def test_default_threshold_keeps_persons_scoring_below_zero(demo):
     # before: the default --confidence-threshold 0 dropped them (a heatmap model's keypoint scores,
     # hence person scores, can be negative; with random weights, about every other run)
-    def predictor(image):
+    def predictor(image, boxes=None, scores=None, image_id=None):
         out = Instances(image.shape[:2])
         out.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
         out.pred_keypoints = torch.zeros(1, 17, 3)
@@ -604,7 +639,7 @@ class FakeCapture:
 def fake_predictor(x=30.0):
     """A Predictor of one person whose keypoints are all at (x, x), scores 1; ``made`` holds its outputs."""
 
-    def predictor(image, boxes=None, scores=None):
+    def predictor(image, boxes=None, scores=None, image_id=None):
         out = Instances(image.shape[:2])
         out.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 60.0, 120.0]]))
         out.pred_keypoints = torch.cat([torch.full((1, 17, 2), x), torch.ones(1, 17, 1)], 2)

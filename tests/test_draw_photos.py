@@ -55,11 +55,18 @@ def test_photo_loaders_give_rgb_uint8():
         (["--box", "chelsea", "0", "0", "1", "1"], "not among the photos"),
         (["--photos", "camera", "--box", "astronaut", "0", "0", "9", "9"], "not among the photos"),
         (["--box", "camera", "0", "0", "x", "9"], "are not four numbers"),
+        # before: accepted, then a traceback after the model ran naming "image 0", not the --box
+        (["--box", "camera", "10", "0", "10", "9"], "--box camera: [10.0, 0.0, 10.0, 9.0] is not a box X0 Y0 X1 Y1"),
+        (["--box", "camera", "0", "9", "5", "2"], "--box camera: [0.0, 9.0, 5.0, 2.0] is not a box X0 Y0 X1 Y1"),
+        (["--box", "camera", "0", "0", "nan", "9"], "--box camera: [0.0, 0.0, nan, 9.0] is not a box X0 Y0 X1 Y1"),
     ],
 )
-def test_bad_boxes_are_errors(tmp_path, capsys, extra, message):
+def test_bad_boxes_are_errors(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setattr(
+        "depotr.predictor.Predictor", lambda *a, **k: pytest.fail("the model was built before the check")
+    )
     with pytest.raises(SystemExit):
-        _tool().main(["--config-file", CONFIG, "--output", str(tmp_path / "p.png")] + extra)
+        _tool().main(["--config-file", CONFIG, "--random-weights", "--output", str(tmp_path / "p.png")] + extra)
     assert message in capsys.readouterr().err
 
 

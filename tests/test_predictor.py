@@ -108,6 +108,23 @@ def test_box_outside_the_image_is_reported_and_the_others_keep_their_index(predi
     assert "dropped precomputed person boxes [[200.0, 10.0, 260.0, 90.0]] (indices [0])" in caplog.text
 
 
+def test_messages_name_the_image_by_the_callers_image_id(predictor, caplog):
+    """The friction: an array was always "image 0" (its index in a one-image batch), so the demo
+    reported a box outside frame 7 of a video as outside "Image 0"."""
+    image = astronaut_bgr()
+    with caplog.at_level("WARNING", logger="depotr.modeling.box_sources"):
+        predictor(image, boxes=[[200.0, 10.0, 260.0, 90.0]], image_id=7)
+    assert "Image 7: dropped precomputed person boxes [[200.0, 10.0, 260.0, 90.0]]" in caplog.text
+    with pytest.raises(ValueError, match=r"precomputed person box 0 of image 'walk/12' is degenerate"):
+        predictor(image, boxes=[[20, 10, 5, 40]], image_id="walk/12")
+    with pytest.raises(ValueError, match=r"image 'b': person boxes must be \(N, 4\)"):
+        predictor.predict_batch([image, image], [None, np.zeros((2, 5))], image_ids=["a", "b"])
+    with pytest.raises(ValueError, match=r"image 'b': unsupported image of shape \(8, 6, 2\)"):
+        predictor.predict_batch([image, np.zeros((8, 6, 2), np.uint8)], image_ids=["a", "b"])
+    with pytest.raises(ValueError, match="got 2 images and 1 image ids"):
+        predictor.predict_batch([image, image], image_ids=["a"])
+
+
 def test_whole_image_is_one_person_without_boxes_or_detector(predictor):
     inst = predictor(astronaut_bgr(120, 80))
     assert len(inst) == 1 and inst.image_size == (120, 80)

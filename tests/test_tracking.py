@@ -315,6 +315,9 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
         video(frames[0][:48], boxes=boxes)
     video(frames[0], boxes=[])
     assert video(frames[0], boxes=boxes).track_id.tolist() == [2, 3] and video.tracker.frame == 5
+    # before: "of image 0" (the frame's index in the Predictor's one-image batch)
+    with pytest.raises(ValueError, match="precomputed person box 0 of image 6 is degenerate"):
+        video(frames[0], boxes=[[20, 10, 5, 40]])
 
 
 def test_editing_the_result_in_place_leaves_the_input_alone():

@@ -88,3 +88,16 @@ def test_num_images_below_one_is_refused(tmp_path, capsys, num_images):
         run_main(load_script("tools/visualize_predictions.py").main, _argv(tmp_path, "", num_images=num_images))
     assert e.value.code == 2
     assert f"--num-images must be >= 1, got {num_images}" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    """The friction: NotADirectoryError from os.makedirs after the model was built and the test
+    set rendered."""
+    import depotr.export
+
+    monkeypatch.setattr(depotr.export, "build_cpu_model", lambda *a, **k: pytest.fail("the model was built"))
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as e:
+        run_main(load_script("tools/visualize_predictions.py").main, _argv(tmp_path / "file" / "vis", ""))
+    assert e.value.code == 2
+    assert f"--output {tmp_path / 'file' / 'vis'}: it cannot be made" in capsys.readouterr().err

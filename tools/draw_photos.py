@@ -14,6 +14,7 @@ by side at a common height with Detectron2's ``Visualizer`` into one PNG (writte
 """
 
 import argparse
+import math
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
             boxes[name] = [float(c) for c in coords]
         except ValueError:
             parser.error(f"--box {name}: {coords} are not four numbers X0 Y0 X1 Y1")
+        x0, y0, x1, y1 = boxes[name]
+        if not (math.isfinite(x0 + y0 + x1 + y1) and x1 > x0 and y1 > y0):
+            parser.error(f"--box {name}: {boxes[name]} is not a box X0 Y0 X1 Y1 (finite, X1 > X0, Y1 > Y0)")
     if not args.output.lower().endswith(".png"):
         parser.error(f"--output {args.output} must be a .png file")
     problem = output_problem(args.output)  # before the model runs

@@ -19,6 +19,7 @@ import sys
 from typing import List, Optional
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
+from depotr.file_io import output_problem
 
 
 def draw(image_rgb, instances, metadata):
@@ -55,6 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_command_line(parser, argv)
     if args.num_images < 1:
         parser.error(f"--num-images must be >= 1, got {args.num_images}")
+    problem = output_problem(args.output, folder=True, create=True)  # before the model and the data
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
 
     import cv2
     import numpy as np
@@ -83,7 +87,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     dicts = attach_precomputed_boxes_from_cfg(cfg, dataset_name, DatasetCatalog.get(dataset_name)[: args.num_images])
     mapper = DePOTRDatasetMapper(cfg, is_train=False)
 
-    os.makedirs(args.output, exist_ok=True)
     for dataset_dict in dicts:
         inputs = mapper(dataset_dict)
         with torch.no_grad():

@@ -11,7 +11,7 @@ Shape letters: B images, N persons of one image, K keypoints, (H, W) an image's 
 
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -134,11 +134,13 @@ class Predictor:
         boxes: Optional[BoxesLike] = None,
         scores: Optional[ScoresLike] = None,
         box_mode: BoxMode = BoxMode.XYXY_ABS,
+        image_id: Optional[Hashable] = None,
     ) -> Instances:
         """Persons of one image: :meth:`predict_batch` of ``[image]`` (``boxes`` (N, 4), ``scores``
-        (N,) or None)."""
+        (N,) or None; ``image_id`` names the image in warnings and errors)."""
         boxes = None if boxes is None else [boxes]
-        return self.predict_batch([image], boxes, None if scores is None else [scores], box_mode)[0]
+        scores = None if scores is None else [scores]
+        return self.predict_batch([image], boxes, scores, box_mode, None if image_id is None else [image_id])[0]
 
     @torch.no_grad()
     def predict_batch(
@@ -147,6 +149,7 @@ class Predictor:
         boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
         scores: Optional[Sequence[Optional[ScoresLike]]] = None,
         box_mode: BoxMode = BoxMode.XYXY_ABS,
+        image_ids: Optional[Sequence[Hashable]] = None,
     ) -> List[Instances]:
         """Persons of B images; all persons of all images are cropped together (from the uint8
         images) and go through one forward of the keypoint branch (two with ``TEST.FLIP``).
@@ -158,6 +161,8 @@ class Predictor:
                 for the detector's boxes or the whole image (class docstring).
             scores: None, or B entries: (N_b,) scores of ``boxes[b]``, or None for 1.
             box_mode: ``BoxMode`` of every entry of ``boxes``: XYXY_ABS (default) or XYWH_ABS.
+            image_ids: None, or B names of the images for warnings and errors (e.g. a video's
+                frame index); None names each by its path, else by its index in ``images``.
 
         Returns:
             B Instances (on the CPU) of size (H_b, W_b), each with
@@ -173,7 +178,7 @@ class Predictor:
         Raises:
             FileNotFoundError, ValueError: a missing or unreadable image file, an image array of
                 another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
-                infinite score (each message names the image).
+                infinite score (each message names the image by its id).
             TypeError: ``images`` is one image (a path, or an (H, W, C) array of C = 1, 3 or 4),
                 not a sequence of them (an array's rows would be read as images).
         """
@@ -192,7 +197,12 @@ class Predictor:
         scores = [None] * num if scores is None else list(scores)
         if len(boxes) != num or len(scores) != num:
             raise ValueError(f"got {num} images, {len(boxes)} box entries and {len(scores)} score entries")
-        inputs = [self._model_input(image, index) for index, image in enumerate(images)]
+        if image_ids is not None and len(image_ids) != num:
+            raise ValueError(f"got {num} images and {len(image_ids)} image ids")
+        image_ids = [None] * num if image_ids is None else list(image_ids)
+        inputs = [
+            self._model_input(image, index, image_id) for index, (image, image_id) in enumerate(zip(images, image_ids))
+        ]
         for x, image_boxes, image_scores in zip(inputs, boxes, scores):
             if image_boxes is None and image_scores is not None:
                 raise ValueError(f"image {x['image_id']!r} has scores but no boxes")
@@ -207,16 +217,18 @@ class Predictor:
                 x["proposals"] = proposals
         return [out["instances"].to("cpu") for out in self.model(inputs)]
 
-    def _model_input(self, image: ImageLike, index: int) -> dict:
+    def _model_input(self, image: ImageLike, index: int, image_id: Optional[Hashable] = None) -> dict:
         """A model input ({"image": (3, H, W) uint8 tensor in ``input_format`` on the model's
-        device, "height", "width", "image_id": the path, else the index in the batch})."""
+        device, "height", "width", "image_id": ``image_id``, else the path, else ``index``, the
+        image's index in the batch})."""
         if isinstance(image, (str, os.PathLike)):
-            image_id, image = os.fspath(image), read_image_bgr(image)
+            image_id, image = os.fspath(image) if image_id is None else image_id, read_image_bgr(image)
         elif isinstance(image, np.ndarray):
+            image_id = index if image_id is None else image_id
             try:
-                image_id, image = index, to_bgr_uint8(image)
+                image = to_bgr_uint8(image)
             except ValueError as e:
-                raise ValueError(f"image {index}: {e}") from e
+                raise ValueError(f"image {image_id!r}: {e}") from e
         else:
             raise TypeError(f"image {index} is a {type(image).__name__}; expected a numpy array or a file path")
         if self.input_format == "RGB":

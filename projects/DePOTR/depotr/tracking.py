@@ -306,9 +306,9 @@ class VideoPoseTracker:
     def __call__(
         self, frame: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
     ) -> Instances:
-        """The persons of the next frame (``Predictor.__call__``'s arguments and fields) with
-        ``track_id`` (N,) int64."""
-        instances = self.predictor(frame, boxes, scores)
+        """The persons of the next frame (``Predictor.__call__``'s arguments and fields, the frame
+        named by its index in messages) with ``track_id`` (N,) int64."""
+        instances = self.predictor(frame, boxes, scores, image_id=self.tracker.frame + 1)
         if self.frame_size is None:
             self.frame_size = instances.image_size
         elif instances.image_size != self.frame_size:
