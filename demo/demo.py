@@ -74,7 +74,7 @@ import numpy as np
 from tqdm import tqdm
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.file_io import atomic_output_path, atomic_write, output_problem
+from depotr.file_io import atomic_output_path, atomic_write, output_problem, write_image
 
 if TYPE_CHECKING:  # torch and Detectron2 are imported after the arguments are parsed (fast --help)
     from detectron2.structures import Instances
@@ -278,15 +278,6 @@ def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId])
             if len(group) > 1
         ]
     return problems
-
-
-def write_image(path: str, image: np.ndarray) -> None:
-    """Writes the (H, W, 3) uint8 BGR ``image`` to ``path`` in the format of its extension, whole
-    or not at all."""
-    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    atomic_write(path, lambda f: f.write(encoded.tobytes()))
 
 
 def image_id_from_path(path: str) -> Union[int, str]:

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from depotr.file_io import atomic_output_path, atomic_write, output_problem, remove_temporary_files
+from depotr.file_io import atomic_output_path, atomic_write, output_problem, remove_temporary_files, write_image
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -82,3 +82,17 @@ def test_output_problem_of_a_read_only_folder(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o555)
     assert output_problem(str(tmp_path / "ro" / "out.json")) == f"its folder {tmp_path / 'ro'} is not writable"
     assert output_problem(str(tmp_path / "ro"), folder=True) == "it is not writable"
+
+
+def test_write_image_encodes_by_extension_and_writes_nothing_when_it_cannot(tmp_path):
+    import cv2
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    write_image(str(tmp_path / "a.png"), image)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "a.png")), image)  # PNG: lossless, BGR kept
+    write_image(str(tmp_path / "b.jpg"), image)
+    assert (tmp_path / "b.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+    with pytest.raises(OSError, match="cannot encode .*c.txt"):
+        write_image(str(tmp_path / "c.txt"), image)
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.jpg"]

@@ -76,10 +76,11 @@ def test_outputs_are_named_by_image_id():
 def test_a_failed_write_is_an_error_naming_the_path(tmp_path, synthetic_root, monkeypatch):
     import cv2
 
-    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)
+    monkeypatch.setattr(cv2, "imencode", lambda *args, **kwargs: (False, None))
     argv = _argv(tmp_path / "vis", synthetic_root, "MODEL.DEPOTR.TEST_BOX_SOURCE", "whole_image", num_images="1")
-    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'vis' / '1_000000.png'}"):
+    with pytest.raises(OSError, match=f"cannot encode {tmp_path / 'vis' / '1_000000.png'}"):
         run_main(load_script("tools/visualize_predictions.py").main, argv)
+    assert os.listdir(tmp_path / "vis") == []  # nothing half-written
 
 
 @pytest.mark.parametrize("num_images", ["0", "-1"])

@@ -23,7 +23,7 @@ import numpy as np
 
 # torch and Detectron2 are imported once the arguments are parsed (a fast --help)
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.file_io import atomic_write, output_problem
+from depotr.file_io import output_problem, write_image
 
 if TYPE_CHECKING:
     from depotr.predictor import Predictor
@@ -105,11 +105,7 @@ def main(argv=None) -> int:
 
     predictor = Predictor(load_depotr_config(args.config_file, config_overrides(args)), args.random_weights)
     panels = [draw_photo(predictor, PHOTOS[name](), boxes.get(name), args.height) for name in args.photos]
-    ok, png = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
-    if not ok:
-        print(f"draw_photos: could not encode {args.output}", file=sys.stderr)
-        return 1
-    atomic_write(args.output, lambda f: f.write(png.tobytes()))
+    write_image(args.output, np.ascontiguousarray(np.concatenate(panels, axis=1)[:, :, ::-1]))
     print(f"wrote {args.output}")
     return 0
 

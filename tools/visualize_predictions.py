@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional
 
 from depotr.cli import add_config_arguments, config_overrides, parse_command_line, run_main
-from depotr.file_io import output_problem
+from depotr.file_io import output_problem, write_image
 
 
 def draw(image_rgb, instances, metadata):
@@ -94,8 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         image = convert_image_to_rgb(inputs["image"].permute(1, 2, 0).numpy(), cfg.INPUT.FORMAT)
         panels = [draw(image, gt_as_predictions(inputs["instances"]), metadata), draw(image, predictions, metadata)]
         path = os.path.join(args.output, output_name(dataset_dict))
-        if not cv2.imwrite(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {path}")
+        write_image(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
         print(f"{path}: {len(predictions)} persons")
     return 0
 

@@ -15,6 +15,8 @@ import secrets
 from collections import Counter
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Optional
 
+import numpy as np
+
 __all__ = [
     "TEMPORARY_PREFIX",
     "atomic_output_path",
@@ -26,6 +28,7 @@ __all__ = [
     "remove_temporary_files",
     "repeated_ids",
     "temporary_path",
+    "write_image",
 ]
 
 # Name prefix of every temporary file or folder made here.
@@ -61,6 +64,20 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     with atomic_output_path(path) as tmp_path:
         with open(tmp_path, "wb") as f:
             write(f)
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Writes the (H, W, 3) uint8 BGR ``image`` to ``path``, encoded as its extension says (.png,
+    .jpg, ...), whole or not at all."""
+    import cv2
+
+    try:
+        ok, encoded = cv2.imencode(os.path.splitext(path)[1], image)
+    except cv2.error:  # an extension with no encoder
+        ok = False
+    if not ok:
+        raise OSError(f"cannot encode {path} (an image extension: .png, .jpg, ...)")
+    atomic_write(path, lambda f: f.write(encoded.tobytes()))
 
 
 def output_problem(path: str, folder: bool = False, create: bool = False) -> Optional[str]:
