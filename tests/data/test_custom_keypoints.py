@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.common import DatasetFromList
 from detectron2.structures import Boxes, Instances
 
 import train_net
@@ -20,7 +21,9 @@ from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data import fill_keypoint_config, register_keypoint_dataset
 from depotr.data.custom import DEFAULT_OKS_SIGMA, unregister_dataset
+from depotr.data.dataset_mapper import DePOTRDatasetMapper
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
+from depotr.engine.compat import map_dataset
 
 from ..engine.conftest import INSTANT_CONFIG, instant_args
 
@@ -535,3 +538,35 @@ def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path
         (tmp_path / "run" / "inference" / "user_kite_val" / "coco_instances_results.json").read_text()
     )
     assert len(predictions) == 3 and all(len(p["keypoints"]) == 15 for p in predictions)
+
+
+def test_an_image_of_another_size_than_its_entry_is_skipped_in_training_and_an_error_in_evaluation(tmp_path, caplog):
+    # Detectron2's check_image_size stopped the training with a SizeMismatchError traceback when the
+    # image was reached, and the evaluation the same way.
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    coco = json.loads(open(json_file).read())
+    coco["images"][0].update(width=80, height=48)  # the file is 64 x 64
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    register_keypoint_dataset("kite_size", json_file, image_root, KITE, KITE_FLIP)
+    try:
+        dicts = DatasetCatalog.get("kite_size")
+    finally:
+        unregister_dataset("kite_size")
+    bad, good = os.path.join(image_root, "0.png"), os.path.join(image_root, "1.png")
+    problem = f"image {bad} is 64x64 (width x height) but its dataset entry says 80x48"
+
+    train = DePOTRDatasetMapper(is_train=True, num_keypoints=len(KITE))
+    with caplog.at_level("WARNING", logger="depotr.data.dataset_mapper"):
+        assert train(dicts[0]) is None and train(dicts[0]) is None
+    assert train.num_skipped_images == 2
+    assert f"Skipping {problem}; 1 skipped so far" in caplog.text
+    assert f"Skipping {problem}; 2 skipped so far" in caplog.text
+    dataset = map_dataset(DatasetFromList(dicts, copy=False), train)
+    assert [dataset[i]["file_name"] for i in range(2)] == [good, good]  # another element instead
+
+    test = DePOTRDatasetMapper(is_train=False, num_keypoints=len(KITE))
+    assert test(dicts[1])["image"].shape == (3, 64, 64)
+    with pytest.raises(ConfigError) as info:
+        test(dicts[0])
+    assert str(info.value) == f"{problem}: correct the width/height in the dataset json"
