@@ -180,21 +180,28 @@ def test_annotations_with_another_number_of_keypoints_fail_before_training(tmp_p
         unregister_dataset("kite_four")
 
 
-def _load_changed(tmp_path, change):
-    """DatasetCatalog.get (as train_net.setup makes it) of a 2-image kite file edited by
-    ``change(coco)``; returns (its json path, the ValueError raised)."""
+def _load_kite(tmp_path, name, change):
+    """DatasetCatalog.get (as train_net.setup makes it) of a 2-image kite file (under tmp_path / "d")
+    edited by ``change(coco)`` and registered as ``name``; returns (its json path, the edited coco,
+    the dataset dicts)."""
     json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
     with open(json_file) as f:
         coco = json.load(f)
     change(coco)
     with open(json_file, "w") as f:
         json.dump(coco, f)
-    register_keypoint_dataset("kite_bad", json_file, image_root, KITE, KITE_FLIP)
+    register_keypoint_dataset(name, json_file, image_root, KITE, KITE_FLIP)
     try:
-        with pytest.raises(ValueError) as info:
-            DatasetCatalog.get("kite_bad")
+        return json_file, coco, DatasetCatalog.get(name)
     finally:
-        unregister_dataset("kite_bad")
+        unregister_dataset(name)
+
+
+def _load_changed(tmp_path, change):
+    """:func:`_load_kite` of a file that fails to load; returns (its json path, the ValueError raised)."""
+    with pytest.raises(ValueError) as info:
+        _load_kite(tmp_path, "kite_bad", change)
+    json_file = str(tmp_path / "d" / "annotations.json")
     assert str(info.value).startswith(f"keypoint dataset 'kite_bad' ({json_file}): ")
     return json_file, str(info.value)
 
@@ -288,17 +295,10 @@ def test_a_field_of_the_wrong_type_fails_at_load_naming_it(tmp_path, key, index,
 
 def test_boolean_iscrowd_loads_as_its_number(tmp_path):
     # json booleans are what some tools write for iscrowd; pycocotools and load_coco_json read them as 0 / 1.
-    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
-    with open(json_file) as f:
-        coco = json.load(f)
-    coco["annotations"][0]["iscrowd"], coco["annotations"][1]["iscrowd"] = False, True
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    register_keypoint_dataset("kite_bool", json_file, image_root, KITE, KITE_FLIP)
-    try:
-        dicts = DatasetCatalog.get("kite_bool")
-    finally:
-        unregister_dataset("kite_bool")
+    def booleans(coco):
+        coco["annotations"][0]["iscrowd"], coco["annotations"][1]["iscrowd"] = False, True
+
+    _, coco, dicts = _load_kite(tmp_path, "kite_bool", booleans)
     crowd = {anno["id"]: anno["iscrowd"] for d in dicts for anno in d["annotations"]}
     assert crowd == {coco["annotations"][0]["id"]: False, coco["annotations"][1]["id"]: True}
 
@@ -543,17 +543,8 @@ def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path
 def test_an_image_of_another_size_than_its_entry_is_skipped_in_training_and_an_error_in_evaluation(tmp_path, caplog):
     # Detectron2's check_image_size stopped the training with a SizeMismatchError traceback when the
     # image was reached, and the evaluation the same way.
-    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
-    coco = json.loads(open(json_file).read())
-    coco["images"][0].update(width=80, height=48)  # the file is 64 x 64
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    register_keypoint_dataset("kite_size", json_file, image_root, KITE, KITE_FLIP)
-    try:
-        dicts = DatasetCatalog.get("kite_size")
-    finally:
-        unregister_dataset("kite_size")
-    bad, good = os.path.join(image_root, "0.png"), os.path.join(image_root, "1.png")
+    _, _, dicts = _load_kite(tmp_path, "kite_size", lambda coco: coco["images"][0].update(width=80, height=48))
+    bad, good = str(tmp_path / "d" / "images" / "0.png"), str(tmp_path / "d" / "images" / "1.png")  # 64 x 64
     problem = f"image {bad} is 64x64 (width x height) but its dataset entry says 80x48"
 
     train = DePOTRDatasetMapper(is_train=True, num_keypoints=len(KITE))
