@@ -8,14 +8,16 @@
     python tools/analyze_results.py --config-file configs/depotr_hm_r18_synthetic.yaml [KEY VALUE ...]
 
 Results are any COCO keypoint results list ({image_id, category_id, keypoints [x, y, s] * K,
-score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes into --output:
+score}), ours (Detectron2's ``coco_instances_results.json``) or anyone's. Writes into --output (each
+file whole or not at all):
 
 * metrics.json / metrics.md: the 10 COCO keypoint metrics (AP ... ARl) of pycocotools'
   ``COCOeval(iouType="keypoints")``;
 * pr_curves.png: precision-recall curves at OKS 0.50 ... 0.95 (area all, maxDets 20);
 * error_breakdown.png / .md / .json: AP at each OKS threshold after cumulatively correcting
   Jitter, Inversion, Swap and Miss keypoints, removing background false positives and false
-  negatives (Ronchi & Perona, ICCV 2017), with the number of keypoints in each class;
+  negatives (Ronchi & Perona, ICCV 2017), with the number of keypoints in each class and of the
+  ground-truth images without any result (their persons count as misses; also logged);
 * with a baseline training set, mean_pose_baseline.json: the metrics (in %) of the mean-pose
   baseline (``depotr.evaluation.baselines``: the mean box-normalised training pose placed in
   every ground-truth box), printed beside the results' AP;

@@ -17,15 +17,8 @@ import os
 import sys
 from typing import Optional
 
-from detectron2.utils.logger import setup_logger
-
-from depotr.data.subset import (
-    keypoint_names,
-    plot_visibility_distributions,
-    select_subset,
-    subset_coco,
-    visibility_distribution,
-)
+# torch and Detectron2 (depotr.data) are imported once the arguments are parsed (a fast --help)
+from depotr.cli import run_main
 from depotr.file_io import atomic_output_path, output_problem
 
 
@@ -55,6 +48,16 @@ def main(argv=None) -> int:
     for option, path, problem in checks:  # before the selection, which can take long
         if problem:
             parser.error(f"{option} {path}: {problem}")
+    from detectron2.utils.logger import setup_logger
+
+    from depotr.data.subset import (
+        keypoint_names,
+        plot_visibility_distributions,
+        select_subset,
+        subset_coco,
+        visibility_distribution,
+    )
+
     setup_logger(name="depotr")
 
     try:
@@ -97,4 +100,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

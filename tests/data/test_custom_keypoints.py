@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.common import DatasetFromList
 from detectron2.structures import Boxes, Instances
 
 import train_net
@@ -20,7 +21,9 @@ from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data import fill_keypoint_config, register_keypoint_dataset
 from depotr.data.custom import DEFAULT_OKS_SIGMA, unregister_dataset
+from depotr.data.dataset_mapper import DePOTRDatasetMapper
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS, keypoint_metadata_from_config
+from depotr.engine.compat import map_dataset
 
 from ..engine.conftest import INSTANT_CONFIG, instant_args
 
@@ -177,21 +180,28 @@ def test_annotations_with_another_number_of_keypoints_fail_before_training(tmp_p
         unregister_dataset("kite_four")
 
 
-def _load_changed(tmp_path, change):
-    """DatasetCatalog.get (as train_net.setup makes it) of a 2-image kite file edited by
-    ``change(coco)``; returns (its json path, the ValueError raised)."""
+def _load_kite(tmp_path, name, change):
+    """DatasetCatalog.get (as train_net.setup makes it) of a 2-image kite file (under tmp_path / "d")
+    edited by ``change(coco)`` and registered as ``name``; returns (its json path, the edited coco,
+    the dataset dicts)."""
     json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
     with open(json_file) as f:
         coco = json.load(f)
     change(coco)
     with open(json_file, "w") as f:
         json.dump(coco, f)
-    register_keypoint_dataset("kite_bad", json_file, image_root, KITE, KITE_FLIP)
+    register_keypoint_dataset(name, json_file, image_root, KITE, KITE_FLIP)
     try:
-        with pytest.raises(ValueError) as info:
-            DatasetCatalog.get("kite_bad")
+        return json_file, coco, DatasetCatalog.get(name)
     finally:
-        unregister_dataset("kite_bad")
+        unregister_dataset(name)
+
+
+def _load_changed(tmp_path, change):
+    """:func:`_load_kite` of a file that fails to load; returns (its json path, the ValueError raised)."""
+    with pytest.raises(ValueError) as info:
+        _load_kite(tmp_path, "kite_bad", change)
+    json_file = str(tmp_path / "d" / "annotations.json")
     assert str(info.value).startswith(f"keypoint dataset 'kite_bad' ({json_file}): ")
     return json_file, str(info.value)
 
@@ -285,17 +295,10 @@ def test_a_field_of_the_wrong_type_fails_at_load_naming_it(tmp_path, key, index,
 
 def test_boolean_iscrowd_loads_as_its_number(tmp_path):
     # json booleans are what some tools write for iscrowd; pycocotools and load_coco_json read them as 0 / 1.
-    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
-    with open(json_file) as f:
-        coco = json.load(f)
-    coco["annotations"][0]["iscrowd"], coco["annotations"][1]["iscrowd"] = False, True
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    register_keypoint_dataset("kite_bool", json_file, image_root, KITE, KITE_FLIP)
-    try:
-        dicts = DatasetCatalog.get("kite_bool")
-    finally:
-        unregister_dataset("kite_bool")
+    def booleans(coco):
+        coco["annotations"][0]["iscrowd"], coco["annotations"][1]["iscrowd"] = False, True
+
+    _, coco, dicts = _load_kite(tmp_path, "kite_bool", booleans)
     crowd = {anno["id"]: anno["iscrowd"] for d in dicts for anno in d["annotations"]}
     assert crowd == {coco["annotations"][0]["id"]: False, coco["annotations"][1]["id"]: True}
 
@@ -535,3 +538,26 @@ def test_a_users_script_registering_its_dataset_trains_on_two_processes(tmp_path
         (tmp_path / "run" / "inference" / "user_kite_val" / "coco_instances_results.json").read_text()
     )
     assert len(predictions) == 3 and all(len(p["keypoints"]) == 15 for p in predictions)
+
+
+def test_an_image_of_another_size_than_its_entry_is_skipped_in_training_and_an_error_in_evaluation(tmp_path, caplog):
+    # Detectron2's check_image_size stopped the training with a SizeMismatchError traceback when the
+    # image was reached, and the evaluation the same way.
+    _, _, dicts = _load_kite(tmp_path, "kite_size", lambda coco: coco["images"][0].update(width=80, height=48))
+    bad, good = str(tmp_path / "d" / "images" / "0.png"), str(tmp_path / "d" / "images" / "1.png")  # 64 x 64
+    problem = f"image {bad} is 64x64 (width x height) but its dataset entry says 80x48"
+
+    train = DePOTRDatasetMapper(is_train=True, num_keypoints=len(KITE))
+    with caplog.at_level("WARNING", logger="depotr.data.dataset_mapper"):
+        assert train(dicts[0]) is None and train(dicts[0]) is None
+    assert train.num_skipped_images == 2
+    assert f"Skipping {problem}; 1 skipped so far" in caplog.text
+    assert f"Skipping {problem}; 2 skipped so far" in caplog.text
+    dataset = map_dataset(DatasetFromList(dicts, copy=False), train)
+    assert [dataset[i]["file_name"] for i in range(2)] == [good, good]  # another element instead
+
+    test = DePOTRDatasetMapper(is_train=False, num_keypoints=len(KITE))
+    assert test(dicts[1])["image"].shape == (3, 64, 64)
+    with pytest.raises(ConfigError) as info:
+        test(dicts[0])
+    assert str(info.value) == f"{problem}: correct the width/height in the dataset json"

@@ -2,15 +2,20 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import depotr.data.subset
+from depotr.cli import ConfigError
 from depotr.data.subset import select_subset, subset_coco, visibility_distribution
 from depotr.data.synthetic import coco_categories
-from tests.conftest import load_script
+from tests.conftest import REPO, load_script
 
 K = 17
+NOSE_CATEGORY = '"categories": [{"id": 1, "name": "person", "keypoints": ["nose"]}]'  # a json member
 
 
 def _random_coco(num_images=1500, seed=0):
@@ -85,6 +90,12 @@ def test_impossible_subset_raises_clear_error():
         select_subset(coco, 0.5)
 
 
+def test_a_malformed_json_is_a_config_error_naming_the_field(coco):
+    bad = {**coco, "annotations": [{**coco["annotations"][0], "iscrowd": 0, "keypoints": [None] * (3 * K)}]}
+    with pytest.raises(ConfigError, match=r"^annotations\[0\] \(id 1\): field 'keypoints' is \[None, "):
+        select_subset(bad, 0.5)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1], ids=["zero", "above_one", "negative"])
 def test_invalid_fraction(coco, fraction):
     with pytest.raises(ValueError, match="fraction must be in"):
@@ -122,16 +133,44 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             r"full\.json: the json has 2 categories \['cat', 'dog'\] and none named 'person'",
         ),
         ("[]", r"full\.json: holds a json list, expected an object with images, annotations, categories"),
+        # Was "string indices must be integers", naming no field.
+        (
+            '{"images": {"id": 1}, "annotations": [], ' + NOSE_CATEGORY + "}",
+            r"full\.json: field 'images' is a json object, expected a list of objects$",
+        ),
+        (
+            '{"images": [{"id": 1}], "annotations": [{"image_id": 1}, 5], ' + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[1\] is a json int, expected an object$",
+        ),
+        # Passed unnoticed (the visibility read from a string compared unequal to 1 and 2: v = 0).
+        (
+            '{"images": [{"id": 1}], "annotations": [{"id": 8, "image_id": 1, "category_id": 1, "keypoints": '
+            '["3", 4, 2]}], ' + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[0\] \(id 8\): field 'keypoints' is \['3', 4, 2\], expected 3 finite "
+            r"numbers \(x, y, v for 1 keypoints\)$",
+        ),
     ],
-    ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list"],
-)
+    ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list", "images-object",
+         "annotation-not-object", "keypoint-string"],
+)  # fmt: skip
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"
     if content is not None:
         src.write_text(content)
     assert _tool().main(["--input", str(src), "--fraction", "0.1", "--output", str(tmp_path / "subset.json")]) == 1
-    assert re.search(message, capsys.readouterr().err)
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and re.search(message, error.strip()), error
     assert not (tmp_path / "subset.json").exists()
+
+
+def test_the_tool_prints_no_third_party_warnings(tmp_path):
+    # Its module-level Detectron2 import printed torch's FutureWarning before main ran.
+    src = tmp_path / "full.json"
+    src.write_text(json.dumps(_random_coco(num_images=20)))
+    argv = ["--input", str(src), "--fraction", "0.5", "--output", str(tmp_path / "sub.json"), "--tolerance", "100"]
+    done = subprocess.run([sys.executable, f"{REPO}/tools/make_subset.py", *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -150,7 +189,9 @@ def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
 )
 def test_cli_checks_both_outputs_before_selecting(tmp_path, capsys, monkeypatch, output, plot, message):
     tool = _tool()
-    monkeypatch.setattr(tool, "select_subset", lambda *a, **k: pytest.fail("selected before checking the outputs"))
+    monkeypatch.setattr(
+        depotr.data.subset, "select_subset", lambda *a, **k: pytest.fail("selected before checking the outputs")
+    )
     src = tmp_path / "full.json"
     src.write_text(json.dumps(_random_coco(num_images=20)))
     argv = [
@@ -175,7 +216,7 @@ def test_cli_writes_neither_output_when_the_plot_fails(tmp_path, coco, monkeypat
     def failing_plot(*args, **kwargs):
         raise RuntimeError("the plot failed")
 
-    monkeypatch.setattr(tool, "plot_visibility_distributions", failing_plot)
+    monkeypatch.setattr(depotr.data.subset, "plot_visibility_distributions", failing_plot)
     src = tmp_path / "full.json"
     src.write_text(json.dumps(coco))
     argv = [

@@ -578,3 +578,58 @@ def test_cli_takes_a_custom_skeletons_mirror_from_the_runs_config(tmp_path, caps
     with pytest.raises(SystemExit):
         _tool().main(["--config-file", str(config), "--output", str(tmp_path / "out2")])
     assert "a custom dataset needs --gt" in capsys.readouterr().err
+
+
+def test_ground_truth_images_without_results_are_counted_logged_and_printed(tmp_path, gt, capsys, caplog):
+    # Results of image 1 only: image 2's person was a miss (FN) without a word.
+    two_images = _coco(
+        [1, 2], gt["annotations"] + [_person(3, 2, LARGE_BOX), {**_person(4, 2, MEDIUM_BOX), "iscrowd": 1}]
+    )
+    with caplog.at_level("WARNING", logger="depotr.evaluation.error_analysis"):
+        analysis = analyze_keypoint_results(two_images, _perfect(gt))
+    assert (analysis.num_images, analysis.num_images_without_results, analysis.num_false_negatives) == (2, 1, 1)
+    warning = "1 of 2 ground-truth images have no result: their 1 annotated persons count as misses (false negatives)"
+    assert warning in caplog.text
+    assert analyze_keypoint_results(gt, _perfect(gt)).num_images_without_results == 0
+
+    (tmp_path / "gt.json").write_text(json.dumps(two_images))
+    (tmp_path / "results.json").write_text(json.dumps(_perfect(gt)))
+    argv = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"), "--output", str(tmp_path)]
+    assert _tool().main(argv) == 0
+    line = "Ground-truth images without any result: 1 of 2 (their persons count as misses, FN)."
+    assert line in capsys.readouterr().out and line in (tmp_path / "error_breakdown.md").read_text()
+    breakdown = json.loads((tmp_path / "error_breakdown.json").read_text())
+    assert (breakdown["num_images"], breakdown["num_images_without_results"]) == (2, 1)
+
+
+def _crash_in_savefig(monkeypatch):
+    from matplotlib.figure import Figure
+
+    def crash(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", crash)
+
+
+def _crash_in_a_table(monkeypatch):
+    # A name that cannot be encoded: the write of bins.md fails once the file is open.
+    return {"size": {"\udc80": {"persons": 1, "AP": 50.0, "keypoints": 0}}}
+
+
+@pytest.mark.parametrize("crash", [_crash_in_savefig, _crash_in_a_table], ids=["plot", "table"])
+def test_a_crash_while_writing_the_report_leaves_the_previous_files_whole(tmp_path, gt, monkeypatch, crash):
+    from depotr.evaluation.error_report import write_report
+
+    analysis = analyze_keypoint_results(gt, _perfect(gt))
+    bins = {"size": {"small": {"persons": 1, "AP": 100.0, "keypoints": 0}}}
+    write_report(analysis, str(tmp_path), bins)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    crashed_bins = crash(monkeypatch) or bins
+    with pytest.raises((OSError, UnicodeEncodeError)):
+        write_report(analyze_keypoint_results(gt, _edit_large(gt, _jitter_all)), str(tmp_path), crashed_bins)
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert sorted(after) == sorted(before)  # no temporary file left
+    for name in ("pr_curves.png", "error_breakdown.png", "bins.md"):
+        assert after[name] == before[name], name  # the previous file, not a truncated one

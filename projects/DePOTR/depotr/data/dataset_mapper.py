@@ -25,6 +25,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
 
+from ..cli import ConfigError
 from .image_io import read_image_bgr
 from .keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 
@@ -93,8 +94,10 @@ class DePOTRDatasetMapper:
     """Reads the image, validates annotations (:func:`annotations_to_arrays`), applies the
     photometric training augmentation and builds ``Instances``; no geometry (the model crops).
 
-    An unreadable image is skipped in training (None: Detectron2's ``MapDataset`` retries another
-    index; ``num_skipped_images`` counts them per process) and an error naming it at evaluation.
+    An unreadable image, or one whose size is not the dataset dict's ``height`` / ``width``, is
+    skipped in training (None: Detectron2's ``MapDataset`` retries another index;
+    ``num_skipped_images`` counts them per process, each logged) and an error naming it at
+    evaluation (an OSError, a :class:`~depotr.cli.ConfigError` for the size).
     """
 
     @configurable
@@ -108,7 +111,7 @@ class DePOTRDatasetMapper:
     ):
         """
         Args:
-            is_train: training (augmentation, corrupt images skipped) or evaluation.
+            is_train: training (augmentation, unreadable or wrongly sized images skipped) or evaluation.
             image_format: ``cfg.INPUT.FORMAT`` ("BGR", "RGB", ...).
             augmentation: a pixel-only Albumentations pipeline, used only when ``is_train``; seeded
                 per call from NumPy's global RNG (seeded per worker and per iteration by
@@ -144,19 +147,43 @@ class DePOTRDatasetMapper:
         except (OSError, ValueError, SyntaxError) as e:
             if not self.is_train:
                 raise OSError(f"cannot read image {file_name}: {e}") from e
-            self.num_skipped_images += 1
-            logger.warning(
-                f"Skipping unreadable image {file_name} ({type(e).__name__}: {e}); "
-                f"{self.num_skipped_images} skipped so far in this process."
-            )
+            self._count_skip(f"unreadable image {file_name} ({type(e).__name__}: {e})")
             return None
         if self.image_format == "BGR":
             return image
         return utils.convert_PIL_to_numpy(Image.fromarray(image[:, :, ::-1]), self.image_format)
 
+    def _count_skip(self, reason: str) -> None:
+        """Counts a skipped training image and logs ``reason`` with the running count."""
+        self.num_skipped_images += 1
+        logger.warning(f"Skipping {reason}; {self.num_skipped_images} skipped so far in this process.")
+
+    def _check_image_size(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> bool:
+        """Whether the (H, W, C) ``image`` has the dict's ``height`` and ``width`` (Detectron2's
+        ``check_image_size``; absent ones are set from the image). False (a counted skip) for a
+        training image of another size.
+
+        Raises:
+            ConfigError naming the file and both sizes, for an evaluation image of another size.
+        """
+        height, width = image.shape[:2]
+        dataset_dict.setdefault("height", height)
+        dataset_dict.setdefault("width", width)
+        expected = (dataset_dict["width"], dataset_dict["height"])
+        if expected == (width, height):
+            return True
+        problem = (
+            f"image {dataset_dict['file_name']} is {width}x{height} (width x height) but its dataset entry "
+            f"says {expected[0]}x{expected[1]}"
+        )
+        if not self.is_train:
+            raise ConfigError(f"{problem}: correct the width/height in the dataset json")
+        self._count_skip(problem)
+        return False
+
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """
-        Returns None for an unreadable training image, else a dict with:
+        Returns None for a skipped training image (unreadable, or not of the dict's size), else a dict with:
             image: uint8 (C, H, W) tensor in ``image_format``, the whole image.
             height, width: original image size. image_id, file_name: from the dataset dict.
             instances (when the dict has annotations; crowd ones dropped): ``Instances`` with
@@ -169,9 +196,8 @@ class DePOTRDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         file_name = dataset_dict["file_name"]
         image = self._read_image(file_name)
-        if image is None:
+        if image is None or not self._check_image_size(dataset_dict, image):
             return None
-        utils.check_image_size(dataset_dict, image)
 
         annos = dataset_dict.pop("annotations", None)
         boxes, keypoints = annotations_to_arrays(annos or [], self.num_keypoints, file_name)

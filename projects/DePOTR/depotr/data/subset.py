@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..cli import ConfigError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -29,9 +31,29 @@ __all__ = [
 VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v=0)")
 
 
+def _entries(coco: Dict[str, Any], key: str, fields: Sequence[str]) -> List[Dict[str, Any]]:
+    """``coco[key]`` (missing: a KeyError naming it), checked to be a list of objects that have
+    ``fields``; else a ConfigError naming the entry and the field."""
+    entries = coco[key]
+    if not isinstance(entries, list):
+        raise ConfigError(f"field {key!r} is a json {_json_type(entries)}, expected a list of objects")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}[{i}] is a json {_json_type(entry)}, expected an object")
+        missing = [field for field in fields if field not in entry]
+        if missing:
+            raise ConfigError(f"{key}[{i}] (id {entry.get('id')}) is missing field(s) {missing}")
+    return entries
+
+
+def _json_type(value: Any) -> str:
+    """The json name of ``value``'s type (object, list, string, ...)."""
+    return {dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _person_category(coco: Dict[str, Any]) -> Dict[str, Any]:
     """The only category whatever its name, else the one named "person"."""
-    categories = coco.get("categories", [])
+    categories = _entries(coco, "categories", ("id",))
     if len(categories) == 1:
         return categories[0]
     for cat in categories:
@@ -54,20 +76,28 @@ def keypoint_names(coco: Dict[str, Any]) -> List[str]:
 
 def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.ndarray]:
     """Per image: counts (I, K, 3) of v = 2 / 1 / 0 over its non-crowd person annotations and
-    the number of such annotations (I,). Returns (image ids, counts, persons)."""
+    the number of such annotations (I,). Returns (image ids, counts, persons).
+
+    Raises:
+        ConfigError naming the field: ``images`` / ``annotations`` / ``categories`` not lists of
+        objects, an entry without a field read here, keypoints that are not 3K finite numbers.
+    """
     cat_id = _person_category(coco)["id"]
     k = len(keypoint_names(coco))
-    image_ids = [img["id"] for img in coco["images"]]
+    image_ids = [img["id"] for img in _entries(coco, "images", ("id",))]
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     counts = np.zeros((len(image_ids), k, 3), np.int64)
     persons = np.zeros(len(image_ids), np.int64)
-    for anno in coco["annotations"]:
+    for i, anno in enumerate(_entries(coco, "annotations", ("image_id",))):
         if anno.get("category_id") != cat_id or anno.get("iscrowd", 0) or anno["image_id"] not in row:
             continue
-        kps = anno.get("keypoints") or [0] * (3 * k)
-        if len(kps) != 3 * k:
-            raise ValueError(f"annotation id {anno.get('id')}: {len(kps)} keypoint values, expected {3 * k}")
-        v = np.asarray(kps[2::3])
+        kps = np.asarray(anno.get("keypoints") or [0] * (3 * k))
+        if kps.dtype.kind not in "iuf" or kps.shape != (3 * k,) or not np.isfinite(kps).all():
+            raise ConfigError(
+                f"annotations[{i}] (id {anno.get('id')}): field 'keypoints' is {anno['keypoints']!r}, expected "
+                f"{3 * k} finite numbers (x, y, v for {k} keypoints)"
+            )
+        v = kps[2::3]
         counts[row[anno["image_id"]]] += np.stack([v == 2, v == 1, (v != 1) & (v != 2)], axis=1)
         persons[row[anno["image_id"]]] += 1
     return image_ids, counts, persons

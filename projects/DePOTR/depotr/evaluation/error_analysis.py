@@ -51,6 +51,7 @@ class among the keypoints of the results matched to its persons (classified with
 import contextlib
 import copy
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -63,6 +64,8 @@ from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, table_flip_indi
 from ..data.person_bins import BINS, person_bins
 from ..file_io import is_finite_number, repeated_ids
 from ..modeling.oks import keypoint_similarity
+
+logger = logging.getLogger(__name__)
 
 METRIC_NAMES: Tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 KEYPOINT_CLASSES: Tuple[str, ...] = ("good", "jitter", "inversion", "swap", "miss")
@@ -109,6 +112,8 @@ class ResultsAnalysis:
     num_background_fp: int
     num_false_negatives: int
     matched: Dict[int, int]  # result index -> id of the ground-truth person it is matched to
+    num_images: int  # ground-truth images
+    num_images_without_results: int  # ground-truth images no result names: their persons are misses
 
     def keypoint_counts(self) -> Dict[str, int]:
         """Number of classified keypoints per class of ``KEYPOINT_CLASSES``."""
@@ -125,6 +130,8 @@ class ResultsAnalysis:
             "num_analysed_results": len(self.keypoint_labels),
             "num_background_fp": self.num_background_fp,
             "num_false_negatives": self.num_false_negatives,
+            "num_images": self.num_images,
+            "num_images_without_results": self.num_images_without_results,
             "thresholds": {"good_ks": GOOD_KS, "near_ks": NEAR_KS, "match_oks": MATCH_OKS, "max_dets": MAX_DETS},
         }
 
@@ -432,6 +439,13 @@ def analyze_keypoint_results(
     precisions.append(_all_area_precision(evaluate_keypoints(covered_gt, foreground, sigmas)))
 
     precision = np.stack(precisions)
+    without_results = {image["id"] for image in gt["images"]} - {r["image_id"] for r in results}
+    if without_results:
+        persons = sum(a["image_id"] in without_results and _analysed(a) for a in gt["annotations"])
+        logger.warning(
+            f"{len(without_results)} of {len(gt['images'])} ground-truth images have no result: their "
+            f"{persons} annotated persons count as misses (false negatives)"
+        )
     return ResultsAnalysis(
         metrics={name: float(value) for name, value in zip(METRIC_NAMES, original.stats)},
         oks_thresholds=np.asarray(original.params.iouThrs),
@@ -443,6 +457,8 @@ def analyze_keypoint_results(
         num_background_fp=len(background),
         num_false_negatives=len(false_negatives),
         matched=matching.matched,
+        num_images=len(gt["images"]),
+        num_images_without_results=len(without_results),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..file_io import atomic_output_path, atomic_write
 from .error_analysis import KEYPOINT_CLASSES, MATCH_OKS, METRIC_NAMES, STAGES, ResultsAnalysis, mean_valid
 
 __all__ = ["bins_table", "breakdown_table", "metrics_table", "plot_error_breakdown", "plot_pr_curves", "write_report"]
@@ -47,6 +48,9 @@ def breakdown_table(analysis: ResultsAnalysis) -> str:
         "| "
         + " | ".join(f"{n} ({100 * n / total:.1f}%)" for n in counts.values())
         + f" | {analysis.num_background_fp} | {analysis.num_false_negatives} |",
+        "",
+        f"Ground-truth images without any result: {analysis.num_images_without_results} of {analysis.num_images} "
+        "(their persons count as misses, FN).",
     ]
     return "\n".join(lines)
 
@@ -89,8 +93,7 @@ def plot_pr_curves(precision: np.ndarray, oks_thresholds: np.ndarray, recall_thr
         ax.plot(recall_thresholds, np.clip(precision[t], 0, None), color=colours[t], label=label)
     _finish_pr_axes(ax, "Precision-recall, area all, maxDets 20")
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
@@ -113,8 +116,14 @@ def plot_error_breakdown(analysis: ResultsAnalysis, path: str) -> None:
     ax.bar(np.arange(len(STAGES)), np.clip(analysis.ap_mean, 0, None), color=STAGE_COLOURS, edgecolor="k")
     ax.set_xticks(np.arange(len(STAGES)), STAGES, rotation=45, ha="right")
     ax.set(ylim=(0, 1), ylabel="AP", title="AP OKS 0.50:0.95 after each correction")
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    """Saves ``fig`` (laid out, 100 dpi) to ``path`` in its extension's format, whole or not at all."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output_path(path) as tmp_path:  # same extension: the format matplotlib infers
+        fig.savefig(tmp_path, dpi=100)
 
 
 def _finish_pr_axes(ax, title: str) -> None:
@@ -126,8 +135,8 @@ def write_report(
     analysis: ResultsAnalysis, output_dir: str, bins: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None
 ) -> Dict[str, str]:
     """Writes metrics.{json,md}, pr_curves.png and error_breakdown.{json,md,png} (and, given the
-    per-bin analysis ``bins``, bins.{json,md}) into ``output_dir`` (created if needed); returns
-    their paths by name."""
+    per-bin analysis ``bins``, bins.{json,md}) into ``output_dir`` (created if needed), each whole
+    or not at all (a crash leaves no half-written file); returns their paths by name."""
     os.makedirs(output_dir, exist_ok=True)
     texts: Dict[str, Optional[str]] = {  # file name -> text; None: a plot
         "metrics.json": json.dumps(analysis.metrics, indent=2),
@@ -142,8 +151,7 @@ def write_report(
     paths = {name: os.path.join(output_dir, name) for name in texts}
     for name, text in texts.items():
         if text is not None:
-            with open(paths[name], "w") as f:
-                f.write(text)
+            atomic_write(paths[name], lambda f, text=text: f.write(text.encode()))
     plot_pr_curves(analysis.precision[0], analysis.oks_thresholds, analysis.recall_thresholds, paths["pr_curves.png"])
     plot_error_breakdown(analysis, paths["error_breakdown.png"])
     return paths
