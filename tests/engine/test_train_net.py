@@ -228,7 +228,6 @@ def test_a_bad_precomputed_boxes_file_is_one_error_line_before_training(tmp_path
         f"error: precomputed boxes file {boxes}, detection 0: field 'bbox' must be 4 finite numbers [x, y, w, h], "
         "got [1, 2, 3]"
     )
-    assert not any("Traceback" in line for line in err)
     assert not list((tmp_path / "run").glob("*.pth"))  # refused before the first iteration
 
 
