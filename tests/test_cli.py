@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import depotr.config as depotr_config
-from depotr.cli import CONFIG_ROOT_KEYS, config_overrides, parse_command_line, run_main, training_argument_parser
+from depotr.cli import (
+    CONFIG_ROOT_KEYS,
+    ConfigError,
+    config_overrides,
+    parse_command_line,
+    run_main,
+    training_argument_parser,
+)
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES
 from tests.conftest import load_script
@@ -189,3 +196,24 @@ def test_cpu_is_said_once_where_a_model_runs_and_not_by_the_config(monkeypatch, 
         depotr_config.log_device(cfg.MODEL.DEVICE)
         depotr_config.log_device(cfg.MODEL.DEVICE)
     assert [r.getMessage() for r in caplog.records] == ["running on CPU (CUDA is not available)"]
+
+
+class _RefusingDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise ConfigError(f"image {index}.jpg is 64x64 (width x height) but its dataset entry says 80x48")
+
+
+def test_a_config_error_in_a_data_loader_worker_is_its_one_line(capsys):
+    """The friction: a test image of the wrong size (a ConfigError of the mapper) in a worker came
+    back as 'error: Caught ConfigError in DataLoader worker process 0.' and the worker's traceback."""
+
+    def main(argv):
+        next(iter(torch.utils.data.DataLoader(_RefusingDataset(), num_workers=1)))
+
+    assert run_main(main, []) == 2
+    assert capsys.readouterr().err == (
+        "error: image 0.jpg is 64x64 (width x height) but its dataset entry says 80x48\n"
+    )

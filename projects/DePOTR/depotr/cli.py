@@ -8,6 +8,7 @@ empty ``MODEL.WEIGHTS``), and :class:`ConfigError`, a user mistake :func:`run_ma
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from typing import Callable, List, Optional, Sequence
@@ -127,5 +128,18 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opt
     try:
         return main(argv) or 0
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {config_error_message(e)}", file=sys.stderr)
         return 2
+
+
+# torch's DataLoader raises a worker's exception again in the main process, as the same type with
+# the worker's traceback as its message; the traceback's last line is "<module>.ConfigError: <message>".
+_WORKER_ERROR = re.compile(r"Caught ConfigError in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def config_error_message(error: ConfigError) -> str:
+    """The message of ``error``: its own, or that of the data-loader worker's ConfigError it carries."""
+    text = str(error)
+    if _WORKER_ERROR.match(text):
+        return text.rstrip().splitlines()[-1].split("ConfigError: ", 1)[-1]
+    return text
