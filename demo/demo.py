@@ -44,9 +44,10 @@ x - 0.5); bbox XYWH; score; with --track, track_id.
 Folders are read one level deep (their subfolders are skipped) and only their image files
 (by extension; the number left out is printed); files named explicitly are always read. Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
-that every output can be written, that no two inputs share a file name stem (which would give
-them one output file and one image_id), the box and image-id files and that a video can be opened
-and has a frame; otherwise it stops with an error naming them (status 1). An image file that
+that no two inputs share a file name stem (which would give them one output file and one
+image_id), the box and image-id files and that a video can be opened and has a frame, then (only
+when all these are fine, so that a mistyped input leaves no new folder) that every output can be
+written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
 exits with status 1; so are video frames whose size differs from the first frame's, and a video
 that ends before the number of frames its file announces (a file cut short, a frame that cannot be
@@ -498,7 +499,8 @@ class Demo:
 def check_inputs(
     args: argparse.Namespace,
 ) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes], int]:
-    """Everything about the inputs and outputs that can be checked before the model loads.
+    """Everything about the inputs and arguments that can be checked before the model loads
+    (nothing is created: the outputs are :func:`check_outputs`').
 
     Returns:
         the problems (error messages; empty: none), the image paths, their image ids, the
@@ -506,6 +508,9 @@ def check_inputs(
         (:func:`image_ids_from_coco`'s with --image-ids, else 1).
     """
     paths, image_ids, problems, boxes, category_id = [], {}, [], None, COCO_PERSON_CATEGORY_ID
+    if args.video_input and not os.path.isfile(args.video_input):
+        what = "is a folder, not a video file" if os.path.isdir(args.video_input) else "does not exist"
+        problems.append(f"--video-input {args.video_input} {what}")
     if args.input:
         paths, left_out, missing = expand_inputs(args.input)
         problems += [f"input {pattern} does not exist (no file matches it)" for pattern in missing]
@@ -543,22 +548,30 @@ def check_inputs(
                 f"--boxes needs numeric image ids, but {', '.join(named[:5])} have none: name the images by number "
                 "(000123.jpg) or pass --image-ids"
             )
-    # --output is a file (else a folder): of the video, or of one image
-    output_file = bool(args.output) and args.output.lower().endswith(
-        VIDEO_EXTENSIONS if args.video_input else IMAGE_EXTENSIONS
-    )
-    outputs = [("--output", args.output, not output_file), ("--save-json", args.save_json, False)]
     if args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS):
         problems.append(
             f"--output {args.output}: the demo writes a video (mp4v) only as {', '.join(VIDEO_EXTENSIONS)}, not "
             f"{os.path.splitext(args.output)[1]}; or give a folder"
         )
-        outputs.pop(0)  # not made a folder
+    return problems, paths, image_ids, boxes, category_id
+
+
+def check_outputs(args: argparse.Namespace) -> List[str]:
+    """The problems (error messages; empty: none) of --output and --save-json; makes their
+    missing folders, so call it once the inputs are checked (a mistyped input leaves no folder)."""
+    problems = []
+    # --output is a file (else a folder): of the video, or of one image
+    output_file = bool(args.output) and args.output.lower().endswith(
+        VIDEO_EXTENSIONS if args.video_input else IMAGE_EXTENSIONS
+    )
+    outputs = [("--save-json", args.save_json, False)]
+    if not (args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS)):  # refused, not a folder
+        outputs.insert(0, ("--output", args.output, not output_file))
     for flag, path, folder in outputs:
         reason = output_problem(path, folder, create=True) if path else None  # makes the folders
         if reason is not None:
             problems.append(f"cannot write {flag} {path}: {reason}")
-    return problems, paths, image_ids, boxes, category_id
+    return problems
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -585,6 +598,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif not ok:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))
+    if not problems:
+        problems += check_outputs(args)  # makes the output folders: the inputs are fine
     if problems:
         if capture is not None:
             capture.release()

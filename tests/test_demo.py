@@ -183,12 +183,21 @@ def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [0, 1, 2, 3, 4]  # frame indices
 
 
-def test_missing_video_is_an_error_naming_it(demo, tmp_path, capsys):
-    missing = str(tmp_path / "no_such_video.mp4")
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--video-input", missing, "--output", str(tmp_path), *CPU])
-    assert status != 0
-    assert f"cannot open {missing}" in capsys.readouterr().err
-    assert not os.listdir(tmp_path)  # nothing written
+def test_missing_inputs_are_errors_naming_them_and_make_no_output_folder(demo, tmp_path, capsys, no_model):
+    # before: "cannot open" (not saying the file is missing), and the --output folder was made
+    missing = tmp_path / "no_such_video.mp4"
+    json_file = tmp_path / "j" / "k.json"
+    assert run(demo, "--video-input", missing, "--output", tmp_path / "new", "--save-json", json_file) == 1
+    assert f"error: --video-input {missing} does not exist" in capsys.readouterr().err
+    assert run(demo, "--video-input", tmp_path, "--output", tmp_path / "new") == 1
+    assert f"error: --video-input {tmp_path} is a folder, not a video file" in capsys.readouterr().err
+    assert run(demo, "--input", tmp_path / "no_such.jpg", "--output", tmp_path / "new") == 1
+    assert f"error: input {tmp_path / 'no_such.jpg'} does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    assert run(demo, "--video-input", broken, "--output", tmp_path / "new") == 1
+    assert f"error: cannot open {broken}" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["broken.mp4"]  # no folder made
 
 
 @pytest.mark.parametrize(
@@ -214,7 +223,7 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
     assert status == 1
     err = capsys.readouterr().err
     assert "would share" in err and all(str(tmp_path / n) in err for n in names)
-    assert os.listdir(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
 
 
 def test_output_with_an_image_extension_is_the_drawing_of_one_image(demo, tmp_path, capsys):
