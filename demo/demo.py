@@ -26,12 +26,12 @@ one input image --output itself when it ends in an image extension (photo_drawn.
 video, --output ending in .mp4, .avi, .mov, .mkv or .m4v is the output file, otherwise
 <output>/<video stem>.mp4 (mp4v, the input's frame rate, 30 when it has none, and size); another
 video extension (.webm, .mpg, .wmv, .ts, ...) is an error naming these five. The webcam is shown
-in a window (Esc or Ctrl-C quits; --save-json is then written as at any end); it needs an OpenCV
-with a GUI (pip install opencv-python: the opencv-python-headless that DePOTR installs has none),
-checked before the model loads. Images and frames whose long side exceeds
-1920 px are downscaled to 1920 px for drawing (the skeletons scaled with them; the Visualizer's
-time and memory grow with the image); keypoints are predicted, and written to --save-json, at full
-resolution.
+in a window (Esc or Ctrl-C quits, "stopped (Ctrl-C) after N frames"; --save-json is then written
+as at any end); it needs an OpenCV with a GUI (pip install opencv-python: the
+opencv-python-headless that DePOTR installs has none), checked before the model loads. Images and
+frames whose long side exceeds 1920 px are downscaled to 1920 px for drawing (the skeletons scaled
+with them; the Visualizer's time and memory grow with the image); keypoints are predicted, and
+written to --save-json, at full resolution.
 --save-json writes COCO keypoint results, one per person: image_id = the file name
 stem (an int when it is all digits, as in COCO's 000000397133.jpg), or with --image-ids gt.json
 the id of the image of the same file name in that COCO file (so that the results can be
@@ -55,6 +55,10 @@ decoded) gives a warning naming it, "read N of the M frames it announces", and s
 read are written. A box file naming frames the video does not have (neither read nor announced)
 is an error (status 1).
 Outputs are written whole or not at all (depotr.file_io).
+Ctrl-C during a video stops it as the webcam's: "stopped (Ctrl-C) after N of the M frames", the
+frames done are written (the video of those frames, --save-json of the same frames) and the
+status is 130 (the shell's status of a Ctrl-C: the video is not done). SIGTERM (kill) stops the
+demo with status 143, the output being written removed (no .tmp-* file is left behind).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
 command accepts both). An empty MODEL.WEIGHTS is an error unless --random-weights is given. A
@@ -62,12 +66,15 @@ config mistake (an unknown key, a missing file) is one line "error: ..." and sta
 """
 
 import argparse
+import contextlib
 import glob
 import itertools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
@@ -379,6 +386,7 @@ class Demo:
         self.category_id = category_id
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
+        self.stopped = False  # a video run_video stopped with Ctrl-C
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
@@ -425,41 +433,56 @@ class Demo:
         and the first frame's size; image_id = the frame index. A frame skipped for its size still
         ages the tracker's tracks (``PoseTracker.skip_frame``). ``total``: the number of frames
         the video ``name`` announces (None: unknown); fewer frames read is a warning naming it.
+        Ctrl-C (KeyboardInterrupt) stops the video as the webcam's: the frames done (drawn and
+        written) make the output and ``results`` (those of a frame cut short are dropped), and
+        ``stopped`` is set.
 
         Returns:
             the number of frames missing from the output: those skipped because their size
-            differs from the first frame's, and those ``total`` announces beyond the frames read.
+            differs from the first frame's, and those ``total`` announces beyond the frames read
+            (not counted when stopped).
         Raises:
-            ValueError: no frames, or box file entries for frames the video does not have
-                (beyond those read and those ``total`` announces; nothing is written).
+            ValueError: no frames (none done when stopped), or box file entries for frames the
+                video does not have (beyond those read and those ``total`` announces; not
+                checked when stopped; nothing is written).
         """
-        size, skipped, count = None, 0, 0
+        size, skipped, count, kept = None, 0, 0, len(self.results)
         with atomic_output_path(out_path) as tmp_path:
             writer = None
             try:
-                for index, frame in enumerate(tqdm(frames, total=total, desc="frames")):
-                    count += 1
-                    if size is None:
-                        size = frame.shape[:2]
-                        writer = cv2.VideoWriter(
-                            tmp_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn_size(*size)[::-1]
-                        )
-                        if not writer.isOpened():
-                            raise OSError(f"cannot write the video {out_path}")
-                    if frame.shape[:2] != size:
-                        skipped += 1
-                        tqdm.write(
-                            f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from the "
-                            f"first frame's {size[1]}x{size[0]}",
-                            file=sys.stderr,
-                        )
-                        if self.tracker is not None:
-                            self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
-                        continue
-                    writer.write(draw(frame, self(frame, index), self.metadata))
+                try:
+                    for index, frame in enumerate(tqdm(frames, total=total, desc="frames")):
+                        if size is None:
+                            size = frame.shape[:2]
+                            writer = cv2.VideoWriter(
+                                tmp_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn_size(*size)[::-1]
+                            )
+                            if not writer.isOpened():
+                                raise OSError(f"cannot write the video {out_path}")
+                        wrong_size = frame.shape[:2] != size
+                        if wrong_size:
+                            tqdm.write(
+                                f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from "
+                                f"the first frame's {size[1]}x{size[0]}",
+                                file=sys.stderr,
+                            )
+                            if self.tracker is not None:
+                                self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
+                        else:
+                            writer.write(draw(frame, self(frame, index), self.metadata))
+                        count, skipped, kept = index + 1, skipped + wrong_size, len(self.results)  # frame done
+                except KeyboardInterrupt:
+                    self.stopped = True
+                    del self.results[kept:]  # a frame predicted but not written
+                    of_total = f" of the {total}" if total is not None else ""
+                    tqdm.write(f"stopped (Ctrl-C) after {count}{of_total} frames of {name}")
                 if count == 0:
-                    raise ValueError("the video has no frames")
-                unread = total - count if total is not None and total > count else 0
+                    raise ValueError(
+                        "stopped (Ctrl-C) before the first frame was done"
+                        if self.stopped
+                        else "the video has no frames"
+                    )
+                unread = total - count if total is not None and total > count and not self.stopped else 0
                 if unread:
                     tqdm.write(
                         f"warning: {name}: read {count} of the {total} frames it announces (the file ends early "
@@ -467,7 +490,8 @@ class Demo:
                         file=sys.stderr,
                     )
                 frames_had = count + unread  # a frame announced but not read is the video's, too
-                beyond = sorted(i for i in self.boxes or {} if not 0 <= i < frames_had)
+                # stopped: the frames not reached are unknown (the video may have them)
+                beyond = [] if self.stopped else sorted(i for i in self.boxes or {} if not 0 <= i < frames_had)
                 if beyond:
                     box_file = f"--boxes {self.box_file}" if self.box_file else "the box file"
                     raise ValueError(
@@ -483,17 +507,52 @@ class Demo:
     def run_webcam(self, frames: Iterator[np.ndarray], capture: Optional[cv2.VideoCapture] = None) -> None:
         """Shows the drawn ``frames`` in a window until Esc, Ctrl-C (KeyboardInterrupt) or the end
         of the stream; then closes the window and releases ``capture`` (whatever ends the loop)."""
+        shown = 0
         try:
             for index, frame in enumerate(frames):
                 cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
+                shown += 1
                 if cv2.waitKey(1) == 27:
                     break
         except KeyboardInterrupt:
-            print("stopped (Ctrl-C)")
+            print(f"stopped (Ctrl-C) after {shown} frames")
         finally:
             if capture is not None:
                 capture.release()
             cv2.destroyAllWindows()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised by :func:`sigterm_raises` (a BaseException, as KeyboardInterrupt: no
+    ``except Exception`` catches it)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a job scheduler's stop) raises :class:`Terminated`
+    in the main thread instead of ending the process at once, so that the ``finally`` blocks run:
+    the temporary file of the output being written (``.tmp-<random>-<name>``, see
+    ``depotr.file_io``) is removed by the process that owns it, and the capture released. The
+    previous handler is restored after. Outside the main thread (Python sets handlers only there)
+    it does nothing.
+
+    Why not have the next run delete such leftovers (``depotr.file_io.remove_temporary_files``):
+    that is safe only where no other process can be writing into the folder, and the demo holds
+    no lock on its output folder: a second demo writing there at the same time would lose its
+    temporary file. A SIGKILL or a crash still leaves one behind; delete it once no demo writes
+    into that folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_inputs(
@@ -607,7 +666,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
-        return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
+        with sigterm_raises():
+            return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
+    except Terminated:
+        print("error: terminated (SIGTERM); the output being written was removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         if capture is not None:
             capture.release()
@@ -654,6 +717,8 @@ def run_demo(
     if failures:
         what = "image(s) could not be read" if args.input else "frame(s) were skipped or could not be read"
         print(f"{failures} {what}", file=sys.stderr)
+    if demo.stopped:
+        return 128 + signal.SIGINT  # a video stopped with Ctrl-C: the shell's status of Ctrl-C
     return 1 if failures else 0
 
 
