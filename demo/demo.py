@@ -26,12 +26,12 @@ one input image --output itself when it ends in an image extension (photo_drawn.
 video, --output ending in .mp4, .avi, .mov, .mkv or .m4v is the output file, otherwise
 <output>/<video stem>.mp4 (mp4v, the input's frame rate, 30 when it has none, and size); another
 video extension (.webm, .mpg, .wmv, .ts, ...) is an error naming these five. The webcam is shown
-in a window (Esc or Ctrl-C quits; --save-json is then written as at any end); it needs an OpenCV
-with a GUI (pip install opencv-python: the opencv-python-headless that DePOTR installs has none),
-checked before the model loads. Images and frames whose long side exceeds
-1920 px are downscaled to 1920 px for drawing (the skeletons scaled with them; the Visualizer's
-time and memory grow with the image); keypoints are predicted, and written to --save-json, at full
-resolution.
+in a window (Esc or Ctrl-C quits, "stopped (Ctrl-C) after N frames"; --save-json is then written
+as at any end); it needs an OpenCV with a GUI (pip install opencv-python: the
+opencv-python-headless that DePOTR installs has none), checked before the model loads. Images and
+frames whose long side exceeds 1920 px are downscaled to 1920 px for drawing (the skeletons scaled
+with them; the Visualizer's time and memory grow with the image); keypoints are predicted, and
+written to --save-json, at full resolution.
 --save-json writes COCO keypoint results, one per person: image_id = the file name
 stem (an int when it is all digits, as in COCO's 000000397133.jpg), or with --image-ids gt.json
 the id of the image of the same file name in that COCO file (so that the results can be
@@ -44,9 +44,10 @@ x - 0.5); bbox XYWH; score; with --track, track_id.
 Folders are read one level deep (their subfolders are skipped) and only their image files
 (by extension; the number left out is printed); files named explicitly are always read. Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
-that every output can be written, that no two inputs share a file name stem (which would give
-them one output file and one image_id), the box and image-id files and that a video can be opened
-and has a frame; otherwise it stops with an error naming them (status 1). An image file that
+that no two inputs share a file name stem (which would give them one output file and one
+image_id), the box and image-id files and that a video can be opened and has a frame, then (only
+when all these are fine, so that a mistyped input leaves no new folder) that every output can be
+written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
 exits with status 1; so are video frames whose size differs from the first frame's, and a video
 that ends before the number of frames its file announces (a file cut short, a frame that cannot be
@@ -54,6 +55,10 @@ decoded) gives a warning naming it, "read N of the M frames it announces", and s
 read are written. A box file naming frames the video does not have (neither read nor announced)
 is an error (status 1).
 Outputs are written whole or not at all (depotr.file_io).
+Ctrl-C during a video stops it as the webcam's: "stopped (Ctrl-C) after N of the M frames", the
+frames done are written (the video of those frames, --save-json of the same frames) and the
+status is 130 (the shell's status of a Ctrl-C: the video is not done). SIGTERM (kill) stops the
+demo with status 143, the output being written removed (no .tmp-* file is left behind).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
 command accepts both). An empty MODEL.WEIGHTS is an error unless --random-weights is given. A
@@ -61,12 +66,15 @@ config mistake (an unknown key, a missing file) is one line "error: ..." and sta
 """
 
 import argparse
+import contextlib
 import glob
 import itertools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
@@ -378,6 +386,7 @@ class Demo:
         self.category_id = category_id
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
+        self.stopped = False  # a video run_video stopped with Ctrl-C
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
@@ -424,41 +433,56 @@ class Demo:
         and the first frame's size; image_id = the frame index. A frame skipped for its size still
         ages the tracker's tracks (``PoseTracker.skip_frame``). ``total``: the number of frames
         the video ``name`` announces (None: unknown); fewer frames read is a warning naming it.
+        Ctrl-C (KeyboardInterrupt) stops the video as the webcam's: the frames done (drawn and
+        written) make the output and ``results`` (those of a frame cut short are dropped), and
+        ``stopped`` is set.
 
         Returns:
             the number of frames missing from the output: those skipped because their size
-            differs from the first frame's, and those ``total`` announces beyond the frames read.
+            differs from the first frame's, and those ``total`` announces beyond the frames read
+            (not counted when stopped).
         Raises:
-            ValueError: no frames, or box file entries for frames the video does not have
-                (beyond those read and those ``total`` announces; nothing is written).
+            ValueError: no frames (none done when stopped), or box file entries for frames the
+                video does not have (beyond those read and those ``total`` announces; not
+                checked when stopped; nothing is written).
         """
-        size, skipped, count = None, 0, 0
+        size, skipped, count, kept = None, 0, 0, len(self.results)
         with atomic_output_path(out_path) as tmp_path:
             writer = None
             try:
-                for index, frame in enumerate(tqdm(frames, total=total, desc="frames")):
-                    count += 1
-                    if size is None:
-                        size = frame.shape[:2]
-                        writer = cv2.VideoWriter(
-                            tmp_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn_size(*size)[::-1]
-                        )
-                        if not writer.isOpened():
-                            raise OSError(f"cannot write the video {out_path}")
-                    if frame.shape[:2] != size:
-                        skipped += 1
-                        tqdm.write(
-                            f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from the "
-                            f"first frame's {size[1]}x{size[0]}",
-                            file=sys.stderr,
-                        )
-                        if self.tracker is not None:
-                            self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
-                        continue
-                    writer.write(draw(frame, self(frame, index), self.metadata))
+                try:
+                    for index, frame in enumerate(tqdm(frames, total=total, desc="frames")):
+                        if size is None:
+                            size = frame.shape[:2]
+                            writer = cv2.VideoWriter(
+                                tmp_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn_size(*size)[::-1]
+                            )
+                            if not writer.isOpened():
+                                raise OSError(f"cannot write the video {out_path}")
+                        wrong_size = frame.shape[:2] != size
+                        if wrong_size:
+                            tqdm.write(
+                                f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from "
+                                f"the first frame's {size[1]}x{size[0]}",
+                                file=sys.stderr,
+                            )
+                            if self.tracker is not None:
+                                self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
+                        else:
+                            writer.write(draw(frame, self(frame, index), self.metadata))
+                        count, skipped, kept = index + 1, skipped + wrong_size, len(self.results)  # frame done
+                except KeyboardInterrupt:
+                    self.stopped = True
+                    del self.results[kept:]  # a frame predicted but not written
+                    of_total = f" of the {total}" if total is not None else ""
+                    tqdm.write(f"stopped (Ctrl-C) after {count}{of_total} frames of {name}")
                 if count == 0:
-                    raise ValueError("the video has no frames")
-                unread = total - count if total is not None and total > count else 0
+                    raise ValueError(
+                        "stopped (Ctrl-C) before the first frame was done"
+                        if self.stopped
+                        else "the video has no frames"
+                    )
+                unread = total - count if total is not None and total > count and not self.stopped else 0
                 if unread:
                     tqdm.write(
                         f"warning: {name}: read {count} of the {total} frames it announces (the file ends early "
@@ -466,7 +490,8 @@ class Demo:
                         file=sys.stderr,
                     )
                 frames_had = count + unread  # a frame announced but not read is the video's, too
-                beyond = sorted(i for i in self.boxes or {} if not 0 <= i < frames_had)
+                # stopped: the frames not reached are unknown (the video may have them)
+                beyond = [] if self.stopped else sorted(i for i in self.boxes or {} if not 0 <= i < frames_had)
                 if beyond:
                     box_file = f"--boxes {self.box_file}" if self.box_file else "the box file"
                     raise ValueError(
@@ -482,23 +507,59 @@ class Demo:
     def run_webcam(self, frames: Iterator[np.ndarray], capture: Optional[cv2.VideoCapture] = None) -> None:
         """Shows the drawn ``frames`` in a window until Esc, Ctrl-C (KeyboardInterrupt) or the end
         of the stream; then closes the window and releases ``capture`` (whatever ends the loop)."""
+        shown = 0
         try:
             for index, frame in enumerate(frames):
                 cv2.imshow(WINDOW_NAME, draw(frame, self(frame, index), self.metadata))
+                shown += 1
                 if cv2.waitKey(1) == 27:
                     break
         except KeyboardInterrupt:
-            print("stopped (Ctrl-C)")
+            print(f"stopped (Ctrl-C) after {shown} frames")
         finally:
             if capture is not None:
                 capture.release()
             cv2.destroyAllWindows()
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised by :func:`sigterm_raises` (a BaseException, as KeyboardInterrupt: no
+    ``except Exception`` catches it)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a job scheduler's stop) raises :class:`Terminated`
+    in the main thread instead of ending the process at once, so that the ``finally`` blocks run:
+    the temporary file of the output being written (``.tmp-<random>-<name>``, see
+    ``depotr.file_io``) is removed by the process that owns it, and the capture released. The
+    previous handler is restored after. Outside the main thread (Python sets handlers only there)
+    it does nothing.
+
+    Why not have the next run delete such leftovers (``depotr.file_io.remove_temporary_files``):
+    that is safe only where no other process can be writing into the folder, and the demo holds
+    no lock on its output folder: a second demo writing there at the same time would lose its
+    temporary file. A SIGKILL or a crash still leaves one behind; delete it once no demo writes
+    into that folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def check_inputs(
     args: argparse.Namespace,
 ) -> Tuple[List[str], List[str], Dict[str, ImageId], Optional[PersonBoxes], int]:
-    """Everything about the inputs and outputs that can be checked before the model loads.
+    """Everything about the inputs and arguments that can be checked before the model loads
+    (nothing is created: the outputs are :func:`check_outputs`').
 
     Returns:
         the problems (error messages; empty: none), the image paths, their image ids, the
@@ -506,6 +567,9 @@ def check_inputs(
         (:func:`image_ids_from_coco`'s with --image-ids, else 1).
     """
     paths, image_ids, problems, boxes, category_id = [], {}, [], None, COCO_PERSON_CATEGORY_ID
+    if args.video_input and not os.path.isfile(args.video_input):
+        what = "is a folder, not a video file" if os.path.isdir(args.video_input) else "does not exist"
+        problems.append(f"--video-input {args.video_input} {what}")
     if args.input:
         paths, left_out, missing = expand_inputs(args.input)
         problems += [f"input {pattern} does not exist (no file matches it)" for pattern in missing]
@@ -543,22 +607,30 @@ def check_inputs(
                 f"--boxes needs numeric image ids, but {', '.join(named[:5])} have none: name the images by number "
                 "(000123.jpg) or pass --image-ids"
             )
-    # --output is a file (else a folder): of the video, or of one image
-    output_file = bool(args.output) and args.output.lower().endswith(
-        VIDEO_EXTENSIONS if args.video_input else IMAGE_EXTENSIONS
-    )
-    outputs = [("--output", args.output, not output_file), ("--save-json", args.save_json, False)]
     if args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS):
         problems.append(
             f"--output {args.output}: the demo writes a video (mp4v) only as {', '.join(VIDEO_EXTENSIONS)}, not "
             f"{os.path.splitext(args.output)[1]}; or give a folder"
         )
-        outputs.pop(0)  # not made a folder
+    return problems, paths, image_ids, boxes, category_id
+
+
+def check_outputs(args: argparse.Namespace) -> List[str]:
+    """The problems (error messages; empty: none) of --output and --save-json; makes their
+    missing folders, so call it once the inputs are checked (a mistyped input leaves no folder)."""
+    problems = []
+    # --output is a file (else a folder): of the video, or of one image
+    output_file = bool(args.output) and args.output.lower().endswith(
+        VIDEO_EXTENSIONS if args.video_input else IMAGE_EXTENSIONS
+    )
+    outputs = [("--save-json", args.save_json, False)]
+    if not (args.video_input and args.output.lower().endswith(OTHER_VIDEO_EXTENSIONS)):  # refused, not a folder
+        outputs.insert(0, ("--output", args.output, not output_file))
     for flag, path, folder in outputs:
         reason = output_problem(path, folder, create=True) if path else None  # makes the folders
         if reason is not None:
             problems.append(f"cannot write {flag} {path}: {reason}")
-    return problems, paths, image_ids, boxes, category_id
+    return problems
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -585,6 +657,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif not ok:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))
+    if not problems:
+        problems += check_outputs(args)  # makes the output folders: the inputs are fine
     if problems:
         if capture is not None:
             capture.release()
@@ -592,7 +666,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
-        return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
+        with sigterm_raises():
+            return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
+    except Terminated:
+        print("error: terminated (SIGTERM); the output being written was removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         if capture is not None:
             capture.release()
@@ -639,6 +717,8 @@ def run_demo(
     if failures:
         what = "image(s) could not be read" if args.input else "frame(s) were skipped or could not be read"
         print(f"{failures} {what}", file=sys.stderr)
+    if demo.stopped:
+        return 128 + signal.SIGINT  # a video stopped with Ctrl-C: the shell's status of Ctrl-C
     return 1 if failures else 0
 
 

@@ -6,8 +6,10 @@ in this process, which saves loading torch and Detectron2 again."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -183,12 +185,21 @@ def test_video_gives_an_mp4_with_every_frame(demo, tmp_path):
     assert [r["image_id"] for r in json.loads(results_json.read_text())] == [0, 1, 2, 3, 4]  # frame indices
 
 
-def test_missing_video_is_an_error_naming_it(demo, tmp_path, capsys):
-    missing = str(tmp_path / "no_such_video.mp4")
-    status = demo.main(["--config-file", INSTANT_CONFIG, "--video-input", missing, "--output", str(tmp_path), *CPU])
-    assert status != 0
-    assert f"cannot open {missing}" in capsys.readouterr().err
-    assert not os.listdir(tmp_path)  # nothing written
+def test_missing_inputs_are_errors_naming_them_and_make_no_output_folder(demo, tmp_path, capsys, no_model):
+    # before: "cannot open" (not saying the file is missing), and the --output folder was made
+    missing = tmp_path / "no_such_video.mp4"
+    json_file = tmp_path / "j" / "k.json"
+    assert run(demo, "--video-input", missing, "--output", tmp_path / "new", "--save-json", json_file) == 1
+    assert f"error: --video-input {missing} does not exist" in capsys.readouterr().err
+    assert run(demo, "--video-input", tmp_path, "--output", tmp_path / "new") == 1
+    assert f"error: --video-input {tmp_path} is a folder, not a video file" in capsys.readouterr().err
+    assert run(demo, "--input", tmp_path / "no_such.jpg", "--output", tmp_path / "new") == 1
+    assert f"error: input {tmp_path / 'no_such.jpg'} does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    assert run(demo, "--video-input", broken, "--output", tmp_path / "new") == 1
+    assert f"error: cannot open {broken}" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["broken.mp4"]  # no folder made
 
 
 @pytest.mark.parametrize(
@@ -214,7 +225,7 @@ def test_inputs_sharing_an_output_or_image_id_are_refused_before_any_work(demo, 
     assert status == 1
     err = capsys.readouterr().err
     assert "would share" in err and all(str(tmp_path / n) in err for n in names)
-    assert os.listdir(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
 
 
 def test_output_with_an_image_extension_is_the_drawing_of_one_image(demo, tmp_path, capsys):
@@ -636,6 +647,13 @@ class FakeCapture:
         self.released = True
 
 
+def placeholder_video(tmp_path):
+    """The --video-input of a FakeCapture: an empty file (the demo checks that the video exists)."""
+    path = tmp_path / "walk.mp4"
+    path.touch()
+    return path
+
+
 def fake_predictor(x=30.0):
     """A Predictor of one person whose keypoints are all at (x, x), scores 1; ``made`` holds its outputs."""
 
@@ -681,7 +699,7 @@ def test_truncated_video_with_boxes_for_every_announced_frame_writes_the_frames_
     out, results = tmp_path / "out.mp4", tmp_path / "keypoints.json"
     with monkeypatch.context() as patch:
         patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(4), frame_count=5.0))
-        args = ["--video-input", tmp_path / "walk.mp4", "--output", out, "--boxes", boxes, "--save-json", results]
+        args = ["--video-input", placeholder_video(tmp_path), "--output", out, "--boxes", boxes, "--save-json", results]
         assert run(demo, *args) == 1
     err = capsys.readouterr().err
     assert "read 4 of the 5 frames it announces" in err
@@ -702,7 +720,7 @@ def test_video_without_a_valid_frame_rate_is_written_at_30_fps(demo, tmp_path, m
     out = tmp_path / "out.mp4"
     with monkeypatch.context() as patch:
         patch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(3), fps=fps, frame_count=3.0))
-        assert run(demo, "--video-input", tmp_path / "walk.mp4", "--output", out, "--track") == 0
+        assert run(demo, "--video-input", placeholder_video(tmp_path), "--output", out, "--track") == 0
     capture = cv2.VideoCapture(str(out))
     assert capture.get(cv2.CAP_PROP_FPS) == 30.0 and capture.get(cv2.CAP_PROP_FRAME_COUNT) == 3
     capture.release()
@@ -753,6 +771,97 @@ def test_webcam_stopped_with_ctrl_c_saves_the_json_and_releases_the_camera(demo,
     assert status == 0 and shown == [(128, 128, 3)] * 3 and camera.released
     assert "stopped (Ctrl-C)" in capsys.readouterr().out
     assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_video_stopped_with_ctrl_c_keeps_the_frames_done_as_the_webcam(demo, tmp_path, capsys, monkeypatch):
+    # before: a KeyboardInterrupt traceback, no --save-json, no video (the webcam's Ctrl-C saves the json)
+    camera = FakeCapture(walk_frames(5), frame_count=5.0, interrupt_after=3)
+    video, out, results = placeholder_video(tmp_path), tmp_path / "out" / "walk.mp4", tmp_path / "keypoints.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(cv2, "VideoCapture", camera)
+        try:
+            status = run(demo, "--video-input", video, "--output", out, "--track", "--save-json", results)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C went through the demo")
+    captured = capsys.readouterr()
+    assert status == 130 and camera.released
+    assert f"stopped (Ctrl-C) after 3 of the 5 frames of {video}" in captured.out
+    assert "announces" not in captured.err  # not a video that ends early
+    assert len(read_video(out)) == 3 and os.listdir(out.parent) == ["walk.mp4"]
+    assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_ctrl_c_in_the_middle_of_a_frame_keeps_the_frames_written(demo, tmp_path, capsys, monkeypatch):
+    draw, drawn = demo.draw, []
+
+    def interrupted_at_the_third(image, instances, metadata):  # frame 2: predicted, not yet written
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(image)
+        return draw(image, instances, metadata)
+
+    monkeypatch.setattr(demo, "draw", interrupted_at_the_third)
+    runner = demo.Demo(fake_predictor(), None)
+    out = tmp_path / "out.mp4"
+    try:
+        assert runner.run_video(iter(walk_frames(4)), str(out), 10.0, total=4) == 0
+    except KeyboardInterrupt:  # would stop pytest
+        pytest.fail("Ctrl-C went through run_video")
+    assert runner.stopped and "stopped (Ctrl-C) after 2 of the 4 frames" in capsys.readouterr().out
+    assert len(read_video(out)) == 2 and [r["image_id"] for r in runner.results] == [0, 1]  # not frame 2's
+    drawn[:] = [None, None]  # the next frame drawn is interrupted: the first one
+    runner = demo.Demo(fake_predictor(), None)
+    with pytest.raises(ValueError, match=r"stopped \(Ctrl-C\) before the first frame was done"):
+        runner.run_video(iter(walk_frames(4)), str(tmp_path / "none.mp4"), 10.0)
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"] and runner.results == []
+
+
+def test_sigterm_removes_the_video_being_written(demo, tmp_path, capsys, monkeypatch):
+    # before: SIGTERM ended the process at once, leaving .tmp-<hex>-walk.mp4 in the output folder
+    # (here a handler that only records it stands in for the default action, which would end pytest)
+    received = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        camera = FakeCapture(walk_frames(5), frame_count=5.0)
+        read = camera.read
+        camera.read = lambda: (os.kill(os.getpid(), signal.SIGTERM) if camera.reads == 3 else None) or read()
+        monkeypatch.setattr(cv2, "VideoCapture", camera)
+        out, results = tmp_path / "out", tmp_path / "keypoints.json"
+        status = run(demo, "--video-input", placeholder_video(tmp_path), "--output", out, "--save-json", results)
+        assert signal.getsignal(signal.SIGTERM) is record  # the demo's handler is gone once it ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 143 and received == [] and camera.released
+    assert "error: terminated (SIGTERM); the output being written was removed" in capsys.readouterr().err
+    assert os.listdir(out) == [] and not results.exists()  # no video, no temporary file, no json
+
+
+@pytest.mark.slow
+def test_a_demo_killed_with_sigterm_leaves_no_temporary_file(tmp_path):
+    video, out = tmp_path / "walk.mp4", tmp_path / "out"
+    write_video(video, [cv2.resize(f, (64, 64)) for f in walk_frames(10)] * 50)
+    args = ["--config-file", INSTANT_CONFIG, "--video-input", str(video), "--output", str(out), *CPU]
+    process = subprocess.Popen(
+        [sys.executable, DEMO, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.is_dir() and os.listdir(out)) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for p in os.listdir(out) if p.startswith(".tmp-")], "the demo was not writing the video"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err[-2000:]
+    assert os.listdir(out) == []
 
 
 def test_frames_skipped_for_their_size_age_the_tracks(demo, tmp_path, capsys):

@@ -73,14 +73,15 @@ def test_bad_boxes_are_errors(tmp_path, capsys, monkeypatch, extra, message):
 @pytest.mark.parametrize(
     "output, extra, message",
     [
-        ("missing/p.png", [], "--output {tmp}/missing/p.png: its folder {tmp}/missing does not exist"),
-        ("p.png", ["--height", "0"], "--height must be >= 1, got 0"),
+        ("file/p.png", [], "--output {tmp}/file/p.png: its folder {tmp}/file is not a folder"),
+        ("new/p.png", ["--height", "0"], "--height must be >= 1, got 0"),
     ],
     ids=["output-folder", "height"],
 )
 def test_bad_output_and_height_are_errors_before_the_model_runs(tmp_path, capsys, monkeypatch, output, extra, message):
-    """The friction: after the model ran, a missing --output folder was a FileNotFoundError naming
+    """The friction: after the model ran, a bad --output folder was a FileNotFoundError naming
     the temporary file (.tmp-...-p.png), and --height 0 an OpenCV assertion in resize."""
+    (tmp_path / "file").write_text("a file, not a folder")
     tool = _tool()
     monkeypatch.setattr(
         "depotr.predictor.Predictor", lambda *a, **k: pytest.fail("the model was built before the check")
@@ -88,6 +89,7 @@ def test_bad_output_and_height_are_errors_before_the_model_runs(tmp_path, capsys
     with pytest.raises(SystemExit):
         tool.main(["--config-file", CONFIG, "--random-weights", "--output", str(tmp_path / output)] + extra)
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # a bad argument makes no folder
 
 
 def test_empty_weights_are_refused_without_random_weights(tmp_path, capsys):
@@ -95,3 +97,11 @@ def test_empty_weights_are_refused_without_random_weights(tmp_path, capsys):
 
     assert run_main(_tool().main, ["--config-file", CONFIG, "--output", str(tmp_path / "p.png")]) == 2
     assert "MODEL.WEIGHTS is empty" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+def test_a_missing_output_folder_is_made(tmp_path):
+    # before: "its folder ... does not exist", where the demo and visualize_predictions make it
+    out = tmp_path / "new" / "sub" / "photos.png"
+    args = ["--config-file", CONFIG, "--random-weights", "--output", str(out), "--height", "32"]
+    assert _tool().main(args + ["--photos", "camera", "MODEL.DEVICE", "cpu"]) == 0
+    assert cv2.imread(str(out)).shape == (32, 32, 3)

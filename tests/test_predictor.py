@@ -352,11 +352,19 @@ def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):
         predictor(image, boxes=xyxy / 96, box_mode=BoxMode.XYXY_REL)
 
 
-def test_normalised_boxes_are_warned_about(predictor, caplog):
+def test_normalised_boxes_are_warned_about_naming_the_image(predictor, caplog):
+    # before: the warning did not say which image (a video frame, a file of a batch) had the boxes
     image = astronaut_bgr()  # 128 x 96
     with caplog.at_level("WARNING", logger="depotr"):
-        predictor(image, boxes=[[0.1, 0.2, 0.6, 0.9]])
-    assert "all 1 person boxes have coordinates <= 1.5 on a 96x128 image: are they normalised to [0, 1]?" in caplog.text
+        predictor(image, boxes=[[0.1, 0.2, 0.6, 0.9]], image_id=7)
+    assert (
+        "image 7: all 1 person boxes have coordinates <= 1.5 on a 96x128 image: are they normalised to [0, 1]?"
+        in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="depotr"):
+        predictor.predict_batch([image, image], boxes=[[[10, 20, 60, 90]], [[0.1, 0.2, 0.6, 0.9]]])
+    assert "image 1: all 1 person boxes" in caplog.text and "image 0" not in caplog.text  # by its batch index
     caplog.clear()
     with caplog.at_level("WARNING", logger="depotr"):
         predictor(image, boxes=[[0.1, 0.2, 10.0, 20.0]])  # pixels

@@ -102,3 +102,33 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_the_model_is_built(
         run_main(load_script("tools/visualize_predictions.py").main, _argv(tmp_path / "file" / "vis", ""))
     assert e.value.code == 2
     assert f"--output {tmp_path / 'file' / 'vis'}: it cannot be made" in capsys.readouterr().err
+
+
+def test_records_without_annotations_give_the_prediction_panel_alone(tmp_path, synthetic_root, capsys, monkeypatch):
+    """The friction: a test set without ground truth (no "annotations" key) was KeyError 'instances'."""
+    import cv2
+
+    from detectron2.data import DatasetCatalog
+
+    get = DatasetCatalog.get
+
+    def without_annotations(name):
+        return [{k: v for k, v in d.items() if k != "annotations"} for d in get(name)]
+
+    tool = load_script("tools/visualize_predictions.py")
+    argv = _argv(tmp_path / "gt", synthetic_root, "MODEL.DEPOTR.TEST_BOX_SOURCE", "whole_image", num_images="1")
+    torch.manual_seed(0)  # the same random weights in both runs
+    assert run_main(tool.main, argv) == 0
+    both = cv2.imread(str(tmp_path / "gt" / "1_000000.png"))
+    monkeypatch.setattr(DatasetCatalog, "get", without_annotations)
+    argv = _argv(tmp_path / "vis", synthetic_root, "MODEL.DEPOTR.TEST_BOX_SOURCE", "whole_image", num_images="1")
+    torch.manual_seed(0)
+    assert run_main(tool.main, argv) == 0
+    path = tmp_path / "vis" / "1_000000.png"
+    assert f"{path}: 1 persons (no ground truth: predictions only)" in capsys.readouterr().out
+    alone = cv2.imread(str(path))
+    assert alone.shape[1] * 2 == both.shape[1]
+    right = both[:, alone.shape[1] :]
+    assert alone.shape == right.shape  # one panel of the two
+    # the same image and persons as the prediction panel (the Visualizer picks random box colours)
+    assert (alone != right).any(2).mean() < 0.05 < (alone != both[:, : alone.shape[1]]).any(2).mean()

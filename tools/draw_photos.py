@@ -10,7 +10,8 @@ Photos (``--photos``, default all): ``astronaut`` (scikit-image: an upper-body p
 ``camera`` (scikit-image: the cameraman, grey), ``grace_hopper`` (matplotlib's sample data:
 head and shoulders). Each person box is the whole photo (the predictor's single-person mode)
 unless ``--box NAME X0 Y0 X1 Y1`` gives one (XYXY pixels; repeatable). The photos are drawn side
-by side at a common height with Detectron2's ``Visualizer`` into one PNG (written atomically).
+by side at a common height with Detectron2's ``Visualizer`` into one PNG (written atomically; its
+folder is made when missing, as the demo does).
 """
 
 import argparse
@@ -95,11 +96,11 @@ def main(argv=None) -> int:
             parser.error(f"--box {name}: {boxes[name]} is not a box X0 Y0 X1 Y1 (finite, X1 > X0, Y1 > Y0)")
     if not args.output.lower().endswith(".png"):
         parser.error(f"--output {args.output} must be a .png file")
-    problem = output_problem(args.output)  # before the model runs
-    if problem:
-        parser.error(f"--output {args.output}: {problem}")
     if args.height < 1:
         parser.error(f"--height must be >= 1, got {args.height}")
+    problem = output_problem(args.output, create=True)  # once the arguments are checked, before the model runs
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
     from depotr.config import load_depotr_config
     from depotr.predictor import Predictor
 

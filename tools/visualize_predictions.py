@@ -6,10 +6,12 @@
         MODEL.WEIGHTS output/depotr_hm_r18_synthetic/model_final.pth   # or --opts MODEL.WEIGHTS ...
 
 Each PNG, ``<image id>_<file name>.png``, shows the ground-truth skeletons (left) next to the
-predictions (right), drawn with Detectron2's ``Visualizer`` and the dataset's keypoint metadata. The
-model runs on the CPU, with the person boxes of MODEL.DEPOTR.TEST_BOX_SOURCE as in evaluation (with
-"detector", the person detector of MODEL.DEPOTR.DETECTOR runs beside it, as ``Trainer.test`` does);
-an empty MODEL.WEIGHTS (or DETECTOR.WEIGHTS) is an error unless --random-weights is given.
+predictions (right), or the predictions alone for an image without ground truth (a record with no
+``annotations``, as in an unlabelled test set; an empty list is an image with no person), drawn
+with Detectron2's ``Visualizer`` and the dataset's keypoint metadata. The model runs on the CPU,
+with the person boxes of MODEL.DEPOTR.TEST_BOX_SOURCE as in evaluation (with "detector", the
+person detector of MODEL.DEPOTR.DETECTOR runs beside it, as ``Trainer.test`` does); an empty
+MODEL.WEIGHTS (or DETECTOR.WEIGHTS) is an error unless --random-weights is given.
 """
 
 import argparse
@@ -92,10 +94,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         with torch.no_grad():
             predictions = model([inputs])[0]["instances"]
         image = convert_image_to_rgb(inputs["image"].permute(1, 2, 0).numpy(), cfg.INPUT.FORMAT)
-        panels = [draw(image, gt_as_predictions(inputs["instances"]), metadata), draw(image, predictions, metadata)]
+        panels = [draw(image, predictions, metadata)]
+        if "instances" in inputs:  # the mapper's ground truth, when the record has annotations
+            panels.insert(0, draw(image, gt_as_predictions(inputs["instances"]), metadata))
         path = os.path.join(args.output, output_name(dataset_dict))
         write_image(path, cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
-        print(f"{path}: {len(predictions)} persons")
+        alone = "" if len(panels) == 2 else " (no ground truth: predictions only)"
+        print(f"{path}: {len(predictions)} persons{alone}")
     return 0
 
 

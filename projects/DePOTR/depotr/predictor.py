@@ -38,7 +38,11 @@ _NORMALISED_MAX_COORD, _NORMALISED_MIN_SIDE = 1.5, 32  # see person_proposals
 
 
 def person_proposals(
-    boxes: BoxesLike, scores: Optional[ScoresLike], image_size: Tuple[int, int], box_mode: BoxMode = BoxMode.XYXY_ABS
+    boxes: BoxesLike,
+    scores: Optional[ScoresLike],
+    image_size: Tuple[int, int],
+    box_mode: BoxMode = BoxMode.XYXY_ABS,
+    image_id: Optional[Hashable] = None,
 ) -> Instances:
     """The ``"proposals"`` of one model input (box source "precomputed"), converted to XYXY; only
     the shapes ``Instances`` need are checked here (the box source checks the values). Boxes that
@@ -50,6 +54,7 @@ def person_proposals(
             ``box_mode``: XYXY_ABS or XYWH_ABS (relative modes are a ValueError).
         scores: (N,) box scores; None gives 1 to every box.
         image_size: (H, W) of the image.
+        image_id: names the image in the warning (None: not named).
 
     Returns:
         Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and ``scores``
@@ -64,8 +69,9 @@ def person_proposals(
         raise ValueError(f"box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS (image pixels), got {box_mode!r}")
     boxes = BoxMode.convert(boxes, box_mode, BoxMode.XYXY_ABS)
     if len(boxes) and max(image_size) > _NORMALISED_MIN_SIDE and bool((boxes.abs() <= _NORMALISED_MAX_COORD).all()):
+        named = "" if image_id is None else f"image {image_id!r}: "
         logger.warning(
-            f"all {len(boxes)} person boxes have coordinates <= {_NORMALISED_MAX_COORD} on a {image_size[1]}x"
+            f"{named}all {len(boxes)} person boxes have coordinates <= {_NORMALISED_MAX_COORD} on a {image_size[1]}x"
             f"{image_size[0]} image: are they normalised to [0, 1]? Boxes are in image pixels: multiply x by the "
             "width and y by the height"
         )
@@ -208,7 +214,9 @@ class Predictor:
                 raise ValueError(f"image {x['image_id']!r} has scores but no boxes")
             if image_boxes is not None:
                 try:
-                    x["proposals"] = person_proposals(image_boxes, image_scores, (x["height"], x["width"]), box_mode)
+                    x["proposals"] = person_proposals(
+                        image_boxes, image_scores, (x["height"], x["width"]), box_mode, x["image_id"]
+                    )
                 except ValueError as e:
                     raise ValueError(f"image {x['image_id']!r}: {e}") from e
         undetected = [x for x in inputs if "proposals" not in x]
