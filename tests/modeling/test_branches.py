@@ -254,6 +254,25 @@ def test_invalid_configs_raise():
         RegressionBranch(body=body, head=RegressionHead(64, 2, 1, False), crop_size=(256, 192), loss="rle")
 
 
+@pytest.mark.parametrize(
+    "head,crop_size,stride,feature",
+    [("simple_baseline", (64, 48), 32, "res5"), ("transpose", (68, 52), 8, "res3"), ("transpose", (64, 44), 8, "res3")],
+)
+def test_resnet_heatmap_heads_need_crop_sides_that_are_multiples_of_their_map_stride(head, crop_size, stride, feature):
+    """Else their heatmaps are not crop size / stride: named when the branch is built, not at the
+    first training step (which said only that the heatmap sizes differ)."""
+    with pytest.raises(
+        ValueError,
+        match=rf"INPUT.CROP_SIZE \({crop_size[0]}, {crop_size[1]}\): MODEL.DEPOTR.HEAD '{head}' reads the "
+        rf"stride-{stride} map '{feature}', so both crop sides must be multiples of {stride}",
+    ):
+        build_keypoint_branch(small_cfg(head, crop_size))
+    ok = tuple(side // stride * stride for side in crop_size)
+    branch = build_keypoint_branch(small_cfg(head, ok)).eval()
+    with torch.no_grad():
+        assert branch(torch.zeros(1, 3, *ok)).heatmaps.shape[-2:] == branch.codec.heatmap_size
+
+
 class _ToyBackbone(torch.nn.Module):
     """Two stride-2 convs: {"c1": stride 2, "c2": stride 4} with 8 channels."""
 

@@ -356,7 +356,9 @@ class DePOTRHeatmapBranch(HeatmapBranch):
 
 def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *head_args) -> Tuple:
     """(body, head, []): a ResNet up to ``in_feature`` and ``head_class(in_feature, its channels,
-    its stride, K, *head_args)``. These networks have no decoder layers to supervise."""
+    its stride, K, *head_args)``. These networks have no decoder layers to supervise. A ValueError
+    unless both sides of ``INPUT.CROP_SIZE`` are multiples of that stride (else the heatmaps are
+    not crop size / head stride)."""
     if cfg.MODEL.DEPOTR.AUX_LOSS:
         raise ValueError(
             "MODEL.DEPOTR.AUX_LOSS needs decoder layers: of the heatmap heads only "
@@ -364,6 +366,12 @@ def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *he
         )
     body = build_resnet(cfg, [in_feature])
     shape = body.output_shape()[in_feature]
+    crop_size = tuple(cfg.INPUT.CROP_SIZE)
+    if any(side % shape.stride for side in crop_size):
+        raise ValueError(
+            f"INPUT.CROP_SIZE {crop_size}: MODEL.DEPOTR.HEAD {cfg.MODEL.DEPOTR.HEAD!r} reads the stride-{shape.stride} "
+            f"map {in_feature!r}, so both crop sides must be multiples of {shape.stride}"
+        )
     return body, head_class(in_feature, shape.channels, shape.stride, cfg.MODEL.DEPOTR.NUM_KEYPOINTS, *head_args), []
 
 
