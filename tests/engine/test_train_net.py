@@ -231,6 +231,16 @@ def test_a_bad_precomputed_boxes_file_is_one_error_line_before_training(tmp_path
     assert not list((tmp_path / "run").glob("*.pth"))  # refused before the first iteration
 
 
+def test_a_head_setting_the_model_cannot_build_is_one_error_line(tmp_path, capsys):
+    """The friction: the keypoint branches' config checks were ValueError tracebacks of the model build."""
+    argv = _tiny_argv(tmp_path, "MODEL.DEPOTR.HEATMAP.DECODER", "bilinear")
+    capsys.readouterr()
+    assert run_main(train_net.cli, argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got 'bilinear'"
+    )
+
+
 def _save_instant_checkpoint(path):
     from detectron2.modeling import build_model
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from detectron2.config import CfgNode, configurable
 from detectron2.utils.registry import Registry
 
+from ..cli import ConfigError
 from ..layers import at_least_float32
 from .backbone import build_resnet
 from .heads import (
@@ -152,9 +153,9 @@ class RegressionBranch(KeypointBranch):
         """
         super().__init__()
         if loss not in REGRESSION_LOSSES:
-            raise ValueError(f"MODEL.DEPOTR.REGRESSION.LOSS must be one of {REGRESSION_LOSSES}, got {loss!r}")
+            raise ConfigError(f"MODEL.DEPOTR.REGRESSION.LOSS must be one of {REGRESSION_LOSSES}, got {loss!r}")
         if head.predict_sigma != (loss == "rle"):
-            raise ValueError(f"REGRESSION.LOSS {loss!r} needs a head with predict_sigma={loss == 'rle'}")
+            raise ConfigError(f"REGRESSION.LOSS {loss!r} needs a head with predict_sigma={loss == 'rle'}")
         self.body = body
         self.head = head
         self.crop_size = tuple(crop_size)
@@ -260,7 +261,7 @@ class HeatmapBranch(KeypointBranch):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, object]:
         if cfg.MODEL.DEPOTR.ITER_REFINE:
-            raise ValueError("MODEL.DEPOTR.ITER_REFINE needs per-layer coordinates: only HEAD 'regression' has them")
+            raise ConfigError("MODEL.DEPOTR.ITER_REFINE needs per-layer coordinates: only HEAD 'regression' has them")
         body, head, aux_heads = cls.build_network(cfg)
         crop_size = tuple(cfg.INPUT.CROP_SIZE)
         sigma = cfg.MODEL.DEPOTR.HEATMAP.SIGMA * (crop_size[0] // head.stride) / _SIGMA_REFERENCE_HEIGHT
@@ -303,7 +304,7 @@ class HeatmapBranch(KeypointBranch):
                 [self._run_head(h, f, crops.device.type) for h, f in zip(self.aux_heads, layers)]
             )
         if tuple(heatmaps.shape[-2:]) != self.codec.heatmap_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the head predicts {tuple(heatmaps.shape[-2:])} heatmaps, the codec expects "
                 f"{self.codec.heatmap_size}: crop sides must be multiples of the backbone stride"
             )
@@ -337,7 +338,7 @@ class DePOTRHeatmapBranch(HeatmapBranch):
         heatmap, sizes = model.HEATMAP, (model.HIDDEN_DIM, model.NUM_KEYPOINTS)
         if heatmap.DECODER == "dot_product":
             if "res3" not in model.IN_FEATURES[:1]:
-                raise ValueError(
+                raise ConfigError(
                     "HEATMAP.DECODER 'dot_product' upsamples the finest encoder level 2x to res2's "
                     f"stride: MODEL.DEPOTR.IN_FEATURES must start with 'res3', got {model.IN_FEATURES}"
                 )
@@ -347,7 +348,8 @@ class DePOTRHeatmapBranch(HeatmapBranch):
             head_class = DePOTRHeatmapHead
             args = (*sizes, tuple(cfg.INPUT.CROP_SIZE), heatmap.INITIAL_CHANNELS, heatmap.MLP_LAYERS)
         else:
-            raise ValueError(f"MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got {heatmap.DECODER!r}")
+            decoder = heatmap.DECODER
+            raise ConfigError(f"MODEL.DEPOTR.HEATMAP.DECODER must be 'deconv' or 'dot_product', got {decoder!r}")
         # The body passes on the backbone maps the head reads (res2 for "dot_product").
         body = DeformablePoseTransformer(cfg, pixel_features=head_class.pixel_features)
         num_aux = model.DEC_LAYERS - 1 if model.AUX_LOSS else 0
@@ -356,11 +358,11 @@ class DePOTRHeatmapBranch(HeatmapBranch):
 
 def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *head_args) -> Tuple:
     """(body, head, []): a ResNet up to ``in_feature`` and ``head_class(in_feature, its channels,
-    its stride, K, *head_args)``. These networks have no decoder layers to supervise. A ValueError
+    its stride, K, *head_args)``. These networks have no decoder layers to supervise. A ConfigError
     unless both sides of ``INPUT.CROP_SIZE`` are multiples of that stride (else the heatmaps are
     not crop size / head stride)."""
     if cfg.MODEL.DEPOTR.AUX_LOSS:
-        raise ValueError(
+        raise ConfigError(
             "MODEL.DEPOTR.AUX_LOSS needs decoder layers: of the heatmap heads only "
             f"'heatmap' (DePOTR-HM) has them, not {cfg.MODEL.DEPOTR.HEAD!r}"
         )
@@ -368,7 +370,7 @@ def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *he
     shape = body.output_shape()[in_feature]
     crop_size = tuple(cfg.INPUT.CROP_SIZE)
     if any(side % shape.stride for side in crop_size):
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.CROP_SIZE {crop_size}: MODEL.DEPOTR.HEAD {cfg.MODEL.DEPOTR.HEAD!r} reads the stride-{shape.stride} "
             f"map {in_feature!r}, so both crop sides must be multiples of {shape.stride}"
         )
@@ -402,5 +404,5 @@ def build_keypoint_branch(cfg: CfgNode) -> KeypointBranch:
     head = cfg.MODEL.DEPOTR.HEAD
     if head not in KEYPOINT_BRANCH_REGISTRY:
         names = sorted(name for name, _ in KEYPOINT_BRANCH_REGISTRY)
-        raise ValueError(f"unknown MODEL.DEPOTR.HEAD {head!r}; expected one of the registered {names}")
+        raise ConfigError(f"unknown MODEL.DEPOTR.HEAD {head!r}; expected one of the registered {names}")
     return KEYPOINT_BRANCH_REGISTRY.get(head)(cfg)
