@@ -30,6 +30,7 @@ import numpy as np
 from depotr.data.person_bins import crowd_indices, size_bin
 from depotr.data.synthetic import SPLIT_CODES
 from depotr.data.synthetic_cache import RENDERERS
+from depotr.file_io import load_json
 
 
 def _rendered_dataset(version: int, split: str, num_images: int, seed: int, size: int) -> Dict[str, Any]:
@@ -55,11 +56,19 @@ def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
 
 
 def dataset_statistics(dataset: Dict[str, Any]) -> Dict[str, float]:
-    """The statistics of the module docstring (shares in %) of a COCO keypoints dict."""
-    sizes = {img["id"]: (img["width"], img["height"]) for img in dataset["images"]}
+    """The statistics of the module docstring (shares in %) of a COCO keypoints dict; ValueError
+    when it is not one (naming what is missing) or has no person to count."""
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "annotations")):
+        raise ValueError("expected a COCO dict with the lists 'images' and 'annotations'")
+    try:
+        sizes = {img["id"]: (img["width"], img["height"]) for img in dataset["images"]}
+    except KeyError as e:
+        raise ValueError(f"an entry of 'images' has no {e.args[0]!r}") from None
     by_image: Dict[Any, List[Dict[str, Any]]] = {}
     for ann in dataset["annotations"]:
         if ann.get("num_keypoints", 0) > 0 and not ann.get("iscrowd", 0):
+            if ann.get("image_id") not in sizes:
+                raise ValueError(f"annotation {ann.get('id')!r}: image_id {ann.get('image_id')!r} is not in 'images'")
             by_image.setdefault(ann["image_id"], []).append(ann)
     persons = [a for anns in by_image.values() for a in anns]
     if not persons:
@@ -117,16 +126,14 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--json", help="also write the statistics to this json file")
     args = parser.parse_args(argv)
-    if args.gt:
-        with open(args.gt) as f:
-            dataset = json.load(f)
-        source = args.gt
-    else:
-        dataset = _rendered_dataset(args.version, args.split, args.num_images, args.seed, args.image_size)
-        source = f"synthetic v{args.version} {args.split}, {args.num_images} images, seed {args.seed}"
+    source = args.gt or f"synthetic v{args.version} {args.split}, {args.num_images} images, seed {args.seed}"
     try:
+        if args.gt:
+            dataset = load_json(args.gt, "COCO keypoints")
+        else:
+            dataset = _rendered_dataset(args.version, args.split, args.num_images, args.seed, args.image_size)
         stats = dataset_statistics(dataset)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         print(f"synthetic_stats: {source}: {e}", file=sys.stderr)
         return 1
     print(f"| statistic | {source} |\n|---|---|")

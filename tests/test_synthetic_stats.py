@@ -79,3 +79,26 @@ def test_cli_on_a_json_and_on_a_synthetic_split(tmp_path, dataset, capsys):
     gt.write_text(json.dumps({**dataset, "annotations": dataset["annotations"][3:]}))
     assert module.main(["--gt", str(gt)]) == 1
     assert "nothing to count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        (None, "COCO keypoints file not found"),
+        ("nope", "is not valid json"),
+        ('{"annotations": []}', "expected a COCO dict with the lists 'images' and 'annotations'"),
+        ('{"images": [{"id": 1}], "annotations": []}', "an entry of 'images' has no 'width'"),
+        (
+            json.dumps({"images": [], "annotations": [_person(5, 9, (0, 0, 10, 10), np.full(17, 2))]}),
+            "annotation 5: image_id 9 is not in 'images'",
+        ),
+    ],
+)
+def test_cli_names_the_file_and_the_problem_of_a_bad_json(tmp_path, capsys, content, error):
+    """A missing, unparsable or non-COCO --gt file is one line naming it (was a traceback)."""
+    gt = tmp_path / "gt.json"
+    if content is not None:
+        gt.write_text(content)
+    assert _stats_module().main(["--gt", str(gt)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"synthetic_stats: {gt}: ") and error in err and len(err.strip().splitlines()) == 1

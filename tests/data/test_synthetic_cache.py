@@ -4,6 +4,8 @@ checked on every use; concurrent runs of other specs never disturb each other.""
 import json
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import traceback
 
 import pytest
@@ -19,6 +21,7 @@ from depotr.data.synthetic_cache import (
     synthetic_split_paths,
     verify_synthetic_split,
 )
+from depotr.data.synthetic_mpii import ensure_synthetic_mpii_split
 
 from .conftest import SMALL_NUM_IMAGES, SMALL_SEED
 
@@ -149,6 +152,51 @@ def test_failed_generation_leaves_no_entry_and_its_leftovers_are_removed(tmp_pat
     monkeypatch.undo()
     ensure_synthetic_split(root, "val", 3, 0, TINY)
     verify_synthetic_split(paths, "val", 3, 0, TINY)
+
+
+RENDER = RENDERERS[GENERATOR_VERSION]
+
+
+def _render_or_die(seed, split_code, index, image_size):
+    """A renderer whose process dies (as one killed for memory would) on image 5."""
+    if index == 5:
+        os._exit(1)
+    return RENDER(seed, split_code, index, image_size)
+
+
+def test_a_rendering_process_that_dies_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """multiprocessing.Pool waited forever for a dead worker's images (holding the entry's lock,
+    so every other run of the spec waited too); the generation now fails, naming its folder."""
+    monkeypatch.setitem(synthetic_cache.RENDERERS, GENERATOR_VERSION, _render_or_die)
+    root = str(tmp_path)
+
+    def hung(*_):
+        raise AssertionError("the generation still waits for the dead process after 60 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match=r"synthetic dataset .*val-n32-s0-.*: a rendering process died"):
+            ensure_synthetic_split(root, "val", 32, 0, TINY, num_workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert sorted(os.listdir(root)) == [f".val-n32-s0-{TINY}px-v{GENERATOR_VERSION}.lock"]
+
+
+def test_mpii_files_regenerate_a_deleted_entry_and_check_a_damaged_one(tmp_path):
+    """The cache's error says "delete this folder to have it generated again": through the MPII
+    files (which existed and were reused) the deleted entry's images were not generated again."""
+    root = str(tmp_path)
+    mpii = ensure_synthetic_mpii_split(root, "val", 3, 0, TINY)
+    paths = synthetic_split_paths(root, "val", 3, 0, TINY)
+    images = folder_bytes(paths["image_root"])
+    shutil.rmtree(paths["split_dir"])
+    assert ensure_synthetic_mpii_split(root, "val", 3, 0, TINY) == mpii
+    assert folder_bytes(paths["image_root"]) == images
+    _delete_image(paths)
+    with pytest.raises(ValueError, match=r"images/000001.jpg is missing; delete this folder"):
+        ensure_synthetic_mpii_split(root, "val", 3, 0, TINY)
 
 
 def test_entry_names_carry_the_generator_revision_above_1():

@@ -17,6 +17,8 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import cv2
@@ -170,8 +172,14 @@ def generate_synthetic_split(
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # No cv2.setNumThreads in the workers: in a child forked after the parent used cv2's
         # thread pool it blocks forever (seen with opencv 4.11).
-        with ctx.Pool(num_workers) as pool:
-            results = pool.map(_render_job, jobs, chunksize=max(1, min(32, num_images // (4 * num_workers))))
+        # A process pool that raises (BrokenProcessPool) when a worker dies, e.g. killed for memory:
+        # multiprocessing.Pool would wait forever for its images, holding the entry's lock.
+        with ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+            chunksize = max(1, min(32, num_images // (4 * num_workers)))
+            try:
+                results = list(pool.map(_render_job, jobs, chunksize=chunksize))
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"synthetic dataset {out_dir}: a rendering process died ({e})") from None
     images, annotations, files = [], [], {}
     for image, annos, size in results:
         images.append(image)

@@ -12,9 +12,10 @@ axis-aligned square centred between them, of side their distance (head size 0.6 
 box centre and a square of 1.25 x max(w, h). The validation split keeps the persons with a head box.
 
 Files go next to the synthetic cache entry, in ``<root>/mpii-r2-<entry>/``, each written whole or
-not at all; derived from the entry only, so an existing json (written last) is reused. (Revision 2:
-``center`` is the 1-based pixel index of the box centre; the ``mpii-<entry>`` folders of revision 1
-put it 0.5 px further right and down and are not read.)
+not at all; derived from the entry only, so an existing json (written last) is reused once the
+entry has been checked (or generated again). (Revision 2: ``center`` is the 1-based pixel index of
+the box centre; the ``mpii-<entry>`` folders of revision 1 put it 0.5 px further right and down
+and are not read.)
 """
 
 import json
@@ -145,9 +146,12 @@ def ensure_synthetic_mpii_split(
     """Makes (or reuses) the MPII files of a synthetic spec (generating the spec's COCO split
     with generator ``version`` first if needed); returns :func:`synthetic_mpii_paths`."""
     paths = synthetic_mpii_paths(root, split, num_images, seed, image_size, version)
+    # The entry first, also when the MPII files exist: a deleted entry is generated again, a damaged
+    # one is an error naming it (not "image ... does not exist" when training reads it).
+    coco_json = ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)
     if os.path.isfile(paths["json_file"]):
         return paths
-    with open(ensure_synthetic_split(root, split, num_images, seed, image_size, version=version)) as f:
+    with open(coco_json) as f:
         coco = json.load(f)
     entries, head_boxes, stats = _convert(coco, keep_without_head_box=split != "val")
     os.makedirs(os.path.dirname(paths["json_file"]), exist_ok=True)
