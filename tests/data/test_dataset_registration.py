@@ -61,7 +61,10 @@ def test_register_and_get(tmp_path, restore_synthetic_registration):
     "kwargs, field",
     [
         (dict(seed=-1), "DATASETS.SYNTHETIC.SEED must be an integer >= 0, got -1"),
-        (dict(num_train=-2), "number of train images must be an integer >= 0, got -2"),
+        (
+            dict(num_train=-2),
+            r"number of train images \(DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES\) must be an integer >= 0, got -2",
+        ),
         (dict(image_size=0), "image size must be an integer >= 1, got 0"),
     ],
 )

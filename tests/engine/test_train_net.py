@@ -241,6 +241,20 @@ def test_a_head_setting_the_model_cannot_build_is_one_error_line(tmp_path, capsy
     )
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("GENERATOR_VERSION", "5", "DATASETS.SYNTHETIC.GENERATOR_VERSION: unknown synthetic generator version 5"),
+        ("SEED", "-1", "synthetic dataset: DATASETS.SYNTHETIC.SEED must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_bad_synthetic_spec_is_one_error_line_naming_the_key(tmp_path, capsys, key, value, message):
+    """The friction: ValueError tracebacks from the synthetic cache, naming no config key."""
+    capsys.readouterr()
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, f"DATASETS.SYNTHETIC.{key}", value)) == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
 def _save_instant_checkpoint(path):
     from detectron2.modeling import build_model
 

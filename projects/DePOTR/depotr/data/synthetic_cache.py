@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..cli import ConfigError
 from ..file_io import TEMPORARY_PREFIX, temporary_path
 from .synthetic import DEFAULT_IMAGE_SIZE, GENERATOR_VERSION, SPLIT_CODES, coco_categories, render_synthetic_image
 from .synthetic_v4 import render_synthetic_image_v4
@@ -57,9 +58,12 @@ GENERATOR_REVISIONS: Dict[int, int] = {GENERATOR_VERSION: 1, 4: 2}
 
 
 def check_generator_version(version: int) -> int:
-    """``version`` as an int; raises naming the known versions when there is no such generator."""
+    """``version`` as an int; a ConfigError naming the known versions when there is no such generator."""
     if int(version) not in RENDERERS:
-        raise ValueError(f"unknown synthetic generator version {version!r}; expected one of {sorted(RENDERERS)}")
+        raise ConfigError(
+            f"DATASETS.SYNTHETIC.GENERATOR_VERSION: unknown synthetic generator version {version!r}; expected one "
+            f"of {sorted(RENDERERS)}"
+        )
     return int(version)
 
 
@@ -67,16 +71,17 @@ def synthetic_entry_name(
     split: str, num_images: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE, version: int = GENERATOR_VERSION
 ) -> str:
     """Folder name of a dataset spec, e.g. ``train-n2000-s0-256px-v3`` or ``val-n200-s0-256px-v4r2``
-    (the version's revision when above 1, :data:`GENERATOR_REVISIONS`). Raises ValueError naming
-    the field when the seed or the number of images is negative or the image size below 1."""
+    (the version's revision when above 1, :data:`GENERATOR_REVISIONS`). Raises a ConfigError naming
+    the field (and its config key) when the seed or the number of images is negative or the image
+    size below 1."""
     version = check_generator_version(version)
     for field, value, low in (
         ("DATASETS.SYNTHETIC.SEED", seed, 0),
-        (f"number of {split} images", num_images, 0),
+        (f"number of {split} images (DATASETS.SYNTHETIC.NUM_{split.upper()}_IMAGES)", num_images, 0),
         ("image size", image_size, 1),
     ):
         if int(value) < low:
-            raise ValueError(f"synthetic dataset: {field} must be an integer >= {low}, got {value!r}")
+            raise ConfigError(f"synthetic dataset: {field} must be an integer >= {low}, got {value!r}")
     revision = GENERATOR_REVISIONS[version]
     return f"{split}-n{int(num_images)}-s{int(seed)}-{int(image_size)}px-v{version}" + (
         f"r{revision}" if revision > 1 else ""
