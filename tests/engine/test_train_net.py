@@ -151,11 +151,12 @@ def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys
     [
         (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got 0"),
         (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be a positive multiple of the 1 training"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
     ],
 )
 def test_a_schedule_that_cannot_train_is_one_error_line(tmp_path, capsys, overrides, message):
-    """The friction: MAX_ITER 0 and IMS_PER_BATCH 0 ended in ZeroDivisionError tracebacks (the
-    warm-up fraction, the sampler's batch)."""
+    """The friction: MAX_ITER 0, IMS_PER_BATCH 0 and CHECKPOINT_PERIOD 0 ended in ZeroDivisionError
+    tracebacks (the warm-up fraction, the sampler's batch, the periodic checkpointer's modulo)."""
     argv = ["--config-file", INSTANT_CONFIG, "--random-weights", "OUTPUT_DIR", str(tmp_path / "run")]
     argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
     argv += ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1", "SOLVER.IMS_PER_BATCH", "2", *overrides]
