@@ -141,7 +141,7 @@ def cli(argv=None) -> int:
     cfg = load_depotr_config(args.config_file, config_overrides(args))
     check_pose_config(cfg)
     if not args.eval_only:
-        check_training_schedule(cfg, args.num_gpus * args.num_machines)
+        check_training_schedule(cfg, args.num_gpus * args.num_machines, config_overrides(args))
     check_weights(cfg, args)
     if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
         detector_weights_to_load(cfg, args.random_weights)

@@ -152,6 +152,10 @@ def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys
         (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got 0"),
         (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be a positive multiple of the 1 training"),
         (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
+        (
+            ["SOLVER.MAX_EPOCHS", "3", "SOLVER.MAX_ITER", "5"],
+            "SOLVER.MAX_ITER is set in the overrides, but SOLVER.MAX_EPOCHS=3",
+        ),
     ],
 )
 def test_a_schedule_that_cannot_train_is_one_error_line(tmp_path, capsys, overrides, message):

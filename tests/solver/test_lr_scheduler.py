@@ -139,3 +139,19 @@ def test_detectron2_schedule_names_pass_the_check():
     cfg = _cfg("WarmupMultiStepLR")
     cfg.SOLVER.STEPS = (50,)
     check_training_schedule(cfg)
+
+
+@pytest.mark.parametrize("key", ["SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS"])
+def test_an_iteration_override_that_an_epoch_schedule_would_replace_is_a_config_error(key):
+    """The friction: ``SOLVER.MAX_ITER 10`` on a COCO config (MAX_EPOCHS 100) trained 100 epochs,
+    the override replaced silently by apply_epoch_schedule."""
+    cfg = _cfg("WarmupLinearLR")
+    check_training_schedule(cfg, overrides=[key, "10"])  # iterations are the schedule: fine
+    cfg.SOLVER.MAX_EPOCHS = 100
+    check_training_schedule(cfg, overrides=["SOLVER.BASE_LR", "0.1"])
+    with pytest.raises(ConfigError) as error:
+        check_training_schedule(cfg, overrides=["SOLVER.BASE_LR", "0.1", key, "10"])
+    assert str(error.value) == (
+        f"{key} is set in the overrides, but SOLVER.MAX_EPOCHS=100 replaces it with the epochs' count "
+        "(docs/config.md, Solver); add SOLVER.MAX_EPOCHS 0 to train by iterations"
+    )

@@ -2,6 +2,7 @@
 
 import logging
 import math
+from typing import Sequence
 
 import torch
 
@@ -35,14 +36,22 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
 
 
-def check_training_schedule(cfg: CfgNode, world_size: int = 1) -> None:
-    """A ConfigError naming the key unless ``cfg`` can train on ``world_size`` processes:
+def check_training_schedule(cfg: CfgNode, world_size: int = 1, overrides: Sequence[str] = ()) -> None:
+    """A ConfigError naming the key unless ``cfg`` can train on ``world_size`` processes as its
+    command-line ``overrides`` (KEY VALUE ...) ask: no ``MAX_ITER`` / ``WARMUP_ITERS`` override that
+    an epoch schedule (``MAX_EPOCHS`` > 0, the COCO configs') would replace;
     ``SOLVER.IMS_PER_BATCH`` a positive multiple of ``world_size``; without an epoch schedule
     (``MAX_EPOCHS`` <= 0), ``MAX_ITER`` >= 1 (0 ended in a ZeroDivisionError); a known schedule and
     warm-up with non-negative lengths and factors; ``CHECKPOINT_PERIOD`` >= 1 (0 ended in a
     ZeroDivisionError at the first step, a negative one saved every iteration); ``TEST.EVAL_PERIOD``
     >= 0; and the optimizer keys (:func:`~depotr.solver.optimizer.check_optimizer_config`)."""
     solver = cfg.SOLVER
+    replaced = [key for key in overrides[0::2] if key in ("SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS")]
+    if solver.MAX_EPOCHS > 0 and replaced:
+        raise ConfigError(
+            f"{replaced[0]} is set in the overrides, but SOLVER.MAX_EPOCHS={solver.MAX_EPOCHS} replaces it with the "
+            "epochs' count (docs/config.md, Solver); add SOLVER.MAX_EPOCHS 0 to train by iterations"
+        )
     if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH must be a positive multiple of the {world_size} training process(es), "
