@@ -307,3 +307,21 @@ def test_config_changes_lists_changed_added_and_removed_keys(tmp_path):
         "B.D: x -> (none)",
         "B.E: (none) -> y",
     ]
+
+
+def test_a_random_seed_is_recorded_in_config_yaml_and_resume_continues_with_it(tmp_path, monkeypatch):
+    """The friction: with SEED -1 (Detectron2's default, the COCO configs') --resume drew a new
+    seed, so the resumed run's sampler restarted another permutation mid-epoch and augmented every
+    sample under another seed: not the continuation docs/resume.md promises."""
+    seeds = []
+    monkeypatch.setattr(train_net, "main", lambda args, cfg: seeds.append(cfg.SEED))
+    argv = _tiny_argv(tmp_path, "--resume", "DATASETS.TEST", "()", "SEED", "-1")
+    assert run_main(train_net.cli, argv) == 0 and run_main(train_net.cli, argv) == 0
+    assert seeds[0] >= 0 and seeds[1] >= 0 and seeds[0] != seeds[1]  # no config.yaml yet: a new one each time
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(f"SEED: {seeds[0]}\n")
+    assert run_main(train_net.cli, argv) == 0  # --resume: the run's recorded seed
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "SEED", "-1")) == 0  # a new run: a new seed
+    assert seeds[2] == seeds[0] and seeds[3] not in (seeds[0], -1)
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "--resume", "SEED", "7")) == 0  # a set seed stays
+    assert seeds[4] == 7
