@@ -134,6 +134,7 @@ def cli(argv=None) -> int:
     from depotr.config import load_depotr_config
     from depotr.engine import launch
     from depotr.engine.detector import detector_weights_to_load
+    from depotr.engine.run_dir import run_seed
     from depotr.modeling.meta_arch import check_pose_config
     from depotr.solver import check_training_schedule
 
@@ -141,7 +142,9 @@ def cli(argv=None) -> int:
     cfg = load_depotr_config(args.config_file, config_overrides(args))
     check_pose_config(cfg)
     if not args.eval_only:
-        check_training_schedule(cfg, args.num_gpus * args.num_machines)
+        check_training_schedule(cfg, args.num_gpus * args.num_machines, config_overrides(args))
+        if cfg.SEED < 0:  # one seed for all processes, recorded in config.yaml for --resume
+            cfg.SEED = run_seed(cfg.OUTPUT_DIR, args.resume)
     check_weights(cfg, args)
     if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector" and cfg.DATASETS.TEST:
         detector_weights_to_load(cfg, args.random_weights)

@@ -151,11 +151,16 @@ def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys
     [
         (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got 0"),
         (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be a positive multiple of the 1 training"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
+        (
+            ["SOLVER.MAX_EPOCHS", "3", "SOLVER.MAX_ITER", "5"],
+            "SOLVER.MAX_ITER is set in the overrides, but SOLVER.MAX_EPOCHS=3",
+        ),
     ],
 )
 def test_a_schedule_that_cannot_train_is_one_error_line(tmp_path, capsys, overrides, message):
-    """The friction: MAX_ITER 0 and IMS_PER_BATCH 0 ended in ZeroDivisionError tracebacks (the
-    warm-up fraction, the sampler's batch)."""
+    """The friction: MAX_ITER 0, IMS_PER_BATCH 0 and CHECKPOINT_PERIOD 0 ended in ZeroDivisionError
+    tracebacks (the warm-up fraction, the sampler's batch, the periodic checkpointer's modulo)."""
     argv = ["--config-file", INSTANT_CONFIG, "--random-weights", "OUTPUT_DIR", str(tmp_path / "run")]
     argv += ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "synthetic"), "DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "2"]
     argv += ["DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1", "SOLVER.IMS_PER_BATCH", "2", *overrides]
@@ -326,3 +331,21 @@ def test_config_changes_lists_changed_added_and_removed_keys(tmp_path):
         "B.D: x -> (none)",
         "B.E: (none) -> y",
     ]
+
+
+def test_a_random_seed_is_recorded_in_config_yaml_and_resume_continues_with_it(tmp_path, monkeypatch):
+    """The friction: with SEED -1 (Detectron2's default, the COCO configs') --resume drew a new
+    seed, so the resumed run's sampler restarted another permutation mid-epoch and augmented every
+    sample under another seed: not the continuation docs/resume.md promises."""
+    seeds = []
+    monkeypatch.setattr(train_net, "main", lambda args, cfg: seeds.append(cfg.SEED))
+    argv = _tiny_argv(tmp_path, "--resume", "DATASETS.TEST", "()", "SEED", "-1")
+    assert run_main(train_net.cli, argv) == 0 and run_main(train_net.cli, argv) == 0
+    assert seeds[0] >= 0 and seeds[1] >= 0 and seeds[0] != seeds[1]  # no config.yaml yet: a new one each time
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(f"SEED: {seeds[0]}\n")
+    assert run_main(train_net.cli, argv) == 0  # --resume: the run's recorded seed
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "SEED", "-1")) == 0  # a new run: a new seed
+    assert seeds[2] == seeds[0] and seeds[3] not in (seeds[0], -1)
+    assert run_main(train_net.cli, _tiny_argv(tmp_path, "--resume", "SEED", "7")) == 0  # a set seed stays
+    assert seeds[4] == 7

@@ -7,8 +7,9 @@ import torch
 
 from detectron2.config import get_cfg
 
+from depotr.cli import ConfigError
 from depotr.config import add_depotr_config
-from depotr.solver import apply_epoch_schedule, build_lr_scheduler
+from depotr.solver import apply_epoch_schedule, build_lr_scheduler, check_training_schedule
 
 
 def _cfg(name, max_iter=100, warmup_iters=10, final=0.01):
@@ -93,3 +94,64 @@ def test_epoch_schedule_needs_images():
     cfg.SOLVER.MAX_EPOCHS = 1
     with pytest.raises(ValueError, match="non-empty training set"):
         apply_epoch_schedule(cfg, 0)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("SOLVER.WARMUP_ITERS", -5, "SOLVER.WARMUP_ITERS must be >= 0, got -5"),
+        ("SOLVER.WARMUP_FACTOR", 5.0, "SOLVER.WARMUP_FACTOR must be in [0, 1] (a factor of the lr), got 5.0"),
+        ("SOLVER.WARMUP_METHOD", "cosine", "SOLVER.WARMUP_METHOD must be one of ('linear', 'constant'), got 'cosine'"),
+        ("SOLVER.LR_SCHEDULER_NAME", "Foo", "SOLVER.LR_SCHEDULER_NAME 'Foo': Unknown LR scheduler: Foo"),
+        ("SOLVER.FINAL_LR_FACTOR", -0.5, "SOLVER.FINAL_LR_FACTOR must be >= 0, got -0.5"),
+        ("SOLVER.CHECKPOINT_PERIOD", 0, "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
+        ("SOLVER.CHECKPOINT_PERIOD", -1, "SOLVER.CHECKPOINT_PERIOD must be >= 1, got -1"),
+        ("TEST.EVAL_PERIOD", -1, "TEST.EVAL_PERIOD must be >= 0 (0: evaluate after training only), got -1"),
+        ("SOLVER.OPTIMIZER", "lamb", "SOLVER.OPTIMIZER must be one of ('ADAMW', 'SGD'), got 'lamb'"),
+        ("SOLVER.BASE_LR", -0.1, "SOLVER.BASE_LR must be > 0, got -0.1"),
+        ("SOLVER.BACKBONE_MULTIPLIER", -1.0, "SOLVER.BACKBONE_MULTIPLIER must be >= 0 (a factor of SOLVER.BASE_LR)"),
+        ("SOLVER.BETAS", (0.9,), "SOLVER.BETAS must be two numbers in [0, 1), got (0.9,)"),
+        ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "foo", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be one of ('full_model', "),
+        ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", -1.0, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got -1.0"),
+    ],
+)
+def test_a_schedule_or_optimizer_key_that_cannot_train_is_a_config_error_naming_it(key, value, message):
+    """The friction: these ended in tracebacks (an unknown name, CHECKPOINT_PERIOD 0's modulo by
+    zero at the first step, BETAS' IndexError) or trained silently wrong (negative factors, a
+    checkpoint every iteration for CHECKPOINT_PERIOD -1)."""
+    cfg = _cfg("WarmupLinearLR")
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    check_training_schedule(cfg)  # the valid config passes
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ConfigError) as error:
+        check_training_schedule(cfg)
+    assert str(error.value).startswith(message)
+
+
+def test_warm_up_epochs_are_checked_under_an_epoch_schedule():
+    cfg = _cfg("WarmupLinearLR")
+    cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.WARMUP_EPOCHS = 2, -1.0
+    with pytest.raises(ConfigError, match=r"^SOLVER.WARMUP_EPOCHS must be >= 0, got -1.0$"):
+        check_training_schedule(cfg)
+
+
+def test_detectron2_schedule_names_pass_the_check():
+    cfg = _cfg("WarmupMultiStepLR")
+    cfg.SOLVER.STEPS = (50,)
+    check_training_schedule(cfg)
+
+
+@pytest.mark.parametrize("key", ["SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS"])
+def test_an_iteration_override_that_an_epoch_schedule_would_replace_is_a_config_error(key):
+    """The friction: ``SOLVER.MAX_ITER 10`` on a COCO config (MAX_EPOCHS 100) trained 100 epochs,
+    the override replaced silently by apply_epoch_schedule."""
+    cfg = _cfg("WarmupLinearLR")
+    check_training_schedule(cfg, overrides=[key, "10"])  # iterations are the schedule: fine
+    cfg.SOLVER.MAX_EPOCHS = 100
+    check_training_schedule(cfg, overrides=["SOLVER.BASE_LR", "0.1"])
+    with pytest.raises(ConfigError) as error:
+        check_training_schedule(cfg, overrides=["SOLVER.BASE_LR", "0.1", key, "10"])
+    assert str(error.value) == (
+        f"{key} is set in the overrides, but SOLVER.MAX_EPOCHS=100 replaces it with the epochs' count "
+        "(docs/config.md, Solver); add SOLVER.MAX_EPOCHS 0 to train by iterations"
+    )

@@ -12,6 +12,8 @@
   its checkpoints, so that the folder reads as one run made of two.
 * :func:`config_changes`: the keys in which a resumed run's config differs from the run's
   ``config.yaml``, for ``train_net.py`` to warn about (the run continues under the new values).
+* :func:`run_seed`: the seed of a run whose config leaves ``SEED`` random (< 0), kept in its
+  ``config.yaml`` so that ``--resume`` continues the same sample streams (docs/resume.md).
 * :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint
   (all of them when it left none), which the resumed run writes again, are dropped.
 """
@@ -32,7 +34,15 @@ import yaml
 from ..cli import ConfigError
 from ..file_io import remove_temporary_files
 
-__all__ = ["LOCK_NAME", "METRICS_NAME", "OutputDirLock", "config_changes", "drop_metrics_after", "lock_output_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "METRICS_NAME",
+    "OutputDirLock",
+    "config_changes",
+    "drop_metrics_after",
+    "lock_output_dir",
+    "run_seed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +226,24 @@ def config_changes(output_dir: str, config_yaml: str) -> List[str]:
         for key in sorted(saved.keys() | new.keys())
         if saved.get(key, missing) != new.get(key, missing)
     ]
+
+
+def run_seed(output_dir: str, resume: bool) -> int:
+    """The ``SEED`` (>= 0) for a training run whose config's ``SEED`` is < 0 (Detectron2's "a new
+    random seed"): with ``resume``, the one ``output_dir``'s ``config.yaml`` recorded, when it holds
+    one; else a new random one. Set as ``cfg.SEED`` before Detectron2's ``default_setup`` writes
+    ``config.yaml``, so that a resumed run draws the batches and augmentation of the run it continues
+    (a new seed restarted the sampler's permutation mid-epoch and changed every sample's seed)."""
+    if resume:
+        try:
+            with open(os.path.join(output_dir, "config.yaml")) as f:
+                saved = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            saved = None
+        seed = saved.get("SEED") if isinstance(saved, dict) else None
+        if isinstance(seed, int) and seed >= 0:
+            return seed
+    return int.from_bytes(os.urandom(4), "little") % 2**31
 
 
 def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import logging
 import math
+from typing import Sequence
 
 import torch
 
@@ -11,6 +12,7 @@ from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
 
 from ..cli import ConfigError
+from .optimizer import check_optimizer_config
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,7 @@ _DECAYS = {
     "WarmupLinearLR": lambda final: LinearParamScheduler(1.0, final),
     "WarmupCosineLR": lambda final: CosineParamScheduler(1.0, final),
 }
+_WARMUP_METHODS = ("linear", "constant")  # Detectron2's WarmupParamScheduler
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:
@@ -33,11 +36,22 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
 
 
-def check_training_schedule(cfg: CfgNode, world_size: int = 1) -> None:
-    """A ConfigError naming the key unless ``cfg`` can train on ``world_size`` processes:
-    ``SOLVER.IMS_PER_BATCH`` a positive multiple of ``world_size`` and, without an epoch schedule
-    (``MAX_EPOCHS`` <= 0), ``MAX_ITER`` >= 1 (0 ended in a ZeroDivisionError)."""
+def check_training_schedule(cfg: CfgNode, world_size: int = 1, overrides: Sequence[str] = ()) -> None:
+    """A ConfigError naming the key unless ``cfg`` can train on ``world_size`` processes as its
+    command-line ``overrides`` (KEY VALUE ...) ask: no ``MAX_ITER`` / ``WARMUP_ITERS`` override that
+    an epoch schedule (``MAX_EPOCHS`` > 0, the COCO configs') would replace;
+    ``SOLVER.IMS_PER_BATCH`` a positive multiple of ``world_size``; without an epoch schedule
+    (``MAX_EPOCHS`` <= 0), ``MAX_ITER`` >= 1 (0 ended in a ZeroDivisionError); a known schedule and
+    warm-up with non-negative lengths and factors; ``CHECKPOINT_PERIOD`` >= 1 (0 ended in a
+    ZeroDivisionError at the first step, a negative one saved every iteration); ``TEST.EVAL_PERIOD``
+    >= 0; and the optimizer keys (:func:`~depotr.solver.optimizer.check_optimizer_config`)."""
     solver = cfg.SOLVER
+    replaced = [key for key in overrides[0::2] if key in ("SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS")]
+    if solver.MAX_EPOCHS > 0 and replaced:
+        raise ConfigError(
+            f"{replaced[0]} is set in the overrides, but SOLVER.MAX_EPOCHS={solver.MAX_EPOCHS} replaces it with the "
+            "epochs' count (docs/config.md, Solver); add SOLVER.MAX_EPOCHS 0 to train by iterations"
+        )
     if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH must be a positive multiple of the {world_size} training process(es), "
@@ -45,6 +59,27 @@ def check_training_schedule(cfg: CfgNode, world_size: int = 1) -> None:
         )
     if solver.MAX_EPOCHS <= 0 and solver.MAX_ITER < 1:
         raise ConfigError(f"SOLVER.MAX_ITER must be >= 1 to train (or SOLVER.MAX_EPOCHS > 0), got {solver.MAX_ITER}")
+    warmup_length = "WARMUP_EPOCHS" if solver.MAX_EPOCHS > 0 else "WARMUP_ITERS"
+    for key, minimum in ((warmup_length, 0), ("FINAL_LR_FACTOR", 0), ("CHECKPOINT_PERIOD", 1)):
+        if solver[key] < minimum:
+            raise ConfigError(f"SOLVER.{key} must be >= {minimum}, got {solver[key]}")
+    if not 0 <= solver.WARMUP_FACTOR <= 1:
+        raise ConfigError(f"SOLVER.WARMUP_FACTOR must be in [0, 1] (a factor of the lr), got {solver.WARMUP_FACTOR}")
+    if solver.WARMUP_METHOD not in _WARMUP_METHODS:
+        raise ConfigError(f"SOLVER.WARMUP_METHOD must be one of {_WARMUP_METHODS}, got {solver.WARMUP_METHOD!r}")
+    if cfg.TEST.EVAL_PERIOD < 0:
+        raise ConfigError(
+            f"TEST.EVAL_PERIOD must be >= 0 (0: evaluate after training only), got {cfg.TEST.EVAL_PERIOD}"
+        )
+    if solver.LR_SCHEDULER_NAME not in _DECAYS:
+        try:  # Detectron2's names differ between versions: ask its builder
+            build_detectron2_lr_scheduler(cfg, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+        except ValueError as e:
+            raise ConfigError(
+                f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r}: {e} (DePOTR's: {', '.join(_DECAYS)}; "
+                "else one of Detectron2's, e.g. WarmupMultiStepLR)"
+            ) from None
+    check_optimizer_config(cfg)
 
 
 def apply_epoch_schedule(cfg: CfgNode, num_train_images: int) -> None:

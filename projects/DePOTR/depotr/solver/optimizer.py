@@ -17,8 +17,36 @@ from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 
+from ..cli import ConfigError
+
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _SAMPLING_MODULE_NAMES = ("sampling_offsets", "reference_points")
+_OPTIMIZERS = ("ADAMW", "SGD")
+_CLIP_TYPES = ("full_model", "value", "norm")  # ours, then Detectron2's GradientClipType
+
+
+def check_optimizer_config(cfg: CfgNode) -> None:
+    """A ConfigError naming the key unless :func:`build_optimizer` can build ``cfg``'s optimizer:
+    a known ``SOLVER.OPTIMIZER``, ``BASE_LR`` > 0, lr multipliers >= 0, two ``BETAS`` in [0, 1)
+    and, when ``CLIP_GRADIENTS.ENABLED``, a known ``CLIP_TYPE`` with ``CLIP_VALUE`` and
+    ``NORM_TYPE`` > 0 (these ended in tracebacks in the first step or silently trained wrong)."""
+    solver = cfg.SOLVER
+    if solver.OPTIMIZER.upper() not in _OPTIMIZERS:
+        raise ConfigError(f"SOLVER.OPTIMIZER must be one of {_OPTIMIZERS}, got {solver.OPTIMIZER!r}")
+    if not solver.BASE_LR > 0:
+        raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {solver.BASE_LR}")
+    for key in ("BACKBONE_MULTIPLIER", "SAMPLING_LR_MULTIPLIER", "BIAS_LR_FACTOR"):
+        if not solver[key] >= 0:
+            raise ConfigError(f"SOLVER.{key} must be >= 0 (a factor of SOLVER.BASE_LR), got {solver[key]}")
+    if solver.OPTIMIZER.upper() == "ADAMW" and not (len(solver.BETAS) == 2 and all(0 <= b < 1 for b in solver.BETAS)):
+        raise ConfigError(f"SOLVER.BETAS must be two numbers in [0, 1), got {tuple(solver.BETAS)}")
+    clip = solver.CLIP_GRADIENTS
+    if clip.ENABLED:
+        if clip.CLIP_TYPE not in _CLIP_TYPES:
+            raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be one of {_CLIP_TYPES}, got {clip.CLIP_TYPE!r}")
+        for key in ("CLIP_VALUE", "NORM_TYPE"):
+            if not clip[key] > 0:
+                raise ConfigError(f"SOLVER.CLIP_GRADIENTS.{key} must be > 0, got {clip[key]}")
 
 
 def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
@@ -84,4 +112,4 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         return add_gradient_clipping(cfg, torch.optim.SGD)(
             groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
         )
-    raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
+    raise ConfigError(f"SOLVER.OPTIMIZER must be one of {_OPTIMIZERS}, got {cfg.SOLVER.OPTIMIZER!r}")
