@@ -129,7 +129,7 @@ def test_old_checkpoint_with_detector_weights_loads_and_drops_them(tmp_path, cap
     [
         (("MODEL.DEPOTR.HIDDEN_DIM", "32"), r"have another shape: .*\(32,\) in the checkpoint, \(64,\) in the model"),
         (
-            ("MODEL.DEPOTR.HEAD", "simple_baseline", "MODEL.DEPOTR.AUX_LOSS", "False"),
+            ("MODEL.DEPOTR.HEAD", "simple_baseline", "MODEL.DEPOTR.AUX_LOSS", "False", "INPUT.CROP_SIZE", "(64, 64)"),
             r"holds none of the model's \d+ parameters and buffers",
         ),
         (("MODEL.DEPOTR.HEATMAP.MLP_LAYERS", "1"), r"are not in it: keypoint_branch\.head\."),
