@@ -28,6 +28,9 @@ def test_amp_training_on_cpu_steps_in_bfloat16(tmp_path, synthetic_root, monkeyp
     monkeypatch.setattr(TopDownPoseEstimator, "forward", recording_forward)
     opts = ("SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0")
     trainer = Trainer(train_net.setup(instant_args(str(tmp_path / "amp"), synthetic_root, *opts)))
+    # said where log.txt is set up (the config's load, before any logger, said it to no one)
+    log = (tmp_path / "amp" / "log.txt").read_text()
+    assert "SOLVER.AMP.ENABLED on cpu: the keypoint branch trains under bfloat16 autocast" in log
     step_trainer = trainer.step_trainer
     assert type(step_trainer) is SimpleTrainer and not isinstance(step_trainer, AMPTrainer)
     assert trainer.model.train_precision == torch.bfloat16

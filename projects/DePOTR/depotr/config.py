@@ -254,8 +254,6 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         raise ConfigError(f"config overrides: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-        logger.info("SOLVER.AMP.ENABLED on cpu: the keypoint branch trains under bfloat16 autocast")
     return cfg
 
 

@@ -107,6 +107,10 @@ class CompatDefaultTrainer(DefaultTrainer):
         # SOLVER.AMP.ENABLED: AMPTrainer (float16 autocast, gradient scaler) needs CUDA; on a CPU the
         # model runs its keypoint branch under bfloat16 autocast itself (TopDownPoseEstimator).
         cuda_amp = cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not cuda_amp:  # here, where log.txt is set up (not at config load)
+            logger.info(
+                "SOLVER.AMP.ENABLED on %s: the keypoint branch trains under bfloat16 autocast", cfg.MODEL.DEVICE
+            )
         self._trainer = (AMPTrainer if cuda_amp else SimpleTrainer)(model, data_loader, optimizer)
         start_data_loader(self._trainer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
