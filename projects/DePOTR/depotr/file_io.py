@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 
+from .cli import ConfigError
+
 __all__ = [
     "TEMPORARY_PREFIX",
     "atomic_output_path",
@@ -129,11 +131,15 @@ def load_json(json_file: str, what: str) -> Any:
 
 
 def load_json_list(json_file: str, what: str, items: str) -> List[Any]:
-    """The list that ``json_file`` holds (:func:`load_json`); a ValueError when it is not a list
-    (of ``items``)."""
-    data = load_json(json_file, what)
+    """The list that ``json_file`` holds (:func:`load_json`), for the input files a run reads (MPII
+    annotations, precomputed boxes): a ConfigError (one ``error:`` line from the commands) naming
+    "``what`` file" when it is missing, not json, or not a list (of ``items``)."""
+    try:
+        data = load_json(json_file, what)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
     if not isinstance(data, list):
-        raise ValueError(f"{what} file {json_file}: expected a list of {items}, got {type(data).__name__}")
+        raise ConfigError(f"{what} file {json_file}: expected a list of {items}, got {type(data).__name__}")
     return data
 
 

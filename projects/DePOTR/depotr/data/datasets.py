@@ -173,10 +173,7 @@ def load_precomputed_boxes(
         ConfigError (a ValueError: ``train_net.py`` prints it as one ``error:`` line) naming the
         file (and detection index and field).
     """
-    try:
-        detections = load_json_list(json_file, "precomputed boxes", "detections (COCO results format)")
-    except (OSError, ValueError) as e:
-        raise ConfigError(str(e)) from e
+    detections = load_json_list(json_file, "precomputed boxes", "detections (COCO results format)")
     stats = Counter(total=len(detections), kept=0, dropped_category=0, dropped_empty=0)
     per_image: Dict[int, List[Tuple[float, List[float]]]] = {}
     for i, det in enumerate(detections):

@@ -105,10 +105,7 @@ def load_mpii_json(json_file: str, image_root: str) -> List[Dict[str, Any]]:
         ConfigError (a ValueError: ``train_net.py`` prints it as one ``error:`` line) naming a
         missing file or image, or the file, the entry and the malformed field.
     """
-    try:
-        entries = load_json_list(json_file, "MPII annotation", "persons")
-    except (OSError, ValueError) as e:
-        raise ConfigError(str(e)) from e
+    entries = load_json_list(json_file, "MPII annotation", "persons")
     images: Dict[str, Dict[str, Any]] = {}
     for i, entry in enumerate(entries):
         where = f"MPII annotation file {json_file}, entry {i}"
