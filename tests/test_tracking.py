@@ -320,6 +320,27 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
         video(frames[0], boxes=[[20, 10, 5, 40]])
 
 
+def test_an_unreadable_frame_file_counts_as_a_frame_without_persons(tmp_path):
+    """As the demo's skipped files: the tracks age by the frame and the next frame is named by
+    its index in the sequence (before: neither, the frame was not counted)."""
+    cfg = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "TEST.TRACK.MAX_LOST_FRAMES", "1"])
+    video = VideoPoseTracker(Predictor(cfg, random_weights=True))
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    box = [[10, 10, 60, 90]]
+    assert video(image, boxes=box).track_id.tolist() == [0]
+    with pytest.raises(ValueError, match="broken.jpg' is truncated or corrupt"):
+        video(str(broken), boxes=box)
+    with pytest.raises(FileNotFoundError, match="missing.png' does not exist"):
+        video(tmp_path / "missing.png", boxes=box)
+    assert video.tracker.frame == 2
+    with pytest.raises(ValueError, match="person box 0 of image 3 is degenerate"):
+        video(image, boxes=[[20, 10, 5, 40]])  # the caller's error: not counted, named frame 3
+    # two frames without the person: over MAX_LOST_FRAMES 1, its track ended
+    assert video(image, boxes=box).track_id.tolist() == [1] and video.tracker.frame == 3
+
+
 def test_editing_the_result_in_place_leaves_the_input_alone():
     """Detectron2's instances_to_coco_json shifts keypoints in place; a tracked frame's result
     must not share its keypoints with the frame's instances (the benchmark tracks them twice)."""

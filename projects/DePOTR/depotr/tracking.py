@@ -22,6 +22,7 @@ track has its own filter; the time step is the frames since the track's last pos
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -32,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
 
+from .data.image_io import read_image_bgr
 from .data.keypoint_metadata import keypoint_metadata_from_config
 from .modeling.oks import keypoint_similarity
 from .predictor import BoxesLike, ImageLike, Predictor, ScoresLike
@@ -294,9 +296,9 @@ class PoseTracker:
 class VideoPoseTracker:
     """A :class:`depotr.Predictor` for a frame sequence: each call predicts the persons of the
     next frame and tracks (and with ``smooth``, smooths) them. Every frame must have the size of
-    the first (a ValueError names the frame otherwise; the frame still counts, as one without
-    persons, so the tracks age as in the demo). Build the predictor from
-    :func:`tracking_config` (OKS-NMS off)."""
+    the first (a ValueError names the frame otherwise) and a frame file must be readable (the
+    error of ``read_image_bgr``); such a frame still counts, as one without persons, so the tracks
+    age as in the demo. Build the predictor from :func:`tracking_config` (OKS-NMS off)."""
 
     def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
         self.predictor = predictor
@@ -308,6 +310,12 @@ class VideoPoseTracker:
     ) -> Instances:
         """The persons of the next frame (``Predictor.__call__``'s arguments and fields, the frame
         named by its index in messages) with ``track_id`` (N,) int64."""
+        if isinstance(frame, (str, os.PathLike)):
+            try:
+                frame = read_image_bgr(frame)
+            except (OSError, ValueError):
+                self.tracker.skip_frame()  # a caller skipping the frame still has it counted, as the demo's
+                raise
         instances = self.predictor(frame, boxes, scores, image_id=self.tracker.frame + 1)
         if self.frame_size is None:
             self.frame_size = instances.image_size
