@@ -22,6 +22,7 @@ from depotr.engine.detector import build_person_detector
 from depotr.export import build_crop_keypoint_predictor
 from depotr.modeling.crops import expand_boxes_to_aspect
 from depotr.modeling.person_detector import PersonDetector, PoseWithDetector, resolve_model_zoo_path
+from depotr.predictor import person_proposals
 from tests.modeling.test_person_detector import DETECTOR_ZOO_CONFIG, _detector_cfg, fix_person_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,6 +332,17 @@ def test_predictor_rejects_bad_boxes(predictor):
         predictor.predict_batch([image, image], boxes=[None])
     with pytest.raises(ValueError, match="has scores but no boxes"):
         predictor(image, scores=[1.0])
+
+
+@pytest.mark.parametrize("row", [torch.tensor, np.array, list], ids=["tensor", "array", "list"])
+def test_person_boxes_as_a_list_of_rows(row):
+    """A list of per-box rows (a detector's boxes one by one); before, tensor rows raised "only one
+    element tensors can be converted to Python scalars"."""
+    proposals = person_proposals([row([10.0, 20.0, 60.0, 100.0]), row([5, 6, 7, 8])], None, (120, 90))
+    assert proposals.proposal_boxes.tensor.tolist() == [[10, 20, 60, 100], [5, 6, 7, 8]]
+    assert proposals.proposal_boxes.tensor.dtype == torch.float32
+    with pytest.raises(ValueError, match="expected sequence of length 4 at dim 1 \\(got 3\\)"):
+        person_proposals([row([10.0, 20.0, 60.0, 100.0]), row([5, 6, 7])], None, (120, 90))
 
 
 def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):

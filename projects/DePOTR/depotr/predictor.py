@@ -50,7 +50,8 @@ def person_proposals(
     pixels) are warned about.
 
     Args:
-        boxes: (N, 4) person boxes in image pixels (array, tensor, nested list or Boxes) in
+        boxes: (N, 4) person boxes in image pixels (array, tensor, Boxes, or a list of N rows:
+            lists, arrays or tensors of 4) in
             ``box_mode``: XYXY_ABS or XYWH_ABS (relative modes are a ValueError).
         scores: (N,) box scores; None gives 1 to every box.
         image_size: (H, W) of the image.
@@ -60,7 +61,11 @@ def person_proposals(
         Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and ``scores``
         (N,) float32, on the CPU unless ``boxes`` is a tensor elsewhere.
     """
-    boxes = torch.as_tensor(boxes.tensor if isinstance(boxes, Boxes) else boxes, dtype=torch.float32)
+    if isinstance(boxes, Boxes):
+        boxes = boxes.tensor
+    elif isinstance(boxes, (list, tuple)):  # rows as tensors too (torch.as_tensor takes only 1-element ones)
+        boxes = [box.tolist() if isinstance(box, Tensor) else box for box in boxes]
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
     if boxes.numel() == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
