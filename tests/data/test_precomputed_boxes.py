@@ -10,7 +10,12 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from depotr.cli import ConfigError
-from depotr.data.datasets import attach_precomputed_boxes, attach_precomputed_boxes_from_cfg, load_precomputed_boxes
+from depotr.data.datasets import (
+    attach_precomputed_boxes,
+    attach_precomputed_boxes_from_cfg,
+    load_precomputed_boxes,
+    resolve_builtin_dataset_path,
+)
 from depotr.modeling.box_sources import PrecomputedBoxes, build_box_source
 
 DETECTIONS = [
@@ -92,6 +97,68 @@ def test_from_cfg_uses_the_test_dataset_position(tmp_path):
     np.testing.assert_allclose(attached[0]["person_scores"], [0.9, 0.3, 0.6])
     (found,) = build_box_source(cfg, "precomputed")(_model_inputs(attached))
     np.testing.assert_allclose(found.scores.numpy(), [0.9])
+
+
+def _cfg(test_box_source, files):
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.MODEL.DEPOTR.TEST_BOX_SOURCE = test_box_source
+    cfg.DATASETS.TEST = ("a",)
+    cfg.DATASETS.PRECOMPUTED_BOXES = files
+    return cfg
+
+
+@pytest.mark.parametrize("source", ["gt", "detector", "whole_image"])
+def test_from_cfg_reads_no_file_for_another_box_source(tmp_path, source):
+    """The friction: --eval-only with TEST_BOX_SOURCE "gt" on a COCO config failed with "precomputed
+    boxes file not found: datasets/coco/person_detection_results/..." (Base-DePOTR.yaml's file,
+    which "gt" never uses)."""
+    cfg = _cfg(source, (str(tmp_path / "missing.json"),))
+    assert attach_precomputed_boxes_from_cfg(cfg, "a", [{"image_id": 1}]) == [{"image_id": 1}]
+
+
+def test_from_cfg_reads_a_datasets_path_under_detectron2_datasets(tmp_path, monkeypatch):
+    """The friction: with DETECTRON2_DATASETS=/data (README, "Training on COCO") the COCO configs'
+    datasets/coco/person_detection_results/... file was looked for under the working directory."""
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    _write(tmp_path / "data" / "coco", DETECTIONS[:1])
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)  # no datasets/ folder here
+    cfg = _cfg("precomputed", ("datasets/coco/dets.json",))
+    attached = attach_precomputed_boxes_from_cfg(cfg, "a", [{"image_id": 1}])
+    np.testing.assert_allclose(attached[0]["person_boxes"], [[10, 20, 40, 60]])
+
+
+@pytest.mark.parametrize(
+    "env, path, expected",
+    [
+        ("/data", "datasets/coco/dets.json", "/data/coco/dets.json"),
+        ("/data", "./datasets/coco/dets.json", "/data/coco/dets.json"),
+        (None, "datasets/coco/dets.json", "datasets/coco/dets.json"),
+        ("/data", "/abs/datasets/dets.json", "/abs/datasets/dets.json"),
+        ("/data", "boxes/dets.json", "boxes/dets.json"),
+        ("/data", "datasets", "datasets"),
+    ],
+)
+def test_resolve_builtin_dataset_path(monkeypatch, env, path, expected):
+    if env is None:
+        monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    else:
+        monkeypatch.setenv("DETECTRON2_DATASETS", env)
+    assert resolve_builtin_dataset_path(path) == expected
+
+
+def test_an_empty_file_is_an_error(tmp_path):
+    """The friction: an empty detections list evaluated with no box at all, its AP "nan" after the
+    warning "No predictions from the model!"; docs/config.md calls a file with no box of the
+    dataset's person category on its images an error."""
+    path = _write(tmp_path, [])
+    with pytest.raises(ConfigError, match=f"precomputed boxes file {path} holds no detections"):
+        attach_precomputed_boxes([{"image_id": 1}], path)
 
 
 def test_from_cfg_keeps_the_category_of_a_custom_dataset(tmp_path):

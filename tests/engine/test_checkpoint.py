@@ -245,6 +245,24 @@ def test_backbone_only_file_initialises_training_with_a_summary(tmp_path, caplog
         DePOTRCheckpointer(_instant_model()).load(path)  # evaluation needs every weight
 
 
+def test_backbone_only_summary_counts_what_the_file_held(tmp_path, caplog):
+    """The friction: converted torchvision ResNet-50 weights (265 tensors) in simple_baseline_r50 were
+    logged as "loaded 268 of the model's 285 ...; the other 17": the BatchNorm step counters of the
+    head's deconvolutions, not in the file, counted as loaded."""
+    opts = ("MODEL.DEPOTR.HEAD", "simple_baseline", "MODEL.DEPOTR.AUX_LOSS", "False", "INPUT.CROP_SIZE", "(64, 64)")
+    model = _instant_model(*opts)
+    path = str(tmp_path / "R-18.pkl")
+    prefix = _write_backbone_only_pkl(model, path)
+    keys = list(model.state_dict())
+    held = sum(k.startswith(prefix) for k in keys)
+    assert any(k.endswith("num_batches_tracked") and not k.startswith(prefix) for k in keys)  # the head's BN
+    with caplog.at_level("INFO", logger="depotr.engine.checkpoint"):
+        DePOTRCheckpointer(model, str(tmp_path / "run"), allow_backbone_only=True).resume_or_load(path, resume=False)
+    assert f"loaded {held} of the model's {len(keys)} parameters and buffers; the other {len(keys) - held} (" in (
+        caplog.text
+    )
+
+
 def test_backbone_only_file_must_hold_the_whole_backbone(tmp_path):
     """The friction: converted ResNet-18 weights in a RESNETS.DEPTH 34 config started training
     with 16 backbone tensors at their random initialisation (frozen ones too), an INFO line only;

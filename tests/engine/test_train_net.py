@@ -225,7 +225,8 @@ def test_a_bad_precomputed_boxes_file_is_one_error_line_before_training(tmp_path
     training, and its errors were ValueError tracebacks."""
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([{"image_id": 0, "category_id": 1, "bbox": [1, 2, 3], "score": 0.9}]))
-    argv = _tiny_argv(tmp_path, "DATASETS.PRECOMPUTED_BOXES", f'("{boxes}",)')
+    precomputed = ("MODEL.DEPOTR.TEST_BOX_SOURCE", "precomputed", "DATASETS.PRECOMPUTED_BOXES", f'("{boxes}",)')
+    argv = _tiny_argv(tmp_path, *precomputed)
     capsys.readouterr()
     assert run_main(train_net.cli, argv) == 2
     err = capsys.readouterr().err.splitlines()

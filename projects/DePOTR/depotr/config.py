@@ -147,7 +147,8 @@ def add_depotr_config(cfg: CN) -> None:
     # Mirrored crop (keypoints swapped with the keypoint table's flip indices), per person.
     cfg.INPUT.CROP_AUG.FLIP_PROB = 0.5
 
-    # One COCO results json of person detections per DATASETS.TEST entry ("" = none), for "precomputed".
+    # One COCO results json of person detections per DATASETS.TEST entry ("" = none), read only for
+    # TEST_BOX_SOURCE "precomputed"; a leading "datasets/" follows $DETECTRON2_DATASETS.
     cfg.DATASETS.PRECOMPUTED_BOXES = ()
 
     cfg.DATASETS.SYNTHETIC = CN()

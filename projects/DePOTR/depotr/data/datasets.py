@@ -38,6 +38,7 @@ __all__ = [
     "register_synthetic_datasets",
     "register_default_synthetic_datasets",
     "register_synthetic_datasets_from_cfg",
+    "resolve_builtin_dataset_path",
     "resolve_synthetic_root",
 ]
 
@@ -123,6 +124,18 @@ def register_default_synthetic_datasets() -> None:
     cfg = get_cfg()
     add_depotr_config(cfg)
     register_synthetic_datasets_from_cfg(cfg)
+
+
+def resolve_builtin_dataset_path(path: str) -> str:
+    """``path`` with a leading ``datasets/`` (Detectron2's default dataset root) replaced by
+    ``$DETECTRON2_DATASETS`` when that is set, as the builtin COCO datasets are found: the COCO
+    configs' ``DATASETS.PRECOMPUTED_BOXES`` then sits beside ``$DETECTRON2_DATASETS/coco``. Other
+    paths are returned as they are."""
+    env = os.environ.get("DETECTRON2_DATASETS")
+    parts = os.path.normpath(path).split(os.sep)
+    if not env or os.path.isabs(path) or len(parts) < 2 or parts[0] != "datasets":
+        return path
+    return os.path.join(os.path.expanduser(env), *parts[1:])
 
 
 def filter_person_annotations(
@@ -213,12 +226,14 @@ def attach_precomputed_boxes(
     """Adds ``person_boxes`` (float32 (N, 4) XYXY_ABS) and ``person_scores`` (float32 (N,)) of
     :func:`load_precomputed_boxes` (boxes of ``category_id``) to each dataset dict (N = 0 for
     images without detections). Returns new dicts; logs what was dropped and why. A ConfigError
-    naming the file when it has detections but no box of ``category_id`` on an image of the
-    dataset (a file of another dataset or category, which would evaluate no person)."""
+    naming the file when it has no box of ``category_id`` on an image of the dataset (an empty
+    list, or a file of another dataset or category), which would evaluate no person."""
     boxes, stats = load_precomputed_boxes(json_file, category_id)
     image_ids = {d["image_id"] for d in dataset_dicts}
     unknown = sum(len(b) for i, (b, _) in boxes.items() if i not in image_ids)
-    if stats["total"] and unknown == stats["kept"]:
+    if not stats["total"]:
+        raise ConfigError(f"precomputed boxes file {json_file} holds no detections (an empty list)")
+    if unknown == stats["kept"]:
         raise ConfigError(
             f"precomputed boxes file {json_file}: none of its {stats['total']} detections is a box of category_id "
             f"{category_id} on an image of the dataset ({stats['dropped_category']} of another category, "
@@ -244,8 +259,12 @@ def attach_precomputed_boxes_from_cfg(
 ) -> List[Dict[str, Any]]:
     """:func:`attach_precomputed_boxes` with the file of ``dataset_name`` in
     ``DATASETS.PRECOMPUTED_BOXES`` (its position in ``DATASETS.TEST``); the dicts unchanged when
-    it has none. The boxes kept are those of the dataset's one category (its json's id, e.g. 3 for
-    a custom keypoint file; COCO's person, 1, when the dataset has none or several)."""
+    it has none or when ``MODEL.DEPOTR.TEST_BOX_SOURCE`` is not "precomputed" (the file is then
+    not read: the COCO configs' detections file need not exist to evaluate with "gt" boxes). The
+    boxes kept are those of the dataset's one category (its json's id, e.g. 3 for a custom
+    keypoint file; COCO's person, 1, when the dataset has none or several)."""
+    if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE != "precomputed":
+        return list(dataset_dicts)
     files, tests = cfg.DATASETS.PRECOMPUTED_BOXES, list(cfg.DATASETS.TEST)
     if files and len(files) != len(tests):
         raise ConfigError(
@@ -255,5 +274,6 @@ def attach_precomputed_boxes_from_cfg(
     json_file = files[tests.index(dataset_name)] if files and dataset_name in tests else ""
     if not json_file:
         return list(dataset_dicts)
+    json_file = resolve_builtin_dataset_path(json_file)
     json_ids = list(MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", {}))
     return attach_precomputed_boxes(dataset_dicts, json_file, json_ids[0] if len(json_ids) == 1 else 1)

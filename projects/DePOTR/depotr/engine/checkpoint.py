@@ -281,11 +281,12 @@ class DePOTRCheckpointer(DetectionCheckpointer, _MemoryMappedLoad):
                     + "; ".join(problems)
                 )
         if backbone_only and self.allow_backbone_only and self._initialising:
-            groups = listing(sorted({".".join(k.split(".")[:3]) for k in missing}))
+            # Counted from the file: fvcore leaves BatchNorm step counters it lacks out of missing_keys.
+            random_keys = [k for k in expected if k not in held]
+            groups = listing(sorted({".".join(k.split(".")[:3]) for k in random_keys}))
             logger.info(
-                f"{where} holds backbone weights only: loaded {len(expected) - len(missing)} of the model's "
-                f"{len(expected)} parameters and buffers; the other {len(missing)} ({groups}) keep their random "
-                "initialisation."
+                f"{where} holds backbone weights only: loaded {len(loaded)} of the model's {len(expected)} "
+                f"parameters and buffers; the other {len(random_keys)} ({groups}) keep their random initialisation."
             )
             return incompatible
         problems = [f"{len(missing)} are not in it: {listing(missing)}"] if missing else []
