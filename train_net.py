@@ -41,7 +41,7 @@ def setup(args, cfg=None):
         register_synthetic_datasets_from_cfg,
     )
     from depotr.engine.checkpoint import check_checkpoint_fits
-    from depotr.engine.run_dir import config_changes, lock_output_dir
+    from depotr.engine.run_dir import config_changes, lock_output_dir, saved_config
     from depotr.engine.trainer import load_training_dicts
     from depotr.solver import apply_epoch_schedule
 
@@ -50,11 +50,11 @@ def setup(args, cfg=None):
     register_synthetic_datasets_from_cfg(cfg)
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
-    lock, changes = None, []
+    lock, run_config = None, None
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
         if args.resume and not args.eval_only:
-            changes = config_changes(cfg.OUTPUT_DIR, cfg.dump())
+            run_config = saved_config(cfg.OUTPUT_DIR)  # compared once the epoch schedule is converted
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
         if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
@@ -63,13 +63,6 @@ def setup(args, cfg=None):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
     if lock is not None:
         lock.log_recovery()
-    if changes:
-        logging.getLogger("depotr").warning(
-            "--resume with a config that differs from the run's config.yaml in %d key(s): %s. The run continues "
-            "under the new values; a new run needs another OUTPUT_DIR",
-            len(changes),
-            listing(changes, separator="; "),
-        )
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
     # Materialise generated datasets once, on the main process, before the others read them; a test
@@ -83,6 +76,17 @@ def setup(args, cfg=None):
     if not args.eval_only and cfg.SOLVER.MAX_EPOCHS > 0:
         # Counting the training images loads them once more than the Trainer does (start-up only).
         apply_epoch_schedule(cfg, len(load_training_dicts(cfg)))
+        if comm.is_main_process() and cfg.OUTPUT_DIR:  # default_setup wrote the config's MAX_ITER / WARMUP_ITERS
+            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+    changes = config_changes(run_config, cfg.dump())
+    if changes:
+        logging.getLogger("depotr").warning(
+            "--resume with a config that differs from the run's config.yaml in %d key(s): %s. The run continues "
+            "under the new values; a new run needs another OUTPUT_DIR",
+            len(changes),
+            listing(changes, separator="; "),
+        )
     cfg.freeze()
     return cfg
 

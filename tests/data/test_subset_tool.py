@@ -1,6 +1,7 @@
 """Representative subsets (tools/make_subset.py, depotr.data.subset)."""
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -96,6 +97,21 @@ def test_a_malformed_json_is_a_config_error_naming_the_field(coco):
         select_subset(bad, 0.5)
 
 
+def test_annotations_of_no_image_are_counted_in_a_warning(caplog):
+    coco = _random_coco(num_images=20)
+    orphan = {**coco["annotations"][0], "id": 9000, "image_id": 999}  # an integer id no image has
+    with_orphans = {**coco, "annotations": coco["annotations"] + [orphan, {**orphan, "id": 9001}]}
+    with caplog.at_level(logging.WARNING, logger="depotr.data.subset"):
+        ids = select_subset(with_orphans, 0.5, tolerance_pp=100)
+    n = len(with_orphans["annotations"])
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"2 of {n} annotations name an image_id that no image of the json has (first: annotations[{n - 2}], "
+        "image_id 999); they are left out of the visibility shares and of the subset."
+    ]
+    assert ids == select_subset(coco, 0.5, tolerance_pp=100)  # the shares without them
+    assert 999 not in {a["image_id"] for a in subset_coco(with_orphans, ids)["annotations"]}
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1], ids=["zero", "above_one", "negative"])
 def test_invalid_fraction(coco, fraction):
     with pytest.raises(ValueError, match="fraction must be in"):
@@ -149,9 +165,15 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             r"full\.json: annotations\[0\] \(id 8\): field 'keypoints' is \['3', 4, 2\], expected 3 finite "
             r"numbers \(x, y, v for 1 keypoints\)$",
         ),
+        # Dropped without a word (no image has the id "2"); load_keypoint_json's rule and message.
+        (
+            '{"images": [{"id": 2}], "annotations": [{"id": 8, "image_id": "2", "category_id": 1, "keypoints": '
+            "[3, 4, 2]}], " + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[0\] \(id 8\): field 'image_id' is '2', expected an integer$",
+        ),
     ],
     ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list", "images-object",
-         "annotation-not-object", "keypoint-string"],
+         "annotation-not-object", "keypoint-string", "image-id-string"],
 )  # fmt: skip
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"

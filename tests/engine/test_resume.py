@@ -159,3 +159,21 @@ def test_worker_count_does_not_change_training(tmp_path, synthetic_root):
         assert torch.equal(runs[0][name], runs[1][name]), name
     start = snapshots[0].weights
     assert any(not torch.equal(runs[0][n], v) for n, v in start.items() if v.is_floating_point())  # it trained
+
+
+def test_resume_of_a_finished_run_writes_its_reevaluation_at_the_final_iteration(tmp_path, synthetic_root):
+    """The friction: `make main` run again (--resume on the finished run) re-evaluated it and wrote
+    the evaluation row at iteration MAX_ITER + 1 (Detectron2's ``iter += 1`` after a loop that ran no
+    step), where the finished run had written it at MAX_ITER."""
+    output_dir = str(tmp_path / "run")
+    metrics_file = os.path.join(output_dir, "metrics.json")
+
+    def rows():
+        with open(metrics_file) as f:
+            return [(row["iteration"], "keypoints/AP" in row) for row in map(json.loads, f)]
+
+    _train(output_dir, synthetic_root, 0, max_iter=2)
+    finished = rows()
+    assert finished == [(1, False), (2, True)]  # the training row, then the evaluation at MAX_ITER
+    assert _train(output_dir, synthetic_root, 0, resume=True, max_iter=2).start_iter == 2
+    assert rows() == finished  # re-evaluated: its row replaces the finished run's, at the same iteration

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from detectron2.data import DatasetCatalog
 
@@ -319,19 +320,35 @@ def test_resume_with_a_changed_config_warns_with_the_changed_keys(tmp_path):
 
 
 def test_config_changes_lists_changed_added_and_removed_keys(tmp_path):
-    from depotr.engine.run_dir import config_changes
+    from depotr.engine.run_dir import config_changes, saved_config
 
-    assert config_changes(str(tmp_path), "A: 1\n") == []  # no config.yaml
+    assert saved_config(str(tmp_path)) is None and config_changes(None, "A: 1\n") == []  # no config.yaml
     (tmp_path / "config.yaml").write_text("not a config\n")
-    assert config_changes(str(tmp_path), "A: 1\n") == []
+    assert saved_config(str(tmp_path)) is None
     (tmp_path / "config.yaml").write_text("A: 1\nB: {C: [1, 2], D: x}\n")
-    assert config_changes(str(tmp_path), "A: 1\nB: {C: [1, 2], D: x}\n") == []
-    assert config_changes(str(tmp_path), "A: 2\nB: {C: [1, 3], E: y}\n") == [
+    saved = saved_config(str(tmp_path))
+    assert config_changes(saved, "A: 1\nB: {C: [1, 2], D: x}\n") == []
+    assert config_changes(saved, "A: 2\nB: {C: [1, 3], E: y}\n") == [
         "A: 1 -> 2",
         "B.C: [1, 2] -> [1, 3]",
         "B.D: x -> (none)",
         "B.E: (none) -> y",
     ]
+
+
+def test_config_yaml_of_an_epoch_schedule_holds_the_iteration_counts_the_run_uses(tmp_path):
+    """The friction: with SOLVER.MAX_EPOCHS > 0 (the COCO configs) config.yaml kept the config's
+    MAX_ITER / WARMUP_ITERS, written before the epochs were converted; --resume compares with it
+    and warns of no change."""
+    output_dir = tmp_path / "run"
+    opts = ["DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "6", "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1"]
+    opts += ["SOLVER.MAX_EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "1.0"]  # IMS_PER_BATCH 2: 3 iterations an epoch
+    cfg = train_net.setup(instant_args(str(output_dir), str(tmp_path / "synthetic"), *opts))
+    saved = yaml.safe_load((output_dir / "config.yaml").read_text())["SOLVER"]
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS) == (6, 3)  # not the config's 30 and 5
+    assert (saved["MAX_ITER"], saved["WARMUP_ITERS"], saved["MAX_EPOCHS"]) == (6, 3, 2)
+    train_net.setup(instant_args(str(output_dir), str(tmp_path / "synthetic"), *opts, extra=("--resume",)))
+    assert "differs from the run's config.yaml" not in (output_dir / "log.txt").read_text()
 
 
 def test_a_random_seed_is_recorded_in_config_yaml_and_resume_continues_with_it(tmp_path, monkeypatch):

@@ -78,6 +78,14 @@ AREA_EVALUATOR_TYPES = ("coco",)
 AREA_FIELD = {"area": (is_finite_number, "a number")}
 
 
+def check_json_fields(what: str, entry: Dict[str, Any], fields: Dict[str, Tuple[Callable[[Any], bool], str]]) -> None:
+    """A ConfigError ``"{what}: field F is V, expected E"`` for the first of ``fields`` (rules of
+    ``REQUIRED_JSON_FIELDS``; each present in ``entry``) whose value in ``entry`` breaks its rule."""
+    for field, (valid, expected) in fields.items():
+        if not valid(entry[field]):
+            raise ConfigError(f"{what}: field {field!r} is {entry[field]!r}, expected {expected}")
+
+
 def unregister_dataset(name: str) -> None:
     """Removes ``name`` from Detectron2's catalogs so that it can be registered again."""
     for catalog in (DatasetCatalog, MetadataCatalog):
@@ -146,9 +154,7 @@ def _check_json_fields(where: str, coco: Any, keypoint_names: List[str], evaluat
             missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else list(fields)
             if missing:
                 raise ConfigError(f"{where}: {what} is missing field(s) {missing}")
-            for field, (valid, expected) in fields.items():
-                if not valid(entry[field]):
-                    raise ConfigError(f"{where}: {what}: field {field!r} is {entry[field]!r}, expected {expected}")
+            check_json_fields(f"{where}: {what}", entry, fields)
     repeated = repeated_ids(image["id"] for image in coco["images"])
     if repeated:  # load_coco_json would keep one of the images and give it the annotations of all
         raise ConfigError(f"{where}: image ids must be unique, repeated: {', '.join(repeated[:5])}")

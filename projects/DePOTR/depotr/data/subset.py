@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..cli import ConfigError
+from .custom import REQUIRED_JSON_FIELDS, check_json_fields
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v
 
 def _entries(coco: Dict[str, Any], key: str, fields: Sequence[str]) -> List[Dict[str, Any]]:
     """``coco[key]`` (missing: a KeyError naming it), checked to be a list of objects that have
-    ``fields``; else a ConfigError naming the entry and the field."""
+    ``fields``, each valid by its rule in ``REQUIRED_JSON_FIELDS`` (ids: integers, as
+    ``load_keypoint_json`` requires; an image_id "2" names no image 2); else a ConfigError naming the
+    entry and the field."""
     entries = coco[key]
     if not isinstance(entries, list):
         raise ConfigError(f"field {key!r} is a json {_json_type(entries)}, expected a list of objects")
@@ -43,6 +46,8 @@ def _entries(coco: Dict[str, Any], key: str, fields: Sequence[str]) -> List[Dict
         missing = [field for field in fields if field not in entry]
         if missing:
             raise ConfigError(f"{key}[{i}] (id {entry.get('id')}) is missing field(s) {missing}")
+        rules = REQUIRED_JSON_FIELDS[key]
+        check_json_fields(f"{key}[{i}] (id {entry.get('id')})", entry, {f: rules[f] for f in fields if f in rules})
     return entries
 
 
@@ -78,9 +83,12 @@ def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.n
     """Per image: counts (I, K, 3) of v = 2 / 1 / 0 over its non-crowd person annotations and
     the number of such annotations (I,). Returns (image ids, counts, persons).
 
+    An annotation whose (integer) ``image_id`` no image has is left out (:func:`select_subset` counts them).
+
     Raises:
         ConfigError naming the field: ``images`` / ``annotations`` / ``categories`` not lists of
-        objects, an entry without a field read here, keypoints that are not 3K finite numbers.
+        objects, an entry without a field read here or with an id that is not an integer,
+        keypoints that are not 3K finite numbers.
     """
     cat_id = _person_category(coco)["id"]
     k = len(keypoint_names(coco))
@@ -129,6 +137,8 @@ def select_subset(
     deviate from the full set's by less than ``tolerance_pp`` percentage points (max over keypoints
     and v), by greedy swaps: each step makes the best of ``batch`` random (in, out) pairs if it
     lowers the deviation, up to ``max_steps`` steps or ``patience`` steps without improvement.
+    Annotations whose ``image_id`` no image has (in neither the shares nor :func:`subset_coco`'s
+    output) are counted in a warning, as Detectron2's ``load_coco_json`` does.
 
     Raises:
         ValueError: fraction outside (0, 1], or no subset within the tolerance was found.
@@ -136,6 +146,15 @@ def select_subset(
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     ids, counts, persons = visibility_counts(coco)
+    known = set(ids)
+    orphans = [i for i, anno in enumerate(coco["annotations"]) if anno["image_id"] not in known]
+    if orphans:
+        first = orphans[0]
+        logger.warning(
+            f"{len(orphans)} of {len(coco['annotations'])} annotations name an image_id that no image of the json "
+            f"has (first: annotations[{first}], image_id {coco['annotations'][first]['image_id']}); they are left "
+            "out of the visibility shares and of the subset."
+        )
     n = len(ids)
     m = max(1, int(round(fraction * n)))
     if persons.sum() == 0:

@@ -11,7 +11,8 @@
   its rows to that run's ``metrics.json`` (Detectron2's ``JSONWriter`` appends) and overwrite some of
   its checkpoints, so that the folder reads as one run made of two.
 * :func:`config_changes`: the keys in which a resumed run's config differs from the run's
-  ``config.yaml``, for ``train_net.py`` to warn about (the run continues under the new values).
+  ``config.yaml`` (:func:`saved_config`), for ``train_net.py`` to warn about (the run continues
+  under the new values).
 * :func:`run_seed`: the seed of a run whose config leaves ``SEED`` random (< 0), kept in its
   ``config.yaml`` so that ``--resume`` continues the same sample streams (docs/resume.md).
 * :func:`drop_metrics_after`: the ``metrics.json`` rows a dead run wrote after its last checkpoint
@@ -42,6 +43,7 @@ __all__ = [
     "drop_metrics_after",
     "lock_output_dir",
     "run_seed",
+    "saved_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,18 +208,23 @@ def _training_records(folder: str) -> List[str]:
     return records + ([metrics] if os.path.isfile(metrics) and os.path.getsize(metrics) > 0 else [])
 
 
-def config_changes(output_dir: str, config_yaml: str) -> List[str]:
-    """``"KEY: saved -> new"`` for every config key whose value in ``config_yaml`` (a config's
-    ``dump()``) differs from ``output_dir``'s ``config.yaml`` (the run's, as Detectron2's
-    ``default_setup`` wrote it), keys sorted; [] when the folder has no such file or it holds no
-    config (nothing to compare)."""
-    path = os.path.join(output_dir, "config.yaml")
+def saved_config(output_dir: str) -> Optional[Dict[str, Any]]:
+    """The config in ``output_dir``'s ``config.yaml`` (the run's: Detectron2's ``default_setup``
+    writes it, ``train_net.setup`` again with an epoch schedule's iteration counts); None when the
+    folder has no such file or it holds no config."""
     try:
-        with open(path) as f:
+        with open(os.path.join(output_dir, "config.yaml")) as f:
             saved = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
-        return []
-    if not isinstance(saved, dict):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def config_changes(saved: Optional[Dict[str, Any]], config_yaml: str) -> List[str]:
+    """``"KEY: saved -> new"`` for every config key whose value in ``config_yaml`` (a config's
+    ``dump()``) differs from ``saved`` (a run's config, :func:`saved_config`), keys sorted; [] when
+    ``saved`` is None (nothing to compare)."""
+    if saved is None:
         return []
     saved, new = _flat(saved), _flat(yaml.safe_load(config_yaml))
     missing = "(none)"
@@ -235,12 +242,7 @@ def run_seed(output_dir: str, resume: bool) -> int:
     ``config.yaml``, so that a resumed run draws the batches and augmentation of the run it continues
     (a new seed restarted the sampler's permutation mid-epoch and changed every sample's seed)."""
     if resume:
-        try:
-            with open(os.path.join(output_dir, "config.yaml")) as f:
-                saved = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
-            saved = None
-        seed = saved.get("SEED") if isinstance(saved, dict) else None
+        seed = (saved_config(output_dir) or {}).get("SEED")
         if isinstance(seed, int) and seed >= 0:
             return seed
     return int.from_bytes(os.urandom(4), "little") % 2**31

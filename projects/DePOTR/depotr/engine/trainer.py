@@ -162,6 +162,13 @@ class Trainer(CompatDefaultTrainer):
             # Continue the sampler's stream where the checkpointed run stopped.
             self.set_train_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
+    def after_train(self) -> None:
+        # A resumed finished run (start_iter == max_iter) runs no step, so TrainerBase.train's final
+        # ``iter += 1`` leaves max_iter + 1: its re-evaluation's metrics.json row goes at max_iter,
+        # where the finished run wrote its final evaluation (dropped by resume_or_load).
+        self.iter = min(self.iter, self.max_iter)
+        super().after_train()
+
     def build_train_loader(self, cfg: CfgNode, start_iter: int = 0):
         dicts = load_training_dicts(cfg)
         # An unreadable image (the mapper returns None) is replaced by another one.
