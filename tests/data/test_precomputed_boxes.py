@@ -92,7 +92,6 @@ def test_from_cfg_uses_the_test_dataset_position(tmp_path):
     cfg.DATASETS.PRECOMPUTED_BOXES = ("", _write(tmp_path, DETECTIONS))
     cfg.MODEL.DEPOTR.BOX_TOPK = 1
     dicts = [{"image_id": 1}]
-    assert "person_boxes" not in attach_precomputed_boxes_from_cfg(cfg, "a", dicts)[0]
     attached = attach_precomputed_boxes_from_cfg(cfg, "b", dicts)
     np.testing.assert_allclose(attached[0]["person_scores"], [0.9, 0.3, 0.6])
     (found,) = build_box_source(cfg, "precomputed")(_model_inputs(attached))
@@ -110,6 +109,17 @@ def _cfg(test_box_source, files):
     cfg.DATASETS.TEST = ("a",)
     cfg.DATASETS.PRECOMPUTED_BOXES = files
     return cfg
+
+
+def test_precomputed_boxes_without_a_file_is_an_error_unless_the_dicts_hold_boxes(tmp_path):
+    """The friction: TEST_BOX_SOURCE "precomputed" (the default) with no detections file for a test
+    dataset trained to the end, then failed at the evaluation with the box source's KeyError."""
+    cfg = _cfg("precomputed", ("",))
+    with pytest.raises(ConfigError, match="names no detections file for 'a' and its dicts hold no person_boxes"):
+        attach_precomputed_boxes_from_cfg(cfg, "a", [{"image_id": 1}])
+    with_boxes = [{"image_id": 1, "person_boxes": np.zeros((0, 4), np.float32)}]
+    assert attach_precomputed_boxes_from_cfg(cfg, "a", with_boxes) == with_boxes
+    assert attach_precomputed_boxes_from_cfg(_cfg("gt", ("",)), "a", [{"image_id": 1}]) == [{"image_id": 1}]
 
 
 @pytest.mark.parametrize("source", ["gt", "detector", "whole_image"])

@@ -273,6 +273,12 @@ def attach_precomputed_boxes_from_cfg(
         )
     json_file = files[tests.index(dataset_name)] if files and dataset_name in tests else ""
     if not json_file:
+        if dataset_dicts and not any("person_boxes" in d for d in dataset_dicts):
+            raise ConfigError(
+                f"MODEL.DEPOTR.TEST_BOX_SOURCE is 'precomputed' but DATASETS.PRECOMPUTED_BOXES names no detections "
+                f"file for {dataset_name!r} and its dicts hold no person_boxes: give one COCO results json per "
+                "DATASETS.TEST entry, or TEST_BOX_SOURCE 'gt' / 'detector' / 'whole_image'"
+            )
         return list(dataset_dicts)
     json_file = resolve_builtin_dataset_path(json_file)
     json_ids = list(MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", {}))
