@@ -43,6 +43,7 @@ def setup(args, cfg=None):
     from depotr.engine.checkpoint import check_checkpoint_fits
     from depotr.engine.run_dir import config_changes, lock_output_dir, saved_config
     from depotr.engine.trainer import load_training_dicts
+    from depotr.file_io import atomic_write
     from depotr.solver import apply_epoch_schedule
 
     if cfg is None:
@@ -50,17 +51,26 @@ def setup(args, cfg=None):
     register_synthetic_datasets_from_cfg(cfg)
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
-    lock, run_config = None, None
+    lock, run_config, run_config_yaml = None, None, None
+    config_yaml = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     if comm.is_main_process() and cfg.OUTPUT_DIR:  # before default_setup writes log.txt and config.yaml
         lock = lock_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
         if args.resume and not args.eval_only:
             run_config = saved_config(cfg.OUTPUT_DIR)  # compared once the epoch schedule is converted
+        if args.eval_only and os.path.isfile(config_yaml):  # an evaluation keeps the run's record (seed, schedule)
+            with open(config_yaml, "rb") as f:
+                run_config_yaml = f.read()
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
         if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
     comm.synchronize()  # the other ranks write their log.txt.rankN only into a folder rank 0 has taken
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="depotr")
+    if run_config_yaml is not None:  # default_setup wrote this evaluation's config over it (log.txt has it too)
+        atomic_write(config_yaml, lambda f: f.write(run_config_yaml))
+        logging.getLogger("depotr").info(
+            "--eval-only: kept the run's %s (this evaluation's config is logged above)", config_yaml
+        )
     if lock is not None:
         lock.log_recovery()
     if keypoints_from_dataset:
@@ -77,8 +87,7 @@ def setup(args, cfg=None):
         # Counting the training images loads them once more than the Trainer does (start-up only).
         apply_epoch_schedule(cfg, len(load_training_dicts(cfg)))
         if comm.is_main_process() and cfg.OUTPUT_DIR:  # default_setup wrote the config's MAX_ITER / WARMUP_ITERS
-            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
+            atomic_write(config_yaml, lambda f: f.write(cfg.dump().encode()))
     changes = config_changes(run_config, cfg.dump())
     if changes:
         logging.getLogger("depotr").warning(

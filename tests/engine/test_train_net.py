@@ -351,6 +351,22 @@ def test_config_yaml_of_an_epoch_schedule_holds_the_iteration_counts_the_run_use
     assert "differs from the run's config.yaml" not in (output_dir / "log.txt").read_text()
 
 
+def test_eval_only_in_a_run_folder_keeps_the_runs_config_yaml(tmp_path):
+    """The friction: --eval-only in a training run's folder replaced its config.yaml (Detectron2's
+    default_setup writes it), so the next --resume compared with, and took its seed from, the
+    evaluation's config: an epoch run then warned 'MAX_ITER: 30 -> 6'."""
+    output_dir, synthetic = tmp_path / "run", str(tmp_path / "synthetic")
+    opts = ["DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES", "6", "DATASETS.SYNTHETIC.NUM_VAL_IMAGES", "1"]
+    opts += ["SOLVER.MAX_EPOCHS", "2", "SEED", "5"]
+    train_net.setup(instant_args(str(output_dir), synthetic, *opts))
+    run_yaml = (output_dir / "config.yaml").read_bytes()
+    cfg = train_net.setup(instant_args(str(output_dir), synthetic, *opts[:-1], "9", extra=("--eval-only",)))
+    assert cfg.SEED == 9 and (output_dir / "config.yaml").read_bytes() == run_yaml
+    assert not [p for p in os.listdir(output_dir) if p.endswith(".tmp")]
+    train_net.setup(instant_args(str(output_dir), synthetic, *opts, extra=("--resume",)))
+    assert "differs from the run's config.yaml" not in (output_dir / "log.txt").read_text()
+
+
 def test_a_random_seed_is_recorded_in_config_yaml_and_resume_continues_with_it(tmp_path, monkeypatch):
     """The friction: with SEED -1 (Detectron2's default, the COCO configs') --resume drew a new
     seed, so the resumed run's sampler restarted another permutation mid-epoch and augmented every
