@@ -51,6 +51,14 @@ def _on_cpu(cfg) -> bool:
     return torch.device(cfg.MODEL.DEVICE).type == "cpu"
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 convolutions and matmuls natively (avx512_bf16 or AMX);
+    without, oneDNN emulates them ~20x slower than float32 (benchmarks/README.md). torch.cpu's
+    checks are private: a torch without them counts as native (no warning rather than a wrong one)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is None or check() for check in checks)
+
+
 @META_ARCH_REGISTRY.register()
 class TopDownPoseEstimator(nn.Module):
     """Crops every person box of a batch with one call of ``crops.crop_images`` (uint8 images are
@@ -163,6 +171,21 @@ class TopDownPoseEstimator(nn.Module):
             logging.getLogger(__name__).warning(
                 "TEST.PRECISION float16 on a CPU: the deformable attention has no float16 CPU kernel and "
                 "falls back to its slow reference; bfloat16 is the CPU's lower precision"
+            )
+        bfloat16_keys = [
+            k
+            for k, on in (
+                ("TEST.PRECISION bfloat16", cfg.TEST.PRECISION == "bfloat16"),
+                ("SOLVER.AMP.ENABLED", cfg.SOLVER.AMP.ENABLED),
+            )
+            if on
+        ]
+        if bfloat16_keys and _on_cpu(cfg) and not cpu_has_native_bfloat16():
+            logging.getLogger(__name__).warning(
+                "%s on a CPU without avx512_bf16 or AMX (%s): its bfloat16 convolutions and matmuls are emulated, "
+                "about 20x slower than float32 (benchmarks/README.md); float32 is faster here",
+                " and ".join(bfloat16_keys),
+                torch.backends.cpu.get_cpu_capability(),
             )
         return {
             "keypoint_branch": build_keypoint_branch(cfg),
