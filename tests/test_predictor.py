@@ -306,6 +306,22 @@ def test_predict_batch_refuses_one_image_for_a_batch(predictor, tmp_path):
     assert [x.image_size for x in predictor.predict_batch(batch)] == [(40, 30), (40, 30)]
 
 
+def test_predict_batch_takes_iterables(predictor):
+    """The friction: predict_batch(iter([image]), ...) raised "object of type 'list_iterator' has
+    no len()"; images, boxes, scores and image ids may be any iterables, each read once."""
+    images = [astronaut_bgr(), astronaut_bgr(96, 112)]
+    boxes = [[[10.0, 20.0, 60.0, 110.0]], None]
+    expected = predictor.predict_batch(images, boxes=boxes, scores=[[0.9], None])
+    batched = predictor.predict_batch(
+        iter(images), boxes=(b for b in boxes), scores=iter([[0.9], None]), image_ids=iter(["a", "b"])
+    )
+    assert len(batched) == 2
+    for got, want in zip(batched, expected):
+        assert_same_instances(got, want)
+    with pytest.raises(ValueError, match="got 2 images and 1 image ids"):
+        predictor.predict_batch(iter(images), image_ids=iter(["a"]))
+
+
 def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
     assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
     jpeg = (tmp_path / "whole.jpg").read_bytes()

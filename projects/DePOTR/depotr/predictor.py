@@ -11,7 +11,7 @@ Shape letters: B images, N persons of one image, K keypoints, (H, W) an image's 
 
 import logging
 import os
-from typing import Hashable, List, Optional, Sequence, Tuple, Union
+from typing import Hashable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -156,14 +156,17 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(
         self,
-        images: Sequence[ImageLike],
-        boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
-        scores: Optional[Sequence[Optional[ScoresLike]]] = None,
+        images: Iterable[ImageLike],
+        boxes: Optional[Iterable[Optional[BoxesLike]]] = None,
+        scores: Optional[Iterable[Optional[ScoresLike]]] = None,
         box_mode: BoxMode = BoxMode.XYXY_ABS,
-        image_ids: Optional[Sequence[Hashable]] = None,
+        image_ids: Optional[Iterable[Hashable]] = None,
     ) -> List[Instances]:
         """Persons of B images; all persons of all images are cropped together (from the uint8
         images) and go through one forward of the keypoint branch (two with ``TEST.FLIP``).
+
+        ``images``, ``boxes``, ``scores`` and ``image_ids`` may be any iterables (lists, tuples,
+        generators, a (B, H, W, 3) array); each is read once.
 
         Args:
             images: B images, each a (H, W, 3) uint8 BGR array (or another layout
@@ -191,16 +194,17 @@ class Predictor:
                 another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
                 infinite score (each message names the image by its id).
             TypeError: ``images`` is one image (a path, or an (H, W, C) array of C = 1, 3 or 4),
-                not a sequence of them (an array's rows would be read as images).
+                not an iterable of them (an array's rows would be read as images).
         """
         if isinstance(images, (str, os.PathLike)) or (
             isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (1, 3, 4)
         ):
             what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else repr(images)
             raise TypeError(
-                f"predict_batch takes a sequence of images, got one image ({what}): "
+                f"predict_batch takes an iterable of images, got one image ({what}): "
                 "call the predictor itself, predictor(image), or pass [image]"
             )
+        images = list(images)
         num = len(images)
         if num == 0:
             return []
@@ -208,9 +212,9 @@ class Predictor:
         scores = [None] * num if scores is None else list(scores)
         if len(boxes) != num or len(scores) != num:
             raise ValueError(f"got {num} images, {len(boxes)} box entries and {len(scores)} score entries")
-        if image_ids is not None and len(image_ids) != num:
-            raise ValueError(f"got {num} images and {len(image_ids)} image ids")
         image_ids = [None] * num if image_ids is None else list(image_ids)
+        if len(image_ids) != num:
+            raise ValueError(f"got {num} images and {len(image_ids)} image ids")
         inputs = [
             self._model_input(image, index, image_id) for index, (image, image_id) in enumerate(zip(images, image_ids))
         ]
