@@ -376,6 +376,16 @@ def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):
         ValueError, match=r"person box 1 of image 0 is degenerate.*if it is XYWH, pass box_mode=BoxMode.XYWH_ABS"
     ):
         predictor(image, boxes=xywh)
+    # A zero-width XYWH box given with its box mode: the error showed the converted XYXY box and
+    # advised passing box_mode=BoxMode.XYWH_ABS; now the box as given, in its mode, and no advice.
+    with pytest.raises(ValueError) as error:
+        predictor(image, boxes=[[10, 20, 30, 40], [10, 20, 0, 80]], box_mode=BoxMode.XYWH_ABS, image_id="f")
+    assert str(error.value) == (
+        "precomputed person box 1 of image 'f' is degenerate: [10.0, 20.0, 0.0, 80.0] (XYWH; width and height "
+        "must be finite and > 0); 1 of 2 boxes of this image are degenerate"
+    )
+    with pytest.raises(ValueError, match=r"^image 0: box scores must be finite; box 0 has score inf"):
+        predictor(image, boxes=xywh, scores=[float("inf"), 1.0], box_mode=BoxMode.XYWH_ABS)
     with pytest.raises(ValueError, match="box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS"):
         predictor(image, boxes=xyxy / 96, box_mode=BoxMode.XYXY_REL)
 
