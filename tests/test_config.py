@@ -72,6 +72,25 @@ def test_override_of_the_wrong_type_is_a_config_error():
         load_depotr_config(CONFIG, ["TEST.FLIP", "[1, 2]"])
 
 
+def test_an_integer_override_of_a_float_key_is_that_float():
+    """The friction: SOLVER.WARMUP_EPOCHS 0 was refused with yacs' "Type mismatch (<class 'float'>
+    vs. <class 'int'>)" (its default is 0.0)."""
+    cfg = load_depotr_config(CONFIG, ["SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BASE_LR", -2, "TEST.SMOOTH.BETA", "3"])
+    assert (cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.BASE_LR, cfg.TEST.SMOOTH.BETA) == (0.0, -2.0, 3.0)
+    assert all(type(v) is float for v in (cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.BASE_LR, cfg.TEST.SMOOTH.BETA))
+    assert type(load_depotr_config(CONFIG, ["SOLVER.MAX_ITER", "7"]).SOLVER.MAX_ITER) is int  # int keys stay int
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("SOLVER.WARMUP_EPOCHS", "True"), ("SOLVER.MAX_ITER", "1.5"), ("SOLVER.WARMUP_EPOCHS", "1" * 400)],
+    ids=["bool-for-float", "float-for-int", "int-beyond-floats"],
+)
+def test_other_numbers_of_another_type_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"^config overrides: Type mismatch .* for config key: {key}$"):
+        load_depotr_config(CONFIG, [key, value])
+
+
 def test_yaml_typo_names_the_file_and_the_nearest_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  DEPOTR:\n    ENC_LAYER: 2\n")

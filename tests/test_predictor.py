@@ -306,6 +306,22 @@ def test_predict_batch_refuses_one_image_for_a_batch(predictor, tmp_path):
     assert [x.image_size for x in predictor.predict_batch(batch)] == [(40, 30), (40, 30)]
 
 
+def test_predict_batch_takes_iterables(predictor):
+    """The friction: predict_batch(iter([image]), ...) raised "object of type 'list_iterator' has
+    no len()"; images, boxes, scores and image ids may be any iterables, each read once."""
+    images = [astronaut_bgr(), astronaut_bgr(96, 112)]
+    boxes = [[[10.0, 20.0, 60.0, 110.0]], None]
+    expected = predictor.predict_batch(images, boxes=boxes, scores=[[0.9], None])
+    batched = predictor.predict_batch(
+        iter(images), boxes=(b for b in boxes), scores=iter([[0.9], None]), image_ids=iter(["a", "b"])
+    )
+    assert len(batched) == 2
+    for got, want in zip(batched, expected):
+        assert_same_instances(got, want)
+    with pytest.raises(ValueError, match="got 2 images and 1 image ids"):
+        predictor.predict_batch(iter(images), image_ids=iter(["a"]))
+
+
 def test_truncated_jpeg_and_folder_are_not_read_as_images(tmp_path):
     assert cv2.imwrite(str(tmp_path / "whole.jpg"), astronaut_bgr())
     jpeg = (tmp_path / "whole.jpg").read_bytes()
@@ -360,6 +376,16 @@ def test_xywh_boxes_with_their_box_mode_equal_the_xyxy_boxes(predictor):
         ValueError, match=r"person box 1 of image 0 is degenerate.*if it is XYWH, pass box_mode=BoxMode.XYWH_ABS"
     ):
         predictor(image, boxes=xywh)
+    # A zero-width XYWH box given with its box mode: the error showed the converted XYXY box and
+    # advised passing box_mode=BoxMode.XYWH_ABS; now the box as given, in its mode, and no advice.
+    with pytest.raises(ValueError) as error:
+        predictor(image, boxes=[[10, 20, 30, 40], [10, 20, 0, 80]], box_mode=BoxMode.XYWH_ABS, image_id="f")
+    assert str(error.value) == (
+        "precomputed person box 1 of image 'f' is degenerate: [10.0, 20.0, 0.0, 80.0] (XYWH; width and height "
+        "must be finite and > 0); 1 of 2 boxes of this image are degenerate"
+    )
+    with pytest.raises(ValueError, match=r"^image 0: box scores must be finite; box 0 has score inf"):
+        predictor(image, boxes=xywh, scores=[float("inf"), 1.0], box_mode=BoxMode.XYWH_ABS)
     with pytest.raises(ValueError, match="box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS"):
         predictor(image, boxes=xyxy / 96, box_mode=BoxMode.XYXY_REL)
 

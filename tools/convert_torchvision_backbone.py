@@ -17,10 +17,10 @@ that ResNet. The command prints the
 import argparse
 import sys
 
-import torch
-
+# torch and Detectron2 (depotr.modeling) are imported once the arguments are parsed (a fast --help,
+# and run_main's filter of their import warnings applies)
+from depotr.cli import ConfigError, run_main
 from depotr.file_io import output_problem
-from depotr.modeling.torchvision_resnet import convert_torchvision_resnet, save_detectron2_weights
 
 
 def main(argv=None) -> int:
@@ -33,19 +33,20 @@ def main(argv=None) -> int:
     problem = output_problem(args.output)
     if problem:
         parser.error(f"output {args.output}: {problem}")
+    import torch
+
+    from depotr.modeling.torchvision_resnet import convert_torchvision_resnet, save_detectron2_weights
+
     try:
         state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        print(f"error: cannot read {args.input} as a torch state dict ({type(e).__name__}: {e})", file=sys.stderr)
-        return 1
+        raise ConfigError(f"cannot read {args.input} as a torch state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state_dict, dict):
-        print(f"error: {args.input} holds a {type(state_dict).__name__}, expected a state dict", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.input} holds a {type(state_dict).__name__}, expected a state dict")
     try:
         converted = convert_torchvision_resnet(state_dict)
     except ValueError as e:
-        print(f"error: {args.input}: {e}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.input}: {e}") from e
     try:
         save_detectron2_weights(args.output, converted.state_dict)
     except OSError as e:  # the write itself (a full disk, ...): named by the output, not its temporary file
@@ -61,4 +62,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -155,7 +155,7 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             r"full\.json: field 'images' is a json object, expected a list of objects$",
         ),
         (
-            '{"images": [{"id": 1}], "annotations": [{"image_id": 1}, 5], ' + NOSE_CATEGORY + "}",
+            '{"images": [{"id": 1}], "annotations": [{"image_id": 1, "category_id": 1}, 5], ' + NOSE_CATEGORY + "}",
             r"full\.json: annotations\[1\] is a json int, expected an object$",
         ),
         # Passed unnoticed (the visibility read from a string compared unequal to 1 and 2: v = 0).
@@ -171,9 +171,22 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             "[3, 4, 2]}], " + NOSE_CATEGORY + "}",
             r"full\.json: annotations\[0\] \(id 8\): field 'image_id' is '2', expected an integer$",
         ),
+        # Left out of the visibility shares (category "1" is not 1), yet written to the subset.
+        (
+            '{"images": [{"id": 1}, {"id": 2}], "annotations": [{"id": 8, "image_id": 1, "category_id": 1, '
+            '"keypoints": [3, 4, 2]}, {"id": 9, "image_id": 2, "category_id": "1", "keypoints": [3, 4, 1]}], '
+            + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[1\] \(id 9\): field 'category_id' is '1', expected an integer$",
+        ),
+        (
+            '{"images": [{"id": 1}], "annotations": [{"id": 8, "image_id": 1, "keypoints": [3, 4, 2]}], '
+            + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[0\] \(id 8\) is missing field\(s\) \['category_id'\]$",
+        ),
     ],
     ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list", "images-object",
-         "annotation-not-object", "keypoint-string", "image-id-string"],
+         "annotation-not-object", "keypoint-string", "image-id-string", "category-id-string",
+         "category-id-missing"],
 )  # fmt: skip
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"

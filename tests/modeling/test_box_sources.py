@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.structures import Boxes, Instances, Keypoints
+from detectron2.structures import Boxes, BoxMode, Instances, Keypoints
 
 from depotr.config import add_depotr_config
 from depotr.modeling import box_sources
@@ -74,6 +74,20 @@ def test_check_boxes_names_image_and_index(bad_box):
     with pytest.raises(ValueError, match=r"gt person box 1 of image 'img42'"):
         check_boxes(boxes, "gt", "img42")
     check_boxes(boxes[:1], "gt", "img42")  # valid boxes pass
+
+
+def test_check_boxes_in_xywh_shows_the_box_as_given():
+    # A width of 0 in XYWH (x1 = x0 in XYXY) and a box that is valid only as XYWH (x1 < x0).
+    boxes = torch.tensor([[50.0, 5.0, 30.0, 60.0], [10.0, 20.0, 0.0, 80.0]])
+    with pytest.raises(ValueError) as error:
+        check_boxes(boxes, "precomputed", 3, torch.ones(2), BoxMode.XYWH_ABS)
+    assert str(error.value) == (
+        "precomputed person box 1 of image 3 is degenerate: [10.0, 20.0, 0.0, 80.0] (XYWH; width and height must "
+        "be finite and > 0); 1 of 2 boxes of this image are degenerate"
+    )
+    check_boxes(boxes[:1], "precomputed", 3, box_mode=BoxMode.XYWH_ABS)
+    with pytest.raises(ValueError, match=r"box 0 .*: \[50.0, 5.0, 30.0, 60.0\] \(XYXY; .*pass box_mode=BoxMode.XYWH"):
+        check_boxes(boxes[:1], "precomputed", 3)
 
 
 @pytest.mark.parametrize("source", ["gt", "precomputed"])

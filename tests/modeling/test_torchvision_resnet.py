@@ -2,6 +2,9 @@
 tools/convert_torchvision_backbone.py): every tensor lands, features equal torchvision's."""
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone import ResNet
 
+from depotr.cli import run_main
 from depotr.config import load_depotr_config
 from depotr.modeling import build_resnet
 from depotr.modeling.torchvision_resnet import convert_torchvision_resnet, save_detectron2_weights
@@ -153,3 +157,36 @@ def test_converter_tool_checks_the_output_folder_first_and_names_the_output(tmp_
         load_script("tools/convert_torchvision_backbone.py").main([str(tmp_path / "resnet18.pth"), str(output)])
     err = capsys.readouterr().err
     assert f"output {output}: its folder {output.parent} does not exist" in err and ".tmp-" not in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"cannot read \S*in\.pth as a torch state dict \(FileNotFoundError: .*No such file"),
+        ([1, 2], r"\S*in\.pth holds a list, expected a state dict$"),
+        ({"bn1.weight": torch.zeros(1)}, r"\S*in\.pth: no conv1\.weight"),
+    ],
+    ids=["missing", "not-a-dict", "not-a-resnet"],
+)
+def test_converter_tool_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, content, message):
+    """The friction: status 1, where docs/tools.md says path mistakes end in one `error: ...` line
+    and status 2, as the other tools (depotr.cli.run_main)."""
+    if content is not None:
+        torch.save(content, tmp_path / "in.pth")
+    tool = load_script("tools/convert_torchvision_backbone.py")
+    assert run_main(tool.main, [str(tmp_path / "in.pth"), str(tmp_path / "r18.pkl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match("error: " + message, err), err
+    assert not (tmp_path / "r18.pkl").exists()
+
+
+def test_converter_tool_prints_no_third_party_warnings(tmp_path):
+    # Its module-level Detectron2 import printed four torch.jit.script FutureWarnings before main ran.
+    argv = [str(tmp_path / "missing.pth"), str(tmp_path / "r18.pkl")]
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "convert_torchvision_backbone.py"), *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: cannot read "), done.stderr
+    assert "Warning" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

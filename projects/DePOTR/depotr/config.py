@@ -3,6 +3,7 @@
 Call :func:`add_depotr_config` in every entry point before merging a yaml file; unknown keys fail.
 """
 
+import ast
 import difflib
 import logging
 import os
@@ -222,6 +223,7 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         ConfigError: (one line) a missing file (naming its existing ``.yaml`` / ``.yml`` twin) or
             ``_BASE_`` file, invalid YAML (file and line), a file that is no mapping of keys, an odd
             number of ``opts``, a value of the wrong type or an unknown key (with the nearest valid key).
+            An integer for a float key in ``opts`` (``SOLVER.WARMUP_EPOCHS 0``) is taken as that float.
     """
     cfg = get_cfg()
     add_depotr_config(cfg)
@@ -250,7 +252,7 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         if key not in keys and not cfg.key_is_deprecated(key) and not cfg.key_is_renamed(key):
             raise ConfigError(f"unknown config key {key} in the overrides{_nearest(cfg, key)}")
     try:
-        cfg.merge_from_list(opts)
+        cfg.merge_from_list(_ints_as_floats(cfg, opts))
     except (ValueError, AssertionError) as e:  # yacs: a value of the wrong type
         raise ConfigError(f"config overrides: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -278,6 +280,26 @@ def _check_config_file(config_file: str) -> None:
     if twin != config_file and os.path.isfile(twin):
         raise ConfigError(f"config file {config_file} does not exist, but {twin} does ({ext} for {twin[len(stem) :]}?)")
     raise ConfigError(f"config file {config_file} does not exist")
+
+
+def _ints_as_floats(cfg: CN, opts: List[str]) -> List[str]:
+    """``opts`` (KEY VALUE ...) with each integer value of a float key written as a float ("0" ->
+    "0.0"): yacs refuses an int for a float default ("Type mismatch (<class 'float'> vs. <class
+    'int'>)") though the number is the same. Values are read as yacs reads them (``literal_eval``)."""
+    opts = list(opts)
+    for i in range(0, len(opts), 2):
+        node = cfg
+        for name in opts[i].split("."):  # a deprecated or renamed key is not in cfg: left to yacs
+            node = node.get(name) if isinstance(node, CN) else None
+        if type(node) is not float:
+            continue
+        try:
+            value = ast.literal_eval(opts[i + 1])
+            if type(value) is int:  # not bool
+                opts[i + 1] = repr(float(value))
+        except (ValueError, SyntaxError, OverflowError):  # no literal, or an int beyond floats: yacs refuses it
+            pass
+    return opts
 
 
 def _full_keys(node: CN, prefix: str = "") -> List[str]:

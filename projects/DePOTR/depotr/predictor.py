@@ -11,7 +11,7 @@ Shape letters: B images, N persons of one image, K keypoints, (H, W) an image's 
 
 import logging
 import os
-from typing import Hashable, List, Optional, Sequence, Tuple, Union
+from typing import Hashable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .config import log_device
 from .data.image_io import read_image_bgr, to_bgr_uint8
 from .engine.checkpoint import DePOTRCheckpointer, weights_to_load
 from .engine.detector import build_person_detector
-from .modeling.box_sources import build_box_source
+from .modeling.box_sources import PrecomputedBoxes, build_box_source, check_boxes
 from .modeling.meta_arch import build_pose_model, check_pose_config
 
 __all__ = ["Predictor", "person_proposals"]
@@ -44,10 +44,11 @@ def person_proposals(
     box_mode: BoxMode = BoxMode.XYXY_ABS,
     image_id: Optional[Hashable] = None,
 ) -> Instances:
-    """The ``"proposals"`` of one model input (box source "precomputed"), converted to XYXY; only
-    the shapes ``Instances`` need are checked here (the box source checks the values). Boxes that
-    look normalised to [0, 1] (all coordinates <= 1.5 on an image whose long side exceeds 32
-    pixels) are warned about.
+    """The ``"proposals"`` of one model input (box source "precomputed"), converted to XYXY. The
+    boxes obey the box sources' rule 1 (:func:`depotr.modeling.box_sources.check_boxes`), checked
+    here in ``box_mode`` so that an error shows a box as the caller gave it. Boxes that look
+    normalised to [0, 1] (all coordinates <= 1.5 on an image whose long side exceeds 32 pixels) are
+    warned about.
 
     Args:
         boxes: (N, 4) person boxes in image pixels (array, tensor, Boxes, or a list of N rows:
@@ -55,36 +56,45 @@ def person_proposals(
             ``box_mode``: XYXY_ABS or XYWH_ABS (relative modes are a ValueError).
         scores: (N,) box scores; None gives 1 to every box.
         image_size: (H, W) of the image.
-        image_id: names the image in the warning (None: not named).
+        image_id: names the image in errors and the warning (None: errors name "image None").
 
     Returns:
         Instances of ``image_size`` with ``proposal_boxes`` (Boxes (N, 4), float32) and ``scores``
         (N,) float32, on the CPU unless ``boxes`` is a tensor elsewhere.
+
+    Raises:
+        ValueError: boxes or scores of the wrong shape, another ``box_mode``, a degenerate box or a
+            score that is not finite (each message names the image).
     """
-    if isinstance(boxes, Boxes):
-        boxes = boxes.tensor
-    elif isinstance(boxes, (list, tuple)):  # rows as tensors too (torch.as_tensor takes only 1-element ones)
-        boxes = [box.tolist() if isinstance(box, Tensor) else box for box in boxes]
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    if boxes.numel() == 0:
-        boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"person boxes must be (N, 4) {box_mode.name}, got shape {tuple(boxes.shape)}")
-    if box_mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
-        raise ValueError(f"box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS (image pixels), got {box_mode!r}")
+    named = "" if image_id is None else f"image {image_id!r}: "
+    try:
+        if isinstance(boxes, Boxes):
+            boxes = boxes.tensor
+        elif isinstance(boxes, (list, tuple)):  # rows as tensors too (torch.as_tensor takes only 1-element ones)
+            boxes = [box.tolist() if isinstance(box, Tensor) else box for box in boxes]
+        boxes = torch.as_tensor(boxes, dtype=torch.float32)
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"person boxes must be (N, 4) {box_mode.name}, got shape {tuple(boxes.shape)}")
+        if box_mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
+            raise ValueError(f"box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS (image pixels), got {box_mode!r}")
+        scores = boxes.new_ones(len(boxes)) if scores is None else scores
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
+        if scores.shape != (len(boxes),):
+            raise ValueError(
+                f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}"
+            )
+    except ValueError as e:
+        raise ValueError(f"{named}{e}") from e
+    check_boxes(boxes, PrecomputedBoxes.name, image_id, scores, box_mode)
     boxes = BoxMode.convert(boxes, box_mode, BoxMode.XYXY_ABS)
     if len(boxes) and max(image_size) > _NORMALISED_MIN_SIDE and bool((boxes.abs() <= _NORMALISED_MAX_COORD).all()):
-        named = "" if image_id is None else f"image {image_id!r}: "
         logger.warning(
             f"{named}all {len(boxes)} person boxes have coordinates <= {_NORMALISED_MAX_COORD} on a {image_size[1]}x"
             f"{image_size[0]} image: are they normalised to [0, 1]? Boxes are in image pixels: multiply x by the "
             "width and y by the height"
         )
-    if scores is None:
-        scores = boxes.new_ones(len(boxes))
-    scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
-    if scores.shape != (len(boxes),):
-        raise ValueError(f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}")
     proposals = Instances(tuple(image_size))
     proposals.proposal_boxes = Boxes(boxes)
     proposals.scores = scores
@@ -156,14 +166,17 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(
         self,
-        images: Sequence[ImageLike],
-        boxes: Optional[Sequence[Optional[BoxesLike]]] = None,
-        scores: Optional[Sequence[Optional[ScoresLike]]] = None,
+        images: Iterable[ImageLike],
+        boxes: Optional[Iterable[Optional[BoxesLike]]] = None,
+        scores: Optional[Iterable[Optional[ScoresLike]]] = None,
         box_mode: BoxMode = BoxMode.XYXY_ABS,
-        image_ids: Optional[Sequence[Hashable]] = None,
+        image_ids: Optional[Iterable[Hashable]] = None,
     ) -> List[Instances]:
         """Persons of B images; all persons of all images are cropped together (from the uint8
         images) and go through one forward of the keypoint branch (two with ``TEST.FLIP``).
+
+        ``images``, ``boxes``, ``scores`` and ``image_ids`` may be any iterables (lists, tuples,
+        generators, a (B, H, W, 3) array); each is read once.
 
         Args:
             images: B images, each a (H, W, 3) uint8 BGR array (or another layout
@@ -191,16 +204,17 @@ class Predictor:
                 another layout, boxes or scores of the wrong shape, a degenerate box, a NaN or
                 infinite score (each message names the image by its id).
             TypeError: ``images`` is one image (a path, or an (H, W, C) array of C = 1, 3 or 4),
-                not a sequence of them (an array's rows would be read as images).
+                not an iterable of them (an array's rows would be read as images).
         """
         if isinstance(images, (str, os.PathLike)) or (
             isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (1, 3, 4)
         ):
             what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else repr(images)
             raise TypeError(
-                f"predict_batch takes a sequence of images, got one image ({what}): "
+                f"predict_batch takes an iterable of images, got one image ({what}): "
                 "call the predictor itself, predictor(image), or pass [image]"
             )
+        images = list(images)
         num = len(images)
         if num == 0:
             return []
@@ -208,9 +222,9 @@ class Predictor:
         scores = [None] * num if scores is None else list(scores)
         if len(boxes) != num or len(scores) != num:
             raise ValueError(f"got {num} images, {len(boxes)} box entries and {len(scores)} score entries")
-        if image_ids is not None and len(image_ids) != num:
-            raise ValueError(f"got {num} images and {len(image_ids)} image ids")
         image_ids = [None] * num if image_ids is None else list(image_ids)
+        if len(image_ids) != num:
+            raise ValueError(f"got {num} images and {len(image_ids)} image ids")
         inputs = [
             self._model_input(image, index, image_id) for index, (image, image_id) in enumerate(zip(images, image_ids))
         ]
@@ -218,12 +232,9 @@ class Predictor:
             if image_boxes is None and image_scores is not None:
                 raise ValueError(f"image {x['image_id']!r} has scores but no boxes")
             if image_boxes is not None:
-                try:
-                    x["proposals"] = person_proposals(
-                        image_boxes, image_scores, (x["height"], x["width"]), box_mode, x["image_id"]
-                    )
-                except ValueError as e:
-                    raise ValueError(f"image {x['image_id']!r}: {e}") from e
+                x["proposals"] = person_proposals(
+                    image_boxes, image_scores, (x["height"], x["width"]), box_mode, x["image_id"]
+                )
         undetected = [x for x in inputs if "proposals" not in x]
         if self.detector is not None and undetected:
             for x, proposals in zip(undetected, self.detector(undetected, self.input_format)):

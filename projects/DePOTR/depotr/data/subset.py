@@ -87,7 +87,8 @@ def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.n
 
     Raises:
         ConfigError naming the field: ``images`` / ``annotations`` / ``categories`` not lists of
-        objects, an entry without a field read here or with an id that is not an integer,
+        objects, an entry without a field read here or with an id that is not an integer (a
+        ``category_id`` "1" would be another category: left out of the shares, yet in the subset),
         keypoints that are not 3K finite numbers.
     """
     cat_id = _person_category(coco)["id"]
@@ -96,8 +97,8 @@ def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.n
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     counts = np.zeros((len(image_ids), k, 3), np.int64)
     persons = np.zeros(len(image_ids), np.int64)
-    for i, anno in enumerate(_entries(coco, "annotations", ("image_id",))):
-        if anno.get("category_id") != cat_id or anno.get("iscrowd", 0) or anno["image_id"] not in row:
+    for i, anno in enumerate(_entries(coco, "annotations", ("image_id", "category_id"))):
+        if anno["category_id"] != cat_id or anno.get("iscrowd", 0) or anno["image_id"] not in row:
             continue
         kps = np.asarray(anno.get("keypoints") or [0] * (3 * k))
         if kps.dtype.kind not in "iuf" or kps.shape != (3 * k,) or not np.isfinite(kps).all():

@@ -8,8 +8,9 @@ Every source returns per image a :class:`PersonBoxes` under ONE policy, applied 
 
 1. Malformed boxes are input errors, before any filter: boxes not (N, 4), scores not (N,) or not
    finite, a box not finite or of width or height <= 0 raise a ValueError naming the image id, the
-   source and the box index (:func:`check_boxes`). ``gt`` checks the boxes of the persons it
-   keeps (those with ``min_keypoints`` labelled keypoints); the others' boxes are never used.
+   source and the box index (:func:`check_boxes`; a ``Predictor`` caller's boxes are checked
+   first in the caller's ``box_mode``). ``gt`` checks the boxes of the persons it keeps (those
+   with ``min_keypoints`` labelled keypoints); the others' boxes are never used.
 2. Ranked sources (``precomputed``, hence ``detector``) drop boxes scoring below
    ``MODEL.DEPOTR.BOX_SCORE_THRESH``, sort the rest by decreasing score (stable) and keep the
    ``BOX_TOPK`` first (<= 0: all) (:func:`select_boxes`), counting the drops in ``num_dropped``.
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from detectron2.config import CfgNode
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, BoxMode
 from detectron2.utils.logger import log_every_n_seconds
 
 __all__ = [
@@ -61,12 +62,21 @@ class PersonBoxes(NamedTuple):
     index: Tensor  # (N,) int64, each box's position in its source's list (0 for the whole image)
 
 
-def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[Tensor] = None) -> None:
-    """Rule 1 of the module's policy for (N, 4) XYXY boxes and their (N,) scores (or None);
-    ``source`` and ``image_id`` are named in the error."""
+def check_boxes(
+    boxes: Tensor,
+    source: str,
+    image_id: object,
+    scores: Optional[Tensor] = None,
+    box_mode: BoxMode = BoxMode.XYXY_ABS,
+) -> None:
+    """Rule 1 of the module's policy for (N, 4) boxes and their (N,) scores (or None); ``source``
+    and ``image_id`` are named in the error. ``box_mode``: the boxes' mode, XYXY_ABS (the sources)
+    or XYWH_ABS (a ``Predictor`` caller's, checked before conversion so that the error shows the
+    box as given)."""
+    mode = {BoxMode.XYXY_ABS: "XYXY", BoxMode.XYWH_ABS: "XYWH"}[box_mode]
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(
-            f"{source} person boxes of image {image_id!r} must be (N, 4) XYXY, got shape {tuple(boxes.shape)}"
+            f"{source} person boxes of image {image_id!r} must be (N, 4) {mode}, got shape {tuple(boxes.shape)}"
         )
     if scores is not None:
         if scores.shape != (len(boxes),):
@@ -80,14 +90,14 @@ def check_boxes(boxes: Tensor, source: str, image_id: object, scores: Optional[T
                 f"image {image_id!r}: box scores must be finite; box {bad[0]} has score {float(scores[bad[0]])} "
                 f"({source} boxes; {len(bad)} of {len(boxes)} scores are not finite)"
             )
-    sizes = boxes[:, 2:] - boxes[:, :2]
+    sizes = boxes[:, 2:] if box_mode == BoxMode.XYWH_ABS else boxes[:, 2:] - boxes[:, :2]
     bad = ~(torch.isfinite(boxes).all(dim=1) & (sizes > 0).all(dim=1))
     if bad.any():
         index = int(bad.nonzero()[0, 0])
+        hint = "; if it is XYWH, pass box_mode=BoxMode.XYWH_ABS" if box_mode == BoxMode.XYXY_ABS else ""
         raise ValueError(
             f"{source} person box {index} of image {image_id!r} is degenerate: "
-            f"{boxes[index].tolist()} (XYXY; width and height must be finite and > 0; if it is XYWH, "
-            f"pass box_mode=BoxMode.XYWH_ABS); "
+            f"{boxes[index].tolist()} ({mode}; width and height must be finite and > 0{hint}); "
             f"{int(bad.sum())} of {len(boxes)} boxes of this image are degenerate"
         )
 
