@@ -183,10 +183,16 @@ def test_cli_writes_subset_json_and_png(tmp_path, coco):
             + NOSE_CATEGORY + "}",
             r"full\.json: annotations\[0\] \(id 8\) is missing field\(s\) \['category_id'\]$",
         ),
+        # Counted as a crowd ("0" is truthy), yet written to the subset.
+        (
+            '{"images": [{"id": 1}], "annotations": [{"id": 8, "image_id": 1, "category_id": 1, "iscrowd": "0", '
+            '"keypoints": [3, 4, 2]}], ' + NOSE_CATEGORY + "}",
+            r"full\.json: annotations\[0\] \(id 8\): field 'iscrowd' is '0', expected 0 or 1 \(or false / true\)$",
+        ),
     ],
     ids=["truncated", "not-coco", "missing", "two-categories-no-person", "list", "images-object",
          "annotation-not-object", "keypoint-string", "image-id-string", "category-id-string",
-         "category-id-missing"],
+         "category-id-missing", "iscrowd-string"],
 )  # fmt: skip
 def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"

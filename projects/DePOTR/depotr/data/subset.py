@@ -32,11 +32,14 @@ __all__ = [
 VISIBILITY_LABELS = ("visible (v=2)", "occluded (v=1)", "unlabelled / outside (v=0)")
 
 
-def _entries(coco: Dict[str, Any], key: str, fields: Sequence[str]) -> List[Dict[str, Any]]:
+def _entries(
+    coco: Dict[str, Any], key: str, fields: Sequence[str], optional: Sequence[str] = ()
+) -> List[Dict[str, Any]]:
     """``coco[key]`` (missing: a KeyError naming it), checked to be a list of objects that have
     ``fields``, each valid by its rule in ``REQUIRED_JSON_FIELDS`` (ids: integers, as
-    ``load_keypoint_json`` requires; an image_id "2" names no image 2); else a ConfigError naming the
-    entry and the field."""
+    ``load_keypoint_json`` requires; an image_id "2" names no image 2), as are the ``optional``
+    fields an entry has (an iscrowd "0" would count as a crowd); else a ConfigError naming the entry
+    and the field."""
     entries = coco[key]
     if not isinstance(entries, list):
         raise ConfigError(f"field {key!r} is a json {_json_type(entries)}, expected a list of objects")
@@ -47,7 +50,8 @@ def _entries(coco: Dict[str, Any], key: str, fields: Sequence[str]) -> List[Dict
         if missing:
             raise ConfigError(f"{key}[{i}] (id {entry.get('id')}) is missing field(s) {missing}")
         rules = REQUIRED_JSON_FIELDS[key]
-        check_json_fields(f"{key}[{i}] (id {entry.get('id')})", entry, {f: rules[f] for f in fields if f in rules})
+        checked = [f for f in fields if f in rules] + [f for f in optional if f in entry]
+        check_json_fields(f"{key}[{i}] (id {entry.get('id')})", entry, {f: rules[f] for f in checked})
     return entries
 
 
@@ -97,7 +101,7 @@ def visibility_counts(coco: Dict[str, Any]) -> Tuple[List[int], np.ndarray, np.n
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     counts = np.zeros((len(image_ids), k, 3), np.int64)
     persons = np.zeros(len(image_ids), np.int64)
-    for i, anno in enumerate(_entries(coco, "annotations", ("image_id", "category_id"))):
+    for i, anno in enumerate(_entries(coco, "annotations", ("image_id", "category_id"), optional=("iscrowd",))):
         if anno["category_id"] != cat_id or anno.get("iscrowd", 0) or anno["image_id"] not in row:
             continue
         kps = np.asarray(anno.get("keypoints") or [0] * (3 * k))
