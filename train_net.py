@@ -61,7 +61,7 @@ def setup(args, cfg=None):
             with open(config_yaml, "rb") as f:
                 run_config_yaml = f.read()
         # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
-        if (args.resume or args.eval_only) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
+        if (args.resume or args.eval_only) and os.path.isfile(config_yaml):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
     comm.synchronize()  # the other ranks write their log.txt.rankN only into a folder rank 0 has taken
     default_setup(cfg, args)
@@ -152,10 +152,11 @@ def cli(argv=None) -> int:
     from depotr.solver import check_training_schedule
 
     # Config and weights mistakes end here, before any process starts or any data is generated.
-    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    overrides = config_overrides(args)
+    cfg = load_depotr_config(args.config_file, overrides)
     check_pose_config(cfg)
     if not args.eval_only:
-        check_training_schedule(cfg, args.num_gpus * args.num_machines, config_overrides(args))
+        check_training_schedule(cfg, args.num_gpus * args.num_machines, overrides)
         if cfg.SEED < 0:  # one seed for all processes, recorded in config.yaml for --resume
             cfg.SEED = run_seed(cfg.OUTPUT_DIR, args.resume)
     check_weights(cfg, args)

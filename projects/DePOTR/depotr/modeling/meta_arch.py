@@ -172,14 +172,11 @@ class TopDownPoseEstimator(nn.Module):
                 "TEST.PRECISION float16 on a CPU: the deformable attention has no float16 CPU kernel and "
                 "falls back to its slow reference; bfloat16 is the CPU's lower precision"
             )
-        bfloat16_keys = [
-            k
-            for k, on in (
-                ("TEST.PRECISION bfloat16", cfg.TEST.PRECISION == "bfloat16"),
-                ("SOLVER.AMP.ENABLED", cfg.SOLVER.AMP.ENABLED),
-            )
-            if on
-        ]
+        uses = {
+            "TEST.PRECISION bfloat16": cfg.TEST.PRECISION == "bfloat16",
+            "SOLVER.AMP.ENABLED": cfg.SOLVER.AMP.ENABLED,
+        }
+        bfloat16_keys = [key for key, used in uses.items() if used]
         if bfloat16_keys and _on_cpu(cfg) and not cpu_has_native_bfloat16():
             logging.getLogger(__name__).warning(
                 "%s on a CPU without avx512_bf16 or AMX (%s): its bfloat16 convolutions and matmuls are emulated, "
