@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Trains and evaluates DePOTR models with Detectron2's trainer.
+r"""Trains and evaluates DePOTR models with Detectron2's trainer.
 
     python train_net.py --config-file configs/depotr_r50.yaml --num-gpus 4
     python train_net.py --config-file configs/depotr_r50.yaml --eval-only MODEL.WEIGHTS model.pth  # or --opts KEY VALUE

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draws DePOTR's predicted skeletons on images, a video or the webcam (Detectron2 demo conventions).
+r"""Draws DePOTR's predicted skeletons on images, a video or the webcam (Detectron2 demo conventions).
 
     python demo/demo.py --config-file configs/depotr_hm_r18_synthetic.yaml \
         --input photos/*.jpg --output out/ --save-json out/keypoints.json \

@@ -62,6 +62,26 @@ def test_help_imports_neither_torch_nor_detectron2(name):
     assert "HEAVY []" in completed.stdout
 
 
+SCRIPTS_WITH_EXAMPLES = sorted(set(ENTRY_POINTS.values()) - {ENTRY_POINTS["evaluate_mpii"]}) + [
+    os.path.join("tools", "make_subset.py")
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WITH_EXAMPLES)
+def test_help_shows_the_example_commands_line_by_line(script):
+    """The friction: the module docstring is --help's description, and in a plain (not raw) string
+    the shell line continuation `\\` + newline is an escape that joins the lines, so --help printed
+    each example command as one line with runs of spaces and no backslashes."""
+    source = open(os.path.join(REPO, script)).read()
+    continued = [line for line in source.split('"""', 2)[1].splitlines() if line.endswith(" \\")]
+    completed = subprocess.run(
+        [sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert continued, f"{script}'s docstring has no example command continued with ` \\`"
+    assert [line for line in continued if line not in completed.stdout.splitlines()] == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluates COCO keypoint results and diagnoses their errors (thesis Figs. 27, 28, 31).
+r"""Evaluates COCO keypoint results and diagnoses their errors (thesis Figs. 27, 28, 31).
 
     python tools/analyze_results.py --gt person_keypoints_val2017.json \
         --results keypoints_results.json --output output/analysis [--sigmas 0.026 0.025 ...] \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draws a trained model's predicted skeletons on photos that ship in Python packages, for a look
+r"""Draws a trained model's predicted skeletons on photos that ship in Python packages, for a look
 at how the model does on real people (no training, tuning or evaluation on them).
 
     python tools/draw_photos.py --config-file configs/depotr_hm_r18_synthetic_v4.yaml \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Exports a DePOTR model to TorchScript and ONNX: person crops in -> keypoints out (--inputs crops,
+r"""Exports a DePOTR model to TorchScript and ONNX: person crops in -> keypoints out (--inputs crops,
 the default), or an image and its person boxes in -> keypoints in image pixels (--inputs image).
 
     python tools/export_model.py --config-file configs/depotr_hm_r18_synthetic.yaml \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Writes a representative subset of a COCO keypoints json (thesis section 6.1).
+r"""Writes a representative subset of a COCO keypoints json (thesis section 6.1).
 
     python tools/make_subset.py --input person_keypoints_train2017.json --fraction 0.1 \
         --output subset.json --plot subset.png [--seed 0] [--tolerance 1.0]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draws a trained model's predicted skeletons on the first images of its test set.
+r"""Draws a trained model's predicted skeletons on the first images of its test set.
 
     python tools/visualize_predictions.py --config-file configs/depotr_hm_r18_synthetic.yaml \
         --output output/depotr_hm_r18_synthetic/predictions --num-images 6 \
