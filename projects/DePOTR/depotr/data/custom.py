@@ -30,7 +30,7 @@ __all__ = [
     "unregister_dataset",
 ]
 
-# OKS sigma of keypoints registered without one: the mean of COCO's 17 (0.0663).
+# OKS sigma of keypoints registered without one: the mean of COCO's 17 (0.0669).
 DEFAULT_OKS_SIGMA = float(np.mean(COCO_PERSON_OKS_SIGMAS))
 # Drawing colour of skeleton edges given without one.
 DEFAULT_EDGE_COLOUR = (255, 128, 0)
