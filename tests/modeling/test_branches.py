@@ -10,6 +10,7 @@ import torch
 
 from detectron2.config import CfgNode, get_cfg
 
+from depotr.cli import ConfigError
 from depotr.config import add_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, flip_indices, flip_pairs
 from depotr.modeling import (
@@ -271,6 +272,25 @@ def test_resnet_heatmap_heads_need_crop_sides_that_are_multiples_of_their_map_st
     branch = build_keypoint_branch(small_cfg(head, ok)).eval()
     with torch.no_grad():
         assert branch(torch.zeros(1, 3, *ok)).heatmaps.shape[-2:] == branch.codec.heatmap_size
+
+
+@pytest.mark.parametrize(
+    "decoder,crop_size,stride,reader",
+    [
+        ("deconv", (72, 48), 16, "HEATMAP.DECODER 'deconv' starts from a stride-16 map"),
+        ("dot_product", (66, 48), 4, "MODEL.DEPOTR.HEAD 'heatmap' gives stride-4 heatmaps"),
+    ],
+)
+def test_depotr_hm_names_the_crop_size_key_when_its_sides_do_not_fit_the_stride(decoder, crop_size, stride, reader):
+    """A user's INPUT.CROP_SIZE of the wrong multiple is named as the key, with the stride needed
+    and why (before: "crop size (...) is not divisible by the heatmap stride 4", no key)."""
+    cfg = small_cfg("heatmap_dot_product" if decoder == "dot_product" else "heatmap", crop_size)
+    with pytest.raises(
+        ConfigError,
+        match=rf"INPUT.CROP_SIZE \({crop_size[0]}, {crop_size[1]}\): {reader}, so both crop sides must be "
+        rf"multiples of {stride}",
+    ):
+        build_keypoint_branch(cfg)
 
 
 class _ToyBackbone(torch.nn.Module):

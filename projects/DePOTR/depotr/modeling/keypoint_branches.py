@@ -26,6 +26,7 @@ from ..cli import ConfigError
 from ..layers import at_least_float32
 from .backbone import build_resnet
 from .heads import (
+    COARSE_STRIDE,
     BranchOutputs,
     DePOTRDotProductHeatmapHead,
     DePOTRHeatmapHead,
@@ -263,6 +264,8 @@ class HeatmapBranch(KeypointBranch):
         if cfg.MODEL.DEPOTR.ITER_REFINE:
             raise ConfigError("MODEL.DEPOTR.ITER_REFINE needs per-layer coordinates: only HEAD 'regression' has them")
         body, head, aux_heads = cls.build_network(cfg)
+        head_name = cfg.MODEL.DEPOTR.HEAD
+        _check_crop_size(cfg, head.stride, f"MODEL.DEPOTR.HEAD {head_name!r} gives stride-{head.stride} heatmaps")
         crop_size = tuple(cfg.INPUT.CROP_SIZE)
         sigma = cfg.MODEL.DEPOTR.HEATMAP.SIGMA * (crop_size[0] // head.stride) / _SIGMA_REFERENCE_HEIGHT
         return {
@@ -345,6 +348,7 @@ class DePOTRHeatmapBranch(HeatmapBranch):
             head_class = DePOTRDotProductHeatmapHead
             args = (*sizes, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, heatmap.MLP_LAYERS)
         elif heatmap.DECODER == "deconv":
+            _check_crop_size(cfg, COARSE_STRIDE, f"HEATMAP.DECODER 'deconv' starts from a stride-{COARSE_STRIDE} map")
             head_class = DePOTRHeatmapHead
             args = (*sizes, tuple(cfg.INPUT.CROP_SIZE), heatmap.INITIAL_CHANNELS, heatmap.MLP_LAYERS)
         else:
@@ -354,6 +358,14 @@ class DePOTRHeatmapBranch(HeatmapBranch):
         body = DeformablePoseTransformer(cfg, pixel_features=head_class.pixel_features)
         num_aux = model.DEC_LAYERS - 1 if model.AUX_LOSS else 0
         return body, head_class(*args), [head_class(*args) for _ in range(num_aux)]
+
+
+def _check_crop_size(cfg: CfgNode, stride: int, reader: str) -> None:
+    """A ConfigError naming ``INPUT.CROP_SIZE`` unless both its sides are multiples of ``stride``,
+    which ``reader`` (the component, in words) needs."""
+    crop_size = tuple(cfg.INPUT.CROP_SIZE)
+    if any(side % stride for side in crop_size):
+        raise ConfigError(f"INPUT.CROP_SIZE {crop_size}: {reader}, so both crop sides must be multiples of {stride}")
 
 
 def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *head_args) -> Tuple:
@@ -368,12 +380,8 @@ def _resnet_heatmap_network(cfg: CfgNode, in_feature: str, head_class: type, *he
         )
     body = build_resnet(cfg, [in_feature])
     shape = body.output_shape()[in_feature]
-    crop_size = tuple(cfg.INPUT.CROP_SIZE)
-    if any(side % shape.stride for side in crop_size):
-        raise ConfigError(
-            f"INPUT.CROP_SIZE {crop_size}: MODEL.DEPOTR.HEAD {cfg.MODEL.DEPOTR.HEAD!r} reads the stride-{shape.stride} "
-            f"map {in_feature!r}, so both crop sides must be multiples of {shape.stride}"
-        )
+    reader = f"MODEL.DEPOTR.HEAD {cfg.MODEL.DEPOTR.HEAD!r} reads the stride-{shape.stride} map {in_feature!r}"
+    _check_crop_size(cfg, shape.stride, reader)
     return body, head_class(in_feature, shape.channels, shape.stride, cfg.MODEL.DEPOTR.NUM_KEYPOINTS, *head_args), []
 
 

@@ -1,7 +1,7 @@
 """Keypoint heads: regression (DePOTR), heatmap (DePOTR-HM, SimpleBaseline, TransPose-R), the
 branches' typed outputs, the heatmap codec, the losses (RLE's with its flow) and the MLP."""
 
-from .heatmap import DePOTRDotProductHeatmapHead, DePOTRHeatmapHead, SimpleBaselineHead, TransPoseHead
+from .heatmap import COARSE_STRIDE, DePOTRDotProductHeatmapHead, DePOTRHeatmapHead, SimpleBaselineHead, TransPoseHead
 from .heatmap_codec import HeatmapCodec
 from .losses import coordinate_loss, joints_mse_loss, keypoint_target_weights, score_loss
 from .mlp import MLP
@@ -10,6 +10,7 @@ from .regression import RegressionHead
 from .rle_loss import RealNVP, RLELoss
 
 __all__ = [
+    "COARSE_STRIDE",
     "BranchOutputs",
     "DePOTRDotProductHeatmapHead",
     "DePOTRHeatmapHead",

@@ -20,7 +20,7 @@ from .mlp import MLP
 
 # ConvTranspose2d kernel size -> (padding, output_padding) that exactly doubles the resolution.
 _DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
-_COARSE_STRIDE = 16  # stride of the map each DePOTR-HM query's MLP produces
+COARSE_STRIDE = 16  # stride of the map each DePOTR-HM query's MLP produces
 _NUM_DECONV_LAYERS = 2  # DePOTR-HM: 16 -> 4
 
 
@@ -69,10 +69,10 @@ class DePOTRHeatmapHead(nn.Module):
         the per-keypoint MLP d -> (H/16)(W/16)C0."""
         super().__init__()
         height, width = crop_size
-        if height % _COARSE_STRIDE or width % _COARSE_STRIDE:
-            raise ValueError(f"DePOTR-HM needs a crop size divisible by {_COARSE_STRIDE}, got {crop_size}")
-        self.coarse_size = (height // _COARSE_STRIDE, width // _COARSE_STRIDE)
-        self.stride = _COARSE_STRIDE // 2**_NUM_DECONV_LAYERS
+        if height % COARSE_STRIDE or width % COARSE_STRIDE:
+            raise ValueError(f"DePOTR-HM needs a crop size divisible by {COARSE_STRIDE}, got {crop_size}")
+        self.coarse_size = (height // COARSE_STRIDE, width // COARSE_STRIDE)
+        self.stride = COARSE_STRIDE // 2**_NUM_DECONV_LAYERS
         self.channels = num_keypoints * initial_channels
         coarse_values = self.coarse_size[0] * self.coarse_size[1] * initial_channels
         self.mlp = MLP(hidden_dim, hidden_dim, coarse_values, mlp_layers)
