@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from depotr.cli import (
     ConfigError,
     config_overrides,
     parse_command_line,
+    quiet_third_party_warnings,
     run_main,
     training_argument_parser,
 )
@@ -237,3 +239,16 @@ def test_a_config_error_in_a_data_loader_worker_is_its_one_line(capsys):
     assert capsys.readouterr().err == (
         "error: image 0.jpg is 64x64 (width x height) but its dataset entry says 80x48\n"
     )
+
+
+def test_the_exports_torch_jit_deprecations_are_quieted_and_other_warnings_kept(tmp_path):
+    """tools/export_model.py printed four torch.jit FutureWarnings (trace, trace_method, save,
+    load) on every run; a warning of ours (or another library's) still shows."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        traced = torch.jit.trace(torch.nn.Linear(2, 2), torch.ones(1, 2))
+        torch.jit.save(traced, str(tmp_path / "m.ts"))
+        torch.jit.load(str(tmp_path / "m.ts"))
+        warnings.warn("a warning of ours", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of ours"]

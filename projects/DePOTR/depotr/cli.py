@@ -36,10 +36,13 @@ CONFIG_ROOT_KEYS = frozenset(
     {"CUDNN_BENCHMARK", "DATALOADER", "DATASETS", "GLOBAL", "INPUT", "MODEL", "OUTPUT_DIR", "SEED", "SOLVER", "TEST"}
     | {"VERSION", "VIS_PERIOD", "FLOAT32_PRECISION"}  # the last: Detectron2 main only (not in v0.6)
 )
-# (category, message regex) of the third-party warnings every command printed: torch.jit.script's
-# deprecation (Detectron2/fvcore imports) and setuptools' of pkg_resources.
+# (category, message regex) of the third-party warnings the commands printed: torch.jit's
+# deprecations (Detectron2/fvcore imports, the export) and setuptools' of pkg_resources.
 _QUIETED_WARNINGS = (
-    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+    # TorchScript is the export's format (docs/export.md): the notice is not the user's to act on
+    (FutureWarning, r"`torch\.jit\.\w+` is deprecated"),
+    # the ONNX exporter's note that it leaves a strided slice unfolded (the graph is still right)
+    (UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
     (UserWarning, r"pkg_resources is deprecated"),
     (DeprecationWarning, r".*pkg_resources"),
 )
