@@ -16,6 +16,7 @@ The image-in TorchScript file calls torchvision's ``roi_align`` op: it loads aft
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import math
 import os
@@ -120,6 +121,9 @@ class CropKeypointPredictor(nn.Module):
             (N, K, 3): (x, y) in continuous crop pixels (pixel i covers [i, i + 1)) and the
             branch's score (heatmap maximum, or sigmoid of the regression confidence).
         """
+        if not torch.onnx.is_in_onnx_export():  # an ONNX file declares (3, H, W): onnxruntime checks it
+            check = _scripted_crops_check() if torch.jit.is_tracing() else _checked_crops
+            crops = check(crops, self.crop_size[0], self.crop_size[1])
         return self.predict_normalised((crops - self.pixel_mean) / self.pixel_std)
 
     def predict_normalised(self, crops: Tensor) -> Tensor:
@@ -131,6 +135,22 @@ class CropKeypointPredictor(nn.Module):
         padded = padded.index_select(0, torch.arange(torch.clamp(num, min=1)))
         keypoints = predict_crop_keypoints(self.branch, padded, self.flip_indices)
         return keypoints.index_select(0, torch.arange(num))
+
+
+def _checked_crops(crops: Tensor, height: int, width: int) -> Tensor:
+    """``crops`` when it is (N, 3, ``height``, ``width``); else a ValueError that states the shape
+    expected and the one given (in a traced file, wrong crops failed deep inside the network)."""
+    if crops.dim() != 4 or crops.shape[1] != 3 or crops.shape[2] != height or crops.shape[3] != width:
+        given = list(crops.shape)
+        raise ValueError("crops must be (N, 3, {}, {}) (N, channels, H, W), got {}".format(height, width, given))
+    return crops
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_crops_check() -> Callable[[Tensor, int, int], Tensor]:
+    """:func:`_checked_crops` scripted, so that a traced module keeps the check (traced, a Python
+    shape comparison becomes a constant); scripted on first use, not at import."""
+    return torch.jit.script(_checked_crops)
 
 
 def build_crop_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> CropKeypointPredictor:
