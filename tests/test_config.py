@@ -91,6 +91,37 @@ def test_other_numbers_of_another_type_are_refused_naming_the_key(key, value):
         load_depotr_config(CONFIG, [key, value])
 
 
+def test_an_integer_of_a_float_key_in_a_config_file_is_that_float(tmp_path):
+    """The friction: "WARMUP_EPOCHS: 0" in a yaml file was refused with yacs' "Type mismatch
+    (<class 'float'> vs. <class 'int'>)" though "SOLVER.WARMUP_EPOCHS 0" on the command line was not."""
+    base = tmp_path / "base.yaml"
+    base.write_text(f"_BASE_: {CONFIG}\nSOLVER:\n  BASE_LR: 1\n")
+    path = tmp_path / "config.yaml"
+    path.write_text("_BASE_: base.yaml\nSOLVER:\n  WARMUP_EPOCHS: 0\n  MAX_ITER: 7\nTEST:\n  SMOOTH:\n    BETA: -3\n")
+    cfg = load_depotr_config(str(path))
+    values = (cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.BASE_LR, cfg.TEST.SMOOTH.BETA, cfg.SOLVER.MAX_ITER)
+    assert values == (0.0, 1.0, -3.0, 7)
+    assert [type(v) for v in values] == [float, float, float, int]  # int keys stay int
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SOLVER.WARMUP_EPOCHS", "abc"),
+        ("SOLVER.WARMUP_EPOCHS", "True"),
+        ("SOLVER.MAX_ITER", "1.5"),
+        ("SOLVER.WARMUP_EPOCHS", "1" * 400),
+    ],
+    ids=["string-for-float", "bool-for-float", "float-for-int", "int-beyond-floats"],
+)
+def test_other_values_of_another_type_in_a_config_file_are_refused(tmp_path, key, value):
+    section, name = key.split(".")
+    path = tmp_path / "config.yaml"
+    path.write_text(f"_BASE_: {CONFIG}\n{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: Type mismatch .* for config key: {key}$"):
+        load_depotr_config(str(path))
+
+
 def test_yaml_typo_names_the_file_and_the_nearest_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  DEPOTR:\n    ENC_LAYER: 2\n")
@@ -125,8 +156,9 @@ def test_yml_for_yaml_is_named(tmp_path):
         ),
         ("- MODEL\n- TEST\n", r"^{path} \(or a _BASE_ file\) is not a yaml mapping of config keys \("),
         ("", r"^{path} \(or a _BASE_ file\) is not a yaml mapping of config keys \("),
+        ("VERSION: 3\n", r"^{path}: Cannot merge a v3 config into a v2 config\.$"),
     ],
-    ids=["missing-base", "list", "empty"],
+    ids=["missing-base", "list", "empty", "newer-version"],
 )
 def test_a_config_file_that_cannot_be_merged_is_a_config_error(tmp_path, text, message):
     """The friction: a missing _BASE_ was a FileNotFoundError, a yaml list an AttributeError and an

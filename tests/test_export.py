@@ -420,6 +420,51 @@ def test_image_export_builds_no_person_detector(tmp_path):
 # TorchScript files called with grad mode on; boxes over crop_images' sampling-ratio cap
 
 
+@pytest.fixture(scope="module")
+def torchscript_crops_file(tmp_path_factory) -> str:
+    predictor = _seeded_predictor("regression")
+    path = tmp_path_factory.mktemp("crops") / OUTPUT_FILES["torchscript"]
+    return export_predictor(predictor, "torchscript", str(path), EXPORT_BATCH).path
+
+
+@pytest.mark.parametrize(
+    "scale, channels, batched",
+    [(2, 3, True), (1, 4, True), (1, 3, False)],
+    ids=["twice-the-size", "4-channels", "no-n"],
+)
+def test_wrong_crops_are_refused_naming_the_expected_shape(torchscript_crops_file, scale, channels, batched):
+    """Crops of another size or channel count failed deep inside the traced network ("The size of
+    tensor a (256) must match the size of tensor b (65) at non-singleton dimension 1")."""
+    predictor = _seeded_predictor("regression")
+    height, width = predictor.crop_size
+    shape = (1,) * batched + (channels, scale * height, scale * width)
+    message = rf"crops must be \(N, 3, {height}, {width}\) \(N, C, H, W\), got \[{', '.join(map(str, shape))}\]"
+    with pytest.raises(torch.jit.Error, match=message):
+        torch.jit.load(torchscript_crops_file)(torch.zeros(shape))
+    with pytest.raises(ValueError, match=message):
+        _eager(predictor, torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "image_shape, boxes_shape, message",
+    [
+        ((96, 72, 4), (1, 4), r"image must be \(H, W, 3\) uint8 BGR, got \[96, 72, 4\]"),
+        ((3, 96, 72), (1, 4), r"image must be \(H, W, 3\) uint8 BGR, got \[3, 96, 72\]"),
+        ((96, 72, 3), (1, 5), r"boxes must be \(N, 4\) XYXY, got \[1, 5\]"),
+        ((96, 72, 3), (4,), r"boxes must be \(N, 4\) XYXY, got \[4\]"),
+    ],
+    ids=["rgba", "channels-first", "five-columns", "one-box-unbatched"],
+)
+def test_image_torchscript_file_refuses_a_wrong_image_or_boxes_shape(image_export, image_shape, boxes_shape, message):
+    """Both failed deep inside the traced network ("The size of tensor a (4) must match the size of
+    tensor b (3) at non-singleton dimension 0")."""
+    folder, _, _ = image_export
+    module = torch.jit.load(str(folder / IMAGE_OUTPUT_FILES["torchscript"]))
+    boxes = torch.tensor([10.0, 8.0, 50.0, 90.0, 1.0])[: boxes_shape[-1]].expand(boxes_shape)
+    with pytest.raises(torch.jit.Error, match=message):
+        module(torch.zeros(image_shape, dtype=torch.uint8), boxes)
+
+
 def _run_with_grad(module, *inputs: torch.Tensor) -> torch.Tensor:
     """A user's call of a loaded file: grad mode on (no torch.no_grad())."""
     assert torch.is_grad_enabled()

@@ -18,7 +18,7 @@ import sys
 from typing import Optional
 
 # torch and Detectron2 (depotr.data) are imported once the arguments are parsed (a fast --help)
-from depotr.cli import run_main
+from depotr.cli import ConfigError, run_main
 from depotr.file_io import atomic_output_path, output_problem
 
 
@@ -69,15 +69,12 @@ def main(argv=None) -> int:
             )
         ids = select_subset(coco, args.fraction, seed=args.seed, tolerance_pp=args.tolerance)
     except json.JSONDecodeError as e:
-        print(f"make_subset: {args.input} is not valid json: {e}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.input} is not valid json: {e}") from e
     except OSError as e:
-        print(f"make_subset: cannot read {args.input}: {e.strerror}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"cannot read {args.input}: {e.strerror}") from e
     except (KeyError, TypeError, ValueError) as e:
         problem = f"no {e} field where COCO keypoints have one" if isinstance(e, KeyError) else str(e)
-        print(f"make_subset: {args.input}: {problem}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.input}: {problem}") from e
     subset = subset_coco(coco, ids)
     full_dist, sub_dist = visibility_distribution(coco), visibility_distribution(subset)
     # The plot is drawn into its temporary file (same extension) before either output is moved in place.

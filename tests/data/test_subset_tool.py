@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import depotr.data.subset
-from depotr.cli import ConfigError
+from depotr.cli import ConfigError, run_main
 from depotr.data.subset import select_subset, subset_coco, visibility_distribution
 from depotr.data.synthetic import coco_categories
 from tests.conftest import REPO, load_script
@@ -198,9 +198,11 @@ def test_cli_names_the_input_it_cannot_use(tmp_path, capsys, content, message):
     src = tmp_path / "full.json"
     if content is not None:
         src.write_text(content)
-    assert _tool().main(["--input", str(src), "--fraction", "0.1", "--output", str(tmp_path / "subset.json")]) == 1
+    argv = ["--input", str(src), "--fraction", "0.1", "--output", str(tmp_path / "subset.json")]
+    assert run_main(_tool().main, argv) == 2  # as every tool: one "error:" line, status 2, no traceback
     error = capsys.readouterr().err
-    assert len(error.strip().splitlines()) == 1 and re.search(message, error.strip()), error
+    assert len(error.strip().splitlines()) == 1 and re.match(r"error: ", error), error
+    assert re.search(message, error.strip()), error
     assert not (tmp_path / "subset.json").exists()
 
 

@@ -106,7 +106,7 @@ def test_malformed_shapes_and_scores_raise():
     ):
         check_boxes(torch.zeros((2, 5)), "detector", "a")
     with pytest.raises(
-        ValueError, match=re.escape("detector box scores of image 'a' must be (2,) for 2 boxes, got shape (3,)")
+        ValueError, match=re.escape("image 'a': box scores must be (2,) for 2 boxes, got shape (3,) (detector boxes)")
     ):
         check_boxes(torch.tensor(INSIDE[:2]), "detector", "a", torch.ones(3))
     with pytest.raises(ValueError, match=r"image 'a': box scores must be finite; box 1 has score inf \(precomputed"):

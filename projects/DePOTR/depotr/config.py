@@ -7,6 +7,7 @@ import ast
 import difflib
 import logging
 import os
+import sys
 from typing import List, Sequence
 
 import torch
@@ -223,13 +224,14 @@ def load_depotr_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         ConfigError: (one line) a missing file (naming its existing ``.yaml`` / ``.yml`` twin) or
             ``_BASE_`` file, invalid YAML (file and line), a file that is no mapping of keys, an odd
             number of ``opts``, a value of the wrong type or an unknown key (with the nearest valid key).
-            An integer for a float key in ``opts`` (``SOLVER.WARMUP_EPOCHS 0``) is taken as that float.
+            An integer for a float key, in a file (``WARMUP_EPOCHS: 0``) or in ``opts``
+            (``SOLVER.WARMUP_EPOCHS 0``), is taken as that float.
     """
     cfg = get_cfg()
     add_depotr_config(cfg)
     _check_config_file(config_file)
     try:
-        cfg.merge_from_file(config_file)
+        _merge_config_file(cfg, config_file)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.name}:{mark.line + 1}" if mark is not None else config_file
@@ -280,6 +282,29 @@ def _check_config_file(config_file: str) -> None:
     if twin != config_file and os.path.isfile(twin):
         raise ConfigError(f"config file {config_file} does not exist, but {twin} does ({ext} for {twin[len(stem) :]}?)")
     raise ConfigError(f"config file {config_file} does not exist")
+
+
+def _merge_config_file(cfg: CN, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)`` (its ``_BASE_`` chain read by Detectron2), with each
+    integer value of a float key taken as that float (:func:`_file_ints_as_floats`). A file of
+    another config ``VERSION`` is left to Detectron2's merge, which upgrades or refuses it."""
+    loaded = cfg.load_yaml_with_base(config_file, allow_unsafe=True)
+    if not isinstance(loaded, dict) or loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
+        cfg.merge_from_file(config_file)  # a yaml list or empty file fails there as before
+        return
+    _file_ints_as_floats(cfg, loaded)
+    cfg.merge_from_other_cfg(type(cfg)(loaded))
+
+
+def _file_ints_as_floats(defaults: CN, values: dict) -> None:
+    """In place: each integer in ``values`` (a config file's nested mapping) whose key is a float
+    in ``defaults`` becomes that float, as :func:`_ints_as_floats` does for the overrides."""
+    for name, value in values.items():
+        default = defaults.get(name) if isinstance(defaults, CN) else None
+        if isinstance(value, dict):
+            _file_ints_as_floats(default, value)
+        elif type(value) is int and type(default) is float and abs(value) <= sys.float_info.max:  # larger: refused
+            values[name] = float(value)
 
 
 def _ints_as_floats(cfg: CN, opts: List[str]) -> List[str]:

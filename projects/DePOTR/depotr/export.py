@@ -16,6 +16,7 @@ The image-in TorchScript file calls torchvision's ``roi_align`` op: it loads aft
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import math
 import os
@@ -119,7 +120,11 @@ class CropKeypointPredictor(nn.Module):
         Returns:
             (N, K, 3): (x, y) in continuous crop pixels (pixel i covers [i, i + 1)) and the
             branch's score (heatmap maximum, or sigmoid of the regression confidence).
+        Raises:
+            ValueError: crops not (N, 3, H, W), stating both shapes (also from a TorchScript file).
         """
+        height, width = self.crop_size
+        crops = _checked_shape(crops, [-1, 3, height, width], f"crops must be (N, 3, {height}, {width}) (N, C, H, W)")
         return self.predict_normalised((crops - self.pixel_mean) / self.pixel_std)
 
     def predict_normalised(self, crops: Tensor) -> Tensor:
@@ -131,6 +136,33 @@ class CropKeypointPredictor(nn.Module):
         padded = padded.index_select(0, torch.arange(torch.clamp(num, min=1)))
         keypoints = predict_crop_keypoints(self.branch, padded, self.flip_indices)
         return keypoints.index_select(0, torch.arange(num))
+
+
+def _checked_shape(tensor: Tensor, shape: List[int], expected: str) -> Tensor:
+    """``tensor`` when its shape is ``shape`` (-1: any size), else a ValueError "``expected``, got
+    [its shape]": in an exported file too, where a wrong shape failed deep inside the network. A
+    traced Python comparison would be a constant, so the trace calls :func:`_scripted_shape_check`;
+    the ONNX export leaves the check to onnxruntime, which checks the declared input shapes."""
+    if torch.onnx.is_in_onnx_export():
+        return tensor
+    return (_scripted_shape_check() if torch.jit.is_tracing() else _shape_check)(tensor, shape, expected)
+
+
+def _shape_check(tensor: Tensor, shape: List[int], expected: str) -> Tensor:
+    """:func:`_checked_shape` itself (TorchScript)."""
+    given = list(tensor.shape)
+    wrong = len(given) != len(shape)
+    for size, want in zip(given, shape):
+        wrong = wrong or (want >= 0 and size != want)
+    if wrong:
+        raise ValueError("{}, got {}".format(expected, given))
+    return tensor
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_shape_check() -> Callable[[Tensor, List[int], str], Tensor]:
+    """:func:`_shape_check` scripted (on first use, not at import)."""
+    return torch.jit.script(_shape_check)
 
 
 def build_crop_keypoint_predictor(cfg: CfgNode, random_weights: bool = False) -> CropKeypointPredictor:
@@ -190,7 +222,11 @@ class ImageKeypointPredictor(nn.Module):
             boxes: (N, 4) float32 XYXY person boxes in image pixels, N >= 0.
         Returns:
             (N, K, 3): (x, y) in continuous image pixels (pixel i covers [i, i + 1)) and the score.
+        Raises:
+            ValueError: an image not (H, W, 3) or boxes not (N, 4), stating both shapes.
         """
+        image = _checked_shape(image, [-1, -1, 3], "image must be (H, W, 3) uint8 BGR")
+        boxes = _checked_shape(boxes, [-1, 4], "boxes must be (N, 4) XYXY")
         crop_size = self.crop_predictor.crop_size
         pixels = image.permute(2, 0, 1).float()
         if self.to_rgb:

@@ -81,13 +81,9 @@ def person_proposals(
             raise ValueError(f"box_mode must be BoxMode.XYXY_ABS or BoxMode.XYWH_ABS (image pixels), got {box_mode!r}")
         scores = boxes.new_ones(len(boxes)) if scores is None else scores
         scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
-        if scores.shape != (len(boxes),):
-            raise ValueError(
-                f"box scores must be ({len(boxes)},) for {len(boxes)} boxes, got shape {tuple(scores.shape)}"
-            )
     except ValueError as e:
         raise ValueError(f"{named}{e}") from e
-    check_boxes(boxes, PrecomputedBoxes.name, image_id, scores, box_mode)
+    check_boxes(boxes, PrecomputedBoxes.name, image_id, scores, box_mode)  # and the scores' shape
     boxes = BoxMode.convert(boxes, box_mode, BoxMode.XYXY_ABS)
     if len(boxes) and max(image_size) > _NORMALISED_MIN_SIDE and bool((boxes.abs() <= _NORMALISED_MAX_COORD).all()):
         logger.warning(

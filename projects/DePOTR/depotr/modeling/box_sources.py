@@ -81,8 +81,8 @@ def check_boxes(
     if scores is not None:
         if scores.shape != (len(boxes),):
             raise ValueError(
-                f"{source} box scores of image {image_id!r} must be ({len(boxes)},) for {len(boxes)} boxes, "
-                f"got shape {tuple(scores.shape)}"
+                f"image {image_id!r}: box scores must be ({len(boxes)},) for {len(boxes)} boxes, "
+                f"got shape {tuple(scores.shape)} ({source} boxes)"
             )
         bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
         if bad:
