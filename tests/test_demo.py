@@ -20,6 +20,7 @@ from skimage import data as skimage_data
 from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
+from depotr.cli import run_main
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import PoseTracker
@@ -555,6 +556,20 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
         capsys.readouterr().err
     )  # before: "the box file has boxes ...", not saying which file
     assert os.listdir(out) == [] and not results.exists()  # no half-written video, no json
+
+
+def test_a_bad_tracking_value_in_the_overrides_is_one_error_line_and_status_2(demo, tmp_path, capsys):
+    # before: a ValueError traceback (status 1) naming the tracker's argument, not the config key
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(2))
+    argv = ["--config-file", INSTANT_CONFIG, "--video-input", video, "--output", tmp_path / "out", "--track"]
+    status = run_main(demo.main, [*map(str, argv), *CPU, "TEST.TRACK.MIN_SIMILARITY", "1.5"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: TEST.TRACK / TEST.SMOOTH: iou_weight, min_similarity and velocity_gain must be in [0, 1], "
+        "got 0.5, 1.5 and 0.1 (the names are the keys in lower case)"
+    )
 
 
 def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys):

@@ -13,6 +13,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import OneEuroFilter, PoseTracker, VideoPoseTracker, track_video, tracking_config
@@ -287,8 +288,26 @@ def test_tracker_arguments_are_checked():
     with pytest.raises(ValueError, match="score_ref"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, score_ref=0.0)
     for fps in (0.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="fps finite and > 0"):
+        with pytest.raises(ValueError, match="fps must be finite and > 0"):
             PoseTracker(COCO_PERSON_OKS_SIGMAS, fps=fps)
+
+
+@pytest.mark.parametrize(
+    "key, value, smooth, message",
+    [
+        ("TEST.TRACK.IOU_WEIGHT", "2.0", False, "iou_weight, min_similarity and velocity_gain must be in"),
+        ("TEST.TRACK.MAX_LOST_FRAMES", "-1", False, "max_lost_frames must be >= 0, got -1"),
+        ("TEST.SMOOTH.MIN_CUTOFF", "0.0", True, "One-Euro filter needs min_cutoff > 0"),
+    ],
+)
+def test_a_bad_tracking_config_value_is_a_config_error_naming_its_section(key, value, smooth, message):
+    # before: a plain ValueError, which the demo showed as a traceback (status 1), not "error: ..." (status 2)
+    cfg = load_depotr_config(INSTANT_CONFIG, [key, value])
+    with pytest.raises(ConfigError, match=f"^TEST.TRACK / TEST.SMOOTH: {message}"):
+        PoseTracker.from_config(cfg, smooth=smooth)
+    with pytest.raises(ValueError, match="fps must be finite") as error:  # the caller's fps: not the config's
+        PoseTracker.from_config(load_depotr_config(INSTANT_CONFIG), fps=0.0)
+    assert not isinstance(error.value, ConfigError)
 
 
 def test_video_api_on_a_predictor_tracks_and_reads_the_config():

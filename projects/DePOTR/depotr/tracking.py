@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
 
+from .cli import ConfigError
 from .data.image_io import read_image_bgr
 from .data.keypoint_metadata import keypoint_metadata_from_config
 from .modeling.oks import keypoint_similarity
@@ -130,6 +131,11 @@ def _edges(boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
     )
 
 
+def _check_fps(fps: float) -> None:
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be finite and > 0, got {fps}")
+
+
 def tracking_config(cfg: CfgNode) -> CfgNode:
     """A copy of ``cfg`` for a :class:`depotr.Predictor` whose persons are tracked:
     ``TEST.OKS_NMS_THRESH`` set to ``TEST.TRACK.OKS_NMS_THRESH`` (default 1.0, off). OKS-NMS
@@ -176,8 +182,9 @@ class PoseTracker:
                 "iou_weight, min_similarity and velocity_gain must be in [0, 1], "
                 f"got {iou_weight}, {min_similarity} and {velocity_gain}"
             )
-        if max_lost_frames < 0 or not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"max_lost_frames must be >= 0 and fps finite and > 0, got {max_lost_frames} and {fps}")
+        if max_lost_frames < 0:
+            raise ValueError(f"max_lost_frames must be >= 0, got {max_lost_frames}")
+        _check_fps(fps)
         if smoothing is not None:
             OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
         if score_ref <= 0 or score_power < 0:
@@ -200,18 +207,22 @@ class PoseTracker:
                 "from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, default 1.0: off)",
                 cfg.TEST.OKS_NMS_THRESH,
             )
+        _check_fps(fps)  # the caller's, not the config's
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
-        return cls(
-            keypoint_metadata_from_config(cfg).oks_sigmas,
-            iou_weight=t.IOU_WEIGHT,
-            min_similarity=t.MIN_SIMILARITY,
-            max_lost_frames=t.MAX_LOST_FRAMES,
-            velocity_gain=t.VELOCITY_GAIN,
-            fps=fps,
-            smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
-            score_ref=s.SCORE_REF,
-            score_power=s.SCORE_POWER,
-        )
+        try:
+            return cls(
+                keypoint_metadata_from_config(cfg).oks_sigmas,
+                iou_weight=t.IOU_WEIGHT,
+                min_similarity=t.MIN_SIMILARITY,
+                max_lost_frames=t.MAX_LOST_FRAMES,
+                velocity_gain=t.VELOCITY_GAIN,
+                fps=fps,
+                smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
+                score_ref=s.SCORE_REF,
+                score_power=s.SCORE_POWER,
+            )
+        except ValueError as e:  # a config mistake: one line "error: ..." in the demo, not a traceback
+            raise ConfigError(f"TEST.TRACK / TEST.SMOOTH: {e} (the names are the keys in lower case)") from None
 
     def similarity(self, instances: Instances) -> torch.Tensor:
         """(T, N) similarity of the tracks alive now, moved to this frame, and the persons of
