@@ -42,7 +42,10 @@ keypoints' category, e.g. 3; --boxes then keeps the boxes of that category); key
 x - 0.5); bbox XYWH; score; with --track, track_id.
 
 Folders are read one level deep (their subfolders are skipped) and only their image files
-(by extension; the number left out is printed); files named explicitly are always read. Before
+(by extension; the number left out is printed); files named explicitly are always read. The files
+of a folder or of a quoted glob ("frames/*.png", which the shell would sort as text) are read in
+the order of their numbers (frame2.png before frame10.png: with --track they are a video's
+frames); files named one by one in the order given. Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
 that no two inputs share a file name stem (which would give them one output file and one
 image_id), the box and image-id files and that a video can be opened and has a frame, then (only
@@ -72,6 +75,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -148,9 +152,15 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def natural_key(path: str) -> List[Union[str, int]]:
+    """Sort key of ``path`` that orders its numbers by value: frame2.png before frame10.png (the
+    frames of a video written as ffmpeg's frame%d.png are tracked in their order)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
 def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
-    """Files, globs and folders (their files, sorted; not their subfolders) -> file paths, each
-    file once. Files of a folder or glob are kept only with an ``IMAGE_EXTENSIONS`` extension;
+    """Files, globs and folders (their files, in :func:`natural_key` order; not their subfolders)
+    -> file paths, each file once. Files of a folder or glob are kept only with an ``IMAGE_EXTENSIONS`` extension;
     files named explicitly always.
 
     Returns:
@@ -161,9 +171,9 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern))
+            found = sorted((os.path.join(pattern, f) for f in os.listdir(pattern)), key=natural_key)
         elif glob.has_magic(pattern):
-            found = sorted(glob.glob(pattern))
+            found = sorted(glob.glob(pattern), key=natural_key)
         else:
             found = [pattern] if os.path.exists(pattern) else []
         if not found and not os.path.isdir(pattern):

@@ -382,6 +382,18 @@ def test_folder_non_image_files_are_left_out_and_counted(demo, tmp_path, capsys)
     assert os.listdir(tmp_path / "out") == ["a.png"]
 
 
+@pytest.mark.parametrize("pattern", ["", "f*.png"])
+def test_numbered_frames_of_a_folder_or_glob_are_tracked_in_their_order(demo, tmp_path, pattern):
+    # before: sorted as text, ffmpeg's f1.png ... f10.png were tracked as f1, f10, f2, ...
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, frame in enumerate(walk_frames(11)):
+        assert cv2.imwrite(str(inputs / f"f{i}.png"), frame[::2, ::2])
+    results = tmp_path / "res.json"
+    assert run(demo, "--input", inputs / pattern, "--output", tmp_path / "out", "--track", "--save-json", results) == 0
+    assert [r["image_id"] for r in json.loads(results.read_text())] == [f"f{i}" for i in range(11)]
+
+
 def test_empty_folder_and_mistyped_path_are_errors_before_the_model_loads(demo, tmp_path, capsys, no_model):
     # before: an empty folder exited 0 writing [], a mistyped path failed only after the model loaded
     (tmp_path / "empty").mkdir()
