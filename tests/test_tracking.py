@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from depotr import Predictor
 from depotr.cli import ConfigError
@@ -337,6 +337,15 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
     # before: "of image 0" (the frame's index in the Predictor's one-image batch)
     with pytest.raises(ValueError, match="precomputed person box 0 of image 6 is degenerate"):
         video(frames[0], boxes=[[20, 10, 5, 40]])
+
+
+def test_video_api_takes_the_box_mode_of_the_predictor():
+    # before: VideoPoseTracker's call, documented with Predictor.__call__'s arguments, had no box_mode
+    # (TypeError), so COCO's XYWH boxes could not be passed as they are
+    predictor = Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]), random_weights=True)
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    out = VideoPoseTracker(predictor)(frame, [[10, 5, 50, 80]], box_mode=BoxMode.XYWH_ABS)
+    assert out.pred_boxes.tensor.tolist() == [[10.0, 5.0, 60.0, 85.0]] and out.track_id.tolist() == [0]
 
 
 def test_an_unreadable_frame_file_counts_as_a_frame_without_persons(tmp_path):

@@ -31,7 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from detectron2.config import CfgNode
-from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
+from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa, pairwise_iou
 
 from .cli import ConfigError
 from .data.image_io import read_image_bgr
@@ -317,7 +317,11 @@ class VideoPoseTracker:
         self.frame_size: Optional[Tuple[int, int]] = None
 
     def __call__(
-        self, frame: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
+        self,
+        frame: ImageLike,
+        boxes: Optional[BoxesLike] = None,
+        scores: Optional[ScoresLike] = None,
+        box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> Instances:
         """The persons of the next frame (``Predictor.__call__``'s arguments and fields, the frame
         named by its index in messages) with ``track_id`` (N,) int64."""
@@ -327,7 +331,7 @@ class VideoPoseTracker:
             except (OSError, ValueError):
                 self.tracker.skip_frame()  # a caller skipping the frame still has it counted, as the demo's
                 raise
-        instances = self.predictor(frame, boxes, scores, image_id=self.tracker.frame + 1)
+        instances = self.predictor(frame, boxes, scores, box_mode, image_id=self.tracker.frame + 1)
         if self.frame_size is None:
             self.frame_size = instances.image_size
         elif instances.image_size != self.frame_size:
