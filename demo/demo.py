@@ -17,7 +17,8 @@ otherwise the whole image is one person (the single-person mode of a top-down mo
 
 Video: --track gives each person a persistent id (depotr.tracking, TEST.TRACK), drawn in its own
 colour and saved as "track_id"; --smooth (implies --track) also smooths the keypoints with a
-One-Euro filter per track (TEST.SMOOTH).
+One-Euro filter per track (TEST.SMOOTH) at the video's frame rate (30 fps for images, and for a
+video or webcam that has none).
     python demo/demo.py --config-file ... --video-input walk.mp4 --output out/walk_tracked.mp4 \
         --smooth --boxes walk_boxes.json --save-json out/walk.json --opts MODEL.WEIGHTS ...
 
@@ -52,7 +53,8 @@ image_id), the box and image-id files and that a video can be opened and has a f
 when all these are fine, so that a mistyped input leaves no new folder) that every output can be
 written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
-exits with status 1; so are video frames whose size differs from the first frame's, and a video
+exits with status 1; so are video frames whose size differs from the first frame's (with --track,
+images whose size differs from the first image's: they are a video's frames), and a video
 that ends before the number of frames its file announces (a file cut short, a frame that cannot be
 decoded) gives a warning naming it, "read N of the M frames it announces", and status 1; the frames
 read are written. A box file naming frames the video does not have (neither read nor announced)
@@ -304,6 +306,14 @@ def image_id_from_path(path: str) -> Union[int, str]:
     return int(stem) if stem.isdigit() else stem
 
 
+def size_change(size: Tuple[int, int], first: Tuple[int, int], what: str = "frame") -> Optional[str]:
+    """Why an image of (H, W) ``size`` is skipped in a sequence whose first ``what`` is ``first``
+    (None: the same size)."""
+    if size == first:
+        return None
+    return f"its size {size[1]}x{size[0]} differs from the first {what}'s {first[1]}x{first[0]}"
+
+
 def drawn_size(height: int, width: int) -> tuple:
     """(H', W') a (height, width) image is drawn at: its long side at most MAX_DRAW_SIZE."""
     scale = min(1.0, MAX_DRAW_SIZE / max(height, width))
@@ -411,17 +421,25 @@ class Demo:
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
         """Writes each image's drawing to :func:`output_path` (whole or not at all); returns the
-        number of unreadable files (each one ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
+        number of images skipped: unreadable files and, when tracking, images whose size differs
+        from the first image's (as a video's frames; each one ages the tracker's tracks,
+        ``PoseTracker.skip_frame``)."""
         from depotr.data.image_io import read_image_bgr
 
         os.makedirs(os.path.dirname(os.path.abspath(output)) if is_image_file(output) else output, exist_ok=True)
-        failures = 0
+        failures, size = 0, None
         for path in tqdm(paths, desc="images"):
             try:
                 image = read_image_bgr(path)
+                problem = None
             except (OSError, ValueError) as e:
+                problem = f"cannot read image ({e})"
+            if problem is None and self.tracker is not None:
+                size = size or image.shape[:2]
+                problem = size_change(image.shape[:2], size, "image")
+            if problem is not None:
                 failures += 1
-                tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
+                tqdm.write(f"skipping {path}: {problem}", file=sys.stderr)
                 if self.tracker is not None:
                     self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
                 continue
@@ -469,18 +487,15 @@ class Demo:
                             )
                             if not writer.isOpened():
                                 raise OSError(f"cannot write the video {out_path}")
-                        wrong_size = frame.shape[:2] != size
-                        if wrong_size:
-                            tqdm.write(
-                                f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from "
-                                f"the first frame's {size[1]}x{size[0]}",
-                                file=sys.stderr,
-                            )
+                        problem = size_change(frame.shape[:2], size)
+                        if problem is not None:
+                            tqdm.write(f"skipping frame {index}: {problem}", file=sys.stderr)
                             if self.tracker is not None:
                                 self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
                         else:
                             writer.write(draw(frame, self(frame, index), self.metadata))
-                        count, skipped, kept = index + 1, skipped + wrong_size, len(self.results)  # frame done
+                        # frame done (one assignment: a Ctrl-C leaves the three counts consistent)
+                        count, skipped, kept = index + 1, skipped + (problem is not None), len(self.results)
                 except KeyboardInterrupt:
                     self.stopped = True
                     del self.results[kept:]  # a frame predicted but not written
@@ -725,8 +740,7 @@ def run_demo(
         atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
-        what = "image(s) could not be read" if args.input else "frame(s) were skipped or could not be read"
-        print(f"{failures} {what}", file=sys.stderr)
+        print(f"{failures} {'image' if args.input else 'frame'}(s) were skipped or could not be read", file=sys.stderr)
     if demo.stopped:
         return 128 + signal.SIGINT  # a video stopped with Ctrl-C: the shell's status of Ctrl-C
     return 1 if failures else 0

@@ -77,7 +77,7 @@ def test_demo_draws_photos_of_every_layout_saves_json_and_reports_unreadable_one
     )
     assert completed.returncode == 1, completed.stderr[-2000:]
     assert "skipping" in completed.stderr and "broken.jpg" in completed.stderr
-    assert "1 image(s) could not be read" in completed.stderr
+    assert "1 image(s) were skipped or could not be read" in completed.stderr
     for name in layouts:
         assert f"{name}.png -> " in completed.stdout
         drawn = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -916,6 +916,23 @@ def test_unreadable_images_age_the_tracks(demo, tmp_path, capsys):
     assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == 1
     assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (2, 1)]
     assert tracker.frame == 2
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_tracked_images_of_another_size_are_skipped_as_a_videos_frames(demo, tmp_path, capsys, track):
+    # before: with --track, an image sequence whose second image was smaller was tracked across the
+    # change (a box's IoU and the edge rule across frames of different sizes), where a video skips it
+    frame = walk_frames(1)[0]
+    for name, image in (("0.png", frame), ("1.png", frame[:64]), ("2.png", frame)):
+        assert cv2.imwrite(str(tmp_path / name), image)
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=0) if track else None
+    runner = demo.Demo(fake_predictor(), None, tracker)
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == track
+    expected = [(0, 0), (2, 1)] if track else [(0, None), (1, None), (2, None)]
+    assert [(r["image_id"], r.get("track_id")) for r in runner.results] == expected
+    err = capsys.readouterr().err
+    assert (f"skipping {paths[1]}: its size 128x64 differs from the first image's 128x128" in err) == track
 
 
 @pytest.mark.parametrize("track", [False, True])
