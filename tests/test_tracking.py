@@ -395,6 +395,15 @@ def test_tracking_from_a_config_with_oks_nms_on_warns(caplog, thresh, warned):
     assert ("tracking_config(cfg)" in caplog.text) == warned
 
 
+def test_oks_nms_set_on_in_test_track_is_warned_about_by_that_key(caplog):
+    # before: the demo's --track TEST.TRACK.OKS_NMS_THRESH 0.9 was told to build its Predictor from
+    # tracking_config(cfg), which the demo does: the key to change is TEST.TRACK.OKS_NMS_THRESH
+    cfg = tracking_config(load_depotr_config(INSTANT_CONFIG, ["TEST.TRACK.OKS_NMS_THRESH", "0.9"]))
+    with caplog.at_level(logging.WARNING, logger="depotr.tracking"):
+        PoseTracker.from_config(cfg)
+    assert "set TEST.TRACK.OKS_NMS_THRESH 1.0" in caplog.text and "tracking_config" not in caplog.text
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_tracking_config_replaces_the_oks_nms_threshold_on_a_copy(frozen):
     cfg = load_depotr_config(INSTANT_CONFIG, ["TEST.TRACK.OKS_NMS_THRESH", "0.95"])

@@ -200,12 +200,20 @@ class PoseTracker:
     def from_config(cls, cfg: CfgNode, fps: float = 30.0, smooth: bool = False) -> "PoseTracker":
         """The tracker of ``TEST.TRACK`` (and with ``smooth``, ``TEST.SMOOTH``), with the OKS
         sigmas of the config's keypoints. Warns when the config's OKS-NMS is on (it breaks tracks)."""
-        if cfg.TEST.OKS_NMS_THRESH < 1.0:
+        thresh = cfg.TEST.OKS_NMS_THRESH
+        if thresh < 1.0:
+            # the same as TEST.TRACK's: set there (the demo's --track builds the Predictor from tracking_config)
+            remedy = (
+                "set TEST.TRACK.OKS_NMS_THRESH 1.0 (the default: off)"
+                if thresh == cfg.TEST.TRACK.OKS_NMS_THRESH
+                else "build the Predictor from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, "
+                "default 1.0: off)"
+            )
             logger.warning(
-                "TEST.OKS_NMS_THRESH is %g: OKS-NMS removes one of two overlapping persons whose predicted "
-                "poses coincide, and their tracks break (benchmarks/README.md, video); build the Predictor "
-                "from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, default 1.0: off)",
-                cfg.TEST.OKS_NMS_THRESH,
+                "OKS-NMS is on (TEST.OKS_NMS_THRESH %g): it removes one of two overlapping persons whose "
+                "predicted poses coincide, and their tracks break (benchmarks/README.md, video); %s",
+                thresh,
+                remedy,
             )
         _check_fps(fps)  # the caller's, not the config's
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
