@@ -678,7 +678,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
         ok, first = capture.read() if capture.isOpened() else (False, None)
         if not capture.isOpened():
-            problems.append(f"cannot open {name}")
+            why = ""
+            if args.video_input:
+                empty = os.path.getsize(args.video_input) == 0
+                why = ": the file is empty" if empty else ": not a video, or one this OpenCV cannot read"
+            problems.append(f"cannot open {name}{why}")
         elif not ok:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))

@@ -553,7 +553,10 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video")
     assert run(demo, "--video-input", broken, "--output", out) == 1
-    assert f"error: cannot open {broken}" in capsys.readouterr().err
+    assert f"error: cannot open {broken}: not a video, or one this OpenCV cannot read" in capsys.readouterr().err
+    broken.write_bytes(b"")  # before: "cannot open" without a reason, for an empty file as for a broken one
+    assert run(demo, "--video-input", broken, "--output", out) == 1
+    assert f"error: cannot open {broken}: the file is empty" in capsys.readouterr().err
     empty = tmp_path / "empty.avi"
     write_video(empty, [], fourcc="MJPG")
     assert run(demo, "--video-input", empty, "--output", out) == 1
