@@ -62,7 +62,8 @@ is an error (status 1).
 Outputs are written whole or not at all (depotr.file_io).
 Ctrl-C during a video stops it as the webcam's: "stopped (Ctrl-C) after N of the M frames", the
 frames done are written (the video of those frames, --save-json of the same frames) and the
-status is 130 (the shell's status of a Ctrl-C: the video is not done). SIGTERM (kill) stops the
+status is 130 (the shell's status of a Ctrl-C: the video is not done); so do images ("after N of
+the M images": their drawings and --save-json). SIGTERM (kill) stops the
 demo with status 143, the output being written removed (no .tmp-* file is left behind).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
@@ -406,7 +407,7 @@ class Demo:
         self.category_id = category_id
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
-        self.stopped = False  # a video run_video stopped with Ctrl-C
+        self.stopped = False  # a video or image sequence stopped with Ctrl-C
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
@@ -423,30 +424,38 @@ class Demo:
         """Writes each image's drawing to :func:`output_path` (whole or not at all); returns the
         number of images skipped: unreadable files and, when tracking, images whose size differs
         from the first image's (as a video's frames; each one ages the tracker's tracks,
-        ``PoseTracker.skip_frame``)."""
+        ``PoseTracker.skip_frame``). Ctrl-C (KeyboardInterrupt) stops as in :meth:`run_video`:
+        the images done are kept in ``results`` (those of an image cut short are dropped), and
+        ``stopped`` is set."""
         from depotr.data.image_io import read_image_bgr
 
         os.makedirs(os.path.dirname(os.path.abspath(output)) if is_image_file(output) else output, exist_ok=True)
-        failures, size = 0, None
-        for path in tqdm(paths, desc="images"):
-            try:
-                image = read_image_bgr(path)
-                problem = None
-            except (OSError, ValueError) as e:
-                problem = f"cannot read image ({e})"
-            if problem is None and self.tracker is not None:
-                size = size or image.shape[:2]
-                problem = size_change(image.shape[:2], size, "image")
-            if problem is not None:
-                failures += 1
-                tqdm.write(f"skipping {path}: {problem}", file=sys.stderr)
-                if self.tracker is not None:
-                    self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
-                continue
-            instances = self(image, image_ids[path])
-            out_path = output_path(path, output)
-            write_image(out_path, draw(image, instances, self.metadata))
-            tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
+        failures, size, done, kept = 0, None, 0, len(self.results)
+        try:
+            for index, path in enumerate(tqdm(paths, desc="images")):
+                try:
+                    image = read_image_bgr(path)
+                    problem = None
+                except (OSError, ValueError) as e:
+                    problem = f"cannot read image ({e})"
+                if problem is None and self.tracker is not None:
+                    size = size or image.shape[:2]
+                    problem = size_change(image.shape[:2], size, "image")
+                if problem is not None:
+                    tqdm.write(f"skipping {path}: {problem}", file=sys.stderr)
+                    if self.tracker is not None:
+                        self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
+                else:
+                    instances = self(image, image_ids[path])
+                    out_path = output_path(path, output)
+                    write_image(out_path, draw(image, instances, self.metadata))
+                    tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
+                # image done (one assignment: a Ctrl-C leaves the three counts consistent)
+                done, failures, kept = index + 1, failures + (problem is not None), len(self.results)
+        except KeyboardInterrupt:
+            self.stopped = True
+            del self.results[kept:]  # an image predicted but not written
+            tqdm.write(f"stopped (Ctrl-C) after {done} of the {len(paths)} images")
         return failures
 
     def run_video(
@@ -746,7 +755,7 @@ def run_demo(
     if failures:
         print(f"{failures} {'image' if args.input else 'frame'}(s) were skipped or could not be read", file=sys.stderr)
     if demo.stopped:
-        return 128 + signal.SIGINT  # a video stopped with Ctrl-C: the shell's status of Ctrl-C
+        return 128 + signal.SIGINT  # a video or images stopped with Ctrl-C: the shell's status of Ctrl-C
     return 1 if failures else 0
 
 

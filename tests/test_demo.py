@@ -821,6 +821,32 @@ def test_video_stopped_with_ctrl_c_keeps_the_frames_done_as_the_webcam(demo, tmp
     assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0), (2, 0)]
 
 
+def test_images_stopped_with_ctrl_c_keep_the_images_done_as_a_video(demo, tmp_path, capsys, monkeypatch):
+    # before: an image sequence tracked as frames (--input --track) stopped with a KeyboardInterrupt
+    # traceback and no --save-json, where a video keeps the frames done and exits 130
+    inputs, results = tmp_path / "in", tmp_path / "keypoints.json"
+    inputs.mkdir()
+    for i, frame in enumerate(walk_frames(4)):
+        assert cv2.imwrite(str(inputs / f"{i}.png"), frame)
+    predictor = fake_predictor()
+
+    def interrupted(image, boxes=None, scores=None, image_id=None):
+        out = predictor(image, boxes, scores, image_id)
+        if image_id == 2:
+            raise KeyboardInterrupt
+        return out
+
+    interrupted.cfg = predictor.cfg
+    monkeypatch.setattr("depotr.Predictor", lambda cfg, random_weights=False: interrupted)
+    try:
+        status = run(demo, "--input", inputs, "--output", tmp_path / "out", "--track", "--save-json", results)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through the demo")
+    assert status == 130 and "stopped (Ctrl-C) after 2 of the 4 images" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["0.png", "1.png"]
+    assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0)]
+
+
 def test_ctrl_c_in_the_middle_of_a_frame_keeps_the_frames_written(demo, tmp_path, capsys, monkeypatch):
     draw, drawn = demo.draw, []
 
