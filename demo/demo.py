@@ -46,7 +46,8 @@ Folders are read one level deep (their subfolders are skipped) and only their im
 (by extension; the number left out is printed); files named explicitly are always read. The files
 of a folder or of a quoted glob ("frames/*.png", which the shell would sort as text) are read in
 the order of their numbers (frame2.png before frame10.png: with --track they are a video's
-frames); files named one by one in the order given. Before
+frames); files named one by one in the order given (with --track, a warning when that is not
+the order of their numbers). Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
 that no two inputs share a file name stem (which would give them one output file and one
 image_id), the box and image-id files and that a video can be opened and has a frame, then (only
@@ -613,6 +614,13 @@ def check_inputs(
             )
         if not paths and not missing:
             problems.append(f"no images found in {' '.join(args.input)}")
+        in_order = sorted(paths, key=natural_key)
+        if (args.track or args.smooth) and paths != in_order:
+            first = next(i for i, (path, other) in enumerate(zip(paths, in_order)) if path != other)
+            print(
+                f"warning: the images are tracked in the order given, {paths[first]} before {in_order[first]}, not "
+                "in the order of their numbers (the shell sorts a glob as text: quote it, or give the folder)"
+            )
         try:
             if args.image_ids:
                 image_ids, category_id = image_ids_from_coco(args.image_ids, paths)

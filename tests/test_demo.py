@@ -394,6 +394,21 @@ def test_numbered_frames_of_a_folder_or_glob_are_tracked_in_their_order(demo, tm
     assert [r["image_id"] for r in json.loads(results.read_text())] == [f"f{i}" for i in range(11)]
 
 
+def test_images_named_one_by_one_out_of_their_numbers_order_are_tracked_so_with_a_warning(demo, tmp_path, capsys):
+    # before: an unquoted glob (--input in/*.png, sorted as text by the shell) was tracked as
+    # f0, f1, f10, f2 without a word
+    paths = [tmp_path / f"f{i}.png" for i in (0, 1, 10, 2)]
+    for path, frame in zip(paths, walk_frames(4)):
+        assert cv2.imwrite(str(path), frame[::2, ::2])
+    results = tmp_path / "res.json"
+    for track in ([], ["--track"]):
+        assert run(demo, "--input", *paths, "--output", tmp_path / "out", *track, "--save-json", results) == 0
+        out = capsys.readouterr().out
+        assert [r["image_id"] for r in json.loads(results.read_text())] == ["f0", "f1", "f10", "f2"]  # as given
+        warning = f"warning: the images are tracked in the order given, {paths[2]} before {paths[3]}, not in the"
+        assert (warning in out) == bool(track)
+
+
 def test_empty_folder_and_mistyped_path_are_errors_before_the_model_loads(demo, tmp_path, capsys, no_model):
     # before: an empty folder exited 0 writing [], a mistyped path failed only after the model loaded
     (tmp_path / "empty").mkdir()
