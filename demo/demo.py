@@ -753,7 +753,7 @@ def run_demo(
             failures = demo.run_video(frames, out_path, fps, announced_frames(capture), args.video_input)
         except ValueError as e:
             print(f"error: {args.video_input}: {e}; nothing written", file=sys.stderr)
-            return 1
+            return 128 + signal.SIGINT if demo.stopped else 1  # Ctrl-C before the first frame: still 130
     else:
         demo.run_webcam(frames, capture)
 

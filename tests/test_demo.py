@@ -862,6 +862,24 @@ def test_images_stopped_with_ctrl_c_keep_the_images_done_as_a_video(demo, tmp_pa
     assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0)]
 
 
+def test_ctrl_c_before_the_first_frame_is_done_exits_130(demo, tmp_path, capsys, monkeypatch):
+    # before: status 1, as a broken video, where the docstring promises a Ctrl-C's 130
+    def interrupted(image, instances, metadata):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "draw", interrupted)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(3), frame_count=3.0))
+    video = placeholder_video(tmp_path)
+    try:
+        status = run(demo, "--video-input", video, "--output", tmp_path / "out", "--track")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through the demo")
+    assert status == 130
+    assert f"error: {video}: stopped (Ctrl-C) before the first frame was done; nothing written" in (
+        capsys.readouterr().err
+    )
+
+
 def test_ctrl_c_in_the_middle_of_a_frame_keeps_the_frames_written(demo, tmp_path, capsys, monkeypatch):
     draw, drawn = demo.draw, []
 
