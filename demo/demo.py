@@ -159,7 +159,7 @@ def get_parser() -> argparse.ArgumentParser:
 def natural_key(path: str) -> List[Union[str, int]]:
     """Sort key of ``path`` that orders its numbers by value: frame2.png before frame10.png (the
     frames of a video written as ffmpeg's frame%d.png are tracked in their order)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", path)]
 
 
 def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:

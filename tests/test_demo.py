@@ -394,6 +394,11 @@ def test_numbered_frames_of_a_folder_or_glob_are_tracked_in_their_order(demo, tm
     assert [r["image_id"] for r in json.loads(results.read_text())] == [f"f{i}" for i in range(11)]
 
 
+def test_natural_key_orders_numbers_by_value_and_takes_any_name(demo):
+    names = ["f10.png", "f2.png", "f1\u00b23.png", "f02b.png", "g.png"]  # a superscript two is no decimal digit
+    assert sorted(names, key=demo.natural_key) == ["f1\u00b23.png", "f2.png", "f02b.png", "f10.png", "g.png"]
+
+
 def test_images_named_one_by_one_out_of_their_numbers_order_are_tracked_so_with_a_warning(demo, tmp_path, capsys):
     # before: an unquoted glob (--input in/*.png, sorted as text by the shell) was tracked as
     # f0, f1, f10, f2 without a word
