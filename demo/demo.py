@@ -305,7 +305,7 @@ def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId])
 def image_id_from_path(path: str) -> Union[int, str]:
     """The file name stem, as an int when it is all digits (COCO's 000000397133.jpg -> 397133)."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else stem
+    return int(stem) if stem.isdecimal() else stem
 
 
 def size_change(size: Tuple[int, int], first: Tuple[int, int], what: str = "frame") -> Optional[str]:

@@ -394,6 +394,11 @@ def test_numbered_frames_of_a_folder_or_glob_are_tracked_in_their_order(demo, tm
     assert [r["image_id"] for r in json.loads(results.read_text())] == [f"f{i}" for i in range(11)]
 
 
+def test_image_id_is_the_stem_as_a_number_when_it_is_one(demo):
+    # before: isdigit took a superscript (photo "2\u00b2.jpg") for a number and int() raised
+    assert [demo.image_id_from_path(p) for p in ("a/000123.jpg", "b/2\u00b2.jpg", "c/x1.png")] == [123, "2\u00b2", "x1"]
+
+
 def test_natural_key_orders_numbers_by_value_and_takes_any_name(demo):
     names = ["f10.png", "f2.png", "f1\u00b23.png", "f02b.png", "g.png"]  # a superscript two is no decimal digit
     assert sorted(names, key=demo.natural_key) == ["f1\u00b23.png", "f2.png", "f02b.png", "f10.png", "g.png"]
