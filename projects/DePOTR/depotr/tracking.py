@@ -320,6 +320,12 @@ class VideoPoseTracker:
     age as in the demo. Build the predictor from :func:`tracking_config` (OKS-NMS off)."""
 
     def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
+        """
+        Args:
+            predictor: its config gives ``TEST.TRACK`` and ``TEST.SMOOTH``.
+            fps: the frames' rate (e.g. ``cv2.CAP_PROP_FPS``): the smoothing's time step is 1 / fps.
+            smooth: One-Euro smoothing of the keypoints (``TEST.SMOOTH``).
+        """
         self.predictor = predictor
         self.tracker = PoseTracker.from_config(predictor.cfg, fps=fps, smooth=smooth)
         self.frame_size: Optional[Tuple[int, int]] = None
@@ -356,6 +362,7 @@ def track_video(
 ) -> List[Instances]:
     """The tracked persons of every frame of ``frames`` (in order), one Instances per frame with
     ``track_id``; boxes from the predictor's detector or the whole frame (use
-    :class:`VideoPoseTracker` to pass boxes per frame)."""
+    :class:`VideoPoseTracker` to pass boxes per frame). ``fps`` and ``smooth``: as
+    :class:`VideoPoseTracker`'s."""
     video = VideoPoseTracker(predictor, fps=fps, smooth=smooth)
     return [video(frame) for frame in frames]
