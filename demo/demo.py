@@ -17,7 +17,8 @@ otherwise the whole image is one person (the single-person mode of a top-down mo
 
 Video: --track gives each person a persistent id (depotr.tracking, TEST.TRACK), drawn in its own
 colour and saved as "track_id"; --smooth (implies --track) also smooths the keypoints with a
-One-Euro filter per track (TEST.SMOOTH).
+One-Euro filter per track (TEST.SMOOTH) at the video's frame rate (30 fps for images, and for a
+video or webcam that has none).
     python demo/demo.py --config-file ... --video-input walk.mp4 --output out/walk_tracked.mp4 \
         --smooth --boxes walk_boxes.json --save-json out/walk.json --opts MODEL.WEIGHTS ...
 
@@ -42,14 +43,19 @@ keypoints' category, e.g. 3; --boxes then keeps the boxes of that category); key
 x - 0.5); bbox XYWH; score; with --track, track_id.
 
 Folders are read one level deep (their subfolders are skipped) and only their image files
-(by extension; the number left out is printed); files named explicitly are always read. Before
+(by extension; the number left out is printed); files named explicitly are always read. The files
+of a folder or of a quoted glob ("frames/*.png", which the shell would sort as text) are read in
+the order of their numbers (frame2.png before frame10.png: with --track they are a video's
+frames); files named one by one in the order given (with --track, a warning when that is not
+the order of their numbers). Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
 that no two inputs share a file name stem (which would give them one output file and one
 image_id), the box and image-id files and that a video can be opened and has a frame, then (only
 when all these are fine, so that a mistyped input leaves no new folder) that every output can be
 written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
-exits with status 1; so are video frames whose size differs from the first frame's, and a video
+exits with status 1; so are video frames whose size differs from the first frame's (with --track,
+images whose size differs from the first image's: they are a video's frames), and a video
 that ends before the number of frames its file announces (a file cut short, a frame that cannot be
 decoded) gives a warning naming it, "read N of the M frames it announces", and status 1; the frames
 read are written. A box file naming frames the video does not have (neither read nor announced)
@@ -57,7 +63,8 @@ is an error (status 1).
 Outputs are written whole or not at all (depotr.file_io).
 Ctrl-C during a video stops it as the webcam's: "stopped (Ctrl-C) after N of the M frames", the
 frames done are written (the video of those frames, --save-json of the same frames) and the
-status is 130 (the shell's status of a Ctrl-C: the video is not done). SIGTERM (kill) stops the
+status is 130 (the shell's status of a Ctrl-C: the video is not done); so do images ("after N of
+the M images": their drawings and --save-json). SIGTERM (kill) stops the
 demo with status 143, the output being written removed (no .tmp-* file is left behind).
 
 Config overrides: --opts KEY VALUE ... or bare KEY VALUE ... after the options (every DePOTR
@@ -72,6 +79,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -148,9 +156,15 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def natural_key(path: str) -> List[Union[str, int]]:
+    """Sort key of ``path`` that orders its numbers by value: frame2.png before frame10.png (the
+    frames of a video written as ffmpeg's frame%d.png are tracked in their order)."""
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", path)]
+
+
 def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
-    """Files, globs and folders (their files, sorted; not their subfolders) -> file paths, each
-    file once. Files of a folder or glob are kept only with an ``IMAGE_EXTENSIONS`` extension;
+    """Files, globs and folders (their files, in :func:`natural_key` order; not their subfolders)
+    -> file paths, each file once. Files of a folder or glob are kept only with an ``IMAGE_EXTENSIONS`` extension;
     files named explicitly always.
 
     Returns:
@@ -161,9 +175,9 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], int, List[str]]:
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern))
+            found = sorted((os.path.join(pattern, f) for f in os.listdir(pattern)), key=natural_key)
         elif glob.has_magic(pattern):
-            found = sorted(glob.glob(pattern))
+            found = sorted(glob.glob(pattern), key=natural_key)
         else:
             found = [pattern] if os.path.exists(pattern) else []
         if not found and not os.path.isdir(pattern):
@@ -291,7 +305,15 @@ def shared_outputs(paths: List[str], output: str, image_ids: Dict[str, ImageId])
 def image_id_from_path(path: str) -> Union[int, str]:
     """The file name stem, as an int when it is all digits (COCO's 000000397133.jpg -> 397133)."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else stem
+    return int(stem) if stem.isdecimal() else stem
+
+
+def size_change(size: Tuple[int, int], first: Tuple[int, int], what: str = "frame") -> Optional[str]:
+    """Why an image of (H, W) ``size`` is skipped in a sequence whose first ``what`` is ``first``
+    (None: the same size)."""
+    if size == first:
+        return None
+    return f"its size {size[1]}x{size[0]} differs from the first {what}'s {first[1]}x{first[0]}"
 
 
 def drawn_size(height: int, width: int) -> tuple:
@@ -386,7 +408,7 @@ class Demo:
         self.category_id = category_id
         self.metadata = Metadata(name="depotr_demo").set(**drawing_metadata(predictor.cfg))
         self.results: List[Dict] = []
-        self.stopped = False  # a video run_video stopped with Ctrl-C
+        self.stopped = False  # a video or image sequence stopped with Ctrl-C
 
     def __call__(self, image: np.ndarray, image_id: ImageId) -> "Instances":
         """Returns the kept persons (Instances) of a (H, W, 3) uint8 BGR image."""
@@ -401,24 +423,40 @@ class Demo:
 
     def run_images(self, paths: List[str], output: str, image_ids: Dict[str, ImageId]) -> int:
         """Writes each image's drawing to :func:`output_path` (whole or not at all); returns the
-        number of unreadable files (each one ages the tracker's tracks, ``PoseTracker.skip_frame``)."""
+        number of images skipped: unreadable files and, when tracking, images whose size differs
+        from the first image's (as a video's frames; each one ages the tracker's tracks,
+        ``PoseTracker.skip_frame``). Ctrl-C (KeyboardInterrupt) stops as in :meth:`run_video`:
+        the images done are kept in ``results`` (those of an image cut short are dropped), and
+        ``stopped`` is set."""
         from depotr.data.image_io import read_image_bgr
 
         os.makedirs(os.path.dirname(os.path.abspath(output)) if is_image_file(output) else output, exist_ok=True)
-        failures = 0
-        for path in tqdm(paths, desc="images"):
-            try:
-                image = read_image_bgr(path)
-            except (OSError, ValueError) as e:
-                failures += 1
-                tqdm.write(f"skipping {path}: cannot read image ({e})", file=sys.stderr)
-                if self.tracker is not None:
-                    self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
-                continue
-            instances = self(image, image_ids[path])
-            out_path = output_path(path, output)
-            write_image(out_path, draw(image, instances, self.metadata))
-            tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
+        failures, size, done, kept = 0, None, 0, len(self.results)
+        try:
+            for index, path in enumerate(tqdm(paths, desc="images")):
+                try:
+                    image = read_image_bgr(path)
+                    problem = None
+                except (OSError, ValueError) as e:
+                    problem = f"cannot read image ({e})"
+                if problem is None and self.tracker is not None:
+                    size = size or image.shape[:2]
+                    problem = size_change(image.shape[:2], size, "image")
+                if problem is not None:
+                    tqdm.write(f"skipping {path}: {problem}", file=sys.stderr)
+                    if self.tracker is not None:
+                        self.tracker.skip_frame()  # the images are a video's frames: as run_video's skipped ones
+                else:
+                    instances = self(image, image_ids[path])
+                    out_path = output_path(path, output)
+                    write_image(out_path, draw(image, instances, self.metadata))
+                    tqdm.write(f"{path} -> {out_path}: {len(instances)} persons")
+                # image done (one assignment: a Ctrl-C leaves the three counts consistent)
+                done, failures, kept = index + 1, failures + (problem is not None), len(self.results)
+        except KeyboardInterrupt:
+            self.stopped = True
+            del self.results[kept:]  # an image predicted but not written
+            tqdm.write(f"stopped (Ctrl-C) after {done} of the {len(paths)} images")
         return failures
 
     def run_video(
@@ -459,18 +497,15 @@ class Demo:
                             )
                             if not writer.isOpened():
                                 raise OSError(f"cannot write the video {out_path}")
-                        wrong_size = frame.shape[:2] != size
-                        if wrong_size:
-                            tqdm.write(
-                                f"skipping frame {index}: its size {frame.shape[1]}x{frame.shape[0]} differs from "
-                                f"the first frame's {size[1]}x{size[0]}",
-                                file=sys.stderr,
-                            )
+                        problem = size_change(frame.shape[:2], size)
+                        if problem is not None:
+                            tqdm.write(f"skipping frame {index}: {problem}", file=sys.stderr)
                             if self.tracker is not None:
                                 self.tracker.skip_frame()  # MAX_LOST_FRAMES and the smoothing count video frames
                         else:
                             writer.write(draw(frame, self(frame, index), self.metadata))
-                        count, skipped, kept = index + 1, skipped + wrong_size, len(self.results)  # frame done
+                        # frame done (one assignment: a Ctrl-C leaves the three counts consistent)
+                        count, skipped, kept = index + 1, skipped + (problem is not None), len(self.results)
                 except KeyboardInterrupt:
                     self.stopped = True
                     del self.results[kept:]  # a frame predicted but not written
@@ -579,6 +614,13 @@ def check_inputs(
             )
         if not paths and not missing:
             problems.append(f"no images found in {' '.join(args.input)}")
+        in_order = sorted(paths, key=natural_key)
+        if (args.track or args.smooth) and paths != in_order:
+            first = next(i for i, (path, other) in enumerate(zip(paths, in_order)) if path != other)
+            print(
+                f"warning: the images are tracked in the order given, {paths[first]} before {in_order[first]}, not "
+                "in the order of their numbers (the shell sorts a glob as text: quote it, or give the folder)"
+            )
         try:
             if args.image_ids:
                 image_ids, category_id = image_ids_from_coco(args.image_ids, paths)
@@ -653,7 +695,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         capture = cv2.VideoCapture(0 if args.webcam else args.video_input)
         ok, first = capture.read() if capture.isOpened() else (False, None)
         if not capture.isOpened():
-            problems.append(f"cannot open {name}")
+            why = ""
+            if args.video_input:
+                empty = os.path.getsize(args.video_input) == 0
+                why = ": the file is empty" if empty else ": not a video, or one this OpenCV cannot read"
+            problems.append(f"cannot open {name}{why}")
         elif not ok:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))
@@ -707,7 +753,7 @@ def run_demo(
             failures = demo.run_video(frames, out_path, fps, announced_frames(capture), args.video_input)
         except ValueError as e:
             print(f"error: {args.video_input}: {e}; nothing written", file=sys.stderr)
-            return 1
+            return 128 + signal.SIGINT if demo.stopped else 1  # Ctrl-C before the first frame: still 130
     else:
         demo.run_webcam(frames, capture)
 
@@ -715,10 +761,9 @@ def run_demo(
         atomic_write(args.save_json, lambda f: f.write(json.dumps(demo.results).encode()))
         print(f"{len(demo.results)} persons -> {args.save_json}")
     if failures:
-        what = "image(s) could not be read" if args.input else "frame(s) were skipped or could not be read"
-        print(f"{failures} {what}", file=sys.stderr)
+        print(f"{failures} {'image' if args.input else 'frame'}(s) were skipped or could not be read", file=sys.stderr)
     if demo.stopped:
-        return 128 + signal.SIGINT  # a video stopped with Ctrl-C: the shell's status of Ctrl-C
+        return 128 + signal.SIGINT  # a video or images stopped with Ctrl-C: the shell's status of Ctrl-C
     return 1 if failures else 0
 
 

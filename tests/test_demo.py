@@ -20,6 +20,7 @@ from skimage import data as skimage_data
 from detectron2.structures import Boxes, Instances
 
 from depotr import Predictor
+from depotr.cli import run_main
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import PoseTracker
@@ -76,7 +77,7 @@ def test_demo_draws_photos_of_every_layout_saves_json_and_reports_unreadable_one
     )
     assert completed.returncode == 1, completed.stderr[-2000:]
     assert "skipping" in completed.stderr and "broken.jpg" in completed.stderr
-    assert "1 image(s) could not be read" in completed.stderr
+    assert "1 image(s) were skipped or could not be read" in completed.stderr
     for name in layouts:
         assert f"{name}.png -> " in completed.stdout
         drawn = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -381,6 +382,43 @@ def test_folder_non_image_files_are_left_out_and_counted(demo, tmp_path, capsys)
     assert os.listdir(tmp_path / "out") == ["a.png"]
 
 
+@pytest.mark.parametrize("pattern", ["", "f*.png"])
+def test_numbered_frames_of_a_folder_or_glob_are_tracked_in_their_order(demo, tmp_path, pattern):
+    # before: sorted as text, ffmpeg's f1.png ... f10.png were tracked as f1, f10, f2, ...
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, frame in enumerate(walk_frames(11)):
+        assert cv2.imwrite(str(inputs / f"f{i}.png"), frame[::2, ::2])
+    results = tmp_path / "res.json"
+    assert run(demo, "--input", inputs / pattern, "--output", tmp_path / "out", "--track", "--save-json", results) == 0
+    assert [r["image_id"] for r in json.loads(results.read_text())] == [f"f{i}" for i in range(11)]
+
+
+def test_image_id_is_the_stem_as_a_number_when_it_is_one(demo):
+    # before: isdigit took a superscript (photo "2\u00b2.jpg") for a number and int() raised
+    assert [demo.image_id_from_path(p) for p in ("a/000123.jpg", "b/2\u00b2.jpg", "c/x1.png")] == [123, "2\u00b2", "x1"]
+
+
+def test_natural_key_orders_numbers_by_value_and_takes_any_name(demo):
+    names = ["f10.png", "f2.png", "f1\u00b23.png", "f02b.png", "g.png"]  # a superscript two is no decimal digit
+    assert sorted(names, key=demo.natural_key) == ["f1\u00b23.png", "f2.png", "f02b.png", "f10.png", "g.png"]
+
+
+def test_images_named_one_by_one_out_of_their_numbers_order_are_tracked_so_with_a_warning(demo, tmp_path, capsys):
+    # before: an unquoted glob (--input in/*.png, sorted as text by the shell) was tracked as
+    # f0, f1, f10, f2 without a word
+    paths = [tmp_path / f"f{i}.png" for i in (0, 1, 10, 2)]
+    for path, frame in zip(paths, walk_frames(4)):
+        assert cv2.imwrite(str(path), frame[::2, ::2])
+    results = tmp_path / "res.json"
+    for track in ([], ["--track"]):
+        assert run(demo, "--input", *paths, "--output", tmp_path / "out", *track, "--save-json", results) == 0
+        out = capsys.readouterr().out
+        assert [r["image_id"] for r in json.loads(results.read_text())] == ["f0", "f1", "f10", "f2"]  # as given
+        warning = f"warning: the images are tracked in the order given, {paths[2]} before {paths[3]}, not in the"
+        assert (warning in out) == bool(track)
+
+
 def test_empty_folder_and_mistyped_path_are_errors_before_the_model_loads(demo, tmp_path, capsys, no_model):
     # before: an empty folder exited 0 writing [], a mistyped path failed only after the model loaded
     (tmp_path / "empty").mkdir()
@@ -540,7 +578,10 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video")
     assert run(demo, "--video-input", broken, "--output", out) == 1
-    assert f"error: cannot open {broken}" in capsys.readouterr().err
+    assert f"error: cannot open {broken}: not a video, or one this OpenCV cannot read" in capsys.readouterr().err
+    broken.write_bytes(b"")  # before: "cannot open" without a reason, for an empty file as for a broken one
+    assert run(demo, "--video-input", broken, "--output", out) == 1
+    assert f"error: cannot open {broken}: the file is empty" in capsys.readouterr().err
     empty = tmp_path / "empty.avi"
     write_video(empty, [], fourcc="MJPG")
     assert run(demo, "--video-input", empty, "--output", out) == 1
@@ -555,6 +596,20 @@ def test_bad_videos_and_box_files_are_errors_and_write_nothing(demo, tmp_path, c
         capsys.readouterr().err
     )  # before: "the box file has boxes ...", not saying which file
     assert os.listdir(out) == [] and not results.exists()  # no half-written video, no json
+
+
+def test_a_bad_tracking_value_in_the_overrides_is_one_error_line_and_status_2(demo, tmp_path, capsys):
+    # before: a ValueError traceback (status 1) naming the tracker's argument, not the config key
+    video = tmp_path / "walk.mp4"
+    write_video(video, walk_frames(2))
+    argv = ["--config-file", INSTANT_CONFIG, "--video-input", video, "--output", tmp_path / "out", "--track"]
+    status = run_main(demo.main, [*map(str, argv), *CPU, "TEST.TRACK.MIN_SIMILARITY", "1.5"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: TEST.TRACK / TEST.SMOOTH: iou_weight, min_similarity and velocity_gain must be in [0, 1], "
+        "got 0.5, 1.5 and 0.1 (the names are the keys in lower case)"
+    )
 
 
 def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys):
@@ -791,6 +846,50 @@ def test_video_stopped_with_ctrl_c_keeps_the_frames_done_as_the_webcam(demo, tmp
     assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0), (2, 0)]
 
 
+def test_images_stopped_with_ctrl_c_keep_the_images_done_as_a_video(demo, tmp_path, capsys, monkeypatch):
+    # before: an image sequence tracked as frames (--input --track) stopped with a KeyboardInterrupt
+    # traceback and no --save-json, where a video keeps the frames done and exits 130
+    inputs, results = tmp_path / "in", tmp_path / "keypoints.json"
+    inputs.mkdir()
+    for i, frame in enumerate(walk_frames(4)):
+        assert cv2.imwrite(str(inputs / f"{i}.png"), frame)
+    predictor = fake_predictor()
+
+    def interrupted(image, boxes=None, scores=None, image_id=None):
+        out = predictor(image, boxes, scores, image_id)
+        if image_id == 2:
+            raise KeyboardInterrupt
+        return out
+
+    interrupted.cfg = predictor.cfg
+    monkeypatch.setattr("depotr.Predictor", lambda cfg, random_weights=False: interrupted)
+    try:
+        status = run(demo, "--input", inputs, "--output", tmp_path / "out", "--track", "--save-json", results)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through the demo")
+    assert status == 130 and "stopped (Ctrl-C) after 2 of the 4 images" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["0.png", "1.png"]
+    assert [(r["image_id"], r["track_id"]) for r in json.loads(results.read_text())] == [(0, 0), (1, 0)]
+
+
+def test_ctrl_c_before_the_first_frame_is_done_exits_130(demo, tmp_path, capsys, monkeypatch):
+    # before: status 1, as a broken video, where the docstring promises a Ctrl-C's 130
+    def interrupted(image, instances, metadata):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "draw", interrupted)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture(walk_frames(3), frame_count=3.0))
+    video = placeholder_video(tmp_path)
+    try:
+        status = run(demo, "--video-input", video, "--output", tmp_path / "out", "--track")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through the demo")
+    assert status == 130
+    assert f"error: {video}: stopped (Ctrl-C) before the first frame was done; nothing written" in (
+        capsys.readouterr().err
+    )
+
+
 def test_ctrl_c_in_the_middle_of_a_frame_keeps_the_frames_written(demo, tmp_path, capsys, monkeypatch):
     draw, drawn = demo.draw, []
 
@@ -889,6 +988,23 @@ def test_unreadable_images_age_the_tracks(demo, tmp_path, capsys):
     assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == 1
     assert [(r["image_id"], r["track_id"]) for r in runner.results] == [(0, 0), (2, 1)]
     assert tracker.frame == 2
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_tracked_images_of_another_size_are_skipped_as_a_videos_frames(demo, tmp_path, capsys, track):
+    # before: with --track, an image sequence whose second image was smaller was tracked across the
+    # change (a box's IoU and the edge rule across frames of different sizes), where a video skips it
+    frame = walk_frames(1)[0]
+    for name, image in (("0.png", frame), ("1.png", frame[:64]), ("2.png", frame)):
+        assert cv2.imwrite(str(tmp_path / name), image)
+    tracker = PoseTracker(COCO_PERSON_OKS_SIGMAS, max_lost_frames=0) if track else None
+    runner = demo.Demo(fake_predictor(), None, tracker)
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    assert runner.run_images(paths, str(tmp_path / "out"), {path: i for i, path in enumerate(paths)}) == track
+    expected = [(0, 0), (2, 1)] if track else [(0, None), (1, None), (2, None)]
+    assert [(r["image_id"], r.get("track_id")) for r in runner.results] == expected
+    err = capsys.readouterr().err
+    assert (f"skipping {paths[1]}: its size 128x64 differs from the first image's 128x128" in err) == track
 
 
 @pytest.mark.parametrize("track", [False, True])

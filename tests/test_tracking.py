@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from depotr import Predictor
+from depotr.cli import ConfigError
 from depotr.config import load_depotr_config
 from depotr.data.keypoint_metadata import COCO_PERSON_OKS_SIGMAS
 from depotr.tracking import OneEuroFilter, PoseTracker, VideoPoseTracker, track_video, tracking_config
@@ -287,8 +288,26 @@ def test_tracker_arguments_are_checked():
     with pytest.raises(ValueError, match="score_ref"):
         PoseTracker(COCO_PERSON_OKS_SIGMAS, score_ref=0.0)
     for fps in (0.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="fps finite and > 0"):
+        with pytest.raises(ValueError, match="fps must be finite and > 0"):
             PoseTracker(COCO_PERSON_OKS_SIGMAS, fps=fps)
+
+
+@pytest.mark.parametrize(
+    "key, value, smooth, message",
+    [
+        ("TEST.TRACK.IOU_WEIGHT", "2.0", False, "iou_weight, min_similarity and velocity_gain must be in"),
+        ("TEST.TRACK.MAX_LOST_FRAMES", "-1", False, "max_lost_frames must be >= 0, got -1"),
+        ("TEST.SMOOTH.MIN_CUTOFF", "0.0", True, "One-Euro filter needs min_cutoff > 0"),
+    ],
+)
+def test_a_bad_tracking_config_value_is_a_config_error_naming_its_section(key, value, smooth, message):
+    # before: a plain ValueError, which the demo showed as a traceback (status 1), not "error: ..." (status 2)
+    cfg = load_depotr_config(INSTANT_CONFIG, [key, value])
+    with pytest.raises(ConfigError, match=f"^TEST.TRACK / TEST.SMOOTH: {message}"):
+        PoseTracker.from_config(cfg, smooth=smooth)
+    with pytest.raises(ValueError, match="fps must be finite") as error:  # the caller's fps: not the config's
+        PoseTracker.from_config(load_depotr_config(INSTANT_CONFIG), fps=0.0)
+    assert not isinstance(error.value, ConfigError)
 
 
 def test_video_api_on_a_predictor_tracks_and_reads_the_config():
@@ -318,6 +337,15 @@ def test_video_api_on_a_predictor_tracks_and_reads_the_config():
     # before: "of image 0" (the frame's index in the Predictor's one-image batch)
     with pytest.raises(ValueError, match="precomputed person box 0 of image 6 is degenerate"):
         video(frames[0], boxes=[[20, 10, 5, 40]])
+
+
+def test_video_api_takes_the_box_mode_of_the_predictor():
+    # before: VideoPoseTracker's call, documented with Predictor.__call__'s arguments, had no box_mode
+    # (TypeError), so COCO's XYWH boxes could not be passed as they are
+    predictor = Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]), random_weights=True)
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    out = VideoPoseTracker(predictor)(frame, [[10, 5, 50, 80]], box_mode=BoxMode.XYWH_ABS)
+    assert out.pred_boxes.tensor.tolist() == [[10.0, 5.0, 60.0, 85.0]] and out.track_id.tolist() == [0]
 
 
 def test_an_unreadable_frame_file_counts_as_a_frame_without_persons(tmp_path):
@@ -365,6 +393,15 @@ def test_tracking_from_a_config_with_oks_nms_on_warns(caplog, thresh, warned):
     with caplog.at_level(logging.WARNING, logger="depotr.tracking"):
         PoseTracker.from_config(cfg)
     assert ("tracking_config(cfg)" in caplog.text) == warned
+
+
+def test_oks_nms_set_on_in_test_track_is_warned_about_by_that_key(caplog):
+    # before: the demo's --track TEST.TRACK.OKS_NMS_THRESH 0.9 was told to build its Predictor from
+    # tracking_config(cfg), which the demo does: the key to change is TEST.TRACK.OKS_NMS_THRESH
+    cfg = tracking_config(load_depotr_config(INSTANT_CONFIG, ["TEST.TRACK.OKS_NMS_THRESH", "0.9"]))
+    with caplog.at_level(logging.WARNING, logger="depotr.tracking"):
+        PoseTracker.from_config(cfg)
+    assert "set TEST.TRACK.OKS_NMS_THRESH 1.0" in caplog.text and "tracking_config" not in caplog.text
 
 
 @pytest.mark.parametrize("frozen", [False, True])

@@ -31,8 +31,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from detectron2.config import CfgNode
-from detectron2.structures import Boxes, Instances, pairwise_ioa, pairwise_iou
+from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa, pairwise_iou
 
+from .cli import ConfigError
 from .data.image_io import read_image_bgr
 from .data.keypoint_metadata import keypoint_metadata_from_config
 from .modeling.oks import keypoint_similarity
@@ -130,6 +131,11 @@ def _edges(boxes: Boxes, image_size: Tuple[int, int]) -> torch.Tensor:
     )
 
 
+def _check_fps(fps: float) -> None:
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be finite and > 0, got {fps}")
+
+
 def tracking_config(cfg: CfgNode) -> CfgNode:
     """A copy of ``cfg`` for a :class:`depotr.Predictor` whose persons are tracked:
     ``TEST.OKS_NMS_THRESH`` set to ``TEST.TRACK.OKS_NMS_THRESH`` (default 1.0, off). OKS-NMS
@@ -176,8 +182,9 @@ class PoseTracker:
                 "iou_weight, min_similarity and velocity_gain must be in [0, 1], "
                 f"got {iou_weight}, {min_similarity} and {velocity_gain}"
             )
-        if max_lost_frames < 0 or not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"max_lost_frames must be >= 0 and fps finite and > 0, got {max_lost_frames} and {fps}")
+        if max_lost_frames < 0:
+            raise ValueError(f"max_lost_frames must be >= 0, got {max_lost_frames}")
+        _check_fps(fps)
         if smoothing is not None:
             OneEuroFilter(*smoothing)  # checks the parameters now, not at the first track
         if score_ref <= 0 or score_power < 0:
@@ -193,25 +200,37 @@ class PoseTracker:
     def from_config(cls, cfg: CfgNode, fps: float = 30.0, smooth: bool = False) -> "PoseTracker":
         """The tracker of ``TEST.TRACK`` (and with ``smooth``, ``TEST.SMOOTH``), with the OKS
         sigmas of the config's keypoints. Warns when the config's OKS-NMS is on (it breaks tracks)."""
-        if cfg.TEST.OKS_NMS_THRESH < 1.0:
-            logger.warning(
-                "TEST.OKS_NMS_THRESH is %g: OKS-NMS removes one of two overlapping persons whose predicted "
-                "poses coincide, and their tracks break (benchmarks/README.md, video); build the Predictor "
-                "from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, default 1.0: off)",
-                cfg.TEST.OKS_NMS_THRESH,
+        thresh = cfg.TEST.OKS_NMS_THRESH
+        if thresh < 1.0:
+            # the same as TEST.TRACK's: set there (the demo's --track builds the Predictor from tracking_config)
+            remedy = (
+                "set TEST.TRACK.OKS_NMS_THRESH 1.0 (the default: off)"
+                if thresh == cfg.TEST.TRACK.OKS_NMS_THRESH
+                else "build the Predictor from depotr.tracking.tracking_config(cfg) (TEST.TRACK.OKS_NMS_THRESH, "
+                "default 1.0: off)"
             )
+            logger.warning(
+                "OKS-NMS is on (TEST.OKS_NMS_THRESH %g): it removes one of two overlapping persons whose "
+                "predicted poses coincide, and their tracks break (benchmarks/README.md, video); %s",
+                thresh,
+                remedy,
+            )
+        _check_fps(fps)  # the caller's, not the config's
         t, s = cfg.TEST.TRACK, cfg.TEST.SMOOTH
-        return cls(
-            keypoint_metadata_from_config(cfg).oks_sigmas,
-            iou_weight=t.IOU_WEIGHT,
-            min_similarity=t.MIN_SIMILARITY,
-            max_lost_frames=t.MAX_LOST_FRAMES,
-            velocity_gain=t.VELOCITY_GAIN,
-            fps=fps,
-            smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
-            score_ref=s.SCORE_REF,
-            score_power=s.SCORE_POWER,
-        )
+        try:
+            return cls(
+                keypoint_metadata_from_config(cfg).oks_sigmas,
+                iou_weight=t.IOU_WEIGHT,
+                min_similarity=t.MIN_SIMILARITY,
+                max_lost_frames=t.MAX_LOST_FRAMES,
+                velocity_gain=t.VELOCITY_GAIN,
+                fps=fps,
+                smoothing=(s.MIN_CUTOFF, s.BETA, s.D_CUTOFF) if smooth else None,
+                score_ref=s.SCORE_REF,
+                score_power=s.SCORE_POWER,
+            )
+        except ValueError as e:  # a config mistake: one line "error: ..." in the demo, not a traceback
+            raise ConfigError(f"TEST.TRACK / TEST.SMOOTH: {e} (the names are the keys in lower case)") from None
 
     def similarity(self, instances: Instances) -> torch.Tensor:
         """(T, N) similarity of the tracks alive now, moved to this frame, and the persons of
@@ -301,12 +320,22 @@ class VideoPoseTracker:
     age as in the demo. Build the predictor from :func:`tracking_config` (OKS-NMS off)."""
 
     def __init__(self, predictor: Predictor, fps: float = 30.0, smooth: bool = False):
+        """
+        Args:
+            predictor: its config gives ``TEST.TRACK`` and ``TEST.SMOOTH``.
+            fps: the frames' rate (e.g. ``cv2.CAP_PROP_FPS``): the smoothing's time step is 1 / fps.
+            smooth: One-Euro smoothing of the keypoints (``TEST.SMOOTH``).
+        """
         self.predictor = predictor
         self.tracker = PoseTracker.from_config(predictor.cfg, fps=fps, smooth=smooth)
         self.frame_size: Optional[Tuple[int, int]] = None
 
     def __call__(
-        self, frame: ImageLike, boxes: Optional[BoxesLike] = None, scores: Optional[ScoresLike] = None
+        self,
+        frame: ImageLike,
+        boxes: Optional[BoxesLike] = None,
+        scores: Optional[ScoresLike] = None,
+        box_mode: BoxMode = BoxMode.XYXY_ABS,
     ) -> Instances:
         """The persons of the next frame (``Predictor.__call__``'s arguments and fields, the frame
         named by its index in messages) with ``track_id`` (N,) int64."""
@@ -316,7 +345,7 @@ class VideoPoseTracker:
             except (OSError, ValueError):
                 self.tracker.skip_frame()  # a caller skipping the frame still has it counted, as the demo's
                 raise
-        instances = self.predictor(frame, boxes, scores, image_id=self.tracker.frame + 1)
+        instances = self.predictor(frame, boxes, scores, box_mode, image_id=self.tracker.frame + 1)
         if self.frame_size is None:
             self.frame_size = instances.image_size
         elif instances.image_size != self.frame_size:
@@ -333,6 +362,7 @@ def track_video(
 ) -> List[Instances]:
     """The tracked persons of every frame of ``frames`` (in order), one Instances per frame with
     ``track_id``; boxes from the predictor's detector or the whole frame (use
-    :class:`VideoPoseTracker` to pass boxes per frame)."""
+    :class:`VideoPoseTracker` to pass boxes per frame). ``fps`` and ``smooth``: as
+    :class:`VideoPoseTracker`'s."""
     video = VideoPoseTracker(predictor, fps=fps, smooth=smooth)
     return [video(frame) for frame in frames]
