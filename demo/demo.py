@@ -50,9 +50,10 @@ frames); files named one by one in the order given (with --track, a warning when
 the order of their numbers). Before
 the model is loaded, the demo checks that every input exists, that there is at least one image,
 that no two inputs share a file name stem (which would give them one output file and one
-image_id), the box and image-id files and that a video can be opened and has a frame, then (only
-when all these are fine, so that a mistyped input leaves no new folder) that every output can be
-written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
+image_id), the box and image-id files, that a video can be opened and has a frame, and the
+config (with --track, TEST.TRACK and TEST.SMOOTH too; a mistake there: one line, status 2), then
+(only when all these are fine, so that a mistyped input leaves no new folder) that every output
+can be written, making its missing folders; otherwise it stops with an error naming them (status 1). An image file that
 cannot be read, or a JPEG that ends early, is skipped with a message naming it, and the demo then
 exits with status 1; so are video frames whose size differs from the first frame's (with --track,
 images whose size differs from the first image's: they are a video's frames), and a video
@@ -93,6 +94,7 @@ from depotr.cli import add_config_arguments, config_overrides, parse_command_lin
 from depotr.file_io import atomic_output_path, atomic_write, output_problem, write_image
 
 if TYPE_CHECKING:  # torch and Detectron2 are imported after the arguments are parsed (fast --help)
+    from detectron2.config import CfgNode
     from detectron2.structures import Instances
 
     from depotr import Predictor
@@ -703,7 +705,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif not ok:
             problems.append(f"{name} has no frames (or its first frame cannot be decoded)")
         frames = itertools.chain([first], read_frames(capture))
+    cfg, tracker = None, None
     if not problems:
+        try:  # a config mistake (ConfigError: one line, status 2) leaves no new folder either
+            cfg, tracker = demo_config(args, capture)
+        except BaseException:
+            if capture is not None:
+                capture.release()
+            raise
         problems += check_outputs(args)  # makes the output folders: the inputs are fine
     if problems:
         if capture is not None:
@@ -713,7 +722,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     try:
         with sigterm_raises():
-            return run_demo(args, capture, frames, paths, image_ids, boxes, category_id)
+            return run_demo(args, cfg, tracker, capture, frames, paths, image_ids, boxes, category_id)
     except Terminated:
         print("error: terminated (SIGTERM); the output being written was removed", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -722,8 +731,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             capture.release()
 
 
+def demo_config(
+    args: argparse.Namespace, capture: Optional[cv2.VideoCapture]
+) -> Tuple["CfgNode", Optional["PoseTracker"]]:
+    """The config of the options (with --track or --smooth, :func:`tracking_config`'s) and the
+    tracker (None without them), at the video's frame rate. Raises ConfigError."""
+    from depotr.config import load_depotr_config
+    from depotr.tracking import PoseTracker, tracking_config
+
+    cfg = load_depotr_config(args.config_file, config_overrides(args))
+    if not (args.track or args.smooth):
+        return cfg, None
+    cfg = tracking_config(cfg)  # OKS-NMS as TEST.TRACK.OKS_NMS_THRESH says (off by default)
+    return cfg, PoseTracker.from_config(cfg, fps=video_fps(capture), smooth=args.smooth)
+
+
 def run_demo(
     args: argparse.Namespace,
+    cfg: "CfgNode",
+    tracker: Optional["PoseTracker"],
     capture: Optional[cv2.VideoCapture],
     frames: Optional[Iterator[np.ndarray]],
     paths: List[str],
@@ -731,17 +757,11 @@ def run_demo(
     boxes: Optional[PersonBoxes],
     category_id: int = COCO_PERSON_CATEGORY_ID,
 ) -> int:
-    """Loads the model and runs the inputs :func:`main` checked (``category_id``: that of the boxes
-    and results); returns the exit status."""
+    """Loads the model and runs the inputs :func:`main` checked with ``cfg`` and ``tracker`` of
+    :func:`demo_config` (``category_id``: that of the boxes and results); returns the exit status."""
     from depotr import Predictor
-    from depotr.config import load_depotr_config
-    from depotr.tracking import PoseTracker, tracking_config
 
-    cfg = load_depotr_config(args.config_file, config_overrides(args))
-    if args.track or args.smooth:
-        cfg = tracking_config(cfg)  # OKS-NMS as TEST.TRACK.OKS_NMS_THRESH says (off by default)
     fps = video_fps(capture)
-    tracker = PoseTracker.from_config(cfg, fps=fps, smooth=args.smooth) if args.track or args.smooth else None
     demo = Demo(Predictor(cfg, args.random_weights), args.confidence_threshold, tracker, boxes, args.boxes, category_id)
     failures = 0
     if args.input:

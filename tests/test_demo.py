@@ -612,6 +612,24 @@ def test_a_bad_tracking_value_in_the_overrides_is_one_error_line_and_status_2(de
     )
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["TEST.TRACK.MIN_SIMILARITY", "1.5"], "error: TEST.TRACK / TEST.SMOOTH: iou_weight, min_similarity"),
+        (["TEST.FLIPP", "True"], "error: unknown config key TEST.FLIPP in the overrides; did you mean TEST.FLIP?"),
+    ],
+)
+def test_a_config_mistake_leaves_no_new_output_folder(demo, tmp_path, capsys, override, message):
+    # before: the config was read after the output folders were made, so a typo left them behind
+    # (the demo's docstring: a mistyped input leaves no new folder)
+    video, out = tmp_path / "walk.mp4", tmp_path / "new" / "out"
+    write_video(video, walk_frames(2))
+    argv = ["--config-file", INSTANT_CONFIG, "--video-input", video, "--output", out, "--track"]
+    status = run_main(demo.main, [*map(str, argv), "--save-json", str(tmp_path / "json" / "r.json"), *CPU, *override])
+    assert status == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(message)
+    assert sorted(os.listdir(tmp_path)) == ["walk.mp4"]
+
+
 def test_frames_that_change_size_are_skipped_and_counted(demo, tmp_path, capsys):
     runner = demo.Demo(
         Predictor(load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]), random_weights=True), None
