@@ -252,3 +252,13 @@ def test_the_exports_torch_jit_deprecations_are_quieted_and_other_warnings_kept(
         torch.jit.load(str(tmp_path / "m.ts"))
         warnings.warn("a warning of ours", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning of ours"]
+
+
+def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_status_130(capsys):
+    """Ctrl-C while the demo loaded its model printed a KeyboardInterrupt traceback."""
+
+    def main(argv):
+        raise KeyboardInterrupt
+
+    assert run_main(main, []) == 130
+    assert capsys.readouterr().err == "stopped (Ctrl-C)\n"

@@ -9,6 +9,7 @@ empty ``MODEL.WEIGHTS``), and :class:`ConfigError`, a user mistake :func:`run_ma
 import argparse
 import os
 import re
+import signal
 import sys
 import warnings
 from typing import Callable, List, Optional, Sequence
@@ -125,14 +126,18 @@ def quiet_third_party_warnings() -> None:
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
     """Runs an entry point's ``main(argv)`` with the third-party warnings quieted; a
-    :class:`ConfigError` becomes ``error: <message>`` on stderr and status 2 (no traceback).
-    Returns main's status (None: 0)."""
+    :class:`ConfigError` becomes ``error: <message>`` on stderr and status 2, a Ctrl-C that main
+    does not handle (e.g. while the model loads) ``stopped (Ctrl-C)`` and status 130, the shell's
+    (no traceback). Returns main's status (None: 0)."""
     quiet_third_party_warnings()
     try:
         return main(argv) or 0
     except ConfigError as e:
         print(f"error: {config_error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 # torch's DataLoader raises a worker's exception again in the main process, as the same type with
