@@ -4,6 +4,7 @@ between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
 
 import functools
 import itertools
+import logging
 import os
 import random
 from typing import List, Optional
@@ -161,6 +162,20 @@ class Trainer(CompatDefaultTrainer):
         if self.start_iter > 0:
             # Continue the sampler's stream where the checkpointed run stopped.
             self.set_train_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
+
+    def state_dict(self) -> dict:
+        # The world size the sample stream is sharded for: a resume under another one draws other batches.
+        return dict(super().state_dict(), world_size=comm.get_world_size())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        saved, now = state_dict.get("world_size", comm.get_world_size()), comm.get_world_size()
+        if saved != now:
+            logging.getLogger(__name__).warning(
+                f"--resume with {now} process(es) continues a run checkpointed with {saved}: the sampler shards "
+                f"the training stream by rank, so the run continues on other batches (not a continuation, "
+                f"docs/resume.md); resume with --num-gpus x --num-machines = {saved} to continue it exactly"
+            )
 
     def after_train(self) -> None:
         # A resumed finished run (start_iter == max_iter) runs no step, so TrainerBase.train's final
