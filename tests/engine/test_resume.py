@@ -91,7 +91,7 @@ def _weights(trainer):
 def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root, num_workers):
     """Bit-exact with data-loader workers too: each sample is augmented under a seed of (run
     seed, rank, stream position), and workers map whole batches in turn
-    (depotr.engine.trainer.SeededSampleStream)."""
+    (depotr.engine.trainer.SeededSampleStream); metrics.json's rows equal the straight run's."""
     straight = _weights(_train(str(tmp_path / "straight"), synthetic_root, num_workers))
 
     interrupted_dir = str(tmp_path / "interrupted")
@@ -109,6 +109,12 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_root, num_workers)
     iterations = [row["iteration"] for row in rows]
     assert len(iterations) == len(set(iterations)) and 29 in iterations, iterations
     assert all(row.get("total_loss") != 123.0 for row in rows)
+    # The rows' losses (medians over the writers' 20 iterations) too: the friction, the resumed run's
+    # window held only its own iterations, so its iteration-29 total_loss was another number.
+    with open(os.path.join(str(tmp_path / "straight"), "metrics.json")) as f:
+        straight_rows = [json.loads(line) for line in f]
+    losses = [(row["iteration"], row.get("total_loss")) for row in rows]
+    assert losses == [(row["iteration"], row.get("total_loss")) for row in straight_rows] and (29, None) not in losses
     resumed = _weights(resumed_trainer)
 
     assert straight.keys() == resumed.keys()
