@@ -132,10 +132,17 @@ def main(args, cfg=None):
 def check_weights(cfg, args) -> None:
     """The checkpoint main() loads (``checkpoint_to_load``: with --resume the run's last one, else
     MODEL.WEIGHTS) must exist; MODEL.WEIGHTS follows ``weights_to_load``'s rule when it is loaded
-    for an evaluation or is set (a training run may start from scratch). ConfigErrors naming the file."""
+    for an evaluation or is set (a training run may start from scratch). ConfigErrors naming the file;
+    a warning when ``--eval-only --resume`` evaluates the run's last checkpoint instead of a set MODEL.WEIGHTS."""
     from depotr.engine.checkpoint import checkpoint_to_load, weights_to_load
 
     weights, resumes = checkpoint_to_load(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, args.resume)
+    not_loaded = cfg.MODEL.WEIGHTS and os.path.realpath(cfg.MODEL.WEIGHTS) != os.path.realpath(weights)
+    if resumes and args.eval_only and not_loaded:
+        logging.getLogger("depotr").warning(
+            f"--eval-only --resume evaluates {weights}, the checkpoint {cfg.OUTPUT_DIR}/last_checkpoint names, not "
+            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: drop --resume to evaluate MODEL.WEIGHTS"
+        )
     if not resumes and (args.eval_only or weights):
         weights_to_load(weights, args.random_weights)
 

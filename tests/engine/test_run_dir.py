@@ -173,6 +173,20 @@ def test_a_refusal_in_one_of_two_processes_is_the_same_error_line(tmp_path, capf
     assert os.listdir(output_dir) == ["last_checkpoint"]
 
 
+@pytest.mark.parametrize("under_the_file", [False, True], ids=["a-file", "under-a-file"])
+def test_an_output_dir_that_cannot_be_created_is_one_error_line(tmp_path, capsys, under_the_file):
+    """The friction: OUTPUT_DIR on a read-only file system (or where a file is) ended train_net.py
+    in an OSError traceback from os.makedirs, status 1."""
+    in_the_way = tmp_path / "in_the_way"
+    in_the_way.write_text("not a folder")
+    output_dir = in_the_way / "run" if under_the_file else in_the_way
+    for options in ((), ("--resume",), ("--eval-only", "--random-weights")):
+        err = _train_net_error(str(output_dir), tmp_path, capsys, *options)
+        assert len(err) == 1 and err[0].startswith(f"error: OUTPUT_DIR {output_dir} cannot be written (")
+        assert "give the run a folder it can create and write into" in err[0]
+    assert in_the_way.read_text() == "not a folder"
+
+
 def test_a_process_holding_the_lock_cannot_start_a_second_run_there(tmp_path):
     output_dir = str(tmp_path / "run")
     lock_output_dir(output_dir, resume=False)

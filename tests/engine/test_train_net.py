@@ -383,3 +383,28 @@ def test_a_random_seed_is_recorded_in_config_yaml_and_resume_continues_with_it(t
     assert seeds[2] == seeds[0] and seeds[3] not in (seeds[0], -1)
     assert run_main(train_net.cli, _tiny_argv(tmp_path, "--resume", "SEED", "7")) == 0  # a set seed stays
     assert seeds[4] == 7
+
+
+def test_eval_only_resume_warns_that_it_evaluates_the_last_checkpoint_not_model_weights(tmp_path, monkeypatch, caplog):
+    """The friction: `--eval-only --resume MODEL.WEIGHTS run/model_0000009.pth` evaluated the run's
+    model_final.pth (Detectron2's resume_or_load prefers last_checkpoint), said only by fvcore's
+    "Loading from" line."""
+    import depotr.engine
+
+    monkeypatch.setattr(depotr.engine, "launch", lambda main, *a, args, **k: None)
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    for name in ("model_0000009.pth", "model_final.pth"):
+        (output_dir / name).write_bytes(b"")
+    (output_dir / "last_checkpoint").write_text("model_final.pth")
+    argv = ["--config-file", INSTANT_CONFIG, "--eval-only", "--resume", "OUTPUT_DIR", str(output_dir)]
+    for weights, warned in (("model_0000009.pth", True), ("model_final.pth", False)):
+        caplog.clear()
+        assert run_main(train_net.cli, [*argv, "MODEL.WEIGHTS", str(output_dir / weights)]) == 0
+        warnings = [r.getMessage() for r in caplog.records if r.name == "depotr" and r.levelname == "WARNING"]
+        expected = (
+            f"--eval-only --resume evaluates {output_dir / 'model_final.pth'}, the checkpoint "
+            f"{output_dir}/last_checkpoint names, not MODEL.WEIGHTS {output_dir / weights}: drop --resume to "
+            "evaluate MODEL.WEIGHTS"
+        )
+        assert warnings == ([expected] if warned else [])

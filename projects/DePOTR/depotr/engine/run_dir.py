@@ -142,6 +142,7 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
             a dead run left it and this run neither resumes nor only evaluates.
         ConfigError naming the folder and the earlier run's files: it holds an earlier training
             run and this run neither resumes nor only evaluates (the lock is released again).
+        ConfigError naming the folder and the reason: it cannot be created or its lock file written.
     """
     folder = os.path.realpath(output_dir)
     lock = _HELD.get(folder) or _take_lock(folder, may_take_over=resume or eval_only)
@@ -159,9 +160,15 @@ def lock_output_dir(output_dir: str, *, resume: bool, eval_only: bool = False) -
 
 def _take_lock(folder: str, may_take_over: bool) -> OutputDirLock:
     """Locks the real path ``folder`` (created when missing); a dead run's lock only when ``may_take_over``."""
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
-    fd = _open_locked(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = _open_locked(path)
+    except OSError as e:  # a read-only file system, a file in the way, no permission, a full disk
+        raise ConfigError(
+            f"OUTPUT_DIR {folder} cannot be written ({e.strerror}: {e.filename or path}): give the run a folder "
+            "it can create and write into"
+        ) from e
     if fd is None:
         with open(path) as f:
             owner = _read_owner(f.fileno()) or {}

@@ -4,9 +4,10 @@ between Detectron2 versions is in :mod:`depotr.engine.compat`)."""
 
 import functools
 import itertools
+import logging
 import os
 import random
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from .compat import CompatDefaultTrainer, map_dataset
 from .detector import build_person_detector
 from .hooks import IterationSeedHook
 from .run_dir import METRICS_NAME, drop_metrics_after
+
+# The window of Detectron2's default writers' medians (JSONWriter, CommonMetricPrinter).
+SMOOTHING_WINDOW = 20
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -148,6 +152,7 @@ class Trainer(CompatDefaultTrainer):
         self._seed = training_seed(cfg)  # build_train_loader's sampler needs it
         # This trainer's evaluations (EvalHook calls self.test) share one person detector.
         self._person_detector = person_detector
+        self._recent_scalars: Dict[str, List[Tuple[float, float]]] = {}  # from the checkpoint resumed
         self.test = self._test_reusing_detector
         super().__init__(cfg)
 
@@ -161,6 +166,38 @@ class Trainer(CompatDefaultTrainer):
         if self.start_iter > 0:
             # Continue the sampler's stream where the checkpointed run stopped.
             self.set_train_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
+
+    def state_dict(self) -> dict:
+        # The world size the sample stream is sharded for: a resume under another one draws other batches.
+        state = dict(super().state_dict(), world_size=comm.get_world_size())
+        storage = getattr(self, "storage", None)  # TrainerBase.train's EventStorage (None before training)
+        if storage is not None:  # the smoothed scalars' last values, for the resumed run's medians
+            hints = storage.smoothing_hints()
+            state["recent_scalars"] = {
+                name: history.values()[-SMOOTHING_WINDOW:]
+                for name, history in storage.histories().items()
+                if hints[name]
+            }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._recent_scalars = state_dict.get("recent_scalars", {})
+        saved, now = state_dict.get("world_size", comm.get_world_size()), comm.get_world_size()
+        if saved != now:
+            logging.getLogger(__name__).warning(
+                f"--resume with {now} process(es) continues a run checkpointed with {saved}: the sampler shards "
+                f"the training stream by rank, so the run continues on other batches (not a continuation, "
+                f"docs/resume.md); resume with --num-gpus x --num-machines = {saved} to continue it exactly"
+            )
+
+    def before_train(self) -> None:
+        # A resumed run's EventStorage starts empty: the medians over SMOOTHING_WINDOW iterations that
+        # metrics.json and the console log (total_loss, ...) took only the resumed iterations.
+        for name, values in self._recent_scalars.items():
+            for value, iteration in values:
+                self.storage.histories()[name].update(value, iteration)
+        super().before_train()
 
     def after_train(self) -> None:
         # A resumed finished run (start_iter == max_iter) runs no step, so TrainerBase.train's final
