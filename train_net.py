@@ -37,6 +37,7 @@ def setup(args, cfg=None):
     from depotr.config import load_depotr_config
     from depotr.data import (
         attach_precomputed_boxes_from_cfg,
+        check_datasets_registered,
         fill_keypoint_config,
         register_synthetic_datasets_from_cfg,
     )
@@ -49,6 +50,7 @@ def setup(args, cfg=None):
     if cfg is None:
         cfg = load_depotr_config(args.config_file, config_overrides(args))
     register_synthetic_datasets_from_cfg(cfg)
+    check_datasets_registered(cfg)  # before OUTPUT_DIR is taken
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
     lock, run_config, run_config_yaml = None, None, None

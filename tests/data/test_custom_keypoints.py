@@ -561,3 +561,27 @@ def test_an_image_of_another_size_than_its_entry_is_skipped_in_training_and_an_e
     with pytest.raises(ConfigError) as info:
         test(dicts[0])
     assert str(info.value) == f"{problem}: correct the width/height in the dataset json"
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["DATASETS.TRAIN", "('dogs_train',)"], "DATASETS.TRAIN: dataset 'dogs_train' is not registered (your own"),
+        (["DATASETS.TEST", "('synthetic_persons_vall',)"],
+         "DATASETS.TEST: dataset 'synthetic_persons_vall' is not registered (did you mean 'synthetic_persons_val'?"),
+    ],
+    ids=["unregistered", "typo"],
+)  # fmt: skip
+def test_an_unregistered_dataset_is_one_error_line_before_the_run_starts(tmp_path, capsys, opts, message):
+    # train_net.py --eval-only of a custom run's config.yaml without the registering script: a KeyError
+    # traceback listing the 70 registered datasets, after OUTPUT_DIR was taken and config.yaml written.
+    from depotr.cli import run_main
+
+    args = instant_args(str(tmp_path / "run"), str(tmp_path / "syn"), *opts)
+    assert (
+        run_main(train_net.cli, ["--config-file", args.config_file, "--eval-only", "--random-weights", *args.opts]) == 2
+    )
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {message}"), error
+    assert "register_keypoint_dataset" in error[0] and "docs/datasets.md" in error[0]
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
                               flip_map=[("front_left", "front_right")], skeleton=[("front_left", "roof")])
 """
 
+import difflib
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,6 +24,7 @@ from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, fli
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
+    "check_datasets_registered",
     "drawing_metadata",
     "fill_keypoint_config",
     "load_keypoint_json",
@@ -289,6 +291,24 @@ def register_keypoint_dataset(
         keypoint_oks_sigmas=sigmas,
         keypoints_from_dataset=True,
     )
+
+
+def check_datasets_registered(cfg) -> None:
+    """A ConfigError naming the first dataset of ``DATASETS.TRAIN`` / ``DATASETS.TEST`` that is not
+    registered (a typo, with the nearest registered name, or a dataset of
+    :func:`register_keypoint_dataset` whose registering script was not run), instead of
+    ``DatasetCatalog.get``'s KeyError traceback listing every registered dataset."""
+    registered = DatasetCatalog.list()
+    for key in ("TRAIN", "TEST"):
+        for dataset in cfg.DATASETS.get(key):
+            if dataset not in registered:
+                near = difflib.get_close_matches(dataset, registered, n=1, cutoff=0.8)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ConfigError(
+                    f"DATASETS.{key}: dataset {dataset!r} is not registered ({hint}your own keypoint files are "
+                    "registered by your script calling register_keypoint_dataset, which then runs train_net.cli: "
+                    "docs/datasets.md)"
+                )
 
 
 def fill_keypoint_config(cfg) -> Optional[str]:
