@@ -585,3 +585,33 @@ def test_an_unregistered_dataset_is_one_error_line_before_the_run_starts(tmp_pat
     assert len(error) == 1 and error[0].startswith(f"error: {message}"), error
     assert "register_keypoint_dataset" in error[0] and "docs/datasets.md" in error[0]
     assert not (tmp_path / "run").exists()
+
+
+DOG = ["nose", "L_Eye", "R_Eye", "neck", "L_F_Paw", "R_F_Paw", "LeftTail", "RightTail", "ear.l", "ear.r", "r1"]
+
+
+@pytest.mark.parametrize(
+    "flip_map, unpaired",
+    [
+        ([], [["L_Eye", "R_Eye"], ["L_F_Paw", "R_F_Paw"], ["LeftTail", "RightTail"], ["ear.l", "ear.r"]]),
+        ([("L_Eye", "R_F_Paw"), ("LeftTail", "RightTail"), ("ear.l", "ear.r")],
+         [["L_Eye", "R_Eye"], ["L_F_Paw", "R_F_Paw"]]),
+        ([("L_Eye", "R_Eye"), ("L_F_Paw", "R_F_Paw"), ("LeftTail", "RightTail"), ("ear.r", "ear.l")], None),
+    ],
+    ids=["none-paired", "mispaired", "all-paired"],
+)  # fmt: skip
+def test_left_right_names_missing_from_the_flip_map_are_warned_about(tmp_path, caplog, flip_map, unpaired):
+    # AP-10K-style names (L_Eye / R_Eye) registered with flip_map=[] trained without a word: every
+    # flipped crop taught the model the right eye where the left one is, and the flip test averaged them.
+    with caplog.at_level("WARNING", logger="depotr.data.custom"):
+        register_keypoint_dataset("dogs_lr", str(tmp_path / "a.json"), str(tmp_path), DOG, flip_map)
+    unregister_dataset("dogs_lr")
+    warned = [r.getMessage() for r in caplog.records if "left/right mirrors" in r.getMessage()]
+    if unpaired is None:
+        assert warned == []
+    else:
+        assert warned == [
+            f"keypoint dataset 'dogs_lr': keypoints {unpaired} are named as left/right mirrors but flip_map does not "
+            "pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
+            "add them to flip_map"
+        ]

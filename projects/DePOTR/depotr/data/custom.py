@@ -9,6 +9,7 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
 
 import difflib
 import json
+import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,7 +21,16 @@ from detectron2.data.datasets import load_coco_json
 from ..cli import ConfigError, listing
 from ..file_io import is_finite_number, repeated_ids
 from .dataset_mapper import annotations_to_arrays
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
+from .keypoint_metadata import (
+    COCO_PERSON_OKS_SIGMAS,
+    coco_person_metadata,
+    flip_indices,
+    is_colour,
+    person_metadata,
+    unpaired_mirror_names,
+)
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -279,6 +289,15 @@ def register_keypoint_dataset(
         ``train_net.setup`` makes).
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
+    unpaired = unpaired_mirror_names(names, pairs)
+    if unpaired:
+        logger.warning(
+            "keypoint dataset %r: keypoints %s are named as left/right mirrors but flip_map does not pair them: "
+            "a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
+            "add them to flip_map",
+            name,
+            [list(pair) for pair in unpaired],
+        )
     unregister_dataset(name)
     DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names, evaluator_type))
     MetadataCatalog.get(name).set(

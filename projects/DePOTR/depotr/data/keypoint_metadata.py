@@ -5,6 +5,7 @@ here and nowhere else; flip indices and the half-body mask are derived from them
 keypoints come from its config alone, by :func:`keypoint_metadata_from_config`.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -140,6 +141,46 @@ def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> L
     if unknown:
         raise ValueError(f"keypoint_flip_map names keypoints {unknown} that are not in keypoint_names")
     return [index[partner.get(name, name)] for name in names]
+
+
+# Side words of keypoint names (left_eye, L_Eye, eye.l, LeftEye) and the word of the other side.
+_SIDE_WORDS = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _same_case(word: str, like: str) -> str:
+    """``word`` in the case of ``like`` (LEFT, Left or left)."""
+    return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
+
+
+def _mirror_names(name: str) -> List[str]:
+    """The names a keypoint named ``name`` would have on the other side: each side word between
+    separators (``_``, ``-``, ``.``, space: L_Eye -> R_Eye, eye.l -> eye.r) or "left" / "right"
+    anywhere (LeftEye -> RightEye) swapped for the other side's, in the same case."""
+    parts = re.split(r"([_\-.\s]+)", name)
+    mirrors = [
+        "".join(parts[:i] + [_same_case(_SIDE_WORDS[part.lower()], part)] + parts[i + 1 :])
+        for i, part in enumerate(parts)
+        if part.lower() in _SIDE_WORDS
+    ]
+    for match in re.finditer("left|right", name, re.IGNORECASE):
+        side = _same_case(_SIDE_WORDS[match.group().lower()], match.group())
+        mirrors.append(name[: match.start()] + side + name[match.end() :])
+    return mirrors
+
+
+def unpaired_mirror_names(names: Sequence[str], flip_map: Sequence[Sequence[str]]) -> List[Tuple[str, str]]:
+    """Pairs of ``names`` named as left/right mirrors of each other (:func:`_mirror_names`) that
+    ``flip_map`` does not pair, in keypoint order: a horizontal flip (training augmentation, flip
+    test) would keep each on the other's point."""
+    pairs = {frozenset(pair) for pair in flip_map}
+    index = {name: i for i, name in enumerate(names)}
+    found = {
+        tuple(sorted((name, mirror), key=index.get))
+        for name in names
+        for mirror in _mirror_names(name)
+        if mirror in index and mirror != name and frozenset((name, mirror)) not in pairs
+    }
+    return sorted(found, key=lambda pair: (index[pair[0]], index[pair[1]]))
 
 
 def table_flip_indices(names: Sequence[str]) -> List[int]:
