@@ -183,14 +183,20 @@ def unpaired_mirror_names(names: Sequence[str], flip_map: Sequence[Sequence[str]
     return sorted(found, key=lambda pair: (index[pair[0]], index[pair[1]]))
 
 
-def table_flip_indices(names: Sequence[str]) -> List[int]:
-    """``flip_indices`` of ``names`` with the COCO table's pairs whose two names are both in ``names``."""
-    present = set(names)
-    return flip_indices(names, [(left, right) for left, right in flip_pairs() if left in present and right in present])
+def name_flip_indices(names: Sequence[str]) -> List[int]:
+    """``flip_indices`` of ``names`` with the pairs named as left/right mirrors
+    (:func:`unpaired_mirror_names`: the tables' left_x / right_x, and L_X / R_X, x.l / x.r, LeftX /
+    RightX), a name in at most one pair (the first)."""
+    pairs, paired = [], set()
+    for pair in unpaired_mirror_names(names, []):
+        if not paired & set(pair):
+            pairs.append(pair)
+            paired.update(pair)
+    return flip_indices(names, pairs)
 
 
 # (K,) mirror partner of each COCO person keypoint (keypoint order of the table).
-COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
+COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(name_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
 
 
 def _table_column(names: Sequence[str], column: int, table: Sequence[Tuple], missing: str) -> List:
