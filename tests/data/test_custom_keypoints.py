@@ -157,6 +157,17 @@ def test_a_skeleton_without_flip_pairs_trains_with_the_default_sigma(tmp_path, r
         ({"skeleton": [("tip", "left_wing", "red")]}, r"skeleton edge \['tip', 'left_wing'\]: colour .* got 'red'"),
         ({"skeleton": [("tip", "tail", (0, 0, 256))]}, r"skeleton edge \['tip', 'tail'\]: colour must be 3 ints 0-255"),
         ({"evaluator_type": "cocoo"}, r"evaluator_type must be one of \['coco', 'crowdpose', 'mpii_pckh'\]"),
+        # Each below was a TypeError without the dataset's name, or registered wrongly without a word.
+        ({"keypoint_names": "tip"}, r"keypoint_names must be a non-empty list of names, got 'tip'$"),  # 3 keypoints
+        ({"flip_map": ("left_wing", "right_wing")}, r"flip_map must be a list of \(left, right\) name pairs"),
+        ({"flip_map": None}, r"flip_map must be a list of \(left, right\) name pairs \(\[\] for none\), got None"),
+        (
+            {"skeleton": [[1, 2], [2, 5]]},
+            r"got \[1, 2\] \(1-based indices as a COCO json's skeleton\? name them: \['tip', 'left_wing'\]\)",
+        ),
+        ({"skeleton": [[1, 9]]}, r"of keypoint_names \[.*\], got \[1, 9\]$"),
+        ({"oks_sigmas": 0.05}, r"oks_sigmas must be 5 numbers \(or None\), got 0.05"),
+        ({"oks_sigmas": ["0.05"] * 5}, r"oks_sigmas must be 5 numbers \(or None\), got \['0.05'"),
     ],
 )
 def test_bad_metadata_is_an_error_naming_the_dataset_and_the_field(tmp_path, kwargs, field):

@@ -105,6 +105,14 @@ def unregister_dataset(name: str) -> None:
             catalog.remove(name)
 
 
+def _index_edge_hint(edge: Sequence[Any], names: Sequence[str]) -> str:
+    """For a skeleton ``edge`` of two 1-based keypoint indices (a COCO json category's "skeleton"),
+    the edge by name; else ""."""
+    if len(edge) == 2 and all(isinstance(i, int) and 1 <= i <= len(names) for i in edge):
+        return f" (1-based indices as a COCO json's skeleton? name them: {[names[i - 1] for i in edge]})"
+    return ""
+
+
 def _check_metadata(
     name: str,
     keypoint_names: Sequence[str],
@@ -116,11 +124,17 @@ def _check_metadata(
     """Validated names, flip pairs, connection rules (name, name, (r, g, b) ints) and sigmas, and a
     known ``evaluator_type``; else a ValueError naming the dataset and the field."""
     where = f"keypoint dataset {name!r}"
+    if isinstance(keypoint_names, str) or not isinstance(keypoint_names, Sequence):
+        raise ValueError(f"{where}: keypoint_names must be a non-empty list of names, got {keypoint_names!r}")
     names = list(keypoint_names)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"{where}: keypoint_names must be a non-empty list of names, got {names!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: keypoint_names has repeated names: {names}")
+    if not isinstance(flip_map, Sequence) or any(isinstance(pair, str) for pair in flip_map):
+        raise ValueError(
+            f"{where}: flip_map must be a list of (left, right) name pairs ([] for none), got {flip_map!r}"
+        )
     pairs = [tuple(pair) for pair in flip_map]
     bad = [list(p) for p in pairs if len(p) != 2 or p[0] == p[1]]
     if bad:
@@ -136,7 +150,8 @@ def _check_metadata(
     for edge in skeleton or ():
         if len(edge) not in (2, 3) or edge[0] not in names or edge[1] not in names:
             raise ValueError(
-                f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, got {list(edge)}"
+                f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, "
+                f"got {list(edge)}{_index_edge_hint(edge, names)}"
             )
         colour = edge[2] if len(edge) == 3 else DEFAULT_EDGE_COLOUR
         if not is_colour(colour):
@@ -144,6 +159,11 @@ def _check_metadata(
         rules.append((edge[0], edge[1], tuple(int(c) for c in colour)))
     if evaluator_type not in EVALUATOR_TYPES:
         raise ValueError(f"{where}: evaluator_type must be one of {list(EVALUATOR_TYPES)}, got {evaluator_type!r}")
+    if oks_sigmas is not None and not (
+        isinstance(oks_sigmas, (Sequence, np.ndarray))
+        and all(isinstance(s, (int, float, np.number)) and not isinstance(s, bool) for s in oks_sigmas)
+    ):
+        raise ValueError(f"{where}: oks_sigmas must be {len(names)} numbers (or None), got {oks_sigmas!r}")
     sigmas = [DEFAULT_OKS_SIGMA] * len(names) if oks_sigmas is None else [float(s) for s in oks_sigmas]
     if len(sigmas) != len(names):
         raise ValueError(f"{where}: oks_sigmas has {len(sigmas)} values for {len(names)} keypoint_names")
