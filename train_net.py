@@ -38,6 +38,7 @@ def setup(args, cfg=None):
     from depotr.data import (
         attach_precomputed_boxes_from_cfg,
         check_datasets_registered,
+        check_keypoint_count,
         fill_keypoint_config,
         register_synthetic_datasets_from_cfg,
     )
@@ -82,6 +83,7 @@ def setup(args, cfg=None):
     if comm.is_main_process():
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
             dicts = DatasetCatalog.get(name)
+            check_keypoint_count(cfg, name, dicts)
             if name in cfg.DATASETS.TEST:
                 attach_precomputed_boxes_from_cfg(cfg, name, dicts)
     comm.synchronize()

@@ -626,3 +626,27 @@ def test_left_right_names_missing_from_the_flip_map_are_warned_about(tmp_path, c
             "pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
             "add them to flip_map"
         ]
+
+
+def test_a_detectron2_registered_file_of_other_keypoints_is_one_error_line_before_training(tmp_path, capsys):
+    # Detectron2's own register_coco_instances leaves the config at COCO's 17 keypoints: the training
+    # stopped at its first batch with the data loader's traceback ("expected 51 values ..., got 15").
+    from detectron2.data.datasets import register_coco_instances
+
+    from depotr.cli import run_main
+
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    register_coco_instances("kite_d2", {}, json_file, image_root)
+    try:
+        args = instant_args(str(tmp_path / "run"), str(tmp_path / "syn"), "DATASETS.TRAIN", "('kite_d2',)",
+                            "DATASETS.TEST", "()", "INPUT.CROP_AUG.HALF_BODY_PROB", "0.0")  # fmt: skip
+        assert run_main(train_net.cli, ["--config-file", args.config_file, *args.opts]) == 2
+    finally:
+        unregister_dataset("kite_d2")
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error[0].startswith(
+        f"error: dataset 'kite_d2': an annotation of {os.path.join(image_root, '0.png')} has 15 keypoint values, "
+        "the config's MODEL.DEPOTR.NUM_KEYPOINTS 17 needs 51: register your keypoints with "
+        "depotr.data.register_keypoint_dataset"
+    ), error
+    assert len(error) == 1 and not (tmp_path / "run" / "model_final.pth").exists()

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_OKS_SIGMA",
     "check_datasets_registered",
+    "check_keypoint_count",
     "drawing_metadata",
     "fill_keypoint_config",
     "load_keypoint_json",
@@ -347,6 +348,27 @@ def check_datasets_registered(cfg) -> None:
                     f"DATASETS.{key}: dataset {dataset!r} is not registered ({hint}your own keypoint files are "
                     "registered by your script calling register_keypoint_dataset, which then runs train_net.cli: "
                     "docs/datasets.md)"
+                )
+
+
+def check_keypoint_count(cfg, dataset: str, dicts: Sequence[Dict[str, Any]]) -> None:
+    """A ConfigError naming ``dataset``, the first annotation of ``dicts`` whose keypoints are not
+    3 x ``MODEL.DEPOTR.NUM_KEYPOINTS`` values and how to give the config that dataset's keypoints:
+    a dataset registered otherwise than by :func:`register_keypoint_dataset` (Detectron2's
+    ``register_coco_instances``) leaves the config at COCO's 17, and training stopped at its first
+    batch with the data loader's traceback."""
+    num_keypoints = cfg.MODEL.DEPOTR.NUM_KEYPOINTS
+    for d in dicts:
+        for anno in d.get("annotations", []):
+            values = anno.get("keypoints")
+            if values is not None and len(values) != 3 * num_keypoints:
+                which = f"annotation {anno['id']}" if "id" in anno else "an annotation"
+                raise ConfigError(
+                    f"dataset {dataset!r}: {which} of {d['file_name']} has "
+                    f"{len(values)} keypoint values, the config's MODEL.DEPOTR.NUM_KEYPOINTS {num_keypoints} needs "
+                    f"{3 * num_keypoints}: register your keypoints with depotr.data.register_keypoint_dataset, which "
+                    "gives the config their names, flip pairs and sigmas (docs/datasets.md), or set "
+                    "MODEL.DEPOTR.NUM_KEYPOINTS, KEYPOINT_NAMES, KEYPOINT_FLIP_MAP and TEST.KEYPOINT_OKS_SIGMAS"
                 )
 
 
