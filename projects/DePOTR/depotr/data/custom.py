@@ -333,20 +333,20 @@ def register_keypoint_dataset(
     )
 
 
-def check_datasets_registered(cfg) -> None:
-    """A ConfigError naming the first dataset of ``DATASETS.TRAIN`` / ``DATASETS.TEST`` that is not
+def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
+    """A ConfigError naming the first dataset of ``DATASETS.<key>`` for ``keys`` that is not
     registered (a typo, with the nearest registered name, or a dataset of
     :func:`register_keypoint_dataset` whose registering script was not run), instead of
     ``DatasetCatalog.get``'s KeyError traceback listing every registered dataset."""
     registered = DatasetCatalog.list()
-    for key in ("TRAIN", "TEST"):
+    for key in keys:
         for dataset in cfg.DATASETS.get(key):
             if dataset not in registered:
                 near = difflib.get_close_matches(dataset, registered, n=1, cutoff=0.8)
                 hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ConfigError(
                     f"DATASETS.{key}: dataset {dataset!r} is not registered ({hint}your own keypoint files are "
-                    "registered by your script calling register_keypoint_dataset, which then runs train_net.cli: "
+                    "registered by your script calling register_keypoint_dataset, which then runs the command: "
                     "docs/datasets.md)"
                 )
 
