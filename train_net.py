@@ -42,6 +42,7 @@ def setup(args, cfg=None):
         fill_keypoint_config,
         register_synthetic_datasets_from_cfg,
     )
+    from depotr.data.keypoint_metadata import warn_unpaired_mirrors
     from depotr.engine.checkpoint import check_checkpoint_fits
     from depotr.engine.run_dir import config_changes, lock_output_dir, saved_config
     from depotr.engine.trainer import load_training_dicts
@@ -78,6 +79,8 @@ def setup(args, cfg=None):
         lock.log_recovery()
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
+    else:  # keypoints the config names (register_keypoint_dataset warned about its own)
+        warn_unpaired_mirrors(cfg)
     # Materialise generated datasets once, on the main process, before the others read them; a test
     # dataset's DATASETS.PRECOMPUTED_BOXES file is read now too, so that a bad one fails before training.
     if comm.is_main_process():

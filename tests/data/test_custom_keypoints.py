@@ -650,3 +650,21 @@ def test_a_detectron2_registered_file_of_other_keypoints_is_one_error_line_befor
         "depotr.data.register_keypoint_dataset"
     ), error
     assert len(error) == 1 and not (tmp_path / "run" / "model_final.pth").exists()
+
+
+@pytest.mark.parametrize("flip_map", ["[]", "[['L_Eye', 'R_Eye']]"], ids=["unpaired", "paired"])
+def test_left_right_names_of_the_config_missing_from_its_flip_map_are_warned_about(tmp_path, flip_map):
+    # The keypoints set in the config (a dataset registered with Detectron2's register_coco_instances):
+    # L_Eye / R_Eye with an empty KEYPOINT_FLIP_MAP trained without a word.
+    args = instant_args(
+        str(tmp_path / "run"), str(tmp_path / "syn"), "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+        "MODEL.DEPOTR.NUM_KEYPOINTS", "3", "MODEL.DEPOTR.KEYPOINT_NAMES", "['L_Eye', 'R_Eye', 'nose']",
+        "MODEL.DEPOTR.KEYPOINT_FLIP_MAP", flip_map, "TEST.KEYPOINT_OKS_SIGMAS", "[0.05, 0.05, 0.05]",
+    )  # fmt: skip
+    train_net.setup(args)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    warning = (
+        "MODEL.DEPOTR.KEYPOINT_NAMES: keypoints [['L_Eye', 'R_Eye']] are named as left/right mirrors but "
+        "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them"
+    )
+    assert (warning in log) == (flip_map == "[]"), log[-2000:]

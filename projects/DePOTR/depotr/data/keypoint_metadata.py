@@ -5,6 +5,7 @@ here and nowhere else; flip indices and the half-body mask are derived from them
 keypoints come from its config alone, by :func:`keypoint_metadata_from_config`.
 """
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -15,6 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
 from ..cli import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # (name, swap partner, OKS sigma, RGB colour, body half). Sigmas are the COCO standard (Ronchi &
 # Perona); the halves are those of HRNet's / mmpose's half-body augmentation (head and arms upper).
@@ -181,6 +184,19 @@ def unpaired_mirror_names(names: Sequence[str], flip_map: Sequence[Sequence[str]
         if mirror in index and mirror != name and frozenset((name, mirror)) not in pairs
     }
     return sorted(found, key=lambda pair: (index[pair[0]], index[pair[1]]))
+
+
+def warn_unpaired_mirrors(cfg) -> None:
+    """Logs a warning naming the keypoints of ``MODEL.DEPOTR.KEYPOINT_NAMES`` named as left/right
+    mirrors (:func:`unpaired_mirror_names`) that ``KEYPOINT_FLIP_MAP`` does not pair."""
+    unpaired = unpaired_mirror_names(cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP)
+    if unpaired:
+        logger.warning(
+            "MODEL.DEPOTR.KEYPOINT_NAMES: keypoints %s are named as left/right mirrors but "
+            "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, "
+            "TEST.FLIP) keeps each on the other's point",
+            [list(pair) for pair in unpaired],
+        )
 
 
 def name_flip_indices(names: Sequence[str]) -> List[int]:
