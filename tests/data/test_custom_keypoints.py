@@ -668,3 +668,31 @@ def test_left_right_names_of_the_config_missing_from_its_flip_map_are_warned_abo
         "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them"
     )
     assert (warning in log) == (flip_map == "[]"), log[-2000:]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("TEST.KEYPOINT_OKS_SIGMAS", [0.1] * 5),
+        ("MODEL.DEPOTR.KEYPOINT_FLIP_MAP", [["tip", "tail"]]),
+        ("MODEL.DEPOTR.KEYPOINT_SKELETON", [["tip", "tail"]]),
+    ],
+)
+def test_keypoint_keys_the_config_sets_otherwise_than_the_dataset_are_an_error(registered, key, value):
+    # fill_keypoint_config replaced them with the dataset's without a word: TEST.KEYPOINT_OKS_SIGMAS
+    # [0.1] * K on the command line was evaluated with the registered (default 0.0669) sigmas.
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    train, _ = registered("kite_set", KITE, KITE_FLIP, skeleton=KITE_SKELETON)
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{key} is {value}')} but dataset 'kite_set_train' "):
+        fill_keypoint_config(cfg)
+    # The dataset's own values set in the config (a run's config.yaml, say) fill as before.
+    cfg.merge_from_list([key, [] if key != "TEST.KEYPOINT_OKS_SIGMAS" else [DEFAULT_OKS_SIGMA] * 5])
+    assert "NUM_KEYPOINTS 5" in fill_keypoint_config(cfg)
+    assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == [DEFAULT_OKS_SIGMA] * 5

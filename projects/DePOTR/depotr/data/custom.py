@@ -377,7 +377,8 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     ``DATASETS.TEST`` was registered here (``keypoints_from_dataset``), sets ``NUM_KEYPOINTS``,
     ``KEYPOINT_NAMES``, ``KEYPOINT_FLIP_MAP``, ``KEYPOINT_SKELETON`` and ``TEST.KEYPOINT_OKS_SIGMAS``
     from its metadata, in place (the run's config.yaml then holds all a demo needs). Returns what was
-    done, for the log, or None."""
+    done, for the log, or None. A ConfigError names a flip map, skeleton or sigmas that the config
+    sets to other values than the dataset's (they were replaced without a word)."""
     model = cfg.MODEL.DEPOTR
     datasets = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     if model.KEYPOINT_NAMES or not datasets or datasets[0] not in DatasetCatalog.list():
@@ -386,14 +387,31 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     if not metadata.get("keypoints_from_dataset", False):
         return None
     names = list(metadata.keypoint_names)
+    flip_map = [list(pair) for pair in metadata.keypoint_flip_map]
+    skeleton = [[a, b, [int(c) for c in colour]] for a, b, colour in metadata.get("keypoint_connection_rules", [])]
+    config_sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    # MPII's registrations carry no sigmas: the config's, or [] for the keypoint tables'.
+    sigmas = list(metadata.get("keypoint_oks_sigmas", [])) or config_sigmas
+    # A value the config sets would be replaced without a word (the evaluation's sigmas among them).
+    config_skeleton = [[*edge[:2], list(edge[2]) if len(edge) == 3 else list(DEFAULT_EDGE_COLOUR)]
+                       for edge in model.KEYPOINT_SKELETON]  # fmt: skip
+    for key, set_value, same, value in (
+        ("MODEL.DEPOTR.KEYPOINT_FLIP_MAP", model.KEYPOINT_FLIP_MAP,
+         [list(pair) for pair in model.KEYPOINT_FLIP_MAP] == flip_map, flip_map),
+        ("MODEL.DEPOTR.KEYPOINT_SKELETON", model.KEYPOINT_SKELETON, config_skeleton == skeleton, skeleton),
+        ("TEST.KEYPOINT_OKS_SIGMAS", config_sigmas,
+         len(config_sigmas) == len(sigmas) and np.allclose(config_sigmas, sigmas), sigmas),
+    ):  # fmt: skip
+        if len(set_value) and not same:
+            raise ConfigError(
+                f"{key} is {list(set_value)} but dataset {datasets[0]!r} (register_keypoint_dataset, which gives the "
+                f"config its keypoints) has {value}: leave {key} unset, or register the dataset with it"
+            )
     model.NUM_KEYPOINTS = len(names)
     model.KEYPOINT_NAMES = names
-    model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
-    model.KEYPOINT_SKELETON = [
-        [a, b, [int(c) for c in colour]] for a, b, colour in metadata.get("keypoint_connection_rules", [])
-    ]
-    # MPII's registrations carry no sigmas: [] gives the keypoint tables'.
-    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.get("keypoint_oks_sigmas", []))
+    model.KEYPOINT_FLIP_MAP = flip_map
+    model.KEYPOINT_SKELETON = skeleton
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = sigmas
     return (
         f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
         f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"
