@@ -37,9 +37,12 @@ def setup(args, cfg=None):
     from depotr.config import load_depotr_config
     from depotr.data import (
         attach_precomputed_boxes_from_cfg,
+        check_datasets_registered,
+        check_keypoint_count,
         fill_keypoint_config,
         register_synthetic_datasets_from_cfg,
     )
+    from depotr.data.keypoint_metadata import warn_unpaired_mirrors
     from depotr.engine.checkpoint import check_checkpoint_fits
     from depotr.engine.run_dir import config_changes, lock_output_dir, saved_config
     from depotr.engine.trainer import load_training_dicts
@@ -49,6 +52,7 @@ def setup(args, cfg=None):
     if cfg is None:
         cfg = load_depotr_config(args.config_file, config_overrides(args))
     register_synthetic_datasets_from_cfg(cfg)
+    check_datasets_registered(cfg)  # before OUTPUT_DIR is taken
     # A dataset of register_keypoint_dataset gives its keypoints, before config.yaml is written.
     keypoints_from_dataset = fill_keypoint_config(cfg)
     lock, run_config, run_config_yaml = None, None, None
@@ -75,11 +79,14 @@ def setup(args, cfg=None):
         lock.log_recovery()
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
+    else:  # keypoints the config names (register_keypoint_dataset warned about its own)
+        warn_unpaired_mirrors(cfg)
     # Materialise generated datasets once, on the main process, before the others read them; a test
     # dataset's DATASETS.PRECOMPUTED_BOXES file is read now too, so that a bad one fails before training.
     if comm.is_main_process():
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
             dicts = DatasetCatalog.get(name)
+            check_keypoint_count(cfg, name, dicts)
             if name in cfg.DATASETS.TEST:
                 attach_precomputed_boxes_from_cfg(cfg, name, dicts)
     comm.synchronize()

@@ -132,3 +132,18 @@ def test_records_without_annotations_give_the_prediction_panel_alone(tmp_path, s
     assert alone.shape == right.shape  # one panel of the two
     # the same image and persons as the prediction panel (the Visualizer picks random box colours)
     assert (alone != right).any(2).mean() < 0.05 < (alone != both[:, : alone.shape[1]]).any(2).mean()
+
+
+def test_an_unregistered_test_set_is_one_error_line_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    """The friction: a custom run's config.yaml (its dataset registered by the user's training
+    script) gave a KeyError traceback listing every registered dataset, after the model was built."""
+    import depotr.export
+
+    monkeypatch.setattr(depotr.export, "build_cpu_model", lambda *a, **k: pytest.fail("the model was built"))
+    argv = _argv(tmp_path / "vis", str(tmp_path / "syn"), "DATASETS.TEST", "('dogs_val',)")
+    assert run_main(load_script("tools/visualize_predictions.py").main, argv) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error == [
+        "error: DATASETS.TEST: dataset 'dogs_val' is not registered (your own keypoint files are registered by "
+        "your script calling register_keypoint_dataset, which then runs the command: docs/datasets.md)"
+    ]

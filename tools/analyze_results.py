@@ -29,9 +29,10 @@ With ``--config-file`` (and KEY VALUE overrides, bare or after --opts, as every 
 config's ``DATASETS.TEST[0]``, --results ``OUTPUT_DIR/inference/<TEST[0]>/coco_instances_results.json``,
 --output ``OUTPUT_DIR/analysis``, --baseline-train-gt the json of ``DATASETS.TRAIN[0]``, the
 sigmas and the left/right mirrors of the Inversion class the config's keypoints
-(``keypoint_metadata_from_config``); explicit options win. Without a config, the
-keypoint table's pairs among the ground truth's keypoint names, and COCO's sigmas when its
-keypoints are COCO's 17 person keypoints (other keypoints, 17 or not, need --sigmas).
+(``keypoint_metadata_from_config``); explicit options win. Without a config, the pairs the
+ground truth's keypoint names make (left_x / right_x, L_X / R_X, x.l / x.r, LeftX / RightX), and
+COCO's sigmas when its keypoints are COCO's 17 person keypoints (other keypoints, 17 or not, need
+--sigmas).
 
 The definitions and thresholds are in ``depotr.evaluation.error_analysis``.
 """

@@ -71,7 +71,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from detectron2.utils.logger import setup_logger
 
     from depotr.config import load_depotr_config
-    from depotr.data import DePOTRDatasetMapper, attach_precomputed_boxes_from_cfg, register_synthetic_datasets_from_cfg
+    from depotr.data import (
+        DePOTRDatasetMapper,
+        attach_precomputed_boxes_from_cfg,
+        check_datasets_registered,
+        register_synthetic_datasets_from_cfg,
+    )
     from depotr.engine.detector import build_person_detector
     from depotr.export import build_cpu_model
     from depotr.modeling.person_detector import PoseWithDetector
@@ -80,10 +85,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = load_depotr_config(args.config_file, config_overrides(args))
     cfg.MODEL.DEVICE = "cpu"  # the person detector too
     cfg.freeze()
+    register_synthetic_datasets_from_cfg(cfg)
+    check_datasets_registered(cfg, keys=("TEST",))  # before the model is built
     model = build_cpu_model(cfg, args.random_weights)  # the weights are checked before the data
     if cfg.MODEL.DEPOTR.TEST_BOX_SOURCE == "detector":  # as Trainer.test
         model = PoseWithDetector(build_person_detector(cfg, args.random_weights), model, cfg.INPUT.FORMAT).eval()
-    register_synthetic_datasets_from_cfg(cfg)
     dataset_name = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset_name)
     dicts = attach_precomputed_boxes_from_cfg(cfg, dataset_name, DatasetCatalog.get(dataset_name)[: args.num_images])

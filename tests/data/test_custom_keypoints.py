@@ -157,6 +157,17 @@ def test_a_skeleton_without_flip_pairs_trains_with_the_default_sigma(tmp_path, r
         ({"skeleton": [("tip", "left_wing", "red")]}, r"skeleton edge \['tip', 'left_wing'\]: colour .* got 'red'"),
         ({"skeleton": [("tip", "tail", (0, 0, 256))]}, r"skeleton edge \['tip', 'tail'\]: colour must be 3 ints 0-255"),
         ({"evaluator_type": "cocoo"}, r"evaluator_type must be one of \['coco', 'crowdpose', 'mpii_pckh'\]"),
+        # Each below was a TypeError without the dataset's name, or registered wrongly without a word.
+        ({"keypoint_names": "tip"}, r"keypoint_names must be a non-empty list of names, got 'tip'$"),  # 3 keypoints
+        ({"flip_map": ("left_wing", "right_wing")}, r"flip_map must be a list of \(left, right\) name pairs"),
+        ({"flip_map": None}, r"flip_map must be a list of \(left, right\) name pairs \(\[\] for none\), got None"),
+        (
+            {"skeleton": [[1, 2], [2, 5]]},
+            r"got \[1, 2\] \(1-based indices as a COCO json's skeleton\? name them: \['tip', 'left_wing'\]\)",
+        ),
+        ({"skeleton": [[1, 9]]}, r"of keypoint_names \[.*\], got \[1, 9\]$"),
+        ({"oks_sigmas": 0.05}, r"oks_sigmas must be 5 numbers \(or None\), got 0.05"),
+        ({"oks_sigmas": ["0.05"] * 5}, r"oks_sigmas must be 5 numbers \(or None\), got \['0.05'"),
     ],
 )
 def test_bad_metadata_is_an_error_naming_the_dataset_and_the_field(tmp_path, kwargs, field):
@@ -561,3 +572,127 @@ def test_an_image_of_another_size_than_its_entry_is_skipped_in_training_and_an_e
     with pytest.raises(ConfigError) as info:
         test(dicts[0])
     assert str(info.value) == f"{problem}: correct the width/height in the dataset json"
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["DATASETS.TRAIN", "('dogs_train',)"], "DATASETS.TRAIN: dataset 'dogs_train' is not registered (your own"),
+        (["DATASETS.TEST", "('synthetic_persons_vall',)"],
+         "DATASETS.TEST: dataset 'synthetic_persons_vall' is not registered (did you mean 'synthetic_persons_val'?"),
+    ],
+    ids=["unregistered", "typo"],
+)  # fmt: skip
+def test_an_unregistered_dataset_is_one_error_line_before_the_run_starts(tmp_path, capsys, opts, message):
+    # train_net.py --eval-only of a custom run's config.yaml without the registering script: a KeyError
+    # traceback listing the 70 registered datasets, after OUTPUT_DIR was taken and config.yaml written.
+    from depotr.cli import run_main
+
+    args = instant_args(str(tmp_path / "run"), str(tmp_path / "syn"), *opts)
+    assert (
+        run_main(train_net.cli, ["--config-file", args.config_file, "--eval-only", "--random-weights", *args.opts]) == 2
+    )
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {message}"), error
+    assert "register_keypoint_dataset" in error[0] and "docs/datasets.md" in error[0]
+    assert not (tmp_path / "run").exists()
+
+
+DOG = ["nose", "L_Eye", "R_Eye", "neck", "L_F_Paw", "R_F_Paw", "LeftTail", "RightTail", "ear.l", "ear.r", "r1"]
+
+
+@pytest.mark.parametrize(
+    "flip_map, unpaired",
+    [
+        ([], [["L_Eye", "R_Eye"], ["L_F_Paw", "R_F_Paw"], ["LeftTail", "RightTail"], ["ear.l", "ear.r"]]),
+        ([("L_Eye", "R_F_Paw"), ("LeftTail", "RightTail"), ("ear.l", "ear.r")],
+         [["L_Eye", "R_Eye"], ["L_F_Paw", "R_F_Paw"]]),
+        ([("L_Eye", "R_Eye"), ("L_F_Paw", "R_F_Paw"), ("LeftTail", "RightTail"), ("ear.r", "ear.l")], None),
+    ],
+    ids=["none-paired", "mispaired", "all-paired"],
+)  # fmt: skip
+def test_left_right_names_missing_from_the_flip_map_are_warned_about(tmp_path, caplog, flip_map, unpaired):
+    # AP-10K-style names (L_Eye / R_Eye) registered with flip_map=[] trained without a word: every
+    # flipped crop taught the model the right eye where the left one is, and the flip test averaged them.
+    with caplog.at_level("WARNING", logger="depotr.data.custom"):
+        register_keypoint_dataset("dogs_lr", str(tmp_path / "a.json"), str(tmp_path), DOG, flip_map)
+    unregister_dataset("dogs_lr")
+    warned = [r.getMessage() for r in caplog.records if "left/right mirrors" in r.getMessage()]
+    if unpaired is None:
+        assert warned == []
+    else:
+        assert warned == [
+            f"keypoint dataset 'dogs_lr': keypoints {unpaired} are named as left/right mirrors but flip_map does not "
+            "pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
+            "add them to flip_map"
+        ]
+
+
+def test_a_detectron2_registered_file_of_other_keypoints_is_one_error_line_before_training(tmp_path, capsys):
+    # Detectron2's own register_coco_instances leaves the config at COCO's 17 keypoints: the training
+    # stopped at its first batch with the data loader's traceback ("expected 51 values ..., got 15").
+    from detectron2.data.datasets import register_coco_instances
+
+    from depotr.cli import run_main
+
+    json_file, image_root = write_keypoint_dataset(tmp_path / "d", 2, KITE, 0)
+    register_coco_instances("kite_d2", {}, json_file, image_root)
+    try:
+        args = instant_args(str(tmp_path / "run"), str(tmp_path / "syn"), "DATASETS.TRAIN", "('kite_d2',)",
+                            "DATASETS.TEST", "()", "INPUT.CROP_AUG.HALF_BODY_PROB", "0.0")  # fmt: skip
+        assert run_main(train_net.cli, ["--config-file", args.config_file, *args.opts]) == 2
+    finally:
+        unregister_dataset("kite_d2")
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error[0].startswith(
+        f"error: dataset 'kite_d2': an annotation of {os.path.join(image_root, '0.png')} has 15 keypoint values, "
+        "the config's MODEL.DEPOTR.NUM_KEYPOINTS 17 needs 51: register your keypoints with "
+        "depotr.data.register_keypoint_dataset"
+    ), error
+    assert len(error) == 1 and not (tmp_path / "run" / "model_final.pth").exists()
+
+
+@pytest.mark.parametrize("flip_map", ["[]", "[['L_Eye', 'R_Eye']]"], ids=["unpaired", "paired"])
+def test_left_right_names_of_the_config_missing_from_its_flip_map_are_warned_about(tmp_path, flip_map):
+    # The keypoints set in the config (a dataset registered with Detectron2's register_coco_instances):
+    # L_Eye / R_Eye with an empty KEYPOINT_FLIP_MAP trained without a word.
+    args = instant_args(
+        str(tmp_path / "run"), str(tmp_path / "syn"), "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+        "MODEL.DEPOTR.NUM_KEYPOINTS", "3", "MODEL.DEPOTR.KEYPOINT_NAMES", "['L_Eye', 'R_Eye', 'nose']",
+        "MODEL.DEPOTR.KEYPOINT_FLIP_MAP", flip_map, "TEST.KEYPOINT_OKS_SIGMAS", "[0.05, 0.05, 0.05]",
+    )  # fmt: skip
+    train_net.setup(args)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    warning = (
+        "MODEL.DEPOTR.KEYPOINT_NAMES: keypoints [['L_Eye', 'R_Eye']] are named as left/right mirrors but "
+        "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them"
+    )
+    assert (warning in log) == (flip_map == "[]"), log[-2000:]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("TEST.KEYPOINT_OKS_SIGMAS", [0.1] * 5),
+        ("MODEL.DEPOTR.KEYPOINT_FLIP_MAP", [["tip", "tail"]]),
+        ("MODEL.DEPOTR.KEYPOINT_SKELETON", [["tip", "tail"]]),
+    ],
+)
+def test_keypoint_keys_the_config_sets_otherwise_than_the_dataset_are_an_error(registered, key, value):
+    # fill_keypoint_config replaced them with the dataset's without a word: TEST.KEYPOINT_OKS_SIGMAS
+    # [0.1] * K on the command line was evaluated with the registered (default 0.0669) sigmas.
+    from detectron2.config import get_cfg
+
+    from depotr.config import add_depotr_config
+
+    train, _ = registered("kite_set", KITE, KITE_FLIP, skeleton=KITE_SKELETON)
+    cfg = get_cfg()
+    add_depotr_config(cfg)
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{key} is {value}')} but dataset 'kite_set_train' "):
+        fill_keypoint_config(cfg)
+    # The dataset's own values set in the config (a run's config.yaml, say) fill as before.
+    cfg.merge_from_list([key, [] if key != "TEST.KEYPOINT_OKS_SIGMAS" else [DEFAULT_OKS_SIGMA] * 5])
+    assert "NUM_KEYPOINTS 5" in fill_keypoint_config(cfg)
+    assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == [DEFAULT_OKS_SIGMA] * 5

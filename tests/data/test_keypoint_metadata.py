@@ -13,7 +13,7 @@ from depotr.data.keypoint_metadata import (
     COCO_PERSON_KEYPOINT_NAMES,
     COCO_PERSON_OKS_SIGMAS,
     keypoint_metadata_from_config,
-    table_flip_indices,
+    name_flip_indices,
 )
 
 # COCO order: nose, then (left, right) eye, ear, shoulder, elbow, wrist, hip, knee, ankle.
@@ -137,8 +137,10 @@ def test_crop_augmentation_takes_the_config_flip_indices(register):
     assert CropAugmentation.from_config(cfg).flip_indices.tolist() == [0, 2, 1, 3]
 
 
-def test_table_flip_indices_keeps_pairs_with_both_names():
-    assert table_flip_indices(["left_eye", "nose", "right_eye", "left_ear", "tail"]) == [2, 1, 0, 3, 4]
+def test_name_flip_indices_keeps_pairs_with_both_names():
+    assert name_flip_indices(["left_eye", "nose", "right_eye", "left_ear", "tail"]) == [2, 1, 0, 3, 4]
+    # Other naming conventions (AP-10K's L_Eye, Blender's eye.l) were no pairs: inversions went uncounted.
+    assert name_flip_indices(["L_Eye", "R_Eye", "neck", "paw.r", "paw.l", "r1", "l1"]) == [1, 0, 2, 4, 3, 5, 6]
 
 
 def test_model_takes_the_config_keypoints_whatever_is_registered(register):

@@ -633,3 +633,16 @@ def test_a_crash_while_writing_the_report_leaves_the_previous_files_whole(tmp_pa
     assert sorted(after) == sorted(before)  # no temporary file left
     for name in ("pr_curves.png", "error_breakdown.png", "bins.md"):
         assert after[name] == before[name], name  # the previous file, not a truncated one
+
+
+def test_swapped_keypoints_named_l_and_r_are_an_inversion_without_a_config():
+    # AP-10K-style names: without a config only the table's left_/right_ names were paired, so swapped
+    # L_Paw / R_Paw counted as misses and the Inversion class stayed 0 without a word.
+    names = ["nose", "L_Paw", "R_Paw"]
+    gt = _coco(
+        [1], [{**_person(1, 1, LARGE_BOX), "keypoints": [90, 80, 2, 60, 300, 2, 160, 300, 2], "num_keypoints": 3}]
+    )
+    gt["categories"][0]["keypoints"] = names
+    swapped = [{"image_id": 1, "category_id": 1, "score": 0.9, "keypoints": [90, 80, 1, 160, 300, 1, 60, 300, 1]}]
+    labels = analyze_keypoint_results(gt, swapped, sigmas=[0.05] * 3).keypoint_labels
+    assert labels[0].tolist() == [GOOD, INVERSION, INVERSION]

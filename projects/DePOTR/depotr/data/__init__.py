@@ -7,7 +7,13 @@ points re-register them with ``register_synthetic_datasets_from_cfg(cfg)``), ``m
 """
 
 from .crowdpose import register_crowdpose_datasets
-from .custom import drawing_metadata, fill_keypoint_config, register_keypoint_dataset
+from .custom import (
+    check_datasets_registered,
+    check_keypoint_count,
+    drawing_metadata,
+    fill_keypoint_config,
+    register_keypoint_dataset,
+)
 from .dataset_mapper import DePOTRDatasetMapper, annotations_to_arrays, build_photometric_augmentation
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
@@ -37,6 +43,8 @@ __all__ = [
     "attach_precomputed_boxes",
     "attach_precomputed_boxes_from_cfg",
     "build_photometric_augmentation",
+    "check_datasets_registered",
+    "check_keypoint_count",
     "coco_person_metadata",
     "drawing_metadata",
     "ensure_synthetic_split",

@@ -7,7 +7,9 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
                               flip_map=[("front_left", "front_right")], skeleton=[("front_left", "roof")])
 """
 
+import difflib
 import json
+import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,10 +21,21 @@ from detectron2.data.datasets import load_coco_json
 from ..cli import ConfigError, listing
 from ..file_io import is_finite_number, repeated_ids
 from .dataset_mapper import annotations_to_arrays
-from .keypoint_metadata import COCO_PERSON_OKS_SIGMAS, coco_person_metadata, flip_indices, is_colour, person_metadata
+from .keypoint_metadata import (
+    COCO_PERSON_OKS_SIGMAS,
+    coco_person_metadata,
+    flip_indices,
+    is_colour,
+    person_metadata,
+    unpaired_mirror_names,
+)
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
+    "check_datasets_registered",
+    "check_keypoint_count",
     "drawing_metadata",
     "fill_keypoint_config",
     "load_keypoint_json",
@@ -93,6 +106,14 @@ def unregister_dataset(name: str) -> None:
             catalog.remove(name)
 
 
+def _index_edge_hint(edge: Sequence[Any], names: Sequence[str]) -> str:
+    """For a skeleton ``edge`` of two 1-based keypoint indices (a COCO json category's "skeleton"),
+    the edge by name; else ""."""
+    if len(edge) == 2 and all(isinstance(i, int) and 1 <= i <= len(names) for i in edge):
+        return f" (1-based indices as a COCO json's skeleton? name them: {[names[i - 1] for i in edge]})"
+    return ""
+
+
 def _check_metadata(
     name: str,
     keypoint_names: Sequence[str],
@@ -104,11 +125,17 @@ def _check_metadata(
     """Validated names, flip pairs, connection rules (name, name, (r, g, b) ints) and sigmas, and a
     known ``evaluator_type``; else a ValueError naming the dataset and the field."""
     where = f"keypoint dataset {name!r}"
+    if isinstance(keypoint_names, str) or not isinstance(keypoint_names, Sequence):
+        raise ValueError(f"{where}: keypoint_names must be a non-empty list of names, got {keypoint_names!r}")
     names = list(keypoint_names)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"{where}: keypoint_names must be a non-empty list of names, got {names!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: keypoint_names has repeated names: {names}")
+    if not isinstance(flip_map, Sequence) or any(isinstance(pair, str) for pair in flip_map):
+        raise ValueError(
+            f"{where}: flip_map must be a list of (left, right) name pairs ([] for none), got {flip_map!r}"
+        )
     pairs = [tuple(pair) for pair in flip_map]
     bad = [list(p) for p in pairs if len(p) != 2 or p[0] == p[1]]
     if bad:
@@ -124,7 +151,8 @@ def _check_metadata(
     for edge in skeleton or ():
         if len(edge) not in (2, 3) or edge[0] not in names or edge[1] not in names:
             raise ValueError(
-                f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, got {list(edge)}"
+                f"{where}: skeleton edges must be (name, name[, (r, g, b)]) of keypoint_names {names}, "
+                f"got {list(edge)}{_index_edge_hint(edge, names)}"
             )
         colour = edge[2] if len(edge) == 3 else DEFAULT_EDGE_COLOUR
         if not is_colour(colour):
@@ -132,6 +160,11 @@ def _check_metadata(
         rules.append((edge[0], edge[1], tuple(int(c) for c in colour)))
     if evaluator_type not in EVALUATOR_TYPES:
         raise ValueError(f"{where}: evaluator_type must be one of {list(EVALUATOR_TYPES)}, got {evaluator_type!r}")
+    if oks_sigmas is not None and not (
+        isinstance(oks_sigmas, (Sequence, np.ndarray))
+        and all(isinstance(s, (int, float, np.number)) and not isinstance(s, bool) for s in oks_sigmas)
+    ):
+        raise ValueError(f"{where}: oks_sigmas must be {len(names)} numbers (or None), got {oks_sigmas!r}")
     sigmas = [DEFAULT_OKS_SIGMA] * len(names) if oks_sigmas is None else [float(s) for s in oks_sigmas]
     if len(sigmas) != len(names):
         raise ValueError(f"{where}: oks_sigmas has {len(sigmas)} values for {len(names)} keypoint_names")
@@ -277,6 +310,15 @@ def register_keypoint_dataset(
         ``train_net.setup`` makes).
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
+    unpaired = unpaired_mirror_names(names, pairs)
+    if unpaired:
+        logger.warning(
+            "keypoint dataset %r: keypoints %s are named as left/right mirrors but flip_map does not pair them: "
+            "a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
+            "add them to flip_map",
+            name,
+            [list(pair) for pair in unpaired],
+        )
     unregister_dataset(name)
     DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names, evaluator_type))
     MetadataCatalog.get(name).set(
@@ -291,12 +333,52 @@ def register_keypoint_dataset(
     )
 
 
+def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
+    """A ConfigError naming the first dataset of ``DATASETS.<key>`` for ``keys`` that is not
+    registered (a typo, with the nearest registered name, or a dataset of
+    :func:`register_keypoint_dataset` whose registering script was not run), instead of
+    ``DatasetCatalog.get``'s KeyError traceback listing every registered dataset."""
+    registered = DatasetCatalog.list()
+    for key in keys:
+        for dataset in cfg.DATASETS.get(key):
+            if dataset not in registered:
+                near = difflib.get_close_matches(dataset, registered, n=1, cutoff=0.8)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ConfigError(
+                    f"DATASETS.{key}: dataset {dataset!r} is not registered ({hint}your own keypoint files are "
+                    "registered by your script calling register_keypoint_dataset, which then runs the command: "
+                    "docs/datasets.md)"
+                )
+
+
+def check_keypoint_count(cfg, dataset: str, dicts: Sequence[Dict[str, Any]]) -> None:
+    """A ConfigError naming ``dataset``, the first annotation of ``dicts`` whose keypoints are not
+    3 x ``MODEL.DEPOTR.NUM_KEYPOINTS`` values and how to give the config that dataset's keypoints:
+    a dataset registered otherwise than by :func:`register_keypoint_dataset` (Detectron2's
+    ``register_coco_instances``) leaves the config at COCO's 17, and training stopped at its first
+    batch with the data loader's traceback."""
+    num_keypoints = cfg.MODEL.DEPOTR.NUM_KEYPOINTS
+    for d in dicts:
+        for anno in d.get("annotations", []):
+            values = anno.get("keypoints")
+            if values is not None and len(values) != 3 * num_keypoints:
+                which = f"annotation {anno['id']}" if "id" in anno else "an annotation"
+                raise ConfigError(
+                    f"dataset {dataset!r}: {which} of {d['file_name']} has "
+                    f"{len(values)} keypoint values, the config's MODEL.DEPOTR.NUM_KEYPOINTS {num_keypoints} needs "
+                    f"{3 * num_keypoints}: register your keypoints with depotr.data.register_keypoint_dataset, which "
+                    "gives the config their names, flip pairs and sigmas (docs/datasets.md), or set "
+                    "MODEL.DEPOTR.NUM_KEYPOINTS, KEYPOINT_NAMES, KEYPOINT_FLIP_MAP and TEST.KEYPOINT_OKS_SIGMAS"
+                )
+
+
 def fill_keypoint_config(cfg) -> Optional[str]:
     """When ``MODEL.DEPOTR.KEYPOINT_NAMES`` is empty and the first dataset of ``DATASETS.TRAIN`` +
     ``DATASETS.TEST`` was registered here (``keypoints_from_dataset``), sets ``NUM_KEYPOINTS``,
     ``KEYPOINT_NAMES``, ``KEYPOINT_FLIP_MAP``, ``KEYPOINT_SKELETON`` and ``TEST.KEYPOINT_OKS_SIGMAS``
     from its metadata, in place (the run's config.yaml then holds all a demo needs). Returns what was
-    done, for the log, or None."""
+    done, for the log, or None. A ConfigError names a flip map, skeleton or sigmas that the config
+    sets to other values than the dataset's (they were replaced without a word)."""
     model = cfg.MODEL.DEPOTR
     datasets = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     if model.KEYPOINT_NAMES or not datasets or datasets[0] not in DatasetCatalog.list():
@@ -305,14 +387,31 @@ def fill_keypoint_config(cfg) -> Optional[str]:
     if not metadata.get("keypoints_from_dataset", False):
         return None
     names = list(metadata.keypoint_names)
+    flip_map = [list(pair) for pair in metadata.keypoint_flip_map]
+    skeleton = [[a, b, [int(c) for c in colour]] for a, b, colour in metadata.get("keypoint_connection_rules", [])]
+    config_sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    # MPII's registrations carry no sigmas: the config's, or [] for the keypoint tables'.
+    sigmas = list(metadata.get("keypoint_oks_sigmas", [])) or config_sigmas
+    # A value the config sets would be replaced without a word (the evaluation's sigmas among them).
+    config_skeleton = [[*edge[:2], list(edge[2]) if len(edge) == 3 else list(DEFAULT_EDGE_COLOUR)]
+                       for edge in model.KEYPOINT_SKELETON]  # fmt: skip
+    for key, set_value, same, value in (
+        ("MODEL.DEPOTR.KEYPOINT_FLIP_MAP", model.KEYPOINT_FLIP_MAP,
+         [list(pair) for pair in model.KEYPOINT_FLIP_MAP] == flip_map, flip_map),
+        ("MODEL.DEPOTR.KEYPOINT_SKELETON", model.KEYPOINT_SKELETON, config_skeleton == skeleton, skeleton),
+        ("TEST.KEYPOINT_OKS_SIGMAS", config_sigmas,
+         len(config_sigmas) == len(sigmas) and np.allclose(config_sigmas, sigmas), sigmas),
+    ):  # fmt: skip
+        if len(set_value) and not same:
+            raise ConfigError(
+                f"{key} is {list(set_value)} but dataset {datasets[0]!r} (register_keypoint_dataset, which gives the "
+                f"config its keypoints) has {value}: leave {key} unset, or register the dataset with it"
+            )
     model.NUM_KEYPOINTS = len(names)
     model.KEYPOINT_NAMES = names
-    model.KEYPOINT_FLIP_MAP = [list(pair) for pair in metadata.keypoint_flip_map]
-    model.KEYPOINT_SKELETON = [
-        [a, b, [int(c) for c in colour]] for a, b, colour in metadata.get("keypoint_connection_rules", [])
-    ]
-    # MPII's registrations carry no sigmas: [] gives the keypoint tables'.
-    cfg.TEST.KEYPOINT_OKS_SIGMAS = list(metadata.get("keypoint_oks_sigmas", []))
+    model.KEYPOINT_FLIP_MAP = flip_map
+    model.KEYPOINT_SKELETON = skeleton
+    cfg.TEST.KEYPOINT_OKS_SIGMAS = sigmas
     return (
         f"Keypoints of dataset {datasets[0]!r}: MODEL.DEPOTR.NUM_KEYPOINTS {len(names)}, KEYPOINT_NAMES {names}, "
         f"KEYPOINT_FLIP_MAP {model.KEYPOINT_FLIP_MAP}, TEST.KEYPOINT_OKS_SIGMAS {cfg.TEST.KEYPOINT_OKS_SIGMAS}"

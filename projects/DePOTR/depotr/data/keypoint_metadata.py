@@ -5,6 +5,8 @@ here and nowhere else; flip indices and the half-body mask are derived from them
 keypoints come from its config alone, by :func:`keypoint_metadata_from_config`.
 """
 
+import logging
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -14,6 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
 from ..cli import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # (name, swap partner, OKS sigma, RGB colour, body half). Sigmas are the COCO standard (Ronchi &
 # Perona); the halves are those of HRNet's / mmpose's half-body augmentation (head and arms upper).
@@ -142,14 +146,73 @@ def flip_indices(names: Sequence[str], flip_map: Sequence[Tuple[str, str]]) -> L
     return [index[partner.get(name, name)] for name in names]
 
 
-def table_flip_indices(names: Sequence[str]) -> List[int]:
-    """``flip_indices`` of ``names`` with the COCO table's pairs whose two names are both in ``names``."""
-    present = set(names)
-    return flip_indices(names, [(left, right) for left, right in flip_pairs() if left in present and right in present])
+# Side words of keypoint names (left_eye, L_Eye, eye.l, LeftEye) and the word of the other side.
+_SIDE_WORDS = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _same_case(word: str, like: str) -> str:
+    """``word`` in the case of ``like`` (LEFT, Left or left)."""
+    return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
+
+
+def _mirror_names(name: str) -> List[str]:
+    """The names a keypoint named ``name`` would have on the other side: each side word between
+    separators (``_``, ``-``, ``.``, space: L_Eye -> R_Eye, eye.l -> eye.r) or "left" / "right"
+    anywhere (LeftEye -> RightEye) swapped for the other side's, in the same case."""
+    parts = re.split(r"([_\-.\s]+)", name)
+    mirrors = [
+        "".join(parts[:i] + [_same_case(_SIDE_WORDS[part.lower()], part)] + parts[i + 1 :])
+        for i, part in enumerate(parts)
+        if part.lower() in _SIDE_WORDS
+    ]
+    for match in re.finditer("left|right", name, re.IGNORECASE):
+        side = _same_case(_SIDE_WORDS[match.group().lower()], match.group())
+        mirrors.append(name[: match.start()] + side + name[match.end() :])
+    return mirrors
+
+
+def unpaired_mirror_names(names: Sequence[str], flip_map: Sequence[Sequence[str]]) -> List[Tuple[str, str]]:
+    """Pairs of ``names`` named as left/right mirrors of each other (:func:`_mirror_names`) that
+    ``flip_map`` does not pair, in keypoint order: a horizontal flip (training augmentation, flip
+    test) would keep each on the other's point."""
+    pairs = {frozenset(pair) for pair in flip_map}
+    index = {name: i for i, name in enumerate(names)}
+    found = {
+        tuple(sorted((name, mirror), key=index.get))
+        for name in names
+        for mirror in _mirror_names(name)
+        if mirror in index and mirror != name and frozenset((name, mirror)) not in pairs
+    }
+    return sorted(found, key=lambda pair: (index[pair[0]], index[pair[1]]))
+
+
+def warn_unpaired_mirrors(cfg) -> None:
+    """Logs a warning naming the keypoints of ``MODEL.DEPOTR.KEYPOINT_NAMES`` named as left/right
+    mirrors (:func:`unpaired_mirror_names`) that ``KEYPOINT_FLIP_MAP`` does not pair."""
+    unpaired = unpaired_mirror_names(cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP)
+    if unpaired:
+        logger.warning(
+            "MODEL.DEPOTR.KEYPOINT_NAMES: keypoints %s are named as left/right mirrors but "
+            "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, "
+            "TEST.FLIP) keeps each on the other's point",
+            [list(pair) for pair in unpaired],
+        )
+
+
+def name_flip_indices(names: Sequence[str]) -> List[int]:
+    """``flip_indices`` of ``names`` with the pairs named as left/right mirrors
+    (:func:`unpaired_mirror_names`: the tables' left_x / right_x, and L_X / R_X, x.l / x.r, LeftX /
+    RightX), a name in at most one pair (the first)."""
+    pairs, paired = [], set()
+    for pair in unpaired_mirror_names(names, []):
+        if not paired & set(pair):
+            pairs.append(pair)
+            paired.update(pair)
+    return flip_indices(names, pairs)
 
 
 # (K,) mirror partner of each COCO person keypoint (keypoint order of the table).
-COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(table_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
+COCO_PERSON_FLIP_INDICES: Tuple[int, ...] = tuple(name_flip_indices(COCO_PERSON_KEYPOINT_NAMES))
 
 
 def _table_column(names: Sequence[str], column: int, table: Sequence[Tuple], missing: str) -> List:

@@ -25,7 +25,7 @@ ignores them):
 * Jitter: 0.5 <= ks(pred_k, g_k) < 0.85 (``NEAR_KS`` = 0.5): near the right place;
 * Inversion: ks(pred_k, g_k) < 0.5 but ks(pred_k, g_m) >= 0.5 for the left/right mirror m of k
   (never for the nose, its own mirror). The mirrors are the caller's flip indices (e.g. a
-  config's), by default the keypoint table's pairs among the ground truth's keypoint names;
+  config's), by default the pairs the ground truth's keypoint names make (left_x / right_x, L_X / R_X, ...);
 * Swap: ks < 0.5 for both, but ks >= 0.5 with keypoint k or m of another analysed ground-truth
   person of the same image (scaled by that person's area);
 * Miss: none of the above.
@@ -60,7 +60,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, table_flip_indices
+from ..data.keypoint_metadata import COCO_PERSON_KEYPOINT_NAMES, name_flip_indices
 from ..data.person_bins import BINS, person_bins
 from ..file_io import is_finite_number, repeated_ids
 from ..modeling.oks import keypoint_similarity
@@ -228,9 +228,9 @@ def resolve_sigmas(sigmas: Optional[Sequence[float]], gt: Dict[str, Any]) -> np.
 
 def resolve_mirror(flip_indices: Optional[Sequence[int]], gt: Dict[str, Any]) -> np.ndarray:
     """(K,) index of each keypoint's left/right mirror: ``flip_indices``, or when ``None`` the
-    keypoint table's pairs among the ground truth's keypoint names (``table_flip_indices``)."""
+    pairs the ground truth's keypoint names make (``name_flip_indices``: left_x / right_x, L_X / R_X, ...)."""
     names = list(gt["categories"][0]["keypoints"])
-    mirror = np.asarray(table_flip_indices(names) if flip_indices is None else flip_indices, dtype=np.int64)
+    mirror = np.asarray(name_flip_indices(names) if flip_indices is None else flip_indices, dtype=np.int64)
     if sorted(mirror.tolist()) != list(range(len(names))):
         raise ValueError(
             f"flip indices {mirror.tolist()} are not a permutation of the ground truth's {len(names)} keypoints"
