@@ -64,8 +64,9 @@ def setup(args, cfg=None):
         if args.eval_only and os.path.isfile(config_yaml):  # an evaluation keeps the run's record (seed, schedule)
             with open(config_yaml, "rb") as f:
                 run_config_yaml = f.read()
-        # default_setup overwrites a run's config.yaml: first the checkpoint main() loads must fit cfg.
-        if (args.resume or args.eval_only) and os.path.isfile(config_yaml):
+        # default_setup writes config.yaml and log.txt: first the checkpoint main() loads must fit cfg
+        # (a run's config.yaml would be overwritten; a new folder would hold a run that never started).
+        if cfg.MODEL.WEIGHTS or (args.resume and os.path.isfile(config_yaml)):
             check_checkpoint_fits(cfg, resume=args.resume, eval_only=args.eval_only)
     comm.synchronize()  # the other ranks write their log.txt.rankN only into a folder rank 0 has taken
     default_setup(cfg, args)

@@ -134,6 +134,27 @@ def test_eval_only_with_a_checkpoint_of_another_config_is_one_error_line(tmp_pat
     assert last_line.startswith(f"error: checkpoint {tmp_path / 'other.pth'} does not fit the model")
 
 
+@pytest.mark.parametrize("mode", [[], ["--eval-only"]])
+def test_a_new_run_from_a_checkpoint_of_another_config_writes_nothing(tmp_path, capsys, mode):
+    """The friction: the refusal came after default_setup had written config.yaml and log.txt (and
+    the data had been generated), so the new folder looked like a run that had started."""
+    from detectron2.modeling import build_model
+
+    from depotr.config import load_depotr_config
+    from depotr.engine import DePOTRCheckpointer
+
+    other = load_depotr_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.DEPOTR.HIDDEN_DIM", "32"])
+    DePOTRCheckpointer(build_model(other), str(tmp_path)).save("other")
+    output_dir = tmp_path / "run"
+    argv = ["--config-file", INSTANT_CONFIG, *mode, "OUTPUT_DIR", str(output_dir), "DATASETS.SYNTHETIC.ROOT"]
+    argv += [str(tmp_path / "synthetic"), "MODEL.WEIGHTS", str(tmp_path / "other.pth")]
+    assert run_main(train_net.cli, argv) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"error: checkpoint {tmp_path / 'other.pth'} does not fit the model")
+    assert not (output_dir / "config.yaml").exists() and not (output_dir / "log.txt").exists()
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_a_detector_config_as_the_pose_config_is_one_error_line(tmp_path, capsys):
     """A Detectron2 detector's config given as --config-file is refused before any process starts
     (it built a GeneralizedRCNN and failed later, on the synthetic data's keypoints)."""
