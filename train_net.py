@@ -81,7 +81,13 @@ def setup(args, cfg=None):
     if keypoints_from_dataset:
         logging.getLogger("depotr").info(keypoints_from_dataset)
     else:  # keypoints the config names (register_keypoint_dataset warned about its own)
-        warn_unpaired_mirrors(cfg)
+        model = cfg.MODEL.DEPOTR
+        warn_unpaired_mirrors(
+            model.KEYPOINT_NAMES,
+            model.KEYPOINT_FLIP_MAP,
+            "MODEL.DEPOTR.KEYPOINT_NAMES",
+            "MODEL.DEPOTR.KEYPOINT_FLIP_MAP",
+        )
     # Materialise generated datasets once, on the main process, before the others read them; a test
     # dataset's DATASETS.PRECOMPUTED_BOXES file is read now too, so that a bad one fails before training.
     if comm.is_main_process():

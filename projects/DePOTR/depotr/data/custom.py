@@ -9,7 +9,6 @@ trains and evaluates with nothing else set about keypoints (rules: docs/datasets
 
 import difflib
 import json
-import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,10 +26,8 @@ from .keypoint_metadata import (
     flip_indices,
     is_colour,
     person_metadata,
-    unpaired_mirror_names,
+    warn_unpaired_mirrors,
 )
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_OKS_SIGMA",
@@ -310,15 +307,7 @@ def register_keypoint_dataset(
         ``train_net.setup`` makes).
     """
     names, pairs, rules, sigmas = _check_metadata(name, keypoint_names, flip_map, skeleton, oks_sigmas, evaluator_type)
-    unpaired = unpaired_mirror_names(names, pairs)
-    if unpaired:
-        logger.warning(
-            "keypoint dataset %r: keypoints %s are named as left/right mirrors but flip_map does not pair them: "
-            "a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point; "
-            "add them to flip_map",
-            name,
-            [list(pair) for pair in unpaired],
-        )
+    warn_unpaired_mirrors(names, pairs, f"keypoint dataset {name!r}", "flip_map", "; add them to flip_map")
     unregister_dataset(name)
     DatasetCatalog.register(name, lambda: load_keypoint_json(name, json_file, image_root, names, evaluator_type))
     MetadataCatalog.get(name).set(

@@ -186,16 +186,21 @@ def unpaired_mirror_names(names: Sequence[str], flip_map: Sequence[Sequence[str]
     return sorted(found, key=lambda pair: (index[pair[0]], index[pair[1]]))
 
 
-def warn_unpaired_mirrors(cfg) -> None:
-    """Logs a warning naming the keypoints of ``MODEL.DEPOTR.KEYPOINT_NAMES`` named as left/right
-    mirrors (:func:`unpaired_mirror_names`) that ``KEYPOINT_FLIP_MAP`` does not pair."""
-    unpaired = unpaired_mirror_names(cfg.MODEL.DEPOTR.KEYPOINT_NAMES, cfg.MODEL.DEPOTR.KEYPOINT_FLIP_MAP)
+def warn_unpaired_mirrors(
+    names: Sequence[str], flip_map: Sequence[Sequence[str]], where: str, flip_field: str, remedy: str = ""
+) -> None:
+    """Logs a warning naming the keypoints of ``names`` (``where``: whose, in words) named as
+    left/right mirrors (:func:`unpaired_mirror_names`) that ``flip_map`` (``flip_field``: its name
+    for the user) does not pair; ``remedy`` ends the message."""
+    unpaired = unpaired_mirror_names(names, flip_map)
     if unpaired:
         logger.warning(
-            "MODEL.DEPOTR.KEYPOINT_NAMES: keypoints %s are named as left/right mirrors but "
-            "MODEL.DEPOTR.KEYPOINT_FLIP_MAP does not pair them: a horizontal flip (INPUT.CROP_AUG.FLIP_PROB, "
-            "TEST.FLIP) keeps each on the other's point",
+            "%s: keypoints %s are named as left/right mirrors but %s does not pair them: a horizontal flip "
+            "(INPUT.CROP_AUG.FLIP_PROB, TEST.FLIP) keeps each on the other's point%s",
+            where,
             [list(pair) for pair in unpaired],
+            flip_field,
+            remedy,
         )
 
 
